@@ -1,0 +1,117 @@
+"""Build of specdec_kernels._C.
+
+* The C++ CPU kernels (csrc/cpu) are always built.
+* The CUDA kernels (csrc/cuda) are built whenever torch was built with CUDA and nvcc is found
+  (CUDA_HOME or /usr/local/cuda); whether a GPU is present is never asked. Architectures come from
+  TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX").
+* SPECDEC_NO_EXTENSION=1 skips C++/CUDA entirely: a pure-Python install served by the Triton and
+  torch backends.
+* SPECDEC_NO_CUDA=1 builds the CPU kernels only.
+* MAX_JOBS defaults to the number of cores.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(msg):
+    print(f"[specdec-kernels build] {msg}", file=sys.stderr)
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _find_nvcc():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        home = "/usr/local/cuda"
+    if home is None:
+        nvcc = shutil.which("nvcc")
+        if nvcc:
+            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    return None
+
+
+def _write_build_info(info):
+    path = os.path.join(ROOT, "specdec_kernels", "_build_info.py")
+    with open(path, "w") as f:
+        f.write("# Written by setup.py: what the build of specdec_kernels._C contained.\n")
+        f.write(f"BUILD_INFO = {info!r}\n")
+
+
+def _extensions():
+    info = {"extension": False, "cpu": False, "cuda": False, "cuda_archs": "", "reason": ""}
+    if _flag("SPECDEC_NO_EXTENSION"):
+        info["reason"] = "SPECDEC_NO_EXTENSION=1: pure-Python install"
+        _log(info["reason"])
+        _write_build_info(info)
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    # Stable-ish ABI of torch's C++ API is not guaranteed across versions: build against the torch present.
+    with_cuda = False
+    cuda_home = None
+    if _flag("SPECDEC_NO_CUDA"):
+        info["reason"] = "SPECDEC_NO_CUDA=1: CUDA kernels skipped"
+    elif torch.version.cuda is None:
+        info["reason"] = "torch was built without CUDA: CUDA kernels skipped"
+    else:
+        cuda_home = _find_nvcc()
+        if cuda_home is None:
+            info["reason"] = "nvcc not found (set CUDA_HOME): CUDA kernels skipped"
+        else:
+            with_cuda = True
+    if info["reason"]:
+        _log(info["reason"])
+    info.update(extension=True, cpu=True)
+    ldflags = ["-fopenmp"]
+    if with_cuda:
+        os.environ["CUDA_HOME"] = cuda_home
+        import torch.utils.cpp_extension as cpp_ext
+
+        cpp_ext.CUDA_HOME = cuda_home  # torch may have guessed another home from a linked nvcc
+        archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        info.update(cuda=True, cuda_archs=archs)
+        _log(f"building CUDA kernels with {cuda_home} for TORCH_CUDA_ARCH_LIST={archs}")
+        ext = CUDAExtension(
+            "specdec_kernels._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs,
+            define_macros=[("SPECDEC_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx + ["-DSPECDEC_WITH_CUDA=1"],
+                "nvcc": ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DSPECDEC_WITH_CUDA=1",
+                         "--expt-relaxed-constexpr"],
+            },
+            extra_link_args=ldflags,
+        )
+    else:
+        ext = CppExtension("specdec_kernels._C", sources, include_dirs=include_dirs,
+                           extra_compile_args={"cxx": cxx}, extra_link_args=ldflags)
+    _write_build_info(info)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"])
+    + ["specdec." + p for p in find_packages("python/specdec")] + ["specdec"],
+    package_dir={"specdec_kernels": "specdec_kernels", "specdec": "python/specdec"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,66 @@
+"""Every op schema of the namespace `specdec`, in one place.
+
+Naming: `specdec::<op>` is the compiled kernel (C++ on CPU tensors, CUDA on CUDA tensors, attached by
+specdec_kernels._C through TORCH_LIBRARY_IMPL); `specdec::<op>_triton` is the Triton kernel (attached in
+specdec_kernels/triton_kernels). The torch backend is plain PyTorch (specdec_kernels/reference) and
+needs no schema. Decode-path ops are out-variants: they write into caller buffers (`Tensor(a!)`) and
+return nothing, so they never allocate or synchronise and can be captured in a CUDA graph.
+
+Fake (meta) implementations live beside each schema so torch.compile and opcheck can trace them.
+"""
+from __future__ import annotations
+
+import torch
+
+LIB = torch.library.Library("specdec", "DEF")  # noqa: TOR901 - the one definition of the namespace
+
+# name -> schema (without the name). Each entry is defined twice: `name` and `name_triton`.
+SCHEMAS: dict[str, str] = {
+    "build_tree": (
+        "(Tensor parents, Tensor num_nodes, Tensor(a!) depth, Tensor(b!) mask, Tensor(c!) first_child, "
+        "Tensor(d!) next_sibling, Tensor(e!) valid) -> ()"
+    ),
+    "select_tree": (
+        "(Tensor cand_scores, Tensor cand_parents, Tensor cand_tokens, Tensor root_tokens, "
+        "Tensor(a!) parents, Tensor(b!) tokens, Tensor(c!) selected) -> ()"
+    ),
+    # q [B, H, N, D]; caches [B, H_kv, S_max, D]; tree keys at slots cache_len[b] + i; out like q.
+    "tree_attention": (
+        "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor tree_mask, float scale, "
+        "Tensor(a!) out) -> ()"
+    ),
+    # Every tensor of `caches` is a 4-D view [B, X, S_max, Y] (KV: X = H_kv, Y = D; per-token tensors
+    # [B, S_max, ...] are viewed as [B, 1, S_max, prod(...)]); moves slot cache_len[b] + accept_nodes[b, j]
+    # to slot cache_len[b] + j for j < accept_len[b], in place.
+    "compact_kv": "(Tensor(a!)[] caches, Tensor cache_len, Tensor accept_nodes, Tensor accept_len) -> ()",
+    # target: int64 [B, N] argmax ids, or float logits [B, N, V] (argmax fused).
+    "verify_greedy": (
+        "(Tensor first_child, Tensor next_sibling, Tensor valid, Tensor tokens, Tensor target, "
+        "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
+    ),
+    # draft_probs: None for deterministic (top-k) drafts, else float [B, N, V], the draft distribution at
+    # each node from which its children were sampled (SpecInfer-style rule).
+    "verify_sample": (
+        "(Tensor first_child, Tensor next_sibling, Tensor valid, Tensor tokens, Tensor logits, "
+        "Tensor uniforms, Tensor temperature, Tensor top_k, Tensor top_p, Tensor? draft_probs, "
+        "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
+    ),
+}
+
+
+# name -> fake implementation, for ops that return tensors (out-variants need none).
+FAKES: dict = {}
+
+
+def _noop_fake(*args, **kwargs):
+    return None
+
+
+def _define_all() -> None:
+    for name, schema in SCHEMAS.items():
+        for suffix in ("", "_triton"):
+            LIB.define(name + suffix + schema)
+            torch.library.register_fake(f"specdec::{name}{suffix}", lib=LIB)(FAKES.get(name, _noop_fake))
+
+
+_define_all()

@@ -1,0 +1,51 @@
+"""Input checks shared by the public ops: every message says what was expected and what came."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+
+def check_tensor(name: str, t, *, dtype=None, dtypes: Optional[Iterable[torch.dtype]] = None,
+                 ndim: Optional[int] = None, shape: Optional[Sequence[Optional[int]]] = None,
+                 device: Optional[torch.device] = None) -> None:
+    """Raise TypeError/ValueError unless `t` is a tensor of the expected dtype, rank, shape, device.
+
+    In `shape`, None matches any size.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if shape is not None:
+        for i, (want, got) in enumerate(zip(shape, t.shape)):
+            if want is not None and want != got:
+                exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+                raise ValueError(f"{name}: expected shape {exp}, got {tuple(t.shape)} (dimension {i})")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+
+
+def check_out(name: str, t, like_shape, dtype, device) -> None:
+    """A caller-provided output buffer: exact shape, dtype and device, contiguous."""
+    check_tensor(name, t, dtype=dtype, shape=like_shape, device=device)
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: output buffers must be contiguous")
+
+
+def same_device(**tensors) -> torch.device:
+    """The common device of the given tensors (None values skipped); raises when they differ."""
+    devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    uniq = set(devs.values())
+    if len(uniq) > 1:
+        detail = ", ".join(f"{k} on {d}" for k, d in devs.items())
+        raise ValueError(f"all tensors must be on one device, got {detail}")
+    return next(iter(uniq))

@@ -1,0 +1,1 @@
+"""Triton kernels of build_tree and select_tree (placeholder: filled in by the Triton tree work)."""
