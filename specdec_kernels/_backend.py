@@ -1,7 +1,8 @@
 """Backend choice, the same for every op.
 
 Order: the `backend=` argument, then the environment variable SPECDEC_BACKEND, then the first backend
-that supports the inputs in the order cuda -> triton -> cpu -> torch. An explicit argument that cannot
+that supports the inputs in the order cuda -> triton -> cpu -> torch (Triton on CPU tensors, i.e. under
+TRITON_INTERPRET=1, is a testing tool and is only used when asked for by name). An explicit argument that cannot
 run raises, listing why. SPECDEC_BACKEND applies to the ops that implement the named backend (an op
 without it chooses automatically), and raises like an argument when that backend refuses the inputs.
 The choice depends only on devices, dtypes, shapes and what was built, never on tensor values, so it
@@ -59,15 +60,23 @@ def compiled_check(op: str, device: torch.device, want: str) -> Optional[str]:
     return None
 
 
-def triton_check(device: torch.device) -> Optional[str]:
+def triton_check(device: torch.device, op: Optional[str] = None) -> Optional[str]:
+    """Check for the triton backend; with `op`, also that a kernel is registered on specdec::<op>_triton."""
     status = triton_status()
     if status is not None:
         return status
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and triton_interpreted():
-        return None
-    return f"Triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
+    if device.type == "cpu" and not triton_interpreted():
+        return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got cpu"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton needs CUDA tensors, got {device.type}"
+    if op is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}_triton", device.type.upper()):
+        return f"no Triton kernel is registered for specdec::{op}"
+    return None
+
+
+def _on_cpu(args) -> bool:
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return first is not None and first.device.type == "cpu"
 
 
 class Op:
@@ -118,6 +127,8 @@ class Op:
                 raise BackendError(f"{self.name}: {source}{backend!r} cannot run these inputs: {reason}")
             return backend
         for b in BACKENDS:
+            if b == "triton" and _on_cpu(args):
+                continue  # the Triton interpreter is a testing tool: on CPU tensors only when asked for
             if b in self.impls and self.impls[b][1](*args) is None:
                 return b
         lines = "\n".join(f"  {b}: {r}" for b, r in self.reasons(*args).items())
@@ -154,7 +165,7 @@ def standard_op(name: str, device_of: Callable[..., torch.device], *, extra: Opt
         op.register("cuda", kernel, with_extra("cuda", lambda *a: compiled_check(name, device_of(*a), "cuda")))
         op.register("cpu", kernel, with_extra("cpu", lambda *a: compiled_check(name, device_of(*a), "cpu")))
     if triton is not None:
-        op.register("triton", triton, with_extra("triton", lambda *a: triton_check(device_of(*a))))
+        op.register("triton", triton, with_extra("triton", lambda *a: triton_check(device_of(*a), name)))
     if reference is not None:
         op.register("torch", reference, with_extra("torch", lambda *a: None))
     return op

@@ -56,7 +56,7 @@ def report() -> str:
     for name, (op, _) in _probe_cases(torch.device("cpu")).items():
         cpu_k = "yes" if _backend.has_compiled_kernel(name, "CPU") else "no"
         cuda_k = "yes" if _backend.has_compiled_kernel(name, "CUDA") else "no"
-        tri = "yes" if "triton" in op.impls and triton_kernels.LOAD_ERROR is None else "no"
+        tri = "yes" if torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{name}_triton", "CUDA") else "no"
         on_cuda = choices.get("cuda", {}).get(name, "(no GPU)")
         add(f"specdec::{name:<11} {cpu_k:<11} {cuda_k:<12} {tri:<7} {choices['cpu'][name]} / {on_cuda}")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ def _static_reason(name: str, backend: str, device: torch.device):
     if backend in ("cuda", "cpu"):
         return _backend.compiled_check(name, device, backend)
     if backend == "triton":
-        return _backend.triton_check(device)
+        return _backend.triton_check(device, name)
     return None
 
 
