@@ -1,0 +1,238 @@
+"""Building blocks of the draft heads: RMSNorm, RoPE, GQA attention over the draft cache, SwiGLU MLP.
+
+Attention has two paths. The decode path writes the new keys/values into the draft cache and calls
+`specdec_kernels.tree_attention` (committed slots plus the tree slots of the packed mask); it is what the
+drafting loop uses. The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention
+over the T inputs only, with a causal or caller-given mask; it is what training uses. Both compute the
+same function: tests/test_models.py checks it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import specdec_kernels
+
+from .config import DraftConfig
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: normalise in fp32, cast back to the input dtype, then scale by the weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotary position embedding (rotate-half convention of Llama).
+
+def rope_inv_freq(config: DraftConfig, device=None) -> torch.Tensor:
+    """fp32 [head_dim / 2] inverse frequencies for the config's base and (static) scaling."""
+    d = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    rs = config.rope_scaling
+    if rs is None or rs["rope_type"] == "dynamic":
+        return inv
+    if rs["rope_type"] == "linear":
+        # positions / factor, folded into the frequencies
+        return inv / float(rs["factor"])
+    # llama3: long wavelengths divided by `factor`, short ones kept, a smooth ramp in between.
+    factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old_len = float(rs["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    out = torch.where(wavelen > old_len / lo, inv / factor, inv)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(medium, smoothed, out)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin [B, T, head_dim] (fp32) for int64 position_ids [B, T].
+
+    Computed in fp32 whatever the head's dtype (like Llama). Dynamic NTK scaling enlarges the base once the sequence exceeds max_position_embeddings; the length
+    is taken as max(position_ids) + 1 and the new base is computed on the device, so no host sync.
+    """
+
+    def __init__(self, config: DraftConfig):
+        super().__init__()
+        self.config = config
+        # fp32 frequencies per device, deliberately not a buffer: head.to(fp16) would round them.
+        self._inv_freq: dict = {}
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        inv = self._inv_freq.get(device)
+        if inv is None:
+            inv = self._inv_freq[device] = rope_inv_freq(self.config, device)
+        return inv
+
+    def forward(self, position_ids: torch.Tensor) -> tuple:
+        cfg = self.config
+        pos = position_ids.float()
+        inv = self.inv_freq(position_ids.device)
+        rs = cfg.rope_scaling
+        if rs is not None and rs["rope_type"] == "dynamic":
+            d, mp, factor = cfg.head_dim, float(cfg.max_position_embeddings), float(rs["factor"])
+            seq = pos.amax().clamp_min(0.0) + 1.0
+            scale = torch.clamp(factor * seq / mp - (factor - 1.0), min=1.0) ** (d / (d - 2))
+            scale = torch.where(seq > mp, scale, torch.ones_like(scale))
+            # base' = base * scale  =>  inv' = inv * scale^(-2i/d)
+            exps = torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d
+            inv = inv * scale ** (-exps)
+        freqs = pos[..., None] * inv                                         # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, D]; cos/sin [B, T, D] fp32, cast to x's dtype like Llama does."""
+    cos = cos[:, None].to(x.dtype)
+    sin = sin[:, None].to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention over the draft cache.
+
+def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
+                         tree_mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Differentiable plain-PyTorch tree attention with the semantics of specdec_kernels.tree_attention.
+
+    Query i of request b sees key slot s iff s < cache_len[b], or s = cache_len[b] + j with bit j of
+    tree_mask[b, i] set. Scores and softmax in fp32; GQA by head grouping. Used for autograd and as the
+    fallback while the kernel library lacks tree_attention.
+    """
+    B, Hq, N, D = q.shape
+    Hkv, S = k_cache.shape[1], k_cache.shape[2]
+    W = tree_mask.shape[-1]
+    rel = torch.arange(S, device=q.device)[None, :] - cache_len.to(torch.int64)[:, None]       # [B, S]
+    in_tree = (rel >= 0) & (rel < 32 * W)
+    relc = rel.clamp(0, 32 * W - 1)
+    words = torch.gather(tree_mask, 2, (relc // 32)[:, None, :].expand(B, N, S))                # [B, N, S]
+    bits = ((words >> (relc % 32).to(torch.int32)[:, None, :]) & 1).bool()
+    visible = (rel < 0)[:, None, :] | (bits & in_tree[:, None, :])                              # [B, N, S]
+    g = Hq // Hkv
+    k = k_cache.repeat_interleave(g, dim=1) if g > 1 else k_cache
+    v = v_cache.repeat_interleave(g, dim=1) if g > 1 else v_cache
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale                     # [B, H, N, S]
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row that sees nothing gives zeros, not NaN
+    return torch.matmul(p, v.float()).to(q.dtype)
+
+
+def tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale: float) -> torch.Tensor:
+    """specdec_kernels.tree_attention when it exists and no gradient is needed; else the dense path."""
+    kernel = getattr(specdec_kernels, "tree_attention", None)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad)
+    if kernel is None or needs_grad:
+        return dense_tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale)
+    return kernel(q, k_cache, v_cache, cache_len, tree_mask, scale=scale)
+
+
+class Attention(nn.Module):
+    """Llama self-attention (q/k/v/o projections, RoPE, GQA); o_proj has no bias."""
+
+    def __init__(self, config: DraftConfig):
+        super().__init__()
+        H, nh, nkv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = nh, nkv, hd
+        self.scale = 1.0 / math.sqrt(hd)
+        self.q_proj = nn.Linear(H, nh * hd, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(H, nkv * hd, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(H, nkv * hd, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(nh * hd, H, bias=False)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
+        """x [B, T, H] -> q [B, nh, T, hd], k, v [B, nkv, T, hd], RoPE applied to q and k."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def out(self, o: torch.Tensor) -> torch.Tensor:
+        """o [B, nh, T, hd] -> [B, T, H]."""
+        B, _, T, _ = o.shape
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def forward_cached(self, x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
+        """Write the T new keys/values at slots cache_len + slot_offset + i, then tree-attend."""
+        q, k, v = self.qkv(x, cos, sin)
+        B, _, T, _ = k.shape
+        slots = cache_len.to(torch.int64)[:, None] + slot_offset + torch.arange(T, device=x.device)[None, :]
+        idx = slots[:, None, :, None].expand(B, self.num_kv_heads, T, self.head_dim)
+        k_cache.scatter_(2, idx, k.to(k_cache.dtype))
+        v_cache.scatter_(2, idx, v.to(v_cache.dtype))
+        return self.out(tree_attention(q, k_cache, v_cache, cache_len, tree_mask, self.scale))
+
+    def forward_sequence(self, x, cos, sin, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Dense attention among the T inputs; attn_mask bool [B, T, T] (True = visible) or None = causal."""
+        q, k, v = self.qkv(x, cos, sin)
+        g = self.num_heads // self.num_kv_heads
+        if g > 1:
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        if attn_mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None], scale=self.scale)
+        return self.out(o)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); `out_features` is H, or 2H for the dual-output layer."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, out_features: Optional[int] = None):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, out_features or hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """The draft's one decoder layer: no input norm; a = x + Attn(x).
+
+    Single output (EAGLE): o = a + MLP(post_attention_layernorm(a)), [B, T, H].
+    Dual output (FSPAD/GRIFFIN, MLP down_proj I -> 2H): out = [a; a] + MLP(norm(a)), [B, T, 2H].
+    """
+
+    def __init__(self, config: DraftConfig, dual: bool):
+        super().__init__()
+        H = config.hidden_size
+        self.dual = dual
+        self.self_attn = Attention(config)
+        self.mlp = MLP(H, config.intermediate_size, 2 * H if dual else H)
+        self.post_attention_layernorm = RMSNorm(H, config.rms_norm_eps)
+
+    def _finish(self, a: torch.Tensor) -> torch.Tensor:
+        m = self.mlp(self.post_attention_layernorm(a))
+        return (torch.cat((a, a), dim=-1) if self.dual else a) + m
+
+    def forward_cached(self, x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
+        a = x + self.self_attn.forward_cached(x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset)
+        return self._finish(a)
+
+    def forward_sequence(self, x, cos, sin, attn_mask) -> torch.Tensor:
+        return self._finish(x + self.self_attn.forward_sequence(x, cos, sin, attn_mask))
