@@ -1,0 +1,109 @@
+"""KV-cache compaction after verification: move the accepted tree slots behind the committed prefix."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _backend
+from ..reference import compact as ref
+from ._checks import check_tensor, same_device
+
+
+def _compact_device(caches, cache_len, *rest):
+    return cache_len.device
+
+
+def _triton_compact_kv(*args):
+    return torch.ops.specdec.compact_kv_triton(*args)
+
+
+_COMPACT_KV = _backend.standard_op("compact_kv", _compact_device, reference=ref.compact_kv,
+                                   triton=_triton_compact_kv)
+
+
+def _as_4d(name: str, t, per_token: bool, B: Optional[int], S: Optional[int]) -> torch.Tensor:
+    """The [B, X, S_max, Y] view the kernels take, without copying (raises when no view exists)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if per_token:
+        if t.dim() < 2:
+            raise ValueError(f"{name}: expected a per-token tensor [B, S_max, ...], got shape {tuple(t.shape)}")
+        y = math.prod(t.shape[2:])
+        try:
+            v = t.view(t.shape[0], 1, t.shape[1], y)
+        except RuntimeError as exc:
+            raise ValueError(f"{name}: the trailing dimensions {tuple(t.shape[2:])} (strides {t.stride()[2:]}) "
+                             f"cannot be flattened into one without a copy; compaction works in place, so "
+                             f"pass a tensor whose trailing dimensions are contiguous") from exc
+    else:
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a KV tensor [B, H_kv, S_max, D], got shape {tuple(t.shape)}")
+        v = t
+    if B is not None and (v.shape[0] != B or v.shape[2] != S):
+        what = "[B, S_max, ...]" if per_token else "[B, H_kv, S_max, D]"
+        raise ValueError(f"{name}: expected {what} with B = {B}, S_max = {S} (as the first cache), "
+                         f"got shape {tuple(t.shape)}")
+    if v.shape[3] > 1 and v.stride(3) != 1:
+        raise ValueError(f"{name}: the last dimension must have unit stride (rows are copied as bytes), "
+                         f"got strides {t.stride()}")
+    return v
+
+
+def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_nodes: torch.Tensor,
+               accept_len: torch.Tensor, *, per_token: Sequence[torch.Tensor] = (),
+               backend: Optional[str] = None) -> None:
+    """Move the accepted tree slots of every cache to the end of the committed prefix, in place, in one op.
+
+    For each request b and j < accept_len[b]: slot cache_len[b] + accept_nodes[b, j] moves to slot
+    cache_len[b] + j, in every tensor of `caches` (K and V of every layer) and `per_token`. cache_len is
+    not changed: the caller adds accept_len afterwards.
+
+    Args:
+        caches: KV tensors [B, H_kv, S_max, D] (any strides along B, H_kv, S_max; unit stride along D).
+        cache_len: int32 [B], committed tokens per request (the tree's slots start there).
+        accept_nodes: int32 [B, W], the accepted path from verify_*: root first (accept_nodes[b, 0] = 0),
+            strictly increasing, -1 padded.
+        accept_len: int32 [B], path lengths (>= 1).
+        per_token: tensors [B, S_max, ...] moved with the same indices (e.g. the draft's input features);
+            their trailing dimensions must flatten without a copy.
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
+
+    Dtypes may differ between tensors (the kernels copy bytes); all share B, S_max and one device, and no
+    tensor may appear twice. Overlap is safe for a valid path: accept_nodes[b, j] >= j, so every source is
+    at or above its destination and a copy in increasing j never reads a slot it already overwrote.
+    Values are never checked (no host synchronisation): entries with accept_nodes < 0, j >= W, or a
+    source or destination outside [0, S_max) move nothing; accept_nodes that are not increasing give
+    backend-dependent results.
+    """
+    if isinstance(caches, torch.Tensor) or isinstance(per_token, torch.Tensor):
+        raise TypeError("caches / per_token: expected a list or tuple of tensors, got a single tensor")
+    check_tensor("accept_nodes", accept_nodes, dtype=torch.int32, ndim=2)
+    B = accept_nodes.shape[0]
+    check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,))
+    check_tensor("accept_len", accept_len, dtype=torch.int32, shape=(B,))
+    views, names = [], []
+    B_S = None  # (B, S_max) of the first tensor: every other must match
+    for name, ts, per in (("caches", caches, False), ("per_token", per_token, True)):
+        for i, t in enumerate(ts):
+            v = _as_4d(f"{name}[{i}]", t, per, *(B_S or (None, None)))
+            if B_S is None:
+                if v.shape[0] != B:
+                    raise ValueError(f"{name}[{i}]: expected batch B = {B} (the rows of accept_nodes), "
+                                     f"got shape {tuple(t.shape)}")
+                B_S = (B, v.shape[2])
+            views.append(v)
+            names.append(f"{name}[{i}]")
+    same_device(cache_len=cache_len, accept_nodes=accept_nodes, accept_len=accept_len, **dict(zip(names, views)))
+    seen = {}
+    for i, v in enumerate(views):
+        key = (v.data_ptr(), tuple(v.shape), v.stride(), v.dtype)
+        if v.numel() and key in seen:
+            raise ValueError(f"{names[i]} is the same memory as {names[seen[key]]}: it would be moved twice")
+        seen[key] = i
+    views = [v for v in views if v.numel() > 0]
+    if not views or B == 0 or accept_nodes.shape[1] == 0:
+        return None
+    _COMPACT_KV(backend, views, cache_len.contiguous(), accept_nodes.contiguous(), accept_len.contiguous())
+    return None
