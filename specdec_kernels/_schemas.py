@@ -45,6 +45,37 @@ SCHEMAS: dict[str, str] = {
         "Tensor uniforms, Tensor temperature, Tensor top_k, Tensor top_p, Tensor? draft_probs, "
         "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
     ),
+    # Feature sampling over token embeddings (ops/features.py). All [T, *] inputs are flattened over batch x
+    # positions; token_ids int32/int64 [T] index rows of the frozen embed_weight [V, H]. Forward writes `out`
+    # [T, H] plus what backward needs: z / h [T, H] (the fc output), row statistics in fp32 (fp64 for fp64
+    # inputs; FSPAD: rstd of z [T]; GRIFFIN: [T, 3] = rstd of h, of N_b(h), of e) and, when given, the [T, I]
+    # pre-activations (FSPAD: gate = e W_g^T and up = RMSNorm(z) W_u^T; GRIFFIN: pre_act = W_u [N_a(N_b(h));
+    # N_a(e)]).
+    # Backward writes the gradients that are not None (the embedding is frozen: none for it).
+    "fspad_forward": (
+        "(Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, Tensor? fc_bias, "
+        "Tensor norm_weight, Tensor gate_weight, Tensor up_weight, Tensor down_weight, float eps, "
+        "Tensor(a!) out, Tensor(b!) z, Tensor(c!) rstd, Tensor(d!)? gate, Tensor(e!)? up) -> ()"
+    ),
+    "fspad_backward": (
+        "(Tensor grad_out, Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, "
+        "Tensor? fc_bias, Tensor norm_weight, Tensor gate_weight, Tensor up_weight, Tensor down_weight, "
+        "float eps, Tensor z, Tensor rstd, Tensor gate, Tensor up, Tensor(a!)? d_features, "
+        "Tensor(b!)? d_fc_weight, Tensor(c!)? d_fc_bias, Tensor(d!)? d_norm_weight, Tensor(e!)? d_gate_weight, "
+        "Tensor(f!)? d_up_weight, Tensor(g!)? d_down_weight) -> ()"
+    ),
+    "griffin_forward": (
+        "(Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, Tensor? fc_bias, "
+        "Tensor norm_b_weight, Tensor norm_a_weight, Tensor up_weight, Tensor down_weight, float eps, "
+        "Tensor(a!) out, Tensor(b!) h, Tensor(c!) stats, Tensor(d!)? pre_act) -> ()"
+    ),
+    "griffin_backward": (
+        "(Tensor grad_out, Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, "
+        "Tensor? fc_bias, Tensor norm_b_weight, Tensor norm_a_weight, Tensor up_weight, Tensor down_weight, "
+        "float eps, Tensor h, Tensor stats, Tensor pre_act, Tensor(a!)? d_features, Tensor(b!)? d_fc_weight, "
+        "Tensor(c!)? d_fc_bias, Tensor(d!)? d_norm_b_weight, Tensor(e!)? d_norm_a_weight, Tensor(f!)? d_up_weight, "
+        "Tensor(g!)? d_down_weight) -> ()"
+    ),
 }
 
 

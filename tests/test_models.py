@@ -365,7 +365,7 @@ def test_save_load_round_trip(kind, tmp_path):
     head.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["specdec_kind"] == kind and cfg["hidden_size"] == H and cfg["num_hidden_layers"] == 1
-    loaded = load_draft_head(tmp_path)
+    loaded = load_draft_head(tmp_path, use_fused_features=False)  # the input-block path of `head`
     assert loaded.kind == kind and loaded.config.to_dict() == head.config.to_dict()
     assert loaded.load_report["missing"] == [] and loaded.load_report["unexpected"] == []
     loaded.bind_target(target.embed, target.lm_head)
