@@ -10,7 +10,6 @@ is stable under torch.compile and CUDA graphs.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable, Optional
 
@@ -28,9 +27,7 @@ class BackendError(RuntimeError):
     """No backend (or not the requested one) can run these inputs; the message lists why."""
 
 
-@functools.lru_cache(maxsize=None)
-def triton_status() -> Optional[str]:
-    """None when Triton kernels can be launched here at all, else why not."""
+def _probe_triton() -> Optional[str]:
     try:
         import triton  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the environment
@@ -38,15 +35,29 @@ def triton_status() -> Optional[str]:
     return None
 
 
+_TRITON_STATUS = _probe_triton()  # probed once at import: a constant under torch.compile
+
+
+def triton_status() -> Optional[str]:
+    """None when Triton kernels can be launched here at all, else why not."""
+    return _TRITON_STATUS
+
+
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Registrations happen at import time and never change afterwards: under torch.compile the answer is a
+# constant of the graph (Dynamo cannot trace this pybind call, which returns a bool, not a tensor).
+@torch.compiler.assume_constant_result
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """True when a kernel of `specdec::op` is registered for `dispatch_key` (by _C or a Triton module)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}", dispatch_key)
+
+
 def has_compiled_kernel(op: str, dispatch_key: str) -> bool:
     """True when specdec_kernels._C registered a kernel of `specdec::op` for `dispatch_key`."""
-    if _loader._C is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}", dispatch_key)
+    return _loader._C is not None and has_kernel(op, dispatch_key)
 
 
 def compiled_check(op: str, device: torch.device, want: str) -> Optional[str]:
@@ -69,7 +80,7 @@ def triton_check(device: torch.device, op: Optional[str] = None) -> Optional[str
         return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got cpu"
     if device.type not in ("cpu", "cuda"):
         return f"Triton needs CUDA tensors, got {device.type}"
-    if op is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}_triton", device.type.upper()):
+    if op is not None and not has_kernel(f"{op}_triton", device.type.upper()):
         return f"no Triton kernel is registered for specdec::{op}"
     return None
 
@@ -77,6 +88,9 @@ def triton_check(device: torch.device, op: Optional[str] = None) -> Optional[str
 def _on_cpu(args) -> bool:
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     return first is not None and first.device.type == "cpu"
+
+
+OPS: dict = {}  # name -> Op, every public op of the package (filled as op modules are imported)
 
 
 class Op:
@@ -90,10 +104,24 @@ class Op:
     def __init__(self, name: str):
         self.name = name
         self.impls: dict[str, tuple[Callable, Check]] = {}
+        # backend -> check(device) of what does not depend on the inputs' shapes (for `info`).
+        self.static: dict[str, Callable[[torch.device], Optional[str]]] = {}
+        OPS[name] = self
 
-    def register(self, backend: str, run: Callable, check: Check) -> None:
+    def register(self, backend: str, run: Callable, check: Check,
+                 static: Optional[Callable[[torch.device], Optional[str]]] = None) -> None:
         assert backend in BACKENDS, backend
         self.impls[backend] = (run, check)
+        self.static[backend] = static or (lambda device: None)
+
+    def default_backend(self, device: torch.device) -> str:
+        """The backend chosen on `device` for inputs within every backend's size and dtype limits."""
+        for b in BACKENDS:
+            if b == "triton" and device.type == "cpu":
+                continue
+            if b in self.impls and self.static[b](device) is None:
+                return b
+        return "none"
 
     def reasons(self, *args) -> dict[str, str]:
         """Why each backend refuses these inputs ({} entries omitted for backends that accept)."""
@@ -162,10 +190,12 @@ def standard_op(name: str, device_of: Callable[..., torch.device], *, extra: Opt
 
     if compiled:
         kernel = getattr(torch.ops.specdec, name)
-        op.register("cuda", kernel, with_extra("cuda", lambda *a: compiled_check(name, device_of(*a), "cuda")))
-        op.register("cpu", kernel, with_extra("cpu", lambda *a: compiled_check(name, device_of(*a), "cpu")))
+        for b in ("cuda", "cpu"):
+            op.register(b, kernel, with_extra(b, lambda *a, b=b: compiled_check(name, device_of(*a), b)),
+                        lambda device, b=b: compiled_check(name, device, b))
     if triton is not None:
-        op.register("triton", triton, with_extra("triton", lambda *a: triton_check(device_of(*a), name)))
+        op.register("triton", triton, with_extra("triton", lambda *a: triton_check(device_of(*a), name)),
+                    lambda device: triton_check(device, name))
     if reference is not None:
         op.register("torch", reference, with_extra("torch", lambda *a: None))
     return op

@@ -9,26 +9,20 @@ import specdec_kernels as sk
 from specdec_kernels import _backend, _loader, triton_kernels
 
 
-def _probe_cases(device: torch.device) -> dict:
-    """Small representative inputs per op, to ask each op which backend it would choose."""
-    from .ops import tree as tree_ops
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
-    i32 = dict(dtype=torch.int32, device=device)
-    B, N, M = 2, 8, 16
-    parents = torch.zeros(B, N, **i32)
-    num = torch.full((B,), N, **i32)
-    out = tree_ops.empty_tree(B, N, device)
-    cases = {
-        "build_tree": (tree_ops._BUILD_TREE, (parents, num, *out)),
-        "select_tree": (tree_ops._SELECT_TREE, (
-            torch.zeros(B, M, dtype=torch.float32, device=device), torch.zeros(B, M, **i32),
-            torch.zeros(B, M, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int64, device=device),
-            torch.zeros(B, N, **i32), torch.zeros(B, N, dtype=torch.int64, device=device), torch.zeros(B, N, **i32))),
-    }
-    return cases
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:
+        return "not installed"
 
 
 def report() -> str:
+    """The text printed by `python -m specdec_kernels.info`."""
     lines = []
     add = lines.append
     add(f"specdec_kernels {sk.__version__}")
@@ -39,35 +33,22 @@ def report() -> str:
     if _loader._C is None:
         add(f"compiled kernels: not loaded ({_loader.LOAD_ERROR or 'not built'})")
     else:
-        add(f"compiled kernels: CPU yes; CUDA {'yes, for ' + info.get('cuda_archs', '?') if _loader._C.with_cuda else 'no'}"
-            + (f" ({info['reason']})" if info.get("reason") else ""))
+        cuda = f"yes, for TORCH_CUDA_ARCH_LIST={info.get('cuda_archs', '?')}" if _loader._C.with_cuda else "no"
+        add(f"compiled kernels: CPU yes; CUDA {cuda}" + (f" ({info['reason']})" if info.get("reason") else ""))
     add(f"triton kernels: {'loaded' if triton_kernels.LOAD_ERROR is None else triton_kernels.LOAD_ERROR}"
         + (" (TRITON_INTERPRET=1: interpreted on the CPU)" if _backend.triton_interpreted() else ""))
     add("")
-    add(f"{'op':<20} {'CPU kernel':<11} {'CUDA kernel':<12} {'triton':<7} backend on cpu / cuda")
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    choices = {d.type: {} for d in devices}
-    for d in devices:
-        for name, (op, args) in _probe_cases(d).items():
-            try:
-                choices[d.type][name] = op.choose(None, *args)
-            except _backend.BackendError as exc:
-                choices[d.type][name] = f"none ({exc})"
-    for name, (op, _) in _probe_cases(torch.device("cpu")).items():
-        cpu_k = "yes" if _backend.has_compiled_kernel(name, "CPU") else "no"
-        cuda_k = "yes" if _backend.has_compiled_kernel(name, "CUDA") else "no"
-        tri = "yes" if torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{name}_triton", "CUDA") else "no"
-        on_cuda = choices.get("cuda", {}).get(name, "(no GPU)")
-        add(f"specdec::{name:<11} {cpu_k:<11} {cuda_k:<12} {tri:<7} {choices['cpu'][name]} / {on_cuda}")
+    add(f"{'op (kernel schema)':<26} {'C++ CPU':<8} {'CUDA':<5} {'Triton':<7} backend chosen for cpu / cuda tensors")
+    for name, op in _backend.OPS.items():
+        cpu_k = _backend.has_compiled_kernel(name, "CPU")
+        cuda_k = _backend.has_compiled_kernel(name, "CUDA")
+        tri = _backend.has_kernel(f"{name}_triton", "CUDA")
+        on_cuda = op.default_backend(torch.device("cuda"))
+        add(f"specdec::{name:<17} {_yes(cpu_k):<8} {_yes(cuda_k):<5} {_yes(tri):<7} "
+            f"{op.default_backend(torch.device('cpu'))} / {on_cuda}")
+    add("(on cuda tensors: what a GPU machine with this build would use; limits per backend")
+    add(" such as N <= 1024 tree nodes for the CUDA/Triton tree kernels are in each op's docs)")
     return "\n".join(lines)
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-        return triton.__version__
-    except Exception:
-        return "not installed"
 
 
 if __name__ == "__main__":
