@@ -1,0 +1,364 @@
+"""The generate loops: EAGLE-2 tree speculative decoding and plain autoregressive decoding.
+
+Both run the target through specdec.target.TargetModel (our KV cache + tree attention), so the baseline
+differs from speculative decoding only by its one-node trees. Per pass of `generate`:
+  1. draft: TreeDrafter.draft grows and reranks the tree under each request's root (last accepted token);
+  2. verify: build_tree, one target forward over all N nodes (positions cache_len + depth), then
+     verify_greedy (temperature 0) or verify_sample (uniforms from `generator`): the accepted path and
+     the bonus token;
+  3. commit: compact_kv moves the accepted nodes' K/V into place, cache_len += accept_len; the draft
+     appends the pairs (target feature of each accepted node, next emitted token) to its own cache;
+  4. the emitted tokens (accepted drafts + bonus) are written into a device buffer.
+Requests finish on EOS or max_new_tokens; finished requests keep running with accept_len forced to 0, so
+their caches stop growing and their outputs stop changing. The loop synchronises with the host once per
+pass (to learn whether every request has finished); the steps themselves never do.
+
+Outputs are exactly the target's tokens: greedy output equals the target's own greedy decoding, and
+sampled output follows the target's sampling distribution (temperature, top-k, top-p as
+specdec_kernels.verify_sample defines them).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+import specdec_kernels
+
+from ..target import TargetModel
+from .drafting import TreeDrafter, check_tree_params, tree_nodes
+
+
+@dataclass
+class GenerationResult:
+    """What generate / generate_baseline return.
+
+    sequences: per request, the NEW tokens only (prompt excluded), ending with the EOS token when one
+        was produced, at most max_new_tokens.
+    prompt_lengths: tokens of each prompt.
+    passes: target forward passes after the prefill (verification passes; one per token for the baseline).
+    tau: mean tokens emitted per target pass, bonus included, over the passes in which a request was still
+        running (EAGLE's "average acceptance length"); 1.0 for the baseline. The prefill's first token is
+        not counted.
+    tau_per_request: the same per request.
+    accept_lengths: int32 [passes, B] on the CPU, accept_len of every pass (0 once a request finished).
+    prefill_time, draft_time, verify_time, total_time: seconds (wall clock; on CUDA the phases are
+        synchronised so the split is meaningful). draft_time includes the draft's own prefill and
+        extensions; verify_time the target verification, the verification op and the compaction.
+    """
+
+    sequences: list
+    prompt_lengths: list
+    passes: int = 0
+    tau: float = 1.0
+    tau_per_request: list = field(default_factory=list)
+    accept_lengths: Optional[torch.Tensor] = None
+    prefill_time: float = 0.0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    total_time: float = 0.0
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Tokens generated over all requests."""
+        return sum(len(s) for s in self.sequences)
+
+    @property
+    def time_per_pass(self) -> float:
+        """Seconds per decode pass (draft + verify), prefill excluded."""
+        return (self.draft_time + self.verify_time) / max(self.passes, 1)
+
+    def summary(self) -> str:
+        """One line of statistics."""
+        tps = self.num_new_tokens / self.total_time if self.total_time > 0 else float("nan")
+        return (f"requests {len(self.sequences)}  new tokens {self.num_new_tokens}  passes {self.passes}  "
+                f"tau {self.tau:.3f}  prefill {self.prefill_time * 1e3:.1f} ms  draft {self.draft_time * 1e3:.1f} ms  "
+                f"verify {self.verify_time * 1e3:.1f} ms  per pass {self.time_per_pass * 1e3:.2f} ms  "
+                f"total {self.total_time:.3f} s  ({tps:.1f} tokens/s)")
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def _prompts(input_ids, attention_mask) -> list:
+    """Prompts as lists of ints: from a list of lists, or a [B, L] tensor (+ optional 0/1 attention_mask,
+    left or right padded: the tokens where the mask is 1, in order)."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected a [B, L] tensor, got shape {tuple(input_ids.shape)}")
+        rows = input_ids.tolist()
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+                got = (tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor)
+                       else type(attention_mask).__name__)
+                raise ValueError(f"attention_mask: expected a tensor of shape {tuple(input_ids.shape)} (like "
+                                 f"input_ids), got {got}")
+            masks = attention_mask.tolist()
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, masks)]
+    else:
+        if attention_mask is not None:
+            raise ValueError("attention_mask: only meaningful with a tensor input_ids")
+        if not isinstance(input_ids, (list, tuple)) or not input_ids:
+            raise TypeError("input_ids: expected a non-empty list of token lists or a [B, L] tensor")
+        if all(isinstance(t, int) for t in input_ids):
+            input_ids = [input_ids]
+        rows = [list(map(int, r)) for r in input_ids]
+    for b, r in enumerate(rows):
+        if not r:
+            raise ValueError(f"input_ids: prompt {b} is empty (every request needs at least one token)")
+    return rows
+
+
+def _pad(rows: list, device) -> tuple:
+    B, L = len(rows), max(len(r) for r in rows)
+    ids = torch.zeros(B, L, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r, dtype=torch.int64)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
+    return ids.to(device), lengths.to(device)
+
+
+def _eos_tensor(eos_token_id, device) -> Optional[torch.Tensor]:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids:
+        return None
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature: expected >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k: expected >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p: expected 0 < top_p <= 1 (1 = off), got {top_p}")
+
+
+class _Chooser:
+    """Verification with the requested decoding rule (greedy or lossless sampling), and uniforms to feed it."""
+
+    def __init__(self, B: int, device, temperature: float, top_k: int, top_p: float, generator, backend):
+        self.greedy = temperature == 0
+        self.B, self.device, self.generator, self.backend = B, device, generator, backend
+        self.temperature = torch.full((B,), float(temperature), dtype=torch.float32, device=device)
+        self.top_k = torch.full((B,), int(top_k), dtype=torch.int32, device=device)
+        self.top_p = torch.full((B,), float(top_p), dtype=torch.float32, device=device)
+        self.one_node = specdec_kernels.build_tree(torch.full((B, 1), -1, dtype=torch.int32, device=device))
+
+    def __call__(self, tree, tokens, logits) -> tuple:
+        if self.greedy:
+            return specdec_kernels.verify_greedy(tree, tokens, logits, backend=self.backend)
+        u = torch.rand(self.B, tokens.shape[1] + 1, generator=self.generator, device=self.device)
+        return specdec_kernels.verify_sample(tree, tokens, logits, u, self.temperature, self.top_k, self.top_p,
+                                             backend=self.backend)
+
+    def first(self, last_logits: torch.Tensor) -> torch.Tensor:
+        """The token after the prompt, drawn from the prefill logits [B, V] by the same rule (a one-node tree)."""
+        tokens = torch.zeros(self.B, 1, dtype=torch.int64, device=self.device)
+        return self(self.one_node, tokens, last_logits[:, None, :])[2][:, 0]
+
+
+class _Output:
+    """Device buffer of emitted tokens, per-request counts and finished flags (no host sync)."""
+
+    def __init__(self, B: int, max_new: int, width: int, eos: Optional[torch.Tensor], device):
+        self.buf = torch.full((B, max_new + width + 1), -1, dtype=torch.int64, device=device)
+        self.dump = max_new + width                               # column that absorbs padding writes
+        self.count = torch.zeros(B, dtype=torch.int64, device=device)
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        self.max_new, self.eos = max_new, eos
+
+    def emit(self, tokens: torch.Tensor, n: torch.Tensor) -> None:
+        """Append tokens[b, :n[b]] (n int [B]; a finished request must have n = 0)."""
+        T = tokens.shape[1]
+        j = torch.arange(T, device=tokens.device)[None, :]
+        valid = j < n.to(torch.int64)[:, None]
+        idx = torch.where(valid, self.count[:, None] + j, torch.full_like(j, self.dump))
+        self.buf.scatter_(1, idx, tokens)
+        self.count.add_(n.to(torch.int64))
+        done = self.count >= self.max_new
+        if self.eos is not None:
+            done |= (torch.isin(tokens, self.eos) & valid).any(dim=1)
+        self.finished |= done
+
+    def sequences(self) -> list:
+        rows, counts = self.buf.tolist(), self.count.tolist()
+        eos = set(self.eos.tolist()) if self.eos is not None else set()
+        out = []
+        for r, c in zip(rows, counts):
+            r = r[:min(c, self.max_new)]
+            for i, t in enumerate(r):
+                if t in eos:
+                    r = r[:i + 1]
+                    break
+            out.append(r)
+        return out
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _as_target(target, backend) -> TargetModel:
+    if isinstance(target, TargetModel):
+        return target
+    return TargetModel(target, backend=backend)
+
+
+# -- speculative decoding -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = None, *, max_new_tokens: int = 64,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, tree_top_k: int = 10, depth: int = 6,
+             total_tokens: int = 60, eos_token_id: Union[int, Sequence[int], None] = None,
+             generator: Optional[torch.Generator] = None, prefill_chunk_size: Optional[int] = None,
+             backend: Optional[str] = None) -> GenerationResult:
+    """Lossless EAGLE-2 tree speculative decoding of a batch of prompts.
+
+    Args:
+        target: a specdec.target.TargetModel or a Hugging Face causal LM (wrapped).
+        draft: a specdec.models.DraftHead (EAGLE, FSPAD or GRIFFIN) for this target; generate binds it to
+            the target's embedding and lm_head (head.bind_target).
+        input_ids: list of token lists (prompts of any lengths), or a [B, L] tensor with an optional 0/1
+            attention_mask (left or right padding).
+        max_new_tokens: tokens to generate per request (at most; fewer when EOS comes first).
+        temperature: 0 = greedy (output equals the target's greedy decoding); > 0 samples losslessly.
+        top_k (0 = off), top_p (1.0 = off): the target's sampling filters.
+        tree_top_k, depth, total_tokens: EAGLE-2 tree parameters (children per node, levels, nodes incl. the
+            root; the tree is capped at the number of drafted candidates + 1).
+        eos_token_id: int, list of ints, or None; a request stops after emitting one of them.
+        generator: torch.Generator on the target's device for the sampling uniforms (reproducible runs).
+        prefill_chunk_size: prefill at most this many prompt columns per forward (None: all at once).
+        backend: specdec_kernels backend for every kernel (None chooses; a TargetModel passed as `target`
+            keeps its own backend for the target's kernels).
+
+    Returns:
+        GenerationResult (sequences = new tokens only).
+    """
+    t_start = time.perf_counter()
+    target = _as_target(target, backend)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
+    dev = target.device
+    if draft.device != dev:
+        raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
+    rows = _prompts(input_ids, attention_mask)
+    B = len(rows)
+    ids, lengths = _pad(rows, dev)
+    L = ids.shape[1]
+    N = tree_nodes(tree_top_k, depth, total_tokens)
+    D1 = min(N, depth + 1)                                          # longest accepted path (root included)
+    # Committed tokens stay below L + max_new_tokens + depth (a request may commit a whole path on the pass
+    # that finishes it); one tree more is written past them.
+    cache = target.new_cache(B, L + max_new_tokens + depth + N + 1)
+    draft.bind_target(target.embed_tokens, target.lm_head)
+    drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens,
+                          backend=backend)
+    choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
+    out = _Output(B, max_new_tokens, D1, _eos_tensor(eos_token_id, dev), dev)
+
+    # Prefill: the target commits the prompts and picks the first token; the draft commits the pairs
+    # (f_t, x_{t+1}) for t < length, the last pairing the feature of the prompt's last token with that token.
+    pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
+    root = choose.first(pre.logits)
+    out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
+    _sync(dev)
+    t_prefill = time.perf_counter()
+    pair_tokens = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    pair_tokens.scatter_(1, (lengths.to(torch.int64) - 1)[:, None], root[:, None])
+    root_logits, root_hidden = drafter.extend(pre.hidden, pair_tokens, lengths)
+    _sync(dev)
+    t_draft = time.perf_counter() - t_prefill
+    t_verify = 0.0
+    passes = 0
+    accepts = []
+    while not bool(out.finished.all()):                             # the one host sync per pass
+        t0 = time.perf_counter()
+        parents, tokens = drafter.draft(root, root_logits, root_hidden)
+        _sync(dev)
+        t1 = time.perf_counter()
+        tree = specdec_kernels.build_tree(parents, backend=backend)
+        ver = target.verify(tokens, tree, cache)
+        accept_nodes, accept_len, out_tokens = choose(tree, tokens, ver.logits)
+        n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
+        target.commit(cache, accept_nodes, n)
+        _sync(dev)
+        t2 = time.perf_counter()
+        out.emit(out_tokens[:, :D1], n)
+        accepts.append(n)
+        # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
+        nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
+        feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
+        root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
+        root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
+        _sync(dev)
+        t3 = time.perf_counter()
+        t_draft += (t1 - t0) + (t3 - t2)
+        t_verify += t2 - t1
+        passes += 1
+        if passes > max_new_tokens + 1:                             # every active pass emits >= 1 token
+            raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
+    return _result(out, rows, accepts, passes, t_prefill - t_start, t_draft, t_verify, time.perf_counter() - t_start)
+
+
+def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total) -> GenerationResult:
+    acc = torch.stack(accepts).to(torch.int32).cpu() if accepts else torch.zeros(0, len(rows), dtype=torch.int32)
+    active = (acc > 0).sum(0)
+    emitted = acc.sum(0)
+    per_req = [float(e) / float(a) if a > 0 else 0.0 for e, a in zip(emitted.tolist(), active.tolist())]
+    tau = float(emitted.sum()) / float(active.sum()) if int(active.sum()) > 0 else 0.0
+    return GenerationResult(sequences=out.sequences(), prompt_lengths=[len(r) for r in rows], passes=passes, tau=tau,
+                            tau_per_request=per_req, accept_lengths=acc, prefill_time=t_prefill, draft_time=t_draft,
+                            verify_time=t_verify, total_time=t_total)
+
+
+# -- plain autoregressive decoding --------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_baseline(target, input_ids, attention_mask: Optional[torch.Tensor] = None, *, max_new_tokens: int = 64,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                      eos_token_id: Union[int, Sequence[int], None] = None, generator: Optional[torch.Generator] = None,
+                      prefill_chunk_size: Optional[int] = None, backend: Optional[str] = None) -> GenerationResult:
+    """Plain autoregressive decoding through the same TargetModel (a one-node tree per pass).
+
+    Same arguments and result as `generate` without a draft; tau is 1 and draft_time 0. With the same
+    generator state it consumes uniforms differently from `generate`, so sampled outputs agree in
+    distribution, not token for token.
+    """
+    t_start = time.perf_counter()
+    target = _as_target(target, backend)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    dev = target.device
+    rows = _prompts(input_ids, attention_mask)
+    B = len(rows)
+    ids, lengths = _pad(rows, dev)
+    cache = target.new_cache(B, ids.shape[1] + max_new_tokens + 1)
+    choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
+    out = _Output(B, max_new_tokens, 1, _eos_tensor(eos_token_id, dev), dev)
+    pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
+    root = choose.first(pre.logits)
+    out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
+    _sync(dev)
+    t_prefill = time.perf_counter()
+    tree = choose.one_node
+    passes, accepts = 0, []
+    while not bool(out.finished.all()):
+        ver = target.verify(root[:, None], tree, cache)
+        accept_nodes, accept_len, out_tokens = choose(tree, root[:, None], ver.logits)
+        n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
+        target.commit(cache, accept_nodes, n)
+        out.emit(out_tokens, n)
+        accepts.append(n)
+        root = out_tokens[:, 0]
+        passes += 1
+    _sync(dev)
+    t_end = time.perf_counter()
+    return _result(out, rows, accepts, passes, t_prefill - t_start, 0.0, t_end - t_prefill, t_end - t_start)

@@ -1,0 +1,227 @@
+"""specdec.decoding: EAGLE-2 tree drafting against a brute-force re-implementation, and the generate API.
+
+Losslessness itself is tested in test_lossless.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import specdec_kernels as sk
+from specdec.decoding import (GenerationResult, TargetOracleHead, TreeDrafter, generate, generate_baseline,
+                              num_candidates, tree_nodes)
+from specdec.models import DraftConfig, build_draft_head
+from specdec.target import TargetModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(vocab=128, sharpen=1.0, seed=0):
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def make_head(model, kind="eagle", seed=1, sharpen=1.0):
+    torch.manual_seed(seed)
+    head = build_draft_head(DraftConfig.from_target(model.config, kind)).eval()
+    head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
+    # Scale the head's output so its draft distributions are peaked (deeper trees, fewer near-ties).
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(sharpen)
+    return head
+
+
+# -- drafting -----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def brute_force_tree(head, feats, toks, k, depth, N):
+    """EAGLE-2 for one request, evaluating every node by replaying its whole path through a fresh cache
+    one pair at a time (no tree attention): the specification of TreeDrafter.draft."""
+
+    def run(pairs):
+        cache = head.new_cache(1, len(pairs) + 1)
+        cache_len = torch.zeros(1, dtype=torch.int32)
+        logits = hidden = None
+        for t, (f, x) in enumerate(pairs):
+            out = head(f.view(1, 1, -1), torch.tensor([[x]]), torch.tensor([[t]]), cache, cache_len,
+                       torch.ones(1, 1, 1, dtype=torch.int32))
+            cache_len += 1
+            logits, hidden = out.logits[0, 0].float(), out.hidden[0, 0]
+        return logits, hidden
+
+    committed = [(feats[t], int(toks[t])) for t in range(len(toks))]
+    root_logits, root_hidden = run(committed)
+    lp = torch.log_softmax(root_logits, -1)
+    s, t = torch.topk(lp, k)
+    cands = [dict(score=float(s[i]), token=int(t[i]), parent=-1, path=[(root_hidden, int(t[i]))]) for i in range(k)]
+    frontier = list(range(k))
+    for level in range(depth - 1):
+        base = len(cands)
+        child_scores, children = [], []
+        for f in frontier:
+            logits, hidden = run(committed + cands[f]["path"])
+            cs, ct = torch.topk(torch.log_softmax(logits, -1), k)
+            for c in range(k):
+                sc = torch.tensor(cands[f]["score"], dtype=torch.float32) + cs[c]
+                child_scores.append(sc)
+                children.append(dict(score=float(sc), token=int(ct[c]), parent=f,
+                                     path=cands[f]["path"] + [(hidden, int(ct[c]))]))
+        cands += children
+        frontier = [base + int(i) for i in torch.topk(torch.stack(child_scores), k).indices]
+    scores = torch.tensor([c["score"] for c in cands])
+    order = sorted(range(len(cands)), key=lambda i: (-float(scores[i]), i))[:N - 1]
+    chosen = sorted(order)
+    node = {c: i + 1 for i, c in enumerate(chosen)}
+    parents = [-1] + [0 if cands[c]["parent"] == -1 else node[cands[c]["parent"]] for c in chosen]
+    tokens = [cands[c]["token"] for c in chosen]
+    return parents, tokens, root_logits
+
+
+@pytest.mark.parametrize("kind", ["eagle", "griffin"])
+@pytest.mark.parametrize("k, depth, total", [(3, 3, 10), (2, 4, 9), (4, 1, 5)])
+def test_drafter_matches_brute_force(kind, k, depth, total):
+    model = make_model()
+    head = make_head(model, kind, sharpen=1.5)
+    B, L, H = 2, 6, 64
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(B, L, H, generator=g)
+    toks = torch.randint(0, 128, (B, L), generator=g)
+    n = torch.tensor([6, 4], dtype=torch.int32)
+    drafter = TreeDrafter(head, B, 32, k, depth, total)
+    root_logits, root_hidden = drafter.extend(feats, toks, n)
+    assert drafter.cache_len.tolist() == [6, 4]
+    roots = torch.tensor([7, 9])
+    parents, tokens = drafter.draft(roots, root_logits, root_hidden)
+    N = tree_nodes(k, depth, total)
+    assert parents.shape == (B, N) and tokens.shape == (B, N)
+    assert bool(sk.build_tree(parents).valid.all())
+    assert tokens[:, 0].tolist() == [7, 9]
+    for b in range(B):
+        want_p, want_t, want_root = brute_force_tree(head, feats[b, :n[b]], toks[b, :n[b]], k, depth, N)
+        torch.testing.assert_close(root_logits[b], want_root, atol=1e-4, rtol=1e-4)
+        assert parents[b].tolist() == want_p, (b, parents[b].tolist(), want_p)
+        assert tokens[b, 1:].tolist() == want_t, (b, tokens[b].tolist(), want_t)
+    # Drafting never commits: the draft cache length is unchanged.
+    assert drafter.cache_len.tolist() == [6, 4]
+
+
+def test_tree_size_helpers():
+    assert num_candidates(10, 6) == 10 + 5 * 100
+    assert tree_nodes(10, 6, 60) == 60
+    assert tree_nodes(2, 1, 60) == 3          # capped by the candidates drafted
+    assert tree_nodes(1, 1, 1) == 1
+
+
+# -- generate API ---------------------------------------------------------------------------------------
+
+PROMPTS = [[5, 17, 33, 2, 90], [7, 8], [100, 3, 4, 50, 12, 61, 9]]
+TREE = dict(tree_top_k=3, depth=3, total_tokens=8)
+
+
+def test_tensor_inputs_with_padding_equal_lists():
+    model = make_model(sharpen=8.0)
+    head = TargetOracleHead(model)
+    want = generate(model, head, PROMPTS, max_new_tokens=6, **TREE)
+    L = max(map(len, PROMPTS))
+    ids = torch.zeros(3, L, dtype=torch.int64)
+    mask = torch.zeros(3, L, dtype=torch.int64)
+    for b, p in enumerate(PROMPTS):                                   # left padding, as tokenizers do
+        ids[b, L - len(p):] = torch.tensor(p)
+        mask[b, L - len(p):] = 1
+    got = generate(TargetModel(model), head, ids, mask, max_new_tokens=6, **TREE)
+    assert got.sequences == want.sequences
+    got = generate(model, head, PROMPTS, max_new_tokens=6, prefill_chunk_size=2, **TREE)
+    assert got.sequences == want.sequences
+    one = generate(model, head, PROMPTS[0], max_new_tokens=6, **TREE)  # a single flat prompt
+    assert one.sequences == want.sequences[:1]
+    ref = generate(model, head, PROMPTS, max_new_tokens=6, backend="torch", **TREE)  # reference kernels
+    assert ref.sequences == want.sequences
+
+
+def test_result_statistics():
+    model = make_model(sharpen=8.0)
+    res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=10, tree_top_k=1, depth=4, total_tokens=5)
+    assert isinstance(res, GenerationResult)
+    assert res.prompt_lengths == [5, 2, 7]
+    assert res.num_new_tokens == 30
+    assert res.accept_lengths.shape == (res.passes, 3)
+    # First token from the prefill, then 9 tokens in passes of up to depth + 1 = 5.
+    assert res.passes >= 2 and res.tau <= 5.0
+    assert res.tau == pytest.approx(float(res.accept_lengths.sum()) / float((res.accept_lengths > 0).sum()))
+    assert len(res.tau_per_request) == 3
+    assert "tau" in res.summary() and res.draft_time > 0 and res.verify_time > 0
+    base = generate_baseline(model, PROMPTS, max_new_tokens=10)
+    assert base.sequences == res.sequences
+    assert base.tau == 1.0 and base.passes == 9
+
+
+def test_baseline_equals_hf_greedy():
+    model = make_model()
+    res = generate_baseline(model, PROMPTS, max_new_tokens=8)
+    for b, p in enumerate(PROMPTS):
+        hf = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)
+        assert res.sequences[b] == hf[0, len(p):].tolist()
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = make_model(sharpen=4.0)
+    head = make_head(model)
+    kw = dict(max_new_tokens=8, temperature=0.8, top_p=0.9, **TREE)
+    a = generate(model, head, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
+    b = generate(model, head, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
+    assert a.sequences == b.sequences
+    assert all(len(s) == 8 for s in a.sequences)
+    c = generate_baseline(model, PROMPTS, generator=torch.Generator().manual_seed(5), max_new_tokens=8,
+                          temperature=0.8, top_p=0.9)
+    assert all(len(s) == 8 for s in c.sequences)
+
+
+def test_eos_per_request_and_finished_requests_are_frozen():
+    model = make_model(sharpen=8.0)
+    full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences
+    eos = full[1][2]                                                  # request 1 stops early
+    res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=eos, **TREE)
+    for b, seq in enumerate(full):
+        want = seq[:seq.index(eos) + 1] if eos in seq else seq
+        assert res.sequences[b] == want
+    # Once finished, a request accepts nothing more (accept_len 0).
+    acc = res.accept_lengths[:, 1]
+    first_zero = int((acc == 0).nonzero()[0]) if bool((acc == 0).any()) else len(acc)
+    assert bool((acc[first_zero:] == 0).all())
+
+
+def test_errors():
+    model = make_model()
+    head = make_head(model)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, head, PROMPTS, max_new_tokens=0)
+    with pytest.raises(ValueError, match="tree_top_k"):
+        generate(model, head, PROMPTS, tree_top_k=200)                 # more than the vocabulary
+    with pytest.raises(ValueError, match="depth"):
+        generate(model, head, PROMPTS, depth=0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, head, PROMPTS, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, head, PROMPTS, temperature=1.0, top_p=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, head, [[1, 2], []])
+    with pytest.raises(ValueError, match="attention_mask"):
+        generate(model, head, torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="input_ids"):
+        generate(model, head, "hello")

@@ -1,0 +1,190 @@
+"""specdec.target: a Hugging Face model driven with our KV cache and tree attention (CPU, fp32, tiny models).
+
+The oracle is the model's own forward with its default attention over full sequences: prefill logits and
+features (last hidden state after the final norm), tree verification logits of every node (= the logits
+after the node's root-to-node path), and logits after compaction.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+import specdec_kernels as sk
+from helpers import TOLERANCES
+from specdec.target import ATTN_IMPLEMENTATION, TargetModel, TreeKVCache, chain_mask, pack_bits
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+}
+ATOL, RTOL = TOLERANCES[torch.float32]
+# Full-model outputs go through 2 layers and an lm_head: allow a few fp32 roundings per layer.
+CLOSE = dict(atol=20 * ATOL, rtol=20 * RTOL)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(family="llama", vocab=128, sliding_window=None, seed=0):
+    cfg_cls, model_cls, extra = FAMILIES[family]
+    if sliding_window is not None:
+        extra = dict(extra, sliding_window=sliding_window)
+    cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False,
+                  **extra)
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def hf_last(model, seqs):
+    """(logits [R, V], hidden [R, H]) after the last token of each sequence, from the model's own forward."""
+    logits, hidden = [], []
+    with torch.no_grad():
+        for s in seqs:
+            out = model(torch.tensor([s]), output_hidden_states=True)
+            logits.append(out.logits[0, -1])
+            hidden.append(out.hidden_states[-1][0, -1])
+    return torch.stack(logits), torch.stack(hidden)
+
+
+def path(parents, i):
+    p = [i]
+    while parents[p[-1]] != -1:
+        p.append(parents[p[-1]])
+    return p[::-1]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prefill_verify_commit_match_full_forward(family):
+    model = make_model(family)
+    tgt = TargetModel(model)
+    prompts = [[1, 5, 9, 20, 33, 7, 8], [4, 2, 90], [11, 12, 13, 14, 15]]
+    B, L = 3, 7
+    ids = torch.zeros(B, L, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.tensor(p)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
+    cache = tgt.new_cache(B, 40)
+    pre = tgt.prefill(ids, lengths, cache, chunk_size=3)            # chunks smaller than the prompts
+    assert cache.cache_len.tolist() == [7, 3, 5]
+    want_logits, _ = hf_last(model, prompts)
+    torch.testing.assert_close(pre.logits, want_logits, **CLOSE)
+    # Features of every real prompt column.
+    for b, p in enumerate(prompts):
+        with torch.no_grad():
+            h = model(torch.tensor([p]), output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(pre.hidden[b, :len(p)], h, **CLOSE)
+
+    # A ragged batch of trees (different shapes per request), root = a fresh token.
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 3, 2, 6],
+                            [-1, 0, 1, 2, 3, 4, 5, 6],             # a chain
+                            [-1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)  # a star
+    tokens = torch.randint(0, 128, (B, 8), generator=torch.Generator().manual_seed(1))
+    tree = sk.build_tree(parents)
+    ver = tgt.verify(tokens, tree, cache)
+    assert cache.cache_len.tolist() == [7, 3, 5]                     # verify commits nothing
+    for b in range(B):
+        seqs = [prompts[b] + tokens[b, path(parents[b].tolist(), i)].tolist() for i in range(8)]
+        lg, hd = hf_last(model, seqs)
+        torch.testing.assert_close(ver.logits[b], lg, **CLOSE)
+        torch.testing.assert_close(ver.hidden[b], hd, **CLOSE)
+
+    # Accept different paths per request, compact, then verify a one-node tree: it must see exactly the
+    # prompt + accepted path.
+    accept_nodes = torch.tensor([[0, 1, 3, 5, -1, -1, -1, -1],
+                                 [0, 1, 2, 3, 4, 5, 6, 7],
+                                 [0, -1, -1, -1, -1, -1, -1, -1]], dtype=torch.int32)
+    accept_len = torch.tensor([4, 8, 1], dtype=torch.int32)
+    tgt.commit(cache, accept_nodes, accept_len)
+    assert cache.cache_len.tolist() == [11, 11, 6]
+    nxt = torch.tensor([[3], [4], [5]])
+    one = sk.build_tree(torch.full((B, 1), -1, dtype=torch.int32))
+    ver2 = tgt.verify(nxt, one, cache)
+    seqs = [prompts[b] + tokens[b, accept_nodes[b, :accept_len[b]].long()].tolist() + [int(nxt[b, 0])]
+            for b in range(B)]
+    lg, _ = hf_last(model, seqs)
+    torch.testing.assert_close(ver2.logits[:, 0], lg, **CLOSE)
+
+
+def test_model_stays_a_plain_hf_model():
+    """The attention implementation is switched only inside our forward."""
+    model = make_model()
+    before = model.config._attn_implementation
+    tgt = TargetModel(model)
+    cache = tgt.new_cache(1, 16)
+    tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), cache)
+    assert model.config._attn_implementation == before != ATTN_IMPLEMENTATION
+    model(torch.tensor([[1, 2, 3]]))                                 # still runs with its own attention
+
+
+def test_attention_function_refuses_outside_target_forward():
+    model = make_model()
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
+    try:
+        with pytest.raises(RuntimeError, match="specdec_state"):
+            model(torch.tensor([[1, 2, 3]]))
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
+def test_sliding_window_longer_than_cache_refused():
+    model = make_model("mistral", sliding_window=8)
+    tgt = TargetModel(model)
+    with pytest.raises(NotImplementedError, match="sliding-window"):
+        tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), tgt.new_cache(1, 16))
+    tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), tgt.new_cache(1, 8))  # fits
+
+
+def test_errors():
+    model = make_model()
+    tgt = TargetModel(model)
+    cache = tgt.new_cache(2, 8)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    lens = torch.tensor([3, 3], dtype=torch.int32)
+    with pytest.raises(ValueError, match="batch size 2"):               # mismatched batch sizes
+        tgt.prefill(ids[:1], lens[:1], cache)
+    with pytest.raises(ValueError, match="cache too small"):
+        tgt.prefill(torch.ones(2, 9, dtype=torch.int64), lens, cache)
+    with pytest.raises(TypeError, match="int32"):
+        tgt.prefill(ids, lens.long(), cache)
+    with pytest.raises(TypeError, match="TreeKVCache"):
+        tgt.prefill(ids, lens, object())
+    tgt.prefill(ids, lens, cache)
+    tree = sk.build_tree(torch.tensor([[-1, 0, 0]] * 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="tree"):                        # tree of the wrong shape
+        tgt.verify(torch.ones(2, 4, dtype=torch.int64), tree, cache)
+    with pytest.raises(TypeError, match="Tree"):
+        tgt.verify(torch.ones(2, 3, dtype=torch.int64), tree.mask, cache)
+    with pytest.raises(TypeError, match="int64"):
+        tgt.forward(ids.int(), ids, cache, chain_mask(2, 3))
+    with pytest.raises(ValueError, match="words"):
+        tgt.forward(torch.ones(2, 40, dtype=torch.int64), torch.ones(2, 40, dtype=torch.int64),
+                    tgt.new_cache(2, 64), torch.zeros(2, 40, 1, dtype=torch.int32))
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        TargetModel(torch.nn.Linear(2, 2))
+
+
+def test_pack_bits_and_chain_mask_match_build_tree():
+    n = 40
+    chain = sk.build_tree(torch.arange(-1, n - 1, dtype=torch.int32)[None])
+    assert torch.equal(chain_mask(1, n), chain.mask)
+    dense = torch.rand(3, 5, 70, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert torch.equal(sk.unpack_mask(pack_bits(dense), 70), dense[:, :, :70])
+
+
+def test_cache_layout():
+    tgt = TargetModel(make_model())
+    cache = tgt.new_cache(3, 10)
+    assert isinstance(cache, TreeKVCache)
+    assert len(cache.caches()) == 2 * 2
+    assert cache.caches()[0].shape == (3, 2, 10, 16)
+    assert cache.cache_len.dtype == torch.int32 and cache.cache_len.tolist() == [0, 0, 0]
