@@ -1,0 +1,156 @@
+"""Helpers shared by the microbenchmarks: timing, environment description, CSV output, a printed table.
+
+Timing never includes allocation: a benchmark allocates inputs and outputs first and times a closure
+that writes into them. On CUDA the time comes from CUDA events around a loop of calls (launch overhead
+included, as a decode step pays it); on CPU from time.perf_counter. Results are written as CSV rows with
+the device, torch/triton versions, git commit and date, to bench/out/ (git-ignored) by default or to
+bench/results/ (committed) on request.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+OUT_DIR = os.path.join(BENCH_DIR, "out")
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--device, --quick, --results, --out-dir: the options every benchmark takes."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device of the inputs (default: cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: few shapes, few repetitions")
+    parser.add_argument("--results", action="store_true",
+                        help=f"write the CSV into {os.path.relpath(RESULTS_DIR)} (committed) instead of bench/out")
+    parser.add_argument("--out-dir", default=None, help="write the CSV into this folder instead")
+    parser.add_argument("--min-time", type=float, default=0.2,
+                        help="seconds of repetitions per measurement (after warm-up); --quick divides by 10")
+    return parser
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device="cpu", **kwargs) -> float:
+    """Median time of one call of `fn`, in microseconds (see time_stats)."""
+    return time_stats(fn, device, **kwargs)[0]
+
+
+def time_stats(fn: Callable[[], object], device="cpu", *, min_time: float = 0.2, warmup: int = 3,
+               max_iters: int = 10_000, repeats: int = 7) -> tuple:
+    """(median, min) time of one call of `fn`, in microseconds.
+
+    `fn` must not allocate what it should not be charged for (pass preallocated outputs). The calls are
+    grouped in `repeats` batches of equal size, sized so that all together take about `min_time`
+    seconds; each batch gives a mean time per call. The median over batches is robust to outliers; the
+    minimum is the better estimate on a machine shared with other work.
+    """
+    is_cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    # Size the batches from one timed call (at least 1 call per batch).
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    one = max(time.perf_counter() - t0, 1e-7)
+    per_batch = int(max(1, min(max_iters // repeats, (min_time / repeats) / one)))
+    times = []
+    for _ in range(repeats):
+        if is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(per_batch):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / per_batch)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(per_batch):
+                fn()
+            times.append((time.perf_counter() - t0) * 1e6 / per_batch)
+    return statistics.median(times), min(times)
+
+
+def device_name(device) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCH_DIR,
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def env_info(device) -> dict:
+    """Columns that identify where and on what a result was measured."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:  # noqa: BLE001 - optional dependency
+        triton_version = ""
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "",
+        "triton": triton_version,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def write_csv(rows: Sequence[dict], name: str, device, *, results: bool = False,
+              out_dir: Optional[str] = None) -> str:
+    """Write `rows` (dicts with the same keys) plus env_info columns to <dir>/<name>_<device>.csv; return the path."""
+    folder = out_dir or (RESULTS_DIR if results else OUT_DIR)
+    os.makedirs(folder, exist_ok=True)
+    env = env_info(device)
+    path = os.path.join(folder, f"{name}_{torch.device(device).type}.csv")
+    fields = list(rows[0].keys()) + list(env.keys()) if rows else list(env.keys())
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, **env})
+    return path
+
+
+def print_table(rows: Iterable[dict], columns: Sequence[str], floatfmt: str = "{:.1f}") -> None:
+    """A fixed-width table of `columns` of `rows` on stdout."""
+    rows = list(rows)
+    cells = [[floatfmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+             for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
