@@ -1,0 +1,105 @@
+// C++ CPU kernel of specdec::compact_kv: in-place KV cache compaction after tree verification.
+//
+// Every tensor of `caches` is a 4-D view [B, X, S_max, Y], contiguous along Y (KV: X = H_kv, Y = D). For
+// request b and j < accept_len[b], the row at slot cache_len[b] + accept_nodes[b, j] moves to slot
+// cache_len[b] + j. Rows are copied as raw bytes, so tensors of different dtypes share one call.
+//
+// Why copying in increasing j, in place, is safe (no staging buffer):
+//   accept_nodes is root first and strictly increasing with accept_nodes[b, j] >= j, so for j' > j
+//   src(j') = c + a[j'] > c + a[j] >= c + j = dst(j):
+//   the write of row j never lands on the source of a later row, and the earlier sources it may land on
+//   have already been read. Rows with src == dst (the accepted prefix a[j] = j) are skipped. Each row is
+//   one contiguous run of bytes and distinct slots do not share bytes, so each copy is a plain memcpy.
+// Out-of-range indices never touch memory outside the tensor: a row whose source or destination slot is
+// outside [0, S_max), or whose index is negative (-1 padding), is skipped (decode-path ops do not raise on
+// values, so this is the only sane failure mode without a host sync).
+#include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
+#include <c10/util/ArrayRef.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace specdec {
+namespace {
+
+struct CacheView {
+  char* base;
+  int64_t X, S, row_bytes;
+  int64_t sb, sx, ss;  // strides in bytes
+};
+
+void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), "compact_kv: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kInt, "compact_kv: ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "compact_kv: ", name, " must have ", dim, " dimensions, got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "compact_kv: ", name, " must be contiguous");
+}
+
+void compact_kv_cpu(at::TensorList caches, const at::Tensor& cache_len, const at::Tensor& accept_nodes,
+                    const at::Tensor& accept_len) {
+  check_index_tensor(cache_len, "cache_len", 1);
+  check_index_tensor(accept_nodes, "accept_nodes", 2);
+  check_index_tensor(accept_len, "accept_len", 1);
+  const int64_t B = cache_len.size(0), W = accept_nodes.size(1);
+  TORCH_CHECK(accept_nodes.size(0) == B && accept_len.size(0) == B, "compact_kv: expected cache_len [B], ",
+              "accept_nodes [B, W], accept_len [B] with one B, got ", cache_len.sizes(), ", ", accept_nodes.sizes(),
+              ", ", accept_len.sizes());
+  std::vector<CacheView> views;
+  views.reserve(caches.size());
+  for (size_t i = 0; i < caches.size(); ++i) {
+    const at::Tensor& t = caches[i];
+    TORCH_CHECK(t.device().is_cpu(), "compact_kv: caches[", i, "] must be a CPU tensor, got ", t.device());
+    TORCH_CHECK(t.dim() == 4, "compact_kv: caches[", i, "] must be a 4-D view [B, X, S_max, Y], got ", t.sizes());
+    TORCH_CHECK(t.size(0) == B, "compact_kv: caches[", i, "] has batch ", t.size(0), ", expected B = ", B);
+    TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, "compact_kv: caches[", i,
+                "] must be contiguous along its last dimension, got strides ", t.strides());
+    if (t.numel() == 0) continue;
+    const int64_t es = static_cast<int64_t>(t.element_size());
+    views.push_back({static_cast<char*>(t.data_ptr()), t.size(1), t.size(2), t.size(3) * es, t.stride(0) * es,
+                     t.stride(1) * es, t.stride(2) * es});
+  }
+  if (views.empty() || B == 0 || W == 0) return;
+  const int32_t* cl = cache_len.data_ptr<int32_t>();
+  const int32_t* an = accept_nodes.data_ptr<int32_t>();
+  const int32_t* al = accept_len.data_ptr<int32_t>();
+
+  // Work items: (tensor, request, head) tiles, each W rows of row_bytes. Tiles are independent (disjoint
+  // bytes), so they split across threads freely; the grain keeps a task at >= ~64 KiB of copies.
+  std::vector<int64_t> offset(views.size() + 1, 0);
+  int64_t row_bytes_max = 1;
+  for (size_t i = 0; i < views.size(); ++i) {
+    offset[i + 1] = offset[i] + B * views[i].X;
+    row_bytes_max = std::max(row_bytes_max, views[i].row_bytes);
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (row_bytes_max * std::max<int64_t>(W, 1)));
+  at::parallel_for(0, offset.back(), grain, [&](int64_t t0, int64_t t1) {
+    size_t v = std::upper_bound(offset.begin(), offset.end(), t0) - offset.begin() - 1;
+    for (int64_t t = t0; t < t1; ++t) {
+      while (t >= offset[v + 1]) ++v;
+      const CacheView& cv = views[v];
+      const int64_t b = (t - offset[v]) / cv.X, x = (t - offset[v]) % cv.X;
+      const int64_t c = cl[b];
+      const int64_t n = std::min<int64_t>(al[b], W);
+      if (n <= 1 || c < 0) continue;
+      char* tile = cv.base + b * cv.sb + x * cv.sx;
+      const int32_t* a = an + b * W;
+      for (int64_t j = 1; j < n; ++j) {  // increasing j: see the safety argument at the top
+        const int64_t src = c + a[j], dst = c + j;
+        if (a[j] == j || a[j] < 0 || src >= cv.S || dst >= cv.S) continue;
+        std::memmove(tile + dst * cv.ss, tile + src * cv.ss, static_cast<size_t>(cv.row_bytes));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("compact_kv", &compact_kv_cpu);
+}
+
+}  // namespace specdec
