@@ -13,3 +13,7 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 else:
     from . import tree  # noqa: F401  (each module registers its kernels on import)
+    from . import compact  # noqa: F401
+    from . import verify  # noqa: F401
+    from . import attention  # noqa: F401
+    from . import features  # noqa: F401

@@ -1,0 +1,370 @@
+// C++ CPU kernel of specdec::tree_attention: tree queries over the committed KV prefix plus their visible
+// tree keys (contract: specdec_kernels/ops/attention.py).
+//
+// Work split: one task per (request b, KV head, block of query rows). The rows of a task are the GQA group's
+// queries of that KV head (G = H / H_kv heads x Nq queries, contiguous in q), so each K/V tile is converted
+// to fp32 once and then used by every row of the block: on fp16/bf16 caches that conversion, not the
+// arithmetic, would otherwise dominate. Each row's arithmetic is the same however rows are split over
+// threads, so the thread count never changes a result value.
+//
+// Per row: flash-style online softmax in fp32 over key tiles of kTile slots: scores of the tile, one rescale
+// of the running accumulator per tile (not per key), then acc += p_t * v_t. Rows go through a tile in groups
+// of four, so each K and V value loaded serves four queries: scores are outer products over a transposed K
+// tile (8-wide fp32 vectors over keys), P V is 8-wide over D, and the routine is built for AVX2/FMA and for
+// the baseline ISA, picked at load time. Keys no row of a group can see are skipped outright (never
+// multiplied by 0), so garbage in unwritten cache slots (even NaN) cannot leak into rows that do not see
+// them. A row that sees no key writes zeros.
+#include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace specdec {
+namespace {
+
+constexpr int64_t kTile = 64;          // key slots per tile
+constexpr int64_t kRowGroup = 4;       // rows that share each K / V load (register blocking)
+constexpr int64_t kMaxHeadDim = 4096;  // sanity bound of the raw op (the public function has its own limits)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Eight fp32 lanes as a GCC/Clang vector: one AVX register, or two SSE ones in the baseline build. Loads and
+// stores go through memcpy (unaligned, no aliasing questions); a vector times a float broadcasts.
+// Vectors never cross a non-inlined call boundary (the helpers are always inlined into attend_tile), so the
+// baseline-ISA ABI note of -Wpsabi ("AVX vector return without AVX enabled") does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v8f __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline v8f load8(const float* p) {
+  v8f x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+__attribute__((always_inline)) inline void store8(float* p, v8f x) { std::memcpy(p, &x, sizeof(x)); }
+
+// The hot loop is compiled twice, for AVX2 + FMA and for the baseline ISA, and picked at load time (an ifunc),
+// so one wheel runs fast on current x86 machines and still runs on old ones.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SPECDEC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SPECDEC_CPU_CLONES
+#endif
+
+template <typename scalar_t>
+inline void to_float(const scalar_t* __restrict__ src, float* __restrict__ dst, int64_t n, float mul = 1.f) {
+  for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
+}
+
+// One tile of n <= kTile key slots for rows [0, nr) (nr a multiple of kRowGroup; padding rows have q = 0 and
+// are never written out). q rows are pre-scaled by the softmax scale. kT is the tile's K transposed to
+// [D][kTile] fp32, so scores are outer-product updates over d (no horizontal sums); vrow[t] points at V row t
+// in fp32. bits == nullptr: every row sees every slot; else row r sees slot t iff bit t of bits[r]. Columns
+// of slots no row sees hold stale data: their scores are overwritten with -inf and their V rows never read.
+// Updates the running max m, sum l and unnormalised accumulator acc of each row.
+SPECDEC_CPU_CLONES
+void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float* __restrict__ kT,
+                 const float* const* vrow, int64_t n, const uint32_t* bits, float* __restrict__ acc,
+                 float* __restrict__ m, float* __restrict__ l) {
+  static_assert(kTile % 16 == 0, "scores go in blocks of 16 keys");
+  float p[kRowGroup][kTile];
+  for (int64_t r0 = 0; r0 < nr; r0 += kRowGroup) {
+    uint32_t rb[kRowGroup] = {0u, 0u, 0u, 0u};
+    uint32_t any = 0u;  // slots of this tile some row of the group sees (tree tiles are one word at most)
+    if (bits != nullptr) {
+      for (int i = 0; i < kRowGroup; ++i) any |= rb[i] = bits[r0 + i];
+      if (any == 0u) continue;
+    }
+    auto seen = [&](int64_t t) { return bits == nullptr || ((any >> t) & 1u) != 0u; };
+    const float* q0 = q + (r0 + 0) * D;
+    const float* q1 = q + (r0 + 1) * D;
+    const float* q2 = q + (r0 + 2) * D;
+    const float* q3 = q + (r0 + 3) * D;
+
+    // Scores of 4 rows x 16 keys per pass: two K vectors and four broadcast q values feed eight FMAs.
+    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+      if (bits != nullptr && ((any >> t0) & 0xFFFFu) == 0u) {  // t0 < 32 in tree tiles
+        for (int i = 0; i < kRowGroup; ++i) {
+          for (int64_t t = t0; t < t0 + 16; ++t) p[i][t] = kNegInf;
+        }
+        continue;
+      }
+      v8f s00 = {}, s01 = {}, s10 = {}, s11 = {}, s20 = {}, s21 = {}, s30 = {}, s31 = {};
+      const float* kd = kT + t0;
+      for (int64_t d = 0; d < D; ++d, kd += kTile) {
+        const v8f k0 = load8(kd), k1 = load8(kd + 8);
+        const float x0 = q0[d], x1 = q1[d], x2 = q2[d], x3 = q3[d];
+        s00 += x0 * k0;
+        s01 += x0 * k1;
+        s10 += x1 * k0;
+        s11 += x1 * k1;
+        s20 += x2 * k0;
+        s21 += x2 * k1;
+        s30 += x3 * k0;
+        s31 += x3 * k1;
+      }
+      store8(p[0] + t0, s00);
+      store8(p[0] + t0 + 8, s01);
+      store8(p[1] + t0, s10);
+      store8(p[1] + t0 + 8, s11);
+      store8(p[2] + t0, s20);
+      store8(p[2] + t0 + 8, s21);
+      store8(p[3] + t0, s30);
+      store8(p[3] + t0 + 8, s31);
+    }
+    if (bits != nullptr) {
+      for (int i = 0; i < kRowGroup; ++i) {
+        for (int64_t t = 0; t < n; ++t) {
+          if (!((rb[i] >> t) & 1u)) p[i][t] = kNegInf;
+        }
+      }
+    }
+
+    // Online softmax: scores -> probabilities in place, one rescale factor per row and tile.
+    float alpha[kRowGroup];
+    for (int i = 0; i < kRowGroup; ++i) {
+      const int64_t r = r0 + i;
+      float tile_max = kNegInf;
+      for (int64_t t = 0; t < n; ++t) tile_max = std::max(tile_max, p[i][t]);
+      if (tile_max == kNegInf) {  // nothing visible to this row here: leave its state alone
+        alpha[i] = 1.f;
+        for (int64_t t = 0; t < n; ++t) p[i][t] = 0.f;
+        continue;
+      }
+      const float m_new = std::max(m[r], tile_max);
+      alpha[i] = std::exp(m[r] - m_new);  // 0 on the row's first visible tile (m = -inf)
+      float sum = 0.f;
+      for (int64_t t = 0; t < n; ++t) {
+        const float e = p[i][t] == kNegInf ? 0.f : std::exp(p[i][t] - m_new);
+        p[i][t] = e;
+        sum += e;
+      }
+      l[r] = l[r] * alpha[i] + sum;
+      m[r] = m_new;
+    }
+
+    // acc = alpha * acc + P V in blocks of 32 columns held in registers across the tile's keys; each V load
+    // serves the four rows.
+    float* a0 = acc + (r0 + 0) * D;
+    float* a1 = acc + (r0 + 1) * D;
+    float* a2 = acc + (r0 + 2) * D;
+    float* a3 = acc + (r0 + 3) * D;
+    int64_t d0 = 0;
+    for (; d0 + 32 <= D; d0 += 32) {
+      v8f c[kRowGroup][4];
+      for (int j = 0; j < 4; ++j) {
+        c[0][j] = load8(a0 + d0 + 8 * j) * alpha[0];
+        c[1][j] = load8(a1 + d0 + 8 * j) * alpha[1];
+        c[2][j] = load8(a2 + d0 + 8 * j) * alpha[2];
+        c[3][j] = load8(a3 + d0 + 8 * j) * alpha[3];
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        if (!seen(t)) continue;
+        const float* v = vrow[t] + d0;
+        for (int j = 0; j < 4; ++j) {
+          const v8f vv = load8(v + 8 * j);
+          c[0][j] += p[0][t] * vv;
+          c[1][j] += p[1][t] * vv;
+          c[2][j] += p[2][t] * vv;
+          c[3][j] += p[3][t] * vv;
+        }
+      }
+      for (int j = 0; j < 4; ++j) {
+        store8(a0 + d0 + 8 * j, c[0][j]);
+        store8(a1 + d0 + 8 * j, c[1][j]);
+        store8(a2 + d0 + 8 * j, c[2][j]);
+        store8(a3 + d0 + 8 * j, c[3][j]);
+      }
+    }
+    if (d0 < D) {  // the last D % 32 columns
+      float* rows[kRowGroup] = {a0, a1, a2, a3};
+      for (int i = 0; i < kRowGroup; ++i) {
+        for (int64_t d = d0; d < D; ++d) rows[i][d] *= alpha[i];
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        if (!seen(t)) continue;
+        const float* v = vrow[t];
+        for (int i = 0; i < kRowGroup; ++i) {
+          for (int64_t d = d0; d < D; ++d) rows[i][d] += p[i][t] * v[d];
+        }
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
+void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
+                const at::Tensor& tree_mask, const at::Tensor& out) {
+  constexpr const char* op = "specdec::tree_attention (CPU kernel)";
+  TORCH_CHECK(q.device().is_cpu(), op, ": expected CPU tensors, got q on ", q.device());
+  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, H, Nq, D], got shape ", q.sizes());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": q must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(q.is_contiguous(), op, ": q must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TORCH_CHECK(D <= kMaxHeadDim, op, ": head dim D = ", D, " > ", kMaxHeadDim);
+  for (const at::Tensor* t : {&k, &v}) {
+    const char* name = t == &k ? "k_cache" : "v_cache";
+    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be on cpu, got ", t->device());
+    TORCH_CHECK(t->scalar_type() == dt, op, ": ", name, " must have q's dtype ", dt, ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == B && t->size(3) == D, op, ": ", name,
+                " must be [B=", B, ", H_kv, S_max, D=", D, "], got shape ", t->sizes());
+    TORCH_CHECK(D <= 1 || t->stride(3) == 1, op, ": ", name, " must have unit stride along D, got strides ",
+                t->strides());
+  }
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v_cache shape ", v.sizes(), " != k_cache shape ", k.sizes());
+  const int64_t H_kv = k.size(1);
+  TORCH_CHECK(H_kv >= 1 && H % H_kv == 0, op, ": H = ", H, " query heads is not a multiple of H_kv = ", H_kv);
+  TORCH_CHECK(cache_len.device().is_cpu() && cache_len.scalar_type() == at::kInt && cache_len.dim() == 1 &&
+                  cache_len.size(0) == B && cache_len.is_contiguous(),
+              op, ": cache_len must be a contiguous int32 [B=", B, "] CPU tensor, got ", cache_len.scalar_type(),
+              " of shape ", cache_len.sizes(), " on ", cache_len.device());
+  TORCH_CHECK(tree_mask.device().is_cpu() && tree_mask.scalar_type() == at::kInt && tree_mask.dim() == 3 &&
+                  tree_mask.size(0) == B && tree_mask.size(1) == Nq && tree_mask.size(2) >= 1 &&
+                  tree_mask.is_contiguous(),
+              op, ": tree_mask must be a contiguous int32 [B=", B, ", Nq=", Nq, ", W>=1] CPU tensor, got ",
+              tree_mask.scalar_type(), " of shape ", tree_mask.sizes(), " on ", tree_mask.device());
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == dt && out.sizes() == q.sizes() && out.is_contiguous(),
+              op, ": out must be a contiguous ", dt, " CPU tensor of q's shape ", q.sizes(), ", got ",
+              out.scalar_type(), " of shape ", out.sizes(), " on ", out.device());
+}
+
+template <typename scalar_t>
+void tree_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
+                           const at::Tensor& tree_mask, double scale_d, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  const int64_t H_kv = k.size(1), S = k.size(2), W = tree_mask.size(2);
+  const int64_t G = H / H_kv, R = G * Nq;  // rows (queries) per (request, KV head)
+  const float scale = static_cast<float>(scale_d);
+  const scalar_t* qp = q.data_ptr<scalar_t>();
+  const scalar_t* kp = k.data_ptr<scalar_t>();
+  const scalar_t* vp = v.data_ptr<scalar_t>();
+  const int64_t ksb = k.stride(0), ksh = k.stride(1), kss = k.stride(2);
+  const int64_t vsb = v.stride(0), vsh = v.stride(1), vss = v.stride(2);
+  const int32_t* clp = cache_len.data_ptr<int32_t>();
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>());
+  scalar_t* op = out.data_ptr<scalar_t>();
+
+  // Split the rows of a (request, KV head) only when there are fewer of those than threads: each extra row
+  // block converts the K/V tiles once more.
+  const int64_t heads = B * H_kv;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t blocks_per_head = heads >= threads ? 1 : std::min<int64_t>(R, (threads + heads - 1) / heads);
+  const int64_t RB = (R + blocks_per_head - 1) / blocks_per_head;  // rows per task
+  const int64_t n_row_blocks = (R + RB - 1) / RB;
+  const int64_t RB_pad = (RB + kRowGroup - 1) / kRowGroup * kRowGroup;
+  constexpr bool kIsFloat = std::is_same_v<scalar_t, float>;
+
+  at::parallel_for(0, heads * n_row_blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> qf(RB_pad * D), acc(RB_pad * D), m(RB_pad), l(RB_pad);
+    // kT starts zeroed: columns of slots never staged are read (and their scores discarded), never garbage.
+    std::vector<float> kT(D * kTile, 0.f), vbuf(kIsFloat ? 0 : kTile * D);
+    std::vector<const float*> vrow(kTile);
+    std::vector<uint32_t> rows_bits(RB_pad);
+
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t bh = task / n_row_blocks, rb = task % n_row_blocks;
+      const int64_t b = bh / H_kv, kvh = bh % H_kv;
+      const int64_t r0 = rb * RB, nr = std::min(R, r0 + RB) - r0;
+      const int64_t nr_pad = (nr + kRowGroup - 1) / kRowGroup * kRowGroup;
+      // Heads h = kvh * G + g are adjacent, so the task's rows are contiguous in q and out.
+      const int64_t row_base = bh * R + r0;
+      to_float(qp + row_base * D, qf.data(), nr * D, scale);
+      std::fill(qf.begin() + nr * D, qf.begin() + nr_pad * D, 0.f);  // padding rows: never written out
+      std::fill(acc.begin(), acc.begin() + nr_pad * D, 0.f);
+      std::fill(m.begin(), m.begin() + nr_pad, kNegInf);
+      std::fill(l.begin(), l.begin() + nr_pad, 0.f);
+      std::fill(rows_bits.begin(), rows_bits.begin() + nr_pad, 0u);
+      const scalar_t* kh = kp + b * ksb + kvh * ksh;
+      const scalar_t* vh = vp + b * vsb + kvh * vsh;
+      const int64_t cl = clp[b];
+      const int64_t prefix = std::clamp<int64_t>(cl, 0, S);
+
+      // Stage slots s0 + t (t < n) that `take(t)` selects: K transposed into kT (fp32), vrow[t] at V row t
+      // (in the cache for fp32, converted into vbuf otherwise). Once per tile for all rows of the task.
+      auto stage = [&](int64_t s0, int64_t n, auto take) {
+        for (int64_t t = 0; t < n; ++t) {
+          if (!take(t)) continue;
+          const scalar_t* ks = kh + (s0 + t) * kss;
+          const scalar_t* vs = vh + (s0 + t) * vss;
+          float* col = kT.data() + t;
+          for (int64_t d = 0; d < D; ++d) col[d * kTile] = static_cast<float>(ks[d]);
+          if constexpr (kIsFloat) {
+            vrow[t] = vs;
+          } else {
+            to_float(vs, vbuf.data() + t * D, D);
+            vrow[t] = vbuf.data() + t * D;
+          }
+        }
+      };
+
+      for (int64_t s0 = 0; s0 < prefix; s0 += kTile) {
+        const int64_t n = std::min(kTile, prefix - s0);
+        stage(s0, n, [](int64_t) { return true; });
+        attend_tile(qf.data(), nr_pad, D, kT.data(), vrow.data(), n, nullptr, acc.data(), m.data(), l.data());
+      }
+      // Tree slots cl + j, j < 32 W, inside [0, S); tiles of one mask word so a row's bits are one load.
+      const int64_t tree_lo = std::max<int64_t>(cl, 0), tree_hi = std::min<int64_t>(cl + 32 * W, S);
+      for (int64_t s0 = tree_lo; s0 < tree_hi;) {
+        const int64_t j = s0 - cl;
+        const int64_t n = std::min<int64_t>(32 - j % 32, tree_hi - s0);
+        uint32_t any = 0u;
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t i = (r0 + r) % Nq;
+          uint32_t word = mp[(b * Nq + i) * W + j / 32] >> (j % 32);
+          if (n < 32) word &= (1u << n) - 1u;  // bits past the tile (slots >= S_max)
+          rows_bits[r] = word;
+          any |= word;
+        }
+        if (any != 0u) {
+          stage(s0, n, [&](int64_t t) { return ((any >> t) & 1u) != 0u; });  // unseen slots are never read
+          attend_tile(qf.data(), nr_pad, D, kT.data(), vrow.data(), n, rows_bits.data(), acc.data(), m.data(),
+                      l.data());
+        }
+        s0 += n;
+      }
+
+      scalar_t* orow = op + row_base * D;
+      for (int64_t r = 0; r < nr; ++r) {
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;  // a row without visible keys writes zeros
+        for (int64_t d = 0; d < D; ++d) orow[r * D + d] = static_cast<scalar_t>(acc[r * D + d] * inv);
+      }
+    }
+  });
+}
+
+void tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& cache_len, const at::Tensor& tree_mask, double scale, at::Tensor out) {
+  check_args(q, k_cache, v_cache, cache_len, tree_mask, out);
+  if (out.numel() == 0) return;
+  switch (q.scalar_type()) {
+    case at::kFloat:
+      tree_attention_kernel<float>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
+      break;
+    case at::kHalf:
+      tree_attention_kernel<c10::Half>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
+      break;
+    case at::kBFloat16:
+      tree_attention_kernel<c10::BFloat16>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
+      break;
+    default:
+      TORCH_CHECK(false, "specdec::tree_attention: unsupported dtype ", q.scalar_type());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("tree_attention", &tree_attention_cpu); }
+
+}  // namespace specdec

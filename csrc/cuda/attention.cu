@@ -1,0 +1,531 @@
+// CUDA kernel of specdec::tree_attention: tree queries over the committed KV prefix plus their visible tree
+// keys (contract: specdec_kernels/ops/attention.py).
+//
+// Grid: x = request x KV head (b * H_kv + kvh), y = tile of kRows query rows, z = prefix split. The rows of
+// a (request, KV head) are the G = H / H_kv heads x Nq queries of its GQA group, contiguous in q (head
+// h = kvh * G + g), so one K/V tile staged in shared memory serves every query of the group: the cache is
+// read once per row tile, not once per query head.
+//
+// Block: 4 warps, each owning kRpw rows (1 for decode-sized groups, 4 otherwise). Per 32-slot tile:
+//   1. all threads stage K and V [32 x D] into shared memory (16-byte loads when aligned; slots outside the
+//      range, or that no row of the block sees, are zero-filled and never read from global memory, so stale
+//      or NaN cache contents cannot reach the output through 0 * NaN);
+//   2. S = Q K^T: lane t computes the scores of key t for the warp's rows (K rows padded by 16 bytes so the
+//      32 lanes' 16-byte reads of 32 different rows hit distinct banks; Q reads are warp broadcasts);
+//   3. online softmax in base 2 (scale * log2(e) is folded into Q when it is staged), fp32, per row: warp
+//      max, one rescale of the accumulator per tile, the row sum kept per lane and reduced once at the end;
+//   4. O += P V: lane owns D / 32 contiguous output dims, P comes from shared memory as float4 broadcasts.
+// Prefix tiles need no visibility test except the tail; tree tiles are one mask word each (32 slots), and
+// the block's row words are staged in shared memory together with their union.
+//
+// Split-K: decode has few (request, KV head) pairs (B = 1, H_kv = 8 gives 8 blocks on a 132-SM GPU) but long
+// prefixes, so the prefix is cut into num_splits chunks (chosen from shapes and the SM count only, never from
+// cache_len values: no host sync; each block cuts its chunk from the actual cache_len) that write fp32
+// partials (accumulator, max, sum); merge_splits_kernel combines them. The tree slots belong to split 0.
+//
+// Everything is asynchronous on the current stream; the only allocation is the split-K workspace, from
+// PyTorch's caching allocator (legal under CUDA graph capture).
+#include "common.cuh"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace specdec {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 32;        // key slots per tile: one per lane in Q K^T, one mask word in the tree
+constexpr int kMaxSplits = 32;   // one split per lane in the merge kernel
+constexpr int kMaxHeadDim = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+struct Params {
+  const void* q;
+  const void* k;
+  const void* v;
+  const int32_t* cache_len;
+  const uint32_t* mask;
+  void* out;
+  float* ws_acc;  // [num_splits, total_rows, D] when num_splits > 1
+  float* ws_ml;   // [num_splits, total_rows, 2]: running max (base 2) and sum
+  int64_t k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;  // element strides
+  int64_t S, total_rows;
+  int32_t H_kv, Nq, W, R, D, num_splits;
+  float qk_scale;  // scale * log2(e)
+  bool vec_ok;     // every K/V row start is 16-byte aligned and D is a whole number of 16-byte vectors
+};
+
+template <typename T, int N>
+struct alignas(N * sizeof(T)) Pack {
+  T v[N];
+};
+
+// N consecutive elements of T from shared memory (aligned to min(16, N * sizeof(T)) bytes) as floats, in
+// loads of up to 16 bytes.
+template <typename T, int N>
+__device__ __forceinline__ void load_float(const T* __restrict__ src, float (&dst)[N]) {
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  constexpr int kPer = (kBytes >= 16 ? 16 : kBytes) / static_cast<int>(sizeof(T));
+#pragma unroll
+  for (int c = 0; c < N / kPer; ++c) {
+    const Pack<T, kPer> pk = *reinterpret_cast<const Pack<T, kPer>*>(src + c * kPer);
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) dst[c * kPer + e] = static_cast<float>(pk.v[e]);
+  }
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFull, x, o));
+  return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
+  return x;
+}
+
+__device__ __forceinline__ uint32_t warp_or(uint32_t x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x |= __shfl_xor_sync(kFull, x, o);
+  return x;
+}
+
+template <typename T, int kDPad, int kRpw>
+struct Smem {
+  static constexpr int kRows = kWarps * kRpw;
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
+  static constexpr int kKStride = kDPad + kVec;                  // +16 bytes: conflict-free column reads
+  // Byte offsets; every section starts 16-byte aligned (kDPad * sizeof(T) is a multiple of 128).
+  static constexpr int kQ = 0;                                             // float [kRows][kDPad]
+  static constexpr int kP = kQ + kRows * kDPad * 4;                        // float [kWarps][kRpw][kTile]
+  static constexpr int kK = kP + kWarps * kRpw * kTile * 4;                // T [kTile][kKStride]
+  static constexpr int kV = kK + kTile * kKStride * static_cast<int>(sizeof(T));  // T [kTile][kDPad]
+  static constexpr int kWords = kV + kTile * kDPad * static_cast<int>(sizeof(T));  // uint32 [kRows + 1]
+  static constexpr int kBytes = kWords + (kRows + 1) * 4;
+};
+
+template <typename T, int kDPad, int kRpw>
+__global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p) {
+  using L = Smem<T, kDPad, kRpw>;
+  constexpr int kRows = L::kRows, kVec = L::kVec, kKStride = L::kKStride;
+  constexpr int kDpl = kDPad / 32;        // output dims per lane in P V
+  constexpr int kChunks = kDPad / kVec;   // 16-byte vectors per staged row
+  static_assert(kDPad % 32 == 0 && kDPad % kVec == 0, "kDPad must be a multiple of 32 and of the vector width");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* q_s = reinterpret_cast<float*>(smem + L::kQ);
+  float* p_s = reinterpret_cast<float*>(smem + L::kP);
+  T* k_s = reinterpret_cast<T*>(smem + L::kK);
+  T* v_s = reinterpret_cast<T*>(smem + L::kV);
+  uint32_t* word_s = reinterpret_cast<uint32_t*>(smem + L::kWords);  // [0, kRows): row words, [kRows]: union
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t bh = blockIdx.x;
+  const int64_t b = bh / p.H_kv, kvh = bh % p.H_kv;
+  const int row0 = blockIdx.y * kRows;
+  const int split = blockIdx.z;
+  const int D = p.D;
+
+  // Q tile -> shared memory in fp32, pre-scaled, zero beyond D and for rows past R.
+  const T* q = static_cast<const T*>(p.q);
+  for (int idx = tid; idx < kRows * kDPad; idx += kThreads) {
+    const int r = idx / kDPad, d = idx % kDPad, rr = row0 + r;
+    float x = 0.f;
+    if (rr < p.R && d < D) x = static_cast<float>(q[(bh * p.R + rr) * D + d]) * p.qk_scale;
+    q_s[idx] = x;
+  }
+
+  const T* k_head = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
+  const T* v_head = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+
+  // Stage slots s0 + t (t < kTile) for which take(t) holds; zeros elsewhere and beyond D.
+  auto stage = [&](int64_t s0, auto take) {
+    for (int idx = tid; idx < kTile * kChunks; idx += kThreads) {
+      const int t = idx / kChunks, d0 = (idx % kChunks) * kVec;
+      T* kd = k_s + t * kKStride + d0;
+      T* vd = v_s + t * kDPad + d0;
+      const bool ok = take(t);
+      if (p.vec_ok) {
+        // D is a multiple of kVec here, so a vector is either wholly inside [0, D) or wholly padding.
+        uint4 kx = make_uint4(0u, 0u, 0u, 0u), vx = kx;
+        if (ok && d0 < D) {
+          kx = *reinterpret_cast<const uint4*>(k_head + (s0 + t) * p.k_ss + d0);
+          vx = *reinterpret_cast<const uint4*>(v_head + (s0 + t) * p.v_ss + d0);
+        }
+        *reinterpret_cast<uint4*>(kd) = kx;
+        *reinterpret_cast<uint4*>(vd) = vx;
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const bool in = ok && d0 + e < D;
+          kd[e] = in ? k_head[(s0 + t) * p.k_ss + d0 + e] : T(0.f);
+          vd[e] = in ? v_head[(s0 + t) * p.v_ss + d0 + e] : T(0.f);
+        }
+      }
+    }
+  };
+
+  float m[kRpw], l[kRpw], acc[kRpw][kDpl];
+#pragma unroll
+  for (int r = 0; r < kRpw; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < kDpl; ++c) acc[r][c] = 0.f;
+  }
+  const bool warp_live = row0 + warp * kRpw < p.R;  // the warp owns at least one real row
+
+  // One staged tile; visible(r, t): key t of the tile is visible to the warp's row r.
+  auto attend = [&](auto visible) {
+    if (!warp_live) return;
+    float s[kRpw];
+#pragma unroll
+    for (int r = 0; r < kRpw; ++r) s[r] = 0.f;
+    const T* krow = k_s + lane * kKStride;
+#pragma unroll
+    for (int d0 = 0; d0 < kDPad; d0 += kVec) {
+      float kf[kVec];
+      load_float<T, kVec>(krow + d0, kf);
+#pragma unroll
+      for (int r = 0; r < kRpw; ++r) {
+        const float4* qr = reinterpret_cast<const float4*>(q_s + (warp * kRpw + r) * kDPad + d0);
+#pragma unroll
+        for (int e4 = 0; e4 < kVec / 4; ++e4) {
+          const float4 qv = qr[e4];
+          s[r] += qv.x * kf[4 * e4] + qv.y * kf[4 * e4 + 1] + qv.z * kf[4 * e4 + 2] + qv.w * kf[4 * e4 + 3];
+        }
+      }
+    }
+    float* pw = p_s + warp * kRpw * kTile;
+#pragma unroll
+    for (int r = 0; r < kRpw; ++r) {
+      const float x = visible(r, lane) ? s[r] : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(x));
+      // Rows that have seen nothing yet keep m = -inf; subtracting 0 instead keeps exp2 at 0, not NaN.
+      const float m_safe = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[r] - m_safe);
+      const float pr = exp2f(x - m_safe);
+      l[r] = l[r] * alpha + pr;  // per-lane partial sum, reduced in the epilogue
+      m[r] = m_new;
+#pragma unroll
+      for (int c = 0; c < kDpl; ++c) acc[r][c] *= alpha;
+      pw[r * kTile + lane] = pr;
+    }
+    __syncwarp();
+    const T* vcol = v_s + lane * kDpl;
+#pragma unroll 4
+    for (int t = 0; t < kTile; t += 4) {
+      float pv[kRpw][4];
+#pragma unroll
+      for (int r = 0; r < kRpw; ++r) {
+        const float4 x = *reinterpret_cast<const float4*>(pw + r * kTile + t);
+        pv[r][0] = x.x; pv[r][1] = x.y; pv[r][2] = x.z; pv[r][3] = x.w;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        float vf[kDpl];
+        load_float<T, kDpl>(vcol + (t + u) * kDPad, vf);
+#pragma unroll
+        for (int r = 0; r < kRpw; ++r) {
+#pragma unroll
+          for (int c = 0; c < kDpl; ++c) acc[r][c] += pv[r][u] * vf[c];
+        }
+      }
+    }
+    __syncwarp();  // p_s is rewritten by the next tile
+  };
+
+  // Prefix: this split's chunk of [0, min(cache_len, S)), cut from the actual length in whole tiles.
+  const int64_t cl = p.cache_len[b];
+  const int64_t prefix = cl < 0 ? 0 : (cl > p.S ? p.S : cl);
+  int64_t start = 0, end = prefix;
+  if (p.num_splits > 1) {
+    const int64_t per = (prefix + p.num_splits - 1) / p.num_splits;
+    const int64_t chunk = (per + kTile - 1) / kTile * kTile;
+    start = min(static_cast<int64_t>(split) * chunk, prefix);
+    end = min(start + chunk, prefix);
+  }
+  for (int64_t s0 = start; s0 < end; s0 += kTile) {
+    const int64_t n = min(static_cast<int64_t>(kTile), end - s0);
+    __syncthreads();  // the previous tile is consumed (and, the first time, Q is staged)
+    stage(s0, [&](int t) { return t < n; });
+    __syncthreads();
+    if (n == kTile) {
+      attend([](int, int) { return true; });
+    } else {
+      attend([&](int, int t) { return t < n; });
+    }
+  }
+
+  // Tree slots cl + 32 w + t, split 0 only. Loop bounds are uniform over the block (syncs inside).
+  if (split == 0) {
+    const uint32_t* mask = p.mask;
+    for (int w = 0; w < p.W; ++w) {
+      const int64_t s0 = cl + static_cast<int64_t>(kTile) * w;
+      if (s0 >= p.S) break;
+      __syncthreads();  // the previous tile and its words are consumed
+      if (warp == 0) {
+        const int64_t slot = s0 + lane;
+        const uint32_t in_range = __ballot_sync(kFull, slot >= 0 && slot < p.S);
+        uint32_t word = 0u;
+        const int rr = row0 + lane;
+        if (lane < kRows && rr < p.R) word = mask[(b * p.Nq + rr % p.Nq) * p.W + w] & in_range;
+        const uint32_t seen = warp_or(word);
+        if (lane < kRows) word_s[lane] = word;
+        if (lane == 0) word_s[kRows] = seen;
+      }
+      __syncthreads();
+      const uint32_t seen = word_s[kRows];
+      if (seen == 0u) continue;  // uniform: every thread read the same word
+      stage(s0, [&](int t) { return ((seen >> t) & 1u) != 0u; });
+      __syncthreads();
+      uint32_t words[kRpw];
+#pragma unroll
+      for (int r = 0; r < kRpw; ++r) words[r] = word_s[warp * kRpw + r];
+      attend([&](int r, int t) { return ((words[r] >> t) & 1u) != 0u; });
+    }
+  }
+
+  // Epilogue: rows past R were computed on zeros and are dropped here.
+#pragma unroll
+  for (int r = 0; r < kRpw; ++r) {
+    const float l_tot = warp_sum(l[r]);
+    const int rr = row0 + warp * kRpw + r;
+    if (rr >= p.R) continue;
+    const int64_t row = bh * p.R + rr;  // row of q / out viewed as [B * H * Nq, D]
+    if (p.num_splits == 1) {
+      const float inv = l_tot > 0.f ? 1.f / l_tot : 0.f;  // a row without visible keys writes zeros
+      T* o = static_cast<T*>(p.out) + row * D;
+#pragma unroll
+      for (int c = 0; c < kDpl; ++c) {
+        const int d = lane * kDpl + c;
+        if (d < D) o[d] = T(acc[r][c] * inv);
+      }
+    } else {
+      const int64_t ws_row = static_cast<int64_t>(split) * p.total_rows + row;
+      float* o = p.ws_acc + ws_row * D;
+#pragma unroll
+      for (int c = 0; c < kDpl; ++c) {
+        const int d = lane * kDpl + c;
+        if (d < D) o[d] = acc[r][c];
+      }
+      if (lane == 0) {
+        p.ws_ml[ws_row * 2] = m[r];
+        p.ws_ml[ws_row * 2 + 1] = l_tot;
+      }
+    }
+  }
+}
+
+// out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, m = max_s m_s; one warp per row, lane s holds split s.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) merge_splits_kernel(const float* __restrict__ ws_acc,
+                                                                const float* __restrict__ ws_ml, T* __restrict__ out,
+                                                                int64_t total_rows, int D, int num_splits) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= total_rows) return;  // whole warps leave together
+  float m_s = -INFINITY, l_s = 0.f;
+  if (lane < num_splits) {
+    m_s = ws_ml[(lane * total_rows + row) * 2];
+    l_s = ws_ml[(lane * total_rows + row) * 2 + 1];
+  }
+  const float m = warp_max(m_s);
+  const float m_safe = m == -INFINITY ? 0.f : m;
+  const float w = lane < num_splits ? exp2f(m_s - m_safe) : 0.f;
+  const float l = warp_sum(w * l_s);
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  for (int d0 = 0; d0 < D; d0 += 32) {
+    const int d = d0 + lane;
+    float o = 0.f;
+    for (int s = 0; s < num_splits; ++s) {
+      const float ws = __shfl_sync(kFull, w, s);
+      if (d < D) o += ws * ws_acc[(s * total_rows + row) * D + d];
+    }
+    if (d < D) out[row * D + d] = T(o * inv);
+  }
+}
+
+int sm_count(int device) {
+  static int cache[64] = {0};  // benign race: every writer stores the same value
+  if (device < 0 || device >= 64) device = 0;
+  if (cache[device] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[device] = std::max(n, 1);
+  }
+  return cache[device];
+}
+
+// Prefix splits: enough blocks to cover the GPU twice, at least 512 cache slots per split, at most kMaxSplits.
+// Shapes and the SM count only, never cache_len values.
+int choose_splits(int device, int64_t blocks, int64_t S) {
+  const int64_t sms = sm_count(device);
+  if (blocks >= sms) return 1;
+  const int64_t want = (2 * sms + blocks - 1) / blocks;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, S / 512, kMaxSplits})));
+}
+
+template <typename T, int kDPad, int kRpw>
+void launch(const Params& p, dim3 grid, cudaStream_t stream) {
+  constexpr int smem = Smem<T, kDPad, kRpw>::kBytes;
+  auto* kernel = tree_attention_kernel<T, kDPad, kRpw>;
+  if (smem > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void dispatch(const Params& p, int d_pad, int rpw, dim3 grid, cudaStream_t stream) {
+#define SPECDEC_ATTN_LAUNCH(DP)                        \
+  if (d_pad == DP) {                                   \
+    if (rpw == 1) return launch<T, DP, 1>(p, grid, stream); \
+    return launch<T, DP, 4>(p, grid, stream);          \
+  }
+  SPECDEC_ATTN_LAUNCH(64)
+  SPECDEC_ATTN_LAUNCH(128)
+  SPECDEC_ATTN_LAUNCH(256)
+#undef SPECDEC_ATTN_LAUNCH
+  TORCH_CHECK(false, "specdec::tree_attention: internal error, no kernel for padded head dim ", d_pad);
+}
+
+void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
+                const at::Tensor& tree_mask, const at::Tensor& out) {
+  constexpr const char* op = "specdec::tree_attention (CUDA kernel)";
+  TORCH_CHECK(q.is_cuda(), op, ": expected CUDA tensors, got q on ", q.device());
+  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, H, Nq, D], got shape ", q.sizes());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": q must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(q.is_contiguous(), op, ": q must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TORCH_CHECK(D <= kMaxHeadDim, op, ": head dim D = ", D, " > ", kMaxHeadDim);
+  const auto dev = q.device();
+  for (const at::Tensor* t : {&k, &v}) {
+    const char* name = t == &k ? "k_cache" : "v_cache";
+    TORCH_CHECK(t->device() == dev, op, ": ", name, " must be on ", dev, " like q, got ", t->device());
+    TORCH_CHECK(t->scalar_type() == dt, op, ": ", name, " must have q's dtype ", dt, ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == B && t->size(3) == D, op, ": ", name,
+                " must be [B=", B, ", H_kv, S_max, D=", D, "], got shape ", t->sizes());
+    TORCH_CHECK(D <= 1 || t->stride(3) == 1, op, ": ", name, " must have unit stride along D, got strides ",
+                t->strides());
+  }
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v_cache shape ", v.sizes(), " != k_cache shape ", k.sizes());
+  const int64_t H_kv = k.size(1);
+  TORCH_CHECK(H_kv >= 1 && H % H_kv == 0, op, ": H = ", H, " query heads is not a multiple of H_kv = ", H_kv);
+  TORCH_CHECK(cache_len.device() == dev && cache_len.scalar_type() == at::kInt && cache_len.dim() == 1 &&
+                  cache_len.size(0) == B && cache_len.is_contiguous(),
+              op, ": cache_len must be a contiguous int32 [B=", B, "] tensor on ", dev, ", got ",
+              cache_len.scalar_type(), " of shape ", cache_len.sizes(), " on ", cache_len.device());
+  TORCH_CHECK(tree_mask.device() == dev && tree_mask.scalar_type() == at::kInt && tree_mask.dim() == 3 &&
+                  tree_mask.size(0) == B && tree_mask.size(1) == Nq && tree_mask.size(2) >= 1 &&
+                  tree_mask.is_contiguous(),
+              op, ": tree_mask must be a contiguous int32 [B=", B, ", Nq=", Nq, ", W>=1] tensor on ", dev, ", got ",
+              tree_mask.scalar_type(), " of shape ", tree_mask.sizes(), " on ", tree_mask.device());
+  TORCH_CHECK(out.device() == dev && out.scalar_type() == dt && out.sizes() == q.sizes() && out.is_contiguous(), op,
+              ": out must be a contiguous ", dt, " tensor of q's shape ", q.sizes(), " on ", dev, ", got ",
+              out.scalar_type(), " of shape ", out.sizes(), " on ", out.device());
+}
+
+void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& cache_len, const at::Tensor& tree_mask, double scale, at::Tensor out) {
+  check_args(q, k_cache, v_cache, cache_len, tree_mask, out);
+  if (out.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  const int64_t H_kv = k_cache.size(1), S = k_cache.size(2), W = tree_mask.size(2);
+  const int64_t R = (H / H_kv) * Nq;
+  TORCH_CHECK(R <= (int64_t{1} << 30) && W <= (int64_t{1} << 26) && B * H_kv < (int64_t{1} << 31),
+              "specdec::tree_attention: sizes out of the kernel's range (H / H_kv * Nq = ", R, ", W = ", W,
+              ", B * H_kv = ", B * H_kv, ")");
+  const int rpw = R <= kWarps ? 1 : 4;  // decode-sized groups: one row per warp, no idle warps
+  const int64_t row_tiles = (R + kWarps * rpw - 1) / (kWarps * rpw);
+  TORCH_CHECK(row_tiles <= 65535, "specdec::tree_attention: H / H_kv * Nq = ", R,
+              " query rows per KV head is too many (at most ", 65535 * kWarps * rpw, ")");
+  const int d_pad = D <= 64 ? 64 : (D <= 128 ? 128 : 256);
+
+  Params p{};
+  p.q = q.data_ptr();
+  p.k = k_cache.data_ptr();
+  p.v = v_cache.data_ptr();
+  p.cache_len = cache_len.data_ptr<int32_t>();
+  p.mask = reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>());
+  p.out = out.data_ptr();
+  p.k_sb = k_cache.stride(0);
+  p.k_sh = k_cache.stride(1);
+  p.k_ss = k_cache.stride(2);
+  p.v_sb = v_cache.stride(0);
+  p.v_sh = v_cache.stride(1);
+  p.v_ss = v_cache.stride(2);
+  p.S = S;
+  p.total_rows = B * H * Nq;
+  p.H_kv = static_cast<int32_t>(H_kv);
+  p.Nq = static_cast<int32_t>(Nq);
+  p.W = static_cast<int32_t>(W);
+  p.R = static_cast<int32_t>(R);
+  p.D = static_cast<int32_t>(D);
+  p.qk_scale = static_cast<float>(scale * 1.4426950408889634);
+  const int64_t vec = 16 / static_cast<int64_t>(q.element_size());
+  auto aligned = [&](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % vec == 0 && t.stride(1) % vec == 0 &&
+           t.stride(2) % vec == 0;
+  };
+  p.vec_ok = D % vec == 0 && aligned(k_cache) && aligned(v_cache);
+
+  const int device = q.get_device();
+  const int num_splits = choose_splits(device, B * H_kv * row_tiles, S);
+  p.num_splits = num_splits;
+  at::Tensor ws_acc, ws_ml;
+  if (num_splits > 1) {
+    const auto f32 = q.options().dtype(at::kFloat);
+    ws_acc = at::empty({num_splits, p.total_rows, D}, f32);
+    ws_ml = at::empty({num_splits, p.total_rows, 2}, f32);
+    p.ws_acc = ws_acc.data_ptr<float>();
+    p.ws_ml = ws_ml.data_ptr<float>();
+  }
+  const dim3 grid(static_cast<unsigned>(B * H_kv), static_cast<unsigned>(row_tiles),
+                  static_cast<unsigned>(num_splits));
+  const cudaStream_t stream = cuda::current_stream();
+  const unsigned merge_blocks = static_cast<unsigned>((p.total_rows + kWarps - 1) / kWarps);
+  switch (q.scalar_type()) {
+    case at::kFloat:
+      dispatch<float>(p, d_pad, rpw, grid, stream);
+      if (num_splits > 1) {
+        merge_splits_kernel<float><<<merge_blocks, kThreads, 0, stream>>>(p.ws_acc, p.ws_ml, static_cast<float*>(p.out),
+                                                                         p.total_rows, p.D, num_splits);
+      }
+      break;
+    case at::kHalf:
+      dispatch<c10::Half>(p, d_pad, rpw, grid, stream);
+      if (num_splits > 1) {
+        merge_splits_kernel<c10::Half><<<merge_blocks, kThreads, 0, stream>>>(
+            p.ws_acc, p.ws_ml, static_cast<c10::Half*>(p.out), p.total_rows, p.D, num_splits);
+      }
+      break;
+    case at::kBFloat16:
+      dispatch<c10::BFloat16>(p, d_pad, rpw, grid, stream);
+      if (num_splits > 1) {
+        merge_splits_kernel<c10::BFloat16><<<merge_blocks, kThreads, 0, stream>>>(
+            p.ws_acc, p.ws_ml, static_cast<c10::BFloat16*>(p.out), p.total_rows, p.D, num_splits);
+      }
+      break;
+    default:
+      TORCH_CHECK(false, "specdec::tree_attention: unsupported dtype ", q.scalar_type());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CUDA, m) { m.impl("tree_attention", &tree_attention_cuda); }
+
+}  // namespace specdec
