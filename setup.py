@@ -59,7 +59,7 @@ def _extensions():
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
     # Stable-ish ABI of torch's C++ API is not guaranteed across versions: build against the torch present.
