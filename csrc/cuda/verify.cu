@@ -28,6 +28,13 @@
 
 #include <optional>
 
+// The kernels compute in fp32: dispatch only the dtypes the public functions accept (fp64 logits would
+// break argmax ties differently from torch.argmax, and each extra type is another large instantiation).
+#define SPECDEC_DISPATCH_FP32_FP16_BF16(TYPE, NAME, ...)            \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
 namespace specdec {
 namespace {
 
@@ -547,7 +554,7 @@ void check_logits(const char* op, const at::Tensor& logits, const at::Tensor& to
   TORCH_CHECK(logits.device() == tokens.device() && logits.is_contiguous(), op,
               ": logits must be a contiguous tensor on ", tokens.device());
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == tokens.size(0) && logits.size(1) == tokens.size(1) &&
-                  logits.size(2) >= 1 && logits.size(2) <= INT32_MAX,
+                  logits.size(2) >= 1 && logits.size(2) <= INT32_MAX - 1024,  // int32 vocabulary loops step by 512
               op, ": logits must be [B, N, V] = [", tokens.size(0), ", ", tokens.size(1), ", V], got ", logits.sizes());
 }
 
@@ -571,7 +578,7 @@ void verify_greedy_cuda(const at::Tensor& first_child, const at::Tensor& next_si
     return;
   }
   check_logits("verify_greedy", target, tokens);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "verify_greedy_cuda", [&] {
+  SPECDEC_DISPATCH_FP32_FP16_BF16(target.scalar_type(), "verify_greedy_cuda", [&] {
     launch_logits<scalar_t, float>(first_child, next_sibling, valid, tokens, target, nullptr, nullptr, nullptr,
                                    nullptr, nullptr, false, accept_nodes, accept_len, out_tokens);
   });
@@ -603,14 +610,14 @@ void verify_sample_cuda(const at::Tensor& first_child, const at::Tensor& next_si
   }
   if (B == 0) return;
   c10::cuda::CUDAGuard guard(dev);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_sample_cuda", [&] {
+  SPECDEC_DISPATCH_FP32_FP16_BF16(logits.scalar_type(), "verify_sample_cuda", [&] {
     using T = scalar_t;
     if (!has_q) {
       launch_logits<T, float>(first_child, next_sibling, valid, tokens, logits, uniforms.data_ptr<float>(),
                               temperature.data_ptr<float>(), top_k.data_ptr<int32_t>(), top_p.data_ptr<float>(),
                               nullptr, true, accept_nodes, accept_len, out_tokens);
     } else {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, draft_probs->scalar_type(), "verify_sample_cuda_q",
+      SPECDEC_DISPATCH_FP32_FP16_BF16(draft_probs->scalar_type(), "verify_sample_cuda_q",
                                       [&] {
         launch_logits<T, scalar_t>(first_child, next_sibling, valid, tokens, logits, uniforms.data_ptr<float>(),
                                    temperature.data_ptr<float>(), top_k.data_ptr<int32_t>(), top_p.data_ptr<float>(),
