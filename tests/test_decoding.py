@@ -6,34 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import specdec_kernels as sk
 from specdec.decoding import (GenerationResult, TargetOracleHead, TreeDrafter, generate, generate_baseline,
                               num_candidates, tree_nodes)
 from specdec.models import DraftConfig, build_draft_head
 from specdec.target import TargetModel
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make_model(vocab=128, sharpen=1.0, seed=0):
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(sharpen)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    return model
+from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
 
 
 def make_head(model, kind="eagle", seed=1, sharpen=1.0):
@@ -96,7 +75,7 @@ def brute_force_tree(head, feats, toks, k, depth, N):
 @pytest.mark.parametrize("kind", ["eagle", "griffin"])
 @pytest.mark.parametrize("k, depth, total", [(3, 3, 10), (2, 4, 9), (4, 1, 5)])
 def test_drafter_matches_brute_force(kind, k, depth, total):
-    model = make_model()
+    model = make_target()
     head = make_head(model, kind, sharpen=1.5)
     B, L, H = 2, 6, 64
     g = torch.Generator().manual_seed(2)
@@ -135,7 +114,7 @@ TREE = dict(tree_top_k=3, depth=3, total_tokens=8)
 
 
 def test_tensor_inputs_with_padding_equal_lists():
-    model = make_model(sharpen=8.0)
+    model = make_target(sharpen=8.0)
     head = TargetOracleHead(model)
     want = generate(model, head, PROMPTS, max_new_tokens=6, **TREE)
     L = max(map(len, PROMPTS))
@@ -155,7 +134,7 @@ def test_tensor_inputs_with_padding_equal_lists():
 
 
 def test_result_statistics():
-    model = make_model(sharpen=8.0)
+    model = make_target(sharpen=8.0)
     res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=10, tree_top_k=1, depth=4, total_tokens=5)
     assert isinstance(res, GenerationResult)
     assert res.prompt_lengths == [5, 2, 7]
@@ -172,7 +151,7 @@ def test_result_statistics():
 
 
 def test_baseline_equals_hf_greedy():
-    model = make_model()
+    model = make_target()
     res = generate_baseline(model, PROMPTS, max_new_tokens=8)
     for b, p in enumerate(PROMPTS):
         hf = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)
@@ -180,7 +159,7 @@ def test_baseline_equals_hf_greedy():
 
 
 def test_sampling_is_reproducible_with_a_generator():
-    model = make_model(sharpen=4.0)
+    model = make_target(sharpen=4.0)
     head = make_head(model)
     kw = dict(max_new_tokens=8, temperature=0.8, top_p=0.9, **TREE)
     a = generate(model, head, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
@@ -193,7 +172,7 @@ def test_sampling_is_reproducible_with_a_generator():
 
 
 def test_eos_per_request_and_finished_requests_are_frozen():
-    model = make_model(sharpen=8.0)
+    model = make_target(sharpen=8.0)
     full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences
     eos = full[1][2]                                                  # request 1 stops early
     res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=eos, **TREE)
@@ -207,7 +186,7 @@ def test_eos_per_request_and_finished_requests_are_frozen():
 
 
 def test_errors():
-    model = make_model()
+    model = make_target()
     head = make_head(model)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, head, PROMPTS, max_new_tokens=0)

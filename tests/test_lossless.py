@@ -15,53 +15,19 @@ import functools
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from specdec.decoding import TargetOracleHead, generate
 from specdec.models import DraftConfig, build_draft_head
 from specdec_kernels.reference.verify import filtered_probs
+from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {}),          # default sliding window 4096 > any cache here
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),                # q/k/v biases
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),  # q/k norms
-}
 HEADS = ("eagle", "fspad", "griffin")
 PROMPTS = [[5, 17, 33, 2, 90], [7, 8], [100, 3, 4, 250, 12, 61, 9, 44, 18]]
 
 
-def make_target(family: str, vocab: int = 256, hidden: int = 64, sharpen: float = 1.0, seed: int = 0):
-    """A tiny random target (2 layers, 4 heads, 2 KV heads, fp32, eval). `sharpen` scales the lm_head so
-    the next-token distributions are peaked (EAGLE-2 then grows deep trees, as with real models)."""
-    cfg_cls, model_cls, extra = FAMILIES[family]
-    cfg = cfg_cls(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=512, tie_word_embeddings=False,
-                  bos_token_id=None, eos_token_id=None, pad_token_id=None, **extra)
-    torch.manual_seed(seed)
-    model = model_cls(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(sharpen)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    return model
-
-
 @functools.lru_cache(maxsize=None)
 def target(family: str, sharpen: float = 1.0):
-    return make_target(family, sharpen=sharpen)
+    return make_target(family, vocab=256, max_positions=512, sharpen=sharpen)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,7 +140,7 @@ SAMPLING_PROMPT = [3, 7, 1, 12, 5]
 @functools.lru_cache(maxsize=None)
 def small_target():
     # Logits of std ~1.5 over 16 tokens: distributions far from uniform, so a biased sampler shows.
-    return make_target("llama", vocab=16, hidden=32, sharpen=12.0, seed=3)
+    return make_target("llama", vocab=16, hidden=32, max_positions=512, sharpen=12.0, seed=3)
 
 
 def exact_joint(model, prompt, temperature, top_k, top_p, k=3) -> torch.Tensor:

@@ -10,12 +10,12 @@ CPU, so the shapes are kept tiny.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from helpers import backend_params
 from specdec.decoding import TargetOracleHead, generate
 from specdec_kernels.ops.attention import _TREE_ATTENTION
-from test_lossless import PROMPTS, head, hf_greedy, one_thread, target  # noqa: F401  (fixture reused)
+from test_lossless import PROMPTS, head, hf_greedy, target
+from tiny_models import one_thread  # noqa: F401  (autouse fixture)
 
 TREE = dict(tree_top_k=3, depth=3, total_tokens=10)
 NEW_TOKENS = 8

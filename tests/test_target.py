@@ -8,41 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 import specdec_kernels as sk
 from helpers import TOLERANCES
 from specdec.target import ATTN_IMPLEMENTATION, TargetModel, TreeKVCache, chain_mask, pack_bits
+from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
 
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
-}
 ATOL, RTOL = TOLERANCES[torch.float32]
 # Full-model outputs go through 2 layers and an lm_head: allow a few fp32 roundings per layer.
 CLOSE = dict(atol=20 * ATOL, rtol=20 * RTOL)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make_model(family="llama", vocab=128, sliding_window=None, seed=0):
-    cfg_cls, model_cls, extra = FAMILIES[family]
-    if sliding_window is not None:
-        extra = dict(extra, sliding_window=sliding_window)
-    cfg = cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False,
-                  **extra)
-    torch.manual_seed(seed)
-    return model_cls(cfg).eval()
 
 
 def hf_last(model, seqs):
@@ -65,7 +39,7 @@ def path(parents, i):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_prefill_verify_commit_match_full_forward(family):
-    model = make_model(family)
+    model = make_target(family)
     tgt = TargetModel(model)
     prompts = [[1, 5, 9, 20, 33, 7, 8], [4, 2, 90], [11, 12, 13, 14, 15]]
     B, L = 3, 7
@@ -117,7 +91,7 @@ def test_prefill_verify_commit_match_full_forward(family):
 
 def test_model_stays_a_plain_hf_model():
     """The attention implementation is switched only inside our forward."""
-    model = make_model()
+    model = make_target()
     before = model.config._attn_implementation
     tgt = TargetModel(model)
     cache = tgt.new_cache(1, 16)
@@ -127,7 +101,7 @@ def test_model_stays_a_plain_hf_model():
 
 
 def test_attention_function_refuses_outside_target_forward():
-    model = make_model()
+    model = make_target()
     model.config._attn_implementation = ATTN_IMPLEMENTATION
     try:
         with pytest.raises(RuntimeError, match="specdec_state"):
@@ -137,7 +111,7 @@ def test_attention_function_refuses_outside_target_forward():
 
 
 def test_sliding_window_longer_than_cache_refused():
-    model = make_model("mistral", sliding_window=8)
+    model = make_target("mistral", sliding_window=8)
     tgt = TargetModel(model)
     with pytest.raises(NotImplementedError, match="sliding-window"):
         tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), tgt.new_cache(1, 16))
@@ -145,7 +119,7 @@ def test_sliding_window_longer_than_cache_refused():
 
 
 def test_errors():
-    model = make_model()
+    model = make_target()
     tgt = TargetModel(model)
     cache = tgt.new_cache(2, 8)
     ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -182,7 +156,7 @@ def test_pack_bits_and_chain_mask_match_build_tree():
 
 
 def test_cache_layout():
-    tgt = TargetModel(make_model())
+    tgt = TargetModel(make_target())
     cache = tgt.new_cache(3, 10)
     assert isinstance(cache, TreeKVCache)
     assert len(cache.caches()) == 2 * 2

@@ -18,7 +18,7 @@ fused pass that forms its gradient, which saves one [T, I] tensor per call.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -126,40 +126,93 @@ def _new_out(out, shape, dt, dev, needs_grad):
 
 
 # ---------------------------------------------------------------------------------------------------
+# What the two input blocks share: the forward writes [T, H] beside activations kept for backward, the
+# backward takes every forward input, those activations and one gradient buffer per differentiable input.
+
+class _Kernels(NamedTuple):
+    fwd: object            # _backend op: (features, token_ids, embed_weight, *weights, eps, out, *activations)
+    bwd: object            # _backend op: (grad_out, features, ..., eps, *activations, *grads)
+    activations: Callable  # (T, H, I, dtype, device, train) -> the buffers the forward fills beside `out`
+
+
+def _fspad_activations(T, H, I, dt, dev, train):
+    """z [T, H], rstd [T]; for backward also the pre-activations gate and up [T, I] (else None)."""
+    kw = dict(dtype=dt, device=dev)
+    pre = (torch.empty(T, I, **kw), torch.empty(T, I, **kw)) if train else (None, None)
+    return (torch.empty(T, H, **kw), torch.empty(T, dtype=_stat_dtype(dt), device=dev)) + pre
+
+
+def _griffin_activations(T, H, I, dt, dev, train):
+    """h [T, H], stats [T, 3] (rstd of h, of N_b(h), of e); for backward also W_u's output [T, I] (else None)."""
+    return (torch.empty(T, H, dtype=dt, device=dev), torch.empty(T, 3, dtype=_stat_dtype(dt), device=dev),
+            torch.empty(T, I, dtype=dt, device=dev) if train else None)
+
+
+_FSPAD = _Kernels(_FSPAD_FWD, _FSPAD_BWD, _fspad_activations)
+_GRIFFIN = _Kernels(_GRIFFIN_FWD, _GRIFFIN_BWD, _griffin_activations)
+
+
+def _function_forward(ctx, kernels, backend, eps, inputs):
+    """autograd.Function.forward of either block; inputs = (features [T, H], token_ids, embed_weight,
+    *weights) with down_weight [H, I] last."""
+    features, down_weight = inputs[0], inputs[-1]
+    (T, H), I = features.shape, down_weight.shape[1]
+    out = torch.empty(T, H, dtype=features.dtype, device=features.device)
+    acts = kernels.activations(T, H, I, features.dtype, features.device, True)
+    args = (*inputs, eps, out, *acts)
+    chosen = kernels.fwd.choose(backend, *args)
+    kernels.fwd.impls[chosen][0](*args)
+    ctx.save_for_backward(*inputs, *acts)
+    ctx.backend, ctx.eps, ctx.num_inputs = chosen, eps, len(inputs)
+    return out
+
+
+def _function_backward(ctx, kernels, grad_out):
+    """autograd.Function.backward of either block (Function inputs: backend, eps, features, token_ids,
+    embed_weight, *weights): gradients of the features and of every weight but the embedding."""
+    saved = ctx.saved_tensors
+    inputs, acts = saved[:ctx.num_inputs], saved[ctx.num_inputs:]
+    need = ctx.needs_input_grad
+    grads = [torch.empty_like(t) if (t is not None and need[2 + i]) else None
+             for i, t in enumerate(inputs) if i not in (1, 2)]  # token_ids and embed_weight get none
+    if any(g is not None for g in grads):
+        kernels.bwd(ctx.backend, grad_out.contiguous(), *inputs, ctx.eps, *acts, *grads)
+    d_features, *d_weights = grads
+    return (None, None, d_features, None, None, *d_weights)
+
+
+def _apply(kernels, function, backend, eps, features, token_ids, embed_weight, weights, out, check_ids, H, dt, dev):
+    """Both public functions after their own argument checks: flatten to [T, H], then the autograd
+    Function when a gradient is needed, else the forward kernel alone into `out`."""
+    _check_ids(token_ids, embed_weight.shape[0], check_ids)
+    lead = tuple(features.shape[:-1])
+    f2, ids = _flat(features, H), token_ids.reshape(-1).contiguous()
+    weights = [t.contiguous() if t is not None else None for t in (embed_weight, *weights)]
+    grad = _needs_grad(features, *weights[1:])
+    res = _new_out(out, lead + (H,), dt, dev, grad)
+    T = f2.shape[0]
+    if T == 0:
+        return res
+    if grad:
+        return function.apply(backend, float(eps), f2, ids, *weights).reshape(lead + (H,))
+    I = weights[-1].shape[1]
+    kernels.fwd(backend, f2, ids, *weights, float(eps), res.view(T, H), *kernels.activations(T, H, I, dt, dev, False))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------
 # FSPAD
 
 class _FspadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backend, eps, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
                 up_weight, down_weight):
-        T, H = features.shape
-        I = gate_weight.shape[0]
-        kw = dict(dtype=features.dtype, device=features.device)
-        out, z = torch.empty(T, H, **kw), torch.empty(T, H, **kw)
-        rstd = torch.empty(T, dtype=_stat_dtype(features.dtype), device=features.device)
-        gate, up = torch.empty(T, I, **kw), torch.empty(T, I, **kw)
-        args = (features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight,
-                down_weight, eps, out, z, rstd, gate, up)
-        chosen = _FSPAD_FWD.choose(backend, *args)
-        _FSPAD_FWD.impls[chosen][0](*args)
-        ctx.save_for_backward(features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
-                              up_weight, down_weight, z, rstd, gate, up)
-        ctx.backend, ctx.eps = chosen, eps
-        return out
+        return _function_forward(ctx, _FSPAD, backend, eps, (features, token_ids, embed_weight, fc_weight, fc_bias,
+                                                              norm_weight, gate_weight, up_weight, down_weight))
 
     @staticmethod
     def backward(ctx, grad_out):
-        (features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight,
-         z, rstd, gate, up) = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grads = [torch.empty_like(t) if (t is not None and need[i]) else None
-                 for i, t in ((2, features), (5, fc_weight), (6, fc_bias), (7, norm_weight), (8, gate_weight),
-                              (9, up_weight), (10, down_weight))]
-        if any(g is not None for g in grads):
-            _FSPAD_BWD(ctx.backend, grad_out.contiguous(), features, token_ids, embed_weight, fc_weight, fc_bias,
-                       norm_weight, gate_weight, up_weight, down_weight, ctx.eps, z, rstd, gate, up, *grads)
-        d_f, d_fc, d_b, d_n, d_g, d_u, d_d = grads
-        return None, None, d_f, None, None, d_fc, d_b, d_n, d_g, d_u, d_d
+        return _function_backward(ctx, _FSPAD, grad_out)
 
 
 def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
@@ -194,22 +247,8 @@ def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embe
     dev = same_device(features=features, token_ids=token_ids, embed_weight=embed_weight, fc_weight=fc_weight,
                       fc_bias=fc_bias, norm_weight=norm_weight, gate_weight=gate_weight, up_weight=up_weight,
                       down_weight=down_weight)
-    _check_ids(token_ids, embed_weight.shape[0], check_ids)
-    lead = tuple(features.shape[:-1])
-    f2, ids = _flat(features, H), token_ids.reshape(-1).contiguous()
-    weights = [t.contiguous() if t is not None else None
-               for t in (embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight)]
-    grad = _needs_grad(features, *weights[1:])
-    res = _new_out(out, lead + (H,), dt, dev, grad)
-    T = f2.shape[0]
-    if T == 0:
-        return res
-    if grad:
-        return _FspadFunction.apply(backend, float(eps), f2, ids, *weights).reshape(lead + (H,))
-    z = torch.empty(T, H, dtype=dt, device=dev)
-    rstd = torch.empty(T, dtype=_stat_dtype(dt), device=dev)
-    _FSPAD_FWD(backend, f2, ids, *weights, float(eps), res.view(T, H), z, rstd, None, None)
-    return res
+    return _apply(_FSPAD, _FspadFunction, backend, eps, features, token_ids, embed_weight,
+                  (fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight), out, check_ids, H, dt, dev)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,34 +258,12 @@ class _GriffinFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backend, eps, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
                 norm_a_weight, up_weight, down_weight):
-        T, H = features.shape
-        I = up_weight.shape[0]
-        kw = dict(dtype=features.dtype, device=features.device)
-        out, h = torch.empty(T, H, **kw), torch.empty(T, H, **kw)
-        stats = torch.empty(T, 3, dtype=_stat_dtype(features.dtype), device=features.device)
-        pre_act = torch.empty(T, I, **kw)
-        args = (features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight,
-                down_weight, eps, out, h, stats, pre_act)
-        chosen = _GRIFFIN_FWD.choose(backend, *args)
-        _GRIFFIN_FWD.impls[chosen][0](*args)
-        ctx.save_for_backward(features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
-                              up_weight, down_weight, h, stats, pre_act)
-        ctx.backend, ctx.eps = chosen, eps
-        return out
+        return _function_forward(ctx, _GRIFFIN, backend, eps, (features, token_ids, embed_weight, fc_weight, fc_bias,
+                                                                norm_b_weight, norm_a_weight, up_weight, down_weight))
 
     @staticmethod
     def backward(ctx, grad_out):
-        (features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight,
-         h, stats, pre_act) = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grads = [torch.empty_like(t) if (t is not None and need[i]) else None
-                 for i, t in ((2, features), (5, fc_weight), (6, fc_bias), (7, norm_b_weight), (8, norm_a_weight),
-                              (9, up_weight), (10, down_weight))]
-        if any(g is not None for g in grads):
-            _GRIFFIN_BWD(ctx.backend, grad_out.contiguous(), features, token_ids, embed_weight, fc_weight, fc_bias,
-                         norm_b_weight, norm_a_weight, up_weight, down_weight, ctx.eps, h, stats, pre_act, *grads)
-        d_f, d_fc, d_b, d_nb, d_na, d_u, d_d = grads
-        return None, None, d_f, None, None, d_fc, d_b, d_nb, d_na, d_u, d_d
+        return _function_backward(ctx, _GRIFFIN, grad_out)
 
 
 def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
@@ -278,19 +295,6 @@ def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_
     dev = same_device(features=features, token_ids=token_ids, embed_weight=embed_weight, fc_weight=fc_weight,
                       fc_bias=fc_bias, norm_b_weight=norm_b_weight, norm_a_weight=norm_a_weight, up_weight=up_weight,
                       down_weight=down_weight)
-    _check_ids(token_ids, embed_weight.shape[0], check_ids)
-    lead = tuple(features.shape[:-1])
-    f2, ids = _flat(features, H), token_ids.reshape(-1).contiguous()
-    weights = [t.contiguous() if t is not None else None
-               for t in (embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight)]
-    grad = _needs_grad(features, *weights[1:])
-    res = _new_out(out, lead + (H,), dt, dev, grad)
-    T = f2.shape[0]
-    if T == 0:
-        return res
-    if grad:
-        return _GriffinFunction.apply(backend, float(eps), f2, ids, *weights).reshape(lead + (H,))
-    h = torch.empty(T, H, dtype=dt, device=dev)
-    stats = torch.empty(T, 3, dtype=_stat_dtype(dt), device=dev)
-    _GRIFFIN_FWD(backend, f2, ids, *weights, float(eps), res.view(T, H), h, stats, None)
-    return res
+    return _apply(_GRIFFIN, _GriffinFunction, backend, eps, features, token_ids, embed_weight,
+                  (fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight), out, check_ids,
+                  H, dt, dev)

@@ -70,6 +70,25 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Tile helpers shared by the kernels
+
+@triton.jit
+def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's [BM, BN] output tile: row and column indices and their in-bounds masks."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rm, rn, rm < M, rn < N
+
+
+@triton.jit
+def _token_rows(IDS, offs, mask, V):
+    """Embedding rows of the token ids at IDS[offs], int64, clamped to [0, V): memory safety only, the ids
+    are range-checked before launch."""
+    rows = tl.load(IDS + offs, mask=mask, other=0).to(tl.int64)
+    return tl.minimum(tl.maximum(rows, 0), V - 1)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
 @triton.autotune(configs=_mm_configs(), key=_KEYS)
@@ -77,15 +96,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _fc_kernel(F, IDS, E, W, B, Z, M, N, K, V, M_BUCKET, stride_f, stride_e, stride_w, stride_z,
                HAS_BIAS: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """Z[M, N] = E[ids] W[:, :K]^T + F W[:, K:]^T (+ B): the fc of [e; f] without forming e or [e; f]."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
-    ids = tl.load(IDS + rm, mask=m_ok, other=0).to(tl.int64)
-    ids = tl.minimum(tl.maximum(ids, 0), V - 1)  # memory safety only: ids are range-checked before launch
+    ids = _token_rows(IDS, rm, m_ok, V)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):  # embedding half: rows gathered by token id
         k = k0 + rk
@@ -110,15 +123,9 @@ def _fspad_mlp_kernel(Z, IDS, E, NW, WG, WU, ACT, GATE, UP, RSTD, M, N, K, V, M_
                       stride_z, stride_e, stride_wg, stride_wu, stride_o,
                       STORE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """ACT[M, N] = SiLU(E[ids] WG^T) * rstd(Z) (Z * NW) WU^T; optionally GATE, UP (pre-activations), RSTD."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
-    ids = tl.load(IDS + rm, mask=m_ok, other=0).to(tl.int64)
-    ids = tl.minimum(tl.maximum(ids, 0), V - 1)
+    ids = _token_rows(IDS, rm, m_ok, V)
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     ss = tl.zeros((BM,), dtype=tl.float32)
@@ -145,7 +152,7 @@ def _fspad_mlp_kernel(Z, IDS, E, NW, WG, WU, ACT, GATE, UP, RSTD, M, N, K, V, M_
     if STORE:
         tl.store(GATE + offs, acc_g.to(GATE.dtype.element_ty), mask=out_mask)
         tl.store(UP + offs, up.to(UP.dtype.element_ty), mask=out_mask)
-    if pid_n == 0:
+    if tl.program_id(1) == 0:  # one column block writes the row statistics
         tl.store(RSTD + rm, rstd, mask=m_ok)
 
 
@@ -157,15 +164,9 @@ def _griffin_mlp_kernel(Hs, IDS, E, NB, NA, WU, ACT, PRE, STATS, M, N, K, V, M_B
                         BK: tl.constexpr):
     """ACT = SiLU(v), v = rb r1 (Hs * NB * NA) WU[:, :K]^T + re (E[ids] * NA) WU[:, K:]^T; optionally PRE = v;
     STATS[:, 0..2] = rb, r1, re (see the module docstring)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
-    ids = tl.load(IDS + rm, mask=m_ok, other=0).to(tl.int64)
-    ids = tl.minimum(tl.maximum(ids, 0), V - 1)
+    ids = _token_rows(IDS, rm, m_ok, V)
     acc1 = tl.zeros((BM, BN), dtype=tl.float32)
     acc2 = tl.zeros((BM, BN), dtype=tl.float32)
     ss_h = tl.zeros((BM,), dtype=tl.float32)
@@ -200,7 +201,7 @@ def _griffin_mlp_kernel(Hs, IDS, E, NB, NA, WU, ACT, PRE, STATS, M, N, K, V, M_B
     tl.store(ACT + offs, (v * tl.sigmoid(v)).to(ACT.dtype.element_ty), mask=out_mask)
     if STORE:
         tl.store(PRE + offs, v.to(PRE.dtype.element_ty), mask=out_mask)
-    if pid_n == 0:
+    if tl.program_id(1) == 0:
         tl.store(STATS + rm * 3 + 0, rb, mask=m_ok)
         tl.store(STATS + rm * 3 + 1, r1, mask=m_ok)
         tl.store(STATS + rm * 3 + 2, re, mask=m_ok)
@@ -211,13 +212,8 @@ def _griffin_mlp_kernel(Hs, IDS, E, NB, NA, WU, ACT, PRE, STATS, M, N, K, V, M_B
 def _down_kernel(A, W, R, O, M, N, K, M_BUCKET, stride_a, stride_w, stride_r, stride_o,
                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """O[M, N] = R + A W^T (the down projection with the residual fused in the epilogue)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         k = k0 + rk
@@ -242,13 +238,8 @@ def _wgrad_kernel(A, B, IDS, RS, CS, C, M, N, K, V, M_BUCKET, stride_a, stride_b
 
     The weight gradients that read the embedding (GATHER) or a normalised activation (RS = its rstd,
     CS = its norm weight) without materialising either."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         k = k0 + rk
@@ -258,8 +249,7 @@ def _wgrad_kernel(A, B, IDS, RS, CS, C, M, N, K, V, M_BUCKET, stride_a, stride_b
             rs = tl.load(RS + k, mask=k_ok, other=0.0)
             a = (a.to(tl.float32) * rs[None, :]).to(A.dtype.element_ty)
         if GATHER:
-            rows = tl.load(IDS + k, mask=k_ok, other=0).to(tl.int64)
-            rows = tl.minimum(tl.maximum(rows, 0), V - 1)
+            rows = _token_rows(IDS, k, k_ok, V)
         else:
             rows = k.to(tl.int64)
         b = tl.load(B + rows[:, None] * stride_b + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -337,8 +327,7 @@ def _griffin_norm_bwd_kernel(DO, DX, Hs, IDS, E, NB, NA, STATS, DH, PART, T, H, 
         rb = tl.load(STATS + t * 3 + 0, mask=t_ok, other=0.0)
         r1 = tl.load(STATS + t * 3 + 1, mask=t_ok, other=0.0)
         re = tl.load(STATS + t * 3 + 2, mask=t_ok, other=0.0)
-        row = tl.load(IDS + t, mask=t_ok, other=0).to(tl.int64)
-        row = tl.minimum(tl.maximum(row, 0), V - 1)
+        row = _token_rows(IDS, t, t_ok, V)
         e = tl.load(E + row * stride_e + cols, mask=ok, other=0.0).to(tl.float32)
         h = tl.load(Hs + off, mask=ok, other=0.0).to(tl.float32)
         dx1 = tl.load(DX + t.to(tl.int64) * 2 * H + cols, mask=ok, other=0.0).to(tl.float32)

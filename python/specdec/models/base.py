@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import nn
 
+import specdec_kernels
+
 from .config import DraftConfig
 from .layers import DecoderLayer, RotaryEmbedding
 
@@ -284,6 +286,44 @@ class DraftHead(nn.Module):
     def extra_repr(self) -> str:
         bound = "bound" if self._target_lm_head is not None else "unbound"
         return f"kind={self.kind}, target={bound}"
+
+
+
+class FusedInputHead(DraftHead):
+    """A dual-output head (FSPAD, GRIFFIN) whose input block `fc` may run as one fused specdec_kernels op.
+
+    A subclass names its input block module (`input_block`, built from the config as `self.fc`), the
+    specdec_kernels function computing the same block (`fused_op`) and the block's weights in that op's
+    argument order (`fused_weights`). With use_fused_features (default: when the op exists) `fuse` calls
+    the op, which gathers the embedding rows inside its matmul; else the plain PyTorch block.
+    """
+
+    dual_output = True
+    input_block: type = nn.Module
+    fused_op: str = ""
+
+    def __init__(self, config: DraftConfig, use_fused_features: Optional[bool] = None):
+        super().__init__(config)
+        self.fc = self.input_block(config)
+        self.use_fused_features = self.fused_available() if use_fused_features is None else bool(use_fused_features)
+
+    @classmethod
+    def fused_available(cls) -> bool:
+        """Whether specdec_kernels provides this head's fused input-block op."""
+        return hasattr(specdec_kernels, cls.fused_op)
+
+    def fused_weights(self) -> tuple:
+        """The input block's parameters (and eps), in the order `fused_op` takes them after the embedding."""
+        raise NotImplementedError
+
+    def fuse(self, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        ew = self.embed_weight()
+        if self.use_fused_features and self.fused_available() and ew.dtype == self.dtype and ew.device == self.device:
+            B, T, H = features.shape
+            op = getattr(specdec_kernels, self.fused_op)
+            out = op(features.reshape(B * T, H), input_ids.reshape(B * T), ew.detach(), *self.fused_weights())
+            return out.reshape(B, T, H)
+        return self.fc(self.embed(input_ids), features)
 
 
 def _check(name: str, t, *, dtype=None, dtypes=None, shape=None, device=None) -> None:

@@ -10,15 +10,11 @@ runs as one fused op that gathers embedding rows inside the matmul; else plain P
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import specdec_kernels
-
-from .base import DraftHead
+from .base import FusedInputHead
 from .config import DraftConfig
 from .layers import RMSNorm
 
@@ -50,28 +46,18 @@ class FeatureSampling(nn.Module):
 
 
 def fused_available() -> bool:
-    return hasattr(specdec_kernels, "fspad_feature_sampling")
+    """Whether specdec_kernels.fspad_feature_sampling exists."""
+    return FSPADHead.fused_available()
 
 
-class FSPADHead(DraftHead):
+class FSPADHead(FusedInputHead):
     """FSPAD: logits = LMHead(p), hidden = r."""
 
     kind = "fspad"
-    dual_output = True
+    input_block = FeatureSampling
+    fused_op = "fspad_feature_sampling"
 
-    def __init__(self, config: DraftConfig, use_fused_features: Optional[bool] = None):
-        super().__init__(config)
-        self.fc = FeatureSampling(config)
-        self.use_fused_features = fused_available() if use_fused_features is None else bool(use_fused_features)
-
-    def fuse(self, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        ew = self.embed_weight()
-        if self.use_fused_features and fused_available() and ew.dtype == self.dtype and ew.device == self.device:
-            B, T, H = features.shape
-            blk = self.fc
-            u = specdec_kernels.fspad_feature_sampling(
-                features.reshape(B * T, H), input_ids.reshape(B * T), ew.detach(), blk.fc.weight, blk.fc.bias,
-                blk.post_attention_layernorm.weight, blk.mlp.gate_proj.weight, blk.mlp.up_proj.weight,
-                blk.mlp.down_proj.weight, blk.post_attention_layernorm.eps)
-            return u.reshape(B, T, H)
-        return self.fc(self.embed(input_ids), features)
+    def fused_weights(self) -> tuple:
+        blk = self.fc
+        return (blk.fc.weight, blk.fc.bias, blk.post_attention_layernorm.weight, blk.mlp.gate_proj.weight,
+                blk.mlp.up_proj.weight, blk.mlp.down_proj.weight, blk.post_attention_layernorm.eps)

@@ -11,15 +11,11 @@ as one fused op; else plain PyTorch.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import specdec_kernels
-
-from .base import DraftHead
+from .base import FusedInputHead
 from .config import DraftConfig
 from .layers import RMSNorm
 
@@ -53,28 +49,18 @@ class TokenGuidedFusion(nn.Module):
 
 
 def fused_available() -> bool:
-    return hasattr(specdec_kernels, "griffin_token_fusion")
+    """Whether specdec_kernels.griffin_token_fusion exists."""
+    return GriffinHead.fused_available()
 
 
-class GriffinHead(DraftHead):
+class GriffinHead(FusedInputHead):
     """GRIFFIN: logits = LMHead(p), hidden = r."""
 
     kind = "griffin"
-    dual_output = True
+    input_block = TokenGuidedFusion
+    fused_op = "griffin_token_fusion"
 
-    def __init__(self, config: DraftConfig, use_fused_features: Optional[bool] = None):
-        super().__init__(config)
-        self.fc = TokenGuidedFusion(config)
-        self.use_fused_features = fused_available() if use_fused_features is None else bool(use_fused_features)
-
-    def fuse(self, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        ew = self.embed_weight()
-        if self.use_fused_features and fused_available() and ew.dtype == self.dtype and ew.device == self.device:
-            B, T, H = features.shape
-            blk = self.fc
-            g = specdec_kernels.griffin_token_fusion(
-                features.reshape(B * T, H), input_ids.reshape(B * T), ew.detach(), blk.fc.weight, blk.fc.bias,
-                blk.post_attention_layernorm.weight, blk.mlp.input_layernorm.weight, blk.mlp.up_proj.weight,
-                blk.mlp.down_proj.weight, blk.post_attention_layernorm.eps)
-            return g.reshape(B, T, H)
-        return self.fc(self.embed(input_ids), features)
+    def fused_weights(self) -> tuple:
+        blk = self.fc
+        return (blk.fc.weight, blk.fc.bias, blk.post_attention_layernorm.weight, blk.mlp.input_layernorm.weight,
+                blk.mlp.up_proj.weight, blk.mlp.down_proj.weight, blk.post_attention_layernorm.eps)
