@@ -28,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, print_table, time_fn, write_csv  # noqa: E402
+from common import add_common_args, peak_gbps, print_table, time_fn, write_csv  # noqa: E402
 
 import specdec_kernels as sk  # noqa: E402
 from specdec_kernels import BACKENDS  # noqa: E402
@@ -37,20 +37,7 @@ from specdec_kernels.reference import attention as ref  # noqa: E402
 
 H, H_KV, HEAD_DIM = 32, 8, 128  # Llama-3-8B
 
-# Peak DRAM bandwidth in GB/s by device-name fragment (first match wins).
-PEAK_GBPS = [("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0),
-             ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0), ("A10", 600.0), ("L4", 300.0)]
-
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def peak_gbps(device, override):
-    if override:
-        return override
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((bw for frag, bw in PEAK_GBPS if frag in name), None)
 
 
 def random_tree_mask(B: int, N: int, gen: torch.Generator, device) -> torch.Tensor:

@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, print_table, time_stats, write_csv  # noqa: E402
+from common import add_common_args, peak_gbps, print_table, time_stats, write_csv  # noqa: E402
 
 import specdec_kernels as sk  # noqa: E402
 from specdec_kernels import BACKENDS  # noqa: E402
@@ -66,8 +66,11 @@ def eagle_index_copy(caches, cache_len, nodes, accept_len):
 def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--mem-gb", type=float, default=40.0, help="cap on the caches' memory (GB)")
+    parser.add_argument("--peak-gbps", type=float, default=None,
+                        help="memory bandwidth for the fraction-of-peak column (default: known GPUs)")
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
+    peak = peak_gbps(dev, args.peak_gbps)
     min_time = args.min_time / (10 if args.quick else 1)
     if dev.type == "cuda":
         dtypes = [torch.bfloat16]
@@ -104,9 +107,10 @@ def main(argv=None):
                                      "B": B, "layers": layers, "H_kv": H, "D": D, "S_max": S, "accept_len": n_acc,
                                      "moved_rows": moved * H * len(caches), "us": med, "us_min": best,
                                      "GBps": nbytes / (med * 1e3) if med > 0 else 0.0})
+                        rows[-1]["frac_peak"] = rows[-1]["GBps"] / peak if peak else float("nan")
                     del caches
-    print_table(rows, ["provider", "model", "dtype", "B", "accept_len", "S_max", "us", "us_min", "GBps"])
-    print("wrote", write_csv(rows, "bench_compact", dev, results=args.results, out_dir=args.out_dir))
+    print_table(rows, ["provider", "model", "dtype", "B", "accept_len", "S_max", "us", "us_min", "GBps", "frac_peak"])
+    print("wrote", write_csv(rows, "compact", dev, results=args.results, out_dir=args.out_dir))
 
 
 if __name__ == "__main__":

@@ -3,86 +3,54 @@
 Two regimes:
 - decode: T = 10..60 tree nodes, inference (no autograd, output into a preallocated buffer). The call
   reads every weight once (W_fc 2H^2, W_g/W_u/W_d 3HI elements), so it is bound by memory bandwidth:
-  floor = weight bytes / bandwidth. Reported: time, GB/s of weights read, and time / floor.
+  floor = weight bytes / peak bandwidth. Reported: time, GB/s of weights read, and time / floor
+  (--peak-gbps, or the bandwidth of a known GPU; no floor on CPU unless given).
 - train: T = batch x sequence (8 x 2048 by default), forward + backward under autograd; GEMM bound.
   Reported: time, achieved TFLOP/s (forward 2T(2H^2 + 3HI) FLOPs for both heads, backward twice that),
   and speedup over eager.
 
 Targets on a GPU: decode within 1.3x of the floor; training at least 1.3x faster than eager.
 `eager` is the plain composition (specdec_kernels.reference.features, torch.cat + F.linear); the other
-rows are the op's backends. Results print as a table and append to a CSV keyed by kernel, mode, backend,
-shape, dtype, device, torch version and commit.
+rows are the op's backends (those that refuse the inputs are listed as skipped). Times are microseconds
+per call (median over batches, and the minimum); the CSV (bench/common.py columns: device, versions,
+commit, date) goes to bench/out/ by default, bench/results/ with --results.
 
     python bench/bench_features.py                 # GPU: H=4096, I=11008, bf16
     python bench/bench_features.py --quick         # small shapes, runs on a CPU in seconds
+    python bench/bench_features.py --results       # CSV into bench/results/ instead of bench/out/
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_common_args, peak_gbps, print_table, time_stats, write_csv  # noqa: E402
 
 import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BackendError  # noqa: E402
+from specdec_kernels import BACKENDS, BackendError  # noqa: E402
 from specdec_kernels.reference import features as ref  # noqa: E402
 
 KERNELS = {
     "fspad": (sk.fspad_feature_sampling, ref.fspad_feature_sampling),
     "griffin": (sk.griffin_token_fusion, ref.griffin_token_fusion),
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("decode", "train")
+PROVIDERS = ("eager",) + tuple(BACKENDS)
+# Same names as the other benchmarks, plus the short ones this script used to take.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-# ---------------------------------------------------------------------------------------------------
-# Minimal timing helpers (bench/common.py did not exist when this was written)
-
-def timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
-    """Median milliseconds of fn() over `iters` runs after `warmup` (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+EPS = 1e-6
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu x{os.cpu_count()}"
-
-
-# ---------------------------------------------------------------------------------------------------
 
 def make_inputs(kind, T, H, I, V, dtype, device, requires_grad):
+    """Positional inputs of the op (without eps), scaled so activations stay O(1)."""
     def w(*shape, scale):
         return (torch.randn(*shape, device=device, dtype=dtype) * scale).requires_grad_(requires_grad)
 
@@ -99,6 +67,7 @@ def make_inputs(kind, T, H, I, V, dtype, device, requires_grad):
 
 
 def weight_bytes(H, I, dtype) -> int:
+    """Bytes of the weights one call reads (both heads have 2H^2 + 3HI matrix elements, ~3H vectors)."""
     elem = torch.empty(0, dtype=dtype).element_size()
     return (2 * H * H + 3 * H * I + 3 * H) * elem
 
@@ -107,116 +76,132 @@ def fwd_flops(T, H, I) -> float:
     return 2.0 * T * (2 * H * H + 3 * H * I)
 
 
-def bench_one(kind, mode, backend, T, H, I, V, dtype, device, args_):
-    """Milliseconds of one call (decode: inference into a buffer; train: forward + backward)."""
+def make_call(kind, mode, provider, T, H, I, V, dtype, device):
+    """A closure running one decode call (into a preallocated buffer) or one training step (fwd + bwd)."""
     fn, ref_fn = KERNELS[kind]
     inputs = make_inputs(kind, T, H, I, V, dtype, device, requires_grad=(mode == "train"))
-    eps = 1e-6
     if mode == "decode":
         out = torch.empty(T, H, device=device, dtype=dtype)
-        if backend == "eager":
-            call = lambda: ref_fn(*inputs, eps)  # noqa: E731
-        else:
-            call = lambda: fn(*inputs, eps, backend=backend, out=out, check_ids=False)  # noqa: E731
-        with torch.no_grad():
+        if provider == "eager":
+            return lambda: ref_fn(*inputs, EPS)
+        # check_ids=False: the range check of token_ids is a host sync the decode path does not pay.
+        return lambda: fn(*inputs, EPS, backend=provider, out=out, check_ids=False)
+    grad = torch.randn(T, H, device=device, dtype=dtype)
+    leaves = [t for i, t in enumerate(inputs) if i not in (1, 2)]  # not token ids, not the frozen embedding
+
+    def step():
+        o = ref_fn(*inputs, EPS) if provider == "eager" else fn(*inputs, EPS, backend=provider, check_ids=False)
+        torch.autograd.grad(o, leaves, grad)
+
+    return step
+
+
+def bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmup, peak) -> list:
+    """Rows of one (kernel, mode, T) over `providers`; a provider that refuses the inputs is printed as skipped."""
+    wbytes = weight_bytes(H, I, dtype)
+    flops = fwd_flops(T, H, I) * (3 if mode == "train" else 1)
+    rows = []
+    for provider in providers:
+        call = make_call(kind, mode, provider, T, H, I, V, dtype, device)
+        # Inference mode has no autograd graph to record; training needs it.
+        with torch.no_grad() if mode == "decode" else torch.enable_grad():
             try:
                 call()
             except BackendError as exc:
-                return None, str(exc).splitlines()[-1]
-            return timeit(lambda: call(), device, args_.warmup, args_.iters), ""
-    grad = torch.randn(T, H, device=device, dtype=dtype)
-    leaves = [t for i, t in enumerate(inputs) if i not in (1, 2)]
+                print(f"skipped {kind} {mode} T={T} {provider}: {str(exc).splitlines()[-1]}")
+                continue
+            us, us_min = time_stats(call, device, min_time=min_time, warmup=warmup)
+        secs = us * 1e-6
+        gbps = wbytes / secs / 1e9 if mode == "decode" else float("nan")
+        rows.append({"kernel": kind, "mode": mode, "provider": provider, "dtype": str(dtype).replace("torch.", ""),
+                     "T": T, "H": H, "I": I, "V": V, "time_us": us, "min_us": us_min,
+                     "TFLOPs": flops / secs / 1e12, "weight_GBps": gbps,
+                     "x_floor": peak / gbps if (peak and mode == "decode") else float("nan")})  # = time / floor
+    eager = next((r["time_us"] for r in rows if r["provider"] == "eager"), None)
+    for r in rows:
+        r["x_vs_eager"] = eager / r["time_us"] if eager else float("nan")
+    return rows
 
-    def step():
-        o = ref_fn(*inputs, eps) if backend == "eager" else fn(*inputs, eps, backend=backend, check_ids=False)
-        torch.autograd.grad(o, leaves, grad)
 
+def csv_list(choices):
+    """argparse type: a comma list whose items are all in `choices`."""
+    def parse(text):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"expected a comma list among {','.join(choices)}, got {text!r}")
+        return items
+    return parse
+
+
+def int_list(text):
     try:
-        step()
-    except BackendError as exc:
-        return None, str(exc).splitlines()[-1]
-    return timeit(step, device, args_.warmup, args_.iters), ""
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small shapes and few iterations (runs on a CPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on GPU, fp32 on CPU")
-    p.add_argument("--kernels", default="fspad,griffin")
-    p.add_argument("--modes", default="decode,train")
-    p.add_argument("--backends", default=None,
-                   help="comma list among eager,cuda,triton,cpu,torch (default: all that run on the device; "
-                        "triton is left out on CPU, where it only runs interpreted)")
-    p.add_argument("-H", type=int, default=None)
-    p.add_argument("-I", type=int, default=None)
-    p.add_argument("-V", type=int, default=None)
-    p.add_argument("--decode-T", default=None, help="comma list of tree sizes (default 10,30,60)")
-    p.add_argument("--train-T", type=int, default=None, help="rows of a training step (default 8 x 2048)")
-    p.add_argument("--bandwidth", type=float, default=None,
-                   help="memory bandwidth in GB/s for the decode floor (default: 3350 for H100, 4800 for H200)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "features.csv"))
-    a = p.parse_args(argv)
-    device = torch.device(a.device)
-    dtype = DTYPES[a.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    if a.quick:
-        H, I, V, decode_T, train_T = a.H or 256, a.I or 688, a.V or 32000, a.decode_T or "10,60", a.train_T or 512
-        a.warmup, a.iters = a.warmup or 1, a.iters or 3
-    else:
-        H, I, V = a.H or 4096, a.I or 11008, a.V or 32000
-        decode_T, train_T = a.decode_T or "10,30,60", a.train_T or 16384
-        a.warmup, a.iters = a.warmup or 5, a.iters or 20
-    if a.backends:
-        backends = a.backends.split(",")
-    else:
-        backends = ["eager", "cuda", "triton", "torch"] if device.type == "cuda" else ["eager", "cpu", "torch"]
-    bw = a.bandwidth
-    if bw is None and device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        bw = 4800.0 if "H200" in name else 3350.0 if "H100" in name else None
+def main(argv=None) -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--kernels", type=csv_list(tuple(KERNELS)), default=list(KERNELS),
+                        help="comma list among fspad,griffin (default both)")
+    parser.add_argument("--modes", type=csv_list(MODES), default=list(MODES),
+                        help="comma list among decode,train (default both)")
+    parser.add_argument("--backends", type=csv_list(PROVIDERS), default=None,
+                        help=f"comma list among {','.join(PROVIDERS)} (default: those that run on the device; "
+                             "triton is left out on CPU, where it only runs interpreted)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("-H", type=int, default=None, help="hidden size (default 4096; --quick 256)")
+    parser.add_argument("-I", type=int, default=None, help="MLP intermediate size (default 11008; --quick 688)")
+    parser.add_argument("-V", type=int, default=None, help="vocabulary size of the embedding (default 32000)")
+    parser.add_argument("--decode-T", type=int_list, default=None,
+                        help="comma list of tree sizes (default 10,30,60; --quick 10,60)")
+    parser.add_argument("--train-T", type=int, default=None,
+                        help="rows of a training step (default 8 x 2048 = 16384; --quick 512)")
+    parser.add_argument("--peak-gbps", "--bandwidth", dest="peak_gbps", type=float, default=None,
+                        help="peak memory bandwidth in GB/s for the decode floor (default: known GPUs' table)")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    on_cuda = torch.device(device).type == "cuda"
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
+    H = args.H or (256 if args.quick else 4096)
+    I = args.I or (688 if args.quick else 11008)  # noqa: E741 - the usual name of the intermediate size
+    V = args.V or 32000
+    decode_T = args.decode_T or ([10, 60] if args.quick else [10, 30, 60])
+    train_T = args.train_T or (512 if args.quick else 16384)
+    # By default only what can run on the device: no cpu backend on CUDA tensors, no cuda backend on CPU ones,
+    # and no triton on CPU (there it only runs interpreted, a test tool rather than something to time).
+    providers = args.backends or [p for p in PROVIDERS if p not in (("cpu",) if on_cuda else ("cuda", "triton"))]
+    min_time = args.min_time / (10 if args.quick else 1)
+    warmup = 1 if args.quick else 3
+    peak = peak_gbps(device, args.peak_gbps)
+    torch.manual_seed(0)
+
     wbytes = weight_bytes(H, I, dtype)
-    print(f"# {device_name(device)}, {dtype}, H={H} I={I} V={V}; weights {wbytes / 1e6:.1f} MB"
-          + (f", decode floor {wbytes / (bw * 1e9) * 1e3:.3f} ms at {bw:.0f} GB/s" if bw else ""))
-    header = f"{'kernel':8} {'mode':6} {'T':>6} {'backend':8} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} " \
-             f"{'x floor':>8} {'vs eager':>8}"
-    print(header)
-    print("-" * len(header))
     rows = []
-    for kind in a.kernels.split(","):
-        for mode in a.modes.split(","):
-            Ts = [int(t) for t in decode_T.split(",")] if mode == "decode" else [train_T]
-            for T in Ts:
-                eager_ms = None
-                for backend in backends:
-                    ms, why = bench_one(kind, mode, backend, T, H, I, V, dtype, device, a)
-                    if ms is None:
-                        print(f"{kind:8} {mode:6} {T:>6} {backend:8} skipped: {why}")
-                        continue
-                    if backend == "eager":
-                        eager_ms = ms
-                    flops = fwd_flops(T, H, I) * (3 if mode == "train" else 1)
-                    tflops = flops / (ms * 1e-3) / 1e12
-                    gbps = wbytes / (ms * 1e-3) / 1e9 if mode == "decode" else float("nan")
-                    floor = (ms * 1e-3) / (wbytes / (bw * 1e9)) if (bw and mode == "decode") else float("nan")
-                    speed = eager_ms / ms if eager_ms else float("nan")
-                    print(f"{kind:8} {mode:6} {T:>6} {backend:8} {ms:9.3f} {tflops:8.2f} {gbps:8.1f} "
-                          f"{floor:8.2f} {speed:8.2f}")
-                    rows.append(dict(kernel=kind, mode=mode, backend=backend, T=T, H=H, I=I, V=V,
-                                     dtype=str(dtype).replace("torch.", ""), ms=f"{ms:.4f}", tflops=f"{tflops:.3f}",
-                                     gbps=f"{gbps:.1f}", x_floor=f"{floor:.3f}", speedup_vs_eager=f"{speed:.3f}",
-                                     device=device_name(device), torch=torch.__version__, commit=commit()))
-    if a.csv and rows:
-        os.makedirs(os.path.dirname(a.csv), exist_ok=True)
-        new = not os.path.exists(a.csv)
-        with open(a.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"# appended {len(rows)} rows to {a.csv}")
+    for kind in args.kernels:
+        for mode in args.modes:
+            for T in (decode_T if mode == "decode" else [train_T]):
+                rows += bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmup, peak)
+
+    print(f"feature heads on {device} ({str(dtype).replace('torch.', '')}, H={H}, I={I}, V={V}): weights "
+          f"{wbytes / 1e6:.1f} MB; time per call in microseconds (median, min)"
+          + (f"; decode floor {wbytes / (peak * 1e9) * 1e6:.1f} us at {peak:.0f} GB/s" if peak else ""))
+    tables = {"decode": ["kernel", "provider", "T", "time_us", "min_us", "weight_GBps", "x_floor", "x_vs_eager"],
+              "train": ["kernel", "provider", "T", "time_us", "min_us", "TFLOPs", "x_vs_eager"]}
+    for mode in args.modes:
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        if mode_rows:
+            print(f"\n{mode}:")
+            print_table(mode_rows, tables[mode], floatfmt="{:.3g}")
+    if not rows:  # keep an earlier CSV rather than overwrite it with a header only
+        print("no provider ran these inputs; nothing written")
+        return
+    path = write_csv(rows, "features", device, results=args.results, out_dir=args.out_dir)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def main(argv=None):
                                      "B": B, "N": N, "V": V, "mean_accept_len": accepted, "us": med, "us_min": best})
                 del logits
     print_table(rows, ["case", "provider", "B", "N", "V", "mean_accept_len", "us", "us_min"])
-    print("wrote", write_csv(rows, "bench_verify", dev, results=args.results, out_dir=args.out_dir))
+    print("wrote", write_csv(rows, "verify", dev, results=args.results, out_dir=args.out_dir))
 
 
 if __name__ == "__main__":

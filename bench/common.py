@@ -154,3 +154,19 @@ def print_table(rows: Iterable[dict], columns: Sequence[str], floatfmt: str = "{
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+# Peak DRAM bandwidth in GB/s by device-name fragment (first match wins), for "fraction of bandwidth".
+PEAK_GBPS = [("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0),
+             ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0), ("A10", 600.0), ("L4", 300.0)]
+
+
+def peak_gbps(device, override: Optional[float] = None) -> Optional[float]:
+    """Memory bandwidth to compare against: `override` (--peak-gbps), else a known GPU's, else None."""
+    if override:
+        return override
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for frag, bw in PEAK_GBPS if frag in name), None)
+
