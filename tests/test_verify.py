@@ -326,6 +326,33 @@ def test_sample_random_against_reference(backend, device, with_q):
                 assert_equal(g.cpu(), w.cpu(), f"{dtype} {name}")
 
 
+@pytest.mark.parametrize("backend,device", SAMPLE)
+@pytest.mark.parametrize("with_q", [False, True])
+def test_sample_vocab_spanning_several_tiles(backend, device, with_q):
+    """V = 4500 > the kernels' vocabulary tile (2048 in Triton, 512 per CUDA pass): the threshold searches,
+    the residual normalisers and the inverse-CDF lookup must combine tiles exactly like the reference."""
+    gen = torch.Generator().manual_seed(40 + with_q)
+    B, N, V = 4, 6, 4500
+    parents, tokens = random_tree(gen, B, N, V)
+    tree = sk.build_tree(parents, backend="torch")
+    logits = torch.randn(B, N, V, generator=gen) * 3
+    logits[:, :, 4100:] += 4.0  # put much of the mass in the last tile
+    tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, :N - 1],
+                                tokens[:, 1:])
+    uniforms = torch.rand(B, N + 1, generator=gen)
+    temp = torch.tensor([1.0, 0.7, 1.0, 1.3])
+    top_k = torch.tensor([0, 3000, 2500, 0], dtype=torch.int32)
+    top_p = torch.tensor([1.0, 0.9, 1.0, 0.6])
+    q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
+    args = [t.to(device) for t in (tokens, logits, uniforms, temp, top_k, top_p)]
+    tree = sk.Tree(*(t.to(device) for t in tree))
+    kw = dict(draft_probs=None if q is None else q.to(device))
+    got = call(sk.verify_sample, backend, tree, *args, **kw)
+    want = sk.verify_sample(tree, *args, backend="torch", **kw)
+    for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
+        assert_equal(g.cpu(), w.cpu(), name)
+
+
 def test_filtered_probs_match_transformers_warpers():
     tf = pytest.importorskip("transformers.generation.logits_process")
     from specdec_kernels.reference.verify import filtered_probs
