@@ -7,11 +7,17 @@
 // in fp32 (fp64 for fp64 inputs). W_fc and GRIFFIN's W_u are used through views of their two halves, so
 // the [T, 2H] concatenations are never formed. The embedding rows are gathered once (index_select) since
 // a CPU GEMM needs a dense operand; on the GPU paths the gather happens inside the GEMM.
+//
+// Every op first checks its arguments (csrc/include/specdec/features_checks.h, shared with the CUDA kernels:
+// same messages) and the token ids' range, since the row kernels below index raw pointers: a direct
+// torch.ops.specdec.* call with a short weight, a wrong dtype or a small buffer fails cleanly.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "specdec/features_checks.h"
 
 #include <cmath>
 #include <optional>
@@ -105,7 +111,18 @@ void rms_weight_grad(const DY* dy, const scalar_t* x, const acc_t<scalar_t>* rst
 // The schemas' optional outputs (Tensor(a!)?) arrive as const optionals; the tensor itself is mutable.
 inline Tensor& mut(const std::optional<Tensor>& t) { return const_cast<Tensor&>(*t); }
 
-Tensor gather_rows(const Tensor& embed, const Tensor& ids) { return at::index_select(embed, 0, ids); }
+// e = embed[ids]. The ids are range-checked first (reading them costs no synchronisation on the CPU): a
+// direct torch.ops call gets a message naming the bad id, where the CUDA kernels clamp instead.
+Tensor gather_rows(const char* op, const Tensor& embed, const Tensor& ids) {
+  const int64_t V = embed.size(0), T = ids.numel();
+  AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "features_check_ids_cpu", [&] {
+    const index_t* p = ids.const_data_ptr<index_t>();
+    for (int64_t t = 0; t < T; ++t)
+      TORCH_CHECK_INDEX(p[t] >= 0 && p[t] < V, op, ": token_ids must be in [0, ", V,
+                        ") (the rows of embed_weight), got ", p[t], " at position ", t);
+  });
+  return at::index_select(embed, 0, ids);
+}
 
 // z = e W_fe^T + f W_ff^T (+ b), W_fe / W_ff the two column halves of W_fc (views, no copy).
 Tensor fc_forward(const Tensor& e, const Tensor& f, const Tensor& fc_weight, const std::optional<Tensor>& bias) {
@@ -139,8 +156,10 @@ void fspad_forward_cpu(const Tensor& features, const Tensor& token_ids, const Te
                        const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
                        Tensor& out, Tensor& z, Tensor& rstd, const std::optional<Tensor>& gate,
                        const std::optional<Tensor>& up) {
+  check_fspad_forward("fspad_forward", kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+                      norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows(embed_weight, token_ids);
+  const Tensor e = gather_rows("fspad_forward", embed_weight, token_ids);
   z.copy_(fc_forward(e, features, fc_weight, fc_bias));
   Tensor y = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_forward_cpu", [&] {
@@ -173,10 +192,12 @@ void fspad_backward_cpu(const Tensor& grad_out, const Tensor& features, const Te
                         const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
                         const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
                         const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
-  (void)fc_bias;
   (void)eps;  // backward reads the saved rstd
+  check_fspad_backward("fspad_backward", kCpuFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
+                       fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features,
+                       d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows(embed_weight, token_ids);
+  const Tensor e = gather_rows("fspad_backward", embed_weight, token_ids);
   const Tensor da = at::mm(grad_out, down_weight);  // [T, I]
   Tensor act = at::empty_like(gate), dg = at::empty_like(gate), du = at::empty_like(up);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_act_backward_cpu", [&] {
@@ -249,8 +270,10 @@ void griffin_forward_cpu(const Tensor& features, const Tensor& token_ids, const 
                          const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
                          const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
                          Tensor& out, Tensor& h, Tensor& stats, const std::optional<Tensor>& pre_act) {
+  check_griffin_forward("griffin_forward", kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+                        norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows(embed_weight, token_ids);
+  const Tensor e = gather_rows("griffin_forward", embed_weight, token_ids);
   h.copy_(fc_forward(e, features, fc_weight, fc_bias));
   Tensor yb = at::empty_like(h), x1 = at::empty_like(h), x2 = at::empty_like(h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_norms_cpu", [&] {
@@ -289,10 +312,13 @@ void griffin_backward_cpu(const Tensor& grad_out, const Tensor& features, const 
                           const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
                           const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
                           const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
-  (void)fc_bias;
   (void)eps;  // backward reads the saved statistics
+  check_griffin_backward("griffin_backward", kCpuFeatureKernels, grad_out, features, token_ids, embed_weight,
+                         fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act,
+                         d_features, d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
+                         d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows(embed_weight, token_ids);
+  const Tensor e = gather_rows("griffin_backward", embed_weight, token_ids);
   const Tensor dact = at::mm(grad_out, down_weight);  // [T, I]
   Tensor act = at::empty_like(pre_act), dv = at::empty_like(pre_act);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_act_backward_cpu", [&] {

@@ -29,6 +29,7 @@
 #include <optional>
 
 #include "features_launch.h"
+#include "specdec/features_checks.h"
 
 namespace specdec {
 namespace {
@@ -58,54 +59,11 @@ fc::DType dtype_of(const char* op, const Tensor& t) {
   return fc::DType::kFloat32;  // unreachable
 }
 
-// Input checks of the compiled op (the Python op checks first, with friendlier messages; these guard direct
-// torch.ops calls against reading out of bounds). Never reads tensor values: no synchronisation.
-struct Checker {
-  const char* op;
-  c10::Device dev;
-  at::ScalarType dt;
-
-  void tensor(const Tensor& t, const char* name, c10::IntArrayRef shape, bool contiguous = true,
-              std::optional<at::ScalarType> dtype = std::nullopt) const {
-    TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, " like features, got ", t.device());
-    const at::ScalarType want = dtype.value_or(dt);
-    TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, ", got ", t.scalar_type());
-    TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-    TORCH_CHECK(!contiguous || t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
-  }
-  void optional(const std::optional<Tensor>& t, const char* name, c10::IntArrayRef shape) const {
-    if (t.has_value()) tensor(*t, name, shape);
-  }
-  void ids(const Tensor& t, int64_t T) const {
-    TORCH_CHECK(t.device() == dev, op, ": token_ids must be on ", dev, " like features, got ", t.device());
-    TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op,
-                ": token_ids must be int32 or int64, got ", t.scalar_type());
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == T && t.is_contiguous(), op,
-                ": token_ids must be a contiguous [T] = [", T, "] tensor, got shape ", t.sizes());
-  }
-  // The embedding table may be a row-strided view (e.g. a slice of a padded table): rows are gathered with
-  // its own leading dimension.
-  void embed(const Tensor& t, int64_t H) const {
-    TORCH_CHECK(t.device() == dev, op, ": embed_weight must be on ", dev, " like features, got ", t.device());
-    TORCH_CHECK(t.scalar_type() == dt, op, ": embed_weight must be ", dt, ", got ", t.scalar_type());
-    TORCH_CHECK(t.dim() == 2 && t.size(1) == H && t.size(0) >= 1, op, ": embed_weight must have shape [V >= 1, ", H,
-                "], got ", t.sizes());
-    TORCH_CHECK(t.stride(1) == 1 && t.stride(0) >= H, op,
-                ": embed_weight rows must be contiguous (stride [>= H, 1]), got strides ", t.strides());
-  }
-};
-
-Checker checker(const char* op, const Tensor& features) {
-  TORCH_CHECK(features.is_cuda(), op, ": features must be a CUDA tensor, got ", features.device());
-  TORCH_CHECK(features.dim() == 2 && features.is_contiguous(), op,
-              ": features must be a contiguous [T, H] tensor, got shape ", features.sizes(), " and strides ",
-              features.strides());
-  TORCH_CHECK(features.size(1) >= 1, op, ": features must have H >= 1 columns");
-  TORCH_CHECK(features.size(0) <= fc::kMaxRows, op, ": the CUDA kernels take at most ", fc::kMaxRows,
-              " rows (T), got ", features.size(0), "; split the call");
-  dtype_of(op, features);
-  return Checker{op, features.device(), features.scalar_type()};
-}
+// The raw ops' argument checks (csrc/include/specdec/features_checks.h): CUDA tensors, fp32/fp16/bf16 features
+// with fp32 row statistics, and the launch limits of the kernels (rows per call; I >= 1). Never reads tensor
+// values: no synchronisation. Token ids are clamped to [0, V) by the kernels (a bad id reads a wrong row, never
+// out of bounds); the public function checks their range.
+constexpr FeaturesKernels kCudaFeatureKernels{c10::DeviceType::CUDA, false, fc::kMaxRows, 1};
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
@@ -202,37 +160,15 @@ void column_sums(fc::DType dt, const Tensor& part, int64_t C, int64_t H, void* o
 // ---------------------------------------------------------------------------------------------------------
 // FSPAD: z = W_fc [e; f] + b, u = z + W_d (SiLU(W_g e) * W_u RMSNorm(z))
 
-void check_fspad(const Checker& c, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                 const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
-                 const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight) {
-  const int64_t T = features.size(0), H = features.size(1);
-  TORCH_CHECK(gate_weight.dim() == 2 && gate_weight.size(0) >= 1, c.op, ": gate_weight must have shape [I >= 1, ", H,
-              "], got ", gate_weight.sizes());
-  const int64_t I = gate_weight.size(0);
-  c.ids(token_ids, T);
-  c.embed(embed_weight, H);
-  c.tensor(fc_weight, "fc_weight", {H, 2 * H});
-  c.optional(fc_bias, "fc_bias", {H});
-  c.tensor(norm_weight, "norm_weight", {H});
-  c.tensor(gate_weight, "gate_weight", {I, H});
-  c.tensor(up_weight, "up_weight", {I, H});
-  c.tensor(down_weight, "down_weight", {H, I});
-}
-
 void fspad_forward_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
                         const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
                         const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
                         Tensor& out, Tensor& z, Tensor& rstd, const std::optional<Tensor>& gate,
                         const std::optional<Tensor>& up) {
-  const Checker c = checker("fspad_forward", features);
-  check_fspad(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight,
-              down_weight);
+  const FeaturesChecker c =
+      check_fspad_forward("fspad_forward", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+                          norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
-  c.tensor(out, "out", {T, H});
-  c.tensor(z, "z", {T, H});
-  c.tensor(rstd, "rstd", {T}, true, at::kFloat);
-  c.optional(gate, "gate", {T, I});
-  c.optional(up, "up", {T, I});
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
   const cudaStream_t stream = current_stream();
@@ -272,22 +208,11 @@ void fspad_backward_cuda(const Tensor& grad_out, const Tensor& features, const T
                          const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
                          const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved rstd
-  const Checker c = checker("fspad_backward", features);
-  check_fspad(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight,
-              down_weight);
+  const FeaturesChecker c = check_fspad_backward(
+      "fspad_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight, fc_bias,
+      norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features, d_fc_weight, d_fc_bias,
+      d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
-  c.tensor(grad_out, "grad_out", {T, H});
-  c.tensor(z, "z", {T, H});
-  c.tensor(rstd, "rstd", {T}, true, at::kFloat);
-  c.tensor(gate, "gate", {T, I});
-  c.tensor(up, "up", {T, I});
-  c.optional(d_features, "d_features", {T, H});
-  c.optional(d_fc_weight, "d_fc_weight", {H, 2 * H});
-  c.optional(d_fc_bias, "d_fc_bias", {H});
-  c.optional(d_norm_weight, "d_norm_weight", {H});
-  c.optional(d_gate_weight, "d_gate_weight", {I, H});
-  c.optional(d_up_weight, "d_up_weight", {I, H});
-  c.optional(d_down_weight, "d_down_weight", {H, I});
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {  // no rows: every gradient is zero
     for (const auto* g : {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_weight, &d_gate_weight, &d_up_weight,
@@ -330,35 +255,14 @@ void fspad_backward_cuda(const Tensor& grad_out, const Tensor& features, const T
 // GRIFFIN: h = W_fc [e; f] + b, g = h + W_d SiLU(W_u [N_a(N_b(h)); N_a(e)]);
 // stats[:, 0] = rstd(h), stats[:, 1] = rstd(N_b(h)), stats[:, 2] = rstd(e)
 
-void check_griffin(const Checker& c, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                   const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
-                   const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight) {
-  const int64_t T = features.size(0), H = features.size(1);
-  TORCH_CHECK(up_weight.dim() == 2 && up_weight.size(0) >= 1, c.op, ": up_weight must have shape [I >= 1, ", 2 * H,
-              "], got ", up_weight.sizes());
-  const int64_t I = up_weight.size(0);
-  c.ids(token_ids, T);
-  c.embed(embed_weight, H);
-  c.tensor(fc_weight, "fc_weight", {H, 2 * H});
-  c.optional(fc_bias, "fc_bias", {H});
-  c.tensor(norm_b_weight, "norm_b_weight", {H});
-  c.tensor(norm_a_weight, "norm_a_weight", {H});
-  c.tensor(up_weight, "up_weight", {I, 2 * H});
-  c.tensor(down_weight, "down_weight", {H, I});
-}
-
 void griffin_forward_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
                           const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
                           const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
                           Tensor& out, Tensor& h, Tensor& stats, const std::optional<Tensor>& pre_act) {
-  const Checker c = checker("griffin_forward", features);
-  check_griffin(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight,
-                down_weight);
+  const FeaturesChecker c =
+      check_griffin_forward("griffin_forward", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight,
+                            fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
-  c.tensor(out, "out", {T, H});
-  c.tensor(h, "h", {T, H});
-  c.tensor(stats, "stats", {T, 3}, true, at::kFloat);
-  c.optional(pre_act, "pre_act", {T, I});
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
   const cudaStream_t stream = current_stream();
@@ -402,21 +306,11 @@ void griffin_backward_cuda(const Tensor& grad_out, const Tensor& features, const
                            const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
                            const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved statistics
-  const Checker c = checker("griffin_backward", features);
-  check_griffin(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight,
-                down_weight);
+  const FeaturesChecker c = check_griffin_backward(
+      "griffin_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight, fc_bias,
+      norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act, d_features, d_fc_weight, d_fc_bias,
+      d_norm_b_weight, d_norm_a_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
-  c.tensor(grad_out, "grad_out", {T, H});
-  c.tensor(h, "h", {T, H});
-  c.tensor(stats, "stats", {T, 3}, true, at::kFloat);
-  c.tensor(pre_act, "pre_act", {T, I});
-  c.optional(d_features, "d_features", {T, H});
-  c.optional(d_fc_weight, "d_fc_weight", {H, 2 * H});
-  c.optional(d_fc_bias, "d_fc_bias", {H});
-  c.optional(d_norm_b_weight, "d_norm_b_weight", {H});
-  c.optional(d_norm_a_weight, "d_norm_a_weight", {H});
-  c.optional(d_up_weight, "d_up_weight", {I, 2 * H});
-  c.optional(d_down_weight, "d_down_weight", {H, I});
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {
     for (const auto* g : {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_b_weight, &d_norm_a_weight, &d_up_weight,

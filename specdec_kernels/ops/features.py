@@ -67,7 +67,8 @@ def _check_ids(token_ids: torch.Tensor, vocab: int, check_ids: Optional[bool]) -
     sync). On CUDA tensors a host-side check would synchronise, so by default the check is an
     asynchronous device assertion (torch._assert_async: no sync, capturable; a failure surfaces as a
     device-side error at the next synchronisation); check_ids=True forces the exact host check there,
-    check_ids=False skips it (the kernels clamp ids, so a bad id reads a wrong row, never out of bounds).
+    check_ids=False skips it (the CUDA and Triton kernels clamp ids, so a bad id reads a wrong row, never out of
+    bounds; the C++ CPU kernels raise IndexError).
     """
     if check_ids is False or token_ids.numel() == 0:
         return
