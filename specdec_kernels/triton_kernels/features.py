@@ -50,6 +50,9 @@ def _mm_configs(two_acc: bool = False):
         triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=8, num_stages=3),
         triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
         triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
+        # small shared-memory footprint: fp32 operands of the two-accumulator kernels need more than
+        # sm_80's 163 KiB in every config above; this one fits everywhere
+        triton.Config({"BM": 32, "BN": 64, "BK": 32}, num_warps=4, num_stages=2),
     ]
     if not two_acc:  # one accumulator leaves registers for the widest tile
         cfgs.append(triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3))
