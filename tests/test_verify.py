@@ -292,38 +292,47 @@ def test_sample_temperature_zero_is_greedy(backend, device):
     assert int(want[1][::2].max()) >= 3, "the test should exercise long greedy paths"
 
 
+def random_sample_case(seed, B, N, V, temp, top_k, top_p, with_q, device, *, ragged=False, scale=2.0, boost_from=None):
+    """A random batch for verify_sample: (tree, positional args after the tree, kwargs).
+
+    Half of the drafted tokens are the target's argmax at their parent, so accepted paths get long;
+    `boost_from` raises the logits of tokens >= boost_from so much of the mass sits in the last tile.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    parents, tokens = random_tree(gen, B, N, V)
+    num_nodes = torch.randint(1, N + 1, (B,), generator=gen, dtype=torch.int32) if ragged else None
+    tree = sk.build_tree(parents, num_nodes, backend="torch")
+    logits = torch.randn(B, N, V, generator=gen) * scale
+    if boost_from is not None:
+        logits[:, :, boost_from:] += 4.0
+    tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, :N - 1],
+                                tokens[:, 1:])
+    uniforms = torch.rand(B, N + 1, generator=gen)
+    q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
+    temp, top_k, top_p = torch.tensor(temp), torch.tensor(top_k, dtype=torch.int32), torch.tensor(top_p)
+    args = [t.to(device) for t in (tokens, logits, uniforms, temp, top_k, top_p)]
+    tree = sk.Tree(*(t.to(device) for t in tree))
+    return tree, args, dict(draft_probs=None if q is None else q.to(device))
+
+
+def assert_sample_same_as_torch(backend, tree, args, kw, what=""):
+    got = call(sk.verify_sample, backend, tree, *args, **kw)
+    want = sk.verify_sample(tree, *args, backend="torch", **kw)
+    for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
+        assert_equal(g.cpu(), w.cpu(), f"{what}{name}")
+
+
 @pytest.mark.parametrize("backend,device", SAMPLE)
 @pytest.mark.parametrize("with_q", [False, True])
 def test_sample_random_against_reference(backend, device, with_q):
     """Every backend gives the torch backend's integers on a mixed batch (temperatures, top-k, top-p)."""
-    gen = torch.Generator().manual_seed(4 + with_q)
-    B, N, V = 8, 12, 40
-    parents, tokens = random_tree(gen, B, N, V)
-    num_nodes = torch.randint(1, N + 1, (B,), generator=gen, dtype=torch.int32)
-    tree = sk.build_tree(parents, num_nodes, backend="torch")
-    logits = torch.randn(B, N, V, generator=gen) * 2
-    # Make the drafted tokens likely under the target, so paths get long.
-    tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, :N - 1],
-                                tokens[:, 1:])
-    uniforms = torch.rand(B, N + 1, generator=gen)
-    temp = torch.tensor([1.0, 0.7, 0.0, 1.3, 1.0, 0.5, 1.0, 2.0])
-    top_k = torch.tensor([0, 5, 0, 1, 40, 0, 3, 0], dtype=torch.int32)
-    top_p = torch.tensor([1.0, 1.0, 1.0, 0.9, 0.5, 0.8, 1.0, 0.95])
-    q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
-    args = [t.to(device) for t in (tokens, logits, uniforms, temp, top_k, top_p)]
-    tree = sk.Tree(*(t.to(device) for t in tree))
-    kw = dict(draft_probs=None if q is None else q.to(device))
-    got = call(sk.verify_sample, backend, tree, *args, **kw)
-    want = sk.verify_sample(tree, *args, backend="torch", **kw)
-    for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
-        assert_equal(g.cpu(), w.cpu(), name)
+    tree, args, kw = random_sample_case(4 + with_q, 8, 12, 40, [1.0, 0.7, 0.0, 1.3, 1.0, 0.5, 1.0, 2.0],
+                                        [0, 5, 0, 1, 40, 0, 3, 0], [1.0, 1.0, 1.0, 0.9, 0.5, 0.8, 1.0, 0.95],
+                                        with_q, device, ragged=True)
+    assert_sample_same_as_torch(backend, tree, args, kw)
     if device == "cuda":   # low-precision logits: the same integers as the torch backend on the same inputs
         for dtype in (torch.float16, torch.bfloat16):
-            args_lp = [args[0], args[1].to(dtype)] + args[2:]
-            got = call(sk.verify_sample, backend, tree, *args_lp, **kw)
-            want = sk.verify_sample(tree, *args_lp, backend="torch", **kw)
-            for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
-                assert_equal(g.cpu(), w.cpu(), f"{dtype} {name}")
+            assert_sample_same_as_torch(backend, tree, [args[0], args[1].to(dtype)] + args[2:], kw, f"{dtype} ")
 
 
 @pytest.mark.parametrize("backend,device", SAMPLE)
@@ -331,26 +340,9 @@ def test_sample_random_against_reference(backend, device, with_q):
 def test_sample_vocab_spanning_several_tiles(backend, device, with_q):
     """V = 4500 > the kernels' vocabulary tile (2048 in Triton, 512 per CUDA pass): the threshold searches,
     the residual normalisers and the inverse-CDF lookup must combine tiles exactly like the reference."""
-    gen = torch.Generator().manual_seed(40 + with_q)
-    B, N, V = 4, 6, 4500
-    parents, tokens = random_tree(gen, B, N, V)
-    tree = sk.build_tree(parents, backend="torch")
-    logits = torch.randn(B, N, V, generator=gen) * 3
-    logits[:, :, 4100:] += 4.0  # put much of the mass in the last tile
-    tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, :N - 1],
-                                tokens[:, 1:])
-    uniforms = torch.rand(B, N + 1, generator=gen)
-    temp = torch.tensor([1.0, 0.7, 1.0, 1.3])
-    top_k = torch.tensor([0, 3000, 2500, 0], dtype=torch.int32)
-    top_p = torch.tensor([1.0, 0.9, 1.0, 0.6])
-    q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
-    args = [t.to(device) for t in (tokens, logits, uniforms, temp, top_k, top_p)]
-    tree = sk.Tree(*(t.to(device) for t in tree))
-    kw = dict(draft_probs=None if q is None else q.to(device))
-    got = call(sk.verify_sample, backend, tree, *args, **kw)
-    want = sk.verify_sample(tree, *args, backend="torch", **kw)
-    for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
-        assert_equal(g.cpu(), w.cpu(), name)
+    tree, args, kw = random_sample_case(40 + with_q, 4, 6, 4500, [1.0, 0.7, 1.0, 1.3], [0, 3000, 2500, 0],
+                                        [1.0, 0.9, 1.0, 0.6], with_q, device, scale=3.0, boost_from=4100)
+    assert_sample_same_as_torch(backend, tree, args, kw)
 
 
 def test_filtered_probs_match_transformers_warpers():
