@@ -14,6 +14,7 @@
 // the baseline ISA, picked at load time. Keys no row of a group can see are skipped outright (never
 // multiplied by 0), so garbage in unwritten cache slots (even NaN) cannot leak into rows that do not see
 // them. A row that sees no key writes zeros.
+#include "specdec/attention_checks.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -205,39 +206,8 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
                 const at::Tensor& tree_mask, const at::Tensor& out) {
-  constexpr const char* op = "specdec::tree_attention (CPU kernel)";
-  TORCH_CHECK(q.device().is_cpu(), op, ": expected CPU tensors, got q on ", q.device());
-  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, H, Nq, D], got shape ", q.sizes());
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": q must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(q.is_contiguous(), op, ": q must be contiguous");
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
-  TORCH_CHECK(D <= kMaxHeadDim, op, ": head dim D = ", D, " > ", kMaxHeadDim);
-  for (const at::Tensor* t : {&k, &v}) {
-    const char* name = t == &k ? "k_cache" : "v_cache";
-    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be on cpu, got ", t->device());
-    TORCH_CHECK(t->scalar_type() == dt, op, ": ", name, " must have q's dtype ", dt, ", got ", t->scalar_type());
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == B && t->size(3) == D, op, ": ", name,
-                " must be [B=", B, ", H_kv, S_max, D=", D, "], got shape ", t->sizes());
-    TORCH_CHECK(D <= 1 || t->stride(3) == 1, op, ": ", name, " must have unit stride along D, got strides ",
-                t->strides());
-  }
-  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v_cache shape ", v.sizes(), " != k_cache shape ", k.sizes());
-  const int64_t H_kv = k.size(1);
-  TORCH_CHECK(H_kv >= 1 && H % H_kv == 0, op, ": H = ", H, " query heads is not a multiple of H_kv = ", H_kv);
-  TORCH_CHECK(cache_len.device().is_cpu() && cache_len.scalar_type() == at::kInt && cache_len.dim() == 1 &&
-                  cache_len.size(0) == B && cache_len.is_contiguous(),
-              op, ": cache_len must be a contiguous int32 [B=", B, "] CPU tensor, got ", cache_len.scalar_type(),
-              " of shape ", cache_len.sizes(), " on ", cache_len.device());
-  TORCH_CHECK(tree_mask.device().is_cpu() && tree_mask.scalar_type() == at::kInt && tree_mask.dim() == 3 &&
-                  tree_mask.size(0) == B && tree_mask.size(1) == Nq && tree_mask.size(2) >= 1 &&
-                  tree_mask.is_contiguous(),
-              op, ": tree_mask must be a contiguous int32 [B=", B, ", Nq=", Nq, ", W>=1] CPU tensor, got ",
-              tree_mask.scalar_type(), " of shape ", tree_mask.sizes(), " on ", tree_mask.device());
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == dt && out.sizes() == q.sizes() && out.is_contiguous(),
-              op, ": out must be a contiguous ", dt, " CPU tensor of q's shape ", q.sizes(), ", got ",
-              out.scalar_type(), " of shape ", out.sizes(), " on ", out.device());
+  check_tree_attention_args("specdec::tree_attention (CPU kernel)", c10::DeviceType::CPU, kMaxHeadDim, q, k, v, cache_len,
+                            tree_mask, out);
 }
 
 template <typename scalar_t>
