@@ -1,25 +1,27 @@
 """specdec_kernels: kernels for lossless tree speculative decoding.
 
-Every public op takes `backend=None` (see specdec_kernels._backend for the choice among cuda, triton,
-cpu and torch) and checks its inputs with errors that say what was expected.
+Every public op takes `backend=None` (see `get_op` and docs/design.md for the choice among cuda,
+triton, cpu and torch) and checks its inputs with errors that say what was expected.
 """
 from __future__ import annotations
 
-from . import _loader  # defines the schemas and loads the compiled kernels (never raises)
-from . import triton_kernels  # attaches the Triton kernels when Triton is importable
-from ._backend import BACKENDS, BackendError
-from .ops.tree import (Tree, build_tree, empty_tree, mask_words, select_tree, tree_attention_bias, tree_paths,
-                       unpack_mask)
+# Import order matters: _loader defines the schemas and loads the compiled kernels (a failure there is
+# recorded, not raised), then triton_kernels attaches the Triton kernels when Triton is importable.
+from . import _loader, triton_kernels  # noqa: F401
+from ._backend import BACKENDS, BackendError, KernelOp, get_op, list_ops
+from ._loader import ExtensionFallbackWarning
+from ._version import __version__
 from .ops.attention import tree_attention
 from .ops.compact import compact_kv
-from .ops.verify import empty_verify_out, verify_greedy, verify_sample
 from .ops.features import fspad_feature_sampling, griffin_token_fusion
-
-__version__ = "0.1.0"
+from .ops.masks import chain_mask, mask_words, pack_bits, tree_attention_bias, tree_visibility, unpack_mask
+from .ops.tree import SelectedTree, Tree, TreePaths, build_tree, select_tree, tree_paths
+from .ops.verify import VerifyResult, verify_greedy, verify_sample
 
 __all__ = [
-    "BACKENDS", "BackendError", "Tree", "build_tree", "empty_tree", "mask_words", "select_tree",
-    "tree_attention_bias", "tree_paths", "unpack_mask", "__version__",
-    "tree_attention", "compact_kv", "verify_greedy", "verify_sample", "empty_verify_out",
+    "__version__", "BACKENDS", "BackendError", "ExtensionFallbackWarning", "KernelOp", "get_op", "list_ops",
+    "Tree", "SelectedTree", "TreePaths", "VerifyResult", "build_tree", "select_tree", "tree_paths",
+    "mask_words", "pack_bits", "chain_mask", "unpack_mask", "tree_visibility", "tree_attention_bias",
+    "tree_attention", "compact_kv", "verify_greedy", "verify_sample",
     "fspad_feature_sampling", "griffin_token_fusion",
 ]

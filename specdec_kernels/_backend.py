@@ -1,17 +1,23 @@
-"""Backend choice, the same for every op.
+"""The op registry and the backend choice, the same for every op.
 
-Order: the `backend=` argument, then the environment variable SPECDEC_BACKEND, then the first backend
-that supports the inputs in the order cuda -> triton -> cpu -> torch (Triton on CPU tensors, i.e. under
-TRITON_INTERPRET=1, is a testing tool and is only used when asked for by name). An explicit argument that cannot
-run raises, listing why. SPECDEC_BACKEND applies to the ops that implement the named backend (an op
-without it chooses automatically), and raises like an argument when that backend refuses the inputs.
-The choice depends only on devices, dtypes, shapes and what was built, never on tensor values, so it
-is stable under torch.compile and CUDA graphs.
+Every public op of the package is registered here under its schema name (`specdec::<name>`) with up to
+four implementations: `cuda` and `cpu` (the compiled kernels of specdec_kernels._C), `triton` (the
+kernel registered on `specdec::<name>_triton` by specdec_kernels/triton_kernels) and `torch` (the
+PyTorch reference). `get_op(name)` is the one public way to look an op up: which backend would run a
+set of kernel arguments, and why each other backend refused them.
+
+The choice: the `backend=` argument, then the environment variable SPECDEC_BACKEND, then the first
+backend that supports the inputs in the order cuda -> triton -> cpu -> torch (Triton on CPU tensors,
+i.e. under TRITON_INTERPRET=1, is a testing tool and is only used when asked for by name). A backend
+that was asked for and cannot run raises BackendError saying why; when nothing fits, the error lists
+every backend's reason. SPECDEC_BACKEND applies to the ops that implement the named backend (an op
+without it chooses automatically). The choice depends only on devices, dtypes, shapes and what was
+built, never on tensor values, so it is stable under torch.compile and CUDA graphs.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -21,6 +27,8 @@ BACKENDS = ("cuda", "triton", "cpu", "torch")
 
 # A check returns None when the backend can run the inputs, else a short reason.
 Check = Callable[..., Optional[str]]
+# An op's own limits: (backend, *kernel_args) -> None or a reason.
+Limits = Callable[..., Optional[str]]
 
 
 class BackendError(RuntimeError):
@@ -44,6 +52,7 @@ def triton_status() -> Optional[str]:
 
 
 def triton_interpreted() -> bool:
+    """True when TRITON_INTERPRET=1: Triton kernels run on CPU tensors through the interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -65,14 +74,17 @@ def compiled_check(op: str, device: torch.device, want: str) -> Optional[str]:
     if device.type != want:
         return f"inputs are on {device.type}, the {want} backend needs {want} tensors"
     if _loader._C is None:
-        return f"specdec_kernels._C is not loaded ({_loader.LOAD_ERROR or 'not built'})"
+        return f"specdec_kernels._C is not loaded ({_loader.load_error()})"
     if not has_compiled_kernel(op, want.upper()):
         return f"specdec_kernels._C was built without a {want} kernel for specdec::{op}"
     return None
 
 
-def triton_check(device: torch.device, op: Optional[str] = None) -> Optional[str]:
-    """Check for the triton backend; with `op`, also that a kernel is registered on specdec::<op>_triton."""
+def triton_check(device: torch.device, op: Optional[str] = None, module: Optional[str] = None) -> Optional[str]:
+    """Check for the triton backend; with `op`, also that a kernel is registered on specdec::<op>_triton.
+
+    `module` names the triton_kernels module that registers it, whose import error (if any) is the reason.
+    """
     status = triton_status()
     if status is not None:
         return status
@@ -80,122 +92,217 @@ def triton_check(device: torch.device, op: Optional[str] = None) -> Optional[str
         return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got cpu"
     if device.type not in ("cpu", "cuda"):
         return f"Triton needs CUDA tensors, got {device.type}"
+    if module is not None:
+        from . import triton_kernels
+        err = triton_kernels.MODULE_ERRORS.get(module)
+        if err is not None:
+            return f"specdec_kernels.triton_kernels.{module} failed to import ({err})"
     if op is not None and not has_kernel(f"{op}_triton", device.type.upper()):
         return f"no Triton kernel is registered for specdec::{op}"
     return None
 
 
-def _on_cpu(args) -> bool:
-    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    return first is not None and first.device.type == "cpu"
+def device_of(args) -> torch.device:
+    """The device of the first tensor among `args` (looking into lists and tuples); cpu when none."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+        if isinstance(a, (list, tuple)):
+            for t in a:
+                if isinstance(t, torch.Tensor):
+                    return t.device
+    return torch.device("cpu")
 
 
-OPS: dict = {}  # name -> Op, every public op of the package (filled as op modules are imported)
+def _env_backend() -> Optional[str]:
+    env = os.environ.get("SPECDEC_BACKEND") or None
+    if env is not None and env not in BACKENDS:
+        raise BackendError(f"SPECDEC_BACKEND={env!r} is not one of {BACKENDS}")
+    return env
 
 
-class Op:
-    """The implementations of one public op, keyed by backend.
+_OPS: Dict[str, "KernelOp"] = {}  # name -> op, every op of the package (filled as op modules are imported)
 
-    `impls[backend] = (run, check)`: `check(*args)` returns None or a reason, `run(*args)` does the work.
-    The op's generic checks (one per backend kind) come from `default_check`, and an op adds its own
-    limits (dtype, sizes) through `extra`.
+
+class KernelOp:
+    """The implementations of one op (`specdec::<name>`), keyed by backend, and the choice among them.
+
+    Arguments of `reason`, `reasons`, `choose` and `__call__` are the op's kernel arguments: those of its
+    schema (specdec_kernels/_schemas.py), outputs included, as the public function passes them after
+    its own checks. Look ops up with `specdec_kernels.get_op(name)`.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, triton_module: Optional[str] = None):
         self.name = name
-        self.impls: dict[str, tuple[Callable, Check]] = {}
+        self.triton_module = triton_module
+        self._impls: Dict[str, Tuple[Callable, Check]] = {}
         # backend -> check(device) of what does not depend on the inputs' shapes (for `info`).
-        self.static: dict[str, Callable[[torch.device], Optional[str]]] = {}
-        OPS[name] = self
+        self._static: Dict[str, Callable[[torch.device], Optional[str]]] = {}
+        _OPS[name] = self
+
+    def __repr__(self) -> str:
+        return f"KernelOp({self.name!r}, backends={self.backends})"
 
     def register(self, backend: str, run: Callable, check: Check,
                  static: Optional[Callable[[torch.device], Optional[str]]] = None) -> None:
-        assert backend in BACKENDS, backend
-        self.impls[backend] = (run, check)
-        self.static[backend] = static or (lambda device: None)
+        """Add an implementation: `run(*args)` does the work, `check(*args)` returns None or a reason."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        self._impls[backend] = (run, check)
+        self._static[backend] = static or (lambda device: None)
 
-    def default_backend(self, device: torch.device) -> str:
-        """The backend chosen on `device` for inputs within every backend's size and dtype limits."""
-        for b in BACKENDS:
+    @property
+    def backends(self) -> Tuple[str, ...]:
+        """The backends this op implements, in the order of the automatic choice."""
+        return tuple(b for b in BACKENDS if b in self._impls)
+
+    def static_reason(self, backend: str, device) -> Optional[str]:
+        """Why `backend` cannot run this op on `device` at all (not built, no Triton, ...), else None."""
+        if backend not in self._impls:
+            return f"{self.name} has no {backend} implementation"
+        return self._static[backend](torch.device(device))
+
+    def default_backend(self, device) -> str:
+        """The backend chosen on `device` for inputs within every backend's size and dtype limits.
+
+        Honours SPECDEC_BACKEND like `choose`; "none" when no backend can run on the device.
+        """
+        device = torch.device(device)
+        env = _env_backend()
+        if env is not None and env in self._impls and self._static[env](device) is None:
+            return env
+        for b in self.backends:
             if b == "triton" and device.type == "cpu":
                 continue
-            if b in self.impls and self.static[b](device) is None:
+            if self._static[b](device) is None:
                 return b
         return "none"
 
-    def reasons(self, *args) -> dict[str, str]:
-        """Why each backend refuses these inputs ({} entries omitted for backends that accept)."""
+    def reason(self, backend: str, *args) -> Optional[str]:
+        """Why `backend` refuses these kernel arguments, or None when it can run them."""
+        if backend not in BACKENDS:
+            raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
+        if backend not in self._impls:
+            return f"{self.name} has no {backend} implementation"
+        return self._impls[backend][1](*args)
+
+    def reasons(self, *args) -> Dict[str, str]:
+        """Why each backend refuses these kernel arguments (backends that accept are left out)."""
         out = {}
         for b in BACKENDS:
-            if b not in self.impls:
-                out[b] = f"{self.name} has no {b} implementation"
-                continue
-            reason = self.impls[b][1](*args)
-            if reason is not None:
-                out[b] = reason
+            r = self.reason(b, *args)
+            if r is not None:
+                out[b] = r
         return out
 
-    def choose(self, backend: Optional[str], *args) -> str:
-        """The backend that runs these inputs (see the module docstring for the rules)."""
+    def choose(self, *args, backend: Optional[str] = None) -> str:
+        """The backend that runs these kernel arguments (see the module docstring for the rules)."""
         source = "backend="
         if backend is None:
-            env = os.environ.get("SPECDEC_BACKEND") or None
-            if env is not None and env not in BACKENDS:
-                raise BackendError(f"SPECDEC_BACKEND={env!r} is not one of {BACKENDS}")
-            if env is not None and env in self.impls:
+            env = _env_backend()
+            if env is not None and env in self._impls:
                 backend, source = env, "SPECDEC_BACKEND="
         if backend is not None:
             if backend not in BACKENDS:
                 raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
-            if backend not in self.impls:
+            if backend not in self._impls:
                 raise BackendError(f"{self.name}: {source}{backend!r} is not implemented for this op "
-                                   f"(it has {sorted(self.impls)})")
-            reason = self.impls[backend][1](*args)
+                                   f"(it has {list(self.backends)})")
+            reason = self._impls[backend][1](*args)
             if reason is not None:
                 raise BackendError(f"{self.name}: {source}{backend!r} cannot run these inputs: {reason}")
             return backend
-        for b in BACKENDS:
-            if b == "triton" and _on_cpu(args):
+        on_cpu = device_of(args).type == "cpu"
+        for b in self.backends:
+            if b == "triton" and on_cpu:
                 continue  # the Triton interpreter is a testing tool: on CPU tensors only when asked for
-            if b in self.impls and self.impls[b][1](*args) is None:
+            if self._impls[b][1](*args) is None:
+                if _loader._C is None:
+                    self._note_fallback(args, b)
                 return b
         lines = "\n".join(f"  {b}: {r}" for b, r in self.reasons(*args).items())
         raise BackendError(f"{self.name}: no backend can run these inputs:\n{lines}")
 
-    def __call__(self, backend: Optional[str], *args):
-        chosen = self.choose(backend, *args)
-        return self.impls[chosen][0](*args)
+    def _note_fallback(self, args, chosen: str) -> None:
+        """Warn (once per process) when a compiled kernel would have run but _C failed to load."""
+        if _loader.skipped():
+            return
+        device = device_of(args)
+        if device.type in ("cpu", "cuda") and device.type in self._impls and chosen != device.type:
+            _loader.warn_missing_once(self.name, chosen)
+
+    def __call__(self, *args, backend: Optional[str] = None):
+        """Run the op on the chosen backend (kernel arguments; outputs are written in place)."""
+        chosen = self.choose(*args, backend=backend)
+        return self._impls[chosen][0](*args)
+
+    def run(self, backend: str, *args):
+        """Run on `backend` without checking it (the caller chose it with `choose`, e.g. for autograd)."""
+        return self._impls[backend][0](*args)
 
 
-def standard_op(name: str, device_of: Callable[..., torch.device], *, extra: Optional[Check] = None,
-                reference: Optional[Callable] = None, triton: Optional[Callable] = None,
-                compiled: bool = True) -> Op:
-    """An Op with the usual four backends.
+def get_op(name: str) -> KernelOp:
+    """The registered op `specdec::<name>`: its backends, which one would run, and why others refuse.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> op = sk.get_op("build_tree")
+        >>> op.backends
+        ('cuda', 'triton', 'cpu', 'torch')
+        >>> op.default_backend("cpu") in op.backends     # what CPU tensors would use here
+        True
+    """
+    from . import ops  # noqa: F401  (importing the op modules fills the registry)
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(f"no op named {name!r}; the registered ops are {sorted(_OPS)}") from None
+
+
+def list_ops() -> Tuple[str, ...]:
+    """The names of every registered op, in registration order.
+
+    Example:
+        >>> import specdec_kernels as sk
+        >>> "tree_attention" in sk.list_ops()
+        True
+    """
+    from . import ops  # noqa: F401
+    return tuple(_OPS)
+
+
+def standard_op(name: str, *, reference: Callable, triton_module: Optional[str],
+                limits: Optional[Limits] = None, compiled: bool = True) -> KernelOp:
+    """Register an op with the usual backends.
 
     - cuda / cpu: `torch.ops.specdec.<name>` (the kernels of _C), when built for the inputs' device;
-    - triton: `triton(*args)` when given, on CUDA or under TRITON_INTERPRET=1;
+    - triton: `torch.ops.specdec.<name>_triton`, registered by specdec_kernels/triton_kernels/<module>.py
+      (None: no Triton kernel), on CUDA or under TRITON_INTERPRET=1;
     - torch: `reference(*args)`.
-    `extra(backend, *args)` adds op-specific refusals (dtype, size limits); `device_of(*args)` names the
-    device of the inputs.
+    `limits(backend, *args)` adds op-specific refusals (dtype, size limits). The device of the inputs is
+    that of the first tensor argument.
     """
-    op = Op(name)
+    op = KernelOp(name, triton_module)
 
-    def with_extra(backend, base: Check) -> Check:
+    def with_limits(backend, base: Check) -> Check:
         def check(*args):
             reason = base(*args)
-            if reason is None and extra is not None:
-                reason = extra(backend, *args)
+            if reason is None and limits is not None:
+                reason = limits(backend, *args)
             return reason
         return check
 
     if compiled:
         kernel = getattr(torch.ops.specdec, name)
         for b in ("cuda", "cpu"):
-            op.register(b, kernel, with_extra(b, lambda *a, b=b: compiled_check(name, device_of(*a), b)),
+            op.register(b, kernel, with_limits(b, lambda *a, b=b: compiled_check(name, device_of(a), b)),
                         lambda device, b=b: compiled_check(name, device, b))
-    if triton is not None:
-        op.register("triton", triton, with_extra("triton", lambda *a: triton_check(device_of(*a), name)),
-                    lambda device: triton_check(device, name))
-    if reference is not None:
-        op.register("torch", reference, with_extra("torch", lambda *a: None))
+    if triton_module is not None:
+        def run_triton(*args):
+            return getattr(torch.ops.specdec, name + "_triton")(*args)
+
+        op.register("triton", run_triton,
+                    with_limits("triton", lambda *a: triton_check(device_of(a), name, triton_module)),
+                    lambda device: triton_check(device, name, triton_module))
+    op.register("torch", reference, with_limits("torch", lambda *a: None))
     return op

@@ -6,9 +6,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
 
-import pytest  # noqa: E402
+import pytest
 
-import specdec_kernels  # noqa: E402,F401
+import specdec_kernels  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,19 +1,26 @@
 """Triton kernels, attached to the `specdec::<op>_triton` schemas for CPU (interpreter) and CUDA tensors.
 
-Importing this package never fails: when Triton is missing, `LOAD_ERROR` says why and the triton
-backend refuses every input with that reason.
+Importing this package never fails. When Triton is missing, `LOAD_ERROR` says why and the triton
+backend refuses every input with that reason. Each kernel module is imported on its own: an error in one
+(`MODULE_ERRORS[module]`) disables that module's kernels only, and `python -m specdec_kernels.info`
+and every refusal name it.
 """
 from __future__ import annotations
 
-LOAD_ERROR = None
+import importlib
+from typing import Dict, Optional
+
+LOAD_ERROR: Optional[str] = None
+MODULES = ("tree", "compact", "verify", "attention", "features")
+MODULE_ERRORS: Dict[str, str] = {}
 
 try:
     import triton  # noqa: F401
 except Exception as exc:  # pragma: no cover - depends on the environment
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 else:
-    from . import tree  # noqa: F401  (each module registers its kernels on import)
-    from . import compact  # noqa: F401
-    from . import verify  # noqa: F401
-    from . import attention  # noqa: F401
-    from . import features  # noqa: F401
+    for _module in MODULES:  # each module registers its kernels on import
+        try:
+            importlib.import_module(f"{__name__}.{_module}")
+        except Exception as exc:  # a broken kernel module must not take the others down
+            MODULE_ERRORS[_module] = f"{type(exc).__name__}: {exc}"

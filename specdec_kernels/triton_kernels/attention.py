@@ -24,7 +24,6 @@ cuts its chunk from the actual cache_len at run time, so short caches do not lea
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import torch

@@ -5,7 +5,7 @@ Both kernels run one program per batch row and vectorise over the nodes (candida
 loop is bounded by the shapes, so malformed input cannot make a program spin. The semantics are
 those of specdec_kernels/reference/tree.py, bit for bit (see ops/tree.py for the public functions).
 
-build_tree (one program per tree, N <= 1024 nodes):
+build_tree (one program per tree, N <= MAX_TREE_NODES = 1024 nodes):
   * validity is a vector reduction over the parents;
   * the packed ancestor mask uses pointer jumping ("doubling"): with a_k(i) the 2^k-th ancestor of i
     (-1 past the root) and M_k(i) the set of ancestors at distance < 2^k,
@@ -19,7 +19,7 @@ build_tree (one program per tree, N <= 1024 nodes):
   * first_child / next_sibling are min-reductions over a [BLOCK_N, BLOCK_K] comparison tile per block of
     BLOCK_K columns (children and siblings), O(N^2 / lanes) with no data-dependent control flow.
 
-select_tree (one program per candidate row, M <= 4096 candidates):
+select_tree (one program per candidate row, M <= MAX_CANDIDATES = 4096 candidates):
   * every score becomes a 32-bit order key (the sign-flip trick on the float's bits: -0.0 == +0.0,
     NaN below -inf; immune to flush-to-zero), identical to csrc/include/specdec/tree.h;
   * the (N-1)-th largest key t is found by radix select (RADIX_BITS bits per pass, 32 / RADIX_BITS
@@ -40,6 +40,8 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+
+from .._limits import MAX_CANDIDATES, MAX_TREE_NODES
 
 
 @triton.jit
@@ -243,14 +245,14 @@ def build_tree_triton(parents: torch.Tensor, num_nodes: torch.Tensor, depth: tor
                       first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor) -> None:
     """Triton build_tree: fills depth, mask, first_child, next_sibling, valid (see ops.tree.build_tree).
 
-    One program per tree; N <= 1024 (ops.tree.MAX_KERNEL_NODES) keeps a tree in one block.
+    One program per tree; N <= MAX_TREE_NODES (specdec_kernels/_limits.py) keeps a tree in one block.
     """
     op = "specdec::build_tree_triton"
     if parents.dim() != 2 or parents.shape[1] < 1:
         raise ValueError(f"{op}: parents must be [B, N] with N >= 1, got shape {list(parents.shape)}")
     B, N = parents.shape
-    if N > 1024:
-        raise ValueError(f"{op}: at most 1024 nodes per tree (one program per tree), got N = {N}")
+    if N > MAX_TREE_NODES:
+        raise ValueError(f"{op}: at most {MAX_TREE_NODES} nodes per tree (one program per tree), got N = {N}")
     W = (N + 31) // 32
     dev = parents.device
     for name, t, dtype, shape in (("parents", parents, torch.int32, (B, N)),
@@ -277,7 +279,7 @@ def select_tree_triton(cand_scores: torch.Tensor, cand_parents: torch.Tensor, ca
                        selected: torch.Tensor) -> None:
     """Triton select_tree: EAGLE-2 reranking into parents/tokens/selected (see ops.tree.select_tree).
 
-    One program per candidate row; M <= 4096 candidates keeps a row's keys in one block.
+    One program per candidate row; M <= MAX_CANDIDATES keeps a row's keys in one block.
     """
     op = "specdec::select_tree_triton"
     if cand_scores.dim() != 2:
@@ -288,8 +290,8 @@ def select_tree_triton(cand_scores: torch.Tensor, cand_parents: torch.Tensor, ca
     N = parents.shape[1]
     if not 1 <= N <= M + 1:
         raise ValueError(f"{op}: expected 1 <= N <= M + 1 = {M + 1} output nodes, got N = {N}")
-    if M > 4096:
-        raise ValueError(f"{op}: at most 4096 candidates per row (one program per row), got M = {M}")
+    if M > MAX_CANDIDATES:
+        raise ValueError(f"{op}: at most {MAX_CANDIDATES} candidates per row (one program per row), got M = {M}")
     dev = cand_scores.device
     for name, t, dtype, shape in (("cand_scores", cand_scores, torch.float32, (B, M)),
                                   ("cand_parents", cand_parents, torch.int32, (B, M)),

@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._limits import MAX_TREE_NODES
+
 _BIG = tl.constexpr(2**31 - 1)  # "no index" in min-reductions (a constexpr: jit code may read it)
 _MAX_VOCAB = 2**24              # the top-k search counts in fp32: exact below 2^24
 
@@ -425,18 +427,18 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def verify_greedy_triton(first_child, next_sibling, valid, tokens, target, accept_nodes, accept_len,
+def verify_greedy_triton(first_child, next_sibling, valid, tokens, logits, accept_nodes, accept_len,
                          out_tokens) -> None:
     """specdec::verify_greedy_triton: see specdec_kernels.ops.verify.verify_greedy (one program per request)."""
     B, N = tokens.shape
     if B == 0:
         return
-    logits = target.is_floating_point()
-    V = target.shape[2] if logits else 1
-    block_v = min(4096, triton.next_power_of_2(V)) if logits else 16
+    is_logits = logits.is_floating_point()
+    V = logits.shape[2] if is_logits else 1
+    block_v = min(4096, triton.next_power_of_2(V)) if is_logits else 16
     with _device_guard(tokens.device):
-        _greedy_kernel[(B,)](first_child, next_sibling, valid.view(torch.uint8), tokens, target, accept_nodes,
-                             accept_len, out_tokens, N, V, LOGITS=logits, BLOCK_N=triton.next_power_of_2(N),
+        _greedy_kernel[(B,)](first_child, next_sibling, valid.view(torch.uint8), tokens, logits, accept_nodes,
+                             accept_len, out_tokens, N, V, LOGITS=is_logits, BLOCK_N=triton.next_power_of_2(N),
                              BLOCK_V=block_v)
 
 
@@ -456,8 +458,8 @@ def verify_sample_triton(first_child, next_sibling, valid, tokens, logits, unifo
     V = logits.shape[2]
     if V >= _MAX_VOCAB:
         raise ValueError(f"{op}: the Triton kernel takes V < 2^24 tokens (fp32 counts), got V = {V}")
-    if N > 1024:
-        raise ValueError(f"{op}: at most 1024 nodes per tree (one program per tree), got N = {N}")
+    if N > MAX_TREE_NODES:
+        raise ValueError(f"{op}: at most {MAX_TREE_NODES} nodes per tree (one program per tree), got N = {N}")
     if draft_probs is not None and tuple(draft_probs.shape) != tuple(logits.shape):
         raise ValueError(f"{op}: draft_probs must have the logits' shape {list(logits.shape)}, "
                          f"got {list(draft_probs.shape)}")

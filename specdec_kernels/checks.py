@@ -1,9 +1,21 @@
-"""Input checks shared by the public ops: every message says what was expected and what came."""
+"""Argument checks shared by every public function of specdec_kernels and specdec.
+
+One helper for tensors (`check_tensor`), caller buffers (`check_out`) and devices (`same_device`), and
+the one definition of the floating dtypes: every message says what was expected and what came.
+"""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
 import torch
+
+# The floating dtypes of the kernels (CUDA, Triton, C++ CPU).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# ... plus fp64, which the torch reference (and, for the feature blocks, the C++ CPU kernels) also take:
+# gradcheck-style tests and the draft heads' fp64 mode use it.
+FLOAT_DTYPES_FP64 = FLOAT_DTYPES + (torch.float64,)
+# Token ids.
+ID_DTYPES = (torch.int32, torch.int64)
 
 
 def check_tensor(name: str, t, *, dtype=None, dtypes: Optional[Iterable[torch.dtype]] = None,
@@ -11,7 +23,12 @@ def check_tensor(name: str, t, *, dtype=None, dtypes: Optional[Iterable[torch.dt
                  device: Optional[torch.device] = None) -> None:
     """Raise TypeError/ValueError unless `t` is a tensor of the expected dtype, rank, shape, device.
 
-    In `shape`, None matches any size.
+    In `shape`, None matches any size. `device` "cuda" matches any CUDA device, "cuda:1" only that one.
+
+    Example:
+        >>> import torch
+        >>> from specdec_kernels.checks import check_tensor
+        >>> check_tensor("parents", torch.zeros(2, 5, dtype=torch.int32), dtype=torch.int32, shape=(2, None))
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -30,8 +47,10 @@ def check_tensor(name: str, t, *, dtype=None, dtypes: Optional[Iterable[torch.dt
             if want is not None and want != got:
                 exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
                 raise ValueError(f"{name}: expected shape {exp}, got {tuple(t.shape)} (dimension {i})")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+    if device is not None:
+        want = torch.device(device)
+        if t.device.type != want.type or (want.index is not None and t.device.index != want.index):
+            raise ValueError(f"{name}: expected a tensor on {want}, got one on {t.device}")
 
 
 def check_out(name: str, t, like_shape, dtype, device) -> None:
