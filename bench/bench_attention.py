@@ -28,12 +28,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, peak_gbps, print_table, time_fn, write_csv  # noqa: E402
+import specdec_kernels as sk
+from specdec_kernels.reference import attention as ref
 
-import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BACKENDS  # noqa: E402
-from specdec_kernels.ops import attention as attn_ops  # noqa: E402
-from specdec_kernels.reference import attention as ref  # noqa: E402
+from common import add_common_args, peak_gbps, print_table, time_fn, usable_backends, write_csv
 
 H, H_KV, HEAD_DIM = 32, 8, 128  # Llama-3-8B
 
@@ -79,10 +77,7 @@ def bench_shape(B: int, N: int, prefix: int, dtype, device: str, min_time: float
         rows.append(row)
 
     args = (q, k, v, cache_len, mask, scale, out)
-    reasons = attn_ops._TREE_ATTENTION.reasons(*args)
-    for b in BACKENDS:
-        if b in reasons or (b == "triton" and q.device.type == "cpu"):
-            continue  # the Triton interpreter is a test tool, not something to time
+    for b in usable_backends("tree_attention", *args):
         add(b, lambda b=b: sk.tree_attention(q, k, v, cache_len, mask, scale=scale, backend=b, out=out), lambda: out)
 
     bias = sk.tree_attention_bias(mask, cache_len, kv_len, dtype=dtype)  # [B, 1, N, kv_len]

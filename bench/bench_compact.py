@@ -17,17 +17,16 @@ Bandwidth counts the bytes read plus written by the rows that move: 2 * moved ro
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, peak_gbps, print_table, time_stats, write_csv  # noqa: E402
+import specdec_kernels as sk
 
-import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BACKENDS  # noqa: E402
-from specdec_kernels.ops import compact as compact_ops  # noqa: E402
+from common import add_common_args, peak_gbps, print_table, time_stats, usable_backends, write_csv
 
 MODELS = {"llama3-8b": (32, 8, 128), "llama3-70b": (80, 8, 128)}
 TREE_NODES = 60  # EAGLE-2's tree: accepted nodes are drawn from 60 slots past cache_len
@@ -95,11 +94,9 @@ def main(argv=None):
                     caches, cache_len, nodes, accept_len, moved = make_inputs(B, layers, H, D, S, n_acc, dtype, dev)
                     nbytes = 2 * moved * H * D * es * len(caches)
                     providers = {}
-                    for backend in BACKENDS:
-                        reason = compact_ops._COMPACT_KV.reasons(caches, cache_len, nodes, accept_len).get(backend)
-                        if reason is None:
-                            providers[backend] = (lambda b=backend: sk.compact_kv(caches, cache_len, nodes, accept_len,
-                                                                                   backend=b))
+                    for backend in usable_backends("compact_kv", caches, cache_len, nodes, accept_len):
+                        providers[backend] = functools.partial(sk.compact_kv, caches, cache_len, nodes, accept_len,
+                                                               backend=backend)
                     providers["eagle-index-copy"] = eagle_index_copy(caches, cache_len, nodes, accept_len)
                     for name, fn in providers.items():
                         med, best = time_stats(fn, dev, min_time=min_time)

@@ -25,11 +25,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, print_table, time_stats, write_csv  # noqa: E402
+import specdec_kernels as sk
 
-import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BACKENDS  # noqa: E402
-from specdec_kernels.ops import tree as tree_ops  # noqa: E402
+from common import add_common_args, print_table, time_stats, usable_backends, write_csv
 
 TOP_K, DEPTH = 10, 5  # EAGLE-2's drafting parameters: M = 10 + 4 * 100 = 410 candidates
 
@@ -113,19 +111,13 @@ def check_ports(parents: torch.Tensor, tree: sk.Tree) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 
-def usable_backends(op, *args) -> list:
-    reasons = op.reasons(*args)
-    return [b for b in BACKENDS if b not in reasons]
-
-
 def bench_shape(B: int, N: int, device: str, min_time: float) -> list:
     cand = [t.to(device) for t in eagle_candidates(B, seed=B * 1000 + N)]
-    sel_out = (torch.empty(B, N, dtype=torch.int32, device=device), torch.empty(B, N, dtype=torch.int64, device=device),
-               torch.empty(B, N, dtype=torch.int32, device=device))
+    sel_out = sk.SelectedTree.empty(B, N, device)
     sk.select_tree(*cand, N, backend="torch", out=sel_out)
-    parents = sel_out[0].clone()
+    parents = sel_out.parents.clone()
     num_nodes = torch.full((B,), N, dtype=torch.int32, device=device)
-    tree_out = sk.empty_tree(B, N, device)
+    tree_out = sk.Tree.empty(B, N, device)
     M = cand[0].shape[1]
     rows = []
 
@@ -134,12 +126,12 @@ def bench_shape(B: int, N: int, device: str, min_time: float) -> list:
         rows.append({"op": op, "provider": provider, "B": B, "N": N, "M": M if op == "select_tree" else "",
                      "time_us": med, "min_us": best})
 
-    for b in usable_backends(tree_ops._BUILD_TREE, parents, num_nodes, *tree_out):
+    for b in usable_backends("build_tree", parents, num_nodes, *tree_out):
         add("build_tree", b, lambda b=b: sk.build_tree(parents, num_nodes, backend=b, out=tree_out))
         if b in ("cuda", "cpu"):  # the compiled kernel alone, without the public function's checks and dispatch
             add("build_tree", f"{b}:raw-op", lambda: torch.ops.specdec.build_tree(parents, num_nodes, *tree_out))
     add("build_tree", "eagle2-port", lambda: eagle2_build_port(parents))
-    for b in usable_backends(tree_ops._SELECT_TREE, *cand, *sel_out):
+    for b in usable_backends("select_tree", *cand, *sel_out):
         add("select_tree", b, lambda b=b: sk.select_tree(*cand, N, backend=b, out=sel_out))
         if b in ("cuda", "cpu"):
             add("select_tree", f"{b}:raw-op", lambda: torch.ops.specdec.select_tree(*cand, *sel_out))

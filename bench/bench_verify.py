@@ -13,17 +13,16 @@ Shapes: B in {1, 8, 64}, N in {8, 60}, V in {32000, 128256, 151936}; bf16 logits
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, print_table, time_stats, write_csv  # noqa: E402
+import specdec_kernels as sk
 
-import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BACKENDS  # noqa: E402
-from specdec_kernels.ops import verify as verify_ops  # noqa: E402
+from common import add_common_args, print_table, time_stats, usable_backends, write_csv
 
 CASES = {"greedy": None, "sample-T1": (1.0, 0, 1.0), "sample-T0.7-k50-p0.9": (0.7, 50, 0.9)}
 
@@ -63,37 +62,30 @@ def main(argv=None):
         for B in batches:
             for N in nodes:
                 tree, tokens, logits, uniforms = make_inputs(B, N, V, dtype, dev)
-                out = verify_ops.empty_verify_out(B, N, dev)
+                out = sk.VerifyResult.empty(B, N, dev)
                 for case, params in CASES.items():
                     if params is None:
-                        op, args_ = verify_ops._VERIFY_GREEDY, (tree.first_child, tree.next_sibling, tree.valid,
-                                                                tokens, logits, *out)
-
-                        def call(b):
-                            return sk.verify_greedy(tree, tokens, logits, backend=b, out=out)
+                        op, args_ = "verify_greedy", (tree.first_child, tree.next_sibling, tree.valid, tokens,
+                                                      logits, *out)
+                        run = functools.partial(sk.verify_greedy, tree, tokens, logits, out=out)
                     else:
                         t, k, p = params
                         temp = torch.full((B,), t, dtype=torch.float32, device=dev)
                         top_k = torch.full((B,), k, dtype=torch.int32, device=dev)
                         top_p = torch.full((B,), p, dtype=torch.float32, device=dev)
-                        op, args_ = verify_ops._VERIFY_SAMPLE, (tree.first_child, tree.next_sibling, tree.valid,
-                                                                tokens, logits, uniforms, temp, top_k, top_p, None,
-                                                                *out)
-
-                        def call(b, temp=temp, top_k=top_k, top_p=top_p):
-                            return sk.verify_sample(tree, tokens, logits, uniforms, temp, top_k, top_p, backend=b,
-                                                    out=out)
-                    reasons = op.reasons(*args_)
-                    for backend in BACKENDS:
-                        if backend in reasons:
-                            continue
+                        op, args_ = "verify_sample", (tree.first_child, tree.next_sibling, tree.valid, tokens,
+                                                      logits, uniforms, temp, top_k, top_p, None, *out)
+                        run = functools.partial(sk.verify_sample, tree, tokens, logits, uniforms, temperature=temp,
+                                                top_k=top_k, top_p=top_p, out=out)
+                    for backend in usable_backends(op, *args_):
                         if backend == "torch" and B * N * V > 64 * 60 * 32000 and dev.type == "cpu":
                             continue  # the reference's sorts over [B, V] take minutes here
-                        med, best = time_stats(lambda: call(backend), dev, min_time=min_time, warmup=1)
-                        accepted = float(out[1].float().mean())
+                        med, best = time_stats(functools.partial(run, backend=backend), dev, min_time=min_time,
+                                               warmup=1)
+                        accepted = float(out.accept_len.float().mean())
                         rows.append({"kernel": "verify", "case": case, "provider": backend, "dtype": str(dtype)[6:],
                                      "B": B, "N": N, "V": V, "mean_accept_len": accepted, "us": med, "us_min": best})
-                del logits
+                del logits, run, args_
     print_table(rows, ["case", "provider", "B", "N", "V", "mean_accept_len", "us", "us_min"])
     print("wrote", write_csv(rows, "verify", dev, results=args.results, out_dir=args.out_dir))
 

@@ -38,6 +38,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def usable_backends(op_name: str, *kernel_args) -> list:
+    """The backends of `specdec_kernels.get_op(op_name)` that accept these kernel arguments (those without an
+    entry in `.reasons(*kernel_args)`), in the order of the automatic choice. Triton on CPU tensors (the
+    interpreter, under TRITON_INTERPRET=1) is left out: a testing tool, not something to time."""
+    import specdec_kernels as sk
+
+    op = sk.get_op(op_name)
+    reasons = op.reasons(*kernel_args)
+    flat = [t for a in kernel_args for t in (a if isinstance(a, (list, tuple)) else [a])]
+    on_cpu = next((t.device.type for t in flat if isinstance(t, torch.Tensor)), "cpu") == "cpu"
+    return [b for b in op.backends if b not in reasons and not (b == "triton" and on_cpu)]
+
+
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,7 +130,7 @@ def env_info(device) -> dict:
     try:
         import triton
         triton_version = triton.__version__
-    except Exception:  # noqa: BLE001 - optional dependency
+    except Exception:
         triton_version = ""
     return {
         "device": device_name(device),

@@ -1,13 +1,14 @@
-"""compact_kv: in-place move of accepted tree slots, overlap safety, mixed dtypes, per-token views, errors."""
+"""compact_kv: in-place move of accepted tree slots, overlap safety, mixed dtypes, per-token views, cache_len
+as an int, errors, opcheck. Moves copy bytes: every comparison is exact."""
 import pytest
 import torch
 
 import specdec_kernels as sk
 from specdec_kernels import BackendError
-from specdec_kernels.ops import compact as compact_ops
+
 from helpers import assert_equal, backend_params
 
-BACKENDS = backend_params(compact_ops._COMPACT_KV)
+BACKENDS = backend_params("compact_kv")
 
 
 def call(backend, *args, **kw):
@@ -61,7 +62,7 @@ def test_single_request_paths(backend, device, nodes, n_acc):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_batch_many_layers_mixed_dtypes_and_per_token(backend, device):
     """Ragged requests, 4 layers of K and V in different dtypes, strided heads, per-token features."""
-    B, H_kv, S, D, W = 3, 2, 24, 8, 5
+    B, H_kv, S, D = 3, 2, 24, 8
     cl = i32([0, 7, 13], device)
     an = i32([[0, 1, 3, 6, -1], [0, 2, 3, 4, 8], [0, -1, -1, -1, -1]], device)
     al = i32([4, 5, 1], device)
@@ -130,6 +131,20 @@ def test_out_of_range_entries_move_nothing(backend, device):
     assert_equal(k.cpu(), want, "out-of-range slots")
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_cache_len_int_and_verify_result(backend, device):
+    """cache_len as an int for every request; accept_nodes / accept_len straight from a VerifyResult."""
+    B, X, S, Y = 2, 2, 16, 3
+    tree = sk.build_tree(torch.tensor([[-1, 0, 0, 2]] * 2, dtype=torch.int32, device=device))
+    res = sk.verify_greedy(tree, torch.tensor([[0, 5, 6, 7], [0, 5, 6, 7]], device=device),
+                           torch.tensor([[6, 0, 7, 1], [5, 2, 0, 0]], device=device))
+    assert res.accept_nodes.tolist() == [[0, 2, 3, -1], [0, 1, -1, -1]]
+    k = slot_ids(B, X, S, Y, torch.float32, device)
+    want = expected_after(k.cpu(), torch.full((B,), 5), res.accept_nodes.cpu(), res.accept_len.cpu(), slot_dim=2)
+    call(backend, [k], 5, res.accept_nodes, res.accept_len)
+    assert_equal(k.cpu(), want, "int cache_len")
+
+
 def test_errors():
     k = torch.zeros(2, 2, 8, 4)
     cl, an, al = i32([0, 0], "cpu"), i32([[0, 1, 2], [0, -1, -1]], "cpu"), i32([3, 1], "cpu")
@@ -153,6 +168,10 @@ def test_errors():
         sk.compact_kv([k], cl, an.long(), al)
     with pytest.raises(ValueError, match="accept_len"):
         sk.compact_kv([k], cl, an, al[:1])
+    with pytest.raises(TypeError, match=r"cache_len: expected an int or an int32 tensor \[B\], got bool"):
+        sk.compact_kv([k], False, an, al)
+    with pytest.raises(TypeError, match=r"cache_len: expected dtype torch.int32, got torch.int64"):
+        sk.compact_kv([k], cl.long(), an, al)
     sk.compact_kv([], cl, an, al)                                          # nothing to move is fine
 
 
@@ -164,7 +183,7 @@ def test_opcheck(backend, device):
     """The registered kernel honours its schema (mutates only the caches), fake tensors and dispatch."""
     caches = [torch.randn(2, 2, 12, 4, device=device), torch.randn(2, 1, 12, 3, device=device).half()]
     args = (caches, i32([1, 3], device), i32([[0, 2, 3], [0, 1, -1]], device), i32([3, 2], device))
-    reason = compact_ops._COMPACT_KV.impls[backend][1](*args)
+    reason = sk.get_op("compact_kv").reason(backend, *args)
     if reason:
         pytest.skip(reason)
     op = getattr(torch.ops.specdec, "compact_kv" + ("_triton" if backend == "triton" else ""))

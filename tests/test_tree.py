@@ -1,8 +1,9 @@
-"""Tree construction ops (build_tree, select_tree) on every backend, against the PyTorch reference.
+"""Tree construction ops (build_tree, select_tree, tree_paths) on every backend, against the PyTorch reference.
 
 Random trees of every shape class (chains, stars, k-ary, random, EAGLE-2 trees made by select_tree from
 drafted candidates), ragged num_nodes, hand-built golden trees with their exact outputs, malformed trees,
-bad arguments, output buffers, opcheck and torch.compile. Integer outputs are compared exactly.
+bad arguments, output buffers (Tree.empty / SelectedTree.empty), opcheck and torch.compile. Integer
+outputs are compared exactly. The mask helpers are in test_masks.py.
 """
 from __future__ import annotations
 
@@ -11,23 +12,30 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels import BackendError
-from specdec_kernels.ops import tree as tree_ops
 from specdec_kernels.reference import tree as ref
 
 from helpers import assert_equal, backend_params
 
-BUILD_BACKENDS = backend_params(tree_ops._BUILD_TREE)
-SELECT_BACKENDS = backend_params(tree_ops._SELECT_TREE)
+BUILD_BACKENDS = backend_params("build_tree")
+SELECT_BACKENDS = backend_params("select_tree")
+
+
+def _kernel_reason(op: str, backend: str, device: str):
+    """Why the registry cannot run `op` on `backend` / `device` at all (None when it can)."""
+    return sk.get_op(op).static_reason(backend, device)
 
 
 def _registered(op: str, device: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}", device.upper())
+    """True when the kernel `specdec::op` (a name ending in _triton: the Triton one) can run on `device`."""
+    name, backend = (op[:-len("_triton")], "triton") if op.endswith("_triton") else (op, device)
+    return _kernel_reason(name, backend, device) is None
 
 
 def _need_kernel(backend: str, device: str, op: str) -> None:
-    """Skip the triton backend while its kernel is not attached (the Triton tree kernels are optional)."""
-    if backend == "triton" and not _registered(f"{op}_triton", device):
-        pytest.skip(f"specdec::{op}_triton has no {device} kernel registered")
+    """Skip when `backend` cannot run `op` here (e.g. the optional Triton tree kernels are not attached)."""
+    reason = _kernel_reason(op, backend, device)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,7 +331,7 @@ def test_build_tree_argument_errors():
         sk.build_tree(p, torch.tensor([6], dtype=torch.int32, device="meta"), backend="torch")
     with pytest.raises(TypeError, match=r"out: expected a Tree"):
         sk.build_tree(p, out=(1, 2, 3, 4, 5), backend="torch")
-    out = sk.empty_tree(1, 6)
+    out = sk.Tree.empty(1, 6)
     with pytest.raises(ValueError, match=r"out.mask: expected shape \[1, 6, 1\], got \(1, 6, 2\)"):
         sk.build_tree(p, out=out._replace(mask=torch.empty(1, 6, 2, dtype=torch.int32)), backend="torch")
     with pytest.raises(TypeError, match=r"out.valid: expected dtype torch.bool, got torch.int32"):
@@ -342,7 +350,7 @@ def test_build_tree_raw_op_checks():
         pytest.skip("specdec_kernels._C has no CPU build_tree")
     p = torch.tensor([GOLDEN6], dtype=torch.int32)
     n = torch.tensor([6], dtype=torch.int32)
-    t = sk.empty_tree(1, 6)
+    t = sk.Tree.empty(1, 6)
     with pytest.raises(RuntimeError, match=r"mask must have shape \[1, 6, 1\], got \[1, 6, 2\]"):
         torch.ops.specdec.build_tree(p, n, t.depth, torch.empty(1, 6, 2, dtype=torch.int32), *t[2:])
     with pytest.raises(RuntimeError, match=r"num_nodes must be Int, got Long"):
@@ -356,7 +364,7 @@ def test_build_tree_out_buffers_reused(backend, device):
     """Outputs go into the caller's buffers, every entry rewritten (stale values never leak through)."""
     _need_kernel(backend, device, "build_tree")
     B, N = 3, 40
-    out = sk.empty_tree(B, N, device)
+    out = sk.Tree.empty(B, N, device)
     for t in out:
         t.fill_(True) if t.dtype == torch.bool else t.fill_(12345)
     ptrs = [t.data_ptr() for t in out]
@@ -529,12 +537,12 @@ def test_select_tree_eagle(backend, device):
 def test_select_tree_out_buffers_and_empty_batch(backend, device):
     _need_kernel(backend, device, "select_tree")
     scores, cparents, ctokens, root = eagle_candidates(B=2, top_k=4, depth=3, seed=9)
-    out = (torch.full((2, 10), 777, dtype=torch.int32, device=device),
-           torch.full((2, 10), 777, dtype=torch.int64, device=device),
-           torch.full((2, 10), 777, dtype=torch.int32, device=device))
+    out = sk.SelectedTree.empty(2, 10, device)
+    for t in out:
+        t.fill_(777)
     got = sk.select_tree(scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 10,
                          backend=backend, out=out)
-    assert all(g is o for g, o in zip(got, out))
+    assert got is out and all(g is o for g, o in zip(got, out))
     assert_selected_equal(got, reference_select(scores, cparents, ctokens, root, 10), f"{backend} out=")
     empty = sk.select_tree(torch.empty(0, 7, device=device), torch.empty(0, 7, dtype=torch.int32, device=device),
                            torch.empty(0, 7, dtype=torch.int64, device=device),
@@ -561,10 +569,10 @@ def test_select_tree_argument_errors():
         sk.select_tree(s, cp, ct, rt, 0)
     with pytest.raises(TypeError, match=r"num_nodes: expected an int, got bool"):
         sk.select_tree(s, cp, ct, rt, True)
-    with pytest.raises(ValueError, match=r"out\[tokens\]: expected shape \[2, 3\], got \(2, 4\)"):
-        sk.select_tree(s, cp, ct, rt, 3, out=(torch.empty(2, 3, dtype=torch.int32),
-                                             torch.empty(2, 4, dtype=torch.int64),
-                                             torch.empty(2, 3, dtype=torch.int32)))
+    with pytest.raises(ValueError, match=r"out.tokens: expected shape \[2, 3\], got \(2, 4\)"):
+        sk.select_tree(s, cp, ct, rt, 3, out=sk.SelectedTree(torch.empty(2, 3, dtype=torch.int32),
+                                                             torch.empty(2, 4, dtype=torch.int64),
+                                                             torch.empty(2, 3, dtype=torch.int32)))
     with pytest.raises(ValueError, match=r"all tensors must be on one device"):
         sk.select_tree(s, cp, ct, rt.to("meta"), 3)
     if _registered("select_tree", "cpu"):
@@ -575,60 +583,112 @@ def test_select_tree_argument_errors():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Exports of the mask: unpack_mask, tree_attention_bias, tree_paths
+# Result tuples: named fields, Tree.empty / SelectedTree.empty, out= takes exactly the result type
 
-def test_unpack_mask_golden():
-    t = sk.build_tree(torch.tensor([GOLDEN6], dtype=torch.int32), backend="torch")
-    dense = sk.unpack_mask(t.mask)
-    assert dense.dtype == torch.bool
-    assert dense.int().tolist() == [[
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0],
-        [1, 1, 0, 1, 0, 0],
-        [1, 1, 0, 0, 1, 0],
-        [1, 0, 1, 0, 0, 1],
-    ]]
-    t35 = sk.build_tree(torch.tensor([golden35_parents()], dtype=torch.int32), backend="torch")
-    d35 = sk.unpack_mask(t35.mask)[0]
-    assert d35[33].nonzero().flatten().tolist() == [0, 31, 32, 33]   # bit 31 (sign bit) unpacked as set
-    assert d35[34].nonzero().flatten().tolist() == [0, 5, 34]
-    with pytest.raises(ValueError, match=r"mask: 1 words hold 32 nodes, fewer than 40"):
-        sk.unpack_mask(t.mask, 40)
+def test_result_tuples_have_named_fields():
+    assert sk.Tree._fields == ("depth", "mask", "first_child", "next_sibling", "valid")
+    assert sk.SelectedTree._fields == ("parents", "tokens", "selected")
+    assert sk.TreePaths._fields == ("paths", "num_paths")
+    scores, cparents, ctokens, root = eagle_candidates(B=2, top_k=3, depth=2, seed=0)
+    sel = sk.select_tree(scores, cparents, ctokens, root, 5, backend="torch")
+    assert type(sel) is sk.SelectedTree
+    parents, tokens, selected = sel                                          # still unpacks as a tuple
+    assert parents is sel.parents and tokens is sel.tokens and selected is sel.selected
+    assert sel.tokens[:, 0].tolist() == root.tolist() and sel.selected[:, 0].tolist() == [-1, -1]
+    tree = sk.build_tree(sel.parents, backend="torch")
+    assert type(tree) is sk.Tree and tree.valid is tree[4]
 
 
-def test_tree_attention_bias_golden():
-    t = sk.build_tree(torch.tensor([GOLDEN6, GOLDEN6], dtype=torch.int32), backend="torch")
-    bias = sk.tree_attention_bias(t.mask, torch.tensor([2, 0], dtype=torch.int32), kv_len=9)
-    assert bias.shape == (2, 1, 6, 9) and bias.dtype == torch.float32
-    vis = (bias == 0).int()
-    # Request 0: 2 committed tokens (slots 0, 1), tree node j at slot 2 + j, slot 8 past the tree.
-    assert vis[0, 0].tolist() == [
-        [1, 1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 1, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 1, 0, 0],
-        [1, 1, 1, 0, 1, 0, 0, 1, 0],
-    ]
-    # Request 1: empty cache, the tree at slots 0..5.
-    assert vis[1, 0, 4].tolist() == [1, 1, 0, 0, 1, 0, 0, 0, 0]
-    assert bool(torch.isneginf(bias[vis == 0]).all())
-    b16 = sk.tree_attention_bias(t.mask, 3, kv_len=9, dtype=torch.float16)
-    assert b16.dtype == torch.float16 and (b16[0, 0, 5] == 0).int().tolist() == [1, 1, 1, 1, 0, 1, 0, 0, 1]
+@pytest.mark.parametrize("cls,fields", [("Tree", [((3, 40), torch.int32), ((3, 40, 2), torch.int32),
+                                                  ((3, 40), torch.int32), ((3, 40), torch.int32), ((3,), torch.bool)]),
+                                        ("SelectedTree", [((3, 40), torch.int32), ((3, 40), torch.int64),
+                                                          ((3, 40), torch.int32)])])
+def test_empty_allocates_the_outputs(cls, fields):
+    out = getattr(sk, cls).empty(3, 40)
+    assert type(out) is getattr(sk, cls)
+    assert [(tuple(t.shape), t.dtype) for t in out] == fields
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in out)
+    assert getattr(sk, cls).empty(0, 1, device="meta")[0].device.type == "meta"
+    with pytest.raises(TypeError, match="num_nodes: expected an int, got bool"):
+        getattr(sk, cls).empty(3, True)
+    with pytest.raises(TypeError, match="batch: expected an int, got float"):
+        getattr(sk, cls).empty(3.0, 4)
 
 
-def test_tree_paths_golden():
+@pytest.mark.parametrize("backend,device", BUILD_BACKENDS)
+def test_select_then_build_into_empty_buffers(backend, device):
+    """SelectedTree.empty + Tree.empty round trip: both ops write into (and return) the given buffers."""
+    _need_kernel(backend, device, "build_tree")
+    if backend != "torch":
+        _need_kernel(backend, device, "select_tree")
+    scores, cparents, ctokens, root = eagle_candidates(B=3, top_k=4, depth=3, seed=21)
+    sel_out, tree_out = sk.SelectedTree.empty(3, 12, device), sk.Tree.empty(3, 12, device)
+    sel = sk.select_tree(scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 12,
+                         backend=backend, out=sel_out)
+    tree = sk.build_tree(sel.parents, backend=backend, out=tree_out)
+    assert sel is sel_out and tree is tree_out
+    want_sel = reference_select(scores, cparents, ctokens, root, 12)
+    assert_selected_equal(sel, want_sel, "select into SelectedTree.empty")
+    assert_trees_equal(tree, reference_tree(want_sel.parents, torch.full((3,), 12, dtype=torch.int32)),
+                       "build into Tree.empty")
+
+
+def test_out_must_be_the_result_tuple():
+    p = torch.tensor([GOLDEN6], dtype=torch.int32)
+    sel_bufs = tuple(sk.SelectedTree.empty(1, 6))
+    with pytest.raises(TypeError, match=r"out: expected a Tree \(from Tree.empty\(batch, num_nodes, device\)\), "
+                                        r"got tuple"):
+        sk.build_tree(p, out=tuple(sk.Tree.empty(1, 6)))
+    with pytest.raises(TypeError, match=r"out: expected a Tree .*got SelectedTree"):
+        sk.build_tree(p, out=sk.SelectedTree(*sel_bufs))
+    with pytest.raises(TypeError, match=r"out: expected a Tree .*got list"):
+        sk.build_tree(p, out=list(sk.Tree.empty(1, 6)))
+    s, cp = torch.zeros(1, 5), torch.full((1, 5), -1, dtype=torch.int32)
+    ct, rt = torch.zeros(1, 5, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"out: expected a SelectedTree \(from SelectedTree.empty\(batch, num_nodes, "
+                                        r"device\)\), got tuple"):
+        sk.select_tree(s, cp, ct, rt, 6, out=sel_bufs)
+    with pytest.raises(TypeError, match=r"out: expected a SelectedTree .*got Tree"):
+        sk.select_tree(s, cp, ct, rt, 6, out=sk.Tree.empty(1, 6))
+    with pytest.raises(TypeError, match=r"num_nodes: expected an int, got bool"):
+        sk.build_tree(p, True)
+    with pytest.raises(TypeError, match=r"num_nodes: expected an int, got float"):
+        sk.build_tree(p, 6.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tree_paths
+
+@pytest.mark.parametrize("backend,device", BUILD_BACKENDS + [pytest.param(None, "cpu", id="auto-cpu")])
+def test_tree_paths_golden(backend, device):
+    """On every backend of build_tree, and with the automatic choice on CPU (the cpu backend when built)."""
+    if backend is not None:
+        _need_kernel(backend, device, "build_tree")
     parents = torch.tensor([GOLDEN6, [-1, 0, 0, 1, 1, 2], [-1, 0, 1, 2, 5, 0]], dtype=torch.int32)
     parents[1, 0] = 0  # invalid: no paths
-    paths, num = sk.tree_paths(parents, torch.tensor([6, 6, 4], dtype=torch.int32))
+    res = sk.tree_paths(parents.to(device), torch.tensor([6, 6, 4], dtype=torch.int32, device=device),
+                        backend=backend)
+    assert isinstance(res, sk.TreePaths) and res.paths.device.type == device
+    paths, num = res
     assert num.tolist() == [3, 0, 1]
     assert paths.shape == (3, 3, 4)
     assert paths[0].tolist() == [[0, 1, 3, -1], [0, 1, 4, -1], [0, 2, 5, -1]]
     assert paths[1].tolist() == [[-1] * 4] * 3
     assert paths[2].tolist() == [[0, 1, 2, 3], [-1] * 4, [-1] * 4]
-    single, n1 = sk.tree_paths(torch.tensor([[-1]], dtype=torch.int32))
+    single, n1 = sk.tree_paths(torch.tensor([[-1]], dtype=torch.int32, device=device), backend=backend)
     assert single.tolist() == [[[0]]] and n1.tolist() == [1]
+    ints = sk.tree_paths(parents[:1].to(device), 3, backend=backend)                  # num_nodes as an int
+    assert ints.paths.tolist() == [[[0, 1], [0, 2]]] and ints.num_paths.tolist() == [2]
+
+
+def test_tree_paths_does_not_force_the_torch_backend_on_cpu(monkeypatch):
+    """The build_tree inside tree_paths takes the automatic choice (the cpu kernel when built)."""
+    chosen = []
+    op = sk.get_op("build_tree")
+    choose = op.choose
+    monkeypatch.setattr(op, "choose", lambda *a, backend=None: chosen.append(choose(*a, backend=backend)) or chosen[-1])
+    sk.tree_paths(torch.tensor([GOLDEN6], dtype=torch.int32))
+    assert chosen == [op.default_backend("cpu")]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -650,7 +710,7 @@ def _opcheck_ops():
 def test_opcheck(op):
     if op.startswith("build_tree"):
         parents, num_nodes = make_batch(3, 9, seed=2, ragged=True)
-        args = (parents, num_nodes, *sk.empty_tree(3, 9))
+        args = (parents, num_nodes, *sk.Tree.empty(3, 9))
     else:
         scores, cparents, ctokens, root = eagle_candidates(B=2, top_k=3, depth=3, seed=1)
         args = (scores, cparents, ctokens, root, torch.empty(2, 8, dtype=torch.int32),
@@ -686,8 +746,8 @@ def test_cuda_graph_capture():
         pytest.skip("specdec_kernels._C was built without CUDA kernels")
     scores, cparents, ctokens, root = eagle_candidates(B=8, top_k=10, depth=5, seed=12)
     ins = [t.cuda() for t in (scores, cparents, ctokens, root)]
-    sel_out = tuple(torch.empty(8, 60, dtype=dt, device="cuda") for dt in (torch.int32, torch.int64, torch.int32))
-    tree_out = sk.empty_tree(8, 60, "cuda")
+    sel_out = sk.SelectedTree.empty(8, 60, "cuda")
+    tree_out = sk.Tree.empty(8, 60, "cuda")
     num_nodes = torch.full((8,), 60, dtype=torch.int32, device="cuda")
 
     def step():
@@ -719,10 +779,6 @@ def test_cuda_refuses_too_large():
         sk.select_tree(s, torch.full((1, 4097), -1, dtype=torch.int32, device="cuda"),
                        torch.zeros(1, 4097, dtype=torch.int64, device="cuda"),
                        torch.zeros(1, dtype=torch.int64, device="cuda"), 3, backend="cuda")
-
-
-def test_mask_words():
-    assert [sk.mask_words(n) for n in (1, 31, 32, 33, 64, 65, 1024)] == [1, 1, 1, 2, 2, 3, 32]
 
 
 def test_reference_rank_golden():

@@ -1,14 +1,15 @@
-"""verify_greedy and verify_sample: hand-built goldens, random trees against a loop oracle, losslessness."""
+"""verify_greedy and verify_sample: hand-built goldens, random trees against a loop oracle, losslessness,
+the VerifyResult tuple and its buffers, the sampling parameters as numbers or per-request tensors."""
 import pytest
 import torch
 
 import specdec_kernels as sk
 from specdec_kernels import BackendError
-from specdec_kernels.ops import verify as verify_ops
-from helpers import assert_equal, backend_params
 
-GREEDY = backend_params(verify_ops._VERIFY_GREEDY)
-SAMPLE = backend_params(verify_ops._VERIFY_SAMPLE)
+from helpers import assert_close_as_torch, assert_equal, backend_params
+
+GREEDY = backend_params("verify_greedy")
+SAMPLE = backend_params("verify_sample")
 
 
 def call(fn, backend, *args, **kw):
@@ -157,9 +158,9 @@ def test_greedy_random_trees_against_oracle(backend, device):
     tree = sk.build_tree(parents.to(device), num_nodes.to(device), backend="torch")
     amax = torch.randint(0, V, (B, N), generator=gen)
     want = greedy_oracle(parents, num_nodes, tokens, amax)
-    out = sk.empty_verify_out(B, N, device)
+    out = sk.VerifyResult.empty(B, N, device)
     got = call(sk.verify_greedy, backend, tree, tokens.to(device), amax.to(device), out=out)
-    assert all(g.data_ptr() == o.data_ptr() for g, o in zip(got, out))
+    assert got is out and all(g.data_ptr() == o.data_ptr() for g, o in zip(got, out))
     for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
         assert_equal(g.cpu(), w, name)
     assert int(got[1].max()) >= 4, "the test should exercise long paths"
@@ -171,16 +172,16 @@ def test_greedy_errors():
         sk.verify_greedy(tuple(tree)[:3], toks, toks)
     with pytest.raises(TypeError, match="tokens"):
         sk.verify_greedy(tree, toks.int(), toks)
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ValueError, match="logits"):
         sk.verify_greedy(tree, toks, toks[:, :2])
-    with pytest.raises(TypeError, match="target"):
+    with pytest.raises(TypeError, match="logits"):
         sk.verify_greedy(tree, toks, toks.int())
-    with pytest.raises(TypeError, match="target"):
+    with pytest.raises(TypeError, match="logits"):
         sk.verify_greedy(tree, toks, torch.zeros(1, 3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="tree.first_child"):
         sk.verify_greedy(tree, i64([1, 2, 3, 4]), i64([1, 2, 3, 4]))
     with pytest.raises(ValueError, match="out"):
-        sk.verify_greedy(tree, toks, toks, out=sk.empty_verify_out(1, 4))
+        sk.verify_greedy(tree, toks, toks, out=sk.VerifyResult.empty(1, 4))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def logits_of(probs, device="cpu"):
 def sample(backend, tree, tokens, logits, uniforms, temperature=1.0, top_k=0, top_p=1.0, **kw):
     u = torch.tensor(uniforms, dtype=torch.float32, device=tokens.device)
     return call(sk.verify_sample, backend, tree, tokens, logits, u[None] if u.dim() == 1 else u,
-                temperature, top_k, top_p, **kw)
+                temperature=temperature, top_k=top_k, top_p=top_p, **kw)
 
 
 FLAT = [0.25, 0.25, 0.25, 0.25]
@@ -285,7 +286,7 @@ def test_sample_temperature_zero_is_greedy(backend, device):
     uniforms = torch.rand(B, N + 1, generator=gen)
     temp = torch.where(torch.arange(B) % 2 == 0, 0.0, 1.0)                   # even rows greedy
     got = call(sk.verify_sample, backend, tree, tokens.to(device), logits.to(device), uniforms.to(device),
-               temp.to(device), 0, 1.0)
+               temperature=temp.to(device), top_k=0, top_p=1.0)
     want = sk.verify_greedy(tree, tokens.to(device), logits.to(device), backend="torch")
     for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
         assert_equal(g.cpu()[::2], w.cpu()[::2], name)
@@ -293,7 +294,7 @@ def test_sample_temperature_zero_is_greedy(backend, device):
 
 
 def random_sample_case(seed, B, N, V, temp, top_k, top_p, with_q, device, *, ragged=False, scale=2.0, boost_from=None):
-    """A random batch for verify_sample: (tree, positional args after the tree, kwargs).
+    """A random batch for verify_sample: (tree, positional args after the tree, keyword args).
 
     Half of the drafted tokens are the target's argmax at their parent, so accepted paths get long;
     `boost_from` raises the logits of tokens >= boost_from so much of the mass sits in the last tile.
@@ -310,9 +311,10 @@ def random_sample_case(seed, B, N, V, temp, top_k, top_p, with_q, device, *, rag
     uniforms = torch.rand(B, N + 1, generator=gen)
     q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
     temp, top_k, top_p = torch.tensor(temp), torch.tensor(top_k, dtype=torch.int32), torch.tensor(top_p)
-    args = [t.to(device) for t in (tokens, logits, uniforms, temp, top_k, top_p)]
+    args = [t.to(device) for t in (tokens, logits, uniforms)]
     tree = sk.Tree(*(t.to(device) for t in tree))
-    return tree, args, dict(draft_probs=None if q is None else q.to(device))
+    return tree, args, dict(temperature=temp.to(device), top_k=top_k.to(device), top_p=top_p.to(device),
+                            draft_probs=None if q is None else q.to(device))
 
 
 def assert_sample_same_as_torch(backend, tree, args, kw, what=""):
@@ -351,16 +353,22 @@ def test_filtered_probs_match_transformers_warpers():
     gen = torch.Generator().manual_seed(5)
     R, V = 64, 50
     logits = torch.randn(R, V, generator=gen) * 3
-    for t, k, p in ((1.0, 0, 1.0), (0.7, 10, 1.0), (1.3, 0, 0.9), (0.8, 7, 0.6), (1.0, 1, 1.0), (1.0, 0, 0.3)):
-        scores = tf.TemperatureLogitsWarper(t)(None, logits.clone())
+
+    def warped(x, t, k, p):
+        scores = tf.TemperatureLogitsWarper(t)(None, x.clone())
         if k:
             scores = tf.TopKLogitsWarper(k)(None, scores)
         if p < 1:
             scores = tf.TopPLogitsWarper(p)(None, scores)
-        want = torch.softmax(scores, -1)
+        return torch.softmax(scores, -1)
+
+    for t, k, p in ((1.0, 0, 1.0), (0.7, 10, 1.0), (1.3, 0, 0.9), (0.8, 7, 0.6), (1.0, 1, 1.0), (1.0, 0, 0.3)):
+        want = warped(logits, t, k, p)
         got = filtered_probs(logits, torch.full((R,), t), torch.full((R,), k, dtype=torch.int32), torch.full((R,), p))
         assert_equal(got > 0, want > 0, f"kept set T={t} k={k} p={p}")
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        # flash-attention's rule: against the warpers in fp64, at most ~2x the error of the warpers in fp32.
+        truth = warped(logits.double(), t, k, p)
+        assert_close_as_torch(got, truth, want, f"probabilities T={t} k={k} p={p}")
 
 
 def test_filtered_probs_keep_ties():
@@ -378,19 +386,109 @@ def test_sample_errors():
     tree, toks = tree_of([-1, 0, 0]), i64([1, 2, 3])
     logits, u = torch.zeros(1, 3, 5), torch.zeros(1, 4)
     with pytest.raises(ValueError, match="uniforms"):
-        sk.verify_sample(tree, toks, logits, torch.zeros(1, 3), 1.0, 0, 1.0)
+        sk.verify_sample(tree, toks, logits, torch.zeros(1, 3), temperature=1.0, top_k=0, top_p=1.0)
     with pytest.raises(TypeError, match="uniforms"):
-        sk.verify_sample(tree, toks, logits, u.double(), 1.0, 0, 1.0)
+        sk.verify_sample(tree, toks, logits, u.double(), temperature=1.0, top_k=0, top_p=1.0)
     with pytest.raises(ValueError, match="logits"):
-        sk.verify_sample(tree, toks, logits[:, :2], u, 1.0, 0, 1.0)
+        sk.verify_sample(tree, toks, logits[:, :2], u, temperature=1.0, top_k=0, top_p=1.0)
     with pytest.raises(TypeError, match="logits"):
-        sk.verify_sample(tree, toks, logits.long(), u, 1.0, 0, 1.0)
+        sk.verify_sample(tree, toks, logits.long(), u, temperature=1.0, top_k=0, top_p=1.0)
     with pytest.raises(TypeError, match="top_k"):
-        sk.verify_sample(tree, toks, logits, u, 1.0, torch.zeros(1), 1.0)
+        sk.verify_sample(tree, toks, logits, u, temperature=1.0, top_k=torch.zeros(1), top_p=1.0)
     with pytest.raises(ValueError, match="temperature"):
-        sk.verify_sample(tree, toks, logits, u, torch.ones(2), 0, 1.0)
+        sk.verify_sample(tree, toks, logits, u, temperature=torch.ones(2), top_k=0, top_p=1.0)
     with pytest.raises(ValueError, match="draft_probs"):
-        sk.verify_sample(tree, toks, logits, u, 1.0, 0, 1.0, draft_probs=torch.zeros(1, 3, 4))
+        sk.verify_sample(tree, toks, logits, u, temperature=1.0, top_k=0, top_p=1.0, draft_probs=torch.zeros(1, 3, 4))
+
+
+def test_sample_parameters_are_keywords_and_refuse_bools():
+    tree, toks = tree_of([-1, 0, 0]), i64([1, 2, 3])
+    logits, u = torch.zeros(1, 3, 5), torch.zeros(1, 4)
+    with pytest.raises(TypeError, match="positional"):
+        sk.verify_sample(tree, toks, logits, u, 1.0, 0, 1.0)
+    with pytest.raises(TypeError, match=r"temperature: expected a float or a float32 tensor \[B\], got bool"):
+        sk.verify_sample(tree, toks, logits, u, temperature=True)
+    with pytest.raises(TypeError, match=r"top_k: expected an int or an int32 tensor \[B\], got bool"):
+        sk.verify_sample(tree, toks, logits, u, top_k=False)
+    with pytest.raises(TypeError, match=r"top_k: expected an int .*got float"):
+        sk.verify_sample(tree, toks, logits, u, top_k=5.0)
+    with pytest.raises(TypeError, match=r"top_p: expected a float .*got bool"):
+        sk.verify_sample(tree, toks, logits, u, top_p=True)
+    with pytest.raises(TypeError, match=r"top_p: expected a float .*got str"):
+        sk.verify_sample(tree, toks, logits, u, top_p="0.9")
+    with pytest.raises(TypeError, match=r"temperature: expected dtype torch.float32, got torch.float64"):
+        sk.verify_sample(tree, toks, logits, u, temperature=torch.ones(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend,device", SAMPLE)
+def test_sample_defaults_are_plain_sampling(backend, device):
+    """No temperature / top_k / top_p is temperature 1.0, top_k 0 and top_p 1.0."""
+    tree, args, kw = random_sample_case(31, 4, 10, 30, [1.0] * 4, [0] * 4, [1.0] * 4, False, device)
+    got = call(sk.verify_sample, backend, tree, *args)
+    for g, w, name in zip(got, call(sk.verify_sample, backend, tree, *args, temperature=1.0, top_k=0, top_p=1.0),
+                          sk.VerifyResult._fields):
+        assert_equal(g.cpu(), w.cpu(), f"defaults vs explicit {name}")
+    want = sk.verify_sample(tree, *args, **kw, backend="torch")
+    for g, w, name in zip(got, want, sk.VerifyResult._fields):
+        assert_equal(g.cpu(), w.cpu(), f"defaults vs per-request ones {name}")
+
+
+@pytest.mark.parametrize("backend,device", SAMPLE)
+@pytest.mark.parametrize("t,k,p", [(0.7, 5, 0.9), (0.0, 0, 1.0), (1.3, 1, 0.5), (2, 3, 1)])
+def test_sample_numbers_equal_per_request_tensors(backend, device, t, k, p):
+    """A Python number for every request gives exactly what the same value as a [B] tensor gives."""
+    B = 6
+    tree, args, kw = random_sample_case(50, B, 9, 25, [float(t)] * B, [k] * B, [float(p)] * B, True, device)
+    from_numbers = call(sk.verify_sample, backend, tree, *args, temperature=t, top_k=k, top_p=p,
+                        draft_probs=kw["draft_probs"])
+    from_tensors = call(sk.verify_sample, backend, tree, *args, **kw)
+    for a, b_, name in zip(from_numbers, from_tensors, sk.VerifyResult._fields):
+        assert_equal(a.cpu(), b_.cpu(), f"T={t} k={k} p={p} {name}")
+
+
+def test_verify_result_named_fields_and_out_type():
+    assert sk.VerifyResult._fields == ("accept_nodes", "accept_len", "out_tokens")
+    tree, toks = tree_of([-1, 0, 0, 1]), i64([1, 2, 3, 4])
+    res = sk.verify_greedy(tree, toks, i64([2, 9, 0, 0]), backend="torch")
+    assert type(res) is sk.VerifyResult
+    assert res.accept_nodes.tolist() == [[0, 1, -1, -1]] and res.accept_len.tolist() == [2]
+    assert res.out_tokens.tolist() == [[2, 9, -1, -1]]
+    nodes, length, out_tokens = res                                          # still unpacks as a tuple
+    assert nodes is res.accept_nodes and length is res.accept_len and out_tokens is res.out_tokens
+    empty = sk.VerifyResult.empty(3, 7)
+    assert type(empty) is sk.VerifyResult
+    assert [(tuple(t.shape), t.dtype) for t in empty] == [((3, 7), torch.int32), ((3,), torch.int32),
+                                                          ((3, 7), torch.int64)]
+    with pytest.raises(TypeError, match=r"num_nodes: expected an int, got bool"):
+        sk.VerifyResult.empty(3, False)
+    bufs = sk.VerifyResult.empty(1, 4)
+    with pytest.raises(TypeError, match=r"out: expected a VerifyResult \(from VerifyResult.empty\(batch, num_nodes, "
+                                        r"device\)\), got tuple"):
+        sk.verify_greedy(tree, toks, i64([2, 9, 0, 0]), out=tuple(bufs))
+    with pytest.raises(TypeError, match=r"out: expected a VerifyResult .*got Tree"):
+        sk.verify_greedy(tree, toks, i64([2, 9, 0, 0]), out=tree)
+    with pytest.raises(TypeError, match=r"out: expected a VerifyResult .*got list"):
+        sk.verify_sample(tree, toks, torch.zeros(1, 4, 3), torch.zeros(1, 5), out=list(bufs))
+    ids = i64([2, 9, 0, 0])
+    with pytest.raises(ValueError, match=r"out.accept_len: expected shape \[1\], got \(2,\)"):
+        sk.verify_greedy(tree, toks, ids, out=bufs._replace(accept_len=torch.empty(2, dtype=torch.int32)))
+    with pytest.raises(TypeError, match=r"out.out_tokens: expected dtype torch.int64, got torch.int32"):
+        sk.verify_greedy(tree, toks, ids, out=bufs._replace(out_tokens=torch.empty(1, 4, dtype=torch.int32)))
+
+
+@pytest.mark.parametrize("backend,device", SAMPLE)
+def test_sample_into_empty_buffers_is_reused(backend, device):
+    """VerifyResult.empty + out= round trip: every entry is rewritten, the buffers are returned."""
+    tree, args, kw = random_sample_case(60, 5, 8, 20, [1.0, 0.7, 0.0, 1.0, 2.0], [0, 3, 0, 1, 0],
+                                        [1.0, 0.9, 1.0, 1.0, 0.5], False, device, ragged=True)
+    out = sk.VerifyResult.empty(5, 8, device)
+    for t in out:
+        t.fill_(12345)
+    got = call(sk.verify_sample, backend, tree, *args, **kw, out=out)
+    assert got is out
+    want = sk.verify_sample(tree, *args, **kw, backend="torch")
+    for g, w, name in zip(got, want, sk.VerifyResult._fields):
+        assert_equal(g.cpu(), w.cpu(), name)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -461,7 +559,7 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
     tree = sk.Tree(*(x.expand(B, *x.shape[1:]) for x in tree_of(STAT_PARENTS, device)))
     uniforms = torch.rand(B, len(STAT_PARENTS) + 1, generator=gen)
     _, al, ot = call(sk.verify_sample, backend, tree, tokens.to(device), logits.to(device), uniforms.to(device),
-                      t, k, p, draft_probs=None if q is None else q.to(device))
+                     temperature=t, top_k=k, top_p=p, draft_probs=None if q is None else q.to(device))
     al, ot = al.cpu(), ot.cpu()
     t1, t2 = ot[:, 0].clone(), ot[:, 1].clone()
     again = al == 1
@@ -474,7 +572,7 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
         q2 = torch.cat([Q2[x][:, None], flat.expand(n2, 3, V)], 1) if stochastic else None
         tree2 = sk.Tree(*(x.expand(n2, *x.shape[1:]) for x in tree_of([-1, 0, 0, 0], device)))
         out2 = call(sk.verify_sample, backend, tree2, tokens2.to(device),
-                    logits2.to(device), torch.rand(n2, 5, generator=gen).to(device), t, k, p,
+                    logits2.to(device), torch.rand(n2, 5, generator=gen).to(device), temperature=t, top_k=k, top_p=p,
                     draft_probs=None if q2 is None else q2.to(device))
         t2[again] = out2[2][:, 0].cpu()
     p1 = processed_probs(L1, t, k, p)
@@ -523,9 +621,9 @@ def test_sample_is_lossless(backend, device, t, k, p, stochastic):
 def test_opcheck_greedy(backend, device):
     tree, toks = tree_of([-1, 0, 0, 1], device), i64([1, 2, 3, 4], device)
     logits = torch.randn(1, 4, 6, device=device)
-    for target in (logits, logits.argmax(-1)):
-        args = (tree.first_child, tree.next_sibling, tree.valid, toks, target, *sk.empty_verify_out(1, 4, device))
-        reason = verify_ops._VERIFY_GREEDY.impls[backend][1](*args)
+    for target in (logits, logits.argmax(-1)):   # the kernel argument `logits` of verify_greedy
+        args = (tree.first_child, tree.next_sibling, tree.valid, toks, target, *sk.VerifyResult.empty(1, 4, device))
+        reason = sk.get_op("verify_greedy").reason(backend, *args)
         if reason:
             pytest.skip(reason)
         op = getattr(torch.ops.specdec, "verify_greedy" + ("_triton" if backend == "triton" else ""))
@@ -540,8 +638,8 @@ def test_opcheck_sample(backend, device):
     for q in (None, torch.softmax(torch.randn(1, 4, 6, device=device), -1)):
         args = (tree.first_child, tree.next_sibling, tree.valid, toks, logits, torch.rand(1, 5, **f32),
                 torch.ones(1, **f32), torch.zeros(1, dtype=torch.int32, device=device), torch.ones(1, **f32), q,
-                *sk.empty_verify_out(1, 4, device))
-        reason = verify_ops._VERIFY_SAMPLE.impls[backend][1](*args)
+                *sk.VerifyResult.empty(1, 4, device))
+        reason = sk.get_op("verify_sample").reason(backend, *args)
         if reason:
             pytest.skip(reason)
         op = getattr(torch.ops.specdec, "verify_sample" + ("_triton" if backend == "triton" else ""))

@@ -7,41 +7,32 @@ full mask row it is plain decoding.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from .. import _backend
+from .._limits import MAX_HEAD_DIM
+from ..checks import FLOAT_DTYPES, check_out, check_tensor, same_device
 from ..reference import attention as ref
-from ._checks import check_out, check_tensor, same_device
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_KERNEL_HEAD_DIM = 256  # the CUDA and Triton kernels keep a query row of D values in registers
-
-
-def _attn_device(q, *rest):
-    return q.device
+from .masks import _cache_len_arg, _is_number
 
 
 def _attn_limit(backend, q, k_cache, v_cache, cache_len, tree_mask, scale, out):
-    if backend in ("cuda", "triton") and q.shape[-1] > MAX_KERNEL_HEAD_DIM:
-        return f"head dim D = {q.shape[-1]} > {MAX_KERNEL_HEAD_DIM}"
+    if backend in ("cuda", "triton") and q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim D = {q.shape[-1]} > {MAX_HEAD_DIM}"
     if backend == "triton" and q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return "bf16 is unreliable under the Triton interpreter (TRITON_INTERPRET=1); use a GPU"
     return None
 
 
-def _triton_tree_attention(*args):
-    return torch.ops.specdec.tree_attention_triton(*args)
+_TREE_ATTENTION = _backend.standard_op("tree_attention", reference=ref.tree_attention, triton_module="attention",
+                                       limits=_attn_limit)
 
 
-_TREE_ATTENTION = _backend.standard_op("tree_attention", _attn_device, extra=_attn_limit,
-                                       reference=ref.tree_attention, triton=_triton_tree_attention)
-
-
-def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
-                   tree_mask: torch.Tensor, *, scale: Optional[float] = None, backend: Optional[str] = None,
-                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   cache_len: Union[torch.Tensor, int], tree_mask: torch.Tensor, *, scale: Optional[float] = None,
+                   backend: Optional[str] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention of tree queries over a KV cache whose tree keys follow the committed prefix.
 
     Query i of request b sees every key slot s < cache_len[b], and slot cache_len[b] + j iff bit j of
@@ -53,10 +44,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         q: [B, H, Nq, D], fp32/fp16/bf16. Any strides (copied to contiguous when not).
         k_cache, v_cache: [B, H_kv, S_max, D], the dtype of q; any strides along B, H_kv and S_max
             (e.g. one layer of a larger preallocated buffer), unit stride along D.
-        cache_len: int32 [B], committed tokens per request.
+        cache_len: int32 [B], committed tokens per request, or an int for every request.
         tree_mask: int32 [B, Nq, W], W >= 1 words of tree-key bits per query.
         scale: softmax scale; None for 1 / sqrt(D).
-        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
         out: contiguous [B, H, Nq, D] buffer of q's dtype; allocated when None.
 
     Returns:
@@ -67,6 +58,15 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     Values are never checked (that would synchronise with the host): the caller keeps
     cache_len[b] + (highest set bit of any row of request b) < S_max. Bits that point at or past S_max are
     ignored, and cache_len[b] >= S_max makes the whole cache visible as prefix.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> q = torch.ones(1, 1, 2, 1)                                  # 2 tree queries, D = 1
+        >>> k = torch.zeros(1, 1, 4, 1)                                 # equal scores: a plain average
+        >>> v = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 4, 1)
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0]], dtype=torch.int32))   # tree keys at slots 2, 3
+        >>> sk.tree_attention(q, k, v, 2, tree.mask).flatten().tolist()      # query 1 sees slots 0..3
+        [2.0, 2.5]
     """
     check_tensor("q", q, dtypes=FLOAT_DTYPES, ndim=4)
     B, H, Nq, D = q.shape
@@ -76,7 +76,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         raise ValueError(f"k_cache: expected shape [B={B}, H_kv, S_max, D={D}] to match q {tuple(q.shape)}, "
                          f"got {tuple(k_cache.shape)}")
     check_tensor("v_cache", v_cache, dtype=q.dtype, shape=tuple(k_cache.shape))
-    check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,))
+    cache_len = _cache_len_arg(cache_len, B, q.device)
     check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, Nq, None))
     dev = same_device(q=q, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len, tree_mask=tree_mask)
     if H_kv < 1 or H % H_kv != 0:
@@ -90,6 +90,8 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
             raise ValueError(f"{name}: the head dimension D must have unit stride, got strides {t.stride()}")
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if not _is_number(scale):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite float, got {scale}")
@@ -99,6 +101,6 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         check_out("out", out, (B, H, Nq, D), q.dtype, dev)
     if out.numel() == 0:
         return out
-    _TREE_ATTENTION(backend, q.contiguous(), k_cache, v_cache, cache_len.contiguous(), tree_mask.contiguous(),
-                    scale, out)
+    _TREE_ATTENTION(q.contiguous(), k_cache, v_cache, cache_len.contiguous(), tree_mask.contiguous(),
+                    scale, out, backend=backend)
     return out

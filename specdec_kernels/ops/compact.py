@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
 from .. import _backend
+from ..checks import check_tensor, same_device
 from ..reference import compact as ref
-from ._checks import check_tensor, same_device
+from .masks import _cache_len_arg
 
-
-def _compact_device(caches, cache_len, *rest):
-    return cache_len.device
-
-
-def _triton_compact_kv(*args):
-    return torch.ops.specdec.compact_kv_triton(*args)
-
-
-_COMPACT_KV = _backend.standard_op("compact_kv", _compact_device, reference=ref.compact_kv,
-                                   triton=_triton_compact_kv)
+_COMPACT_KV = _backend.standard_op("compact_kv", reference=ref.compact_kv, triton_module="compact")
 
 
 def _as_4d(name: str, t, per_token: bool, B: Optional[int], S: Optional[int]) -> torch.Tensor:
@@ -51,7 +42,7 @@ def _as_4d(name: str, t, per_token: bool, B: Optional[int], S: Optional[int]) ->
     return v
 
 
-def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_nodes: torch.Tensor,
+def compact_kv(caches: Sequence[torch.Tensor], cache_len: Union[torch.Tensor, int], accept_nodes: torch.Tensor,
                accept_len: torch.Tensor, *, per_token: Sequence[torch.Tensor] = (),
                backend: Optional[str] = None) -> None:
     """Move the accepted tree slots of every cache to the end of the committed prefix, in place, in one op.
@@ -62,13 +53,14 @@ def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_n
 
     Args:
         caches: KV tensors [B, H_kv, S_max, D] (any strides along B, H_kv, S_max; unit stride along D).
-        cache_len: int32 [B], committed tokens per request (the tree's slots start there).
+        cache_len: int32 [B], committed tokens per request (the tree's slots start there), or an int for
+            every request.
         accept_nodes: int32 [B, W], the accepted path from verify_*: root first (accept_nodes[b, 0] = 0),
             strictly increasing, -1 padded.
         accept_len: int32 [B], path lengths (>= 1).
         per_token: tensors [B, S_max, ...] moved with the same indices (e.g. the draft's input features);
             their trailing dimensions must flatten without a copy.
-        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
 
     Dtypes may differ between tensors (the kernels copy bytes); all share B, S_max and one device, and no
     tensor may appear twice. Overlap is safe for a valid path: accept_nodes[b, j] >= j, so every source is
@@ -76,12 +68,20 @@ def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_n
     Values are never checked (no host synchronisation): entries with accept_nodes < 0, j >= W, or a
     source or destination outside [0, S_max) move nothing; accept_nodes that are not increasing give
     backend-dependent results.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> k = torch.arange(8.0).view(1, 1, 8, 1)           # slot s holds s; tree slots start at 3
+        >>> accept_nodes = torch.tensor([[0, 2, 4, -1]], dtype=torch.int32)
+        >>> sk.compact_kv([k], 3, accept_nodes, torch.tensor([3], dtype=torch.int32))
+        >>> k.flatten().tolist()                             # slots 5 and 7 moved to 4 and 5
+        [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 6.0, 7.0]
     """
     if isinstance(caches, torch.Tensor) or isinstance(per_token, torch.Tensor):
         raise TypeError("caches / per_token: expected a list or tuple of tensors, got a single tensor")
     check_tensor("accept_nodes", accept_nodes, dtype=torch.int32, ndim=2)
     B = accept_nodes.shape[0]
-    check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,))
+    cache_len = _cache_len_arg(cache_len, B, accept_nodes.device)
     check_tensor("accept_len", accept_len, dtype=torch.int32, shape=(B,))
     views, names = [], []
     B_S = None  # (B, S_max) of the first tensor: every other must match
@@ -105,5 +105,5 @@ def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_n
     views = [v for v in views if v.numel() > 0]
     if not views or B == 0 or accept_nodes.shape[1] == 0:
         return None
-    _COMPACT_KV(backend, views, cache_len.contiguous(), accept_nodes.contiguous(), accept_len.contiguous())
+    _COMPACT_KV(views, cache_len.contiguous(), accept_nodes.contiguous(), accept_len.contiguous(), backend=backend)
     return None

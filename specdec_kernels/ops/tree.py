@@ -1,8 +1,9 @@
-"""Tree construction: build_tree, select_tree, and exports of the packed ancestor mask.
+"""Tree construction: build_tree, select_tree, tree_paths and their result tuples.
 
-The tree representation (DESIGN.md): node 0 is the root, nodes are in topological order
+The tree representation: node 0 is the root, nodes are in topological order
 (parents[b, i] < i), rows at or past num_nodes[b] are padding. build_tree derives everything the other
-ops need from `parents`; select_tree is EAGLE-2's reranking from drafted candidates to a tree.
+ops need from `parents`; select_tree is EAGLE-2's reranking from drafted candidates to a tree. Ops with
+`out=` take exactly their result tuple, allocated by its `empty(batch, num_nodes, device)`.
 """
 from __future__ import annotations
 
@@ -11,19 +12,28 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from .. import _backend
+from .._limits import MAX_CANDIDATES, MAX_TREE_NODES
+from ..checks import check_out, check_tensor, same_device
 from ..reference import tree as ref
-from ._checks import check_out, check_tensor, same_device
-
-MAX_KERNEL_NODES = 1024  # the CUDA and Triton kernels keep one tree in one thread block
+from .masks import _int_arg, mask_words
 
 
 class Tree(NamedTuple):
-    """What build_tree derives from `parents` (all [B, N] unless noted).
+    """What build_tree derives from `parents` (all int32 [B, N] unless noted).
 
-    depth: int32, root 0. mask: int32 [B, N, ceil(N/32)], bit j of row i (word j // 32, bit j % 32,
-    little-endian) set iff node j is i or an ancestor of i. first_child / next_sibling: int32, -1 = none,
+    depth: root 0. mask: int32 [B, N, W], W = mask_words(N): bit j of row i (word j // 32, bit j % 32,
+    little-endian) set iff node j is i or an ancestor of i. first_child / next_sibling: -1 = none,
     siblings in increasing index order. valid: bool [B], False for a malformed tree (then every row is
-    padding: depth 0, mask 0, links -1).
+    padding: depth 0, mask 0, links -1). `Tree.empty(batch, num_nodes, device)` allocates buffers for
+    build_tree(out=...).
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0, 0, 1]], dtype=torch.int32))
+        >>> tree.depth.tolist(), tree.first_child.tolist(), tree.next_sibling.tolist()
+        ([[0, 1, 1, 2]], [[1, 3, -1, -1]], [[-1, 2, -1, -1]])
+        >>> tree.valid.tolist()
+        [True]
     """
 
     depth: torch.Tensor
@@ -32,36 +42,102 @@ class Tree(NamedTuple):
     next_sibling: torch.Tensor
     valid: torch.Tensor
 
+    @classmethod
+    def empty(cls, batch: int, num_nodes: int, device=None) -> "Tree":
+        """Uninitialised output buffers for build_tree(out=...), e.g. allocated once before a CUDA graph capture.
 
-def mask_words(num_nodes: int) -> int:
-    """int32 words per mask row for trees of `num_nodes` nodes."""
-    return (num_nodes + 31) // 32
+        Example:
+            >>> import torch, specdec_kernels as sk
+            >>> out = sk.Tree.empty(2, 40)
+            >>> [tuple(t.shape) for t in out]
+            [(2, 40), (2, 40, 2), (2, 40), (2, 40), (2,)]
+            >>> parents = torch.arange(-1, 39, dtype=torch.int32).repeat(2, 1)     # two chains of 40 nodes
+            >>> sk.build_tree(parents, out=out) is out
+            True
+        """
+        return _empty(cls, _tree_layout, batch, num_nodes, device)
 
 
-def empty_tree(batch: int, num_nodes: int, device=None) -> Tree:
-    """Output buffers for build_tree(out=...), e.g. allocated once before a CUDA graph capture."""
-    i32 = dict(dtype=torch.int32, device=device)
-    return Tree(torch.empty(batch, num_nodes, **i32), torch.empty(batch, num_nodes, mask_words(num_nodes), **i32),
-                torch.empty(batch, num_nodes, **i32), torch.empty(batch, num_nodes, **i32),
-                torch.empty(batch, dtype=torch.bool, device=device))
+class SelectedTree(NamedTuple):
+    """What select_tree keeps of the drafted candidates (all [B, N], root first).
+
+    parents: int32, the tree's parents (-1 for the root), to pass to build_tree. tokens: int64, the root
+    token then the chosen candidates' tokens. selected: int32, node i's candidate index (-1 for the root).
+    `SelectedTree.empty(batch, num_nodes, device)` allocates buffers for select_tree(out=...).
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> sel = sk.select_tree(torch.tensor([[-0.5, -0.1, -2.0]]), torch.tensor([[-1, -1, 0]], dtype=torch.int32),
+        ...                      torch.tensor([[10, 11, 12]]), torch.tensor([7]), num_nodes=3)
+        >>> sel.parents.tolist(), sel.tokens.tolist(), sel.selected.tolist()
+        ([[-1, 0, 0]], [[7, 10, 11]], [[-1, 0, 1]])
+    """
+
+    parents: torch.Tensor
+    tokens: torch.Tensor
+    selected: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch: int, num_nodes: int, device=None) -> "SelectedTree":
+        """Uninitialised output buffers for select_tree(out=...), e.g. allocated once before a CUDA graph capture.
+
+        Example:
+            >>> import specdec_kernels as sk
+            >>> out = sk.SelectedTree.empty(4, 60, "cpu")
+            >>> [(tuple(t.shape), t.dtype) for t in out]
+            [((4, 60), torch.int32), ((4, 60), torch.int64), ((4, 60), torch.int32)]
+        """
+        return _empty(cls, _selected_layout, batch, num_nodes, device)
 
 
-def _tree_device(parents, num_nodes, *outs):
-    return parents.device
+class TreePaths(NamedTuple):
+    """tree_paths' output: paths int64 [B, L, D + 1] (root-to-leaf node indices, -1 padded) and num_paths
+    int64 [B] (how many rows of paths[b] are paths).
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> sk.tree_paths(torch.tensor([[-1, 0, 0, 1]], dtype=torch.int32)).num_paths.tolist()
+        [2]
+    """
+
+    paths: torch.Tensor
+    num_paths: torch.Tensor
+
+
+# The buffers of each result tuple that takes `out=`: [(shape, dtype)] per field, for `empty` and `_check_out`.
+def _tree_layout(B: int, N: int) -> list:
+    return [((B, N), torch.int32), ((B, N, mask_words(N)), torch.int32), ((B, N), torch.int32),
+            ((B, N), torch.int32), ((B,), torch.bool)]
+
+
+def _selected_layout(B: int, N: int) -> list:
+    return [((B, N), torch.int32), ((B, N), torch.int64), ((B, N), torch.int32)]
+
+
+def _empty(cls, layout, batch, num_nodes, device):
+    B, N = _int_arg("batch", batch), _int_arg("num_nodes", num_nodes)
+    if B < 0 or N < 0:
+        raise ValueError(f"{cls.__name__}.empty: expected batch >= 0 and num_nodes >= 0, got {B}, {N}")
+    return cls(*(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in layout(B, N)))
+
+
+def _check_out(out, cls, layout, B: int, N: int, dev) -> None:
+    """`out` must be a `cls` (a result tuple) whose buffers are those of `cls.empty(B, N)` on `dev`."""
+    if not isinstance(out, cls):
+        raise TypeError(f"out: expected a {cls.__name__} (from {cls.__name__}.empty(batch, num_nodes, device)), "
+                        f"got {type(out).__name__}")
+    for name, t, (shape, dtype) in zip(cls._fields, out, layout(B, N)):
+        check_out(f"out.{name}", t, shape, dtype, dev)
 
 
 def _kernel_limit(backend, parents, num_nodes, *outs):
-    if backend in ("cuda", "triton") and parents.shape[1] > MAX_KERNEL_NODES:
-        return f"N = {parents.shape[1]} > {MAX_KERNEL_NODES} nodes (one tree per thread block)"
+    if backend in ("cuda", "triton") and parents.shape[1] > MAX_TREE_NODES:
+        return f"N = {parents.shape[1]} > {MAX_TREE_NODES} nodes (one tree per thread block)"
     return None
 
 
-def _triton_build_tree(*args):
-    return torch.ops.specdec.build_tree_triton(*args)
-
-
-_BUILD_TREE = _backend.standard_op("build_tree", _tree_device, extra=_kernel_limit,
-                                   reference=ref.build_tree, triton=_triton_build_tree)
+_BUILD_TREE = _backend.standard_op("build_tree", reference=ref.build_tree, triton_module="tree",
+                                   limits=_kernel_limit)
 
 
 def build_tree(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None, *,
@@ -71,60 +147,56 @@ def build_tree(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] 
     Args:
         parents: int32 [B, N]; parents[b, 0] = -1 and 0 <= parents[b, i] < i for 0 < i < num_nodes[b].
         num_nodes: int32 [B] on the device of `parents` (ragged trees), an int for all, or None for N.
-        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
-        out: a Tree of buffers to write into (see empty_tree); allocated when None.
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
+        out: a Tree of buffers to write into (from Tree.empty(B, N, device)); allocated when None.
 
     Returns:
-        Tree(depth, mask, first_child, next_sibling, valid). Malformed trees (parent out of range or not
-        below its child, root parent not -1, num_nodes outside [1, N]) get valid = False and all-padding
-        rows; nothing raises on tensor values, so the op never synchronises with the host.
+        Tree(depth, mask, first_child, next_sibling, valid) (`out` itself when given). Malformed trees
+        (parent out of range or not below its child, root parent not -1, num_nodes outside [1, N]) get
+        valid = False and all-padding rows; nothing raises on tensor values, so the op never synchronises
+        with the host.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0, 0, 1]], dtype=torch.int32))
+        >>> tree.depth.tolist(), tree.mask[0, :, 0].tolist()      # node 3's row: bits 0, 1 and 3
+        ([[0, 1, 1, 2]], [1, 3, 5, 11])
     """
     check_tensor("parents", parents, dtype=torch.int32, ndim=2)
     B, N = parents.shape
     if N < 1:
         raise ValueError(f"parents: expected at least one node (the root), got shape {tuple(parents.shape)}")
     dev = parents.device
-    if num_nodes is None or isinstance(num_nodes, int):
-        num_nodes = torch.full((B,), N if num_nodes is None else num_nodes, dtype=torch.int32, device=dev)
+    if num_nodes is None or not isinstance(num_nodes, torch.Tensor):
+        n = N if num_nodes is None else _int_arg("num_nodes", num_nodes)
+        num_nodes = torch.full((B,), n, dtype=torch.int32, device=dev)
     check_tensor("num_nodes", num_nodes, dtype=torch.int32, shape=(B,))
     same_device(parents=parents, num_nodes=num_nodes)
     if out is None:
-        out = empty_tree(B, N, dev)
+        out = Tree.empty(B, N, dev)
     else:
-        if not isinstance(out, Tree):
-            raise TypeError(f"out: expected a Tree (see empty_tree), got {type(out).__name__}")
-        for name, t, shape, dtype in zip(Tree._fields, out, [(B, N), (B, N, mask_words(N)), (B, N), (B, N), (B,)],
-                                         [torch.int32] * 4 + [torch.bool]):
-            check_out(f"out.{name}", t, shape, dtype, dev)
+        _check_out(out, Tree, _tree_layout, B, N, dev)
     if B == 0:
         return out
     parents = parents.contiguous()
     num_nodes = num_nodes.contiguous()
-    _BUILD_TREE(backend, parents, num_nodes, *out)
+    _BUILD_TREE(parents, num_nodes, *out, backend=backend)
     return out
 
 
-def _select_device(cand_scores, *rest):
-    return cand_scores.device
-
-
 def _select_limit(backend, cand_scores, cand_parents, cand_tokens, root_tokens, parents, tokens, selected):
-    if backend in ("cuda", "triton") and cand_scores.shape[1] > 4096:
-        return f"M = {cand_scores.shape[1]} > 4096 candidates (one row per thread block)"
+    if backend in ("cuda", "triton") and cand_scores.shape[1] > MAX_CANDIDATES:
+        return f"M = {cand_scores.shape[1]} > {MAX_CANDIDATES} candidates (one row per thread block)"
     return None
 
 
-def _triton_select_tree(*args):
-    return torch.ops.specdec.select_tree_triton(*args)
-
-
-_SELECT_TREE = _backend.standard_op("select_tree", _select_device, extra=_select_limit,
-                                    reference=ref.select_tree, triton=_triton_select_tree)
+_SELECT_TREE = _backend.standard_op("select_tree", reference=ref.select_tree, triton_module="tree",
+                                    limits=_select_limit)
 
 
 def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_tokens: torch.Tensor,
                 root_tokens: torch.Tensor, num_nodes: int, *, backend: Optional[str] = None,
-                out: Optional[tuple] = None) -> tuple:
+                out: Optional[SelectedTree] = None) -> SelectedTree:
     """EAGLE-2 reranking: keep the best num_nodes - 1 drafted candidates as a tree under the root.
 
     Args:
@@ -134,14 +206,24 @@ def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_toke
         cand_tokens: int64 [B, M], the candidates' tokens.
         root_tokens: int64 [B], the token of the root (the last accepted token).
         num_nodes: N, nodes of the output tree, root included; 1 <= N <= M + 1.
-        out: optional (parents, tokens, selected) buffers.
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
+        out: a SelectedTree of buffers to write into (from SelectedTree.empty(B, N, device)).
 
     Returns:
-        (parents int32 [B, N], tokens int64 [B, N], selected int32 [B, N]): the chosen candidates in
-        increasing candidate order after the root, so the tree is topologically ordered; selected[b, i]
-        is node i's candidate index (-1 for the root). Ranking: higher score, then lower index; NaN
-        scores rank last. A chosen candidate whose parent was not chosen gets parents[b, i] = i, which
-        build_tree reports as an invalid tree (this can only happen with positive log-probabilities).
+        SelectedTree(parents int32 [B, N], tokens int64 [B, N], selected int32 [B, N]) (`out` itself
+        when given): the chosen candidates in increasing candidate order after the root, so the tree is
+        topologically ordered; selected[b, i] is node i's candidate index (-1 for the root). Ranking:
+        higher score, then lower index; NaN scores rank last. A chosen candidate whose parent was not
+        chosen gets parents[b, i] = i, which build_tree reports as an invalid tree (this can only happen
+        with positive log-probabilities).
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> scores = torch.tensor([[-0.1, -2.0, -0.3]])                 # candidate 1 ranks last
+        >>> sel = sk.select_tree(scores, torch.tensor([[-1, -1, 0]], dtype=torch.int32),
+        ...                      torch.tensor([[5, 6, 7]]), torch.tensor([9]), num_nodes=3)
+        >>> sel.parents.tolist(), sel.tokens.tolist()                   # candidate 2 hangs under 0
+        ([[-1, 0, 1]], [[9, 5, 7]])
     """
     check_tensor("cand_scores", cand_scores, dtype=torch.float32, ndim=2)
     B, M = cand_scores.shape
@@ -150,81 +232,54 @@ def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_toke
     check_tensor("root_tokens", root_tokens, dtype=torch.int64, shape=(B,))
     dev = same_device(cand_scores=cand_scores, cand_parents=cand_parents, cand_tokens=cand_tokens,
                       root_tokens=root_tokens)
-    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool):
-        raise TypeError(f"num_nodes: expected an int, got {type(num_nodes).__name__}")
-    if not 1 <= num_nodes <= M + 1:
-        raise ValueError(f"num_nodes: expected 1 <= num_nodes <= M + 1 = {M + 1} (M candidates), got {num_nodes}")
-    N = num_nodes
+    N = _int_arg("num_nodes", num_nodes)
+    if not 1 <= N <= M + 1:
+        raise ValueError(f"num_nodes: expected 1 <= num_nodes <= M + 1 = {M + 1} (M candidates), got {N}")
     if out is None:
-        out = (torch.empty(B, N, dtype=torch.int32, device=dev), torch.empty(B, N, dtype=torch.int64, device=dev),
-               torch.empty(B, N, dtype=torch.int32, device=dev))
+        out = SelectedTree.empty(B, N, dev)
     else:
-        for name, t, dtype in zip(("parents", "tokens", "selected"), out, (torch.int32, torch.int64, torch.int32)):
-            check_out(f"out[{name}]", t, (B, N), dtype, dev)
+        _check_out(out, SelectedTree, _selected_layout, B, N, dev)
     if B == 0:
-        return tuple(out)
+        return out
     args = [t.contiguous() for t in (cand_scores, cand_parents, cand_tokens, root_tokens)]
-    _SELECT_TREE(backend, *args, *out)
-    return tuple(out)
+    _SELECT_TREE(*args, *out, backend=backend)
+    return out
 
 
-# ---------------------------------------------------------------------------------------------------
-# Exports of the packed mask for other engines (not decode-path kernels, but sync-free torch code).
-
-def unpack_mask(mask: torch.Tensor, num_nodes: Optional[int] = None) -> torch.Tensor:
-    """Packed int32 [B, N, W] ancestor mask -> dense bool [B, N, N] (dense[b, i, j]: j is i or an ancestor)."""
-    check_tensor("mask", mask, dtype=torch.int32, ndim=3)
-    B, N, W = mask.shape
-    n = N if num_nodes is None else num_nodes
-    if W * 32 < n:
-        raise ValueError(f"mask: {W} words hold {32 * W} nodes, fewer than {n}")
-    j = torch.arange(n, device=mask.device)
-    words = mask[:, :, j // 32]                                          # [B, N, n]
-    return ((words >> (j % 32).to(torch.int32)) & 1).bool()
-
-
-def tree_attention_bias(mask: torch.Tensor, cache_len: Union[torch.Tensor, int], kv_len: int,
-                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive attention bias [B, 1, N, kv_len] for SDPA-style engines over our cache layout.
-
-    Key slot s of request b is visible to tree node i iff s < cache_len[b] (the committed prefix) or
-    s = cache_len[b] + j with node j an ancestor of i (or i itself): 0 there, -inf elsewhere.
-    """
-    B, N, _ = mask.shape
-    dense = unpack_mask(mask, N)                                         # [B, N, N]
-    if isinstance(cache_len, int):
-        cache_len = torch.full((B,), cache_len, dtype=torch.int32, device=mask.device)
-    check_tensor("cache_len", cache_len, shape=(B,), device=mask.device)
-    s = torch.arange(kv_len, device=mask.device)
-    rel = s[None, :] - cache_len.to(torch.int64)[:, None]                # [B, kv_len]
-    in_tree = (rel >= 0) & (rel < N)
-    tree_vis = torch.gather(dense, 2, rel.clamp(0, N - 1)[:, None, :].expand(B, N, kv_len)) & in_tree[:, None, :]
-    visible = (rel < 0)[:, None, :] | tree_vis                           # [B, N, kv_len]
-    bias = torch.zeros(B, 1, N, kv_len, dtype=dtype, device=mask.device)
-    return bias.masked_fill(~visible[:, None], float("-inf"))
-
-
-def tree_paths(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None) -> tuple:
+def tree_paths(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None, *,
+               backend: Optional[str] = None) -> TreePaths:
     """Root-to-leaf paths in EAGLE's `retrieve_indices` layout (a host-side porting helper: it syncs).
 
-    Returns (paths int64 [B, L, D + 1], num_paths int64 [B]): row l of request b lists the node indices
-    from the root to its l-th leaf (leaves in increasing node index), -1 padded; L and D are the largest
-    leaf count and depth over the batch. Invalid trees have no paths.
+    Args:
+        parents, num_nodes: as for build_tree.
+        backend: the backend of the build_tree call inside; None chooses (see specdec_kernels.get_op).
+
+    Returns:
+        TreePaths(paths int64 [B, L, D + 1], num_paths int64 [B]) on the device of `parents`: row l of
+        request b lists the node indices from the root to its l-th leaf (leaves in increasing node index),
+        -1 padded; L and D are the largest leaf count and depth over the batch (at least 1 and 0).
+        Invalid trees have no paths.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> paths, num_paths = sk.tree_paths(torch.tensor([[-1, 0, 0, 1]], dtype=torch.int32))
+        >>> paths[0].tolist(), num_paths.tolist()
+        ([[0, 2, -1], [0, 1, 3]], [2])
     """
-    tree = build_tree(parents, num_nodes, backend="torch" if parents.device.type == "cpu" else None)
+    tree = build_tree(parents, num_nodes, backend=backend)
     B, N = parents.shape
-    has_child = tree.first_child >= 0
+    dev = parents.device
     n = num_nodes if isinstance(num_nodes, torch.Tensor) else torch.full((B,), N if num_nodes is None else num_nodes)
-    live = torch.arange(N, device=parents.device)[None, :] < n.to(parents.device)[:, None]
-    leaf = live & ~has_child & tree.valid[:, None]
+    live = torch.arange(N, device=dev)[None, :] < n.to(dev)[:, None]
+    leaf = (live & (tree.first_child < 0) & tree.valid[:, None]).cpu()
+    par = parents.cpu().tolist()
     rows = []
     for b in range(B):
         rows.append([])
-        par = parents[b].tolist()
         for i in torch.nonzero(leaf[b]).flatten().tolist():
             path = [i]
             while path[-1] != 0:
-                path.append(par[path[-1]])
+                path.append(par[b][path[-1]])
             rows[b].append(path[::-1])
     L = max([len(r) for r in rows] + [1])
     D1 = max([len(p) for r in rows for p in r] + [1])
@@ -232,4 +287,5 @@ def tree_paths(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] 
     for b, r in enumerate(rows):
         for l, p in enumerate(r):
             out[b, l, :len(p)] = torch.tensor(p)
-    return out.to(parents.device), torch.tensor([len(r) for r in rows], dtype=torch.int64, device=parents.device)
+    return TreePaths(out.to(dev), torch.tensor([len(r) for r in rows], dtype=torch.int64, device=dev))
+

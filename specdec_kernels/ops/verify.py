@@ -1,53 +1,74 @@
 """Tree verification: which drafted nodes the target accepts, and the bonus token.
 
-Both ops walk from the root of each tree and return fixed-size outputs (no host synchronisation):
-accept_nodes int32 [B, N] (the accepted path, root first, -1 padded), accept_len int32 [B] (path length,
->= 1: the root counts), out_tokens int64 [B, N] (the tokens of the accepted nodes after the root, then
-the bonus token, -1 padded: accept_len[b] entries). accept_nodes and accept_len feed compact_kv.
+Both ops walk from the root of each tree and return a VerifyResult of fixed-size tensors (no host
+synchronisation): accept_nodes int32 [B, N] (the accepted path, root first, -1 padded), accept_len int32
+[B] (path length, >= 1: the root counts), out_tokens int64 [B, N] (the tokens of the accepted nodes after
+the root, then the bonus token, -1 padded: accept_len[b] entries). accept_nodes and accept_len feed
+compact_kv.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
 from .. import _backend
+from .._limits import MAX_TREE_NODES
+from ..checks import FLOAT_DTYPES, check_tensor, same_device
 from ..reference import verify as ref
-from ._checks import check_out, check_tensor, same_device
-from .tree import MAX_KERNEL_NODES, Tree
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .masks import _is_int, _is_number
+from .tree import Tree, _check_out, _empty
 
 
-def _verify_device(first_child, *rest):
-    return first_child.device
+class VerifyResult(NamedTuple):
+    """What verify_greedy and verify_sample return (see the module docstring).
+
+    accept_nodes: int32 [B, N], the accepted path, root first, -1 padded. accept_len: int32 [B], its
+    length (>= 1). out_tokens: int64 [B, N], the emitted tokens (accepted drafts, then the bonus), -1
+    padded. `VerifyResult.empty(batch, num_nodes, device)` allocates buffers for verify_*(out=...).
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0, 1]], dtype=torch.int32))
+        >>> res = sk.verify_greedy(tree, torch.tensor([[5, 6, 7]]), torch.tensor([[6, 9, 0]]))
+        >>> res.accept_nodes.tolist(), res.accept_len.tolist(), res.out_tokens.tolist()
+        ([[0, 1, -1]], [2], [[6, 9, -1]])
+    """
+
+    accept_nodes: torch.Tensor
+    accept_len: torch.Tensor
+    out_tokens: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch: int, num_nodes: int, device=None) -> "VerifyResult":
+        """Uninitialised output buffers for verify_greedy / verify_sample(out=...), e.g. for a CUDA graph.
+
+        Example:
+            >>> import torch, specdec_kernels as sk
+            >>> out = sk.VerifyResult.empty(1, 3)
+            >>> tree = sk.build_tree(torch.tensor([[-1, 0, 0]], dtype=torch.int32))
+            >>> sk.verify_greedy(tree, torch.tensor([[5, 6, 7]]), torch.tensor([[7, 1, 2]]), out=out) is out
+            True
+            >>> out.out_tokens.tolist()
+            [[7, 2, -1]]
+        """
+        return _empty(cls, _result_layout, batch, num_nodes, device)
+
+
+def _result_layout(B: int, N: int) -> list:
+    return [((B, N), torch.int32), ((B,), torch.int32), ((B, N), torch.int64)]
 
 
 def _verify_limit(backend, first_child, *rest):
-    if backend in ("cuda", "triton") and first_child.shape[1] > MAX_KERNEL_NODES:
-        return f"N = {first_child.shape[1]} > {MAX_KERNEL_NODES} nodes (one tree per thread block)"
+    if backend in ("cuda", "triton") and first_child.shape[1] > MAX_TREE_NODES:
+        return f"N = {first_child.shape[1]} > {MAX_TREE_NODES} nodes (one tree per thread block)"
     return None
 
 
-def _triton_verify_greedy(*args):
-    return torch.ops.specdec.verify_greedy_triton(*args)
-
-
-def _triton_verify_sample(*args):
-    return torch.ops.specdec.verify_sample_triton(*args)
-
-
-_VERIFY_GREEDY = _backend.standard_op("verify_greedy", _verify_device, extra=_verify_limit,
-                                      reference=ref.verify_greedy, triton=_triton_verify_greedy)
-_VERIFY_SAMPLE = _backend.standard_op("verify_sample", _verify_device, extra=_verify_limit,
-                                      reference=ref.verify_sample, triton=_triton_verify_sample)
-
-
-def empty_verify_out(batch: int, num_nodes: int, device=None) -> tuple:
-    """Output buffers (accept_nodes, accept_len, out_tokens) for verify_*(out=...), e.g. for a CUDA graph."""
-    return (torch.empty(batch, num_nodes, dtype=torch.int32, device=device),
-            torch.empty(batch, dtype=torch.int32, device=device),
-            torch.empty(batch, num_nodes, dtype=torch.int64, device=device))
+_VERIFY_GREEDY = _backend.standard_op("verify_greedy", reference=ref.verify_greedy, triton_module="verify",
+                                      limits=_verify_limit)
+_VERIFY_SAMPLE = _backend.standard_op("verify_sample", reference=ref.verify_sample, triton_module="verify",
+                                      limits=_verify_limit)
 
 
 def _check_tree(tree, tokens) -> tuple:
@@ -63,19 +84,15 @@ def _check_tree(tree, tokens) -> tuple:
     return B, N
 
 
-def _outputs(out, B, N, dev) -> tuple:
+def _outputs(out, B: int, N: int, dev) -> VerifyResult:
     if out is None:
-        return empty_verify_out(B, N, dev)
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise TypeError("out: expected a tuple (accept_nodes, accept_len, out_tokens) (see empty_verify_out)")
-    for name, t, shape, dtype in zip(("accept_nodes", "accept_len", "out_tokens"), out, ((B, N), (B,), (B, N)),
-                                     (torch.int32, torch.int32, torch.int64)):
-        check_out(f"out[{name}]", t, shape, dtype, dev)
-    return tuple(out)
+        return VerifyResult.empty(B, N, dev)
+    _check_out(out, VerifyResult, _result_layout, B, N, dev)
+    return out
 
 
-def verify_greedy(tree: Tree, tokens: torch.Tensor, target: torch.Tensor, *, backend: Optional[str] = None,
-                  out: Optional[tuple] = None) -> tuple:
+def verify_greedy(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, *, backend: Optional[str] = None,
+                  out: Optional[VerifyResult] = None) -> VerifyResult:
     """Greedy verification: accept the drafted path that the target's argmax reproduces.
 
     Walk from the root: at accepted node u with t = argmax[u], the first child c of u in sibling order
@@ -85,46 +102,59 @@ def verify_greedy(tree: Tree, tokens: torch.Tensor, target: torch.Tensor, *, bac
     Args:
         tree: build_tree's output (uses first_child, next_sibling, valid), [B, N].
         tokens: int64 [B, N], the drafted tokens (tokens[b, 0], the root, is not checked).
-        target: int64 [B, N] target argmax ids per node, or float logits [B, N, V] (fp32/fp16/bf16; the
-            argmax is fused, ties to the lower id and NaN counting as the maximum, like torch.argmax).
-        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
-        out: optional (accept_nodes, accept_len, out_tokens) buffers (see empty_verify_out).
+        logits: the target's float logits [B, N, V] (fp32/fp16/bf16; the argmax is fused, ties to the
+            lower id and NaN counting as the maximum, like torch.argmax), or its int64 argmax ids [B, N].
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
+        out: a VerifyResult of buffers to write into (from VerifyResult.empty(B, N, device)).
 
     Returns:
-        (accept_nodes int32 [B, N], accept_len int32 [B], out_tokens int64 [B, N]); see the module docstring.
+        VerifyResult(accept_nodes int32 [B, N], accept_len int32 [B], out_tokens int64 [B, N]) (`out`
+        itself when given); see the module docstring.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0, 0]], dtype=torch.int32))   # a root with 2 children
+        >>> logits = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # argmax 2, 1, 0
+        >>> res = sk.verify_greedy(tree, torch.tensor([[0, 1, 2]]), logits)   # node 2 drafts token 2
+        >>> res.accept_nodes.tolist(), res.accept_len.tolist(), res.out_tokens.tolist()
+        ([[0, 2, -1]], [2], [[2, 0, -1]])
     """
     B, N = _check_tree(tree, tokens)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.is_floating_point():
-        check_tensor("target", target, dtypes=FLOAT_DTYPES, shape=(B, N, None))
-        if target.shape[2] < 1:
-            raise ValueError(f"target: expected logits [B, N, V] with V >= 1, got shape {tuple(target.shape)}")
-    elif target.dtype == torch.int64:
-        check_tensor("target", target, shape=(B, N))
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    if logits.is_floating_point():
+        check_tensor("logits", logits, dtypes=FLOAT_DTYPES, shape=(B, N, None))
+        if logits.shape[2] < 1:
+            raise ValueError(f"logits: expected logits [B, N, V] with V >= 1, got shape {tuple(logits.shape)}")
+    elif logits.dtype == torch.int64:
+        check_tensor("logits", logits, shape=(B, N))
     else:
-        raise TypeError(f"target: expected int64 argmax ids [B, N] or float logits [B, N, V], got {target.dtype}")
+        raise TypeError(f"logits: expected float logits [B, N, V] or int64 argmax ids [B, N], got {logits.dtype}")
     dev = same_device(first_child=tree.first_child, next_sibling=tree.next_sibling, valid=tree.valid,
-                      tokens=tokens, target=target)
+                      tokens=tokens, logits=logits)
     out = _outputs(out, B, N, dev)
     if B == 0:
         return out
-    _VERIFY_GREEDY(backend, tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
-                   tokens.contiguous(), target.contiguous(), *out)
+    _VERIFY_GREEDY(tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
+                   tokens.contiguous(), logits.contiguous(), *out, backend=backend)
     return out
 
 
 def _per_request(name: str, x, B: int, dtype: torch.dtype, dev) -> torch.Tensor:
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return torch.full((B,), x, dtype=dtype, device=dev)
-    check_tensor(name, x, dtype=dtype, shape=(B,))
-    return x
+    """A sampling parameter as a [B] tensor of `dtype`: a Python number for every request, or a tensor [B]."""
+    if isinstance(x, torch.Tensor):
+        check_tensor(name, x, dtype=dtype, shape=(B,))
+        return x
+    if not (_is_int(x) if dtype == torch.int32 else _is_number(x)):
+        what = "an int or an int32" if dtype == torch.int32 else f"a float or a {str(dtype)[6:]}"
+        raise TypeError(f"{name}: expected {what} tensor [B], got {type(x).__name__}")
+    return torch.full((B,), int(x) if dtype == torch.int32 else float(x), dtype=dtype, device=dev)
 
 
-def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, uniforms: torch.Tensor,
-                  temperature: Union[torch.Tensor, float], top_k: Union[torch.Tensor, int],
-                  top_p: Union[torch.Tensor, float], *, draft_probs: Optional[torch.Tensor] = None,
-                  backend: Optional[str] = None, out: Optional[tuple] = None) -> tuple:
+def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, uniforms: torch.Tensor, *,
+                  temperature: Union[torch.Tensor, float] = 1.0, top_k: Union[torch.Tensor, int] = 0,
+                  top_p: Union[torch.Tensor, float] = 1.0, draft_probs: Optional[torch.Tensor] = None,
+                  backend: Optional[str] = None, out: Optional[VerifyResult] = None) -> VerifyResult:
     """Lossless sampling verification: the emitted tokens follow the target's sampling distribution.
 
     Per request b, p_u = the target distribution at node u: softmax(logits[b, u] / temperature[b]) with
@@ -135,24 +165,17 @@ def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, unifor
     Walk from the root. At accepted node u, let p = p_u and try u's children c in sibling order, with
     x = tokens[b, c] and the uniform uniforms[b, c]:
       - deterministic drafts (draft_probs None; e.g. EAGLE's top-k children): accept c iff
-        uniforms[b, c] < p(x); on rejection set p(x) = 0 and renormalise p. A child repeating an already
-        rejected token therefore has p = 0 and is rejected: among duplicates the first decides.
+        uniforms[b, c] < p(x); on rejection set p(x) = 0 and renormalise p (among duplicate tokens the
+        first decides).
       - stochastic drafts (draft_probs [B, N, V]: row u is the draft distribution q_u from which u's
-        children were drawn WITHOUT replacement, each child from q_u with the earlier children removed and
-        renormalised): q = q_u; accept c iff uniforms[b, c] * q(x) < p(x) (probability min(1, p(x)/q(x)));
-        on rejection p = normalise(max(p - q, 0)), then q(x) = 0 and q renormalised.
+        children were drawn without replacement): q = q_u; accept c iff uniforms[b, c] * q(x) < p(x); on
+        rejection p = normalise(max(p - q, 0)), then q(x) = 0 and q renormalised.
     If c is accepted, the walk continues at c with a fresh p = p_c (and q = q_c). If every child is
     rejected, or u is a leaf, the bonus token is drawn from the current p with uniforms[b, N] by inverse
     CDF in token-id order (the smallest x with cumsum(p)[x] > uniforms[b, N] * sum(p)).
 
-    Why this is lossless: each test is the speculative-sampling step "candidate x ~ q', accept with
-    probability min(1, p'(x)/q'(x)), else continue with normalise(max(p' - q', 0))", whose output is
-    distributed exactly as p' (Leviathan et al. 2023; Chen et al. 2023). Conditional on the earlier
-    rejections, the next child is drawn from q' = q with the earlier children removed (so it is a valid
-    proposal for the residual target), and a deterministic child is the case q' = one-hot(x), which turns
-    the rule into "accept with probability p'(x), else zero it out". By induction over the children, the
-    token emitted after u has distribution p_u; conditioned on accepting c, the walk repeats at c with c's
-    own target distribution, so every emitted sequence follows the target's sampling distribution.
+    Each test is a speculative-sampling step (Leviathan et al. 2023) against the residual distributions,
+    so every emitted sequence follows the target's sampling distribution; see docs/verification.md.
 
     Args:
         tree: build_tree's output, [B, N] (uses first_child, next_sibling, valid).
@@ -160,17 +183,28 @@ def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, unifor
         logits: [B, N, V] fp32/fp16/bf16, the target's logits at each node (softmax in fp32).
         uniforms: float32 [B, N + 1] in [0, 1): uniforms[b, c] for the test of child c, uniforms[b, N] for
             the bonus draw (pass fresh randomness as a tensor so a decode step can be graph-captured).
-        temperature: float32 [B] (or a float for all); <= 0 means greedy for that request, identical to
-            verify_greedy on the logits.
-        top_k: int32 [B] (or an int); 0 (or >= V) turns top-k off.
-        top_p: float32 [B] (or a float); >= 1 turns top-p off.
+        temperature: a float for every request or float32 [B]; <= 0 means greedy for that request,
+            identical to verify_greedy on the logits.
+        top_k: an int or int32 [B]; 0 (or >= V) turns top-k off.
+        top_p: a float or float32 [B]; >= 1 turns top-p off.
         draft_probs: optional [B, N, V] fp32/fp16/bf16 (rows renormalised; negative entries count as 0).
-        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels._backend).
-        out: optional (accept_nodes, accept_len, out_tokens) buffers (see empty_verify_out).
+        backend: "cuda", "triton", "cpu" or "torch"; None chooses (see specdec_kernels.get_op).
+        out: a VerifyResult of buffers to write into (from VerifyResult.empty(B, N, device)).
 
     Returns:
-        (accept_nodes int32 [B, N], accept_len int32 [B], out_tokens int64 [B, N]). When rounding leaves p
-        without mass, the bonus is the argmax of the logits at the last accepted node.
+        VerifyResult(accept_nodes int32 [B, N], accept_len int32 [B], out_tokens int64 [B, N]) (`out`
+        itself when given). When rounding leaves p without mass, the bonus is the argmax of the logits at
+        the last accepted node.
+
+    Example:
+        >>> import torch, specdec_kernels as sk
+        >>> tree = sk.build_tree(torch.tensor([[-1, 0]], dtype=torch.int32))   # root -> node 1
+        >>> logits = torch.log(torch.tensor([[[0.6, 0.4], [0.9, 0.1]]]))
+        >>> uniforms = torch.tensor([[0.0, 0.3, 0.95]])      # accept node 1 (0.3 < p = 0.4), bonus from [.9, .1]
+        >>> sk.verify_sample(tree, torch.tensor([[0, 1]]), logits, uniforms).out_tokens.tolist()
+        [[1, 1]]
+        >>> sk.verify_sample(tree, torch.tensor([[0, 1]]), logits, uniforms, top_k=1).out_tokens.tolist()  # p(1) = 0
+        [[0, -1]]
     """
     B, N = _check_tree(tree, tokens)
     check_tensor("logits", logits, dtypes=FLOAT_DTYPES, shape=(B, N, None))
@@ -190,8 +224,9 @@ def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, unifor
     out = _outputs(out, B, N, dev)
     if B == 0:
         return out
-    _VERIFY_SAMPLE(backend, tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
+    _VERIFY_SAMPLE(tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
                    tokens.contiguous(), logits.contiguous(), uniforms.contiguous(), temperature.contiguous(),
                    top_k.contiguous(), top_p.contiguous(),
-                   None if draft_probs is None else draft_probs.contiguous(), *out)
+                   None if draft_probs is None else draft_probs.contiguous(), *out, backend=backend)
     return out
+

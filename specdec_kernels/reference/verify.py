@@ -85,17 +85,17 @@ def _write_outputs(tokens, path, length, bonus, accept_nodes, accept_len, out_to
 
 
 def verify_greedy(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor,
-                  tokens: torch.Tensor, target: torch.Tensor, accept_nodes: torch.Tensor,
+                  tokens: torch.Tensor, logits: torch.Tensor, accept_nodes: torch.Tensor,
                   accept_len: torch.Tensor, out_tokens: torch.Tensor) -> None:
     """Greedy tree verification (see ops.verify.verify_greedy).
 
-    target: int64 [B, N] argmax ids, or float [B, N, V] logits (argmax as torch.argmax: the first maximal
+    logits: float [B, N, V] logits, or int64 [B, N] argmax ids (argmax as torch.argmax: the first maximal
     id wins, NaN counts as maximal). At accepted node u the first child c in sibling order with
     tokens[c] == argmax[u] is accepted; the bonus is argmax at the last accepted node.
     """
     B, N = tokens.shape
     dev = tokens.device
-    amax = target.argmax(dim=-1) if target.is_floating_point() else target.to(torch.int64)
+    amax = logits.argmax(dim=-1) if logits.is_floating_point() else logits.to(torch.int64)
     ar, cur, cand, length, path = _walk_init(first_child, valid, B, N, dev)
     for _ in range(N):
         active = (cand >= 0) & (length < N)
@@ -113,7 +113,7 @@ def verify_sample(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: 
                   tokens: torch.Tensor, logits: torch.Tensor, uniforms: torch.Tensor, temperature: torch.Tensor,
                   top_k: torch.Tensor, top_p: torch.Tensor, draft_probs: Optional[torch.Tensor],
                   accept_nodes: torch.Tensor, accept_len: torch.Tensor, out_tokens: torch.Tensor) -> None:
-    """Lossless sampling verification (see ops.verify.verify_sample for the rules and why they are exact).
+    """Lossless sampling verification (rules: ops.verify.verify_sample; why exact: docs/verification.md).
 
     State per request: the accepted node u, the residual target distribution p (starts as
     filtered_probs(logits[u])), for draft_probs the residual draft distribution q (starts as
