@@ -28,16 +28,17 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, peak_gbps, print_table, time_stats, write_csv  # noqa: E402
+import specdec_kernels as sk
+from specdec_kernels import BACKENDS, BackendError
+from specdec_kernels.reference import features as ref
 
-import specdec_kernels as sk  # noqa: E402
-from specdec_kernels import BACKENDS, BackendError  # noqa: E402
-from specdec_kernels.reference import features as ref  # noqa: E402
+from common import add_common_args, peak_gbps, print_table, time_stats, write_csv
 
-KERNELS = {
+KERNELS = {  # kind -> (public function, plain composition); the op (registry) name is the function's name
     "fspad": (sk.fspad_feature_sampling, ref.fspad_feature_sampling),
     "griffin": (sk.griffin_token_fusion, ref.griffin_token_fusion),
 }
+FROZEN = ("token_ids", "embed_weight")  # inputs without a gradient
 MODES = ("decode", "train")
 PROVIDERS = ("eager",) + tuple(BACKENDS)
 # Same names as the other benchmarks, plus the short ones this script used to take.
@@ -50,20 +51,22 @@ EPS = 1e-6
 
 
 def make_inputs(kind, T, H, I, V, dtype, device, requires_grad):
-    """Positional inputs of the op (without eps), scaled so activations stay O(1)."""
+    """The op's tensor inputs by name (keyword arguments of the op and of the composition; eps aside),
+    scaled so activations stay O(1)."""
     def w(*shape, scale):
         return (torch.randn(*shape, device=device, dtype=dtype) * scale).requires_grad_(requires_grad)
 
-    feats = torch.randn(T, H, device=device, dtype=dtype).requires_grad_(requires_grad)
-    ids = torch.randint(0, V, (T,), device=device)
-    emb = torch.randn(V, H, device=device, dtype=dtype)
-    fc, b = w(H, 2 * H, scale=(2 * H) ** -0.5), w(H, scale=0.1)
-    ones = lambda: torch.ones(H, device=device, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+    ones = lambda: torch.ones(H, device=device, dtype=dtype).requires_grad_(requires_grad)
+    a = dict(features=torch.randn(T, H, device=device, dtype=dtype).requires_grad_(requires_grad),
+             token_ids=torch.randint(0, V, (T,), device=device),
+             embed_weight=torch.randn(V, H, device=device, dtype=dtype),
+             fc_weight=w(H, 2 * H, scale=(2 * H) ** -0.5), fc_bias=w(H, scale=0.1))
     if kind == "fspad":
-        rest = [ones(), w(I, H, scale=H ** -0.5), w(I, H, scale=H ** -0.5), w(H, I, scale=I ** -0.5)]
+        a.update(norm_weight=ones(), gate_weight=w(I, H, scale=H ** -0.5), up_weight=w(I, H, scale=H ** -0.5))
     else:
-        rest = [ones(), ones(), w(I, 2 * H, scale=(2 * H) ** -0.5), w(H, I, scale=I ** -0.5)]
-    return [feats, ids, emb, fc, b, *rest]
+        a.update(norm_b_weight=ones(), norm_a_weight=ones(), up_weight=w(I, 2 * H, scale=(2 * H) ** -0.5))
+    a["down_weight"] = w(H, I, scale=I ** -0.5)
+    return a
 
 
 def weight_bytes(H, I, dtype) -> int:
@@ -83,14 +86,15 @@ def make_call(kind, mode, provider, T, H, I, V, dtype, device):
     if mode == "decode":
         out = torch.empty(T, H, device=device, dtype=dtype)
         if provider == "eager":
-            return lambda: ref_fn(*inputs, EPS)
+            return lambda: ref_fn(**inputs, eps=EPS)
         # check_ids=False: the range check of token_ids is a host sync the decode path does not pay.
-        return lambda: fn(*inputs, EPS, backend=provider, out=out, check_ids=False)
+        return lambda: fn(**inputs, eps=EPS, backend=provider, out=out, check_ids=False)
     grad = torch.randn(T, H, device=device, dtype=dtype)
-    leaves = [t for i, t in enumerate(inputs) if i not in (1, 2)]  # not token ids, not the frozen embedding
+    leaves = [t for k, t in inputs.items() if k not in FROZEN]
 
     def step():
-        o = ref_fn(*inputs, EPS) if provider == "eager" else fn(*inputs, EPS, backend=provider, check_ids=False)
+        o = (ref_fn(**inputs, eps=EPS) if provider == "eager" else
+             fn(**inputs, eps=EPS, backend=provider, check_ids=False))
         torch.autograd.grad(o, leaves, grad)
 
     return step
@@ -101,13 +105,19 @@ def bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmu
     wbytes = weight_bytes(H, I, dtype)
     flops = fwd_flops(T, H, I) * (3 if mode == "train" else 1)
     rows = []
+    op = sk.get_op(KERNELS[kind][0].__name__)
     for provider in providers:
+        # What the registry rules out without inputs (not built, no Triton, wrong device) ...
+        reason = None if provider == "eager" else op.static_reason(provider, device)
+        if reason is not None:
+            print(f"skipped {kind} {mode} T={T} {provider}: {reason}")
+            continue
         call = make_call(kind, mode, provider, T, H, I, V, dtype, device)
         # Inference mode has no autograd graph to record; training needs it.
         with torch.no_grad() if mode == "decode" else torch.enable_grad():
             try:
                 call()
-            except BackendError as exc:
+            except BackendError as exc:  # ... and what it refuses for these inputs (dtype, sizes)
                 print(f"skipped {kind} {mode} T={T} {provider}: {str(exc).splitlines()[-1]}")
                 continue
             us, us_min = time_stats(call, device, min_time=min_time, warmup=warmup)
@@ -168,7 +178,7 @@ def main(argv=None) -> None:
     on_cuda = torch.device(device).type == "cuda"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
     H = args.H or (256 if args.quick else 4096)
-    I = args.I or (688 if args.quick else 11008)  # noqa: E741 - the usual name of the intermediate size
+    I = args.I or (688 if args.quick else 11008)  # the usual name of the intermediate size
     V = args.V or 32000
     decode_T = args.decode_T or ([10, 60] if args.quick else [10, 30, 60])
     train_T = args.train_T or (512 if args.quick else 16384)

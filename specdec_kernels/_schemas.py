@@ -6,7 +6,7 @@ specdec_kernels/triton_kernels). The torch backend is plain PyTorch (specdec_ker
 needs no schema. Decode-path ops are out-variants: they write into caller buffers (`Tensor(a!)`) and
 return nothing, so they never allocate or synchronise and can be captured in a CUDA graph.
 
-Fake (meta) implementations live beside each schema so torch.compile and opcheck can trace them.
+Every op has a fake (meta) implementation so torch.compile and opcheck can trace it.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ SCHEMAS: dict[str, str] = {
     # [B, S_max, ...] are viewed as [B, 1, S_max, prod(...)]); moves slot cache_len[b] + accept_nodes[b, j]
     # to slot cache_len[b] + j for j < accept_len[b], in place.
     "compact_kv": "(Tensor(a!)[] caches, Tensor cache_len, Tensor accept_nodes, Tensor accept_len) -> ()",
-    # target: int64 [B, N] argmax ids, or float logits [B, N, V] (argmax fused).
+    # logits: float logits [B, N, V] (argmax fused), or int64 [B, N] argmax ids.
     "verify_greedy": (
-        "(Tensor first_child, Tensor next_sibling, Tensor valid, Tensor tokens, Tensor target, "
+        "(Tensor first_child, Tensor next_sibling, Tensor valid, Tensor tokens, Tensor logits, "
         "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
     ),
     # draft_probs: None for deterministic (top-k) drafts, else float [B, N, V], the draft distribution at
@@ -45,31 +45,33 @@ SCHEMAS: dict[str, str] = {
         "Tensor uniforms, Tensor temperature, Tensor top_k, Tensor top_p, Tensor? draft_probs, "
         "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
     ),
-    # Feature sampling over token embeddings (ops/features.py). All [T, *] inputs are flattened over batch x
-    # positions; token_ids int32/int64 [T] index rows of the frozen embed_weight [V, H]. Forward writes `out`
-    # [T, H] plus what backward needs: z / h [T, H] (the fc output), row statistics in fp32 (fp64 for fp64
-    # inputs; FSPAD: rstd of z [T]; GRIFFIN: [T, 3] = rstd of h, of N_b(h), of e) and, when given, the [T, I]
-    # pre-activations (FSPAD: gate = e W_g^T and up = RMSNorm(z) W_u^T; GRIFFIN: pre_act = W_u [N_a(N_b(h));
-    # N_a(e)]).
+    # Feature sampling over token embeddings (ops/features.py): `fspad_feature_sampling` and
+    # `griffin_token_fusion` are the forward of the public functions of the same names, `<name>_backward`
+    # their backward. The kernels take fc_bias right after fc_weight (the public functions take it by
+    # keyword). All [T, *] inputs are flattened over batch x positions; token_ids int32/int64 [T] index rows
+    # of the frozen embed_weight [V, H]. Forward writes `out` [T, H] plus what backward needs: z / h [T, H]
+    # (the fc output), row statistics in fp32 (fp64 for fp64 inputs; FSPAD: rstd of z [T]; GRIFFIN: [T, 3] =
+    # rstd of h, of N_b(h), of e) and, when given, the [T, I] pre-activations (FSPAD: gate = e W_g^T and
+    # up = RMSNorm(z) W_u^T; GRIFFIN: pre_act = W_u [N_a(N_b(h)); N_a(e)]).
     # Backward writes the gradients that are not None (the embedding is frozen: none for it).
-    "fspad_forward": (
+    "fspad_feature_sampling": (
         "(Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, Tensor? fc_bias, "
         "Tensor norm_weight, Tensor gate_weight, Tensor up_weight, Tensor down_weight, float eps, "
         "Tensor(a!) out, Tensor(b!) z, Tensor(c!) rstd, Tensor(d!)? gate, Tensor(e!)? up) -> ()"
     ),
-    "fspad_backward": (
+    "fspad_feature_sampling_backward": (
         "(Tensor grad_out, Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, "
         "Tensor? fc_bias, Tensor norm_weight, Tensor gate_weight, Tensor up_weight, Tensor down_weight, "
         "float eps, Tensor z, Tensor rstd, Tensor gate, Tensor up, Tensor(a!)? d_features, "
         "Tensor(b!)? d_fc_weight, Tensor(c!)? d_fc_bias, Tensor(d!)? d_norm_weight, Tensor(e!)? d_gate_weight, "
         "Tensor(f!)? d_up_weight, Tensor(g!)? d_down_weight) -> ()"
     ),
-    "griffin_forward": (
+    "griffin_token_fusion": (
         "(Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, Tensor? fc_bias, "
         "Tensor norm_b_weight, Tensor norm_a_weight, Tensor up_weight, Tensor down_weight, float eps, "
         "Tensor(a!) out, Tensor(b!) h, Tensor(c!) stats, Tensor(d!)? pre_act) -> ()"
     ),
-    "griffin_backward": (
+    "griffin_token_fusion_backward": (
         "(Tensor grad_out, Tensor features, Tensor token_ids, Tensor embed_weight, Tensor fc_weight, "
         "Tensor? fc_bias, Tensor norm_b_weight, Tensor norm_a_weight, Tensor up_weight, Tensor down_weight, "
         "float eps, Tensor h, Tensor stats, Tensor pre_act, Tensor(a!)? d_features, Tensor(b!)? d_fc_weight, "
@@ -79,11 +81,8 @@ SCHEMAS: dict[str, str] = {
 }
 
 
-# name -> fake implementation, for ops that return tensors (out-variants need none).
-FAKES: dict = {}
-
-
-def _noop_fake(*args, **kwargs):
+def _out_variant_fake(*args, **kwargs):
+    """Every op is an out-variant (it returns nothing), so its fake implementation does nothing."""
     return None
 
 
@@ -91,7 +90,7 @@ def _define_all() -> None:
     for name, schema in SCHEMAS.items():
         for suffix in ("", "_triton"):
             LIB.define(name + suffix + schema)
-            torch.library.register_fake(f"specdec::{name}{suffix}", lib=LIB)(FAKES.get(name, _noop_fake))
+            torch.library.register_fake(f"specdec::{name}{suffix}", lib=LIB)(_out_variant_fake)
 
 
 _define_all()

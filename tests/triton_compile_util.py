@@ -121,7 +121,7 @@ def _fspad(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool =
     def launch(ctx: Ctx) -> None:
         import torch
         d = _dtype(dt)
-        m = lambda *s: _meta(*s, dtype=d)  # noqa: E731
+        m = lambda *s: _meta(*s, dtype=d)
         f, ids, emb = m(T, H), _meta(T, dtype=torch.int64), m(V, H)
         fc_w, fc_b, nw = m(H, 2 * H), (m(H) if bias else None), m(H)
         wg, wu, wd = m(I, H), m(I, H), m(H, I)
@@ -130,11 +130,11 @@ def _fspad(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool =
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32  # the fp32 launchers follow torch's switch
         try:
-            _call("fspad_forward", f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, m(T, H), z, rstd, gate, up)
+            _call("fspad_feature_sampling", f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, m(T, H), z, rstd, gate, up)
             if train:
                 grads = [m(*t.shape) if t is not None else None for t in (f, fc_w, fc_b, nw, wg, wu, wd)]
-                _call("fspad_backward", m(T, H), f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, z, rstd, gate, up,
-                      *grads)
+                _call("fspad_feature_sampling_backward", m(T, H), f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, z,
+                      rstd, gate, up, *grads)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return launch
@@ -145,7 +145,7 @@ def _griffin(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool
     def launch(ctx: Ctx) -> None:
         import torch
         d = _dtype(dt)
-        m = lambda *s: _meta(*s, dtype=d)  # noqa: E731
+        m = lambda *s: _meta(*s, dtype=d)
         f, ids, emb = m(T, H), _meta(T, dtype=torch.int64), m(V, H)
         fc_w, fc_b, nb, na = m(H, 2 * H), (m(H) if bias else None), m(H), m(H)
         wu, wd = m(I, 2 * H), m(H, I)
@@ -154,11 +154,11 @@ def _griffin(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
-            _call("griffin_forward", f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, m(T, H), h, stats, pre)
+            _call("griffin_token_fusion", f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, m(T, H), h, stats, pre)
             if train:
                 grads = [m(*t.shape) if t is not None else None for t in (f, fc_w, fc_b, nb, na, wu, wd)]
-                _call("griffin_backward", m(T, H), f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, h, stats, pre,
-                      *grads)
+                _call("griffin_token_fusion_backward", m(T, H), f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, h,
+                      stats, pre, *grads)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return launch
@@ -170,6 +170,7 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
     """tree_attention with the split-K count the launcher would choose on the target's reference GPU."""
     def launch(ctx: Ctx) -> None:
         import torch
+
         from specdec_kernels.triton_kernels import attention as at
         d = _dtype(dt)
         W = (Nq + 31) // 32
@@ -410,7 +411,7 @@ def _compile_job(index: int) -> dict:
         with contextlib.redirect_stdout(buf):
             kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                     options=options.__dict__)
-    except BaseException as exc:  # noqa: BLE001 - every failure is a result to report
+    except BaseException as exc:  # every failure is a result to report
         msg, cause = f"{type(exc).__name__}: {exc}", exc.__cause__ or exc.__context__
         for _ in range(8):  # a CompilationError's reason is its cause (e.g. a type error in a helper)
             if cause is None:
@@ -460,7 +461,7 @@ def main(request_path: str, report_path: str) -> None:
             report["cases"].setdefault(case.id, {})[str(arch)] = entry
             try:
                 records = _capture(case, Ctx(arch, SM_COUNT[arch]))
-            except Exception as exc:  # noqa: BLE001 - reported per case
+            except Exception as exc:  # reported per case
                 entry["error"] = f"the launcher raised {type(exc).__name__}: {exc}"
                 continue
             for fn, args, kwargs, label, group in records:
@@ -469,7 +470,7 @@ def main(request_path: str, report_path: str) -> None:
                           "autotune_configs": None if group is None else group[1], "job": None}
                 try:
                     target, signature, constexprs, attrs, options = _specialise(fn, args, kwargs, arch)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     launch["error"] = f"specialisation failed: {type(exc).__name__}: {exc}"
                     entry["launches"].append(launch)
                     continue

@@ -1,5 +1,6 @@
-// CPU kernels of the FSPAD / GRIFFIN feature-sampling blocks (specdec::fspad_forward, fspad_backward,
-// griffin_forward, griffin_backward; math in specdec_kernels/reference/features.py).
+// CPU kernels of the FSPAD / GRIFFIN feature-sampling blocks (specdec::fspad_feature_sampling,
+// fspad_feature_sampling_backward, griffin_token_fusion, griffin_token_fusion_backward; math in
+// specdec_kernels/reference/features.py). Each kernel <op>_cpu implements specdec::<op>.
 //
 // The products go to ATen's CPU GEMMs (at::mm / at::addmm, which are as fast as anything written here);
 // everything between them -- RMSNorm with its statistics, SiLU and the gating product, and their
@@ -151,18 +152,19 @@ void fc_backward(const Tensor& dz_acc, const Tensor& e, const Tensor& f, const T
 // ---------------------------------------------------------------------------------------------------
 // FSPAD
 
-void fspad_forward_cpu(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                       const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
-                       const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
-                       Tensor& out, Tensor& z, Tensor& rstd, const std::optional<Tensor>& gate,
-                       const std::optional<Tensor>& up) {
-  check_fspad_forward("fspad_forward", kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
-                      norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
+void fspad_feature_sampling_cpu(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+                                const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
+                                const Tensor& norm_weight, const Tensor& gate_weight, const Tensor& up_weight,
+                                const Tensor& down_weight, double eps, Tensor& out, Tensor& z, Tensor& rstd,
+                                const std::optional<Tensor>& gate, const std::optional<Tensor>& up) {
+  constexpr const char* op = "fspad_feature_sampling";
+  check_fspad_feature_sampling(op, kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+                               norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows("fspad_forward", embed_weight, token_ids);
+  const Tensor e = gather_rows(op, embed_weight, token_ids);
   z.copy_(fc_forward(e, features, fc_weight, fc_bias));
   Tensor y = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_feature_sampling_cpu", [&] {
     rms_norm_rows<scalar_t>(z.const_data_ptr<scalar_t>(), norm_weight.const_data_ptr<scalar_t>(),
                             y.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<acc_t<scalar_t>>(), 1, T, H, eps);
   });
@@ -184,20 +186,22 @@ void fspad_forward_cpu(const Tensor& features, const Tensor& token_ids, const Te
   at::addmm_out(out, z, act, down_weight.t());
 }
 
-void fspad_backward_cpu(const Tensor& grad_out, const Tensor& features, const Tensor& token_ids,
-                        const Tensor& embed_weight, const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
-                        const Tensor& norm_weight, const Tensor& gate_weight, const Tensor& up_weight,
-                        const Tensor& down_weight, double eps, const Tensor& z, const Tensor& rstd, const Tensor& gate,
-                        const Tensor& up, const std::optional<Tensor>& d_features,
-                        const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
-                        const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
-                        const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
+void fspad_feature_sampling_backward_cpu(
+    const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
+    const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z,
+    const Tensor& rstd, const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
+    const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
+    const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
+    const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved rstd
-  check_fspad_backward("fspad_backward", kCpuFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
-                       fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features,
-                       d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
+  constexpr const char* op = "fspad_feature_sampling_backward";
+  check_fspad_feature_sampling_backward(op, kCpuFeatureKernels, grad_out, features, token_ids, embed_weight,
+                                        fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd,
+                                        gate, up, d_features, d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight,
+                                        d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows("fspad_backward", embed_weight, token_ids);
+  const Tensor e = gather_rows(op, embed_weight, token_ids);
   const Tensor da = at::mm(grad_out, down_weight);  // [T, I]
   Tensor act = at::empty_like(gate), dg = at::empty_like(gate), du = at::empty_like(up);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_act_backward_cpu", [&] {
@@ -266,14 +270,16 @@ void griffin_norms(const Tensor& h, const Tensor& e, const Tensor& nb, const Ten
                            x2.mutable_data_ptr<scalar_t>(), T, H);
 }
 
-void griffin_forward_cpu(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                         const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
-                         const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
-                         Tensor& out, Tensor& h, Tensor& stats, const std::optional<Tensor>& pre_act) {
-  check_griffin_forward("griffin_forward", kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
-                        norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
+void griffin_token_fusion_cpu(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+                              const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
+                              const Tensor& norm_b_weight, const Tensor& norm_a_weight, const Tensor& up_weight,
+                              const Tensor& down_weight, double eps, Tensor& out, Tensor& h, Tensor& stats,
+                              const std::optional<Tensor>& pre_act) {
+  constexpr const char* op = "griffin_token_fusion";
+  check_griffin_token_fusion(op, kCpuFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+                             norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows("griffin_forward", embed_weight, token_ids);
+  const Tensor e = gather_rows(op, embed_weight, token_ids);
   h.copy_(fc_forward(e, features, fc_weight, fc_bias));
   Tensor yb = at::empty_like(h), x1 = at::empty_like(h), x2 = at::empty_like(h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_norms_cpu", [&] {
@@ -304,21 +310,22 @@ void griffin_forward_cpu(const Tensor& features, const Tensor& token_ids, const 
   at::addmm_out(out, h, act, down_weight.t());
 }
 
-void griffin_backward_cpu(const Tensor& grad_out, const Tensor& features, const Tensor& token_ids,
-                          const Tensor& embed_weight, const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
-                          const Tensor& norm_b_weight, const Tensor& norm_a_weight, const Tensor& up_weight,
-                          const Tensor& down_weight, double eps, const Tensor& h, const Tensor& stats,
-                          const Tensor& pre_act, const std::optional<Tensor>& d_features,
-                          const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
-                          const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
-                          const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
+void griffin_token_fusion_backward_cpu(
+    const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
+    const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& h,
+    const Tensor& stats, const Tensor& pre_act, const std::optional<Tensor>& d_features,
+    const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
+    const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
+    const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved statistics
-  check_griffin_backward("griffin_backward", kCpuFeatureKernels, grad_out, features, token_ids, embed_weight,
-                         fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act,
-                         d_features, d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
-                         d_down_weight);
+  constexpr const char* op = "griffin_token_fusion_backward";
+  check_griffin_token_fusion_backward(op, kCpuFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
+                                      fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats,
+                                      pre_act, d_features, d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight,
+                                      d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
-  const Tensor e = gather_rows("griffin_backward", embed_weight, token_ids);
+  const Tensor e = gather_rows(op, embed_weight, token_ids);
   const Tensor dact = at::mm(grad_out, down_weight);  // [T, I]
   Tensor act = at::empty_like(pre_act), dv = at::empty_like(pre_act);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_act_backward_cpu", [&] {
@@ -382,10 +389,10 @@ void griffin_backward_cpu(const Tensor& grad_out, const Tensor& features, const 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {
-  m.impl("fspad_forward", &fspad_forward_cpu);
-  m.impl("fspad_backward", &fspad_backward_cpu);
-  m.impl("griffin_forward", &griffin_forward_cpu);
-  m.impl("griffin_backward", &griffin_backward_cpu);
+  m.impl("fspad_feature_sampling", &fspad_feature_sampling_cpu);
+  m.impl("fspad_feature_sampling_backward", &fspad_feature_sampling_backward_cpu);
+  m.impl("griffin_token_fusion", &griffin_token_fusion_cpu);
+  m.impl("griffin_token_fusion_backward", &griffin_token_fusion_backward_cpu);
 }
 
 }  // namespace specdec

@@ -1,4 +1,5 @@
-// CUDA implementation of specdec::fspad_forward, fspad_backward, griffin_forward, griffin_backward (math:
+// CUDA implementation of specdec::fspad_feature_sampling, fspad_feature_sampling_backward, griffin_token_fusion
+// and griffin_token_fusion_backward (<op>_cuda implements specdec::<op>; math:
 // specdec_kernels/reference/features.py; public functions and autograd: specdec_kernels/ops/features.py).
 //
 // Host-side composition, compiled by the host compiler (ATen's GEMM entry points need <ATen/ATen.h>, which is
@@ -160,14 +161,14 @@ void column_sums(fc::DType dt, const Tensor& part, int64_t C, int64_t H, void* o
 // ---------------------------------------------------------------------------------------------------------
 // FSPAD: z = W_fc [e; f] + b, u = z + W_d (SiLU(W_g e) * W_u RMSNorm(z))
 
-void fspad_forward_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                        const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
-                        const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
-                        Tensor& out, Tensor& z, Tensor& rstd, const std::optional<Tensor>& gate,
-                        const std::optional<Tensor>& up) {
-  const FeaturesChecker c =
-      check_fspad_forward("fspad_forward", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
-                          norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
+void fspad_feature_sampling_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+                                 const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
+                                 const Tensor& norm_weight, const Tensor& gate_weight, const Tensor& up_weight,
+                                 const Tensor& down_weight, double eps, Tensor& out, Tensor& z, Tensor& rstd,
+                                 const std::optional<Tensor>& gate, const std::optional<Tensor>& up) {
+  const FeaturesChecker c = check_fspad_feature_sampling(
+      "fspad_feature_sampling", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+      norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
@@ -199,19 +200,19 @@ void fspad_forward_cuda(const Tensor& features, const Tensor& token_ids, const T
   at::addmm_out(out, z, act, down_weight.t());  // out = z + act W_d^T (residual as addmm's input)
 }
 
-void fspad_backward_cuda(const Tensor& grad_out, const Tensor& features, const Tensor& token_ids,
-                         const Tensor& embed_weight, const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
-                         const Tensor& norm_weight, const Tensor& gate_weight, const Tensor& up_weight,
-                         const Tensor& down_weight, double eps, const Tensor& z, const Tensor& rstd, const Tensor& gate,
-                         const Tensor& up, const std::optional<Tensor>& d_features,
-                         const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
-                         const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
-                         const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
+void fspad_feature_sampling_backward_cuda(
+    const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
+    const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z,
+    const Tensor& rstd, const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
+    const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
+    const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
+    const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved rstd
-  const FeaturesChecker c = check_fspad_backward(
-      "fspad_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight, fc_bias,
-      norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features, d_fc_weight, d_fc_bias,
-      d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
+  const FeaturesChecker c = check_fspad_feature_sampling_backward(
+      "fspad_feature_sampling_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight,
+      fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features,
+      d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {  // no rows: every gradient is zero
@@ -255,13 +256,14 @@ void fspad_backward_cuda(const Tensor& grad_out, const Tensor& features, const T
 // GRIFFIN: h = W_fc [e; f] + b, g = h + W_d SiLU(W_u [N_a(N_b(h)); N_a(e)]);
 // stats[:, 0] = rstd(h), stats[:, 1] = rstd(N_b(h)), stats[:, 2] = rstd(e)
 
-void griffin_forward_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-                          const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
-                          const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps,
-                          Tensor& out, Tensor& h, Tensor& stats, const std::optional<Tensor>& pre_act) {
-  const FeaturesChecker c =
-      check_griffin_forward("griffin_forward", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight,
-                            fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
+void griffin_token_fusion_cuda(const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+                               const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
+                               const Tensor& norm_b_weight, const Tensor& norm_a_weight, const Tensor& up_weight,
+                               const Tensor& down_weight, double eps, Tensor& out, Tensor& h, Tensor& stats,
+                               const std::optional<Tensor>& pre_act) {
+  const FeaturesChecker c = check_griffin_token_fusion(
+      "griffin_token_fusion", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
+      norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
@@ -297,19 +299,19 @@ void griffin_forward_cuda(const Tensor& features, const Tensor& token_ids, const
   at::addmm_out(out, h, act, down_weight.t());  // out = h + act W_d^T
 }
 
-void griffin_backward_cuda(const Tensor& grad_out, const Tensor& features, const Tensor& token_ids,
-                           const Tensor& embed_weight, const Tensor& fc_weight, const std::optional<Tensor>& fc_bias,
-                           const Tensor& norm_b_weight, const Tensor& norm_a_weight, const Tensor& up_weight,
-                           const Tensor& down_weight, double eps, const Tensor& h, const Tensor& stats,
-                           const Tensor& pre_act, const std::optional<Tensor>& d_features,
-                           const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
-                           const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
-                           const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
+void griffin_token_fusion_backward_cuda(
+    const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_b_weight,
+    const Tensor& norm_a_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& h,
+    const Tensor& stats, const Tensor& pre_act, const std::optional<Tensor>& d_features,
+    const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
+    const std::optional<Tensor>& d_norm_b_weight, const std::optional<Tensor>& d_norm_a_weight,
+    const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved statistics
-  const FeaturesChecker c = check_griffin_backward(
-      "griffin_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight, fc_bias,
-      norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act, d_features, d_fc_weight, d_fc_bias,
-      d_norm_b_weight, d_norm_a_weight, d_up_weight, d_down_weight);
+  const FeaturesChecker c = check_griffin_token_fusion_backward(
+      "griffin_token_fusion_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
+      fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act, d_features, d_fc_weight,
+      d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {
@@ -367,10 +369,10 @@ void griffin_backward_cuda(const Tensor& grad_out, const Tensor& features, const
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
-  m.impl("fspad_forward", &fspad_forward_cuda);
-  m.impl("fspad_backward", &fspad_backward_cuda);
-  m.impl("griffin_forward", &griffin_forward_cuda);
-  m.impl("griffin_backward", &griffin_backward_cuda);
+  m.impl("fspad_feature_sampling", &fspad_feature_sampling_cuda);
+  m.impl("fspad_feature_sampling_backward", &fspad_feature_sampling_backward_cuda);
+  m.impl("griffin_token_fusion", &griffin_token_fusion_cuda);
+  m.impl("griffin_token_fusion_backward", &griffin_token_fusion_backward_cuda);
 }
 
 }  // namespace specdec

@@ -1,5 +1,8 @@
 """Triton kernels of the FSPAD / GRIFFIN feature-sampling blocks, forward and backward.
 
+The launchers fspad_feature_sampling, fspad_feature_sampling_backward, griffin_token_fusion and
+griffin_token_fusion_backward are registered on specdec::<launcher>_triton (schemas: specdec_kernels/_schemas.py).
+
 Math (specdec_kernels/reference/features.py), e = Emb[ids] (frozen), f the features, rows t < T:
 
     FSPAD    z = W_fe e + W_ff f + b                     (W_fc = [W_fe | W_ff], its two column halves)
@@ -404,8 +407,9 @@ def _silu_bwd(g, u, da, act, dg, du):
                                                     BLOCK=BLOCK)
 
 
-def fspad_forward(features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight,
-                  down_weight, eps, out, z, rstd, gate, up) -> None:
+def fspad_feature_sampling(features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
+                           up_weight, down_weight, eps, out, z, rstd, gate, up) -> None:
+    """specdec::fspad_feature_sampling_triton: the forward, three launches (see the module docstring)."""
     T, H = features.shape
     I = gate_weight.shape[0]
     V = embed_weight.shape[0]
@@ -420,8 +424,9 @@ def fspad_forward(features, token_ids, embed_weight, fc_weight, fc_bias, norm_we
     _down(act, down_weight, z, out)
 
 
-def griffin_forward(features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight, up_weight,
-                    down_weight, eps, out, h, stats, pre_act) -> None:
+def griffin_token_fusion(features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
+                         up_weight, down_weight, eps, out, h, stats, pre_act) -> None:
+    """specdec::griffin_token_fusion_triton: the forward, three launches (see the module docstring)."""
     T, H = features.shape
     I = up_weight.shape[0]
     V = embed_weight.shape[0]
@@ -446,9 +451,11 @@ def _fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_fe
         torch.mm(dz, fc_weight[:, H:], out=d_features)
 
 
-def fspad_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
-                   up_weight, down_weight, eps, z, rstd, gate, up, d_features, d_fc_weight, d_fc_bias,
-                   d_norm_weight, d_gate_weight, d_up_weight, d_down_weight) -> None:
+def fspad_feature_sampling_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight,
+                                    gate_weight, up_weight, down_weight, eps, z, rstd, gate, up, d_features,
+                                    d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight,
+                                    d_down_weight) -> None:
+    """specdec::fspad_feature_sampling_backward_triton: the gradients that are not None."""
     T, H = features.shape
     da = grad_out @ down_weight                                           # [T, I]
     act, dg, du = torch.empty_like(gate), torch.empty_like(gate), torch.empty_like(up)
@@ -476,9 +483,11 @@ def fspad_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bi
                      d_fc_bias)
 
 
-def griffin_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
-                     up_weight, down_weight, eps, h, stats, pre_act, d_features, d_fc_weight, d_fc_bias,
-                     d_norm_b_weight, d_norm_a_weight, d_up_weight, d_down_weight) -> None:
+def griffin_token_fusion_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
+                                  norm_a_weight, up_weight, down_weight, eps, h, stats, pre_act, d_features,
+                                  d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
+                                  d_down_weight) -> None:
+    """specdec::griffin_token_fusion_backward_triton: the gradients that are not None."""
     T, H = features.shape
     V = embed_weight.shape[0]
     dact = grad_out @ down_weight                                        # [T, I]
@@ -513,6 +522,7 @@ def griffin_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_
                      d_fc_bias)
 
 
-for _name, _fn in (("fspad_forward", fspad_forward), ("fspad_backward", fspad_backward),
-                   ("griffin_forward", griffin_forward), ("griffin_backward", griffin_backward)):
-    torch.library.register_kernel(f"specdec::{_name}_triton", ("cpu", "cuda"), _fn)
+# Each launcher is registered under its own name: specdec::<name>_triton.
+for _fn in (fspad_feature_sampling, fspad_feature_sampling_backward, griffin_token_fusion,
+            griffin_token_fusion_backward):
+    torch.library.register_kernel(f"specdec::{_fn.__name__}_triton", ("cpu", "cuda"), _fn)

@@ -1,5 +1,7 @@
-// Argument checks of the raw feature-sampling ops (specdec::fspad_forward, fspad_backward, griffin_forward,
-// griffin_backward), shared by the CPU (csrc/cpu/features.cpp) and CUDA (csrc/cuda/features_cuda.cpp) kernels.
+// Argument checks of the raw feature-sampling ops (specdec::fspad_feature_sampling,
+// fspad_feature_sampling_backward, griffin_token_fusion, griffin_token_fusion_backward), shared by the CPU
+// (csrc/cpu/features.cpp) and CUDA (csrc/cuda/features_cuda.cpp) kernels. Each check_<op> below checks the
+// arguments of specdec::<op> in the schema's order (specdec_kernels/_schemas.py).
 //
 // The public functions (specdec_kernels/ops/features.py) check first, with friendlier messages; these guard
 // direct torch.ops.specdec.* calls (opcheck, other engines) so that a short weight, a wrong dtype, a strided
@@ -132,14 +134,12 @@ inline void check_eps(const FeaturesChecker& c, double eps) {
   TORCH_CHECK(eps >= 0, c.op, ": eps must be >= 0, got ", eps);  // also rejects NaN
 }
 
-inline FeaturesChecker check_fspad_forward(const char* op, const FeaturesKernels& k, const at::Tensor& features,
-                                           const at::Tensor& token_ids, const at::Tensor& embed_weight,
-                                           const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
-                                           const at::Tensor& norm_weight, const at::Tensor& gate_weight,
-                                           const at::Tensor& up_weight, const at::Tensor& down_weight, double eps,
-                                           const at::Tensor& out, const at::Tensor& z, const at::Tensor& rstd,
-                                           const std::optional<at::Tensor>& gate,
-                                           const std::optional<at::Tensor>& up) {
+inline FeaturesChecker check_fspad_feature_sampling(
+    const char* op, const FeaturesKernels& k, const at::Tensor& features, const at::Tensor& token_ids,
+    const at::Tensor& embed_weight, const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
+    const at::Tensor& norm_weight, const at::Tensor& gate_weight, const at::Tensor& up_weight,
+    const at::Tensor& down_weight, double eps, const at::Tensor& out, const at::Tensor& z, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& up) {
   const FeaturesChecker c = features_checker(op, features, k);
   const int64_t I = check_fspad_inputs(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight,
                                        gate_weight, up_weight, down_weight);
@@ -153,7 +153,7 @@ inline FeaturesChecker check_fspad_forward(const char* op, const FeaturesKernels
   return c;
 }
 
-inline FeaturesChecker check_fspad_backward(
+inline FeaturesChecker check_fspad_feature_sampling_backward(
     const char* op, const FeaturesKernels& k, const at::Tensor& grad_out, const at::Tensor& features,
     const at::Tensor& token_ids, const at::Tensor& embed_weight, const at::Tensor& fc_weight,
     const std::optional<at::Tensor>& fc_bias, const at::Tensor& norm_weight, const at::Tensor& gate_weight,
@@ -203,13 +203,12 @@ inline int64_t check_griffin_inputs(const FeaturesChecker& c, const at::Tensor& 
   return I;
 }
 
-inline FeaturesChecker check_griffin_forward(const char* op, const FeaturesKernels& k, const at::Tensor& features,
-                                             const at::Tensor& token_ids, const at::Tensor& embed_weight,
-                                             const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
-                                             const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight,
-                                             const at::Tensor& up_weight, const at::Tensor& down_weight, double eps,
-                                             const at::Tensor& out, const at::Tensor& h, const at::Tensor& stats,
-                                             const std::optional<at::Tensor>& pre_act) {
+inline FeaturesChecker check_griffin_token_fusion(
+    const char* op, const FeaturesKernels& k, const at::Tensor& features, const at::Tensor& token_ids,
+    const at::Tensor& embed_weight, const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
+    const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight, const at::Tensor& up_weight,
+    const at::Tensor& down_weight, double eps, const at::Tensor& out, const at::Tensor& h, const at::Tensor& stats,
+    const std::optional<at::Tensor>& pre_act) {
   const FeaturesChecker c = features_checker(op, features, k);
   const int64_t I = check_griffin_inputs(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
                                          norm_a_weight, up_weight, down_weight);
@@ -222,7 +221,7 @@ inline FeaturesChecker check_griffin_forward(const char* op, const FeaturesKerne
   return c;
 }
 
-inline FeaturesChecker check_griffin_backward(
+inline FeaturesChecker check_griffin_token_fusion_backward(
     const char* op, const FeaturesKernels& k, const at::Tensor& grad_out, const at::Tensor& features,
     const at::Tensor& token_ids, const at::Tensor& embed_weight, const at::Tensor& fc_weight,
     const std::optional<at::Tensor>& fc_bias, const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight,
