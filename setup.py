@@ -8,7 +8,11 @@
   torch backends.
 * SPECDEC_NO_CUDA=1 builds the CPU kernels only.
 * MAX_JOBS defaults to the number of cores.
+* The kernel size limits are defined once, in specdec_kernels/_limits.py: each `NAME = <int>` there is
+  passed to the C++ and CUDA compilers as -DSPECDEC_<NAME>=<int> (csrc/include/specdec/limits.h turns the
+  macros into constants) and recorded in specdec_kernels/_build_info.py as BUILD_INFO["limits"].
 """
+import ast
 import glob
 import os
 import shutil
@@ -40,6 +44,32 @@ def _find_nvcc():
     return None
 
 
+def _read_limits():
+    """{NAME: int} of specdec_kernels/_limits.py, read as text: the package is not importable while it builds
+    (and importing it would need torch and the extension being built)."""
+    path = os.path.join(ROOT, "specdec_kernels", "_limits.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), filename=path)
+    limits = {}
+    for node in tree.body:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name) or not targets[0].id.isupper():
+            continue
+        name = targets[0].id
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            raise SystemExit(f"{path}: {name} must be a literal int, got {ast.unparse(node.value)!r}") from exc
+        if type(value) is not int or value < 1:
+            raise SystemExit(f"{path}: {name} must be a positive int, got {value!r}")
+        limits[name] = value
+    if not limits:
+        raise SystemExit(f"{path}: no limits (NAME = <int>) found")
+    return limits
+
+
 def _write_build_info(info):
     path = os.path.join(ROOT, "specdec_kernels", "_build_info.py")
     with open(path, "w") as f:
@@ -48,7 +78,8 @@ def _write_build_info(info):
 
 
 def _extensions():
-    info = {"extension": False, "cpu": False, "cuda": False, "cuda_archs": "", "reason": ""}
+    # limits: the kernel limits the extension was compiled with ({} when nothing is compiled).
+    info = {"extension": False, "cpu": False, "cuda": False, "cuda_archs": "", "reason": "", "limits": {}}
     if _flag("SPECDEC_NO_EXTENSION"):
         info["reason"] = "SPECDEC_NO_EXTENSION=1: pure-Python install"
         _log(info["reason"])
@@ -59,9 +90,13 @@ def _extensions():
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    cuda_sources = sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    limits = _read_limits()
+    limit_flags = [f"-DSPECDEC_{name}={value}" for name, value in limits.items()]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"] + limit_flags
     # Stable-ish ABI of torch's C++ API is not guaranteed across versions: build against the torch present.
     with_cuda = False
     cuda_home = None
@@ -77,7 +112,7 @@ def _extensions():
             with_cuda = True
     if info["reason"]:
         _log(info["reason"])
-    info.update(extension=True, cpu=True)
+    info.update(extension=True, cpu=True, limits=limits)
     ldflags = ["-fopenmp"]
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home
@@ -95,7 +130,7 @@ def _extensions():
             extra_compile_args={
                 "cxx": cxx + ["-DSPECDEC_WITH_CUDA=1"],
                 "nvcc": ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DSPECDEC_WITH_CUDA=1",
-                         "--expt-relaxed-constexpr"],
+                         "--expt-relaxed-constexpr"] + limit_flags,
             },
             extra_link_args=ldflags,
         )

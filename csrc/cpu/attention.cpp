@@ -34,7 +34,9 @@ namespace {
 
 constexpr int64_t kTile = 64;          // key slots per tile
 constexpr int64_t kRowGroup = 4;       // rows that share each K / V load (register blocking)
-constexpr int64_t kMaxHeadDim = 4096;  // sanity bound of the raw op (the public function has its own limits)
+// Sanity bound on D of the raw CPU op (the CPU kernel has no hard limit; the public function has its own
+// limits). Not specdec::kMaxHeadDim, the limit of the CUDA and Triton kernels.
+constexpr int64_t kCpuMaxHeadDim = 4096;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Eight fp32 lanes as a GCC/Clang vector: one AVX register, or two SSE ones in the baseline build. Loads and
@@ -206,7 +208,7 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
                 const at::Tensor& tree_mask, const at::Tensor& out) {
-  check_tree_attention_args("specdec::tree_attention (CPU kernel)", c10::DeviceType::CPU, kMaxHeadDim, q, k, v, cache_len,
+  check_tree_attention_args("specdec::tree_attention (CPU kernel)", c10::DeviceType::CPU, kCpuMaxHeadDim, q, k, v, cache_len,
                             tree_mask, out);
 }
 

@@ -23,6 +23,8 @@
 #include <cstring>
 #include <vector>
 
+#include "specdec/compact_checks.h"
+
 namespace specdec {
 namespace {
 
@@ -32,31 +34,14 @@ struct CacheView {
   int64_t sb, sx, ss;  // strides in bytes
 };
 
-void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), "compact_kv: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kInt, "compact_kv: ", name, " must be int32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "compact_kv: ", name, " must have ", dim, " dimensions, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "compact_kv: ", name, " must be contiguous");
-}
-
 void compact_kv_cpu(at::TensorList caches, const at::Tensor& cache_len, const at::Tensor& accept_nodes,
                     const at::Tensor& accept_len) {
-  check_index_tensor(cache_len, "cache_len", 1);
-  check_index_tensor(accept_nodes, "accept_nodes", 2);
-  check_index_tensor(accept_len, "accept_len", 1);
+  check_compact_kv_args("specdec::compact_kv", kCpuCompactKernels, caches, cache_len, accept_nodes, accept_len);
   const int64_t B = cache_len.size(0), W = accept_nodes.size(1);
-  TORCH_CHECK(accept_nodes.size(0) == B && accept_len.size(0) == B, "compact_kv: expected cache_len [B], ",
-              "accept_nodes [B, W], accept_len [B] with one B, got ", cache_len.sizes(), ", ", accept_nodes.sizes(),
-              ", ", accept_len.sizes());
   std::vector<CacheView> views;
   views.reserve(caches.size());
   for (size_t i = 0; i < caches.size(); ++i) {
     const at::Tensor& t = caches[i];
-    TORCH_CHECK(t.device().is_cpu(), "compact_kv: caches[", i, "] must be a CPU tensor, got ", t.device());
-    TORCH_CHECK(t.dim() == 4, "compact_kv: caches[", i, "] must be a 4-D view [B, X, S_max, Y], got ", t.sizes());
-    TORCH_CHECK(t.size(0) == B, "compact_kv: caches[", i, "] has batch ", t.size(0), ", expected B = ", B);
-    TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, "compact_kv: caches[", i,
-                "] must be contiguous along its last dimension, got strides ", t.strides());
     if (t.numel() == 0) continue;
     const int64_t es = static_cast<int64_t>(t.element_size());
     views.push_back({static_cast<char*>(t.data_ptr()), t.size(1), t.size(2), t.size(3) * es, t.stride(0) * es,

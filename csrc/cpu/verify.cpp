@@ -21,34 +21,10 @@
 #include <optional>
 #include <vector>
 
+#include "specdec/verify_checks.h"
+
 namespace specdec {
 namespace {
-
-void check_cpu(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-void check_tree_args(const char* op, const at::Tensor& first_child, const at::Tensor& next_sibling,
-                     const at::Tensor& valid, const at::Tensor& tokens, const at::Tensor& accept_nodes,
-                     const at::Tensor& accept_len, const at::Tensor& out_tokens) {
-  check_cpu(first_child, op, "first_child", at::kInt, 2);
-  check_cpu(next_sibling, op, "next_sibling", at::kInt, 2);
-  check_cpu(valid, op, "valid", at::kBool, 1);
-  check_cpu(tokens, op, "tokens", at::kLong, 2);
-  check_cpu(accept_nodes, op, "accept_nodes", at::kInt, 2);
-  check_cpu(accept_len, op, "accept_len", at::kInt, 1);
-  check_cpu(out_tokens, op, "out_tokens", at::kLong, 2);
-  const auto B = tokens.size(0), N = tokens.size(1);
-  for (const at::Tensor* t : {&first_child, &next_sibling, &accept_nodes, &out_tokens}) {
-    TORCH_CHECK(t->size(0) == B && t->size(1) == N, op, ": expected [B, N] = [", B, ", ", N,
-                "] tree tensors and outputs, got ", t->sizes());
-  }
-  TORCH_CHECK(valid.size(0) == B && accept_len.size(0) == B, op, ": expected valid and accept_len of shape [",
-              B, "], got ", valid.sizes(), " and ", accept_len.sizes());
-}
 
 // The state of one walk and the writing of its outputs (shared by both ops).
 struct Walk {
@@ -104,20 +80,11 @@ int64_t argmax_row(const T* row, int64_t V) {
 }
 
 void verify_greedy_cpu(const at::Tensor& first_child, const at::Tensor& next_sibling, const at::Tensor& valid,
-                       const at::Tensor& tokens, const at::Tensor& target, at::Tensor& accept_nodes,
+                       const at::Tensor& tokens, const at::Tensor& logits, at::Tensor& accept_nodes,
                        at::Tensor& accept_len, at::Tensor& out_tokens) {
-  check_tree_args("verify_greedy", first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
+  const bool ids = check_verify_greedy_args("specdec::verify_greedy", kCpuVerifyKernels, first_child, next_sibling,
+                                            valid, tokens, logits, accept_nodes, accept_len, out_tokens);
   const int64_t B = tokens.size(0), N = tokens.size(1);
-  const bool ids = !at::isFloatingType(target.scalar_type());
-  TORCH_CHECK(target.device().is_cpu() && target.is_contiguous(), "verify_greedy: target must be a contiguous CPU tensor");
-  if (ids) {
-    TORCH_CHECK(target.scalar_type() == at::kLong && target.dim() == 2 && target.size(0) == B && target.size(1) == N,
-                "verify_greedy: target ids must be int64 [B, N] = [", B, ", ", N, "], got ", target.scalar_type(),
-                " ", target.sizes());
-  } else {
-    TORCH_CHECK(target.dim() == 3 && target.size(0) == B && target.size(1) == N && target.size(2) >= 1,
-                "verify_greedy: target logits must be [B, N, V] = [", B, ", ", N, ", V], got ", target.sizes());
-  }
   const int32_t* fc = first_child.data_ptr<int32_t>();
   const int32_t* ns = next_sibling.data_ptr<int32_t>();
   const bool* ok = valid.data_ptr<bool>();
@@ -145,12 +112,12 @@ void verify_greedy_cpu(const at::Tensor& first_child, const at::Tensor& next_sib
     });
   };
   if (ids) {
-    const int64_t* am = target.data_ptr<int64_t>();
+    const int64_t* am = logits.data_ptr<int64_t>();
     run([&](int64_t b, int64_t u) { return am[b * N + u]; });
   } else {
-    const int64_t V = target.size(2);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "verify_greedy_cpu", [&] {
-      const scalar_t* lg = target.data_ptr<scalar_t>();
+    const int64_t V = logits.size(2);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_greedy_cpu", [&] {
+      const scalar_t* lg = logits.data_ptr<scalar_t>();
       run([&](int64_t b, int64_t u) { return argmax_row(lg + (b * N + u) * V, V); });
     });
   }
@@ -309,27 +276,9 @@ void verify_sample_cpu(const at::Tensor& first_child, const at::Tensor& next_sib
                        const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
                        const std::optional<at::Tensor>& draft_probs, at::Tensor& accept_nodes, at::Tensor& accept_len,
                        at::Tensor& out_tokens) {
-  const char* op = "verify_sample";
-  check_tree_args(op, first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
-  const int64_t B = tokens.size(0), N = tokens.size(1);
-  TORCH_CHECK(logits.device().is_cpu() && logits.is_contiguous() && logits.dim() == 3 && logits.size(0) == B &&
-                  logits.size(1) == N && logits.size(2) >= 1,
-              "verify_sample: logits must be a contiguous CPU tensor [B, N, V] = [", B, ", ", N, ", V], got ",
-              logits.sizes());
-  check_cpu(uniforms, op, "uniforms", at::kFloat, 2);
-  TORCH_CHECK(uniforms.size(0) == B && uniforms.size(1) == N + 1, "verify_sample: uniforms must be [B, N + 1] = [",
-              B, ", ", N + 1, "], got ", uniforms.sizes());
-  check_cpu(temperature, op, "temperature", at::kFloat, 1);
-  check_cpu(top_k, op, "top_k", at::kInt, 1);
-  check_cpu(top_p, op, "top_p", at::kFloat, 1);
-  TORCH_CHECK(temperature.size(0) == B && top_k.size(0) == B && top_p.size(0) == B,
-              "verify_sample: temperature, top_k and top_p must have shape [", B, "]");
-  const bool has_q = draft_probs.has_value() && draft_probs->defined();
-  if (has_q) {
-    TORCH_CHECK(draft_probs->device().is_cpu() && draft_probs->is_contiguous() && draft_probs->sizes() == logits.sizes(),
-                "verify_sample: draft_probs must be a contiguous CPU tensor of the logits' shape ", logits.sizes(),
-                ", got ", draft_probs->sizes());
-  }
+  const bool has_q = check_verify_sample_args("specdec::verify_sample", kCpuVerifyKernels, first_child, next_sibling,
+                                              valid, tokens, logits, uniforms, temperature, top_k, top_p,
+                                              draft_probs, accept_nodes, accept_len, out_tokens);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_sample_cpu", [&] {
     using T = scalar_t;
     if (!has_q) {

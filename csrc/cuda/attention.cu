@@ -26,6 +26,7 @@
 // Everything is asynchronous on the current stream; the only allocation is the split-K workspace, from
 // PyTorch's caching allocator (legal under CUDA graph capture).
 #include "specdec/attention_checks.h"
+#include "specdec/limits.h"
 #include "common.cuh"
 
 #include <ATen/ops/empty.h>
@@ -42,7 +43,12 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 32;        // key slots per tile: one per lane in Q K^T, one mask word in the tree
 constexpr int kMaxSplits = 32;   // one split per lane in the merge kernel
-constexpr int kMaxHeadDim = 256;
+// Head dims are padded to one of 64, 128 or kLargestDPad, each an instantiation of the kernel; the limit of
+// the raw op is kMaxHeadDim (specdec/limits.h, set in specdec_kernels/_limits.py).
+constexpr int kLargestDPad = 256;
+static_assert(kMaxHeadDim <= kLargestDPad,
+              "tree_attention has kernels for head dims up to 256: instantiate a larger padded head dim "
+              "(dispatch, d_pad) before raising SPECDEC_MAX_HEAD_DIM");
 constexpr unsigned kFull = 0xffffffffu;
 
 struct Params {
@@ -394,7 +400,7 @@ void dispatch(const Params& p, int d_pad, int rpw, dim3 grid, cudaStream_t strea
   }
   SPECDEC_ATTN_LAUNCH(64)
   SPECDEC_ATTN_LAUNCH(128)
-  SPECDEC_ATTN_LAUNCH(256)
+  SPECDEC_ATTN_LAUNCH(kLargestDPad)
 #undef SPECDEC_ATTN_LAUNCH
   TORCH_CHECK(false, "specdec::tree_attention: internal error, no kernel for padded head dim ", d_pad);
 }
@@ -420,7 +426,7 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
   const int64_t row_tiles = (R + kWarps * rpw - 1) / (kWarps * rpw);
   TORCH_CHECK(row_tiles <= 65535, "specdec::tree_attention: H / H_kv * Nq = ", R,
               " query rows per KV head is too many (at most ", 65535 * kWarps * rpw, ")");
-  const int d_pad = D <= 64 ? 64 : (D <= 128 ? 128 : 256);
+  const int d_pad = D <= 64 ? 64 : (D <= 128 ? 128 : kLargestDPad);
 
   Params p{};
   p.q = q.data_ptr();

@@ -26,6 +26,7 @@
 // source/destination slot falls outside [0, S_max): the kernel never touches memory outside the tensor and
 // never raises on values (a decode-path op cannot without syncing).
 #include "common.cuh"
+#include "specdec/compact_checks.h"
 
 #include <algorithm>
 #include <vector>
@@ -45,6 +46,9 @@ template <int kMaxTensors>
 struct CompactParams {
   TensorDesc t[kMaxTensors];
 };
+
+// The descriptors hold heads and slots as int32.
+constexpr CompactKernels kCudaCompactKernels{c10::DeviceType::CUDA, INT32_MAX};
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerChunk = 4;  // rows staged in registers per column before writing (4 x 16 B = 16 regs)
@@ -103,13 +107,6 @@ __global__ void __launch_bounds__(kThreads, 3) compact_kv_kernel(const __grid_co
   }
 }
 
-void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim, const c10::Device& dev) {
-  TORCH_CHECK(t.device() == dev, "compact_kv: ", name, " must be on ", dev, ", got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kInt, "compact_kv: ", name, " must be int32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "compact_kv: ", name, " must have ", dim, " dimensions, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "compact_kv: ", name, " must be contiguous");
-}
-
 // The widest power-of-two access (<= 16 bytes) that every row start and the row size are multiples of.
 int32_t vector_bytes(uintptr_t base, int64_t row_bytes, int64_t sb, int64_t sx, int64_t ss) {
   uint64_t bits = static_cast<uint64_t>(base) | static_cast<uint64_t>(row_bytes) | static_cast<uint64_t>(sb) |
@@ -139,25 +136,12 @@ void launch(const TensorDesc* descs, int64_t count, const at::Tensor& cache_len,
 void compact_kv_cuda(at::TensorList caches, const at::Tensor& cache_len, const at::Tensor& accept_nodes,
                      const at::Tensor& accept_len) {
   const c10::Device dev = cache_len.device();
-  TORCH_CHECK(dev.is_cuda(), "compact_kv: cache_len must be a CUDA tensor, got ", dev);
-  check_index_tensor(cache_len, "cache_len", 1, dev);
-  check_index_tensor(accept_nodes, "accept_nodes", 2, dev);
-  check_index_tensor(accept_len, "accept_len", 1, dev);
+  check_compact_kv_args("specdec::compact_kv", kCudaCompactKernels, caches, cache_len, accept_nodes, accept_len);
   const int64_t B = cache_len.size(0), W = accept_nodes.size(1);
-  TORCH_CHECK(accept_nodes.size(0) == B && accept_len.size(0) == B, "compact_kv: expected cache_len [B], ",
-              "accept_nodes [B, W], accept_len [B] with one B, got ", cache_len.sizes(), ", ", accept_nodes.sizes(),
-              ", ", accept_len.sizes());
   std::vector<TensorDesc> descs;
   descs.reserve(caches.size());
   for (size_t i = 0; i < caches.size(); ++i) {
     const at::Tensor& t = caches[i];
-    TORCH_CHECK(t.device() == dev, "compact_kv: caches[", i, "] must be on ", dev, ", got ", t.device());
-    TORCH_CHECK(t.dim() == 4, "compact_kv: caches[", i, "] must be a 4-D view [B, X, S_max, Y], got ", t.sizes());
-    TORCH_CHECK(t.size(0) == B, "compact_kv: caches[", i, "] has batch ", t.size(0), ", expected B = ", B);
-    TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, "compact_kv: caches[", i,
-                "] must be contiguous along its last dimension, got strides ", t.strides());
-    TORCH_CHECK(t.size(1) <= INT32_MAX && t.size(2) <= INT32_MAX, "compact_kv: caches[", i, "] is too large: ",
-                t.sizes());
     if (t.numel() == 0) continue;
     const int64_t es = static_cast<int64_t>(t.element_size());
     const int64_t row_bytes = t.size(3) * es;
@@ -169,7 +153,9 @@ void compact_kv_cuda(at::TensorList caches, const at::Tensor& cache_len, const a
     d.X = static_cast<int32_t>(t.size(1));
     d.S = static_cast<int32_t>(t.size(2));
     d.vec_bytes = vector_bytes(reinterpret_cast<uintptr_t>(d.base), row_bytes, d.sb, d.sx, d.ss);
-    TORCH_CHECK(row_bytes / d.vec_bytes <= INT32_MAX, "compact_kv: caches[", i, "] rows are too long");
+    TORCH_CHECK(row_bytes / d.vec_bytes <= INT32_MAX, "specdec::compact_kv: the CUDA kernel takes rows of at most ",
+                INT32_MAX, " accesses of ", d.vec_bytes, " bytes, got caches[", i, "] with rows of ", row_bytes,
+                " bytes");
     d.cols = static_cast<int32_t>(row_bytes / d.vec_bytes);
     descs.push_back(d);
   }

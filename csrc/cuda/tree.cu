@@ -1,6 +1,6 @@
 // CUDA kernels of specdec::build_tree and specdec::select_tree: one thread block per tree (batch row).
 //
-// build_tree (N <= 1024 nodes, one thread per node):
+// build_tree (N <= kMaxTreeNodes nodes, specdec/limits.h; one thread per node):
 //   1. load parents into shared memory and validate with one block reduction (__syncthreads_or); a
 //      malformed tree is written as all padding, so no later walk can run out of bounds or loop;
 //   2. warp 0 derives first_child / next_sibling in increasing index order without atomics: it scans the
@@ -14,11 +14,12 @@
 //      decreasing indices: the mask row is built one 32-bit word at a time from the high word down, in a
 //      register, and each word is stored once. Depth is the length of the walk. O(depth) per thread.
 //
-// select_tree (M <= 4096 candidates): keys = candidate_key(score, index) (specdec/tree.h: higher score,
-//   then lower index, NaN last; 64-bit, all distinct), bitonic sort in shared memory (descending), the first
-//   K = N - 1 keys are the chosen candidates; a block prefix sum over "chosen" flags in candidate order
-//   gives each chosen candidate its node index (so nodes stay in topological order), then parents are
-//   remapped through that table. Everything stays on the device: no host synchronisation.
+// select_tree (M <= kMaxCandidates candidates, specdec/limits.h): keys = candidate_key(score, index)
+//   (specdec/tree.h: higher score, then lower index, NaN last; 64-bit, all distinct), bitonic sort in shared
+//   memory (descending), the first K = N - 1 keys are the chosen candidates; a block prefix sum over
+//   "chosen" flags in candidate order gives each chosen candidate its node index (so nodes stay in
+//   topological order), then parents are remapped through that table. Everything stays on the device: no
+//   host synchronisation.
 #include "common.cuh"
 #include "specdec/tree.h"
 
@@ -29,6 +30,23 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMaxBlockThreads = 1024;           // CUDA's limit on the threads of one block
+constexpr int64_t kDefaultSmemBytes = 48 * 1024;  // shared memory of a block without an opt-in attribute
+
+// The padded sort length of select_tree for M candidates: a power of two >= M (and >= 2).
+constexpr int64_t sort_length(int64_t M) {
+  int64_t P = 2;
+  while (P < M) P <<= 1;
+  return P;
+}
+
+// What the kernels below need of the limits in specdec/limits.h (set in specdec_kernels/_limits.py).
+static_assert(kMaxTreeNodes <= kMaxBlockThreads,
+              "build_tree runs one thread per node in one block: SPECDEC_MAX_TREE_NODES must be <= 1024");
+static_assert(sort_length(kMaxCandidates) * static_cast<int64_t>(sizeof(uint64_t)) + kMaxCandidates +
+                      kWarpSize * static_cast<int64_t>(sizeof(int)) <= kDefaultSmemBytes,
+              "select_tree sorts one request's candidates in shared memory (8 bytes per padded key + 1 per "
+              "candidate, within 48 KiB): SPECDEC_MAX_CANDIDATES must be <= 4096");
 
 __global__ void build_tree_kernel(const int32_t* __restrict__ parents, const int32_t* __restrict__ num_nodes,
                                   int32_t* __restrict__ depth, uint32_t* __restrict__ mask,
@@ -116,7 +134,7 @@ __global__ void build_tree_kernel(const int32_t* __restrict__ parents, const int
   for (int i = tid; i < N; i += blockDim.x) first_child[i] = i < live ? s_first[i] : -1;
 }
 
-// Block-wide exclusive prefix sum of one int per thread (blockDim.x a multiple of 32, at most 1024).
+// Block-wide exclusive prefix sum of one int per thread (blockDim.x a multiple of 32, at most kMaxBlockThreads).
 __device__ __forceinline__ int block_exclusive_scan(int value, int* s_warp_sums) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int num_warps = blockDim.x / kWarpSize;
@@ -229,7 +247,7 @@ void build_tree_cuda(const at::Tensor& parents, const at::Tensor& num_nodes, at:
   check_build_tree_args(parents, num_nodes, depth, mask, first_child, next_sibling, valid);
   TORCH_CHECK(parents.is_cuda(), "specdec::build_tree (CUDA kernel): expected CUDA tensors, got ", parents.device());
   const int64_t B = parents.size(0), N = parents.size(1);
-  TORCH_CHECK(N <= kMaxKernelNodes, "specdec::build_tree (CUDA kernel): at most ", kMaxKernelNodes,
+  TORCH_CHECK(N <= kMaxTreeNodes, "specdec::build_tree (CUDA kernel): at most ", kMaxTreeNodes,
               " nodes per tree (one tree per thread block), got N = ", N);
   TORCH_CHECK(B < (int64_t{1} << 31), "specdec::build_tree (CUDA kernel): batch too large, B = ", B);
   if (B == 0) return;
@@ -249,15 +267,14 @@ void select_tree_cuda(const at::Tensor& cand_scores, const at::Tensor& cand_pare
   TORCH_CHECK(cand_scores.is_cuda(), "specdec::select_tree (CUDA kernel): expected CUDA tensors, got ",
               cand_scores.device());
   const int64_t B = cand_scores.size(0), M = cand_scores.size(1), N = parents.size(1);
-  TORCH_CHECK(M <= kMaxKernelCandidates, "specdec::select_tree (CUDA kernel): at most ", kMaxKernelCandidates,
+  TORCH_CHECK(M <= kMaxCandidates, "specdec::select_tree (CUDA kernel): at most ", kMaxCandidates,
               " candidates per row (one row per thread block), got M = ", M);
   TORCH_CHECK(B < (int64_t{1} << 31), "specdec::select_tree (CUDA kernel): batch too large, B = ", B);
   if (B == 0) return;
   const c10::cuda::CUDAGuard guard(cand_scores.device());
-  int P = 2;  // padded sort length: a power of two >= M
-  while (P < M) P <<= 1;
-  const int threads = std::clamp(P / 2, kWarpSize, 1024);
-  // Keys (8 B each, padded), then one "chosen" byte per candidate: at most 32 KiB + 4 KiB.
+  const int P = static_cast<int>(sort_length(M));  // padded sort length: a power of two >= M
+  const int threads = std::clamp(P / 2, kWarpSize, kMaxBlockThreads);
+  // Keys (8 B each, padded), then one "chosen" byte per candidate: within 48 KiB (static_assert above).
   const size_t smem = static_cast<size_t>(P) * sizeof(uint64_t) + static_cast<size_t>(M);
   select_tree_kernel<<<static_cast<unsigned>(B), threads, smem, cuda::current_stream()>>>(
       cand_scores.data_ptr<float>(), cand_parents.data_ptr<int32_t>(), cand_tokens.data_ptr<int64_t>(),

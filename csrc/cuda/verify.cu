@@ -21,6 +21,8 @@
 //   All reductions have a fixed order, so results are deterministic run to run.
 // Agreement with the reference is exact except where a uniform falls within rounding of a decision boundary.
 #include "common.cuh"
+#include "specdec/limits.h"
+#include "specdec/verify_checks.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/util/BFloat16.h>
@@ -41,7 +43,14 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPivots = 15;     // 16-ary search: 4 bits of the 32-bit key per pass
-constexpr int kMaxNodes = 1024; // rejections recorded per node (smem); N is limited to this
+// Rejections recorded per node (shared memory) are at most N - 1: N is limited to kMaxTreeNodes
+// (specdec/limits.h, set in specdec_kernels/_limits.py).
+constexpr int kMaxNodes = static_cast<int>(kMaxTreeNodes);
+
+// What the kernels accept (specdec/verify_checks.h): N <= kMaxNodes, one request per block along grid x,
+// int32 vocabulary loops that step by kThreads.
+constexpr VerifyKernels kCudaVerifyKernels{c10::DeviceType::CUDA, false, kMaxNodes, INT32_MAX,
+                                           INT32_MAX - 2 * kThreads};
 
 // ---------------------------------------------------------------------------------------------------
 // Walk state (thread 0 only).
@@ -266,6 +275,10 @@ struct Shared {
   int64_t bonus;
   int64_t argmax;
 };
+// Static shared memory of verify_logits_kernel (Shared plus s_len) within the 48 KiB a block gets without an
+// opt-in; the rejection records grow with kMaxNodes.
+static_assert(sizeof(Shared) + sizeof(int32_t) <= 48 * 1024,
+              "verify_logits_kernel keeps up to N rejections in shared memory: SPECDEC_MAX_TREE_NODES is too large");
 
 template <typename T>
 __device__ void load_dist(const T* row, int32_t V, float temperature, int32_t top_k, float top_p, float row_max,
@@ -505,37 +518,6 @@ __global__ void __launch_bounds__(kThreads) verify_logits_kernel(
 // ---------------------------------------------------------------------------------------------------
 // Host side.
 
-void check_cuda(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype, int64_t dim,
-                const c10::Device& dev) {
-  TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, ", got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-void check_tree_args(const char* op, const at::Tensor& first_child, const at::Tensor& next_sibling,
-                     const at::Tensor& valid, const at::Tensor& tokens, const at::Tensor& accept_nodes,
-                     const at::Tensor& accept_len, const at::Tensor& out_tokens) {
-  const c10::Device dev = tokens.device();
-  TORCH_CHECK(dev.is_cuda(), op, ": tokens must be a CUDA tensor, got ", dev);
-  check_cuda(first_child, op, "first_child", at::kInt, 2, dev);
-  check_cuda(next_sibling, op, "next_sibling", at::kInt, 2, dev);
-  check_cuda(valid, op, "valid", at::kBool, 1, dev);
-  check_cuda(tokens, op, "tokens", at::kLong, 2, dev);
-  check_cuda(accept_nodes, op, "accept_nodes", at::kInt, 2, dev);
-  check_cuda(accept_len, op, "accept_len", at::kInt, 1, dev);
-  check_cuda(out_tokens, op, "out_tokens", at::kLong, 2, dev);
-  const auto B = tokens.size(0), N = tokens.size(1);
-  for (const at::Tensor* t : {&first_child, &next_sibling, &accept_nodes, &out_tokens}) {
-    TORCH_CHECK(t->size(0) == B && t->size(1) == N, op, ": expected [B, N] = [", B, ", ", N,
-                "] tree tensors and outputs, got ", t->sizes());
-  }
-  TORCH_CHECK(valid.size(0) == B && accept_len.size(0) == B, op, ": expected valid and accept_len of shape [", B,
-              "]");
-  TORCH_CHECK(N >= 1 && N <= kMaxNodes, op, ": the CUDA kernel takes 1 <= N <= ", kMaxNodes, " nodes, got ", N);
-  TORCH_CHECK(B <= INT32_MAX, op, ": batch too large");
-}
-
 template <typename T, typename Q>
 void launch_logits(const at::Tensor& first_child, const at::Tensor& next_sibling, const at::Tensor& valid,
                    const at::Tensor& tokens, const at::Tensor& logits, const float* uniforms, const float* temperature,
@@ -550,36 +532,25 @@ void launch_logits(const at::Tensor& first_child, const at::Tensor& next_sibling
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_logits(const char* op, const at::Tensor& logits, const at::Tensor& tokens) {
-  TORCH_CHECK(logits.device() == tokens.device() && logits.is_contiguous(), op,
-              ": logits must be a contiguous tensor on ", tokens.device());
-  TORCH_CHECK(logits.dim() == 3 && logits.size(0) == tokens.size(0) && logits.size(1) == tokens.size(1) &&
-                  logits.size(2) >= 1 && logits.size(2) <= INT32_MAX - 1024,  // int32 vocabulary loops step by 512
-              op, ": logits must be [B, N, V] = [", tokens.size(0), ", ", tokens.size(1), ", V], got ", logits.sizes());
-}
-
 void verify_greedy_cuda(const at::Tensor& first_child, const at::Tensor& next_sibling, const at::Tensor& valid,
-                        const at::Tensor& tokens, const at::Tensor& target, at::Tensor& accept_nodes,
+                        const at::Tensor& tokens, const at::Tensor& logits, at::Tensor& accept_nodes,
                         at::Tensor& accept_len, at::Tensor& out_tokens) {
-  check_tree_args("verify_greedy", first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
+  const bool ids = check_verify_greedy_args("specdec::verify_greedy", kCudaVerifyKernels, first_child, next_sibling,
+                                            valid, tokens, logits, accept_nodes, accept_len, out_tokens);
   const int64_t B = tokens.size(0);
   if (B == 0) return;
   c10::cuda::CUDAGuard guard(tokens.device());
-  if (!at::isFloatingType(target.scalar_type())) {
-    check_cuda(target, "verify_greedy", "target ids", at::kLong, 2, tokens.device());
-    TORCH_CHECK(target.sizes() == tokens.sizes(), "verify_greedy: target ids must be [B, N] like tokens, got ",
-                target.sizes());
+  if (ids) {
     const int threads = 128;
     greedy_ids_kernel<<<static_cast<unsigned>((B + threads - 1) / threads), threads, 0, cuda::current_stream()>>>(
         first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(), valid.data_ptr<bool>(),
-        tokens.data_ptr<int64_t>(), target.data_ptr<int64_t>(), accept_nodes.data_ptr<int32_t>(),
+        tokens.data_ptr<int64_t>(), logits.data_ptr<int64_t>(), accept_nodes.data_ptr<int32_t>(),
         accept_len.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>(), B, static_cast<int32_t>(tokens.size(1)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  check_logits("verify_greedy", target, tokens);
-  SPECDEC_DISPATCH_FP32_FP16_BF16(target.scalar_type(), "verify_greedy_cuda", [&] {
-    launch_logits<scalar_t, float>(first_child, next_sibling, valid, tokens, target, nullptr, nullptr, nullptr,
+  SPECDEC_DISPATCH_FP32_FP16_BF16(logits.scalar_type(), "verify_greedy_cuda", [&] {
+    launch_logits<scalar_t, float>(first_child, next_sibling, valid, tokens, logits, nullptr, nullptr, nullptr,
                                    nullptr, nullptr, false, accept_nodes, accept_len, out_tokens);
   });
 }
@@ -589,25 +560,11 @@ void verify_sample_cuda(const at::Tensor& first_child, const at::Tensor& next_si
                         const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
                         const std::optional<at::Tensor>& draft_probs, at::Tensor& accept_nodes,
                         at::Tensor& accept_len, at::Tensor& out_tokens) {
-  const char* op = "verify_sample";
-  check_tree_args(op, first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
-  check_logits(op, logits, tokens);
+  const bool has_q = check_verify_sample_args("specdec::verify_sample", kCudaVerifyKernels, first_child, next_sibling,
+                                              valid, tokens, logits, uniforms, temperature, top_k, top_p,
+                                              draft_probs, accept_nodes, accept_len, out_tokens);
   const c10::Device dev = tokens.device();
-  const int64_t B = tokens.size(0), N = tokens.size(1);
-  check_cuda(uniforms, op, "uniforms", at::kFloat, 2, dev);
-  TORCH_CHECK(uniforms.size(0) == B && uniforms.size(1) == N + 1, op, ": uniforms must be [B, N + 1] = [", B, ", ",
-              N + 1, "], got ", uniforms.sizes());
-  check_cuda(temperature, op, "temperature", at::kFloat, 1, dev);
-  check_cuda(top_k, op, "top_k", at::kInt, 1, dev);
-  check_cuda(top_p, op, "top_p", at::kFloat, 1, dev);
-  TORCH_CHECK(temperature.size(0) == B && top_k.size(0) == B && top_p.size(0) == B, op,
-              ": temperature, top_k and top_p must have shape [", B, "]");
-  const bool has_q = draft_probs.has_value() && draft_probs->defined();
-  if (has_q) {
-    TORCH_CHECK(draft_probs->device() == dev && draft_probs->is_contiguous() &&
-                    draft_probs->sizes() == logits.sizes(),
-                op, ": draft_probs must be a contiguous tensor of the logits' shape ", logits.sizes(), " on ", dev);
-  }
+  const int64_t B = tokens.size(0);
   if (B == 0) return;
   c10::cuda::CUDAGuard guard(dev);
   SPECDEC_DISPATCH_FP32_FP16_BF16(logits.scalar_type(), "verify_sample_cuda", [&] {

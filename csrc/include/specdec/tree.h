@@ -9,6 +9,10 @@
 
 #include <cstdint>
 
+// kMaxTreeNodes (largest tree one CUDA thread block builds) and kMaxCandidates (most candidates one block
+// ranks): the limits of specdec_kernels/_limits.py, which ops/tree.py checks before choosing cuda/triton.
+#include "specdec/limits.h"
+
 #if defined(__CUDACC__)
 #define SPECDEC_HD __host__ __device__ __forceinline__
 #else
@@ -16,11 +20,6 @@
 #endif
 
 namespace specdec {
-
-// Largest tree one CUDA thread block builds, and most candidates one block ranks (ops/tree.py checks the
-// same limits before choosing the cuda/triton backends).
-constexpr int64_t kMaxKernelNodes = 1024;
-constexpr int64_t kMaxKernelCandidates = 4096;
 
 // Order key of a float32 score given as its bit pattern: a larger key ranks earlier. Finite numbers and
 // +-inf keep their order (the usual sign-flip trick), -0.0 and +0.0 share a key (they compare equal, so
