@@ -1,14 +1,24 @@
-"""Tiny random Hugging Face targets shared by the model-level tests (CPU, fp32, no downloads).
+"""Tiny random models shared by the model-level tests (CPU, fp32, no downloads).
 
-One factory for test_target.py, test_decoding.py and test_lossless.py, so every test drives the same kind of
-model: 2 layers, 4 attention heads over 2 KV heads, untied lm_head, no special tokens.
+One factory of Hugging Face targets for test_target.py, test_decoding.py and test_lossless.py, so every
+test drives the same kind of model: 2 layers, 4 attention heads over 2 KV heads, untied lm_head, no
+special tokens. And the reduction length of a draft head (`head_reduction`), from which the tests that
+compare two fp32 computations of a head derive their tolerance (helpers.tolerance).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 # family -> (config class, model class, config fields the family needs beyond the common ones)
 FAMILIES = {
@@ -50,3 +60,17 @@ def make_target(family: str = "llama", vocab: int = 128, hidden: int = 64, max_p
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
+
+
+def head_reduction(cfg, keys: int) -> int:
+    """Terms summed, one reduction after the other, on the longest path from a draft head's inputs to its
+    logits (cfg: a specdec.models.DraftConfig; keys: the most key slots its attention runs over).
+
+    fc over [e; f] (2H), the input block's norm (H) and MLP (H in, I out; GRIFFIN's up_proj 2H), q/k (H),
+    the scores (head_dim), softmax and P.V (keys, twice), o_proj (heads x head_dim), the layer's norm (H)
+    and MLP (H, I), the lm_head (H). The rounding of such a chain grows like the square root of the total
+    (helpers.tolerance).
+    """
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    return (2 * H + H + 2 * H + I + H + cfg.head_dim + 2 * keys + cfg.num_attention_heads * cfg.head_dim
+            + H + H + I + H)

@@ -17,6 +17,7 @@ import specdec_kernels as sk
 
 
 def tree_demo() -> None:
+    """Print the tree kernels' outputs for a small EAGLE-2-shaped draft tree."""
     parents = torch.tensor([[-1, 0, 0, 0, 1, 1, 2, 4]], dtype=torch.int32)
     tree = sk.build_tree(parents)
     print("parents      ", parents[0].tolist())
@@ -48,9 +49,10 @@ def tiny_target(vocab: int = 512, hidden: int = 128, layers: int = 2, sharpen: f
 def speculative_demo(max_new_tokens: int = 32, batch: int = 3, tree_top_k: int = 4, depth: int = 5,
                      total_tokens: int = 24, device: str = "cpu") -> bool:
     """Run the comparison described in the module docstring; returns True when every output agrees."""
-    from .decoding import TargetOracleHead, generate, generate_baseline
+    from .decoding import generate, generate_baseline
     from .models import DraftConfig, build_draft_head
     from .target import TargetModel
+    from .testing import TargetOracleHead
 
     model = tiny_target().to(device)
     target = TargetModel(model)
@@ -79,6 +81,7 @@ def speculative_demo(max_new_tokens: int = 32, batch: int = 3, tree_top_k: int =
 
 
 def main(argv=None) -> int:
+    """Entry point of `python -m specdec.demo`; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m specdec.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=32)

@@ -6,7 +6,7 @@ pairs (the prompt after prefill, the accepted path plus the bonus token after ea
 returns the draft's logits and fed-back feature at the last new pair: the prediction for the root of the
 next tree (the last accepted token, whose own target feature is not known yet).
 
-`TreeDrafter.draft` then grows the tree (METHODS.md "EAGLE-2 dynamic tree drafting"):
+`TreeDrafter.draft` then grows the tree (docs/methods.md, "EAGLE-2 dynamic tree drafting"):
   level 1: the top-k tokens of the root logits, scored by their log-probability;
   level l >= 2: the k frontier nodes of level l - 1 run through the draft at once (position
       cache_len + l - 2, written at uncommitted slots cache_len + (l - 2) k + i, each seeing the committed
@@ -25,8 +25,7 @@ from typing import Optional
 import torch
 
 import specdec_kernels
-
-from ..target.masks import chain_mask, pack_bits
+from specdec_kernels import chain_mask, mask_words, pack_bits
 
 
 def num_candidates(tree_top_k: int, depth: int) -> int:
@@ -77,7 +76,7 @@ class TreeDrafter:
         self.cache = head.new_cache(batch_size, max_len + max(self.tree_slots, depth + 1))
         self.cache_len = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
         # own_bits[l][i]: the packed bit of frontier node i of level l + 1 (its slot (l * k) + i).
-        W = max(1, (self.tree_slots + 31) // 32)
+        W = mask_words(self.tree_slots)
         self.words = W
         eye = torch.zeros(max(depth - 1, 0), tree_top_k, W * 32, dtype=torch.bool, device=self.device)
         for l in range(depth - 1):

@@ -121,13 +121,35 @@ def _pad(rows: list, device) -> tuple:
     return ids.to(device), lengths.to(device)
 
 
-def _eos_tensor(eos_token_id, device) -> Optional[torch.Tensor]:
+def _resolve_eos(eos_token_id, model) -> list:
+    """The token ids that stop a request: `eos_token_id` when given, else the model's default.
+
+    eos_token_id: an int, a sequence of ints, or None. None (the default of generate) takes
+    `model.generation_config.eos_token_id` (int, list or None), as transformers' `model.generate` does;
+    an empty sequence `[]` turns stopping off (only max_new_tokens ends a request). `model` is a
+    TargetModel or a Hugging Face model.
+
+    Example:
+        >>> _resolve_eos([], None), _resolve_eos(2, None), _resolve_eos((2, 7), None)
+        ([], [2], [2, 7])
+    """
     if eos_token_id is None:
-        return None
+        hf = model.model if isinstance(model, TargetModel) else model
+        gen_config = getattr(hf, "generation_config", None)
+        eos_token_id = getattr(gen_config, "eos_token_id", None)
+        if eos_token_id is None:
+            return []
+    if isinstance(eos_token_id, torch.Tensor):
+        eos_token_id = eos_token_id.reshape(-1).tolist()
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if not ids:
-        return None
-    return torch.tensor(ids, dtype=torch.int64, device=device)
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise TypeError(f"eos_token_id: expected an int or a sequence of ints, got {eos_token_id!r}")
+    return ids
+
+
+def _eos_tensor(eos_ids: list, device) -> Optional[torch.Tensor]:
+    return torch.tensor(eos_ids, dtype=torch.int64, device=device) if eos_ids else None
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
@@ -156,8 +178,8 @@ class _Chooser:
         if self.greedy:
             return specdec_kernels.verify_greedy(tree, tokens, logits, backend=self.backend)
         u = torch.rand(self.B, tokens.shape[1] + 1, generator=self.generator, device=self.device)
-        return specdec_kernels.verify_sample(tree, tokens, logits, u, self.temperature, self.top_k, self.top_p,
-                                             backend=self.backend)
+        return specdec_kernels.verify_sample(tree, tokens, logits, u, temperature=self.temperature, top_k=self.top_k,
+                                             top_p=self.top_p, backend=self.backend)
 
     def first(self, last_logits: torch.Tensor) -> torch.Tensor:
         """The token after the prompt, drawn from the prefill logits [B, V] by the same rule (a one-node tree)."""
@@ -234,7 +256,8 @@ def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = 
         top_k (0 = off), top_p (1.0 = off): the target's sampling filters.
         tree_top_k, depth, total_tokens: EAGLE-2 tree parameters (children per node, levels, nodes incl. the
             root; the tree is capped at the number of drafted candidates + 1).
-        eos_token_id: int, list of ints, or None; a request stops after emitting one of them.
+        eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
+            the model's `generation_config.eos_token_id`, like `model.generate`; `[]`: never stop early.
         generator: torch.Generator on the target's device for the sampling uniforms (reproducible runs).
         prefill_chunk_size: prefill at most this many prompt columns per forward (None: all at once).
         backend: specdec_kernels backend for every kernel (None chooses; a TargetModel passed as `target`
@@ -263,7 +286,7 @@ def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = 
     drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens,
                           backend=backend)
     choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = _Output(B, max_new_tokens, D1, _eos_tensor(eos_token_id, dev), dev)
+    out = _Output(B, max_new_tokens, D1, _eos_tensor(_resolve_eos(eos_token_id, target), dev), dev)
 
     # Prefill: the target commits the prompts and picks the first token; the draft commits the pairs
     # (f_t, x_{t+1}) for t < length, the last pairing the feature of the prompt's last token with that token.
@@ -329,7 +352,8 @@ def generate_baseline(target, input_ids, attention_mask: Optional[torch.Tensor] 
                       prefill_chunk_size: Optional[int] = None, backend: Optional[str] = None) -> GenerationResult:
     """Plain autoregressive decoding through the same TargetModel (a one-node tree per pass).
 
-    Same arguments and result as `generate` without a draft; tau is 1 and draft_time 0. With the same
+    Same arguments and result as `generate` without a draft (eos_token_id too: None = the model's
+    generation_config, [] = no stopping); tau is 1 and draft_time 0. With the same
     generator state it consumes uniforms differently from `generate`, so sampled outputs agree in
     distribution, not token for token.
     """
@@ -342,7 +366,7 @@ def generate_baseline(target, input_ids, attention_mask: Optional[torch.Tensor] 
     ids, lengths = _pad(rows, dev)
     cache = target.new_cache(B, ids.shape[1] + max_new_tokens + 1)
     choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = _Output(B, max_new_tokens, 1, _eos_tensor(eos_token_id, dev), dev)
+    out = _Output(B, max_new_tokens, 1, _eos_tensor(_resolve_eos(eos_token_id, target), dev), dev)
     pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))

@@ -7,14 +7,15 @@
     out = head(features, input_ids, position_ids, cache, cache_len, tree_mask)   # DraftOutput(logits, hidden)
     head.save_pretrained(path)
 
-See base.DraftHead.forward for the decode-path contract and forward_sequence for training.
+See base.DraftHead.forward for the decode-path contract and forward_sequence for training, and
+checkpoint.py for the checkpoint formats (ours and the published EAGLE/FSPAD/GRIFFIN layouts).
 """
 from .base import DraftCache, DraftHead, DraftOutput
+from .checkpoint import CheckpointError, build_draft_head, infer_kind, load_draft_head
 from .config import KINDS, DraftConfig
 from .eagle import EagleHead
 from .fspad import FSPADHead
 from .griffin import GriffinHead
-from .io import CheckpointError, build_draft_head, infer_kind, load_draft_head
 
 __all__ = [
     "KINDS", "CheckpointError", "DraftCache", "DraftConfig", "DraftHead", "DraftOutput", "EagleHead", "FSPADHead",

@@ -19,12 +19,10 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import nn
 
-import specdec_kernels
+from specdec_kernels.checks import FLOAT_DTYPES_FP64, check_tensor
 
 from .config import DraftConfig
 from .layers import DecoderLayer, RotaryEmbedding
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class DraftOutput(NamedTuple):
@@ -200,12 +198,12 @@ class DraftHead(nn.Module):
         B, T = self._check_inputs(features, input_ids, position_ids)
         c = self.config
         kv_shape = (B, c.num_key_value_heads, None, c.head_dim)
-        _check("cache.k", cache.k, dtype=self.dtype, shape=kv_shape, device=self.device)
-        _check("cache.v", cache.v, dtype=self.dtype, shape=tuple(cache.k.shape), device=self.device)
-        _check("cache_len", cache_len, dtype=torch.int32, shape=(B,), device=self.device)
-        _check("tree_mask", tree_mask, dtype=torch.int32, shape=(B, T, None), device=self.device)
+        check_tensor("cache.k", cache.k, dtype=self.dtype, shape=kv_shape, device=self.device)
+        check_tensor("cache.v", cache.v, dtype=self.dtype, shape=tuple(cache.k.shape), device=self.device)
+        check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,), device=self.device)
+        check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, T, None), device=self.device)
         if isinstance(slot_offset, torch.Tensor):
-            _check("slot_offset", slot_offset, dtypes=(torch.int32, torch.int64), shape=(B,), device=self.device)
+            check_tensor("slot_offset", slot_offset, dtypes=(torch.int32, torch.int64), shape=(B,), device=self.device)
             slot_offset = slot_offset.to(torch.int64)[:, None]
         elif not isinstance(slot_offset, int) or slot_offset < 0:
             raise ValueError(f"slot_offset: expected a non-negative int or an int tensor [B], got {slot_offset!r}")
@@ -234,13 +232,14 @@ class DraftHead(nn.Module):
         mask = None
         if attention_mask is not None:
             if attention_mask.dim() == 2:
-                _check("attention_mask", attention_mask, shape=(B, T), device=features.device)
+                check_tensor("attention_mask", attention_mask, shape=(B, T), device=features.device)
                 causal = torch.ones(T, T, dtype=torch.bool, device=features.device).tril()
                 # a padded query still sees itself, so no row is empty (its output is ignored anyway)
                 mask = (causal & attention_mask.bool()[:, None, :]) | torch.eye(T, dtype=torch.bool,
                                                                                 device=features.device)
             else:
-                _check("attention_mask", attention_mask, dtype=torch.bool, shape=(B, T, T), device=features.device)
+                check_tensor("attention_mask", attention_mask, dtype=torch.bool, shape=(B, T, T),
+                             device=features.device)
                 mask = attention_mask
         x = self.fuse(features.to(self.dtype), input_ids)
         cos, sin = self.rotary_emb(position_ids)
@@ -249,11 +248,11 @@ class DraftHead(nn.Module):
 
     def _check_inputs(self, features, input_ids, position_ids) -> tuple:
         H = self.config.hidden_size
-        _check("features", features, dtypes=FLOAT_DTYPES, shape=(None, None, H), device=self.device)
+        check_tensor("features", features, dtypes=FLOAT_DTYPES_FP64, shape=(None, None, H), device=self.device)
         B, T, _ = features.shape
-        _check("input_ids", input_ids, dtype=torch.int64, shape=(B, T), device=self.device)
+        check_tensor("input_ids", input_ids, dtype=torch.int64, shape=(B, T), device=self.device)
         if position_ids is not None:
-            _check("position_ids", position_ids, dtype=torch.int64, shape=(B, T), device=self.device)
+            check_tensor("position_ids", position_ids, dtype=torch.int64, shape=(B, T), device=self.device)
         return B, T
 
     # -- init and save ----------------------------------------------------------------------------
@@ -288,56 +287,23 @@ class DraftHead(nn.Module):
         return f"kind={self.kind}, target={bound}"
 
 
-
 class FusedInputHead(DraftHead):
-    """A dual-output head (FSPAD, GRIFFIN) whose input block `fc` may run as one fused specdec_kernels op.
+    """A dual-output head (FSPAD, GRIFFIN) whose input block `fc` is one fused specdec_kernels op.
 
-    A subclass names its input block module (`input_block`, built from the config as `self.fc`), the
-    specdec_kernels function computing the same block (`fused_op`) and the block's weights in that op's
-    argument order (`fused_weights`). With use_fused_features (default: when the op exists) `fuse` calls
-    the op, which gathers the embedding rows inside its matmul; else the plain PyTorch block.
+    A subclass names its input-block layer class (`input_block`): an nn.Module built from the config as
+    `self.fc`, owning the block's parameters under the published checkpoint names, whose
+    forward(features, input_ids, embed_weight) calls the functional op (the op gathers the embedding rows
+    itself, inside its matmul). The op's backend follows the layer's `backend` attribute (None chooses, as
+    every specdec_kernels op does; "torch" is the plain PyTorch composition).
     """
 
     dual_output = True
     input_block: type = nn.Module
-    fused_op: str = ""
 
-    def __init__(self, config: DraftConfig, use_fused_features: Optional[bool] = None):
+    def __init__(self, config: DraftConfig):
         super().__init__(config)
         self.fc = self.input_block(config)
-        self.use_fused_features = self.fused_available() if use_fused_features is None else bool(use_fused_features)
-
-    @classmethod
-    def fused_available(cls) -> bool:
-        """Whether specdec_kernels provides this head's fused input-block op."""
-        return hasattr(specdec_kernels, cls.fused_op)
-
-    def fused_weights(self) -> tuple:
-        """The input block's parameters (and eps), in the order `fused_op` takes them after the embedding."""
-        raise NotImplementedError
 
     def fuse(self, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        ew = self.embed_weight()
-        if self.use_fused_features and self.fused_available() and ew.dtype == self.dtype and ew.device == self.device:
-            B, T, H = features.shape
-            op = getattr(specdec_kernels, self.fused_op)
-            out = op(features.reshape(B * T, H), input_ids.reshape(B * T), ew.detach(), *self.fused_weights())
-            return out.reshape(B, T, H)
-        return self.fc(self.embed(input_ids), features)
-
-
-def _check(name: str, t, *, dtype=None, dtypes=None, shape=None, device=None) -> None:
-    """Raise TypeError/ValueError unless `t` is a tensor of the expected dtype, shape (None = any), device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if dtypes is not None and t.dtype not in dtypes:
-        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if shape is not None:
-        ok = t.dim() == len(shape) and all(w is None or w == g for w, g in zip(shape, t.shape))
-        if not ok:
-            exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-            raise ValueError(f"{name}: expected shape {exp}, got {list(t.shape)}")
-    if device is not None and t.device != torch.device(device):
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+        """The fused input block over the bound embedding (the checkpoint's copy while unbound)."""
+        return self.fc(features, input_ids, self.embed_weight())

@@ -1,7 +1,7 @@
 """DraftConfig: the shape of a one-layer draft head (EAGLE, FSPAD, GRIFFIN).
 
 The field names are those of a Hugging Face Llama config, so the config.json of a published draft
-(shared/CHECKPOINTS.md) reads directly; `specdec_kind` records which head a saved config belongs to.
+(docs/checkpoints.md) reads directly; `specdec_kind` records which head a saved config belongs to.
 """
 from __future__ import annotations
 

@@ -6,22 +6,24 @@
       up_proj [I, 2H] with no gate, down_proj [H, I]
   a = g + Attn(g);  [p; r] = [a; a] + MLP(norm(a));  logits = LMHead(p); hidden = r.
 
-With use_fused_features (default: when specdec_kernels.griffin_token_fusion exists) the input block runs
-as one fused op; else plain PyTorch.
+The input block (`fc`, TokenGuidedFusion) is a layer over specdec_kernels.griffin_token_fusion.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+import specdec_kernels
 
 from .base import FusedInputHead
 from .config import DraftConfig
-from .layers import RMSNorm
+from .layers import RMSNorm, embedding_operand
 
 
 class TokenFusionMLP(nn.Module):
-    """fc.mlp: input_layernorm [H], up_proj [I, 2H], down_proj [H, I]."""
+    """fc.mlp: input_layernorm [H], up_proj [I, 2H], down_proj [H, I] (parameters only)."""
 
     def __init__(self, config: DraftConfig):
         super().__init__()
@@ -32,25 +34,36 @@ class TokenFusionMLP(nn.Module):
 
 
 class TokenGuidedFusion(nn.Module):
-    """GRIFFIN's input block (the checkpoint's `fc.*`)."""
+    """GRIFFIN's input block as a layer: owns the checkpoint's `fc.*` parameters and calls the fused op.
 
-    def __init__(self, config: DraftConfig):
+    Parameters (published names): fc.weight [H, 2H] (+ fc.bias [H] when config.bias),
+    post_attention_layernorm.weight [H] (N_b), mlp.input_layernorm.weight [H] (N_a),
+    mlp.up_proj [I, 2H], mlp.down_proj [H, I].
+
+    Attributes:
+        backend: the specdec_kernels backend of the op (None chooses; "torch" = plain PyTorch).
+    """
+
+    def __init__(self, config: DraftConfig, backend: Optional[str] = None):
         super().__init__()
         H = config.hidden_size
         self.fc = nn.Linear(2 * H, H, bias=config.bias)
         self.mlp = TokenFusionMLP(config)
         self.post_attention_layernorm = RMSNorm(H, config.rms_norm_eps)
+        self.backend = backend
 
-    def forward(self, e: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat((e, f), dim=-1))
+    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, embed_weight: torch.Tensor) -> torch.Tensor:
+        """g [..., H] from features f [..., H], token ids x [...] and the (frozen) embedding table [V, H]."""
+        embed_weight, input_ids = embedding_operand(embed_weight, input_ids, features)
         m = self.mlp
-        x = torch.cat((m.input_layernorm(self.post_attention_layernorm(h)), m.input_layernorm(e)), dim=-1)
-        return h + m.down_proj(F.silu(m.up_proj(x)))
+        return specdec_kernels.griffin_token_fusion(
+            features, input_ids, embed_weight, self.fc.weight, fc_bias=self.fc.bias,
+            norm_b_weight=self.post_attention_layernorm.weight, norm_a_weight=m.input_layernorm.weight,
+            up_weight=m.up_proj.weight, down_weight=m.down_proj.weight, eps=self.post_attention_layernorm.eps,
+            backend=self.backend)
 
-
-def fused_available() -> bool:
-    """Whether specdec_kernels.griffin_token_fusion exists."""
-    return GriffinHead.fused_available()
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}"
 
 
 class GriffinHead(FusedInputHead):
@@ -58,9 +71,3 @@ class GriffinHead(FusedInputHead):
 
     kind = "griffin"
     input_block = TokenGuidedFusion
-    fused_op = "griffin_token_fusion"
-
-    def fused_weights(self) -> tuple:
-        blk = self.fc
-        return (blk.fc.weight, blk.fc.bias, blk.post_attention_layernorm.weight, blk.mlp.input_layernorm.weight,
-                blk.mlp.up_proj.weight, blk.mlp.down_proj.weight, blk.post_attention_layernorm.eps)

@@ -2,9 +2,10 @@
 
 Attention has two paths. The decode path writes the new keys/values into the draft cache and calls
 `specdec_kernels.tree_attention` (committed slots plus the tree slots of the packed mask); it is what the
-drafting loop uses. The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention
-over the T inputs only, with a causal or caller-given mask; it is what training uses. Both compute the
-same function: tests/test_models.py checks it.
+drafting loop uses (under autograd it computes the same function densely: the kernels have no backward).
+The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention over the T inputs
+only, with a causal or caller-given mask; it is what training uses. Both compute the same function:
+tests/test_models.py checks it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """weight * normalised x, same shape and (for a weight of x's dtype) dtype as x."""
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -65,8 +67,9 @@ def rope_inv_freq(config: DraftConfig, device=None) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """cos/sin [B, T, head_dim] (fp32) for int64 position_ids [B, T].
 
-    Computed in fp32 whatever the head's dtype (like Llama). Dynamic NTK scaling enlarges the base once the sequence exceeds max_position_embeddings; the length
-    is taken as max(position_ids) + 1 and the new base is computed on the device, so no host sync.
+    Computed in fp32 whatever the head's dtype (like Llama). Dynamic NTK scaling enlarges the base once
+    the sequence exceeds max_position_embeddings; the length is taken as max(position_ids) + 1 and the new
+    base is computed on the device, so no host sync.
     """
 
     def __init__(self, config: DraftConfig):
@@ -76,12 +79,14 @@ class RotaryEmbedding(nn.Module):
         self._inv_freq: dict = {}
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """The fp32 inverse frequencies on `device` (computed once per device)."""
         inv = self._inv_freq.get(device)
         if inv is None:
             inv = self._inv_freq[device] = rope_inv_freq(self.config, device)
         return inv
 
     def forward(self, position_ids: torch.Tensor) -> tuple:
+        """(cos, sin), each fp32 [B, T, head_dim], for int64 position_ids [B, T]."""
         cfg = self.config
         pos = position_ids.float()
         inv = self.inv_freq(position_ids.device)
@@ -100,6 +105,7 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] over the last dimension (Llama's RoPE convention)."""
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
@@ -112,6 +118,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # --------------------------------------------------------------------------------------------------
+# The embedding operand of the fused input blocks (FSPAD, GRIFFIN).
+
+def embedding_operand(embed_weight: torch.Tensor, input_ids: torch.Tensor, features: torch.Tensor) -> tuple:
+    """(embedding table, token ids) to hand a fused input-block op together with `features`.
+
+    The ops take the table in the features' dtype and on their device, and give it no gradient. The
+    bound target's table usually is both (it is shared, never copied): then it is passed as it is
+    (detached). When it is not (a head kept in another dtype than its target), only the rows in use are
+    gathered and cast, and the ids become 0..T-1: never a converted copy of the whole [V, H] table.
+    """
+    ew = embed_weight.detach()
+    if ew.dtype == features.dtype and ew.device == features.device:
+        return ew, input_ids
+    rows = F.embedding(input_ids.reshape(-1).to(ew.device), ew).to(device=features.device, dtype=features.dtype)
+    ids = torch.arange(rows.shape[0], device=features.device).view(input_ids.shape)
+    return rows, ids
+
+
+# --------------------------------------------------------------------------------------------------
 # Attention over the draft cache.
 
 def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
@@ -119,18 +144,12 @@ def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     """Differentiable plain-PyTorch tree attention with the semantics of specdec_kernels.tree_attention.
 
     Query i of request b sees key slot s iff s < cache_len[b], or s = cache_len[b] + j with bit j of
-    tree_mask[b, i] set. Scores and softmax in fp32; GQA by head grouping. Used for autograd and as the
-    fallback while the kernel library lacks tree_attention.
+    tree_mask[b, i] set (specdec_kernels.tree_visibility). Scores and softmax in fp32; GQA by head
+    grouping. A row that sees nothing gives zeros.
     """
     B, Hq, N, D = q.shape
     Hkv, S = k_cache.shape[1], k_cache.shape[2]
-    W = tree_mask.shape[-1]
-    rel = torch.arange(S, device=q.device)[None, :] - cache_len.to(torch.int64)[:, None]       # [B, S]
-    in_tree = (rel >= 0) & (rel < 32 * W)
-    relc = rel.clamp(0, 32 * W - 1)
-    words = torch.gather(tree_mask, 2, (relc // 32)[:, None, :].expand(B, N, S))                # [B, N, S]
-    bits = ((words >> (relc % 32).to(torch.int32)[:, None, :]) & 1).bool()
-    visible = (rel < 0)[:, None, :] | (bits & in_tree[:, None, :])                              # [B, N, S]
+    visible = specdec_kernels.tree_visibility(tree_mask=tree_mask, cache_len=cache_len, kv_len=S)  # [B, N, S]
     g = Hq // Hkv
     k = k_cache.repeat_interleave(g, dim=1) if g > 1 else k_cache
     v = v_cache.repeat_interleave(g, dim=1) if g > 1 else v_cache
@@ -141,12 +160,16 @@ def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale: float) -> torch.Tensor:
-    """specdec_kernels.tree_attention when it exists and no gradient is needed; else the dense path."""
-    kernel = getattr(specdec_kernels, "tree_attention", None)
+    """The decode path's attention: specdec_kernels.tree_attention, or dense_tree_attention under autograd.
+
+    The kernels of specdec_kernels.tree_attention are inference-only (no backward), so when a gradient is
+    needed (training through the decode path, e.g. through the cache write) the same function is computed
+    by the differentiable dense path instead.
+    """
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad)
-    if kernel is None or needs_grad:
+    if needs_grad:
         return dense_tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale)
-    return kernel(q, k_cache, v_cache, cache_len, tree_mask, scale=scale)
+    return specdec_kernels.tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale=scale)
 
 
 class Attention(nn.Module):
@@ -208,6 +231,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, out_features or hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """down(silu(gate(x)) * up(x))."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -231,8 +255,10 @@ class DecoderLayer(nn.Module):
         return (torch.cat((a, a), dim=-1) if self.dual else a) + m
 
     def forward_cached(self, x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
+        """The decode path (Attention.forward_cached, then the MLP)."""
         a = x + self.self_attn.forward_cached(x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset)
         return self._finish(a)
 
     def forward_sequence(self, x, cos, sin, attn_mask) -> torch.Tensor:
+        """The differentiable sequence path (Attention.forward_sequence, then the MLP)."""
         return self._finish(x + self.self_attn.forward_sequence(x, cos, sin, attn_mask))

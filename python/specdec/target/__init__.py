@@ -1,8 +1,10 @@
-"""Target side of the reference drafting system: a Hugging Face causal LM on our KV cache and tree attention."""
+"""Target side of the reference drafting system: a Hugging Face causal LM on our KV cache and tree attention.
+
+The packed masks it takes (chain_mask, pack_bits, ...) are specdec_kernels' (specdec_kernels.chain_mask).
+"""
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState, tree_attention_forward
 from .cache import TreeKVCache, TreeKVLayer
-from .masks import chain_mask, pack_bits
 from .model import TargetModel, TargetOutput
 
 __all__ = ["ATTN_IMPLEMENTATION", "TargetModel", "TargetOutput", "TreeAttentionState", "TreeKVCache", "TreeKVLayer",
-           "chain_mask", "pack_bits", "tree_attention_forward"]
+           "tree_attention_forward"]

@@ -8,7 +8,8 @@ Nothing is committed by a forward: the caller moves the accepted slots into plac
 specdec_kernels.compact_kv and adds the accepted count to cache_len (see TargetModel.commit).
 
 The classes subclass transformers' Cache / CacheLayerMixin so that a Hugging Face decoder's own modeling
-code (which calls `past_key_values.update(k, v, layer_idx)` in every attention layer) runs unchanged.
+code (which calls `cache.update(k, v, layer_idx)`, `past_key_values.update` in older transformers, in every
+attention layer) runs unchanged.
 """
 from __future__ import annotations
 

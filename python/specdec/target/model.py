@@ -17,15 +17,17 @@ read) and the logits of the rows asked for.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import NamedTuple, Optional
 
 import torch
 
 import specdec_kernels
+from specdec_kernels import chain_mask
+from specdec_kernels.checks import check_tensor
 
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState
 from .cache import TreeKVCache
-from .masks import chain_mask
 
 
 class TargetOutput(NamedTuple):
@@ -35,16 +37,17 @@ class TargetOutput(NamedTuple):
     hidden: torch.Tensor
 
 
-def _check_int_tensor(name, t, dtype, shape, device):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if t.dim() != len(shape) or any(w is not None and w != g for w, g in zip(shape, t.shape)):
-        exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-        raise ValueError(f"{name}: expected shape {exp}, got {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+def cache_argument(module: torch.nn.Module) -> str:
+    """The name under which `module`'s forward takes the KV cache: "cache" (current transformers) or
+    "past_key_values" (transformers < 5.x, which the newer versions still accept with a FutureWarning).
+
+    Read once from the forward's signature (decorators that keep __wrapped__ are seen through), so it
+    follows the installed transformers without comparing version strings.
+    """
+    params = inspect.signature(module.forward).parameters
+    if "cache" in params and "past_key_values" not in params:
+        return "cache"
+    return "past_key_values"
 
 
 class TargetModel:
@@ -81,14 +84,17 @@ class TargetModel:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.hidden_size = config.hidden_size
         self.vocab_size = self.lm_head.weight.shape[0]
+        self._cache_kw = cache_argument(self.base)
 
     # -- properties -------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """The device of the model's lm_head (where inputs and caches must live)."""
         return self.lm_head.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's lm_head (the default dtype of new caches)."""
         return self.lm_head.weight.dtype
 
     def __repr__(self) -> str:
@@ -146,16 +152,16 @@ class TargetModel:
             raise ValueError(f"input_ids: expected an int64 tensor [B, T], got "
                              f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}")
         B, T = input_ids.shape
-        _check_int_tensor("input_ids", input_ids, torch.int64, (B, T), dev)
-        _check_int_tensor("position_ids", position_ids, torch.int64, (B, T), dev)
-        _check_int_tensor("tree_mask", tree_mask, torch.int32, (B, T, None), dev)
+        check_tensor("input_ids", input_ids, dtype=torch.int64, shape=(B, T), device=dev)
+        check_tensor("position_ids", position_ids, dtype=torch.int64, shape=(B, T), device=dev)
+        check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, T, None), device=dev)
         if tree_mask.shape[2] * 32 < T:
             raise ValueError(f"tree_mask: {tree_mask.shape[2]} words per row cannot address {T} new tokens")
         self._check_cache(cache, B, T)
         state = TreeAttentionState(cache.cache_len, tree_mask.contiguous(), self.backend)
         with self._tree_attention():
-            out = self.base(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
-                            specdec_state=state)
+            out = self.base(input_ids=input_ids, position_ids=position_ids, use_cache=True, specdec_state=state,
+                            **{self._cache_kw: cache})
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return TargetOutput(self.lm_head(hidden) if logits else None, hidden)
 
@@ -183,7 +189,7 @@ class TargetModel:
         B, L = input_ids.shape
         if L < 1:
             raise ValueError("input_ids: expected at least one prompt token")
-        _check_int_tensor("lengths", lengths, torch.int32, (B,), dev)
+        check_tensor("lengths", lengths, dtype=torch.int32, shape=(B,), device=dev)
         self._check_cache(cache, B, L)
         C = L if chunk_size is None else int(chunk_size)
         if C < 1:

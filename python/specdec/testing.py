@@ -1,4 +1,6 @@
-"""TargetOracleHead: a stand-in draft head whose logits are the target's own (tests and demos only).
+"""Test tooling of specdec (not part of the decoding API): TargetOracleHead.
+
+TargetOracleHead is a stand-in draft head whose logits are the target's own (tests and demos only).
 
 It follows the draft-head interface of specdec.models (head(features, input_ids, position_ids, cache,
 cache_len, tree_mask, slot_offset) -> (logits, hidden)), but instead of a learned layer it re-runs the
@@ -19,9 +21,15 @@ from typing import NamedTuple, Optional
 
 import torch
 
+import specdec_kernels
+
+__all__ = ["OracleCache", "OracleOutput", "TargetOracleHead"]
 
 
 class OracleOutput(NamedTuple):
+    """What TargetOracleHead returns, shaped like specdec.models.DraftOutput: logits float32 [B, T, V]
+    (the target's), hidden = the features passed in (the oracle feeds nothing of its own back)."""
+
     logits: torch.Tensor
     hidden: torch.Tensor
 
@@ -37,10 +45,12 @@ class OracleCache:
 
     @property
     def batch_size(self) -> int:
+        """B."""
         return self.tokens.shape[0]
 
     @property
     def max_len(self) -> int:
+        """Token slots per request."""
         return self.tokens.shape[1]
 
 
@@ -63,10 +73,12 @@ class TargetOracleHead(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The target's device."""
         return self.model.get_output_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The target's dtype."""
         return self.model.get_output_embeddings().weight.dtype
 
     def bind_target(self, embed_tokens, lm_head) -> "TargetOracleHead":
@@ -74,6 +86,7 @@ class TargetOracleHead(torch.nn.Module):
         return self
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> OracleCache:
+        """An empty OracleCache of `max_len` token slots per request (k/v are empty placeholders)."""
         dev = device or self.device
         empty = torch.zeros(batch_size, 1, 0, 1, device=dev, dtype=dtype or self.dtype)
         return OracleCache(torch.zeros(batch_size, max_len, dtype=torch.int64, device=dev),
@@ -93,6 +106,12 @@ class TargetOracleHead(torch.nn.Module):
     @torch.no_grad()
     def forward(self, features, input_ids, position_ids, cache: OracleCache, cache_len, tree_mask, slot_offset=0,
                 **kwargs) -> OracleOutput:
+        """The draft-head call of specdec.models.DraftHead.forward, answered with the target's logits.
+
+        Writes input_ids at the token slots cache_len + slot_offset + i, then, for every query, runs the
+        target over the tokens the query sees (x_0, the committed slots, its tree slots) and returns the
+        logits after the last one. `features` are only used to recover x_0 (at position 0).
+        """
         B, T = input_ids.shape
         dev = input_ids.device
         off = slot_offset if isinstance(slot_offset, int) else slot_offset.to(torch.int64)[:, None]
@@ -105,13 +124,7 @@ class TargetOracleHead(torch.nn.Module):
         # Query (b, i) sees x_0, the committed slots s < cache_len[b] and the tree slots its mask row selects;
         # ancestors sit at increasing slots, so the visible slots in slot order are its token sequence.
         S = cache.max_len
-        s = torch.arange(S, device=dev)
-        rel = s[None, :] - cache_len.to(torch.int64)[:, None]                      # [B, S]
-        word = tree_mask.to(torch.int64).gather(2, (rel.clamp(min=0) // 32).clamp(max=tree_mask.shape[2] - 1)
-                                                [:, None, :].expand(B, T, S))
-        in_tree = (rel >= 0) & (rel < 32 * tree_mask.shape[2])
-        bit = ((word >> (rel.clamp(min=0) % 32)[:, None, :]) & 1) == 1
-        visible = (rel < 0)[:, None, :] | (in_tree[:, None, :] & bit)
+        visible = specdec_kernels.tree_visibility(tree_mask=tree_mask, cache_len=cache_len, kv_len=S)   # [B, T, S]
         order = torch.sort((~visible).to(torch.int8), dim=2, stable=True).indices      # visible slots first, in order
         n = visible.sum(2)                                                              # [B, T]
         seq = torch.cat([cache.first[:, None, None].expand(B, T, 1),

@@ -3,7 +3,7 @@
 Our format (head.save_pretrained): config.json (HF-style fields + "specdec_kind") + model.safetensors
 holding exactly the head's state_dict (no embedding, no lm_head).
 
-Published layouts (shared/CHECKPOINTS.md): config.json + pytorch_model.bin (read with
+Published layouts (docs/checkpoints.md): config.json + pytorch_model.bin (read with
 torch.load(weights_only=True)) or model.safetensors. The kind comes from "specdec_kind" when present,
 else from the keys: fc.fc.weight with fc.mlp.gate_proj.weight -> fspad, fc.mlp.input_layernorm.weight
 -> griffin, anything else -> eagle. Structure follows the checkpoint where configs are known to be
@@ -27,7 +27,9 @@ from typing import Optional, Union
 
 import torch
 
-from .base import FLOAT_DTYPES, DraftHead
+from specdec_kernels.checks import FLOAT_DTYPES_FP64
+
+from .base import DraftHead
 from .config import DraftConfig
 from .eagle import EagleHead
 from .fspad import FSPADHead
@@ -40,29 +42,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot make a draft head (wrong shapes, missing or unknown keys)."""
 
 
-def build_draft_head(config: DraftConfig, *, device=None, dtype: Optional[torch.dtype] = None,
-                     use_fused_features: Optional[bool] = None) -> DraftHead:
-    """A randomly initialised head of config.kind (HF-style init), on `device` in `dtype`.
-
-    use_fused_features (FSPAD/GRIFFIN): run the input block through the fused specdec_kernels op;
-    None = when that op exists.
-    """
+def build_draft_head(config: DraftConfig, *, device=None, dtype: Optional[torch.dtype] = None) -> DraftHead:
+    """A randomly initialised head of config.kind (HF-style init), on `device` in `dtype` (default fp32)."""
     if not isinstance(config, DraftConfig):
         raise TypeError(f"build_draft_head: expected a DraftConfig, got {type(config).__name__}")
-    head = _empty_head(config, device, dtype, use_fused_features)
+    head = _empty_head(config, device, dtype)
     head.reset_parameters()
     return head
 
 
-def _empty_head(config: DraftConfig, device, dtype, use_fused_features) -> DraftHead:
+def _empty_head(config: DraftConfig, device, dtype) -> DraftHead:
     """A head with uninitialised parameters allocated once, directly on `device` in `dtype` (built on the
     meta device first, so an 8B-size head is neither initialised twice nor staged on the CPU)."""
     cls = HEADS[config.kind]
     with torch.device("meta"):
-        head = cls(config) if config.kind == "eagle" else cls(config, use_fused_features=use_fused_features)
+        head = cls(config)
     if dtype is not None:
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
+        if dtype not in FLOAT_DTYPES_FP64:
+            raise TypeError(f"dtype: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES_FP64]}, got {dtype}")
         head = head.to(dtype=dtype)
     return head.to_empty(device=device if device is not None else "cpu")
 
@@ -99,7 +96,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple:
 
 
 def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[torch.dtype] = None, *,
-                    strict: Optional[bool] = None, use_fused_features: Optional[bool] = None) -> DraftHead:
+                    strict: Optional[bool] = None) -> DraftHead:
     """Load a draft head saved by save_pretrained or published in the EAGLE/FSPAD/GRIFFIN layouts.
 
     Args:
@@ -107,7 +104,6 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
         device, dtype: where and in which floating dtype to put the head; dtype None keeps the
             checkpoint's (that of its fc weight).
         strict: key checking, see the module docstring (None = per-kind default).
-        use_fused_features: see build_draft_head.
 
     Returns:
         The head, unbound (call head.bind_target(target_embed, target_lm_head) before drafting), with
@@ -131,7 +127,7 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
         for k, v in overrides.items():
             if k in raw and bool(raw[k]) != v:
                 warnings.warn(f"{file}: config.json says {k}={raw[k]} but the checkpoint "
-                              f"{'has' if v else 'lacks'} the tensors; following the checkpoint")
+                              f"{'has' if v else 'lacks'} the tensors; following the checkpoint", stacklevel=2)
         rs = raw.get("rope_scaling")
         if rs and raw.get("rope_theta", 10000.0) != 10000.0:
             # the original loaders build scaled RoPE with the default base, ignoring rope_theta
@@ -144,8 +140,8 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
         raise CheckpointError(f"{cfg_file}: {exc}") from exc
 
     fc_w = sd.get(prefix + "weight")
-    target_dtype = dtype or (fc_w.dtype if fc_w is not None and fc_w.dtype in FLOAT_DTYPES else torch.float32)
-    head = _empty_head(config, device, target_dtype, use_fused_features)
+    target_dtype = dtype or (fc_w.dtype if fc_w is not None and fc_w.dtype in FLOAT_DTYPES_FP64 else torch.float32)
+    head = _empty_head(config, device, target_dtype)
     expected = head.state_dict()
 
     ignored, unexpected = [], []
@@ -175,7 +171,7 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
         raise CheckpointError(f"{file}: missing keys for a {kind} head: {missing}")
     if unexpected or missing:
         warnings.warn(f"{file}: loading a {kind} head non-strictly; unexpected keys (ignored): {unexpected}; "
-                      f"missing keys (left at random init): {missing}")
+                      f"missing keys (left at random init): {missing}", stacklevel=2)
 
     if missing:
         head.reset_parameters()  # what the checkpoint lacks gets the documented init, not garbage memory
