@@ -1,6 +1,8 @@
 """The `specdec` command, run in-process on a tiny model and head saved into tmp_path (no hub access)."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -96,3 +98,221 @@ def test_generate_errors(saved, capsys):
     with pytest.raises(SystemExit, match="outside"):
         main(["generate", "--target", str(root / "target"), "--draft", str(root / "draft"),
               "--prompt-ids", f"1 {VOCAB}"])
+
+
+# ---- argument checking: one line on stderr, exit status 2, before anything is loaded ----
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fails the test if the command loads a tokenizer, a model or a draft head."""
+    import transformers
+
+    import specdec.models
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("a model or tokenizer was loaded before the arguments were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+    monkeypatch.setattr(specdec.models, "load_draft_head", forbidden)
+
+
+def _fail(argv, capsys, code=2):
+    """Runs main(argv), which must exit with `code` after one (error) line on stderr; returns that line."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    assert info.value.code == code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    if code != 2:   # loading may have shown a progress bar before the failure
+        lines = [line for line in lines if "error" in line]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def _bad_folders(root):
+    """Folders that are not what --target / --draft expect."""
+    empty = root / "empty"
+    empty.mkdir(exist_ok=True)
+    no_weights = root / "no_weights"
+    no_weights.mkdir(exist_ok=True)
+    (no_weights / "config.json").write_text("{}")
+    corrupt = root / "corrupt_config"
+    corrupt.mkdir(exist_ok=True)
+    (corrupt / "config.json").write_text("{not json")
+    (corrupt / "model.safetensors").write_bytes(b"")
+    a_file = root / "a_file.txt"
+    a_file.write_text("x")
+    return dict(empty=empty, no_weights=no_weights, corrupt=corrupt, a_file=a_file)
+
+
+# (arguments replacing / added to a valid command line, the argument named, a fragment of what was expected)
+BAD = [
+    ({"--target": "DOES_NOT_EXIST"}, "--target", "does not exist"),
+    ({"--target": "no-such-org/no-such-model-9f3a"}, "--target", "cache"),
+    ({"--target": "@a_file"}, "--target", "not a folder"),
+    ({"--target": "@empty"}, "--target", "config.json"),
+    ({"--target": "@no_weights"}, "--target", "weights"),
+    ({"--target": "@corrupt"}, "--target", "config.json"),
+    ({"--draft": "DOES_NOT_EXIST"}, "--draft", "does not exist"),
+    ({"--draft": "@empty"}, "--draft", "config.json"),
+    ({"--draft": "@no_weights"}, "--draft", "weights"),
+    ({"--max-new-tokens": "0"}, "--max-new-tokens", "integer >= 1"),
+    ({"--max-new-tokens": "-3"}, "--max-new-tokens", "integer >= 1"),
+    ({"--max-new-tokens": "ten"}, "--max-new-tokens", "integer >= 1"),
+    ({"--temperature": "-0.5"}, "--temperature", "finite number >= 0"),
+    ({"--temperature": "nan"}, "--temperature", "finite number >= 0"),
+    ({"--temperature": "inf"}, "--temperature", "finite number >= 0"),
+    ({"--top-k": "-1"}, "--top-k", "integer >= 0"),
+    ({"--top-p": "0"}, "--top-p", "(0, 1]"),
+    ({"--top-p": "1.5"}, "--top-p", "(0, 1]"),
+    ({"--top-p": "nan"}, "--top-p", "(0, 1]"),
+    ({"--tree-top-k": "0"}, "--tree-top-k", "integer >= 1"),
+    ({"--tree-top-k": str(VOCAB + 1)}, "--tree-top-k", f"at most {VOCAB}"),
+    ({"--depth": "0"}, "--depth", "integer >= 1"),
+    ({"--total-tokens": "-2"}, "--total-tokens", "integer >= 1"),
+    ({"--prompt-ids": "1 x"}, "--prompt-ids", "non-negative integers"),
+    ({"--prompt-ids": "-1 2"}, "--prompt-ids", "non-negative integers"),
+    ({"--prompt-ids": " "}, "--prompt-ids", "at least one token id"),
+    ({"--prompt-ids": f"1 {VOCAB}"}, "--prompt-ids", f"[0, {VOCAB})"),
+    ({"--prompt-ids": None}, "--prompt", "at least one prompt"),
+    ({"--prompt": ""}, "--prompt", "non-empty text"),
+    ({"--prompt": "hello"}, "--prompt", "tokenizer"),
+    ({"--chat": True}, "--chat", "--prompt texts"),
+    ({"--eos-token-id": "-1"}, "--eos-token-id", "integer >= 0"),
+    ({"--eos-token-id": str(VOCAB)}, "--eos-token-id", f"[0, {VOCAB})"),
+    ({"--eos-token-id": "2", "--no-eos": True}, "--no-eos", "not allowed with"),
+    ({"--device": "tpu"}, "--device", "cpu, cuda or cuda:N"),
+    ({"--device": "cuda:x"}, "--device", "cpu, cuda or cuda:N"),
+    ({"--dtype": "int8"}, "--dtype", "choose from"),
+    ({"--seed": "-1"}, "--seed", "integer in [0,"),
+    ({"--backend": "fast"}, "--backend", "choose from"),
+    ({"--backend": "cuda", "--device": "cpu"}, "--backend", "cpu device"),
+    ({"--target": None}, "--target", "required"),
+    ({"--bogus": "1"}, "--bogus", "unrecognized"),
+]
+
+
+@pytest.mark.parametrize("change, arg, expected", BAD, ids=[f"{a}:{'/'.join(map(str, c.values()))}" for c, a, _ in BAD])
+def test_bad_argument_is_one_line_before_loading(saved, tmp_path, capsys, no_load, change, arg, expected):
+    root, _ = saved
+    folders = _bad_folders(tmp_path)
+    opts = {"--target": root / "target", "--draft": root / "draft", "--prompt-ids": "1 2 3", "--device": "cpu"}
+    opts.update(change)
+    argv = ["generate"]
+    for k, v in opts.items():
+        if v is None or v is False:
+            continue
+        argv += [k] if v is True else [k, folders[v[1:]] if isinstance(v, str) and v.startswith("@") else v]
+    line = _fail(argv, capsys)
+    assert line.startswith("specdec generate: error: ") and arg in line and expected in line, line
+
+
+def test_device_cuda_without_gpu(saved, capsys, no_load, monkeypatch):
+    root, _ = saved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = _fail(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1",
+                  "--device", "cuda"], capsys)
+    assert "argument --device: expected an available device" in line and "'cuda'" in line
+    assert "torch.cuda.is_available() is False" in line
+
+
+def test_device_index_beyond_the_gpus(saved, capsys, no_load, monkeypatch):
+    root, _ = saved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = _fail(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1",
+                  "--device", "cuda:3"], capsys)
+    assert "argument --device: expected cuda or cuda:N with N < 1" in line and "'cuda:3'" in line
+
+
+def test_debug_reraises_argument_errors(saved, capsys, no_load):
+    root, _ = saved
+    from specdec.cli import CliError
+
+    for debug in (["--debug"], []):
+        argv = ["generate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompt-ids", "1",
+                "--max-new-tokens", "0"]
+        if debug:
+            with pytest.raises(CliError, match="--max-new-tokens"):
+                main(argv + debug)
+        else:
+            _fail(argv, capsys)
+    with pytest.raises(CliError, match="--target"):
+        main(["--debug", "generate", "--target", "DOES_NOT_EXIST", "--draft", str(root / "draft"), "--prompt-ids", "1"])
+
+
+def test_command_line_one_line_error_and_debug_traceback(tmp_path):
+    """The reported case, through a real process: one line and status 2; --debug shows the traceback."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "specdec.cli", "generate", "--target", "DOES_NOT_EXIST", "--draft", str(tmp_path),
+            "--prompt", "hello"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "specdec generate: error: argument --target: expected a Hugging Face model folder (a folder with "
+        "config.json), got 'DOES_NOT_EXIST', which does not exist"]
+    assert p.stdout == ""
+    p = subprocess.run(argv + ["--debug"], capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "DOES_NOT_EXIST" in p.stderr
+
+
+def test_corrupt_draft_is_one_line_runtime_error(saved, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    root, _ = saved
+    draft = tmp_path / "corrupt_draft"
+    draft.mkdir()
+    (draft / "config.json").write_text((root / "draft" / "config.json").read_text())
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(draft / "model.safetensors"))
+    argv = ["generate", "--target", root / "target", "--draft", draft, "--prompt-ids", "1 2", "--device", "cpu"]
+    line = _fail(argv, capsys, code=1)
+    assert line.startswith("specdec generate: error: loading the draft head from --draft") and "failed:" in line
+    assert "--debug" in line
+    with pytest.raises(ValueError):           # the library's CheckpointError, with its traceback
+        main([str(a) for a in argv] + ["--debug"])
+
+
+def _help_entries(text):
+    """Option name -> its help text (wrapped lines joined) from argparse's --help output."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            if current == "-h":
+                current = "--help"
+            entries[current] = line
+        elif current is not None and line.startswith("    ") and line.strip():
+            entries[current] += " " + line
+        else:
+            current = None
+    return {k: " ".join(v.split()) for k, v in entries.items()}
+
+
+@pytest.mark.parametrize("command", [["generate"], ["info"], []])
+def test_help_shows_each_default_once(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main(command + ["--help"])
+    assert info.value.code == 0
+    entries = _help_entries(capsys.readouterr().out)
+    from specdec.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    which = sub.choices[command[0]] if command else parser
+    options = [a for a in which._actions if a.option_strings and a.dest != "help"]
+    assert options and set(entries) == {a.option_strings[0] for a in options} | {"--help"}
+    for a in options:
+        entry = entries[a.option_strings[0]]
+        assert entry.lower().count("default") + entry.count("(required)") == 1, entry
+        assert entry.count("(default: ") + entry.count("(required)") == 1, entry
+    if command == ["generate"]:
+        assert "(default: 64)" in entries["--max-new-tokens"] and "tokens to generate" in entries["--max-new-tokens"]
+        assert entries["--device"].endswith("(default: cuda when available, else cpu)")
+        assert entries["--temperature"].endswith("(default: 0.0)")
+        assert entries["--top-p"].endswith("(default: 1.0)")
+        assert entries["--no-eos"].endswith("(default: off)")
+        assert "(required)" in entries["--target"] and "(required)" in entries["--draft"]

@@ -5,52 +5,184 @@
   specdec generate --target PATH --draft PATH --prompt "..." [options]
                                      lossless EAGLE-2 tree speculative decoding of one or more prompts;
                                      prints the generated text (or token ids) and statistics
+
+Every argument is checked before anything is loaded. A user error is one line on stderr,
+"specdec generate: error: argument --X: expected ..., got ...", with exit status 2; a failure while
+loading or generating is one line too, with exit status 1. --debug re-raises instead (full traceback).
+Called in-process, main() returns 0 (or 1 when --baseline finds different greedy outputs) and raises
+SystemExit for errors, as argparse does: its `code` is the exit status and str() the message.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import re
 import sys
 from typing import Optional
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+BACKENDS = ("cuda", "triton", "cpu", "torch")   # specdec_kernels.BACKENDS (not imported for --help)
+
+# What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
+TARGET_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                  "pytorch_model.bin.index.json")
+DRAFT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+USAGE, RUNTIME = 2, 1   # exit statuses
+
+
+class CliError(Exception):
+    """An error reported as one line: `code` USAGE (a bad argument) or RUNTIME (loading or generating failed)."""
+
+    def __init__(self, message: str, code: int = USAGE, prog: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.prog = prog
+
+
+class CliExit(SystemExit):
+    """Raised by main() after printing an error: SystemExit(code) whose str() is the printed message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Said(str):
+    """A `got` text shown as is (not repr'd) by _arg_error."""
+
+
+def _arg_error(arg: str, expected: str, got) -> CliError:
+    """'argument ARG: expected EXPECTED, got GOT' (GOT repr'd unless it is a _Said)."""
+    return CliError(f"argument {arg}: expected {expected}, got {got if isinstance(got, _Said) else repr(got)}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised as CliError (one line, no usage block) instead of printed + exit(2)."""
+
+    def error(self, message):
+        raise CliError(" ".join(str(message).split()), USAGE, self.prog)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default once: appended as "(default: X)" unless the help text already states it
+    (options whose default is None, or required ones, say what happens in words)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if ("(default" in help or "(required)" in help or "%(default)" in help or not action.option_strings
+                or action.default is argparse.SUPPRESS or action.default is None):
+            return help
+        default = action.default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif isinstance(default, (list, tuple)) and not default:
+            shown = "none"
+        else:
+            shown = "%(default)s"
+        return f"{help} (default: {shown})"
+
+
+# ---- argument types: each reports "expected ..., got ..." (argparse prefixes "argument --X: ") ----
+
+def _int_type(lo: int, hi: Optional[int] = None, what: Optional[str] = None):
+    expected = what or (f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _float_type(check, expected: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specdec", description="Lossless tree speculative decoding "
-                                     "(EAGLE-2 drafting with EAGLE, FSPAD or GRIFFIN heads).")
+    debug_help = "on an error, show the full traceback instead of one line"
+    parser = _Parser(prog="specdec", formatter_class=_HelpFormatter,
+                     description="Lossless tree speculative decoding (EAGLE-2 drafting with EAGLE, FSPAD or "
+                     "GRIFFIN heads).")
     parser.add_argument("--version", action="store_true", help="print the versions and exit")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="versions, build and backend report")
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    sub = parser.add_subparsers(dest="command", metavar="{info,generate}",
+                                help="info (the default): versions, build and backends; generate: decoding")
+    info = sub.add_parser("info", help="versions, build and backend report", formatter_class=_HelpFormatter)
+    # default SUPPRESS: `specdec --debug info` is not undone by the subcommand's default
+    info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help + " (default: off)")
 
     g = sub.add_parser("generate", help="speculative decoding with a target model and a draft head",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--target", required=True, help="Hugging Face causal LM folder (or hub id when online)")
-    g.add_argument("--draft", required=True, help="draft head folder (ours, or a published EAGLE/FSPAD/GRIFFIN one)")
-    g.add_argument("--prompt", action="append", default=[],
-                   help="prompt text (repeat for a batch); needs a tokenizer in the target folder")
-    g.add_argument("--prompt-ids", action="append", default=[],
+                       formatter_class=_HelpFormatter,
+                       description="Lossless EAGLE-2 tree speculative decoding of one or more prompts. Every "
+                       "argument is checked before anything is loaded; errors are one line on stderr (exit "
+                       "status 2 for a bad argument, 1 for a failure while loading or generating).")
+    g.add_argument("--target", required=True, metavar="PATH",
+                   help="Hugging Face causal LM: a local folder with config.json and the weights, or the id "
+                   "(namespace/name) of a model already in the local Hugging Face cache; nothing is downloaded "
+                   "(required)")
+    g.add_argument("--draft", required=True, metavar="PATH",
+                   help="draft head folder with config.json and model.safetensors or pytorch_model.bin (ours, "
+                   "or a published EAGLE/FSPAD/GRIFFIN one) (required)")
+    g.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="prompt text (repeat for a batch); needs a tokenizer in --target")
+    g.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
                    help='prompt as space-separated token ids, e.g. "1 2 3" (repeat for a batch)')
-    g.add_argument("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    g.add_argument("--tree-top-k", type=int, default=10, help="children per drafted node")
-    g.add_argument("--depth", type=int, default=6, help="levels of the draft tree")
-    g.add_argument("--total-tokens", type=int, default=60, help="nodes of the verified tree, root included")
-    g.add_argument("--eos-token-id", type=int, action="append", default=None,
-                   help="stop token (repeatable); default: the target's generation config / tokenizer")
-    g.add_argument("--no-eos", action="store_true", help="never stop early (exactly --max-new-tokens tokens)")
+    g.add_argument("--chat", action="store_true",
+                   help="wrap --prompt texts in the tokenizer's chat template")
+    g.add_argument("--max-new-tokens", type=_int_type(1), default=64, metavar="N",
+                   help="tokens to generate per prompt (fewer when a stop token comes first)")
+    g.add_argument("--temperature", type=_float_type(lambda v: v >= 0, "a finite number >= 0"), default=0.0,
+                   metavar="T", help="sampling temperature; 0 = greedy")
+    g.add_argument("--top-k", type=_int_type(0), default=0, metavar="K",
+                   help="sample among the K most likely tokens; 0 = off")
+    g.add_argument("--top-p", type=_float_type(lambda v: 0 < v <= 1, "a number in (0, 1]"), default=1.0,
+                   metavar="P", help="nucleus sampling threshold in (0, 1]; 1.0 = off")
+    g.add_argument("--tree-top-k", type=_int_type(1), default=10, metavar="K",
+                   help="children per drafted node (at most the vocabulary size)")
+    g.add_argument("--depth", type=_int_type(1), default=6, metavar="D", help="levels of the draft tree")
+    g.add_argument("--total-tokens", type=_int_type(1), default=60, metavar="N",
+                   help="nodes of the verified tree, root included")
+    eos = g.add_mutually_exclusive_group()
+    eos.add_argument("--eos-token-id", type=_int_type(0), action="append", default=None, metavar="ID",
+                     help="stop token (repeatable) (default: the target's generation config, else its tokenizer)")
+    eos.add_argument("--no-eos", action="store_true", help="never stop early (exactly --max-new-tokens tokens)")
     g.add_argument("--baseline", action="store_true",
                    help="also run plain autoregressive decoding and report the speedup")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    g.add_argument("--backend", default=None, choices=["cuda", "triton", "cpu", "torch"],
-                   help="specdec_kernels backend (default: chosen per op)")
+    g.add_argument("--seed", type=_int_type(0, 2**64 - 1), default=0, help="seed of the sampling generator")
+    g.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="specdec_kernels backend of every kernel (default: chosen per op)")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help + " (default: off)")
+    parser.subcommands = {"info": info, "generate": g}
     return parser
 
 
@@ -60,24 +192,194 @@ def _versions() -> str:
     return f"specdec {specdec.__version__} (specdec_kernels {specdec_kernels.__version__})"
 
 
-def _has_tokenizer(path: str) -> bool:
+# ---- checks of `generate` arguments (no model is loaded here) ----
+
+def _read_config(arg: str, path: str, weights: tuple, what: str) -> dict:
+    """config.json of a local model folder, after checking the folder holds one of `weights`."""
+    expected = f"{what} (a folder with config.json)"
     if not os.path.isdir(path):
-        return True  # a hub id: let transformers decide
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    return any(os.path.isfile(os.path.join(path, n)) for n in names)
+        raise _arg_error(arg, expected, _Said(f"{path!r}, which is a file, not a folder"))
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise _arg_error(arg, expected, _Said(f"{path!r}, which has no config.json"))
+    try:
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise _arg_error(arg, f"{what} with a readable config.json",
+                         _Said(f"{path!r}, whose config.json does not parse ({' '.join(str(exc).split())})")) from exc
+    if not isinstance(cfg, dict):
+        raise _arg_error(arg, f"{what} whose config.json holds a JSON object",
+                         _Said(f"{path!r}, whose config.json holds a {type(cfg).__name__}"))
+    if not any(os.path.isfile(os.path.join(path, n)) for n in weights):
+        raise _arg_error(arg, f"{what} with weights ({' or '.join(weights)})",
+                         _Said(f"{path!r}, which has config.json but no weights"))
+    return cfg
+
+
+def _cached_hub_config(repo_id: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _check_target(text: str):
+    """(path or cached hub id to pass to from_pretrained, config dict or None, local folder or None)."""
+    what = "a Hugging Face model folder"
+    if not text.strip():
+        raise _arg_error("--target", f"{what} (a folder with config.json)", text)
+    path = os.path.expanduser(text)
+    if os.path.exists(path):
+        return path, _read_config("--target", path, TARGET_WEIGHTS, what), path
+    if HUB_ID.match(text) and ".." not in text:
+        cached = _cached_hub_config(text)
+        if cached is not None:
+            try:
+                with open(cached) as f:
+                    cfg = json.load(f)
+            except (OSError, ValueError):
+                cfg = None
+            return text, cfg if isinstance(cfg, dict) else None, None
+        raise _arg_error("--target", f"{what} (a folder with config.json) or the id of a model in the local "
+                         "Hugging Face cache", _Said(f"{text!r}, which is neither: no such folder, and not in the "
+                                                    f"cache (nothing is downloaded; fetch it with `hf download "
+                                                    f"{text}` first)"))
+    raise _arg_error("--target", f"{what} (a folder with config.json)",
+                     _Said(f"{text!r}, which does not exist"))
+
+
+def _vocab_size(cfg: Optional[dict]) -> Optional[int]:
+    if not cfg:
+        return None
+    v = cfg.get("vocab_size")
+    if v is None and isinstance(cfg.get("text_config"), dict):
+        v = cfg["text_config"].get("vocab_size")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def _parse_ids(text: str) -> list:
+    expected = 'token ids as space-separated non-negative integers, e.g. "1 2 3"'
     try:
         ids = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise SystemExit(f"specdec generate: --prompt-ids expects space-separated integers, got {text!r}")
+        ids = None
+    if ids is None or any(t < 0 for t in ids):
+        raise _arg_error("--prompt-ids", expected, text)
     if not ids:
-        raise SystemExit("specdec generate: --prompt-ids is empty")
+        raise _arg_error("--prompt-ids", "at least one token id", text)
     return ids
 
 
-def _generate(args) -> int:
+def _check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
+    for b, p in enumerate(prompts):
+        bad = [t for t in p if not 0 <= t < vocab]
+        if bad:
+            raise _arg_error("--prompt-ids", f"token ids in [0, {vocab}) ({source})",
+                             _Said(f"prompt {b} with ids outside it: {bad[:5]}"))
+
+
+def _check_device(text: Optional[str]):
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "cpu, cuda or cuda:N"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise _arg_error("--device", expected, text) from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise _arg_error("--device", expected, text)
+    if not torch.cuda.is_available():
+        raise _arg_error("--device", "an available device (cuda needs a GPU and a CUDA build of torch)",
+                         _Said(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"))
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise _arg_error("--device", f"cuda or cuda:N with N < {count} (the visible GPUs)", text)
+    return device
+
+
+def _check_backend(backend: Optional[str], device) -> None:
+    """The named backend must be able to run some kernel on `device` (not built, no Triton, wrong device)."""
+    if backend is None:
+        return
+    import specdec_kernels as sk
+
+    reasons = []
+    for name in sk.list_ops():
+        op = sk.get_op(name)
+        if backend not in op.backends:
+            continue
+        reason = op.static_reason(backend, device)
+        if reason is None:
+            return
+        reasons.append(reason)
+    why = reasons[0] if reasons else "no kernel implements it"
+    raise _arg_error("--backend", f"a backend that can run on the {device.type} device of --device",
+                     _Said(f"{backend!r}, which cannot: {' '.join(why.split())}"))
+
+
+def _validate(args) -> argparse.Namespace:
+    """Every check that needs no model: the plan of the run, or CliError."""
+    plan = argparse.Namespace()
+    plan.target, target_cfg, local = _check_target(args.target)
+    if not args.draft.strip() or not os.path.exists(os.path.expanduser(args.draft)):
+        raise _arg_error("--draft", "a draft head folder (with config.json)",
+                         _Said(f"{args.draft!r}, which does not exist"))
+    plan.draft = os.path.expanduser(args.draft)
+    _read_config("--draft", plan.draft, DRAFT_WEIGHTS, "a draft head folder")
+    vocab = _vocab_size(target_cfg)
+    source = "vocab_size in the config.json of --target"
+
+    if not args.prompt and not args.prompt_ids:
+        raise CliError("arguments --prompt/--prompt-ids: expected at least one prompt, got none")
+    for text in args.prompt:
+        if not text.strip():
+            raise _arg_error("--prompt", "non-empty text", text)
+    if args.prompt and local is not None and not any(os.path.isfile(os.path.join(local, n))
+                                                     for n in TOKENIZER_FILES):
+        raise _arg_error("--prompt", "a --target folder with a tokenizer to encode text",
+                         _Said(f"{args.target!r}, which has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                               'give the prompt as token ids with --prompt-ids "1 2 3"'))
+    plan.id_prompts = [_parse_ids(t) for t in args.prompt_ids]
+    if vocab is not None:
+        _check_ids_in_vocab(plan.id_prompts, vocab, source)
+    if args.chat and not args.prompt:
+        raise _arg_error("--chat", "--prompt texts to wrap (--prompt-ids are used as given)",
+                         _Said("only --prompt-ids"))
+    if vocab is not None:
+        if args.tree_top_k > vocab:
+            raise _arg_error("--tree-top-k", f"at most {vocab} ({source})", _Said(str(args.tree_top_k)))
+        bad = [t for t in args.eos_token_id or () if t >= vocab]
+        if bad:
+            raise _arg_error("--eos-token-id", f"token ids in [0, {vocab}) ({source})", _Said(str(bad[0])))
+    plan.device = _check_device(args.device)
+    import torch
+
+    plan.dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (
+        torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
+    _check_backend(args.backend, plan.device)
+    return plan
+
+
+class _Stage:
+    """What the run is doing, for the one-line report of a failure, and whether --debug was given."""
+
+    def __init__(self, debug: bool):
+        self.what = "parsing the arguments"
+        self.prog = "specdec"
+        self.debug = debug
+
+
+def _generate(args, stage: _Stage) -> int:
+    plan = _validate(args)
+    stage.what = "importing transformers and the decoding code"
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,45 +387,61 @@ def _generate(args) -> int:
     from .models import load_draft_head
     from .target import TargetModel
 
-    if not args.prompt and not args.prompt_ids:
-        raise SystemExit("specdec generate: give at least one --prompt or --prompt-ids")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
-
+    device, dtype = plan.device, plan.dtype
     tokenizer = None
-    if _has_tokenizer(args.target):
+    has_tok = not os.path.isdir(plan.target) or any(os.path.isfile(os.path.join(plan.target, n))
+                                                    for n in TOKENIZER_FILES)
+    if has_tok:
+        stage.what = f"loading the tokenizer of --target {args.target!r}"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(args.target)
+            tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
         except (OSError, ValueError) as exc:
             if args.prompt:
-                raise SystemExit(f"specdec generate: cannot load a tokenizer from {args.target} ({exc}); "
-                                 "use --prompt-ids")
+                raise CliError(f"argument --prompt: expected a --target with a loadable tokenizer, got "
+                               f"{args.target!r} ({type(exc).__name__}: {exc}); use --prompt-ids", RUNTIME) from exc
     if args.prompt and tokenizer is None:
-        raise SystemExit(f"specdec generate: {args.target} has no tokenizer; give the prompt as token ids with "
-                         '--prompt-ids "1 2 3"')
+        raise CliError(f"argument --prompt: expected a --target with a tokenizer, got {args.target!r}, which has "
+                       'no tokenizer; give the prompt as token ids with --prompt-ids "1 2 3"')
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise _arg_error("--chat", "a --target tokenizer with a chat template",
+                         _Said(f"{args.target!r}, whose tokenizer has none"))
     prompts = []
-    for text in args.prompt:
-        if args.chat and getattr(tokenizer, "chat_template", None):
+    for b, text in enumerate(args.prompt):
+        stage.what = f"encoding --prompt {b}"
+        if args.chat:
             ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                 tokenize=True)
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
         else:
             ids = tokenizer(text)["input_ids"]
+        if not ids:
+            raise _arg_error("--prompt", "text that encodes to at least one token", text)
         prompts.append(list(ids))
-    prompts += [_parse_ids(t) for t in args.prompt_ids]
+    prompts += plan.id_prompts
 
-    model = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
+    stage.what = f"loading the target model from --target {args.target!r}"
+    model = AutoModelForCausalLM.from_pretrained(plan.target, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval()
     target = TargetModel(model, backend=args.backend)
-    head = load_draft_head(args.draft, device=device, dtype=dtype).eval()
+    stage.what = f"loading the draft head from --draft {args.draft!r}"
+    head = load_draft_head(plan.draft, device=device, dtype=dtype).eval()
     vocab = target.vocab_size
-    for b, p in enumerate(prompts):
+    _check_ids_in_vocab(prompts[len(args.prompt):], vocab, "the target's vocabulary size")
+    for b, p in enumerate(prompts[:len(args.prompt)]):
         bad = [t for t in p if not 0 <= t < vocab]
-        if bad:
-            raise SystemExit(f"specdec generate: prompt {b} has token ids outside [0, {vocab}): {bad[:5]}")
+        if bad:   # a tokenizer larger than the model
+            raise CliError(f"argument --prompt: prompt {b} encodes to token ids outside [0, {vocab}) "
+                           f"(the target's vocabulary): {bad[:5]}", RUNTIME)
+    if args.tree_top_k > vocab:
+        raise _arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary size)",
+                         _Said(str(args.tree_top_k)))
+    bad = [t for t in args.eos_token_id or () if t >= vocab]
+    if bad:
+        raise _arg_error("--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)",
+                         _Said(str(bad[0])))
 
     if args.no_eos:
-        eos = None
+        eos = []  # an empty list turns stopping off (None would mean: the model's generation config)
     elif args.eos_token_id:
         eos = args.eos_token_id
     else:
@@ -133,6 +451,7 @@ def _generate(args) -> int:
 
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               eos_token_id=eos, backend=args.backend)
+    stage.what = "speculative decoding"
     gen = torch.Generator(device=device).manual_seed(args.seed)
     res = generate(target, head, prompts, tree_top_k=args.tree_top_k, depth=args.depth,
                    total_tokens=args.total_tokens, generator=gen, **kw)
@@ -150,6 +469,7 @@ def _generate(args) -> int:
             print(f"[{b}] ids: {' '.join(map(str, seq))}")
     print(f"speculative: {res.summary()}")
     if args.baseline:
+        stage.what = "baseline decoding"
         gen = torch.Generator(device=device).manual_seed(args.seed)
         base = generate_baseline(target, prompts, generator=gen, **kw)
         print(f"baseline:    {base.summary()}")
@@ -166,23 +486,60 @@ def _generate(args) -> int:
     return 0
 
 
-def main(argv: Optional[list] = None) -> int:
-    """Entry point of the `specdec` command; returns the exit status."""
+def _run(argv: list, stage: _Stage) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # reported by the subcommand's parser, whose --help lists what it takes
+        which = parser.subcommands.get(args.command, parser)
+        which.error(f"unrecognized arguments: {' '.join(extra)} (see `{which.prog} --help`)")
+    stage.debug = stage.debug or getattr(args, "debug", False)
     if args.version:
         print(_versions())
         return 0
-    if args.command == "info" or args.command is None:
-        from specdec_kernels.info import report
-
-        print(_versions())
-        print(report())
-        return 0
+    stage.prog = f"specdec {args.command or 'info'}"
     if args.command == "generate":
-        return _generate(args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+        stage.what = "checking the arguments"
+        return _generate(args, stage)
+    stage.what = "building the report"
+    from specdec_kernels.info import report
+
+    print(_versions())
+    print(report())
+    return 0
+
+
+def _wants_debug(argv: list) -> bool:
+    """--debug among the options (before "--"), known even when the arguments do not parse."""
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    return "--debug" in options
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of the `specdec` command; returns the exit status, raises SystemExit on errors.
+
+    Errors print one line on stderr and raise CliExit (a SystemExit: status 2 for a bad argument, 1 when
+    loading or generating fails); with --debug they propagate with their traceback instead.
+    """
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    stage = _Stage(_wants_debug(argv))
+    try:
+        return _run(argv, stage)
+    except CliError as exc:
+        if stage.debug:
+            raise
+        message, code, prog = exc.message, exc.code, exc.prog or stage.prog
+    except KeyboardInterrupt:
+        if stage.debug:
+            raise
+        message, code, prog = f"interrupted while {stage.what}", 130, stage.prog
+    except Exception as exc:   # SystemExit (--help) passes through
+        if stage.debug:
+            raise
+        message, code, prog = (f"{stage.what} failed: {type(exc).__name__}: {exc} (run with --debug for the "
+                               "traceback)"), RUNTIME, stage.prog
+    message = " ".join(str(message).split())
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise CliExit(code, message)
 
 
 if __name__ == "__main__":
