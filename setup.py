@@ -12,6 +12,7 @@
   passed to the C++ and CUDA compilers as -DSPECDEC_<NAME>=<int> (csrc/include/specdec/limits.h turns the
   macros into constants) and recorded in specdec_kernels/_build_info.py as BUILD_INFO["limits"].
 """
+
 import ast
 import glob
 import os
@@ -129,14 +130,26 @@ def _extensions():
             define_macros=[("SPECDEC_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx + ["-DSPECDEC_WITH_CUDA=1"],
-                "nvcc": ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DSPECDEC_WITH_CUDA=1",
-                         "--expt-relaxed-constexpr"] + limit_flags,
+                "nvcc": [
+                    "-O3",
+                    "-std=c++20",
+                    "--use_fast_math",
+                    "-lineinfo",
+                    "-DSPECDEC_WITH_CUDA=1",
+                    "--expt-relaxed-constexpr",
+                ]
+                + limit_flags,
             },
             extra_link_args=ldflags,
         )
     else:
-        ext = CppExtension("specdec_kernels._C", sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx}, extra_link_args=ldflags)
+        ext = CppExtension(
+            "specdec_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=ldflags,
+        )
     _write_build_info(info)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
@@ -145,7 +158,8 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"])
-    + ["specdec." + p for p in find_packages("python/specdec")] + ["specdec"],
+    + ["specdec." + p for p in find_packages("python/specdec")]
+    + ["specdec"],
     package_dir={"specdec_kernels": "specdec_kernels", "specdec": "python/specdec"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -18,6 +18,7 @@ fraction of the GPU's peak memory bandwidth (--peak-gbps, or a table of known GP
     python bench/bench_attention.py --quick         # one small shape: a smoke run that fits a 2-core CPU
     python bench/bench_attention.py --results       # CSV into bench/results/ instead of bench/out/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,15 @@ def bench_shape(B: int, N: int, prefix: int, dtype, device: str, min_time: float
         fn()
         err = (result().float() - want).abs().max().item()
         us = time_fn(fn, device, min_time=min_time, warmup=3)
-        row = {"provider": provider, "dtype": str(dtype).replace("torch.", ""), "B": B, "N": N, "prefix": prefix,
-               "time_us": us, "max_err": err}
+        row = {
+            "provider": provider,
+            "dtype": str(dtype).replace("torch.", ""),
+            "B": B,
+            "N": N,
+            "prefix": prefix,
+            "time_us": us,
+            "max_err": err,
+        }
         if torch.device(device).type == "cuda":
             gbps = kv_bytes / (us * 1e-6) / 1e9
             row["kv_GBps"] = gbps
@@ -85,8 +93,9 @@ def bench_shape(B: int, N: int, prefix: int, dtype, device: str, min_time: float
     sdpa_out = {}
 
     def sdpa():
-        sdpa_out["o"] = torch.nn.functional.scaled_dot_product_attention(q, k_vis, v_vis, attn_mask=bias, scale=scale,
-                                                                         enable_gqa=True)
+        sdpa_out["o"] = torch.nn.functional.scaled_dot_product_attention(
+            q, k_vis, v_vis, attn_mask=bias, scale=scale, enable_gqa=True
+        )
 
     add("sdpa", sdpa, lambda: sdpa_out["o"])
 
@@ -102,8 +111,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=None, help="batch sizes (default 1 8 32)")
     parser.add_argument("--prefix", type=int, nargs="*", default=None, help="prefix lengths (default 512 2048 4096)")
     parser.add_argument("--nodes", type=int, nargs="*", default=None, help="tree sizes N (default 60)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
+    )
     parser.add_argument("--peak-gbps", type=float, default=None, help="peak memory bandwidth of the GPU, GB/s")
     args = parser.parse_args(argv)
     on_cuda = torch.device(args.device).type == "cuda"
@@ -118,8 +128,10 @@ def main(argv=None) -> None:
         for P in prefixes:
             for N in nodes:
                 rows += bench_shape(B, N, P, dtype, args.device, min_time, peak)
-    print(f"tree attention on {args.device} ({str(dtype).replace('torch.', '')}, H={H}, H_kv={H_KV}, D={HEAD_DIM}): "
-          f"time per call in microseconds (median)" + (f", peak bandwidth {peak:.0f} GB/s" if peak else ""))
+    print(
+        f"tree attention on {args.device} ({str(dtype).replace('torch.', '')}, H={H}, H_kv={H_KV}, D={HEAD_DIM}): "
+        f"time per call in microseconds (median)" + (f", peak bandwidth {peak:.0f} GB/s" if peak else "")
+    )
     cols = ["provider", "B", "N", "prefix", "time_us", "x_vs_torch", "x_vs_sdpa", "max_err"]
     if on_cuda:
         cols += ["kv_GBps", "of_peak"]

@@ -14,6 +14,7 @@ Bandwidth counts the bytes read plus written by the rows that move: 2 * moved ro
     python bench/bench_compact.py            # full sweep (CUDA)
     python bench/bench_compact.py --quick    # small CPU-sized smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def eagle_index_copy(caches, cache_len, nodes, accept_len):
     j = torch.arange(W, device=nodes.device)
     live = (j[None, :] < accept_len[:, None]) & (nodes >= 0)
     dst = cache_len[:, None].long() + j[None, :]
-    src = torch.where(live, cache_len[:, None].long() + nodes.long(), dst)   # padded rows copy onto themselves
+    src = torch.where(live, cache_len[:, None].long() + nodes.long(), dst)  # padded rows copy onto themselves
     H, D = caches[0].shape[1], caches[0].shape[3]
     src_i = src[:, None, :, None].expand(B, H, W, D)
     dst_i = dst[:, None, :, None].expand(B, H, W, D)
@@ -59,14 +60,19 @@ def eagle_index_copy(caches, cache_len, nodes, accept_len):
     def run():
         for t in caches:
             t.scatter_(2, dst_i, t.gather(2, src_i))
+
     return run
 
 
 def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--mem-gb", type=float, default=40.0, help="cap on the caches' memory (GB)")
-    parser.add_argument("--peak-gbps", type=float, default=None,
-                        help="memory bandwidth for the fraction-of-peak column (default: known GPUs)")
+    parser.add_argument(
+        "--peak-gbps",
+        type=float,
+        default=None,
+        help="memory bandwidth for the fraction-of-peak column (default: known GPUs)",
+    )
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
     peak = peak_gbps(dev, args.peak_gbps)
@@ -95,15 +101,30 @@ def main(argv=None):
                     nbytes = 2 * moved * H * D * es * len(caches)
                     providers = {}
                     for backend in usable_backends("compact_kv", caches, cache_len, nodes, accept_len):
-                        providers[backend] = functools.partial(sk.compact_kv, caches, cache_len, nodes, accept_len,
-                                                               backend=backend)
+                        providers[backend] = functools.partial(
+                            sk.compact_kv, caches, cache_len, nodes, accept_len, backend=backend
+                        )
                     providers["eagle-index-copy"] = eagle_index_copy(caches, cache_len, nodes, accept_len)
                     for name, fn in providers.items():
                         med, best = time_stats(fn, dev, min_time=min_time)
-                        rows.append({"kernel": "compact_kv", "provider": name, "model": model, "dtype": str(dtype)[6:],
-                                     "B": B, "layers": layers, "H_kv": H, "D": D, "S_max": S, "accept_len": n_acc,
-                                     "moved_rows": moved * H * len(caches), "us": med, "us_min": best,
-                                     "GBps": nbytes / (med * 1e3) if med > 0 else 0.0})
+                        rows.append(
+                            {
+                                "kernel": "compact_kv",
+                                "provider": name,
+                                "model": model,
+                                "dtype": str(dtype)[6:],
+                                "B": B,
+                                "layers": layers,
+                                "H_kv": H,
+                                "D": D,
+                                "S_max": S,
+                                "accept_len": n_acc,
+                                "moved_rows": moved * H * len(caches),
+                                "us": med,
+                                "us_min": best,
+                                "GBps": nbytes / (med * 1e3) if med > 0 else 0.0,
+                            }
+                        )
                         rows[-1]["frac_peak"] = rows[-1]["GBps"] / peak if peak else float("nan")
                     del caches
     print_table(rows, ["provider", "model", "dtype", "B", "accept_len", "S_max", "us", "us_min", "GBps", "frac_peak"])

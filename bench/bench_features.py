@@ -19,6 +19,7 @@ commit, date) goes to bench/out/ by default, bench/results/ with --results.
     python bench/bench_features.py --quick         # small shapes, runs on a CPU in seconds
     python bench/bench_features.py --results       # CSV into bench/results/ instead of bench/out/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,30 +43,39 @@ FROZEN = ("token_ids", "embed_weight")  # inputs without a gradient
 MODES = ("decode", "train")
 PROVIDERS = ("eager",) + tuple(BACKENDS)
 # Same names as the other benchmarks, plus the short ones this script used to take.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 
 EPS = 1e-6
 
 
-
 def make_inputs(kind, T, H, I, V, dtype, device, requires_grad):
     """The op's tensor inputs by name (keyword arguments of the op and of the composition; eps aside),
     scaled so activations stay O(1)."""
+
     def w(*shape, scale):
         return (torch.randn(*shape, device=device, dtype=dtype) * scale).requires_grad_(requires_grad)
 
     ones = lambda: torch.ones(H, device=device, dtype=dtype).requires_grad_(requires_grad)
-    a = dict(features=torch.randn(T, H, device=device, dtype=dtype).requires_grad_(requires_grad),
-             token_ids=torch.randint(0, V, (T,), device=device),
-             embed_weight=torch.randn(V, H, device=device, dtype=dtype),
-             fc_weight=w(H, 2 * H, scale=(2 * H) ** -0.5), fc_bias=w(H, scale=0.1))
+    a = dict(
+        features=torch.randn(T, H, device=device, dtype=dtype).requires_grad_(requires_grad),
+        token_ids=torch.randint(0, V, (T,), device=device),
+        embed_weight=torch.randn(V, H, device=device, dtype=dtype),
+        fc_weight=w(H, 2 * H, scale=(2 * H) ** -0.5),
+        fc_bias=w(H, scale=0.1),
+    )
     if kind == "fspad":
-        a.update(norm_weight=ones(), gate_weight=w(I, H, scale=H ** -0.5), up_weight=w(I, H, scale=H ** -0.5))
+        a.update(norm_weight=ones(), gate_weight=w(I, H, scale=H**-0.5), up_weight=w(I, H, scale=H**-0.5))
     else:
         a.update(norm_b_weight=ones(), norm_a_weight=ones(), up_weight=w(I, 2 * H, scale=(2 * H) ** -0.5))
-    a["down_weight"] = w(H, I, scale=I ** -0.5)
+    a["down_weight"] = w(H, I, scale=I**-0.5)
     return a
 
 
@@ -93,8 +103,11 @@ def make_call(kind, mode, provider, T, H, I, V, dtype, device):
     leaves = [t for k, t in inputs.items() if k not in FROZEN]
 
     def step():
-        o = (ref_fn(**inputs, eps=EPS) if provider == "eager" else
-             fn(**inputs, eps=EPS, backend=provider, check_ids=False))
+        o = (
+            ref_fn(**inputs, eps=EPS)
+            if provider == "eager"
+            else fn(**inputs, eps=EPS, backend=provider, check_ids=False)
+        )
         torch.autograd.grad(o, leaves, grad)
 
     return step
@@ -123,10 +136,23 @@ def bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmu
             us, us_min = time_stats(call, device, min_time=min_time, warmup=warmup)
         secs = us * 1e-6
         gbps = wbytes / secs / 1e9 if mode == "decode" else float("nan")
-        rows.append({"kernel": kind, "mode": mode, "provider": provider, "dtype": str(dtype).replace("torch.", ""),
-                     "T": T, "H": H, "I": I, "V": V, "time_us": us, "min_us": us_min,
-                     "TFLOPs": flops / secs / 1e12, "weight_GBps": gbps,
-                     "x_floor": peak / gbps if (peak and mode == "decode") else float("nan")})  # = time / floor
+        rows.append(
+            {
+                "kernel": kind,
+                "mode": mode,
+                "provider": provider,
+                "dtype": str(dtype).replace("torch.", ""),
+                "T": T,
+                "H": H,
+                "I": I,
+                "V": V,
+                "time_us": us,
+                "min_us": us_min,
+                "TFLOPs": flops / secs / 1e12,
+                "weight_GBps": gbps,
+                "x_floor": peak / gbps if (peak and mode == "decode") else float("nan"),
+            }
+        )  # = time / floor
     eager = next((r["time_us"] for r in rows if r["provider"] == "eager"), None)
     for r in rows:
         r["x_vs_eager"] = eager / r["time_us"] if eager else float("nan")
@@ -135,12 +161,14 @@ def bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmu
 
 def csv_list(choices):
     """argparse type: a comma list whose items are all in `choices`."""
+
     def parse(text):
         items = [s.strip() for s in text.split(",") if s.strip()]
         bad = [s for s in items if s not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"expected a comma list among {','.join(choices)}, got {text!r}")
         return items
+
     return parse
 
 
@@ -152,26 +180,45 @@ def int_list(text):
 
 
 def main(argv=None) -> None:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__,
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
-    parser.add_argument("--kernels", type=csv_list(tuple(KERNELS)), default=list(KERNELS),
-                        help="comma list among fspad,griffin (default both)")
-    parser.add_argument("--modes", type=csv_list(MODES), default=list(MODES),
-                        help="comma list among decode,train (default both)")
-    parser.add_argument("--backends", type=csv_list(PROVIDERS), default=None,
-                        help=f"comma list among {','.join(PROVIDERS)} (default: those that run on the device; "
-                             "triton is left out on CPU, where it only runs interpreted)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
+    parser.add_argument(
+        "--kernels",
+        type=csv_list(tuple(KERNELS)),
+        default=list(KERNELS),
+        help="comma list among fspad,griffin (default both)",
+    )
+    parser.add_argument(
+        "--modes", type=csv_list(MODES), default=list(MODES), help="comma list among decode,train (default both)"
+    )
+    parser.add_argument(
+        "--backends",
+        type=csv_list(PROVIDERS),
+        default=None,
+        help=f"comma list among {','.join(PROVIDERS)} (default: those that run on the device; "
+        "triton is left out on CPU, where it only runs interpreted)",
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
+    )
     parser.add_argument("-H", type=int, default=None, help="hidden size (default 4096; --quick 256)")
     parser.add_argument("-I", type=int, default=None, help="MLP intermediate size (default 11008; --quick 688)")
     parser.add_argument("-V", type=int, default=None, help="vocabulary size of the embedding (default 32000)")
-    parser.add_argument("--decode-T", type=int_list, default=None,
-                        help="comma list of tree sizes (default 10,30,60; --quick 10,60)")
-    parser.add_argument("--train-T", type=int, default=None,
-                        help="rows of a training step (default 8 x 2048 = 16384; --quick 512)")
-    parser.add_argument("--peak-gbps", "--bandwidth", dest="peak_gbps", type=float, default=None,
-                        help="peak memory bandwidth in GB/s for the decode floor (default: known GPUs' table)")
+    parser.add_argument(
+        "--decode-T", type=int_list, default=None, help="comma list of tree sizes (default 10,30,60; --quick 10,60)"
+    )
+    parser.add_argument(
+        "--train-T", type=int, default=None, help="rows of a training step (default 8 x 2048 = 16384; --quick 512)"
+    )
+    parser.add_argument(
+        "--peak-gbps",
+        "--bandwidth",
+        dest="peak_gbps",
+        type=float,
+        default=None,
+        help="peak memory bandwidth in GB/s for the decode floor (default: known GPUs' table)",
+    )
     args = parser.parse_args(argv)
 
     device = args.device
@@ -194,14 +241,18 @@ def main(argv=None) -> None:
     rows = []
     for kind in args.kernels:
         for mode in args.modes:
-            for T in (decode_T if mode == "decode" else [train_T]):
+            for T in decode_T if mode == "decode" else [train_T]:
                 rows += bench_case(kind, mode, T, H, I, V, dtype, device, providers, min_time, warmup, peak)
 
-    print(f"feature heads on {device} ({str(dtype).replace('torch.', '')}, H={H}, I={I}, V={V}): weights "
-          f"{wbytes / 1e6:.1f} MB; time per call in microseconds (median, min)"
-          + (f"; decode floor {wbytes / (peak * 1e9) * 1e6:.1f} us at {peak:.0f} GB/s" if peak else ""))
-    tables = {"decode": ["kernel", "provider", "T", "time_us", "min_us", "weight_GBps", "x_floor", "x_vs_eager"],
-              "train": ["kernel", "provider", "T", "time_us", "min_us", "TFLOPs", "x_vs_eager"]}
+    print(
+        f"feature heads on {device} ({str(dtype).replace('torch.', '')}, H={H}, I={I}, V={V}): weights "
+        f"{wbytes / 1e6:.1f} MB; time per call in microseconds (median, min)"
+        + (f"; decode floor {wbytes / (peak * 1e9) * 1e6:.1f} us at {peak:.0f} GB/s" if peak else "")
+    )
+    tables = {
+        "decode": ["kernel", "provider", "T", "time_us", "min_us", "weight_GBps", "x_floor", "x_vs_eager"],
+        "train": ["kernel", "provider", "T", "time_us", "min_us", "TFLOPs", "x_vs_eager"],
+    }
     for mode in args.modes:
         mode_rows = [r for r in rows if r["mode"] == mode]
         if mode_rows:

@@ -16,6 +16,7 @@ Trees are EAGLE-2-shaped: N-node trees selected from candidates drafted with top
     python bench/bench_tree.py --quick      # smoke run
     python bench/bench_tree.py --results    # CSV into bench/results/ instead of bench/out/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ def eagle_candidates(B: int, seed: int = 0):
 
 # ---------------------------------------------------------------------------------------------------
 # The EAGLE-2 port (host-side Python, as in the EAGLE repository; one request at a time)
+
 
 def eagle2_build_port(parents: torch.Tensor):
     """EAGLE-2's tree mask / position ids / retrieve_indices construction, per request."""
@@ -111,6 +113,7 @@ def check_ports(parents: torch.Tensor, tree: sk.Tree) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 
+
 def bench_shape(B: int, N: int, device: str, min_time: float) -> list:
     cand = [t.to(device) for t in eagle_candidates(B, seed=B * 1000 + N)]
     sel_out = sk.SelectedTree.empty(B, N, device)
@@ -123,8 +126,17 @@ def bench_shape(B: int, N: int, device: str, min_time: float) -> list:
 
     def add(op, provider, fn):
         med, best = time_stats(fn, device, min_time=min_time, warmup=2)
-        rows.append({"op": op, "provider": provider, "B": B, "N": N, "M": M if op == "select_tree" else "",
-                     "time_us": med, "min_us": best})
+        rows.append(
+            {
+                "op": op,
+                "provider": provider,
+                "B": B,
+                "N": N,
+                "M": M if op == "select_tree" else "",
+                "time_us": med,
+                "min_us": best,
+            }
+        )
 
     for b in usable_backends("build_tree", parents, num_nodes, *tree_out):
         add("build_tree", b, lambda b=b: sk.build_tree(parents, num_nodes, backend=b, out=tree_out))
@@ -160,8 +172,10 @@ def main(argv=None) -> None:
     for B in batches:
         for N in nodes:
             rows += bench_shape(B, N, args.device, min_time)
-    print(f"tree construction on {args.device}: microseconds per call (median and min over batches of calls); "
-          f"speedups (from the medians) over the torch reference and the EAGLE-2 port")
+    print(
+        f"tree construction on {args.device}: microseconds per call (median and min over batches of calls); "
+        f"speedups (from the medians) over the torch reference and the EAGLE-2 port"
+    )
     print_table(rows, ["op", "provider", "B", "N", "M", "time_us", "min_us", "x_vs_torch", "x_vs_eagle2"])
     path = write_csv(rows, "tree", args.device, results=args.results, out_dir=args.out_dir)
     print(f"wrote {path}")

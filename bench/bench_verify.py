@@ -10,6 +10,7 @@ Shapes: B in {1, 8, 64}, N in {8, 60}, V in {32000, 128256, 151936}; bf16 logits
     python bench/bench_verify.py            # full sweep
     python bench/bench_verify.py --quick    # smoke run (CPU-sized)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ def main(argv=None):
     min_time = args.min_time / (10 if args.quick else 1)
     if dev.type == "cuda":
         dtype = torch.bfloat16
-        batches, nodes, vocabs = ([1, 8, 64], [8, 60], [32000, 128256, 151936]) if not args.quick else \
-            ([1, 8], [60], [32000, 128256])
+        batches, nodes, vocabs = (
+            ([1, 8, 64], [8, 60], [32000, 128256, 151936]) if not args.quick else ([1, 8], [60], [32000, 128256])
+        )
     else:
         dtype = torch.float32
         batches, nodes, vocabs = ([1, 4], [8], [32000]) if args.quick else ([1, 8], [8, 60], [32000, 128256])
@@ -65,26 +67,64 @@ def main(argv=None):
                 out = sk.VerifyResult.empty(B, N, dev)
                 for case, params in CASES.items():
                     if params is None:
-                        op, args_ = "verify_greedy", (tree.first_child, tree.next_sibling, tree.valid, tokens,
-                                                      logits, *out)
+                        op, args_ = (
+                            "verify_greedy",
+                            (tree.first_child, tree.next_sibling, tree.valid, tokens, logits, *out),
+                        )
                         run = functools.partial(sk.verify_greedy, tree, tokens, logits, out=out)
                     else:
                         t, k, p = params
                         temp = torch.full((B,), t, dtype=torch.float32, device=dev)
                         top_k = torch.full((B,), k, dtype=torch.int32, device=dev)
                         top_p = torch.full((B,), p, dtype=torch.float32, device=dev)
-                        op, args_ = "verify_sample", (tree.first_child, tree.next_sibling, tree.valid, tokens,
-                                                      logits, uniforms, temp, top_k, top_p, None, *out)
-                        run = functools.partial(sk.verify_sample, tree, tokens, logits, uniforms, temperature=temp,
-                                                top_k=top_k, top_p=top_p, out=out)
+                        op, args_ = (
+                            "verify_sample",
+                            (
+                                tree.first_child,
+                                tree.next_sibling,
+                                tree.valid,
+                                tokens,
+                                logits,
+                                uniforms,
+                                temp,
+                                top_k,
+                                top_p,
+                                None,
+                                *out,
+                            ),
+                        )
+                        run = functools.partial(
+                            sk.verify_sample,
+                            tree,
+                            tokens,
+                            logits,
+                            uniforms,
+                            temperature=temp,
+                            top_k=top_k,
+                            top_p=top_p,
+                            out=out,
+                        )
                     for backend in usable_backends(op, *args_):
                         if backend == "torch" and B * N * V > 64 * 60 * 32000 and dev.type == "cpu":
                             continue  # the reference's sorts over [B, V] take minutes here
-                        med, best = time_stats(functools.partial(run, backend=backend), dev, min_time=min_time,
-                                               warmup=1)
+                        med, best = time_stats(
+                            functools.partial(run, backend=backend), dev, min_time=min_time, warmup=1
+                        )
                         accepted = float(out.accept_len.float().mean())
-                        rows.append({"kernel": "verify", "case": case, "provider": backend, "dtype": str(dtype)[6:],
-                                     "B": B, "N": N, "V": V, "mean_accept_len": accepted, "us": med, "us_min": best})
+                        rows.append(
+                            {
+                                "kernel": "verify",
+                                "case": case,
+                                "provider": backend,
+                                "dtype": str(dtype)[6:],
+                                "B": B,
+                                "N": N,
+                                "V": V,
+                                "mean_accept_len": accepted,
+                                "us": med,
+                                "us_min": best,
+                            }
+                        )
                 del logits, run, args_
     print_table(rows, ["case", "provider", "B", "N", "V", "mean_accept_len", "us", "us_min"])
     print("wrote", write_csv(rows, "verify", dev, results=args.results, out_dir=args.out_dir))

@@ -6,6 +6,7 @@ included, as a decode step pays it); on CPU from time.perf_counter. Results are 
 the device, torch/triton versions, git commit and date, to bench/out/ (git-ignored) by default or to
 bench/results/ (committed) on request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,24 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--device, --quick, --results, --out-dir: the options every benchmark takes."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device of the inputs (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of the inputs (default: cuda when available)",
+    )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: few shapes, few repetitions")
-    parser.add_argument("--results", action="store_true",
-                        help=f"write the CSV into {os.path.relpath(RESULTS_DIR)} (committed) instead of bench/out")
+    parser.add_argument(
+        "--results",
+        action="store_true",
+        help=f"write the CSV into {os.path.relpath(RESULTS_DIR)} (committed) instead of bench/out",
+    )
     parser.add_argument("--out-dir", default=None, help="write the CSV into this folder instead")
-    parser.add_argument("--min-time", type=float, default=0.2,
-                        help="seconds of repetitions per measurement (after warm-up); --quick divides by 10")
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.2,
+        help="seconds of repetitions per measurement (after warm-up); --quick divides by 10",
+    )
     return parser
 
 
@@ -61,8 +72,15 @@ def time_fn(fn: Callable[[], object], device="cpu", **kwargs) -> float:
     return time_stats(fn, device, **kwargs)[0]
 
 
-def time_stats(fn: Callable[[], object], device="cpu", *, min_time: float = 0.2, warmup: int = 3,
-               max_iters: int = 10_000, repeats: int = 7) -> tuple:
+def time_stats(
+    fn: Callable[[], object],
+    device="cpu",
+    *,
+    min_time: float = 0.2,
+    warmup: int = 3,
+    max_iters: int = 10_000,
+    repeats: int = 7,
+) -> tuple:
     """(median, min) time of one call of `fn`, in microseconds.
 
     `fn` must not allocate what it should not be charged for (pass preallocated outputs). The calls are
@@ -116,10 +134,16 @@ def device_name(device) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCH_DIR,
-                               capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -129,6 +153,7 @@ def env_info(device) -> dict:
     """Columns that identify where and on what a result was measured."""
     try:
         import triton
+
         triton_version = triton.__version__
     except Exception:
         triton_version = ""
@@ -142,8 +167,7 @@ def env_info(device) -> dict:
     }
 
 
-def write_csv(rows: Sequence[dict], name: str, device, *, results: bool = False,
-              out_dir: Optional[str] = None) -> str:
+def write_csv(rows: Sequence[dict], name: str, device, *, results: bool = False, out_dir: Optional[str] = None) -> str:
     """Write `rows` (dicts with the same keys) plus env_info columns to <dir>/<name>_<device>.csv; return the path."""
     folder = out_dir or (RESULTS_DIR if results else OUT_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -161,8 +185,9 @@ def write_csv(rows: Sequence[dict], name: str, device, *, results: bool = False,
 def print_table(rows: Iterable[dict], columns: Sequence[str], floatfmt: str = "{:.1f}") -> None:
     """A fixed-width table of `columns` of `rows` on stdout."""
     rows = list(rows)
-    cells = [[floatfmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-             for r in rows]
+    cells = [
+        [floatfmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns] for r in rows
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in cells:
@@ -170,8 +195,17 @@ def print_table(rows: Iterable[dict], columns: Sequence[str], floatfmt: str = "{
 
 
 # Peak DRAM bandwidth in GB/s by device-name fragment (first match wins), for "fraction of bandwidth".
-PEAK_GBPS = [("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0),
-             ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0), ("A10", 600.0), ("L4", 300.0)]
+PEAK_GBPS = [
+    ("H200", 4800.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),
+    ("L40S", 864.0),
+    ("A10", 600.0),
+    ("L4", 300.0),
+]
 
 
 def peak_gbps(device, override: Optional[float] = None) -> Optional[float]:
@@ -182,4 +216,3 @@ def peak_gbps(device, override: Optional[float] = None) -> Optional[float]:
         return None
     name = torch.cuda.get_device_name(device)
     return next((bw for frag, bw in PEAK_GBPS if frag in name), None)
-

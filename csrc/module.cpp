@@ -7,9 +7,8 @@
 #define SPECDEC_WITH_CUDA 0
 #endif
 
-static struct PyModuleDef specdec_module = {PyModuleDef_HEAD_INIT, "_C",
-                                            "Compiled kernels of specdec_kernels (CPU, and CUDA when built).",
-                                            -1, nullptr};
+static struct PyModuleDef specdec_module = {
+    PyModuleDef_HEAD_INIT, "_C", "Compiled kernels of specdec_kernels (CPU, and CUDA when built).", -1, nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&specdec_module);

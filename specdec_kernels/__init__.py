@@ -3,6 +3,7 @@
 Every public op takes `backend=None` (see `get_op` and docs/design.md for the choice among cuda,
 triton, cpu and torch) and checks its inputs with errors that say what was expected.
 """
+
 from __future__ import annotations
 
 # Import order matters: _loader defines the schemas and loads the compiled kernels (a failure there is
@@ -19,9 +20,30 @@ from .ops.tree import SelectedTree, Tree, TreePaths, build_tree, select_tree, tr
 from .ops.verify import VerifyResult, verify_greedy, verify_sample
 
 __all__ = [
-    "__version__", "BACKENDS", "BackendError", "ExtensionFallbackWarning", "KernelOp", "get_op", "list_ops",
-    "Tree", "SelectedTree", "TreePaths", "VerifyResult", "build_tree", "select_tree", "tree_paths",
-    "mask_words", "pack_bits", "chain_mask", "unpack_mask", "tree_visibility", "tree_attention_bias",
-    "tree_attention", "compact_kv", "verify_greedy", "verify_sample",
-    "fspad_feature_sampling", "griffin_token_fusion",
+    "__version__",
+    "BACKENDS",
+    "BackendError",
+    "ExtensionFallbackWarning",
+    "KernelOp",
+    "get_op",
+    "list_ops",
+    "Tree",
+    "SelectedTree",
+    "TreePaths",
+    "VerifyResult",
+    "build_tree",
+    "select_tree",
+    "tree_paths",
+    "mask_words",
+    "pack_bits",
+    "chain_mask",
+    "unpack_mask",
+    "tree_visibility",
+    "tree_attention_bias",
+    "tree_attention",
+    "compact_kv",
+    "verify_greedy",
+    "verify_sample",
+    "fspad_feature_sampling",
+    "griffin_token_fusion",
 ]

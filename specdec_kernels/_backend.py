@@ -14,6 +14,7 @@ every backend's reason. SPECDEC_BACKEND applies to the ops that implement the na
 without it chooses automatically). The choice depends only on devices, dtypes, shapes and what was
 built, never on tensor values, so it is stable under torch.compile and CUDA graphs.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,6 +95,7 @@ def triton_check(device: torch.device, op: Optional[str] = None, module: Optiona
         return f"Triton needs CUDA tensors, got {device.type}"
     if module is not None:
         from . import triton_kernels
+
         err = triton_kernels.MODULE_ERRORS.get(module)
         if err is not None:
             return f"specdec_kernels.triton_kernels.{module} failed to import ({err})"
@@ -143,8 +145,13 @@ class KernelOp:
     def __repr__(self) -> str:
         return f"KernelOp({self.name!r}, backends={self.backends})"
 
-    def register(self, backend: str, run: Callable, check: Check,
-                 static: Optional[Callable[[torch.device], Optional[str]]] = None) -> None:
+    def register(
+        self,
+        backend: str,
+        run: Callable,
+        check: Check,
+        static: Optional[Callable[[torch.device], Optional[str]]] = None,
+    ) -> None:
         """Add an implementation: `run(*args)` does the work, `check(*args)` returns None or a reason."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -206,8 +213,9 @@ class KernelOp:
             if backend not in BACKENDS:
                 raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
             if backend not in self._impls:
-                raise BackendError(f"{self.name}: {source}{backend!r} is not implemented for this op "
-                                   f"(it has {list(self.backends)})")
+                raise BackendError(
+                    f"{self.name}: {source}{backend!r} is not implemented for this op (it has {list(self.backends)})"
+                )
             reason = self._impls[backend][1](*args)
             if reason is not None:
                 raise BackendError(f"{self.name}: {source}{backend!r} cannot run these inputs: {reason}")
@@ -253,6 +261,7 @@ def get_op(name: str) -> KernelOp:
         True
     """
     from . import ops  # noqa: F401  (importing the op modules fills the registry)
+
     try:
         return _OPS[name]
     except KeyError:
@@ -268,11 +277,18 @@ def list_ops() -> Tuple[str, ...]:
         True
     """
     from . import ops  # noqa: F401
+
     return tuple(_OPS)
 
 
-def standard_op(name: str, *, reference: Callable, triton_module: Optional[str],
-                limits: Optional[Limits] = None, compiled: bool = True) -> KernelOp:
+def standard_op(
+    name: str,
+    *,
+    reference: Callable,
+    triton_module: Optional[str],
+    limits: Optional[Limits] = None,
+    compiled: bool = True,
+) -> KernelOp:
     """Register an op with the usual backends.
 
     - cuda / cpu: `torch.ops.specdec.<name>` (the kernels of _C), when built for the inputs' device;
@@ -290,19 +306,28 @@ def standard_op(name: str, *, reference: Callable, triton_module: Optional[str],
             if reason is None and limits is not None:
                 reason = limits(backend, *args)
             return reason
+
         return check
 
     if compiled:
         kernel = getattr(torch.ops.specdec, name)
         for b in ("cuda", "cpu"):
-            op.register(b, kernel, with_limits(b, lambda *a, b=b: compiled_check(name, device_of(a), b)),
-                        lambda device, b=b: compiled_check(name, device, b))
+            op.register(
+                b,
+                kernel,
+                with_limits(b, lambda *a, b=b: compiled_check(name, device_of(a), b)),
+                lambda device, b=b: compiled_check(name, device, b),
+            )
     if triton_module is not None:
+
         def run_triton(*args):
             return getattr(torch.ops.specdec, name + "_triton")(*args)
 
-        op.register("triton", run_triton,
-                    with_limits("triton", lambda *a: triton_check(device_of(a), name, triton_module)),
-                    lambda device: triton_check(device, name, triton_module))
+        op.register(
+            "triton",
+            run_triton,
+            with_limits("triton", lambda *a: triton_check(device_of(a), name, triton_module)),
+            lambda device: triton_check(device, name, triton_module),
+        )
     op.register("torch", reference, with_limits("torch", lambda *a: None))
     return op

@@ -6,6 +6,7 @@ torch, ...) is not fatal: every op falls back to a backend that can run, and the
 back because of it warns once with the reason and how to rebuild. SPECDEC_NO_EXTENSION=1 in the
 environment skips loading `_C` on purpose (then nothing warns).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -58,7 +59,10 @@ def warn_missing_once(op: str, chosen: str) -> None:
         f"specdec_kernels._C could not be loaded ({LOAD_ERROR}); specdec::{op} and every other op fall back "
         f"to slower backends (this one to {chosen!r}). Rebuild with `bash scripts/build.sh` (or "
         f"`pip install --no-build-isolation -e .`), check with `python -m specdec_kernels.info`, or set "
-        f"SPECDEC_NO_EXTENSION=1 to run without it on purpose.", ExtensionFallbackWarning, stacklevel=4)
+        f"SPECDEC_NO_EXTENSION=1 to run without it on purpose.",
+        ExtensionFallbackWarning,
+        stacklevel=4,
+    )
 
 
 def build_info() -> dict:

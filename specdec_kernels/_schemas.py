@@ -8,6 +8,7 @@ return nothing, so they never allocate or synchronise and can be captured in a C
 
 Every op has a fake (meta) implementation so torch.compile and opcheck can trace it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The package version: read from the installed distribution's metadata (pyproject.toml is the one place)."""
+
 from __future__ import annotations
 
 from importlib import metadata

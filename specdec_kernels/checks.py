@@ -3,6 +3,7 @@
 One helper for tensors (`check_tensor`), caller buffers (`check_out`) and devices (`same_device`), and
 the one definition of the floating dtypes: every message says what was expected and what came.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -18,9 +19,16 @@ FLOAT_DTYPES_FP64 = FLOAT_DTYPES + (torch.float64,)
 ID_DTYPES = (torch.int32, torch.int64)
 
 
-def check_tensor(name: str, t, *, dtype=None, dtypes: Optional[Iterable[torch.dtype]] = None,
-                 ndim: Optional[int] = None, shape: Optional[Sequence[Optional[int]]] = None,
-                 device: Optional[torch.device] = None) -> None:
+def check_tensor(
+    name: str,
+    t,
+    *,
+    dtype=None,
+    dtypes: Optional[Iterable[torch.dtype]] = None,
+    ndim: Optional[int] = None,
+    shape: Optional[Sequence[Optional[int]]] = None,
+    device: Optional[torch.device] = None,
+) -> None:
     """Raise TypeError/ValueError unless `t` is a tensor of the expected dtype, rank, shape, device.
 
     In `shape`, None matches any size. `device` "cuda" matches any CUDA device, "cuda:1" only that one.

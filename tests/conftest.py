@@ -1,4 +1,5 @@
 """Shared test setup: Triton runs under its interpreter without a GPU; `cuda` tests skip without one."""
+
 import os
 
 import torch

@@ -9,6 +9,7 @@ fp64): two roundings to `dt` (2 eps(dt)) plus the accumulation, whose rounding g
 sqrt(reduction) * eps(acc) for random rounding; we allow 8x that for the worst cases of a few sums in
 a row, FMA or not, and another summation order on another CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,13 @@ def tolerance(dtype: torch.dtype, reduction: int = 1, scale: float = 1.0) -> tup
     return tol * scale, tol
 
 
-def assert_close_as_torch(actual: torch.Tensor, truth: torch.Tensor, torch_same_dtype: torch.Tensor,
-                          what: str = "", floor: float | None = None) -> None:
+def assert_close_as_torch(
+    actual: torch.Tensor,
+    truth: torch.Tensor,
+    torch_same_dtype: torch.Tensor,
+    what: str = "",
+    floor: float | None = None,
+) -> None:
     """flash-attention's rule: |actual - truth| <= 2 * |torch_same_dtype - truth| + floor, elementwise max.
 
     `truth` is computed in a wider dtype (fp64 for fp32 results, fp32 for fp16/bf16), `torch_same_dtype`
@@ -42,8 +48,10 @@ def assert_close_as_torch(actual: torch.Tensor, truth: torch.Tensor, torch_same_
         floor = torch.finfo(actual.dtype).eps * max(float(t.abs().max()) if t.numel() else 0.0, 1.0)
     err, ref_err = (a - t).abs().max().item() if a.numel() else 0.0, (r - t).abs().max().item() if r.numel() else 0.0
     bound = 2.0 * ref_err + floor
-    assert err <= bound, (f"{what}: max error {err:.3g} against the wide-precision truth exceeds 2 x torch's own "
-                          f"{actual.dtype} error {ref_err:.3g} + floor {floor:.3g}")
+    assert err <= bound, (
+        f"{what}: max error {err:.3g} against the wide-precision truth exceeds 2 x torch's own "
+        f"{actual.dtype} error {ref_err:.3g} + floor {floor:.3g}"
+    )
 
 
 # (atol, rtol) for comparing a kernel's elementwise floating output (short reductions: a softmax row, a
@@ -86,11 +94,13 @@ def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -
         raise AssertionError(
             f"{what}: {int(diff.sum())} of {diff.numel()} entries differ; first at {idx}: "
             f"got {[actual.cpu()[tuple(i)].item() for i in idx]}, "
-            f"want {[expected.cpu()[tuple(i)].item() for i in idx]}")
+            f"want {[expected.cpu()[tuple(i)].item() for i in idx]}"
+        )
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = None, what: str = "") -> None:
     """Float comparison with the tolerance of `dtype` (default: actual.dtype) from TOLERANCES."""
     atol, rtol = TOLERANCES[dtype or actual.dtype]
-    torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), atol=atol, rtol=rtol,
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.float().cpu(), expected.float().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
+    )

@@ -1,4 +1,5 @@
 """The `specdec` command, run in-process on a tiny model and head saved into tmp_path (no hub access)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,19 @@ VOCAB = 64
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
-                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(root / "target")
@@ -43,9 +54,29 @@ def test_version_and_info(capsys):
 
 def test_generate_with_prompt_ids(saved, capsys):
     root, model = saved
-    rc, out = run(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1 2 3 4",
-                   "--prompt-ids", "9 8", "--max-new-tokens", 7, "--tree-top-k", 3, "--depth", 3,
-                   "--total-tokens", 10, "--baseline"], capsys)
+    rc, out = run(
+        [
+            "generate",
+            "--target",
+            root / "target",
+            "--draft",
+            root / "draft",
+            "--prompt-ids",
+            "1 2 3 4",
+            "--prompt-ids",
+            "9 8",
+            "--max-new-tokens",
+            7,
+            "--tree-top-k",
+            3,
+            "--depth",
+            3,
+            "--total-tokens",
+            10,
+            "--baseline",
+        ],
+        capsys,
+    )
     assert rc == 0, out
     want = generate_baseline(model, [[1, 2, 3, 4], [9, 8]], max_new_tokens=7).sequences
     lines = out.splitlines()
@@ -59,8 +90,26 @@ def test_generate_with_prompt_ids(saved, capsys):
 
 def test_generate_sampling_runs(saved, capsys):
     root, _ = saved
-    rc, out = run(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "5 6 7",
-                   "--max-new-tokens", 5, "--temperature", 0.8, "--top-p", 0.9, "--seed", 3], capsys)
+    rc, out = run(
+        [
+            "generate",
+            "--target",
+            root / "target",
+            "--draft",
+            root / "draft",
+            "--prompt-ids",
+            "5 6 7",
+            "--max-new-tokens",
+            5,
+            "--temperature",
+            0.8,
+            "--top-p",
+            0.9,
+            "--seed",
+            3,
+        ],
+        capsys,
+    )
     assert rc == 0
     ids = next(l for l in out.splitlines() if l.startswith("[0] ")).split()[1:]
     assert len(ids) == 5 and all(0 <= int(t) < VOCAB for t in ids)
@@ -74,13 +123,31 @@ def test_generate_with_tokenizer(saved, tmp_path, capsys):
     words = [f"w{i}" for i in range(VOCAB - 1)] + ["[UNK]"]
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")       # joins words with spaces
+    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins words with spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
     target = tmp_path / "target_tok"
     model.save_pretrained(target)
     fast.save_pretrained(target)
-    rc, out = run(["generate", "--target", target, "--draft", root / "draft", "--prompt", "w1 w2 w3",
-                   "--max-new-tokens", 4, "--tree-top-k", 2, "--depth", 2, "--total-tokens", 5], capsys)
+    rc, out = run(
+        [
+            "generate",
+            "--target",
+            target,
+            "--draft",
+            root / "draft",
+            "--prompt",
+            "w1 w2 w3",
+            "--max-new-tokens",
+            4,
+            "--tree-top-k",
+            2,
+            "--depth",
+            2,
+            "--total-tokens",
+            5,
+        ],
+        capsys,
+    )
     assert rc == 0, out
     want = generate_baseline(model, [[1, 2, 3]], max_new_tokens=4).sequences[0]
     assert f"[0] {fast.decode(want)}" in out.splitlines()
@@ -96,11 +163,13 @@ def test_generate_errors(saved, capsys):
     with pytest.raises(SystemExit, match="integers"):
         main(["generate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompt-ids", "1 x"])
     with pytest.raises(SystemExit, match="outside"):
-        main(["generate", "--target", str(root / "target"), "--draft", str(root / "draft"),
-              "--prompt-ids", f"1 {VOCAB}"])
+        main(
+            ["generate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompt-ids", f"1 {VOCAB}"]
+        )
 
 
 # ---- argument checking: one line on stderr, exit status 2, before anything is loaded ----
+
 
 @pytest.fixture
 def no_load(monkeypatch):
@@ -125,7 +194,7 @@ def _fail(argv, capsys, code=2):
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     lines = captured.err.strip().splitlines()
-    if code != 2:   # loading may have shown a progress bar before the failure
+    if code != 2:  # loading may have shown a progress bar before the failure
         lines = [line for line in lines if "error" in line]
     assert len(lines) == 1, captured.err
     return lines[0]
@@ -212,8 +281,10 @@ def test_bad_argument_is_one_line_before_loading(saved, tmp_path, capsys, no_loa
 def test_device_cuda_without_gpu(saved, capsys, no_load, monkeypatch):
     root, _ = saved
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    line = _fail(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1",
-                  "--device", "cuda"], capsys)
+    line = _fail(
+        ["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1", "--device", "cuda"],
+        capsys,
+    )
     assert "argument --device: expected an available device" in line and "'cuda'" in line
     assert "torch.cuda.is_available() is False" in line
 
@@ -222,8 +293,10 @@ def test_device_index_beyond_the_gpus(saved, capsys, no_load, monkeypatch):
     root, _ = saved
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    line = _fail(["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1",
-                  "--device", "cuda:3"], capsys)
+    line = _fail(
+        ["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1", "--device", "cuda:3"],
+        capsys,
+    )
     assert "argument --device: expected cuda or cuda:N with N < 1" in line and "'cuda:3'" in line
 
 
@@ -232,8 +305,17 @@ def test_debug_reraises_argument_errors(saved, capsys, no_load):
     from specdec.cli import CliError
 
     for debug in (["--debug"], []):
-        argv = ["generate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompt-ids", "1",
-                "--max-new-tokens", "0"]
+        argv = [
+            "generate",
+            "--target",
+            str(root / "target"),
+            "--draft",
+            str(root / "draft"),
+            "--prompt-ids",
+            "1",
+            "--max-new-tokens",
+            "0",
+        ]
         if debug:
             with pytest.raises(CliError, match="--max-new-tokens"):
                 main(argv + debug)
@@ -248,13 +330,24 @@ def test_command_line_one_line_error_and_debug_traceback(tmp_path):
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "specdec.cli", "generate", "--target", "DOES_NOT_EXIST", "--draft", str(tmp_path),
-            "--prompt", "hello"]
+    argv = [
+        sys.executable,
+        "-m",
+        "specdec.cli",
+        "generate",
+        "--target",
+        "DOES_NOT_EXIST",
+        "--draft",
+        str(tmp_path),
+        "--prompt",
+        "hello",
+    ]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [
         "specdec generate: error: argument --target: expected a Hugging Face model folder (a folder with "
-        "config.json), got 'DOES_NOT_EXIST', which does not exist"]
+        "config.json), got 'DOES_NOT_EXIST', which does not exist"
+    ]
     assert p.stdout == ""
     p = subprocess.run(argv + ["--debug"], capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "Traceback" in p.stderr and "DOES_NOT_EXIST" in p.stderr
@@ -272,7 +365,7 @@ def test_corrupt_draft_is_one_line_runtime_error(saved, tmp_path, capsys):
     line = _fail(argv, capsys, code=1)
     assert line.startswith("specdec generate: error: loading the draft head from --draft") and "failed:" in line
     assert "--debug" in line
-    with pytest.raises(ValueError):           # the library's CheckpointError, with its traceback
+    with pytest.raises(ValueError):  # the library's CheckpointError, with its traceback
         main([str(a) for a in argv] + ["--debug"])
 
 

@@ -1,5 +1,6 @@
 """compact_kv: in-place move of accepted tree slots, overlap safety, mixed dtypes, per-token views, cache_len
 as an int, errors, opcheck. Moves copy bytes: every comparison is exact."""
+
 import pytest
 import torch
 
@@ -48,8 +49,10 @@ def slot_ids(B, X, S, Y, dtype, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("nodes,n_acc", [([0, 1, 2], 3), ([0, 2, 5], 3), ([0, 3, 4, 9], 4), ([0, -1, -1], 1),
-                                         ([0, 1, 7, -1], 3), ([0, 4, 6, 7], 2)])
+@pytest.mark.parametrize(
+    "nodes,n_acc",
+    [([0, 1, 2], 3), ([0, 2, 5], 3), ([0, 3, 4, 9], 4), ([0, -1, -1], 1), ([0, 1, 7, -1], 3), ([0, 4, 6, 7], 2)],
+)
 def test_single_request_paths(backend, device, nodes, n_acc):
     B, X, S, Y = 1, 2, 16, 3
     k = slot_ids(B, X, S, Y, torch.float32, device)
@@ -69,13 +72,13 @@ def test_batch_many_layers_mixed_dtypes_and_per_token(backend, device):
     caches = []
     gen = torch.Generator().manual_seed(5)
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
-        for _ in range(2):   # K and V; random values, distinct per slot with high probability
+        for _ in range(2):  # K and V; random values, distinct per slot with high probability
             caches.append((torch.randn(B, H_kv, S, D, generator=gen) * 50).to(dtype).to(device))
     big = slot_ids(B, 2 * H_kv, S, D, torch.float32, device)
-    strided = big[:, ::2]                                                  # non-contiguous along H_kv
+    strided = big[:, ::2]  # non-contiguous along H_kv
     caches.append(strided)
-    feats = slot_ids(B, 1, S, 6, torch.float32, device)[:, 0].reshape(B, S, 2, 3)   # [B, S, 2, 3]
-    toks = torch.arange(B * S, device=device).view(B, S)                   # [B, S] int64
+    feats = slot_ids(B, 1, S, 6, torch.float32, device)[:, 0].reshape(B, S, 2, 3)  # [B, S, 2, 3]
+    toks = torch.arange(B * S, device=device).view(B, S)  # [B, S] int64
     kv_want = [expected_after(t.cpu(), cl.cpu(), an.cpu(), al.cpu(), 2) for t in caches]
     big_want = big.cpu().clone()
     big_want[:, ::2] = kv_want[-1]
@@ -96,9 +99,9 @@ def test_nothing_outside_moved_slots_changes(backend, device):
     before = k.cpu().clone()
     cl, an, al = i32([5, 20], device), i32([[0, 3, 4, 8], [0, 1, 2, -1]], device), i32([4, 3], device)
     call(backend, [k], cl, an, al)
-    changed = (k.cpu() != before).any(dim=(1, 3))                          # [B, S]
+    changed = (k.cpu() != before).any(dim=(1, 3))  # [B, S]
     allowed = torch.zeros(B, S, dtype=torch.bool)
-    allowed[0, 6:9] = True                                                 # slots 5 + 1..3 (slot 5 stays)
+    allowed[0, 6:9] = True  # slots 5 + 1..3 (slot 5 stays)
     assert_equal(changed & ~allowed, torch.zeros(B, S, dtype=torch.bool), "slots outside the destinations")
     assert_equal(changed[1], torch.zeros(S, dtype=torch.bool), "[0, 1, 2] is a no-op")
 
@@ -112,7 +115,7 @@ def test_random_against_definition(backend, device):
     an = torch.full((B, W), -1, dtype=torch.int32)
     for b in range(B):
         steps = torch.randint(1, 3, (int(al[b]) - 1,), generator=gen)
-        an[b, :int(al[b])] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(steps, 0)]).int()
+        an[b, : int(al[b])] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(steps, 0)]).int()
     k = slot_ids(B, X, S, Y, torch.float16, device)
     want = expected_after(k.cpu(), cl, an, al, 2)
     call(backend, [k], cl.to(device), an.to(device), al.to(device))
@@ -127,7 +130,7 @@ def test_out_of_range_entries_move_nothing(backend, device):
     before = k.cpu().clone()
     call(backend, [k], i32([5], device), i32([[0, 2, 3, 4]], device), i32([4], device))
     want = before.clone()
-    want[0, 0, 6] = before[0, 0, 7]                                         # j = 1: 7 -> 6; j = 2, 3 skipped
+    want[0, 0, 6] = before[0, 0, 7]  # j = 1: 7 -> 6; j = 2, 3 skipped
     assert_equal(k.cpu(), want, "out-of-range slots")
 
 
@@ -136,8 +139,11 @@ def test_cache_len_int_and_verify_result(backend, device):
     """cache_len as an int for every request; accept_nodes / accept_len straight from a VerifyResult."""
     B, X, S, Y = 2, 2, 16, 3
     tree = sk.build_tree(torch.tensor([[-1, 0, 0, 2]] * 2, dtype=torch.int32, device=device))
-    res = sk.verify_greedy(tree, torch.tensor([[0, 5, 6, 7], [0, 5, 6, 7]], device=device),
-                           torch.tensor([[6, 0, 7, 1], [5, 2, 0, 0]], device=device))
+    res = sk.verify_greedy(
+        tree,
+        torch.tensor([[0, 5, 6, 7], [0, 5, 6, 7]], device=device),
+        torch.tensor([[6, 0, 7, 1], [5, 2, 0, 0]], device=device),
+    )
     assert res.accept_nodes.tolist() == [[0, 2, 3, -1], [0, 1, -1, -1]]
     k = slot_ids(B, X, S, Y, torch.float32, device)
     want = expected_after(k.cpu(), torch.full((B,), 5), res.accept_nodes.cpu(), res.accept_len.cpu(), slot_dim=2)
@@ -172,7 +178,7 @@ def test_errors():
         sk.compact_kv([k], False, an, al)
     with pytest.raises(TypeError, match=r"cache_len: expected dtype torch.int32, got torch.int64"):
         sk.compact_kv([k], cl.long(), an, al)
-    sk.compact_kv([], cl, an, al)                                          # nothing to move is fine
+    sk.compact_kv([], cl, an, al)  # nothing to move is fine
 
 
 KERNEL_BACKENDS = [p for p in BACKENDS if p.values[0] != "torch"]

@@ -2,6 +2,7 @@
 
 Losslessness itself is tested in test_lossless.py.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,6 +31,7 @@ def make_head(model, kind="eagle", seed=1, sharpen=1.0):
 
 # -- drafting -----------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def brute_force_tree(head, feats, toks, k, depth, N):
     """EAGLE-2 for one request, evaluating every node by replaying its whole path through a fresh cache
@@ -40,8 +42,14 @@ def brute_force_tree(head, feats, toks, k, depth, N):
         cache_len = torch.zeros(1, dtype=torch.int32)
         logits = hidden = None
         for t, (f, x) in enumerate(pairs):
-            out = head(f.view(1, 1, -1), torch.tensor([[x]]), torch.tensor([[t]]), cache, cache_len,
-                       torch.ones(1, 1, 1, dtype=torch.int32))
+            out = head(
+                f.view(1, 1, -1),
+                torch.tensor([[x]]),
+                torch.tensor([[t]]),
+                cache,
+                cache_len,
+                torch.ones(1, 1, 1, dtype=torch.int32),
+            )
             cache_len += 1
             logits, hidden = out.logits[0, 0].float(), out.hidden[0, 0]
         return logits, hidden
@@ -61,12 +69,13 @@ def brute_force_tree(head, feats, toks, k, depth, N):
             for c in range(k):
                 sc = torch.tensor(cands[f]["score"], dtype=torch.float32) + cs[c]
                 child_scores.append(sc)
-                children.append(dict(score=float(sc), token=int(ct[c]), parent=f,
-                                     path=cands[f]["path"] + [(hidden, int(ct[c]))]))
+                children.append(
+                    dict(score=float(sc), token=int(ct[c]), parent=f, path=cands[f]["path"] + [(hidden, int(ct[c]))])
+                )
         cands += children
         frontier = [base + int(i) for i in torch.topk(torch.stack(child_scores), k).indices]
     scores = torch.tensor([c["score"] for c in cands])
-    order = sorted(range(len(cands)), key=lambda i: (-float(scores[i]), i))[:N - 1]
+    order = sorted(range(len(cands)), key=lambda i: (-float(scores[i]), i))[: N - 1]
     chosen = sorted(order)
     node = {c: i + 1 for i, c in enumerate(chosen)}
     parents = [-1] + [0 if cands[c]["parent"] == -1 else node[cands[c]["parent"]] for c in chosen]
@@ -94,10 +103,11 @@ def test_drafter_matches_brute_force(kind, k, depth, total):
     assert bool(sk.build_tree(parents).valid.all())
     assert tokens[:, 0].tolist() == [7, 9]
     for b in range(B):
-        want_p, want_t, want_root = brute_force_tree(head, feats[b, :n[b]], toks[b, :n[b]], k, depth, N)
+        want_p, want_t, want_root = brute_force_tree(head, feats[b, : n[b]], toks[b, : n[b]], k, depth, N)
         # the same fp32 head computed two ways (batched tree attention vs one pair at a time)
-        atol, rtol = tolerance(torch.float32, head_reduction(head.config, keys=32),
-                               scale=max(1.0, float(want_root.abs().max())))
+        atol, rtol = tolerance(
+            torch.float32, head_reduction(head.config, keys=32), scale=max(1.0, float(want_root.abs().max()))
+        )
         torch.testing.assert_close(root_logits[b], want_root, atol=atol, rtol=rtol)
         assert parents[b].tolist() == want_p, (b, parents[b].tolist(), want_p)
         assert tokens[b, 1:].tolist() == want_t, (b, tokens[b].tolist(), want_t)
@@ -108,7 +118,7 @@ def test_drafter_matches_brute_force(kind, k, depth, total):
 def test_tree_size_helpers():
     assert num_candidates(10, 6) == 10 + 5 * 100
     assert tree_nodes(10, 6, 60) == 60
-    assert tree_nodes(2, 1, 60) == 3          # capped by the candidates drafted
+    assert tree_nodes(2, 1, 60) == 3  # capped by the candidates drafted
     assert tree_nodes(1, 1, 1) == 1
 
 
@@ -125,9 +135,9 @@ def test_tensor_inputs_with_padding_equal_lists():
     L = max(map(len, PROMPTS))
     ids = torch.zeros(3, L, dtype=torch.int64)
     mask = torch.zeros(3, L, dtype=torch.int64)
-    for b, p in enumerate(PROMPTS):                                   # left padding, as tokenizers do
-        ids[b, L - len(p):] = torch.tensor(p)
-        mask[b, L - len(p):] = 1
+    for b, p in enumerate(PROMPTS):  # left padding, as tokenizers do
+        ids[b, L - len(p) :] = torch.tensor(p)
+        mask[b, L - len(p) :] = 1
     got = generate(TargetModel(model), head, ids, mask, max_new_tokens=6, **TREE)
     assert got.sequences == want.sequences
     got = generate(model, head, PROMPTS, max_new_tokens=6, prefill_chunk_size=2, **TREE)
@@ -160,7 +170,7 @@ def test_baseline_equals_hf_greedy():
     res = generate_baseline(model, PROMPTS, max_new_tokens=8)
     for b, p in enumerate(PROMPTS):
         hf = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)
-        assert res.sequences[b] == hf[0, len(p):].tolist()
+        assert res.sequences[b] == hf[0, len(p) :].tolist()
 
 
 def test_sampling_is_reproducible_with_a_generator():
@@ -171,18 +181,19 @@ def test_sampling_is_reproducible_with_a_generator():
     b = generate(model, head, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
     assert a.sequences == b.sequences
     assert all(len(s) == 8 for s in a.sequences)
-    c = generate_baseline(model, PROMPTS, generator=torch.Generator().manual_seed(5), max_new_tokens=8,
-                          temperature=0.8, top_p=0.9)
+    c = generate_baseline(
+        model, PROMPTS, generator=torch.Generator().manual_seed(5), max_new_tokens=8, temperature=0.8, top_p=0.9
+    )
     assert all(len(s) == 8 for s in c.sequences)
 
 
 def test_eos_per_request_and_finished_requests_are_frozen():
     model = make_target(sharpen=8.0)
     full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences
-    eos = full[1][2]                                                  # request 1 stops early
+    eos = full[1][2]  # request 1 stops early
     res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=eos, **TREE)
     for b, seq in enumerate(full):
-        want = seq[:seq.index(eos) + 1] if eos in seq else seq
+        want = seq[: seq.index(eos) + 1] if eos in seq else seq
         assert res.sequences[b] == want
     # Once finished, a request accepts nothing more (accept_len 0).
     acc = res.accept_lengths[:, 1]
@@ -194,18 +205,19 @@ def test_eos_defaults_to_the_generation_config():
     """eos_token_id=None stops where model.generate stops: at generation_config.eos_token_id (an int or a
     list); eos_token_id=[] turns stopping off. For generate and generate_baseline alike."""
     model = make_target(sharpen=8.0)
-    full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences    # no eos in the config yet
-    eos = full[1][2]                                                           # request 1 stops early
-    want = [seq[:seq.index(eos) + 1] if eos in seq else seq for seq in full]
+    full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences  # no eos in the config yet
+    eos = full[1][2]  # request 1 stops early
+    want = [seq[: seq.index(eos) + 1] if eos in seq else seq for seq in full]
     assert want != full
     for config_eos in (eos, [eos, 10**6]):
         model.generation_config.eos_token_id = config_eos
         assert generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, **TREE).sequences == want
         assert generate_baseline(TargetModel(model), PROMPTS, max_new_tokens=12).sequences == want
         hf = model.generate(torch.tensor([PROMPTS[1]]), max_new_tokens=12, do_sample=False)
-        assert hf[0, len(PROMPTS[1]):].tolist() == want[1]
-    assert generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=[],
-                    **TREE).sequences == full
+        assert hf[0, len(PROMPTS[1]) :].tolist() == want[1]
+    assert (
+        generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=[], **TREE).sequences == full
+    )
     assert generate_baseline(model, PROMPTS, max_new_tokens=12, eos_token_id=[]).sequences == full
     with pytest.raises(TypeError, match="eos_token_id"):
         generate_baseline(model, PROMPTS, max_new_tokens=2, eos_token_id="</s>")
@@ -217,7 +229,7 @@ def test_errors():
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, head, PROMPTS, max_new_tokens=0)
     with pytest.raises(ValueError, match="tree_top_k"):
-        generate(model, head, PROMPTS, tree_top_k=200)                 # more than the vocabulary
+        generate(model, head, PROMPTS, tree_top_k=200)  # more than the vocabulary
     with pytest.raises(ValueError, match="depth"):
         generate(model, head, PROMPTS, depth=0)
     with pytest.raises(ValueError, match="temperature"):

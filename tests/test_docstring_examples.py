@@ -3,6 +3,7 @@
 Every name of specdec_kernels.__all__ (functions, the result tuples and their methods, get_op, ...) is
 collected with doctest's finder and run as its own test case; the ops below must have an example.
 """
+
 from __future__ import annotations
 
 import doctest
@@ -14,9 +15,27 @@ import specdec_kernels as sk
 
 # Public functions and result tuples whose docstrings must end with an example.
 MUST_HAVE_EXAMPLE = (
-    "Tree", "SelectedTree", "TreePaths", "VerifyResult", "build_tree", "select_tree", "tree_paths", "tree_attention",
-    "compact_kv", "verify_greedy", "verify_sample", "mask_words", "pack_bits", "chain_mask", "unpack_mask",
-    "tree_visibility", "tree_attention_bias", "fspad_feature_sampling", "griffin_token_fusion", "get_op", "list_ops",
+    "Tree",
+    "SelectedTree",
+    "TreePaths",
+    "VerifyResult",
+    "build_tree",
+    "select_tree",
+    "tree_paths",
+    "tree_attention",
+    "compact_kv",
+    "verify_greedy",
+    "verify_sample",
+    "mask_words",
+    "pack_bits",
+    "chain_mask",
+    "unpack_mask",
+    "tree_visibility",
+    "tree_attention_bias",
+    "fspad_feature_sampling",
+    "griffin_token_fusion",
+    "get_op",
+    "list_ops",
 )
 
 

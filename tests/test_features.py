@@ -9,6 +9,7 @@ match is not expected below fp64.
 Every tolerance here follows from the dtype and the length of the reductions (`reduction`), never from
 one machine: weight gradients reduce over the T tokens on top of the feature-dimension reductions.
 """
+
 from __future__ import annotations
 
 import doctest
@@ -43,8 +44,20 @@ def reduction(T, H, I):
     return T + 4 * H + I
 
 
-def make_inputs(kind, T, H, I, V, dtype=torch.float32, device="cpu", seed=0, id_dtype=torch.int64, bias=True,
-                lead=None, gen_dtype=torch.float64):
+def make_inputs(
+    kind,
+    T,
+    H,
+    I,
+    V,
+    dtype=torch.float32,
+    device="cpu",
+    seed=0,
+    id_dtype=torch.int64,
+    bias=True,
+    lead=None,
+    gen_dtype=torch.float64,
+):
     """Named inputs of `kind` in the schema's order (keyword arguments of the public function and of the
     reference), drawn in `gen_dtype` and rounded to `dtype` (weights scaled like nn.Linear's)."""
     g = torch.Generator().manual_seed(seed)
@@ -58,22 +71,28 @@ def make_inputs(kind, T, H, I, V, dtype=torch.float32, device="cpu", seed=0, id_
     lead = (T,) if lead is None else lead
     a = dict(features=rnd(*lead, H, scale=1.0))
     ids = torch.randint(0, V, lead, generator=g)
-    ids.view(-1)[0] = V - 1            # both ends of the vocabulary
+    ids.view(-1)[0] = V - 1  # both ends of the vocabulary
     ids.view(-1)[-1] = 0
-    a.update(token_ids=ids.to(id_dtype), embed_weight=rnd(V, H, scale=1.0),
-             fc_weight=rnd(H, 2 * H, scale=(2 * H) ** -0.5), fc_bias=rnd(H, scale=0.1) if bias else None)
+    a.update(
+        token_ids=ids.to(id_dtype),
+        embed_weight=rnd(V, H, scale=1.0),
+        fc_weight=rnd(H, 2 * H, scale=(2 * H) ** -0.5),
+        fc_bias=rnd(H, scale=0.1) if bias else None,
+    )
     if kind == "fspad":
-        a.update(norm_weight=norm_w(), gate_weight=rnd(I, H, scale=H ** -0.5), up_weight=rnd(I, H, scale=H ** -0.5))
+        a.update(norm_weight=norm_w(), gate_weight=rnd(I, H, scale=H**-0.5), up_weight=rnd(I, H, scale=H**-0.5))
     else:
         a.update(norm_b_weight=norm_w(), norm_a_weight=norm_w(), up_weight=rnd(I, 2 * H, scale=(2 * H) ** -0.5))
-    a["down_weight"] = rnd(H, I, scale=I ** -0.5)
+    a["down_weight"] = rnd(H, I, scale=I**-0.5)
     return convert(a, dtype, device)
 
 
 def convert(args, dtype, device):
     """The same inputs with floating tensors in `dtype` on `device` (ids only moved)."""
-    return {k: (None if a is None else a.to(device=device, dtype=dtype) if a.is_floating_point() else a.to(device))
-            for k, a in args.items()}
+    return {
+        k: (None if a is None else a.to(device=device, dtype=dtype) if a.is_floating_point() else a.to(device))
+        for k, a in args.items()
+    }
 
 
 def grad_leaves(args):
@@ -103,9 +122,16 @@ def forward_kernel_args(kind, args):
     I = args["down_weight"].shape[1]
     stat = torch.float64 if f.dtype == torch.float64 else torch.float32
     kw = dict(dtype=f.dtype, device=f.device)
-    saved = ([torch.empty(T, H, **kw), torch.empty(T, dtype=stat, device=f.device), torch.empty(T, I, **kw),
-              torch.empty(T, I, **kw)] if kind == "fspad" else
-             [torch.empty(T, H, **kw), torch.empty(T, 3, dtype=stat, device=f.device), torch.empty(T, I, **kw)])
+    saved = (
+        [
+            torch.empty(T, H, **kw),
+            torch.empty(T, dtype=stat, device=f.device),
+            torch.empty(T, I, **kw),
+            torch.empty(T, I, **kw),
+        ]
+        if kind == "fspad"
+        else [torch.empty(T, H, **kw), torch.empty(T, 3, dtype=stat, device=f.device), torch.empty(T, I, **kw)]
+    )
     return (*args.values(), EPS, torch.empty(T, H, **kw), *saved)
 
 
@@ -126,8 +152,10 @@ def check_like_torch(actual, truth, baseline, dtype, what, K):
     bad = err > bound
     if bad.any():
         idx = torch.nonzero(bad)[:5].tolist()
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} entries exceed the bound; max error "
-                             f"{err.max().item():.3e} vs torch's own {dtype} error {base_err:.3e}; first at {idx}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} entries exceed the bound; max error "
+            f"{err.max().item():.3e} vs torch's own {dtype} error {base_err:.3e}; first at {idx}"
+        )
 
 
 def assert_close_reduction(actual, expected, dtype, K, what):
@@ -138,12 +166,23 @@ def assert_close_reduction(actual, expected, dtype, K, what):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def compare(kind, backend, device, T, H, I, V, dtype, id_dtype=torch.int64, bias=True, grads=True,
-            truth=(torch.float64, "cpu")):
+def compare(
+    kind, backend, device, T, H, I, V, dtype, id_dtype=torch.int64, bias=True, grads=True, truth=(torch.float64, "cpu")
+):
     """Output and gradients of `backend` vs the reference computed in truth = (dtype, device)."""
     fn, ref_fn, _ = OPS[kind]
-    args32 = make_inputs(kind, T, H, I, V, torch.float32, "cpu", id_dtype=id_dtype, bias=bias,
-                         gen_dtype=torch.float32 if truth[0] != torch.float64 else torch.float64)
+    args32 = make_inputs(
+        kind,
+        T,
+        H,
+        I,
+        V,
+        torch.float32,
+        "cpu",
+        id_dtype=id_dtype,
+        bias=bias,
+        gen_dtype=torch.float32 if truth[0] != torch.float64 else torch.float64,
+    )
     args = convert(args32, dtype, device)
     # Truth from the rounded inputs, so only the computation's error is measured.
     args_truth = convert(args, truth[0], truth[1])
@@ -173,12 +212,14 @@ def compare(kind, backend, device, T, H, I, V, dtype, id_dtype=torch.int64, bias
 def _params(kind, device=None):
     """(backend, device) params of the forward op, optionally only those on `device` (none: one skipped)."""
     params = [p for p in backend_params(OPS[kind][2]) if device is None or p.values[1] == device]
-    return params or [pytest.param("none", device, id=f"none-{device}",
-                                   marks=pytest.mark.skip(reason=f"no {device} device here"))]
+    return params or [
+        pytest.param("none", device, id=f"none-{device}", marks=pytest.mark.skip(reason=f"no {device} device here"))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Names and signatures
+
 
 def test_registered_names():
     """One name per block: the op (schema) is named like the public function, the backward <name>_backward."""
@@ -272,6 +313,7 @@ def test_public_op_gradcheck_fp64(kind, backend):
 # ---------------------------------------------------------------------------------------------------
 # Every backend against the reference, forward and backward
 
+
 @pytest.mark.parametrize("kind", ["fspad", "griffin"])
 @pytest.mark.parametrize("T,H,I", [(1, 64, 128), (7, 96, 128), (60, 64, 160), (5, 40, 100)])
 @pytest.mark.parametrize("backend,device", _params("fspad"))
@@ -285,8 +327,10 @@ def test_matches_reference_fp16(kind, backend, device):
     compare(kind, backend, device, 13, 64, 128, 500, torch.float16, id_dtype=torch.int32)
 
 
-TRITON_INTERPRETER_BF16 = ("bf16 is unreliable under the Triton interpreter (numpy has no bf16; its emulation "
-                           "returns garbage): a GPU-only case")
+TRITON_INTERPRETER_BF16 = (
+    "bf16 is unreliable under the Triton interpreter (numpy has no bf16; its emulation "
+    "returns garbage): a GPU-only case"
+)
 
 
 @pytest.mark.parametrize("kind", ["fspad", "griffin"])
@@ -314,8 +358,9 @@ def test_vocab_edges(kind, backend, device, V, id_dtype):
     """Ids 0 and V-1 of real vocabulary sizes, int32 and int64, without bias (EAGLE-3-style fc)."""
     if backend == "triton" and (V, id_dtype) != (128256, torch.int32):
         pytest.skip("one vocabulary case interpreted is enough")
-    compare(kind, backend, device, 5, 64, 128, V, torch.float32, id_dtype=id_dtype, bias=False,
-            grads=backend != "triton")
+    compare(
+        kind, backend, device, 5, 64, 128, V, torch.float32, id_dtype=id_dtype, bias=False, grads=backend != "triton"
+    )
 
 
 @pytest.mark.slow
@@ -345,6 +390,7 @@ def test_llama_size_triton_gpu(kind, T, dtype):
 
 # ---------------------------------------------------------------------------------------------------
 # Autocast: like the composition under the same autocast (its F.linear calls run in the autocast dtype)
+
 
 def run_autocast(fn, args, grad_out, device, amp_dtype, backward_inside=False, **kw):
     """Like `run` with the forward under torch.autocast(device, amp_dtype); the backward outside the region
@@ -432,6 +478,7 @@ def test_autocast_embedding_rows(kind):
 # ---------------------------------------------------------------------------------------------------
 # API: shapes, buffers, the frozen embedding, errors
 
+
 @pytest.mark.parametrize("kind", ["fspad", "griffin"])
 def test_leading_dims_and_out_buffer(kind):
     fn, ref_fn, _ = OPS[kind]
@@ -485,18 +532,22 @@ def test_out_of_range_ids_rejected(kind, bad):
 def _set(name, f):
     def mutate(a):
         a[name] = f(a[name])
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate,exc,msg", [
-    (_set("token_ids", lambda t: t.float()), TypeError, "token_ids: expected dtype in"),
-    (_set("token_ids", lambda t: t[:3]), ValueError, "token_ids: expected shape"),
-    (_set("fc_weight", lambda t: t[:, :16]), ValueError, "fc_weight: expected shape"),
-    (_set("fc_bias", lambda t: t.half()), TypeError, "fc_bias: expected dtype torch.float32"),
-    (_set("embed_weight", lambda t: t[:, :8]), ValueError, "embed_weight: expected shape"),
-    (_set("features", lambda t: t.int()), TypeError, "features: expected dtype in"),
-    (_set("down_weight", lambda t: t[:, :5]), ValueError, "down_weight: expected shape"),
-])
+@pytest.mark.parametrize(
+    "mutate,exc,msg",
+    [
+        (_set("token_ids", lambda t: t.float()), TypeError, "token_ids: expected dtype in"),
+        (_set("token_ids", lambda t: t[:3]), ValueError, "token_ids: expected shape"),
+        (_set("fc_weight", lambda t: t[:, :16]), ValueError, "fc_weight: expected shape"),
+        (_set("fc_bias", lambda t: t.half()), TypeError, "fc_bias: expected dtype torch.float32"),
+        (_set("embed_weight", lambda t: t[:, :8]), ValueError, "embed_weight: expected shape"),
+        (_set("features", lambda t: t.int()), TypeError, "features: expected dtype in"),
+        (_set("down_weight", lambda t: t[:, :5]), ValueError, "down_weight: expected shape"),
+    ],
+)
 def test_bad_inputs_fspad(mutate, exc, msg):
     args = make_inputs("fspad", 5, 16, 24, 30)
     mutate(args)
@@ -525,8 +576,15 @@ def _has_cpu_kernel(name):
     return sk.get_op(name).static_reason("cpu", "cpu") is None
 
 
-@pytest.mark.parametrize("name", ["fspad_feature_sampling", "griffin_token_fusion", "fspad_feature_sampling_backward",
-                                  "griffin_token_fusion_backward"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fspad_feature_sampling",
+        "griffin_token_fusion",
+        "fspad_feature_sampling_backward",
+        "griffin_token_fusion_backward",
+    ],
+)
 def test_opcheck_cpu(name):
     """The schemas declare what the compiled CPU kernels mutate (torch.library.opcheck)."""
     if not _has_cpu_kernel(name):
@@ -542,8 +600,7 @@ def test_opcheck_cpu(name):
     else:
         grads = [torch.empty_like(a) for k, a in args.items() if k not in FROZEN]
         call = [torch.randn(T, H)] + list(args.values()) + [EPS] + saved + grads
-    torch.library.opcheck(getattr(torch.ops.specdec, name), tuple(call),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(getattr(torch.ops.specdec, name), tuple(call), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kind", ["fspad", "griffin"])

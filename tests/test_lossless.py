@@ -13,6 +13,7 @@ Sampling: with a 16-token vocabulary, the joint distribution of the first emitte
 sampling matches the target's sampling distribution computed exactly by enumeration (chi-square, fixed
 seeds), for temperature 1 and 0.7, top-k and top-p.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ def hf_greedy(family: str, sharpen: float, prompt: tuple, n: int) -> list:
     """The oracle: the model's own generate with its default (sdpa) attention, one prompt at a time."""
     model = target(family, sharpen)
     out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def assert_same_tokens(model, prompt, got, want, what=""):
@@ -61,9 +62,11 @@ def assert_same_tokens(model, prompt, got, want, what=""):
     with torch.no_grad():
         logits = model(torch.tensor([list(prompt) + want[:i]])).logits[0, -1]
     top = torch.topk(logits, 2)
-    raise AssertionError(f"{what}: first difference at new token {i}: got {got[i:i + 3]}, want {want[i:i + 3]} "
-                         f"(len {len(got)} vs {len(want)}); target top-2 {top.indices.tolist()} logit gap "
-                         f"{float(top.values[0] - top.values[1]):.3e}")
+    raise AssertionError(
+        f"{what}: first difference at new token {i}: got {got[i : i + 3]}, want {want[i : i + 3]} "
+        f"(len {len(got)} vs {len(want)}); target top-2 {top.indices.tolist()} logit gap "
+        f"{float(top.values[0] - top.values[1]):.3e}"
+    )
 
 
 def check_greedy(family, draft, prompts, n, sharpen=1.0, **tree):
@@ -71,8 +74,9 @@ def check_greedy(family, draft, prompts, n, sharpen=1.0, **tree):
     res = generate(model, draft, prompts, max_new_tokens=n, **tree)
     assert len(res.sequences) == len(prompts)
     for b, p in enumerate(prompts):
-        assert_same_tokens(model, p, res.sequences[b], hf_greedy(family, sharpen, tuple(p), n),
-                           f"{family} request {b} tree {tree}")
+        assert_same_tokens(
+            model, p, res.sequences[b], hf_greedy(family, sharpen, tuple(p), n), f"{family} request {b} tree {tree}"
+        )
     return res
 
 
@@ -89,22 +93,26 @@ def test_greedy_random_heads(family, kind):
 def test_greedy_oracle_head_long_paths(family):
     """With the target's own drafts the whole path is accepted: compaction of long paths, tau ~ depth + 1."""
     model = target(family, 8.0)
-    res = check_greedy(family, TargetOracleHead(model), PROMPTS, 12, sharpen=8.0, tree_top_k=2, depth=5,
-                       total_tokens=10)
+    res = check_greedy(
+        family, TargetOracleHead(model), PROMPTS, 12, sharpen=8.0, tree_top_k=2, depth=5, total_tokens=10
+    )
     assert res.tau > 3.0, (res.tau, res.accept_lengths)
 
 
-@pytest.mark.parametrize("k, depth, total", [
-    (1, 1, 1),     # no draft token at all: plain decoding through the tree path
-    (1, 1, 2),     # one draft token
-    (2, 1, 3),     # a star
-    (1, 6, 7),     # a chain of depth 6
-    (3, 2, 8),
-    (4, 3, 16),
-    (2, 6, 13),
-    (8, 6, 64),    # 64 nodes: two mask words
-    (10, 6, 60),   # the EAGLE-2 default
-])
+@pytest.mark.parametrize(
+    "k, depth, total",
+    [
+        (1, 1, 1),  # no draft token at all: plain decoding through the tree path
+        (1, 1, 2),  # one draft token
+        (2, 1, 3),  # a star
+        (1, 6, 7),  # a chain of depth 6
+        (3, 2, 8),
+        (4, 3, 16),
+        (2, 6, 13),
+        (8, 6, 64),  # 64 nodes: two mask words
+        (10, 6, 60),  # the EAGLE-2 default
+    ],
+)
 def test_greedy_tree_shapes(k, depth, total):
     """Trees of depth 1..6 and 1..64 nodes, with the oracle head (deep acceptance) and a random EAGLE head."""
     tree = dict(tree_top_k=k, depth=depth, total_tokens=total)
@@ -119,8 +127,9 @@ def test_greedy_truncates_in_the_middle_of_a_path():
     """max_new_tokens reached inside an accepted path: exactly max_new_tokens tokens, equal to the target's."""
     model = target("llama", 8.0)
     for n in (1, 2, 4, 8):
-        res = check_greedy("llama", TargetOracleHead(model), PROMPTS, n, sharpen=8.0, tree_top_k=1, depth=6,
-                           total_tokens=7)
+        res = check_greedy(
+            "llama", TargetOracleHead(model), PROMPTS, n, sharpen=8.0, tree_top_k=1, depth=6, total_tokens=7
+        )
         assert [len(s) for s in res.sequences] == [n] * 3
 
 
@@ -130,16 +139,25 @@ def test_greedy_stops_at_eos():
     n = 12
     full = [hf_greedy("llama", 8.0, tuple(p), n) for p in PROMPTS]
     eos = full[0][5]
-    res = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=n, tree_top_k=1, depth=6,
-                   total_tokens=7, eos_token_id=[eos])
+    res = generate(
+        model,
+        TargetOracleHead(model),
+        PROMPTS,
+        max_new_tokens=n,
+        tree_top_k=1,
+        depth=6,
+        total_tokens=7,
+        eos_token_id=[eos],
+    )
     for b, seq in enumerate(full):
-        want = seq[:seq.index(eos) + 1] if eos in seq else seq
+        want = seq[: seq.index(eos) + 1] if eos in seq else seq
         assert res.sequences[b] == want, (b, res.sequences[b], want)
     hf = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=n, do_sample=False, eos_token_id=eos)
-    assert res.sequences[0] == hf[0, len(PROMPTS[0]):].tolist()
+    assert res.sequences[0] == hf[0, len(PROMPTS[0]) :].tolist()
 
 
 # -- per kernel backend ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend,device", backend_params("tree_attention"))
 @pytest.mark.parametrize("draft", ["oracle", "eagle", "griffin"])
@@ -151,8 +169,7 @@ def test_greedy_lossless_per_backend(backend, device, draft, monkeypatch):
     n = 8
     model = target("llama", 4.0)
     drafter = TargetOracleHead(model) if draft == "oracle" else head("llama", draft, 4.0)
-    res = generate(model, drafter, PROMPTS, max_new_tokens=n, backend=backend, tree_top_k=3, depth=3,
-                   total_tokens=10)
+    res = generate(model, drafter, PROMPTS, max_new_tokens=n, backend=backend, tree_top_k=3, depth=3, total_tokens=10)
     want = [hf_greedy("llama", 4.0, tuple(p), n) for p in PROMPTS]
     assert res.sequences == want
     if draft == "oracle":  # the oracle must really have accepted multi-token paths (compaction exercised)
@@ -180,8 +197,9 @@ def exact_joint(model, prompt, temperature, top_k, top_p, k=3) -> torch.Tensor:
         with torch.no_grad():
             logits = model(prefixes).logits[:, -1].float()
         R = logits.shape[0]
-        p = filtered_probs(logits, torch.full((R,), temperature), torch.full((R,), top_k, dtype=torch.int32),
-                           torch.full((R,), top_p))
+        p = filtered_probs(
+            logits, torch.full((R,), temperature), torch.full((R,), top_k, dtype=torch.int32), torch.full((R,), top_p)
+        )
         joint = (joint[:, None] * p).reshape(-1)
         prefixes = torch.cat([prefixes.repeat_interleave(V, 0), torch.arange(V).repeat(R)[:, None]], dim=1)
     return joint.double()
@@ -203,27 +221,44 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chi2.sf(stat, len(ex) - 1))
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p, draft", [
-    (1.0, 0, 1.0, "oracle"),
-    (0.7, 0, 1.0, "eagle"),
-    (1.0, 5, 1.0, "eagle"),
-    (1.0, 0, 0.8, "oracle"),
-])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p, draft",
+    [
+        (1.0, 0, 1.0, "oracle"),
+        (0.7, 0, 1.0, "eagle"),
+        (1.0, 5, 1.0, "eagle"),
+        (1.0, 0, 0.8, "oracle"),
+    ],
+)
 def test_sampling_matches_target_distribution(temperature, top_k, top_p, draft):
     """Joint distribution of the first 3 emitted tokens (prefill token + drafted/bonus tokens of one or
     two passes) == the target's, over 6000 runs batched as copies of one prompt."""
     model = small_target()
-    h = TargetOracleHead(model) if draft == "oracle" else build_draft_head(
-        DraftConfig.from_target(model.config, "eagle")).eval()
+    h = (
+        TargetOracleHead(model)
+        if draft == "oracle"
+        else build_draft_head(DraftConfig.from_target(model.config, "eagle")).eval()
+    )
     R, k, V = 6000, 3, 16
     g = torch.Generator().manual_seed(1234)
-    res = generate(model, h, [SAMPLING_PROMPT] * R, max_new_tokens=k, temperature=temperature, top_k=top_k,
-                   top_p=top_p, tree_top_k=3, depth=2, total_tokens=6, generator=g)
+    res = generate(
+        model,
+        h,
+        [SAMPLING_PROMPT] * R,
+        max_new_tokens=k,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        tree_top_k=3,
+        depth=2,
+        total_tokens=6,
+        generator=g,
+    )
     seqs = torch.tensor(res.sequences)
     assert seqs.shape == (R, k)
     probs = exact_joint(model, SAMPLING_PROMPT, temperature, top_k, top_p, k)
     cells = (seqs[:, 0] * V + seqs[:, 1]) * V + seqs[:, 2]
-    counts = torch.bincount(cells, minlength=V ** k).double()
+    counts = torch.bincount(cells, minlength=V**k).double()
     impossible = counts[probs == 0].sum()
     assert impossible == 0, f"{int(impossible)} runs produced a sequence of target probability 0"
     p3 = chi_square_p(counts, probs)

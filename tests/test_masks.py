@@ -6,6 +6,7 @@ tree_visibility / tree_attention_bias against the definition of what a tree_atte
 slot-by-slot loop, and the op itself compared with SDPA under the bias). Everything but the last test is
 exact (bits and bools).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,6 +51,7 @@ def visibility_loop(tree_mask: torch.Tensor, cache_len: torch.Tensor, kv_len: in
 # ---------------------------------------------------------------------------------------------------
 # mask_words, pack_bits, unpack_mask
 
+
 def test_mask_words():
     assert [sk.mask_words(n) for n in (0, 1, 31, 32, 33, 64, 65, 1024)] == [1, 1, 1, 1, 2, 2, 3, 32]
     with pytest.raises(TypeError, match="num_nodes: expected an int, got bool"):
@@ -60,10 +62,10 @@ def test_mask_words():
 
 def test_pack_bits_golden():
     dense = torch.zeros(2, 40, dtype=torch.bool)
-    dense[0, [0, 2]] = True                                     # 0b101
-    dense[1, [31, 32, 39]] = True                               # the sign bit of word 0; bits 0 and 7 of word 1
-    assert sk.pack_bits(dense).tolist() == [[5, 0], [-2**31, 0b10000001]]
-    assert sk.pack_bits(torch.zeros(3, 0, dtype=torch.bool)).tolist() == [[0]] * 3   # at least one word
+    dense[0, [0, 2]] = True  # 0b101
+    dense[1, [31, 32, 39]] = True  # the sign bit of word 0; bits 0 and 7 of word 1
+    assert sk.pack_bits(dense).tolist() == [[5, 0], [-(2**31), 0b10000001]]
+    assert sk.pack_bits(torch.zeros(3, 0, dtype=torch.bool)).tolist() == [[0]] * 3  # at least one word
     with pytest.raises(TypeError, match=r"dense: expected dtype torch.bool, got torch.int32"):
         sk.pack_bits(dense.int())
     with pytest.raises(ValueError, match="0-dimensional"):
@@ -78,7 +80,7 @@ def test_pack_bits_unpack_mask_round_trip(n):
     assert packed.shape == (3, 7, sk.mask_words(n)) and packed.dtype == torch.int32
     assert_equal(sk.unpack_mask(packed, n), dense, f"n={n}")
     # Every int32 word (sign bit included) survives unpack -> pack.
-    words = torch.randint(-2**31, 2**31, (2, 4, 3), generator=gen, dtype=torch.int64).to(torch.int32)
+    words = torch.randint(-(2**31), 2**31, (2, 4, 3), generator=gen, dtype=torch.int64).to(torch.int32)
     assert_equal(sk.pack_bits(sk.unpack_mask(words, 96)), words, "words")
 
 
@@ -86,17 +88,19 @@ def test_unpack_mask_golden():
     t = sk.build_tree(torch.tensor([GOLDEN6], dtype=torch.int32), backend="torch")
     dense = sk.unpack_mask(t.mask)
     assert dense.dtype == torch.bool
-    assert dense.int().tolist() == [[
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0],
-        [1, 1, 0, 1, 0, 0],
-        [1, 1, 0, 0, 1, 0],
-        [1, 0, 1, 0, 0, 1],
-    ]]
+    assert dense.int().tolist() == [
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0],
+            [1, 1, 0, 0, 1, 0],
+            [1, 0, 1, 0, 0, 1],
+        ]
+    ]
     t35 = sk.build_tree(torch.tensor([GOLDEN35], dtype=torch.int32), backend="torch")
     d35 = sk.unpack_mask(t35.mask)[0]
-    assert d35[33].nonzero().flatten().tolist() == [0, 31, 32, 33]   # bit 31 (sign bit) unpacked as set
+    assert d35[33].nonzero().flatten().tolist() == [0, 31, 32, 33]  # bit 31 (sign bit) unpacked as set
     assert d35[34].nonzero().flatten().tolist() == [0, 5, 34]
     with pytest.raises(ValueError, match=r"mask: 1 words hold 32 nodes, fewer than 40"):
         sk.unpack_mask(t.mask, 40)
@@ -121,6 +125,7 @@ def test_build_tree_mask_is_pack_bits_of_the_ancestor_relation():
 # ---------------------------------------------------------------------------------------------------
 # chain_mask
 
+
 @pytest.mark.parametrize("length", [1, 3, 32, 33, 70])
 def test_chain_mask_is_the_mask_of_a_chain(length):
     chain = torch.arange(-1, length - 1, dtype=torch.int32).expand(2, length).contiguous()
@@ -144,11 +149,12 @@ def test_chain_mask_words_and_errors():
 # ---------------------------------------------------------------------------------------------------
 # tree_visibility, tree_attention_bias
 
+
 def test_tree_visibility_against_the_definition():
     """Random words (every bit, the sign bit included), cache_len 0, inside, at and past kv_len."""
     gen = torch.Generator().manual_seed(5)
     B, Nq, W, kv_len = 5, 6, 2, 50
-    words = torch.randint(-2**31, 2**31, (B, Nq, W), generator=gen, dtype=torch.int64).to(torch.int32)
+    words = torch.randint(-(2**31), 2**31, (B, Nq, W), generator=gen, dtype=torch.int64).to(torch.int32)
     cache_len = torch.tensor([0, 7, 30, 50, 80], dtype=torch.int32)
     vis = sk.tree_visibility(words, cache_len, kv_len)
     assert vis.dtype == torch.bool and vis.shape == (B, Nq, kv_len)

@@ -3,6 +3,7 @@ warning when `_C` is missing, SPECDEC_NO_EXTENSION, and a broken Triton module d
 
 Loading behaviour is tested in fresh interpreters (subprocesses): it happens once, at import.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter with the package importable; returns the finished process."""
     full_env = dict(os.environ, PYTHONWARNINGS="default", **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_list_ops_and_get_op():
@@ -103,7 +110,8 @@ def test_missing_extension_warns_once_and_falls_back():
 
 
 def test_no_extension_env_skips_loading_silently():
-    proc = run_python("""
+    proc = run_python(
+        """
         import warnings
         import torch, specdec_kernels as sk
         from specdec_kernels import _loader
@@ -113,14 +121,17 @@ def test_no_extension_env_skips_loading_silently():
         print("loaded", _loader._C is not None)
         print("warned", any(issubclass(w.category, sk.ExtensionFallbackWarning) for w in caught))
         print("chosen", sk.get_op("build_tree").default_backend("cpu"))
-    """, SPECDEC_NO_EXTENSION="1")
+    """,
+        SPECDEC_NO_EXTENSION="1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "loaded False" in proc.stdout and "warned False" in proc.stdout and "chosen torch" in proc.stdout
 
 
 def test_broken_triton_module_disables_only_itself():
     pytest.importorskip("triton")
-    proc = run_python("""
+    proc = run_python(
+        """
         import sys
         sys.modules["specdec_kernels.triton_kernels.compact"] = None   # its import now fails
         import torch, specdec_kernels as sk
@@ -130,7 +141,9 @@ def test_broken_triton_module_disables_only_itself():
         print("compact", sk.get_op("compact_kv").static_reason("triton", "cpu"))
         print("tree", sk.get_op("build_tree").static_reason("triton", "cpu"))
         print(report())
-    """, TRITON_INTERPRET="1")
+    """,
+        TRITON_INTERPRET="1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "errors ['compact']" in proc.stdout
     assert "compact specdec_kernels.triton_kernels.compact failed to import" in proc.stdout

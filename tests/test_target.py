@@ -5,6 +5,7 @@ features (last hidden state after the final norm), tree verification logits of e
 after the node's root-to-node path), and logits after compaction. Our fp32 results must be as close to
 the model's fp64 forward as its own fp32 forward is (helpers.assert_close_as_torch).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,10 +64,10 @@ def test_prefill_verify_commit_match_full_forward(family):
     B, L = 3, 7
     ids = torch.zeros(B, L, dtype=torch.int64)
     for b, p in enumerate(prompts):
-        ids[b, :len(p)] = torch.tensor(p)
+        ids[b, : len(p)] = torch.tensor(p)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
     cache = tgt.new_cache(B, 40)
-    pre = tgt.prefill(ids, lengths, cache, chunk_size=3)            # chunks smaller than the prompts
+    pre = tgt.prefill(ids, lengths, cache, chunk_size=3)  # chunks smaller than the prompts
     assert cache.cache_len.tolist() == [7, 3, 5]
     oracle.check(pre.logits, None, prompts, f"{family} prefill")
     # Features of every real prompt column (compared all at once: the largest error of many values is a
@@ -76,33 +77,39 @@ def test_prefill_verify_commit_match_full_forward(family):
         with torch.no_grad():
             h32.append(model(torch.tensor([p]), output_hidden_states=True).hidden_states[-1][0])
             h64.append(oracle.wide(torch.tensor([p]), output_hidden_states=True).hidden_states[-1][0])
-        got.append(pre.hidden[b, :len(p)])
+        got.append(pre.hidden[b, : len(p)])
     assert_close_as_torch(torch.cat(got), torch.cat(h64), torch.cat(h32), what=f"{family} prefill features")
 
     # A ragged batch of trees (different shapes per request), root = a fresh token.
-    parents = torch.tensor([[-1, 0, 0, 1, 1, 3, 2, 6],
-                            [-1, 0, 1, 2, 3, 4, 5, 6],             # a chain
-                            [-1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)  # a star
+    parents = torch.tensor(
+        [
+            [-1, 0, 0, 1, 1, 3, 2, 6],
+            [-1, 0, 1, 2, 3, 4, 5, 6],  # a chain
+            [-1, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=torch.int32,
+    )  # a star
     tokens = torch.randint(0, 128, (B, 8), generator=torch.Generator().manual_seed(1))
     tree = sk.build_tree(parents)
     ver = tgt.verify(tokens, tree, cache)
-    assert cache.cache_len.tolist() == [7, 3, 5]                     # verify commits nothing
+    assert cache.cache_len.tolist() == [7, 3, 5]  # verify commits nothing
     seqs = [prompts[b] + tokens[b, path(parents[b].tolist(), i)].tolist() for b in range(B) for i in range(8)]
     oracle.check(ver.logits.flatten(0, 1), ver.hidden.flatten(0, 1), seqs, f"{family} verify")
 
     # Accept different paths per request, compact, then verify a one-node tree: it must see exactly the
     # prompt + accepted path.
-    accept_nodes = torch.tensor([[0, 1, 3, 5, -1, -1, -1, -1],
-                                 [0, 1, 2, 3, 4, 5, 6, 7],
-                                 [0, -1, -1, -1, -1, -1, -1, -1]], dtype=torch.int32)
+    accept_nodes = torch.tensor(
+        [[0, 1, 3, 5, -1, -1, -1, -1], [0, 1, 2, 3, 4, 5, 6, 7], [0, -1, -1, -1, -1, -1, -1, -1]], dtype=torch.int32
+    )
     accept_len = torch.tensor([4, 8, 1], dtype=torch.int32)
     tgt.commit(cache, accept_nodes, accept_len)
     assert cache.cache_len.tolist() == [11, 11, 6]
     nxt = torch.tensor([[3], [4], [5]])
     one = sk.build_tree(torch.full((B, 1), -1, dtype=torch.int32))
     ver2 = tgt.verify(nxt, one, cache)
-    seqs = [prompts[b] + tokens[b, accept_nodes[b, :accept_len[b]].long()].tolist() + [int(nxt[b, 0])]
-            for b in range(B)]
+    seqs = [
+        prompts[b] + tokens[b, accept_nodes[b, : accept_len[b]].long()].tolist() + [int(nxt[b, 0])] for b in range(B)
+    ]
     oracle.check(ver2.logits[:, 0], None, seqs, f"{family} after compaction")
 
 
@@ -114,7 +121,7 @@ def test_model_stays_a_plain_hf_model():
     cache = tgt.new_cache(1, 16)
     tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), cache)
     assert model.config._attn_implementation == before != ATTN_IMPLEMENTATION
-    model(torch.tensor([[1, 2, 3]]))                                 # still runs with its own attention
+    model(torch.tensor([[1, 2, 3]]))  # still runs with its own attention
 
 
 def test_attention_function_refuses_outside_target_forward():
@@ -141,7 +148,7 @@ def test_errors():
     cache = tgt.new_cache(2, 8)
     ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
     lens = torch.tensor([3, 3], dtype=torch.int32)
-    with pytest.raises(ValueError, match="batch size 2"):               # mismatched batch sizes
+    with pytest.raises(ValueError, match="batch size 2"):  # mismatched batch sizes
         tgt.prefill(ids[:1], lens[:1], cache)
     with pytest.raises(ValueError, match="cache too small"):
         tgt.prefill(torch.ones(2, 9, dtype=torch.int64), lens, cache)
@@ -151,15 +158,19 @@ def test_errors():
         tgt.prefill(ids, lens, object())
     tgt.prefill(ids, lens, cache)
     tree = sk.build_tree(torch.tensor([[-1, 0, 0]] * 2, dtype=torch.int32))
-    with pytest.raises(ValueError, match="tree"):                        # tree of the wrong shape
+    with pytest.raises(ValueError, match="tree"):  # tree of the wrong shape
         tgt.verify(torch.ones(2, 4, dtype=torch.int64), tree, cache)
     with pytest.raises(TypeError, match="Tree"):
         tgt.verify(torch.ones(2, 3, dtype=torch.int64), tree.mask, cache)
     with pytest.raises(TypeError, match="int64"):
         tgt.forward(ids.int(), ids, cache, sk.chain_mask(2, 3))
     with pytest.raises(ValueError, match="words"):
-        tgt.forward(torch.ones(2, 40, dtype=torch.int64), torch.ones(2, 40, dtype=torch.int64),
-                    tgt.new_cache(2, 64), torch.zeros(2, 40, 1, dtype=torch.int32))
+        tgt.forward(
+            torch.ones(2, 40, dtype=torch.int64),
+            torch.ones(2, 40, dtype=torch.int64),
+            tgt.new_cache(2, 64),
+            torch.zeros(2, 40, 1, dtype=torch.int32),
+        )
     with pytest.raises(TypeError, match="PreTrainedModel"):
         TargetModel(torch.nn.Linear(2, 2))
 
@@ -174,8 +185,11 @@ def test_forward_emits_no_deprecation_warning(family):
         warnings.simplefilter("always")
         tgt.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3], dtype=torch.int32), cache)
         tgt.verify(torch.tensor([[4, 5, 6]]), sk.build_tree(torch.tensor([[-1, 0, 0]], dtype=torch.int32)), cache)
-    bad = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
-           if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    bad = [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+    ]
     assert not bad, bad
 
 

@@ -5,6 +5,7 @@ drafted candidates), ragged num_nodes, hand-built golden trees with their exact 
 bad arguments, output buffers (Tree.empty / SelectedTree.empty), opcheck and torch.compile. Integer
 outputs are compared exactly. The mask helpers are in test_masks.py.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,7 +28,7 @@ def _kernel_reason(op: str, backend: str, device: str):
 
 def _registered(op: str, device: str) -> bool:
     """True when the kernel `specdec::op` (a name ending in _triton: the Triton one) can run on `device`."""
-    name, backend = (op[:-len("_triton")], "triton") if op.endswith("_triton") else (op, device)
+    name, backend = (op[: -len("_triton")], "triton") if op.endswith("_triton") else (op, device)
     return _kernel_reason(name, backend, device) is None
 
 
@@ -66,8 +67,11 @@ def make_parents(kind: str, N: int, gen: torch.Generator) -> torch.Tensor:
 def make_batch(B: int, N: int, seed: int, ragged: bool = False):
     """(parents [B, N], num_nodes [B]) cycling through the shape classes; ragged rows get junk padding."""
     gen = torch.Generator().manual_seed(seed)
-    parents = torch.stack([make_parents(KINDS[b % len(KINDS)], N, gen) for b in range(B)]) if B else \
-        torch.empty(0, N, dtype=torch.int32)
+    parents = (
+        torch.stack([make_parents(KINDS[b % len(KINDS)], N, gen) for b in range(B)])
+        if B
+        else torch.empty(0, N, dtype=torch.int32)
+    )
     if ragged:
         num_nodes = torch.randint(1, N + 1, (B,), generator=gen, dtype=torch.int32)
         # Padding rows may hold anything: they must be ignored (and not make the tree invalid).
@@ -93,8 +97,8 @@ def eagle_candidates(B: int, top_k: int, depth: int, seed: int):
     parents.append(torch.full((B, top_k), -1, dtype=torch.int64))
     offset = top_k
     for _ in range(depth - 1):
-        best, pos = level_scores.topk(top_k, dim=1)                    # frontier: top_k of the last level
-        front_idx = torch.gather(level_idx, 1, pos)                    # their candidate indices
+        best, pos = level_scores.topk(top_k, dim=1)  # frontier: top_k of the last level
+        front_idx = torch.gather(level_idx, 1, pos)  # their candidate indices
         logp = torch.log_softmax(torch.randn(B, top_k, top_k, generator=gen) * 2, dim=-1)
         child_scores = (best[:, :, None] + logp).reshape(B, -1)
         child_parents = front_idx[:, :, None].expand(B, top_k, top_k).reshape(B, -1)
@@ -127,6 +131,7 @@ def run_build(backend, device, parents, num_nodes=None):
 
 # ---------------------------------------------------------------------------------------------------
 # build_tree: random trees against the reference
+
 
 @pytest.mark.parametrize("backend,device", BUILD_BACKENDS)
 @pytest.mark.parametrize("N", [1, 2, 31, 32, 33, 64])
@@ -217,11 +222,11 @@ def test_build_tree_golden_two_words(backend, device):
     assert mask[0] == [1, 0]
     assert mask[1] == [0b11, 0]
     assert mask[5] == [0b100001, 0]
-    assert mask[30] == [1 | (1 << 30), 0]                 # 1073741825
-    assert mask[31] == [-2147483647, 0]                   # bits 0 and 31: 0x80000001 as int32
-    assert mask[32] == [-2147483647, 0b1]                 # + node 32 (bit 0 of word 1)
-    assert mask[33] == [-2147483647, 0b11]                # + nodes 32, 33
-    assert mask[34] == [0b100001, 0b100]                  # root, 5, and node 34 (bit 2 of word 1)
+    assert mask[30] == [1 | (1 << 30), 0]  # 1073741825
+    assert mask[31] == [-2147483647, 0]  # bits 0 and 31: 0x80000001 as int32
+    assert mask[32] == [-2147483647, 0b1]  # + node 32 (bit 0 of word 1)
+    assert mask[33] == [-2147483647, 0b11]  # + nodes 32, 33
+    assert mask[34] == [0b100001, 0b100]  # root, 5, and node 34 (bit 2 of word 1)
     for i in range(2, 31):
         assert mask[i] == [1 | (1 << i), 0], i
     fc = t.first_child[0].tolist()
@@ -256,7 +261,7 @@ MALFORMED = {
     "parent_below_-1": ([-1, 0, -7, 1], 4),
     "parent_out_of_range": ([-1, 0, 99, 1], 4),
     "parent_int32_max": ([-1, 0, 2**31 - 1, 1], 4),
-    "parent_int32_min": ([-1, 0, -2**31, 1], 4),
+    "parent_int32_min": ([-1, 0, -(2**31), 1], 4),
     "num_nodes_0": ([-1, 0, 0, 1], 0),
     "num_nodes_too_large": ([-1, 0, 0, 1], 5),
     "num_nodes_negative": ([-1, 0, 0, 1], -3),
@@ -314,6 +319,7 @@ def test_build_tree_random_malformed(backend, device):
 
 # ---------------------------------------------------------------------------------------------------
 # build_tree: arguments, buffers, empty batch
+
 
 def test_build_tree_argument_errors():
     p = torch.tensor([GOLDEN6], dtype=torch.int32)
@@ -396,9 +402,11 @@ def test_build_tree_empty_batch(backend, device):
 # ---------------------------------------------------------------------------------------------------
 # select_tree
 
+
 def run_select(backend, device, scores, cparents, ctokens, root, N):
-    return sk.select_tree(scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), N,
-                          backend=backend)
+    return sk.select_tree(
+        scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), N, backend=backend
+    )
 
 
 def reference_select(scores, cparents, ctokens, root, N):
@@ -430,12 +438,14 @@ def test_select_tree_golden_ties_and_orphan(backend, device):
 def test_select_tree_golden_nan_and_signed_zero(backend, device):
     _need_kernel(backend, device, "select_tree")
     inf, nan = float("inf"), float("nan")
-    scores = torch.tensor([
-        [nan, -inf, -1.0, nan],   # NaN ranks below -inf: keep 2 then 1
-        [-0.0, 0.0, -1.0, -2.0],  # -0.0 == +0.0: a tie, the lower index (0) wins
-        [0.0, -0.0, -1.0, -2.0],
-        [nan, nan, nan, nan],     # all NaN: ties by index
-    ])
+    scores = torch.tensor(
+        [
+            [nan, -inf, -1.0, nan],  # NaN ranks below -inf: keep 2 then 1
+            [-0.0, 0.0, -1.0, -2.0],  # -0.0 == +0.0: a tie, the lower index (0) wins
+            [0.0, -0.0, -1.0, -2.0],
+            [nan, nan, nan, nan],  # all NaN: ties by index
+        ]
+    )
     cparents = torch.tensor([[-1, -1, -1, -1]] * 4, dtype=torch.int32)
     ctokens = torch.arange(100, 116).reshape(4, 4)
     root = torch.tensor([1, 2, 3, 4])
@@ -444,8 +454,15 @@ def test_select_tree_golden_nan_and_signed_zero(backend, device):
     assert parents.tolist() == [[-1, 0, 0]] * 4
     assert tokens.tolist() == [[1, 101, 102], [2, 104, 105], [3, 108, 109], [4, 112, 113]]
     # One kept of a -0.0/+0.0 pair: the lower index either way.
-    _, _, sel = run_select(backend, device, scores[1:3, :2].contiguous(), cparents[1:3, :2].contiguous(),
-                           ctokens[1:3, :2].contiguous(), root[1:3].contiguous(), 2)
+    _, _, sel = run_select(
+        backend,
+        device,
+        scores[1:3, :2].contiguous(),
+        cparents[1:3, :2].contiguous(),
+        ctokens[1:3, :2].contiguous(),
+        root[1:3].contiguous(),
+        2,
+    )
     assert sel.tolist() == [[-1, 0], [-1, 0]]
 
 
@@ -474,16 +491,18 @@ def test_select_tree_root_only(backend, device):
     _need_kernel(backend, device, "select_tree")
     scores = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
     cparents = torch.full((2, 2), -1, dtype=torch.int32)
-    parents, tokens, selected = run_select(backend, device, scores, cparents, torch.ones(2, 2, dtype=torch.int64),
-                                           torch.tensor([8, 9]), 1)
+    parents, tokens, selected = run_select(
+        backend, device, scores, cparents, torch.ones(2, 2, dtype=torch.int64), torch.tensor([8, 9]), 1
+    )
     assert parents.tolist() == [[-1], [-1]]
     assert tokens.tolist() == [[8], [9]]
     assert selected.tolist() == [[-1], [-1]]
 
 
 @pytest.mark.parametrize("backend,device", SELECT_BACKENDS)
-@pytest.mark.parametrize("M,N", [(1, 1), (1, 2), (5, 3), (31, 32), (33, 20), (100, 60), (410, 60), (510, 101),
-                                 (1000, 1001)])
+@pytest.mark.parametrize(
+    "M,N", [(1, 1), (1, 2), (5, 3), (31, 32), (33, 20), (100, 60), (410, 60), (510, 101), (1000, 1001)]
+)
 def test_select_tree_random(backend, device, M, N):
     """Random candidates with many ties, NaN, +-inf, -0.0 and random (also invalid) parents."""
     _need_kernel(backend, device, "select_tree")
@@ -494,7 +513,7 @@ def test_select_tree_random(backend, device, M, N):
     pick = torch.randint(0, 20, (B, M), generator=gen)
     scores = torch.where(pick < 5, special[pick.clamp(max=4)], scores)
     ar = torch.arange(M)
-    cparents = ((torch.rand(B, M, generator=gen) * (ar + 1)).floor() - 1).to(torch.int32)   # in [-1, i)
+    cparents = ((torch.rand(B, M, generator=gen) * (ar + 1)).floor() - 1).to(torch.int32)  # in [-1, i)
     bad = torch.rand(B, M, generator=gen) < 0.05
     cparents = torch.where(bad, torch.randint(-4, M + 4, (B, M), generator=gen, dtype=torch.int32), cparents)
     ctokens = torch.randint(0, 50000, (B, M), generator=gen)
@@ -540,13 +559,19 @@ def test_select_tree_out_buffers_and_empty_batch(backend, device):
     out = sk.SelectedTree.empty(2, 10, device)
     for t in out:
         t.fill_(777)
-    got = sk.select_tree(scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 10,
-                         backend=backend, out=out)
+    got = sk.select_tree(
+        scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 10, backend=backend, out=out
+    )
     assert got is out and all(g is o for g, o in zip(got, out))
     assert_selected_equal(got, reference_select(scores, cparents, ctokens, root, 10), f"{backend} out=")
-    empty = sk.select_tree(torch.empty(0, 7, device=device), torch.empty(0, 7, dtype=torch.int32, device=device),
-                           torch.empty(0, 7, dtype=torch.int64, device=device),
-                           torch.empty(0, dtype=torch.int64, device=device), 4, backend=backend)
+    empty = sk.select_tree(
+        torch.empty(0, 7, device=device),
+        torch.empty(0, 7, dtype=torch.int32, device=device),
+        torch.empty(0, 7, dtype=torch.int64, device=device),
+        torch.empty(0, dtype=torch.int64, device=device),
+        4,
+        backend=backend,
+    )
     assert [tuple(t.shape) for t in empty] == [(0, 4)] * 3
 
 
@@ -570,20 +595,33 @@ def test_select_tree_argument_errors():
     with pytest.raises(TypeError, match=r"num_nodes: expected an int, got bool"):
         sk.select_tree(s, cp, ct, rt, True)
     with pytest.raises(ValueError, match=r"out.tokens: expected shape \[2, 3\], got \(2, 4\)"):
-        sk.select_tree(s, cp, ct, rt, 3, out=sk.SelectedTree(torch.empty(2, 3, dtype=torch.int32),
-                                                             torch.empty(2, 4, dtype=torch.int64),
-                                                             torch.empty(2, 3, dtype=torch.int32)))
+        sk.select_tree(
+            s,
+            cp,
+            ct,
+            rt,
+            3,
+            out=sk.SelectedTree(
+                torch.empty(2, 3, dtype=torch.int32),
+                torch.empty(2, 4, dtype=torch.int64),
+                torch.empty(2, 3, dtype=torch.int32),
+            ),
+        )
     with pytest.raises(ValueError, match=r"all tensors must be on one device"):
         sk.select_tree(s, cp, ct, rt.to("meta"), 3)
     if _registered("select_tree", "cpu"):
-        p, t, sel = (torch.empty(2, 7, dtype=torch.int32), torch.empty(2, 7, dtype=torch.int64),
-                     torch.empty(2, 7, dtype=torch.int32))
+        p, t, sel = (
+            torch.empty(2, 7, dtype=torch.int32),
+            torch.empty(2, 7, dtype=torch.int64),
+            torch.empty(2, 7, dtype=torch.int32),
+        )
         with pytest.raises(RuntimeError, match=r"expected 1 <= N <= M \+ 1 = 6 output nodes, got N = 7"):
             torch.ops.specdec.select_tree(s, cp, ct, rt, p, t, sel)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Result tuples: named fields, Tree.empty / SelectedTree.empty, out= takes exactly the result type
+
 
 def test_result_tuples_have_named_fields():
     assert sk.Tree._fields == ("depth", "mask", "first_child", "next_sibling", "valid")
@@ -592,17 +630,29 @@ def test_result_tuples_have_named_fields():
     scores, cparents, ctokens, root = eagle_candidates(B=2, top_k=3, depth=2, seed=0)
     sel = sk.select_tree(scores, cparents, ctokens, root, 5, backend="torch")
     assert type(sel) is sk.SelectedTree
-    parents, tokens, selected = sel                                          # still unpacks as a tuple
+    parents, tokens, selected = sel  # still unpacks as a tuple
     assert parents is sel.parents and tokens is sel.tokens and selected is sel.selected
     assert sel.tokens[:, 0].tolist() == root.tolist() and sel.selected[:, 0].tolist() == [-1, -1]
     tree = sk.build_tree(sel.parents, backend="torch")
     assert type(tree) is sk.Tree and tree.valid is tree[4]
 
 
-@pytest.mark.parametrize("cls,fields", [("Tree", [((3, 40), torch.int32), ((3, 40, 2), torch.int32),
-                                                  ((3, 40), torch.int32), ((3, 40), torch.int32), ((3,), torch.bool)]),
-                                        ("SelectedTree", [((3, 40), torch.int32), ((3, 40), torch.int64),
-                                                          ((3, 40), torch.int32)])])
+@pytest.mark.parametrize(
+    "cls,fields",
+    [
+        (
+            "Tree",
+            [
+                ((3, 40), torch.int32),
+                ((3, 40, 2), torch.int32),
+                ((3, 40), torch.int32),
+                ((3, 40), torch.int32),
+                ((3,), torch.bool),
+            ],
+        ),
+        ("SelectedTree", [((3, 40), torch.int32), ((3, 40), torch.int64), ((3, 40), torch.int32)]),
+    ],
+)
 def test_empty_allocates_the_outputs(cls, fields):
     out = getattr(sk, cls).empty(3, 40)
     assert type(out) is getattr(sk, cls)
@@ -623,21 +673,26 @@ def test_select_then_build_into_empty_buffers(backend, device):
         _need_kernel(backend, device, "select_tree")
     scores, cparents, ctokens, root = eagle_candidates(B=3, top_k=4, depth=3, seed=21)
     sel_out, tree_out = sk.SelectedTree.empty(3, 12, device), sk.Tree.empty(3, 12, device)
-    sel = sk.select_tree(scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 12,
-                         backend=backend, out=sel_out)
+    sel = sk.select_tree(
+        scores.to(device), cparents.to(device), ctokens.to(device), root.to(device), 12, backend=backend, out=sel_out
+    )
     tree = sk.build_tree(sel.parents, backend=backend, out=tree_out)
     assert sel is sel_out and tree is tree_out
     want_sel = reference_select(scores, cparents, ctokens, root, 12)
     assert_selected_equal(sel, want_sel, "select into SelectedTree.empty")
-    assert_trees_equal(tree, reference_tree(want_sel.parents, torch.full((3,), 12, dtype=torch.int32)),
-                       "build into Tree.empty")
+    assert_trees_equal(
+        tree, reference_tree(want_sel.parents, torch.full((3,), 12, dtype=torch.int32)), "build into Tree.empty"
+    )
 
 
 def test_out_must_be_the_result_tuple():
     p = torch.tensor([GOLDEN6], dtype=torch.int32)
     sel_bufs = tuple(sk.SelectedTree.empty(1, 6))
-    with pytest.raises(TypeError, match=r"out: expected a Tree \(from Tree.empty\(batch, num_nodes, device\)\), "
-                                        r"got tuple"):
+    with pytest.raises(
+        TypeError,
+        match=r"out: expected a Tree \(from Tree.empty\(batch, num_nodes, device\)\), "
+        r"got tuple",
+    ):
         sk.build_tree(p, out=tuple(sk.Tree.empty(1, 6)))
     with pytest.raises(TypeError, match=r"out: expected a Tree .*got SelectedTree"):
         sk.build_tree(p, out=sk.SelectedTree(*sel_bufs))
@@ -645,8 +700,11 @@ def test_out_must_be_the_result_tuple():
         sk.build_tree(p, out=list(sk.Tree.empty(1, 6)))
     s, cp = torch.zeros(1, 5), torch.full((1, 5), -1, dtype=torch.int32)
     ct, rt = torch.zeros(1, 5, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
-    with pytest.raises(TypeError, match=r"out: expected a SelectedTree \(from SelectedTree.empty\(batch, num_nodes, "
-                                        r"device\)\), got tuple"):
+    with pytest.raises(
+        TypeError,
+        match=r"out: expected a SelectedTree \(from SelectedTree.empty\(batch, num_nodes, "
+        r"device\)\), got tuple",
+    ):
         sk.select_tree(s, cp, ct, rt, 6, out=sel_bufs)
     with pytest.raises(TypeError, match=r"out: expected a SelectedTree .*got Tree"):
         sk.select_tree(s, cp, ct, rt, 6, out=sk.Tree.empty(1, 6))
@@ -659,6 +717,7 @@ def test_out_must_be_the_result_tuple():
 # ---------------------------------------------------------------------------------------------------
 # tree_paths
 
+
 @pytest.mark.parametrize("backend,device", BUILD_BACKENDS + [pytest.param(None, "cpu", id="auto-cpu")])
 def test_tree_paths_golden(backend, device):
     """On every backend of build_tree, and with the automatic choice on CPU (the cpu backend when built)."""
@@ -666,8 +725,7 @@ def test_tree_paths_golden(backend, device):
         _need_kernel(backend, device, "build_tree")
     parents = torch.tensor([GOLDEN6, [-1, 0, 0, 1, 1, 2], [-1, 0, 1, 2, 5, 0]], dtype=torch.int32)
     parents[1, 0] = 0  # invalid: no paths
-    res = sk.tree_paths(parents.to(device), torch.tensor([6, 6, 4], dtype=torch.int32, device=device),
-                        backend=backend)
+    res = sk.tree_paths(parents.to(device), torch.tensor([6, 6, 4], dtype=torch.int32, device=device), backend=backend)
     assert isinstance(res, sk.TreePaths) and res.paths.device.type == device
     paths, num = res
     assert num.tolist() == [3, 0, 1]
@@ -677,7 +735,7 @@ def test_tree_paths_golden(backend, device):
     assert paths[2].tolist() == [[0, 1, 2, 3], [-1] * 4, [-1] * 4]
     single, n1 = sk.tree_paths(torch.tensor([[-1]], dtype=torch.int32, device=device), backend=backend)
     assert single.tolist() == [[[0]]] and n1.tolist() == [1]
-    ints = sk.tree_paths(parents[:1].to(device), 3, backend=backend)                  # num_nodes as an int
+    ints = sk.tree_paths(parents[:1].to(device), 3, backend=backend)  # num_nodes as an int
     assert ints.paths.tolist() == [[[0, 1], [0, 2]]] and ints.num_paths.tolist() == [2]
 
 
@@ -694,6 +752,7 @@ def test_tree_paths_does_not_force_the_torch_backend_on_cpu(monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # opcheck, torch.compile, CUDA graphs
 
+
 def _opcheck_ops():
     ops = []
     for name in ("build_tree", "select_tree"):
@@ -701,8 +760,13 @@ def _opcheck_ops():
             if _registered(name + suffix, "cpu"):
                 ops.append(pytest.param(name + suffix, id=name + suffix))
             else:
-                ops.append(pytest.param(name + suffix, id=name + suffix,
-                                        marks=pytest.mark.skip(reason=f"specdec::{name}{suffix} has no CPU kernel")))
+                ops.append(
+                    pytest.param(
+                        name + suffix,
+                        id=name + suffix,
+                        marks=pytest.mark.skip(reason=f"specdec::{name}{suffix} has no CPU kernel"),
+                    )
+                )
     return ops
 
 
@@ -713,8 +777,15 @@ def test_opcheck(op):
         args = (parents, num_nodes, *sk.Tree.empty(3, 9))
     else:
         scores, cparents, ctokens, root = eagle_candidates(B=2, top_k=3, depth=3, seed=1)
-        args = (scores, cparents, ctokens, root, torch.empty(2, 8, dtype=torch.int32),
-                torch.empty(2, 8, dtype=torch.int64), torch.empty(2, 8, dtype=torch.int32))
+        args = (
+            scores,
+            cparents,
+            ctokens,
+            root,
+            torch.empty(2, 8, dtype=torch.int32),
+            torch.empty(2, 8, dtype=torch.int64),
+            torch.empty(2, 8, dtype=torch.int32),
+        )
     torch.library.opcheck(getattr(torch.ops.specdec, op).default, args)
 
 
@@ -776,9 +847,14 @@ def test_cuda_refuses_too_large():
         sk.build_tree(parents, backend="cuda")
     s = torch.zeros(1, 4097, device="cuda")
     with pytest.raises(BackendError, match=r"M = 4097 > 4096 candidates"):
-        sk.select_tree(s, torch.full((1, 4097), -1, dtype=torch.int32, device="cuda"),
-                       torch.zeros(1, 4097, dtype=torch.int64, device="cuda"),
-                       torch.zeros(1, dtype=torch.int64, device="cuda"), 3, backend="cuda")
+        sk.select_tree(
+            s,
+            torch.full((1, 4097), -1, dtype=torch.int32, device="cuda"),
+            torch.zeros(1, 4097, dtype=torch.int64, device="cuda"),
+            torch.zeros(1, dtype=torch.int64, device="cuda"),
+            3,
+            backend="cuda",
+        )
 
 
 def test_reference_rank_golden():

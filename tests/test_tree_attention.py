@@ -7,6 +7,7 @@ template instantiations) are in test_tree_attention_kernel_paths.py.
 Tolerances follow flash-attention's rule (helpers.assert_close_as_torch): against the fp64 oracle, a result
 of dtype dt may err at most ~2x what PyTorch's own attention computed in dt (`torch_attention`) errs.
 """
+
 import math
 
 import pytest
@@ -57,14 +58,13 @@ def oracle(q, k, v, cache_len, tree_mask, scale=None):
     """Dense SDPA in fp64 with an additive bias; rows with no visible key are 0."""
     B, H, Nq, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
-    vis = visibility_loop(cache_len.cpu(), tree_mask.cpu(), S)[:, None]          # [B, 1, Nq, S]
+    vis = visibility_loop(cache_len.cpu(), tree_mask.cpu(), S)[:, None]  # [B, 1, Nq, S]
     bias = torch.zeros(vis.shape, dtype=torch.float64).masked_fill(~vis, float("-inf"))
     rows = vis.any(-1, keepdim=True)
-    bias = torch.where(rows, bias, torch.zeros_like(bias))                       # avoid NaN, zeroed below
+    bias = torch.where(rows, bias, torch.zeros_like(bias))  # avoid NaN, zeroed below
     kk = k.cpu().double().repeat_interleave(H // H_kv, dim=1)
     vv = v.cpu().double().repeat_interleave(H // H_kv, dim=1)
-    out = torch.nn.functional.scaled_dot_product_attention(q.cpu().double(), kk, vv, attn_mask=bias,
-                                                           scale=scale)
+    out = torch.nn.functional.scaled_dot_product_attention(q.cpu().double(), kk, vv, attn_mask=bias, scale=scale)
     return torch.where(rows, out, torch.zeros_like(out))
 
 
@@ -75,7 +75,7 @@ def torch_attention(q, k, v, cache_len, tree_mask, scale=None, dtype=None):
     B, H, Nq, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    vis = visibility_loop(cache_len.cpu(), tree_mask.cpu(), S)[:, None].to(q.device)   # [B, 1, Nq, S]
+    vis = visibility_loop(cache_len.cpu(), tree_mask.cpu(), S)[:, None].to(q.device)  # [B, 1, Nq, S]
     kk = k.to(dtype).repeat_interleave(H // H_kv, dim=1)
     vv = v.to(dtype).repeat_interleave(H // H_kv, dim=1)
     scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
@@ -90,15 +90,17 @@ def check(out, q, k, v, cache_len, tree_mask, scale=None, what=""):
     the twin is nearly exact, and a kernel's exp or summation order is not the twin's)."""
     truth = oracle(q, k, v, cache_len, tree_mask, scale)
     floor = tolerance(out.dtype, max(k.shape[2], k.shape[3]), scale=max(float(truth.abs().max()), 1.0))[0]
-    assert_close_as_torch(out, truth, torch_attention(q, k, v, cache_len, tree_mask, scale, out.dtype), what,
-                          floor=floor)
+    assert_close_as_torch(
+        out, truth, torch_attention(q, k, v, cache_len, tree_mask, scale, out.dtype), what, floor=floor
+    )
 
 
 def close(actual, expected, dtype, reduction, what=""):
     """Two results of `dtype` that each come out of a `reduction`-term sum (helpers.tolerance)."""
     atol, rtol = tolerance(dtype, reduction, scale=max(float(expected.abs().max()), 1.0))
-    torch.testing.assert_close(actual.cpu().float(), expected.cpu().float(), atol=atol, rtol=rtol,
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.cpu().float(), expected.cpu().float(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def make_inputs(B, H, H_kv, N, D, S, dtype, device, seed=0, cache_len=None):
@@ -119,8 +121,9 @@ def fp_dtypes(device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("B,H,H_kv,N,D,S", [(2, 4, 2, 7, 16, 24), (3, 2, 2, 5, 32, 16), (1, 8, 1, 13, 24, 40),
-                                            (2, 4, 4, 33, 16, 48)])
+@pytest.mark.parametrize(
+    "B,H,H_kv,N,D,S", [(2, 4, 2, 7, 16, 24), (3, 2, 2, 5, 32, 16), (1, 8, 1, 13, 24, 40), (2, 4, 4, 33, 16, 48)]
+)
 def test_matches_dense_sdpa(backend, device, B, H, H_kv, N, D, S):
     for dtype in fp_dtypes(device):
         q, k, v, cl, mask = make_inputs(B, H, H_kv, N, D, S, dtype, device, seed=N)
@@ -164,9 +167,9 @@ def test_frontier_queries_nq_differs_from_tree_keys(backend, device):
 def test_multiword_mask_and_bit_31(backend, device):
     """Node 31 (bit 31: a negative int32 word) and nodes past 32 (second word) must be visible."""
     B, H, D, N, S = 1, 2, 8, 40, 48
-    parents = torch.arange(-1, N - 1, dtype=torch.int32)[None]                 # a chain: all bits set below
+    parents = torch.arange(-1, N - 1, dtype=torch.int32)[None]  # a chain: all bits set below
     tree = sk.build_tree(parents, backend="torch")
-    assert int(tree.mask[0, 35, 0]) == -1                                     # all 32 bits of word 0
+    assert int(tree.mask[0, 35, 0]) == -1  # all 32 bits of word 0
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(B, H, N, D, generator=gen)
     k, v = torch.randn(B, H, S, D, generator=gen), torch.randn(B, H, S, D, generator=gen)
@@ -181,7 +184,7 @@ def test_nothing_visible_gives_zeros(backend, device):
     q = torch.randn(B, H, 2, D)
     k, v = torch.randn(B, H, S, D), torch.randn(B, H, S, D)
     cl = torch.tensor([0, 2], dtype=torch.int32)
-    mask = torch.tensor([[[0], [1]], [[0], [0]]], dtype=torch.int32)         # row (0, 0) sees nothing
+    mask = torch.tensor([[[0], [1]], [[0], [0]]], dtype=torch.int32)  # row (0, 0) sees nothing
     out = call(backend, *(t.to(device) for t in (q, k, v, cl, mask)))
     assert torch.isfinite(out).all()
     assert (out[0, :, 0] == 0).all()
@@ -195,7 +198,7 @@ def test_bits_past_s_max_are_ignored(backend, device):
     q = torch.randn(B, H, 2, D)
     k, v = torch.randn(B, H, S, D), torch.randn(B, H, S, D)
     cl = torch.tensor([8], dtype=torch.int32)
-    mask = torch.tensor([[[0b1111], [0b0100]]], dtype=torch.int32)           # bits 2, 3 -> slots 10, 11 >= S
+    mask = torch.tensor([[[0b1111], [0b0100]]], dtype=torch.int32)  # bits 2, 3 -> slots 10, 11 >= S
     out = call(backend, *(t.to(device) for t in (q, k, v, cl, mask)))
     assert torch.isfinite(out).all()
     check(out.cpu(), q, k, v, cl, mask)
@@ -208,7 +211,7 @@ def test_golden_hand_computed(backend, device):
     k = torch.tensor([0.0, math.log(3.0), 100.0]).view(1, 1, 3, 1)
     v = torch.tensor([4.0, 8.0, 1000.0]).view(1, 1, 3, 1)
     cl = torch.tensor([1], dtype=torch.int32)
-    mask = torch.tensor([[[0b1]]], dtype=torch.int32)                         # slot 1; slot 2 hidden
+    mask = torch.tensor([[[0b1]]], dtype=torch.int32)  # slot 1; slot 2 hidden
     out = call(backend, *(t.to(device) for t in (q, k, v, cl, mask)), scale=1.0)
     close(out, torch.full((1, 1, 1, 1), 7.0), torch.float32, 2, "hand computed")
 
@@ -222,7 +225,7 @@ def test_strided_caches_and_out_buffer(backend, device):
     big_v = torch.randn(3, B, 2 * H_kv, S, D, generator=gen).to(device)
     k, v = big_k[1, :, 1::2], big_v[1, :, 1::2]
     assert not k.is_contiguous()
-    q = torch.randn(B, N, H, D, generator=gen).to(device).transpose(1, 2)     # a transposed projection
+    q = torch.randn(B, N, H, D, generator=gen).to(device).transpose(1, 2)  # a transposed projection
     cl = torch.tensor([3, 0], dtype=torch.int32, device=device)
     mask = sk.build_tree(random_parents(gen, B, N), backend="torch").mask.to(device)
     out = torch.empty(B, H, N, D, device=device)
@@ -291,7 +294,6 @@ def test_errors():
         sk.tree_attention(q, k, v, cl, mask, out=torch.empty(2, 4, 5, 8))
     with pytest.raises(BackendError, match="unknown backend"):
         sk.tree_attention(q, k, v, cl, mask, backend="nope")
-
 
 
 KERNEL_BACKENDS = [p for p in BACKENDS if p.values[0] != "torch"]

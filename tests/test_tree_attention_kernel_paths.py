@@ -10,6 +10,7 @@ warp, split-K, unaligned rows) and CUDA-graph capture.
 The truth is the PyTorch reference run in fp64; a result of dtype dt passes when its error is at most ~2x
 that of PyTorch's own attention computed in dt (flash-attention's rule, helpers.assert_close_as_torch).
 """
+
 import math
 
 import pytest
@@ -23,8 +24,10 @@ from helpers import assert_close_as_torch, assert_equal, tolerance
 TREE_ATTENTION = sk.get_op("tree_attention")
 HAS_CPU_KERNEL = TREE_ATTENTION.static_reason("cpu", "cpu") is None
 needs_cpu_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="the C++ CPU kernel of tree_attention is not built")
-needs_triton = pytest.mark.skipif(TREE_ATTENTION.static_reason("triton", "cpu") is not None,
-                                  reason="no Triton kernel for tree_attention usable on CPU tensors here")
+needs_triton = pytest.mark.skipif(
+    TREE_ATTENTION.static_reason("triton", "cpu") is not None,
+    reason="no Triton kernel for tree_attention usable on CPU tensors here",
+)
 
 
 def inputs(B, H, H_kv, Nq, D, S, W, dtype=torch.float32, device="cpu", seed=0, cache_len=None):
@@ -37,7 +40,7 @@ def inputs(B, H, H_kv, Nq, D, S, W, dtype=torch.float32, device="cpu", seed=0, c
         cl = torch.randint(0, S + 1, (B,), generator=gen, dtype=torch.int32)
     else:
         cl = torch.tensor(cache_len, dtype=torch.int32)
-    mask = torch.randint(-2 ** 31, 2 ** 31, (B, Nq, W), generator=gen, dtype=torch.int64).to(torch.int32)
+    mask = torch.randint(-(2**31), 2**31, (B, Nq, W), generator=gen, dtype=torch.int64).to(torch.int32)
     return [t.to(device) for t in (q, k, v, cl, mask)]
 
 
@@ -52,7 +55,7 @@ def torch_attention(q, k, v, cl, mask, scale, dtype):
     """PyTorch's own attention with every op in `dtype`: scores, softmax and P @ V each rounded to dtype."""
     B, H, Nq, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
-    vis = sk.tree_visibility(mask, cl, S)[:, None]                                   # [B, 1, Nq, S]
+    vis = sk.tree_visibility(mask, cl, S)[:, None]  # [B, 1, Nq, S]
     kk = k.to(dtype).repeat_interleave(H // H_kv, dim=1)
     vv = v.to(dtype).repeat_interleave(H // H_kv, dim=1)
     scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
@@ -71,6 +74,7 @@ def check(got, q, k, v, cl, mask, scale, what=""):
 
 def triton_launch(q, k, v, cl, mask, scale, **kw):
     from specdec_kernels.triton_kernels.attention import tree_attention_triton
+
     out = torch.empty_like(q)
     tree_attention_triton(q, k, v, cl, mask, scale, out, **kw)
     return out
@@ -78,6 +82,7 @@ def triton_launch(q, k, v, cl, mask, scale, **kw):
 
 # ---------------------------------------------------------------------------------------------------
 # Triton: split-K, row blocks, tails (interpreted on CPU; the same code compiles for CUDA)
+
 
 @needs_triton
 @pytest.mark.parametrize("num_splits,block_m", [(1, 16), (2, 16), (3, 32), (5, None)])
@@ -119,14 +124,17 @@ def test_triton_argument_errors():
 # ---------------------------------------------------------------------------------------------------
 # Every backend that runs here
 
+
 def _backends():
     out = []
     if HAS_CPU_KERNEL:
         out.append(pytest.param("cpu", "cpu", id="cpu"))
     out.append(pytest.param("triton", "cpu", id="triton-interp", marks=needs_triton))
     if torch.cuda.is_available():
-        out += [pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.cuda),
-                pytest.param("triton", "cuda", id="triton-cuda", marks=pytest.mark.cuda)]
+        out += [
+            pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.cuda),
+            pytest.param("triton", "cuda", id="triton-cuda", marks=pytest.mark.cuda),
+        ]
     return out
 
 
@@ -144,12 +152,12 @@ def test_garbage_in_invisible_slots_does_not_leak(backend, device):
     """NaN past the prefix and in tree slots no query sees must not reach any output (no 0 * NaN)."""
     B, H, H_kv, Nq, D, S = 2, 4, 2, 3, 16, 90
     q, k, v, cl, mask = inputs(B, H, H_kv, Nq, D, S, 2, device=device, seed=11, cache_len=[20, 70])
-    mask &= 0x0000FFFF                                      # rows see tree bits 0..15 of word 0 at most
+    mask &= 0x0000FFFF  # rows see tree bits 0..15 of word 0 at most
     mask[:, :, 1] = 0
     clean_k, clean_v = k.clone(), v.clone()
     for b, c in enumerate((20, 70)):
-        k[b, :, c + 16:] = float("nan")                     # beyond every visible tree slot
-        v[b, :, c + 16:] = float("nan")
+        k[b, :, c + 16 :] = float("nan")  # beyond every visible tree slot
+        v[b, :, c + 16 :] = float("nan")
     got = sk.tree_attention(q, k, v, cl, mask, scale=0.25, backend=backend)
     assert torch.isfinite(got).all(), f"{backend}: NaN leaked from invisible slots"
     check(got, q, clean_k, clean_v, cl, mask, 0.25, what=backend)
@@ -157,6 +165,7 @@ def test_garbage_in_invisible_slots_does_not_leak(backend, device):
 
 # ---------------------------------------------------------------------------------------------------
 # C++ CPU kernel
+
 
 @needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -212,24 +221,30 @@ def test_cpu_opcheck():
 # ---------------------------------------------------------------------------------------------------
 # CUDA kernel (GPU only)
 
+
 def _cuda_kernel_reason():
-    return TREE_ATTENTION.static_reason("cuda", "cuda") if torch.cuda.is_available() \
-        else "needs a CUDA device"
+    return TREE_ATTENTION.static_reason("cuda", "cuda") if torch.cuda.is_available() else "needs a CUDA device"
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("D", [40, 64, 80, 128, 256])
-@pytest.mark.parametrize("B,H,H_kv,Nq,S", [(1, 8, 2, 1, 2048),     # decode: 1 row per warp, split-K
-                                          (2, 32, 8, 60, 700),     # verification: 4 rows per warp, row tiles
-                                          (3, 4, 4, 33, 100)])     # MHA, two mask words
+@pytest.mark.parametrize(
+    "B,H,H_kv,Nq,S",
+    [
+        (1, 8, 2, 1, 2048),  # decode: 1 row per warp, split-K
+        (2, 32, 8, 60, 700),  # verification: 4 rows per warp, row tiles
+        (3, 4, 4, 33, 100),
+    ],
+)  # MHA, two mask words
 def test_cuda_kernel_paths(dtype, D, B, H, H_kv, Nq, S):
     reason = _cuda_kernel_reason()
     if reason:
         pytest.skip(reason)
     W = (Nq + 31) // 32
-    q, k, v, cl, mask = inputs(B, H, H_kv, Nq, D, S, W, dtype, device="cuda", seed=D + Nq,
-                               cache_len=[S - Nq - 7 * b for b in range(B)])
+    q, k, v, cl, mask = inputs(
+        B, H, H_kv, Nq, D, S, W, dtype, device="cuda", seed=D + Nq, cache_len=[S - Nq - 7 * b for b in range(B)]
+    )
     for backend in ("cuda", "triton"):
         got = sk.tree_attention(q, k, v, cl, mask, scale=0.1, backend=backend)
         check(got, q, k, v, cl, mask, 0.1, what=f"{backend} D={D} {dtype}")
@@ -242,11 +257,11 @@ def test_cuda_unaligned_rows_take_the_scalar_path():
         pytest.skip(reason)
     B, H, H_kv, Nq, D, S = 2, 4, 2, 5, 64, 300
     big = torch.randn(B, H_kv, S, D + 3, device="cuda", dtype=torch.float16)
-    k = big[..., 1:D + 1]                                   # rows start 2 bytes off a 16-byte boundary
+    k = big[..., 1 : D + 1]  # rows start 2 bytes off a 16-byte boundary
     v = torch.randn(B, H_kv, S, D, device="cuda", dtype=torch.float16)
     q = torch.randn(B, H, Nq, D, device="cuda", dtype=torch.float16)
     cl = torch.tensor([250, 17], dtype=torch.int32, device="cuda")
-    mask = torch.randint(0, 2 ** 31, (B, Nq, 1), dtype=torch.int32, device="cuda")
+    mask = torch.randint(0, 2**31, (B, Nq, 1), dtype=torch.int32, device="cuda")
     got = sk.tree_attention(q, k, v, cl, mask, backend="cuda")
     check(got, q, k, v, cl, mask, 1 / math.sqrt(D), what="unaligned rows")
 
@@ -259,12 +274,12 @@ def test_cuda_graph_capture(backend):
         pytest.skip(reason)
     q, k, v, cl, mask = inputs(1, 8, 2, 1, 128, 4096, 1, torch.bfloat16, device="cuda", seed=8, cache_len=[3000])
     out = torch.empty_like(q)
-    sk.tree_attention(q, k, v, cl, mask, backend=backend, out=out)      # warm-up (compiles Triton)
+    sk.tree_attention(q, k, v, cl, mask, backend=backend, out=out)  # warm-up (compiles Triton)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         sk.tree_attention(q, k, v, cl, mask, backend=backend, out=out)
-    cl.fill_(1234)                                                      # the replay reads the new length
+    cl.fill_(1234)  # the replay reads the new length
     graph.replay()
     torch.cuda.synchronize()
     check(out, q, k, v, cl, mask, 1 / math.sqrt(128), what=f"{backend} graph replay")

@@ -18,6 +18,7 @@ variable SPECDEC_TRITON_COMPILE_REPORT names a file, written there as JSON (a CI
 
 The default run compiles a subset (about a minute on two cores); cases marked `slow` complete the sweep.
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,8 +82,14 @@ def _flat_report(rep) -> list:
         for arch, entry in per_arch.items():
             for launch in entry["launches"]:
                 if launch["job"] is not None:
-                    rows.append({"case": case_id, "arch": int(arch), **{k: v for k, v in launch.items() if k != "job"},
-                                 **rep["jobs"][launch["job"]]})
+                    rows.append(
+                        {
+                            "case": case_id,
+                            "arch": int(arch),
+                            **{k: v for k, v in launch.items() if k != "job"},
+                            **rep["jobs"][launch["job"]],
+                        }
+                    )
     return rows
 
 
@@ -106,20 +113,23 @@ def _compiled(rep, case_id: str, arch: int) -> list:
 def _describe(launch) -> str:
     consts = ", ".join(f"{k}={v}" for k, v in launch.get("constexprs", {}).items())
     cfg = f" [{launch['label']}]" if launch["label"] else ""
-    return (f"{launch['kernel']}{cfg} warps={launch.get('num_warps')} stages={launch.get('num_stages')} "
-            f"{{{consts}}}")
+    return f"{launch['kernel']}{cfg} warps={launch.get('num_warps')} stages={launch.get('num_stages')} {{{consts}}}"
 
 
 def _table(items) -> str:
-    lines = [f"{'kernel':<26}{'config':<22}{'warps':>6}{'stages':>7}{'regs':>6}{'spill':>7}{'stack':>7}"
-             f"{'shared':>8}{'sec':>7}"]
+    lines = [
+        f"{'kernel':<26}{'config':<22}{'warps':>6}{'stages':>7}{'regs':>6}{'spill':>7}{'stack':>7}"
+        f"{'shared':>8}{'sec':>7}"
+    ]
     for launch, job in items:
-        lines.append(f"{launch['kernel']:<26}{launch['label'] or '-':<22}{launch.get('num_warps', '?'):>6}"
-                     f"{launch.get('num_stages', '?'):>7}{job.get('regs') if job.get('regs') is not None else '-':>6}"
-                     f"{job.get('spill_stores') if job.get('spill_stores') is not None else '-':>7}"
-                     f"{job.get('stack') if job.get('stack') is not None else '-':>7}"
-                     f"{job.get('shared') if job.get('shared') is not None else '-':>8}"
-                     f"{job.get('seconds', 0):>7}")
+        lines.append(
+            f"{launch['kernel']:<26}{launch['label'] or '-':<22}{launch.get('num_warps', '?'):>6}"
+            f"{launch.get('num_stages', '?'):>7}{job.get('regs') if job.get('regs') is not None else '-':>6}"
+            f"{job.get('spill_stores') if job.get('spill_stores') is not None else '-':>7}"
+            f"{job.get('stack') if job.get('stack') is not None else '-':>7}"
+            f"{job.get('shared') if job.get('shared') is not None else '-':>8}"
+            f"{job.get('seconds', 0):>7}"
+        )
     return "\n".join(lines)
 
 
@@ -138,20 +148,25 @@ def test_compiles_for_gpu(report, case_id, arch):
     items = _compiled(report, case_id, arch)
     print(f"{case_id} on sm_{arch}:\n{_table(items)}")
     failures = [f"{_describe(launch)}:\n{job['error']}" for launch, job in items if not job["ok"]]
-    assert not failures, (f"{len(failures)} of {len(items)} launches of {case_id} do not compile for sm_{arch}:\n\n"
-                          + "\n\n".join(failures))
+    assert not failures, (
+        f"{len(failures)} of {len(items)} launches of {case_id} do not compile for sm_{arch}:\n\n"
+        + "\n\n".join(failures)
+    )
     limit = tcu.SHARED_LIMIT[arch]
     for (kind, _), group in _groups(items):
         if not all(job["shared"] > limit for _, job in group):
             continue
         if kind == "autotune" and len(group) < group[0][0]["autotune_configs"]:
-            print(f"note: the compiled configs of {group[0][0]['kernel']} exceed the shared memory of sm_{arch}; "
-                  "the configs not compiled here may still fit")
+            print(
+                f"note: the compiled configs of {group[0][0]['kernel']} exceed the shared memory of sm_{arch}; "
+                "the configs not compiled here may still fit"
+            )
             continue
         what = "every autotune config of " if kind == "autotune" else ""
         raise AssertionError(
             f"{case_id}: {what}{_describe(group[0][0])} needs more shared memory than sm_{arch} offers "
-            f"({', '.join(str(job['shared']) for _, job in group)} > {limit} bytes): it cannot launch there")
+            f"({', '.join(str(job['shared']) for _, job in group)} > {limit} bytes): it cannot launch there"
+        )
 
 
 @pytest.mark.parametrize("case_id, arch", list(_spill_params()))
@@ -160,15 +175,18 @@ def test_decode_kernels_do_not_spill(report, case_id, arch):
     items = _compiled(report, case_id, arch)
     assert all(job["ok"] for _, job in items), "does not compile: see test_compiles_for_gpu"
     unread = [_describe(launch) for launch, job in items if job.get("spill_stores") is None]
-    assert not unread, ("no ptxas -v report was captured (does this Triton still print it under "
-                        f"TRITON_DUMP_PTXAS_LOG?): {unread}")
+    assert not unread, (
+        f"no ptxas -v report was captured (does this Triton still print it under TRITON_DUMP_PTXAS_LOG?): {unread}"
+    )
     limit = tcu.SHARED_LIMIT[arch]
     bad = []
     for (kind, _), group in _groups(items):
         usable = [(launch, job) for launch, job in group if job["shared"] <= limit] or group
         if min(job["spill_stores"] for _, job in usable) > SPILL_LIMIT:
-            bad.append(f"{_describe(group[0][0])}: spill stores "
-                       f"{', '.join(str(job['spill_stores']) for _, job in group)} bytes")
+            bad.append(
+                f"{_describe(group[0][0])}: spill stores "
+                f"{', '.join(str(job['spill_stores']) for _, job in group)} bytes"
+            )
         elif kind == "autotune":
             spilling = [launch["label"] for launch, job in usable if job["spill_stores"] > SPILL_LIMIT]
             if spilling:  # informative: the autotuner can still pick a config that does not spill
@@ -180,6 +198,7 @@ def test_decode_kernels_do_not_spill(report, case_id, arch):
 def _launched_kernels() -> set:
     """(module, name) of every kernel the sources of specdec_kernels/triton_kernels launch (`name[grid](...)`)."""
     import specdec_kernels.triton_kernels as pkg
+
     root = os.path.dirname(pkg.__file__)
     found = set()
     for fname in sorted(os.listdir(root)):
@@ -190,8 +209,12 @@ def _launched_kernels() -> set:
             tree = ast.parse(fh.read(), filename=fname)
         defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.decorator_list}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id in defined):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Subscript)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in defined
+            ):
                 found.add((module, node.func.value.id))
     return found
 
@@ -200,8 +223,14 @@ def test_every_launched_kernel_has_a_case(report):
     """A kernel added to specdec_kernels/triton_kernels without a case here would escape the GPU compile."""
     launched = _launched_kernels()
     assert launched, "found no kernel launches in specdec_kernels/triton_kernels (did the layout change?)"
-    reached = {(launch["module"], launch["kernel"]) for per_arch in report["cases"].values()
-               for entry in per_arch.values() for launch in entry["launches"]}
+    reached = {
+        (launch["module"], launch["kernel"])
+        for per_arch in report["cases"].values()
+        for entry in per_arch.values()
+        for launch in entry["launches"]
+    }
     missing = sorted(f"{m}.{k}" for m, k in launched - reached)
-    assert not missing, ("kernels launched by specdec_kernels but reached by no case of "
-                         f"tests/triton_compile_util.py (add one): {missing}")
+    assert not missing, (
+        "kernels launched by specdec_kernels but reached by no case of "
+        f"tests/triton_compile_util.py (add one): {missing}"
+    )

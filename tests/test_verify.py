@@ -1,5 +1,6 @@
 """verify_greedy and verify_sample: hand-built goldens, random trees against a loop oracle, losslessness,
 the VerifyResult tuple and its buffers, the sampling parameters as numbers or per-request tensors."""
+
 import pytest
 import torch
 
@@ -41,8 +42,9 @@ def check(result, nodes, length, out_tokens, what=""):
     an, al, ot = result
     nodes, out_tokens = i64(nodes), i64(out_tokens)
     assert_equal(an.cpu(), nodes.to(torch.int32), f"{what} accept_nodes")
-    assert_equal(al.cpu(), torch.tensor([length] if isinstance(length, int) else length, dtype=torch.int32),
-                 f"{what} accept_len")
+    assert_equal(
+        al.cpu(), torch.tensor([length] if isinstance(length, int) else length, dtype=torch.int32), f"{what} accept_len"
+    )
     assert_equal(ot.cpu(), out_tokens, f"{what} out_tokens")
 
 
@@ -68,10 +70,10 @@ def greedy_oracle(parents, num_nodes, tokens, amax):
                 break
             u = nxt[0]
             path.append(u)
-        nodes[b, :len(path)] = torch.tensor(path, dtype=torch.int32)
+        nodes[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
         length[b] = len(path)
         emitted = [int(tokens[b, c]) for c in path[1:]] + [int(amax[b, u])]
-        outs[b, :len(emitted)] = torch.tensor(emitted)
+        outs[b, : len(emitted)] = torch.tensor(emitted)
     return nodes, length, outs
 
 
@@ -88,6 +90,7 @@ def random_tree(gen, B, N, V, fanout=3):
 # ----------------------------------------------------------------------------------------------------------
 # verify_greedy
 
+
 @pytest.mark.parametrize("backend,device", GREEDY)
 def test_greedy_chain(backend, device):
     tree, toks = tree_of([-1, 0, 1, 2], device), i64([5, 6, 7, 8], device)
@@ -102,12 +105,27 @@ def test_greedy_chain(backend, device):
 @pytest.mark.parametrize("backend,device", GREEDY)
 def test_greedy_star(backend, device):
     tree, toks = tree_of([-1, 0, 0, 0], device), i64([1, 5, 6, 7], device)
-    check(call(sk.verify_greedy, backend, tree, toks, i64([7, 0, 0, 42], device)),
-          [0, 3, -1, -1], 2, [7, 42, -1, -1], "last sibling")
-    check(call(sk.verify_greedy, backend, tree, toks, i64([5, 11, 0, 42], device)),
-          [0, 1, -1, -1], 2, [5, 11, -1, -1], "first sibling")
-    check(call(sk.verify_greedy, backend, tree, toks, i64([9, 0, 0, 0], device)),
-          [0, -1, -1, -1], 1, [9, -1, -1, -1], "no sibling")
+    check(
+        call(sk.verify_greedy, backend, tree, toks, i64([7, 0, 0, 42], device)),
+        [0, 3, -1, -1],
+        2,
+        [7, 42, -1, -1],
+        "last sibling",
+    )
+    check(
+        call(sk.verify_greedy, backend, tree, toks, i64([5, 11, 0, 42], device)),
+        [0, 1, -1, -1],
+        2,
+        [5, 11, -1, -1],
+        "first sibling",
+    )
+    check(
+        call(sk.verify_greedy, backend, tree, toks, i64([9, 0, 0, 0], device)),
+        [0, -1, -1, -1],
+        1,
+        [9, -1, -1, -1],
+        "no sibling",
+    )
 
 
 @pytest.mark.parametrize("backend,device", GREEDY)
@@ -115,8 +133,12 @@ def test_greedy_duplicate_siblings_first_decides(backend, device):
     # Nodes 1 and 2 both carry token 5; node 1 (first in sibling order) is taken even though node 2's
     # subtree would have matched further.
     tree, toks = tree_of([-1, 0, 0, 1, 2], device), i64([0, 5, 5, 6, 7], device)
-    check(call(sk.verify_greedy, backend, tree, toks, i64([5, 8, 7, 0, 0], device)),
-          [0, 1, -1, -1, -1], 2, [5, 8, -1, -1, -1])
+    check(
+        call(sk.verify_greedy, backend, tree, toks, i64([5, 8, 7, 0, 0], device)),
+        [0, 1, -1, -1, -1],
+        2,
+        [5, 8, -1, -1, -1],
+    )
 
 
 @pytest.mark.parametrize("backend,device", GREEDY)
@@ -127,8 +149,12 @@ def test_greedy_batch_ragged_and_invalid(backend, device):
     assert tree.valid.tolist() == [True, False]
     toks = i64([[9, 4, 5, 6, 4], [9, 4, 5, 6, 4]], device)
     amax = i64([[4, 6, 1, 2, 3], [4, 5, 6, 7, 8]], device)
-    check(call(sk.verify_greedy, backend, tree, toks, amax), [[0, 1, 3, -1, -1], [0, -1, -1, -1, -1]], [3, 1],
-          [[4, 6, 2, -1, -1], [4, -1, -1, -1, -1]])
+    check(
+        call(sk.verify_greedy, backend, tree, toks, amax),
+        [[0, 1, 3, -1, -1], [0, -1, -1, -1, -1]],
+        [3, 1],
+        [[4, 6, 2, -1, -1], [4, -1, -1, -1, -1]],
+    )
 
 
 @pytest.mark.parametrize("backend,device", GREEDY)
@@ -138,7 +164,7 @@ def test_greedy_logits_equal_ids_and_ties_go_to_lower_id(backend, device):
     parents, tokens = random_tree(gen, B, N, V)
     tree = tree_of(parents, device)
     logits = torch.randn(B, N, V, generator=gen)
-    logits[:, :, 4] = logits[:, :, 2] = logits.amax(-1) + 1                  # tie: ids 2 and 4 -> 2
+    logits[:, :, 4] = logits[:, :, 2] = logits.amax(-1) + 1  # tie: ids 2 and 4 -> 2
     ids = logits.argmax(-1)
     assert (ids == 2).all()
     tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.6, 2, tokens[:, 1:])
@@ -152,7 +178,7 @@ def test_greedy_logits_equal_ids_and_ties_go_to_lower_id(backend, device):
 @pytest.mark.parametrize("backend,device", GREEDY)
 def test_greedy_random_trees_against_oracle(backend, device):
     gen = torch.Generator().manual_seed(1)
-    B, N, V = 16, 20, 2                                                       # tiny V: long accepted paths
+    B, N, V = 16, 20, 2  # tiny V: long accepted paths
     parents, tokens = random_tree(gen, B, N, V)
     num_nodes = torch.randint(1, N + 1, (B,), generator=gen, dtype=torch.int32)
     tree = sk.build_tree(parents.to(device), num_nodes.to(device), backend="torch")
@@ -187,6 +213,7 @@ def test_greedy_errors():
 # ----------------------------------------------------------------------------------------------------------
 # verify_sample: goldens
 
+
 def logits_of(probs, device="cpu"):
     """Logits [1, N, V] whose softmax (temperature 1) is `probs` (rows of a list, zeros -> -inf)."""
     p = torch.tensor(probs, dtype=torch.float64)
@@ -195,8 +222,18 @@ def logits_of(probs, device="cpu"):
 
 def sample(backend, tree, tokens, logits, uniforms, temperature=1.0, top_k=0, top_p=1.0, **kw):
     u = torch.tensor(uniforms, dtype=torch.float32, device=tokens.device)
-    return call(sk.verify_sample, backend, tree, tokens, logits, u[None] if u.dim() == 1 else u,
-                temperature=temperature, top_k=top_k, top_p=top_p, **kw)
+    return call(
+        sk.verify_sample,
+        backend,
+        tree,
+        tokens,
+        logits,
+        u[None] if u.dim() == 1 else u,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        **kw,
+    )
 
 
 FLAT = [0.25, 0.25, 0.25, 0.25]
@@ -224,8 +261,9 @@ def test_sample_golden_deep_path_and_duplicates(backend, device):
     tree = tree_of([-1, 0, 0, 0, 3], device)
     toks = i64([3, 2, 2, 0, 1], device)
     logits = logits_of([[0.5, 0.0, 0.5, 0.0], FLAT, FLAT, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], device)
-    check(sample(backend, tree, toks, logits, [0.0, 0.7, 0.0, 0.99, 0.999, 0.5]),
-          [0, 3, 4, -1, -1], 3, [0, 1, 3, -1, -1])
+    check(
+        sample(backend, tree, toks, logits, [0.0, 0.7, 0.0, 0.99, 0.999, 0.5]), [0, 3, 4, -1, -1], 3, [0, 1, 3, -1, -1]
+    )
 
 
 @pytest.mark.parametrize("backend,device", SAMPLE)
@@ -284,9 +322,18 @@ def test_sample_temperature_zero_is_greedy(backend, device):
     tree = tree_of(parents, device)
     logits = torch.randn(B, N, V, generator=gen)
     uniforms = torch.rand(B, N + 1, generator=gen)
-    temp = torch.where(torch.arange(B) % 2 == 0, 0.0, 1.0)                   # even rows greedy
-    got = call(sk.verify_sample, backend, tree, tokens.to(device), logits.to(device), uniforms.to(device),
-               temperature=temp.to(device), top_k=0, top_p=1.0)
+    temp = torch.where(torch.arange(B) % 2 == 0, 0.0, 1.0)  # even rows greedy
+    got = call(
+        sk.verify_sample,
+        backend,
+        tree,
+        tokens.to(device),
+        logits.to(device),
+        uniforms.to(device),
+        temperature=temp.to(device),
+        top_k=0,
+        top_p=1.0,
+    )
     want = sk.verify_greedy(tree, tokens.to(device), logits.to(device), backend="torch")
     for g, w, name in zip(got, want, ("accept_nodes", "accept_len", "out_tokens")):
         assert_equal(g.cpu()[::2], w.cpu()[::2], name)
@@ -306,15 +353,24 @@ def random_sample_case(seed, B, N, V, temp, top_k, top_p, with_q, device, *, rag
     logits = torch.randn(B, N, V, generator=gen) * scale
     if boost_from is not None:
         logits[:, :, boost_from:] += 4.0
-    tokens[:, 1:] = torch.where(torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, :N - 1],
-                                tokens[:, 1:])
+    tokens[:, 1:] = torch.where(
+        torch.rand(B, N - 1, generator=gen) < 0.5, logits[:, :-1].argmax(-1)[:, : N - 1], tokens[:, 1:]
+    )
     uniforms = torch.rand(B, N + 1, generator=gen)
     q = torch.softmax(torch.randn(B, N, V, generator=gen), -1) if with_q else None
     temp, top_k, top_p = torch.tensor(temp), torch.tensor(top_k, dtype=torch.int32), torch.tensor(top_p)
     args = [t.to(device) for t in (tokens, logits, uniforms)]
     tree = sk.Tree(*(t.to(device) for t in tree))
-    return tree, args, dict(temperature=temp.to(device), top_k=top_k.to(device), top_p=top_p.to(device),
-                            draft_probs=None if q is None else q.to(device))
+    return (
+        tree,
+        args,
+        dict(
+            temperature=temp.to(device),
+            top_k=top_k.to(device),
+            top_p=top_p.to(device),
+            draft_probs=None if q is None else q.to(device),
+        ),
+    )
 
 
 def assert_sample_same_as_torch(backend, tree, args, kw, what=""):
@@ -328,11 +384,20 @@ def assert_sample_same_as_torch(backend, tree, args, kw, what=""):
 @pytest.mark.parametrize("with_q", [False, True])
 def test_sample_random_against_reference(backend, device, with_q):
     """Every backend gives the torch backend's integers on a mixed batch (temperatures, top-k, top-p)."""
-    tree, args, kw = random_sample_case(4 + with_q, 8, 12, 40, [1.0, 0.7, 0.0, 1.3, 1.0, 0.5, 1.0, 2.0],
-                                        [0, 5, 0, 1, 40, 0, 3, 0], [1.0, 1.0, 1.0, 0.9, 0.5, 0.8, 1.0, 0.95],
-                                        with_q, device, ragged=True)
+    tree, args, kw = random_sample_case(
+        4 + with_q,
+        8,
+        12,
+        40,
+        [1.0, 0.7, 0.0, 1.3, 1.0, 0.5, 1.0, 2.0],
+        [0, 5, 0, 1, 40, 0, 3, 0],
+        [1.0, 1.0, 1.0, 0.9, 0.5, 0.8, 1.0, 0.95],
+        with_q,
+        device,
+        ragged=True,
+    )
     assert_sample_same_as_torch(backend, tree, args, kw)
-    if device == "cuda":   # low-precision logits: the same integers as the torch backend on the same inputs
+    if device == "cuda":  # low-precision logits: the same integers as the torch backend on the same inputs
         for dtype in (torch.float16, torch.bfloat16):
             assert_sample_same_as_torch(backend, tree, [args[0], args[1].to(dtype)] + args[2:], kw, f"{dtype} ")
 
@@ -342,14 +407,26 @@ def test_sample_random_against_reference(backend, device, with_q):
 def test_sample_vocab_spanning_several_tiles(backend, device, with_q):
     """V = 4500 > the kernels' vocabulary tile (2048 in Triton, 512 per CUDA pass): the threshold searches,
     the residual normalisers and the inverse-CDF lookup must combine tiles exactly like the reference."""
-    tree, args, kw = random_sample_case(40 + with_q, 4, 6, 4500, [1.0, 0.7, 1.0, 1.3], [0, 3000, 2500, 0],
-                                        [1.0, 0.9, 1.0, 0.6], with_q, device, scale=3.0, boost_from=4100)
+    tree, args, kw = random_sample_case(
+        40 + with_q,
+        4,
+        6,
+        4500,
+        [1.0, 0.7, 1.0, 1.3],
+        [0, 3000, 2500, 0],
+        [1.0, 0.9, 1.0, 0.6],
+        with_q,
+        device,
+        scale=3.0,
+        boost_from=4100,
+    )
     assert_sample_same_as_torch(backend, tree, args, kw)
 
 
 def test_filtered_probs_match_transformers_warpers():
     tf = pytest.importorskip("transformers.generation.logits_process")
     from specdec_kernels.reference.verify import filtered_probs
+
     gen = torch.Generator().manual_seed(5)
     R, V = 64, 50
     logits = torch.randn(R, V, generator=gen) * 3
@@ -373,13 +450,14 @@ def test_filtered_probs_match_transformers_warpers():
 
 def test_filtered_probs_keep_ties():
     from specdec_kernels.reference.verify import filtered_probs
+
     logits = torch.log(torch.tensor([[0.3, 0.2, 0.2, 0.2, 0.1]]))
     one = torch.ones(1)
     kept = lambda k, p: (filtered_probs(logits, one, torch.tensor([k], dtype=torch.int32), torch.tensor([p])) > 0)[0]
-    assert kept(2, 1.0).tolist() == [True, True, True, True, False]          # ties with the 2nd all kept
-    assert kept(0, 0.4).tolist() == [True, True, True, True, False]          # .3 < .4: the .2 tier is kept
-    assert kept(0, 0.3).tolist() == [True, False, False, False, False]       # mass .3 reaches .3
-    assert kept(0, 0.0).tolist() == [True, False, False, False, False]       # always the most probable
+    assert kept(2, 1.0).tolist() == [True, True, True, True, False]  # ties with the 2nd all kept
+    assert kept(0, 0.4).tolist() == [True, True, True, True, False]  # .3 < .4: the .2 tier is kept
+    assert kept(0, 0.3).tolist() == [True, False, False, False, False]  # mass .3 reaches .3
+    assert kept(0, 0.0).tolist() == [True, False, False, False, False]  # always the most probable
 
 
 def test_sample_errors():
@@ -425,8 +503,9 @@ def test_sample_defaults_are_plain_sampling(backend, device):
     """No temperature / top_k / top_p is temperature 1.0, top_k 0 and top_p 1.0."""
     tree, args, kw = random_sample_case(31, 4, 10, 30, [1.0] * 4, [0] * 4, [1.0] * 4, False, device)
     got = call(sk.verify_sample, backend, tree, *args)
-    for g, w, name in zip(got, call(sk.verify_sample, backend, tree, *args, temperature=1.0, top_k=0, top_p=1.0),
-                          sk.VerifyResult._fields):
+    for g, w, name in zip(
+        got, call(sk.verify_sample, backend, tree, *args, temperature=1.0, top_k=0, top_p=1.0), sk.VerifyResult._fields
+    ):
         assert_equal(g.cpu(), w.cpu(), f"defaults vs explicit {name}")
     want = sk.verify_sample(tree, *args, **kw, backend="torch")
     for g, w, name in zip(got, want, sk.VerifyResult._fields):
@@ -439,8 +518,9 @@ def test_sample_numbers_equal_per_request_tensors(backend, device, t, k, p):
     """A Python number for every request gives exactly what the same value as a [B] tensor gives."""
     B = 6
     tree, args, kw = random_sample_case(50, B, 9, 25, [float(t)] * B, [k] * B, [float(p)] * B, True, device)
-    from_numbers = call(sk.verify_sample, backend, tree, *args, temperature=t, top_k=k, top_p=p,
-                        draft_probs=kw["draft_probs"])
+    from_numbers = call(
+        sk.verify_sample, backend, tree, *args, temperature=t, top_k=k, top_p=p, draft_probs=kw["draft_probs"]
+    )
     from_tensors = call(sk.verify_sample, backend, tree, *args, **kw)
     for a, b_, name in zip(from_numbers, from_tensors, sk.VerifyResult._fields):
         assert_equal(a.cpu(), b_.cpu(), f"T={t} k={k} p={p} {name}")
@@ -453,17 +533,23 @@ def test_verify_result_named_fields_and_out_type():
     assert type(res) is sk.VerifyResult
     assert res.accept_nodes.tolist() == [[0, 1, -1, -1]] and res.accept_len.tolist() == [2]
     assert res.out_tokens.tolist() == [[2, 9, -1, -1]]
-    nodes, length, out_tokens = res                                          # still unpacks as a tuple
+    nodes, length, out_tokens = res  # still unpacks as a tuple
     assert nodes is res.accept_nodes and length is res.accept_len and out_tokens is res.out_tokens
     empty = sk.VerifyResult.empty(3, 7)
     assert type(empty) is sk.VerifyResult
-    assert [(tuple(t.shape), t.dtype) for t in empty] == [((3, 7), torch.int32), ((3,), torch.int32),
-                                                          ((3, 7), torch.int64)]
+    assert [(tuple(t.shape), t.dtype) for t in empty] == [
+        ((3, 7), torch.int32),
+        ((3,), torch.int32),
+        ((3, 7), torch.int64),
+    ]
     with pytest.raises(TypeError, match=r"num_nodes: expected an int, got bool"):
         sk.VerifyResult.empty(3, False)
     bufs = sk.VerifyResult.empty(1, 4)
-    with pytest.raises(TypeError, match=r"out: expected a VerifyResult \(from VerifyResult.empty\(batch, num_nodes, "
-                                        r"device\)\), got tuple"):
+    with pytest.raises(
+        TypeError,
+        match=r"out: expected a VerifyResult \(from VerifyResult.empty\(batch, num_nodes, "
+        r"device\)\), got tuple",
+    ):
         sk.verify_greedy(tree, toks, i64([2, 9, 0, 0]), out=tuple(bufs))
     with pytest.raises(TypeError, match=r"out: expected a VerifyResult .*got Tree"):
         sk.verify_greedy(tree, toks, i64([2, 9, 0, 0]), out=tree)
@@ -479,8 +565,9 @@ def test_verify_result_named_fields_and_out_type():
 @pytest.mark.parametrize("backend,device", SAMPLE)
 def test_sample_into_empty_buffers_is_reused(backend, device):
     """VerifyResult.empty + out= round trip: every entry is rewritten, the buffers are returned."""
-    tree, args, kw = random_sample_case(60, 5, 8, 20, [1.0, 0.7, 0.0, 1.0, 2.0], [0, 3, 0, 1, 0],
-                                        [1.0, 0.9, 1.0, 1.0, 0.5], False, device, ragged=True)
+    tree, args, kw = random_sample_case(
+        60, 5, 8, 20, [1.0, 0.7, 0.0, 1.0, 2.0], [0, 3, 0, 1, 0], [1.0, 0.9, 1.0, 1.0, 0.5], False, device, ragged=True
+    )
     out = sk.VerifyResult.empty(5, 8, device)
     for t in out:
         t.fill_(12345)
@@ -496,8 +583,8 @@ def test_sample_into_empty_buffers_is_reused(backend, device):
 
 V_STAT = 8
 NOISE = 1.0  # draft = target logits + NOISE * N(0, 1): close enough to accept two levels often, far enough
-             # that a wrong residual rule (e.g. not removing rejected children from q) fails (p ~ 1e-47)
-STAT_PARENTS = [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]                          # root, 3 children, 2 grandchildren each
+# that a wrong residual rule (e.g. not removing rejected children from q) fails (p ~ 1e-47)
+STAT_PARENTS = [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]  # root, 3 children, 2 grandchildren each
 
 
 def processed_probs(logits, t, k, p):
@@ -551,15 +638,25 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
     q1 = torch.softmax(L1 + NOISE * torch.randn(V, generator=gen), -1)
     Q2 = torch.softmax(L2 + NOISE * torch.randn(V, V, generator=gen), -1)
     flat = torch.full((V,), 1.0 / V)
-    kids = draft_children(gen, q1.expand(B, V), 3, stochastic)                            # [B, 3]
+    kids = draft_children(gen, q1.expand(B, V), 3, stochastic)  # [B, 3]
     grand = torch.stack([draft_children(gen, Q2[kids[:, i]], 2, stochastic) for i in range(3)], 1)  # [B, 3, 2]
     tokens = torch.cat([torch.zeros(B, 1, dtype=torch.int64), kids, grand.reshape(B, 6)], 1)
     logits = torch.cat([L1.expand(B, 1, V), L2[kids], torch.zeros(B, 6, V)], 1)
     q = torch.cat([q1.expand(B, 1, V), Q2[kids], flat.expand(B, 6, V)], 1) if stochastic else None
     tree = sk.Tree(*(x.expand(B, *x.shape[1:]) for x in tree_of(STAT_PARENTS, device)))
     uniforms = torch.rand(B, len(STAT_PARENTS) + 1, generator=gen)
-    _, al, ot = call(sk.verify_sample, backend, tree, tokens.to(device), logits.to(device), uniforms.to(device),
-                     temperature=t, top_k=k, top_p=p, draft_probs=None if q is None else q.to(device))
+    _, al, ot = call(
+        sk.verify_sample,
+        backend,
+        tree,
+        tokens.to(device),
+        logits.to(device),
+        uniforms.to(device),
+        temperature=t,
+        top_k=k,
+        top_p=p,
+        draft_probs=None if q is None else q.to(device),
+    )
     al, ot = al.cpu(), ot.cpu()
     t1, t2 = ot[:, 0].clone(), ot[:, 1].clone()
     again = al == 1
@@ -571,9 +668,18 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
         logits2 = torch.cat([L2[x][:, None], torch.zeros(n2, 3, V)], 1)
         q2 = torch.cat([Q2[x][:, None], flat.expand(n2, 3, V)], 1) if stochastic else None
         tree2 = sk.Tree(*(x.expand(n2, *x.shape[1:]) for x in tree_of([-1, 0, 0, 0], device)))
-        out2 = call(sk.verify_sample, backend, tree2, tokens2.to(device),
-                    logits2.to(device), torch.rand(n2, 5, generator=gen).to(device), temperature=t, top_k=k, top_p=p,
-                    draft_probs=None if q2 is None else q2.to(device))
+        out2 = call(
+            sk.verify_sample,
+            backend,
+            tree2,
+            tokens2.to(device),
+            logits2.to(device),
+            torch.rand(n2, 5, generator=gen).to(device),
+            temperature=t,
+            top_k=k,
+            top_p=p,
+            draft_probs=None if q2 is None else q2.to(device),
+        )
         t2[again] = out2[2][:, 0].cpu()
     p1 = processed_probs(L1, t, k, p)
     P2 = torch.stack([processed_probs(L2[x], t, k, p) for x in range(V)])
@@ -581,8 +687,12 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
 
 
 STAT_CASES = [  # (temperature, top_k, top_p, stochastic draft)
-    (1.0, 0, 1.0, False), (0.7, 0, 1.0, False), (1.0, 3, 1.0, False), (1.0, 0, 0.8, False),
-    (1.0, 0, 1.0, True), (0.8, 5, 0.9, True),
+    (1.0, 0, 1.0, False),
+    (0.7, 0, 1.0, False),
+    (1.0, 3, 1.0, False),
+    (1.0, 0, 0.8, False),
+    (1.0, 0, 1.0, True),
+    (0.8, 5, 0.9, True),
 ]
 
 
@@ -594,7 +704,7 @@ def test_sample_is_lossless(backend, device, t, k, p, stochastic):
         pytest.skip("too many draws for the Triton interpreter (covered by test_sample_random_against_reference)")
     draws = 60_000
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # [60000, 8] tensors: on a loaded CPU, intra-op threads cost more than they give
+    torch.set_num_threads(1)  # [60000, 8] tensors: on a loaded CPU, intra-op threads cost more than they give
     try:
         t1, t2, p1, P2, al = simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed=11)
     finally:
@@ -616,12 +726,11 @@ def test_sample_is_lossless(backend, device, t, k, p, stochastic):
     assert chi2_pvalue(c1, draws * biased) < 1e-4, "the chi-square test is too weak to see a 1.5% bias"
 
 
-
 @pytest.mark.parametrize("backend,device", [p for p in GREEDY if p.values[0] != "torch"])
 def test_opcheck_greedy(backend, device):
     tree, toks = tree_of([-1, 0, 0, 1], device), i64([1, 2, 3, 4], device)
     logits = torch.randn(1, 4, 6, device=device)
-    for target in (logits, logits.argmax(-1)):   # the kernel argument `logits` of verify_greedy
+    for target in (logits, logits.argmax(-1)):  # the kernel argument `logits` of verify_greedy
         args = (tree.first_child, tree.next_sibling, tree.valid, toks, target, *sk.VerifyResult.empty(1, 4, device))
         reason = sk.get_op("verify_greedy").reason(backend, *args)
         if reason:
@@ -636,9 +745,19 @@ def test_opcheck_sample(backend, device):
     logits = torch.randn(1, 4, 6, device=device)
     f32 = dict(dtype=torch.float32, device=device)
     for q in (None, torch.softmax(torch.randn(1, 4, 6, device=device), -1)):
-        args = (tree.first_child, tree.next_sibling, tree.valid, toks, logits, torch.rand(1, 5, **f32),
-                torch.ones(1, **f32), torch.zeros(1, dtype=torch.int32, device=device), torch.ones(1, **f32), q,
-                *sk.VerifyResult.empty(1, 4, device))
+        args = (
+            tree.first_child,
+            tree.next_sibling,
+            tree.valid,
+            toks,
+            logits,
+            torch.rand(1, 5, **f32),
+            torch.ones(1, **f32),
+            torch.zeros(1, dtype=torch.int32, device=device),
+            torch.ones(1, **f32),
+            q,
+            *sk.VerifyResult.empty(1, 4, device),
+        )
         reason = sk.get_op("verify_sample").reason(backend, *args)
         if reason:
             pytest.skip(reason)

@@ -5,6 +5,7 @@ test drives the same kind of model: 2 layers, 4 attention heads over 2 KV heads,
 special tokens. And the reduction length of a draft head (`head_reduction`), from which the tests that
 compare two fp32 computations of a head derive their tolerance (helpers.tolerance).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,8 +24,8 @@ from transformers import (
 # family -> (config class, model class, config fields the family needs beyond the common ones)
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {}),          # default sliding window 4096 > any cache here
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),                # q/k/v biases
+    "mistral": (MistralConfig, MistralForCausalLM, {}),  # default sliding window 4096 > any cache here
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),  # q/k/v biases
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),  # q/k norms
 }
 
@@ -40,8 +41,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def make_target(family: str = "llama", vocab: int = 128, hidden: int = 64, max_positions: int = 256,
-                sharpen: float = 1.0, seed: int = 0, **config):
+def make_target(
+    family: str = "llama",
+    vocab: int = 128,
+    hidden: int = 64,
+    max_positions: int = 256,
+    sharpen: float = 1.0,
+    seed: int = 0,
+    **config,
+):
     """A tiny random target (2 layers, 4 heads, 2 KV heads, intermediate 2 * hidden, fp32, eval).
 
     Weights are drawn from `torch.manual_seed(seed)`. `sharpen` scales the lm_head so the next-token
@@ -49,10 +57,20 @@ def make_target(family: str = "llama", vocab: int = 128, hidden: int = 64, max_p
     config fields (e.g. `sliding_window`). There are no special tokens: `model.generate` never stops early
     and pads with 0."""
     cfg_cls, model_cls, extra = FAMILIES[family]
-    cfg = cfg_cls(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=max_positions,
-                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                  **dict(extra, **config))
+    cfg = cfg_cls(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        **dict(extra, **config),
+    )
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     with torch.no_grad():
@@ -72,5 +90,4 @@ def head_reduction(cfg, keys: int) -> int:
     (helpers.tolerance).
     """
     H, I = cfg.hidden_size, cfg.intermediate_size
-    return (2 * H + H + 2 * H + I + H + cfg.head_dim + 2 * keys + cfg.num_attention_heads * cfg.head_dim
-            + H + H + I + H)
+    return 2 * H + H + 2 * H + I + H + cfg.head_dim + 2 * keys + cfg.num_attention_heads * cfg.head_dim + H + H + I + H

@@ -25,6 +25,7 @@ Adding a Triton kernel: add a case below that reaches it through its op (tests/t
 fails while a kernel launched in specdec_kernels/triton_kernels is reached by no case). Keep the cases that
 are not marked slow (`fast`) cheap: the default run should stay around a minute on two cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,6 +49,7 @@ SHARED_LIMIT = {80: 166912, 90: 232448}
 @dataclass(frozen=True)
 class Ctx:
     """What a case knows about the target it is captured for."""
+
     arch: int
     sm_count: int
 
@@ -62,6 +64,7 @@ class Case:
     the first config of each autotuned kernel (a cheap smoke case beside a full one). kernels: compile only
     the launches of these kernels (by function name; None: all).
     """
+
     id: str
     launch: Callable[[Ctx], None] = field(repr=False)
     decode: bool = False
@@ -74,52 +77,79 @@ class Case:
 # ------------------------------------------------------------------------------------------------------
 # Case helpers (run in the child only: they import torch and the package lazily)
 
+
 def _meta(*shape, dtype=None):
     """An fp32 (or `dtype`) meta tensor: shape, strides and dtype without storage."""
     import torch
+
     return torch.empty(*shape, dtype=dtype or torch.float32, device="meta")
 
 
 def _call(op: str, *args) -> None:
     """Run the kernel registered for CUDA tensors on `specdec::<op>_triton` (what a GPU call dispatches to)."""
     import torch
+
     overload = getattr(torch.ops.specdec, f"{op}_triton").default
     overload.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), *args)
 
 
 # ---- tree -------------------------------------------------------------------------------------------
 
+
 def _build_tree(B: int, N: int):
     def launch(ctx: Ctx) -> None:
         import torch
+
         i32 = torch.int32
         W = (N + 31) // 32
-        _call("build_tree", _meta(B, N, dtype=i32), _meta(B, dtype=i32), _meta(B, N, dtype=i32),
-              _meta(B, N, W, dtype=i32), _meta(B, N, dtype=i32), _meta(B, N, dtype=i32),
-              _meta(B, dtype=torch.bool))
+        _call(
+            "build_tree",
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=i32),
+            _meta(B, N, dtype=i32),
+            _meta(B, N, W, dtype=i32),
+            _meta(B, N, dtype=i32),
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=torch.bool),
+        )
+
     return launch
 
 
 def _select_tree(B: int, M: int, N: int):
     def launch(ctx: Ctx) -> None:
         import torch
+
         i32, i64 = torch.int32, torch.int64
-        _call("select_tree", _meta(B, M), _meta(B, M, dtype=i32), _meta(B, M, dtype=i64), _meta(B, dtype=i64),
-              _meta(B, N, dtype=i32), _meta(B, N, dtype=i64), _meta(B, N, dtype=i32))
+        _call(
+            "select_tree",
+            _meta(B, M),
+            _meta(B, M, dtype=i32),
+            _meta(B, M, dtype=i64),
+            _meta(B, dtype=i64),
+            _meta(B, N, dtype=i32),
+            _meta(B, N, dtype=i64),
+            _meta(B, N, dtype=i32),
+        )
+
     return launch
 
 
 # ---- features -----------------------------------------------------------------------------------------
 
+
 def _dtype(name: str):
     import torch
+
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def _fspad(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool = True, tf32: bool = False):
     """FSPAD forward (inference: no saved pre-activations; train: saved, then the full backward)."""
+
     def launch(ctx: Ctx) -> None:
         import torch
+
         d = _dtype(dt)
         m = lambda *s: _meta(*s, dtype=d)
         f, ids, emb = m(T, H), _meta(T, dtype=torch.int64), m(V, H)
@@ -133,17 +163,37 @@ def _fspad(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool =
             _call("fspad_feature_sampling", f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, m(T, H), z, rstd, gate, up)
             if train:
                 grads = [m(*t.shape) if t is not None else None for t in (f, fc_w, fc_b, nw, wg, wu, wd)]
-                _call("fspad_feature_sampling_backward", m(T, H), f, ids, emb, fc_w, fc_b, nw, wg, wu, wd, 1e-6, z,
-                      rstd, gate, up, *grads)
+                _call(
+                    "fspad_feature_sampling_backward",
+                    m(T, H),
+                    f,
+                    ids,
+                    emb,
+                    fc_w,
+                    fc_b,
+                    nw,
+                    wg,
+                    wu,
+                    wd,
+                    1e-6,
+                    z,
+                    rstd,
+                    gate,
+                    up,
+                    *grads,
+                )
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
+
     return launch
 
 
 def _griffin(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool = True, tf32: bool = False):
     """GRIFFIN forward (inference / train with saved pre-activation), then the full backward when train."""
+
     def launch(ctx: Ctx) -> None:
         import torch
+
         d = _dtype(dt)
         m = lambda *s: _meta(*s, dtype=d)
         f, ids, emb = m(T, H), _meta(T, dtype=torch.int64), m(V, H)
@@ -157,21 +207,41 @@ def _griffin(T: int, H: int, I: int, V: int, dt: str, *, train: bool, bias: bool
             _call("griffin_token_fusion", f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, m(T, H), h, stats, pre)
             if train:
                 grads = [m(*t.shape) if t is not None else None for t in (f, fc_w, fc_b, nb, na, wu, wd)]
-                _call("griffin_token_fusion_backward", m(T, H), f, ids, emb, fc_w, fc_b, nb, na, wu, wd, 1e-6, h,
-                      stats, pre, *grads)
+                _call(
+                    "griffin_token_fusion_backward",
+                    m(T, H),
+                    f,
+                    ids,
+                    emb,
+                    fc_w,
+                    fc_b,
+                    nb,
+                    na,
+                    wu,
+                    wd,
+                    1e-6,
+                    h,
+                    stats,
+                    pre,
+                    *grads,
+                )
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
+
     return launch
 
 
 # ---- attention ------------------------------------------------------------------------------------------
 
+
 def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
     """tree_attention with the split-K count the launcher would choose on the target's reference GPU."""
+
     def launch(ctx: Ctx) -> None:
         import torch
 
         from specdec_kernels.triton_kernels import attention as at
+
         d = _dtype(dt)
         W = (Nq + 31) // 32
         # The launcher asks the device for its SM count; meta tensors have none, so answer for the target.
@@ -179,20 +249,31 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
         at._sm_count = lambda index: ctx.sm_count
         at._choose_splits = lambda device, programs, s_max: choose(torch.device("cuda", 0), programs, s_max)
         try:
-            _call("tree_attention", _meta(B, H, Nq, D, dtype=d), _meta(B, H_kv, S_max, D, dtype=d),
-                  _meta(B, H_kv, S_max, D, dtype=d), _meta(B, dtype=torch.int32),
-                  _meta(B, Nq, W, dtype=torch.int32), D ** -0.5, _meta(B, H, Nq, D, dtype=d))
+            _call(
+                "tree_attention",
+                _meta(B, H, Nq, D, dtype=d),
+                _meta(B, H_kv, S_max, D, dtype=d),
+                _meta(B, H_kv, S_max, D, dtype=d),
+                _meta(B, dtype=torch.int32),
+                _meta(B, Nq, W, dtype=torch.int32),
+                D**-0.5,
+                _meta(B, H, Nq, D, dtype=d),
+            )
         finally:
             at._choose_splits, at._sm_count = choose, sm_count
+
     return launch
 
 
 # ---- compact -----------------------------------------------------------------------------------------
 
+
 def _compact(B: int, W: int, caches):
     """compact_kv over [B, X, S_max, Y] caches given as (X, S_max, Y, dtype name, Y slice start or None)."""
+
     def launch(ctx: Ctx) -> None:
         import torch
+
         views = []
         for X, S, Y, dt, start in caches:
             d = {"u8": torch.uint8, "fp32": torch.float32}.get(dt) or _dtype(dt)
@@ -200,33 +281,61 @@ def _compact(B: int, W: int, caches):
             views.append(t if start is None else t[..., start:])  # a column slice: odd strides / offset
         i32 = torch.int32
         _call("compact_kv", views, _meta(B, dtype=i32), _meta(B, W, dtype=i32), _meta(B, dtype=i32))
+
     return launch
 
 
 # ---- verify ------------------------------------------------------------------------------------------
 
+
 def _verify_greedy(B: int, N: int, V: Optional[int], dt: Optional[str]):
     """verify_greedy with argmax ids (V None) or logits [B, N, V] of dtype dt (argmax fused)."""
+
     def launch(ctx: Ctx) -> None:
         import torch
+
         i32 = torch.int32
         target = _meta(B, N, dtype=torch.int64) if V is None else _meta(B, N, V, dtype=_dtype(dt))
-        _call("verify_greedy", _meta(B, N, dtype=i32), _meta(B, N, dtype=i32), _meta(B, dtype=torch.bool),
-              _meta(B, N, dtype=torch.int64), target, _meta(B, N, dtype=i32), _meta(B, dtype=i32),
-              _meta(B, N, dtype=torch.int64))
+        _call(
+            "verify_greedy",
+            _meta(B, N, dtype=i32),
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=torch.bool),
+            _meta(B, N, dtype=torch.int64),
+            target,
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=i32),
+            _meta(B, N, dtype=torch.int64),
+        )
+
     return launch
 
 
 def _verify_sample(B: int, N: int, V: int, dt: str, draft_probs: bool):
     """verify_sample over logits [B, N, V] of dtype dt, with or without draft_probs (same dtype)."""
+
     def launch(ctx: Ctx) -> None:
         import torch
+
         i32, i64 = torch.int32, torch.int64
         d = _dtype(dt)
-        _call("verify_sample", _meta(B, N, dtype=i32), _meta(B, N, dtype=i32), _meta(B, dtype=torch.bool),
-              _meta(B, N, dtype=i64), _meta(B, N, V, dtype=d), _meta(B, N + 1), _meta(B), _meta(B, dtype=i32),
-              _meta(B), _meta(B, N, V, dtype=d) if draft_probs else None, _meta(B, N, dtype=i32),
-              _meta(B, dtype=i32), _meta(B, N, dtype=i64))
+        _call(
+            "verify_sample",
+            _meta(B, N, dtype=i32),
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=torch.bool),
+            _meta(B, N, dtype=i64),
+            _meta(B, N, V, dtype=d),
+            _meta(B, N + 1),
+            _meta(B),
+            _meta(B, dtype=i32),
+            _meta(B),
+            _meta(B, N, V, dtype=d) if draft_probs else None,
+            _meta(B, N, dtype=i32),
+            _meta(B, dtype=i32),
+            _meta(B, N, dtype=i64),
+        )
+
     return launch
 
 
@@ -250,29 +359,49 @@ CASES: list = [
     # the whole backward, in small odd shapes (no 16-divisibility: unvectorised loads) in fp32 and fp16, in
     # bf16 at training sizes, fp32 with TF32 dots, and the widest rows (H 8192) of the row-wise backward.
     Case("features/fspad-decode-bf16", _fspad(60, dt="bf16", train=False, **LLAMA3_8B), decode=True, fast=_SM90),
-    Case("features/griffin-decode-bf16", _griffin(60, dt="bf16", train=False, **LLAMA3_8B), decode=True,
-         fast=_SM90),
-    Case("features/fspad-small-fp32-train-first-config", _fspad(5, 72, 200, 1000, "fp32", train=True),
-         fast=_SM90, first_config=True),
-    Case("features/griffin-small-fp16-train-first-config", _griffin(5, 72, 200, 1000, "fp16", train=True),
-         fast=_SM90, first_config=True),
+    Case("features/griffin-decode-bf16", _griffin(60, dt="bf16", train=False, **LLAMA3_8B), decode=True, fast=_SM90),
+    Case(
+        "features/fspad-small-fp32-train-first-config",
+        _fspad(5, 72, 200, 1000, "fp32", train=True),
+        fast=_SM90,
+        first_config=True,
+    ),
+    Case(
+        "features/griffin-small-fp16-train-first-config",
+        _griffin(5, 72, 200, 1000, "fp16", train=True),
+        fast=_SM90,
+        first_config=True,
+    ),
     # (all configs of fp32 on sm_80 take ~20 minutes of ptxas: the first config there, all of them on sm_90)
     Case("features/fspad-small-fp32-train", _fspad(5, 72, 200, 1000, "fp32", train=True), fast=(), archs=_SM90),
-    Case("features/fspad-fp32-mlp-sm80", _fspad(5, 72, 200, 1000, "fp32", train=False), fast=(), archs=(80,),
-         kernels=("_fspad_mlp_kernel",)),
-    Case("features/griffin-fp32-mlp-sm80", _griffin(5, 72, 200, 1000, "fp32", train=False), fast=(), archs=(80,),
-         kernels=("_griffin_mlp_kernel",)),
-    Case("features/griffin-small-fp16-train", _griffin(5, 72, 200, 1000, "fp16", train=True, bias=False),
-         fast=()),
+    Case(
+        "features/fspad-fp32-mlp-sm80",
+        _fspad(5, 72, 200, 1000, "fp32", train=False),
+        fast=(),
+        archs=(80,),
+        kernels=("_fspad_mlp_kernel",),
+    ),
+    Case(
+        "features/griffin-fp32-mlp-sm80",
+        _griffin(5, 72, 200, 1000, "fp32", train=False),
+        fast=(),
+        archs=(80,),
+        kernels=("_griffin_mlp_kernel",),
+    ),
+    Case("features/griffin-small-fp16-train", _griffin(5, 72, 200, 1000, "fp16", train=True, bias=False), fast=()),
     Case("features/fspad-train-bf16", _fspad(4096, dt="bf16", train=True, **LLAMA3_8B), fast=()),
     Case("features/griffin-train-bf16", _griffin(4096, dt="bf16", train=True, **LLAMA3_8B), fast=()),
     Case("features/fspad-decode-fp16", _fspad(60, dt="fp16", train=False, **LLAMA3_8B), fast=(), archs=_SM90),
-    Case("features/fspad-small-tf32-train", _fspad(5, 72, 200, 1000, "fp32", train=True, tf32=True), fast=(),
-         archs=_SM90),
-    Case("features/fspad-H8192-bf16-train", _fspad(256, 8192, 28672, 128256, "bf16", train=True), fast=(),
-         archs=_SM90),
-    Case("features/griffin-H8192-bf16-train", _griffin(256, 8192, 28672, 128256, "bf16", train=True), fast=(),
-         archs=_SM90),
+    Case(
+        "features/fspad-small-tf32-train", _fspad(5, 72, 200, 1000, "fp32", train=True, tf32=True), fast=(), archs=_SM90
+    ),
+    Case("features/fspad-H8192-bf16-train", _fspad(256, 8192, 28672, 128256, "bf16", train=True), fast=(), archs=_SM90),
+    Case(
+        "features/griffin-H8192-bf16-train",
+        _griffin(256, 8192, 28672, 128256, "bf16", train=True),
+        fast=(),
+        archs=_SM90,
+    ),
     # attention: target verification of the 60-node tree and the draft's expansion of 10 nodes (bf16, split-K as
     # the launcher picks it for the target's GPU), plain decoding, small odd shapes, the widest heads.
     Case("attention/verify-N60-D128-bf16", _attention(1, 32, 8, 60, 128, 4096, "bf16"), decode=True),
@@ -282,10 +411,12 @@ CASES: list = [
     Case("attention/N200-D256-fp16", _attention(2, 8, 8, 200, 256, 8192, "fp16"), fast=()),
     Case("attention/N60-D64-bf16-batch16", _attention(16, 16, 16, 60, 64, 2048, "bf16"), fast=()),
     # compact: bf16 KV caches + bf16 draft features (int64 row copies), odd rows (int16 / byte copies)
-    Case("compact/decode-kv-bf16", _compact(1, 7, [(8, 4096, 128, "bf16", None), (8, 4096, 128, "bf16", None),
-                                                 (1, 4096, 4096, "bf16", None)]), decode=True),
-    Case("compact/odd-rows", _compact(3, 4, [(2, 50, 3, "fp16", None), (1, 50, 5, "u8", None),
-                                            (2, 50, 6, "fp32", 1)])),
+    Case(
+        "compact/decode-kv-bf16",
+        _compact(1, 7, [(8, 4096, 128, "bf16", None), (8, 4096, 128, "bf16", None), (1, 4096, 4096, "bf16", None)]),
+        decode=True,
+    ),
+    Case("compact/odd-rows", _compact(3, 4, [(2, 50, 3, "fp16", None), (1, 50, 5, "u8", None), (2, 50, 6, "fp32", 1)])),
     # verify: argmax ids, bf16 logits over the Llama-3 vocabulary (argmax fused), small fp32 logits, 1024 nodes
     Case("verify/greedy-ids-N60", _verify_greedy(4, 60, None, None), decode=True),
     Case("verify/greedy-logits-N60-bf16", _verify_greedy(1, 60, 128256, "bf16"), decode=True),
@@ -304,6 +435,7 @@ assert len(CASE_BY_ID) == len(CASES), "duplicate case id"
 # ------------------------------------------------------------------------------------------------------
 # Test-process side
 
+
 def run_child(compile_pairs, timeout: float = 7200.0) -> dict:
     """Capture every case for every arch in a clean child process and compile the (case id, arch) pairs.
 
@@ -317,11 +449,19 @@ def run_child(compile_pairs, timeout: float = 7200.0) -> dict:
         req, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "report.json")
         with open(req, "w") as fh:
             json.dump({"compile": [list(p) for p in compile_pairs]}, fh)
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), req, out], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), req, out],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f"the compile child process failed (exit {proc.returncode}):\n"
-                               f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+            raise RuntimeError(
+                f"the compile child process failed (exit {proc.returncode}):\n"
+                f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+            )
         with open(out) as fh:
             return json.load(fh)
 
@@ -389,8 +529,13 @@ def _ptxas_report(log: str) -> dict:
     def num(pattern):
         m = re.search(pattern, log)
         return int(m.group(1)) if m else None
-    return {"regs": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
-            "spill_loads": num(r"(\d+) bytes spill loads"), "stack": num(r"(\d+) bytes stack frame")}
+
+    return {
+        "regs": num(r"Used (\d+) registers"),
+        "spill_stores": num(r"(\d+) bytes spill stores"),
+        "spill_loads": num(r"(\d+) bytes spill loads"),
+        "stack": num(r"(\d+) bytes stack frame"),
+    }
 
 
 def _compile_job(index: int) -> dict:
@@ -409,8 +554,9 @@ def _compile_job(index: int) -> dict:
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(buf):
-            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                                    options=options.__dict__)
+            kernel = triton.compile(
+                ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+            )
     except BaseException as exc:  # every failure is a result to report
         msg, cause = f"{type(exc).__name__}: {exc}", exc.__cause__ or exc.__context__
         for _ in range(8):  # a CompilationError's reason is its cause (e.g. a type error in a helper)
@@ -419,8 +565,13 @@ def _compile_job(index: int) -> dict:
             msg += f"\ncaused by {type(cause).__name__}: {cause}"
             cause = cause.__cause__ or cause.__context__
         return {"ok": False, "error": msg[:8000], "seconds": round(time.perf_counter() - t0, 2)}
-    res = {"ok": True, "error": None, "seconds": round(time.perf_counter() - t0, 2),
-           "shared": kernel.metadata.shared, "cubin_bytes": len(kernel.asm.get("cubin", b""))}
+    res = {
+        "ok": True,
+        "error": None,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "shared": kernel.metadata.shared,
+        "cubin_bytes": len(kernel.asm.get("cubin", b"")),
+    }
     res.update(_ptxas_report(buf.getvalue()))
     return res
 
@@ -448,6 +599,7 @@ def main(request_path: str, report_path: str) -> None:
         raise SystemExit("TRITON_INTERPRET must be unset to compile for a GPU target")
     import specdec_kernels  # noqa: F401  (loads the op schemas and registers the Triton kernels)
     from specdec_kernels import triton_kernels
+
     if triton_kernels.LOAD_ERROR:
         raise SystemExit(f"triton kernels failed to load: {triton_kernels.LOAD_ERROR}")
 
@@ -465,21 +617,36 @@ def main(request_path: str, report_path: str) -> None:
                 entry["error"] = f"the launcher raised {type(exc).__name__}: {exc}"
                 continue
             for fn, args, kwargs, label, group in records:
-                launch = {"kernel": fn.fn.__name__, "module": fn.module, "label": label,
-                          "autotune_group": None if group is None else group[0],
-                          "autotune_configs": None if group is None else group[1], "job": None}
+                launch = {
+                    "kernel": fn.fn.__name__,
+                    "module": fn.module,
+                    "label": label,
+                    "autotune_group": None if group is None else group[0],
+                    "autotune_configs": None if group is None else group[1],
+                    "job": None,
+                }
                 try:
                     target, signature, constexprs, attrs, options = _specialise(fn, args, kwargs, arch)
                 except Exception as exc:
                     launch["error"] = f"specialisation failed: {type(exc).__name__}: {exc}"
                     entry["launches"].append(launch)
                     continue
-                launch.update(constexprs=_constexpr_names(fn, constexprs), num_warps=options.num_warps,
-                              num_stages=options.num_stages,
-                              signature={k: v for k, v in signature.items() if v != "constexpr"})
+                launch.update(
+                    constexprs=_constexpr_names(fn, constexprs),
+                    num_warps=options.num_warps,
+                    num_stages=options.num_stages,
+                    signature={k: v for k, v in signature.items() if v != "constexpr"},
+                )
                 if (case.id, arch) in wanted and (case.kernels is None or fn.fn.__name__ in case.kernels):
-                    key = (fn.module, fn.fn.__qualname__, arch, repr(signature), repr(sorted(constexprs.items())),
-                           repr(sorted(attrs.items())), repr(sorted(options.__dict__.items())))
+                    key = (
+                        fn.module,
+                        fn.fn.__qualname__,
+                        arch,
+                        repr(signature),
+                        repr(sorted(constexprs.items())),
+                        repr(sorted(attrs.items())),
+                        repr(sorted(options.__dict__.items())),
+                    )
                     if key not in keys:
                         keys[key] = len(_JOBS)
                         _JOBS.append((fn, target, signature, constexprs, attrs, options))

@@ -32,8 +32,8 @@
 namespace specdec {
 namespace {
 
-constexpr int64_t kTile = 64;          // key slots per tile
-constexpr int64_t kRowGroup = 4;       // rows that share each K / V load (register blocking)
+constexpr int64_t kTile = 64;     // key slots per tile
+constexpr int64_t kRowGroup = 4;  // rows that share each K / V load (register blocking)
 // Sanity bound on D of the raw CPU op (the CPU kernel has no hard limit; the public function has its own
 // limits). Not specdec::kMaxHeadDim, the limit of the CUDA and Triton kernels.
 constexpr int64_t kCpuMaxHeadDim = 4096;
@@ -53,7 +53,9 @@ __attribute__((always_inline)) inline v8f load8(const float* p) {
   return x;
 }
 
-__attribute__((always_inline)) inline void store8(float* p, v8f x) { std::memcpy(p, &x, sizeof(x)); }
+__attribute__((always_inline)) inline void store8(float* p, v8f x) {
+  std::memcpy(p, &x, sizeof(x));
+}
 
 // The hot loop is compiled twice, for AVX2 + FMA and for the baseline ISA, and picked at load time (an ifunc),
 // so one wheel runs fast on current x86 machines and still runs on old ones.
@@ -208,8 +210,8 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
                 const at::Tensor& tree_mask, const at::Tensor& out) {
-  check_tree_attention_args("specdec::tree_attention (CPU kernel)", c10::DeviceType::CPU, kCpuMaxHeadDim, q, k, v, cache_len,
-                            tree_mask, out);
+  check_tree_attention_args("specdec::tree_attention (CPU kernel)", c10::DeviceType::CPU, kCpuMaxHeadDim, q, k, v,
+                            cache_len, tree_mask, out);
 }
 
 template <typename scalar_t>
@@ -337,6 +339,8 @@ void tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("tree_attention", &tree_attention_cpu); }
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("tree_attention", &tree_attention_cpu);
+}
 
 }  // namespace specdec

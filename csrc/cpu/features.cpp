@@ -65,8 +65,8 @@ void rms_norm_rows(const scalar_t* x, const scalar_t* w, scalar_t* y, acc_t<scal
 
 // y = w * cast(x * rstd) per row from a saved rstd.
 template <typename scalar_t>
-void rms_apply_rows(const scalar_t* x, const scalar_t* w, const acc_t<scalar_t>* rstd, int64_t stat_stride,
-                    scalar_t* y, int64_t T, int64_t H) {
+void rms_apply_rows(const scalar_t* x, const scalar_t* w, const acc_t<scalar_t>* rstd, int64_t stat_stride, scalar_t* y,
+                    int64_t T, int64_t H) {
   using A = acc_t<scalar_t>;
   at::parallel_for(0, T, kRowGrain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -110,7 +110,9 @@ void rms_weight_grad(const DY* dy, const scalar_t* x, const acc_t<scalar_t>* rst
 }
 
 // The schemas' optional outputs (Tensor(a!)?) arrive as const optionals; the tensor itself is mutable.
-inline Tensor& mut(const std::optional<Tensor>& t) { return const_cast<Tensor&>(*t); }
+inline Tensor& mut(const std::optional<Tensor>& t) {
+  return const_cast<Tensor&>(*t);
+}
 
 // e = embed[ids]. The ids are range-checked first (reading them costs no synchronisation on the CPU): a
 // direct torch.ops call gets a message naming the bad id, where the CUDA kernels clamp instead.
@@ -128,8 +130,8 @@ Tensor gather_rows(const char* op, const Tensor& embed, const Tensor& ids) {
 // z = e W_fe^T + f W_ff^T (+ b), W_fe / W_ff the two column halves of W_fc (views, no copy).
 Tensor fc_forward(const Tensor& e, const Tensor& f, const Tensor& fc_weight, const std::optional<Tensor>& bias) {
   const int64_t H = f.size(1);
-  Tensor z = bias.has_value() ? at::addmm(*bias, e, fc_weight.narrow(1, 0, H).t())
-                              : at::mm(e, fc_weight.narrow(1, 0, H).t());
+  Tensor z =
+      bias.has_value() ? at::addmm(*bias, e, fc_weight.narrow(1, 0, H).t()) : at::mm(e, fc_weight.narrow(1, 0, H).t());
   z.addmm_(f, fc_weight.narrow(1, H, H).t());
   return z;
 }
@@ -188,18 +190,18 @@ void fspad_feature_sampling_cpu(const Tensor& features, const Tensor& token_ids,
 
 void fspad_feature_sampling_backward_cpu(
     const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
-    const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z,
-    const Tensor& rstd, const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight, const Tensor& gate_weight,
+    const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z, const Tensor& rstd,
+    const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
     const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
     const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
     const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved rstd
   constexpr const char* op = "fspad_feature_sampling_backward";
-  check_fspad_feature_sampling_backward(op, kCpuFeatureKernels, grad_out, features, token_ids, embed_weight,
-                                        fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd,
-                                        gate, up, d_features, d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight,
-                                        d_up_weight, d_down_weight);
+  check_fspad_feature_sampling_backward(op, kCpuFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
+                                        fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up,
+                                        d_features, d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight,
+                                        d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
   const Tensor e = gather_rows(op, embed_weight, token_ids);
   const Tensor da = at::mm(grad_out, down_weight);  // [T, I]
@@ -243,8 +245,8 @@ void fspad_feature_sampling_backward_cpu(
     const A* r = rstd.const_data_ptr<A>();
     if (need_dz)
       rms_backward_rows<scalar_t, scalar_t>(dy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-                                            norm_weight.const_data_ptr<scalar_t>(), r, 1, dz.mutable_data_ptr<A>(),
-                                            T, H);
+                                            norm_weight.const_data_ptr<scalar_t>(), r, 1, dz.mutable_data_ptr<A>(), T,
+                                            H);
     if (d_norm_weight.has_value())
       rms_weight_grad<scalar_t, scalar_t>(dy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), r, 1,
                                           dnw.mutable_data_ptr<A>(), T, H);
@@ -321,9 +323,9 @@ void griffin_token_fusion_backward_cpu(
   (void)eps;  // backward reads the saved statistics
   constexpr const char* op = "griffin_token_fusion_backward";
   check_griffin_token_fusion_backward(op, kCpuFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
-                                      fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats,
-                                      pre_act, d_features, d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight,
-                                      d_up_weight, d_down_weight);
+                                      fc_bias, norm_b_weight, norm_a_weight, up_weight, down_weight, h, stats, pre_act,
+                                      d_features, d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
+                                      d_down_weight);
   const int64_t T = features.size(0), H = features.size(1);
   const Tensor e = gather_rows(op, embed_weight, token_ids);
   const Tensor dact = at::mm(grad_out, down_weight);  // [T, I]

@@ -57,7 +57,10 @@ void build_tree_cpu(const at::Tensor& parents, const at::Tensor& num_nodes, at::
         d[i] = d[q] + 1;
         std::copy(m + q * W, m + (q + 1) * W, m + i * W);  // ancestors of i = ancestors of q, plus i
         m[i * W + i / 32] |= 1u << (i % 32);
-        if (last[q] < 0) f[q] = static_cast<int32_t>(i); else s[last[q]] = static_cast<int32_t>(i);
+        if (last[q] < 0)
+          f[q] = static_cast<int32_t>(i);
+        else
+          s[last[q]] = static_cast<int32_t>(i);
         last[q] = static_cast<int32_t>(i);
       }
     }

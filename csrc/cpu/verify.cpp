@@ -74,7 +74,10 @@ int64_t argmax_row(const T* row, int64_t V) {
   for (int64_t v = 1; v < V; ++v) {
     const float x = static_cast<float>(row[v]);
     if (std::isnan(x)) return v;
-    if (x > bv) { bv = x; best = v; }
+    if (x > bv) {
+      bv = x;
+      best = v;
+    }
   }
   return best;
 }
@@ -170,7 +173,10 @@ void filtered_probs(const T* row, int64_t V, float temperature, int64_t k, float
     double above = 0;
     int64_t n_keep = 1;
     for (int64_t i = 0; i < V; ++i) {
-      if (i == 0 || above < top_p) n_keep = i + 1; else break;
+      if (i == 0 || above < top_p)
+        n_keep = i + 1;
+      else
+        break;
       above += scratch[i];
     }
     const float thr = scratch[n_keep - 1];
@@ -182,8 +188,8 @@ void filtered_probs(const T* row, int64_t V, float temperature, int64_t k, float
 template <typename T, typename Q>
 void verify_sample_rows(const at::Tensor& first_child, const at::Tensor& next_sibling, const at::Tensor& valid,
                         const at::Tensor& tokens, const at::Tensor& logits, const at::Tensor& uniforms,
-                        const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
-                        const Q* draft, at::Tensor& accept_nodes, at::Tensor& accept_len, at::Tensor& out_tokens) {
+                        const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p, const Q* draft,
+                        at::Tensor& accept_nodes, at::Tensor& accept_len, at::Tensor& out_tokens) {
   const int64_t B = tokens.size(0), N = tokens.size(1), V = logits.size(2);
   const int32_t* fc = first_child.data_ptr<int32_t>();
   const int32_t* ns = next_sibling.data_ptr<int32_t>();
@@ -254,7 +260,10 @@ void verify_sample_rows(const at::Tensor& first_child, const at::Tensor& next_si
         // cumsum: double accumulator, float values).
         double acc = 0;
         scratch.resize(V);
-        for (int64_t v = 0; v < V; ++v) { acc += p[v]; scratch[v] = static_cast<float>(acc); }
+        for (int64_t v = 0; v < V; ++v) {
+          acc += p[v];
+          scratch[v] = static_cast<float>(acc);
+        }
         const float total = scratch[V - 1];
         if (total > 0) {
           const float thr = u[N] * total;
@@ -277,8 +286,8 @@ void verify_sample_cpu(const at::Tensor& first_child, const at::Tensor& next_sib
                        const std::optional<at::Tensor>& draft_probs, at::Tensor& accept_nodes, at::Tensor& accept_len,
                        at::Tensor& out_tokens) {
   const bool has_q = check_verify_sample_args("specdec::verify_sample", kCpuVerifyKernels, first_child, next_sibling,
-                                              valid, tokens, logits, uniforms, temperature, top_k, top_p,
-                                              draft_probs, accept_nodes, accept_len, out_tokens);
+                                              valid, tokens, logits, uniforms, temperature, top_k, top_p, draft_probs,
+                                              accept_nodes, accept_len, out_tokens);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_sample_cpu", [&] {
     using T = scalar_t;
     if (!has_q) {
@@ -286,9 +295,8 @@ void verify_sample_cpu(const at::Tensor& first_child, const at::Tensor& next_sib
                                    top_p, nullptr, accept_nodes, accept_len, out_tokens);
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, draft_probs->scalar_type(), "verify_sample_cpu_q", [&] {
-        verify_sample_rows<T, scalar_t>(first_child, next_sibling, valid, tokens, logits, uniforms, temperature,
-                                        top_k, top_p, draft_probs->data_ptr<scalar_t>(), accept_nodes, accept_len,
-                                        out_tokens);
+        verify_sample_rows<T, scalar_t>(first_child, next_sibling, valid, tokens, logits, uniforms, temperature, top_k,
+                                        top_p, draft_probs->data_ptr<scalar_t>(), accept_nodes, accept_len, out_tokens);
       });
     }
   });

@@ -41,8 +41,8 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTile = 32;        // key slots per tile: one per lane in Q K^T, one mask word in the tree
-constexpr int kMaxSplits = 32;   // one split per lane in the merge kernel
+constexpr int kTile = 32;       // key slots per tile: one per lane in Q K^T, one mask word in the tree
+constexpr int kMaxSplits = 32;  // one split per lane in the merge kernel
 // Head dims are padded to one of 64, 128 or kLargestDPad, each an instantiation of the kernel; the limit of
 // the raw op is kMaxHeadDim (specdec/limits.h, set in specdec_kernels/_limits.py).
 constexpr int kLargestDPad = 256;
@@ -58,8 +58,8 @@ struct Params {
   const int32_t* cache_len;
   const uint32_t* mask;
   void* out;
-  float* ws_acc;  // [num_splits, total_rows, D] when num_splits > 1
-  float* ws_ml;   // [num_splits, total_rows, 2]: running max (base 2) and sum
+  float* ws_acc;                               // [num_splits, total_rows, D] when num_splits > 1
+  float* ws_ml;                                // [num_splits, total_rows, 2]: running max (base 2) and sum
   int64_t k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;  // element strides
   int64_t S, total_rows;
   int32_t H_kv, Nq, W, R, D, num_splits;
@@ -110,10 +110,10 @@ struct Smem {
   static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
   static constexpr int kKStride = kDPad + kVec;                  // +16 bytes: conflict-free column reads
   // Byte offsets; every section starts 16-byte aligned (kDPad * sizeof(T) is a multiple of 128).
-  static constexpr int kQ = 0;                                             // float [kRows][kDPad]
-  static constexpr int kP = kQ + kRows * kDPad * 4;                        // float [kWarps][kRpw][kTile]
-  static constexpr int kK = kP + kWarps * kRpw * kTile * 4;                // T [kTile][kKStride]
-  static constexpr int kV = kK + kTile * kKStride * static_cast<int>(sizeof(T));  // T [kTile][kDPad]
+  static constexpr int kQ = 0;                                                     // float [kRows][kDPad]
+  static constexpr int kP = kQ + kRows * kDPad * 4;                                // float [kWarps][kRpw][kTile]
+  static constexpr int kK = kP + kWarps * kRpw * kTile * 4;                        // T [kTile][kKStride]
+  static constexpr int kV = kK + kTile * kKStride * static_cast<int>(sizeof(T));   // T [kTile][kDPad]
   static constexpr int kWords = kV + kTile * kDPad * static_cast<int>(sizeof(T));  // uint32 [kRows + 1]
   static constexpr int kBytes = kWords + (kRows + 1) * 4;
 };
@@ -122,8 +122,8 @@ template <typename T, int kDPad, int kRpw>
 __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p) {
   using L = Smem<T, kDPad, kRpw>;
   constexpr int kRows = L::kRows, kVec = L::kVec, kKStride = L::kKStride;
-  constexpr int kDpl = kDPad / 32;        // output dims per lane in P V
-  constexpr int kChunks = kDPad / kVec;   // 16-byte vectors per staged row
+  constexpr int kDpl = kDPad / 32;       // output dims per lane in P V
+  constexpr int kChunks = kDPad / kVec;  // 16-byte vectors per staged row
   static_assert(kDPad % 32 == 0 && kDPad % kVec == 0, "kDPad must be a multiple of 32 and of the vector width");
 
   extern __shared__ __align__(16) unsigned char smem[];
@@ -233,7 +233,10 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
 #pragma unroll
       for (int r = 0; r < kRpw; ++r) {
         const float4 x = *reinterpret_cast<const float4*>(pw + r * kTile + t);
-        pv[r][0] = x.x; pv[r][1] = x.y; pv[r][2] = x.z; pv[r][3] = x.w;
+        pv[r][0] = x.x;
+        pv[r][1] = x.y;
+        pv[r][2] = x.z;
+        pv[r][3] = x.w;
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
@@ -333,9 +336,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
 
 // out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, m = max_s m_s; one warp per row, lane s holds split s.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) merge_splits_kernel(const float* __restrict__ ws_acc,
-                                                                const float* __restrict__ ws_ml, T* __restrict__ out,
-                                                                int64_t total_rows, int D, int num_splits) {
+__global__ void __launch_bounds__(kThreads)
+    merge_splits_kernel(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml, T* __restrict__ out,
+                        int64_t total_rows, int D, int num_splits) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= total_rows) return;  // whole warps leave together
@@ -393,10 +396,10 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream) {
 
 template <typename T>
 void dispatch(const Params& p, int d_pad, int rpw, dim3 grid, cudaStream_t stream) {
-#define SPECDEC_ATTN_LAUNCH(DP)                        \
-  if (d_pad == DP) {                                   \
+#define SPECDEC_ATTN_LAUNCH(DP)                             \
+  if (d_pad == DP) {                                        \
     if (rpw == 1) return launch<T, DP, 1>(p, grid, stream); \
-    return launch<T, DP, 4>(p, grid, stream);          \
+    return launch<T, DP, 4>(p, grid, stream);               \
   }
   SPECDEC_ATTN_LAUNCH(64)
   SPECDEC_ATTN_LAUNCH(128)
@@ -407,8 +410,8 @@ void dispatch(const Params& p, int d_pad, int rpw, dim3 grid, cudaStream_t strea
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
                 const at::Tensor& tree_mask, const at::Tensor& out) {
-  check_tree_attention_args("specdec::tree_attention (CUDA kernel)", c10::DeviceType::CUDA, kMaxHeadDim, q, k, v, cache_len,
-                            tree_mask, out);
+  check_tree_attention_args("specdec::tree_attention (CUDA kernel)", c10::DeviceType::CUDA, kMaxHeadDim, q, k, v,
+                            cache_len, tree_mask, out);
 }
 
 void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -467,8 +470,7 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
     p.ws_acc = ws_acc.data_ptr<float>();
     p.ws_ml = ws_ml.data_ptr<float>();
   }
-  const dim3 grid(static_cast<unsigned>(B * H_kv), static_cast<unsigned>(row_tiles),
-                  static_cast<unsigned>(num_splits));
+  const dim3 grid(static_cast<unsigned>(B * H_kv), static_cast<unsigned>(row_tiles), static_cast<unsigned>(num_splits));
   const cudaStream_t stream = cuda::current_stream();
   const unsigned merge_blocks = static_cast<unsigned>((p.total_rows + kWarps - 1) / kWarps);
   switch (q.scalar_type()) {
@@ -476,7 +478,7 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
       dispatch<float>(p, d_pad, rpw, grid, stream);
       if (num_splits > 1) {
         merge_splits_kernel<float><<<merge_blocks, kThreads, 0, stream>>>(p.ws_acc, p.ws_ml, static_cast<float*>(p.out),
-                                                                         p.total_rows, p.D, num_splits);
+                                                                          p.total_rows, p.D, num_splits);
       }
       break;
     case at::kHalf:
@@ -501,6 +503,8 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(specdec, CUDA, m) { m.impl("tree_attention", &tree_attention_cuda); }
+TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
+  m.impl("tree_attention", &tree_attention_cuda);
+}
 
 }  // namespace specdec

@@ -11,6 +11,8 @@
 
 namespace specdec {
 namespace cuda {
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+inline cudaStream_t current_stream() {
+  return c10::cuda::getCurrentCUDAStream().stream();
+}
 }  // namespace cuda
 }  // namespace specdec

@@ -36,10 +36,10 @@ namespace {
 
 struct TensorDesc {
   char* base;
-  int64_t sb, sx, ss;   // strides in bytes along B, X, S
-  int32_t X, S;         // heads (or 1), slots
-  int32_t cols;         // vectors per row
-  int32_t vec_bytes;    // 16, 8, 4, 2 or 1: the widest access every row start and the row size allow
+  int64_t sb, sx, ss;  // strides in bytes along B, X, S
+  int32_t X, S;        // heads (or 1), slots
+  int32_t cols;        // vectors per row
+  int32_t vec_bytes;   // 16, 8, 4, 2 or 1: the widest access every row start and the row size allow
 };
 
 template <int kMaxTensors>
@@ -79,11 +79,10 @@ __device__ __forceinline__ void copy_tile_column(char* row0, int64_t ss, int64_t
 }
 
 template <int kMaxTensors>
-__global__ void __launch_bounds__(kThreads, 3) compact_kv_kernel(const __grid_constant__ CompactParams<kMaxTensors> p,
-                                                              const int32_t* __restrict__ cache_len,
-                                                              const int32_t* __restrict__ accept_nodes,
-                                                              const int32_t* __restrict__ accept_len, int64_t B,
-                                                              int64_t W) {
+__global__ void __launch_bounds__(kThreads, 3)
+    compact_kv_kernel(const __grid_constant__ CompactParams<kMaxTensors> p, const int32_t* __restrict__ cache_len,
+                      const int32_t* __restrict__ accept_nodes, const int32_t* __restrict__ accept_len, int64_t B,
+                      int64_t W) {
   const TensorDesc d = p.t[blockIdx.y];
   const int64_t per_b = static_cast<int64_t>(d.X) * d.cols;
   const int64_t items = B * per_b;
@@ -98,11 +97,21 @@ __global__ void __launch_bounds__(kThreads, 3) compact_kv_kernel(const __grid_co
     char* row0 = d.base + b * d.sb + x * d.sx + c * d.ss + col * d.vec_bytes;
     const int32_t* a = accept_nodes + b * W;
     switch (d.vec_bytes) {  // uniform across the block: one tensor per blockIdx.y
-      case 16: copy_tile_column<uint4>(row0, d.ss, d.S, a, c, n); break;
-      case 8: copy_tile_column<uint2>(row0, d.ss, d.S, a, c, n); break;
-      case 4: copy_tile_column<uint32_t>(row0, d.ss, d.S, a, c, n); break;
-      case 2: copy_tile_column<uint16_t>(row0, d.ss, d.S, a, c, n); break;
-      default: copy_tile_column<uint8_t>(row0, d.ss, d.S, a, c, n); break;
+      case 16:
+        copy_tile_column<uint4>(row0, d.ss, d.S, a, c, n);
+        break;
+      case 8:
+        copy_tile_column<uint2>(row0, d.ss, d.S, a, c, n);
+        break;
+      case 4:
+        copy_tile_column<uint32_t>(row0, d.ss, d.S, a, c, n);
+        break;
+      case 2:
+        copy_tile_column<uint16_t>(row0, d.ss, d.S, a, c, n);
+        break;
+      default:
+        copy_tile_column<uint8_t>(row0, d.ss, d.S, a, c, n);
+        break;
     }
   }
 }
@@ -127,9 +136,8 @@ void launch(const TensorDesc* descs, int64_t count, const at::Tensor& cache_len,
   const int64_t want = (max_items + kThreads - 1) / kThreads;
   const int64_t cap = std::max<int64_t>(1, (int64_t{num_sms} * 8 + count - 1) / count);
   const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap))), static_cast<unsigned>(count));
-  compact_kv_kernel<kMaxTensors><<<grid, kThreads, 0, stream>>>(p, cache_len.data_ptr<int32_t>(),
-                                                                accept_nodes.data_ptr<int32_t>(),
-                                                                accept_len.data_ptr<int32_t>(), B, W);
+  compact_kv_kernel<kMaxTensors><<<grid, kThreads, 0, stream>>>(
+      p, cache_len.data_ptr<int32_t>(), accept_nodes.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), B, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

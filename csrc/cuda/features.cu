@@ -39,29 +39,46 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------
 // Element type helpers
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_f(__half x) {
+  return __half2float(x);
+}
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // x rounded to T and back: where the reference rounds an fp32 result to the input dtype.
 template <typename T>
-__device__ __forceinline__ float round_to(float x) { return to_f(from_f<T>(x)); }
+__device__ __forceinline__ float round_to(float x) {
+  return to_f(from_f<T>(x));
+}
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+__device__ __forceinline__ float sigmoid_f(float x) {
+  return 1.f / (1.f + __expf(-x));
+}
 
 // Row of the embedding table for position t. Clamped for memory safety only: the Python op range-checks the
 // ids (a device assertion on CUDA), and a kernel cannot raise on values without synchronising.
 __device__ __forceinline__ int64_t embed_row(const void* ids, bool ids64, int64_t t, int64_t vocab) {
-  const int64_t r = ids64 ? static_cast<const int64_t*>(ids)[t] : static_cast<int64_t>(static_cast<const int32_t*>(ids)[t]);
+  const int64_t r =
+      ids64 ? static_cast<const int64_t*>(ids)[t] : static_cast<int64_t>(static_cast<const int32_t*>(ids)[t]);
   return r < 0 ? 0 : (r >= vocab ? vocab - 1 : r);
 }
 
@@ -225,7 +242,8 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const NTParams<T> p) 
         v = round_to<T>(v);
         if (p.pre != nullptr) p.pre[m * p.ldp + n] = from_f<T>(v);
         float act = v * sigmoid_f(v);
-        if constexpr (EPI == static_cast<int>(Epilogue::kGatedSilu)) act = round_to<T>(act) * to_f(p.mul[m * p.ldm + n]);
+        if constexpr (EPI == static_cast<int>(Epilogue::kGatedSilu))
+          act = round_to<T>(act) * to_f(p.mul[m * p.ldm + n]);
         p.out[m * p.ldo + n] = from_f<T>(act);
       }
     }
@@ -338,8 +356,17 @@ void gemm_nt(const GemmNT& q, cudaStream_t stream) {
   NTParams<T> p{};
   for (int s = 0; s < 2; ++s) {
     const ASegment& a = q.seg[s];
-    p.seg[s] = Seg<T>{static_cast<const T*>(a.a), a.lda, a.ids, a.vocab, a.row_scale, a.rs_stride,
-                      static_cast<const T*>(a.col_scale), static_cast<const T*>(a.w), a.ldw, a.K, a.ids_int64};
+    p.seg[s] = Seg<T>{static_cast<const T*>(a.a),
+                      a.lda,
+                      a.ids,
+                      a.vocab,
+                      a.row_scale,
+                      a.rs_stride,
+                      static_cast<const T*>(a.col_scale),
+                      static_cast<const T*>(a.w),
+                      a.ldw,
+                      a.K,
+                      a.ids_int64};
   }
   p.nseg = q.nseg;
   p.M = q.M;
@@ -362,9 +389,21 @@ void gemm_nt(const GemmNT& q, cudaStream_t stream) {
 
 template <typename T>
 void gemm_tn(const GemmTN& q, cudaStream_t stream) {
-  const TNParams<T> p{static_cast<const T*>(q.g), q.ldg, static_cast<const T*>(q.b), q.ldb, q.ids, q.vocab,
-                      q.row_scale, q.rs_stride, static_cast<const T*>(q.col_scale), static_cast<T*>(q.c), q.ldc,
-                      q.R, q.M, q.N, q.ids_int64};
+  const TNParams<T> p{static_cast<const T*>(q.g),
+                      q.ldg,
+                      static_cast<const T*>(q.b),
+                      q.ldb,
+                      q.ids,
+                      q.vocab,
+                      q.row_scale,
+                      q.rs_stride,
+                      static_cast<const T*>(q.col_scale),
+                      static_cast<T*>(q.c),
+                      q.ldc,
+                      q.R,
+                      q.M,
+                      q.N,
+                      q.ids_int64};
   const dim3 grid(static_cast<unsigned>((q.N + CfgWgrad::kBN - 1) / CfgWgrad::kBN),
                   static_cast<unsigned>((q.M + CfgWgrad::kBM - 1) / CfgWgrad::kBM));
   gemm_tn_kernel<T, CfgWgrad><<<grid, kThreads, 0, stream>>>(p);
@@ -382,9 +421,9 @@ __device__ __forceinline__ float rstd_of(float sumsq, int64_t H, float eps) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) rms_rows_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                                                               T* __restrict__ y, float* __restrict__ rstd, bool saved,
-                                                               int64_t H, float eps) {
+__global__ void __launch_bounds__(kRowThreads)
+    rms_rows_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, float* __restrict__ rstd,
+                    bool saved, int64_t H, float eps) {
   __shared__ float red[33];
   const int64_t t = blockIdx.x;
   const T* xr = x + t * H;
@@ -411,12 +450,10 @@ __device__ __forceinline__ float norm_b_at(const T* hr, const T* nb, int64_t k, 
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) griffin_norms_kernel(const T* __restrict__ h, const T* __restrict__ embed,
-                                                                    int64_t lde, const void* ids, bool ids64,
-                                                                    int64_t vocab, const T* __restrict__ nb,
-                                                                    const T* __restrict__ na, T* __restrict__ x1,
-                                                                    float* __restrict__ stats, bool saved, int64_t H,
-                                                                    float eps) {
+__global__ void __launch_bounds__(kRowThreads)
+    griffin_norms_kernel(const T* __restrict__ h, const T* __restrict__ embed, int64_t lde, const void* ids, bool ids64,
+                         int64_t vocab, const T* __restrict__ nb, const T* __restrict__ na, T* __restrict__ x1,
+                         float* __restrict__ stats, bool saved, int64_t H, float eps) {
   __shared__ float red[33];
   const int64_t t = blockIdx.x;
   const T* hr = h + t * H;
@@ -465,9 +502,10 @@ __device__ __forceinline__ float rms_bwd_mean(DYF dy_at, XF xh_at, const T* n, i
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) fspad_norm_backward_kernel(
-    const T* __restrict__ dout, const T* __restrict__ dy, const T* __restrict__ z, const T* __restrict__ nw,
-    const float* __restrict__ rstd, T* __restrict__ dz, float* __restrict__ part, int64_t rows, int64_t T_, int64_t H) {
+__global__ void __launch_bounds__(kRowThreads)
+    fspad_norm_backward_kernel(const T* __restrict__ dout, const T* __restrict__ dy, const T* __restrict__ z,
+                               const T* __restrict__ nw, const float* __restrict__ rstd, T* __restrict__ dz,
+                               float* __restrict__ part, int64_t rows, int64_t T_, int64_t H) {
   __shared__ float red[33];
   float* p_n = part + static_cast<int64_t>(blockIdx.x) * 2 * H;
   float* p_b = p_n + H;
@@ -490,11 +528,12 @@ __global__ void __launch_bounds__(kRowThreads) fspad_norm_backward_kernel(
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) griffin_norm_backward_kernel(
-    const T* __restrict__ dout, const T* __restrict__ dx1, const T* __restrict__ dx2, int64_t ldx,
-    const T* __restrict__ h, const T* __restrict__ embed, int64_t lde, const void* ids, bool ids64, int64_t vocab,
-    const T* __restrict__ nb, const T* __restrict__ na, const float* __restrict__ stats, T* __restrict__ dh,
-    float* __restrict__ part, int64_t rows, int64_t T_, int64_t H) {
+__global__ void __launch_bounds__(kRowThreads)
+    griffin_norm_backward_kernel(const T* __restrict__ dout, const T* __restrict__ dx1, const T* __restrict__ dx2,
+                                 int64_t ldx, const T* __restrict__ h, const T* __restrict__ embed, int64_t lde,
+                                 const void* ids, bool ids64, int64_t vocab, const T* __restrict__ nb,
+                                 const T* __restrict__ na, const float* __restrict__ stats, T* __restrict__ dh,
+                                 float* __restrict__ part, int64_t rows, int64_t T_, int64_t H) {
   __shared__ float red[33];
   float* p_a = part + static_cast<int64_t>(blockIdx.x) * 3 * H;
   float* p_nb = p_a + H;
@@ -648,8 +687,7 @@ void launch_griffin_norm_backward(DType dtype, const void* dout, const void* dx1
     griffin_norm_backward_kernel<T_><<<static_cast<unsigned>(nblk), kRowThreads, 0, stream>>>(
         static_cast<const T_*>(dout), static_cast<const T_*>(dx1), static_cast<const T_*>(dx2), ldx,
         static_cast<const T_*>(h), static_cast<const T_*>(embed), lde, ids, ids_int64, vocab,
-        static_cast<const T_*>(norm_b), static_cast<const T_*>(norm_a), stats, static_cast<T_*>(dh), part, rows, T,
-        H);
+        static_cast<const T_*>(norm_b), static_cast<const T_*>(norm_a), stats, static_cast<T_*>(dh), part, rows, T, H);
   });
 }
 
@@ -675,13 +713,13 @@ void launch_silu_backward(DType dtype, const void* g, const void* u, const void*
   dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
     if (u != nullptr) {
-      silu_backward_kernel<T_, true><<<grid, kBlock, 0, stream>>>(
-          static_cast<const T_*>(g), static_cast<const T_*>(u), static_cast<const T_*>(da), static_cast<T_*>(act),
-          static_cast<T_*>(dg), static_cast<T_*>(du), n);
+      silu_backward_kernel<T_, true><<<grid, kBlock, 0, stream>>>(static_cast<const T_*>(g), static_cast<const T_*>(u),
+                                                                  static_cast<const T_*>(da), static_cast<T_*>(act),
+                                                                  static_cast<T_*>(dg), static_cast<T_*>(du), n);
     } else {
-      silu_backward_kernel<T_, false><<<grid, kBlock, 0, stream>>>(
-          static_cast<const T_*>(g), nullptr, static_cast<const T_*>(da), static_cast<T_*>(act),
-          static_cast<T_*>(dg), nullptr, n);
+      silu_backward_kernel<T_, false><<<grid, kBlock, 0, stream>>>(static_cast<const T_*>(g), nullptr,
+                                                                   static_cast<const T_*>(da), static_cast<T_*>(act),
+                                                                   static_cast<T_*>(dg), nullptr, n);
     }
   });
 }

@@ -39,7 +39,9 @@ using at::Tensor;
 namespace fc = features_cuda;
 
 // The schemas' optional outputs (Tensor(a!)?) arrive as const optionals; the tensor itself is mutable.
-inline Tensor& mut(const std::optional<Tensor>& t) { return const_cast<Tensor&>(*t); }
+inline Tensor& mut(const std::optional<Tensor>& t) {
+  return const_cast<Tensor&>(*t);
+}
 
 template <typename P = void>
 inline P* ptr_or_null(const std::optional<Tensor>& t) {
@@ -66,7 +68,9 @@ fc::DType dtype_of(const char* op, const Tensor& t) {
 // out of bounds); the public function checks their range.
 constexpr FeaturesKernels kCudaFeatureKernels{c10::DeviceType::CUDA, false, fc::kMaxRows, 1};
 
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+cudaStream_t current_stream() {
+  return c10::cuda::getCurrentCUDAStream().stream();
+}
 
 // The A segment of embedding rows gathered by token id (the [T, H] e is never materialised).
 fc::ASegment embed_segment(const Tensor& embed, const Tensor& ids, const Tensor& w, int64_t ldw, int64_t K) {
@@ -167,8 +171,8 @@ void fspad_feature_sampling_cuda(const Tensor& features, const Tensor& token_ids
                                  const Tensor& down_weight, double eps, Tensor& out, Tensor& z, Tensor& rstd,
                                  const std::optional<Tensor>& gate, const std::optional<Tensor>& up) {
   const FeaturesChecker c = check_fspad_feature_sampling(
-      "fspad_feature_sampling", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
-      norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
+      "fspad_feature_sampling", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight,
+      gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
@@ -202,22 +206,22 @@ void fspad_feature_sampling_cuda(const Tensor& features, const Tensor& token_ids
 
 void fspad_feature_sampling_backward_cuda(
     const Tensor& grad_out, const Tensor& features, const Tensor& token_ids, const Tensor& embed_weight,
-    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight,
-    const Tensor& gate_weight, const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z,
-    const Tensor& rstd, const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
+    const Tensor& fc_weight, const std::optional<Tensor>& fc_bias, const Tensor& norm_weight, const Tensor& gate_weight,
+    const Tensor& up_weight, const Tensor& down_weight, double eps, const Tensor& z, const Tensor& rstd,
+    const Tensor& gate, const Tensor& up, const std::optional<Tensor>& d_features,
     const std::optional<Tensor>& d_fc_weight, const std::optional<Tensor>& d_fc_bias,
     const std::optional<Tensor>& d_norm_weight, const std::optional<Tensor>& d_gate_weight,
     const std::optional<Tensor>& d_up_weight, const std::optional<Tensor>& d_down_weight) {
   (void)eps;  // backward reads the saved rstd
   const FeaturesChecker c = check_fspad_feature_sampling_backward(
-      "fspad_feature_sampling_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight,
-      fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features,
-      d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
+      "fspad_feature_sampling_backward", kCudaFeatureKernels, grad_out, features, token_ids, embed_weight, fc_weight,
+      fc_bias, norm_weight, gate_weight, up_weight, down_weight, z, rstd, gate, up, d_features, d_fc_weight, d_fc_bias,
+      d_norm_weight, d_gate_weight, d_up_weight, d_down_weight);
   const int64_t T = features.size(0), H = features.size(1), I = gate_weight.size(0);
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {  // no rows: every gradient is zero
-    for (const auto* g : {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_weight, &d_gate_weight, &d_up_weight,
-                          &d_down_weight})
+    for (const auto* g :
+         {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_weight, &d_gate_weight, &d_up_weight, &d_down_weight})
       if (g->has_value()) mut(*g).zero_();
     return;
   }
@@ -234,8 +238,8 @@ void fspad_feature_sampling_backward_cuda(
     gathered_wgrad(dt, dg, embed_weight, token_ids, mut(d_gate_weight).data_ptr(), H, nullptr, 0, nullptr, stream);
   if (d_up_weight.has_value()) {  // dW_u = du^T RMSNorm(z), the norm recomputed from the saved rstd
     Tensor y = at::empty_like(z);
-    fc::launch_rms_rows(dt, z.data_ptr(), norm_weight.data_ptr(), y.data_ptr(), const_cast<float*>(rstd.data_ptr<float>()),
-                        true, T, H, 0.f, stream);
+    fc::launch_rms_rows(dt, z.data_ptr(), norm_weight.data_ptr(), y.data_ptr(),
+                        const_cast<float*>(rstd.data_ptr<float>()), true, T, H, 0.f, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::mm_out(mut(d_up_weight), du.t(), y);
   }
@@ -261,9 +265,9 @@ void griffin_token_fusion_cuda(const Tensor& features, const Tensor& token_ids, 
                                const Tensor& norm_b_weight, const Tensor& norm_a_weight, const Tensor& up_weight,
                                const Tensor& down_weight, double eps, Tensor& out, Tensor& h, Tensor& stats,
                                const std::optional<Tensor>& pre_act) {
-  const FeaturesChecker c = check_griffin_token_fusion(
-      "griffin_token_fusion", kCudaFeatureKernels, features, token_ids, embed_weight, fc_weight, fc_bias,
-      norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
+  const FeaturesChecker c = check_griffin_token_fusion("griffin_token_fusion", kCudaFeatureKernels, features, token_ids,
+                                                       embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
+                                                       up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(features.device());
@@ -315,8 +319,8 @@ void griffin_token_fusion_backward_cuda(
   const int64_t T = features.size(0), H = features.size(1), I = up_weight.size(0);
   const c10::cuda::CUDAGuard guard(features.device());
   if (T == 0) {
-    for (const auto* g : {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_b_weight, &d_norm_a_weight, &d_up_weight,
-                          &d_down_weight})
+    for (const auto* g :
+         {&d_features, &d_fc_weight, &d_fc_bias, &d_norm_b_weight, &d_norm_a_weight, &d_up_weight, &d_down_weight})
       if (g->has_value()) mut(*g).zero_();
     return;
   }
@@ -355,11 +359,11 @@ void griffin_token_fusion_backward_cuda(
   const int64_t nblk = fc::norm_backward_blocks(T);
   Tensor part = at::empty({nblk, 3, H}, h.options().dtype(at::kFloat));
   const char* dx_base = static_cast<const char*>(dx.data_ptr());
-  fc::launch_griffin_norm_backward(dt, grad_out.data_ptr(), dx_base, need_dx2 ? dx_base + H * dx.element_size() : nullptr,
-                                   ldx, h.data_ptr(), embed_weight.data_ptr(), embed_weight.stride(0),
-                                   token_ids.data_ptr(), ids64, embed_weight.size(0), norm_b_weight.data_ptr(),
-                                   norm_a_weight.data_ptr(), st, dh.data_ptr(), part.data_ptr<float>(), nblk, T, H,
-                                   stream);
+  fc::launch_griffin_norm_backward(dt, grad_out.data_ptr(), dx_base,
+                                   need_dx2 ? dx_base + H * dx.element_size() : nullptr, ldx, h.data_ptr(),
+                                   embed_weight.data_ptr(), embed_weight.stride(0), token_ids.data_ptr(), ids64,
+                                   embed_weight.size(0), norm_b_weight.data_ptr(), norm_a_weight.data_ptr(), st,
+                                   dh.data_ptr(), part.data_ptr<float>(), nblk, T, H, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   column_sums(dt, part, 3, H, ptr_or_null(d_norm_a_weight), ptr_or_null(d_norm_b_weight), ptr_or_null(d_fc_bias),
               stream);

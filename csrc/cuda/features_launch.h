@@ -87,8 +87,8 @@ void launch_gemm_tn(DType dtype, const GemmTN& p, cudaStream_t stream);
 
 // FSPAD RMSNorm rows: y[t] = round(w * round(x[t] * r_t)); r_t = rsqrt(mean(x[t]^2) + eps) is written to
 // rstd[t] (saved == false) or read from it (saved == true, backward's recomputation). x, y: [T, H].
-void launch_rms_rows(DType dtype, const void* x, const void* w, void* y, float* rstd, bool saved, int64_t T,
-                     int64_t H, float eps, cudaStream_t stream);
+void launch_rms_rows(DType dtype, const void* x, const void* w, void* y, float* rstd, bool saved, int64_t T, int64_t H,
+                     float eps, cudaStream_t stream);
 
 // GRIFFIN norms: x1[t] = N_a(N_b(h[t])) with the reference's rounding, and the statistics
 // stats[t] = [rstd(h), rstd(N_b(h)), rstd(e)] (e = embed[ids[t]], rows lde apart) written (saved == false)

@@ -30,7 +30,7 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kMaxBlockThreads = 1024;           // CUDA's limit on the threads of one block
+constexpr int kMaxBlockThreads = 1024;            // CUDA's limit on the threads of one block
 constexpr int64_t kDefaultSmemBytes = 48 * 1024;  // shared memory of a block without an opt-in attribute
 
 // The padded sort length of select_tree for M candidates: a power of two >= M (and >= 2).
@@ -44,7 +44,8 @@ constexpr int64_t sort_length(int64_t M) {
 static_assert(kMaxTreeNodes <= kMaxBlockThreads,
               "build_tree runs one thread per node in one block: SPECDEC_MAX_TREE_NODES must be <= 1024");
 static_assert(sort_length(kMaxCandidates) * static_cast<int64_t>(sizeof(uint64_t)) + kMaxCandidates +
-                      kWarpSize * static_cast<int64_t>(sizeof(int)) <= kDefaultSmemBytes,
+                      kWarpSize * static_cast<int64_t>(sizeof(int)) <=
+                  kDefaultSmemBytes,
               "select_tree sorts one request's candidates in shared memory (8 bytes per padded key + 1 per "
               "candidate, within 48 KiB): SPECDEC_MAX_CANDIDATES must be <= 4096");
 
@@ -77,14 +78,14 @@ __global__ void build_tree_kernel(const int32_t* __restrict__ parents, const int
     if (i < n) bad |= (i == 0) ? (p != -1) : (p < 0 || p >= i);
   }
   const bool ok = n_ok && !__syncthreads_or(bad);  // also the barrier after the shared stores
-  const int live = ok ? n : 0;                      // an invalid tree is all padding
+  const int live = ok ? n : 0;                     // an invalid tree is all padding
   if (tid == 0) valid[b] = ok;
 
   // 2. Links (warp 0): next_sibling of every node in the scanned chunks; s_first for the end.
   const int link_chunks = (live + kWarpSize - 1) / kWarpSize;
   if (tid < kWarpSize) {
     const int lane = tid;
-    const unsigned lower = (1u << lane) - 1u;   // lanes below this one
+    const unsigned lower = (1u << lane) - 1u;     // lanes below this one
     const unsigned upper = ~((2u << lane) - 1u);  // lanes above this one (0 for lane 31)
     for (int c = link_chunks - 1; c >= 0; --c) {
       const int i = c * kWarpSize + lane;
@@ -163,8 +164,8 @@ __global__ void select_tree_kernel(const float* __restrict__ cand_scores, const 
                                    const int64_t* __restrict__ cand_tokens, const int64_t* __restrict__ root_tokens,
                                    int32_t* __restrict__ parents, int64_t* __restrict__ tokens,
                                    int32_t* __restrict__ selected, int M, int N, int P) {
-  extern __shared__ uint64_t s_key[];                                    // [P] sort keys, 0 = padding
-  int32_t* s_node = reinterpret_cast<int32_t*>(s_key);                   // [M] node of each candidate (after sort)
+  extern __shared__ uint64_t s_key[];                                     // [P] sort keys, 0 = padding
+  int32_t* s_node = reinterpret_cast<int32_t*>(s_key);                    // [M] node of each candidate (after sort)
   unsigned char* s_chosen = reinterpret_cast<unsigned char*>(s_key + P);  // [M]
   __shared__ int s_warp_sums[kWarpSize];
 

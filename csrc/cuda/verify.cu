@@ -32,17 +32,17 @@
 
 // The kernels compute in fp32: dispatch only the dtypes the public functions accept (fp64 logits would
 // break argmax ties differently from torch.argmax, and each extra type is another large instantiation).
-#define SPECDEC_DISPATCH_FP32_FP16_BF16(TYPE, NAME, ...)            \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define SPECDEC_DISPATCH_FP32_FP16_BF16(TYPE, NAME, ...)                                                \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                                                        \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 namespace specdec {
 namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kPivots = 15;     // 16-ary search: 4 bits of the 32-bit key per pass
+constexpr int kPivots = 15;  // 16-ary search: 4 bits of the 32-bit key per pass
 // Rejections recorded per node (shared memory) are at most N - 1: N is limited to kMaxTreeNodes
 // (specdec/limits.h, set in specdec_kernels/_limits.py).
 constexpr int kMaxNodes = static_cast<int>(kMaxTreeNodes);
@@ -85,8 +85,8 @@ struct Walk {
   }
 };
 
-__device__ void write_tokens(const int64_t* tok, const int32_t* path, int32_t length, int64_t bonus,
-                             int64_t* out_tok, int32_t N, int tid, int nthreads) {
+__device__ void write_tokens(const int64_t* tok, const int32_t* path, int32_t length, int64_t bonus, int64_t* out_tok,
+                             int32_t N, int tid, int nthreads) {
   for (int32_t j = tid; j < N; j += nthreads) {
     out_tok[j] = j < length - 1 ? tok[path[j + 1]] : (j == length - 1 ? bonus : -1);
   }
@@ -108,7 +108,10 @@ __global__ void greedy_ids_kernel(const int32_t* __restrict__ first_child, const
   const int64_t* tok = tokens + b * N;
   const int64_t* am = amax + b * N;
   while (w.active()) {
-    if (tok[w.cand] == am[w.cur]) w.accept(); else w.reject();
+    if (tok[w.cand] == am[w.cur])
+      w.accept();
+    else
+      w.reject();
   }
   accept_len[b] = w.length;
   write_tokens(tok, path, w.length, am[w.cur], out_tokens + b * N, N, 0, 1);
@@ -118,7 +121,9 @@ __global__ void greedy_ids_kernel(const int32_t* __restrict__ first_child, const
 // Block-wide helpers (blockDim.x == kThreads).
 
 template <typename T>
-__device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
+__device__ __forceinline__ float to_f(T x) {
+  return static_cast<float>(x);
+}
 
 struct ArgMax {
   float v;
@@ -270,8 +275,8 @@ struct Shared {
   Residual res;
   Dist dist;
   float q_sum;
-  int32_t node;      // row to load next, -1 when the walk is over
-  int32_t action;    // 0 = next row, 1 = rejection needing a block pass, 2 = done
+  int32_t node;    // row to load next, -1 when the walk is over
+  int32_t action;  // 0 = next row, 1 = rejection needing a block pass, 2 = done
   int64_t bonus;
   int64_t argmax;
 };
@@ -292,10 +297,13 @@ __device__ void load_dist(const T* row, int32_t V, float temperature, int32_t to
   d.S = d.Z = 1.f;
   d.m = __fdiv_rn(row_max, d.t);  // the max of z is the z of the max logit (division by t > 0 is monotone)
   if (d.use_k) {
-    d.kth_key = search_threshold(V, static_cast<float>(top_k), [&](int32_t x, uint32_t& key, float& w) {
-      key = ordered_key(__fdiv_rn(to_f(row[x]), d.t));
-      w = 1.f;
-    }, sh.s);
+    d.kth_key = search_threshold(
+        V, static_cast<float>(top_k),
+        [&](int32_t x, uint32_t& key, float& w) {
+          key = ordered_key(__fdiv_rn(to_f(row[x]), d.t));
+          w = 1.f;
+        },
+        sh.s);
   }
   float s = 0.f;
   for (int32_t x = threadIdx.x; x < V; x += kThreads) {
@@ -306,10 +314,13 @@ __device__ void load_dist(const T* row, int32_t V, float temperature, int32_t to
   if (d.use_p) {
     Dist pre = d;
     pre.use_p = false;
-    uint32_t key = search_threshold(V, top_p, [&](int32_t x, uint32_t& k, float& w) {
-      w = base_prob(row, x, pre);  // Z = 1 here: the softmax over the top-k set
-      k = __float_as_uint(w);
-    }, sh.s);
+    uint32_t key = search_threshold(
+        V, top_p,
+        [&](int32_t x, uint32_t& k, float& w) {
+          w = base_prob(row, x, pre);  // Z = 1 here: the softmax over the top-k set
+          k = __float_as_uint(w);
+        },
+        sh.s);
     const uint32_t pmax_key = __float_as_uint(__fdiv_rn(1.f, d.S));  // p of the most probable token
     d.p_key = key < pmax_key ? key : pmax_key;                       // always keep the most probable
   }
@@ -326,12 +337,14 @@ __device__ void load_dist(const T* row, int32_t V, float temperature, int32_t to
 }
 
 template <typename T, typename Q>
-__global__ void __launch_bounds__(kThreads) verify_logits_kernel(
-    const int32_t* __restrict__ first_child, const int32_t* __restrict__ next_sibling, const bool* __restrict__ valid,
-    const int64_t* __restrict__ tokens, const T* __restrict__ logits, const float* __restrict__ uniforms,
-    const float* __restrict__ temperature, const int32_t* __restrict__ top_k, const float* __restrict__ top_p,
-    const Q* __restrict__ draft, bool sample, int32_t* __restrict__ accept_nodes, int32_t* __restrict__ accept_len,
-    int64_t* __restrict__ out_tokens, int32_t N, int32_t V) {
+__global__ void __launch_bounds__(kThreads)
+    verify_logits_kernel(const int32_t* __restrict__ first_child, const int32_t* __restrict__ next_sibling,
+                         const bool* __restrict__ valid, const int64_t* __restrict__ tokens,
+                         const T* __restrict__ logits, const float* __restrict__ uniforms,
+                         const float* __restrict__ temperature, const int32_t* __restrict__ top_k,
+                         const float* __restrict__ top_p, const Q* __restrict__ draft, bool sample,
+                         int32_t* __restrict__ accept_nodes, int32_t* __restrict__ accept_len,
+                         int64_t* __restrict__ out_tokens, int32_t N, int32_t V) {
   __shared__ Shared sh;
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -550,19 +563,19 @@ void verify_greedy_cuda(const at::Tensor& first_child, const at::Tensor& next_si
     return;
   }
   SPECDEC_DISPATCH_FP32_FP16_BF16(logits.scalar_type(), "verify_greedy_cuda", [&] {
-    launch_logits<scalar_t, float>(first_child, next_sibling, valid, tokens, logits, nullptr, nullptr, nullptr,
-                                   nullptr, nullptr, false, accept_nodes, accept_len, out_tokens);
+    launch_logits<scalar_t, float>(first_child, next_sibling, valid, tokens, logits, nullptr, nullptr, nullptr, nullptr,
+                                   nullptr, false, accept_nodes, accept_len, out_tokens);
   });
 }
 
 void verify_sample_cuda(const at::Tensor& first_child, const at::Tensor& next_sibling, const at::Tensor& valid,
                         const at::Tensor& tokens, const at::Tensor& logits, const at::Tensor& uniforms,
                         const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
-                        const std::optional<at::Tensor>& draft_probs, at::Tensor& accept_nodes,
-                        at::Tensor& accept_len, at::Tensor& out_tokens) {
+                        const std::optional<at::Tensor>& draft_probs, at::Tensor& accept_nodes, at::Tensor& accept_len,
+                        at::Tensor& out_tokens) {
   const bool has_q = check_verify_sample_args("specdec::verify_sample", kCudaVerifyKernels, first_child, next_sibling,
-                                              valid, tokens, logits, uniforms, temperature, top_k, top_p,
-                                              draft_probs, accept_nodes, accept_len, out_tokens);
+                                              valid, tokens, logits, uniforms, temperature, top_k, top_p, draft_probs,
+                                              accept_nodes, accept_len, out_tokens);
   const c10::Device dev = tokens.device();
   const int64_t B = tokens.size(0);
   if (B == 0) return;
@@ -574,8 +587,7 @@ void verify_sample_cuda(const at::Tensor& first_child, const at::Tensor& next_si
                               temperature.data_ptr<float>(), top_k.data_ptr<int32_t>(), top_p.data_ptr<float>(),
                               nullptr, true, accept_nodes, accept_len, out_tokens);
     } else {
-      SPECDEC_DISPATCH_FP32_FP16_BF16(draft_probs->scalar_type(), "verify_sample_cuda_q",
-                                      [&] {
+      SPECDEC_DISPATCH_FP32_FP16_BF16(draft_probs->scalar_type(), "verify_sample_cuda_q", [&] {
         launch_logits<T, scalar_t>(first_child, next_sibling, valid, tokens, logits, uniforms.data_ptr<float>(),
                                    temperature.data_ptr<float>(), top_k.data_ptr<int32_t>(), top_p.data_ptr<float>(),
                                    draft_probs->data_ptr<scalar_t>(), true, accept_nodes, accept_len, out_tokens);

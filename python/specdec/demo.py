@@ -6,6 +6,7 @@
    accepted: tau near depth + 1). Both must reproduce plain greedy decoding token for token; the demo
    prints the statistics of each run and exits with status 1 if an output differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,19 @@ def tiny_target(vocab: int = 512, hidden: int = 128, layers: int = 2, sharpen: f
     """A random Llama whose lm_head is scaled so next-token distributions are peaked, like a trained model's."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=1024,
-                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -46,8 +57,14 @@ def tiny_target(vocab: int = 512, hidden: int = 128, layers: int = 2, sharpen: f
     return model
 
 
-def speculative_demo(max_new_tokens: int = 32, batch: int = 3, tree_top_k: int = 4, depth: int = 5,
-                     total_tokens: int = 24, device: str = "cpu") -> bool:
+def speculative_demo(
+    max_new_tokens: int = 32,
+    batch: int = 3,
+    tree_top_k: int = 4,
+    depth: int = 5,
+    total_tokens: int = 24,
+    device: str = "cpu",
+) -> bool:
     """Run the comparison described in the module docstring; returns True when every output agrees."""
     from .decoding import generate, generate_baseline
     from .models import DraftConfig, build_draft_head
@@ -59,31 +76,36 @@ def speculative_demo(max_new_tokens: int = 32, batch: int = 3, tree_top_k: int =
     torch.manual_seed(1)
     eagle = build_draft_head(DraftConfig.from_target(model.config, "eagle")).to(device).eval()
     g = torch.Generator().manual_seed(2)
-    prompts = [torch.randint(0, model.config.vocab_size, (int(n),), generator=g).tolist()
-               for n in torch.randint(4, 16, (batch,), generator=g)]
+    prompts = [
+        torch.randint(0, model.config.vocab_size, (int(n),), generator=g).tolist()
+        for n in torch.randint(4, 16, (batch,), generator=g)
+    ]
     tree = dict(tree_top_k=tree_top_k, depth=depth, total_tokens=total_tokens)
     print(f"\ntarget: {target}")
     print(f"prompts of lengths {[len(p) for p in prompts]}, {max_new_tokens} new tokens, tree {tree}")
-    generate_baseline(target, prompts, max_new_tokens=4)                    # warm-up (first-call costs)
+    generate_baseline(target, prompts, max_new_tokens=4)  # warm-up (first-call costs)
     base = generate_baseline(target, prompts, max_new_tokens=max_new_tokens)
     print(f"  plain decoding      : {base.summary()}")
     ok = True
     for name, head in (("random EAGLE head", eagle), ("oracle head", TargetOracleHead(model))):
-        generate(target, head, prompts, max_new_tokens=4, **tree)           # warm-up
+        generate(target, head, prompts, max_new_tokens=4, **tree)  # warm-up
         res = generate(target, head, prompts, max_new_tokens=max_new_tokens, **tree)
         same = res.sequences == base.sequences
         ok &= same
         print(f"  {name:20s}: {res.summary()}")
-        print(f"  {'':20s}  identical to plain greedy decoding: {'yes' if same else 'NO'}; "
-              f"accept lengths of request 0: {res.accept_lengths[:, 0].tolist()}")
+        print(
+            f"  {'':20s}  identical to plain greedy decoding: {'yes' if same else 'NO'}; "
+            f"accept lengths of request 0: {res.accept_lengths[:, 0].tolist()}"
+        )
     print(f"\nrequest 0: prompt {prompts[0]}\n  output {base.sequences[0]}")
     return ok
 
 
 def main(argv=None) -> int:
     """Entry point of `python -m specdec.demo`; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m specdec.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m specdec.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=3)
     parser.add_argument("--device", default="cpu")

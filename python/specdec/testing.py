@@ -14,6 +14,7 @@ feature at position 0 depends on x_0 alone, so the oracle recovers it by matchin
 position-0 features of every vocabulary token (computed once). It is slow (a target forward per query,
 host-side loops) and meant for tiny models.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,12 @@ class TargetOracleHead(torch.nn.Module):
         """An empty OracleCache of `max_len` token slots per request (k/v are empty placeholders)."""
         dev = device or self.device
         empty = torch.zeros(batch_size, 1, 0, 1, device=dev, dtype=dtype or self.dtype)
-        return OracleCache(torch.zeros(batch_size, max_len, dtype=torch.int64, device=dev),
-                           torch.zeros(batch_size, dtype=torch.int64, device=dev), empty, empty)
+        return OracleCache(
+            torch.zeros(batch_size, max_len, dtype=torch.int64, device=dev),
+            torch.zeros(batch_size, dtype=torch.int64, device=dev),
+            empty,
+            empty,
+        )
 
     @torch.no_grad()
     def _position0_table(self) -> torch.Tensor:
@@ -98,14 +103,16 @@ class TargetOracleHead(torch.nn.Module):
             V = self.model.get_output_embeddings().weight.shape[0]
             ids = torch.arange(V, device=self.device)[:, None]
             base = self.model.get_decoder()
-            rows = [base(input_ids=ids[s:s + self.chunk]).last_hidden_state[:, 0].float()
-                    for s in range(0, V, self.chunk)]
+            rows = [
+                base(input_ids=ids[s : s + self.chunk]).last_hidden_state[:, 0].float() for s in range(0, V, self.chunk)
+            ]
             self._table = torch.cat(rows)
         return self._table
 
     @torch.no_grad()
-    def forward(self, features, input_ids, position_ids, cache: OracleCache, cache_len, tree_mask, slot_offset=0,
-                **kwargs) -> OracleOutput:
+    def forward(
+        self, features, input_ids, position_ids, cache: OracleCache, cache_len, tree_mask, slot_offset=0, **kwargs
+    ) -> OracleOutput:
         """The draft-head call of specdec.models.DraftHead.forward, answered with the target's logits.
 
         Writes input_ids at the token slots cache_len + slot_offset + i, then, for every query, runs the
@@ -117,18 +124,20 @@ class TargetOracleHead(torch.nn.Module):
         off = slot_offset if isinstance(slot_offset, int) else slot_offset.to(torch.int64)[:, None]
         slots = cache_len.to(torch.int64)[:, None] + off + torch.arange(T, device=dev)
         cache.tokens.scatter_(1, slots, input_ids)
-        at0 = position_ids[:, 0] == 0                               # this call holds pair 0: recover x_0
+        at0 = position_ids[:, 0] == 0  # this call holds pair 0: recover x_0
         if bool(at0.any()):
             d = torch.cdist(features[:, 0].float(), self._position0_table())
             cache.first.copy_(torch.where(at0, d.argmin(dim=1), cache.first))
         # Query (b, i) sees x_0, the committed slots s < cache_len[b] and the tree slots its mask row selects;
         # ancestors sit at increasing slots, so the visible slots in slot order are its token sequence.
         S = cache.max_len
-        visible = specdec_kernels.tree_visibility(tree_mask=tree_mask, cache_len=cache_len, kv_len=S)   # [B, T, S]
-        order = torch.sort((~visible).to(torch.int8), dim=2, stable=True).indices      # visible slots first, in order
-        n = visible.sum(2)                                                              # [B, T]
-        seq = torch.cat([cache.first[:, None, None].expand(B, T, 1),
-                         cache.tokens[:, None, :].expand(B, T, S).gather(2, order)], dim=2)
+        visible = specdec_kernels.tree_visibility(tree_mask=tree_mask, cache_len=cache_len, kv_len=S)  # [B, T, S]
+        order = torch.sort((~visible).to(torch.int8), dim=2, stable=True).indices  # visible slots first, in order
+        n = visible.sum(2)  # [B, T]
+        seq = torch.cat(
+            [cache.first[:, None, None].expand(B, T, 1), cache.tokens[:, None, :].expand(B, T, S).gather(2, order)],
+            dim=2,
+        )
         logits = self._last_logits(seq.reshape(B * T, S + 1), (n + 1).reshape(B * T)).view(B, T, -1)
         return OracleOutput(logits, features)
 
@@ -136,11 +145,11 @@ class TargetOracleHead(torch.nn.Module):
         """Target logits after each right-padded sequence seqs[r, :lengths[r]]."""
         out = []
         for s in range(0, seqs.shape[0], self.chunk):
-            L = int(lengths[s:s + self.chunk].max())
-            ids = seqs[s:s + self.chunk, :L]
-            mask = (torch.arange(L, device=ids.device)[None, :] < lengths[s:s + self.chunk, None]).to(torch.int64)
+            L = int(lengths[s : s + self.chunk].max())
+            ids = seqs[s : s + self.chunk, :L]
+            mask = (torch.arange(L, device=ids.device)[None, :] < lengths[s : s + self.chunk, None]).to(torch.int64)
             # Right padding keeps the real rows causal; the lm_head runs on the last real row only.
             hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-            last = (lengths[s:s + self.chunk] - 1)[:, None, None].expand(ids.shape[0], 1, hidden.shape[2])
+            last = (lengths[s : s + self.chunk] - 1)[:, None, None].expand(ids.shape[0], 1, hidden.shape[2])
             out.append(self.model.get_output_embeddings()(hidden.gather(1, last)[:, 0]).float())
         return torch.cat(out)

@@ -4,6 +4,7 @@ One op serves the target's verification pass (Nq = N tree nodes, build_tree's ma
 expansion (Nq = the frontier nodes, mask bits pointing at every node expanded so far); with Nq = 1 and a
 full mask row it is plain decoding.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,13 +27,22 @@ def _attn_limit(backend, q, k_cache, v_cache, cache_len, tree_mask, scale, out):
     return None
 
 
-_TREE_ATTENTION = _backend.standard_op("tree_attention", reference=ref.tree_attention, triton_module="attention",
-                                       limits=_attn_limit)
+_TREE_ATTENTION = _backend.standard_op(
+    "tree_attention", reference=ref.tree_attention, triton_module="attention", limits=_attn_limit
+)
 
 
-def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   cache_len: Union[torch.Tensor, int], tree_mask: torch.Tensor, *, scale: Optional[float] = None,
-                   backend: Optional[str] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: Union[torch.Tensor, int],
+    tree_mask: torch.Tensor,
+    *,
+    scale: Optional[float] = None,
+    backend: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Attention of tree queries over a KV cache whose tree keys follow the committed prefix.
 
     Query i of request b sees every key slot s < cache_len[b], and slot cache_len[b] + j iff bit j of
@@ -73,8 +83,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     check_tensor("k_cache", k_cache, dtype=q.dtype, ndim=4)
     H_kv, S_max = k_cache.shape[1], k_cache.shape[2]
     if k_cache.shape[0] != B or k_cache.shape[3] != D:
-        raise ValueError(f"k_cache: expected shape [B={B}, H_kv, S_max, D={D}] to match q {tuple(q.shape)}, "
-                         f"got {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"k_cache: expected shape [B={B}, H_kv, S_max, D={D}] to match q {tuple(q.shape)}, "
+            f"got {tuple(k_cache.shape)}"
+        )
     check_tensor("v_cache", v_cache, dtype=q.dtype, shape=tuple(k_cache.shape))
     cache_len = _cache_len_arg(cache_len, B, q.device)
     check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, Nq, None))
@@ -101,6 +113,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         check_out("out", out, (B, H, Nq, D), q.dtype, dev)
     if out.numel() == 0:
         return out
-    _TREE_ATTENTION(q.contiguous(), k_cache, v_cache, cache_len.contiguous(), tree_mask.contiguous(),
-                    scale, out, backend=backend)
+    _TREE_ATTENTION(
+        q.contiguous(), k_cache, v_cache, cache_len.contiguous(), tree_mask.contiguous(), scale, out, backend=backend
+    )
     return out

@@ -1,4 +1,5 @@
 """KV-cache compaction after verification: move the accepted tree slots behind the committed prefix."""
+
 from __future__ import annotations
 
 import math
@@ -25,26 +26,36 @@ def _as_4d(name: str, t, per_token: bool, B: Optional[int], S: Optional[int]) ->
         try:
             v = t.view(t.shape[0], 1, t.shape[1], y)
         except RuntimeError as exc:
-            raise ValueError(f"{name}: the trailing dimensions {tuple(t.shape[2:])} (strides {t.stride()[2:]}) "
-                             f"cannot be flattened into one without a copy; compaction works in place, so "
-                             f"pass a tensor whose trailing dimensions are contiguous") from exc
+            raise ValueError(
+                f"{name}: the trailing dimensions {tuple(t.shape[2:])} (strides {t.stride()[2:]}) "
+                f"cannot be flattened into one without a copy; compaction works in place, so "
+                f"pass a tensor whose trailing dimensions are contiguous"
+            ) from exc
     else:
         if t.dim() != 4:
             raise ValueError(f"{name}: expected a KV tensor [B, H_kv, S_max, D], got shape {tuple(t.shape)}")
         v = t
     if B is not None and (v.shape[0] != B or v.shape[2] != S):
         what = "[B, S_max, ...]" if per_token else "[B, H_kv, S_max, D]"
-        raise ValueError(f"{name}: expected {what} with B = {B}, S_max = {S} (as the first cache), "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name}: expected {what} with B = {B}, S_max = {S} (as the first cache), got shape {tuple(t.shape)}"
+        )
     if v.shape[3] > 1 and v.stride(3) != 1:
-        raise ValueError(f"{name}: the last dimension must have unit stride (rows are copied as bytes), "
-                         f"got strides {t.stride()}")
+        raise ValueError(
+            f"{name}: the last dimension must have unit stride (rows are copied as bytes), got strides {t.stride()}"
+        )
     return v
 
 
-def compact_kv(caches: Sequence[torch.Tensor], cache_len: Union[torch.Tensor, int], accept_nodes: torch.Tensor,
-               accept_len: torch.Tensor, *, per_token: Sequence[torch.Tensor] = (),
-               backend: Optional[str] = None) -> None:
+def compact_kv(
+    caches: Sequence[torch.Tensor],
+    cache_len: Union[torch.Tensor, int],
+    accept_nodes: torch.Tensor,
+    accept_len: torch.Tensor,
+    *,
+    per_token: Sequence[torch.Tensor] = (),
+    backend: Optional[str] = None,
+) -> None:
     """Move the accepted tree slots of every cache to the end of the committed prefix, in place, in one op.
 
     For each request b and j < accept_len[b]: slot cache_len[b] + accept_nodes[b, j] moves to slot
@@ -90,8 +101,9 @@ def compact_kv(caches: Sequence[torch.Tensor], cache_len: Union[torch.Tensor, in
             v = _as_4d(f"{name}[{i}]", t, per, *(B_S or (None, None)))
             if B_S is None:
                 if v.shape[0] != B:
-                    raise ValueError(f"{name}[{i}]: expected batch B = {B} (the rows of accept_nodes), "
-                                     f"got shape {tuple(t.shape)}")
+                    raise ValueError(
+                        f"{name}[{i}]: expected batch B = {B} (the rows of accept_nodes), got shape {tuple(t.shape)}"
+                    )
                 B_S = (B, v.shape[2])
             views.append(v)
             names.append(f"{name}[{i}]")

@@ -28,6 +28,7 @@ rstd of h, of N_b(h) and of e) and the [T, I] pre-activations (FSPAD: gate and u
 output). The activation SiLU(gate) * up (resp. SiLU(pre_act)) is recomputed in backward by the same
 fused pass that forms its gradient, which saves one [T, I] tensor per call.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Optional
@@ -46,18 +47,29 @@ def _kernel_dtypes(backend, *args):
     return None
 
 
-_FSPAD_FWD = _backend.standard_op("fspad_feature_sampling", reference=ref.fspad_feature_sampling_out,
-                                  triton_module="features", limits=_kernel_dtypes)
-_FSPAD_BWD = _backend.standard_op("fspad_feature_sampling_backward", reference=ref.fspad_feature_sampling_backward,
-                                  triton_module="features", limits=_kernel_dtypes)
-_GRIFFIN_FWD = _backend.standard_op("griffin_token_fusion", reference=ref.griffin_token_fusion_out,
-                                    triton_module="features", limits=_kernel_dtypes)
-_GRIFFIN_BWD = _backend.standard_op("griffin_token_fusion_backward", reference=ref.griffin_token_fusion_backward,
-                                    triton_module="features", limits=_kernel_dtypes)
+_FSPAD_FWD = _backend.standard_op(
+    "fspad_feature_sampling", reference=ref.fspad_feature_sampling_out, triton_module="features", limits=_kernel_dtypes
+)
+_FSPAD_BWD = _backend.standard_op(
+    "fspad_feature_sampling_backward",
+    reference=ref.fspad_feature_sampling_backward,
+    triton_module="features",
+    limits=_kernel_dtypes,
+)
+_GRIFFIN_FWD = _backend.standard_op(
+    "griffin_token_fusion", reference=ref.griffin_token_fusion_out, triton_module="features", limits=_kernel_dtypes
+)
+_GRIFFIN_BWD = _backend.standard_op(
+    "griffin_token_fusion_backward",
+    reference=ref.griffin_token_fusion_backward,
+    triton_module="features",
+    limits=_kernel_dtypes,
+)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Input checks
+
 
 def _check_ids(token_ids: torch.Tensor, vocab: int, check_ids: Optional[bool]) -> None:
     """Reject token ids outside [0, vocab).
@@ -76,12 +88,16 @@ def _check_ids(token_ids: torch.Tensor, vocab: int, check_ids: Optional[bool]) -
         bad = (token_ids < 0) | (token_ids >= vocab)
         if bool(bad.any()):
             pos = int(torch.nonzero(bad.flatten())[0])
-            raise ValueError(f"token_ids: expected ids in [0, {vocab}) (the rows of embed_weight), got "
-                             f"{int(token_ids.flatten()[pos])} at flat position {pos} "
-                             f"({int(bad.sum())} out of range in all)")
+            raise ValueError(
+                f"token_ids: expected ids in [0, {vocab}) (the rows of embed_weight), got "
+                f"{int(token_ids.flatten()[pos])} at flat position {pos} "
+                f"({int(bad.sum())} out of range in all)"
+            )
         return
-    torch._assert_async(((token_ids >= 0) & (token_ids < vocab)).all(),
-                        f"token_ids: expected ids in [0, {vocab}) (the rows of embed_weight)")
+    torch._assert_async(
+        ((token_ids >= 0) & (token_ids < vocab)).all(),
+        f"token_ids: expected ids in [0, {vocab}) (the rows of embed_weight)",
+    )
 
 
 def _check_embedding(features, token_ids, embed_weight, embed_dtype: Optional[torch.dtype]) -> int:
@@ -92,8 +108,13 @@ def _check_embedding(features, token_ids, embed_weight, embed_dtype: Optional[to
         raise ValueError("features: expected shape [..., H], got a 0-dimensional tensor")
     H = features.shape[-1]
     check_tensor("token_ids", token_ids, dtypes=ID_DTYPES, shape=tuple(features.shape[:-1]))
-    check_tensor("embed_weight", embed_weight, dtype=embed_dtype, shape=(None, H),
-                 dtypes=FLOAT_DTYPES_FP64 if embed_dtype is None else None)
+    check_tensor(
+        "embed_weight",
+        embed_weight,
+        dtype=embed_dtype,
+        shape=(None, H),
+        dtypes=FLOAT_DTYPES_FP64 if embed_dtype is None else None,
+    )
     if embed_weight.shape[0] < 1:
         raise ValueError("embed_weight: expected at least one row (vocabulary size >= 1)")
     return H
@@ -144,14 +165,17 @@ def _new_out(out, shape, dt, dev, needs_grad):
     if out is None:
         return torch.empty(shape, dtype=dt, device=dev)
     if needs_grad:
-        raise ValueError("out: caller buffers are for inference (no autograd); call without out= when gradients "
-                         "are needed, or under torch.no_grad()")
+        raise ValueError(
+            "out: caller buffers are for inference (no autograd); call without out= when gradients "
+            "are needed, or under torch.no_grad()"
+        )
     check_out("out", out, shape, dt, dev)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------
 # Autocast
+
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The autocast dtype when autocast is enabled for `device_type`, else None (torch >= 2.4 API)."""
@@ -174,6 +198,7 @@ def _autocast_inputs(dtype, features, token_ids, embed_weight, weights, check_id
     cast whole (a [V, H] copy per call): its T rows are gathered (after the range check) and cast, like the
     composition's e = E[ids], and indexed by arange(T).
     """
+
     def cast(t):
         return t.to(dtype) if _autocast_eligible(t) and t.dtype != dtype else t
 
@@ -197,10 +222,11 @@ def _autocast_inputs(dtype, features, token_ids, embed_weight, weights, check_id
 # What the two input blocks share: the forward writes [T, H] beside activations kept for backward, the
 # backward takes every forward input, those activations and one gradient buffer per differentiable input.
 
+
 class _Kernels(NamedTuple):
     fwd: _backend.KernelOp  # (features, token_ids, embed_weight, *weights, eps, out, *activations)
     bwd: _backend.KernelOp  # (grad_out, features, ..., eps, *activations, *grads)
-    activations: Callable   # (T, H, I, dtype, device, train) -> the buffers the forward fills beside `out`
+    activations: Callable  # (T, H, I, dtype, device, train) -> the buffers the forward fills beside `out`
     check_weights: Callable  # (H, dtype, weights) -> None; raises on a bad block weight
     function: Optional[type] = None  # the torch.autograd.Function
 
@@ -214,8 +240,11 @@ def _fspad_activations(T, H, I, dt, dev, train):
 
 def _griffin_activations(T, H, I, dt, dev, train):
     """h [T, H], stats [T, 3] (rstd of h, of N_b(h), of e); for backward also W_u's output [T, I] (else None)."""
-    return (torch.empty(T, H, dtype=dt, device=dev), torch.empty(T, 3, dtype=_stat_dtype(dt), device=dev),
-            torch.empty(T, I, dtype=dt, device=dev) if train else None)
+    return (
+        torch.empty(T, H, dtype=dt, device=dev),
+        torch.empty(T, 3, dtype=_stat_dtype(dt), device=dev),
+        torch.empty(T, I, dtype=dt, device=dev) if train else None,
+    )
 
 
 def _function_forward(ctx, kernels, backend, eps, inputs):
@@ -237,10 +266,13 @@ def _function_backward(ctx, kernels, grad_out):
     """autograd.Function.backward of either block (Function inputs: backend, eps, features, token_ids,
     embed_weight, *weights): gradients of the features and of every weight but the embedding."""
     saved = ctx.saved_tensors
-    inputs, acts = saved[:ctx.num_inputs], saved[ctx.num_inputs:]
+    inputs, acts = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
     need = ctx.needs_input_grad
-    grads = [torch.empty_like(t) if (t is not None and need[2 + i]) else None
-             for i, t in enumerate(inputs) if i not in (1, 2)]  # token_ids and embed_weight get none
+    grads = [
+        torch.empty_like(t) if (t is not None and need[2 + i]) else None
+        for i, t in enumerate(inputs)
+        if i not in (1, 2)
+    ]  # token_ids and embed_weight get none
     if any(g is not None for g in grads):
         args = (grad_out.contiguous(), *inputs, ctx.eps, *acts, *grads)
         device_type = inputs[0].device.type
@@ -268,8 +300,9 @@ def _apply(kernels, backend, eps, features, token_ids, embed_weight, weights, ou
     if grad:
         return kernels.function.apply(backend, float(eps), f2, ids, *weights).reshape(lead + (H,))
     I = weights[-1].shape[1]
-    kernels.fwd(f2, ids, *weights, float(eps), res.view(T, H), *kernels.activations(T, H, I, dt, dev, False),
-                backend=backend)
+    kernels.fwd(
+        f2, ids, *weights, float(eps), res.view(T, H), *kernels.activations(T, H, I, dt, dev, False), backend=backend
+    )
     return res
 
 
@@ -277,8 +310,9 @@ def _checked_apply(kernels, features, token_ids, embed_weight, weights, eps, bac
     H, dt = _check_common(features, token_ids, embed_weight, weights["fc_weight"], weights["fc_bias"], eps)
     kernels.check_weights(H, dt, weights)
     dev = same_device(features=features, token_ids=token_ids, embed_weight=embed_weight, **weights)
-    return _apply(kernels, backend, eps, features, token_ids, embed_weight, tuple(weights.values()), out,
-                  check_ids, H, dt, dev)
+    return _apply(
+        kernels, backend, eps, features, token_ids, embed_weight, tuple(weights.values()), out, check_ids, H, dt, dev
+    )
 
 
 def _block(kernels, features, token_ids, embed_weight, weights, eps, backend, out, check_ids):
@@ -287,7 +321,8 @@ def _block(kernels, features, token_ids, embed_weight, weights, eps, backend, ou
     if amp is None:
         return _checked_apply(kernels, features, token_ids, embed_weight, weights, eps, backend, out, check_ids)
     features, token_ids, embed_weight, weights, check_ids = _autocast_inputs(
-        amp, features, token_ids, embed_weight, weights, check_ids)
+        amp, features, token_ids, embed_weight, weights, check_ids
+    )
     with torch.autocast(features.device.type, enabled=False):
         return _checked_apply(kernels, features, token_ids, embed_weight, weights, eps, backend, out, check_ids)
 
@@ -295,12 +330,30 @@ def _block(kernels, features, token_ids, embed_weight, weights, eps, backend, ou
 # ---------------------------------------------------------------------------------------------------
 # FSPAD
 
+
 class _FspadFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, backend, eps, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
-                up_weight, down_weight):
-        return _function_forward(ctx, _FSPAD, backend, eps, (features, token_ids, embed_weight, fc_weight, fc_bias,
-                                                              norm_weight, gate_weight, up_weight, down_weight))
+    def forward(
+        ctx,
+        backend,
+        eps,
+        features,
+        token_ids,
+        embed_weight,
+        fc_weight,
+        fc_bias,
+        norm_weight,
+        gate_weight,
+        up_weight,
+        down_weight,
+    ):
+        return _function_forward(
+            ctx,
+            _FSPAD,
+            backend,
+            eps,
+            (features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight, up_weight, down_weight),
+        )
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -310,11 +363,22 @@ class _FspadFunction(torch.autograd.Function):
 _FSPAD = _Kernels(_FSPAD_FWD, _FSPAD_BWD, _fspad_activations, _check_fspad_weights, _FspadFunction)
 
 
-def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
-                           fc_weight: torch.Tensor, norm_weight: torch.Tensor, gate_weight: torch.Tensor,
-                           up_weight: torch.Tensor, down_weight: torch.Tensor, *,
-                           fc_bias: Optional[torch.Tensor] = None, eps: float = 1e-6, backend: Optional[str] = None,
-                           out: Optional[torch.Tensor] = None, check_ids: Optional[bool] = None) -> torch.Tensor:
+def fspad_feature_sampling(
+    features: torch.Tensor,
+    token_ids: torch.Tensor,
+    embed_weight: torch.Tensor,
+    fc_weight: torch.Tensor,
+    norm_weight: torch.Tensor,
+    gate_weight: torch.Tensor,
+    up_weight: torch.Tensor,
+    down_weight: torch.Tensor,
+    *,
+    fc_bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    backend: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+    check_ids: Optional[bool] = None,
+) -> torch.Tensor:
     """FSPAD feature sampling: u = z + W_d(SiLU(W_g e) * W_u RMSNorm(z)), z = W_fc [e; f] + b, e = Emb[x].
 
     Args:
@@ -348,20 +412,63 @@ def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embe
         >>> fc_w.grad.shape
         torch.Size([8, 16])
     """
-    return _block(_FSPAD, features, token_ids, embed_weight,
-                  dict(fc_weight=fc_weight, fc_bias=fc_bias, norm_weight=norm_weight, gate_weight=gate_weight,
-                       up_weight=up_weight, down_weight=down_weight), eps, backend, out, check_ids)
+    return _block(
+        _FSPAD,
+        features,
+        token_ids,
+        embed_weight,
+        dict(
+            fc_weight=fc_weight,
+            fc_bias=fc_bias,
+            norm_weight=norm_weight,
+            gate_weight=gate_weight,
+            up_weight=up_weight,
+            down_weight=down_weight,
+        ),
+        eps,
+        backend,
+        out,
+        check_ids,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # GRIFFIN
 
+
 class _GriffinFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, backend, eps, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
-                norm_a_weight, up_weight, down_weight):
-        return _function_forward(ctx, _GRIFFIN, backend, eps, (features, token_ids, embed_weight, fc_weight, fc_bias,
-                                                                norm_b_weight, norm_a_weight, up_weight, down_weight))
+    def forward(
+        ctx,
+        backend,
+        eps,
+        features,
+        token_ids,
+        embed_weight,
+        fc_weight,
+        fc_bias,
+        norm_b_weight,
+        norm_a_weight,
+        up_weight,
+        down_weight,
+    ):
+        return _function_forward(
+            ctx,
+            _GRIFFIN,
+            backend,
+            eps,
+            (
+                features,
+                token_ids,
+                embed_weight,
+                fc_weight,
+                fc_bias,
+                norm_b_weight,
+                norm_a_weight,
+                up_weight,
+                down_weight,
+            ),
+        )
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -371,11 +478,22 @@ class _GriffinFunction(torch.autograd.Function):
 _GRIFFIN = _Kernels(_GRIFFIN_FWD, _GRIFFIN_BWD, _griffin_activations, _check_griffin_weights, _GriffinFunction)
 
 
-def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
-                         fc_weight: torch.Tensor, norm_b_weight: torch.Tensor, norm_a_weight: torch.Tensor,
-                         up_weight: torch.Tensor, down_weight: torch.Tensor, *,
-                         fc_bias: Optional[torch.Tensor] = None, eps: float = 1e-6, backend: Optional[str] = None,
-                         out: Optional[torch.Tensor] = None, check_ids: Optional[bool] = None) -> torch.Tensor:
+def griffin_token_fusion(
+    features: torch.Tensor,
+    token_ids: torch.Tensor,
+    embed_weight: torch.Tensor,
+    fc_weight: torch.Tensor,
+    norm_b_weight: torch.Tensor,
+    norm_a_weight: torch.Tensor,
+    up_weight: torch.Tensor,
+    down_weight: torch.Tensor,
+    *,
+    fc_bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    backend: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+    check_ids: Optional[bool] = None,
+) -> torch.Tensor:
     """GRIFFIN token-guided fusion: g = h + W_d SiLU(W_u [N_a(N_b(h)); N_a(e)]), h = W_fc [e; f] + b, e = Emb[x].
 
     Args:
@@ -403,6 +521,21 @@ def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_
         >>> g.shape, g.dtype
         (torch.Size([3, 8]), torch.bfloat16)
     """
-    return _block(_GRIFFIN, features, token_ids, embed_weight,
-                  dict(fc_weight=fc_weight, fc_bias=fc_bias, norm_b_weight=norm_b_weight, norm_a_weight=norm_a_weight,
-                       up_weight=up_weight, down_weight=down_weight), eps, backend, out, check_ids)
+    return _block(
+        _GRIFFIN,
+        features,
+        token_ids,
+        embed_weight,
+        dict(
+            fc_weight=fc_weight,
+            fc_bias=fc_bias,
+            norm_b_weight=norm_b_weight,
+            norm_a_weight=norm_a_weight,
+            up_weight=up_weight,
+            down_weight=down_weight,
+        ),
+        eps,
+        backend,
+        out,
+        check_ids,
+    )

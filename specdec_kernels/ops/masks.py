@@ -5,6 +5,7 @@ int32 [W], W = ceil(n / 32); bit j % 32 of word j // 32 (little-endian) is set i
 row i (i itself or one of its ancestors). With the KV layout of the package, tree node j's key sits at
 slot cache_len[b] + j, after the committed prefix.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -52,8 +53,9 @@ def pack_bits(dense: torch.Tensor) -> torch.Tensor:
     if pad:
         dense = torch.nn.functional.pad(dense, (0, pad))
     bits = dense.reshape(*dense.shape[:-1], W, 32).to(torch.int64)
-    weights = torch.bitwise_left_shift(torch.ones(32, dtype=torch.int64, device=dense.device),
-                                       torch.arange(32, device=dense.device))
+    weights = torch.bitwise_left_shift(
+        torch.ones(32, dtype=torch.int64, device=dense.device), torch.arange(32, device=dense.device)
+    )
     words = (bits * weights).sum(-1)
     words = torch.where(words >= 2**31, words - 2**32, words)  # bit 31 set: the int32 is negative
     return words.to(torch.int32)
@@ -104,7 +106,7 @@ def unpack_mask(tree_mask: torch.Tensor, num_nodes: Optional[int] = None) -> tor
     if W * 32 < n:
         raise ValueError(f"tree_mask: {W} words hold {32 * W} nodes, fewer than {n}")
     j = torch.arange(n, device=tree_mask.device)
-    words = tree_mask[:, :, j // 32]                                     # [B, N, n]
+    words = tree_mask[:, :, j // 32]  # [B, N, n]
     return ((words >> (j % 32).to(torch.int32)) & 1).bool()
 
 
@@ -130,20 +132,22 @@ def tree_visibility(tree_mask: torch.Tensor, cache_len: Union[torch.Tensor, int]
     if kv_len < 0:
         raise ValueError(f"kv_len: expected >= 0, got {kv_len}")
     s = torch.arange(kv_len, device=dev)
-    rel = s[None, :] - cache_len.to(torch.int64)[:, None]                    # [B, kv_len]
+    rel = s[None, :] - cache_len.to(torch.int64)[:, None]  # [B, kv_len]
     in_tree = (rel >= 0) & (rel < 32 * W)
     relc = rel.clamp(0, max(32 * W - 1, 0))
     if W == 0:
         tree_vis = torch.zeros(B, Nq, kv_len, dtype=torch.bool, device=dev)
     else:
-        words = torch.gather(tree_mask.to(torch.int64) & 0xFFFFFFFF, 2,
-                             (relc // 32)[:, None, :].expand(B, Nq, kv_len))  # [B, Nq, kv_len]
+        words = torch.gather(
+            tree_mask.to(torch.int64) & 0xFFFFFFFF, 2, (relc // 32)[:, None, :].expand(B, Nq, kv_len)
+        )  # [B, Nq, kv_len]
         tree_vis = ((words >> (relc % 32)[:, None, :]) & 1).bool() & in_tree[:, None, :]
     return (rel < 0)[:, None, :] | tree_vis
 
 
-def tree_attention_bias(tree_mask: torch.Tensor, cache_len: Union[torch.Tensor, int], kv_len: int,
-                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def tree_attention_bias(
+    tree_mask: torch.Tensor, cache_len: Union[torch.Tensor, int], kv_len: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Additive attention bias [B, 1, Nq, kv_len] for SDPA-style engines over the package's cache layout.
 
     0 where tree_visibility is true, -inf elsewhere. cache_len: int32 [B], or an int for every request.
@@ -168,6 +172,7 @@ def tree_attention_bias(tree_mask: torch.Tensor, cache_len: Union[torch.Tensor, 
 # ---------------------------------------------------------------------------------------------------
 # Argument helpers shared by the ops modules (ints are never bools; cache_len is an int or int32 [B]).
 
+
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np_bool))
 
@@ -191,6 +196,6 @@ def _cache_len_arg(cache_len, B: int, device) -> torch.Tensor:
     if not _is_int(cache_len):
         raise TypeError(f"cache_len: expected an int or an int32 tensor [B], got {type(cache_len).__name__}")
     cache_len = int(cache_len)
-    if not -2**31 <= cache_len < 2**31:
+    if not -(2**31) <= cache_len < 2**31:
         raise ValueError(f"cache_len: expected an int32 value, got {cache_len}")
     return torch.full((B,), cache_len, dtype=torch.int32, device=device)

@@ -5,6 +5,7 @@ The tree representation: node 0 is the root, nodes are in topological order
 ops need from `parents`; select_tree is EAGLE-2's reranking from drafted candidates to a tree. Ops with
 `out=` take exactly their result tuple, allocated by its `empty(batch, num_nodes, device)`.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Union
@@ -106,8 +107,13 @@ class TreePaths(NamedTuple):
 
 # The buffers of each result tuple that takes `out=`: [(shape, dtype)] per field, for `empty` and `_check_out`.
 def _tree_layout(B: int, N: int) -> list:
-    return [((B, N), torch.int32), ((B, N, mask_words(N)), torch.int32), ((B, N), torch.int32),
-            ((B, N), torch.int32), ((B,), torch.bool)]
+    return [
+        ((B, N), torch.int32),
+        ((B, N, mask_words(N)), torch.int32),
+        ((B, N), torch.int32),
+        ((B, N), torch.int32),
+        ((B,), torch.bool),
+    ]
 
 
 def _selected_layout(B: int, N: int) -> list:
@@ -124,8 +130,10 @@ def _empty(cls, layout, batch, num_nodes, device):
 def _check_out(out, cls, layout, B: int, N: int, dev) -> None:
     """`out` must be a `cls` (a result tuple) whose buffers are those of `cls.empty(B, N)` on `dev`."""
     if not isinstance(out, cls):
-        raise TypeError(f"out: expected a {cls.__name__} (from {cls.__name__}.empty(batch, num_nodes, device)), "
-                        f"got {type(out).__name__}")
+        raise TypeError(
+            f"out: expected a {cls.__name__} (from {cls.__name__}.empty(batch, num_nodes, device)), "
+            f"got {type(out).__name__}"
+        )
     for name, t, (shape, dtype) in zip(cls._fields, out, layout(B, N)):
         check_out(f"out.{name}", t, shape, dtype, dev)
 
@@ -136,12 +144,16 @@ def _kernel_limit(backend, parents, num_nodes, *outs):
     return None
 
 
-_BUILD_TREE = _backend.standard_op("build_tree", reference=ref.build_tree, triton_module="tree",
-                                   limits=_kernel_limit)
+_BUILD_TREE = _backend.standard_op("build_tree", reference=ref.build_tree, triton_module="tree", limits=_kernel_limit)
 
 
-def build_tree(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None, *,
-               backend: Optional[str] = None, out: Optional[Tree] = None) -> Tree:
+def build_tree(
+    parents: torch.Tensor,
+    num_nodes: Union[torch.Tensor, int, None] = None,
+    *,
+    backend: Optional[str] = None,
+    out: Optional[Tree] = None,
+) -> Tree:
     """Derive depth, packed ancestor mask, child/sibling links and validity from `parents`.
 
     Args:
@@ -190,13 +202,21 @@ def _select_limit(backend, cand_scores, cand_parents, cand_tokens, root_tokens, 
     return None
 
 
-_SELECT_TREE = _backend.standard_op("select_tree", reference=ref.select_tree, triton_module="tree",
-                                    limits=_select_limit)
+_SELECT_TREE = _backend.standard_op(
+    "select_tree", reference=ref.select_tree, triton_module="tree", limits=_select_limit
+)
 
 
-def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_tokens: torch.Tensor,
-                root_tokens: torch.Tensor, num_nodes: int, *, backend: Optional[str] = None,
-                out: Optional[SelectedTree] = None) -> SelectedTree:
+def select_tree(
+    cand_scores: torch.Tensor,
+    cand_parents: torch.Tensor,
+    cand_tokens: torch.Tensor,
+    root_tokens: torch.Tensor,
+    num_nodes: int,
+    *,
+    backend: Optional[str] = None,
+    out: Optional[SelectedTree] = None,
+) -> SelectedTree:
     """EAGLE-2 reranking: keep the best num_nodes - 1 drafted candidates as a tree under the root.
 
     Args:
@@ -230,8 +250,9 @@ def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_toke
     check_tensor("cand_parents", cand_parents, dtype=torch.int32, shape=(B, M))
     check_tensor("cand_tokens", cand_tokens, dtype=torch.int64, shape=(B, M))
     check_tensor("root_tokens", root_tokens, dtype=torch.int64, shape=(B,))
-    dev = same_device(cand_scores=cand_scores, cand_parents=cand_parents, cand_tokens=cand_tokens,
-                      root_tokens=root_tokens)
+    dev = same_device(
+        cand_scores=cand_scores, cand_parents=cand_parents, cand_tokens=cand_tokens, root_tokens=root_tokens
+    )
     N = _int_arg("num_nodes", num_nodes)
     if not 1 <= N <= M + 1:
         raise ValueError(f"num_nodes: expected 1 <= num_nodes <= M + 1 = {M + 1} (M candidates), got {N}")
@@ -246,8 +267,9 @@ def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_toke
     return out
 
 
-def tree_paths(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None, *,
-               backend: Optional[str] = None) -> TreePaths:
+def tree_paths(
+    parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] = None, *, backend: Optional[str] = None
+) -> TreePaths:
     """Root-to-leaf paths in EAGLE's `retrieve_indices` layout (a host-side porting helper: it syncs).
 
     Args:
@@ -286,6 +308,5 @@ def tree_paths(parents: torch.Tensor, num_nodes: Union[torch.Tensor, int, None] 
     out = torch.full((B, L, D1), -1, dtype=torch.int64)
     for b, r in enumerate(rows):
         for l, p in enumerate(r):
-            out[b, l, :len(p)] = torch.tensor(p)
+            out[b, l, : len(p)] = torch.tensor(p)
     return TreePaths(out.to(dev), torch.tensor([len(r) for r in rows], dtype=torch.int64, device=dev))
-

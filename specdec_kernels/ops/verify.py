@@ -6,6 +6,7 @@ synchronisation): accept_nodes int32 [B, N] (the accepted path, root first, -1 p
 the root, then the bonus token, -1 padded: accept_len[b] entries). accept_nodes and accept_len feed
 compact_kv.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Union
@@ -65,10 +66,12 @@ def _verify_limit(backend, first_child, *rest):
     return None
 
 
-_VERIFY_GREEDY = _backend.standard_op("verify_greedy", reference=ref.verify_greedy, triton_module="verify",
-                                      limits=_verify_limit)
-_VERIFY_SAMPLE = _backend.standard_op("verify_sample", reference=ref.verify_sample, triton_module="verify",
-                                      limits=_verify_limit)
+_VERIFY_GREEDY = _backend.standard_op(
+    "verify_greedy", reference=ref.verify_greedy, triton_module="verify", limits=_verify_limit
+)
+_VERIFY_SAMPLE = _backend.standard_op(
+    "verify_sample", reference=ref.verify_sample, triton_module="verify", limits=_verify_limit
+)
 
 
 def _check_tree(tree, tokens) -> tuple:
@@ -91,8 +94,14 @@ def _outputs(out, B: int, N: int, dev) -> VerifyResult:
     return out
 
 
-def verify_greedy(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, *, backend: Optional[str] = None,
-                  out: Optional[VerifyResult] = None) -> VerifyResult:
+def verify_greedy(
+    tree: Tree,
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    backend: Optional[str] = None,
+    out: Optional[VerifyResult] = None,
+) -> VerifyResult:
     """Greedy verification: accept the drafted path that the target's argmax reproduces.
 
     Walk from the root: at accepted node u with t = argmax[u], the first child c of u in sibling order
@@ -130,13 +139,21 @@ def verify_greedy(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, *, bac
         check_tensor("logits", logits, shape=(B, N))
     else:
         raise TypeError(f"logits: expected float logits [B, N, V] or int64 argmax ids [B, N], got {logits.dtype}")
-    dev = same_device(first_child=tree.first_child, next_sibling=tree.next_sibling, valid=tree.valid,
-                      tokens=tokens, logits=logits)
+    dev = same_device(
+        first_child=tree.first_child, next_sibling=tree.next_sibling, valid=tree.valid, tokens=tokens, logits=logits
+    )
     out = _outputs(out, B, N, dev)
     if B == 0:
         return out
-    _VERIFY_GREEDY(tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
-                   tokens.contiguous(), logits.contiguous(), *out, backend=backend)
+    _VERIFY_GREEDY(
+        tree.first_child.contiguous(),
+        tree.next_sibling.contiguous(),
+        tree.valid.contiguous(),
+        tokens.contiguous(),
+        logits.contiguous(),
+        *out,
+        backend=backend,
+    )
     return out
 
 
@@ -151,10 +168,19 @@ def _per_request(name: str, x, B: int, dtype: torch.dtype, dev) -> torch.Tensor:
     return torch.full((B,), int(x) if dtype == torch.int32 else float(x), dtype=dtype, device=dev)
 
 
-def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, uniforms: torch.Tensor, *,
-                  temperature: Union[torch.Tensor, float] = 1.0, top_k: Union[torch.Tensor, int] = 0,
-                  top_p: Union[torch.Tensor, float] = 1.0, draft_probs: Optional[torch.Tensor] = None,
-                  backend: Optional[str] = None, out: Optional[VerifyResult] = None) -> VerifyResult:
+def verify_sample(
+    tree: Tree,
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    *,
+    temperature: Union[torch.Tensor, float] = 1.0,
+    top_k: Union[torch.Tensor, int] = 0,
+    top_p: Union[torch.Tensor, float] = 1.0,
+    draft_probs: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
+    out: Optional[VerifyResult] = None,
+) -> VerifyResult:
     """Lossless sampling verification: the emitted tokens follow the target's sampling distribution.
 
     Per request b, p_u = the target distribution at node u: softmax(logits[b, u] / temperature[b]) with
@@ -218,15 +244,33 @@ def verify_sample(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor, unifor
     top_p = _per_request("top_p", top_p, B, torch.float32, dev)
     if draft_probs is not None:
         check_tensor("draft_probs", draft_probs, dtypes=FLOAT_DTYPES, shape=(B, N, V))
-    dev = same_device(first_child=tree.first_child, next_sibling=tree.next_sibling, valid=tree.valid,
-                      tokens=tokens, logits=logits, uniforms=uniforms, temperature=temperature, top_k=top_k,
-                      top_p=top_p, draft_probs=draft_probs)
+    dev = same_device(
+        first_child=tree.first_child,
+        next_sibling=tree.next_sibling,
+        valid=tree.valid,
+        tokens=tokens,
+        logits=logits,
+        uniforms=uniforms,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        draft_probs=draft_probs,
+    )
     out = _outputs(out, B, N, dev)
     if B == 0:
         return out
-    _VERIFY_SAMPLE(tree.first_child.contiguous(), tree.next_sibling.contiguous(), tree.valid.contiguous(),
-                   tokens.contiguous(), logits.contiguous(), uniforms.contiguous(), temperature.contiguous(),
-                   top_k.contiguous(), top_p.contiguous(),
-                   None if draft_probs is None else draft_probs.contiguous(), *out, backend=backend)
+    _VERIFY_SAMPLE(
+        tree.first_child.contiguous(),
+        tree.next_sibling.contiguous(),
+        tree.valid.contiguous(),
+        tokens.contiguous(),
+        logits.contiguous(),
+        uniforms.contiguous(),
+        temperature.contiguous(),
+        top_k.contiguous(),
+        top_p.contiguous(),
+        None if draft_probs is None else draft_probs.contiguous(),
+        *out,
+        backend=backend,
+    )
     return out
-

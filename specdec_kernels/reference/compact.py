@@ -1,4 +1,5 @@
 """PyTorch reference of compact_kv: in-place move of the accepted tree slots to the committed prefix."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,8 +7,9 @@ from typing import Sequence
 import torch
 
 
-def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_nodes: torch.Tensor,
-               accept_len: torch.Tensor) -> None:
+def compact_kv(
+    caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_nodes: torch.Tensor, accept_len: torch.Tensor
+) -> None:
     """For j < accept_len[b]: slot cache_len[b] + accept_nodes[b, j] -> slot cache_len[b] + j, in place.
 
     Every tensor of `caches` is a 4-D view [B, X, S_max, Y]. Entries j with j >= W, accept_nodes[b, j] < 0
@@ -28,7 +30,7 @@ def compact_kv(caches: Sequence[torch.Tensor], cache_len: torch.Tensor, accept_n
     base = cache_len.to(torch.int64)
     nodes = accept_nodes.to(torch.int64)
     n_acc = accept_len.to(torch.int64)
-    views = [t.transpose(1, 2) for t in caches]                                # [B, S_max, X, Y] views
+    views = [t.transpose(1, 2) for t in caches]  # [B, S_max, X, Y] views
     for j in range(W):
         src = base + nodes[:, j]
         dst = base + j

@@ -17,6 +17,7 @@ backend/out/check_ids). The `*_out` / `*_backward` functions are the torch backe
 schemas in specdec_kernels/_schemas.py): the forward writes the output and the saved activations into
 caller buffers, the backward recomputes the composition under autograd.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -49,10 +50,19 @@ def _fc(features, token_ids, embed_weight, fc_weight, fc_bias):
     return e, F.linear(torch.cat([e, features], dim=-1), fc_weight, fc_bias)
 
 
-def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
-                           fc_weight: torch.Tensor, norm_weight: torch.Tensor, gate_weight: torch.Tensor,
-                           up_weight: torch.Tensor, down_weight: torch.Tensor, *,
-                           fc_bias: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
+def fspad_feature_sampling(
+    features: torch.Tensor,
+    token_ids: torch.Tensor,
+    embed_weight: torch.Tensor,
+    fc_weight: torch.Tensor,
+    norm_weight: torch.Tensor,
+    gate_weight: torch.Tensor,
+    up_weight: torch.Tensor,
+    down_weight: torch.Tensor,
+    *,
+    fc_bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """FSPAD feature sampling, u = z + W_d(SiLU(W_g e) * W_u RMSNorm(z)), z = W_fc[e; f] + b. Returns u [..., H].
 
     Example:
@@ -69,10 +79,19 @@ def fspad_feature_sampling(features: torch.Tensor, token_ids: torch.Tensor, embe
     return z + F.linear(act, down_weight)
 
 
-def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_weight: torch.Tensor,
-                         fc_weight: torch.Tensor, norm_b_weight: torch.Tensor, norm_a_weight: torch.Tensor,
-                         up_weight: torch.Tensor, down_weight: torch.Tensor, *,
-                         fc_bias: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
+def griffin_token_fusion(
+    features: torch.Tensor,
+    token_ids: torch.Tensor,
+    embed_weight: torch.Tensor,
+    fc_weight: torch.Tensor,
+    norm_b_weight: torch.Tensor,
+    norm_a_weight: torch.Tensor,
+    up_weight: torch.Tensor,
+    down_weight: torch.Tensor,
+    *,
+    fc_bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """GRIFFIN token-guided fusion, g = h + W_d SiLU(W_u [N_a(N_b(h)); N_a(e)]), h = W_fc[e; f] + b.
 
     Returns g [..., H]. N_b is norm_b_weight's RMSNorm, N_a (norm_a_weight) normalises both halves.
@@ -87,16 +106,33 @@ def griffin_token_fusion(features: torch.Tensor, token_ids: torch.Tensor, embed_
         torch.Size([3, 8])
     """
     e, h = _fc(features, token_ids, embed_weight, fc_weight, fc_bias)
-    x = torch.cat([rms_norm(rms_norm(h, norm_b_weight, eps), norm_a_weight, eps), rms_norm(e, norm_a_weight, eps)],
-                  dim=-1)
+    x = torch.cat(
+        [rms_norm(rms_norm(h, norm_b_weight, eps), norm_a_weight, eps), rms_norm(e, norm_a_weight, eps)], dim=-1
+    )
     return h + F.linear(F.silu(F.linear(x, up_weight)), down_weight)
 
 
 # ---------------------------------------------------------------------------------------------------
 # The torch backend of the fused ops (out-variants with the schemas' signatures).
 
-def fspad_feature_sampling_out(features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
-                               up_weight, down_weight, eps, out, z, rstd, gate, up) -> None:
+
+def fspad_feature_sampling_out(
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_weight,
+    gate_weight,
+    up_weight,
+    down_weight,
+    eps,
+    out,
+    z,
+    rstd,
+    gate,
+    up,
+) -> None:
     """Write u into `out`, z, rstd(z) and (when given) the gate / up pre-activations (see ops.features)."""
     e, zz = _fc(features, token_ids, embed_weight, fc_weight, fc_bias)
     g = F.linear(e, gate_weight)
@@ -110,8 +146,22 @@ def fspad_feature_sampling_out(features, token_ids, embed_weight, fc_weight, fc_
         up.copy_(u)
 
 
-def griffin_token_fusion_out(features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
-                             up_weight, down_weight, eps, out, h, stats, pre_act) -> None:
+def griffin_token_fusion_out(
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_b_weight,
+    norm_a_weight,
+    up_weight,
+    down_weight,
+    eps,
+    out,
+    h,
+    stats,
+    pre_act,
+) -> None:
     """Write g into `out`, h, the row statistics [rstd(h), rstd(N_b(h)), rstd(e)] and (when given) pre_act."""
     e, hh = _fc(features, token_ids, embed_weight, fc_weight, fc_bias)
     yb = rms_norm(hh, norm_b_weight, eps)
@@ -127,8 +177,10 @@ def griffin_token_fusion_out(features, token_ids, embed_weight, fc_weight, fc_bi
 def _grads_by_autograd(fn, grad_out, inputs: dict, grads: dict, eps: float) -> None:
     """Recompute fn(**inputs, eps=eps) under autograd and write d(out)/d(input) into each grads[name] not None."""
     with torch.enable_grad():
-        leaves = {k: t.detach().requires_grad_(grads.get(k) is not None) if isinstance(t, torch.Tensor) else t
-                  for k, t in inputs.items()}
+        leaves = {
+            k: t.detach().requires_grad_(grads.get(k) is not None) if isinstance(t, torch.Tensor) else t
+            for k, t in inputs.items()
+        }
         out = fn(**leaves, eps=eps)
         wanted = [(leaves[k], g) for k, g in grads.items() if g is not None]
         if not wanted:
@@ -138,28 +190,104 @@ def _grads_by_autograd(fn, grad_out, inputs: dict, grads: dict, eps: float) -> N
         g.copy_(r)
 
 
-def fspad_feature_sampling_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight,
-                                    gate_weight, up_weight, down_weight, eps, z, rstd, gate, up, d_features,
-                                    d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight,
-                                    d_down_weight) -> None:
+def fspad_feature_sampling_backward(
+    grad_out,
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_weight,
+    gate_weight,
+    up_weight,
+    down_weight,
+    eps,
+    z,
+    rstd,
+    gate,
+    up,
+    d_features,
+    d_fc_weight,
+    d_fc_bias,
+    d_norm_weight,
+    d_gate_weight,
+    d_up_weight,
+    d_down_weight,
+) -> None:
     """Gradients of fspad_feature_sampling by autograd over the composition (saved z/rstd/gate/up unused)."""
-    _grads_by_autograd(fspad_feature_sampling, grad_out,
-                       dict(features=features, token_ids=token_ids, embed_weight=embed_weight, fc_weight=fc_weight,
-                            fc_bias=fc_bias, norm_weight=norm_weight, gate_weight=gate_weight, up_weight=up_weight,
-                            down_weight=down_weight),
-                       dict(features=d_features, fc_weight=d_fc_weight, fc_bias=d_fc_bias, norm_weight=d_norm_weight,
-                            gate_weight=d_gate_weight, up_weight=d_up_weight, down_weight=d_down_weight), eps)
+    _grads_by_autograd(
+        fspad_feature_sampling,
+        grad_out,
+        dict(
+            features=features,
+            token_ids=token_ids,
+            embed_weight=embed_weight,
+            fc_weight=fc_weight,
+            fc_bias=fc_bias,
+            norm_weight=norm_weight,
+            gate_weight=gate_weight,
+            up_weight=up_weight,
+            down_weight=down_weight,
+        ),
+        dict(
+            features=d_features,
+            fc_weight=d_fc_weight,
+            fc_bias=d_fc_bias,
+            norm_weight=d_norm_weight,
+            gate_weight=d_gate_weight,
+            up_weight=d_up_weight,
+            down_weight=d_down_weight,
+        ),
+        eps,
+    )
 
 
-def griffin_token_fusion_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
-                                  norm_a_weight, up_weight, down_weight, eps, h, stats, pre_act, d_features,
-                                  d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
-                                  d_down_weight) -> None:
+def griffin_token_fusion_backward(
+    grad_out,
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_b_weight,
+    norm_a_weight,
+    up_weight,
+    down_weight,
+    eps,
+    h,
+    stats,
+    pre_act,
+    d_features,
+    d_fc_weight,
+    d_fc_bias,
+    d_norm_b_weight,
+    d_norm_a_weight,
+    d_up_weight,
+    d_down_weight,
+) -> None:
     """Gradients of griffin_token_fusion by autograd over the composition (saved h/stats/pre_act unused)."""
-    _grads_by_autograd(griffin_token_fusion, grad_out,
-                       dict(features=features, token_ids=token_ids, embed_weight=embed_weight, fc_weight=fc_weight,
-                            fc_bias=fc_bias, norm_b_weight=norm_b_weight, norm_a_weight=norm_a_weight,
-                            up_weight=up_weight, down_weight=down_weight),
-                       dict(features=d_features, fc_weight=d_fc_weight, fc_bias=d_fc_bias,
-                            norm_b_weight=d_norm_b_weight, norm_a_weight=d_norm_a_weight, up_weight=d_up_weight,
-                            down_weight=d_down_weight), eps)
+    _grads_by_autograd(
+        griffin_token_fusion,
+        grad_out,
+        dict(
+            features=features,
+            token_ids=token_ids,
+            embed_weight=embed_weight,
+            fc_weight=fc_weight,
+            fc_bias=fc_bias,
+            norm_b_weight=norm_b_weight,
+            norm_a_weight=norm_a_weight,
+            up_weight=up_weight,
+            down_weight=down_weight,
+        ),
+        dict(
+            features=d_features,
+            fc_weight=d_fc_weight,
+            fc_bias=d_fc_bias,
+            norm_b_weight=d_norm_b_weight,
+            norm_a_weight=d_norm_a_weight,
+            up_weight=d_up_weight,
+            down_weight=d_down_weight,
+        ),
+        eps,
+    )

@@ -2,13 +2,21 @@
 
 Written for clarity, not speed: loops over node index are vectorised over the batch only.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def build_tree(parents: torch.Tensor, num_nodes: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
-               first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor) -> None:
+def build_tree(
+    parents: torch.Tensor,
+    num_nodes: torch.Tensor,
+    depth: torch.Tensor,
+    mask: torch.Tensor,
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    valid: torch.Tensor,
+) -> None:
     """Fill depth, mask, first_child, next_sibling, valid from parents (see ops.tree.build_tree).
 
     A tree b is valid iff 1 <= num_nodes[b] <= N, parents[b, 0] == -1 and 0 <= parents[b, i] < i for
@@ -20,14 +28,14 @@ def build_tree(parents: torch.Tensor, num_nodes: torch.Tensor, depth: torch.Tens
     p = parents.to(torch.int64)
     n = num_nodes.to(torch.int64)
     idx = torch.arange(N, device=dev)
-    live = idx[None, :] < n[:, None]                                   # [B, N]
+    live = idx[None, :] < n[:, None]  # [B, N]
     ok_parent = (p >= 0) & (p < idx[None, :])
     ok_parent[:, 0] = p[:, 0] == -1
-    ok = ((n >= 1) & (n <= N)) & (ok_parent | ~live).all(dim=1)        # [B]
+    ok = ((n >= 1) & (n <= N)) & (ok_parent | ~live).all(dim=1)  # [B]
     live = live & ok[:, None]
 
     d = torch.zeros(B, N, dtype=torch.int64, device=dev)
-    words = torch.zeros(B, N, W, dtype=torch.int64, device=dev)        # int64 holds 32 bits without sign trouble
+    words = torch.zeros(B, N, W, dtype=torch.int64, device=dev)  # int64 holds 32 bits without sign trouble
     safe_p = torch.where(live, p, torch.zeros_like(p)).clamp(min=0)
     ar = torch.arange(B, device=dev)
     for i in range(N):
@@ -46,7 +54,7 @@ def build_tree(parents: torch.Tensor, num_nodes: torch.Tensor, depth: torch.Tens
     # Children in increasing index order: first_child = smallest child, next_sibling = next larger one.
     fc = torch.full((B, N), -1, dtype=torch.int64, device=dev)
     ns = torch.full((B, N), -1, dtype=torch.int64, device=dev)
-    last = torch.full((B, N), -1, dtype=torch.int64, device=dev)      # last child seen so far, per parent
+    last = torch.full((B, N), -1, dtype=torch.int64, device=dev)  # last child seen so far, per parent
     for i in range(1, N):
         li = live[:, i]
         par = safe_p[:, i]
@@ -66,9 +74,15 @@ def build_tree(parents: torch.Tensor, num_nodes: torch.Tensor, depth: torch.Tens
     valid.copy_(ok)
 
 
-def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_tokens: torch.Tensor,
-                root_tokens: torch.Tensor, parents: torch.Tensor, tokens: torch.Tensor,
-                selected: torch.Tensor) -> None:
+def select_tree(
+    cand_scores: torch.Tensor,
+    cand_parents: torch.Tensor,
+    cand_tokens: torch.Tensor,
+    root_tokens: torch.Tensor,
+    parents: torch.Tensor,
+    tokens: torch.Tensor,
+    selected: torch.Tensor,
+) -> None:
     """EAGLE-2 reranking (see ops.tree.select_tree): the best N-1 candidates, kept in candidate order.
 
     Ranking: higher score first, ties to the lower candidate index, NaN below every number (-inf too).
@@ -79,14 +93,14 @@ def select_tree(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_toke
     B, M = cand_scores.shape
     N = parents.shape[1]
     dev = cand_scores.device
-    chosen = rank_candidates(cand_scores) < N - 1                          # [B, M]
-    node_of = torch.cumsum(chosen.to(torch.int64), dim=1)                 # node index of chosen candidates
+    chosen = rank_candidates(cand_scores) < N - 1  # [B, M]
+    node_of = torch.cumsum(chosen.to(torch.int64), dim=1)  # node index of chosen candidates
     node_of = torch.where(chosen, node_of, torch.full_like(node_of, -1))
 
     cp = cand_parents.to(torch.int64)
     par_node = torch.gather(node_of, 1, cp.clamp(min=0, max=M - 1))
     par_node = torch.where(cp == -1, torch.zeros_like(cp), par_node)
-    orphan = (cp < -1) | (cp >= M) | (par_node < 0)                       # parent dropped or out of range
+    orphan = (cp < -1) | (cp >= M) | (par_node < 0)  # parent dropped or out of range
     par_node = torch.where(orphan, node_of, par_node)
 
     # Scatter into N+1 columns; dropped candidates go to the spare last column, then cut off.
@@ -113,7 +127,7 @@ def rank_candidates(cand_scores: torch.Tensor) -> torch.Tensor:
     isnan = torch.isnan(cand_scores)
     s = torch.nan_to_num(cand_scores.to(torch.float32), nan=float("-inf"))
     idx = torch.arange(M, device=dev)
-    nan_i, nan_j = isnan[:, :, None], isnan[:, None, :]                   # [B, i, j]
+    nan_i, nan_j = isnan[:, :, None], isnan[:, None, :]  # [B, i, j]
     s_i, s_j = s[:, :, None], s[:, None, :]
     j_lower = idx[None, None, :] < idx[None, :, None]
     before = (nan_i & ~nan_j) | ((nan_i == nan_j) & ((s_j > s_i) | ((s_j == s_i) & j_lower)))

@@ -6,6 +6,7 @@ for a request whose walk has ended. On a well-formed tree every node is tested a
 N steps always suffice, and the loop count never depends on tensor values (no host synchronisation).
 Malformed links (out of range, cycles) are treated as "no link" or cut off by that bound.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,8 +29,9 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, x / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(x))
 
 
-def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                   top_p: torch.Tensor) -> torch.Tensor:
+def filtered_probs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
     """The target distribution after temperature, top-k and top-p, fp32 [..., V] (rows sum to 1).
 
     logits [R, V]; temperature, top_k, top_p [R]. Rows with temperature <= 0 are computed as if it were
@@ -53,11 +55,11 @@ def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
     keep = (z >= kth) | ~((k > 0) & (k < V))[:, None]
     p = torch.softmax(z.masked_fill(~keep, float("-inf")), dim=-1)
     p_sorted = torch.sort(p, dim=-1, descending=True).values
-    above = torch.cumsum(p_sorted, dim=-1) - p_sorted                   # mass before each sorted entry
+    above = torch.cumsum(p_sorted, dim=-1) - p_sorted  # mass before each sorted entry
     keep_sorted = above < top_p.to(torch.float32)[:, None]
     keep_sorted[:, 0] = True
     n_keep = keep_sorted.sum(dim=-1, keepdim=True)
-    thr = torch.gather(p_sorted, 1, n_keep - 1)                          # least probable kept value
+    thr = torch.gather(p_sorted, 1, n_keep - 1)  # least probable kept value
     keep_p = (p >= thr) | (top_p >= 1)[:, None]
     return _normalise(torch.where(keep_p, p, torch.zeros_like(p)))
 
@@ -75,7 +77,7 @@ def _walk_init(first_child, valid, B, N, dev):
 def _write_outputs(tokens, path, length, bonus, accept_nodes, accept_len, out_tokens) -> None:
     B, N = tokens.shape
     j = torch.arange(N, device=tokens.device)
-    nxt = torch.cat([path[:, 1:], torch.full_like(path[:, :1], -1)], dim=1)   # node emitted at j
+    nxt = torch.cat([path[:, 1:], torch.full_like(path[:, :1], -1)], dim=1)  # node emitted at j
     toks = torch.gather(tokens, 1, nxt.clamp(min=0))
     toks = torch.where(j[None, :] < (length - 1)[:, None], toks, torch.full_like(toks, -1))
     toks = torch.where(j[None, :] == (length - 1)[:, None], bonus[:, None], toks)
@@ -84,9 +86,16 @@ def _write_outputs(tokens, path, length, bonus, accept_nodes, accept_len, out_to
     out_tokens.copy_(toks.to(out_tokens.dtype))
 
 
-def verify_greedy(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor,
-                  tokens: torch.Tensor, logits: torch.Tensor, accept_nodes: torch.Tensor,
-                  accept_len: torch.Tensor, out_tokens: torch.Tensor) -> None:
+def verify_greedy(
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    valid: torch.Tensor,
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    accept_nodes: torch.Tensor,
+    accept_len: torch.Tensor,
+    out_tokens: torch.Tensor,
+) -> None:
     """Greedy tree verification (see ops.verify.verify_greedy).
 
     logits: float [B, N, V] logits, or int64 [B, N] argmax ids (argmax as torch.argmax: the first maximal
@@ -104,15 +113,27 @@ def verify_greedy(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: 
         path[ar, length.clamp(max=N - 1)] = torch.where(acc, cand, path[ar, length.clamp(max=N - 1)])
         length = length + acc.to(torch.int64)
         cur = torch.where(acc, cand, cur)
-        cand = torch.where(acc, _follow(first_child, cand),
-                           torch.where(active, _follow(next_sibling, cand), torch.full_like(cand, -1)))
+        cand = torch.where(
+            acc, _follow(first_child, cand), torch.where(active, _follow(next_sibling, cand), torch.full_like(cand, -1))
+        )
     _write_outputs(tokens, path, length, amax[ar, cur], accept_nodes, accept_len, out_tokens)
 
 
-def verify_sample(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor,
-                  tokens: torch.Tensor, logits: torch.Tensor, uniforms: torch.Tensor, temperature: torch.Tensor,
-                  top_k: torch.Tensor, top_p: torch.Tensor, draft_probs: Optional[torch.Tensor],
-                  accept_nodes: torch.Tensor, accept_len: torch.Tensor, out_tokens: torch.Tensor) -> None:
+def verify_sample(
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    valid: torch.Tensor,
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    draft_probs: Optional[torch.Tensor],
+    accept_nodes: torch.Tensor,
+    accept_len: torch.Tensor,
+    out_tokens: torch.Tensor,
+) -> None:
     """Lossless sampling verification (rules: ops.verify.verify_sample; why exact: docs/verification.md).
 
     State per request: the accepted node u, the residual target distribution p (starts as
@@ -129,7 +150,7 @@ def verify_sample(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: 
     V = logits.shape[-1]
     dev = tokens.device
     greedy = ~(temperature > 0)
-    amax = logits.argmax(dim=-1)                                             # [B, N]
+    amax = logits.argmax(dim=-1)  # [B, N]
     ar, cur, cand, length, path = _walk_init(first_child, valid, B, N, dev)
 
     def target_at(node):
@@ -156,7 +177,7 @@ def verify_sample(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: 
         acc = active & torch.where(greedy, tok == amax[ar, cur], acc_s)
         rej = active & ~acc
 
-        zero_x = torch.nn.functional.one_hot(tokc, V).bool() & tok_ok[:, None]   # [B, V]: token x of c
+        zero_x = torch.nn.functional.one_hot(tokc, V).bool() & tok_ok[:, None]  # [B, V]: token x of c
         p_new = target_at(candc)
         if q is None:
             p_rej = _normalise(p.masked_fill(zero_x, 0.0))
@@ -169,15 +190,16 @@ def verify_sample(first_child: torch.Tensor, next_sibling: torch.Tensor, valid: 
         path[ar, length.clamp(max=N - 1)] = torch.where(acc, cand, path[ar, length.clamp(max=N - 1)])
         length = length + acc.to(torch.int64)
         cur = torch.where(acc, cand, cur)
-        cand = torch.where(acc, _follow(first_child, cand),
-                           torch.where(active, _follow(next_sibling, cand), torch.full_like(cand, -1)))
+        cand = torch.where(
+            acc, _follow(first_child, cand), torch.where(active, _follow(next_sibling, cand), torch.full_like(cand, -1))
+        )
 
     # Bonus token: inverse CDF of the residual p in token-id order.
     cdf = torch.cumsum(p, dim=-1)
     thr = uniforms[:, N].float() * cdf[:, -1]
     drawn = (cdf <= thr[:, None]).sum(dim=-1)
     last_pos = V - 1 - torch.argmax(torch.flip(p > 0, dims=[-1]).to(torch.int8), dim=-1)
-    drawn = torch.where(drawn >= V, last_pos, drawn)                         # rounding at u -> 1
+    drawn = torch.where(drawn >= V, last_pos, drawn)  # rounding at u -> 1
     fallback = amax[ar, cur]
     bonus = torch.where(greedy | ~(cdf[:, -1] > 0), fallback, drawn)
     _write_outputs(tokens, path, length, bonus, accept_nodes, accept_len, out_tokens)

@@ -5,6 +5,7 @@ backend refuses every input with that reason. Each kernel module is imported on 
 (`MODULE_ERRORS[module]`) disables that module's kernels only, and `python -m specdec_kernels.info`
 and every refusal name it.
 """
+
 from __future__ import annotations
 
 import importlib

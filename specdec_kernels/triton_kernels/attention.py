@@ -21,6 +21,7 @@ partials (unnormalised accumulator, running max, running sum); a second kernel m
 of splits depends only on shapes and the device (never on cache_len values: no host sync); each program
 cuts its chunk from the actual cache_len at run time, so short caches do not leave work unbalanced.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,19 +54,41 @@ def _online_update(acc, m_i, l_i, q, k, v, vis, qk_scale, USE_VIS: tl.constexpr,
 
 @triton.jit
 def _tree_attention_kernel(
-    Q, K, V, CACHE_LEN, MASK, OUT, WS_ACC, WS_ML,
-    qk_scale, S_max, Nq, W, R, H_kv, total_rows,
-    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q,
+    K,
+    V,
+    CACHE_LEN,
+    MASK,
+    OUT,
+    WS_ACC,
+    WS_ML,
+    qk_scale,
+    S_max,
+    Nq,
+    W,
+    R,
+    H_kv,
+    total_rows,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)            # b * H_kv + kvh
+    bh = tl.program_id(1)  # b * H_kv + kvh
     split = tl.program_id(2)
     b = bh // H_kv
     kvh = bh % H_kv
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)     # row r = g * Nq + i of this (b, kvh)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # row r = g * Nq + i of this (b, kvh)
     row_ok = rows < R
     qi = rows % Nq
     offs_d = tl.arange(0, BLOCK_D)
@@ -73,7 +96,7 @@ def _tree_attention_kernel(
         d_ok = tl.full([BLOCK_D], 1, tl.int1)  # a compile-time constant: no column mask on any load
     else:
         d_ok = offs_d < HEAD_DIM
-    q_row = bh.to(tl.int64) * R + rows                 # row of q / out viewed as [B * H * Nq, D]
+    q_row = bh.to(tl.int64) * R + rows  # row of q / out viewed as [B * H * Nq, D]
     q = tl.load(Q + q_row[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
     k_head = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
@@ -117,9 +140,9 @@ def _tree_attention_kernel(
         for w in range(0, W):
             slots = cl + w * TREE_TILE + bits
             slot_ok = (slots >= 0) & (slots < S_max)
-            words = tl.load(mask_row + w, mask=row_ok, other=0)                          # [BLOCK_M]
+            words = tl.load(mask_row + w, mask=row_ok, other=0)  # [BLOCK_M]
             vis = (((words[:, None] >> bits[None, :]) & 1) != 0) & slot_ok[None, :] & row_ok[:, None]
-            seen = tl.max(vis.to(tl.int32), 0) != 0                                      # [TREE_TILE]
+            seen = tl.max(vis.to(tl.int32), 0) != 0  # [TREE_TILE]
             kv_mask = seen[:, None] & d_ok[None, :]
             k = tl.load(k_head + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(v_head + slots[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -138,8 +161,16 @@ def _tree_attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(WS_ACC, WS_ML, OUT, total_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_R: tl.constexpr, NUM_SPLITS: tl.constexpr):
+def _merge_splits_kernel(
+    WS_ACC,
+    WS_ML,
+    OUT,
+    total_rows,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
     """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s with m = max_s m_s (zeros when nothing seen)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < total_rows
@@ -159,8 +190,7 @@ def _merge_splits_kernel(WS_ACC, WS_ML, OUT, total_rows, HEAD_DIM: tl.constexpr,
         l += w * l_s
         acc += w[:, None] * tl.load(WS_ACC + ws_row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
     inv = tl.where(l > 0, 1.0 / tl.where(l > 0, l, 1.0), 0.0)
-    tl.store(OUT + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc * inv[:, None]).to(OUT.dtype.element_ty),
-             mask=mask)
+    tl.store(OUT + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc * inv[:, None]).to(OUT.dtype.element_ty), mask=mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,15 +213,19 @@ def _check(q, k_cache, v_cache, cache_len, tree_mask, out) -> None:
     # The raw op can be called directly (opcheck, other engines): guard every memory access.
     op = "specdec::tree_attention_triton"
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or q.dim() != 4 or not q.is_contiguous():
-        raise ValueError(f"{op}: q must be a contiguous fp32/fp16/bf16 [B, H, Nq, D] tensor, "
-                         f"got {q.dtype} {tuple(q.shape)} (contiguous={q.is_contiguous()})")
+        raise ValueError(
+            f"{op}: q must be a contiguous fp32/fp16/bf16 [B, H, Nq, D] tensor, "
+            f"got {q.dtype} {tuple(q.shape)} (contiguous={q.is_contiguous()})"
+        )
     B, H, Nq, D = q.shape
     if D > MAX_HEAD_DIM:
         raise ValueError(f"{op}: head dim D = {D} > {MAX_HEAD_DIM}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != q.dtype or t.dim() != 4 or t.shape[0] != B or t.shape[3] != D or t.device != q.device:
-            raise ValueError(f"{name}: expected a {q.dtype} [B={B}, H_kv, S_max, D={D}] tensor on {q.device}, "
-                             f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+            raise ValueError(
+                f"{name}: expected a {q.dtype} [B={B}, H_kv, S_max, D={D}] tensor on {q.device}, "
+                f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+            )
         if D > 1 and t.stride(3) != 1:
             raise ValueError(f"{op}: {name} must have unit stride along D, got strides {t.stride()}")
     if v_cache.shape != k_cache.shape:
@@ -199,22 +233,47 @@ def _check(q, k_cache, v_cache, cache_len, tree_mask, out) -> None:
     H_kv = k_cache.shape[1]
     if H_kv < 1 or H % H_kv != 0:
         raise ValueError(f"{op}: H = {H} query heads is not a multiple of H_kv = {H_kv}")
-    if cache_len.dtype != torch.int32 or cache_len.shape != (B,) or cache_len.device != q.device \
-            or not cache_len.is_contiguous():
-        raise ValueError(f"{op}: cache_len must be a contiguous int32 [B={B}] tensor on {q.device}, "
-                         f"got {cache_len.dtype} {tuple(cache_len.shape)} on {cache_len.device}")
-    if tree_mask.dtype != torch.int32 or tree_mask.dim() != 3 or tree_mask.shape[:2] != (B, Nq) \
-            or tree_mask.shape[2] < 1 or tree_mask.device != q.device or not tree_mask.is_contiguous():
-        raise ValueError(f"{op}: tree_mask must be a contiguous int32 [B={B}, Nq={Nq}, W>=1] tensor on {q.device}, "
-                         f"got {tree_mask.dtype} {tuple(tree_mask.shape)} on {tree_mask.device}")
+    if (
+        cache_len.dtype != torch.int32
+        or cache_len.shape != (B,)
+        or cache_len.device != q.device
+        or not cache_len.is_contiguous()
+    ):
+        raise ValueError(
+            f"{op}: cache_len must be a contiguous int32 [B={B}] tensor on {q.device}, "
+            f"got {cache_len.dtype} {tuple(cache_len.shape)} on {cache_len.device}"
+        )
+    if (
+        tree_mask.dtype != torch.int32
+        or tree_mask.dim() != 3
+        or tree_mask.shape[:2] != (B, Nq)
+        or tree_mask.shape[2] < 1
+        or tree_mask.device != q.device
+        or not tree_mask.is_contiguous()
+    ):
+        raise ValueError(
+            f"{op}: tree_mask must be a contiguous int32 [B={B}, Nq={Nq}, W>=1] tensor on {q.device}, "
+            f"got {tree_mask.dtype} {tuple(tree_mask.shape)} on {tree_mask.device}"
+        )
     if out.dtype != q.dtype or out.shape != q.shape or out.device != q.device or not out.is_contiguous():
-        raise ValueError(f"{op}: out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        raise ValueError(
+            f"{op}: out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
 
 
-def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
-                          tree_mask: torch.Tensor, scale: float, out: torch.Tensor, *,
-                          num_splits: Optional[int] = None, block_m: Optional[int] = None) -> None:
+def tree_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+    *,
+    num_splits: Optional[int] = None,
+    block_m: Optional[int] = None,
+) -> None:
     """Launch the Triton tree attention into `out` (see the module docstring).
 
     num_splits / block_m override the automatic choices (tests use them to reach the split-K path and
@@ -252,17 +311,47 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 must not silently drop to tf32
     grid = (row_blocks, B * H_kv, num_splits)
     _tree_attention_kernel[grid](
-        q, k_cache, v_cache, cache_len, tree_mask, out, ws_acc, ws_ml,
-        float(scale) * LOG2E, S_max, Nq, W, R, H_kv, total_rows,
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M, BLOCK_S=BLOCK_S, NUM_SPLITS=num_splits,
-        DOT_PREC=dot_prec, num_warps=num_warps, num_stages=num_stages,
+        q,
+        k_cache,
+        v_cache,
+        cache_len,
+        tree_mask,
+        out,
+        ws_acc,
+        ws_ml,
+        float(scale) * LOG2E,
+        S_max,
+        Nq,
+        W,
+        R,
+        H_kv,
+        total_rows,
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        HEAD_DIM=D,
+        BLOCK_D=BLOCK_D,
+        BLOCK_M=BLOCK_M,
+        BLOCK_S=BLOCK_S,
+        NUM_SPLITS=num_splits,
+        DOT_PREC=dot_prec,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if num_splits > 1:
         BLOCK_R = 16
         _merge_splits_kernel[(triton.cdiv(total_rows, BLOCK_R),)](
-            ws_acc, ws_ml, out, total_rows, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_R=BLOCK_R, NUM_SPLITS=num_splits,
+            ws_acc,
+            ws_ml,
+            out,
+            total_rows,
+            HEAD_DIM=D,
+            BLOCK_D=BLOCK_D,
+            BLOCK_R=BLOCK_R,
+            NUM_SPLITS=num_splits,
             num_warps=4,
         )
 

@@ -13,6 +13,7 @@ accept_nodes is strictly increasing with a[j] >= j, hence dst(j) = c + j < c + a
 no write lands on a source read later. Rows are copied as the widest integer type the row size and strides
 allow (bytes, so tensors of any dtype share the kernel).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,20 @@ _INT_VIEWS = ((8, torch.int64), (4, torch.int32), (2, torch.int16), (1, torch.ui
 
 
 @triton.jit
-def _compact_kernel(ptr, cache_len_ptr, accept_nodes_ptr, accept_len_ptr, X, S, COLS, W,
-                    stride_b, stride_x, stride_s, BLOCK: tl.constexpr):
+def _compact_kernel(
+    ptr,
+    cache_len_ptr,
+    accept_nodes_ptr,
+    accept_len_ptr,
+    X,
+    S,
+    COLS,
+    W,
+    stride_b,
+    stride_x,
+    stride_s,
+    BLOCK: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     idx = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_tile = idx < X * COLS
@@ -56,8 +69,7 @@ def _int_view(t: torch.Tensor) -> torch.Tensor:
     return u8
 
 
-def compact_kv_triton(caches, cache_len: torch.Tensor, accept_nodes: torch.Tensor,
-                      accept_len: torch.Tensor) -> None:
+def compact_kv_triton(caches, cache_len: torch.Tensor, accept_nodes: torch.Tensor, accept_len: torch.Tensor) -> None:
     """specdec::compact_kv_triton: see specdec_kernels.ops.compact.compact_kv (one launch per tensor)."""
     B, W = accept_nodes.shape
     if B == 0 or W <= 1:
@@ -70,8 +82,9 @@ def compact_kv_triton(caches, cache_len: torch.Tensor, accept_nodes: torch.Tenso
         work = X * cols
         block = min(1024, triton.next_power_of_2(work))
         grid = (B, triton.cdiv(work, block))
-        _compact_kernel[grid](v, cache_len, accept_nodes, accept_len, X, S, cols, W,
-                              v.stride(0), v.stride(1), v.stride(2), BLOCK=block)
+        _compact_kernel[grid](
+            v, cache_len, accept_nodes, accept_len, X, S, cols, W, v.stride(0), v.stride(1), v.stride(2), BLOCK=block
+        )
 
 
 torch.library.register_kernel("specdec::compact_kv_triton", ("cpu", "cuda"), compact_kv_triton)

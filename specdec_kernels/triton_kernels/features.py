@@ -29,6 +29,7 @@ e, RMSNorm(z), N_a(N_b(h)) and N_a(e) are still never materialised; the SiLU/pro
 elementwise pass (which also recomputes the activation for dW_d); each RMSNorm backward with its
 weight's column reduction and the bias gradient is one row kernel writing per-block partial sums.
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,6 +79,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Tile helpers shared by the kernels
 
+
 @triton.jit
 def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
     """This program's [BM, BN] output tile: row and column indices and their in-bounds masks."""
@@ -97,10 +99,31 @@ def _token_rows(IDS, offs, mask, V):
 # ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
+
 @triton.autotune(configs=_mm_configs(), key=_KEYS)
 @triton.jit
-def _fc_kernel(F, IDS, E, W, B, Z, M, N, K, V, M_BUCKET, stride_f, stride_e, stride_w, stride_z,
-               HAS_BIAS: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _fc_kernel(
+    F,
+    IDS,
+    E,
+    W,
+    B,
+    Z,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    stride_f,
+    stride_e,
+    stride_w,
+    stride_z,
+    HAS_BIAS: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     """Z[M, N] = E[ids] W[:, :K]^T + F W[:, K:]^T (+ B): the fc of [e; f] without forming e or [e; f]."""
     rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
@@ -125,9 +148,34 @@ def _fc_kernel(F, IDS, E, W, B, Z, M, N, K, V, M_BUCKET, stride_f, stride_e, str
 
 @triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
 @triton.jit
-def _fspad_mlp_kernel(Z, IDS, E, NW, WG, WU, ACT, GATE, UP, RSTD, M, N, K, V, M_BUCKET, eps,
-                      stride_z, stride_e, stride_wg, stride_wu, stride_o,
-                      STORE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _fspad_mlp_kernel(
+    Z,
+    IDS,
+    E,
+    NW,
+    WG,
+    WU,
+    ACT,
+    GATE,
+    UP,
+    RSTD,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    eps,
+    stride_z,
+    stride_e,
+    stride_wg,
+    stride_wu,
+    stride_o,
+    STORE: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     """ACT[M, N] = SiLU(E[ids] WG^T) * rstd(Z) (Z * NW) WU^T; optionally GATE, UP (pre-activations), RSTD."""
     rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
@@ -164,10 +212,32 @@ def _fspad_mlp_kernel(Z, IDS, E, NW, WG, WU, ACT, GATE, UP, RSTD, M, N, K, V, M_
 
 @triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
 @triton.jit
-def _griffin_mlp_kernel(Hs, IDS, E, NB, NA, WU, ACT, PRE, STATS, M, N, K, V, M_BUCKET, eps,
-                        stride_h, stride_e, stride_wu, stride_o,
-                        STORE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr):
+def _griffin_mlp_kernel(
+    Hs,
+    IDS,
+    E,
+    NB,
+    NA,
+    WU,
+    ACT,
+    PRE,
+    STATS,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    eps,
+    stride_h,
+    stride_e,
+    stride_wu,
+    stride_o,
+    STORE: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     """ACT = SiLU(v), v = rb r1 (Hs * NB * NA) WU[:, :K]^T + re (E[ids] * NA) WU[:, K:]^T; optionally PRE = v;
     STATS[:, 0..2] = rb, r1, re (see the module docstring)."""
     rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
@@ -215,8 +285,24 @@ def _griffin_mlp_kernel(Hs, IDS, E, NB, NA, WU, ACT, PRE, STATS, M, N, K, V, M_B
 
 @triton.autotune(configs=_mm_configs(), key=_KEYS)
 @triton.jit
-def _down_kernel(A, W, R, O, M, N, K, M_BUCKET, stride_a, stride_w, stride_r, stride_o,
-                 PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _down_kernel(
+    A,
+    W,
+    R,
+    O,
+    M,
+    N,
+    K,
+    M_BUCKET,
+    stride_a,
+    stride_w,
+    stride_r,
+    stride_o,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     """O[M, N] = R + A W^T (the down projection with the residual fused in the epilogue)."""
     rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
@@ -235,11 +321,32 @@ def _down_kernel(A, W, R, O, M, N, K, M_BUCKET, stride_a, stride_w, stride_r, st
 # ---------------------------------------------------------------------------------------------------
 # Backward kernels
 
+
 @triton.autotune(configs=_mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
 @triton.jit
-def _wgrad_kernel(A, B, IDS, RS, CS, C, M, N, K, V, M_BUCKET, stride_a, stride_b, stride_c,
-                  GATHER: tl.constexpr, ROW_SCALE: tl.constexpr, COL_SCALE: tl.constexpr, PREC: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _wgrad_kernel(
+    A,
+    B,
+    IDS,
+    RS,
+    CS,
+    C,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    stride_a,
+    stride_b,
+    stride_c,
+    GATHER: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    COL_SCALE: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     """C[M, N] = CS[n] * sum_t A[t, m] * RS[t] * B[row(t), n], row(t) = IDS[t] if GATHER else t; K = T rows.
 
     The weight gradients that read the embedding (GATHER) or a normalised activation (RS = its rstd,
@@ -313,8 +420,9 @@ def _fspad_norm_bwd_kernel(DO, DY, Z, NW, RSTD, DZ, PART, T, H, ROWS: tl.constex
 
 
 @triton.jit
-def _griffin_norm_bwd_kernel(DO, DX, Hs, IDS, E, NB, NA, STATS, DH, PART, T, H, V, stride_e,
-                             ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+def _griffin_norm_bwd_kernel(
+    DO, DX, Hs, IDS, E, NB, NA, STATS, DH, PART, T, H, V, stride_e, ROWS: tl.constexpr, BLOCK_H: tl.constexpr
+):
     """Backward through x1 = N_a(N_b(h)) and x2 = N_a(e) given DX = [dx1 | dx2] [T, 2H]:
     dh = dO + N_b'(N_a'(dx1)); PART[pid] = [d n_a, d n_b, d b] partial sums over its rows."""
     pid = tl.program_id(0)
@@ -338,8 +446,8 @@ def _griffin_norm_bwd_kernel(DO, DX, Hs, IDS, E, NB, NA, STATS, DH, PART, T, H, 
         h = tl.load(Hs + off, mask=ok, other=0.0).to(tl.float32)
         dx1 = tl.load(DX + t.to(tl.int64) * 2 * H + cols, mask=ok, other=0.0).to(tl.float32)
         dx2 = tl.load(DX + t.to(tl.int64) * 2 * H + H + cols, mask=ok, other=0.0).to(tl.float32)
-        hh = h * rb            # h normalised
-        yh = nb * hh * r1      # N_b(h) normalised (x1 / n_a)
+        hh = h * rb  # h normalised
+        yh = nb * hh * r1  # N_b(h) normalised (x1 / n_a)
         dna += dx1 * yh + dx2 * e * re
         g1 = na * dx1
         dyb = r1 * (g1 - yh * (tl.sum(g1 * yh, axis=0) / H))
@@ -357,6 +465,7 @@ def _griffin_norm_bwd_kernel(DO, DX, Hs, IDS, E, NB, NA, STATS, DH, PART, T, H, 
 # ---------------------------------------------------------------------------------------------------
 # Launchers
 
+
 def _grid(M, N):
     return lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
 
@@ -364,17 +473,45 @@ def _grid(M, N):
 def _fc(features, ids, embed, fc_weight, fc_bias, z):
     T, H = features.shape
     V = embed.shape[0]
-    _fc_kernel[_grid(T, H)](features, ids, embed, fc_weight, fc_bias if fc_bias is not None else fc_weight, z,
-                            T, H, H, V, _bucket(T), features.stride(0), embed.stride(0), fc_weight.stride(0),
-                            z.stride(0), HAS_BIAS=fc_bias is not None, PREC=_dot_precision(features.dtype))
+    _fc_kernel[_grid(T, H)](
+        features,
+        ids,
+        embed,
+        fc_weight,
+        fc_bias if fc_bias is not None else fc_weight,
+        z,
+        T,
+        H,
+        H,
+        V,
+        _bucket(T),
+        features.stride(0),
+        embed.stride(0),
+        fc_weight.stride(0),
+        z.stride(0),
+        HAS_BIAS=fc_bias is not None,
+        PREC=_dot_precision(features.dtype),
+    )
 
 
 def _down(act, down_weight, residual, out):
     T, I = act.shape
     H = out.shape[1]
-    _down_kernel[_grid(T, H)](act, down_weight, residual, out, T, H, I, _bucket(T), act.stride(0),
-                              down_weight.stride(0), residual.stride(0), out.stride(0),
-                              PREC=_dot_precision(act.dtype))
+    _down_kernel[_grid(T, H)](
+        act,
+        down_weight,
+        residual,
+        out,
+        T,
+        H,
+        I,
+        _bucket(T),
+        act.stride(0),
+        down_weight.stride(0),
+        residual.stride(0),
+        out.stride(0),
+        PREC=_dot_precision(act.dtype),
+    )
 
 
 def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
@@ -382,11 +519,26 @@ def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
     T, M = a.shape
     N = c.shape[1]
     V = b.shape[0]
-    _wgrad_kernel[_grid(M, N)](a, b, ids if ids is not None else a, row_scale if row_scale is not None else a,
-                               col_scale if col_scale is not None else a, c, M, N, T, V, _bucket(T),
-                               a.stride(0), b.stride(0), c.stride(0), GATHER=ids is not None,
-                               ROW_SCALE=row_scale is not None, COL_SCALE=col_scale is not None,
-                               PREC=_dot_precision(a.dtype))
+    _wgrad_kernel[_grid(M, N)](
+        a,
+        b,
+        ids if ids is not None else a,
+        row_scale if row_scale is not None else a,
+        col_scale if col_scale is not None else a,
+        c,
+        M,
+        N,
+        T,
+        V,
+        _bucket(T),
+        a.stride(0),
+        b.stride(0),
+        c.stride(0),
+        GATHER=ids is not None,
+        ROW_SCALE=row_scale is not None,
+        COL_SCALE=col_scale is not None,
+        PREC=_dot_precision(a.dtype),
+    )
 
 
 def _row_block(T: int) -> int:
@@ -402,13 +554,28 @@ def _row_warps(H: int) -> int:
 def _silu_bwd(g, u, da, act, dg, du):
     n = g.numel()
     BLOCK = 1024
-    _silu_mul_bwd_kernel[(triton.cdiv(n, BLOCK),)](g, u if u is not None else g, da, act, dg,
-                                                    du if du is not None else dg, n, GATED=u is not None,
-                                                    BLOCK=BLOCK)
+    _silu_mul_bwd_kernel[(triton.cdiv(n, BLOCK),)](
+        g, u if u is not None else g, da, act, dg, du if du is not None else dg, n, GATED=u is not None, BLOCK=BLOCK
+    )
 
 
-def fspad_feature_sampling(features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight, gate_weight,
-                           up_weight, down_weight, eps, out, z, rstd, gate, up) -> None:
+def fspad_feature_sampling(
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_weight,
+    gate_weight,
+    up_weight,
+    down_weight,
+    eps,
+    out,
+    z,
+    rstd,
+    gate,
+    up,
+) -> None:
     """specdec::fspad_feature_sampling_triton: the forward, three launches (see the module docstring)."""
     T, H = features.shape
     I = gate_weight.shape[0]
@@ -416,16 +583,50 @@ def fspad_feature_sampling(features, token_ids, embed_weight, fc_weight, fc_bias
     _fc(features, token_ids, embed_weight, fc_weight, fc_bias, z)
     act = torch.empty(T, I, dtype=features.dtype, device=features.device)
     store = gate is not None and up is not None
-    _fspad_mlp_kernel[_grid(T, I)](z, token_ids, embed_weight, norm_weight, gate_weight, up_weight, act,
-                                   gate if store else act, up if store else act, rstd, T, I, H, V, _bucket(T),
-                                   float(eps), z.stride(0), embed_weight.stride(0), gate_weight.stride(0),
-                                   up_weight.stride(0), act.stride(0), STORE=store,
-                                   PREC=_dot_precision(features.dtype))
+    _fspad_mlp_kernel[_grid(T, I)](
+        z,
+        token_ids,
+        embed_weight,
+        norm_weight,
+        gate_weight,
+        up_weight,
+        act,
+        gate if store else act,
+        up if store else act,
+        rstd,
+        T,
+        I,
+        H,
+        V,
+        _bucket(T),
+        float(eps),
+        z.stride(0),
+        embed_weight.stride(0),
+        gate_weight.stride(0),
+        up_weight.stride(0),
+        act.stride(0),
+        STORE=store,
+        PREC=_dot_precision(features.dtype),
+    )
     _down(act, down_weight, z, out)
 
 
-def griffin_token_fusion(features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight, norm_a_weight,
-                         up_weight, down_weight, eps, out, h, stats, pre_act) -> None:
+def griffin_token_fusion(
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_b_weight,
+    norm_a_weight,
+    up_weight,
+    down_weight,
+    eps,
+    out,
+    h,
+    stats,
+    pre_act,
+) -> None:
     """specdec::griffin_token_fusion_triton: the forward, three launches (see the module docstring)."""
     T, H = features.shape
     I = up_weight.shape[0]
@@ -433,10 +634,29 @@ def griffin_token_fusion(features, token_ids, embed_weight, fc_weight, fc_bias, 
     _fc(features, token_ids, embed_weight, fc_weight, fc_bias, h)
     act = torch.empty(T, I, dtype=features.dtype, device=features.device)
     store = pre_act is not None
-    _griffin_mlp_kernel[_grid(T, I)](h, token_ids, embed_weight, norm_b_weight, norm_a_weight, up_weight, act,
-                                     pre_act if store else act, stats, T, I, H, V, _bucket(T), float(eps),
-                                     h.stride(0), embed_weight.stride(0), up_weight.stride(0), act.stride(0),
-                                     STORE=store, PREC=_dot_precision(features.dtype))
+    _griffin_mlp_kernel[_grid(T, I)](
+        h,
+        token_ids,
+        embed_weight,
+        norm_b_weight,
+        norm_a_weight,
+        up_weight,
+        act,
+        pre_act if store else act,
+        stats,
+        T,
+        I,
+        H,
+        V,
+        _bucket(T),
+        float(eps),
+        h.stride(0),
+        embed_weight.stride(0),
+        up_weight.stride(0),
+        act.stride(0),
+        STORE=store,
+        PREC=_dot_precision(features.dtype),
+    )
     _down(act, down_weight, h, out)
 
 
@@ -451,46 +671,96 @@ def _fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_fe
         torch.mm(dz, fc_weight[:, H:], out=d_features)
 
 
-def fspad_feature_sampling_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_weight,
-                                    gate_weight, up_weight, down_weight, eps, z, rstd, gate, up, d_features,
-                                    d_fc_weight, d_fc_bias, d_norm_weight, d_gate_weight, d_up_weight,
-                                    d_down_weight) -> None:
+def fspad_feature_sampling_backward(
+    grad_out,
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_weight,
+    gate_weight,
+    up_weight,
+    down_weight,
+    eps,
+    z,
+    rstd,
+    gate,
+    up,
+    d_features,
+    d_fc_weight,
+    d_fc_bias,
+    d_norm_weight,
+    d_gate_weight,
+    d_up_weight,
+    d_down_weight,
+) -> None:
     """specdec::fspad_feature_sampling_backward_triton: the gradients that are not None."""
     T, H = features.shape
-    da = grad_out @ down_weight                                           # [T, I]
+    da = grad_out @ down_weight  # [T, I]
     act, dg, du = torch.empty_like(gate), torch.empty_like(gate), torch.empty_like(up)
     _silu_bwd(gate, up, da, act, dg, du)
     if d_down_weight is not None:
         torch.mm(grad_out.t(), act, out=d_down_weight)
     if d_gate_weight is not None:
-        _wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)           # dW_g = dg^T e
+        _wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)  # dW_g = dg^T e
     if d_up_weight is not None:
         _wgrad(du, z, d_up_weight, row_scale=rstd, col_scale=norm_weight)  # dW_u = du^T RMSNorm(z)
     need_dz = d_features is not None or d_fc_weight is not None or d_fc_bias is not None
     if not (need_dz or d_norm_weight is not None):
         return
-    dy = du @ up_weight                                                  # [T, H]
+    dy = du @ up_weight  # [T, H]
     dz = torch.empty_like(z)
     rows = _row_block(T)
     nprog = triton.cdiv(T, rows)
     part = torch.empty(nprog, 2, H, dtype=torch.float32, device=z.device)
-    _fspad_norm_bwd_kernel[(nprog,)](grad_out, dy, z, norm_weight, rstd, dz, part, T, H, ROWS=rows,
-                                     BLOCK_H=triton.next_power_of_2(H), num_warps=_row_warps(H))
+    _fspad_norm_bwd_kernel[(nprog,)](
+        grad_out,
+        dy,
+        z,
+        norm_weight,
+        rstd,
+        dz,
+        part,
+        T,
+        H,
+        ROWS=rows,
+        BLOCK_H=triton.next_power_of_2(H),
+        num_warps=_row_warps(H),
+    )
     if d_norm_weight is not None:
         d_norm_weight.copy_(part[:, 0].sum(0))
     if need_dz:
-        _fc_backward(dz, part[:, 1], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight,
-                     d_fc_bias)
+        _fc_backward(dz, part[:, 1], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
 
 
-def griffin_token_fusion_backward(grad_out, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
-                                  norm_a_weight, up_weight, down_weight, eps, h, stats, pre_act, d_features,
-                                  d_fc_weight, d_fc_bias, d_norm_b_weight, d_norm_a_weight, d_up_weight,
-                                  d_down_weight) -> None:
+def griffin_token_fusion_backward(
+    grad_out,
+    features,
+    token_ids,
+    embed_weight,
+    fc_weight,
+    fc_bias,
+    norm_b_weight,
+    norm_a_weight,
+    up_weight,
+    down_weight,
+    eps,
+    h,
+    stats,
+    pre_act,
+    d_features,
+    d_fc_weight,
+    d_fc_bias,
+    d_norm_b_weight,
+    d_norm_a_weight,
+    d_up_weight,
+    d_down_weight,
+) -> None:
     """specdec::griffin_token_fusion_backward_triton: the gradients that are not None."""
     T, H = features.shape
     V = embed_weight.shape[0]
-    dact = grad_out @ down_weight                                        # [T, I]
+    dact = grad_out @ down_weight  # [T, I]
     act, dv = torch.empty_like(pre_act), torch.empty_like(pre_act)
     _silu_bwd(pre_act, None, dact, act, dv, None)
     if d_down_weight is not None:
@@ -500,29 +770,54 @@ def griffin_token_fusion_backward(grad_out, features, token_ids, embed_weight, f
         # the norm weights, so neither normalised half (nor their concatenation) is materialised.
         s1 = stats[:, 0] * stats[:, 1]
         _wgrad(dv, h, d_up_weight[:, :H], row_scale=s1, col_scale=norm_a_weight * norm_b_weight)
-        _wgrad(dv, embed_weight, d_up_weight[:, H:], ids=token_ids, row_scale=stats[:, 2].contiguous(),
-               col_scale=norm_a_weight)
+        _wgrad(
+            dv,
+            embed_weight,
+            d_up_weight[:, H:],
+            ids=token_ids,
+            row_scale=stats[:, 2].contiguous(),
+            col_scale=norm_a_weight,
+        )
     need_dh = d_features is not None or d_fc_weight is not None or d_fc_bias is not None
     if not (need_dh or d_norm_a_weight is not None or d_norm_b_weight is not None):
         return
-    dx = dv @ up_weight                                                  # [T, 2H] = [dx1 | dx2]
+    dx = dv @ up_weight  # [T, 2H] = [dx1 | dx2]
     dh = torch.empty_like(h)
     rows = _row_block(T)
     nprog = triton.cdiv(T, rows)
     part = torch.empty(nprog, 3, H, dtype=torch.float32, device=h.device)
-    _griffin_norm_bwd_kernel[(nprog,)](grad_out, dx, h, token_ids, embed_weight, norm_b_weight, norm_a_weight, stats,
-                                       dh, part, T, H, V, embed_weight.stride(0), ROWS=rows,
-                                       BLOCK_H=triton.next_power_of_2(H), num_warps=_row_warps(H))
+    _griffin_norm_bwd_kernel[(nprog,)](
+        grad_out,
+        dx,
+        h,
+        token_ids,
+        embed_weight,
+        norm_b_weight,
+        norm_a_weight,
+        stats,
+        dh,
+        part,
+        T,
+        H,
+        V,
+        embed_weight.stride(0),
+        ROWS=rows,
+        BLOCK_H=triton.next_power_of_2(H),
+        num_warps=_row_warps(H),
+    )
     if d_norm_a_weight is not None:
         d_norm_a_weight.copy_(part[:, 0].sum(0))
     if d_norm_b_weight is not None:
         d_norm_b_weight.copy_(part[:, 1].sum(0))
     if need_dh:
-        _fc_backward(dh, part[:, 2], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight,
-                     d_fc_bias)
+        _fc_backward(dh, part[:, 2], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
 
 
 # Each launcher is registered under its own name: specdec::<name>_triton.
-for _fn in (fspad_feature_sampling, fspad_feature_sampling_backward, griffin_token_fusion,
-            griffin_token_fusion_backward):
+for _fn in (
+    fspad_feature_sampling,
+    fspad_feature_sampling_backward,
+    griffin_token_fusion,
+    griffin_token_fusion_backward,
+):
     torch.library.register_kernel(f"specdec::{_fn.__name__}_triton", ("cpu", "cuda"), _fn)

@@ -33,6 +33,7 @@ select_tree (one program per candidate row, M <= MAX_CANDIDATES = 4096 candidate
 
 No host synchronisation: launches only, outputs written into the caller's buffers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,11 +57,23 @@ def _popcount32(x):
 
 
 @triton.jit
-def _build_tree_kernel(parents_ptr, num_nodes_ptr, depth_ptr, mask_ptr, first_child_ptr, next_sibling_ptr,
-                       valid_ptr, N, W,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, LOG_N: tl.constexpr):
+def _build_tree_kernel(
+    parents_ptr,
+    num_nodes_ptr,
+    depth_ptr,
+    mask_ptr,
+    first_child_ptr,
+    next_sibling_ptr,
+    valid_ptr,
+    N,
+    W,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    LOG_N: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
-    row = b * N                                 # first element of this tree in the [B, N] tensors
+    row = b * N  # first element of this tree in the [B, N] tensors
     idx = tl.arange(0, BLOCK_N)
     in_n = idx < N
     p = tl.load(parents_ptr + row + idx, mask=in_n, other=0)
@@ -83,7 +96,7 @@ def _build_tree_kernel(parents_ptr, num_nodes_ptr, depth_ptr, mask_ptr, first_ch
         kk = k0 + tl.arange(0, BLOCK_K)
         # Column parents; -1 (root) and -3 (past the live nodes) match no row index nor p_row.
         pk = tl.load(parents_ptr + row + kk, mask=kk < n_live, other=-3)
-        child = pk[None, :] == idx[:, None]                         # column k is a child of row i
+        child = pk[None, :] == idx[:, None]  # column k is a child of row i
         fc = tl.minimum(fc, tl.min(tl.where(child, kk[None, :], BIG), axis=1))
         sib = (pk[None, :] == p_row[:, None]) & (kk[None, :] > idx[:, None])
         ns = tl.minimum(ns, tl.min(tl.where(sib, kk[None, :], BIG), axis=1))
@@ -91,9 +104,9 @@ def _build_tree_kernel(parents_ptr, num_nodes_ptr, depth_ptr, mask_ptr, first_ch
     ns = tl.where(live & (ns < BIG), ns, -1)
 
     # ---- packed ancestor mask by pointer jumping, BLOCK_W words at a time; depth = popcount - 1.
-    nxt0 = tl.where(live & (idx > 0), p, -1)   # a_0: the parent; -1 = no ancestor (root, padding)
-    mask_tree = mask_ptr + row * W             # this tree's [N, W] words: int32 offsets below
-    scratch = depth_ptr + row                  # depth doubles as the a_k scratch until the end
+    nxt0 = tl.where(live & (idx > 0), p, -1)  # a_0: the parent; -1 = no ancestor (root, padding)
+    mask_tree = mask_ptr + row * W  # this tree's [N, W] words: int32 offsets below
+    scratch = depth_ptr + row  # depth doubles as the a_k scratch until the end
     bit = tl.full([BLOCK_N], 1, tl.uint32) << (idx % 32).to(tl.uint32)
     word_of = idx // 32
     bits_set = tl.zeros([BLOCK_N], tl.int32)
@@ -101,27 +114,28 @@ def _build_tree_kernel(parents_ptr, num_nodes_ptr, depth_ptr, mask_ptr, first_ch
         ww = w0 + tl.arange(0, BLOCK_W)
         tile = in_n[:, None] & (ww < W)[None, :]
         own = live[:, None] & (word_of[:, None] == ww[None, :])
-        t = tl.where(own, bit[:, None], 0).to(tl.uint32)          # M_0: the node itself
+        t = tl.where(own, bit[:, None], 0).to(tl.uint32)  # M_0: the node itself
         offs = idx[:, None] * W + ww[None, :]
         tl.store(mask_tree + offs, t.to(tl.int32, bitcast=True), mask=tile)
         nxt = nxt0
-        for _ in tl.static_range(LOG_N):       # 2^LOG_N >= N > any depth: LOG_N rounds always suffice
+        for _ in tl.static_range(LOG_N):  # 2^LOG_N >= N > any depth: LOG_N rounds always suffice
             # Uniform over the program. Once every a_k(i) lies below this block's first node, the ancestors
             # still missing (a_k(i) and above) have no bit in these words: the block is final.
             # Rows whose a_k is below the block are final here too, so they skip the gathers (a_k = -1).
             if tl.max(nxt, axis=0) >= w0 * 32:
                 tl.store(scratch + idx, nxt, mask=in_n)
-                tl.debug_barrier()             # rows and a_k of other threads are written
+                tl.debug_barrier()  # rows and a_k of other threads are written
                 has = nxt >= w0 * 32
-                g = tl.load(mask_tree + nxt[:, None] * W + ww[None, :], mask=tile & has[:, None], other=0,
-                            cache_modifier=".cg")
+                g = tl.load(
+                    mask_tree + nxt[:, None] * W + ww[None, :], mask=tile & has[:, None], other=0, cache_modifier=".cg"
+                )
                 nn = tl.load(scratch + nxt, mask=in_n & has, other=-1, cache_modifier=".cg")
-                tl.debug_barrier()             # every gather is done before anyone overwrites
+                tl.debug_barrier()  # every gather is done before anyone overwrites
                 t = t | g.to(tl.uint32, bitcast=True)
                 nxt = nn
                 tl.store(mask_tree + offs, t.to(tl.int32, bitcast=True), mask=tile)
         bits_set += tl.sum(tl.where(tile, _popcount32(t), 0), axis=1)
-    tl.debug_barrier()                         # the last a_k reads of the scratch precede the depth store
+    tl.debug_barrier()  # the last a_k reads of the scratch precede the depth store
 
     tl.store(depth_ptr + row + idx, tl.where(live, bits_set - 1, 0), mask=in_n)
     tl.store(first_child_ptr + row + idx, fc, mask=in_n)
@@ -130,20 +144,31 @@ def _build_tree_kernel(parents_ptr, num_nodes_ptr, depth_ptr, mask_ptr, first_ch
 
 
 @triton.jit
-def _select_tree_kernel(scores_ptr, cand_parents_ptr, cand_tokens_ptr, root_tokens_ptr, parents_ptr, tokens_ptr,
-                        selected_ptr, M, N,
-                        BLOCK_M: tl.constexpr, RADIX_BITS: tl.constexpr, BLOCK_K: tl.constexpr,
-                        LOG_K: tl.constexpr):
+def _select_tree_kernel(
+    scores_ptr,
+    cand_parents_ptr,
+    cand_tokens_ptr,
+    root_tokens_ptr,
+    parents_ptr,
+    tokens_ptr,
+    selected_ptr,
+    M,
+    N,
+    BLOCK_M: tl.constexpr,
+    RADIX_BITS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    LOG_K: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
-    crow = b * M                                # this row in the [B, M] candidate tensors
-    orow = b * N                                # this row in the [B, N] outputs
-    K = N - 1                                   # candidates kept
+    crow = b * M  # this row in the [B, M] candidate tensors
+    orow = b * N  # this row in the [B, N] outputs
+    K = N - 1  # candidates kept
     i = tl.arange(0, BLOCK_M)
     in_m = i < M
 
     # Order key: larger = ranks earlier. Same as score_order_key in csrc/include/specdec/tree.h.
     s = tl.load(scores_ptr + crow + i, mask=in_m, other=0.0)
-    s = tl.where(s == 0.0, 0.0, s)              # -0.0 == +0.0: one key, the index breaks the tie
+    s = tl.where(s == 0.0, 0.0, s)  # -0.0 == +0.0: one key, the index breaks the tie
     bits = s.to(tl.uint32, bitcast=True)
     key = tl.where((bits >> 31) != 0, bits ^ 0xFFFFFFFF, bits | 0x80000000)
     key = tl.where(s != s, 0, key).to(tl.uint32)  # every NaN: 0, below -inf (0x007fffff)
@@ -151,12 +176,12 @@ def _select_tree_kernel(scores_ptr, cand_parents_ptr, cand_tokens_ptr, root_toke
     # Radix select of t = the K-th largest key: the largest t with #{key >= t} >= K, digit by digit.
     NB: tl.constexpr = 1 << RADIX_BITS
     digits = tl.arange(0, NB).to(tl.uint32)
-    t = tl.zeros([NB], tl.uint32)               # every lane holds t (keeps the pass loop shape-stable)
+    t = tl.zeros([NB], tl.uint32)  # every lane holds t (keeps the pass loop shape-stable)
     for ps in tl.static_range(32 // RADIX_BITS):
         shift = 32 - RADIX_BITS * (ps + 1)
         probe = t | (digits << shift)
         ge = (key[:, None] >= probe[None, :]) & in_m[:, None]
-        cnt = tl.sum(ge.to(tl.int32), axis=0)   # [NB]; digit 0 always qualifies (invariant: #{>= t} >= K)
+        cnt = tl.sum(ge.to(tl.int32), axis=0)  # [NB]; digit 0 always qualifies (invariant: #{>= t} >= K)
         best = tl.max(tl.where(cnt >= K, digits, 0).to(tl.uint32), axis=0)
         t = t | (best << shift)
     t0 = tl.max(t, axis=0)
@@ -167,7 +192,7 @@ def _select_tree_kernel(scores_ptr, cand_parents_ptr, cand_tokens_ptr, root_toke
     need = K - tl.sum(above.to(tl.int32), axis=0)
     tie_before = tl.cumsum(tie, axis=0) - tie
     chosen = above | ((tie != 0) & (tie_before < need))
-    node = tl.cumsum(chosen.to(tl.int32), axis=0)   # node index of a chosen candidate: 1..K in index order
+    node = tl.cumsum(chosen.to(tl.int32), axis=0)  # node index of a chosen candidate: 1..K in index order
 
     tok = tl.load(cand_tokens_ptr + crow + i, mask=chosen, other=0)
     tl.store(selected_ptr + orow + node, i, mask=chosen)
@@ -175,7 +200,7 @@ def _select_tree_kernel(scores_ptr, cand_parents_ptr, cand_tokens_ptr, root_toke
     tl.store(parents_ptr + orow, -1)
     tl.store(tokens_ptr + orow, tl.load(root_tokens_ptr + b))
     tl.store(selected_ptr + orow, -1)
-    tl.debug_barrier()                          # `selected` (written by other threads) is read back below
+    tl.debug_barrier()  # `selected` (written by other threads) is read back below
 
     # Parent node of node k = position of its parent candidate in the increasing row selected[1..K].
     for k0 in range(1, N, BLOCK_K):
@@ -192,7 +217,7 @@ def _select_tree_kernel(scores_ptr, cand_parents_ptr, cand_tokens_ptr, root_toke
             pos = tl.where(pm & (v <= cp), nxt, pos)
         hit = tl.load(selected_ptr + orow + pos, mask=km & (pos >= 1), other=-2, cache_modifier=".cg")
         found = (cp >= 0) & (cp < M) & (pos >= 1) & (hit == cp)
-        par = tl.where(cp == -1, 0, tl.where(found, pos, kk))   # not chosen / out of range: itself
+        par = tl.where(cp == -1, 0, tl.where(found, pos, kk))  # not chosen / out of range: itself
         tl.store(parents_ptr + orow + kk, par, mask=km)
 
 
@@ -241,8 +266,15 @@ def _device_guard(device: torch.device):
 
 
 @torch.library.register_kernel("specdec::build_tree_triton", ("cpu", "cuda"))
-def build_tree_triton(parents: torch.Tensor, num_nodes: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
-                      first_child: torch.Tensor, next_sibling: torch.Tensor, valid: torch.Tensor) -> None:
+def build_tree_triton(
+    parents: torch.Tensor,
+    num_nodes: torch.Tensor,
+    depth: torch.Tensor,
+    mask: torch.Tensor,
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    valid: torch.Tensor,
+) -> None:
     """Triton build_tree: fills depth, mask, first_child, next_sibling, valid (see ops.tree.build_tree).
 
     One program per tree; N <= MAX_TREE_NODES (specdec_kernels/_limits.py) keeps a tree in one block.
@@ -255,28 +287,50 @@ def build_tree_triton(parents: torch.Tensor, num_nodes: torch.Tensor, depth: tor
         raise ValueError(f"{op}: at most {MAX_TREE_NODES} nodes per tree (one program per tree), got N = {N}")
     W = (N + 31) // 32
     dev = parents.device
-    for name, t, dtype, shape in (("parents", parents, torch.int32, (B, N)),
-                                  ("num_nodes", num_nodes, torch.int32, (B,)),
-                                  ("depth", depth, torch.int32, (B, N)), ("mask", mask, torch.int32, (B, N, W)),
-                                  ("first_child", first_child, torch.int32, (B, N)),
-                                  ("next_sibling", next_sibling, torch.int32, (B, N)),
-                                  ("valid", valid, torch.bool, (B,))):
+    for name, t, dtype, shape in (
+        ("parents", parents, torch.int32, (B, N)),
+        ("num_nodes", num_nodes, torch.int32, (B,)),
+        ("depth", depth, torch.int32, (B, N)),
+        ("mask", mask, torch.int32, (B, N, W)),
+        ("first_child", first_child, torch.int32, (B, N)),
+        ("next_sibling", next_sibling, torch.int32, (B, N)),
+        ("valid", valid, torch.bool, (B,)),
+    ):
         _check(op, name, t, dtype, shape, dev)
     if B == 0:
         return
     block_n = triton.next_power_of_2(N)
     block_k, block_w, num_warps = _build_tree_config(block_n, W)
-    log_n = max(1, (block_n - 1).bit_length())     # 2^log_n >= N: enough doubling rounds for any depth
+    log_n = max(1, (block_n - 1).bit_length())  # 2^log_n >= N: enough doubling rounds for any depth
     with _device_guard(dev):
-        _build_tree_kernel[(B,)](parents, num_nodes, depth, mask, first_child, next_sibling, valid, N, W,
-                                 BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_W=block_w, LOG_N=log_n,
-                                 num_warps=num_warps)
+        _build_tree_kernel[(B,)](
+            parents,
+            num_nodes,
+            depth,
+            mask,
+            first_child,
+            next_sibling,
+            valid,
+            N,
+            W,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            BLOCK_W=block_w,
+            LOG_N=log_n,
+            num_warps=num_warps,
+        )
 
 
 @torch.library.register_kernel("specdec::select_tree_triton", ("cpu", "cuda"))
-def select_tree_triton(cand_scores: torch.Tensor, cand_parents: torch.Tensor, cand_tokens: torch.Tensor,
-                       root_tokens: torch.Tensor, parents: torch.Tensor, tokens: torch.Tensor,
-                       selected: torch.Tensor) -> None:
+def select_tree_triton(
+    cand_scores: torch.Tensor,
+    cand_parents: torch.Tensor,
+    cand_tokens: torch.Tensor,
+    root_tokens: torch.Tensor,
+    parents: torch.Tensor,
+    tokens: torch.Tensor,
+    selected: torch.Tensor,
+) -> None:
     """Triton select_tree: EAGLE-2 reranking into parents/tokens/selected (see ops.tree.select_tree).
 
     One program per candidate row; M <= MAX_CANDIDATES keeps a row's keys in one block.
@@ -293,20 +347,36 @@ def select_tree_triton(cand_scores: torch.Tensor, cand_parents: torch.Tensor, ca
     if M > MAX_CANDIDATES:
         raise ValueError(f"{op}: at most {MAX_CANDIDATES} candidates per row (one program per row), got M = {M}")
     dev = cand_scores.device
-    for name, t, dtype, shape in (("cand_scores", cand_scores, torch.float32, (B, M)),
-                                  ("cand_parents", cand_parents, torch.int32, (B, M)),
-                                  ("cand_tokens", cand_tokens, torch.int64, (B, M)),
-                                  ("root_tokens", root_tokens, torch.int64, (B,)),
-                                  ("parents", parents, torch.int32, (B, N)), ("tokens", tokens, torch.int64, (B, N)),
-                                  ("selected", selected, torch.int32, (B, N))):
+    for name, t, dtype, shape in (
+        ("cand_scores", cand_scores, torch.float32, (B, M)),
+        ("cand_parents", cand_parents, torch.int32, (B, M)),
+        ("cand_tokens", cand_tokens, torch.int64, (B, M)),
+        ("root_tokens", root_tokens, torch.int64, (B,)),
+        ("parents", parents, torch.int32, (B, N)),
+        ("tokens", tokens, torch.int64, (B, N)),
+        ("selected", selected, torch.int32, (B, N)),
+    ):
         _check(op, name, t, dtype, shape, dev)
     if B == 0:
         return
     block_m = triton.next_power_of_2(max(M, 1))
     radix_bits, num_warps = _select_tree_config(block_m)
     block_k = min(triton.next_power_of_2(N), 1024)
-    log_k = max(N - 1, 1).bit_length() - 1      # 2^(log_k + 1) > K = N - 1
+    log_k = max(N - 1, 1).bit_length() - 1  # 2^(log_k + 1) > K = N - 1
     with _device_guard(dev):
-        _select_tree_kernel[(B,)](cand_scores, cand_parents, cand_tokens, root_tokens, parents, tokens, selected,
-                                  M, N, BLOCK_M=block_m, RADIX_BITS=radix_bits, BLOCK_K=block_k, LOG_K=log_k,
-                                  num_warps=num_warps)
+        _select_tree_kernel[(B,)](
+            cand_scores,
+            cand_parents,
+            cand_tokens,
+            root_tokens,
+            parents,
+            tokens,
+            selected,
+            M,
+            N,
+            BLOCK_M=block_m,
+            RADIX_BITS=radix_bits,
+            BLOCK_K=block_k,
+            LOG_K=log_k,
+            num_warps=num_warps,
+        )

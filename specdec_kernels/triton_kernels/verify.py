@@ -30,6 +30,7 @@ The bonus token is the inverse CDF of the residual in id order: one pass for its
 crossing (tile sums first, then a cumulative sum inside the crossing tile). Agreement with the reference is
 exact except where a uniform falls within rounding of a decision boundary (sums in a different order).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ import triton.language as tl
 from .._limits import MAX_TREE_NODES
 
 _BIG = tl.constexpr(2**31 - 1)  # "no index" in min-reductions (a constexpr: jit code may read it)
-_MAX_VOCAB = 2**24              # the top-k search counts in fp32: exact below 2^24
+_MAX_VOCAB = 2**24  # the top-k search counts in fp32: exact below 2^24
 
 
 @triton.jit
@@ -66,8 +67,21 @@ def _row_argmax(row_ptr, V, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _greedy_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, target_ptr, an_ptr, al_ptr, ot_ptr, N, V,
-                   LOGITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+def _greedy_kernel(
+    fc_ptr,
+    ns_ptr,
+    valid_ptr,
+    tok_ptr,
+    target_ptr,
+    an_ptr,
+    al_ptr,
+    ot_ptr,
+    N,
+    V,
+    LOGITS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     fc = fc_ptr + b * N
     ns = ns_ptr + b * N
@@ -150,7 +164,7 @@ def _search(row_ptr, V, t, m, S, kth_key, target, MASS: tl.constexpr, BLOCK_V: t
     if MASS:
         lo = tl.zeros((), tl.int64)
     else:
-        lo = tl.full((), -2**31, tl.int64)
+        lo = tl.full((), -(2**31), tl.int64)
     hi = tl.full((), 2**31 - 1, tl.int64)
     # Invariant: measure(>= lo) >= target (or lo is the smallest key) and measure(>= hi + 1) < target.
     while lo < hi:
@@ -181,7 +195,7 @@ def _search(row_ptr, V, t, m, S, kth_key, target, MASS: tl.constexpr, BLOCK_V: t
 @triton.jit
 def _node_dist(row_ptr, V, t, m, top_k, top_p, BLOCK_V: tl.constexpr):
     """(S, Z, kth_key, p_key) of the filtered target distribution of one row (see _base_prob); m = max z."""
-    kth_key = tl.full((), -2**31, tl.int32)
+    kth_key = tl.full((), -(2**31), tl.int32)
     if (top_k > 0) & (top_k < V):
         kth_key = _search(row_ptr, V, t, m, 1.0, kth_key, top_k.to(tl.float32), False, BLOCK_V)
     s = tl.zeros((BLOCK_V,), tl.float32)
@@ -236,20 +250,38 @@ def _residual(x, p, q, r, ws_x, ws_z, ws_q, HAS_Q: tl.constexpr):
 @triton.jit
 def _draft_prob(qv, qsum):
     """The renormalised draft distribution (negative entries count as 0)."""
-    return tl.where(qsum > 0, tl.math.div_rn(tl.maximum(qv.to(tl.float32), 0.0), tl.where(qsum > 0, qsum, 1.0)),
-                    0.0)
+    return tl.where(qsum > 0, tl.math.div_rn(tl.maximum(qv.to(tl.float32), 0.0), tl.where(qsum > 0, qsum, 1.0)), 0.0)
 
 
 @triton.jit
-def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, q_ptr,
-                   wsx_ptr, wsf_ptr, an_ptr, al_ptr, ot_ptr, N, V,
-                   HAS_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+def _sample_kernel(
+    fc_ptr,
+    ns_ptr,
+    valid_ptr,
+    tok_ptr,
+    logits_ptr,
+    u_ptr,
+    temp_ptr,
+    topk_ptr,
+    topp_ptr,
+    q_ptr,
+    wsx_ptr,
+    wsf_ptr,
+    an_ptr,
+    al_ptr,
+    ot_ptr,
+    N,
+    V,
+    HAS_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     fc = fc_ptr + b * N
     ns = ns_ptr + b * N
     tok = tok_ptr + b * N
     u_row = u_ptr + b * (N + 1)
-    ws_x = wsx_ptr + b * 3 * N        # rejection records of the current node (module docstring)
+    ws_x = wsx_ptr + b * 3 * N  # rejection records of the current node (module docstring)
     ws_z = wsf_ptr + b * 3 * N + N
     ws_q = ws_z + N
     jn = tl.arange(0, BLOCK_N)
@@ -262,7 +294,7 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
     cand = tl.where(valid & (first >= 0) & (first < N), first, -1)
 
     temp = tl.load(temp_ptr + b)
-    sample = temp > 0                 # NaN or <= 0: greedy on the logits, like the reference
+    sample = temp > 0  # NaN or <= 0: greedy on the logits, like the reference
     t = tl.where(sample, temp, 1.0)
     top_k = tl.load(topk_ptr + b)
     top_p = tl.load(topp_ptr + b)
@@ -273,10 +305,10 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
     m = tl.zeros((), tl.float32)
     S = tl.full((), 1.0, tl.float32)
     Z = tl.full((), 1.0, tl.float32)
-    kth_key = tl.full((), -2**31, tl.int32)
+    kth_key = tl.full((), -(2**31), tl.int32)
     p_key = tl.zeros((), tl.int32)
     qsum = tl.full((), 1.0, tl.float32)
-    r = tl.zeros((), tl.int32)        # rejections recorded at the current node
+    r = tl.zeros((), tl.int32)  # rejections recorded at the current node
     M = tl.full((), 1.0, tl.float32)  # without draft_probs: product of (1 - p(x_i)) over them
     # N tests at most (the reference's bound); the extra last iteration loads the final node's distribution.
     for it in range(0, N + 1):
@@ -312,7 +344,7 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
                 qx = tl.where(in_vocab, qx, 0.0)
                 uc = tl.load(u_row + cand)
                 if HAS_Q:
-                    acc = uc * qx < px        # probability min(1, p/q), without dividing
+                    acc = uc * qx < px  # probability min(1, p/q), without dividing
                 else:
                     acc = uc < px
             else:
@@ -337,8 +369,9 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
                         for start in range(0, V, BLOCK_V):
                             offs = start + tl.arange(0, BLOCK_V)
                             ok = offs < V
-                            pv = _base_prob(tl.load(row + offs, mask=ok, other=-float("inf")), t, m, S, Z,
-                                            kth_key, p_key)
+                            pv = _base_prob(
+                                tl.load(row + offs, mask=ok, other=-float("inf")), t, m, S, Z, kth_key, p_key
+                            )
                             qv = _draft_prob(tl.load(qrow + offs, mask=ok, other=0.0), qsum)
                             pv, qv = _residual(offs, pv, qv, r, ws_x, ws_z, ws_q, HAS_Q)
                             sp += tl.maximum(pv - qv, 0.0)
@@ -346,7 +379,7 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
                         tl.store(ws_z + r, tl.sum(sp, axis=0))
                         tl.store(ws_q + r, tl.sum(sq, axis=0))
                     else:
-                        M = M * (1.0 - px)    # the residual sums to 1: without x it sums to 1 - p(x)
+                        M = M * (1.0 - px)  # the residual sums to 1: without x it sums to 1 - p(x)
                         tl.store(ws_z + r, M)
                     tl.store(ws_x + r, xr)
                     # The records are read by every thread of the program: make the stores visible.
@@ -368,7 +401,7 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
             if HAS_Q:
                 qv = _draft_prob(tl.load(qrow + offs, mask=ok, other=0.0), qsum)
             pv, qv = _residual(offs, pv, qv, r, ws_x, ws_z, ws_q, HAS_Q)
-            total += tl.sum(pv, axis=0)   # tile by tile: the crossing search below adds in the same order
+            total += tl.sum(pv, axis=0)  # tile by tile: the crossing search below adds in the same order
             last = tl.maximum(last, tl.where(pv > 0, offs, -1))
         last_pos = tl.max(last, axis=0)
         if total > 0:
@@ -379,8 +412,7 @@ def _sample_kernel(fc_ptr, ns_ptr, valid_ptr, tok_ptr, logits_ptr, u_ptr, temp_p
                 if found < 0:
                     offs = start + tl.arange(0, BLOCK_V)
                     ok = offs < V
-                    pv = _base_prob(tl.load(row + offs, mask=ok, other=-float("inf")), t, m, S, Z, kth_key,
-                                    p_key)
+                    pv = _base_prob(tl.load(row + offs, mask=ok, other=-float("inf")), t, m, S, Z, kth_key, p_key)
                     qv = tl.zeros((BLOCK_V,), tl.float32)
                     if HAS_Q:
                         qv = _draft_prob(tl.load(qrow + offs, mask=ok, other=0.0), qsum)
@@ -427,8 +459,9 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def verify_greedy_triton(first_child, next_sibling, valid, tokens, logits, accept_nodes, accept_len,
-                         out_tokens) -> None:
+def verify_greedy_triton(
+    first_child, next_sibling, valid, tokens, logits, accept_nodes, accept_len, out_tokens
+) -> None:
     """specdec::verify_greedy_triton: see specdec_kernels.ops.verify.verify_greedy (one program per request)."""
     B, N = tokens.shape
     if B == 0:
@@ -437,13 +470,38 @@ def verify_greedy_triton(first_child, next_sibling, valid, tokens, logits, accep
     V = logits.shape[2] if is_logits else 1
     block_v = min(4096, triton.next_power_of_2(V)) if is_logits else 16
     with _device_guard(tokens.device):
-        _greedy_kernel[(B,)](first_child, next_sibling, valid.view(torch.uint8), tokens, logits, accept_nodes,
-                             accept_len, out_tokens, N, V, LOGITS=is_logits, BLOCK_N=triton.next_power_of_2(N),
-                             BLOCK_V=block_v)
+        _greedy_kernel[(B,)](
+            first_child,
+            next_sibling,
+            valid.view(torch.uint8),
+            tokens,
+            logits,
+            accept_nodes,
+            accept_len,
+            out_tokens,
+            N,
+            V,
+            LOGITS=is_logits,
+            BLOCK_N=triton.next_power_of_2(N),
+            BLOCK_V=block_v,
+        )
 
 
-def verify_sample_triton(first_child, next_sibling, valid, tokens, logits, uniforms, temperature, top_k, top_p,
-                         draft_probs, accept_nodes, accept_len, out_tokens) -> None:
+def verify_sample_triton(
+    first_child,
+    next_sibling,
+    valid,
+    tokens,
+    logits,
+    uniforms,
+    temperature,
+    top_k,
+    top_p,
+    draft_probs,
+    accept_nodes,
+    accept_len,
+    out_tokens,
+) -> None:
     """specdec::verify_sample_triton: see specdec_kernels.ops.verify.verify_sample.
 
     One program per request (N <= 1024 nodes). Inputs are those of the public function after its checks
@@ -461,18 +519,35 @@ def verify_sample_triton(first_child, next_sibling, valid, tokens, logits, unifo
     if N > MAX_TREE_NODES:
         raise ValueError(f"{op}: at most {MAX_TREE_NODES} nodes per tree (one program per tree), got N = {N}")
     if draft_probs is not None and tuple(draft_probs.shape) != tuple(logits.shape):
-        raise ValueError(f"{op}: draft_probs must have the logits' shape {list(logits.shape)}, "
-                         f"got {list(draft_probs.shape)}")
+        raise ValueError(
+            f"{op}: draft_probs must have the logits' shape {list(logits.shape)}, got {list(draft_probs.shape)}"
+        )
     if B == 0:
         return
     # Per request: N int32 rejected tokens, then N + N fp32 normalisers (the same bytes seen as fp32).
     ws = torch.empty((B, 3 * N), dtype=torch.int32, device=tokens.device)
     with _device_guard(tokens.device):
-        _sample_kernel[(B,)](first_child, next_sibling, valid.view(torch.uint8), tokens, logits, uniforms,
-                             temperature, top_k, top_p, logits if draft_probs is None else draft_probs, ws,
-                             ws.view(torch.float32),  # the same bytes: fp32 records beside the int32 tokens
-                             accept_nodes, accept_len, out_tokens, N, V, HAS_Q=draft_probs is not None,
-                             **verify_sample_config(V, N))
+        _sample_kernel[(B,)](
+            first_child,
+            next_sibling,
+            valid.view(torch.uint8),
+            tokens,
+            logits,
+            uniforms,
+            temperature,
+            top_k,
+            top_p,
+            logits if draft_probs is None else draft_probs,
+            ws,
+            ws.view(torch.float32),  # the same bytes: fp32 records beside the int32 tokens
+            accept_nodes,
+            accept_len,
+            out_tokens,
+            N,
+            V,
+            HAS_Q=draft_probs is not None,
+            **verify_sample_config(V, N),
+        )
 
 
 torch.library.register_kernel("specdec::verify_greedy_triton", ("cpu", "cuda"), verify_greedy_triton)

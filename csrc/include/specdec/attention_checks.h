@@ -14,8 +14,7 @@ namespace specdec {
 // head-dimension limit. Every tensor must be on q's device.
 inline void check_tree_attention_args(const char* op, c10::DeviceType device_type, int64_t max_head_dim,
                                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const at::Tensor& cache_len, const at::Tensor& tree_mask,
-                                      const at::Tensor& out) {
+                                      const at::Tensor& cache_len, const at::Tensor& tree_mask, const at::Tensor& out) {
   const auto dev = q.device();
   TORCH_CHECK(dev.type() == device_type, op, ": expected ", c10::DeviceTypeName(device_type), " tensors, got q on ",
               dev);
@@ -30,8 +29,8 @@ inline void check_tree_attention_args(const char* op, c10::DeviceType device_typ
     const char* name = t == &k ? "k_cache" : "v_cache";
     TORCH_CHECK(t->device() == dev, op, ": ", name, " must be on ", dev, " like q, got ", t->device());
     TORCH_CHECK(t->scalar_type() == dt, op, ": ", name, " must have q's dtype ", dt, ", got ", t->scalar_type());
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == B && t->size(3) == D, op, ": ", name,
-                " must be [B=", B, ", H_kv, S_max, D=", D, "], got shape ", t->sizes());
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == B && t->size(3) == D, op, ": ", name, " must be [B=", B,
+                ", H_kv, S_max, D=", D, "], got shape ", t->sizes());
     TORCH_CHECK(D <= 1 || t->stride(3) == 1, op, ": ", name, " must have unit stride along D, got strides ",
                 t->strides());
   }

@@ -59,14 +59,14 @@ inline void check_compact_kv_args(const char* op, const CompactKernels& k, at::T
   for (size_t i = 0; i < caches.size(); ++i) {
     const at::Tensor& t = caches[i];
     TORCH_CHECK(t.device() == dev, op, ": caches[", i, "] must be on ", dev, " like cache_len, got ", t.device());
-    TORCH_CHECK(t.dim() == 4 && t.size(0) == B, op, ": caches[", i, "] must be a 4-D view [B, X, S_max, Y] with B = ",
-                B, ", got shape ", t.sizes());
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == B, op, ": caches[", i,
+                "] must be a 4-D view [B, X, S_max, Y] with B = ", B, ", got shape ", t.sizes());
     TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, op, ": caches[", i,
                 "] must have unit stride along its last dimension Y (rows are copied as bytes), got strides ",
                 t.strides());
-    TORCH_CHECK(t.size(1) <= k.max_extent && t.size(2) <= k.max_extent, op, ": the ",
-                c10::DeviceTypeName(k.device), " kernel takes caches of at most ", k.max_extent,
-                " heads (X) and slots (S_max), got caches[", i, "] of shape ", t.sizes());
+    TORCH_CHECK(t.size(1) <= k.max_extent && t.size(2) <= k.max_extent, op, ": the ", c10::DeviceTypeName(k.device),
+                " kernel takes caches of at most ", k.max_extent, " heads (X) and slots (S_max), got caches[", i,
+                "] of shape ", t.sizes());
   }
 }
 

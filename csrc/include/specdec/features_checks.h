@@ -28,14 +28,13 @@ namespace specdec {
 
 // What one device's kernels accept.
 struct FeaturesKernels {
-  c10::DeviceType device;        // every tensor must be on features' device, of this type
-  bool fp64;                     // float64 features accepted (with float64 row statistics)
-  int64_t max_rows;              // most rows T in one call
-  int64_t min_intermediate;      // smallest intermediate size I (W_g / W_u rows)
+  c10::DeviceType device;    // every tensor must be on features' device, of this type
+  bool fp64;                 // float64 features accepted (with float64 row statistics)
+  int64_t max_rows;          // most rows T in one call
+  int64_t min_intermediate;  // smallest intermediate size I (W_g / W_u rows)
 };
 
-inline constexpr FeaturesKernels kCpuFeatureKernels{c10::DeviceType::CPU, true, std::numeric_limits<int64_t>::max(),
-                                                    0};
+inline constexpr FeaturesKernels kCpuFeatureKernels{c10::DeviceType::CPU, true, std::numeric_limits<int64_t>::max(), 0};
 
 // Checks against the features' device and dtype. `dt` is the dtype of every floating operand and buffer,
 // `stat_dt` that of the saved row statistics (rstd / stats).
@@ -65,9 +64,8 @@ struct FeaturesChecker {
     TORCH_CHECK(t.device() == dev, op, ": token_ids must be on ", dev, " like features, got ", t.device());
     TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op,
                 ": token_ids must be int32 or int64, got ", t.scalar_type());
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == T && t.is_contiguous(), op,
-                ": token_ids must be a contiguous [T] = [", T, "] tensor, got shape ", t.sizes(), " and strides ",
-                t.strides());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == T && t.is_contiguous(), op, ": token_ids must be a contiguous [T] = [", T,
+                "] tensor, got shape ", t.sizes(), " and strides ", t.strides());
   }
   // The embedding table may be a row-strided view (e.g. a slice of a padded table): rows are gathered with
   // its own leading dimension.
@@ -82,8 +80,8 @@ struct FeaturesChecker {
   // The intermediate size I from the rows of `w` (gate_weight for FSPAD, up_weight for GRIFFIN), whose
   // full shape is checked afterwards.
   int64_t intermediate(const at::Tensor& w, const char* name, int64_t cols) const {
-    TORCH_CHECK(w.dim() == 2 && w.size(0) >= min_intermediate, op, ": ", name, " must have shape [I >= ",
-                min_intermediate, ", ", cols, "], got ", w.sizes());
+    TORCH_CHECK(w.dim() == 2 && w.size(0) >= min_intermediate, op, ": ", name,
+                " must have shape [I >= ", min_intermediate, ", ", cols, "], got ", w.sizes());
     return w.size(0);
   }
 };
@@ -103,8 +101,7 @@ inline FeaturesChecker features_checker(const char* op, const at::Tensor& featur
   TORCH_CHECK(features.size(1) >= 1, op, ": features must have H >= 1 columns");
   TORCH_CHECK(features.size(0) <= k.max_rows, op, ": the ", c10::DeviceTypeName(k.device), " kernels take at most ",
               k.max_rows, " rows (T), got ", features.size(0), "; split the call");
-  return FeaturesChecker{op, features.device(), dt, dt == at::kDouble ? at::kDouble : at::kFloat,
-                         k.min_intermediate};
+  return FeaturesChecker{op, features.device(), dt, dt == at::kDouble ? at::kDouble : at::kFloat, k.min_intermediate};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -185,11 +182,11 @@ inline FeaturesChecker check_fspad_feature_sampling_backward(
 // GRIFFIN: h = W_fc [e; f] + b, g = h + W_d SiLU(W_u [N_a(N_b(h)); N_a(e)]); saved: h [T, H],
 // stats [T, 3] = (rstd(h), rstd(N_b(h)), rstd(e)), pre_act [T, I].
 
-inline int64_t check_griffin_inputs(const FeaturesChecker& c, const at::Tensor& features,
-                                    const at::Tensor& token_ids, const at::Tensor& embed_weight,
-                                    const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
-                                    const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight,
-                                    const at::Tensor& up_weight, const at::Tensor& down_weight) {
+inline int64_t check_griffin_inputs(const FeaturesChecker& c, const at::Tensor& features, const at::Tensor& token_ids,
+                                    const at::Tensor& embed_weight, const at::Tensor& fc_weight,
+                                    const std::optional<at::Tensor>& fc_bias, const at::Tensor& norm_b_weight,
+                                    const at::Tensor& norm_a_weight, const at::Tensor& up_weight,
+                                    const at::Tensor& down_weight) {
   const int64_t T = features.size(0), H = features.size(1);
   const int64_t I = c.intermediate(up_weight, "up_weight", 2 * H);
   c.ids(token_ids, T);
@@ -203,12 +200,13 @@ inline int64_t check_griffin_inputs(const FeaturesChecker& c, const at::Tensor& 
   return I;
 }
 
-inline FeaturesChecker check_griffin_token_fusion(
-    const char* op, const FeaturesKernels& k, const at::Tensor& features, const at::Tensor& token_ids,
-    const at::Tensor& embed_weight, const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
-    const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight, const at::Tensor& up_weight,
-    const at::Tensor& down_weight, double eps, const at::Tensor& out, const at::Tensor& h, const at::Tensor& stats,
-    const std::optional<at::Tensor>& pre_act) {
+inline FeaturesChecker check_griffin_token_fusion(const char* op, const FeaturesKernels& k, const at::Tensor& features,
+                                                  const at::Tensor& token_ids, const at::Tensor& embed_weight,
+                                                  const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
+                                                  const at::Tensor& norm_b_weight, const at::Tensor& norm_a_weight,
+                                                  const at::Tensor& up_weight, const at::Tensor& down_weight,
+                                                  double eps, const at::Tensor& out, const at::Tensor& h,
+                                                  const at::Tensor& stats, const std::optional<at::Tensor>& pre_act) {
   const FeaturesChecker c = features_checker(op, features, k);
   const int64_t I = check_griffin_inputs(c, features, token_ids, embed_weight, fc_weight, fc_bias, norm_b_weight,
                                          norm_a_weight, up_weight, down_weight);

@@ -40,7 +40,9 @@ SPECDEC_HD uint64_t candidate_key(uint32_t score_bits, uint32_t index) {
   return (static_cast<uint64_t>(score_order_key(score_bits)) << 32) | static_cast<uint64_t>(~index);
 }
 
-SPECDEC_HD uint32_t candidate_index(uint64_t key) { return ~static_cast<uint32_t>(key); }
+SPECDEC_HD uint32_t candidate_index(uint64_t key) {
+  return ~static_cast<uint32_t>(key);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Argument checks of the raw ops (host only). The public Python functions check first and say more; these
@@ -52,16 +54,15 @@ inline void check_arg(const at::Tensor& t, const char* op, const char* name, at:
                       c10::IntArrayRef shape, const at::Device& device) {
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device, " like the first input, got ",
-              t.device());
+  TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device, " like the first input, got ", t.device());
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
 }  // namespace detail
 
 inline void check_build_tree_args(const at::Tensor& parents, const at::Tensor& num_nodes, const at::Tensor& depth,
-                                  const at::Tensor& mask, const at::Tensor& first_child,
-                                  const at::Tensor& next_sibling, const at::Tensor& valid) {
+                                  const at::Tensor& mask, const at::Tensor& first_child, const at::Tensor& next_sibling,
+                                  const at::Tensor& valid) {
   constexpr const char* op = "specdec::build_tree";
   TORCH_CHECK(parents.dim() == 2, op, ": parents must be [B, N], got shape ", parents.sizes());
   const int64_t B = parents.size(0), N = parents.size(1);

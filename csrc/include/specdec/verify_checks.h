@@ -58,11 +58,11 @@ struct VerifyChecker {
     const at::ScalarType dt = t.scalar_type();
     const bool ok = dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || (k.fp64 && dt == at::kDouble);
     TORCH_CHECK(ok, op, ": the ", c10::DeviceTypeName(k.device), " kernel takes ",
-                k.fp64 ? "float32, float16, bfloat16 or float64" : "float32, float16 or bfloat16", " ", name,
-                ", got ", dt);
+                k.fp64 ? "float32, float16, bfloat16 or float64" : "float32, float16 or bfloat16", " ", name, ", got ",
+                dt);
     if (like != nullptr) {
-      TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name, " must have the logits' shape [B, N, V] = ",
-                  like->sizes(), ", got ", t.sizes());
+      TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name,
+                  " must have the logits' shape [B, N, V] = ", like->sizes(), ", got ", t.sizes());
     } else {
       TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == N && t.size(2) >= 1, op, ": ", name,
                   " must have shape [B, N, V >= 1] = [", B, ", ", N, ", V], got ", t.sizes());
@@ -81,8 +81,8 @@ inline VerifyChecker check_verify_tree_args(const char* op, const VerifyKernels&
                                             const at::Tensor& tokens, const at::Tensor& accept_nodes,
                                             const at::Tensor& accept_len, const at::Tensor& out_tokens) {
   const c10::Device dev = tokens.device();
-  TORCH_CHECK(dev.type() == k.device, op, ": tokens must be a ", c10::DeviceTypeName(k.device),
-              " tensor, got one on ", dev);
+  TORCH_CHECK(dev.type() == k.device, op, ": tokens must be a ", c10::DeviceTypeName(k.device), " tensor, got one on ",
+              dev);
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 1, op, ": tokens must have shape [B, N >= 1], got ",
               tokens.sizes());
   const int64_t B = tokens.size(0), N = tokens.size(1);
@@ -104,10 +104,9 @@ inline VerifyChecker check_verify_tree_args(const char* op, const VerifyKernels&
 // verify_greedy: logits is int64 argmax ids [B, N], or float logits [B, N, V] (argmax fused). Returns true
 // for ids.
 inline bool check_verify_greedy_args(const char* op, const VerifyKernels& k, const at::Tensor& first_child,
-                                     const at::Tensor& next_sibling, const at::Tensor& valid,
-                                     const at::Tensor& tokens, const at::Tensor& logits,
-                                     const at::Tensor& accept_nodes, const at::Tensor& accept_len,
-                                     const at::Tensor& out_tokens) {
+                                     const at::Tensor& next_sibling, const at::Tensor& valid, const at::Tensor& tokens,
+                                     const at::Tensor& logits, const at::Tensor& accept_nodes,
+                                     const at::Tensor& accept_len, const at::Tensor& out_tokens) {
   const VerifyChecker c =
       check_verify_tree_args(op, k, first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
   if (at::isFloatingType(logits.scalar_type())) {
@@ -124,12 +123,11 @@ inline bool check_verify_greedy_args(const char* op, const VerifyKernels& k, con
 // verify_sample: logits [B, N, V]; uniforms float32 [B, N + 1]; temperature float32 [B], top_k int32 [B],
 // top_p float32 [B]; draft_probs (when given) of the logits' shape. Returns whether draft_probs is given.
 inline bool check_verify_sample_args(const char* op, const VerifyKernels& k, const at::Tensor& first_child,
-                                     const at::Tensor& next_sibling, const at::Tensor& valid,
-                                     const at::Tensor& tokens, const at::Tensor& logits, const at::Tensor& uniforms,
-                                     const at::Tensor& temperature, const at::Tensor& top_k,
-                                     const at::Tensor& top_p, const std::optional<at::Tensor>& draft_probs,
-                                     const at::Tensor& accept_nodes, const at::Tensor& accept_len,
-                                     const at::Tensor& out_tokens) {
+                                     const at::Tensor& next_sibling, const at::Tensor& valid, const at::Tensor& tokens,
+                                     const at::Tensor& logits, const at::Tensor& uniforms,
+                                     const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
+                                     const std::optional<at::Tensor>& draft_probs, const at::Tensor& accept_nodes,
+                                     const at::Tensor& accept_len, const at::Tensor& out_tokens) {
   const VerifyChecker c =
       check_verify_tree_args(op, k, first_child, next_sibling, valid, tokens, accept_nodes, accept_len, out_tokens);
   const int64_t B = c.B, N = c.N;

@@ -17,6 +17,7 @@ Outputs are exactly the target's tokens: greedy output equals the target's own g
 sampled output follows the target's sampling distribution (temperature, top-k, top-p as
 specdec_kernels.verify_sample defines them).
 """
+
 from __future__ import annotations
 
 import time
@@ -73,13 +74,16 @@ class GenerationResult:
     def summary(self) -> str:
         """One line of statistics."""
         tps = self.num_new_tokens / self.total_time if self.total_time > 0 else float("nan")
-        return (f"requests {len(self.sequences)}  new tokens {self.num_new_tokens}  passes {self.passes}  "
-                f"tau {self.tau:.3f}  prefill {self.prefill_time * 1e3:.1f} ms  draft {self.draft_time * 1e3:.1f} ms  "
-                f"verify {self.verify_time * 1e3:.1f} ms  per pass {self.time_per_pass * 1e3:.2f} ms  "
-                f"total {self.total_time:.3f} s  ({tps:.1f} tokens/s)")
+        return (
+            f"requests {len(self.sequences)}  new tokens {self.num_new_tokens}  passes {self.passes}  "
+            f"tau {self.tau:.3f}  prefill {self.prefill_time * 1e3:.1f} ms  draft {self.draft_time * 1e3:.1f} ms  "
+            f"verify {self.verify_time * 1e3:.1f} ms  per pass {self.time_per_pass * 1e3:.2f} ms  "
+            f"total {self.total_time:.3f} s  ({tps:.1f} tokens/s)"
+        )
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
 
 def _prompts(input_ids, attention_mask) -> list:
     """Prompts as lists of ints: from a list of lists, or a [B, L] tensor (+ optional 0/1 attention_mask,
@@ -92,10 +96,14 @@ def _prompts(input_ids, attention_mask) -> list:
         rows = input_ids.tolist()
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-                got = (tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor)
-                       else type(attention_mask).__name__)
-                raise ValueError(f"attention_mask: expected a tensor of shape {tuple(input_ids.shape)} (like "
-                                 f"input_ids), got {got}")
+                got = (
+                    tuple(attention_mask.shape)
+                    if isinstance(attention_mask, torch.Tensor)
+                    else type(attention_mask).__name__
+                )
+                raise ValueError(
+                    f"attention_mask: expected a tensor of shape {tuple(input_ids.shape)} (like input_ids), got {got}"
+                )
             masks = attention_mask.tolist()
             rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, masks)]
     else:
@@ -116,7 +124,7 @@ def _pad(rows: list, device) -> tuple:
     B, L = len(rows), max(len(r) for r in rows)
     ids = torch.zeros(B, L, dtype=torch.int64)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r, dtype=torch.int64)
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
     return ids.to(device), lengths.to(device)
 
@@ -178,8 +186,16 @@ class _Chooser:
         if self.greedy:
             return specdec_kernels.verify_greedy(tree, tokens, logits, backend=self.backend)
         u = torch.rand(self.B, tokens.shape[1] + 1, generator=self.generator, device=self.device)
-        return specdec_kernels.verify_sample(tree, tokens, logits, u, temperature=self.temperature, top_k=self.top_k,
-                                             top_p=self.top_p, backend=self.backend)
+        return specdec_kernels.verify_sample(
+            tree,
+            tokens,
+            logits,
+            u,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            backend=self.backend,
+        )
 
     def first(self, last_logits: torch.Tensor) -> torch.Tensor:
         """The token after the prompt, drawn from the prefill logits [B, V] by the same rule (a one-node tree)."""
@@ -192,7 +208,7 @@ class _Output:
 
     def __init__(self, B: int, max_new: int, width: int, eos: Optional[torch.Tensor], device):
         self.buf = torch.full((B, max_new + width + 1), -1, dtype=torch.int64, device=device)
-        self.dump = max_new + width                               # column that absorbs padding writes
+        self.dump = max_new + width  # column that absorbs padding writes
         self.count = torch.zeros(B, dtype=torch.int64, device=device)
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         self.max_new, self.eos = max_new, eos
@@ -215,10 +231,10 @@ class _Output:
         eos = set(self.eos.tolist()) if self.eos is not None else set()
         out = []
         for r, c in zip(rows, counts):
-            r = r[:min(c, self.max_new)]
+            r = r[: min(c, self.max_new)]
             for i, t in enumerate(r):
                 if t in eos:
-                    r = r[:i + 1]
+                    r = r[: i + 1]
                     break
             out.append(r)
         return out
@@ -237,12 +253,26 @@ def _as_target(target, backend) -> TargetModel:
 
 # -- speculative decoding -----------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = None, *, max_new_tokens: int = 64,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, tree_top_k: int = 10, depth: int = 6,
-             total_tokens: int = 60, eos_token_id: Union[int, Sequence[int], None] = None,
-             generator: Optional[torch.Generator] = None, prefill_chunk_size: Optional[int] = None,
-             backend: Optional[str] = None) -> GenerationResult:
+def generate(
+    target,
+    draft,
+    input_ids,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    tree_top_k: int = 10,
+    depth: int = 6,
+    total_tokens: int = 60,
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    generator: Optional[torch.Generator] = None,
+    prefill_chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> GenerationResult:
     """Lossless EAGLE-2 tree speculative decoding of a batch of prompts.
 
     Args:
@@ -278,13 +308,12 @@ def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = 
     ids, lengths = _pad(rows, dev)
     L = ids.shape[1]
     N = tree_nodes(tree_top_k, depth, total_tokens)
-    D1 = min(N, depth + 1)                                          # longest accepted path (root included)
+    D1 = min(N, depth + 1)  # longest accepted path (root included)
     # Committed tokens stay below L + max_new_tokens + depth (a request may commit a whole path on the pass
     # that finishes it); one tree more is written past them.
     cache = target.new_cache(B, L + max_new_tokens + depth + N + 1)
     draft.bind_target(target.embed_tokens, target.lm_head)
-    drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens,
-                          backend=backend)
+    drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
     choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
     out = _Output(B, max_new_tokens, D1, _eos_tensor(_resolve_eos(eos_token_id, target), dev), dev)
 
@@ -303,7 +332,7 @@ def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = 
     t_verify = 0.0
     passes = 0
     accepts = []
-    while not bool(out.finished.all()):                             # the one host sync per pass
+    while not bool(out.finished.all()):  # the one host sync per pass
         t0 = time.perf_counter()
         parents, tokens = drafter.draft(root, root_logits, root_hidden)
         _sync(dev)
@@ -327,7 +356,7 @@ def generate(target, draft, input_ids, attention_mask: Optional[torch.Tensor] = 
         t_draft += (t1 - t0) + (t3 - t2)
         t_verify += t2 - t1
         passes += 1
-        if passes > max_new_tokens + 1:                             # every active pass emits >= 1 token
+        if passes > max_new_tokens + 1:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
     return _result(out, rows, accepts, passes, t_prefill - t_start, t_draft, t_verify, time.perf_counter() - t_start)
 
@@ -338,18 +367,38 @@ def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t
     emitted = acc.sum(0)
     per_req = [float(e) / float(a) if a > 0 else 0.0 for e, a in zip(emitted.tolist(), active.tolist())]
     tau = float(emitted.sum()) / float(active.sum()) if int(active.sum()) > 0 else 0.0
-    return GenerationResult(sequences=out.sequences(), prompt_lengths=[len(r) for r in rows], passes=passes, tau=tau,
-                            tau_per_request=per_req, accept_lengths=acc, prefill_time=t_prefill, draft_time=t_draft,
-                            verify_time=t_verify, total_time=t_total)
+    return GenerationResult(
+        sequences=out.sequences(),
+        prompt_lengths=[len(r) for r in rows],
+        passes=passes,
+        tau=tau,
+        tau_per_request=per_req,
+        accept_lengths=acc,
+        prefill_time=t_prefill,
+        draft_time=t_draft,
+        verify_time=t_verify,
+        total_time=t_total,
+    )
 
 
 # -- plain autoregressive decoding --------------------------------------------------------------------
 
+
 @torch.no_grad()
-def generate_baseline(target, input_ids, attention_mask: Optional[torch.Tensor] = None, *, max_new_tokens: int = 64,
-                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                      eos_token_id: Union[int, Sequence[int], None] = None, generator: Optional[torch.Generator] = None,
-                      prefill_chunk_size: Optional[int] = None, backend: Optional[str] = None) -> GenerationResult:
+def generate_baseline(
+    target,
+    input_ids,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    generator: Optional[torch.Generator] = None,
+    prefill_chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> GenerationResult:
     """Plain autoregressive decoding through the same TargetModel (a one-node tree per pass).
 
     Same arguments and result as `generate` without a draft (eos_token_id too: None = the model's

@@ -2,9 +2,17 @@
 
 The packed masks it takes (chain_mask, pack_bits, ...) are specdec_kernels' (specdec_kernels.chain_mask).
 """
+
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState, tree_attention_forward
 from .cache import TreeKVCache, TreeKVLayer
 from .model import TargetModel, TargetOutput
 
-__all__ = ["ATTN_IMPLEMENTATION", "TargetModel", "TargetOutput", "TreeAttentionState", "TreeKVCache", "TreeKVLayer",
-           "tree_attention_forward"]
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "TargetModel",
+    "TargetOutput",
+    "TreeAttentionState",
+    "TreeKVCache",
+    "TreeKVLayer",
+    "tree_attention_forward",
+]

@@ -13,6 +13,7 @@ create_causal_mask returns None early: no [B, 1, T, S] mask is ever built.
 The per-forward state (cache_len, tree mask) travels in the forward kwargs as `specdec_state`; transformers
 passes unknown kwargs from the model's forward down to every attention call.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,30 +40,46 @@ class TreeAttentionState:
     backend: str | None = None
 
 
-def tree_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask, scaling: float | None = None, dropout: float = 0.0,
-                           sliding_window: int | None = None, softcap: float | None = None, **kwargs):
+def tree_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs,
+):
     """transformers attention function: query [B, H, T, D] over the full cache buffers [B, H_kv, S_max, D].
 
     Returns (attn_output [B, T, H, D], None) as transformers expects.
     """
     state = kwargs.get("specdec_state")
     if not isinstance(state, TreeAttentionState):
-        raise RuntimeError(f"attention implementation {ATTN_IMPLEMENTATION!r} runs only inside "
-                           "specdec.target.TargetModel.forward (no specdec_state was passed)")
+        raise RuntimeError(
+            f"attention implementation {ATTN_IMPLEMENTATION!r} runs only inside "
+            "specdec.target.TargetModel.forward (no specdec_state was passed)"
+        )
     if attention_mask is not None:
-        raise RuntimeError(f"{ATTN_IMPLEMENTATION!r} got an attention mask from the model; masks come from the "
-                           "tree mask only (was the model's mask function registered for this name?)")
+        raise RuntimeError(
+            f"{ATTN_IMPLEMENTATION!r} got an attention mask from the model; masks come from the "
+            "tree mask only (was the model's mask function registered for this name?)"
+        )
     if dropout and module.training:
         raise RuntimeError(f"{ATTN_IMPLEMENTATION!r} is inference-only (attention dropout {dropout} in training mode)")
     if softcap is not None:
         raise NotImplementedError(f"{ATTN_IMPLEMENTATION!r} does not implement attention logit soft-capping")
     if sliding_window is not None and key.shape[2] > sliding_window:
         # Full attention equals sliding-window attention only while every key is inside the window.
-        raise NotImplementedError(f"sliding-window attention (window {sliding_window}) with a cache of "
-                                  f"{key.shape[2]} slots: keep max_len <= {sliding_window}")
-    out = specdec_kernels.tree_attention(query, key, value, state.cache_len, state.tree_mask, scale=scaling,
-                                         backend=state.backend)
+        raise NotImplementedError(
+            f"sliding-window attention (window {sliding_window}) with a cache of "
+            f"{key.shape[2]} slots: keep max_len <= {sliding_window}"
+        )
+    out = specdec_kernels.tree_attention(
+        query, key, value, state.cache_len, state.tree_mask, scale=scaling, backend=state.backend
+    )
     return out.transpose(1, 2), None
 
 

@@ -11,6 +11,7 @@ The classes subclass transformers' Cache / CacheLayerMixin so that a Hugging Fac
 code (which calls `cache.update(k, v, layer_idx)`, `past_key_values.update` in older transformers, in every
 attention layer) runs unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -47,11 +48,14 @@ class TreeKVLayer(CacheLayerMixin):
         """Write key/value_states [B, H_kv, T, D] at slots cache_len[b] + i; return the full buffers."""
         B, H, T, D = key_states.shape
         if (B, H, D) != (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3]):
-            raise ValueError(f"TreeKVLayer.update: new keys {tuple(key_states.shape)} do not fit the cache "
-                             f"{tuple(self.keys.shape)} (expected [B, H_kv, T, D] with the cache's B, H_kv, D)")
+            raise ValueError(
+                f"TreeKVLayer.update: new keys {tuple(key_states.shape)} do not fit the cache "
+                f"{tuple(self.keys.shape)} (expected [B, H_kv, T, D] with the cache's B, H_kv, D)"
+            )
         if T > self.max_cache_len:
-            raise ValueError(f"TreeKVLayer.update: {T} new tokens exceed the cache capacity "
-                             f"S_max = {self.max_cache_len}")
+            raise ValueError(
+                f"TreeKVLayer.update: {T} new tokens exceed the cache capacity S_max = {self.max_cache_len}"
+            )
         slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.keys.device)  # [B, T]
         index = slots[:, None, :, None].expand(B, H, T, D)
         self.keys.scatter_(2, index, key_states.to(self.keys.dtype))
@@ -80,16 +84,31 @@ class TreeKVCache(Cache):
     buffers, the argument specdec_kernels.compact_kv takes.
     """
 
-    def __init__(self, batch_size: int, max_len: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: Optional[torch.device] = None):
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: Optional[torch.device] = None,
+    ):
         if batch_size < 1 or max_len < 1 or num_layers < 1:
-            raise ValueError(f"TreeKVCache: expected batch_size, max_len and num_layers >= 1, got "
-                             f"{batch_size}, {max_len}, {num_layers}")
+            raise ValueError(
+                f"TreeKVCache: expected batch_size, max_len and num_layers >= 1, got "
+                f"{batch_size}, {max_len}, {num_layers}"
+            )
         self.cache_len = torch.zeros(batch_size, dtype=torch.int32, device=device)
         shape = (batch_size, num_kv_heads, max_len, head_dim)
-        layers = [TreeKVLayer(torch.zeros(shape, dtype=dtype, device=device),
-                              torch.zeros(shape, dtype=dtype, device=device), self.cache_len)
-                  for _ in range(num_layers)]
+        layers = [
+            TreeKVLayer(
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+                self.cache_len,
+            )
+            for _ in range(num_layers)
+        ]
         super().__init__(layers=layers)
         self.max_len = max_len
 
@@ -116,5 +135,7 @@ class TreeKVCache(Cache):
 
     def __repr__(self) -> str:
         k = self.layers[0].keys
-        return (f"TreeKVCache(layers={len(self.layers)}, batch={k.shape[0]}, kv_heads={k.shape[1]}, "
-                f"max_len={k.shape[2]}, head_dim={k.shape[3]}, dtype={k.dtype})")
+        return (
+            f"TreeKVCache(layers={len(self.layers)}, batch={k.shape[0]}, kv_heads={k.shape[1]}, "
+            f"max_len={k.shape[2]}, head_dim={k.shape[3]}, dtype={k.dtype})"
+        )

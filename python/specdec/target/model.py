@@ -14,6 +14,7 @@ Three operations, all free of host synchronisation:
 Every forward returns the last layer's hidden states after the final norm (the features f_t the draft heads
 read) and the logits of the rows asked for.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,11 +66,15 @@ class TargetModel:
         if config is None:
             raise TypeError(f"TargetModel: expected a transformers PreTrainedModel, got {type(model).__name__}")
         if getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"TargetModel: {type(model).__name__} is an encoder-decoder model; a decoder-only "
-                             "causal LM (Llama, Mistral, Qwen2, Qwen3, ...) is required")
+            raise ValueError(
+                f"TargetModel: {type(model).__name__} is an encoder-decoder model; a decoder-only "
+                "causal LM (Llama, Mistral, Qwen2, Qwen3, ...) is required"
+            )
         if not getattr(model, "_supports_attention_backend", False):
-            raise ValueError(f"TargetModel: {type(model).__name__} does not dispatch its attention through "
-                             "transformers' AttentionInterface, so the tree attention cannot be plugged in")
+            raise ValueError(
+                f"TargetModel: {type(model).__name__} does not dispatch its attention through "
+                "transformers' AttentionInterface, so the tree attention cannot be plugged in"
+            )
         self.model = model
         self.config = config
         self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
@@ -98,8 +103,10 @@ class TargetModel:
         return self.lm_head.weight.dtype
 
     def __repr__(self) -> str:
-        return (f"TargetModel({type(self.model).__name__}, layers={self.num_layers}, heads={self.num_heads}/"
-                f"{self.num_kv_heads}, head_dim={self.head_dim}, vocab={self.vocab_size}, dtype={self.dtype})")
+        return (
+            f"TargetModel({type(self.model).__name__}, layers={self.num_layers}, heads={self.num_heads}/"
+            f"{self.num_kv_heads}, head_dim={self.head_dim}, vocab={self.vocab_size}, dtype={self.dtype})"
+        )
 
     # -- cache ------------------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int, dtype: Optional[torch.dtype] = None) -> TreeKVCache:
@@ -107,8 +114,9 @@ class TargetModel:
 
         max_len must hold every committed token plus one tree: prompt + new tokens + tree nodes.
         """
-        return TreeKVCache(batch_size, max_len, self.num_layers, self.num_kv_heads, self.head_dim,
-                           dtype or self.dtype, self.device)
+        return TreeKVCache(
+            batch_size, max_len, self.num_layers, self.num_kv_heads, self.head_dim, dtype or self.dtype, self.device
+        )
 
     def _check_cache(self, cache, batch: int, new_tokens: int) -> None:
         if not isinstance(cache, TreeKVCache):
@@ -118,8 +126,10 @@ class TargetModel:
         if len(cache.layers) != self.num_layers:
             raise ValueError(f"cache: has {len(cache.layers)} layers, the model {self.num_layers}")
         if new_tokens > cache.max_len:
-            raise ValueError(f"cache too small: {new_tokens} new tokens per request need more than its "
-                             f"max_len = {cache.max_len} slots")
+            raise ValueError(
+                f"cache too small: {new_tokens} new tokens per request need more than its "
+                f"max_len = {cache.max_len} slots"
+            )
 
     @contextlib.contextmanager
     def _tree_attention(self):
@@ -134,8 +144,15 @@ class TargetModel:
 
     # -- forward ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: TreeKVCache,
-                tree_mask: torch.Tensor, *, logits: bool = True) -> TargetOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: TreeKVCache,
+        tree_mask: torch.Tensor,
+        *,
+        logits: bool = True,
+    ) -> TargetOutput:
         """Run T new tokens per request; write their K/V at slots cache_len[b] + i (nothing committed).
 
         Args:
@@ -149,8 +166,10 @@ class TargetModel:
         """
         dev = self.device
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected an int64 tensor [B, T], got "
-                             f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}")
+            raise ValueError(
+                f"input_ids: expected an int64 tensor [B, T], got "
+                f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}"
+            )
         B, T = input_ids.shape
         check_tensor("input_ids", input_ids, dtype=torch.int64, shape=(B, T), device=dev)
         check_tensor("position_ids", position_ids, dtype=torch.int64, shape=(B, T), device=dev)
@@ -160,16 +179,22 @@ class TargetModel:
         self._check_cache(cache, B, T)
         state = TreeAttentionState(cache.cache_len, tree_mask.contiguous(), self.backend)
         with self._tree_attention():
-            out = self.base(input_ids=input_ids, position_ids=position_ids, use_cache=True, specdec_state=state,
-                            **{self._cache_kw: cache})
+            out = self.base(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=True,
+                specdec_state=state,
+                **{self._cache_kw: cache},
+            )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return TargetOutput(self.lm_head(hidden) if logits else None, hidden)
 
     __call__ = forward
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: TreeKVCache, *,
-                chunk_size: Optional[int] = None) -> TargetOutput:
+    def prefill(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: TreeKVCache, *, chunk_size: Optional[int] = None
+    ) -> TargetOutput:
         """Process and commit a batch of prompts of different lengths (right-padded).
 
         Args:
@@ -203,7 +228,7 @@ class TargetModel:
             # below base + L <= max_len.
             cache.cache_len.copy_(base + start)
             pos = (base.to(torch.int64) + start)[:, None] + torch.arange(T, device=dev)
-            out = self.forward(input_ids[:, start:start + T], pos, cache, chain_mask(B, T, dev), logits=False)
+            out = self.forward(input_ids[:, start : start + T], pos, cache, chain_mask(B, T, dev), logits=False)
             hidden.append(out.hidden)
         cache.cache_len.copy_(base + lengths)
         hidden = torch.cat(hidden, dim=1) if len(hidden) > 1 else hidden[0]
