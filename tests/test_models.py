@@ -5,6 +5,7 @@ All CPU, fp32, tiny configs (the CUDA low-precision case excepted). Float tolera
 and the length of the reductions behind the compared values (helpers.tolerance, see `head_reduction`), or
 from PyTorch's own error against an fp64 truth (helpers.assert_close_as_torch).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,16 @@ V, H, I, NH, NKV = 97, 32, 48, 4, 2
 
 
 def make_config(kind, **kw) -> DraftConfig:
-    base = dict(kind=kind, vocab_size=V, hidden_size=H, intermediate_size=I, num_attention_heads=NH,
-                num_key_value_heads=NKV, rms_norm_eps=1e-5, max_position_embeddings=64)
+    base = dict(
+        kind=kind,
+        vocab_size=V,
+        hidden_size=H,
+        intermediate_size=I,
+        num_attention_heads=NH,
+        num_key_value_heads=NKV,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=64,
+    )
     base.update(kw)
     return DraftConfig(**base)
 
@@ -95,11 +104,12 @@ def chain_mask(B, T, offset=0):
 
 
 def _to_i32(m: torch.Tensor) -> torch.Tensor:
-    return torch.where(m >= 2 ** 31, m - 2 ** 32, m).to(torch.int32)
+    return torch.where(m >= 2**31, m - 2**32, m).to(torch.int32)
 
 
 # --------------------------------------------------------------------------------------------------
 # Tolerances
+
 
 def assert_head_close(actual, expected, cfg: DraftConfig, what: str, keys: int = MAX_KEYS) -> None:
     """fp32 head outputs computed two ways (each with its own rounding) agree to helpers.tolerance for the
@@ -112,6 +122,7 @@ def assert_head_close(actual, expected, cfg: DraftConfig, what: str, keys: int =
 # --------------------------------------------------------------------------------------------------
 # The hand-written reference (docs/methods.md / docs/checkpoints.md formulas over raw weight tensors).
 
+
 def ref_rms(x, w, eps):
     return w * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
@@ -120,7 +131,7 @@ def ref_rope(x, pos, theta, hd):
     """x [B, T, heads, hd], pos [B, T]: rotate-half RoPE, frequency i = theta^(-2i/hd)."""
     half = hd // 2
     inv = torch.tensor([theta ** (-2.0 * i / hd) for i in range(half)])
-    ang = pos.double()[..., None] * inv.double()                       # [B, T, half]
+    ang = pos.double()[..., None] * inv.double()  # [B, T, half]
     cos, sin = ang.cos().float()[:, :, None], ang.sin().float()[:, :, None]
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -171,8 +182,9 @@ def ref_forward(kind, sd, cfg, target, f, ids, pos, visible=None):
         x = h + silu(cat @ sd["fc.mlp.up_proj.weight"].T) @ sd["fc.mlp.down_proj.weight"].T
     a = x + ref_attention(sd, cfg, x, pos, visible)
     n = ref_rms(a, sd["layers.0.post_attention_layernorm.weight"], eps)
-    m = (silu(n @ sd["layers.0.mlp.gate_proj.weight"].T) * (n @ sd["layers.0.mlp.up_proj.weight"].T)) \
-        @ sd["layers.0.mlp.down_proj.weight"].T
+    m = (silu(n @ sd["layers.0.mlp.gate_proj.weight"].T) * (n @ sd["layers.0.mlp.up_proj.weight"].T)) @ sd[
+        "layers.0.mlp.down_proj.weight"
+    ].T
     if kind == "eagle":
         o = a + m
         return target.lm_head(o), o
@@ -192,13 +204,14 @@ def decode_all(head, f, ids, pos, cache_len=None, max_len=24):
 # --------------------------------------------------------------------------------------------------
 # Forward = the formulas
 
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("qkv_bias,bias", [(False, True), (True, False)])
 def test_forward_matches_formula(kind, qkv_bias, bias):
     head, target = make_head(kind, qkv_bias=qkv_bias, bias=bias)
     B, T = 2, 7
     f, ids = inputs(B, T)
-    pos = torch.arange(T).expand(B, T) + torch.tensor([[0], [3]])     # two requests, different offsets
+    pos = torch.arange(T).expand(B, T) + torch.tensor([[0], [3]])  # two requests, different offsets
     sd = {k: v.detach() for k, v in head.state_dict().items()}
     with torch.no_grad():
         want_logits, want_hidden = ref_forward(kind, sd, head.config, target, f, ids, pos)
@@ -221,19 +234,25 @@ def test_dense_tree_attention_chain_equals_causal():
     v = torch.randn(B, NKV, P + T + 2, D, generator=g)
     cache_len = torch.full((B,), P, dtype=torch.int32)
     got = dense_tree_attention(q, k, v, cache_len, chain_mask(B, T), 1 / math.sqrt(D))
-    kk = k[:, :, :P + T].repeat_interleave(NH // NKV, 1)
-    vv = v[:, :, :P + T].repeat_interleave(NH // NKV, 1)
+    kk = k[:, :, : P + T].repeat_interleave(NH // NKV, 1)
+    vv = v[:, :, : P + T].repeat_interleave(NH // NKV, 1)
     visible = torch.ones(T, P + T, dtype=torch.bool).tril(P)
     want = F.scaled_dot_product_attention(q, kk, vv, attn_mask=visible)
     # scores over D terms, then softmax and P.V over the P + T + 2 slots
     atol, rtol = tolerance(torch.float32, D + 2 * (P + T + 2), scale=float(want.abs().max()))
     torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg="dense tree attention, chain mask")
-    torch.testing.assert_close(specdec_kernels.tree_attention(q, k, v, cache_len, chain_mask(B, T)), want,
-                               atol=atol, rtol=rtol, msg="specdec_kernels.tree_attention, chain mask")
+    torch.testing.assert_close(
+        specdec_kernels.tree_attention(q, k, v, cache_len, chain_mask(B, T)),
+        want,
+        atol=atol,
+        rtol=rtol,
+        msg="specdec_kernels.tree_attention, chain mask",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # The decode path: incremental = all at once; trees = their root-to-node chains.
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_incremental_equals_all_at_once(kind):
@@ -247,7 +266,7 @@ def test_incremental_equals_all_at_once(kind):
     one = torch.ones(B, 1, 1, dtype=torch.int32)  # bit 0: the query's own slot
     with torch.no_grad():
         for t in range(T):
-            out = head(f[:, t:t + 1], ids[:, t:t + 1], pos[:, t:t + 1], cache, cache_len, one)
+            out = head(f[:, t : t + 1], ids[:, t : t + 1], pos[:, t : t + 1], cache, cache_len, one)
             assert_head_close(out.hidden[:, 0], full.hidden[:, t], head.config, f"{kind} hidden at step {t}")
             assert_head_close(out.logits[:, 0], full.logits[:, t], head.config, f"{kind} logits at step {t}")
             cache_len += 1  # the caller commits
@@ -314,7 +333,7 @@ def test_slot_offset_tensor_and_cache_untouched_elsewhere():
     off = torch.tensor([2, 0], dtype=torch.int32)
     with torch.no_grad():
         head(f, ids, pos, cache, cl, chain_mask(B, T, offset=2), slot_offset=off)
-    written = (cache.k != 0).any(-1).any(1)                            # [B, S]
+    written = (cache.k != 0).any(-1).any(1)  # [B, S]
     want = torch.zeros(B, 12, dtype=torch.bool)
     want[0, 3:6] = True
     want[1, 4:7] = True
@@ -324,16 +343,29 @@ def test_slot_offset_tensor_and_cache_untouched_elsewhere():
 # --------------------------------------------------------------------------------------------------
 # RoPE
 
+
 def test_rope_matches_transformers():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     pos = torch.tensor([[0, 5, 100, 1999]])
-    for scaling in ({"rope_type": "linear", "factor": 4.0},
-                    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192}):
-        hf = LlamaConfig(hidden_size=64, num_attention_heads=2, rope_theta=500000.0, rope_scaling=scaling,
-                         max_position_embeddings=131072)
+    for scaling in (
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ):
+        hf = LlamaConfig(
+            hidden_size=64,
+            num_attention_heads=2,
+            rope_theta=500000.0,
+            rope_scaling=scaling,
+            max_position_embeddings=131072,
+        )
         cfg = DraftConfig.from_target(hf, "eagle")
         inv, attn_factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, "cpu")
         assert attn_factor == 1.0
@@ -341,10 +373,12 @@ def test_rope_matches_transformers():
         ang = pos.float()[..., None] * inv.float()
         # cos/sin of an fp32 angle x are only known to |x| eps: the frequencies may differ in their last bit
         atol, rtol = tolerance(torch.float32, 1, scale=float(ang.abs().max()))
-        torch.testing.assert_close(cos, torch.cat((ang, ang), -1).cos(), atol=atol, rtol=rtol,
-                                   msg=f"{scaling['rope_type']} cos")
-        torch.testing.assert_close(sin, torch.cat((ang, ang), -1).sin(), atol=atol, rtol=rtol,
-                                   msg=f"{scaling['rope_type']} sin")
+        torch.testing.assert_close(
+            cos, torch.cat((ang, ang), -1).cos(), atol=atol, rtol=rtol, msg=f"{scaling['rope_type']} cos"
+        )
+        torch.testing.assert_close(
+            sin, torch.cat((ang, ang), -1).sin(), atol=atol, rtol=rtol, msg=f"{scaling['rope_type']} sin"
+        )
 
 
 def test_rope_dynamic():
@@ -359,12 +393,14 @@ def test_rope_dynamic():
     inv = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
     ang = long.float()[..., None] * inv
     atol, rtol = tolerance(torch.float32, 1, scale=float(ang.abs().max()))  # cos of an fp32 angle, as above
-    torch.testing.assert_close(dyn(long)[0], torch.cat((ang, ang), -1).cos(), atol=atol, rtol=rtol,
-                               msg="dynamic NTK cos")
+    torch.testing.assert_close(
+        dyn(long)[0], torch.cat((ang, ang), -1).cos(), atol=atol, rtol=rtol, msg="dynamic NTK cos"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Target sharing
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_shared_target_modules(kind):
@@ -373,7 +409,7 @@ def test_shared_target_modules(kind):
     ids = {id(p) for p in head.parameters()}
     assert id(target.lm_head.weight) not in ids and id(target.embed.weight) not in ids
     assert not any("embed" in k or "lm_head" in k for k in head.state_dict())
-    head.to(torch.float64)                                  # the target is not moved with the head
+    head.to(torch.float64)  # the target is not moved with the head
     assert target.lm_head.weight.dtype == torch.float32 and head.lm_head is target.lm_head
     # training: gradients reach the head, never the embedding
     head.to(torch.float32)
@@ -393,6 +429,7 @@ def test_unbound_head_errors():
 
 # --------------------------------------------------------------------------------------------------
 # Save / load
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip(kind, tmp_path):
@@ -423,11 +460,18 @@ def published_state(kind, cfg: DraftConfig, seed=3, qkv_bias=False, fc_bias=True
 
     sd = {"embed_tokens.weight": torch.randn(V, H, generator=g)}
     p = "layers.0."
-    sd.update({p + "self_attn.q_proj.weight": w(nh * hd, H), p + "self_attn.k_proj.weight": w(nkv * hd, H),
-               p + "self_attn.v_proj.weight": w(nkv * hd, H), p + "self_attn.o_proj.weight": w(H, nh * hd),
-               p + "mlp.gate_proj.weight": w(I, H), p + "mlp.up_proj.weight": w(I, H),
-               p + "mlp.down_proj.weight": w(H if kind == "eagle" else 2 * H, I),
-               p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g)})
+    sd.update(
+        {
+            p + "self_attn.q_proj.weight": w(nh * hd, H),
+            p + "self_attn.k_proj.weight": w(nkv * hd, H),
+            p + "self_attn.v_proj.weight": w(nkv * hd, H),
+            p + "self_attn.o_proj.weight": w(H, nh * hd),
+            p + "mlp.gate_proj.weight": w(I, H),
+            p + "mlp.up_proj.weight": w(I, H),
+            p + "mlp.down_proj.weight": w(H if kind == "eagle" else 2 * H, I),
+            p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g),
+        }
+    )
     if qkv_bias:
         for n, d in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
             sd[p + f"self_attn.{n}_proj.bias"] = 0.1 * torch.randn(d, generator=g)
@@ -436,23 +480,45 @@ def published_state(kind, cfg: DraftConfig, seed=3, qkv_bias=False, fc_bias=True
     if fc_bias:
         sd[fc + "bias"] = 0.1 * torch.randn(H, generator=g)
     if kind == "fspad":
-        sd.update({"fc.mlp.gate_proj.weight": w(I, H), "fc.mlp.up_proj.weight": w(I, H),
-                   "fc.mlp.down_proj.weight": w(H, I),
-                   "fc.post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g)})
+        sd.update(
+            {
+                "fc.mlp.gate_proj.weight": w(I, H),
+                "fc.mlp.up_proj.weight": w(I, H),
+                "fc.mlp.down_proj.weight": w(H, I),
+                "fc.post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g),
+            }
+        )
     if kind == "griffin":
-        sd.update({"fc.mlp.input_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g),
-                   "fc.mlp.up_proj.weight": w(I, 2 * H), "fc.mlp.down_proj.weight": w(H, I),
-                   "fc.post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g)})
+        sd.update(
+            {
+                "fc.mlp.input_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g),
+                "fc.mlp.up_proj.weight": w(I, 2 * H),
+                "fc.mlp.down_proj.weight": w(H, I),
+                "fc.post_attention_layernorm.weight": 1 + 0.1 * torch.randn(H, generator=g),
+            }
+        )
     return sd
 
 
 def write_published(path, kind, sd, config_extra=None, fmt="bin"):
     """config.json as the original repositories write it (no specdec_kind) + pytorch_model.bin."""
     os.makedirs(path, exist_ok=True)
-    cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": V, "hidden_size": H, "intermediate_size": I,
-           "num_hidden_layers": 1, "num_attention_heads": NH, "num_key_value_heads": NKV, "rms_norm_eps": 1e-5,
-           "rope_theta": 10000.0, "rope_scaling": None, "max_position_embeddings": 64, "hidden_act": "silu",
-           "model_type": "llama", "torch_dtype": "float16"}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": V,
+        "hidden_size": H,
+        "intermediate_size": I,
+        "num_hidden_layers": 1,
+        "num_attention_heads": NH,
+        "num_key_value_heads": NKV,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "max_position_embeddings": 64,
+        "hidden_act": "silu",
+        "model_type": "llama",
+        "torch_dtype": "float16",
+    }
     cfg.update(config_extra or {})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
@@ -460,12 +526,20 @@ def write_published(path, kind, sd, config_extra=None, fmt="bin"):
         torch.save(sd, os.path.join(path, "pytorch_model.bin"))
     else:
         from safetensors.torch import save_file
+
         save_file(sd, os.path.join(path, "model.safetensors"))
 
 
-@pytest.mark.parametrize("kind,qkv_bias,fc_bias,fmt", [
-    ("eagle", False, True, "bin"), ("eagle", True, False, "safetensors"),
-    ("fspad", False, True, "bin"), ("griffin", False, True, "bin"), ("griffin", True, True, "safetensors")])
+@pytest.mark.parametrize(
+    "kind,qkv_bias,fc_bias,fmt",
+    [
+        ("eagle", False, True, "bin"),
+        ("eagle", True, False, "safetensors"),
+        ("fspad", False, True, "bin"),
+        ("griffin", False, True, "bin"),
+        ("griffin", True, True, "safetensors"),
+    ],
+)
 def test_published_layout_loads_and_runs(kind, qkv_bias, fc_bias, fmt, tmp_path):
     cfg = make_config(kind, qkv_bias=qkv_bias, bias=fc_bias)
     sd = published_state(kind, cfg, qkv_bias=qkv_bias, fc_bias=fc_bias)
@@ -493,8 +567,8 @@ def test_published_layout_loads_and_runs(kind, qkv_bias, fc_bias, fmt, tmp_path)
 def test_published_eagle_non_strict_reports(tmp_path):
     cfg = make_config("eagle")
     sd = published_state("eagle", cfg)
-    sd["layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(cfg.head_dim // 2)   # old checkpoints carry it
-    sd["layers.0.input_layernorm.weight"] = torch.ones(H)                           # not used by layer 0
+    sd["layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(cfg.head_dim // 2)  # old checkpoints carry it
+    sd["layers.0.input_layernorm.weight"] = torch.ones(H)  # not used by layer 0
     write_published(tmp_path, "eagle", sd)
     with pytest.warns(UserWarning, match="layers.0.input_layernorm.weight"):
         head = load_draft_head(tmp_path)
@@ -518,8 +592,9 @@ def test_bad_checkpoints(kind, tmp_path):
     bad = dict(good)
     bad["layers.0.mlp.up_proj.weight"] = torch.zeros(I + 1, H)
     write_published(tmp_path / "shape", kind, bad)
-    with pytest.raises(CheckpointError,
-                       match=r"layers\.0\.mlp\.up_proj\.weight has shape \[49, 32\], expected \[48, 32\]"):
+    with pytest.raises(
+        CheckpointError, match=r"layers\.0\.mlp\.up_proj\.weight has shape \[49, 32\], expected \[48, 32\]"
+    ):
         load_draft_head(tmp_path / "shape")
     missing = dict(good)
     del missing["layers.0.self_attn.k_proj.weight"]
@@ -542,16 +617,37 @@ def test_bad_checkpoints(kind, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Config and input checks
 
+
 def test_config_from_target():
     from transformers import LlamaConfig, Qwen2Config
 
-    llama = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                        num_key_value_heads=8, rope_theta=500000.0, rms_norm_eps=1e-5)
+    llama = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+    )
     c = DraftConfig.from_target(llama, "griffin")
-    assert (c.kind, c.vocab_size, c.head_dim, c.num_key_value_heads, c.rope_theta, c.qkv_bias, c.bias) == \
-        ("griffin", 128256, 128, 8, 500000.0, False, True)
-    qwen = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                       num_key_value_heads=4, rope_theta=1e6)
+    assert (c.kind, c.vocab_size, c.head_dim, c.num_key_value_heads, c.rope_theta, c.qkv_bias, c.bias) == (
+        "griffin",
+        128256,
+        128,
+        8,
+        500000.0,
+        False,
+        True,
+    )
+    qwen = Qwen2Config(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rope_theta=1e6,
+    )
     c = DraftConfig.from_target(qwen, "fspad", intermediate_size=1024)
     assert c.qkv_bias and c.rope_theta == 1e6 and c.intermediate_size == 1024 and c.head_dim == 128
     d = DraftConfig.from_target(llama.to_dict(), "eagle")
@@ -590,6 +686,7 @@ def test_input_checks():
 # --------------------------------------------------------------------------------------------------
 # Fused input blocks (specdec_kernels.fspad_feature_sampling / griffin_token_fusion)
 
+
 def wide_twin(head, target, dtype=torch.float64):
     """A copy of `head` in `dtype` bound to the same target (the embedding rows are cast exactly), with
     its fused input block on the plain PyTorch backend: the wide-precision truth."""
@@ -604,8 +701,11 @@ FUSED_OPS = {"fspad": "fspad_feature_sampling", "griffin": "griffin_token_fusion
 
 def cpu_backend_params(kind) -> list:
     """(backend, device) params of the kind's fused op on CPU tensors (the tests below build CPU heads)."""
-    return [pytest.param(kind, *p.values, marks=p.marks, id=f"{kind}-{p.id}")
-            for p in backend_params(FUSED_OPS[kind]) if p.values[1] == "cpu"]
+    return [
+        pytest.param(kind, *p.values, marks=p.marks, id=f"{kind}-{p.id}")
+        for p in backend_params(FUSED_OPS[kind])
+        if p.values[1] == "cpu"
+    ]
 
 
 @pytest.mark.parametrize("kind,backend,device", cpu_backend_params("fspad") + cpu_backend_params("griffin"))
@@ -663,12 +763,20 @@ def test_train_step_under_bf16_autocast(kind, backend, device):
     for name, p in head.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32, name
         assert bool(torch.isfinite(p.grad).all()), f"{kind}: non-finite gradient of {name}"
-    assert_close_as_torch(loss.detach().float(), truth_loss.detach(), plain_loss.detach().float(),
-                          what=f"{kind} bf16 autocast loss",
-                          floor=torch.finfo(torch.bfloat16).eps * max(1.0, abs(float(truth_loss.detach()))))
-    assert_close_as_torch(head.fc.fc.weight.grad, truth.fc.fc.weight.grad, plain.fc.fc.weight.grad,
-                          what=f"{kind} bf16 autocast grad of fc.fc.weight",
-                          floor=torch.finfo(torch.bfloat16).eps * float(truth.fc.fc.weight.grad.abs().max()))
+    assert_close_as_torch(
+        loss.detach().float(),
+        truth_loss.detach(),
+        plain_loss.detach().float(),
+        what=f"{kind} bf16 autocast loss",
+        floor=torch.finfo(torch.bfloat16).eps * max(1.0, abs(float(truth_loss.detach()))),
+    )
+    assert_close_as_torch(
+        head.fc.fc.weight.grad,
+        truth.fc.fc.weight.grad,
+        plain.fc.fc.weight.grad,
+        what=f"{kind} bf16 autocast grad of fc.fc.weight",
+        floor=torch.finfo(torch.bfloat16).eps * float(truth.fc.fc.weight.grad.abs().max()),
+    )
     opt.step()
     moved = [k for k, p in head.named_parameters() if not torch.equal(p.detach(), before[k])]
     assert sorted(moved) == sorted(before), f"{kind}: parameters not updated: {set(before) - set(moved)}"
@@ -686,6 +794,7 @@ def test_half_head_keeps_fp32_rope():
 # --------------------------------------------------------------------------------------------------
 # GPU: the low-precision decode path against the fp32 formula, judged against PyTorch's own
 # low-precision error on the same computation (flash-attention's criterion).
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", KINDS)
@@ -708,7 +817,109 @@ def test_cuda_low_precision_decode(kind, dtype):
         low.bind_target(lt.embed, lt.lm_head)
         torch_low = low.forward_sequence(f.to(dtype), ids, pos).hidden
         cache = low.new_cache(B, 16)
-        got = low(f.to(dtype), ids, pos, cache, torch.zeros(B, dtype=torch.int32, device="cuda"),
-                  chain_mask(B, T).cuda()).hidden
-    assert_close_as_torch(got, want, torch_low, what=f"{kind} {dtype} decode path",
-                          floor=tolerance(dtype, head_reduction(head.config, MAX_KEYS))[0])
+        got = low(
+            f.to(dtype), ids, pos, cache, torch.zeros(B, dtype=torch.int32, device="cuda"), chain_mask(B, T).cuda()
+        ).hidden
+    assert_close_as_torch(
+        got,
+        want,
+        torch_low,
+        what=f"{kind} {dtype} decode path",
+        floor=tolerance(dtype, head_reduction(head.config, MAX_KEYS))[0],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The training forward: forward_train = forward_sequence at the selected positions; past keys/values.
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_train_matches_forward_sequence(kind):
+    """hidden everywhere and logits (of p for FSPAD/GRIFFIN, of o for EAGLE) at the positions asked for,
+    by bool mask, flat index (any order) or all; with a padding mask too."""
+    head, _ = make_head(kind)
+    B, T = 2, 7
+    f, ids = inputs(B, T)
+    pos = torch.arange(T).expand(B, T) + torch.tensor([[0], [2]])
+    pad = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    cfg = head.config
+    for am in (None, pad):
+        with torch.no_grad():
+            want = head.forward_sequence(f, ids, pos, attention_mask=am)
+        sel = torch.zeros(B, T, dtype=torch.bool)
+        sel[0, [1, 4]] = True
+        sel[1, [0, 6]] = True
+        flat = torch.tensor([13, 2, 2, 7])
+        for index in (None, sel, flat):
+            with torch.no_grad():
+                out = head.forward_train(f, ids, attention_mask=am, position_ids=pos, logits_index=index)
+            want_idx = (
+                torch.arange(B * T) if index is None else (sel.reshape(-1).nonzero()[:, 0] if index is sel else flat)
+            )
+            assert torch.equal(out.index, want_idx)
+            assert out.logits.shape == (want_idx.numel(), V) and out.p.shape == (want_idx.numel(), H)
+            assert out.kv is None
+            assert_head_close(out.hidden, want.hidden, cfg, f"{kind} forward_train hidden (mask {am is not None})")
+            assert_head_close(
+                out.logits, want.logits.reshape(B * T, V)[want_idx], cfg, f"{kind} forward_train logits at {index}"
+            )
+            if kind == "eagle":  # the logits' feature is the fed-back one
+                assert torch.equal(out.p, out.hidden.reshape(B * T, H)[want_idx])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_train_past_kv_equals_concatenated_sequence(kind):
+    """A second call attending to the first call's keys/values (TrainKV) through a [B, T, S + T] mask equals
+    forward_sequence over the concatenated inputs with the same [2T, 2T] mask; gradients reach the first
+    call's parameters through the reused keys."""
+    head, _ = make_head(kind)
+    B, T = 2, 5
+    f1, ids1 = inputs(B, T, seed=3)
+    f2, ids2 = inputs(B, T, seed=4)
+    pos = torch.arange(T).expand(B, T)
+    g = torch.Generator().manual_seed(0)
+    m2 = torch.rand(B, T, 2 * T, generator=g) < 0.5
+    m2[:, torch.arange(T), T + torch.arange(T)] = True  # every row sees its own key
+    first = head.forward_train(f1, ids1, position_ids=pos, return_kv=True)
+    assert first.kv.k.shape == (B, NKV, T, head.config.head_dim) and first.kv.length == T
+    second = head.forward_train(f2, ids2, attention_mask=m2, position_ids=pos, past_kv=first.kv, return_kv=True)
+    assert second.kv.length == 2 * T
+    full_mask = torch.cat(
+        (
+            torch.cat(
+                (torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T), torch.zeros(B, T, T, dtype=torch.bool)), 2
+            ),
+            m2,
+        ),
+        1,
+    )
+    want = head.forward_sequence(
+        torch.cat((f1, f2), 1), torch.cat((ids1, ids2), 1), torch.cat((pos, pos), 1), attention_mask=full_mask
+    )
+    cfg = head.config
+    assert_head_close(second.hidden, want.hidden[:, T:], cfg, f"{kind} second-pass hidden")
+    assert_head_close(second.logits, want.logits[:, T:].reshape(B * T, V), cfg, f"{kind} second-pass logits")
+    # gradients through the reused keys/values equal those through the concatenated sequence
+    params = [p for p in head.parameters()]
+    ga = torch.autograd.grad(second.hidden.square().sum(), params)
+    gb = torch.autograd.grad(want.hidden[:, T:].square().sum(), params)
+    for (name, _), a, b in zip(head.named_parameters(), ga, gb):
+        scale = max(1.0, float(b.abs().max()))
+        atol, rtol = tolerance(torch.float32, head_reduction(cfg, MAX_KEYS) * B * T, scale)
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"{kind} grad of {name}")
+
+
+def test_forward_train_argument_checks():
+    head, _ = make_head("fspad")
+    f, ids = inputs(1, 4)
+    first = head.forward_train(f, ids, return_kv=True)
+    with pytest.raises(ValueError, match="past_kv needs an explicit bool mask"):
+        head.forward_train(f, ids, past_kv=first.kv)
+    with pytest.raises(ValueError, match="past_kv needs an explicit bool mask"):
+        head.forward_train(f, ids, attention_mask=torch.ones(1, 4, dtype=torch.bool), past_kv=first.kv)
+    with pytest.raises(ValueError, match="attention_mask"):
+        head.forward_train(f, ids, attention_mask=torch.ones(1, 4, 4, dtype=torch.bool), past_kv=first.kv)
+    with pytest.raises(ValueError, match="logits_index"):
+        head.forward_train(f, ids, logits_index=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="logits_index"):
+        head.forward_train(f, ids, logits_index=torch.tensor([0, 1], dtype=torch.int32))

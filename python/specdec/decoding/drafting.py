@@ -17,7 +17,13 @@ next tree (the last accepted token, whose own target feature is not known yet).
       children, the closure under ancestors holds because log-probs are <= 0), topologically ordered,
       under the root.
 Everything is fixed-shape tensor code: no host synchronisation.
+
+Reduced draft vocabulary (a head with config.draft_vocab_size): the head's logits are indexed by draft id;
+every top-k draft id is mapped to its target id (head.draft_to_target[draft_id]) where candidates' tokens
+are produced, so the tree, the draft's next inputs and verification only ever see target ids.
+Verification is untouched, so the output stays lossless (the draft just cannot propose other tokens).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -59,9 +65,23 @@ class TreeDrafter:
         backend: specdec_kernels backend of select_tree (None chooses; the head picks its own kernels).
     """
 
-    def __init__(self, head, batch_size: int, max_len: int, tree_top_k: int = 10, depth: int = 6,
-                 total_tokens: int = 60, backend: Optional[str] = None):
+    def __init__(
+        self,
+        head,
+        batch_size: int,
+        max_len: int,
+        tree_top_k: int = 10,
+        depth: int = 6,
+        total_tokens: int = 60,
+        backend: Optional[str] = None,
+    ):
         check_tree_params(tree_top_k, depth, total_tokens)
+        # draft id -> target id for a reduced-vocabulary head (None: logits are indexed by target id)
+        self.d2t = getattr(head, "draft_to_target", None)
+        if self.d2t is not None and tree_top_k > self.d2t.shape[0]:
+            raise ValueError(
+                f"tree_top_k: {tree_top_k} exceeds the draft vocabulary size {self.d2t.shape[0]} of the head"
+            )
         self.head = head
         self.backend = backend
         self.k = tree_top_k
@@ -81,7 +101,7 @@ class TreeDrafter:
         eye = torch.zeros(max(depth - 1, 0), tree_top_k, W * 32, dtype=torch.bool, device=self.device)
         for l in range(depth - 1):
             eye[l, torch.arange(tree_top_k), l * tree_top_k + torch.arange(tree_top_k)] = True
-        self.own_bits = pack_bits(eye) if depth > 1 else None          # [depth - 1, k, W]
+        self.own_bits = pack_bits(eye) if depth > 1 else None  # [depth - 1, k, W]
 
     @torch.no_grad()
     def extend(self, features: torch.Tensor, tokens: torch.Tensor, num_new: torch.Tensor) -> tuple:
@@ -90,7 +110,8 @@ class TreeDrafter:
         features float [B, T, H], tokens int64 [B, T] (columns >= num_new[b] are padding: they are written
         to uncommitted slots and ignored), num_new int32 [B] (0 leaves the request unchanged).
 
-        Returns (root_logits float32 [B, V], root_hidden [B, H]): the draft's output at the last new pair,
+        Returns (root_logits float32 [B, V_d], root_hidden [B, H]): the draft's output at the last new pair
+        (logits over the head's draft vocabulary: V_d = V unless the head has a reduced one),
         i.e. the prediction of the next token after the last accepted one and the feature to feed back.
         """
         B, T = tokens.shape
@@ -108,7 +129,8 @@ class TreeDrafter:
 
         Args:
             root_tokens: int64 [B], the last accepted token (node 0).
-            root_logits: float [B, V], the draft's logits for the token after the root (from extend).
+            root_logits: float [B, V_d], the draft's logits for the token after the root (from extend), indexed
+                by draft id (= target id unless the head has a reduced vocabulary).
             root_hidden: [B, H], the draft's fed-back feature at the root.
 
         Returns:
@@ -116,18 +138,20 @@ class TreeDrafter:
         """
         B, k, dev = self.batch_size, self.k, self.device
         logp = torch.log_softmax(root_logits.float(), dim=-1)
-        f_scores, f_tokens = torch.topk(logp, k, dim=-1)                          # [B, k]
-        f_cand = torch.arange(k, device=dev, dtype=torch.int32).expand(B, k)      # candidate index of the frontier
+        f_scores, f_tokens = torch.topk(logp, k, dim=-1)  # [B, k]
+        f_tokens = self._target_ids(f_tokens)
+        f_cand = torch.arange(k, device=dev, dtype=torch.int32).expand(B, k)  # candidate index of the frontier
         f_hidden = root_hidden[:, None, :].expand(B, k, root_hidden.shape[-1])
-        f_anc = torch.zeros(B, k, self.words, dtype=torch.int32, device=dev)      # ancestors' slot bits
+        f_anc = torch.zeros(B, k, self.words, dtype=torch.int32, device=dev)  # ancestors' slot bits
         scores, parents, tokens = [f_scores], [torch.full((B, k), -1, dtype=torch.int32, device=dev)], [f_tokens]
         base = k
         for level in range(self.depth - 1):
-            mask = f_anc | self.own_bits[level]                                    # [B, k, W]
+            mask = f_anc | self.own_bits[level]  # [B, k, W]
             pos = (self.cache_len.to(torch.int64) + level)[:, None].expand(B, k)
             out = self.head(f_hidden, f_tokens, pos, self.cache, self.cache_len, mask, slot_offset=level * k)
-            lp = torch.log_softmax(out.logits.float(), dim=-1)                     # [B, k, V]
-            c_lp, c_tok = torch.topk(lp, k, dim=-1)                                # [B, k, k]
+            lp = torch.log_softmax(out.logits.float(), dim=-1)  # [B, k, V]
+            c_lp, c_tok = torch.topk(lp, k, dim=-1)  # [B, k, k]
+            c_tok = self._target_ids(c_tok)
             c_scores = (f_scores[:, :, None] + c_lp).reshape(B, k * k)
             c_tok = c_tok.reshape(B, k * k)
             scores.append(c_scores)
@@ -135,7 +159,7 @@ class TreeDrafter:
             tokens.append(c_tok)
             if level == self.depth - 2:
                 break
-            f_scores, idx = torch.topk(c_scores, k, dim=-1)                        # next frontier
+            f_scores, idx = torch.topk(c_scores, k, dim=-1)  # next frontier
             par = idx // k
             f_tokens = c_tok.gather(1, idx)
             f_cand = (base + idx).to(torch.int32)
@@ -145,6 +169,11 @@ class TreeDrafter:
         cand_scores = torch.cat(scores, dim=1).float().contiguous()
         cand_parents = torch.cat(parents, dim=1).contiguous()
         cand_tokens = torch.cat(tokens, dim=1).contiguous()
-        t_parents, t_tokens, _ = specdec_kernels.select_tree(cand_scores, cand_parents, cand_tokens, root_tokens,
-                                                             self.num_nodes, backend=self.backend)
+        t_parents, t_tokens, _ = specdec_kernels.select_tree(
+            cand_scores, cand_parents, cand_tokens, root_tokens, self.num_nodes, backend=self.backend
+        )
         return t_parents, t_tokens
+
+    def _target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Target token ids of top-k draft ids (a gather through the head's map; identity without one)."""
+        return draft_ids if self.d2t is None else self.d2t[draft_ids]

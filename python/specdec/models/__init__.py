@@ -5,19 +5,37 @@
     head.bind_target(target.get_input_embeddings(), target.lm_head)
     cache = head.new_cache(batch_size, max_len)
     out = head(features, input_ids, position_ids, cache, cache_len, tree_mask)   # DraftOutput(logits, hidden)
+    out = head.forward_train(features, input_ids, logits_index=mask)             # TrainOutput (training)
     head.save_pretrained(path)
+
+A reduced draft vocabulary: DraftConfig(..., draft_vocab_size=V_d), then head.set_draft_vocab(ids) (target
+ids, e.g. specdec.training.vocab.top_tokens); logits are then [.., V_d], head.to_target_ids maps back.
 
 See base.DraftHead.forward for the decode-path contract and forward_sequence for training, and
 checkpoint.py for the checkpoint formats (ours and the published EAGLE/FSPAD/GRIFFIN layouts).
 """
-from .base import DraftCache, DraftHead, DraftOutput
+
+from .base import DraftCache, DraftHead, DraftOutput, TrainOutput
 from .checkpoint import CheckpointError, build_draft_head, infer_kind, load_draft_head
 from .config import KINDS, DraftConfig
 from .eagle import EagleHead
 from .fspad import FSPADHead
 from .griffin import GriffinHead
+from .layers import TrainKV
 
 __all__ = [
-    "KINDS", "CheckpointError", "DraftCache", "DraftConfig", "DraftHead", "DraftOutput", "EagleHead", "FSPADHead",
-    "GriffinHead", "build_draft_head", "infer_kind", "load_draft_head",
+    "KINDS",
+    "CheckpointError",
+    "DraftCache",
+    "DraftConfig",
+    "DraftHead",
+    "DraftOutput",
+    "TrainKV",
+    "TrainOutput",
+    "EagleHead",
+    "FSPADHead",
+    "GriffinHead",
+    "build_draft_head",
+    "infer_kind",
+    "load_draft_head",
 ]

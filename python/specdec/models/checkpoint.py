@@ -1,7 +1,8 @@
 """Build, save and load draft heads: our format and the published EAGLE/FSPAD/GRIFFIN layouts.
 
-Our format (head.save_pretrained): config.json (HF-style fields + "specdec_kind") + model.safetensors
-holding exactly the head's state_dict (no embedding, no lm_head).
+Our format (head.save_pretrained): config.json (HF-style fields + "specdec_kind", "draft_vocab_size") +
+model.safetensors holding exactly the head's state_dict (no embedding, no lm_head; with a reduced draft
+vocabulary, the int64 map "draft_to_target" [V_d]).
 
 Published layouts (docs/checkpoints.md): config.json + pytorch_model.bin (read with
 torch.load(weights_only=True)) or model.safetensors. The kind comes from "specdec_kind" when present,
@@ -18,6 +19,7 @@ Always accepted and never an error: embed_tokens.weight (kept as the head's embe
 bind_target when its shape is [V, H]) and rotary_emb.inv_freq buffers of old checkpoints. A wrong shape
 is always an error naming the key.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +97,9 @@ def read_state_dict(path: Union[str, os.PathLike]) -> tuple:
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin beside config.json")
 
 
-def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[torch.dtype] = None, *,
-                    strict: Optional[bool] = None) -> DraftHead:
+def load_draft_head(
+    path: Union[str, os.PathLike], device=None, dtype: Optional[torch.dtype] = None, *, strict: Optional[bool] = None
+) -> DraftHead:
     """Load a draft head saved by save_pretrained or published in the EAGLE/FSPAD/GRIFFIN layouts.
 
     Args:
@@ -126,8 +129,11 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
         overrides["qkv_bias"] = "layers.0.self_attn.q_proj.bias" in sd
         for k, v in overrides.items():
             if k in raw and bool(raw[k]) != v:
-                warnings.warn(f"{file}: config.json says {k}={raw[k]} but the checkpoint "
-                              f"{'has' if v else 'lacks'} the tensors; following the checkpoint", stacklevel=2)
+                warnings.warn(
+                    f"{file}: config.json says {k}={raw[k]} but the checkpoint "
+                    f"{'has' if v else 'lacks'} the tensors; following the checkpoint",
+                    stacklevel=2,
+                )
         rs = raw.get("rope_scaling")
         if rs and raw.get("rope_theta", 10000.0) != 10000.0:
             # the original loaders build scaled RoPE with the default base, ignoring rope_theta
@@ -149,8 +155,10 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
     for key, t in sd.items():
         if key in expected:
             if tuple(t.shape) != tuple(expected[key].shape):
-                raise CheckpointError(f"{file}: {key} has shape {list(t.shape)}, expected {list(expected[key].shape)} "
-                                      f"for a {kind} head with config {cfg_file}")
+                raise CheckpointError(
+                    f"{file}: {key} has shape {list(t.shape)}, expected {list(expected[key].shape)} "
+                    f"for a {kind} head with config {cfg_file}"
+                )
         elif key == "embed_tokens.weight":
             want = [config.vocab_size, config.hidden_size]
             if list(t.shape) != want:
@@ -170,8 +178,11 @@ def load_draft_head(path: Union[str, os.PathLike], device=None, dtype: Optional[
     if missing and strict is not False:
         raise CheckpointError(f"{file}: missing keys for a {kind} head: {missing}")
     if unexpected or missing:
-        warnings.warn(f"{file}: loading a {kind} head non-strictly; unexpected keys (ignored): {unexpected}; "
-                      f"missing keys (left at random init): {missing}", stacklevel=2)
+        warnings.warn(
+            f"{file}: loading a {kind} head non-strictly; unexpected keys (ignored): {unexpected}; "
+            f"missing keys (left at random init): {missing}",
+            stacklevel=2,
+        )
 
     if missing:
         head.reset_parameters()  # what the checkpoint lacks gets the documented init, not garbage memory

@@ -3,6 +3,7 @@
 The field names are those of a Hugging Face Llama config, so the config.json of a published draft
 (docs/checkpoints.md) reads directly; `specdec_kind` records which head a saved config belongs to.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,10 @@ class DraftConfig:
     num_key_value_heads to num_attention_heads. rope_scaling: None or {"type"/"rope_type": "linear" |
     "dynamic" | "llama3", "factor": ..., ...}. bias: fc has a bias (the published default); qkv_bias:
     q/k/v projections have biases (Qwen2-style drafts). initializer_range: std of the random init.
+    draft_vocab_size: None (the draft predicts the whole vocabulary) or V_d <= vocab_size: a reduced draft
+    vocabulary (FR-Spec / EAGLE-3): the head's output layer covers V_d target tokens, listed by its
+    `draft_to_target` map (int64 [V_d], saved with the head); their rows come from the target's frozen
+    lm_head. vocab_size stays the TARGET's vocabulary (token ids in and out are target ids).
     """
 
     kind: str = "eagle"
@@ -40,6 +45,7 @@ class DraftConfig:
     bias: bool = True
     qkv_bias: bool = False
     initializer_range: float = 0.02
+    draft_vocab_size: Optional[int] = None
     extra: dict = field(default_factory=dict, repr=False)  # unknown config.json fields, kept on save
 
     def __post_init__(self) -> None:
@@ -49,17 +55,34 @@ class DraftConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
-                raise ValueError(f"DraftConfig: hidden_size {self.hidden_size} is not a multiple of "
-                                 f"num_attention_heads {self.num_attention_heads}; give head_dim explicitly")
+                raise ValueError(
+                    f"DraftConfig: hidden_size {self.hidden_size} is not a multiple of "
+                    f"num_attention_heads {self.num_attention_heads}; give head_dim explicitly"
+                )
             self.head_dim = self.hidden_size // self.num_attention_heads
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"DraftConfig.{name}: expected a positive int, got {v!r}")
+        dv = self.draft_vocab_size
+        if dv is not None and (not isinstance(dv, int) or isinstance(dv, bool) or not 0 < dv <= self.vocab_size):
+            raise ValueError(
+                f"DraftConfig.draft_vocab_size: expected None or an int in [1, vocab_size={self.vocab_size}], "
+                f"got {dv!r}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"DraftConfig: num_attention_heads {self.num_attention_heads} is not a multiple of "
-                             f"num_key_value_heads {self.num_key_value_heads} (GQA groups heads evenly)")
+            raise ValueError(
+                f"DraftConfig: num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads} (GQA groups heads evenly)"
+            )
         if self.head_dim % 2:
             raise ValueError(f"DraftConfig.head_dim: rotary embeddings need an even head_dim, got {self.head_dim}")
         self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
@@ -74,8 +97,11 @@ class DraftConfig:
         rope_theta/rope_scaling or 5.x rope_parameters); q/k/v biases follow the target's
         (attention_bias, or Qwen2's built-in biases). `overrides` set any field (e.g. intermediate_size).
         """
-        get = (lambda k, d=None: hf_config.get(k, d)) if isinstance(hf_config, dict) else \
-            (lambda k, d=None: getattr(hf_config, k, d))
+        get = (
+            (lambda k, d=None: hf_config.get(k, d))
+            if isinstance(hf_config, dict)
+            else (lambda k, d=None: getattr(hf_config, k, d))
+        )
         theta, scaling = _rope_from_hf(get)
         model_type = str(get("model_type", "") or "")
         qkv_bias = bool(get("attention_bias", False)) or model_type in ("qwen2", "qwen2_moe", "qwen2_vl")
@@ -118,34 +144,46 @@ class DraftConfig:
             if k in kw:
                 kw[k] = bool(kw[k])
         # fields save_pretrained rewrites itself are not carried as extras
-        known = names | {"rope_theta", "rope_scaling", "rope_parameters", "num_hidden_layers", "hidden_act",
-                         "architectures", "torch_dtype", "dtype"}
+        known = names | {
+            "rope_theta",
+            "rope_scaling",
+            "rope_parameters",
+            "num_hidden_layers",
+            "hidden_act",
+            "architectures",
+            "torch_dtype",
+            "dtype",
+        }
         extra = {k: v for k, v in d.items() if k not in known}
         return cls(kind=kind, rope_theta=theta, rope_scaling=scaling, extra=extra, **kw)
 
     def to_dict(self) -> dict:
         """HF-style config.json content (what save_pretrained writes), with `specdec_kind`."""
         d: dict[str, Any] = dict(self.extra)
-        d.update({
-            "specdec_kind": self.kind,
-            "architectures": [{"eagle": "EagleDraftHead", "fspad": "FSPADDraftHead",
-                               "griffin": "GriffinDraftHead"}[self.kind]],
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": 1,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": self.rope_scaling,
-            "max_position_embeddings": self.max_position_embeddings,
-            "bias": self.bias,
-            "qkv_bias": self.qkv_bias,
-            "initializer_range": self.initializer_range,
-        })
+        d.update(
+            {
+                "specdec_kind": self.kind,
+                "architectures": [
+                    {"eagle": "EagleDraftHead", "fspad": "FSPADDraftHead", "griffin": "GriffinDraftHead"}[self.kind]
+                ],
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": 1,
+                "num_attention_heads": self.num_attention_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "head_dim": self.head_dim,
+                "hidden_act": "silu",
+                "rms_norm_eps": self.rms_norm_eps,
+                "rope_theta": self.rope_theta,
+                "rope_scaling": self.rope_scaling,
+                "max_position_embeddings": self.max_position_embeddings,
+                "bias": self.bias,
+                "qkv_bias": self.qkv_bias,
+                "initializer_range": self.initializer_range,
+                "draft_vocab_size": self.draft_vocab_size,
+            }
+        )
         return d
 
 

@@ -3,6 +3,7 @@
 Parameter names are those of the published checkpoints: fc.weight [H, 2H] (+ fc.bias when config.bias),
 layers.0.self_attn.{q,k,v,o}_proj, layers.0.mlp.{gate,up,down}_proj, layers.0.post_attention_layernorm.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@
 The input block (`fc`, FeatureSampling) is a layer over specdec_kernels.fspad_feature_sampling, which
 gathers the embedding rows inside its matmul and fuses the norm and gating.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -55,9 +56,18 @@ class FeatureSampling(nn.Module):
         embed_weight, input_ids = embedding_operand(embed_weight, input_ids, features)
         m, norm = self.mlp, self.post_attention_layernorm
         return specdec_kernels.fspad_feature_sampling(
-            features, input_ids, embed_weight, self.fc.weight, fc_bias=self.fc.bias, norm_weight=norm.weight,
-            gate_weight=m.gate_proj.weight, up_weight=m.up_proj.weight, down_weight=m.down_proj.weight,
-            eps=norm.eps, backend=self.backend)
+            features,
+            input_ids,
+            embed_weight,
+            self.fc.weight,
+            fc_bias=self.fc.bias,
+            norm_weight=norm.weight,
+            gate_weight=m.gate_proj.weight,
+            up_weight=m.up_proj.weight,
+            down_weight=m.down_proj.weight,
+            eps=norm.eps,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"backend={self.backend}"

@@ -8,6 +8,7 @@
 
 The input block (`fc`, TokenGuidedFusion) is a layer over specdec_kernels.griffin_token_fusion.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -57,10 +58,18 @@ class TokenGuidedFusion(nn.Module):
         embed_weight, input_ids = embedding_operand(embed_weight, input_ids, features)
         m = self.mlp
         return specdec_kernels.griffin_token_fusion(
-            features, input_ids, embed_weight, self.fc.weight, fc_bias=self.fc.bias,
-            norm_b_weight=self.post_attention_layernorm.weight, norm_a_weight=m.input_layernorm.weight,
-            up_weight=m.up_proj.weight, down_weight=m.down_proj.weight, eps=self.post_attention_layernorm.eps,
-            backend=self.backend)
+            features,
+            input_ids,
+            embed_weight,
+            self.fc.weight,
+            fc_bias=self.fc.bias,
+            norm_b_weight=self.post_attention_layernorm.weight,
+            norm_a_weight=m.input_layernorm.weight,
+            up_weight=m.up_proj.weight,
+            down_weight=m.down_proj.weight,
+            eps=self.post_attention_layernorm.eps,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"backend={self.backend}"

@@ -5,12 +5,14 @@ Attention has two paths. The decode path writes the new keys/values into the dra
 drafting loop uses (under autograd it computes the same function densely: the kernels have no backward).
 The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention over the T inputs
 only, with a causal or caller-given mask; it is what training uses. Both compute the same function:
-tests/test_models.py checks it.
+tests/test_models.py checks it. The training path (`forward_train`) is the sequence path that can also
+attend to keys/values of earlier calls (`TrainKV`, GRIFFIN's multi-pass training) and returns its own.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ class RMSNorm(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 # Rotary position embedding (rotate-half convention of Llama).
+
 
 def rope_inv_freq(config: DraftConfig, device=None) -> torch.Tensor:
     """fp32 [head_dim / 2] inverse frequencies for the config's base and (static) scaling."""
@@ -99,7 +102,7 @@ class RotaryEmbedding(nn.Module):
             # base' = base * scale  =>  inv' = inv * scale^(-2i/d)
             exps = torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d
             inv = inv * scale ** (-exps)
-        freqs = pos[..., None] * inv                                         # [B, T, D/2]
+        freqs = pos[..., None] * inv  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
 
@@ -120,6 +123,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # --------------------------------------------------------------------------------------------------
 # The embedding operand of the fused input blocks (FSPAD, GRIFFIN).
 
+
 def embedding_operand(embed_weight: torch.Tensor, input_ids: torch.Tensor, features: torch.Tensor) -> tuple:
     """(embedding table, token ids) to hand a fused input-block op together with `features`.
 
@@ -139,8 +143,15 @@ def embedding_operand(embed_weight: torch.Tensor, input_ids: torch.Tensor, featu
 # --------------------------------------------------------------------------------------------------
 # Attention over the draft cache.
 
-def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
-                         tree_mask: torch.Tensor, scale: float) -> torch.Tensor:
+
+def dense_tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Differentiable plain-PyTorch tree attention with the semantics of specdec_kernels.tree_attention.
 
     Query i of request b sees key slot s iff s < cache_len[b], or s = cache_len[b] + j with bit j of
@@ -153,7 +164,7 @@ def dense_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     g = Hq // Hkv
     k = k_cache.repeat_interleave(g, dim=1) if g > 1 else k_cache
     v = v_cache.repeat_interleave(g, dim=1) if g > 1 else v_cache
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale                     # [B, H, N, S]
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, H, N, S]
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row that sees nothing gives zeros, not NaN
     return torch.matmul(p, v.float()).to(q.dtype)
@@ -170,6 +181,19 @@ def tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale: float) -> t
     if needs_grad:
         return dense_tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale)
     return specdec_kernels.tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale=scale)
+
+
+class TrainKV(NamedTuple):
+    """Keys and values of a training forward, RoPE applied: k, v [B, H_kv, S, head_dim] (GQA heads not
+    repeated). Handed to a later forward_train as `past_kv`, they are prepended to its own keys."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        """S, the number of key slots."""
+        return self.k.shape[2]
 
 
 class Attention(nn.Module):
@@ -220,6 +244,24 @@ class Attention(nn.Module):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None], scale=self.scale)
         return self.out(o)
 
+    def forward_train(self, x, cos, sin, attn_mask: Optional[torch.Tensor], past: Optional[TrainKV]) -> tuple:
+        """Dense attention of the T inputs over [past keys; own keys]; returns (out [B, T, H], TrainKV of
+        all S + T keys). attn_mask bool [B, T, S + T] (True = visible), or None = causal (only without past).
+        Gradients flow into `past` (the computation that produced it) unless the caller detached it."""
+        q, k, v = self.qkv(x, cos, sin)
+        if past is not None:
+            k = torch.cat((past.k.to(k.dtype), k), dim=2)
+            v = torch.cat((past.v.to(v.dtype), v), dim=2)
+        kv = TrainKV(k, v)
+        g = self.num_heads // self.num_kv_heads
+        if g > 1:
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        if attn_mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None], scale=self.scale)
+        return self.out(o), kv
+
 
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); `out_features` is H, or 2H for the dual-output layer."""
@@ -262,3 +304,8 @@ class DecoderLayer(nn.Module):
     def forward_sequence(self, x, cos, sin, attn_mask) -> torch.Tensor:
         """The differentiable sequence path (Attention.forward_sequence, then the MLP)."""
         return self._finish(x + self.self_attn.forward_sequence(x, cos, sin, attn_mask))
+
+    def forward_train(self, x, cos, sin, attn_mask, past: Optional[TrainKV]) -> tuple:
+        """The training path (Attention.forward_train, then the MLP): (out, TrainKV of past + own keys)."""
+        a, kv = self.self_attn.forward_train(x, cos, sin, attn_mask, past)
+        return self._finish(x + a), kv
