@@ -1,0 +1,27 @@
+"""Training of the draft heads: the EAGLE, FSPAD and GRIFFIN recipes (`specdec train`).
+
+    from specdec.training import TrainConfig, train
+
+    head_dir = train(TrainConfig(kind="griffin", data="data/smollm2", out="heads/griffin",
+                                 stages=(1, 2, 3), draft_vocab=8192, dtype="bfloat16"))
+
+Modules: trainer (the loop: TrainConfig, train), losses (the recipes' losses), vocab (the reduced draft
+vocabulary), schedule (warmup + cosine), checkpointing (atomic checkpoints), validation (validation loss
+and per-step acceptance rates), plots (curves.png), cli (`specdec train`). See docs/training.md.
+"""
+
+from .trainer import SimulatedKill, TrainConfig, recipe_lr, train
+
+__all__ = ["SimulatedKill", "TrainConfig", "recipe_lr", "train", "recipe_loss", "RECIPES", "top_tokens", "count_tokens"]
+
+
+def __getattr__(name):  # the losses and the vocabulary, imported on first use
+    if name in ("recipe_loss", "RECIPES"):
+        from . import losses
+
+        return getattr(losses, name)
+    if name in ("top_tokens", "count_tokens"):
+        from . import vocab
+
+        return getattr(vocab, name)
+    raise AttributeError(f"module 'specdec.training' has no attribute {name!r}")

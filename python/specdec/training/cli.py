@@ -1,0 +1,406 @@
+"""`specdec train`: train an EAGLE, FSPAD or GRIFFIN draft head (specdec.training.train).
+
+    specdec train --kind griffin --data data/smollm2 --out heads/griffin --stages 1,2,3 --draft-vocab 8192
+    specdec train --kind eagle --data data/smollm2-tokens --online --out heads/eagle --dtype bf16
+    specdec train ... --resume                      # continue a killed run from its last checkpoint
+    torchrun --nproc_per_node 8 -m specdec.cli train ...   # the same command, data-parallel
+
+Every argument is checked before anything is loaded (exit status 2, one line naming the argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+COMMAND = "train"
+SUMMARY = "train a draft head"
+
+KINDS = ("eagle", "fspad", "griffin")
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _int(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _float(check, expected: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or not check(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _stages(text: str) -> tuple:
+    expected = 'increasing stage numbers >= 1, comma-separated, e.g. "1,2,3"'
+    try:
+        v = tuple(int(t) for t in text.replace(" ", "").split(",") if t != "")
+    except ValueError:
+        v = ()
+    if not v or any(s < 1 for s in v) or list(v) != sorted(set(v)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return v
+
+
+_stages.__name__ = "stages"
+
+
+def register(sub, formatter_class):
+    p = sub.add_parser(
+        COMMAND,
+        formatter_class=formatter_class,
+        help="train a draft head (EAGLE, FSPAD or GRIFFIN) on data from `specdec data`",
+        description="Train a one-layer draft head with its paper's recipe (see docs/training.md). Writes the "
+        "head to --out (model.safetensors + config.json, loadable by `specdec generate --draft`), with "
+        "checkpoints, CSV logs, a JSON summary and a plot of the curves beside it. Every argument is checked "
+        "before anything is loaded. Runs unchanged under `torchrun --nproc_per_node N`.",
+    )
+    a = p.add_argument
+    a("--kind", required=True, choices=KINDS, help="which head to train (required)")
+    a("--data", required=True, metavar="PATH", help="a `specdec data` output folder (required)")
+    a("--out", required=True, metavar="PATH", help="output folder of the head, checkpoints and logs (required)")
+    a(
+        "--target",
+        default=None,
+        metavar="PATH",
+        help="a Hugging Face target folder, or the word default (SmolLM2-135M-Instruct, fetched when needed) "
+        "(default: the target recorded in the data manifest)",
+    )
+    a("--online", action="store_true", help="compute the target's features in the training loop (nothing stored)")
+    a(
+        "--stages",
+        type=_stages,
+        default=(1,),
+        metavar="LIST",
+        help="GRIFFIN's training stages to run in sequence, e.g. 1,2,3; stage j starts from stage j-1's head "
+        "(default: 1)",
+    )
+    a("--init", default=None, metavar="PATH", help="head folder the first stage starts from (default: random init)")
+    a(
+        "--draft-vocab",
+        type=_int(1),
+        default=None,
+        metavar="V",
+        help="reduced draft vocabulary: the V most frequent response tokens (plus EOS) (default: the whole vocabulary)",
+    )
+    a("--epochs", type=_int(1), default=1, metavar="N", help="passes over the training split per stage")
+    a("--max-steps", type=_int(1), default=None, metavar="N", help="stop each stage after N steps (default: no limit)")
+    a("--batch-size", type=_int(1), default=8, metavar="N", help="sequences per optimizer step, over all processes")
+    a("--max-length", type=_int(3), default=None, metavar="T", help="cut sequences to T tokens (default: as stored)")
+    a(
+        "--lr",
+        type=_float(lambda v: v > 0, "a number > 0"),
+        default=None,
+        metavar="LR",
+        help="peak learning rate (default: the recipe's; EAGLE 3e-5, FSPAD 5e-5, GRIFFIN 5e-5 then 3e-5)",
+    )
+    a(
+        "--warmup-steps",
+        type=_int(0),
+        default=None,
+        metavar="N",
+        help="linear warmup steps before the cosine decay (default: 2000, at most 5%% of the steps)",
+    )
+    a(
+        "--min-lr-ratio",
+        type=_float(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        default=0.0,
+        metavar="R",
+        help="final lr as a fraction of the peak",
+    )
+    a(
+        "--weight-decay",
+        type=_float(lambda v: v >= 0, "a number >= 0"),
+        default=0.0,
+        metavar="W",
+        help="AdamW weight decay",
+    )
+    a(
+        "--grad-clip",
+        type=_float(lambda v: v >= 0, "a number >= 0"),
+        default=0.5,
+        metavar="C",
+        help="gradient clipping threshold (see --clip-mode); 0 = off",
+    )
+    a(
+        "--clip-mode",
+        choices=("value", "norm"),
+        default="value",
+        help="clip each gradient entry to [-C, C] (the reference trainers' clip_grad_value_) or the global norm to C",
+    )
+    a(
+        "--noise",
+        type=_float(lambda v: v >= 0, "a number >= 0"),
+        default=0.1,
+        metavar="A",
+        help="amplitude of the uniform noise on input features; 0 = off",
+    )
+    a(
+        "--topk-mask",
+        type=_int(1),
+        default=3,
+        metavar="K",
+        help="GRIFFIN's loss mask: ground truth within the draft's top-K",
+    )
+    a(
+        "--check-position",
+        choices=("same", "previous"),
+        default="same",
+        help="GRIFFIN's loss mask: check at the same position (reference code) or one earlier",
+    )
+    a(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="float32, or bfloat16 autocast (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    a(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu; cuda:LOCAL_RANK under torchrun)",
+    )
+    a("--seed", type=_int(0), default=0, help="seed of the init, the data order and the noise")
+    a("--checkpoint-every", type=_int(1), default=500, metavar="K", help="steps between checkpoints")
+    a("--keep-checkpoints", type=_int(0), default=2, metavar="N", help="checkpoints kept; 0 = all")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    a("--val-steps", type=_int(1), default=5, metavar="K", help="draft steps whose acceptance rates validation reports")
+    a("--val-sequences", type=_int(1), default=None, metavar="N", help="validate on at most N sequences (default: all)")
+    a("--no-progress", action="store_true", help="no progress bar or validation lines")
+    a("--no-plot", action="store_true", help="do not write curves.png")
+    a(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback (default: off)",
+    )
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _error(arg, expected, got):
+    from specdec.cli import arg_error
+
+    return arg_error(arg, expected, got)
+
+
+def _said(text: str):
+    from specdec.cli import _Said as S  # shown as is, not repr'd
+
+    return S(text)
+
+
+def _check_head_folder(arg: str, path: str, kind: str) -> None:
+    expected = f"a {kind} head folder (config.json + model.safetensors)"
+    if not os.path.isdir(path):
+        raise _error(
+            arg,
+            expected,
+            _said(f"{path!r}, which does not exist" if not os.path.exists(path) else f"{path!r}, which is a file"),
+        )
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise _error(arg, expected, _said(f"{path!r}, which has no config.json"))
+    if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin")):
+        raise _error(arg, expected, _said(f"{path!r}, which has no weights"))
+    try:
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        raise _error(arg, expected, _said(f"{path!r}, whose config.json does not parse")) from None
+    k = cfg.get("specdec_kind") if isinstance(cfg, dict) else None
+    if k is not None and k != kind:
+        raise _error(arg, expected, _said(f"{path!r}, a {k} head"))
+
+
+def validate_args(args) -> dict:
+    """Every check that loads nothing; returns the TrainConfig keyword arguments (or raises CliError)."""
+    # --data: a specdec data folder with both splits (and features unless --online)
+    data = os.path.expanduser(args.data)
+    expected = "a `specdec data` output folder (with manifest.json)"
+    if not os.path.isdir(data):
+        raise _error(
+            "--data",
+            expected,
+            _said(
+                f"{args.data!r}, which does not exist"
+                if not os.path.exists(data)
+                else f"{args.data!r}, which is a file"
+            ),
+        )
+    man_file = os.path.join(data, "manifest.json")
+    if not os.path.isfile(man_file):
+        raise _error("--data", expected, _said(f"{args.data!r}, which has no manifest.json"))
+    try:
+        with open(man_file) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        raise _error("--data", expected, _said(f"{args.data!r}, whose manifest.json does not parse")) from None
+    if not isinstance(manifest, dict):
+        raise _error("--data", expected, _said(f"{args.data!r}, whose manifest.json is not an object"))
+    if not manifest.get("complete"):
+        raise _error(
+            "--data",
+            "a complete data folder",
+            _said(f"{args.data!r}, whose build was stopped early (rerun the same `specdec data` command to finish it)"),
+        )
+    settings = manifest.get("settings") or {}
+    if not args.online and settings.get("features") is False:
+        raise _error(
+            "--data",
+            "a data folder with stored features (or --online)",
+            _said(f"{args.data!r}, built without features; add --online"),
+        )
+    splits = manifest.get("splits") or {}
+    if not (splits.get("train") or {}).get("shards"):
+        raise _error(
+            "--data", "a data folder with a training split", _said(f"{args.data!r}, whose train split is empty")
+        )
+
+    # --target
+    target = args.target
+    if target is None:
+        t = manifest.get("target")
+        if not (isinstance(t, dict) and t.get("path")) and not isinstance(t, str):
+            raise _error("--target", "a target (the data manifest names none)", _said("nothing"))
+    elif target.strip() != "default":
+        path = os.path.expanduser(target)
+        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+            raise _error(
+                "--target",
+                "the word 'default' or a Hugging Face model folder (with config.json)",
+                _said(
+                    f"{target!r}, which " + ("does not exist" if not os.path.exists(path) else "is not such a folder")
+                ),
+            )
+        vocab = (manifest.get("target") or {}).get("vocab_size") if isinstance(manifest.get("target"), dict) else None
+        try:
+            with open(os.path.join(path, "config.json")) as f:
+                tcfg = json.load(f)
+        except (OSError, ValueError):
+            tcfg = {}
+        if vocab and tcfg.get("vocab_size") and tcfg["vocab_size"] != vocab:
+            raise _error(
+                "--target",
+                f"the data's target (vocabulary {vocab})",
+                _said(f"{target!r}, whose vocabulary is {tcfg['vocab_size']}"),
+            )
+
+    # stages / init
+    if args.kind != "griffin" and args.stages != (1,):
+        raise _error(
+            "--stages",
+            f"1 for --kind {args.kind} (multi-stage training is GRIFFIN's)",
+            _said(",".join(map(str, args.stages))),
+        )
+    if args.init is not None:
+        _check_head_folder("--init", os.path.expanduser(args.init), args.kind)
+    elif args.stages[0] > 1:
+        raise _error("--init", f"a stage-{args.stages[0] - 1} head to start stage {args.stages[0]} from", _said("none"))
+
+    # the vocabulary
+    vocab = None
+    t = manifest.get("target")
+    if isinstance(t, dict):
+        vocab = t.get("vocab_size")
+    if args.draft_vocab is not None and isinstance(vocab, int) and args.draft_vocab > vocab:
+        raise _error("--draft-vocab", f"at most {vocab} (the target's vocabulary)", _said(str(args.draft_vocab)))
+
+    # --out / --resume
+    out = os.path.expanduser(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _error(
+            "--out", "a folder (new, or an earlier run's with --resume)", _said(f"{args.out!r}, which is a file")
+        )
+    earlier = os.path.isdir(out) and (
+        os.path.isdir(os.path.join(out, "checkpoints"))
+        and os.listdir(os.path.join(out, "checkpoints"))
+        or os.path.isfile(os.path.join(out, "train_log.csv"))
+    )
+    if earlier and not args.resume:
+        raise _error(
+            "--out",
+            "a folder without an earlier run (or --resume to continue it)",
+            _said(f"{args.out!r}, which holds one"),
+        )
+
+    # device / dtype / batch
+    from specdec.cli import _check_device
+
+    device = _check_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        raise _error("--batch-size", f"a multiple of the {world} processes", _said(str(args.batch_size)))
+    n_train = sum((e or {}).get("sequences", 0) for e in (splits.get("train") or {}).get("shards", []))
+    if n_train and args.batch_size > n_train:
+        raise _error("--batch-size", f"at most the {n_train} training sequences", _said(str(args.batch_size)))
+    if args.warmup_steps is not None and args.max_steps is not None and args.warmup_steps > args.max_steps:
+        raise _error("--warmup-steps", f"at most --max-steps ({args.max_steps})", _said(str(args.warmup_steps)))
+    return dict(
+        kind=args.kind,
+        data=data,
+        out=out,
+        target=target,
+        online=args.online,
+        stages=args.stages,
+        init=os.path.expanduser(args.init) if args.init else None,
+        draft_vocab=args.draft_vocab,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        clip_mode=args.clip_mode,
+        noise=args.noise,
+        topk_mask=args.topk_mask,
+        check_position=args.check_position,
+        dtype=dtype,
+        device=str(device) if args.device else None,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+        val_steps=args.val_steps,
+        val_sequences=args.val_sequences,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+    )
+
+
+def _handle(args, stage) -> int:
+    kw = validate_args(args)
+    stage.what = "importing the training code"
+    from .trainer import TrainConfig, train
+
+    cfg = TrainConfig(**kw)
+
+    def phase(what: str) -> None:
+        stage.what = what
+
+    out = train(cfg, phase=phase)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"draft head: {out}")
+    return 0
