@@ -147,7 +147,7 @@ def _float_type(check, expected: str):
 # formatter_class=formatter_class, ...), sets `handler=fn` on it with fn(args, stage) -> exit status
 # (stage.what names the current phase for the one-line error report) and returns that parser. Bad
 # arguments raise CliError (see arg_error) before anything loads.
-COMMAND_MODULES = ("specdec.targets", "specdec.data.cli", "specdec.training.cli")
+COMMAND_MODULES = ("specdec.targets", "specdec.data.cli", "specdec.training.cli", "specdec.evaluation.cli")
 
 
 def _command_modules() -> list:
