@@ -142,6 +142,11 @@ def _float_type(check, expected: str):
     return parse
 
 
+# The argument types of every subcommand (specdec.data.cli, specdec.training.cli, ... use them too).
+int_type = _int_type
+float_type = _float_type
+
+
 # Modules that add a subcommand: each defines COMMAND (its name), SUMMARY (one line for the top-level
 # help) and `register(sub, formatter_class)`, which calls sub.add_parser(COMMAND,
 # formatter_class=formatter_class, ...), sets `handler=fn` on it with fn(args, stage) -> exit status

@@ -12,10 +12,12 @@ Every argument is checked before the target loads. Rerunning the same command co
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
+
+from ..cli import float_type as _float
+from ..cli import int_type as _int
 
 COMMAND = "data"
 SUMMARY = "build training data from a target"
@@ -25,35 +27,6 @@ SOURCES_HELP = (
     '"content"}, ...]} or ShareGPT-style {"conversations": [{"from", "value"}, ...]} per line, or a JSON array '
     "of them"
 )
-
-
-def _int(lo: int, hi=None):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < lo or (hi is not None and v > hi):
-            rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"expected {rng}, got {text!r}")
-        return v
-
-    parse.__name__ = "int"
-    return parse
-
-
-def _float(check, expected: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = None
-        if v is None or not math.isfinite(v) or not check(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return v
-
-    parse.__name__ = "float"
-    return parse
 
 
 def register(sub, formatter_class):

@@ -12,42 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+
+from ..cli import float_type as _float
+from ..cli import int_type as _int
 
 COMMAND = "train"
 SUMMARY = "train a draft head"
 
 KINDS = ("eagle", "fspad", "griffin")
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def _int(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
-        return v
-
-    parse.__name__ = "int"
-    return parse
-
-
-def _float(check, expected: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = None
-        if v is None or not math.isfinite(v) or not check(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return v
-
-    parse.__name__ = "float"
-    return parse
 
 
 def _stages(text: str) -> tuple:
