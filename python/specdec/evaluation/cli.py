@@ -1,0 +1,308 @@
+"""`specdec eval`: tau, acceptance and wall-clock speedup of draft heads on MT-bench / HumanEval.
+
+    specdec eval --target default --draft heads/griffin --bench mtbench,humaneval
+    specdec eval --target default --draft g=heads/griffin --draft e=heads/eagle --temperatures 0 --limit 10
+    specdec eval --target PATH --draft PATH --bench my_prompts.jsonl --max-new-tokens 128 --out bench/results/x
+
+Every argument is checked before anything is loaded (exit status 2, one line naming the argument).
+Exit status 1 when a temperature-0 output differs from model.generate's greedy output where the target's
+logits do not tie (a real mismatch) in float32 (in bf16/fp16 they are reported, not failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+COMMAND = "eval"
+SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
+
+
+def _error(arg, expected, got):
+    from specdec.cli import arg_error
+
+    return arg_error(arg, expected, got)
+
+
+def _said(text: str):
+    from specdec.cli import _Said
+
+    return _Said(text)
+
+
+def _int(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _temperatures(text: str) -> tuple:
+    try:
+        v = tuple(float(t) for t in text.replace(" ", "").split(",") if t != "")
+    except ValueError:
+        v = ()
+    if not v or any(not math.isfinite(t) or t < 0 for t in v) or len(set(v)) != len(v):
+        raise argparse.ArgumentTypeError(f'expected distinct numbers >= 0, comma-separated, e.g. "0,1", got {text!r}')
+    return v
+
+
+_temperatures.__name__ = "temperatures"
+
+
+def register(sub, formatter_class):
+    p = sub.add_parser(
+        COMMAND,
+        formatter_class=formatter_class,
+        help=SUMMARY,
+        description="Measure draft heads the way the EAGLE / FSPAD / GRIFFIN papers do (batch 1): tau, "
+        "per-step acceptance, tokens/s and the wall-clock speedup over the target's own model.generate "
+        "and over generate_baseline, interleaved prompt by prompt; at temperature 0 every output is "
+        "checked against model.generate's greedy output. Writes eval.csv, eval.md, tau.png, speedup.png "
+        "and meta.json into --out. See docs/eval.md.",
+    )
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="PATH",
+        help="Hugging Face model folder with a tokenizer (chat template), or the word default "
+        "(SmolLM2-135M-Instruct, fetched once) (required)",
+    )
+    p.add_argument(
+        "--draft",
+        required=True,
+        action="append",
+        metavar="[NAME=]PATH",
+        help="draft head folder, optionally named (repeat for several heads; default name: the head's kind) (required)",
+    )
+    p.add_argument(
+        "--bench",
+        default="mtbench,humaneval",
+        metavar="LIST",
+        help="comma-separated: mtbench, humaneval (fetched on first use into $SPECDEC_HOME) or "
+        'paths of JSONL files ({"prompt": ...} or {"turns": [...]} per line)',
+    )
+    p.add_argument(
+        "--temperatures",
+        type=_temperatures,
+        default=(0.0, 1.0),
+        metavar="LIST",
+        help='comma-separated sampling temperatures (0 = greedy) (default: "0,1")',
+    )
+    p.add_argument(
+        "--limit",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="only the first N prompts of each benchmark (default: all)",
+    )
+    p.add_argument("--max-new-tokens", type=_int(1), default=256, metavar="N", help="tokens per answer, at most")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
+        help="model and head dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--threads",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="torch intra-op threads, for every method alike (default: torch's choice)",
+    )
+    p.add_argument("--tree-top-k", type=_int(1), default=10, metavar="K", help="children per drafted node")
+    p.add_argument("--depth", type=_int(1), default=5, metavar="D", help="levels of the draft tree")
+    p.add_argument(
+        "--total-tokens", type=_int(2), default=60, metavar="N", help="nodes of the verified tree, root included"
+    )
+    p.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=_int(0), default=0, help="seed of the sampling at temperature > 0")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=("cuda", "triton", "cpu", "torch"),
+        help="specdec_kernels backend (default: chosen per op)",
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback instead of one line (default: off)",
+    )
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _parse_drafts(items: list) -> dict:
+    """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
+    from specdec.cli import DRAFT_WEIGHTS, _read_config
+
+    heads = {}
+    for item in items:
+        name, path = (
+            item.split("=", 1) if "=" in item and not os.path.exists(os.path.expanduser(item)) else (None, item)
+        )
+        if name is not None and not name.strip():
+            raise _error("--draft", "NAME=PATH with a non-empty NAME", item)
+        if not path.strip() or not os.path.exists(os.path.expanduser(path)):
+            raise _error("--draft", "a draft head folder (with config.json)", _said(f"{path!r}, which does not exist"))
+        path = os.path.expanduser(path)
+        cfg = _read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
+        if name is None:
+            name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
+        if name in heads:
+            raise _error("--draft", "distinct head names (name them: --draft NAME=PATH)", _said(f"{name!r} twice"))
+        heads[name] = path
+    return heads
+
+
+def _parse_bench(text: str) -> list:
+    from .prompts import BENCHMARKS
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise _error("--bench", "mtbench, humaneval or JSONL paths, comma-separated", text)
+    for t in items:
+        if t in BENCHMARKS:
+            continue
+        path = os.path.expanduser(t)
+        if not os.path.isfile(path):
+            why = (
+                "which is a folder" if os.path.isdir(path) else "which is neither a benchmark name nor an existing file"
+            )
+            raise _error("--bench", f"{', '.join(BENCHMARKS)} or a JSONL file", _said(f"{t!r}, {why}"))
+    if len(set(items)) != len(items):
+        raise _error("--bench", "distinct benchmarks", text)
+    return items
+
+
+def validate_args(args) -> argparse.Namespace:
+    """Every check that loads no model: the plan of the run, or CliError."""
+    from specdec.cli import DTYPES, TOKENIZER_FILES, _check_backend, _check_device, _check_target
+
+    plan = argparse.Namespace()
+    plan.drafts = _parse_drafts(args.draft)
+    plan.bench = _parse_bench(args.bench)
+    if args.total_tokens < 2:
+        raise _error("--total-tokens", "an integer >= 2", args.total_tokens)
+    out = os.path.expanduser(args.out)
+    if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
+        raise _error("--out", "a folder", _said(f"{args.out!r}, which is a file") if args.out.strip() else args.out)
+    plan.out = out
+    plan.target, target_cfg, local = _check_target(args.target)
+    if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
+        raise _error(
+            "--target",
+            "a model folder with a tokenizer (the prompts go through its chat template)",
+            _said(f"{args.target!r}, which has no tokenizer"),
+        )
+    vocab = (target_cfg or {}).get("vocab_size")
+    if isinstance(vocab, int) and args.tree_top_k > vocab:
+        raise _error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", _said(str(args.tree_top_k)))
+    plan.device = _check_device(args.device)
+    import torch
+
+    plan.dtype = (
+        getattr(torch, DTYPES[args.dtype])
+        if args.dtype
+        else (torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
+    )
+    _check_backend(args.backend, plan.device)
+    return plan
+
+
+def _handle(args, stage) -> int:
+    from specdec.cli import RUNTIME, CliError
+
+    plan = validate_args(args)
+    stage.what = "loading the prompts"
+    from .prompts import PromptError, load_benchmark
+
+    benches = {}
+    for spec in plan.bench:
+        try:
+            prompts = load_benchmark(spec)
+        except PromptError as exc:
+            raise CliError(f"argument --bench: {exc}", RUNTIME) from exc
+        name = prompts[0].bench
+        if name in benches:
+            raise CliError(f"argument --bench: two benchmarks named {name!r}; rename a file", 2)
+        benches[name] = prompts[: args.limit] if args.limit else prompts
+
+    stage.what = "importing torch, transformers and the decoding code"
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import load_draft_head
+    from .harness import EvalSettings, Harness
+    from .report import stamp, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stage.what = f"loading the tokenizer of --target {args.target!r}"
+    tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise CliError(
+            f"argument --target: expected a tokenizer with a chat template, got {args.target!r}, "
+            "whose tokenizer has none"
+        )
+    stage.what = f"loading the target model from --target {args.target!r}"
+    model = AutoModelForCausalLM.from_pretrained(plan.target, dtype=plan.dtype, local_files_only=True)
+    model = model.to(plan.device).eval()
+    heads = {}
+    for name, path in plan.drafts.items():
+        stage.what = f"loading the draft head {name!r} from {path!r}"
+        heads[name] = load_draft_head(path, device=plan.device, dtype=plan.dtype).eval()
+    settings = EvalSettings(
+        temperatures=args.temperatures,
+        max_new_tokens=args.max_new_tokens,
+        tree_top_k=args.tree_top_k,
+        depth=args.depth,
+        total_tokens=args.total_tokens,
+        seed=args.seed,
+        backend=args.backend,
+        warmup=not args.no_warmup,
+    )
+    stage.what = "evaluating"
+    harness = Harness(model, tokenizer, settings)
+    n_turns = sum(len(p.turns) for ps in benches.values() for p in ps)
+    print(
+        f"specdec eval: {len(heads)} head(s) x {len(args.temperatures)} temperature(s) x {n_turns} turns "
+        f"({', '.join(f'{b} {len(ps)}' for b, ps in benches.items())}); target {args.target}, "
+        f"device {plan.device}, dtype {str(plan.dtype).replace('torch.', '')}, threads {torch.get_num_threads()}",
+        file=sys.stderr,
+    )
+    rows = harness.run(heads, benches, progress=not args.no_progress)
+    stage.what = f"writing the report into {plan.out!r}"
+    info = stamp(plan.device, plan.dtype)
+    shown = {
+        "target": args.target,
+        "heads": json.dumps(plan.drafts),
+        "max_new_tokens": args.max_new_tokens,
+        "tree": f"top-k {args.tree_top_k} depth {args.depth} total {args.total_tokens}",
+        "temperatures": ",".join(f"{t:g}" for t in args.temperatures),
+        "limit": args.limit,
+        "seed": args.seed,
+    }
+    rep = write_report(rows, plan.out, args.depth, info, shown)
+    print(rep["markdown"])
+    print("wrote " + ", ".join(str(f) for f in rep["files"].values()))
+    real = sum(g["mismatches"] for g in rep["groups"] if g["greedy"])
+    if real:
+        print(f"specdec eval: WARNING: {real} real mismatch(es) at temperature 0 (see eval.csv)", file=sys.stderr)
+        if plan.dtype == torch.float32:
+            return 1
+    return 0

