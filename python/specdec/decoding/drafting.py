@@ -22,6 +22,11 @@ Reduced draft vocabulary (a head with config.draft_vocab_size): the head's logit
 every top-k draft id is mapped to its target id (head.draft_to_target[draft_id]) where candidates' tokens
 are produced, so the tree, the draft's next inputs and verification only ever see target ids.
 Verification is untouched, so the output stays lossless (the draft just cannot propose other tokens).
+
+Profiling hooks: `set_profiler(p)` installs an object with a `mark(name, level=None)` method, called at the
+phase boundaries of `TreeDrafter.draft` and of the generate loops (bench/e2e_profile.py attributes the time
+since the previous mark to `name`). With no profiler installed (the default) every hook is one `is None`
+test: no timing, no synchronisation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,20 @@ import torch
 
 import specdec_kernels
 from specdec_kernels import chain_mask, mask_words, pack_bits
+
+_profiler = None  # see set_profiler
+
+
+def set_profiler(profiler) -> None:
+    """Install (or, with None, remove) the phase profiler of the decode path: an object whose
+    `mark(name, level=None)` is called at each phase boundary (module docstring). For benchmarks only."""
+    global _profiler
+    _profiler = profiler
+
+
+def get_profiler():
+    """The installed phase profiler, or None (the default: hooks are no-ops)."""
+    return _profiler
 
 
 def num_candidates(tree_top_k: int, depth: int) -> int:
@@ -137,9 +156,12 @@ class TreeDrafter:
             (parents int32 [B, N], tokens int64 [B, N]) with N = self.num_nodes, topologically ordered.
         """
         B, k, dev = self.batch_size, self.k, self.device
+        prof = _profiler
         logp = torch.log_softmax(root_logits.float(), dim=-1)
         f_scores, f_tokens = torch.topk(logp, k, dim=-1)  # [B, k]
         f_tokens = self._target_ids(f_tokens)
+        if prof is not None:
+            prof.mark("draft.topk", 1)
         f_cand = torch.arange(k, device=dev, dtype=torch.int32).expand(B, k)  # candidate index of the frontier
         f_hidden = root_hidden[:, None, :].expand(B, k, root_hidden.shape[-1])
         f_anc = torch.zeros(B, k, self.words, dtype=torch.int32, device=dev)  # ancestors' slot bits
@@ -149,9 +171,13 @@ class TreeDrafter:
             mask = f_anc | self.own_bits[level]  # [B, k, W]
             pos = (self.cache_len.to(torch.int64) + level)[:, None].expand(B, k)
             out = self.head(f_hidden, f_tokens, pos, self.cache, self.cache_len, mask, slot_offset=level * k)
+            if prof is not None:
+                prof.mark("draft.layer", level + 2)
             lp = torch.log_softmax(out.logits.float(), dim=-1)  # [B, k, V]
             c_lp, c_tok = torch.topk(lp, k, dim=-1)  # [B, k, k]
             c_tok = self._target_ids(c_tok)
+            if prof is not None:
+                prof.mark("draft.topk", level + 2)
             c_scores = (f_scores[:, :, None] + c_lp).reshape(B, k * k)
             c_tok = c_tok.reshape(B, k * k)
             scores.append(c_scores)
@@ -166,12 +192,16 @@ class TreeDrafter:
             f_hidden = out.hidden.gather(1, par[:, :, None].expand(B, k, out.hidden.shape[-1]))
             f_anc = mask.gather(1, par[:, :, None].expand(B, k, self.words))
             base += k * k
+            if prof is not None:
+                prof.mark("draft.select", level + 2)
         cand_scores = torch.cat(scores, dim=1).float().contiguous()
         cand_parents = torch.cat(parents, dim=1).contiguous()
         cand_tokens = torch.cat(tokens, dim=1).contiguous()
         t_parents, t_tokens, _ = specdec_kernels.select_tree(
             cand_scores, cand_parents, cand_tokens, root_tokens, self.num_nodes, backend=self.backend
         )
+        if prof is not None:
+            prof.mark("draft.rerank")
         return t_parents, t_tokens
 
     def _target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:

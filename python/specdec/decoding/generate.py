@@ -29,6 +29,7 @@ import torch
 import specdec_kernels
 
 from ..target import TargetModel
+from . import drafting as _drafting
 from .drafting import TreeDrafter, check_tree_params, tree_nodes
 
 
@@ -267,7 +268,7 @@ def generate(
     top_p: float = 1.0,
     tree_top_k: int = 10,
     depth: int = 6,
-    total_tokens: int = 60,
+    total_tokens: Union[int, str] = 60,
     eos_token_id: Union[int, Sequence[int], None] = None,
     generator: Optional[torch.Generator] = None,
     prefill_chunk_size: Optional[int] = None,
@@ -285,7 +286,11 @@ def generate(
         temperature: 0 = greedy (output equals the target's greedy decoding); > 0 samples losslessly.
         top_k (0 = off), top_p (1.0 = off): the target's sampling filters.
         tree_top_k, depth, total_tokens: EAGLE-2 tree parameters (children per node, levels, nodes incl. the
-            root; the tree is capped at the number of drafted candidates + 1).
+            root; the tree is capped at the number of drafted candidates + 1). total_tokens="auto": the
+            hardware-aware budget (specdec.decoding.budget.auto_tree) picks total_tokens, depth AND
+            tree_top_k (the given ones are ignored) to maximise expected tokens per second, from the
+            target's verify cost and the head's draft cost on this machine (measured once, cached under
+            $SPECDEC_HOME) and the head's validation acceptance rates (else budget.DEFAULT_ACCEPTANCE).
         eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
             the model's `generation_config.eos_token_id`, like `model.generate`; `[]`: never stop early.
         generator: torch.Generator on the target's device for the sampling uniforms (reproducible runs).
@@ -299,7 +304,6 @@ def generate(
     t_start = time.perf_counter()
     target = _as_target(target, backend)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     dev = target.device
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
@@ -307,6 +311,13 @@ def generate(
     B = len(rows)
     ids, lengths = _pad(rows, dev)
     L = ids.shape[1]
+    if isinstance(total_tokens, str):
+        if total_tokens != "auto":
+            raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
+        from .budget import auto_tree
+
+        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=L)
+    check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     D1 = min(N, depth + 1)  # longest accepted path (root included)
     # Committed tokens stay below L + max_new_tokens + depth (a request may commit a whole path on the pass
@@ -333,24 +344,39 @@ def generate(
     passes = 0
     accepts = []
     while not bool(out.finished.all()):  # the one host sync per pass
+        prof = _drafting._profiler  # phase marks for bench/e2e_profile.py; None (no-op) unless profiling
+        if prof is not None:
+            prof.mark("host.pass")
         t0 = time.perf_counter()
         parents, tokens = drafter.draft(root, root_logits, root_hidden)
         _sync(dev)
         t1 = time.perf_counter()
         tree = specdec_kernels.build_tree(parents, backend=backend)
+        if prof is not None:
+            prof.mark("verify.build_tree")
         ver = target.verify(tokens, tree, cache)
+        if prof is not None:
+            prof.mark("verify.target")
         accept_nodes, accept_len, out_tokens = choose(tree, tokens, ver.logits)
+        if prof is not None:
+            prof.mark("verify.op")
         n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
         target.commit(cache, accept_nodes, n)
+        if prof is not None:
+            prof.mark("verify.compact")
         _sync(dev)
         t2 = time.perf_counter()
         out.emit(out_tokens[:, :D1], n)
         accepts.append(n)
+        if prof is not None:
+            prof.mark("host.emit")
         # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
         nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
         feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
         root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
         root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
+        if prof is not None:
+            prof.mark("draft.extend")
         _sync(dev)
         t3 = time.perf_counter()
         t_draft += (t1 - t0) + (t3 - t2)

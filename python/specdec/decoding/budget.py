@@ -1,0 +1,434 @@
+"""Hardware-aware tree budget: pick the EAGLE-2 tree (N, depth, top_k) that maximises tokens per second.
+
+Two ingredients (the idea behind Sequoia's hardware-aware trees and EAGLE-2's per-hardware settings):
+
+1. The target's verify cost against the tree size N, measured once per model, device, dtype, thread count
+   and context (`measure_verify_cost`, cached in $SPECDEC_HOME/verify_cost.json). On a CPU the curve is
+   far from flat (fp32: one extra row costs 1.5x), on a GPU it is nearly flat up to a few dozen nodes.
+
+2. The expected tokens per pass of a tree, from the head's per-depth acceptance rates
+   a_1, a_2, ... (acc_k of specdec.training.validation: the probability that the draft's top-1 token at
+   depth d is the target's token, given that depths < d were accepted). The model
+   (`expected_tokens`):
+
+   - rank model: the target's token is the draft's rank-r child (r = 1..k) with probability
+         p_{d,r} = a_d * (1 - a_d)^(r - 1)
+     (each lower-ranked sibling catches the fraction a_d of what the higher ranks missed; for r = 1 this
+     is a_d itself; sum_{r<=m} p_{d,r} = 1 - (1 - a_d)^m). Depths beyond the given rates reuse the last.
+   - node value: a node's probability of lying on the accepted path is the product of p_{d,r} along its
+     path from the root (root = 1).
+   - tree shape: exactly what TreeDrafter.draft builds, with node values in place of draft scores:
+     level 1 = the k children of the root; level l + 1 = the k children of each of the k best nodes of
+     level l; the tree is the root plus the N - 1 best of all candidates (ancestor-closed because a
+     child's value never exceeds its parent's).
+   - expected tokens per pass = 1 (the bonus / correction token) + the sum of the tree nodes' values
+     (EAGLE-2's and Sequoia's expected accepted length under independent per-node acceptance).
+
+   It models greedy verification (temperature 0); sampling accepts a little more per node.
+
+`choose_tree` then maximises expected_tokens(N, depth, k) / (draft_time(N, depth, k) + verify_time(N)) over
+a grid of candidates. Verify times between measured N are interpolated linearly (extrapolated from the
+last two points).
+
+Example:
+    >>> cost = {1: 0.020, 8: 0.021, 16: 0.022, 32: 0.024, 64: 0.028}        # flat (GPU-like)
+    >>> N, depth, k, tps = choose_tree(cost, lambda N, d, k: 0.002 * d, [0.8] * 6)
+    >>> N >= 32
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import torch
+
+# Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
+# head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).
+DEFAULT_ACCEPTANCE = (0.7, 0.65, 0.6, 0.55, 0.5, 0.5)
+
+# The default (N, depth, top_k) grid of choose_tree.
+DEFAULT_NS = (4, 8, 12, 16, 24, 32, 48, 60)
+DEFAULT_DEPTHS = (2, 3, 4, 5, 6)
+DEFAULT_TOP_KS = (2, 4, 6, 8, 10)
+
+
+def default_candidates() -> list:
+    """The default grid of (N, depth, top_k) candidates (every combination of DEFAULT_NS/DEPTHS/TOP_KS that
+    drafts at least N - 1 candidates)."""
+    from .drafting import num_candidates
+
+    return [
+        (n, d, k) for n in DEFAULT_NS for d in DEFAULT_DEPTHS for k in DEFAULT_TOP_KS if num_candidates(k, d) + 1 >= n
+    ]
+
+
+# -- expected tokens per pass -------------------------------------------------------------------------
+
+
+def _rate(acceptance: Sequence[float], depth: int) -> float:
+    a = float(acceptance[min(depth, len(acceptance)) - 1])
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"acceptance: rates must lie in [0, 1], got {a}")
+    return a
+
+
+def expected_tokens(N: int, depth: int, top_k: int, acceptance: Sequence[float]) -> float:
+    """Expected tokens per pass (bonus included) of an EAGLE-2 tree of N nodes (root included), `depth`
+    levels and `top_k` children per expanded node, under per-depth acceptance rates (module docstring).
+
+    >>> expected_tokens(1, 6, 10, [0.9])            # the root alone: only the bonus token
+    1.0
+    >>> round(expected_tokens(3, 2, 1, [0.5]), 3)   # a chain of 2: 1 + 0.5 + 0.25
+    1.75
+    """
+    if N < 1 or depth < 1 or top_k < 1:
+        raise ValueError(f"expected_tokens: need N, depth, top_k >= 1, got {(N, depth, top_k)}")
+    if not acceptance:
+        raise ValueError("acceptance: expected at least one rate")
+    k = top_k
+    a1 = _rate(acceptance, 1)
+    frontier = [a1 * (1 - a1) ** r for r in range(k)]
+    cand = list(frontier)
+    for level in range(2, depth + 1):
+        a = _rate(acceptance, level)
+        ranks = [a * (1 - a) ** r for r in range(k)]
+        parents = heapq.nlargest(k, frontier)
+        children = [v * p for v in parents for p in ranks]
+        cand.extend(children)
+        frontier = children
+    best = heapq.nlargest(N - 1, cand)
+    return 1.0 + float(sum(best))
+
+
+# -- cost curves --------------------------------------------------------------------------------------
+
+
+def interpolate_cost(cost: Dict[int, float], N: int) -> float:
+    """cost[N] for a measured N, else linear interpolation between the neighbours; below the measured range
+    the smallest N's cost, above it linear extrapolation from the last two points (never below the last).
+
+    >>> c = {8: 1.0, 16: 2.0}
+    >>> interpolate_cost(c, 12), interpolate_cost(c, 4), interpolate_cost(c, 24)
+    (1.5, 1.0, 3.0)
+    """
+    if not cost:
+        raise ValueError("verify_cost: empty")
+    pts = sorted((int(n), float(t)) for n, t in cost.items())
+    if N in cost:
+        return float(cost[N])
+    if len(pts) == 1 or N <= pts[0][0]:
+        return pts[0][1]
+    if N >= pts[-1][0]:
+        (n0, t0), (n1, t1) = pts[-2], pts[-1]
+        return max(t1, t1 + (t1 - t0) * (N - n1) / (n1 - n0))
+    i = next(j for j in range(1, len(pts)) if pts[j][0] >= N)
+    (n0, t0), (n1, t1) = pts[i - 1], pts[i]
+    return t0 + (t1 - t0) * (N - n0) / (n1 - n0)
+
+
+def _draft_time(draft_cost, N: int, depth: int, top_k: int) -> float:
+    if draft_cost is None:
+        return 0.0
+    if callable(draft_cost):
+        return float(draft_cost(N, depth, top_k))
+    if isinstance(draft_cost, dict):
+        for key in ((N, depth, top_k), (depth, top_k), depth):
+            if key in draft_cost:
+                return float(draft_cost[key])
+        raise KeyError(f"draft_cost: no entry for (N, depth, top_k) = {(N, depth, top_k)}, (depth, top_k) or depth")
+    return float(draft_cost)
+
+
+def choose_tree(
+    verify_cost: Dict[int, float],
+    draft_cost: Union[Callable[[int, int, int], float], dict, float, None],
+    acceptance: Sequence[float],
+    candidates: Optional[Iterable[Tuple[int, int, int]]] = None,
+) -> Tuple[int, int, int, float]:
+    """The (N, depth, top_k) of `candidates` that maximises expected tokens per second.
+
+    Args:
+        verify_cost: {N: seconds of one target verification of N nodes} (interpolate_cost between points).
+        draft_cost: seconds of drafting one tree: a callable (N, depth, top_k) -> s, a dict keyed by
+            (N, depth, top_k), (depth, top_k) or depth, a constant, or None (free drafting).
+        acceptance: per-depth acceptance rates a_1, a_2, ... (expected_tokens).
+        candidates: (N, depth, top_k) triples; default default_candidates().
+
+    Returns:
+        (N, depth, top_k, expected tokens per second). Ties go to the smaller tree (fewer nodes, then
+        shallower, then narrower), so acceptance 0 picks the smallest candidate.
+    """
+    cands = sorted(set(default_candidates() if candidates is None else (tuple(map(int, c)) for c in candidates)))
+    if not cands:
+        raise ValueError("candidates: empty")
+    best = None
+    for N, depth, k in cands:
+        t = _draft_time(draft_cost, N, depth, k) + interpolate_cost(verify_cost, N)
+        if t <= 0:
+            raise ValueError(f"cost of (N, depth, top_k) = {(N, depth, k)} is {t} s; expected > 0")
+        tps = expected_tokens(N, depth, k, acceptance) / t
+        if best is None or tps > best[3] * (1 + 1e-9):
+            best = (N, depth, k, tps)
+    return best
+
+
+# -- acceptance rates of a head -----------------------------------------------------------------------
+
+
+def head_acceptance(head) -> Optional[list]:
+    """Per-depth acceptance rates [acc_1, acc_2, ...] of a head trained by `specdec train` (the last
+    validation row of its last stage in config.extra["specdec_training"]["result"]), or None."""
+    cfg = getattr(head, "config", None)
+    extra = getattr(cfg, "extra", None) or {}
+    res = (extra.get("specdec_training") or {}).get("result") or {}
+    rows = res.get("validation") or []
+    if not rows:
+        return None
+    row = rows[-1]
+    rates = []
+    k = 1
+    while f"acc_{k}" in row:
+        a = row[f"acc_{k}"]
+        if a is None or not (0.0 <= float(a) <= 1.0):  # nan: no data at that depth
+            break
+        rates.append(float(a))
+        k += 1
+    return rates or None
+
+
+# -- measuring the verify cost ------------------------------------------------------------------------
+
+
+def _home() -> Path:
+    home = os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec")
+    return Path(os.path.expanduser(home))
+
+
+def cache_path() -> Path:
+    """$SPECDEC_HOME/verify_cost.json (default ~/.cache/specdec)."""
+    return _home() / "verify_cost.json"
+
+
+def _cache_key(hf_model, dtype, device, context: int) -> str:
+    cfg = hf_model.config
+    name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
+    try:
+        text = cfg.to_json_string(use_diff=False)
+    except Exception:  # pragma: no cover - non-HF configs
+        text = repr(sorted(vars(cfg).items()))
+    h = hashlib.sha1(text.encode()).hexdigest()[:12]
+    dev = torch.device(device)
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    base = os.path.basename(str(name).rstrip("/"))
+    dt = str(dtype).replace("torch.", "")
+    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}"
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_verify(
+    target, Ns: Sequence[int], context: int = 300, repeats: int = 5, warmup: int = 1, seed: int = 0
+) -> dict:
+    """{N: median seconds of target.verify on a chain of N nodes after a `context`-token prefill} (batch 1,
+    uncached; the target's own device and dtype). The tree's shape hardly matters: the cost is the N rows."""
+    import specdec_kernels
+
+    dev = target.device
+    g = torch.Generator().manual_seed(seed)
+    V = target.vocab_size
+    ids = torch.randint(0, V, (1, context), generator=g).to(dev)
+    cache = target.new_cache(1, context + max(Ns) + 1)
+    target.prefill(ids, torch.tensor([context], dtype=torch.int32, device=dev), cache)
+    out = {}
+    for N in Ns:
+        parents = torch.arange(-1, N - 1, dtype=torch.int32, device=dev)[None]
+        tree = specdec_kernels.build_tree(parents)
+        tokens = torch.randint(0, V, (1, N), generator=g).to(dev)
+        times = []
+        for i in range(warmup + repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            target.verify(tokens, tree, cache)
+            _sync(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        out[int(N)] = times[len(times) // 2]
+    return out
+
+
+def measure_verify_cost(
+    model,
+    Ns: Sequence[int] = (1, 4, 8, 16, 32, 64),
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+    context: int = 300,
+    *,
+    repeats: int = 5,
+    use_cache: bool = True,
+    refresh: bool = False,
+) -> Dict[int, float]:
+    """{N: seconds of one target verification of N nodes} at batch 1 after `context` committed tokens.
+
+    model: a specdec.target.TargetModel or a Hugging Face causal LM. dtype/device default to the model's;
+    if they differ, a copy of the model is moved there for the measurement. Results are cached in
+    cache_path() under (model name, config hash, device, dtype, threads, context); only the Ns missing from
+    the cache are measured (refresh=True measures all again; use_cache=False neither reads nor writes).
+    """
+    from ..target import TargetModel
+
+    target = model if isinstance(model, TargetModel) else TargetModel(model)
+    hf = target.model
+    dtype = dtype or target.dtype
+    device = torch.device(device) if device is not None else target.device
+    key = _cache_key(hf, dtype, device, context)
+    path = cache_path()
+    store = {}
+    if use_cache and path.exists():
+        try:
+            store = json.loads(path.read_text())
+        except (OSError, ValueError):
+            store = {}
+    entry = {} if refresh else {int(n): float(t) for n, t in store.get(key, {}).items()}
+    missing = [int(n) for n in Ns if int(n) not in entry]
+    if missing:
+        if dtype != target.dtype or device != target.device:
+            import copy
+
+            target = TargetModel(copy.deepcopy(hf).to(device=device, dtype=dtype), backend=target.backend)
+        entry.update(time_verify(target, missing, context=context, repeats=repeats))
+        if use_cache:
+            store[key] = {str(n): t for n, t in sorted(entry.items())}
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+            except OSError:
+                pass
+    return {int(n): entry[int(n)] for n in Ns}
+
+
+# -- measuring the draft cost -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def time_draft_level(head, ks: Sequence[int], context: int = 300, repeats: int = 5, warmup: int = 1, seed: int = 0):
+    """{k: median seconds of one tree level of the draft: the head over k frontier nodes + log-softmax +
+    top-k} after `context` committed pairs (batch 1; the head must be bound to its target)."""
+    from specdec_kernels import chain_mask, pack_bits
+
+    dev, H = head.device, head.config.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    V = head.config.vocab_size
+    cache = head.new_cache(1, context + max(ks) + 1)
+    cache_len = torch.zeros(1, dtype=torch.int32, device=dev)
+    feats = torch.randn(1, context, H, generator=g).to(dev, head.dtype)
+    toks = torch.randint(0, V, (1, context), generator=g).to(dev)
+    pos = torch.arange(context, device=dev)[None]
+    head(feats, toks, pos, cache, cache_len, chain_mask(1, context, dev), return_logits=False)
+    cache_len.fill_(context)
+    out = {}
+    for k in ks:
+        x = torch.randn(1, k, H, generator=g).to(dev, head.dtype)
+        t = torch.randint(0, V, (1, k), generator=g).to(dev)
+        p = torch.full((1, k), context, dtype=torch.int64, device=dev)
+        mask = pack_bits(torch.eye(k, dtype=torch.bool, device=dev)[None])
+        times = []
+        for i in range(warmup + repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            o = head(x, t, p, cache, cache_len, mask)
+            torch.topk(torch.log_softmax(o.logits.float(), dim=-1), k, dim=-1)
+            _sync(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        out[int(k)] = times[len(times) // 2]
+    return out
+
+
+def _head_key(head, target_key: str) -> str:
+    c = head.config.to_dict() if hasattr(head.config, "to_dict") else vars(head.config)
+    c = {k: v for k, v in c.items() if k not in ("extra", "specdec_training")}
+    h = hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"draft:{type(head).__name__}|{h}|{target_key}"
+
+
+def _cached(key: str, wanted: Sequence[int], measure: Callable[[list], dict], use_cache: bool) -> dict:
+    path = cache_path()
+    store = {}
+    if use_cache and path.exists():
+        try:
+            store = json.loads(path.read_text())
+        except (OSError, ValueError):
+            store = {}
+    entry = {int(n): float(t) for n, t in store.get(key, {}).items()}
+    missing = [int(n) for n in wanted if int(n) not in entry]
+    if missing:
+        entry.update(measure(missing))
+        if use_cache:
+            store[key] = {str(n): t for n, t in sorted(entry.items())}
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+            except OSError:
+                pass
+    return {int(n): entry[int(n)] for n in wanted}
+
+
+def measure_draft_cost(head, target, ks: Sequence[int] = DEFAULT_TOP_KS, context: int = 300, *, use_cache=True):
+    """{k: seconds of one draft tree level with k frontier nodes} for `head` bound to `target` (a
+    TargetModel), cached in cache_path() beside the verify costs (key: head config hash + the target's key)."""
+    key = _head_key(head, _cache_key(target.model, head.dtype, head.device, context))
+    head.bind_target(target.embed_tokens, target.lm_head)
+    return _cached(key, ks, lambda m: time_draft_level(head, m, context=context), use_cache)
+
+
+def draft_cost_model(level_cost: Dict[int, float]) -> Callable[[int, int, int], float]:
+    """draft_cost(N, depth, k) = depth * level_cost[k]: the root's top-k plus depth - 1 head levels, and the
+    extension after verification (one more head call), each about one level (rerank and selection are small)."""
+
+    def cost(N: int, depth: int, k: int) -> float:
+        return depth * interpolate_cost(level_cost, k)
+
+    return cost
+
+
+def auto_tree(
+    target,
+    head,
+    context: int = 300,
+    acceptance: Optional[Sequence[float]] = None,
+    candidates: Optional[Iterable[Tuple[int, int, int]]] = None,
+    *,
+    use_cache: bool = True,
+) -> Tuple[int, int, int, float]:
+    """(N, depth, top_k, expected tokens/s) for `head` drafting for `target` (a TargetModel) on this machine.
+
+    Verify costs (measure_verify_cost at the candidates' N) and draft level costs (measure_draft_cost at
+    their top-k) are measured once and cached; acceptance defaults to head_acceptance(head) (the head's
+    validation rates from `specdec train`), else DEFAULT_ACCEPTANCE. `context`: committed tokens of the
+    measurement (rounded up to a multiple of 128 so nearby prompt lengths share one cache entry). Costs are
+    measured at batch 1: for large batches the verify curve is steeper and the choice optimistic."""
+    cands = sorted(set(default_candidates() if candidates is None else (tuple(map(int, c)) for c in candidates)))
+    ctx = max(128, -(-int(context) // 128) * 128)
+    Ns = sorted({1} | {c[0] for c in cands})
+    ks = sorted({c[2] for c in cands})
+    verify = measure_verify_cost(target, Ns, context=ctx, use_cache=use_cache)
+    level = measure_draft_cost(head, target, ks, context=ctx, use_cache=use_cache)
+    acc = acceptance if acceptance is not None else (head_acceptance(head) or list(DEFAULT_ACCEPTANCE))
+    return choose_tree(verify, draft_cost_model(level), acc, cands)

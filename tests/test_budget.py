@@ -1,0 +1,323 @@
+"""specdec.decoding.budget: the expected-tokens model, the tree choice on synthetic cost curves, and the
+cached verify-cost measurement on a tiny model."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+import torch
+
+from specdec.decoding import budget
+from specdec.decoding.budget import (
+    choose_tree,
+    default_candidates,
+    expected_tokens,
+    head_acceptance,
+    interpolate_cost,
+    measure_verify_cost,
+)
+from specdec.decoding.drafting import num_candidates
+
+from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
+
+
+def flat(N):
+    return 0.020 + 0.0001 * N  # GPU-like: 64 nodes cost 1.3x one
+
+
+def steep(N):
+    return 0.020 * N  # every node costs a full decode step
+
+
+def curve(fn, Ns=(1, 2, 4, 8, 16, 32, 64)):
+    return {n: fn(n) for n in Ns}
+
+
+def draft(N, depth, k):
+    return 0.002 * depth
+
+
+def test_doctests():
+    res = doctest.testmod(budget)
+    assert res.attempted >= 4 and res.failed == 0
+
+
+# -- expected tokens ----------------------------------------------------------------------------------
+
+
+def test_expected_tokens_closed_forms():
+    assert expected_tokens(1, 6, 10, [0.9]) == 1.0  # root only
+    # a chain (k = 1): 1 + a + a^2 + ... + a^depth
+    a = 0.6
+    assert expected_tokens(7, 6, 1, [a]) == pytest.approx(1 + sum(a**d for d in range(1, 7)))
+    # acceptance 1: a chain of depth d always yields d + 1 tokens
+    assert expected_tokens(5, 4, 3, [1.0]) == pytest.approx(5.0)
+    # acceptance 0: only the bonus token
+    assert expected_tokens(60, 6, 10, [0.0]) == 1.0
+    # one level of k children: 1 + 1 - (1 - a)^k
+    assert expected_tokens(4, 1, 3, [0.5]) == pytest.approx(1 + 1 - 0.5**3)
+    # per-depth rates: a chain of 3 with a_1, a_2, a_3
+    assert expected_tokens(4, 3, 1, [0.9, 0.5, 0.2]) == pytest.approx(1 + 0.9 + 0.45 + 0.09)
+    # depths beyond the given rates reuse the last one
+    assert expected_tokens(4, 3, 1, [0.9, 0.5]) == pytest.approx(1 + 0.9 + 0.45 + 0.225)
+
+
+def test_expected_tokens_monotone():
+    for k in (1, 2, 4, 10):
+        for depth in (1, 3, 6):
+            prev = 0.0
+            for N in range(1, num_candidates(k, depth) + 2):
+                e = expected_tokens(N, depth, k, [0.7, 0.6, 0.5])
+                assert e >= prev - 1e-12
+                assert e <= 1 + depth + 1e-9  # never more than a full path + bonus
+                prev = e
+    # more acceptance, more tokens
+    prev = 0.0
+    for a in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
+        e = expected_tokens(32, 6, 8, [a])
+        assert e >= prev - 1e-12
+        prev = e
+    # more depth or wider expansion at the same N never hurts
+    assert expected_tokens(32, 6, 8, [0.8]) >= expected_tokens(32, 3, 8, [0.8])
+    assert expected_tokens(32, 6, 8, [0.5]) >= expected_tokens(32, 6, 2, [0.5])
+
+
+def test_expected_tokens_rejects_bad_input():
+    with pytest.raises(ValueError):
+        expected_tokens(0, 1, 1, [0.5])
+    with pytest.raises(ValueError):
+        expected_tokens(4, 2, 2, [])
+    with pytest.raises(ValueError):
+        expected_tokens(4, 2, 2, [1.5])
+
+
+# -- cost curves and the choice -----------------------------------------------------------------------
+
+
+def test_interpolate_cost():
+    c = {8: 1.0, 16: 2.0, 32: 2.5}
+    assert interpolate_cost(c, 16) == 2.0
+    assert interpolate_cost(c, 12) == pytest.approx(1.5)
+    assert interpolate_cost(c, 24) == pytest.approx(2.25)
+    assert interpolate_cost(c, 2) == 1.0
+    assert interpolate_cost(c, 64) == pytest.approx(3.5)
+    assert interpolate_cost({8: 2.0, 16: 1.0}, 64) == 1.0  # a noisy falling tail is never extrapolated down
+    with pytest.raises(ValueError):
+        interpolate_cost({}, 4)
+
+
+def test_flat_curve_big_tree_steep_curve_small_tree():
+    acc = [0.8, 0.75, 0.7, 0.65, 0.6, 0.6]
+    N_flat, d_flat, k_flat, tps_flat = choose_tree(curve(flat), draft, acc)
+    N_steep, d_steep, k_steep, tps_steep = choose_tree(curve(steep), draft, acc)
+    assert N_flat >= 32
+    assert N_steep <= 8
+    assert tps_flat > tps_steep > 0
+    # the reported rate is the model's
+    t = draft(N_flat, d_flat, k_flat) + flat(N_flat)
+    assert tps_flat == pytest.approx(expected_tokens(N_flat, d_flat, k_flat, acc) / t, rel=1e-6)
+
+
+def test_acceptance_zero_picks_the_smallest_tree():
+    cands = default_candidates()
+    smallest = min(cands)
+    for c in (curve(flat), curve(steep)):
+        N, depth, k, _ = choose_tree(c, draft, [0.0])
+        assert (N, depth, k) == smallest
+    # also with free drafting: ties go to the smaller tree
+    assert choose_tree(curve(flat), None, [0.0])[:3] == smallest
+
+
+def test_choice_monotone_in_cost_slope_and_acceptance():
+    acc = [0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    # steeper verify curves never choose a bigger tree
+    prev = None
+    for slope in (0.0, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03):
+        N = choose_tree(curve(lambda n, slope=slope: 0.02 + slope * n), draft, acc)[0]
+        assert prev is None or N <= prev
+        prev = N
+    # better heads never get fewer tokens per second, nor fewer tokens per pass; they leave the smallest
+    # tree (N itself is not monotone: a very good head prefers a narrow, deep tree, i.e. fewer nodes)
+    prev_e, prev_tps = 0.0, 0.0
+    smallest = min(default_candidates())
+    for a in (0.0, 0.2, 0.4, 0.6, 0.8, 0.95):
+        N, d, k, tps = choose_tree(curve(lambda n: 0.02 + 0.001 * n), draft, [a])
+        e = expected_tokens(N, d, k, [a])
+        assert e >= prev_e - 1e-12 and tps >= prev_tps
+        assert (a == 0.0) == ((N, d, k) == smallest)
+        prev_e, prev_tps = e, tps
+    # costlier drafting never chooses a deeper tree
+    prev = None
+    for per_level in (0.0, 0.001, 0.005, 0.02, 0.1):
+        d = choose_tree(curve(flat), lambda N, depth, k, per_level=per_level: per_level * depth, acc)[1]
+        assert prev is None or d <= prev
+        prev = d
+
+
+def test_draft_cost_forms_and_candidates():
+    acc = [0.8]
+    cands = [(8, 2, 4), (16, 3, 4), (32, 4, 8)]
+    by_call = choose_tree(curve(flat), lambda N, d, k: 0.001 * d, acc, cands)
+    by_full = choose_tree(curve(flat), {c: 0.001 * c[1] for c in cands}, acc, cands)
+    by_dk = choose_tree(curve(flat), {(d, k): 0.001 * d for _, d, k in cands}, acc, cands)
+    by_depth = choose_tree(curve(flat), {d: 0.001 * d for _, d, _ in cands}, acc, cands)
+    assert by_call == by_full == by_dk == by_depth
+    assert by_call[:3] in cands
+    assert choose_tree(curve(flat), 0.01, acc, cands)[:3] in cands  # a constant
+    with pytest.raises(KeyError):
+        choose_tree(curve(flat), {2: 0.001}, acc, cands)
+    with pytest.raises(ValueError):
+        choose_tree(curve(flat), None, acc, [])
+    for N, depth, k in default_candidates():
+        assert num_candidates(k, depth) + 1 >= N
+
+
+def test_head_acceptance():
+    class Cfg:
+        extra = {
+            "specdec_training": {
+                "result": {
+                    "validation": [
+                        {"acc_1": 0.1, "acc_2": 0.1},
+                        {"acc_1": 0.7, "acc_2": 0.6, "acc_3": float("nan"), "tau_chain": 2.1},
+                    ]
+                }
+            }
+        }
+
+    class Head:
+        config = Cfg()
+
+    assert head_acceptance(Head()) == [0.7, 0.6]
+
+    class Bare:
+        class config:
+            extra = {}
+
+    assert head_acceptance(Bare()) is None
+    assert head_acceptance(object()) is None
+
+
+# -- measurement (tiny model) -------------------------------------------------------------------------
+
+
+def test_measure_verify_cost_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    model = make_target()
+    cost = measure_verify_cost(model, Ns=(1, 4), context=16, repeats=1)
+    assert sorted(cost) == [1, 4] and all(t > 0 for t in cost.values())
+    path = tmp_path / "verify_cost.json"
+    store = json.loads(path.read_text())
+    assert len(store) == 1
+    key = next(iter(store))
+    assert "cpu" in key and "float32" in key and "ctx=16" in key
+
+    calls = []
+    real = budget.time_verify
+
+    def spy(target, Ns, **kw):
+        calls.append(list(Ns))
+        return real(target, Ns, **kw)
+
+    monkeypatch.setattr(budget, "time_verify", spy)
+    again = measure_verify_cost(model, Ns=(1, 4, 8), context=16, repeats=1)
+    assert calls == [[8]]  # only the missing N is measured
+    assert again[1] == cost[1] and again[4] == cost[4]
+    measure_verify_cost(model, Ns=(1, 4, 8), context=16, repeats=1)
+    assert calls == [[8]]
+    # another dtype is another entry (measured on a converted copy; the model itself is unchanged)
+    measure_verify_cost(model, Ns=(1,), dtype=torch.bfloat16, context=16, repeats=1)
+    assert len(json.loads(path.read_text())) == 2
+    assert model.lm_head.weight.dtype == torch.float32
+    # use_cache=False neither reads nor writes
+    measure_verify_cost(model, Ns=(2,), context=16, repeats=1, use_cache=False)
+    assert "2" not in json.loads(path.read_text())[key]
+
+
+def test_measure_draft_cost_and_auto_tree(tmp_path, monkeypatch):
+    from specdec.models import DraftConfig, build_draft_head
+    from specdec.target import TargetModel
+
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    model = make_target()
+    target = TargetModel(model)
+    torch.manual_seed(0)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    level = budget.measure_draft_cost(head, target, ks=(2, 4), context=16)
+    assert sorted(level) == [2, 4] and all(t > 0 for t in level.values())
+    cands = [(4, 2, 2), (8, 3, 4), (16, 4, 4)]
+    N, depth, k, tps = budget.auto_tree(target, head, context=16, candidates=cands)
+    assert (N, depth, k) in cands and tps > 0
+    store = json.loads((tmp_path / "verify_cost.json").read_text())
+    # the context is rounded up to 128: verify and draft costs at ctx=128, plus the draft entry at 16
+    assert sorted(key.startswith("draft:") for key in store) == [False, True, True]
+    assert sum(key.endswith("ctx=128") for key in store) == 2
+    # acceptance 0 -> the smallest candidate, from the cached costs
+    assert budget.auto_tree(target, head, context=16, acceptance=[0.0], candidates=cands)[:3] == (4, 2, 2)
+    # the head's own validation rates are used when present
+    head.config.extra["specdec_training"] = {"result": {"validation": [{"acc_1": 0.0, "acc_2": 0.0}]}}
+    assert budget.auto_tree(target, head, context=16, candidates=cands)[:3] == (4, 2, 2)
+
+
+def test_generate_auto_is_lossless(tmp_path, monkeypatch):
+    from specdec.decoding import generate
+    from specdec.models import DraftConfig, build_draft_head
+
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    model = make_target(sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
+    chosen = []
+    real = budget.auto_tree
+
+    def spy(*a, **kw):
+        chosen.append(real(*a, candidates=[(4, 2, 2), (8, 3, 4), (12, 4, 3)], **kw))
+        return chosen[-1]
+
+    monkeypatch.setattr(budget, "auto_tree", spy)
+    res = generate(model, head, prompt, max_new_tokens=12, total_tokens="auto", eos_token_id=[])
+    assert len(chosen) == 1 and chosen[0][:3] in [(4, 2, 2), (8, 3, 4), (12, 4, 3)]
+    for b, p in enumerate(prompt):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist()
+        assert res.sequences[b] == ref
+    with pytest.raises(ValueError, match="auto"):
+        generate(model, head, prompt, max_new_tokens=2, total_tokens="big")
+
+
+def test_profiler_hooks_mark_every_phase_and_change_nothing():
+    from specdec.decoding import drafting, generate
+
+    model = make_target(sharpen=4.0)
+    torch.manual_seed(1)
+    from specdec.models import DraftConfig, build_draft_head
+
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    prompt = [[5, 17, 3, 99, 42, 8]]
+    kw = dict(max_new_tokens=8, tree_top_k=3, depth=3, total_tokens=8, eos_token_id=[])
+    plain = generate(model, head, prompt, **kw)
+
+    class Recorder:
+        def __init__(self):
+            self.marks = []
+
+        def mark(self, name, level=None):
+            self.marks.append((name, level))
+
+    rec = Recorder()
+    assert drafting.get_profiler() is None
+    drafting.set_profiler(rec)
+    try:
+        profiled = generate(model, head, prompt, **kw)
+    finally:
+        drafting.set_profiler(None)
+    assert profiled.sequences == plain.sequences
+    names = {n for n, _ in rec.marks}
+    expected = {"host.pass", "host.emit", "draft.topk", "draft.layer", "draft.select", "draft.rerank"}
+    expected |= {"draft.extend", "verify.build_tree", "verify.target", "verify.op", "verify.compact"}
+    assert names == expected
+    assert rec.marks.count(("draft.rerank", None)) == profiled.passes
+    assert {lv for n, lv in rec.marks if n == "draft.layer"} == {2, 3}
+    assert {lv for n, lv in rec.marks if n == "draft.select"} == {2}
