@@ -146,6 +146,13 @@ def _float_type(check, expected: str):
 int_type = _int_type
 float_type = _float_type
 
+DEBUG_HELP = "on an error, show the full traceback instead of one line"
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """--debug on a subcommand. default SUPPRESS: `specdec --debug CMD` is not undone by the subcommand."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP + " (default: off)")
+
 
 # Modules that add a subcommand: each defines COMMAND (its name), SUMMARY (one line for the top-level
 # help) and `register(sub, formatter_class)`, which calls sub.add_parser(COMMAND,

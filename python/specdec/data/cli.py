@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+from ..cli import add_debug_argument
 from ..cli import float_type as _float
 from ..cli import int_type as _int
 
@@ -114,12 +115,7 @@ def register(sub, formatter_class):
         "deletes its shards and starts over",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="on an error, show the full traceback instead of one line (default: off)",
-    )
+    add_debug_argument(p)
     p.set_defaults(handler=_handle)
     return p
 

@@ -17,6 +17,9 @@ import math
 import os
 import sys
 
+from ..cli import add_debug_argument
+from ..cli import int_type as _int
+
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
 
@@ -31,20 +34,6 @@ def _said(text: str):
     from specdec.cli import _Said
 
     return _Said(text)
-
-
-def _int(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
-        return v
-
-    parse.__name__ = "int"
-    return parse
 
 
 def _temperatures(text: str) -> tuple:
@@ -136,12 +125,7 @@ def register(sub, formatter_class):
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="on an error, show the full traceback instead of one line (default: off)",
-    )
+    add_debug_argument(p)
     p.set_defaults(handler=_handle)
     return p
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 
+from ..cli import add_debug_argument
 from ..cli import float_type as _float
 from ..cli import int_type as _int
 
@@ -160,12 +161,7 @@ def register(sub, formatter_class):
     a("--val-sequences", type=_int(1), default=None, metavar="N", help="validate on at most N sequences (default: all)")
     a("--no-progress", action="store_true", help="no progress bar or validation lines")
     a("--no-plot", action="store_true", help="do not write curves.png")
-    a(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="on an error, show the full traceback (default: off)",
-    )
+    add_debug_argument(p)
     p.set_defaults(handler=_handle)
     return p
 
