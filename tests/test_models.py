@@ -279,6 +279,35 @@ def test_incremental_equals_all_at_once(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_logits_at_selects_one_row_per_request(kind):
+    """forward(logits_at=idx): logits [B, 1, V] equal to the full call's logits at idx[b]; hidden unchanged."""
+    head, _ = make_head(kind)
+    B, T = 3, 5
+    f, ids = inputs(B, T, seed=7)
+    pos = torch.arange(T).expand(B, T).contiguous()
+    idx = torch.tensor([4, 0, 2])
+    with torch.no_grad():
+        full = head(f, ids, pos, head.new_cache(B, 8), torch.zeros(B, dtype=torch.int32), chain_mask(B, T))
+        some = head(
+            f, ids, pos, head.new_cache(B, 8), torch.zeros(B, dtype=torch.int32), chain_mask(B, T), logits_at=idx
+        )
+    assert some.logits.shape == (B, 1, full.logits.shape[2])
+    # not bitwise: a 1-row product may take another BLAS path than a T-row one
+    assert_head_close(some.logits[:, 0], full.logits[torch.arange(B), idx], head.config, f"{kind} logits_at")
+    assert torch.equal(some.hidden, full.hidden)
+    with pytest.raises(TypeError, match="logits_at"):
+        head(
+            f,
+            ids,
+            pos,
+            head.new_cache(B, 8),
+            torch.zeros(B, dtype=torch.int32),
+            chain_mask(B, T),
+            logits_at=idx.float(),
+        )
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_tree_expansion_equals_chains(kind):
     """EAGLE-2 style expansion: a prefix, then two levels of frontier nodes written at fresh slot offsets
     with ancestor masks; each node's output equals running its root-to-node path as a plain chain."""

@@ -111,7 +111,17 @@ class TargetOracleHead(torch.nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, features, input_ids, position_ids, cache: OracleCache, cache_len, tree_mask, slot_offset=0, **kwargs
+        self,
+        features,
+        input_ids,
+        position_ids,
+        cache: OracleCache,
+        cache_len,
+        tree_mask,
+        slot_offset=0,
+        *,
+        logits_at=None,
+        **kwargs,
     ) -> OracleOutput:
         """The draft-head call of specdec.models.DraftHead.forward, answered with the target's logits.
 
@@ -139,6 +149,9 @@ class TargetOracleHead(torch.nn.Module):
             dim=2,
         )
         logits = self._last_logits(seq.reshape(B * T, S + 1), (n + 1).reshape(B * T)).view(B, T, -1)
+        if logits_at is not None:  # as DraftHead.forward: logits [B, 1, V] at position logits_at[b]
+            idx = logits_at.to(torch.int64)[:, None, None].expand(logits.shape[0], 1, logits.shape[2])
+            logits = logits.gather(1, idx)
         return OracleOutput(logits, features)
 
     def _last_logits(self, seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -135,9 +135,12 @@ class TreeDrafter:
         """
         B, T = tokens.shape
         pos = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.device)
-        out = self.head(features, tokens, pos, self.cache, self.cache_len, chain_mask(B, T, self.device))
         last = (num_new.to(torch.int64) - 1).clamp(min=0)
-        logits = out.logits.gather(1, last[:, None, None].expand(B, 1, out.logits.shape[2]))[:, 0]
+        # logits at the last new pair only: the output layer is the draft's largest cost (bench/e2e_profile.py)
+        out = self.head(
+            features, tokens, pos, self.cache, self.cache_len, chain_mask(B, T, self.device), logits_at=last
+        )
+        logits = out.logits[:, 0]
         hidden = out.hidden.gather(1, last[:, None, None].expand(B, 1, out.hidden.shape[2]))[:, 0]
         self.cache_len.add_(num_new.to(torch.int32))
         return logits.float(), hidden

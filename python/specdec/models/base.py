@@ -261,12 +261,14 @@ class DraftHead(nn.Module):
         """[B, T, H] feature + [B, T] tokens -> the decoder layer's input [B, T, H]."""
         raise NotImplementedError
 
-    def _split(self, out: torch.Tensor, return_logits: bool) -> DraftOutput:
+    def _split(self, out: torch.Tensor, return_logits: bool, logits_at: Optional[torch.Tensor] = None) -> DraftOutput:
         if self.dual_output:
             H = self.config.hidden_size
             p, hidden = out[..., :H], out[..., H:]
         else:
             p = hidden = out
+        if return_logits and logits_at is not None:  # one row per request: the lm_head is the costly part
+            p = p.gather(1, logits_at.to(torch.int64)[:, None, None].expand(p.shape[0], 1, p.shape[2]))
         return DraftOutput(self.compute_logits(p) if return_logits else None, hidden)
 
     # -- decode path ------------------------------------------------------------------------------
@@ -289,6 +291,7 @@ class DraftHead(nn.Module):
         slot_offset: Union[int, torch.Tensor] = 0,
         *,
         return_logits: bool = True,
+        logits_at: Optional[torch.Tensor] = None,
     ) -> DraftOutput:
         """One draft step over T new inputs per request, attending through the draft cache.
 
@@ -302,6 +305,8 @@ class DraftHead(nn.Module):
             slot_offset: int (or int tensor [B]): the new keys/values go to slots
                 cache_len[b] + slot_offset + i, i < T (they must fit in max_len: not checked, no sync).
             return_logits: False skips the lm_head (logits None).
+            logits_at: optional int tensor [B]: compute the logits only at position logits_at[b] of each
+                request (then logits is [B, 1, V_d]); the draft's output layer dominates its cost.
 
         Returns:
             DraftOutput(logits [B, T, V_d], hidden [B, T, H]) (logits indexed by draft id, see to_target_ids).
@@ -325,8 +330,10 @@ class DraftHead(nn.Module):
             raise ValueError(f"slot_offset: expected a non-negative int or an int tensor [B], got {slot_offset!r}")
         x = self.fuse(features.to(self.dtype), input_ids)
         cos, sin = self.rotary_emb(position_ids)
+        if logits_at is not None:
+            check_tensor("logits_at", logits_at, dtypes=(torch.int32, torch.int64), shape=(B,), device=self.device)
         out = self.layers[0].forward_cached(x, cos, sin, cache.k, cache.v, cache_len, tree_mask, slot_offset)
-        return self._split(out, return_logits)
+        return self._split(out, return_logits, logits_at)
 
     # -- training path ----------------------------------------------------------------------------
 
