@@ -104,3 +104,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(
         actual.float().cpu(), expected.float().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
     )
+
+
+def torch_attention_in_dtype(q, k, v, visible, scale, dtype):
+    """PyTorch's own (GQA) attention with every op in `dtype`: the scores, the softmax and P @ V are each
+    rounded to dtype, as a plain PyTorch implementation in that dtype computes them. The twin of the
+    flash-attention rule (assert_close_as_torch) for the tree-attention kernels.
+
+    visible: bool [B, Nq, S], which key slots each query sees (a row seeing nothing gives zeros).
+    """
+    H, H_kv = q.shape[1], k.shape[1]
+    vis = visible[:, None].to(q.device)  # [B, 1, Nq, S]
+    kk = k.to(dtype).repeat_interleave(H // H_kv, dim=1)
+    vv = v.to(dtype).repeat_interleave(H // H_kv, dim=1)
+    scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
+    p = torch.softmax(scores.masked_fill(~vis, float("-inf")), dim=-1)
+    p = torch.where(vis.any(-1, keepdim=True), p, torch.zeros_like(p))
+    return torch.matmul(p, vv)

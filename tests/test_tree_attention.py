@@ -16,7 +16,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import BackendError
 
-from helpers import assert_close_as_torch, backend_params, tolerance
+from helpers import assert_close_as_torch, backend_params, tolerance, torch_attention_in_dtype
 
 BACKENDS = backend_params("tree_attention")
 
@@ -69,19 +69,10 @@ def oracle(q, k, v, cache_len, tree_mask, scale=None):
 
 
 def torch_attention(q, k, v, cache_len, tree_mask, scale=None, dtype=None):
-    """PyTorch's own attention with every op in `dtype` (default q's): the scores, the softmax and P @ V are
-    each rounded to dtype, as a plain PyTorch implementation in that dtype computes them."""
-    dtype = dtype or q.dtype
-    B, H, Nq, D = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    vis = visibility_loop(cache_len.cpu(), tree_mask.cpu(), S)[:, None].to(q.device)  # [B, 1, Nq, S]
-    kk = k.to(dtype).repeat_interleave(H // H_kv, dim=1)
-    vv = v.to(dtype).repeat_interleave(H // H_kv, dim=1)
-    scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
-    p = torch.softmax(scores.masked_fill(~vis, float("-inf")), dim=-1)
-    p = torch.where(vis.any(-1, keepdim=True), p, torch.zeros_like(p))
-    return torch.matmul(p, vv)
+    """helpers.torch_attention_in_dtype over this file's host-loop visibility (default dtype: q's)."""
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
+    visible = visibility_loop(cache_len.cpu(), tree_mask.cpu(), k.shape[2])
+    return torch_attention_in_dtype(q, k, v, visible, scale, dtype or q.dtype)
 
 
 def check(out, q, k, v, cache_len, tree_mask, scale=None, what=""):

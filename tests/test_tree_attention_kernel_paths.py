@@ -19,7 +19,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels.reference import attention as ref
 
-from helpers import assert_close_as_torch, assert_equal, tolerance
+from helpers import assert_close_as_torch, assert_equal, tolerance, torch_attention_in_dtype
 
 TREE_ATTENTION = sk.get_op("tree_attention")
 HAS_CPU_KERNEL = TREE_ATTENTION.static_reason("cpu", "cpu") is None
@@ -52,16 +52,8 @@ def truth(q, k, v, cl, mask, scale):
 
 
 def torch_attention(q, k, v, cl, mask, scale, dtype):
-    """PyTorch's own attention with every op in `dtype`: scores, softmax and P @ V each rounded to dtype."""
-    B, H, Nq, D = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    vis = sk.tree_visibility(mask, cl, S)[:, None]  # [B, 1, Nq, S]
-    kk = k.to(dtype).repeat_interleave(H // H_kv, dim=1)
-    vv = v.to(dtype).repeat_interleave(H // H_kv, dim=1)
-    scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
-    p = torch.softmax(scores.masked_fill(~vis, float("-inf")), dim=-1)
-    p = torch.where(vis.any(-1, keepdim=True), p, torch.zeros_like(p))
-    return torch.matmul(p, vv)
+    """helpers.torch_attention_in_dtype over the library's visibility decode."""
+    return torch_attention_in_dtype(q, k, v, sk.tree_visibility(mask, cl, k.shape[2]), scale, dtype)
 
 
 def check(got, q, k, v, cl, mask, scale, what=""):
