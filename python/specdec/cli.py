@@ -31,7 +31,15 @@ DTYPES = {
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
 }
-BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+
+
+def model_dtype(name: Optional[str], device) -> str:
+    """The torch dtype name for --dtype NAME (a DTYPES key) on `device`; None: bfloat16 on CUDA, else float32."""
+    if name:
+        return DTYPES[name]
+    return "bfloat16" if device.type == "cuda" else "float32"  # specdec_kernels.BACKENDS (not imported for --help)
+
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
 TARGET_WEIGHTS = (
@@ -519,11 +527,7 @@ def _validate(args) -> argparse.Namespace:
     plan.device = _check_device(args.device)
     import torch
 
-    plan.dtype = (
-        getattr(torch, DTYPES[args.dtype])
-        if args.dtype
-        else (torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
-    )
+    plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
     _check_backend(args.backend, plan.device)
     return plan
 

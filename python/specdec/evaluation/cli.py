@@ -175,7 +175,7 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from specdec.cli import DTYPES, TOKENIZER_FILES, _check_backend, _check_device, _check_target
+    from specdec.cli import TOKENIZER_FILES, _check_backend, _check_device, _check_target, model_dtype
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -199,11 +199,7 @@ def validate_args(args) -> argparse.Namespace:
     plan.device = _check_device(args.device)
     import torch
 
-    plan.dtype = (
-        getattr(torch, DTYPES[args.dtype])
-        if args.dtype
-        else (torch.bfloat16 if plan.device.type == "cuda" else torch.float32)
-    )
+    plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
     _check_backend(args.backend, plan.device)
     return plan
 

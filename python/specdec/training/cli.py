@@ -313,10 +313,10 @@ def validate_args(args) -> dict:
         )
 
     # device / dtype / batch
-    from specdec.cli import _check_device
+    from specdec.cli import _check_device, model_dtype
 
     device = _check_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = model_dtype(args.dtype, device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size % world:
         raise _error("--batch-size", f"a multiple of the {world} processes", _said(str(args.batch_size)))
