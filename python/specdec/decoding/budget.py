@@ -293,31 +293,16 @@ def measure_verify_cost(
     dtype = dtype or target.dtype
     device = torch.device(device) if device is not None else target.device
     key = _cache_key(hf, dtype, device, context)
-    path = cache_path()
-    store = {}
-    if use_cache and path.exists():
-        try:
-            store = json.loads(path.read_text())
-        except (OSError, ValueError):
-            store = {}
-    entry = {} if refresh else {int(n): float(t) for n, t in store.get(key, {}).items()}
-    missing = [int(n) for n in Ns if int(n) not in entry]
-    if missing:
+
+    def measure(missing: list) -> dict:
+        timed = target
         if dtype != target.dtype or device != target.device:
             import copy
 
-            target = TargetModel(copy.deepcopy(hf).to(device=device, dtype=dtype), backend=target.backend)
-        entry.update(time_verify(target, missing, context=context, repeats=repeats))
-        if use_cache:
-            store[key] = {str(n): t for n, t in sorted(entry.items())}
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
-                os.replace(tmp, path)
-            except OSError:
-                pass
-    return {int(n): entry[int(n)] for n in Ns}
+            timed = TargetModel(copy.deepcopy(hf).to(device=device, dtype=dtype), backend=target.backend)
+        return time_verify(timed, missing, context=context, repeats=repeats)
+
+    return _cached(key, Ns, measure, use_cache, refresh=refresh)
 
 
 # -- measuring the draft cost -------------------------------------------------------------------------
@@ -366,7 +351,11 @@ def _head_key(head, target_key: str) -> str:
     return f"draft:{type(head).__name__}|{h}|{target_key}"
 
 
-def _cached(key: str, wanted: Sequence[int], measure: Callable[[list], dict], use_cache: bool) -> dict:
+def _cached(
+    key: str, wanted: Sequence[int], measure: Callable[[list], dict], use_cache: bool, refresh: bool = False
+) -> dict:
+    """{n: cost} for `wanted`, from the JSON cache under `key`; measure(missing) fills (and stores) the rest.
+    refresh: ignore what is cached (measure all, store the result); use_cache=False: neither read nor write."""
     path = cache_path()
     store = {}
     if use_cache and path.exists():
@@ -374,7 +363,7 @@ def _cached(key: str, wanted: Sequence[int], measure: Callable[[list], dict], us
             store = json.loads(path.read_text())
         except (OSError, ValueError):
             store = {}
-    entry = {int(n): float(t) for n, t in store.get(key, {}).items()}
+    entry = {} if refresh else {int(n): float(t) for n, t in store.get(key, {}).items()}
     missing = [int(n) for n in wanted if int(n) not in entry]
     if missing:
         entry.update(measure(missing))
