@@ -419,6 +419,25 @@ def test_target_responses(tmp_path, chatml):
     assert shard_hashes(str(tmp_path / "s1")) == shard_hashes(str(tmp_path / "s2"))
 
 
+def test_max_turns_keeps_the_first_exchanges(tmp_path, chatml):
+    from specdec.data.build import first_turns
+
+    msgs = [{"role": "system", "content": "s"}] + [
+        {"role": r, "content": f"{r}{i}"} for i in range(3) for r in ("user", "assistant")
+    ]
+    assert first_turns(msgs, 1) == msgs[:3] and first_turns(msgs, 2) == msgs[:5] and first_turns(msgs, 9) == msgs
+    tok, model = chatml
+    one = build(str(tmp_path / "one"), model, tok, **build_kw(max_turns=1, features=False))
+    assert one["settings"]["max_turns"] == 1
+    ds = TokenDataset(str(tmp_path / "one"))
+    start, assistant = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("assistant")
+    for i in range(len(ds)):  # exactly one assistant turn per stored conversation
+        ids = ds[i]["input_ids"].tolist()
+        assert sum(ids[t : t + 2] == [start, assistant] for t in range(len(ids))) == 1
+    # the default (all turns) records no max_turns, so folders built before the option resume as before
+    assert "max_turns" not in build(str(tmp_path / "all"), model, tok, **build_kw(features=False))["settings"]
+
+
 def test_respond_turn_by_turn(chatml):
     from specdec.data.chat import render
     from specdec.data.generate import respond

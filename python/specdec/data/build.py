@@ -99,8 +99,22 @@ def settings(source: Optional[str], *, source_name: Optional[str] = None, **kw) 
     lengths, sampling, sharding, features, dtype). `source` None: conversations given in memory."""
     out = {"source": source_identity(source) if source is not None else {"name": str(source_name)}}
     out.update(kw)
+    if out.get("max_turns") is None:
+        out.pop("max_turns", None)  # manifests written before --max-turns existed compare equal
     if out.get("responses") != "target":
         out["max_new_tokens"] = out["temperature"] = None
+    return out
+
+
+def first_turns(messages: Sequence[dict], n: int) -> List[dict]:
+    """The messages up to (not including) the (n+1)-th user turn: n exchanges, the system prompt kept."""
+    out, users = [], 0
+    for m in messages:
+        if m["role"] == "user":
+            users += 1
+            if users > n:
+                break
+        out.append(m)
     return out
 
 
@@ -130,6 +144,7 @@ def build(
     responses: str = "target",
     max_len: int = 2048,
     max_new_tokens: int = 256,
+    max_turns: Optional[int] = None,
     temperature: float = 0.0,
     batch_size: int = 8,
     shard_size: int = 1000,
@@ -183,6 +198,7 @@ def build(
             responses=responses,
             max_len=max_len,
             max_new_tokens=max_new_tokens,
+            max_turns=max_turns,
             temperature=temperature,
             seed=seed,
             shard_size=shard_size,
@@ -199,6 +215,8 @@ def build(
     convs = list(conversations) if conversations is not None else load_conversations(source, num_prompts, read)
     if conversations is not None and num_prompts is not None:
         convs = convs[:num_prompts]
+    if max_turns is not None:
+        convs = [Conversation(c.key, first_turns(c.messages, max_turns)) for c in convs]
     if read.cut_at is not None:
         log(f"{source}: {read.records} complete records; the file is cut off in the next one (stopped there)")
     splits = split_conversations(convs, val_fraction)

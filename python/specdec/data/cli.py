@@ -84,6 +84,13 @@ def register(sub, formatter_class):
         help="most tokens per generated answer (--responses target)",
     )
     p.add_argument(
+        "--max-turns",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="keep the first N user turns of each conversation (default: all)",
+    )
+    p.add_argument(
         "--temperature",
         type=_float(lambda v: v >= 0, "a finite number >= 0"),
         default=0.0,
@@ -186,6 +193,7 @@ def _validate(args):
                     responses=args.responses,
                     max_len=args.max_len,
                     max_new_tokens=args.max_new_tokens,
+                    max_turns=args.max_turns,
                     temperature=args.temperature,
                     seed=args.seed,
                     shard_size=args.shard_size,
@@ -257,6 +265,7 @@ def _handle(args, stage) -> int:
             responses=args.responses,
             max_len=args.max_len,
             max_new_tokens=args.max_new_tokens,
+            max_turns=args.max_turns,
             temperature=args.temperature,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
