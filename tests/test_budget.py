@@ -273,13 +273,20 @@ def test_generate_auto_is_lossless(tmp_path, monkeypatch):
     chosen = []
     real = budget.auto_tree
 
+    contexts = []
+
     def spy(*a, **kw):
+        contexts.append(kw["context"])
         chosen.append(real(*a, candidates=[(4, 2, 2), (8, 3, 4), (12, 4, 3)], **kw))
         return chosen[-1]
 
     monkeypatch.setattr(budget, "auto_tree", spy)
     res = generate(model, head, prompt, max_new_tokens=12, total_tokens="auto", eos_token_id=[])
     assert len(chosen) == 1 and chosen[0][:3] in [(4, 2, 2), (8, 3, 4), (12, 4, 3)]
+    # costs are measured per context bucket, not per prompt length: another short prompt measures nothing
+    generate(model, head, [[1, 2]], max_new_tokens=2, total_tokens="auto", eos_token_id=[])
+    assert contexts == [256, 256]
+    assert budget.context_bucket(6) == 256 and budget.context_bucket(300) == 512
     for b, p in enumerate(prompt):
         ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist()
         assert res.sequences[b] == ref

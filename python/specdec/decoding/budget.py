@@ -216,6 +216,18 @@ def cache_path() -> Path:
     return _home() / "verify_cost.json"
 
 
+def context_bucket(tokens: int) -> int:
+    """The context length the costs are measured at for a prompt of `tokens`: the next power of two, at
+    least 256. Costs change slowly with the context, and one measurement per bucket (not per prompt
+    length) keeps "auto" from re-measuring for every new prompt.
+
+    Example:
+        >>> [context_bucket(n) for n in (1, 256, 257, 1500)]
+        [256, 256, 512, 2048]
+    """
+    return 1 << max(8, (max(1, int(tokens)) - 1).bit_length())
+
+
 def _cache_key(hf_model, dtype, device, context: int) -> str:
     cfg = hf_model.config
     name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__

@@ -49,6 +49,8 @@ class GenerationResult:
     prefill_time, draft_time, verify_time, total_time: seconds (wall clock; on CUDA the phases are
         synchronised so the split is meaningful). draft_time includes the draft's own prefill and
         extensions; verify_time the target verification, the verification op and the compaction.
+    tree: (N, depth, tree_top_k) of the drafted trees, the nodes N capped by the candidates drafted (what
+        total_tokens="auto" chose); None for the baseline.
     """
 
     sequences: list
@@ -61,6 +63,7 @@ class GenerationResult:
     draft_time: float = 0.0
     verify_time: float = 0.0
     total_time: float = 0.0
+    tree: Optional[tuple] = None  # (nodes N, depth, top-k) of the drafted trees (what "auto" chose)
 
     @property
     def num_new_tokens(self) -> int:
@@ -314,9 +317,9 @@ def generate(
     if isinstance(total_tokens, str):
         if total_tokens != "auto":
             raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
-        from .budget import auto_tree
+        from .budget import auto_tree, context_bucket
 
-        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=L)
+        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=context_bucket(L))
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     D1 = min(N, depth + 1)  # longest accepted path (root included)
@@ -384,10 +387,20 @@ def generate(
         passes += 1
         if passes > max_new_tokens + 1:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-    return _result(out, rows, accepts, passes, t_prefill - t_start, t_draft, t_verify, time.perf_counter() - t_start)
+    return _result(
+        out,
+        rows,
+        accepts,
+        passes,
+        t_prefill - t_start,
+        t_draft,
+        t_verify,
+        time.perf_counter() - t_start,
+        tree=(N, depth, tree_top_k),
+    )
 
 
-def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total) -> GenerationResult:
+def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None) -> GenerationResult:
     acc = torch.stack(accepts).to(torch.int32).cpu() if accepts else torch.zeros(0, len(rows), dtype=torch.int32)
     active = (acc > 0).sum(0)
     emitted = acc.sum(0)
@@ -404,6 +417,7 @@ def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t
         draft_time=t_draft,
         verify_time=t_verify,
         total_time=t_total,
+        tree=tree,
     )
 
 
