@@ -161,6 +161,8 @@ setup(
     + ["specdec." + p for p in find_packages("python/specdec")]
     + ["specdec"],
     package_dir={"specdec_kernels": "specdec_kernels", "specdec": "python/specdec"},
+    # The shipped draft heads (bf16 safetensors + config + recipe) travel with the package.
+    package_data={"specdec.heads": ["*/*/*.json", "*/*/*.safetensors", "*/*/*.md", "*/*/*.png", "*/*/*.csv"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

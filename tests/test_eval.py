@@ -259,7 +259,11 @@ def folders(tmp_path_factory, tiny):
 @pytest.mark.parametrize(
     "extra, says",
     [
-        (["--draft", "/nonexistent"], "argument --draft: expected a draft head folder"),
+        (
+            ["--draft", "/nonexistent"],
+            "argument --draft: expected eagle, fspad or griffin (a shipped head of the default target) or a draft "
+            "head folder",
+        ),
         (["--bench", "nope"], "argument --bench: expected mtbench, humaneval or a JSONL file"),
         (["--temperatures", "0,-1"], "argument --temperatures: expected distinct numbers >= 0"),
         (["--limit", "0"], "argument --limit: expected an integer >= 1"),

@@ -136,6 +136,17 @@ def _int_type(lo: int, hi: Optional[int] = None, what: Optional[str] = None):
     return parse
 
 
+def tree_size_type(lo: int):
+    """argparse type of --total-tokens: the word auto (the hardware-aware budget) or an integer >= lo."""
+    ints = _int_type(lo, what=f"auto or an integer >= {lo}")
+
+    def parse(text: str):
+        return "auto" if text.strip().lower() == "auto" else ints(text)
+
+    parse.__name__ = "auto-or-int"
+    return parse
+
+
 def _float_type(check, expected: str):
     def parse(text: str) -> float:
         try:
@@ -229,9 +240,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--draft",
         required=True,
-        metavar="PATH",
-        help="draft head folder with config.json and model.safetensors or pytorch_model.bin (ours, "
-        "or a published EAGLE/FSPAD/GRIFFIN one) (required)",
+        metavar="HEAD",
+        help="eagle, fspad or griffin (heads shipped for SmolLM2-135M-Instruct), or a draft head folder with "
+        "config.json and model.safetensors or pytorch_model.bin (ours, or a published EAGLE/FSPAD/GRIFFIN one) "
+        "(required)",
     )
     g.add_argument(
         "--prompt",
@@ -281,7 +293,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--depth", type=_int_type(1), default=6, metavar="D", help="levels of the draft tree")
     g.add_argument(
-        "--total-tokens", type=_int_type(1), default=60, metavar="N", help="nodes of the verified tree, root included"
+        "--total-tokens",
+        type=tree_size_type(1),
+        default="auto",
+        metavar="N",
+        help="nodes of the verified tree, root included, or auto: the tree (nodes, depth and top-k) that maximises "
+        "expected tokens/s from this machine's measured costs and the head's acceptance (measured once, cached)",
     )
     eos = g.add_mutually_exclusive_group()
     eos.add_argument(
@@ -484,15 +501,28 @@ def _check_backend(backend: Optional[str], device) -> None:
     )
 
 
+def _draft_folder(spec: str) -> str:
+    """The folder of a --draft value (a shipped head's name or a path), or CliError."""
+    from .heads import resolve_draft
+
+    try:
+        folder = resolve_draft(spec) if spec.strip() else ""
+    except FileNotFoundError as e:
+        raise _arg_error("--draft", "a shipped head present in this installation or a folder", _Said(str(e))) from None
+    if not folder or not os.path.exists(folder):
+        raise _arg_error(
+            "--draft",
+            "eagle, fspad or griffin (a shipped head of the default target) or a draft head folder (with config.json)",
+            _Said(f"{spec!r}, which does not exist"),
+        )
+    return folder
+
+
 def _validate(args) -> argparse.Namespace:
     """Every check that needs no model: the plan of the run, or CliError."""
     plan = argparse.Namespace()
     plan.target, target_cfg, local = _check_target(args.target)
-    if not args.draft.strip() or not os.path.exists(os.path.expanduser(args.draft)):
-        raise _arg_error(
-            "--draft", "a draft head folder (with config.json)", _Said(f"{args.draft!r}, which does not exist")
-        )
-    plan.draft = os.path.expanduser(args.draft)
+    plan.draft = _draft_folder(args.draft)
     _read_config("--draft", plan.draft, DRAFT_WEIGHTS, "a draft head folder")
     vocab = _vocab_size(target_cfg)
     source = "vocab_size in the config.json of --target"
@@ -654,7 +684,8 @@ def _generate(args, stage: _Stage) -> int:
         f"dtype {str(dtype).replace('torch.', '')}"
     )
     print(
-        f"tree: top-k {args.tree_top_k}, depth {args.depth}, {args.total_tokens} tokens; "
+        f"tree: {res.tree[0]} nodes, depth {res.tree[1]}, top-k {res.tree[2]}"
+        f"{' (auto: measured on this machine)' if args.total_tokens == 'auto' else ''}; "
         f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}"
     )
     for b, seq in enumerate(res.sequences):

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from ..cli import add_debug_argument
+from ..cli import add_debug_argument, tree_size_type
 from ..cli import int_type as _int
 
 COMMAND = "eval"
@@ -71,8 +71,9 @@ def register(sub, formatter_class):
         "--draft",
         required=True,
         action="append",
-        metavar="[NAME=]PATH",
-        help="draft head folder, optionally named (repeat for several heads; default name: the head's kind) (required)",
+        metavar="[NAME=]HEAD",
+        help="eagle, fspad or griffin (heads shipped for SmolLM2-135M-Instruct) or a draft head folder, "
+        "optionally named (repeat for several heads; default name: the head's kind) (required)",
     )
     p.add_argument(
         "--bench",
@@ -113,7 +114,12 @@ def register(sub, formatter_class):
     p.add_argument("--tree-top-k", type=_int(1), default=10, metavar="K", help="children per drafted node")
     p.add_argument("--depth", type=_int(1), default=5, metavar="D", help="levels of the draft tree")
     p.add_argument(
-        "--total-tokens", type=_int(2), default=60, metavar="N", help="nodes of the verified tree, root included"
+        "--total-tokens",
+        type=tree_size_type(2),
+        default=60,
+        metavar="N",
+        help="nodes of the verified tree, root included (the papers' 60 with depth 5, top-k 10), or auto: the "
+        "fastest tree for this machine and head (nodes, depth and top-k; see specdec generate --help)",
     )
     p.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR", help="output folder")
     p.add_argument("--seed", type=_int(0), default=0, help="seed of the sampling at temperature > 0")
@@ -132,7 +138,7 @@ def register(sub, formatter_class):
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from specdec.cli import DRAFT_WEIGHTS, _read_config
+    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config
 
     heads = {}
     for item in items:
@@ -141,9 +147,7 @@ def _parse_drafts(items: list) -> dict:
         )
         if name is not None and not name.strip():
             raise _error("--draft", "NAME=PATH with a non-empty NAME", item)
-        if not path.strip() or not os.path.exists(os.path.expanduser(path)):
-            raise _error("--draft", "a draft head folder (with config.json)", _said(f"{path!r}, which does not exist"))
-        path = os.path.expanduser(path)
+        path = _draft_folder(path)
         cfg = _read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
         if name is None:
             name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
@@ -180,8 +184,8 @@ def validate_args(args) -> argparse.Namespace:
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
     plan.bench = _parse_bench(args.bench)
-    if args.total_tokens < 2:
-        raise _error("--total-tokens", "an integer >= 2", args.total_tokens)
+    if args.total_tokens != "auto" and args.total_tokens < 2:
+        raise _error("--total-tokens", "auto or an integer >= 2", args.total_tokens)
     out = os.path.expanduser(args.out)
     if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
         raise _error("--out", "a folder", _said(f"{args.out!r}, which is a file") if args.out.strip() else args.out)

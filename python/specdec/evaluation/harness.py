@@ -236,6 +236,7 @@ class Harness:
             "turn": turn + 1,
             "head": hname,
             "temperature": temp,
+            "tree": "/".join(map(str, spec.tree)) if spec.tree else "",
             "prompt_tokens": len(ids),
             "new_tokens": n_spec,
             "passes": spec.passes,

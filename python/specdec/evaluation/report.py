@@ -23,6 +23,7 @@ BASE_COLUMNS = [
     "turn",
     "head",
     "temperature",
+    "tree",
     "prompt_tokens",
     "new_tokens",
     "passes",
@@ -130,6 +131,7 @@ def aggregate(rows: list, depth: int) -> list:
             "benchmark": bench,
             "temperature": temp,
             "turns": len(rs),
+            "tree": ",".join(sorted({str(r.get("tree", "")) for r in rs})),
             "new_tokens": n["speculative"],
             "passes": passes,
             "tau": acc / passes if passes else float("nan"),
@@ -186,15 +188,16 @@ def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
         ]
     acc_cols = " | ".join(f">={k}" for k in range(1, depth + 1))
     lines += [
-        "| head | benchmark | T | turns | tau | speedup vs generate | speedup vs baseline | tokens/s | "
+        "| head | benchmark | T | tree N/depth/k | turns | tau | speedup vs generate | speedup vs baseline | "
+        "tokens/s | "
         f"ties | mismatches | {acc_cols} |",
-        "|" + "---|" * (10 + depth),
+        "|" + "---|" * (11 + depth),
     ]
     for g in groups:
         greedy = g["greedy"]
         mism = ("**" + str(g["mismatches"]) + "**" if g["mismatches"] else "0") if greedy else "-"
         lines.append(
-            f"| {g['head']} | {g['benchmark']} | {g['temperature']:g} | {g['turns']} | {g['tau']:.2f} | "
+            f"| {g['head']} | {g['benchmark']} | {g['temperature']:g} | {g['tree']} | {g['turns']} | {g['tau']:.2f} | "
             f"{g['speedup_generate']:.2f}x | {g['speedup_baseline']:.2f}x | {g['tokens_per_s_speculative']:.1f} | "
             f"{g['ties'] if greedy else '-'} | {mism} | "
             + " | ".join(f"{g[f'accept_ge_{k}']:.2f}" for k in range(1, depth + 1))

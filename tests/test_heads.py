@@ -1,0 +1,121 @@
+"""specdec.heads: the shipped heads of the default target, `--draft eagle|fspad|griffin`, and the export.
+
+The shipped heads are checked for what a user relies on (bf16 weights, a config the loader accepts, the
+recipe's records beside them, validation acceptance for the automatic tree budget); the name resolution and
+the export run on a tiny random head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from specdec.heads import HEADS_DIR, KINDS, resolve_draft, shipped_heads
+from specdec.heads.export import export_head
+from specdec.models import DraftConfig, build_draft_head, load_draft_head
+
+SHIPPED = shipped_heads()
+
+
+def tiny_head(kind="griffin", draft_vocab=None):
+    cfg = DraftConfig(
+        kind=kind,
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        draft_vocab_size=draft_vocab,
+    )
+    torch.manual_seed(0)
+    head = build_draft_head(cfg)
+    if draft_vocab:
+        head.set_draft_vocab(torch.arange(0, 2 * draft_vocab, 2))
+    return head
+
+
+def test_resolve_draft_names_and_paths(tmp_path, monkeypatch):
+    assert resolve_draft("~/x") == os.path.expanduser("~/x")
+    assert resolve_draft(str(tmp_path)) == str(tmp_path)
+    for kind in KINDS:
+        if kind in SHIPPED:
+            assert resolve_draft(kind) == os.path.join(HEADS_DIR, kind)
+        else:
+            with pytest.raises(FileNotFoundError, match=f"shipped {kind} head is missing"):
+                resolve_draft(kind)
+    # a folder of that name in the working directory wins over the shipped head
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "griffin").mkdir()
+    assert resolve_draft("griffin") == "griffin"
+
+
+@pytest.mark.parametrize("draft_vocab", [None, 24])
+def test_export_writes_bf16_and_the_records(tmp_path, draft_vocab):
+    head = tiny_head(draft_vocab=draft_vocab)
+    src = tmp_path / "run"
+    head.save_pretrained(src)
+    (src / "summary.json").write_text('{"tokens": 1}\n')
+    (src / "train_log.csv").write_text("step,loss\n1,2.0\n")
+    (src / "checkpoints").mkdir()  # not exported
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"format": "specdec-data"}\n')
+    recipe = tmp_path / "recipe.md"
+    recipe.write_text("specdec train ...\n")
+    dst = tmp_path / "heads" / "griffin"
+    dst.mkdir(parents=True)
+    (dst / "stale.txt").write_text("replaced")
+    export_head(str(src), str(dst), data=str(data), recipe=str(recipe))
+    assert sorted(os.listdir(dst)) == [
+        "RECIPE.md",
+        "config.json",
+        "data_manifest.json",
+        "model.safetensors",
+        "summary.json",
+        "train_log.csv",
+    ]
+    assert not [n for n in os.listdir(dst.parent) if n.startswith(".export-")]
+    with safe_open(str(dst / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            assert t.dtype == (torch.int64 if k == "draft_to_target" else torch.bfloat16), k
+    back = load_draft_head(str(dst), dtype=torch.float32)
+    for k, v in head.state_dict().items():
+        w = back.state_dict()[k]
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(w, v.to(torch.bfloat16).float(), rtol=0, atol=0)
+        else:
+            assert torch.equal(w, v)
+
+
+def test_export_failure_leaves_the_destination(tmp_path):
+    dst = tmp_path / "griffin"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("old head")
+    with pytest.raises((OSError, ValueError)):
+        export_head(str(tmp_path / "missing"), str(dst))
+    assert (dst / "keep.txt").read_text() == "old head"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped heads in this checkout")
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+def test_shipped_head_is_complete(kind):
+    folder = SHIPPED[kind]
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    assert cfg["specdec_kind"] == kind
+    assert cfg["hidden_size"] == 576 and cfg["vocab_size"] == 49152  # SmolLM2-135M-Instruct's
+    for name in ("RECIPE.md", "data_manifest.json", "summary.json"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert {d for k, d in dtypes.items() if k != "draft_to_target"} == {"BF16"}
+    head = load_draft_head(folder, dtype=torch.float32)
+    from specdec.decoding.budget import head_acceptance
+
+    acc = head_acceptance(head)  # the automatic tree budget reads the head's measured acceptance
+    assert acc and all(0.0 < a <= 1.0 for a in acc)
