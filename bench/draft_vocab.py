@@ -1,0 +1,127 @@
+"""Choose the reduced draft vocabulary by measurement: held-out coverage vs the cost of a draft level.
+
+    python bench/draft_vocab.py --data ~/.cache/specdec/data/sharegpt-5k --target default --out bench/results
+
+Coverage: the top-V response tokens of the data's train split (the ranking `specdec train --draft-vocab V`
+uses), as the share of the *validation* split's response tokens they contain: a token outside the draft
+vocabulary can never be drafted, so coverage bounds each step's acceptance (EAGLE-3 / FR-Spec).
+Cost: one tree level of a random GRIFFIN head with that output layer (time_draft_level: the head over
+k = 10 frontier nodes, log-softmax, top-k) after 300 context tokens, bf16, on this machine; and the
+target's own decode step for scale. Writes draft_vocab_<device>.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZES = (2048, 4096, 8192, 16384, 32768, None)  # None: the full vocabulary
+
+
+def response_counts(folder: str, split: str, vocab: int) -> torch.Tensor:
+    """int64 [vocab]: occurrences of each token among the loss-masked (response) tokens of a split."""
+    from safetensors import safe_open
+
+    counts = torch.zeros(vocab, dtype=torch.int64)
+    for path in sorted(glob.glob(os.path.join(folder, f"{split}-*.safetensors"))):
+        with safe_open(path, "pt") as f:
+            ids, mask = f.get_tensor("input_ids").long(), f.get_tensor("loss_mask").bool()
+        counts += torch.bincount(ids[mask], minlength=vocab)
+    return counts
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--target", default="default")
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top-k", type=int, default=10)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoModelForCausalLM
+
+    from specdec.decoding.budget import time_draft_level
+    from specdec.models import DraftConfig, build_draft_head
+    from specdec.target import TargetModel
+    from specdec.targets import resolve_target
+    from specdec.training.vocab import top_tokens
+
+    path = resolve_target(args.target)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, local_files_only=True).eval()
+    target = TargetModel(model)
+    V = model.config.vocab_size
+    train, val = response_counts(args.data, "train", V), response_counts(args.data, "val", V)
+    if int(train.sum()) == 0 or int(val.sum()) == 0:
+        sys.exit(f"{args.data}: no response tokens in the train or val split")
+    eos = [int(model.config.eos_token_id)] if model.config.eos_token_id is not None else []
+
+    # the target's decode step (one token after 300 of context), for scale
+    ids = torch.randint(0, V, (1, 301))
+    with torch.no_grad():
+        out = model(ids[:, :300], use_cache=True)
+        steps = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            model(ids[:, 300:], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(time.perf_counter() - t0)
+            out.past_key_values.crop(300)
+    step = sorted(steps[1:])[len(steps[1:]) // 2]
+
+    rows = []
+    for size in SIZES:
+        vd = V if size is None else size
+        cfg = DraftConfig.from_target(model.config, "griffin", draft_vocab_size=size)
+        head = build_draft_head(cfg, dtype=torch.bfloat16).eval()
+        if size is not None:
+            vocab = top_tokens(train, size, always=eos)
+            head.set_draft_vocab(vocab)
+            covered = int(val[vocab].sum())
+        else:
+            covered = int(val.sum())
+        head.bind_target(target.embed_tokens, target.lm_head)
+        with torch.no_grad():
+            level = time_draft_level(head, [args.top_k], repeats=7)[args.top_k]
+        rows.append(
+            {
+                "draft_vocab": vd,
+                "val_coverage": covered / int(val.sum()),
+                "draft_level_ms": level * 1e3,
+                "level_vs_target_step": level / step,
+            }
+        )
+        print(rows[-1], flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = platform.processor() or platform.machine()
+    stamp = f"{cpu}, {args.threads} threads, commit {commit}, {time.strftime('%Y-%m-%d')}"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "draft_vocab_cpu.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(args.out, "draft_vocab_cpu.md"), "w") as f:
+        data = os.path.basename(os.path.normpath(args.data))
+        f.write(
+            f"# Draft vocabulary: held-out coverage vs draft cost\n\n{stamp}; data {data} ({int(train.sum())} "
+            f"train / {int(val.sum())} val response tokens); target decode step {step * 1e3:.1f} ms.\n\n"
+        )
+        f.write("| draft vocab | val coverage | draft level (k=10) | level / target step |\n|---|---|---|---|\n")
+        for r in rows:
+            f.write(
+                f"| {r['draft_vocab']} | {r['val_coverage']:.4f} | {r['draft_level_ms']:.2f} ms "
+                f"| {r['level_vs_target_step']:.2f} |\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
