@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The exact commands that made the shipped heads of the default target (python/specdec/heads/
+# The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
-# the same data, draft vocabulary and passes over the data, then the bf16 export.
+# the same data and draft vocabulary with the same passes over the data, then the bf16 export.
 #
-#   bash scripts/train_heads.sh            # everything (resumes: rerun after an interruption)
+#   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
 #
-# Every step resumes where it stopped (`specdec data` skips finished shards, `specdec train --resume`
-# continues from its newest checkpoint bitwise equal to an uninterrupted run). Logs go to $WORK/logs.
-# On GPUs: the same commands (drop THREADS; `torchrun --nproc_per_node N -m specdec.cli train ...` for DDP),
-# with a bigger --num-prompts and --epochs for a bigger target.
+# Every step resumes where it stopped: `specdec data` skips finished shards and `specdec train --resume`
+# continues from its newest checkpoint (bitwise equal to an uninterrupted run), so rerun after an
+# interruption. THREADS sets torch's CPU threads (two trainings side by side with THREADS=1 each use two
+# cores better than one with 2). On GPUs the same commands apply (torchrun --nproc_per_node N -m
+# specdec.cli train ... for DDP), with more --num-prompts and --epochs for a bigger target.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${WORK:-${SPECDEC_HOME:-$HOME/.cache/specdec}}"
@@ -18,36 +19,63 @@ RUNS="$WORK/runs"
 HEADS="$ROOT/python/specdec/heads/SmolLM2-135M-Instruct"
 THREADS="${THREADS:-2}"
 STEP="${STEP:-all}"
-SPECDEC="${SPECDEC:-$ROOT/.venv/bin/specdec}"
 PY="${PY:-$ROOT/.venv/bin/python}"
-export OMP_NUM_THREADS="$THREADS"  # torch's CPU threads in `specdec train`
-mkdir -p "$WORK/logs" "$RUNS"
+export OMP_NUM_THREADS="$THREADS"
+mkdir -p "$RUNS"
 
-# The common recipe: 8192-token draft vocabulary (bench/results/draft_vocab_cpu.md), bf16 autocast, batch 8,
-# peak lr 3e-4 (the papers' 3e-5..5e-5 are for ~100x more optimizer steps), the papers' value clipping 0.5
-# and feature noise 0.1, three passes over the data for every head.
-COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4
-  --checkpoint-every 200 --resume --no-progress)
+DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-turns 1 --max-len 512
+  --max-new-tokens 192 --batch-size 32 --shard-size 250 --threads "$THREADS" --dtype bf16 --no-progress)
+# The common recipe: the 8192 most frequent response tokens as draft vocabulary (chosen with
+# bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
+# 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
+# feature noise 0.1, three passes over the data for every head.
+COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 200 --resume
+  --no-progress)
+declare -A TRAIN_CMD
+TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 3 ${COMMON[*]}"
+TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 3 ${COMMON[*]}"
+# GRIFFIN: stage 1 (one-step loss), then stages 2 and 3 (multi-step, masked where drafting diverged), one
+# pass each: the same three passes over the data as EAGLE and FSPAD.
+TRAIN_CMD[griffin]="specdec train --kind griffin --out $RUNS/griffin --stages 1,2,3 --epochs 1 ${COMMON[*]}"
 
+run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
 
+# RECIPE.md of a head: what was run, from which commit.
+recipe() {
+  local kind="$1" out="$2"
+  {
+    echo "# How this $kind head was made"
+    echo
+    echo "By \`scripts/train_heads.sh\` (commit $(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%Y-%m-%d)),"
+    echo "on $(python3 -c 'import platform; print(platform.machine())') CPU with OMP_NUM_THREADS=$THREADS; \$WORK = $WORK."
+    echo
+    echo '```bash'
+    echo "specdec target fetch"
+    echo "${DATA_CMD[*]}"
+    echo "${TRAIN_CMD[$kind]}"
+    echo "python -m specdec.heads.export $RUNS/$kind python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
+    echo '```'
+    echo
+    echo "config.json records the training settings and the last validation (per-step acceptance on the"
+    echo "held-out split); summary.json, train_log.csv, val_log.csv and curves.png are the run's own records;"
+    echo "data_manifest.json identifies the data (settings, target, checksums of every shard)."
+  } > "$out"
+}
+
 if step data; then
-  "$SPECDEC" data --target default --out "$DATA" --num-prompts 5000 --max-turns 1 --max-len 512 \
-    --max-new-tokens 192 --batch-size 32 --shard-size 250 --threads "$THREADS" --dtype bf16 --no-progress
+  run "${DATA_CMD[@]}"
 fi
-if step eagle; then
-  "$SPECDEC" train --kind eagle --out "$RUNS/eagle" --epochs 3 "${COMMON[@]}"
-fi
-if step fspad; then
-  "$SPECDEC" train --kind fspad --out "$RUNS/fspad" --epochs 3 "${COMMON[@]}"
-fi
-if step griffin; then
-  # GRIFFIN: stage 1 (one-step loss), then stages 2 and 3 (multi-step, masked where drafting diverged),
-  # one pass each: the same three passes over the data as EAGLE and FSPAD.
-  "$SPECDEC" train --kind griffin --out "$RUNS/griffin" --stages 1,2,3 --epochs 1 "${COMMON[@]}"
-fi
+for kind in eagle fspad griffin; do
+  if step "$kind"; then
+    # shellcheck disable=SC2086  # the command is a flat list of words without spaces inside
+    run ${TRAIN_CMD[$kind]}
+  fi
+done
 if step export; then
   for kind in eagle fspad griffin; do
-    "$PY" -m specdec.heads.export "$RUNS/$kind" "$HEADS/$kind" --data "$DATA"
+    if [ ! -f "$RUNS/$kind/summary.json" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
+    recipe "$kind" "$RUNS/$kind.RECIPE.md"
+    "$PY" -m specdec.heads.export "$RUNS/$kind" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
   done
 fi
