@@ -74,7 +74,7 @@ for kind in eagle fspad griffin; do
 done
 if step export; then
   for kind in eagle fspad griffin; do
-    if [ ! -f "$RUNS/$kind/summary.json" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
+    if [ ! -f "$RUNS/$kind/model.safetensors" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
     recipe "$kind" "$RUNS/$kind.RECIPE.md"
     "$PY" -m specdec.heads.export "$RUNS/$kind" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
   done
