@@ -200,3 +200,17 @@ def test_cache_layout():
     assert len(cache.caches()) == 2 * 2
     assert cache.caches()[0].shape == (3, 2, 10, 16)
     assert cache.cache_len.dtype == torch.int32 and cache.cache_len.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("B,T,S", [(1, 1, 5), (3, 4, 9), (2, 7, 7)])
+def test_write_slots_matches_scatter(B, T, S):
+    from specdec.kv import write_slots
+
+    g = torch.Generator().manual_seed(B * 100 + T)
+    buf = torch.randn(B, 2, S, 3, generator=g, dtype=torch.float64).to(torch.bfloat16)
+    new = torch.randn(B, T, 2, 3, generator=g).transpose(1, 2)  # fp32, non-contiguous, as after q/k/v views
+    starts = torch.randint(0, S - T + 1, (B,), generator=g)
+    slots = starts[:, None] + torch.arange(T)
+    want = buf.clone().scatter_(2, slots[:, None, :, None].expand(B, 2, T, 3), new.to(torch.bfloat16))
+    write_slots(buf, slots, new)
+    assert torch.equal(buf, want)

@@ -20,6 +20,7 @@ from torch import nn
 
 import specdec_kernels
 
+from ..kv import write_slots
 from .config import DraftConfig
 
 
@@ -227,9 +228,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, cos, sin)
         B, _, T, _ = k.shape
         slots = cache_len.to(torch.int64)[:, None] + slot_offset + torch.arange(T, device=x.device)[None, :]
-        idx = slots[:, None, :, None].expand(B, self.num_kv_heads, T, self.head_dim)
-        k_cache.scatter_(2, idx, k.to(k_cache.dtype))
-        v_cache.scatter_(2, idx, v.to(v_cache.dtype))
+        write_slots(k_cache, slots, k)
+        write_slots(v_cache, slots, v)
         return self.out(tree_attention(q, k_cache, v_cache, cache_len, tree_mask, self.scale))
 
     def forward_sequence(self, x, cos, sin, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:

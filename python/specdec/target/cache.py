@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from ..kv import write_slots
+
 
 class TreeKVLayer(CacheLayerMixin):
     """One layer of a TreeKVCache: preallocated keys/values [B, H_kv, S_max, D].
@@ -57,9 +59,8 @@ class TreeKVLayer(CacheLayerMixin):
                 f"TreeKVLayer.update: {T} new tokens exceed the cache capacity S_max = {self.max_cache_len}"
             )
         slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.keys.device)  # [B, T]
-        index = slots[:, None, :, None].expand(B, H, T, D)
-        self.keys.scatter_(2, index, key_states.to(self.keys.dtype))
-        self.values.scatter_(2, index, value_states.to(self.values.dtype))
+        write_slots(self.keys, slots, key_states)
+        write_slots(self.values, slots, value_states)
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
