@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
-# the same data and draft vocabulary with the same passes over the data, then the bf16 export.
+# the same data and draft vocabulary with the same two passes over the data, then the bf16 export.
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
@@ -28,15 +28,25 @@ DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-t
 # The common recipe: the 8192 most frequent response tokens as draft vocabulary (chosen with
 # bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
 # 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
-# feature noise 0.1, three passes over the data for every head.
+# feature noise 0.1, and the same two passes over the data for every head.
 COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 200 --resume
   --no-progress)
+# Half an epoch in optimizer steps (the training split's sequences / 8 / 2), for GRIFFIN's stages 2 and 3.
+half_epoch() {
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // 2)" \
+    "$DATA/manifest.json"
+}
 declare -A TRAIN_CMD
-TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 3 ${COMMON[*]}"
-TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 3 ${COMMON[*]}"
-# GRIFFIN: stage 1 (one-step loss), then stages 2 and 3 (multi-step, masked where drafting diverged), one
-# pass each: the same three passes over the data as EAGLE and FSPAD.
-TRAIN_CMD[griffin]="specdec train --kind griffin --out $RUNS/griffin --stages 1,2,3 --epochs 1 ${COMMON[*]}"
+TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 2 ${COMMON[*]}"
+TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 2 ${COMMON[*]}"
+# GRIFFIN: stage 1 (one-step loss) for one epoch, then stages 2 and 3 (multi-step, masked where drafting
+# diverged) for half an epoch each: the same two passes over the data as EAGLE and FSPAD (stage j costs
+# about j times stage 1 per token). Stages 2-3 at 0.6x the peak lr, the GRIFFIN recipe's ratio (5e-5 -> 3e-5).
+TRAIN_CMD[griffin1]="specdec train --kind griffin --out $RUNS/griffin-stage1 --stages 1 --epochs 1 ${COMMON[*]}"
+griffin23() {
+  echo "specdec train --kind griffin --out $RUNS/griffin --stages 2,3 --init $RUNS/griffin-stage1 --epochs 1" \
+    "--max-steps $(half_epoch) ${COMMON[*]} --lr 1.8e-4"
+}
 
 run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
@@ -53,7 +63,7 @@ recipe() {
     echo '```bash'
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
-    echo "${TRAIN_CMD[$kind]}"
+    if [ "$kind" = griffin ]; then echo "${TRAIN_CMD[griffin1]}"; griffin23; else echo "${TRAIN_CMD[$kind]}"; fi
     echo "python -m specdec.heads.export $RUNS/$kind python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
     echo '```'
     echo
@@ -66,12 +76,18 @@ recipe() {
 if step data; then
   run "${DATA_CMD[@]}"
 fi
-for kind in eagle fspad griffin; do
+for kind in eagle fspad; do
   if step "$kind"; then
     # shellcheck disable=SC2086  # the command is a flat list of words without spaces inside
     run ${TRAIN_CMD[$kind]}
   fi
 done
+if step griffin; then
+  # shellcheck disable=SC2086
+  run ${TRAIN_CMD[griffin1]}
+  # shellcheck disable=SC2046
+  run $(griffin23)
+fi
 if step export; then
   for kind in eagle fspad griffin; do
     if [ ! -f "$RUNS/$kind/model.safetensors" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
