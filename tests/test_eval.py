@@ -341,3 +341,13 @@ def test_cli_end_to_end(folders, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3  # 2 temperatures x (2 turns + 1 turn)
     assert all(r["mismatch"] == "match" for r in rows if r["temperature"] == "0")
+
+
+def test_select_prompts_first_or_spread():
+    from specdec.evaluation.cli import select_prompts
+
+    items = list(range(80))
+    assert select_prompts(items, None) == items and select_prompts(items, 100, spread=True) == items
+    assert select_prompts(items, 3) == [0, 1, 2]
+    assert select_prompts(items, 8, spread=True) == list(range(0, 80, 10))  # one per MT-bench category
+    assert select_prompts(items[:5], 2, spread=True) == [0, 2]

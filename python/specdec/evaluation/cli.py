@@ -94,7 +94,13 @@ def register(sub, formatter_class):
         type=_int(1),
         default=None,
         metavar="N",
-        help="only the first N prompts of each benchmark (default: all)",
+        help="only N prompts of each benchmark: the first N, or N spread evenly with --spread (default: all)",
+    )
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="with --limit N: take every (len/N)-th prompt instead of the first N, so a quick run covers every "
+        "category of MT-bench (its questions are grouped by category, ten each)",
     )
     p.add_argument("--max-new-tokens", type=_int(1), default=256, metavar="N", help="tokens per answer, at most")
     p.add_argument(
@@ -155,6 +161,20 @@ def _parse_drafts(items: list) -> dict:
             raise _error("--draft", "distinct head names (name them: --draft NAME=PATH)", _said(f"{name!r} twice"))
         heads[name] = path
     return heads
+
+
+def select_prompts(prompts: list, limit, spread: bool = False) -> list:
+    """All prompts (limit None), the first `limit`, or `limit` spread evenly: indices floor(i * n / limit).
+
+    Example:
+        >>> select_prompts(list(range(10)), 3, spread=True)
+        [0, 3, 6]
+    """
+    if not limit or limit >= len(prompts):
+        return list(prompts)
+    if not spread:
+        return list(prompts[:limit])
+    return [prompts[i * len(prompts) // limit] for i in range(limit)]
 
 
 def _parse_bench(text: str) -> list:
@@ -224,7 +244,7 @@ def _handle(args, stage) -> int:
         name = prompts[0].bench
         if name in benches:
             raise CliError(f"argument --bench: two benchmarks named {name!r}; rename a file", 2)
-        benches[name] = prompts[: args.limit] if args.limit else prompts
+        benches[name] = select_prompts(prompts, args.limit, args.spread)
 
     stage.what = "importing torch, transformers and the decoding code"
     import torch
@@ -278,7 +298,7 @@ def _handle(args, stage) -> int:
         "max_new_tokens": args.max_new_tokens,
         "tree": f"top-k {args.tree_top_k} depth {args.depth} total {args.total_tokens}",
         "temperatures": ",".join(f"{t:g}" for t in args.temperatures),
-        "limit": args.limit,
+        "limit": f"{args.limit} (spread)" if args.limit and args.spread else args.limit,
         "seed": args.seed,
     }
     rep = write_report(rows, plan.out, args.depth, info, shown)
