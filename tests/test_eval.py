@@ -351,3 +351,20 @@ def test_select_prompts_first_or_spread():
     assert select_prompts(items, 3) == [0, 1, 2]
     assert select_prompts(items, 8, spread=True) == list(range(0, 80, 10))  # one per MT-bench category
     assert select_prompts(items[:5], 2, spread=True) == [0, 2]
+
+
+def test_demo_on_a_tiny_target(folders, capsys, tmp_path, monkeypatch):
+    """The demo's phases on a tiny target with a random head: text, tau and speedup printed; fp32 greedy
+    outputs equal model.generate's (a divergence that is not a tie would make it return False)."""
+    from specdec.demo import main, real_demo
+
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))  # the "auto" tree budget caches its costs there
+    ok = real_demo(
+        ("w1 w2", "w4"), draft=str(folders / "griffin"), target=str(folders / "target"), max_new_tokens=4, dtype="fp32"
+    )
+    out = capsys.readouterr().out
+    assert ok
+    for phase in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", ">>> w1 w2", ">>> w4", "all prompts: tau", "specdec eval"):
+        assert phase in out, phase
+    assert out.count("output vs model.generate: identical") + out.count("floating-point tie") == 2
+    assert main(["--offline", "--tree-only"]) == 0
