@@ -159,7 +159,7 @@ def real_demo(
     h.warmup(head, h.encode([{"role": "user", "content": "Hello!"}]))
     print(f"      {time.perf_counter() - t0:.1f} s; {torch.get_num_threads()} threads, {torch_dtype}, {device}")
     _phase(4, steps, f"answering {len(prompts)} prompts, greedy, up to {max_new_tokens} new tokens each")
-    ok, totals = True, {"spec_tokens": 0, "spec_s": 0.0, "hf_tokens": 0, "hf_s": 0.0, "passes": 0}
+    ok, totals = True, {"spec_tokens": 0, "spec_s": 0.0, "hf_tokens": 0, "hf_s": 0.0, "passes": 0, "emitted": 0.0}
     for i, text in enumerate(prompts):
         ids = h.encode([{"role": "user", "content": text}])
         m = h.measure(head, ids, 0.0, seed=i)
@@ -173,12 +173,13 @@ def real_demo(
             c["kind"],
             f"DIFFERS at token {c['position']} (not a tie)"
             if exact
-            else f"differs from token {c['position']} on: {torch_dtype} rounds a tree forward differently from "
-            "a one-token forward (fp32 is exact: --dtype fp32)",
+            else f"differs from token {c['position']} on ({str(torch_dtype).replace('torch.', '')} rounds a tree "
+            "forward differently from a one-token forward; --dtype fp32 is exact)",
         )
         print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
         print(
-            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes | speculative "
+            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, tree "
+            f"{spec.tree[0]} nodes / depth {spec.tree[1]} / top-k {spec.tree[2]} | speculative "
             f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
             f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x | output vs model.generate: {same}"
         )
@@ -187,8 +188,8 @@ def real_demo(
         totals["hf_tokens"] += len(hf)
         totals["hf_s"] += t_hf
         totals["passes"] += spec.passes
-        totals["emitted"] = totals.get("emitted", 0.0) + spec.tau * spec.passes
-    tau = totals.get("emitted", 0.0) / max(1, totals["passes"])
+        totals["emitted"] += spec.tau * spec.passes
+    tau = totals["emitted"] / max(1, totals["passes"])
     speedup = (totals["spec_tokens"] / totals["spec_s"]) / (totals["hf_tokens"] / totals["hf_s"])
     print(
         f"\nall prompts: tau {tau:.2f} tokens per target pass, speedup "
