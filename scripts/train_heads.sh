@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
-# the same data and draft vocabulary with the same two passes over the data, then the bf16 export.
+# the same data and draft vocabulary with the same pass over the data, then the bf16 export.
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
@@ -28,24 +28,28 @@ DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-t
 # The common recipe: the 8192 most frequent response tokens as draft vocabulary (chosen with
 # bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
 # 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
-# feature noise 0.1, and the same two passes over the data for every head.
-COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 200 --resume
-  --no-progress)
-# Half an epoch in optimizer steps (the training split's sequences / 8 / 2), for GRIFFIN's stages 2 and 3.
-half_epoch() {
-  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // 2)" \
+# feature noise 0.1, and the same single pass over the data for every head (what fits one session on two
+# CPU cores; more passes are the first thing to add with more time). Validation on 48 held-out sequences.
+COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100 --resume
+  --val-sequences 48 --no-progress)
+# 1/D of an epoch in optimizer steps (the training split's sequences / 8 / D), for GRIFFIN's stages.
+epoch_part() {
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // $1)" \
     "$DATA/manifest.json"
 }
 declare -A TRAIN_CMD
-TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 2 ${COMMON[*]}"
-TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 2 ${COMMON[*]}"
-# GRIFFIN: stage 1 (one-step loss) for one epoch, then stages 2 and 3 (multi-step, masked where drafting
-# diverged) for half an epoch each: the same two passes over the data as EAGLE and FSPAD (stage j costs
-# about j times stage 1 per token). Stages 2-3 at 0.6x the peak lr, the GRIFFIN recipe's ratio (5e-5 -> 3e-5).
-TRAIN_CMD[griffin1]="specdec train --kind griffin --out $RUNS/griffin-stage1 --stages 1 --epochs 1 ${COMMON[*]}"
+TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 1 ${COMMON[*]}"
+TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 1 ${COMMON[*]}"
+# GRIFFIN: stage 1 (one-step loss) for half an epoch, then stages 2 and 3 (multi-step, masked where
+# drafting diverged) for a quarter each: the same single pass over the data as EAGLE and FSPAD (stage j
+# costs about j times stage 1 per token). Stages 2-3 at 0.6x the peak lr, the GRIFFIN recipe's ratio.
+griffin1() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-stage1 --stages 1 --epochs 1 --max-steps $(epoch_part 2)" \
+    "${COMMON[*]}"
+}
 griffin23() {
   echo "specdec train --kind griffin --out $RUNS/griffin --stages 2,3 --init $RUNS/griffin-stage1 --epochs 1" \
-    "--max-steps $(half_epoch) ${COMMON[*]} --lr 1.8e-4"
+    "--max-steps $(epoch_part 4) ${COMMON[*]} --lr 1.8e-4"
 }
 
 run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
@@ -63,7 +67,7 @@ recipe() {
     echo '```bash'
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
-    if [ "$kind" = griffin ]; then echo "${TRAIN_CMD[griffin1]}"; griffin23; else echo "${TRAIN_CMD[$kind]}"; fi
+    if [ "$kind" = griffin ]; then griffin1; griffin23; else echo "${TRAIN_CMD[$kind]}"; fi
     echo "python -m specdec.heads.export $RUNS/$kind python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
     echo '```'
     echo
@@ -83,8 +87,8 @@ for kind in eagle fspad; do
   fi
 done
 if step griffin; then
-  # shellcheck disable=SC2086
-  run ${TRAIN_CMD[griffin1]}
+  # shellcheck disable=SC2046
+  run $(griffin1)
   # shellcheck disable=SC2046
   run $(griffin23)
 fi
