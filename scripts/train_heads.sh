@@ -24,7 +24,7 @@ export OMP_NUM_THREADS="$THREADS"
 mkdir -p "$RUNS"
 
 DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-turns 1 --max-len 512
-  --max-new-tokens 192 --batch-size 32 --shard-size 250 --threads "$THREADS" --dtype bf16 --no-progress)
+  --max-new-tokens 192 --batch-size 32 --shard-size 250 --threads 2 --dtype bf16 --no-progress)
 # The common recipe: the 8192 most frequent response tokens as draft vocabulary (chosen with
 # bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
 # 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
@@ -62,7 +62,8 @@ recipe() {
     echo "# How this $kind head was made"
     echo
     echo "By \`scripts/train_heads.sh\` (commit $(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%Y-%m-%d)),"
-    echo "on $(python3 -c 'import platform; print(platform.machine())') CPU with OMP_NUM_THREADS=$THREADS; \$WORK = $WORK."
+    echo "on a $(python3 -c 'import platform; print(platform.machine())') CPU; training with OMP_NUM_THREADS=$THREADS (torch threads);"
+    echo "\$WORK = $WORK."
     echo
     echo '```bash'
     echo "specdec target fetch"

@@ -46,6 +46,7 @@ def export_head(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would follow the folder into place
         head.save_pretrained(tmp)
         for name in TRAIN_FILES:
             if os.path.isfile(os.path.join(src, name)):
