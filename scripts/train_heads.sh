@@ -98,5 +98,8 @@ if step export; then
     if [ ! -f "$RUNS/$kind/model.safetensors" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
     recipe "$kind" "$RUNS/$kind.RECIPE.md"
     "$PY" -m specdec.heads.export "$RUNS/$kind" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
+    if [ "$kind" = griffin ]; then  # stage 1 ran as its own command: its records travel too
+      for f in summary.json train_log.csv val_log.csv; do cp "$RUNS/griffin-stage1/$f" "$HEADS/griffin/stage1_$f"; done
+    fi
   done
 fi
