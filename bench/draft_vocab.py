@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import os
 import subprocess
 import sys
@@ -36,16 +35,11 @@ def estimated_speed(coverage: float, level_over_step: float) -> float:
     return tokens / ((DEPTH + 1) * level_over_step + VERIFY)
 
 
-def response_counts(folder: str, split: str, vocab: int) -> torch.Tensor:
-    """int64 [vocab]: occurrences of each token among the loss-masked (response) tokens of a split."""
-    from safetensors import safe_open
+def response_counts(folder: str, split: str) -> torch.Tensor:
+    """int64 [V]: occurrences of each token among the response tokens of a split (the shards' own counts)."""
+    from specdec.data import TokenDataset
 
-    counts = torch.zeros(vocab, dtype=torch.int64)
-    for path in sorted(glob.glob(os.path.join(folder, f"{split}-*.safetensors"))):
-        with safe_open(path, "pt") as f:
-            ids, mask = f.get_tensor("input_ids").long(), f.get_tensor("loss_mask").bool()
-        counts += torch.bincount(ids[mask], minlength=vocab)
-    return counts
+    return TokenDataset(folder, split=split).token_counts()
 
 
 def main(argv=None) -> int:
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, local_files_only=True).eval()
     target = TargetModel(model)
     V = model.config.vocab_size
-    train, val = response_counts(args.data, "train", V), response_counts(args.data, "val", V)
+    train, val = response_counts(args.data, "train"), response_counts(args.data, "val")
     if int(train.sum()) == 0 or int(val.sum()) == 0:
         sys.exit(f"{args.data}: no response tokens in the train or val split")
     eos = [int(model.config.eos_token_id)] if model.config.eos_token_id is not None else []
