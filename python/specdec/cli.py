@@ -31,14 +31,14 @@ DTYPES = {
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
 }
-BACKENDS = ("cuda", "triton", "cpu", "torch")
+BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
 
 
 def model_dtype(name: Optional[str], device) -> str:
     """The torch dtype name for --dtype NAME (a DTYPES key) on `device`; None: bfloat16 on CUDA, else float32."""
     if name:
         return DTYPES[name]
-    return "bfloat16" if device.type == "cuda" else "float32"  # specdec_kernels.BACKENDS (not imported for --help)
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
