@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
-# the same data and draft vocabulary with the same pass over the data, then the bf16 export.
+# the same data and draft vocabulary with the same passes over the data (one, then two more), then the bf16
+# export.
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
@@ -28,8 +29,8 @@ DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-t
 # The common recipe: the 8192 most frequent response tokens as draft vocabulary (chosen with
 # bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
 # 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
-# feature noise 0.1, and the same single pass over the data for every head (what fits one session on two
-# CPU cores; more passes are the first thing to add with more time). Validation on 48 held-out sequences.
+# feature noise 0.1, and the same passes over the data for every head: one in round 1, two more in round 2
+# (below; what fits two sessions on two CPU cores). Validation on 48 held-out sequences.
 COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100 --resume
   --val-sequences 48 --no-progress)
 # 1/D of an epoch in optimizer steps (the training split's sequences / 8 / D), for GRIFFIN's stages.
@@ -37,7 +38,7 @@ epoch_part() {
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // $1)" \
     "$DATA/manifest.json"
 }
-declare -A TRAIN_CMD
+declare -A TRAIN_CMD MORE_CMD
 TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 1 ${COMMON[*]}"
 TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 1 ${COMMON[*]}"
 # GRIFFIN: stage 1 (one-step loss) for half an epoch, then stages 2 and 3 (multi-step, masked where
@@ -51,6 +52,25 @@ griffin23() {
   echo "specdec train --kind griffin --out $RUNS/griffin --stages 2,3 --init $RUNS/griffin-stage1 --epochs 1" \
     "--max-steps $(epoch_part 4) ${COMMON[*]} --lr 1.8e-4"
 }
+# Round 2: two more passes over the same data for every head, each starting from its round-1 weights
+# (--init) with a fresh warmup + cosine schedule and another data order (--seed 1). Round 1's curves
+# were still rising when its cosine reached zero. GRIFFIN: one more epoch of stage 1 from the round-1
+# stage-1 head, then stages 2 and 3 for half an epoch each from that: again two passes of tokens.
+MORE_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle-r2 --init $RUNS/eagle --epochs 2 --seed 1 ${COMMON[*]}"
+MORE_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad-r2 --init $RUNS/fspad --epochs 2 --seed 1 ${COMMON[*]}"
+griffin1_r2() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-stage1-r2 --stages 1 --init $RUNS/griffin-stage1 --epochs 1" \
+    "--seed 1 ${COMMON[*]}"
+}
+griffin23_r2() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-r2 --stages 2,3 --init $RUNS/griffin-stage1-r2 --epochs 1" \
+    "--max-steps $(epoch_part 2) --seed 1 ${COMMON[*]} --lr 1.8e-4"
+}
+# The run each shipped head is exported from, and the earlier runs of its lineage whose records travel
+# with it (as <prefix>_summary.json, <prefix>_train_log.csv, <prefix>_val_log.csv).
+declare -A FINAL_RUN=([eagle]=eagle-r2 [fspad]=fspad-r2 [griffin]=griffin-r2)
+declare -A EARLIER_RUNS=([eagle]="eagle:round1" [fspad]="fspad:round1"
+  [griffin]="griffin-stage1:round1_stage1 griffin:round1_stages23 griffin-stage1-r2:stage1")
 
 run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
@@ -68,12 +88,14 @@ recipe() {
     echo '```bash'
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
-    if [ "$kind" = griffin ]; then griffin1; griffin23; else echo "${TRAIN_CMD[$kind]}"; fi
-    echo "python -m specdec.heads.export $RUNS/$kind python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
+    if [ "$kind" = griffin ]; then griffin1; griffin23; griffin1_r2; griffin23_r2
+    else echo "${TRAIN_CMD[$kind]}"; echo "${MORE_CMD[$kind]}"; fi
+    echo "python -m specdec.heads.export $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
     echo '```'
     echo
     echo "config.json records the training settings and the last validation (per-step acceptance on the"
-    echo "held-out split); summary.json, train_log.csv, val_log.csv and curves.png are the run's own records;"
+    echo "held-out split); summary.json, train_log.csv, val_log.csv and curves.png are the last run's own records,"
+    echo "the files with a prefix (round1_, stage1_, ...) those of the earlier runs of the lineage;"
     echo "data_manifest.json identifies the data (settings, target, checksums of every shard)."
   } > "$out"
 }
@@ -83,8 +105,10 @@ if step data; then
 fi
 for kind in eagle fspad; do
   if step "$kind"; then
-    # shellcheck disable=SC2086  # the command is a flat list of words without spaces inside
+    # shellcheck disable=SC2086  # the commands are flat lists of words without spaces inside
     run ${TRAIN_CMD[$kind]}
+    # shellcheck disable=SC2086
+    run ${MORE_CMD[$kind]}
   fi
 done
 if step griffin; then
@@ -92,14 +116,19 @@ if step griffin; then
   run $(griffin1)
   # shellcheck disable=SC2046
   run $(griffin23)
+  # shellcheck disable=SC2046
+  run $(griffin1_r2)
+  # shellcheck disable=SC2046
+  run $(griffin23_r2)
 fi
 if step export; then
   for kind in eagle fspad griffin; do
-    if [ ! -f "$RUNS/$kind/model.safetensors" ]; then echo "export: $kind is not trained yet ($RUNS/$kind)" >&2; continue; fi
+    src="$RUNS/${FINAL_RUN[$kind]}"
+    if [ ! -f "$src/model.safetensors" ]; then echo "export: $kind is not trained yet ($src)" >&2; continue; fi
     recipe "$kind" "$RUNS/$kind.RECIPE.md"
-    "$PY" -m specdec.heads.export "$RUNS/$kind" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
-    if [ "$kind" = griffin ]; then  # stage 1 ran as its own command: its records travel too
-      for f in summary.json train_log.csv val_log.csv; do cp "$RUNS/griffin-stage1/$f" "$HEADS/griffin/stage1_$f"; done
-    fi
+    "$PY" -m specdec.heads.export "$src" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
+    for pair in ${EARLIER_RUNS[$kind]}; do
+      for f in summary.json train_log.csv val_log.csv; do cp "$RUNS/${pair%%:*}/$f" "$HEADS/$kind/${pair#*:}_$f"; done
+    done
   done
 fi
