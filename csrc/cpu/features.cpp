@@ -2,12 +2,14 @@
 // fspad_feature_sampling_backward, griffin_token_fusion, griffin_token_fusion_backward; math in
 // specdec_kernels/reference/features.py). Each kernel <op>_cpu implements specdec::<op>.
 //
-// The products go to ATen's CPU GEMMs (at::mm / at::addmm, which are as fast as anything written here);
-// everything between them -- RMSNorm with its statistics, SiLU and the gating product, and their
-// backward with the norm weights' column reductions -- is one fused pass over the rows each, accumulating
-// in fp32 (fp64 for fp64 inputs). W_fc and GRIFFIN's W_u are used through views of their two halves, so
-// the [T, 2H] concatenations are never formed. The embedding rows are gathered once (index_select) since
-// a CPU GEMM needs a dense operand; on the GPU paths the gather happens inside the GEMM.
+// The products go to ATen's CPU GEMMs (at::mm / at::addmm, which are as fast as anything written here)
+// and the elementwise SiLU and gating product to ATen's vectorised kernels; RMSNorm with its statistics and
+// the backward's norm and column reductions are one fused pass over the rows each, accumulating in fp32
+// (fp64 for fp64 inputs). The forward concatenates [e; f] (and GRIFFIN's [x1; x2]) into one [T, 2H]
+// operand for a single GEMM with the whole W_fc (W_u): measured at decode sizes (T <= 60, bf16, one
+// thread), two GEMMs over the column halves of the weight cost 30-40 us more per product than the copy of
+// T x 2H activations saves. The embedding rows are gathered once (index_select) since a CPU GEMM needs a
+// dense operand; on the GPU paths the gather happens inside the GEMM.
 //
 // Every op first checks its arguments (csrc/include/specdec/features_checks.h, shared with the CUDA kernels:
 // same messages) and the token ids' range, since the row kernels below index raw pointers: a direct
@@ -127,13 +129,14 @@ Tensor gather_rows(const char* op, const Tensor& embed, const Tensor& ids) {
   return at::index_select(embed, 0, ids);
 }
 
-// z = e W_fe^T + f W_ff^T (+ b), W_fe / W_ff the two column halves of W_fc (views, no copy).
-Tensor fc_forward(const Tensor& e, const Tensor& f, const Tensor& fc_weight, const std::optional<Tensor>& bias) {
-  const int64_t H = f.size(1);
-  Tensor z =
-      bias.has_value() ? at::addmm(*bias, e, fc_weight.narrow(1, 0, H).t()) : at::mm(e, fc_weight.narrow(1, 0, H).t());
-  z.addmm_(f, fc_weight.narrow(1, H, H).t());
-  return z;
+// z = W_fc [e; f] (+ b), written into z: one GEMM over the concatenated rows (see the header).
+void fc_forward(const Tensor& e, const Tensor& f, const Tensor& fc_weight, const std::optional<Tensor>& bias,
+                Tensor& z) {
+  const Tensor ef = at::cat({e, f}, 1);
+  if (bias.has_value())
+    at::addmm_out(z, *bias, ef, fc_weight.t());
+  else
+    at::mm_out(z, ef, fc_weight.t());
 }
 
 // Gradients of z = W_fc [e; f] + b from dz_acc (fp32/fp64): the bias sums it unrounded, the GEMMs take it
@@ -164,7 +167,7 @@ void fspad_feature_sampling_cpu(const Tensor& features, const Tensor& token_ids,
                                norm_weight, gate_weight, up_weight, down_weight, eps, out, z, rstd, gate, up);
   const int64_t T = features.size(0), H = features.size(1);
   const Tensor e = gather_rows(op, embed_weight, token_ids);
-  z.copy_(fc_forward(e, features, fc_weight, fc_bias));
+  fc_forward(e, features, fc_weight, fc_bias, z);
   Tensor y = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_feature_sampling_cpu", [&] {
     rms_norm_rows<scalar_t>(z.const_data_ptr<scalar_t>(), norm_weight.const_data_ptr<scalar_t>(),
@@ -172,19 +175,8 @@ void fspad_feature_sampling_cpu(const Tensor& features, const Tensor& token_ids,
   });
   Tensor g = gate.has_value() ? at::mm_out(mut(gate), e, gate_weight.t()) : at::mm(e, gate_weight.t());
   Tensor u = up.has_value() ? at::mm_out(mut(up), y, up_weight.t()) : at::mm(y, up_weight.t());
-  Tensor act = at::empty_like(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "fspad_act_cpu", [&] {
-    using A = acc_t<scalar_t>;
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* upp = u.const_data_ptr<scalar_t>();
-    scalar_t* ap = act.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, act.numel(), 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const A x = A(gp[i]);
-        ap[i] = scalar_t(x * sigmoid(x) * A(upp[i]));
-      }
-    });
-  });
+  // act = silu(g) * u, rounded after each op like the reference (vectorised ATen kernels).
+  Tensor act = at::silu(g).mul_(u);
   at::addmm_out(out, z, act, down_weight.t());
 }
 
@@ -217,7 +209,7 @@ void fspad_feature_sampling_backward_cpu(
     at::parallel_for(0, act.numel(), 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const A x = A(gp[i]), s = sigmoid(x), silu = x * s, u = A(upp[i]), d = A(dap[i]);
-        ap[i] = scalar_t(silu * u);
+        ap[i] = scalar_t(A(scalar_t(silu)) * u);  // rounded like the forward: silu(g), then * u
         dgp[i] = scalar_t(d * u * s * (A(1) + x * (A(1) - s)));
         dup[i] = scalar_t(d * silu);
       }
@@ -282,7 +274,7 @@ void griffin_token_fusion_cpu(const Tensor& features, const Tensor& token_ids, c
                              norm_b_weight, norm_a_weight, up_weight, down_weight, eps, out, h, stats, pre_act);
   const int64_t T = features.size(0), H = features.size(1);
   const Tensor e = gather_rows(op, embed_weight, token_ids);
-  h.copy_(fc_forward(e, features, fc_weight, fc_bias));
+  fc_forward(e, features, fc_weight, fc_bias, h);
   Tensor yb = at::empty_like(h), x1 = at::empty_like(h), x2 = at::empty_like(h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_norms_cpu", [&] {
     auto* s = stats.mutable_data_ptr<acc_t<scalar_t>>();
@@ -293,22 +285,10 @@ void griffin_token_fusion_cpu(const Tensor& features, const Tensor& token_ids, c
     rms_norm_rows<scalar_t>(e.const_data_ptr<scalar_t>(), norm_a_weight.const_data_ptr<scalar_t>(),
                             x2.mutable_data_ptr<scalar_t>(), s + 2, 3, T, H, eps);
   });
-  // v = W_u [x1; x2] through the two column halves of W_u: no [T, 2H] concatenation.
-  Tensor v = pre_act.has_value() ? at::mm_out(mut(pre_act), x1, up_weight.narrow(1, 0, H).t())
-                                 : at::mm(x1, up_weight.narrow(1, 0, H).t());
-  v.addmm_(x2, up_weight.narrow(1, H, H).t());
-  Tensor act = at::empty_like(v);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "griffin_act_cpu", [&] {
-    using A = acc_t<scalar_t>;
-    const scalar_t* vp = v.const_data_ptr<scalar_t>();
-    scalar_t* ap = act.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, act.numel(), 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const A x = A(vp[i]);
-        ap[i] = scalar_t(x * sigmoid(x));
-      }
-    });
-  });
+  // v = W_u [x1; x2]: one GEMM over the concatenated rows (see the header).
+  const Tensor x12 = at::cat({x1, x2}, 1);
+  Tensor v = pre_act.has_value() ? at::mm_out(mut(pre_act), x12, up_weight.t()) : at::mm(x12, up_weight.t());
+  const Tensor act = at::silu(v);
   at::addmm_out(out, h, act, down_weight.t());
 }
 
