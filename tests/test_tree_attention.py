@@ -124,6 +124,16 @@ def test_matches_dense_sdpa(backend, device, B, H, H_kv, N, D, S):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("scale", [0.05, 3.0, 30.0])
+def test_wide_score_ranges(backend, device, scale):
+    """Softmax arguments from ~0 down past -87 (where the CPU kernel's vector exp flushes to 0) in one row,
+    over several key tiles (prefix 150 > 64) and a two-word tree: fp32 against the fp64 oracle."""
+    q, k, v, cl, mask = make_inputs(2, 4, 2, 40, 32, 230, torch.float32, device, seed=7, cache_len=[150, 3])
+    out = call(backend, q, k, v, cl, mask, scale=scale)
+    check(out, q, k, v, cl, mask, scale=scale, what=f"{backend} scale {scale}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_tree_shapes_chain_star_and_cache_len_zero(backend, device):
     N, D, S = 6, 8, 16
     chain = torch.arange(-1, N - 1, dtype=torch.int32)[None]

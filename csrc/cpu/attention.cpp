@@ -11,7 +11,9 @@
 // of the running accumulator per tile (not per key), then acc += p_t * v_t. Rows go through a tile in groups
 // of four, so each K and V value loaded serves four queries: scores are outer products over a transposed K
 // tile (8-wide fp32 vectors over keys), P V is 8-wide over D, and the routine is built for AVX2/FMA and for
-// the baseline ISA, picked at load time. Keys no row of a group can see are skipped outright (never
+// the baseline ISA, picked at load time. The softmax's max, exp and sum are 8-wide too (exp by a Cephes-style
+// polynomial, ~1 ulp): with glibc's scalar expf they took half the kernel's time at 60 tree nodes. Keys no
+// row of a group can see are skipped outright (never
 // multiplied by 0), so garbage in unwritten cache slots (even NaN) cannot leak into rows that do not see
 // them. A row that sees no key writes zeros.
 #include "specdec/attention_checks.h"
@@ -55,6 +57,34 @@ __attribute__((always_inline)) inline v8f load8(const float* p) {
 
 __attribute__((always_inline)) inline void store8(float* p, v8f x) {
   std::memcpy(p, &x, sizeof(x));
+}
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// exp(x) for x <= 0 (softmax arguments; -inf gives 0): e^x = 2^n e^r with n = round(x / ln 2) and
+// |r| <= ln(2) / 2 from a two-part ln 2, e^r by the degree-7 polynomial of Cephes' expf (relative error
+// ~1e-7, as std::exp's rounding), 2^n written into the exponent bits. Arguments below -87 (e^x < 1e-38,
+// nothing next to the row's max term 1) flush to 0.
+__attribute__((always_inline)) inline v8f exp8_nonpos(v8f x) {
+  const v8i tiny = x < -87.f;  // lanes of -1 where the result flushes to 0 (also -inf)
+  x = tiny ? v8f{} - 87.f : x;
+  const v8f fx = x * 1.44269504088896341f + 0.5f;
+  v8i n = __builtin_convertvector(fx, v8i);  // truncates toward 0: floor needs -1 where fx < trunc(fx)
+  n += (__builtin_convertvector(n, v8f) > fx);  // comparisons give -1 (true) / 0
+  const v8f nf = __builtin_convertvector(n, v8f);
+  const v8f r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  v8f y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.f;
+  v8i bits;
+  std::memcpy(&bits, &y, sizeof(bits));
+  bits += n << 23;  // y in [0.7, 1.5): adding n to its exponent field multiplies by 2^n (n >= -126 here)
+  bits &= ~tiny;
+  std::memcpy(&y, &bits, sizeof(y));
+  return y;
 }
 
 // The hot loop is compiled twice, for AVX2 + FMA and for the baseline ISA, and picked at load time (an ifunc),
@@ -126,8 +156,12 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
       store8(p[3] + t0, s30);
       store8(p[3] + t0 + 8, s31);
     }
-    if (bits != nullptr) {
-      for (int i = 0; i < kRowGroup; ++i) {
+    // Scores past n (to the next multiple of 8) and of slots a row does not see become -inf: the softmax
+    // below runs 8 keys at a time and turns them into exact zeros.
+    const int64_t n8 = (n + 7) / 8 * 8;
+    for (int i = 0; i < kRowGroup; ++i) {
+      for (int64_t t = n; t < n8; ++t) p[i][t] = kNegInf;
+      if (bits != nullptr) {
         for (int64_t t = 0; t < n; ++t) {
           if (!((rb[i] >> t) & 1u)) p[i][t] = kNegInf;
         }
@@ -138,21 +172,28 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
     float alpha[kRowGroup];
     for (int i = 0; i < kRowGroup; ++i) {
       const int64_t r = r0 + i;
+      v8f vmax = v8f{} + kNegInf;
+      for (int64_t t = 0; t < n8; t += 8) {
+        const v8f x = load8(p[i] + t);
+        vmax = x > vmax ? x : vmax;
+      }
       float tile_max = kNegInf;
-      for (int64_t t = 0; t < n; ++t) tile_max = std::max(tile_max, p[i][t]);
+      for (int j = 0; j < 8; ++j) tile_max = std::max(tile_max, vmax[j]);
       if (tile_max == kNegInf) {  // nothing visible to this row here: leave its state alone
         alpha[i] = 1.f;
-        for (int64_t t = 0; t < n; ++t) p[i][t] = 0.f;
+        for (int64_t t = 0; t < n8; ++t) p[i][t] = 0.f;
         continue;
       }
       const float m_new = std::max(m[r], tile_max);
       alpha[i] = std::exp(m[r] - m_new);  // 0 on the row's first visible tile (m = -inf)
-      float sum = 0.f;
-      for (int64_t t = 0; t < n; ++t) {
-        const float e = p[i][t] == kNegInf ? 0.f : std::exp(p[i][t] - m_new);
-        p[i][t] = e;
-        sum += e;
+      v8f vsum = {};
+      for (int64_t t = 0; t < n8; t += 8) {
+        const v8f e = exp8_nonpos(load8(p[i] + t) - m_new);  // -inf - m_new = -inf -> 0
+        store8(p[i] + t, e);
+        vsum += e;
       }
+      float sum = 0.f;
+      for (int j = 0; j < 8; ++j) sum += vsum[j];
       l[r] = l[r] * alpha[i] + sum;
       m[r] = m_new;
     }
