@@ -57,12 +57,24 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Kernels found registered: a registration is never taken back, so a yes is remembered (the dispatcher
+# query costs ~8 us, and every automatic choice asks it); a no is asked again, since a Triton module
+# imported later may still register the kernel.
+_REGISTERED: set = set()
+
+
 # Registrations happen at import time and never change afterwards: under torch.compile the answer is a
 # constant of the graph (Dynamo cannot trace this pybind call, which returns a bool, not a tensor).
 @torch.compiler.assume_constant_result
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when a kernel of `specdec::op` is registered for `dispatch_key` (by _C or a Triton module)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}", dispatch_key)
+    key = (op, dispatch_key)
+    if key in _REGISTERED:
+        return True
+    found = torch._C._dispatch_has_kernel_for_dispatch_key(f"specdec::{op}", dispatch_key)
+    if found:
+        _REGISTERED.add(key)
+    return found
 
 
 def has_compiled_kernel(op: str, dispatch_key: str) -> bool:

@@ -43,18 +43,19 @@ def check_tensor(
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
     if dtypes is not None:
-        dtypes = tuple(dtypes)
+        dtypes = dtypes if isinstance(dtypes, (tuple, frozenset, set)) else tuple(dtypes)
         if t.dtype not in dtypes:
             raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    got = t.shape
     if shape is not None:
         ndim = len(shape)
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if ndim is not None and len(got) != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(got)}")
     if shape is not None:
-        for i, (want, got) in enumerate(zip(shape, t.shape)):
-            if want is not None and want != got:
+        for i, want in enumerate(shape):
+            if want is not None and want != got[i]:
                 exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-                raise ValueError(f"{name}: expected shape {exp}, got {tuple(t.shape)} (dimension {i})")
+                raise ValueError(f"{name}: expected shape {exp}, got {tuple(got)} (dimension {i})")
     if device is not None:
         want = torch.device(device)
         if t.device.type != want.type or (want.index is not None and t.device.index != want.index):
