@@ -69,7 +69,7 @@ __attribute__((always_inline)) inline v8f exp8_nonpos(v8f x) {
   const v8i tiny = x < -87.f;  // lanes of -1 where the result flushes to 0 (also -inf)
   x = tiny ? v8f{} - 87.f : x;
   const v8f fx = x * 1.44269504088896341f + 0.5f;
-  v8i n = __builtin_convertvector(fx, v8i);  // truncates toward 0: floor needs -1 where fx < trunc(fx)
+  v8i n = __builtin_convertvector(fx, v8i);     // truncates toward 0: floor needs -1 where fx < trunc(fx)
   n += (__builtin_convertvector(n, v8f) > fx);  // comparisons give -1 (true) / 0
   const v8f nf = __builtin_convertvector(n, v8f);
   const v8f r = x - nf * 0.693359375f + nf * 2.12194440e-4f;

@@ -319,6 +319,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=_int_type(0, 2**64 - 1), default=0, help="seed of the sampling generator")
     g.add_argument(
+        "--no-prepack",
+        action="store_true",
+        help="keep the target's bf16 CPU linears as they are (default: prepacked for oneDNN, the same for "
+        "speculative and --baseline decoding; specdec.target.prepack)",
+    )
+    g.add_argument(
         "--backend",
         default=None,
         choices=BACKENDS,
@@ -581,6 +587,7 @@ def _generate(args, stage: _Stage) -> int:
     from .decoding import generate, generate_baseline
     from .models import load_draft_head
     from .target import TargetModel
+    from .target.prepack import prepack_linears
 
     device, dtype = plan.device, plan.dtype
     tokenizer = None
@@ -625,6 +632,8 @@ def _generate(args, stage: _Stage) -> int:
     stage.what = f"loading the target model from --target {args.target!r}"
     model = AutoModelForCausalLM.from_pretrained(plan.target, dtype=dtype, local_files_only=True)
     model = model.to(device).eval()
+    if not args.no_prepack:
+        prepack_linears(model)
     target = TargetModel(model, backend=args.backend)
     stage.what = f"loading the draft head from --draft {args.draft!r}"
     head = load_draft_head(plan.draft, device=device, dtype=dtype).eval()

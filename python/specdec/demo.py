@@ -142,6 +142,7 @@ def real_demo(
     from .evaluation.harness import MATCH, TIE, EvalSettings, Harness, classify_divergence
     from .heads import resolve_draft
     from .models import load_draft_head
+    from .target.prepack import prepack_linears
     from .targets import resolve_target
 
     steps = 4
@@ -150,6 +151,7 @@ def real_demo(
     path = resolve_target(target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
+    prepack_linears(model)  # both sides of the comparison run the same (prepacked) model
     _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
     head = load_draft_head(resolve_draft(draft), device=device, dtype=torch_dtype).eval()
     settings = EvalSettings(temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens)

@@ -49,6 +49,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..target.prepack import is_prepacked
+
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
 # head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).
 DEFAULT_ACCEPTANCE = (0.7, 0.65, 0.6, 0.55, 0.5, 0.5)
@@ -240,7 +242,8 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     base = os.path.basename(str(name).rstrip("/"))
     dt = str(dtype).replace("torch.", "")
-    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}"
+    packed = "|prepacked" if is_prepacked(hf_model) else ""  # another cost curve (specdec.target.prepack)
+    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 
 def _sync(device) -> None:
