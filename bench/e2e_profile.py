@@ -221,6 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a short run: fewer passes and repetitions")
     ap.add_argument("--out-dir", default=RESULTS_DIR, help="output folder (default bench/results)")
     ap.add_argument("--no-reference", action="store_true", help="skip model.generate and generate_baseline")
+    ap.add_argument(
+        "--no-prepack", action="store_true", help="keep bf16 CPU linears unpacked (default: specdec.target.prepack)"
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -228,6 +231,7 @@ def main(argv=None) -> int:
 
     from specdec.models import DraftConfig, build_draft_head, load_draft_head
     from specdec.target import TargetModel
+    from specdec.target.prepack import prepack_linears
     from specdec.targets import resolve_target
 
     passes = args.passes or (10 if args.quick else 32)
@@ -256,6 +260,9 @@ def main(argv=None) -> int:
         else:
             torch.manual_seed(0)
             head = build_draft_head(DraftConfig.from_target(model.config, "griffin"), device=dev, dtype=dtype).eval()
+        packed = 0 if args.no_prepack else prepack_linears(model) + prepack_linears(head)
+        # per dtype: only bf16 CPU linears are prepacked (specdec.target.prepack)
+        env["prepacked_linears"] = f"{env.get('prepacked_linears', '')} {dname}:{packed}".strip()
         ref = {}
         if not args.no_reference:
             ref["hf_step_ms"] = hf_decode_step(model, ids, 8 if args.quick else 16, repeats) * 1e3
@@ -349,7 +356,8 @@ def main(argv=None) -> int:
         f.write(
             f"- machine: {env['device']}; torch {env['torch']}; threads {env['threads']}; 1-minute load average "
             f"{env['loadavg_1min']} (start -> end; above the thread count means other work shared the cores)\n"
-            f"- commit {env['commit']}, {env['date']}\n"
+            f"- commit {env['commit']}, {env['date']}; prepacked target + head linears per dtype: "
+            f"{env['prepacked_linears']}\n"
             f"- target: {args.target} ({folder}); draft: {head_desc}; batch 1; context {len(prompt)} tokens; "
             f"tree_top_k {args.top_k}, depth {args.depth}; greedy; {passes} passes per run, best of {repeats} "
             f"runs{' (--quick)' if args.quick else ''}\n"

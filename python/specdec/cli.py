@@ -637,6 +637,8 @@ def _generate(args, stage: _Stage) -> int:
     target = TargetModel(model, backend=args.backend)
     stage.what = f"loading the draft head from --draft {args.draft!r}"
     head = load_draft_head(plan.draft, device=device, dtype=dtype).eval()
+    if not args.no_prepack:
+        prepack_linears(head)
     vocab = target.vocab_size
     _check_ids_in_vocab(prompts[len(args.prompt) :], vocab, "the target's vocabulary size")
     for b, p in enumerate(prompts[: len(args.prompt)]):

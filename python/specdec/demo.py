@@ -154,6 +154,7 @@ def real_demo(
     prepack_linears(model)  # both sides of the comparison run the same (prepacked) model
     _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
     head = load_draft_head(resolve_draft(draft), device=device, dtype=torch_dtype).eval()
+    prepack_linears(head)
     settings = EvalSettings(temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens)
     h = Harness(model, tok, settings)
     _phase(3, steps, "warm-up (first calls; measures the tree budget for this machine once when it is 'auto')")

@@ -278,6 +278,8 @@ def _handle(args, stage) -> int:
     for name, path in plan.drafts.items():
         stage.what = f"loading the draft head {name!r} from {path!r}"
         heads[name] = load_draft_head(path, device=plan.device, dtype=plan.dtype).eval()
+        if not args.no_prepack:
+            prepack_linears(heads[name])
     settings = EvalSettings(
         temperatures=args.temperatures,
         max_new_tokens=args.max_new_tokens,
