@@ -6,6 +6,7 @@
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
+#   STEP=fullvocab bash scripts/train_heads.sh   # the full-vocabulary GRIFFIN stage 1 (a comparison, not shipped)
 #
 # Every step resumes where it stopped: `specdec data` skips finished shards and `specdec train --resume`
 # continues from its newest checkpoint (bitwise equal to an uninterrupted run), so rerun after an
@@ -66,6 +67,15 @@ griffin23_r2() {
   echo "specdec train --kind griffin --out $RUNS/griffin-r2 --stages 2,3 --init $RUNS/griffin-stage1-r2 --epochs 1" \
     "--max-steps $(epoch_part 2) --seed 1 ${COMMON[*]} --lr 1.8e-4"
 }
+# What the reduced vocabulary costs in acceptance: GRIFFIN stage 1 with the full vocabulary, otherwise
+# exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
+# Not shipped and not part of STEP=all: STEP=fullvocab runs it.
+griffin1_fullvocab() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-stage1-fullvocab --stages 1 --epochs 1" \
+    "--max-steps $(epoch_part 2) --data $DATA --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100" \
+    "--resume --val-sequences 48 --no-progress"
+}
+
 # The run each shipped head is exported from, and the earlier runs of its lineage whose records travel
 # with it (as <prefix>_summary.json, <prefix>_train_log.csv, <prefix>_val_log.csv).
 declare -A FINAL_RUN=([eagle]=eagle-r2 [fspad]=fspad-r2 [griffin]=griffin-r2)
@@ -120,6 +130,10 @@ if step griffin; then
   run $(griffin1_r2)
   # shellcheck disable=SC2046
   run $(griffin23_r2)
+fi
+if [[ "$STEP" == fullvocab ]]; then
+  # shellcheck disable=SC2046
+  run $(griffin1_fullvocab)
 fi
 if step export; then
   for kind in eagle fspad griffin; do
