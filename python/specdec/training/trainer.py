@@ -725,7 +725,8 @@ class _Run:
             found = ckpt.load_latest(self.ckpt_dir, map_location="cpu")
             if found is None:
                 if dist.main:
-                    warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch", stacklevel=2)
+                    start = f"from --init {cfg.init!r}" if cfg.init else "from scratch"
+                    warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting {start}", stacklevel=2)
             else:
                 resume = found[3]
                 self._check_resumable(resume, found[2])
