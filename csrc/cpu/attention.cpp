@@ -13,9 +13,8 @@
 // tile (8-wide fp32 vectors over keys), P V is 8-wide over D, and the routine is built for AVX2/FMA and for
 // the baseline ISA, picked at load time. The softmax's max, exp and sum are 8-wide too (exp by a Cephes-style
 // polynomial, ~1 ulp): with glibc's scalar expf they took half the kernel's time at 60 tree nodes. Keys no
-// row of a group can see are skipped outright (never
-// multiplied by 0), so garbage in unwritten cache slots (even NaN) cannot leak into rows that do not see
-// them. A row that sees no key writes zeros.
+// row of a group can see are skipped outright (never multiplied by 0), so garbage in unwritten cache slots
+// (even NaN) cannot leak into rows that do not see them. A row that sees no key writes zeros.
 #include "specdec/attention_checks.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>

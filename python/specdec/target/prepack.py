@@ -98,7 +98,9 @@ def prepack_linears(model: nn.Module) -> int:
     """Swap every bfloat16 CPU nn.Linear of `model` for a PackedLinear, in place.
 
     Returns how many were swapped (0 when this torch has no prepacked linear, or none is eligible: a CUDA,
-    fp32 or fp16 model). Idempotent. Call it after the model reached its final device and dtype.
+    fp32 or fp16 model). Idempotent. Call it after the model reached its final device and dtype, and before
+    wrapping it in a specdec.target.TargetModel, which holds on to the lm_head module it finds at construction
+    (a TargetModel built earlier still computes the same logits, through the unpacked lm_head).
 
     Example:
         >>> import torch
