@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
-# the same data and draft vocabulary with the same passes over the data (one, then two more), then the bf16
-# export.
+# the same data and draft vocabulary with the same passes over the data (one, then two more, then two more),
+# then the bf16 export.
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
@@ -39,7 +39,7 @@ epoch_part() {
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // $1)" \
     "$DATA/manifest.json"
 }
-declare -A TRAIN_CMD MORE_CMD
+declare -A TRAIN_CMD MORE_CMD MORE3_CMD
 TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 1 ${COMMON[*]}"
 TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 1 ${COMMON[*]}"
 # GRIFFIN: stage 1 (one-step loss) for half an epoch, then stages 2 and 3 (multi-step, masked where
@@ -70,6 +70,20 @@ griffin23_r2() {
 # What the reduced vocabulary costs in acceptance: GRIFFIN stage 1 with the full vocabulary, otherwise
 # exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
 # Not shipped and not part of STEP=all: STEP=fullvocab runs it.
+# Round 3: two more passes each. GRIFFIN's two go mostly to stage 1 (1.5 epochs from round 2's stage 1,
+# bringing it to three passes like FSPAD after round 2), then stages 2 and 3 a quarter epoch each from it:
+# round 2 showed its multi-step stages working (best steps 2-3 on held-out data) while its one-step base,
+# which sets acc_1 and so most of tau, had half FSPAD's training.
+MORE3_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle-r3 --init $RUNS/eagle-r2 --epochs 2 --seed 2 ${COMMON[*]}"
+MORE3_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad-r3 --init $RUNS/fspad-r2 --epochs 2 --seed 2 ${COMMON[*]}"
+griffin1_r3() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-stage1-r3 --stages 1 --init $RUNS/griffin-stage1-r2 --epochs 2" \
+    "--max-steps $((3 * $(epoch_part 2))) --seed 2 ${COMMON[*]}"
+}
+griffin23_r3() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-r3 --stages 2,3 --init $RUNS/griffin-stage1-r3 --epochs 1" \
+    "--max-steps $(epoch_part 4) --seed 2 ${COMMON[*]} --lr 1.8e-4"
+}
 griffin1_fullvocab() {
   echo "specdec train --kind griffin --out $RUNS/griffin-stage1-fullvocab --stages 1 --epochs 1" \
     "--max-steps $(epoch_part 2) --data $DATA --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100" \
@@ -78,9 +92,10 @@ griffin1_fullvocab() {
 
 # The run each shipped head is exported from, and the earlier runs of its lineage whose records travel
 # with it (as <prefix>_summary.json, <prefix>_train_log.csv, <prefix>_val_log.csv).
-declare -A FINAL_RUN=([eagle]=eagle-r2 [fspad]=fspad-r2 [griffin]=griffin-r2)
-declare -A EARLIER_RUNS=([eagle]="eagle:round1" [fspad]="fspad:round1"
-  [griffin]="griffin-stage1:round1_stage1 griffin:round1_stages23 griffin-stage1-r2:stage1")
+declare -A FINAL_RUN=([eagle]=eagle-r3 [fspad]=fspad-r3 [griffin]=griffin-r3)
+declare -A EARLIER_RUNS=([eagle]="eagle:round1 eagle-r2:round2" [fspad]="fspad:round1 fspad-r2:round2"
+  [griffin]="griffin-stage1:round1_stage1 griffin:round1_stages23 griffin-stage1-r2:round2_stage1
+  griffin-r2:round2_stages23 griffin-stage1-r3:stage1")
 
 run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
@@ -98,8 +113,8 @@ recipe() {
     echo '```bash'
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
-    if [ "$kind" = griffin ]; then griffin1; griffin23; griffin1_r2; griffin23_r2
-    else echo "${TRAIN_CMD[$kind]}"; echo "${MORE_CMD[$kind]}"; fi
+    if [ "$kind" = griffin ]; then griffin1; griffin23; griffin1_r2; griffin23_r2; griffin1_r3; griffin23_r3
+    else echo "${TRAIN_CMD[$kind]}"; echo "${MORE_CMD[$kind]}"; echo "${MORE3_CMD[$kind]}"; fi
     echo "python -m specdec.heads.export $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
     echo '```'
     echo
@@ -119,6 +134,7 @@ for kind in eagle fspad; do
     run ${TRAIN_CMD[$kind]}
     # shellcheck disable=SC2086
     run ${MORE_CMD[$kind]}
+    run ${MORE3_CMD[$kind]}
   fi
 done
 if step griffin; then
@@ -130,6 +146,8 @@ if step griffin; then
   run $(griffin1_r2)
   # shellcheck disable=SC2046
   run $(griffin23_r2)
+  run $(griffin1_r3)
+  run $(griffin23_r3)
 fi
 if [[ "$STEP" == fullvocab ]]; then
   # shellcheck disable=SC2046
