@@ -31,7 +31,8 @@ DATA_CMD=(specdec data --target default --out "$DATA" --num-prompts 5000 --max-t
 # bench/draft_vocab.py: bench/results/draft_vocab_cpu.md), bf16 autocast, 8 sequences per step, peak lr
 # 3e-4 (the papers' 3e-5..5e-5 suit their ~100x more optimizer steps), the papers' value clipping 0.5 and
 # feature noise 0.1, and the same passes over the data for every head: one in round 1, two more in round 2
-# (below; what fits two sessions on two CPU cores). Validation on 48 held-out sequences.
+# and two more in round 3 (below; what fits three sessions on two CPU cores). Validation on 48 held-out
+# sequences.
 COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100 --resume
   --val-sequences 48 --no-progress)
 # 1/D of an epoch in optimizer steps (the training split's sequences / 8 / D), for GRIFFIN's stages.
