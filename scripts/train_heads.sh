@@ -68,9 +68,6 @@ griffin23_r2() {
   echo "specdec train --kind griffin --out $RUNS/griffin-r2 --stages 2,3 --init $RUNS/griffin-stage1-r2 --epochs 1" \
     "--max-steps $(epoch_part 2) --seed 1 ${COMMON[*]} --lr 1.8e-4"
 }
-# What the reduced vocabulary costs in acceptance: GRIFFIN stage 1 with the full vocabulary, otherwise
-# exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
-# Not shipped and not part of STEP=all: STEP=fullvocab runs it.
 # Round 3: two more passes each. GRIFFIN's two go mostly to stage 1 (1.5 epochs from round 2's stage 1,
 # bringing it to three passes like FSPAD after round 2), then stages 2 and 3 a quarter epoch each from it:
 # round 2 showed its multi-step stages working (best steps 2-3 on held-out data) while its one-step base,
@@ -85,6 +82,9 @@ griffin23_r3() {
   echo "specdec train --kind griffin --out $RUNS/griffin-r3 --stages 2,3 --init $RUNS/griffin-stage1-r3 --epochs 1" \
     "--max-steps $(epoch_part 4) --seed 2 ${COMMON[*]} --lr 1.8e-4"
 }
+# What the reduced vocabulary costs in acceptance: GRIFFIN stage 1 with the full vocabulary, otherwise
+# exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
+# Not shipped and not part of STEP=all: STEP=fullvocab runs it.
 griffin1_fullvocab() {
   echo "specdec train --kind griffin --out $RUNS/griffin-stage1-fullvocab --stages 1 --epochs 1" \
     "--max-steps $(epoch_part 2) --data $DATA --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100" \
@@ -135,6 +135,7 @@ for kind in eagle fspad; do
     run ${TRAIN_CMD[$kind]}
     # shellcheck disable=SC2086
     run ${MORE_CMD[$kind]}
+    # shellcheck disable=SC2086
     run ${MORE3_CMD[$kind]}
   fi
 done
@@ -147,7 +148,9 @@ if step griffin; then
   run $(griffin1_r2)
   # shellcheck disable=SC2046
   run $(griffin23_r2)
+  # shellcheck disable=SC2046
   run $(griffin1_r3)
+  # shellcheck disable=SC2046
   run $(griffin23_r3)
 fi
 if [[ "$STEP" == fullvocab ]]; then
