@@ -335,12 +335,52 @@ def test_cli_end_to_end(folders, capsys):
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "| rand | p | 0 |" in printed and "| rand | p | 1 |" in printed
     with open(out / "eval.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3  # 2 temperatures x (2 turns + 1 turn)
     assert all(r["mismatch"] == "match" for r in rows if r["temperature"] == "0")
+    # --no-progress: one log line per turn, counted per head and temperature; at T=0 with the check's result
+    logged = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in logged] == ["[1/3", "[2/3", "[3/3"] * 2, captured.err
+    assert logged[1].startswith("[2/3] rand T=0 p 1 turn 2: ") and logged[1].endswith("x model.generate, match")
+    assert logged[3].startswith("[1/3] rand T=1 p 1 turn 1: ") and logged[3].endswith("x model.generate")
+    assert not (out / "eval.partial.csv").exists()  # removed once the full report is written
+
+
+def test_cli_interrupted_run_keeps_measured_turns(folders, capsys, monkeypatch):
+    """A run that fails (or is interrupted) after some turns leaves them in eval.partial.csv, same columns
+    as eval.csv, and says so; no report is written."""
+    from specdec.evaluation import harness as hmod
+    from specdec.evaluation.report import columns
+
+    real_row, calls = hmod.Harness.row, []
+
+    def row_then_fail(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_row(self, *a, **k)
+
+    monkeypatch.setattr(hmod.Harness, "row", row_then_fail)
+    out = folders / "interrupted"
+    argv = ["eval", "--target", str(folders / "target"), "--draft", str(folders / "griffin")]
+    argv += ["--bench", str(folders / "p.jsonl"), "--max-new-tokens", "4", "--total-tokens", "6", "--depth", "2"]
+    argv += ["--temperatures", "0", "--threads", "1", "--no-warmup", "--no-progress", "--out", str(out)]
+    from specdec.cli import CliExit
+
+    with pytest.raises(CliExit) as e:
+        run_cli(argv)
+    assert e.value.code == 130 and "interrupted while evaluating" in str(e.value)
+    assert "the 2 turn(s) measured so far are in" in capsys.readouterr().err
+    with open(out / "eval.partial.csv") as f:
+        reader = csv.DictReader(f)
+        got = list(reader)
+    assert reader.fieldnames == columns(2)
+    assert [(r["prompt_id"], r["turn"], r["mismatch"]) for r in got] == [("1", "1", "match"), ("1", "2", "match")]
+    assert not (out / "eval.csv").exists()
 
 
 def test_select_prompts_first_or_spread():

@@ -142,7 +142,9 @@ def register(sub, formatter_class):
         "model.generate and speculative decoding alike; specdec.target.prepack)",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars: one log line per turn instead (for log files)"
+    )
     add_debug_argument(p)
     p.set_defaults(handler=_handle)
     return p
@@ -234,6 +236,16 @@ def validate_args(args) -> argparse.Namespace:
     return plan
 
 
+def _turn_line(row: dict, done: int, total: int) -> str:
+    """One log line per measured turn (--no-progress): where the run is and what the turn gave."""
+    check = f", {row['mismatch']}" if row.get("mismatch") else ""
+    return (
+        f"[{done}/{total}] {row['head']} T={row['temperature']:g} {row['benchmark']} {row['prompt_id']} "
+        f"turn {row['turn']}: {row['new_tokens']} tokens in {row['passes']} passes, tau {row['tau']:.2f}, "
+        f"{row['speedup_generate']:.2f}x model.generate{check}"
+    )
+
+
 def _handle(args, stage) -> int:
     from specdec.cli import RUNTIME, CliError
 
@@ -259,7 +271,7 @@ def _handle(args, stage) -> int:
     from ..models import load_draft_head
     from ..target.prepack import prepack_linears
     from .harness import EvalSettings, Harness
-    from .report import stamp, write_report
+    from .report import PartialCsv, stamp, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,7 +312,22 @@ def _handle(args, stage) -> int:
         f"{packed} prepacked linears",
         file=sys.stderr,
     )
-    rows = harness.run(heads, benches, progress=not args.no_progress)
+    os.makedirs(plan.out, exist_ok=True)
+    partial = PartialCsv(plan.out, args.depth)
+    print(f"specdec eval: each turn is appended to {partial.path} as it finishes", file=sys.stderr)
+
+    def on_row(row: dict, done: int, total: int) -> None:
+        partial.add(row)
+        if args.no_progress:
+            print(_turn_line(row, done, total), file=sys.stderr, flush=True)
+
+    try:
+        rows = harness.run(heads, benches, progress=not args.no_progress, on_row=on_row)
+    except BaseException:
+        partial.close(keep=True)
+        say = f"specdec eval: stopped; the {partial.rows} turn(s) measured so far are in {partial.path}"
+        print(say, file=sys.stderr)
+        raise
     stage.what = f"writing the report into {plan.out!r}"
     info = stamp(plan.device, plan.dtype)
     shown = {
@@ -314,6 +341,7 @@ def _handle(args, stage) -> int:
         "seed": args.seed,
     }
     rep = write_report(rows, plan.out, args.depth, info, shown)
+    partial.close(keep=False)
     print(rep["markdown"])
     print("wrote " + ", ".join(str(f) for f in rep["files"].values()))
     real = sum(g["mismatches"] for g in rep["groups"] if g["greedy"])

@@ -191,8 +191,11 @@ class Harness:
         self.counter = 0
 
     # -- the whole run ----------------------------------------------------------------------------------
-    def run(self, heads: dict, benches: dict, progress: bool = True) -> list:
-        """Rows (dicts, one per head x temperature x prompt x turn); see report.columns(depth)."""
+    def run(self, heads: dict, benches: dict, progress: bool = True, on_row: Optional[Callable] = None) -> list:
+        """Rows (dicts, one per head x temperature x prompt x turn); see report.columns(depth).
+
+        `on_row(row, done, total)` is called after each turn (`done` of `total` turns of this head and
+        temperature): the CLI appends the row to eval.partial.csv and, without progress bars, logs it."""
         from tqdm.auto import tqdm
 
         rows = []
@@ -205,6 +208,7 @@ class Harness:
                 bar = tqdm(
                     total=turns_total, desc=f"{hname} T={temp:g}", unit="turn", disable=not progress, dynamic_ncols=True
                 )
+                done = 0  # counted here: a disabled tqdm bar does not count
                 for bench, prompts in benches.items():
                     for i, p in enumerate(prompts):
                         messages = []
@@ -217,7 +221,10 @@ class Harness:
                             rows.append(row)
                             messages.append({"role": "assistant", "content": row.pop("_answer")})
                             bar.update(1)
+                            done += 1
                             bar.set_postfix(tau=f"{row['tau']:.2f}", speedup=f"{row['speedup_generate']:.2f}")
+                            if on_row is not None:
+                                on_row(row, done, turns_total)
                 bar.close()
         return rows
 

@@ -157,13 +157,43 @@ def aggregate(rows: list, depth: int) -> list:
     return out
 
 
+def _csv_row(r: dict) -> dict:
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+
+
 def write_csv(rows: list, path, depth: int) -> None:
     cols = columns(depth)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow(_csv_row(r))
+
+
+class PartialCsv:
+    """`eval.partial.csv`: every row appended and flushed as soon as its turn is measured, so a run that is
+    interrupted after hours keeps what it measured (same columns as eval.csv). `close(keep=False)` removes
+    it once the full report is written."""
+
+    NAME = "eval.partial.csv"
+
+    def __init__(self, out, depth: int):
+        self.path = Path(out) / self.NAME
+        self._f = open(self.path, "w", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=columns(depth), extrasaction="ignore")
+        self._w.writeheader()
+        self._f.flush()
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self._w.writerow(_csv_row(row))
+        self._f.flush()
+        self.rows += 1
+
+    def close(self, keep: bool) -> None:
+        self._f.close()
+        if not keep:
+            self.path.unlink(missing_ok=True)
 
 
 def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
