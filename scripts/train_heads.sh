@@ -7,6 +7,7 @@
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
 #   STEP=fullvocab bash scripts/train_heads.sh   # the full-vocabulary GRIFFIN stage 1 (a comparison, not shipped)
+#   DRY_RUN=1 STEP=griffin bash scripts/train_heads.sh   # print a step's commands without running them
 #
 # Every step resumes where it stopped: `specdec data` skips finished shards and `specdec train --resume`
 # continues from its newest checkpoint (bitwise equal to an uninterrupted run), so rerun after an
@@ -14,6 +15,7 @@
 # cores better than one with 2). On GPUs the same commands apply (torchrun --nproc_per_node N -m
 # specdec.cli train ... for DDP), with more --num-prompts and --epochs for a bigger target.
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) (e.g. epoch_part without data) stops the script
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${WORK:-${SPECDEC_HOME:-$HOME/.cache/specdec}}"
 DATA="$WORK/data/sharegpt-5k"
@@ -40,47 +42,47 @@ epoch_part() {
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['splits']['train']['sequences'] // 8 // $1)" \
     "$DATA/manifest.json"
 }
-declare -A TRAIN_CMD MORE_CMD MORE3_CMD
-TRAIN_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle --epochs 1 ${COMMON[*]}"
-TRAIN_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad --epochs 1 ${COMMON[*]}"
-# GRIFFIN: stage 1 (one-step loss) for half an epoch, then stages 2 and 3 (multi-step, masked where
-# drafting diverged) for a quarter each: the same single pass over the data as EAGLE and FSPAD (stage j
-# costs about j times stage 1 per token). Stages 2-3 at 0.6x the peak lr, the GRIFFIN recipe's ratio.
-griffin1() {
-  echo "specdec train --kind griffin --out $RUNS/griffin-stage1 --stages 1 --epochs 1 --max-steps $(epoch_part 2)" \
-    "${COMMON[*]}"
+# One round of EAGLE or FSPAD: KIND SUFFIX INIT EPOCHS SEED (INIT: the run it starts from, "" for none).
+one_step_round() {
+  echo "specdec train --kind $1 --out $RUNS/$1$2${3:+ --init $RUNS/$3} --epochs $4${5:+ --seed $5} ${COMMON[*]}"
 }
-griffin23() {
-  echo "specdec train --kind griffin --out $RUNS/griffin --stages 2,3 --init $RUNS/griffin-stage1 --epochs 1" \
-    "--max-steps $(epoch_part 4) ${COMMON[*]} --lr 1.8e-4"
+# One round of GRIFFIN: stage 1 (one-step loss), then stages 2 and 3 (multi-step, masked where drafting
+# diverged) from it, at 0.6x the peak lr (the GRIFFIN recipe's ratio). Stage j costs about j times stage 1
+# per token, so the rounds below give GRIFFIN the same passes of tokens as EAGLE and FSPAD.
+# SUFFIX INIT (stage-1 run to start from) STAGE1_EPOCHS STAGE1_STEPS SEED STAGES23_STEPS ("" = option left out).
+griffin_round() {
+  echo "specdec train --kind griffin --out $RUNS/griffin-stage1$1 --stages 1${2:+ --init $RUNS/$2} --epochs $3" \
+    "${4:+--max-steps $4 }${5:+--seed $5 }${COMMON[*]}"
+  echo "specdec train --kind griffin --out $RUNS/griffin$1 --stages 2,3 --init $RUNS/griffin-stage1$1 --epochs 1" \
+    "--max-steps $6${5:+ --seed $5} ${COMMON[*]} --lr 1.8e-4"
 }
-# Round 2: two more passes over the same data for every head, each starting from its round-1 weights
-# (--init) with a fresh warmup + cosine schedule and another data order (--seed 1). Round 1's curves
-# were still rising when its cosine reached zero. GRIFFIN: one more epoch of stage 1 from the round-1
-# stage-1 head, then stages 2 and 3 for half an epoch each from that: again two passes of tokens.
-MORE_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle-r2 --init $RUNS/eagle --epochs 2 --seed 1 ${COMMON[*]}"
-MORE_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad-r2 --init $RUNS/fspad --epochs 2 --seed 1 ${COMMON[*]}"
-griffin1_r2() {
-  echo "specdec train --kind griffin --out $RUNS/griffin-stage1-r2 --stages 1 --init $RUNS/griffin-stage1 --epochs 1" \
-    "--seed 1 ${COMMON[*]}"
-}
-griffin23_r2() {
-  echo "specdec train --kind griffin --out $RUNS/griffin-r2 --stages 2,3 --init $RUNS/griffin-stage1-r2 --epochs 1" \
-    "--max-steps $(epoch_part 2) --seed 1 ${COMMON[*]} --lr 1.8e-4"
-}
-# Round 3: two more passes each. GRIFFIN's two go mostly to stage 1 (1.5 epochs from round 2's stage 1,
-# bringing it to three passes like FSPAD after round 2), then stages 2 and 3 a quarter epoch each from it:
-# round 2 showed its multi-step stages working (best steps 2-3 on held-out data) while its one-step base,
-# which sets acc_1 and so most of tau, had half FSPAD's training.
-MORE3_CMD[eagle]="specdec train --kind eagle --out $RUNS/eagle-r3 --init $RUNS/eagle-r2 --epochs 2 --seed 2 ${COMMON[*]}"
-MORE3_CMD[fspad]="specdec train --kind fspad --out $RUNS/fspad-r3 --init $RUNS/fspad-r2 --epochs 2 --seed 2 ${COMMON[*]}"
-griffin1_r3() {
-  echo "specdec train --kind griffin --out $RUNS/griffin-stage1-r3 --stages 1 --init $RUNS/griffin-stage1-r2 --epochs 2" \
-    "--max-steps $((3 * $(epoch_part 2))) --seed 2 ${COMMON[*]}"
-}
-griffin23_r3() {
-  echo "specdec train --kind griffin --out $RUNS/griffin-r3 --stages 2,3 --init $RUNS/griffin-stage1-r3 --epochs 1" \
-    "--max-steps $(epoch_part 4) --seed 2 ${COMMON[*]} --lr 1.8e-4"
+# Every command of a head's lineage, one per line, in order: the rounds. The step runs them and RECIPE.md
+# records them.
+# - Round 1, one pass over the data. GRIFFIN: stage 1 for half an epoch, stages 2 and 3 a quarter each.
+# - Round 2, two more passes from round 1's weights (--init) with a fresh warmup + cosine schedule and
+#   another data order (--seed 1): round 1's curves were still rising when its cosine reached zero.
+#   GRIFFIN: one more epoch of stage 1 from round 1's stage 1, then stages 2 and 3 half an epoch each.
+# - Round 3, two more passes. GRIFFIN's go mostly to stage 1 (1.5 epochs from round 2's stage 1, bringing
+#   it to three passes like FSPAD after round 2), then stages 2 and 3 a quarter epoch each: round 2 showed
+#   its multi-step stages working (best steps 2-3 on held-out data) while its one-step base, which sets
+#   acc_1 and so most of tau, had half FSPAD's training.
+# A further round is one more line per head (--init the last run, --seed 3) and FINAL_RUN below.
+lineage() {
+  case "$1" in
+    eagle | fspad)
+      one_step_round "$1" "" "" 1 ""
+      one_step_round "$1" -r2 "$1" 2 1
+      one_step_round "$1" -r3 "$1-r2" 2 2
+      ;;
+    griffin)
+      local e2 e4
+      e2=$(epoch_part 2)
+      e4=$(epoch_part 4)
+      griffin_round "" "" 1 "$e2" "" "$e4"
+      griffin_round -r2 griffin-stage1 1 "" 1 "$e2"
+      griffin_round -r3 griffin-stage1-r2 2 "$((3 * e2))" 2 "$e4"
+      ;;
+  esac
 }
 # What the reduced vocabulary costs in acceptance: GRIFFIN stage 1 with the full vocabulary, otherwise
 # exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
@@ -98,7 +100,10 @@ declare -A EARLIER_RUNS=([eagle]="eagle:round1 eagle-r2:round2" [fspad]="fspad:r
   [griffin]="griffin-stage1:round1_stage1 griffin:round1_stages23 griffin-stage1-r2:round2_stage1
   griffin-r2:round2_stages23 griffin-stage1-r3:stage1")
 
-run() { echo "+ $*" >&2; "$ROOT/.venv/bin/$1" "${@:2}"; }
+run() {
+  echo "+ $*" >&2
+  if [[ "${DRY_RUN:-0}" != 1 ]]; then "$ROOT/.venv/bin/$1" "${@:2}"; fi
+}
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
 
 # RECIPE.md of a head: what was run, from which commit.
@@ -114,8 +119,7 @@ recipe() {
     echo '```bash'
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
-    if [ "$kind" = griffin ]; then griffin1; griffin23; griffin1_r2; griffin23_r2; griffin1_r3; griffin23_r3
-    else echo "${TRAIN_CMD[$kind]}"; echo "${MORE_CMD[$kind]}"; echo "${MORE3_CMD[$kind]}"; fi
+    lineage "$kind"
     echo "python -m specdec.heads.export $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
     echo '```'
     echo
@@ -129,30 +133,15 @@ recipe() {
 if step data; then
   run "${DATA_CMD[@]}"
 fi
-for kind in eagle fspad; do
+for kind in eagle fspad griffin; do
   if step "$kind"; then
-    # shellcheck disable=SC2086  # the commands are flat lists of words without spaces inside
-    run ${TRAIN_CMD[$kind]}
-    # shellcheck disable=SC2086
-    run ${MORE_CMD[$kind]}
-    # shellcheck disable=SC2086
-    run ${MORE3_CMD[$kind]}
+    cmds=$(lineage "$kind")  # computed first: a failure (no data manifest yet) stops the script here
+    while read -r cmd; do
+      # shellcheck disable=SC2086  # the commands are flat lists of words without spaces inside
+      run $cmd </dev/null
+    done <<<"$cmds"
   fi
 done
-if step griffin; then
-  # shellcheck disable=SC2046
-  run $(griffin1)
-  # shellcheck disable=SC2046
-  run $(griffin23)
-  # shellcheck disable=SC2046
-  run $(griffin1_r2)
-  # shellcheck disable=SC2046
-  run $(griffin23_r2)
-  # shellcheck disable=SC2046
-  run $(griffin1_r3)
-  # shellcheck disable=SC2046
-  run $(griffin23_r3)
-fi
 if [[ "$STEP" == fullvocab ]]; then
   # shellcheck disable=SC2046
   run $(griffin1_fullvocab)
@@ -160,6 +149,7 @@ fi
 if step export; then
   for kind in eagle fspad griffin; do
     src="$RUNS/${FINAL_RUN[$kind]}"
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "+ $PY -m specdec.heads.export $src $HEADS/$kind --data $DATA" >&2; continue; fi
     if [ ! -f "$src/model.safetensors" ]; then echo "export: $kind is not trained yet ($src)" >&2; continue; fi
     recipe "$kind" "$RUNS/$kind.RECIPE.md"
     "$PY" -m specdec.heads.export "$src" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
