@@ -248,7 +248,7 @@ def test_measure_draft_cost_and_auto_tree(tmp_path, monkeypatch):
     level = budget.measure_draft_cost(head, target, ks=(2, 4), context=16)
     assert sorted(level) == [2, 4] and all(t > 0 for t in level.values())
     cands = [(4, 2, 2), (8, 3, 4), (16, 4, 4)]
-    N, depth, k, tps = budget.auto_tree(target, head, context=16, candidates=cands)
+    N, depth, k, tps = budget.auto_tree(target, head, context=16, candidates=cands, allow_plain=False)
     assert (N, depth, k) in cands and tps > 0
     store = json.loads((tmp_path / "verify_cost.json").read_text())
     # the context is rounded up to 128: verify and draft costs at ctx=128, plus the draft entry at 16
@@ -262,12 +262,62 @@ def test_measure_draft_cost_and_auto_tree(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(budget, "time_verify", lambda *a, **kw: calls.append(a) or {})
     monkeypatch.setattr(budget, "time_draft_level", lambda *a, **kw: calls.append(a) or {})
-    # acceptance 0 -> the smallest candidate, from the cached costs
-    assert budget.auto_tree(target, head, context=16, acceptance=[0.0], candidates=cands)[:3] == (4, 2, 2)
+    # acceptance 0 -> plain decoding; without it, the smallest candidate, from the cached costs
+    assert budget.auto_tree(target, head, context=16, acceptance=[0.0], candidates=cands) == (*budget.PLAIN, 500.0)
+    assert budget.auto_tree(target, head, context=16, acceptance=[0.0], candidates=cands, allow_plain=False)[:3] == (
+        4,
+        2,
+        2,
+    )
     # the head's own validation rates are used when present
     head.config.extra["specdec_training"] = {"result": {"validation": [{"acc_1": 0.0, "acc_2": 0.0}]}}
-    assert budget.auto_tree(target, head, context=16, candidates=cands)[:3] == (4, 2, 2)
+    assert budget.auto_tree(target, head, context=16, candidates=cands, allow_plain=False)[:3] == (4, 2, 2)
     assert calls == []  # nothing was re-measured
+
+
+@pytest.mark.parametrize(
+    "verify, level, acceptance, want",
+    [
+        # GPU-like flat verify curve, cheap draft levels, a good head: a tree
+        ({1: 0.010, 4: 0.0102, 8: 0.0104, 16: 0.011}, 0.0005, [0.8] * 4, "tree"),
+        # the same machine, a head that accepts nothing: plain decoding
+        ({1: 0.010, 4: 0.0102, 8: 0.0104, 16: 0.011}, 0.0005, [0.0] * 4, "plain"),
+        # fp32 on one CPU core: a second row costs a whole step; a weak head cannot pay for it
+        ({1: 0.100, 4: 0.200, 8: 0.210, 16: 0.230}, 0.017, [0.4, 0.35, 0.3, 0.3], "plain"),
+        # bf16 prepacked on one core: flat to 8 rows; the same head pays
+        ({1: 0.050, 4: 0.050, 8: 0.051, 16: 0.064}, 0.0037, [0.4, 0.35, 0.3, 0.3], "tree"),
+    ],
+)
+def test_auto_tree_weighs_plain_decoding(monkeypatch, verify, level, acceptance, want):
+    """auto_tree returns PLAIN exactly when 1 / verify(1) beats the best candidate's expected rate."""
+    monkeypatch.setattr(budget, "measure_verify_cost", lambda target, Ns, **kw: {n: verify[n] for n in Ns})
+    monkeypatch.setattr(budget, "measure_draft_cost", lambda head, target, ks, **kw: {k: level for k in ks})
+    cands = [(4, 2, 2), (8, 2, 4), (16, 3, 4)]
+    got = budget.auto_tree(None, None, acceptance=acceptance, candidates=cands)
+    best = budget.choose_tree(verify, budget.draft_cost_model({k: level for k in (2, 4)}), acceptance, cands)
+    assert (got[:3] == budget.PLAIN) == (want == "plain")
+    assert got == ((*budget.PLAIN, 1 / verify[1]) if want == "plain" else best)
+    assert budget.auto_tree(None, None, acceptance=acceptance, candidates=cands, allow_plain=False) == best
+
+
+def test_generate_auto_plain_is_generate_baseline(monkeypatch):
+    """When "auto" chooses plain decoding, generate returns generate_baseline's tokens with tree PLAIN."""
+    from specdec.decoding import generate, generate_baseline
+    from specdec.models import DraftConfig, build_draft_head
+
+    model = make_target(sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (*budget.PLAIN, 100.0))
+    prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
+    res = generate(model, head, prompt, max_new_tokens=7, total_tokens="auto", eos_token_id=[])
+    base = generate_baseline(model, prompt, max_new_tokens=7, eos_token_id=[])
+    assert res.sequences == base.sequences and res.tree == budget.PLAIN
+    assert res.tau == 1.0 and res.passes == base.passes == 6 and res.draft_time == 0.0
+    assert res.total_time >= res.prefill_time > 0
+    for b, p in enumerate(prompt):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=7, do_sample=False)[0, len(p) :].tolist()
+        assert res.sequences[b] == ref
 
 
 def test_generate_auto_is_lossless(tmp_path, monkeypatch):
@@ -286,7 +336,8 @@ def test_generate_auto_is_lossless(tmp_path, monkeypatch):
 
     def spy(*a, **kw):
         contexts.append(kw["context"])
-        chosen.append(real(*a, candidates=[(4, 2, 2), (8, 3, 4), (12, 4, 3)], **kw))
+        # allow_plain=False: this test is about speculative decoding, which plain decoding might beat here
+        chosen.append(real(*a, candidates=[(4, 2, 2), (8, 3, 4), (12, 4, 3)], allow_plain=False, **kw))
         return chosen[-1]
 
     monkeypatch.setattr(budget, "auto_tree", spy)

@@ -88,6 +88,19 @@ def test_generate_with_prompt_ids(saved, capsys):
     assert "draft griffin" in out
 
 
+def test_generate_auto_says_when_it_decodes_plainly(saved, capsys, monkeypatch):
+    from specdec.decoding import budget
+
+    root, model = saved
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (*budget.PLAIN, 50.0))
+    argv = ["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1 2 3"]
+    rc, out = run(argv + ["--max-new-tokens", 5, "--total-tokens", "auto"], capsys)
+    assert rc == 0, out
+    assert "tree: none, plain decoding (auto: no tree is expected to be faster on this machine" in out
+    want = generate_baseline(model, [[1, 2, 3]], max_new_tokens=5).sequences[0]
+    assert f"[0] {' '.join(map(str, want))}" in out.splitlines()
+
+
 def test_generate_sampling_runs(saved, capsys):
     root, _ = saved
     rc, out = run(

@@ -163,6 +163,18 @@ def test_rows_at_temperature_one_and_random_head(tiny):
         assert r["time_generate"] > 0 and r["speedup_generate"] > 0
 
 
+def test_auto_tree_choosing_plain_decoding_is_a_row_like_any_other(tiny, monkeypatch):
+    from specdec.decoding import budget
+
+    model, tok = tiny
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (*budget.PLAIN, 10.0))
+    head = TargetOracleHead(model)
+    h = Harness(model, tok, settings(total_tokens="auto", eos_token_id=[]))  # never stop early
+    (row,) = h.run({"oracle": head}, {"he": [Prompt("he", "0", ["w3 w4"])]}, progress=False)
+    assert row["tree"] == "plain" and row["tau"] == 1.0 and row["mismatch"] == "match"
+    assert row["passes"] == row["new_tokens"] - 1  # the prefill's token, then one per pass
+
+
 # -- the mismatch check -------------------------------------------------------------------------------
 
 

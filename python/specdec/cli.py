@@ -585,6 +585,7 @@ def _generate(args, stage: _Stage) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .decoding import generate, generate_baseline
+    from .decoding.budget import PLAIN
     from .models import load_draft_head
     from .target import TargetModel
     from .target.prepack import prepack_linears
@@ -695,8 +696,13 @@ def _generate(args, stage: _Stage) -> int:
         f"dtype {str(dtype).replace('torch.', '')}"
     )
     print(
-        f"tree: {res.tree[0]} nodes, depth {res.tree[1]}, top-k {res.tree[2]}"
-        f"{' (auto: measured on this machine)' if args.total_tokens == 'auto' else ''}; "
+        (
+            "tree: none, plain decoding (auto: no tree is expected to be faster on this machine for this head)"
+            if tuple(res.tree) == PLAIN
+            else f"tree: {res.tree[0]} nodes, depth {res.tree[1]}, top-k {res.tree[2]}"
+            f"{' (auto: measured on this machine)' if args.total_tokens == 'auto' else ''}"
+        )
+        + "; "
         f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}"
     )
     for b, seq in enumerate(res.sequences):

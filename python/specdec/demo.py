@@ -117,6 +117,14 @@ DEMO_PROMPTS = (
 )
 
 
+def _tree_text(tree) -> str:
+    from .decoding.budget import PLAIN
+
+    if tuple(tree) == PLAIN:
+        return "no tree (auto: plain decoding is expected to be faster here)"
+    return f"tree {tree[0]} nodes / depth {tree[1]} / top-k {tree[2]}"
+
+
 def _phase(i: int, n: int, text: str) -> None:
     print(f"[{i}/{n}] {text}", flush=True)
 
@@ -181,8 +189,8 @@ def real_demo(
         )
         print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
         print(
-            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, tree "
-            f"{spec.tree[0]} nodes / depth {spec.tree[1]} / top-k {spec.tree[2]} | speculative "
+            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, {_tree_text(spec.tree)} | "
+            "speculative "
             f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
             f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x | output vs model.generate: {same}"
         )

@@ -28,7 +28,10 @@ Two ingredients (the idea behind Sequoia's hardware-aware trees and EAGLE-2's pe
 
 `choose_tree` then maximises expected_tokens(N, depth, k) / (draft_time(N, depth, k) + verify_time(N)) over
 a grid of candidates. Verify times between measured N are interpolated linearly (extrapolated from the
-last two points).
+last two points). `auto_tree` also weighs plain decoding (one token per one-row pass, no drafting) and
+returns PLAIN = (1, 0, 0) when no tree is expected to beat it: where a head accepts too little for its cost,
+or where one more row costs as much as a whole step (fp32 on one CPU core: verify_cost(4) ~ 2 x
+verify_cost(1)), "auto" decodes plainly rather than slowly, and says so in GenerationResult.tree.
 
 Example:
     >>> cost = {1: 0.020, 8: 0.021, 16: 0.022, 32: 0.024, 64: 0.028}        # flat (GPU-like)
@@ -54,6 +57,9 @@ from ..target.prepack import is_prepacked
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
 # head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).
 DEFAULT_ACCEPTANCE = (0.7, 0.65, 0.6, 0.55, 0.5, 0.5)
+
+# What auto_tree returns when plain decoding is expected to be fastest: one node, no drafting.
+PLAIN = (1, 0, 0)
 
 # The default (N, depth, top_k) grid of choose_tree.
 DEFAULT_NS = (4, 8, 12, 16, 24, 32, 48, 60)
@@ -420,6 +426,7 @@ def auto_tree(
     candidates: Optional[Iterable[Tuple[int, int, int]]] = None,
     *,
     use_cache: bool = True,
+    allow_plain: bool = True,
 ) -> Tuple[int, int, int, float]:
     """(N, depth, top_k, expected tokens/s) for `head` drafting for `target` (a TargetModel) on this machine.
 
@@ -427,7 +434,11 @@ def auto_tree(
     their top-k) are measured once and cached; acceptance defaults to head_acceptance(head) (the head's
     validation rates from `specdec train`), else DEFAULT_ACCEPTANCE. `context`: committed tokens of the
     measurement (rounded up to a multiple of 128 so nearby prompt lengths share one cache entry). Costs are
-    measured at batch 1: for large batches the verify curve is steeper and the choice optimistic."""
+    measured at batch 1: for large batches the verify curve is steeper and the choice optimistic.
+
+    allow_plain: when plain decoding (1 / verify_cost(1) tokens/s) is expected to be at least as fast as the
+    best candidate, return (*PLAIN, that rate) instead; False always returns a candidate (to measure or
+    test speculative decoding itself)."""
     cands = sorted(set(default_candidates() if candidates is None else (tuple(map(int, c)) for c in candidates)))
     ctx = max(128, -(-int(context) // 128) * 128)
     Ns = sorted({1} | {c[0] for c in cands})
@@ -435,4 +446,8 @@ def auto_tree(
     verify = measure_verify_cost(target, Ns, context=ctx, use_cache=use_cache)
     level = measure_draft_cost(head, target, ks, context=ctx, use_cache=use_cache)
     acc = acceptance if acceptance is not None else (head_acceptance(head) or list(DEFAULT_ACCEPTANCE))
-    return choose_tree(verify, draft_cost_model(level), acc, cands)
+    best = choose_tree(verify, draft_cost_model(level), acc, cands)
+    plain = 1.0 / interpolate_cost(verify, 1)
+    if allow_plain and plain >= best[3]:
+        return (*PLAIN, plain)
+    return best

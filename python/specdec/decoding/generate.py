@@ -50,7 +50,8 @@ class GenerationResult:
         synchronised so the split is meaningful). draft_time includes the draft's own prefill and
         extensions; verify_time the target verification, the verification op and the compaction.
     tree: (N, depth, tree_top_k) of the drafted trees, the nodes N capped by the candidates drafted (what
-        total_tokens="auto" chose); None for the baseline.
+        total_tokens="auto" chose); (1, 0, 0) when "auto" chose plain decoding (no tree expected to be
+        faster here); None for the baseline.
     """
 
     sequences: list
@@ -294,6 +295,8 @@ def generate(
             tree_top_k (the given ones are ignored) to maximise expected tokens per second, from the
             target's verify cost and the head's draft cost on this machine (measured once, cached under
             $SPECDEC_HOME) and the head's validation acceptance rates (else budget.DEFAULT_ACCEPTANCE).
+            When no tree is expected to beat plain decoding on this machine, "auto" decodes plainly
+            (generate_baseline; the result's tree is budget.PLAIN = (1, 0, 0) and tau 1).
         eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
             the model's `generation_config.eos_token_id`, like `model.generate`; `[]`: never stop early.
         generator: torch.Generator on the target's device for the sampling uniforms (reproducible runs).
@@ -317,9 +320,23 @@ def generate(
     if isinstance(total_tokens, str):
         if total_tokens != "auto":
             raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
-        from .budget import auto_tree, context_bucket
+        from .budget import PLAIN, auto_tree, context_bucket
 
         total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=context_bucket(L))
+        if (total_tokens, depth, tree_top_k) == PLAIN:
+            return _plain_instead(
+                t_start,
+                target,
+                rows,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                eos_token_id=eos_token_id,
+                generator=generator,
+                prefill_chunk_size=prefill_chunk_size,
+                backend=backend,
+            )
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     D1 = min(N, depth + 1)  # longest accepted path (root included)
@@ -398,6 +415,19 @@ def generate(
         time.perf_counter() - t_start,
         tree=(N, depth, tree_top_k),
     )
+
+
+def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:
+    """generate's path when "auto" chose plain decoding: generate_baseline on the same prompts, its times
+    counted from generate's start (the choice included) and the tree reported as budget.PLAIN."""
+    from .budget import PLAIN
+
+    res = generate_baseline(target, rows, **kw)
+    before = time.perf_counter() - t_start - res.total_time
+    res.prefill_time += before
+    res.total_time += before
+    res.tree = PLAIN
+    return res
 
 
 def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None) -> GenerationResult:

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..decoding.budget import PLAIN
+
 MATCH, TIE, MISMATCH = "match", "tie", "mismatch"
 METHODS = ("generate", "baseline", "speculative")
 
@@ -243,7 +245,7 @@ class Harness:
             "turn": turn + 1,
             "head": hname,
             "temperature": temp,
-            "tree": "/".join(map(str, spec.tree)) if spec.tree else "",
+            "tree": ("plain" if tuple(spec.tree) == PLAIN else "/".join(map(str, spec.tree))) if spec.tree else "",
             "prompt_tokens": len(ids),
             "new_tokens": n_spec,
             "passes": spec.passes,
