@@ -5,10 +5,24 @@
 # - Nothing is reinstalled or rebuilt when nothing changed: the dependencies are stamped with a hash of
 #   the requirements, the build with a hash of every input of the build (csrc/, setup.py, pyproject.toml,
 #   specdec_kernels/_limits.py, the torch version and the build switches). SPECDEC_FORCE_BUILD=1 rebuilds.
+# - SPECDEC_NO_INSTALL=1: use $PYTHON (default python3) as it is, with whatever torch, triton and
+#   transformers it holds: no virtual environment and no download, only the build. For machines without
+#   network whose Python already has torch (a GPU box; bench/run_gpu.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-if [ -z "${VIRTUAL_ENV:-}" ]; then
+if [ "${SPECDEC_NO_INSTALL:-0}" = "1" ]; then
+  # `python` below is $PY, whatever its name on this machine
+  SHIM="$ROOT/build/python-shim"
+  mkdir -p "$SHIM"
+  ln -sf "$(command -v "$PY")" "$SHIM/python"
+  export PATH="$SHIM:$PATH"
+  if ! python -c "import torch" 2>/dev/null; then
+    echo "[setup] SPECDEC_NO_INSTALL=1: $PY ($(command -v "$PY")) cannot import torch" >&2
+    exit 1
+  fi
+  STAMPS="$ROOT/build/.specdec-stamps"
+elif [ -z "${VIRTUAL_ENV:-}" ]; then
   if [ ! -x "$ROOT/.venv/bin/python" ]; then
     echo "[setup] creating $ROOT/.venv"
     "$PY" -m venv "$ROOT/.venv"
@@ -17,7 +31,7 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . "$ROOT/.venv/bin/activate"
 fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-STAMPS="$VIRTUAL_ENV/.specdec-stamps"
+STAMPS="${STAMPS:-$VIRTUAL_ENV/.specdec-stamps}"
 mkdir -p "$STAMPS"
 
 # Hash of files and strings given as arguments (files by content, in the order given).
@@ -36,7 +50,9 @@ EOF
 
 TORCH_VERSION="${SPECDEC_TORCH_VERSION:-2.14.1}"
 DEPS_HASH="$(_hash "$ROOT/requirements-dev.txt" "torch==$TORCH_VERSION" "$(python -c 'import sys; print(sys.executable)')")"
-if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$DEPS_HASH" ]; then
+if [ "${SPECDEC_NO_INSTALL:-0}" = "1" ]; then
+  echo "[setup] SPECDEC_NO_INSTALL=1: $PY as it is: $(python -c 'import torch; print("torch", torch.__version__)')"
+elif [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$DEPS_HASH" ]; then
   if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
     echo "[setup] installing torch==$TORCH_VERSION"
     python -m pip install -q "torch==$TORCH_VERSION"

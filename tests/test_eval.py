@@ -359,19 +359,22 @@ def test_cli_end_to_end(folders, capsys):
     assert [line.split("]")[0] for line in logged] == ["[1/3", "[2/3", "[3/3"] * 2, captured.err
     assert logged[1].startswith("[2/3] rand T=0 p 1 turn 2: ") and logged[1].endswith("x model.generate, match")
     assert logged[3].startswith("[1/3] rand T=1 p 1 turn 1: ") and logged[3].endswith("x model.generate")
-    assert not (out / "eval.partial.csv").exists()  # removed once the full report is written
+    assert not (out / "eval.partial.jsonl").exists()  # the checkpoint is removed once the report is written
 
 
-def test_cli_interrupted_run_keeps_measured_turns(folders, capsys, monkeypatch):
-    """A run that fails (or is interrupted) after some turns leaves them in eval.partial.csv, same columns
-    as eval.csv, and says so; no report is written."""
+def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
+    """A run that stops after some turns keeps them in its checkpoint and says so; the same command needs
+    --resume to reuse its --out; with other settings --resume refuses; with the same it measures only the
+    missing turns (the second turn of a prompt continuing from the checkpointed first answer) and writes
+    the whole report."""
+    from specdec.cli import CliExit
     from specdec.evaluation import harness as hmod
-    from specdec.evaluation.report import columns
+    from specdec.evaluation.report import Checkpoint
 
     real_row, calls = hmod.Harness.row, []
 
     def row_then_fail(self, *a, **k):
-        calls.append(1)
+        calls.append(a[4])  # the turn index of each measured turn
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_row(self, *a, **k)
@@ -381,18 +384,42 @@ def test_cli_interrupted_run_keeps_measured_turns(folders, capsys, monkeypatch):
     argv = ["eval", "--target", str(folders / "target"), "--draft", str(folders / "griffin")]
     argv += ["--bench", str(folders / "p.jsonl"), "--max-new-tokens", "4", "--total-tokens", "6", "--depth", "2"]
     argv += ["--temperatures", "0", "--threads", "1", "--no-warmup", "--no-progress", "--out", str(out)]
-    from specdec.cli import CliExit
-
     with pytest.raises(CliExit) as e:
         run_cli(argv)
     assert e.value.code == 130 and "interrupted while evaluating" in str(e.value)
     assert "the 2 turn(s) measured so far are in" in capsys.readouterr().err
-    with open(out / "eval.partial.csv") as f:
-        reader = csv.DictReader(f)
-        got = list(reader)
-    assert reader.fieldnames == columns(2)
-    assert [(r["prompt_id"], r["turn"], r["mismatch"]) for r in got] == [("1", "1", "match"), ("1", "2", "match")]
+    settings, done = Checkpoint.load(out)
+    assert settings["max_new_tokens"] == 4 and settings["prompts"] == {"p": ["1", "2", "3"]}
+    assert [(r["prompt_id"], r["turn"], r["mismatch"]) for r, _ in done] == [("1", 1, "match"), ("1", 2, "match")]
     assert not (out / "eval.csv").exists()
+    # a killed process can leave half a line: dropped on load
+    with open(out / Checkpoint.NAME, "a") as f:
+        f.write('{"row": {"head": "gr')
+    # the same --out without --resume: refused, nothing touched
+    with pytest.raises(CliExit) as e:
+        run_cli(argv)
+    assert e.value.code == 2 and "argument --out: expected a folder without an interrupted run, or --resume" in str(
+        e.value
+    )
+    # --resume with another setting: refused
+    with pytest.raises(CliExit) as e:
+        run_cli([a if a != "4" else "5" for a in argv] + ["--resume"])
+    assert e.value.code == 2 and "expected the interrupted run's max_new_tokens; max_new_tokens was 4, now 5" in str(
+        e.value
+    )
+    # --resume: only the missing turns are measured, the checkpointed ones are reported as they were
+    seen = []
+    monkeypatch.setattr(
+        hmod.Harness, "row", lambda self, *a, **k: seen.append((a[3].id, a[4])) or real_row(self, *a, **k)
+    )
+    assert run_cli(argv + ["--resume"]) == 0
+    assert seen == [("2", 0), ("3", 0)]
+    with open(out / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["prompt_id"], r["turn"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("3", "1")]
+    for (old, _), new in zip(done, rows[:2]):
+        assert float(new["time_speculative"]) == pytest.approx(old["time_speculative"], rel=1e-5)
+    assert not (out / Checkpoint.NAME).exists()
 
 
 def test_select_prompts_first_or_spread():

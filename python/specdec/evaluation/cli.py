@@ -19,6 +19,7 @@ import sys
 
 from ..cli import add_debug_argument, tree_size_type
 from ..cli import int_type as _int
+from .report import Checkpoint
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
@@ -143,6 +144,12 @@ def register(sub, formatter_class):
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose checkpoint (eval.partial.jsonl) is in --out, with the same "
+        "arguments: its measured turns are kept, the rest measured (without a checkpoint: from the start)",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="no progress bars: one log line per turn instead (for log files)"
     )
     add_debug_argument(p)
@@ -218,6 +225,13 @@ def validate_args(args) -> argparse.Namespace:
     if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
         raise _error("--out", "a folder", _said(f"{args.out!r}, which is a file") if args.out.strip() else args.out)
     plan.out = out
+    if not args.resume and os.path.isfile(os.path.join(out, Checkpoint.NAME)):
+        raise _error(
+            "--out",
+            f"a folder without an interrupted run, or --resume to continue it ({os.path.join(out, Checkpoint.NAME)} "
+            "holds one; delete it to start over)",
+            args.out,
+        )
     plan.target, target_cfg, local = _check_target(args.target)
     if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
         raise _error(
@@ -234,6 +248,49 @@ def validate_args(args) -> argparse.Namespace:
     plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
     _check_backend(args.backend, plan.device)
     return plan
+
+
+def run_identity(args, plan, benches: dict, threads: int) -> dict:
+    """What a resumed run must share with the interrupted one (JSON-normalised): the same target, heads,
+    prompts and every setting that changes a measurement."""
+    ident = {
+        "target": plan.target,
+        "heads": plan.drafts,
+        "prompts": {b: [str(p.id) for p in ps] for b, ps in benches.items()},
+        "temperatures": list(args.temperatures),
+        "max_new_tokens": args.max_new_tokens,
+        "tree": [args.tree_top_k, args.depth, args.total_tokens],
+        "device": str(plan.device),
+        "dtype": str(plan.dtype),
+        "threads": threads,
+        "seed": args.seed,
+        "backend": args.backend,
+        "prepack": not args.no_prepack,
+    }
+    return json.loads(json.dumps(ident))
+
+
+def _resume(args, plan, ident: dict) -> list:
+    """The (row, answer) pairs of the checkpoint in --out that `ident` may continue; [] without one."""
+    from specdec.cli import CliError
+
+    if not args.resume or not os.path.isfile(os.path.join(plan.out, Checkpoint.NAME)):
+        if args.resume:
+            print(f"specdec eval: --resume: no checkpoint in {plan.out}, starting from the first turn", file=sys.stderr)
+        return []
+    try:
+        saved, done = Checkpoint.load(plan.out)
+    except ValueError as exc:
+        raise CliError(f"argument --resume: {exc}", 2) from exc
+    differ = [k for k in sorted(set(saved) | set(ident)) if saved.get(k) != ident.get(k)]
+    if differ:
+        k = differ[0]
+        raise CliError(
+            f"argument --resume: expected the interrupted run's {', '.join(differ)}; {k} was {saved.get(k)!r}, "
+            f"now {ident.get(k)!r} (same arguments, or another --out)",
+            2,
+        )
+    return done
 
 
 def _turn_line(row: dict, done: int, total: int) -> str:
@@ -271,10 +328,12 @@ def _handle(args, stage) -> int:
     from ..models import load_draft_head
     from ..target.prepack import prepack_linears
     from .harness import EvalSettings, Harness
-    from .report import PartialCsv, stamp, write_report
+    from .report import stamp, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    ident = run_identity(args, plan, benches, torch.get_num_threads())
+    resumed = _resume(args, plan, ident)
     stage.what = f"loading the tokenizer of --target {args.target!r}"
     tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
     if not getattr(tokenizer, "chat_template", None):
@@ -313,20 +372,28 @@ def _handle(args, stage) -> int:
         file=sys.stderr,
     )
     os.makedirs(plan.out, exist_ok=True)
-    partial = PartialCsv(plan.out, args.depth)
-    print(f"specdec eval: each turn is appended to {partial.path} as it finishes", file=sys.stderr)
+    checkpoint = Checkpoint(plan.out, ident, resumed)
+    print(
+        f"specdec eval: each turn is checkpointed in {checkpoint.path} as it finishes"
+        + (f"; resuming after the {len(resumed)} turn(s) measured before" if resumed else ""),
+        file=sys.stderr,
+    )
 
-    def on_row(row: dict, done: int, total: int) -> None:
-        partial.add(row)
+    def on_row(row: dict, answer: str, done: int, total: int) -> None:
+        checkpoint.add(row, answer)
         if args.no_progress:
             print(_turn_line(row, done, total), file=sys.stderr, flush=True)
 
+    done = {Harness.turn_key(row): (row, answer) for row, answer in resumed}
     try:
-        rows = harness.run(heads, benches, progress=not args.no_progress, on_row=on_row)
+        rows = harness.run(heads, benches, progress=not args.no_progress, on_row=on_row, done=done)
     except BaseException:
-        partial.close(keep=True)
-        say = f"specdec eval: stopped; the {partial.rows} turn(s) measured so far are in {partial.path}"
-        print(say, file=sys.stderr)
+        checkpoint.close(keep=True)
+        print(
+            f"specdec eval: stopped; the {checkpoint.rows} turn(s) measured so far are in {checkpoint.path} "
+            "(--resume with the same arguments continues)",
+            file=sys.stderr,
+        )
         raise
     stage.what = f"writing the report into {plan.out!r}"
     info = stamp(plan.device, plan.dtype)
@@ -341,7 +408,7 @@ def _handle(args, stage) -> int:
         "seed": args.seed,
     }
     rep = write_report(rows, plan.out, args.depth, info, shown)
-    partial.close(keep=False)
+    checkpoint.close(keep=False)
     print(rep["markdown"])
     print("wrote " + ", ".join(str(f) for f in rep["files"].values()))
     real = sum(g["mismatches"] for g in rep["groups"] if g["greedy"])

@@ -193,11 +193,20 @@ class Harness:
         self.counter = 0
 
     # -- the whole run ----------------------------------------------------------------------------------
-    def run(self, heads: dict, benches: dict, progress: bool = True, on_row: Optional[Callable] = None) -> list:
+    def run(
+        self,
+        heads: dict,
+        benches: dict,
+        progress: bool = True,
+        on_row: Optional[Callable] = None,
+        done: Optional[dict] = None,
+    ) -> list:
         """Rows (dicts, one per head x temperature x prompt x turn); see report.columns(depth).
 
-        `on_row(row, done, total)` is called after each turn (`done` of `total` turns of this head and
-        temperature): the CLI appends the row to eval.partial.csv and, without progress bars, logs it."""
+        `on_row(row, answer, done, total)` is called after each measured turn (`done` of `total` turns of
+        this head and temperature; `answer` the decoded text): the CLI checkpoints it and, without progress
+        bars, logs it. `done`: {turn_key(row): (row, answer)} of turns measured before (a resumed run):
+        they are taken as they are, their answers continuing the conversation, and not measured again."""
         from tqdm.auto import tqdm
 
         rows = []
@@ -210,25 +219,39 @@ class Harness:
                 bar = tqdm(
                     total=turns_total, desc=f"{hname} T={temp:g}", unit="turn", disable=not progress, dynamic_ncols=True
                 )
-                done = 0  # counted here: a disabled tqdm bar does not count
+                count = 0  # counted here: a disabled tqdm bar does not count
                 for bench, prompts in benches.items():
                     for i, p in enumerate(prompts):
                         messages = []
                         for turn, text in enumerate(p.turns):
                             messages.append({"role": "user", "content": text})
+                            key = (hname, float(temp), bench, str(p.id), turn + 1)
+                            if done and key in done:
+                                row, answer = done[key]
+                                rows.append(row)
+                                messages.append({"role": "assistant", "content": answer})
+                                bar.update(1)
+                                count += 1
+                                continue
                             ids = self.encode(messages)
                             self.trace.append((hname, temp, bench, p.id, turn + 1, [dict(m) for m in messages], ids))
                             seed = self.s.seed * 1_000_003 + i * 17 + turn
                             row = self.row(hname, head, bench, p, turn, ids, temp, seed)
                             rows.append(row)
-                            messages.append({"role": "assistant", "content": row.pop("_answer")})
+                            answer = row.pop("_answer")
+                            messages.append({"role": "assistant", "content": answer})
                             bar.update(1)
-                            done += 1
+                            count += 1
                             bar.set_postfix(tau=f"{row['tau']:.2f}", speedup=f"{row['speedup_generate']:.2f}")
                             if on_row is not None:
-                                on_row(row, done, turns_total)
+                                on_row(row, answer, count, turns_total)
                 bar.close()
         return rows
+
+    @staticmethod
+    def turn_key(row: dict) -> tuple:
+        """(head, temperature, benchmark, prompt id, turn) of a row: what `run(done=...)` is keyed by."""
+        return (row["head"], float(row["temperature"]), row["benchmark"], str(row["prompt_id"]), int(row["turn"]))
 
     def row(self, hname, head, bench, p, turn, ids, temp, seed) -> dict:
         m = self.measure(head, ids, temp, seed)

@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 BASE_COLUMNS = [
     "benchmark",
@@ -157,43 +158,66 @@ def aggregate(rows: list, depth: int) -> list:
     return out
 
 
-def _csv_row(r: dict) -> dict:
-    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-
-
 def write_csv(rows: list, path, depth: int) -> None:
     cols = columns(depth)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow(_csv_row(r))
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-class PartialCsv:
-    """`eval.partial.csv`: every row appended and flushed as soon as its turn is measured, so a run that is
-    interrupted after hours keeps what it measured (same columns as eval.csv). `close(keep=False)` removes
-    it once the full report is written."""
+class Checkpoint:
+    """`eval.partial.jsonl`, the checkpoint of a run: the run's settings on the first line, then one line per
+    measured turn ({"row": the eval.csv row, "answer": the answer's text, which a second turn continues
+    from}), each flushed as soon as the turn is measured. A run that is interrupted after hours keeps what
+    it measured, and `specdec eval --resume` with the same arguments continues it (see `load`); the
+    finished run removes the file (`close(keep=False)`)."""
 
-    NAME = "eval.partial.csv"
+    NAME = "eval.partial.jsonl"
 
-    def __init__(self, out, depth: int):
+    def __init__(self, out, settings: dict, done: Optional[list] = None):
+        """Start the file with `settings`, then the (row, answer) pairs of `done` (a resumed run's turns)."""
         self.path = Path(out) / self.NAME
-        self._f = open(self.path, "w", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=columns(depth), extrasaction="ignore")
-        self._w.writeheader()
-        self._f.flush()
+        self._f = open(self.path, "w")
+        self._write({"settings": settings})
         self.rows = 0
+        for row, answer in done or []:
+            self.add(row, answer)
 
-    def add(self, row: dict) -> None:
-        self._w.writerow(_csv_row(row))
+    def _write(self, obj: dict) -> None:
+        self._f.write(json.dumps(obj) + "\n")
         self._f.flush()
+
+    def add(self, row: dict, answer: str) -> None:
+        self._write({"row": row, "answer": answer})
         self.rows += 1
 
     def close(self, keep: bool) -> None:
         self._f.close()
         if not keep:
             self.path.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, out) -> tuple:
+        """(settings, [(row, answer), ...]) of the checkpoint in `out`; ValueError if it is unreadable. A
+        last line cut short by the interruption is dropped."""
+        path = Path(out) / cls.NAME
+        lines = path.read_text().splitlines()
+        try:
+            settings = json.loads(lines[0])["settings"]
+        except (IndexError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: expected a first line with the run's settings ({exc})") from exc
+        done = []
+        for i, line in enumerate(lines[1:], 2):
+            try:
+                item = json.loads(line)
+                done.append((item["row"], item["answer"]))
+            except (KeyError, TypeError, json.JSONDecodeError) as exc:
+                if i == len(lines):
+                    break  # written when the run was killed
+                raise ValueError(f"{path}, line {i}: expected a measured turn ({exc})") from exc
+        return settings, done
 
 
 def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
