@@ -12,10 +12,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 if [ "${SPECDEC_NO_INSTALL:-0}" = "1" ]; then
-  # `python` below is $PY, whatever its name on this machine
+  # `python` below is $PY, whatever its name on this machine: a wrapper, not a symlink, because a
+  # virtual environment's interpreter reached through a link elsewhere loses its environment
   SHIM="$ROOT/build/python-shim"
   mkdir -p "$SHIM"
-  ln -sf "$(command -v "$PY")" "$SHIM/python"
+  rm -f "$SHIM/python"  # never write through a link left by an older version of this script
+  printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v "$PY")" > "$SHIM/python"
+  chmod +x "$SHIM/python"
   export PATH="$SHIM:$PATH"
   if ! python -c "import torch" 2>/dev/null; then
     echo "[setup] SPECDEC_NO_INSTALL=1: $PY ($(command -v "$PY")) cannot import torch" >&2
