@@ -24,7 +24,9 @@ from specdec.target.prepack import (
 
 from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
 
-pytestmark = pytest.mark.skipif(not prepack_available(), reason="this torch build has no oneDNN prepacked linear")
+needs_prepack = pytest.mark.skipif(
+    not prepack_available(), reason="no oneDNN prepacked bf16 linear here (torch build or CPU instructions)"
+)
 
 
 def bf16_target(**kw):
@@ -35,6 +37,7 @@ def linears(model) -> int:
     return sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
+@needs_prepack
 def test_logits_bitwise_and_state_dict_unchanged():
     model = bf16_target()
     model.lm_head.weight = model.get_input_embeddings().weight  # tied, as in SmolLM2
@@ -51,6 +54,7 @@ def test_logits_bitwise_and_state_dict_unchanged():
     assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied
 
 
+@needs_prepack
 @pytest.mark.parametrize("kind", ["eagle", "griffin"])
 def test_decoding_unchanged_by_prepacking(kind):
     """Speculative decoding (tree forwards of several rows) and model.generate (one row) give the same
@@ -75,6 +79,7 @@ def test_decoding_unchanged_by_prepacking(kind):
     assert run() == before
 
 
+@needs_prepack
 def test_autograd_falls_back_to_linear():
     lin = torch.nn.Linear(8, 5).to(torch.bfloat16)
     ref = torch.nn.Linear(8, 5).to(torch.bfloat16)
@@ -86,6 +91,7 @@ def test_autograd_falls_back_to_linear():
     assert torch.equal(lin.weight.grad, ref.weight.grad) and torch.equal(lin.bias.grad, ref.bias.grad)
 
 
+@needs_prepack
 def test_stale_weight_refused_and_unpack_restores():
     model = bf16_target()
     prepack_linears(model)
@@ -99,6 +105,7 @@ def test_stale_weight_refused_and_unpack_restores():
         model(ids)  # plain nn.Linear again, on the updated weight
 
 
+@needs_prepack
 def test_only_bf16_cpu_linears_are_swapped():
     fp32 = make_target("llama")
     assert prepack_linears(fp32) == 0 and not is_prepacked(fp32)
@@ -106,8 +113,28 @@ def test_only_bf16_cpu_linears_are_swapped():
         PackedLinear(torch.nn.Linear(4, 4))
 
 
+@needs_prepack
 def test_budget_cache_keys_differ():
     model = bf16_target()
     plain = budget._cache_key(model, torch.bfloat16, "cpu", 256)
     prepack_linears(model)
     assert budget._cache_key(model, torch.bfloat16, "cpu", 256) == plain + "|prepacked"
+
+
+def test_prepack_available_follows_what_this_cpu_runs():
+    """prepack_available() is True exactly when the packed bf16 op runs on this CPU (an AVX2-only CPU
+    raises in it), and prepack_linears packs nothing where it is False instead of failing."""
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 16, dtype=torch.bfloat16), 1)
+        torch.ops.mkldnn._linear_pointwise(torch.ones(2, 16, dtype=torch.bfloat16), w, None, "none", [], "")
+        runs = True
+    except (AttributeError, RuntimeError):
+        runs = False
+    assert prepack_available() == runs
+    model = bf16_target()
+    x = torch.randint(0, 64, (1, 5))
+    with torch.no_grad():
+        ref = model(x).logits
+        n = prepack_linears(model)
+        assert (n > 0) == runs and is_prepacked(model) == runs
+        assert torch.equal(model(x).logits, ref)

@@ -92,7 +92,9 @@ def stamp(device=None, dtype=None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        # the vector ISA torch dispatches to (AVX2, AVX512, ...): two "AMD EPYC" hosts can differ in it, and
+        # bf16 speed (and whether oneDNN's packed bf16 path runs at all) depends on it
+        "cpu": f"{cpu_model()} ({getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '?')()})",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

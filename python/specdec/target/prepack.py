@@ -6,7 +6,8 @@ call. At decode sizes (a few rows) that reorder costs as much as the product its
 16 rows (AMD EPYC with AVX-512 BF16, one thread); `model.generate` of the whole target gets about 1.3x
 faster. bf16 only: there `F.linear` already runs oneDNN's kernel, so the results are bitwise the same
 (checked at the target's shapes and 1-60 rows); fp32 `F.linear` runs MKL's sgemm, whose summation order
-differs from oneDNN's, so fp32 layers are left alone.
+differs from oneDNN's, so fp32 layers are left alone. oneDNN's bf16 path needs AVX-512 (BW/VL/DQ) or
+AVX-NE-CONVERT: on an AVX2-only CPU `prepack_available()` is False and nothing is packed.
 
 `prepack_linears(model)` swaps every eligible nn.Linear for a PackedLinear that keeps the original
 Parameter (state_dict, tied embeddings and `.weight` readers see no change) and adds the packed copy as a
@@ -20,6 +21,8 @@ nn.Linear layers.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,12 +32,20 @@ __all__ = ["PackedLinear", "prepack_available", "prepack_linears", "unpack_linea
 _DTYPES = (torch.bfloat16,)  # see the module docstring for why not fp32
 
 
+@functools.lru_cache(maxsize=None)
 def prepack_available() -> bool:
-    """True when this torch build has oneDNN's prepacked CPU linear (x86 wheels do)."""
+    """True when oneDNN's prepacked bf16 CPU linear runs here: the torch build has it (x86 wheels do) AND
+    the CPU can run its bf16 path (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only CPU cannot, and the op
+    raises there). Probed once on a tiny layer, then cached."""
     try:
         ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        return bool(ok) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        if not (ok and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+            return False
+        w = torch.zeros(8, 16, dtype=torch.bfloat16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(2, 16, dtype=torch.bfloat16), packed, None, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError):  # builds without oneDNN; CPUs without its bf16 instructions
         return False
 
 
@@ -97,8 +108,9 @@ class PackedLinear(nn.Module):
 def prepack_linears(model: nn.Module) -> int:
     """Swap every bfloat16 CPU nn.Linear of `model` for a PackedLinear, in place.
 
-    Returns how many were swapped (0 when this torch has no prepacked linear, or none is eligible: a CUDA,
-    fp32 or fp16 model). Idempotent. Call it after the model reached its final device and dtype, and before
+    Returns how many were swapped (0 when prepack_available() is False -- no prepacked linear in this
+    torch, or a CPU without the instructions of its bf16 path -- or none is eligible: a CUDA, fp32 or fp16
+    model). Idempotent. Call it after the model reached its final device and dtype, and before
     wrapping it in a specdec.target.TargetModel, which holds on to the lm_head module it finds at construction
     (a TargetModel built earlier still computes the same logits, through the unpacked lm_head).
 
