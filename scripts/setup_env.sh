@@ -24,7 +24,6 @@ if [ "${SPECDEC_NO_INSTALL:-0}" = "1" ]; then
     echo "[setup] SPECDEC_NO_INSTALL=1: $PY ($(command -v "$PY")) cannot import torch" >&2
     exit 1
   fi
-  STAMPS="$ROOT/build/.specdec-stamps"
 elif [ -z "${VIRTUAL_ENV:-}" ]; then
   if [ ! -x "$ROOT/.venv/bin/python" ]; then
     echo "[setup] creating $ROOT/.venv"
@@ -34,7 +33,8 @@ elif [ -z "${VIRTUAL_ENV:-}" ]; then
   . "$ROOT/.venv/bin/activate"
 fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-STAMPS="${STAMPS:-$VIRTUAL_ENV/.specdec-stamps}"
+if [ "${SPECDEC_NO_INSTALL:-0}" = "1" ]; then STAMPS="$ROOT/build/.specdec-stamps"
+else STAMPS="$VIRTUAL_ENV/.specdec-stamps"; fi
 mkdir -p "$STAMPS"
 
 # Hash of files and strings given as arguments (files by content, in the order given).

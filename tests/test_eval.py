@@ -389,6 +389,7 @@ def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
     assert e.value.code == 130 and "interrupted while evaluating" in str(e.value)
     assert "the 2 turn(s) measured so far are in" in capsys.readouterr().err
     settings, done = Checkpoint.load(out)
+    assert not (out / (Checkpoint.NAME + ".tmp")).exists()  # written beside, renamed into place
     assert settings["max_new_tokens"] == 4 and settings["prompts"] == {"p": ["1", "2", "3"]}
     assert [(r["prompt_id"], r["turn"], r["mismatch"]) for r, _ in done] == [("1", 1, "match"), ("1", 2, "match")]
     assert not (out / "eval.csv").exists()

@@ -225,7 +225,7 @@ class Harness:
                         messages = []
                         for turn, text in enumerate(p.turns):
                             messages.append({"role": "user", "content": text})
-                            key = (hname, float(temp), bench, str(p.id), turn + 1)
+                            key = self.key(hname, temp, bench, p.id, turn + 1)
                             if done and key in done:
                                 row, answer = done[key]
                                 rows.append(row)
@@ -249,9 +249,14 @@ class Harness:
         return rows
 
     @staticmethod
-    def turn_key(row: dict) -> tuple:
-        """(head, temperature, benchmark, prompt id, turn) of a row: what `run(done=...)` is keyed by."""
-        return (row["head"], float(row["temperature"]), row["benchmark"], str(row["prompt_id"]), int(row["turn"]))
+    def key(head: str, temperature, benchmark: str, prompt_id, turn) -> tuple:
+        """What `run(done=...)` is keyed by, normalised (a checkpointed row comes back through JSON)."""
+        return (head, float(temperature), benchmark, str(prompt_id), int(turn))
+
+    @classmethod
+    def turn_key(cls, row: dict) -> tuple:
+        """The key of a row (see `key`)."""
+        return cls.key(row["head"], row["temperature"], row["benchmark"], row["prompt_id"], row["turn"])
 
     def row(self, hname, head, bench, p, turn, ids, temp, seed) -> dict:
         m = self.measure(head, ids, temp, seed)

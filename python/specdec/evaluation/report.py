@@ -179,13 +179,17 @@ class Checkpoint:
     NAME = "eval.partial.jsonl"
 
     def __init__(self, out, settings: dict, done: Optional[list] = None):
-        """Start the file with `settings`, then the (row, answer) pairs of `done` (a resumed run's turns)."""
+        """Start the file with `settings`, then the (row, answer) pairs of `done` (a resumed run's turns).
+        It is written beside and renamed into place, so a resumed run killed while rewriting it still
+        leaves the previous checkpoint whole."""
         self.path = Path(out) / self.NAME
-        self._f = open(self.path, "w")
+        tmp = self.path.with_name(self.NAME + ".tmp")
+        self._f = open(tmp, "w")
         self._write({"settings": settings})
         self.rows = 0
         for row, answer in done or []:
             self.add(row, answer)
+        os.replace(tmp, self.path)  # the open handle follows the file
 
     def _write(self, obj: dict) -> None:
         self._f.write(json.dumps(obj) + "\n")
