@@ -497,6 +497,25 @@ def test_resume_after_kill(tmp_path, chatml):
     assert m["complete"] and m["settings"]["max_len"] == 30
 
 
+def test_val_split_alone_then_the_rest(tmp_path, chatml):
+    """--splits val builds the held-out shards only (the same bytes as a full build); the train split is
+    refused until a later full build with the same settings adds it."""
+    tok, model = chatml
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    build(ref, model, tok, **build_kw())
+    m = build(out, model, tok, **build_kw(splits=("val",)))
+    assert not m["complete"] and m["splits"]["train"]["shards"] == []
+    val_ref = {k: v for k, v in shard_hashes(ref).items() if k.startswith("val")}
+    assert val_ref and shard_hashes(out) == val_ref
+    assert FeatureDataset(out, "val").stats() == FeatureDataset(ref, "val").stats()
+    with pytest.raises(ShardError, match=r"train split is incomplete \(0 of \d+ shards"):
+        FeatureDataset(out, "train")
+    m = build(out, model, tok, **build_kw())  # resumes: only the train shards are written
+    assert m["complete"] and shard_hashes(out) == shard_hashes(ref)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        build(out, model, tok, **build_kw(splits=("test",)))
+
+
 def test_build_by_rank_matches_one_process(tmp_path, chatml):
     """Processes of a torchrun job split the shards; the last to finish writes manifest.json."""
     tok, model = chatml

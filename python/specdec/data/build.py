@@ -157,6 +157,7 @@ def build(
     stage=None,
     rank: int = 0,
     world_size: int = 1,
+    splits: Sequence[str] = SPLITS,
 ) -> dict:
     """Build (or finish) a data folder; returns its manifest. See specdec.data for the layout.
 
@@ -169,6 +170,10 @@ def build(
     in the list of all shards (train, then val) is rank modulo world_size, and records them in its own
     "manifest.rank-R.json"; the process that writes the last missing shard writes manifest.json. The
     shards are those a single process writes. --no-resume needs world_size 1.
+
+    splits: the splits to build now (default both). ("val",) builds only the held-out shards, e.g. to
+    measure a shipped head (`specdec validate`) without the train split's cost; the manifest lists the
+    train split's shards as missing until a later build with both finishes it (same settings, resumed).
     """
     from tqdm.auto import tqdm
 
@@ -176,6 +181,9 @@ def build(
         raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
+    bad = [x for x in splits if x not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)!r}")
     if world_size > 1 and not resume:
         raise ValueError("resume=False (--no-resume) needs a single process: delete the output folder instead")
 
@@ -219,15 +227,16 @@ def build(
         convs = [Conversation(c.key, first_turns(c.messages, max_turns)) for c in convs]
     if read.cut_at is not None:
         log(f"{source}: {read.records} complete records; the file is cut off in the next one (stopped there)")
-    splits = split_conversations(convs, val_fraction)
+    parts = split_conversations(convs, val_fraction)
     manifest = dict(ident)
     manifest["complete"] = False
     manifest["splits"] = {}
     for s in SPLITS:
-        n = len(splits[s])
+        n = len(parts[s])
         manifest["splits"][s] = {"conversations": n, "num_shards": -(-n // shard_size), "shards": []}
     every = [(s, k) for s in SPLITS for k in range(manifest["splits"][s]["num_shards"])]
-    mine = {sk for j, sk in enumerate(every) if j % world_size == rank}
+    wanted = [sk for sk in every if sk[0] in splits]
+    mine = {sk for j, sk in enumerate(wanted) if j % world_size == rank}
 
     phase(f"reading the manifest of --out {out!r}")
     entries = {s: {} for s in SPLITS}
@@ -286,18 +295,18 @@ def build(
                 for s in SPLITS:
                     for e in other.get("splits", {}).get(s, {}).get("shards", []):
                         entries[s].setdefault(e["index"], e)
-            if all(k in entries[s] for s, k in every):
+            if all(k in entries[s] for s, k in wanted):
                 for s in SPLITS:
                     lst = [entries[s][k] for k in sorted(entries[s])]
                     manifest["splits"][s]["shards"] = lst
                     manifest["splits"][s].update(totals(lst))
-                manifest["complete"] = True
+                manifest["complete"] = all(k in entries[s] for s, k in every)
                 write_manifest(out, manifest)
 
     publish()
     written = 0
     for s in SPLITS:
-        items = splits[s]
+        items = parts[s]
         nsh = manifest["splits"][s]["num_shards"]
         for k in range(nsh):
             if k in entries[s] or (s, k) not in mine:

@@ -100,6 +100,13 @@ def register(sub, formatter_class):
     p.add_argument("--batch-size", type=_int(1), default=8, metavar="B", help="sequences per target call")
     p.add_argument("--shard-size", type=_int(1), default=1000, metavar="N", help="conversations per shard")
     p.add_argument(
+        "--splits",
+        choices=("all", "train", "val"),
+        default="all",
+        help="the splits to build now: val builds only the held-out split (e.g. for `specdec validate`); a "
+        "later run with the same settings adds the rest",
+    )
+    p.add_argument(
         "--no-features",
         action="store_true",
         help="store token ids and masks only (train with online features: specdec.data.TokenDataset + OnlineFeatures)",
@@ -276,12 +283,13 @@ def _handle(args, stage) -> int:
             stage=stage,
             rank=rank,
             world_size=world,
+            splits=("train", "val") if args.splits == "all" else (args.splits,),
         )
     except BuildMismatch as exc:
         raise CliError(f"argument --out: {exc}") from exc
     except (ShardError, SourceError, TemplateError) as exc:
         raise CliError(str(exc), RUNTIME) from exc
-    if manifest["complete"]:
+    if manifest["complete"] or (world == 1 and args.splits != "all"):
         print(summary(manifest, out, time.perf_counter() - t0))
     else:
         print(f"rank {rank} of {world}: its shards are written; the process finishing last writes the manifest")
@@ -314,7 +322,7 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
         lines.append(
             f"  {s}: {info['conversations']} conversations -> {info.get('sequences', 0)} sequences, "
             f"{info.get('tokens', 0)} tokens ({info.get('masked_tokens', 0)} response tokens), "
-            f"{len(info['shards'])} shard(s)"
+            f"{len(info['shards'])} of {info['num_shards']} shard(s)"
         )
         for e in info["shards"]:
             total_bytes += e["bytes"]

@@ -34,10 +34,14 @@ class _ShardDataset(torch.utils.data.Dataset):
         self.path = os.path.expanduser(str(path))
         self.split = split
         self.manifest = read_manifest(self.path)
-        if not self.manifest.get("complete") and not allow_incomplete:
+        info = self.manifest.get("splits", {}).get(split, {})
+        have, need = len(split_entries(self.manifest, split)), info.get("num_shards", 0)
+        # a split is usable once its own shards are all there (a --splits val build lacks the train split)
+        if not (self.manifest.get("complete") or have >= need) and not allow_incomplete:
             raise ShardError(
-                f"{self.path}: the build is incomplete (it was stopped before its last shard); rerun the same "
-                "`specdec data` command to finish it, or pass allow_incomplete=True"
+                f"{self.path}: the {split} split is incomplete ({have} of {need} shards; the build was stopped "
+                f"before its last shard or built without this split); rerun the `specdec data` command with "
+                "--splits all to finish it, or pass allow_incomplete=True"
             )
         if hidden and not self.manifest["settings"].get("features"):
             raise ShardError(
@@ -88,8 +92,8 @@ class FeatureDataset(_ShardDataset):
     counts of response tokens (for a reduced draft vocabulary); `.lengths()` the item lengths.
 
     Every shard's size and sha256 are checked on construction (verify=False: size only); a missing,
-    truncated or corrupt shard raises ShardError naming it. An unfinished build raises ShardError
-    unless allow_incomplete. Shards are memory-mapped; items are read lazily.
+    truncated or corrupt shard raises ShardError naming it. A split missing shards (an unfinished build,
+    or one made with --splits for the other split) raises ShardError unless allow_incomplete. Shards are memory-mapped; items are read lazily.
     """
 
     def __init__(self, path: str, split: str = "train", verify: bool = True, allow_incomplete: bool = False):
