@@ -84,6 +84,25 @@ def test_expected_tokens_monotone():
     assert expected_tokens(32, 6, 8, [0.5]) >= expected_tokens(32, 6, 2, [0.5])
 
 
+def test_expected_tokens_from_coverage():
+    """A coverage list gives the rank-r child c(r) - c(r - 1); ranks beyond the list catch nothing."""
+    # one level of 3 children: 1 + c(3)
+    assert expected_tokens(4, 1, 3, [[0.5, 0.6, 0.65]]) == pytest.approx(1.65)
+    assert expected_tokens(6, 1, 5, [[0.5, 0.6, 0.65]]) == pytest.approx(1.65)  # ranks 4, 5: nothing
+    # the geometric model's coverage as a list gives the same value as the rate
+    a, k = 0.45, 4
+    geo = [1 - (1 - a) ** r for r in range(1, k + 1)]
+    for N, depth in ((8, 2), (16, 3), (30, 4)):
+        assert expected_tokens(N, depth, k, [geo]) == pytest.approx(expected_tokens(N, depth, k, [a]))
+    # depth 2 of a star (k = 2, N = 7: both levels whole): 1 + (p1 + p2) + (p1 + p2) * (q1 + q2)
+    cov = [[0.5, 0.7], [0.4, 0.45]]
+    assert expected_tokens(7, 2, 2, cov) == pytest.approx(1 + 0.7 + 0.7 * 0.45)
+    # mixed entries: a coverage list at depth 1, a rate at depth 2 (reused below)
+    assert expected_tokens(4, 3, 1, [[0.9, 0.95], 0.5]) == pytest.approx(1 + 0.9 + 0.45 + 0.225)
+    # flatter coverage (the same top-1) means fewer expected tokens than the geometric model
+    assert expected_tokens(12, 2, 4, [[0.49, 0.58, 0.62, 0.65]]) < expected_tokens(12, 2, 4, [0.49]) - 0.2
+
+
 def test_expected_tokens_rejects_bad_input():
     with pytest.raises(ValueError):
         expected_tokens(0, 1, 1, [0.5])
@@ -91,6 +110,12 @@ def test_expected_tokens_rejects_bad_input():
         expected_tokens(4, 2, 2, [])
     with pytest.raises(ValueError):
         expected_tokens(4, 2, 2, [1.5])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        expected_tokens(4, 2, 2, [[0.5, 0.4]])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        expected_tokens(4, 2, 2, [[0.5, 1.2]])
+    with pytest.raises(ValueError, match="at least one value"):
+        expected_tokens(4, 2, 2, [[]])
 
 
 # -- cost curves and the choice -----------------------------------------------------------------------
@@ -191,6 +216,11 @@ def test_head_acceptance():
         config = Cfg()
 
     assert head_acceptance(Head()) == [0.7, 0.6]
+    # coverage where the row has it; `specdec validate --write` results come first
+    Cfg.extra["specdec_training"]["result"]["validation"][-1]["cov_1"] = [0.7, 0.8]
+    assert head_acceptance(Head()) == [[0.7, 0.8], 0.6]
+    Cfg.extra["specdec_validation"] = {"result": {"acc_1": 0.5, "cov_1": [0.5, 0.55], "acc_2": 0.3, "cov_2": None}}
+    assert head_acceptance(Head()) == [[0.5, 0.55], 0.3]
 
     class Bare:
         class config:

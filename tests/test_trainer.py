@@ -324,11 +324,11 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
     head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
     batch = collate(va[:4])
     batch["hidden"] = batch["hidden"].float()
-    steps = 3
-    got = acceptance_counts(head, batch, steps)
+    steps, topk = 3, 4
+    got = acceptance_counts(head, batch, steps, topk)
 
     ids, F, lm, am = batch["input_ids"], batch["hidden"], batch["loss_mask"], batch["attention_mask"]
-    want = torch.zeros(2, steps, dtype=torch.int64)
+    want = torch.zeros(2 + topk, steps, dtype=torch.int64)
     with torch.no_grad():
         for b in range(ids.shape[0]):
             T = int(am[b].sum())
@@ -346,10 +346,20 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
                     ok = pred == int(greedy[nxt - 1])
                     want[0, k - 1] += 1
                     want[1, k - 1] += int(ok)
+                    best = out.logits[0, -1].topk(topk).indices.tolist()  # top-k coverage: rank r of the token
+                    for r in range(1, topk + 1):
+                        want[1 + r, k - 1] += int(int(greedy[nxt - 1]) in best[:r])
                     alive = ok and int(ids[b, nxt]) == int(greedy[nxt - 1])
                     feats = feats + [out.hidden[0, -1]]
     assert torch.equal(got.cpu(), want), (got, want)
     assert want[0, 1] > 0  # step 2 was reached
+    assert torch.equal(got[2], got[1]) and (want[-1] > want[2]).any()  # top-1 coverage is acc; top-4 catches more
+    assert torch.equal(acceptance_counts(head, batch, steps), got[:2])  # topk=0: the rates alone
+    from specdec.training.validation import summarize
+
+    res = summarize(got)
+    assert res["cov_1"] == pytest.approx([float(c) / float(got[0, 0]) for c in got[2:, 0]])
+    assert res["cov_1"][0] == pytest.approx(res["acc_1"]) and "cov_1" not in summarize(got[:2])
 
 
 # ---- data folders, the CLI and torchrun -----------------------------------------------------------
@@ -428,6 +438,50 @@ def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys):
     except ImportError:
         return
     assert os.path.isfile(out / "curves.png")
+
+
+def test_cli_validate_measures_coverage_and_writes_it(tmp_path, data_dir, setup, capsys):
+    """`specdec validate` gives the same numbers as measure_acceptance; --write puts them where the tree
+    budget reads them first. The trainer's own validation records coverage too (in summary.json / the
+    config, not as CSV columns)."""
+    from specdec.cli import main
+    from specdec.decoding.budget import head_acceptance
+    from specdec.models import load_draft_head
+    from specdec.training.validation import measure_acceptance
+
+    data, target = data_dir
+    model, _, va = setup
+    folder = run(tmp_path, setup, kind="griffin", epochs=2, lr=3e-3, val_steps=2)
+    trained = load_draft_head(folder).config.extra["specdec_training"]["result"]["validation"][-1]
+    assert len(trained["cov_1"]) == 10 and trained["cov_1"][0] == pytest.approx(trained["acc_1"])
+    assert not any(k.startswith("cov_") for k in read_csv(os.path.join(folder, "val_log.csv"))[0])
+
+    argv = ["validate", "--draft", folder, "--data", data, "--target", target, "--steps", "2", "--top-k", "4"]
+    assert main(argv + ["--no-progress", "--batch-size", "3", "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "tau_chain" in out and "top4" in out and "written to" in out
+    head = load_draft_head(folder).eval()
+    rec = head.config.extra["specdec_validation"]
+    head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
+    want = measure_acceptance(head, va, steps=2, topk=4)
+    for key in ("acc_1", "acc_2", "n_1", "n_2", "sequences"):
+        assert rec["result"][key] == pytest.approx(want[key])
+    assert rec["result"]["cov_1"] == pytest.approx(want["cov_1"]) and rec["data"]["split"] == "val"
+    got = head_acceptance(head)
+    assert len(got) == 2 and got[0] == pytest.approx(want["cov_1"]) and len(got[0]) == 4
+    # bad input: one line, exit status 2, nothing written
+    before = open(os.path.join(folder, "config.json")).read()
+    for flag, value, match in (
+        ("--data", str(tmp_path / "nope"), "argument --data: expected a `specdec data` folder"),
+        ("--draft", str(tmp_path / "nope"), "argument --draft"),
+        ("--top-k", "0", "argument --top-k"),
+    ):
+        args = argv + ["--write"]
+        args[args.index(flag) + 1] = value
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2 and match in str(e.value)
+    assert open(os.path.join(folder, "config.json")).read() == before
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,13 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
 # formatter_class=formatter_class, ...), sets `handler=fn` on it with fn(args, stage) -> exit status
 # (stage.what names the current phase for the one-line error report) and returns that parser. Bad
 # arguments raise CliError (see arg_error) before anything loads.
-COMMAND_MODULES = ("specdec.targets", "specdec.data.cli", "specdec.training.cli", "specdec.evaluation.cli")
+COMMAND_MODULES = (
+    "specdec.targets",
+    "specdec.data.cli",
+    "specdec.training.cli",
+    "specdec.training.validate_cli",
+    "specdec.evaluation.cli",
+)
 
 
 def _command_modules() -> list:

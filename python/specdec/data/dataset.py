@@ -93,7 +93,8 @@ class FeatureDataset(_ShardDataset):
 
     Every shard's size and sha256 are checked on construction (verify=False: size only); a missing,
     truncated or corrupt shard raises ShardError naming it. A split missing shards (an unfinished build,
-    or one made with --splits for the other split) raises ShardError unless allow_incomplete. Shards are memory-mapped; items are read lazily.
+    or one made with --splits for the other split) raises ShardError unless allow_incomplete. Shards are
+    memory-mapped; items are read lazily.
     """
 
     def __init__(self, path: str, split: str = "train", verify: bool = True, allow_incomplete: bool = False):

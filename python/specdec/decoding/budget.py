@@ -6,15 +6,19 @@ Two ingredients (the idea behind Sequoia's hardware-aware trees and EAGLE-2's pe
    and context (`measure_verify_cost`, cached in $SPECDEC_HOME/verify_cost.json). On a CPU the curve is
    far from flat (fp32: one extra row costs 1.5x), on a GPU it is nearly flat up to a few dozen nodes.
 
-2. The expected tokens per pass of a tree, from the head's per-depth acceptance rates
-   a_1, a_2, ... (acc_k of specdec.training.validation: the probability that the draft's top-1 token at
-   depth d is the target's token, given that depths < d were accepted). The model
-   (`expected_tokens`):
-
-   - rank model: the target's token is the draft's rank-r child (r = 1..k) with probability
+2. The expected tokens per pass of a tree, from the head's measured acceptance per depth d, one entry
+   per depth, each either
+   - the top-k coverage c_d = [c_d(1), ..., c_d(R)] (cov_k of specdec.training.validation: the
+     probability that the target's token is among the draft's r best at depth d, given that depths < d
+     were accepted); the rank-r child is then accepted with probability
+         p_{d,r} = c_d(r) - c_d(r - 1)        (c_d(0) = 0; p_{d,r} = 0 beyond the measured R), or
+   - a top-1 rate a_d alone (acc_k; heads validated before coverage was recorded, DEFAULT_ACCEPTANCE),
+     with the geometric rank model
          p_{d,r} = a_d * (1 - a_d)^(r - 1)
-     (each lower-ranked sibling catches the fraction a_d of what the higher ranks missed; for r = 1 this
-     is a_d itself; sum_{r<=m} p_{d,r} = 1 - (1 - a_d)^m). Depths beyond the given rates reuse the last.
+     (each lower-ranked sibling catches the fraction a_d of what the higher ranks missed). Measured
+     coverage is far below it for the lower ranks: for a head with a_1 = 0.49 the model says top-4
+     coverage 0.93, which made "auto" expect tau 2.66 where MT-bench gave 1.86; prefer coverage.
+   Depths beyond the given entries reuse the last. The model (`expected_tokens`):
    - node value: a node's probability of lying on the accepted path is the product of p_{d,r} along its
      path from the root (root = 1).
    - tree shape: exactly what TreeDrafter.draft builds, with node values in place of draft scores:
@@ -80,33 +84,55 @@ def default_candidates() -> list:
 # -- expected tokens per pass -------------------------------------------------------------------------
 
 
-def _rate(acceptance: Sequence[float], depth: int) -> float:
-    a = float(acceptance[min(depth, len(acceptance)) - 1])
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"acceptance: rates must lie in [0, 1], got {a}")
-    return a
+def rank_probs(entry, k: int) -> list:
+    """[p_1, ..., p_k]: the probability that the target's token is the draft's rank-r child at one depth,
+    from that depth's acceptance entry: a top-k coverage list (cumulative, non-decreasing in [0, 1]) or a
+    top-1 rate (geometric rank model); see the module docstring.
+
+    >>> [round(p, 3) for p in rank_probs(0.5, 3)]
+    [0.5, 0.25, 0.125]
+    >>> [round(p, 3) for p in rank_probs([0.5, 0.6, 0.65], 4)]
+    [0.5, 0.1, 0.05, 0.0]
+    """
+    if isinstance(entry, (int, float)):
+        a = float(entry)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"acceptance: rates must lie in [0, 1], got {a}")
+        return [a * (1 - a) ** r for r in range(k)]
+    cov = [float(c) for c in entry]
+    if not cov:
+        raise ValueError("acceptance: a coverage list needs at least one value")
+    if not all(0.0 <= c <= 1.0 for c in cov) or any(b < a for a, b in zip(cov, cov[1:])):
+        raise ValueError(f"acceptance: coverage must be non-decreasing values in [0, 1], got {cov}")
+    probs = [b - a for a, b in zip([0.0] + cov, cov)]
+    return (probs + [0.0] * k)[:k]
+
+
+def _entry(acceptance: Sequence, depth: int):
+    return acceptance[min(depth, len(acceptance)) - 1]
 
 
 def expected_tokens(N: int, depth: int, top_k: int, acceptance: Sequence[float]) -> float:
     """Expected tokens per pass (bonus included) of an EAGLE-2 tree of N nodes (root included), `depth`
-    levels and `top_k` children per expanded node, under per-depth acceptance rates (module docstring).
+    levels and `top_k` children per expanded node, under per-depth acceptance: one entry per depth, a
+    top-k coverage list or a top-1 rate (module docstring, rank_probs).
 
     >>> expected_tokens(1, 6, 10, [0.9])            # the root alone: only the bonus token
     1.0
     >>> round(expected_tokens(3, 2, 1, [0.5]), 3)   # a chain of 2: 1 + 0.5 + 0.25
     1.75
+    >>> round(expected_tokens(3, 1, 2, [[0.5, 0.6]]), 3)   # two children of the root: 1 + 0.5 + 0.1
+    1.6
     """
     if N < 1 or depth < 1 or top_k < 1:
         raise ValueError(f"expected_tokens: need N, depth, top_k >= 1, got {(N, depth, top_k)}")
     if not acceptance:
         raise ValueError("acceptance: expected at least one rate")
     k = top_k
-    a1 = _rate(acceptance, 1)
-    frontier = [a1 * (1 - a1) ** r for r in range(k)]
+    frontier = rank_probs(_entry(acceptance, 1), k)
     cand = list(frontier)
     for level in range(2, depth + 1):
-        a = _rate(acceptance, level)
-        ranks = [a * (1 - a) ** r for r in range(k)]
+        ranks = rank_probs(_entry(acceptance, level), k)
         parents = heapq.nlargest(k, frontier)
         children = [v * p for v in parents for p in ranks]
         cand.extend(children)
@@ -166,7 +192,7 @@ def choose_tree(
         verify_cost: {N: seconds of one target verification of N nodes} (interpolate_cost between points).
         draft_cost: seconds of drafting one tree: a callable (N, depth, top_k) -> s, a dict keyed by
             (N, depth, top_k), (depth, top_k) or depth, a constant, or None (free drafting).
-        acceptance: per-depth acceptance rates a_1, a_2, ... (expected_tokens).
+        acceptance: per-depth acceptance entries, top-k coverage lists or top-1 rates (expected_tokens).
         candidates: (N, depth, top_k) triples; default default_candidates().
 
     Returns:
@@ -190,25 +216,39 @@ def choose_tree(
 # -- acceptance rates of a head -----------------------------------------------------------------------
 
 
-def head_acceptance(head) -> Optional[list]:
-    """Per-depth acceptance rates [acc_1, acc_2, ...] of a head trained by `specdec train` (the last
-    validation row of its last stage in config.extra["specdec_training"]["result"]), or None."""
-    cfg = getattr(head, "config", None)
-    extra = getattr(cfg, "extra", None) or {}
-    res = (extra.get("specdec_training") or {}).get("result") or {}
-    rows = res.get("validation") or []
-    if not rows:
-        return None
-    row = rows[-1]
-    rates = []
+def acceptance_of(row: dict) -> Optional[list]:
+    """The per-depth acceptance entries of one validation result (specdec.training.validation.summarize):
+    depth d's top-k coverage list cov_d where recorded, else its top-1 rate acc_d; None if it has none.
+    Stops at the first depth without data (nan or None).
+
+    >>> acceptance_of({"acc_1": 0.5, "cov_1": [0.5, 0.6], "acc_2": 0.4, "acc_3": float("nan")})
+    [[0.5, 0.6], 0.4]
+    """
+    out = []
     k = 1
     while f"acc_{k}" in row:
-        a = row[f"acc_{k}"]
+        a, cov = row[f"acc_{k}"], row.get(f"cov_{k}")
         if a is None or not (0.0 <= float(a) <= 1.0):  # nan: no data at that depth
             break
-        rates.append(float(a))
+        out.append([float(c) for c in cov] if cov else float(a))
         k += 1
-    return rates or None
+    return out or None
+
+
+def head_acceptance(head) -> Optional[list]:
+    """Per-depth acceptance entries (acceptance_of) of a head: from `specdec validate --write` (in
+    config.extra["specdec_validation"]["result"]) if it was run, else from the last validation row of the
+    head's last `specdec train` stage (config.extra["specdec_training"]["result"]); None if neither."""
+    cfg = getattr(head, "config", None)
+    extra = getattr(cfg, "extra", None) or {}
+    measured = (extra.get("specdec_validation") or {}).get("result")
+    if measured:
+        got = acceptance_of(measured)
+        if got:
+            return got
+    res = (extra.get("specdec_training") or {}).get("result") or {}
+    rows = res.get("validation") or []
+    return acceptance_of(rows[-1]) if rows else None
 
 
 # -- measuring the verify cost ------------------------------------------------------------------------

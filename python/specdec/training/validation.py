@@ -26,7 +26,15 @@ per-step "k-alpha") is conditional on all earlier steps being correct:
 so acc_1 is the draft's top-1 agreement with the target at target features (the loss's "acc"), and acc_k
 the probability that step k is accepted given that everything before it was. tau_chain = 1 + sum_k
 prod_{i<=k} acc_i is the expected number of tokens per verification of one greedy chain of that depth
-(bonus token included; a tree accepts more). The validation loss is the recipe's loss without input
+(bonus token included; a tree accepts more).
+
+Top-k coverage (what a tree's k children per node catch): over the same anchors as acc_k's denominator,
+
+    cov_k[r - 1] = #{t counted for k: steps 1..k-1 correct, the target's token among the draft's r best at
+                   step k} / #{t counted for k: steps 1..k-1 correct}          (r = 1..topk; cov_k[0] = acc_k)
+
+The tree budget (specdec.decoding.budget.expected_tokens) reads the rank-r child's acceptance at depth k
+as cov_k[r - 1] - cov_k[r - 2]. The validation loss is the recipe's loss without input
 noise, averaged over its loss positions (pass 1's count).
 """
 
@@ -36,6 +44,9 @@ import math
 from typing import Callable, Optional
 
 import torch
+
+# Ranks of the top-k coverage validation counts: the widest top_k of the tree budget's default grid.
+TOPK = 10
 
 
 def _target_greedy(head, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -52,14 +63,17 @@ def _target_greedy(head, targets: torch.Tensor, chunk: int = 1024) -> torch.Tens
 
 
 @torch.no_grad()
-def acceptance_counts(head, batch: dict, steps: int = 5) -> torch.Tensor:
-    """int64 [2, steps]: row 0 = the denominators of acc_k, row 1 = the numerators (module docstring)."""
+def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch.Tensor:
+    """int64 [2 + topk, steps]: row 0 = the denominators of acc_k, row 1 = the numerators, row 1 + r (r =
+    1..topk) = the numerators of cov_k[r - 1] (module docstring)."""
+    if topk < 0:
+        raise ValueError(f"topk: expected >= 0, got {topk}")
     from .losses import align_batch, multipass_mask
 
     ab = align_batch(batch)
     B, T, H = ab.features.shape
     dev = ab.features.device
-    out = torch.zeros(2, steps, dtype=torch.int64, device=dev)
+    out = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
     lm = ab.loss_mask  # pair p: x_{p+2} exists and is a response token
     sel = lm.reshape(-1).nonzero().squeeze(1)
     greedy = torch.full((B * T,), -1, dtype=torch.int64, device=dev)
@@ -68,7 +82,7 @@ def acceptance_counts(head, batch: dict, steps: int = 5) -> torch.Tensor:
     follows = (ab.next_tokens == greedy) & lm  # the data's next token is the greedy one
     feats0 = ab.features.to(head.dtype)
     feats, kv = feats0, None
-    preds = []
+    preds, ranks = [], []
     for k in range(1, steps + 1):
         mask = ab.pair_mask if k == 1 else multipass_mask(ab.pair_mask, k)
         o = head.forward_train(
@@ -83,6 +97,14 @@ def acceptance_counts(head, batch: dict, steps: int = 5) -> torch.Tensor:
         pred = torch.full((B * T,), -2, dtype=torch.int64, device=dev)
         pred[sel] = head.to_target_ids(o.logits.argmax(-1))
         preds.append(pred.view(B, T))
+        if topk:
+            # rank of the target's token among the draft's topk best (topk = not among them)
+            best = head.to_target_ids(o.logits.topk(min(topk, o.logits.shape[-1]), dim=-1).indices)
+            hit = best == greedy.view(-1)[sel][:, None]
+            r = torch.where(hit.any(-1), hit.int().argmax(-1), torch.full_like(hit[:, 0], topk, dtype=torch.int64))
+            rank = torch.full((B * T,), topk, dtype=torch.int64, device=dev)
+            rank[sel] = r
+            ranks.append(rank.view(B, T))
         if k < steps:
             kv = o.kv
             feats = torch.cat((feats0[:, :1], o.hidden[:, :-1].to(feats0.dtype)), dim=1)
@@ -103,12 +125,18 @@ def acceptance_counts(head, batch: dict, steps: int = 5) -> torch.Tensor:
         num = den & col_ok
         out[0, k - 1] = den.sum()
         out[1, k - 1] = num.sum()
+        if topk:
+            col_rank = torch.full((B, T), topk, dtype=torch.int64, device=dev)
+            col_rank[:, :cols] = ranks[k - 1][:, s:]
+            for r in range(1, topk + 1):
+                out[1 + r, k - 1] = (den & (col_rank < r)).sum()
         alive = num & col_follow
     return out
 
 
 def summarize(counts: torch.Tensor) -> dict:
-    """{"acc_k", "n_k" for k = 1..steps, "tau_chain"} from acceptance_counts summed over the data."""
+    """{"acc_k", "n_k" for k = 1..steps, "tau_chain"} from acceptance_counts summed over the data, plus
+    "cov_k" (a list of topk fractions; None where no anchor reached step k) when it counted coverage."""
     counts = counts.to("cpu", torch.float64)
     res, prod, tau = {}, 1.0, 1.0
     for k in range(counts.shape[1]):
@@ -116,6 +144,8 @@ def summarize(counts: torch.Tensor) -> dict:
         acc = num / den if den > 0 else float("nan")
         res[f"acc_{k + 1}"] = acc
         res[f"n_{k + 1}"] = int(den)
+        if counts.shape[0] > 2:
+            res[f"cov_{k + 1}"] = [c / den for c in counts[2:, k].tolist()] if den > 0 else None
         if not math.isnan(acc):
             prod *= acc
             tau += prod
@@ -138,15 +168,16 @@ def validate(
     steps: int = 5,
     autocast=None,
     all_reduce: Optional[Callable] = None,
+    topk: int = TOPK,
 ) -> dict:
     """Validation loss and acceptance rates over `batches` (an iterable of batches already on the head's
     device with features). loss_fn(batch) -> (loss, count) with count the positions the loss averages
-    over. all_reduce(tensor) sums across processes (distributed runs). Returns summarize(...) plus
-    "val_loss"."""
+    over. all_reduce(tensor) sums across processes (distributed runs). topk: the ranks of the top-k
+    coverage counted (0: none). Returns summarize(...) plus "val_loss"."""
     was_training = head.training
     head.eval()
     dev = head.device
-    acc = torch.zeros(2, steps, dtype=torch.int64, device=dev)
+    acc = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
     sums = torch.zeros(2, dtype=torch.float64, device=dev)
     try:
         with torch.no_grad():
@@ -158,7 +189,7 @@ def validate(
                 sums[0] += float(loss) * count
                 sums[1] += count
                 with ctx:
-                    acc += acceptance_counts(head, batch, steps)
+                    acc += acceptance_counts(head, batch, steps, topk)
     finally:
         head.train(was_training)
     if all_reduce is not None:
@@ -167,3 +198,79 @@ def validate(
     res = {"val_loss": (sums[0] / sums[1]).item() if sums[1] > 0 else float("nan")}
     res.update(summarize(acc))
     return res
+
+
+def measure_acceptance(
+    head,
+    dataset,
+    *,
+    sequences: Optional[int] = None,
+    steps: int = 5,
+    topk: int = TOPK,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+) -> dict:
+    """summarize(...) of a head's acceptance rates and top-k coverage on the first `sequences` items of
+    `dataset` (all by default): a specdec.data.FeatureDataset or any sequence of its items ({"input_ids",
+    "loss_mask", "hidden"}). The head must be bound to its target (bind_target: the target's output layer
+    gives the greedy tokens). Features are cast to the head's dtype. progress(n) is called with the number
+    of sequences done after each batch. Adds "sequences" (the count measured)."""
+    from specdec.data import collate
+
+    if steps < 1 or topk < 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 1, topk >= 0, batch_size >= 1, got {(steps, topk, batch_size)}")
+    n = len(dataset) if sequences is None else min(len(dataset), int(sequences))
+    if n < 1:
+        raise ValueError("measure_acceptance: no sequences to measure")
+    was_training = head.training
+    head.eval()
+    dev = head.device
+    counts = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
+    try:
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                batch = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                batch["hidden"] = batch["hidden"].to(head.dtype)
+                counts += acceptance_counts(head, batch, steps, topk)
+                if progress is not None:
+                    progress(min(n, i + batch_size))
+    finally:
+        head.train(was_training)
+    res = summarize(counts)
+    res["sequences"] = n
+    return res
+
+
+# The config.json key `specdec validate --write` records its measurement under (read by the tree budget,
+# specdec.decoding.budget.head_acceptance, before the training's own validation).
+RECORD_KEY = "specdec_validation"
+
+
+def record_acceptance(folder: str, result: dict, data: Optional[dict] = None) -> dict:
+    """Store `result` (measure_acceptance) in the head folder's config.json under RECORD_KEY, with `data`
+    (what was measured on, e.g. the data folder's settings and val shard hashes); the file is replaced
+    atomically and every other field is kept. Returns the record."""
+    import json
+    import os
+    import tempfile
+
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    record = {"result": result}
+    if data is not None:
+        record["data"] = data
+    cfg[RECORD_KEY] = record
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return record

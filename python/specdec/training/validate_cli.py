@@ -1,0 +1,170 @@
+"""`specdec validate`: measure a draft head's acceptance rates and top-k coverage on held-out data.
+
+    specdec validate --draft griffin --data ~/.cache/specdec/data/sharegpt-5k
+    specdec validate --draft PATH --data DIR --target PATH --sequences 100 --write
+
+Prints acc_k (the draft's top-1 agreement at step k, given steps < k were accepted) and the top-k coverage
+per step; --write stores them in the head's config.json, where the automatic tree budget (`--total-tokens
+auto`) reads them. Heads trained by `specdec train` record coverage themselves; this is for heads made
+before that, heads from elsewhere, or another data set. The data is a `specdec data` folder with features
+(`--splits val` builds its held-out split alone); never validate on the prompts you evaluate on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..cli import add_debug_argument
+from ..cli import int_type as _int
+
+COMMAND = "validate"
+SUMMARY = "measure a head's acceptance and top-k coverage on held-out data"
+
+
+def register(sub, formatter_class):
+    """Add `specdec validate` to the subparsers `sub`; returns its parser."""
+    p = sub.add_parser(
+        COMMAND,
+        formatter_class=formatter_class,
+        help=SUMMARY,
+        description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2].replace("\n", " "),
+    )
+    p.add_argument(
+        "--draft",
+        required=True,
+        metavar="HEAD",
+        help="eagle, fspad or griffin (a shipped head of the default target) or a draft head folder (required)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="a `specdec data` folder with features, built from the head's target (required)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="PATH",
+        help='the target the data was built from: "default" or a model folder (default: the folder the data '
+        "manifest names, else the default target)",
+    )
+    p.add_argument("--split", choices=("val", "train"), default="val", help="the split to measure on")
+    p.add_argument("--sequences", type=_int(1), default=None, metavar="N", help="measure the first N sequences")
+    p.add_argument("--steps", type=_int(1), default=5, metavar="K", help="draft steps to measure")
+    p.add_argument("--top-k", type=_int(1, 64), default=10, metavar="R", help="coverage ranks to count")
+    p.add_argument("--batch-size", type=_int(1), default=8, metavar="B", help="sequences per forward pass")
+    p.add_argument("--threads", type=_int(1), default=None, metavar="N", help="torch threads (default: torch's)")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="store the result in the head's config.json (specdec_validation), for --total-tokens auto",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    add_debug_argument(p)
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _plan(args):
+    """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
+    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config, _Said, arg_error
+
+    from ..data.shards import ShardError, read_manifest
+
+    folder = _draft_folder(args.draft)
+    _read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
+    data = os.path.expanduser(args.data)
+    if not os.path.isdir(data):
+        raise arg_error("--data", "a `specdec data` folder", _Said(f"{args.data!r}, which is not a folder"))
+    try:
+        manifest = read_manifest(data)
+    except ShardError as exc:
+        raise arg_error("--data", "a `specdec data` folder with a manifest", _Said(f"{args.data!r}: {exc}")) from None
+    if not manifest.get("settings", {}).get("features"):
+        raise arg_error(
+            "--data", "a folder built with features", _Said(f"{args.data!r}, built with --no-features (tokens only)")
+        )
+    target = args.target
+    if target is None:
+        recorded = manifest.get("target", {}).get("path")
+        target = recorded if recorded and os.path.isdir(recorded) else "default"
+    if args.write and not os.access(os.path.join(folder, "config.json"), os.W_OK):
+        raise arg_error("--write", "a head folder whose config.json is writable", _Said(folder))
+    return folder, manifest, target
+
+
+def _handle(args, stage) -> int:
+    from specdec.cli import RUNTIME, CliError, _check_target
+
+    folder, manifest, target_spec = _plan(args)
+    target_path, _, _ = _check_target(target_spec)
+    stage.what = "importing torch and transformers"
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..data import FeatureDataset
+    from ..data.shards import ShardError
+    from ..models import load_draft_head
+    from .validation import measure_acceptance, record_acceptance
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stage.what = f"reading the {args.split} split of --data {args.data!r}"
+    try:
+        ds = FeatureDataset(os.path.expanduser(args.data), args.split)
+    except ShardError as exc:
+        raise CliError(f"argument --data: {exc}", RUNTIME) from exc
+    if len(ds) == 0:
+        raise CliError(f"argument --data: the {args.split} split of {args.data!r} holds no sequences")
+    stage.what = f"loading the target from {target_spec!r}"
+    model = AutoModelForCausalLM.from_pretrained(target_path, dtype=torch.float32, local_files_only=True).eval()
+    want = manifest.get("target", {})
+    got = (model.config.hidden_size, model.config.vocab_size)
+    if want and (want.get("hidden_size"), want.get("vocab_size")) != got:
+        raise CliError(
+            f"argument --target: the data was built from a target of hidden size {want.get('hidden_size')} and "
+            f"vocabulary {want.get('vocab_size')}; {target_spec!r} has {got[0]} and {got[1]}"
+        )
+    stage.what = f"loading the draft head from {folder!r}"
+    head = load_draft_head(folder, dtype=torch.float32).eval()
+    if head.config.hidden_size != got[0]:
+        raise CliError(
+            f"argument --draft: a head of hidden size {head.config.hidden_size} cannot read this target's "
+            f"features (hidden size {got[0]})"
+        )
+    head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
+    n = len(ds) if args.sequences is None else min(len(ds), args.sequences)
+
+    def progress(done: int) -> None:
+        if not args.no_progress:
+            print(f"validate: {done}/{n} sequences", file=sys.stderr, flush=True)
+
+    stage.what = f"measuring {n} sequences"
+    res = measure_acceptance(
+        head, ds, sequences=n, steps=args.steps, topk=args.top_k, batch_size=args.batch_size, progress=progress
+    )
+    print(format_result(res, args.steps))
+    if args.write:
+        val = manifest.get("splits", {}).get(args.split, {})
+        data = {
+            "settings": manifest.get("settings"),
+            "split": args.split,
+            "shards_sha256": [e.get("sha256") for e in val.get("shards", [])],
+        }
+        record_acceptance(folder, res, data)
+        print(f"written to {os.path.join(folder, 'config.json')} (specdec_validation)")
+    return 0
+
+
+def format_result(res: dict, steps: int) -> str:
+    """The printed table: one line per step with its count, acc_k and coverage at ranks 1, 2, 4, ..., R."""
+    lines = [f"{res.get('sequences', '?')} sequences; tau_chain {res['tau_chain']:.3f}"]
+    cov1 = res.get("cov_1") or []
+    ranks = [r for r in (1, 2, 4, 6, 8, 10, 16, 32, 64) if r <= len(cov1)]
+    lines.append("step  anchors   acc   " + "  ".join(f"top{r:<3d}" for r in ranks))
+    for k in range(1, steps + 1):
+        acc, cov = res[f"acc_{k}"], res.get(f"cov_{k}")
+        cells = "  ".join(f"{cov[r - 1]:.3f} " for r in ranks) if cov else ""
+        lines.append(f"{k:>4d}  {res[f'n_{k}']:>7d}  {acc:.3f}  {cells}".rstrip())
+    return "\n".join(lines)
