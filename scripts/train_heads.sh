@@ -2,10 +2,13 @@
 # The exact commands that make the shipped heads of the default target (python/specdec/heads/
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
 # the same data and draft vocabulary with the same passes over the data (one, then two more, then two more),
-# then the bf16 export.
+# then the bf16 export, then the held-out acceptance and top-k coverage of each shipped head (what the tree
+# budget of `--total-tokens auto` reads).
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
-#   STEP=data|eagle|fspad|griffin|export bash scripts/train_heads.sh   # one step
+#   STEP=data|eagle|fspad|griffin|export|validate bash scripts/train_heads.sh   # one step
+#   STEP=validate bash scripts/train_heads.sh   # measure the shipped heads again (builds the val split alone if
+#                                               # the data is missing: about 20 minutes on 2 cores)
 #   STEP=fullvocab bash scripts/train_heads.sh   # the full-vocabulary GRIFFIN stage 1 (a comparison, not shipped)
 #   DRY_RUN=1 STEP=griffin bash scripts/train_heads.sh   # print a step's commands without running them
 #
@@ -106,6 +109,9 @@ run() {
 }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
 
+# The held-out measurement of a shipped head, written into its config.json (specdec_validation).
+validate_cmd() { echo "specdec validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
+
 # RECIPE.md of a head: what was run, from which commit.
 recipe() {
   local kind="$1" out="$2"
@@ -121,6 +127,7 @@ recipe() {
     echo "${DATA_CMD[*]}"
     lineage "$kind"
     echo "python -m specdec.heads.export $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
+    validate_cmd "$kind"
     echo '```'
     echo
     echo "config.json records the training settings and the last validation (per-step acceptance on the"
@@ -156,5 +163,12 @@ if step export; then
     for pair in ${EARLIER_RUNS[$kind]}; do
       for f in summary.json train_log.csv val_log.csv; do cp "$RUNS/${pair%%:*}/$f" "$HEADS/$kind/${pair#*:}_$f"; done
     done
+  done
+fi
+if step validate; then
+  run "${DATA_CMD[@]}" --splits val  # nothing to do when the data is there; else its held-out split alone
+  for kind in eagle fspad griffin; do
+    # shellcheck disable=SC2046  # a flat list of words without spaces inside
+    (cd "$ROOT" && run $(validate_cmd "$kind"))
   done
 fi
