@@ -407,7 +407,8 @@ def time_draft_level(head, ks: Sequence[int], context: int = 300, repeats: int =
 
 def _head_key(head, target_key: str) -> str:
     c = head.config.to_dict() if hasattr(head.config, "to_dict") else vars(head.config)
-    c = {k: v for k, v in c.items() if k not in ("extra", "specdec_training")}
+    # the architecture only: training and validation records do not change what a draft level costs
+    c = {k: v for k, v in c.items() if k not in ("extra", "specdec_training", "specdec_validation")}
     h = hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"draft:{type(head).__name__}|{h}|{target_key}"
 
