@@ -131,7 +131,8 @@ recipe() {
     echo '```'
     echo
     echo "config.json records the training settings and the last validation (per-step acceptance on the"
-    echo "held-out split); summary.json, train_log.csv, val_log.csv and curves.png are the last run's own records,"
+    echo "held-out split), and under specdec_validation the acceptance and top-k coverage \`specdec validate\` measured;"
+    echo "summary.json, train_log.csv, val_log.csv and curves.png are the last run's own records,"
     echo "the files with a prefix (round1_, stage1_, ...) those of the earlier runs of the lineage;"
     echo "data_manifest.json identifies the data (settings, target, checksums of every shard)."
   } > "$out"

@@ -158,10 +158,11 @@ def _handle(args, stage) -> int:
 
 
 def format_result(res: dict, steps: int) -> str:
-    """The printed table: one line per step with its count, acc_k and coverage at ranks 1, 2, 4, ..., R."""
+    """The printed table: one line per step with its count, acc_k (= top-1 coverage) and the coverage at
+    ranks 2, 4, 6, ..., R."""
     lines = [f"{res.get('sequences', '?')} sequences; tau_chain {res['tau_chain']:.3f}"]
     cov1 = res.get("cov_1") or []
-    ranks = [r for r in (1, 2, 4, 6, 8, 10, 16, 32, 64) if r <= len(cov1)]
+    ranks = [r for r in (2, 4, 6, 8, 10, 16, 32, 64) if r <= len(cov1)]
     lines.append("step  anchors   acc   " + "  ".join(f"top{r:<3d}" for r in ranks))
     for k in range(1, steps + 1):
         acc, cov = res[f"acc_{k}"], res.get(f"cov_{k}")
