@@ -117,5 +117,9 @@ def test_shipped_head_is_complete(kind):
     head = load_draft_head(folder, dtype=torch.float32)
     from specdec.decoding.budget import head_acceptance
 
-    acc = head_acceptance(head)  # the automatic tree budget reads the head's measured acceptance
-    assert acc and all(0.0 < a <= 1.0 for a in acc)
+    acc = head_acceptance(head)  # the automatic tree budget reads the head's measured top-k coverage
+    assert acc and all(isinstance(c, list) and len(c) == 10 for c in acc), acc
+    assert all(0.0 < c[0] <= c[-1] <= 1.0 for c in acc)
+    rec = cfg["specdec_validation"]  # measured on the held-out split of the data the head was trained on
+    manifest = json.load(open(os.path.join(folder, "data_manifest.json")))
+    assert rec["data"]["settings"] == manifest["settings"] and rec["data"]["split"] == "val"
