@@ -113,6 +113,38 @@ def test_prefill_verify_commit_match_full_forward(family):
     oracle.check(ver2.logits[:, 0], None, seqs, f"{family} after compaction")
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_attention_checks_once_per_forward_and_changes_nothing(family, monkeypatch):
+    """The first attention layer of a forward runs the checked specdec_kernels.tree_attention; the others
+    reuse its backend choice (TreeAttentionState.plan). Outputs equal those of checking every layer."""
+    from specdec.target import attention
+
+    model = make_target(family)
+    tgt = TargetModel(model)
+    layers = model.config.num_hidden_layers
+    ids = torch.randint(1, 100, (2, 6), generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([6, 4], dtype=torch.int32)
+    tree = sk.build_tree(torch.tensor([[-1, 0, 0, 1], [-1, 0, 1, 2]], dtype=torch.int32))
+    tokens = torch.randint(1, 100, (2, 4), generator=torch.Generator().manual_seed(4))
+
+    def run():
+        cache = tgt.new_cache(2, 16)
+        pre = tgt.prefill(ids, lengths, cache)
+        return pre, tgt.verify(tokens, tree, cache)
+
+    checked = []
+    real = attention.specdec_kernels.tree_attention
+    monkeypatch.setattr(attention.specdec_kernels, "tree_attention", lambda *a, **k: checked.append(1) or real(*a, **k))
+    planned = run()
+    assert len(checked) == 2 and layers > 1  # one checked call per forward (prefill, verify)
+    monkeypatch.setattr(attention, "_signature", lambda *a: object())  # never equal: check every layer
+    checked.clear()
+    every = run()
+    assert len(checked) == 2 * layers
+    for a, b in zip(planned, every):
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.hidden, b.hidden)
+
+
 def test_model_stays_a_plain_hf_model():
     """The attention implementation is switched only inside our forward."""
     model = make_target()
