@@ -514,6 +514,9 @@ def test_val_split_alone_then_the_rest(tmp_path, chatml):
     assert m["complete"] and shard_hashes(out) == shard_hashes(ref)
     with pytest.raises(ValueError, match="non-empty subset"):
         build(out, model, tok, **build_kw(splits=("test",)))
+    with pytest.raises(ValueError, match="--splits all"):  # --no-resume would delete the other split
+        build(out, model, tok, **build_kw(splits=("val",), resume=False))
+    assert shard_hashes(out) == shard_hashes(ref)
 
 
 def test_build_by_rank_matches_one_process(tmp_path, chatml):

@@ -469,6 +469,9 @@ def test_cli_validate_measures_coverage_and_writes_it(tmp_path, data_dir, setup,
     assert rec["result"]["cov_1"] == pytest.approx(want["cov_1"]) and rec["data"]["split"] == "val"
     got = head_acceptance(head)
     assert len(got) == 2 and got[0] == pytest.approx(want["cov_1"]) and len(got[0]) == 4
+    # a head trained from this one does not inherit its measurement (the budget would read it first)
+    child = run(tmp_path, setup, name="child", kind="griffin", init=folder, max_steps=1, val_steps=2)
+    assert "specdec_validation" not in load_draft_head(child).config.extra
     # bad input: one line, exit status 2, nothing written
     before = open(os.path.join(folder, "config.json")).read()
     for flag, value, match in (

@@ -184,6 +184,8 @@ def build(
     bad = [x for x in splits if x not in SPLITS]
     if bad or not splits:
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)!r}")
+    if not resume and set(splits) != set(SPLITS):
+        raise ValueError("resume=False (--no-resume) rebuilds the whole folder: build every split (--splits all)")
     if world_size > 1 and not resume:
         raise ValueError("resume=False (--no-resume) needs a single process: delete the output folder instead")
 

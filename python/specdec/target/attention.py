@@ -112,7 +112,7 @@ def tree_attention_forward(
     out = specdec_kernels.tree_attention(
         query, key, value, state.cache_len, state.tree_mask, scale=scaling, backend=state.backend
     )
-    if state.cache_len.is_contiguous() and state.tree_mask.is_contiguous():
+    if out.numel() and state.cache_len.is_contiguous() and state.tree_mask.is_contiguous():
         scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
         args = (query.contiguous(), key, value, state.cache_len, state.tree_mask, scale, out)
         state.plan = (sig, _OP.choose(*args, backend=state.backend), scale)

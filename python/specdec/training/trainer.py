@@ -928,6 +928,8 @@ class _Run:
             }
         )
         if dist.main:
+            # a measurement of the --init head (specdec validate --write) does not describe this one
+            head.config.extra.pop("specdec_validation", None)
             head.config.extra["specdec_training"] = self.metadata(stage, lr)
             head.config.extra["specdec_training"]["result"] = self.summary["stages"][str(stage)]
             _save_head(head, folder)

@@ -95,11 +95,12 @@ def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch
             return_kv=k < steps,
         )
         pred = torch.full((B * T,), -2, dtype=torch.int64, device=dev)
-        pred[sel] = head.to_target_ids(o.logits.argmax(-1))
+        best = head.to_target_ids(o.logits.topk(min(topk, o.logits.shape[-1]), dim=-1).indices) if topk else None
+        # with coverage counted, top-1 is topk's first (argmax may break a tie differently: cov_k[0] == acc_k)
+        pred[sel] = best[:, 0] if topk else head.to_target_ids(o.logits.argmax(-1))
         preds.append(pred.view(B, T))
         if topk:
             # rank of the target's token among the draft's topk best (topk = not among them)
-            best = head.to_target_ids(o.logits.topk(min(topk, o.logits.shape[-1]), dim=-1).indices)
             hit = best == greedy.view(-1)[sel][:, None]
             r = torch.where(hit.any(-1), hit.int().argmax(-1), torch.full_like(hit[:, 0], topk, dtype=torch.int64))
             rank = torch.full((B * T,), topk, dtype=torch.int64, device=dev)
