@@ -24,7 +24,9 @@ def pytest_collection_modifyitems(config, items):
 
 # The user's specdec home as it was before any test ran (tests read the fetched default target, downloaded
 # wheels and benchmark files from there).
-_REAL_HOME = os.path.expanduser(os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec"))
+_REAL_HOME = os.path.abspath(  # absolute: the session home's links to it must resolve from another folder
+    os.path.expanduser(os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec"))
+)
 
 
 @pytest.fixture(scope="session")
