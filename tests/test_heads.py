@@ -123,3 +123,30 @@ def test_shipped_head_is_complete(kind):
     rec = cfg["specdec_validation"]  # measured on the held-out split of the data the head was trained on
     manifest = json.load(open(os.path.join(folder, "data_manifest.json")))
     assert rec["data"]["settings"] == manifest["settings"] and rec["data"]["split"] == "val"
+
+
+def _recipe_dry_run(tmp_path, step, train_shards, num_shards=2):
+    """scripts/train_heads.sh with DRY_RUN=1 over a fake data manifest in $WORK (nothing runs)."""
+    import subprocess
+
+    data = tmp_path / "data" / "sharegpt-5k"
+    data.mkdir(parents=True, exist_ok=True)
+    train = {"num_shards": num_shards, "shards": [{}] * train_shards, "sequences": 400 * train_shards}
+    (data / "manifest.json").write_text(json.dumps({"splits": {"train": train, "val": {"num_shards": 1}}}))
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_heads.sh")
+    env = dict(os.environ, WORK=str(tmp_path), STEP=step, DRY_RUN="1")
+    return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_recipe_script_sizes_griffin_stages_from_the_train_split(tmp_path):
+    """GRIFFIN's stage lengths come from the train split's size (800 sequences / 8 per step: an epoch of
+    100 steps, a half 50, a quarter 25); a train split not built yet (a --splits val folder) stops the
+    script with a message instead of running stages of --max-steps 0."""
+    done = _recipe_dry_run(tmp_path, "griffin", train_shards=2)
+    assert done.returncode == 0, done.stderr
+    cmds = [line for line in done.stderr.splitlines() if line.startswith("+ specdec train")]
+    assert len(cmds) == 6 and "--max-steps 50 " in cmds[0] and "--max-steps 25 " in cmds[1], cmds
+    assert "--max-steps 150 " in cmds[4]  # round 3: 1.5 epochs of stage 1
+    short = _recipe_dry_run(tmp_path, "griffin", train_shards=0)
+    assert short.returncode != 0 and "is not built (0 of 2 shards): run STEP=data first" in short.stderr
+    assert "specdec train" not in short.stderr

@@ -478,12 +478,37 @@ def test_cli_validate_measures_coverage_and_writes_it(tmp_path, data_dir, setup,
         ("--data", str(tmp_path / "nope"), "argument --data: expected a `specdec data` folder"),
         ("--draft", str(tmp_path / "nope"), "argument --draft"),
         ("--top-k", "0", "argument --top-k"),
+        ("--split", "train", "argument --write: expected held-out numbers (--split val)"),
     ):
-        args = argv + ["--write"]
+        args = argv + ["--write"] + ([] if flag in argv else [flag, value])
         args[args.index(flag) + 1] = value
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 2 and match in str(e.value)
+    # features from one target, greedy tokens from another of the same sizes: refused by the config hash
+    import json
+    import shutil
+
+    from specdec.data import shards
+    from specdec.data.build import target_identity
+
+    man = shards.read_manifest(data)
+    man["target"]["config_sha256"] = target_identity(model, target)["config_sha256"]
+    data2 = str(tmp_path / "data2")
+    shutil.copytree(data, data2)
+    shards.write_manifest(data2, man)
+    other = str(tmp_path / "other-target")
+    shutil.copytree(target, other)
+    with open(os.path.join(other, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["rms_norm_eps"] = cfg.get("rms_norm_eps", 1e-6) * 10
+    with open(os.path.join(other, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    argv2 = ["validate", "--draft", folder, "--data", data2, "--steps", "1", "--top-k", "2", "--no-progress"]
+    assert main(argv2 + ["--target", target]) == 0  # the data's own target passes the check
+    with pytest.raises(SystemExit) as e:
+        main(argv2 + ["--target", other, "--write"])
+    assert e.value.code == 2 and "has another config" in str(e.value)
     assert open(os.path.join(folder, "config.json")).read() == before
 
 
@@ -566,6 +591,14 @@ def test_cli_refuses_an_incomplete_data_folder(tmp_path, data_dir, capsys):
     with pytest.raises(CliExit) as e:
         cli("--kind", "eagle", "--data", data, "--out", tmp_path / "o")
     assert e.value.code == 2 and "argument --data: expected a complete data folder" in capsys.readouterr().err
+    # a folder built with --splits val: the message names the missing split and how to add it
+    manifest["splits"]["train"].update(shards=[], num_shards=3)
+    manifest["splits"]["val"]["num_shards"] = 1
+    json.dump(manifest, open(os.path.join(data, "manifest.json"), "w"))
+    with pytest.raises(CliExit) as e:
+        cli("--kind", "eagle", "--data", data, "--out", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert "(train 0 of 3 shards)" in err and "--splits all" in err and "val " not in err.split("(")[-1], err
 
 
 def test_cli_refuses_an_earlier_run_without_resume(tmp_path, data_dir, capsys):

@@ -227,10 +227,21 @@ def validate_args(args) -> dict:
     if not isinstance(manifest, dict):
         raise _error("--data", expected, _said(f"{args.data!r}, whose manifest.json is not an object"))
     if not manifest.get("complete"):
+        # name the split that is short: a folder built with --splits val holds no training data yet, and
+        # rerunning that same command would not add it
+        short = []
+        for name in ("train", "val"):
+            sp = (manifest.get("splits") or {}).get(name) or {}
+            have, want = len(sp.get("shards") or []), sp.get("num_shards")
+            if isinstance(want, int) and have < want:
+                short.append(f"{name} {have} of {want} shards")
         raise _error(
             "--data",
             "a complete data folder",
-            _said(f"{args.data!r}, whose build was stopped early (rerun the same `specdec data` command to finish it)"),
+            _said(
+                f"{args.data!r}, whose build is not finished ({', '.join(short) or 'not marked complete'}); run its "
+                "`specdec data` command again with --splits all (the default) to finish it"
+            ),
         )
     settings = manifest.get("settings") or {}
     if not args.online and settings.get("features") is False:

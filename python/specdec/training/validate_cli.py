@@ -89,6 +89,10 @@ def _plan(args):
     if target is None:
         recorded = manifest.get("target", {}).get("path")
         target = recorded if recorded and os.path.isdir(recorded) else "default"
+    if args.write and args.split != "val":
+        # the record is what --total-tokens auto plans with: numbers from the data the head was trained on
+        # would overrate it
+        raise arg_error("--write", "held-out numbers (--split val)", _Said(f"--split {args.split}"))
     if args.write and not os.access(os.path.join(folder, "config.json"), os.W_OK):
         raise arg_error("--write", "a head folder whose config.json is writable", _Said(folder))
     return folder, manifest, target
@@ -104,6 +108,7 @@ def _handle(args, stage) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..data import FeatureDataset
+    from ..data.build import target_identity
     from ..data.shards import ShardError
     from ..models import load_draft_head
     from .validation import measure_acceptance, record_acceptance
@@ -125,6 +130,14 @@ def _handle(args, stage) -> int:
         raise CliError(
             f"argument --target: the data was built from a target of hidden size {want.get('hidden_size')} and "
             f"vocabulary {want.get('vocab_size')}; {target_spec!r} has {got[0]} and {got[1]}"
+        )
+    # The greedy tokens come from this target's output layer over features the data's target computed:
+    # another model of the same sizes (another checkpoint, a fine-tune) would measure nonsense.
+    have = target_identity(model, target_path).get("config_sha256")
+    if want.get("config_sha256") and have != want["config_sha256"]:
+        raise CliError(
+            f"argument --target: the data was built from {want.get('path') or 'another target'} (config sha256 "
+            f"{want['config_sha256'][:12]}...); {target_spec!r} has another config (sha256 {have[:12]}...)"
         )
     stage.what = f"loading the draft head from {folder!r}"
     head = load_draft_head(folder, dtype=torch.float32).eval()
