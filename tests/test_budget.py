@@ -145,6 +145,24 @@ def test_flat_curve_big_tree_steep_curve_small_tree():
     assert tps_flat == pytest.approx(expected_tokens(N_flat, d_flat, k_flat, acc) / t, rel=1e-6)
 
 
+def test_choice_reuses_its_expected_tokens_and_reads_bad_acceptance_as_before():
+    """choose_tree memoises expected_tokens per (tree, acceptance) for the process (auto calls it once per
+    generate call): the same answer from lists or tuples, a cache hit per candidate the second time, and
+    bad acceptance still raises (errors are not memoised)."""
+    from specdec.decoding import budget
+
+    acc = [[0.5, 0.62, 0.7, 0.75], [0.48, 0.6, 0.7, 0.74], 0.55]
+    first = choose_tree(curve(flat), draft, acc)
+    hits = budget._expected_memo.cache_info().hits
+    again = choose_tree(curve(flat), draft, tuple(tuple(e) if isinstance(e, list) else e for e in acc))
+    assert again == first
+    assert budget._expected_memo.cache_info().hits - hits == len(default_candidates())
+    for bad in ([[0.7, 0.5]], [1.5], [[]]):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="acceptance"):
+                choose_tree(curve(flat), draft, bad)
+
+
 def test_acceptance_zero_picks_the_smallest_tree():
     cands = default_candidates()
     smallest = min(cands)

@@ -175,6 +175,39 @@ def test_auto_tree_choosing_plain_decoding_is_a_row_like_any_other(tiny, monkeyp
     assert row["passes"] == row["new_tokens"] - 1  # the prefill's token, then one per pass
 
 
+def test_auto_tree_costs_are_measured_before_the_clock_starts(tiny, monkeypatch):
+    """A prompt in a new context bucket makes "auto" measure costs once; that happens in measure() before
+    the timed calls, not inside the first of them (which would charge it to one method)."""
+    from specdec.decoding import budget
+
+    model, tok = tiny
+    measured, inside, late = set(), [False], []
+
+    def fake_auto_tree(target, head, context=300, **kw):
+        if context not in measured:  # a real first call would measure here (seconds)
+            measured.add(context)
+            if inside[0]:
+                late.append(context)
+        return (*budget.PLAIN, 10.0)
+
+    monkeypatch.setattr(budget, "auto_tree", fake_auto_tree)
+    h = Harness(model, tok, settings(total_tokens="auto", eos_token_id=[], warmup=False))
+    timed = h._run
+
+    def run(*a, **kw):
+        inside[0] = True
+        try:
+            return timed(*a, **kw)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(h, "_run", run)
+    long = " ".join(f"w{i % 8}" for i in range(300))  # past 256 tokens: the next context bucket
+    prompts = [Prompt("he", "0", ["w3 w4"]), Prompt("he", "1", [long])]
+    rows = h.run({"oracle": TargetOracleHead(model)}, {"he": prompts}, progress=False)
+    assert len(rows) == 2 and measured == {256, 512} and not late
+
+
 # -- the mismatch check -------------------------------------------------------------------------------
 
 

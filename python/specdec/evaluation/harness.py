@@ -174,8 +174,15 @@ class Harness:
         )
 
     def measure(self, head, ids: list, temperature: float, seed: int, max_new: Optional[int] = None) -> dict:
-        """The three methods on one input, in rotating order; {method: (output, seconds)}."""
+        """The three methods on one input, in rotating order; {method: (output, seconds)}. With
+        total_tokens "auto" the tree budget for the input's context is resolved first, outside the timings."""
         max_new = max_new or self.s.max_new_tokens
+        if self.s.total_tokens == "auto":
+            # "auto" measures this machine's costs once per context bucket (then reads its cache): do that
+            # before the clock starts, so that no measured turn carries a one-time cost
+            from ..decoding import budget
+
+            budget.auto_tree(self.target, head, context=budget.context_bucket(len(ids)))
         r = self.counter % len(METHODS)
         self.counter += 1
         out = {}
