@@ -324,11 +324,13 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
     head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
     batch = collate(va[:4])
     batch["hidden"] = batch["hidden"].float()
-    steps, topk = 3, 4
-    got = acceptance_counts(head, batch, steps, topk)
+    steps, topk, bins = 3, 4, 5
+    cal = torch.zeros(steps, bins, 3, dtype=torch.float64)
+    got = acceptance_counts(head, batch, steps, topk, calibration=cal)
 
     ids, F, lm, am = batch["input_ids"], batch["hidden"], batch["loss_mask"], batch["attention_mask"]
     want = torch.zeros(2 + topk, steps, dtype=torch.int64)
+    want_cal = torch.zeros(steps, bins, 3, dtype=torch.float64)
     with torch.no_grad():
         for b in range(ids.shape[0]):
             T = int(am[b].sum())
@@ -349,9 +351,23 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
                     best = out.logits[0, -1].topk(topk).indices.tolist()  # top-k coverage: rank r of the token
                     for r in range(1, topk + 1):
                         want[1 + r, k - 1] += int(int(greedy[nxt - 1]) in best[:r])
+                    p1 = float(torch.softmax(out.logits[0, -1].double(), -1).max())  # the draft's confidence
+                    want_cal[k - 1, min(int(p1 * bins), bins - 1)] += torch.tensor([1.0, p1, float(ok)])
                     alive = ok and int(ids[b, nxt]) == int(greedy[nxt - 1])
                     feats = feats + [out.hidden[0, -1]]
     assert torch.equal(got.cpu(), want), (got, want)
+    torch.testing.assert_close(cal, want_cal, atol=1e-5, rtol=0)
+    assert cal[:, :, 0].sum(1).tolist() == want[0].tolist()  # every counted anchor in exactly one bin
+    from specdec.training.validation import summarize_calibration
+
+    sc = summarize_calibration(cal)
+    for k in range(1, steps + 1):
+        rows = [r for r in sc[f"calib_{k}"] if r]
+        assert sum(r[0] for r in rows) == want[0, k - 1]
+        assert sum(r[0] * r[2] for r in rows) == pytest.approx(float(want[1, k - 1]))  # acceptance recovered
+        assert 0 <= sc[f"ece_{k}"] <= 1
+    with pytest.raises(ValueError, match=r"calibration: expected a float64 \[3, bins, 3\]"):
+        acceptance_counts(head, batch, steps, topk, calibration=torch.zeros(steps, bins, 3))
     assert want[0, 1] > 0  # step 2 was reached
     assert torch.equal(got[2], got[1]) and (want[-1] > want[2]).any()  # top-1 coverage is acc; top-4 catches more
     assert torch.equal(acceptance_counts(head, batch, steps), got[:2])  # topk=0: the rates alone
@@ -459,7 +475,10 @@ def test_cli_validate_measures_coverage_and_writes_it(tmp_path, data_dir, setup,
     argv = ["validate", "--draft", folder, "--data", data, "--target", target, "--steps", "2", "--top-k", "4"]
     assert main(argv + ["--no-progress", "--batch-size", "3", "--write"]) == 0
     out = capsys.readouterr().out
-    assert "tau_chain" in out and "top4" in out and "written to" in out
+    assert "tau_chain" in out and "top4" in out and "written to" in out and "ECE" not in out
+    assert main(argv + ["--no-progress", "--calibration"]) == 0
+    out = capsys.readouterr().out
+    assert "step 1: ECE " in out and "->" in out and "written to" not in out
     head = load_draft_head(folder).eval()
     rec = head.config.extra["specdec_validation"]
     head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())

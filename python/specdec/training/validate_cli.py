@@ -60,6 +60,11 @@ def register(sub, formatter_class):
         action="store_true",
         help="store the result in the head's config.json (specdec_validation), for --total-tokens auto",
     )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also print how well the draft's top-1 probability predicts acceptance per step (10 bins, ECE)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     add_debug_argument(p)
     p.set_defaults(handler=_handle)
@@ -155,9 +160,18 @@ def _handle(args, stage) -> int:
 
     stage.what = f"measuring {n} sequences"
     res = measure_acceptance(
-        head, ds, sequences=n, steps=args.steps, topk=args.top_k, batch_size=args.batch_size, progress=progress
+        head,
+        ds,
+        sequences=n,
+        steps=args.steps,
+        topk=args.top_k,
+        batch_size=args.batch_size,
+        progress=progress,
+        calibration_bins=10 if args.calibration else 0,
     )
     print(format_result(res, args.steps))
+    if args.calibration:
+        print(format_calibration(res, args.steps))
     if args.write:
         val = manifest.get("splits", {}).get(args.split, {})
         data = {
@@ -181,4 +195,17 @@ def format_result(res: dict, steps: int) -> str:
         acc, cov = res[f"acc_{k}"], res.get(f"cov_{k}")
         cells = "  ".join(f"{cov[r - 1]:.3f} " for r in ranks) if cov else ""
         lines.append(f"{k:>4d}  {res[f'n_{k}']:>7d}  {acc:.3f}  {cells}".rstrip())
+    return "\n".join(lines)
+
+
+def format_calibration(res: dict, steps: int) -> str:
+    """The --calibration lines: per step its ECE, then per non-empty bin "mean p -> acceptance (anchors)"."""
+    lines = ["calibration: draft top-1 probability -> acceptance (anchors), per bin of 0.1"]
+    for k in range(1, steps + 1):
+        ece = res.get(f"ece_{k}")
+        if ece is None:
+            lines.append(f"step {k}: no anchors")
+            continue
+        bins = [f"{p:.2f}->{a:.2f} ({n})" for n, p, a in (b for b in res[f"calib_{k}"] if b)]
+        lines.append(f"step {k}: ECE {ece:.3f} | " + "  ".join(bins))
     return "\n".join(lines)

@@ -63,11 +63,30 @@ def _target_greedy(head, targets: torch.Tensor, chunk: int = 1024) -> torch.Tens
 
 
 @torch.no_grad()
-def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch.Tensor:
+def acceptance_counts(
+    head, batch: dict, steps: int = 5, topk: int = 0, calibration: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """int64 [2 + topk, steps]: row 0 = the denominators of acc_k, row 1 = the numerators, row 1 + r (r =
-    1..topk) = the numerators of cov_k[r - 1] (module docstring)."""
+    1..topk) = the numerators of cov_k[r - 1] (module docstring).
+
+    calibration: an optional float64 [steps, bins, 3] buffer on the head's device, accumulated in place:
+    over the anchors of acc_k's denominator, binned by the draft's top-1 probability p (softmax over its
+    vocabulary, bin floor(p * bins)), [..., 0] counts them, [..., 1] sums p and [..., 2] counts the correct
+    ones (summarize_calibration reads it)."""
     if topk < 0:
         raise ValueError(f"topk: expected >= 0, got {topk}")
+    if calibration is not None and (
+        calibration.dim() != 3
+        or calibration.shape[0] != steps
+        or calibration.shape[2] != 3
+        or calibration.shape[1] < 1
+        or calibration.dtype != torch.float64
+        or calibration.device != batch["input_ids"].device
+    ):
+        raise ValueError(
+            f"calibration: expected a float64 [{steps}, bins, 3] tensor on {batch['input_ids'].device}, got "
+            f"{calibration.dtype} {tuple(calibration.shape)} on {calibration.device}"
+        )
     from .losses import align_batch, multipass_mask
 
     ab = align_batch(batch)
@@ -82,7 +101,7 @@ def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch
     follows = (ab.next_tokens == greedy) & lm  # the data's next token is the greedy one
     feats0 = ab.features.to(head.dtype)
     feats, kv = feats0, None
-    preds, ranks = [], []
+    preds, ranks, top1p = [], [], []
     for k in range(1, steps + 1):
         mask = ab.pair_mask if k == 1 else multipass_mask(ab.pair_mask, k)
         o = head.forward_train(
@@ -99,6 +118,10 @@ def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch
         # with coverage counted, top-1 is topk's first (argmax may break a tie differently: cov_k[0] == acc_k)
         pred[sel] = best[:, 0] if topk else head.to_target_ids(o.logits.argmax(-1))
         preds.append(pred.view(B, T))
+        if calibration is not None:
+            p1 = torch.zeros(B * T, dtype=torch.float64, device=dev)
+            p1[sel] = torch.softmax(o.logits.float(), dim=-1).amax(-1).double()
+            top1p.append(p1.view(B, T))
         if topk:
             # rank of the target's token among the draft's topk best (topk = not among them)
             hit = best == greedy.view(-1)[sel][:, None]
@@ -131,6 +154,13 @@ def acceptance_counts(head, batch: dict, steps: int = 5, topk: int = 0) -> torch
             col_rank[:, :cols] = ranks[k - 1][:, s:]
             for r in range(1, topk + 1):
                 out[1 + r, k - 1] = (den & (col_rank < r)).sum()
+        if calibration is not None:
+            p = top1p[k - 1][:, s:][den[:, :cols]]
+            bins = calibration.shape[1]
+            b = (p * bins).long().clamp_(0, bins - 1)
+            calibration[k - 1, :, 0].index_add_(0, b, torch.ones_like(p))
+            calibration[k - 1, :, 1].index_add_(0, b, p)
+            calibration[k - 1, :, 2].index_add_(0, b, col_ok[:, :cols][den[:, :cols]].double())
         alive = num & col_follow
     return out
 
@@ -151,6 +181,26 @@ def summarize(counts: torch.Tensor) -> dict:
             prod *= acc
             tau += prod
     res["tau_chain"] = tau
+    return res
+
+
+def summarize_calibration(calibration: torch.Tensor) -> dict:
+    """From acceptance_counts' calibration buffer (summed over the data): per step k, "calib_k", one [n,
+    mean top-1 probability, acceptance rate] per bin (None where a bin is empty), and "ece_k", the expected
+    calibration error sum_b n_b / n * |mean p_b - rate_b| (None where the step has no anchors). A draft whose
+    confidence matches its acceptance (ece near 0) ranks tree nodes by what they are worth."""
+    cal = calibration.to("cpu", torch.float64)
+    res = {}
+    for k in range(cal.shape[0]):
+        rows, total, err = [], cal[k, :, 0].sum().item(), 0.0
+        for n, ps, hits in cal[k].tolist():
+            if n > 0:
+                rows.append([int(n), ps / n, hits / n])
+                err += abs(ps - hits) / total
+            else:
+                rows.append(None)
+        res[f"calib_{k + 1}"] = rows
+        res[f"ece_{k + 1}"] = err if total > 0 else None
     return res
 
 
@@ -210,16 +260,21 @@ def measure_acceptance(
     topk: int = TOPK,
     batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    calibration_bins: int = 0,
 ) -> dict:
     """summarize(...) of a head's acceptance rates and top-k coverage on the first `sequences` items of
     `dataset` (all by default): a specdec.data.FeatureDataset or any sequence of its items ({"input_ids",
     "loss_mask", "hidden"}). The head must be bound to its target (bind_target: the target's output layer
     gives the greedy tokens). Features are cast to the head's dtype. progress(n) is called with the number
-    of sequences done after each batch. Adds "sequences" (the count measured)."""
+    of sequences done after each batch. Adds "sequences" (the count measured), and with calibration_bins > 0
+    the draft's calibration per step (summarize_calibration: "calib_k", "ece_k")."""
     from specdec.data import collate
 
-    if steps < 1 or topk < 0 or batch_size < 1:
-        raise ValueError(f"need steps >= 1, topk >= 0, batch_size >= 1, got {(steps, topk, batch_size)}")
+    if steps < 1 or topk < 0 or batch_size < 1 or calibration_bins < 0:
+        raise ValueError(
+            "need steps >= 1, topk >= 0, batch_size >= 1, calibration_bins >= 0, got "
+            f"{(steps, topk, batch_size, calibration_bins)}"
+        )
     n = len(dataset) if sequences is None else min(len(dataset), int(sequences))
     if n < 1:
         raise ValueError("measure_acceptance: no sequences to measure")
@@ -227,18 +282,21 @@ def measure_acceptance(
     head.eval()
     dev = head.device
     counts = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
+    cal = torch.zeros(steps, calibration_bins, 3, dtype=torch.float64, device=dev) if calibration_bins else None
     try:
         with torch.no_grad():
             for i in range(0, n, batch_size):
                 batch = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 batch["hidden"] = batch["hidden"].to(head.dtype)
-                counts += acceptance_counts(head, batch, steps, topk)
+                counts += acceptance_counts(head, batch, steps, topk, calibration=cal)
                 if progress is not None:
                     progress(min(n, i + batch_size))
     finally:
         head.train(was_training)
     res = summarize(counts)
+    if cal is not None:
+        res.update(summarize_calibration(cal))
     res["sequences"] = n
     return res
 
