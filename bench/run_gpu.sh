@@ -58,6 +58,8 @@ else
   for b in tree compact verify attention features; do
     step "bench_$b" python "bench/bench_$b.py" --results "${QUICK[@]}"
   done
+  # whole decode passes, eager against one replayed CUDA graph (and model.generate's step), same tokens
+  step e2e_cuda_graph python bench/e2e_cuda_graph.py "${QUICK[@]}"
 fi
 echo "=== total $(($(date +%s) - T0)) s" | tee -a "$SUMMARY"
 
@@ -65,7 +67,7 @@ if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
   cp "$SUMMARY" "$OUT/summary.txt"
   shopt -s nullglob
-  csvs=(bench/results/*_cuda.csv)
+  csvs=(bench/results/*_cuda.csv bench/results/e2e_cuda_graph_cuda.md)
   tar -czf "$OUT/run_gpu.tgz" "$LOG_DIR" "${csvs[@]}"
   echo "wrote $OUT/run_gpu.tgz and $OUT/summary.txt"
 fi

@@ -271,6 +271,7 @@ BAD = [
     ({"--seed": "-1"}, "--seed", "integer in [0,"),
     ({"--backend": "fast"}, "--backend", "choose from"),
     ({"--backend": "cuda", "--device": "cpu"}, "--backend", "cpu device"),
+    ({"--cuda-graph": True}, "--cuda-graph", "a CUDA --device"),
     ({"--target": None}, "--target", "required"),
     ({"--bogus": "1"}, "--bogus", "unrecognized"),
 ]

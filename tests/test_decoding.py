@@ -242,3 +242,54 @@ def test_errors():
         generate(model, head, torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64))
     with pytest.raises(TypeError, match="input_ids"):
         generate(model, head, "hello")
+    with pytest.raises(ValueError, match="cuda_graph=True needs the target on a CUDA device; it is on cpu"):
+        generate(model, head, PROMPTS, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True needs the target on a CUDA device"):
+        generate_baseline(model, PROMPTS, cuda_graph=True)
+    with pytest.raises(TypeError, match="cuda_graph: expected True or False"):
+        generate(model, head, PROMPTS, cuda_graph="yes")
+
+
+# -- CUDA graphs (need a GPU) -------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "ragged3"])
+def test_cuda_graph_passes_equal_eager_ones(prompts):
+    """One captured pass replayed: the same tokens, passes and accept lengths as the eager loop (greedy,
+    equal to the target's own greedy decoding); sampled with a generator, reproducible run to run."""
+    model = make_target(sharpen=4.0).cuda()
+    head = make_head(model).cuda()
+    target = TargetModel(model)
+    kw = dict(max_new_tokens=12, eos_token_id=[], **TREE)
+    eager = generate(target, head, prompts, **kw)
+    graph = generate(target, head, prompts, cuda_graph=True, **kw)
+    assert graph.sequences == eager.sequences and graph.passes == eager.passes
+    assert torch.equal(graph.accept_lengths, eager.accept_lengths)
+    base = generate_baseline(target, prompts, max_new_tokens=12, eos_token_id=[], cuda_graph=True)
+    assert base.sequences == eager.sequences and base.passes == 11
+    oracle = generate(target, TargetOracleHead(model), prompts, cuda_graph=True, **kw)
+    assert oracle.sequences == eager.sequences and oracle.tau > graph.tau  # the oracle's whole paths get in
+    sample = dict(temperature=0.8, top_p=0.9, **kw)
+    runs = [
+        generate(target, head, prompts, generator=torch.Generator("cuda").manual_seed(3), cuda_graph=True, **sample)
+        for _ in range(2)
+    ]
+    assert runs[0].sequences == runs[1].sequences  # reproducible
+    assert all(len(seq) == 12 for seq in runs[0].sequences)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_stops_on_eos_and_after_one_pass():
+    """A request that stops on EOS stays frozen across replays; a run that ends in its first (eager) pass
+    captures nothing."""
+    model = make_target(sharpen=8.0).cuda()
+    full = generate_baseline(model, PROMPTS, max_new_tokens=12).sequences
+    eos = full[1][2]
+    res = generate(
+        model, TargetOracleHead(model), PROMPTS, max_new_tokens=12, eos_token_id=eos, cuda_graph=True, **TREE
+    )
+    for b, seq in enumerate(full):
+        assert res.sequences[b] == (seq[: seq.index(eos) + 1] if eos in seq else seq)
+    short = generate(model, TargetOracleHead(model), PROMPTS, max_new_tokens=2, cuda_graph=True, **TREE)
+    assert short.passes == 1 and short.sequences == [s[:2] for s in full]

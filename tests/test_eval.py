@@ -315,6 +315,7 @@ def folders(tmp_path_factory, tiny):
         (["--total-tokens", "1"], "argument --total-tokens"),
         (["--dtype", "int8"], "argument --dtype"),
         (["--tree-top-k", "1000"], "argument --tree-top-k: expected at most 64"),
+        (["--cuda-graph", "--device", "cpu"], "argument --cuda-graph: expected a CUDA --device"),
     ],
 )
 def test_cli_validation(folders, extra, says, capsys):

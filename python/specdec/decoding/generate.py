@@ -277,6 +277,7 @@ def generate(
     generator: Optional[torch.Generator] = None,
     prefill_chunk_size: Optional[int] = None,
     backend: Optional[str] = None,
+    cuda_graph: bool = False,
 ) -> GenerationResult:
     """Lossless EAGLE-2 tree speculative decoding of a batch of prompts.
 
@@ -303,6 +304,11 @@ def generate(
         prefill_chunk_size: prefill at most this many prompt columns per forward (None: all at once).
         backend: specdec_kernels backend for every kernel (None chooses; a TargetModel passed as `target`
             keeps its own backend for the target's kernels).
+        cuda_graph: on a CUDA device, capture one whole pass (draft, verify, commit, extension) as a CUDA
+            graph after a first eager pass and replay it for every later pass: the same tokens with one
+            launch per pass, for small models whose passes are bound by kernel launches. The graph is
+            captured per call (tens of milliseconds). With it the result's verify_time holds the whole
+            decode loop and draft_time only the draft's prefill (a graph's phases cannot be timed apart).
 
     Returns:
         GenerationResult (sequences = new tokens only).
@@ -311,6 +317,7 @@ def generate(
     target = _as_target(target, backend)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
+    _check_cuda_graph(cuda_graph, dev)
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
     rows = _prompts(input_ids, attention_mask)
@@ -336,6 +343,7 @@ def generate(
                 generator=generator,
                 prefill_chunk_size=prefill_chunk_size,
                 backend=backend,
+                cuda_graph=cuda_graph,
             )
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
@@ -363,44 +371,29 @@ def generate(
     t_verify = 0.0
     passes = 0
     accepts = []
-    while not bool(out.finished.all()):  # the one host sync per pass
-        prof = _drafting._profiler  # phase marks for bench/e2e_profile.py; None (no-op) unless profiling
-        if prof is not None:
-            prof.mark("host.pass")
+    st = _PassState(root, root_logits, root_hidden, static=cuda_graph)
+
+    def one_pass(clock=None):
+        _speculative_pass(st, drafter, target, choose, out, cache, D1, backend, clock)
+
+    if cuda_graph:
         t0 = time.perf_counter()
-        parents, tokens = drafter.draft(root, root_logits, root_hidden)
+        passes = _graph_passes(one_pass, st, out, dev, generator, accepts, max_new_tokens + 1)
+        t_verify = time.perf_counter() - t0  # one graph per pass: its phases cannot be timed apart
+    marks = []  # the eager pass's phase boundaries (clock)
+
+    def clock():
         _sync(dev)
-        t1 = time.perf_counter()
-        tree = specdec_kernels.build_tree(parents, backend=backend)
-        if prof is not None:
-            prof.mark("verify.build_tree")
-        ver = target.verify(tokens, tree, cache)
-        if prof is not None:
-            prof.mark("verify.target")
-        accept_nodes, accept_len, out_tokens = choose(tree, tokens, ver.logits)
-        if prof is not None:
-            prof.mark("verify.op")
-        n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
-        target.commit(cache, accept_nodes, n)
-        if prof is not None:
-            prof.mark("verify.compact")
-        _sync(dev)
-        t2 = time.perf_counter()
-        out.emit(out_tokens[:, :D1], n)
-        accepts.append(n)
-        if prof is not None:
-            prof.mark("host.emit")
-        # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
-        nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
-        feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
-        root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
-        root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
-        if prof is not None:
-            prof.mark("draft.extend")
-        _sync(dev)
-        t3 = time.perf_counter()
-        t_draft += (t1 - t0) + (t3 - t2)
-        t_verify += t2 - t1
+        marks.append(time.perf_counter())
+
+    while not cuda_graph and not bool(out.finished.all()):  # the one host sync per pass
+        if _drafting._profiler is not None:
+            _drafting._profiler.mark("host.pass")
+        marks[:] = [time.perf_counter()]
+        one_pass(clock)
+        accepts.append(st.n)
+        t_draft += (marks[1] - marks[0]) + (marks[3] - marks[2])
+        t_verify += marks[2] - marks[1]
         passes += 1
         if passes > max_new_tokens + 1:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
@@ -415,6 +408,124 @@ def generate(
         time.perf_counter() - t_start,
         tree=(N, depth, tree_top_k),
     )
+
+
+class _PassState:
+    """What one pass reads and leaves for the next: the root token [B] (last emitted), the draft's logits
+    [B, V_d] and fed-back feature [B, H] for the token after it (None for plain decoding), and n int32 [B],
+    the tokens each request emitted in the pass. static: every update copies into the same buffers (a
+    captured CUDA graph reads and writes fixed addresses); else the new tensors are just kept."""
+
+    def __init__(self, root, root_logits=None, root_hidden=None, *, static: bool = False):
+        self.static = static
+        keep = (lambda t: t.clone()) if static else (lambda t: t)
+        self.root = keep(root)
+        self.root_logits = keep(root_logits) if root_logits is not None else None
+        self.root_hidden = keep(root_hidden) if root_hidden is not None else None
+        self.n = torch.zeros(root.shape[0], dtype=torch.int32, device=root.device)
+
+    def update(self, root, n, root_logits=None, root_hidden=None) -> None:
+        if self.static:
+            self.root.copy_(root)
+            self.n.copy_(n)
+            if root_logits is not None:
+                self.root_logits.copy_(root_logits)
+                self.root_hidden.copy_(root_hidden)
+        else:
+            self.root, self.n = root, n
+            if root_logits is not None:
+                self.root_logits, self.root_hidden = root_logits, root_hidden
+
+
+def _speculative_pass(st: _PassState, drafter, target, choose, out, cache, D1: int, backend, clock=None) -> None:
+    """One pass of `generate` (module docstring, steps 1-4) from st's root to st's next root.
+
+    Device work only, no host synchronisation: the same code runs eagerly and inside a CUDA graph capture.
+    clock(), when given (the eager loop's timer; it synchronises), is called after the draft, after the
+    verification and commit, and after the draft's extension; the profiler's marks are left out with it.
+    """
+    prof = _drafting._profiler if clock is not None else None  # phase marks for bench/e2e_profile.py
+    B = st.root.shape[0]
+    parents, tokens = drafter.draft(st.root, st.root_logits, st.root_hidden)
+    if clock is not None:
+        clock()
+    tree = specdec_kernels.build_tree(parents, backend=backend)
+    if prof is not None:
+        prof.mark("verify.build_tree")
+    ver = target.verify(tokens, tree, cache)
+    if prof is not None:
+        prof.mark("verify.target")
+    accept_nodes, accept_len, out_tokens = choose(tree, tokens, ver.logits)
+    if prof is not None:
+        prof.mark("verify.op")
+    n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
+    target.commit(cache, accept_nodes, n)
+    if prof is not None:
+        prof.mark("verify.compact")
+    if clock is not None:
+        clock()
+    out.emit(out_tokens[:, :D1], n)
+    if prof is not None:
+        prof.mark("host.emit")
+    # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
+    nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
+    feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
+    root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
+    root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
+    st.update(root, n, root_logits, root_hidden)
+    if prof is not None:
+        prof.mark("draft.extend")
+    if clock is not None:
+        clock()
+
+
+def _plain_pass(st: _PassState, target, choose, out, cache) -> None:
+    """One pass of `generate_baseline`: a one-node tree at st.root, verified, committed and emitted."""
+    ver = target.verify(st.root[:, None], choose.one_node, cache)
+    accept_nodes, accept_len, out_tokens = choose(choose.one_node, st.root[:, None], ver.logits)
+    n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
+    target.commit(cache, accept_nodes, n)
+    out.emit(out_tokens, n)
+    st.update(out_tokens[:, 0], n)
+
+
+def _check_cuda_graph(cuda_graph: bool, device) -> None:
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs the target on a CUDA device; it is on {device}")
+    if cuda_graph and _drafting.get_profiler() is not None:
+        # its marks synchronise with the device, which a graph capture forbids; it times eager phases
+        raise ValueError("cuda_graph=True with the phase profiler installed: profile with cuda_graph=False")
+
+
+def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> int:
+    """Decode until every request has finished with CUDA graphs: the first pass runs eagerly on a side
+    stream (it is a real pass, and it warms up what a capture cannot do: Triton compiles, cuBLAS
+    workspaces, the kernels' backend choices), the second is captured once and every pass from then on
+    replays it (one launch per pass instead of hundreds). The host synchronises once per pass, on the
+    finished flags, as the eager loop does. Returns the passes run; appends each pass's n to accepts."""
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        one_pass()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    accepts.append(st.n.clone())
+    passes = 1
+    if bool(out.finished.all()):
+        return passes
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None:  # the sampling uniforms' generator advances on every replay
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        one_pass()  # recorded, not run
+    while not bool(out.finished.all()):
+        graph.replay()
+        accepts.append(st.n.clone())
+        passes += 1
+        if passes > max_passes:  # every active pass emits >= 1 token
+            raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
+    return passes
 
 
 def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:
@@ -468,11 +579,13 @@ def generate_baseline(
     generator: Optional[torch.Generator] = None,
     prefill_chunk_size: Optional[int] = None,
     backend: Optional[str] = None,
+    cuda_graph: bool = False,
 ) -> GenerationResult:
     """Plain autoregressive decoding through the same TargetModel (a one-node tree per pass).
 
     Same arguments and result as `generate` without a draft (eos_token_id too: None = the model's
-    generation_config, [] = no stopping); tau is 1 and draft_time 0. With the same
+    generation_config, [] = no stopping; cuda_graph: one captured graph per decode step); tau is 1 and
+    draft_time 0. With the same
     generator state it consumes uniforms differently from `generate`, so sampled outputs agree in
     distribution, not token for token.
     """
@@ -480,6 +593,7 @@ def generate_baseline(
     target = _as_target(target, backend)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
+    _check_cuda_graph(cuda_graph, dev)
     rows = _prompts(input_ids, attention_mask)
     B = len(rows)
     ids, lengths = _pad(rows, dev)
@@ -491,16 +605,15 @@ def generate_baseline(
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
     _sync(dev)
     t_prefill = time.perf_counter()
-    tree = choose.one_node
+    st = _PassState(root, static=cuda_graph)
     passes, accepts = 0, []
-    while not bool(out.finished.all()):
-        ver = target.verify(root[:, None], tree, cache)
-        accept_nodes, accept_len, out_tokens = choose(tree, root[:, None], ver.logits)
-        n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
-        target.commit(cache, accept_nodes, n)
-        out.emit(out_tokens, n)
-        accepts.append(n)
-        root = out_tokens[:, 0]
+    if cuda_graph:
+        passes = _graph_passes(
+            lambda: _plain_pass(st, target, choose, out, cache), st, out, dev, generator, accepts, max_new_tokens + 1
+        )
+    while not cuda_graph and not bool(out.finished.all()):
+        _plain_pass(st, target, choose, out, cache)
+        accepts.append(st.n)
         passes += 1
     _sync(dev)
     t_end = time.perf_counter()

@@ -142,6 +142,12 @@ def register(sub, formatter_class):
         help="keep the target's bf16 CPU linears as they are (default: prepacked for oneDNN, which speeds up "
         "model.generate and speculative decoding alike; specdec.target.prepack)",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on a CUDA device, run generate_baseline and speculative decoding with each decode pass replayed "
+        "as one captured CUDA graph (model.generate stays as Hugging Face runs it)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     p.add_argument(
         "--resume",
@@ -214,7 +220,14 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from specdec.cli import TOKENIZER_FILES, _check_backend, _check_device, _check_target, model_dtype
+    from specdec.cli import (
+        TOKENIZER_FILES,
+        _check_backend,
+        _check_device,
+        _check_target,
+        check_cuda_graph_device,
+        model_dtype,
+    )
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -247,6 +260,7 @@ def validate_args(args) -> argparse.Namespace:
 
     plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
     _check_backend(args.backend, plan.device)
+    check_cuda_graph_device(args, plan.device)
     return plan
 
 
@@ -267,6 +281,8 @@ def run_identity(args, plan, benches: dict, threads: int) -> dict:
         "backend": args.backend,
         "prepack": not args.no_prepack,
     }
+    if args.cuda_graph:  # absent when off: checkpoints written before the option existed still resume
+        ident["cuda_graph"] = True
     return json.loads(json.dumps(ident))
 
 
@@ -360,6 +376,7 @@ def _handle(args, stage) -> int:
         seed=args.seed,
         backend=args.backend,
         warmup=not args.no_warmup,
+        cuda_graph=args.cuda_graph,
     )
     stage.what = "evaluating"
     harness = Harness(model, tokenizer, settings)

@@ -41,6 +41,7 @@ class EvalSettings:
     backend: Optional[str] = None
     warmup: bool = True
     tie_eps_factor: float = 4.0
+    cuda_graph: bool = False  # generate_baseline and generate replay captured passes (CUDA only)
 
 
 def tie_tolerance(logits: torch.Tensor, factor: float = 4.0, dtype: Optional[torch.dtype] = None) -> float:
@@ -157,6 +158,7 @@ class Harness:
         from ..decoding import generate, generate_baseline
 
         kw = dict(max_new_tokens=max_new, temperature=temperature, eos_token_id=self.eos, backend=self.s.backend)
+        kw["cuda_graph"] = self.s.cuda_graph
         gen = torch.Generator(device=self.device).manual_seed(seed)
         if method == "generate":
             return _hf_generate(self.model, ids, temperature, max_new, self.eos, seed)
