@@ -135,9 +135,10 @@ class TargetOracleHead(torch.nn.Module):
         slots = cache_len.to(torch.int64)[:, None] + off + torch.arange(T, device=dev)
         cache.tokens.scatter_(1, slots, input_ids)
         at0 = position_ids[:, 0] == 0  # this call holds pair 0: recover x_0
-        if bool(at0.any()):
-            d = torch.cdist(features[:, 0].float(), self._position0_table())
-            cache.first.copy_(torch.where(at0, d.argmin(dim=1), cache.first))
+        # computed on every call, used where at0 holds: no host-side test, so that a pass with this head can
+        # be captured as a CUDA graph like one with a real head
+        d = torch.cdist(features[:, 0].float(), self._position0_table())
+        cache.first.copy_(torch.where(at0, d.argmin(dim=1), cache.first))
         # Query (b, i) sees x_0, the committed slots s < cache_len[b] and the tree slots its mask row selects;
         # ancestors sit at increasing slots, so the visible slots in slot order are its token sequence.
         S = cache.max_len
@@ -157,9 +158,9 @@ class TargetOracleHead(torch.nn.Module):
     def _last_logits(self, seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Target logits after each right-padded sequence seqs[r, :lengths[r]]."""
         out = []
+        L = seqs.shape[1]  # every column (not the longest length: reading it would synchronise the host)
         for s in range(0, seqs.shape[0], self.chunk):
-            L = int(lengths[s : s + self.chunk].max())
-            ids = seqs[s : s + self.chunk, :L]
+            ids = seqs[s : s + self.chunk]
             mask = (torch.arange(L, device=ids.device)[None, :] < lengths[s : s + self.chunk, None]).to(torch.int64)
             # Right padding keeps the real rows causal; the lm_head runs on the last real row only.
             hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state

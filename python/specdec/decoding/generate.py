@@ -499,28 +499,39 @@ def _check_cuda_graph(cuda_graph: bool, device) -> None:
         raise ValueError("cuda_graph=True with the phase profiler installed: profile with cuda_graph=False")
 
 
+def _warmup_pass(one_pass, dev) -> None:
+    """Run one real pass on a side stream (torch's recipe before a capture)."""
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        one_pass()
+    torch.cuda.current_stream(dev).wait_stream(side)
+
+
+def _capture_pass(one_pass, dev, generator):
+    """Record one_pass as a CUDA graph (nothing runs) and return its replay function."""
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None:  # the sampling uniforms' generator advances on every replay
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        one_pass()
+    return graph.replay
+
+
 def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> int:
     """Decode until every request has finished with CUDA graphs: the first pass runs eagerly on a side
     stream (it is a real pass, and it warms up what a capture cannot do: Triton compiles, cuBLAS
     workspaces, the kernels' backend choices), the second is captured once and every pass from then on
     replays it (one launch per pass instead of hundreds). The host synchronises once per pass, on the
     finished flags, as the eager loop does. Returns the passes run; appends each pass's n to accepts."""
-    side = torch.cuda.Stream(device=dev)
-    side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):
-        one_pass()
-    torch.cuda.current_stream(dev).wait_stream(side)
+    _warmup_pass(one_pass, dev)
     accepts.append(st.n.clone())
     passes = 1
     if bool(out.finished.all()):
         return passes
-    graph = torch.cuda.CUDAGraph()
-    if generator is not None:  # the sampling uniforms' generator advances on every replay
-        graph.register_generator_state(generator)
-    with torch.cuda.graph(graph):
-        one_pass()  # recorded, not run
+    replay = _capture_pass(one_pass, dev, generator)
     while not bool(out.finished.all()):
-        graph.replay()
+        replay()
         accepts.append(st.n.clone())
         passes += 1
         if passes > max_passes:  # every active pass emits >= 1 token
