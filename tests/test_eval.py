@@ -482,3 +482,6 @@ def test_demo_on_a_tiny_target(folders, capsys, tmp_path, monkeypatch):
         assert phase in out, phase
     assert out.count("output vs model.generate: identical") + out.count("floating-point tie") == 2
     assert main(["--offline", "--tree-only"]) == 0
+    with pytest.raises(SystemExit) as e:  # refused before anything loads
+        main(["--cuda-graph", "--device", "cpu"])
+    assert e.value.code == 2 and "argument --cuda-graph: expected a CUDA --device" in capsys.readouterr().err

@@ -137,6 +137,7 @@ def real_demo(
     dtype: str = "bf16",
     total_tokens="auto",
     device: str = "cpu",
+    cuda_graph: bool = False,
 ) -> bool:
     """Answer `prompts` with the target and a shipped (or given) head; print text, tau and speedup.
     Returns False when, in fp32, a greedy output differs from model.generate's by more than a floating-point
@@ -163,7 +164,9 @@ def real_demo(
     _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
     head = load_draft_head(resolve_draft(draft), device=device, dtype=torch_dtype).eval()
     prepack_linears(head)
-    settings = EvalSettings(temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens)
+    settings = EvalSettings(
+        temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens, cuda_graph=cuda_graph
+    )
     h = Harness(model, tok, settings)
     _phase(3, steps, "warm-up (first calls; measures the tree budget for this machine once when it is 'auto')")
     t0 = time.perf_counter()
@@ -229,7 +232,12 @@ def main(argv=None) -> int:
     parser.add_argument("--total-tokens", default="auto", help="tree nodes, or auto (measured on this machine)")
     parser.add_argument("--batch", type=int, default=3, help="with --offline: requests decoded together")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="with a CUDA --device: replay each decode pass as one CUDA graph"
+    )
     args = parser.parse_args(argv)
+    if args.cuda_graph and not str(args.device).startswith("cuda"):
+        parser.error(f"argument --cuda-graph: expected a CUDA --device, got {args.device!r}")
     if args.offline:
         tree_demo()
         if args.tree_only:
@@ -244,6 +252,7 @@ def main(argv=None) -> int:
         dtype=args.dtype or "bf16",
         total_tokens=total,
         device=args.device,
+        cuda_graph=args.cuda_graph,
     )
     return 0 if ok else 1
 
