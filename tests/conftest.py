@@ -45,3 +45,37 @@ def _private_specdec_home(_session_home, monkeypatch):
     write (the tree budget's measured costs of tiny models, verify_cost.json) out of the user's cache, where
     they would sit beside the real measurements. A test may set its own SPECDEC_HOME on top."""
     monkeypatch.setenv("SPECDEC_HOME", str(_session_home))
+
+
+@pytest.fixture
+def recorded_passes(monkeypatch):
+    """cuda_graph=True emulated on the CPU, for the tests of generate and of the tree budget's graph costs:
+    a pass is recorded once with torch.fx's make_fx in "real" mode (like a CUDA graph capture it runs the
+    pass's Python once and keeps only the tensor ops, bound to the same buffers) and the recording is
+    replayed for every later pass. Unlike a capture, recording also executes that pass, so a decode run
+    counts one pass fewer than the eager loop. Returns the list of recordings' node counts."""
+    import importlib
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    mod = importlib.import_module("specdec.decoding.generate")
+    captures = []
+
+    def capture(one_pass, dev, generator):
+        import transformers.masking_utils as masks
+
+        # transformers skips its data-dependent mask shortcuts while a CUDA stream is capturing; tell it
+        # that the recording is such a capture (it only recognises torch.fx proxies, not make_fx's tensors)
+        # and our ops' CPU-only exact checks of token ids read host memory, which on CUDA tensors they leave
+        # to an asynchronous device assertion (as under torch.compile)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(masks, "is_tracing", lambda *a, **k: True)
+            mp.setattr(torch.compiler, "is_compiling", lambda: True)
+            recording = make_fx(lambda: one_pass(), tracing_mode="real")()
+        captures.append(len(recording.graph.nodes))
+        return recording
+
+    monkeypatch.setattr(mod, "_check_cuda_graph", lambda cuda_graph, device: None)
+    monkeypatch.setattr(mod, "_warmup_pass", lambda one_pass, dev: one_pass())
+    monkeypatch.setattr(mod, "_capture_pass", capture)
+    return captures

@@ -323,6 +323,34 @@ def test_measure_draft_cost_and_auto_tree(tmp_path, monkeypatch):
     assert calls == []  # nothing was re-measured
 
 
+def test_graph_costs_are_measured_on_replays_and_cached_apart(tmp_path, monkeypatch, recorded_passes):
+    """cuda_graph=True: the verify and draft-level costs time replays of one captured call (the CPU emulation
+    of conftest's recorded_passes) and sit under their own cache keys, so eager and graph plans never mix;
+    auto_tree passes the choice through."""
+    from specdec.models import DraftConfig, build_draft_head
+    from specdec.target import TargetModel
+
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    model = make_target()
+    target = TargetModel(model)
+    torch.manual_seed(0)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    eager = measure_verify_cost(target, Ns=(1, 4), context=16, repeats=1)
+    graph = measure_verify_cost(target, Ns=(1, 4), context=16, repeats=1, cuda_graph=True)
+    assert len(recorded_passes) == 2 and all(t > 0 for t in graph.values())  # one capture per N
+    level = budget.measure_draft_cost(head, target, ks=(2,), context=16, cuda_graph=True)
+    assert len(recorded_passes) == 3 and level[2] > 0
+    keys = sorted(json.loads((tmp_path / "verify_cost.json").read_text()))
+    assert len(keys) == 3 and sum(k.endswith("|cuda_graph") for k in keys) == 2
+    assert measure_verify_cost(target, Ns=(1, 4), context=16, cuda_graph=True) == graph  # cached
+    assert measure_verify_cost(target, Ns=(1, 4), context=16) == eager
+    seen = []
+    monkeypatch.setattr(budget, "measure_verify_cost", lambda t, Ns, **kw: seen.append(kw) or {n: 1.0 for n in Ns})
+    monkeypatch.setattr(budget, "measure_draft_cost", lambda h, t, ks, **kw: seen.append(kw) or {k: 0.1 for k in ks})
+    budget.auto_tree(target, head, context=16, candidates=[(4, 2, 2)], cuda_graph=True)
+    assert [kw["cuda_graph"] for kw in seen] == [True, True]
+
+
 @pytest.mark.parametrize(
     "verify, level, acceptance, want",
     [

@@ -253,48 +253,18 @@ def test_errors():
 # -- CUDA graphs -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def recorded_passes(monkeypatch):
-    """cuda_graph=True emulated on the CPU: the pass is recorded once with torch.fx's make_fx in "real" mode
-    (like a CUDA graph capture it runs the pass's Python once and keeps only the tensor ops, bound to the
-    same buffers) and the recording is replayed for every later pass. Unlike a capture, recording also
-    executes that pass, so a run counts one pass fewer than the eager loop."""
-    import importlib
-
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    mod = importlib.import_module("specdec.decoding.generate")
-    captures = []
-
-    def capture(one_pass, dev, generator):
-        import transformers.masking_utils as masks
-
-        # transformers skips its data-dependent mask shortcuts while a CUDA stream is capturing; tell it
-        # that the recording is such a capture (it only recognises torch.fx proxies, not make_fx's tensors)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(masks, "is_tracing", lambda *a, **k: True)
-            recording = make_fx(lambda: one_pass(), tracing_mode="real")()
-        captures.append(len(recording.graph.nodes))
-        return recording
-
-    monkeypatch.setattr(mod, "_check_cuda_graph", lambda cuda_graph, device: None)
-    monkeypatch.setattr(mod, "_warmup_pass", lambda one_pass, dev: one_pass())
-    monkeypatch.setattr(mod, "_capture_pass", capture)
-    return captures
-
-
 def test_a_recorded_pass_replays_the_eager_loop(recorded_passes):
     """What CUDA graphs rely on, checked without a GPU: replaying one recorded pass (no Python re-run)
     emits exactly the eager loop's tokens and accept lengths, for ragged requests, with a request stopping
     on EOS, for generate and generate_baseline: no pass depends on host-side state that changes."""
     model = make_target(sharpen=4.0)
-    head = make_head(model)
+    heads = [make_head(model, kind) for kind in ("eagle", "fspad", "griffin")]
     target = TargetModel(model)
     full = generate_baseline(target, PROMPTS, max_new_tokens=12, eos_token_id=[]).sequences
-    for eos in ([], [full[1][4]]):
+    for eos, head in (([], heads[0]), ([], heads[1]), ([full[1][4]], heads[2])):
         kw = dict(max_new_tokens=12, eos_token_id=eos)
         for run in (
-            lambda g, kw=kw: generate(target, head, PROMPTS, cuda_graph=g, **kw, **TREE),
+            lambda g, kw=kw, head=head: generate(target, head, PROMPTS, cuda_graph=g, **kw, **TREE),
             lambda g, kw=kw: generate(target, TargetOracleHead(model), PROMPTS, cuda_graph=g, **kw, **TREE),
             lambda g, kw=kw: generate_baseline(target, PROMPTS, cuda_graph=g, **kw),
         ):
@@ -303,7 +273,7 @@ def test_a_recorded_pass_replays_the_eager_loop(recorded_passes):
             assert replayed.passes == eager.passes - 1  # the recording ran the second pass
             want = torch.cat([eager.accept_lengths[:1], eager.accept_lengths[2:]])
             assert torch.equal(replayed.accept_lengths, want)
-    assert len(recorded_passes) == 6 and min(recorded_passes) > 20  # every run was recorded and replayed
+    assert len(recorded_passes) == 9 and min(recorded_passes) > 20  # every run was recorded and replayed
 
 
 # -- CUDA graphs (need a GPU) -------------------------------------------------------------------------

@@ -317,12 +317,40 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -> float:
+    """Median seconds of fn() over `repeats` calls after `warmup`; cuda_graph: of replays of fn captured as a
+    CUDA graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
+    call = fn
+    if cuda_graph:
+        from .generate import _capture_pass, _warmup_pass  # the decode loop's own warm-up and capture
+
+        _warmup_pass(fn, dev)
+        call = _capture_pass(fn, dev, None)
+    times = []
+    for i in range(warmup + repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        call()
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
 @torch.no_grad()
 def time_verify(
-    target, Ns: Sequence[int], context: int = 300, repeats: int = 5, warmup: int = 1, seed: int = 0
+    target,
+    Ns: Sequence[int],
+    context: int = 300,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    cuda_graph: bool = False,
 ) -> dict:
     """{N: median seconds of target.verify on a chain of N nodes after a `context`-token prefill} (batch 1,
-    uncached; the target's own device and dtype). The tree's shape hardly matters: the cost is the N rows."""
+    uncached; the target's own device and dtype). The tree's shape hardly matters: the cost is the N rows.
+    cuda_graph: time replays of a captured verify (what a pass costs under generate(cuda_graph=True))."""
     import specdec_kernels
 
     dev = target.device
@@ -336,16 +364,8 @@ def time_verify(
         parents = torch.arange(-1, N - 1, dtype=torch.int32, device=dev)[None]
         tree = specdec_kernels.build_tree(parents)
         tokens = torch.randint(0, V, (1, N), generator=g).to(dev)
-        times = []
-        for i in range(warmup + repeats):
-            _sync(dev)
-            t0 = time.perf_counter()
-            target.verify(tokens, tree, cache)
-            _sync(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        out[int(N)] = times[len(times) // 2]
+        call = lambda tokens=tokens, tree=tree: target.verify(tokens, tree, cache)
+        out[int(N)] = _median_time(call, dev, warmup, repeats, cuda_graph)
     return out
 
 
@@ -359,13 +379,15 @@ def measure_verify_cost(
     repeats: int = 5,
     use_cache: bool = True,
     refresh: bool = False,
+    cuda_graph: bool = False,
 ) -> Dict[int, float]:
     """{N: seconds of one target verification of N nodes} at batch 1 after `context` committed tokens.
 
     model: a specdec.target.TargetModel or a Hugging Face causal LM. dtype/device default to the model's;
     if they differ, a copy of the model is moved there for the measurement. Results are cached in
-    cache_path() under (model name, config hash, device, dtype, threads, context); only the Ns missing from
-    the cache are measured (refresh=True measures all again; use_cache=False neither reads nor writes).
+    cache_path() under (model name, config hash, device, dtype, threads, context, graphs); only the Ns
+    missing from the cache are measured (refresh=True measures all again; use_cache=False neither reads nor
+    writes). cuda_graph: the cost of a replayed captured verification (another cost curve).
     """
     from ..target import TargetModel
 
@@ -373,7 +395,7 @@ def measure_verify_cost(
     hf = target.model
     dtype = dtype or target.dtype
     device = torch.device(device) if device is not None else target.device
-    key = _cache_key(hf, dtype, device, context)
+    key = _cache_key(hf, dtype, device, context) + ("|cuda_graph" if cuda_graph else "")
 
     def measure(missing: list) -> dict:
         timed = target
@@ -381,7 +403,7 @@ def measure_verify_cost(
             import copy
 
             timed = TargetModel(copy.deepcopy(hf).to(device=device, dtype=dtype), backend=target.backend)
-        return time_verify(timed, missing, context=context, repeats=repeats)
+        return time_verify(timed, missing, context=context, repeats=repeats, cuda_graph=cuda_graph)
 
     return _cached(key, Ns, measure, use_cache, refresh=refresh)
 
@@ -390,9 +412,18 @@ def measure_verify_cost(
 
 
 @torch.no_grad()
-def time_draft_level(head, ks: Sequence[int], context: int = 300, repeats: int = 5, warmup: int = 1, seed: int = 0):
+def time_draft_level(
+    head,
+    ks: Sequence[int],
+    context: int = 300,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    cuda_graph: bool = False,
+):
     """{k: median seconds of one tree level of the draft: the head over k frontier nodes + log-softmax +
-    top-k} after `context` committed pairs (batch 1; the head must be bound to its target)."""
+    top-k} after `context` committed pairs (batch 1; the head must be bound to its target). cuda_graph: of
+    replays of the level captured as a CUDA graph."""
     from specdec_kernels import chain_mask, pack_bits
 
     dev, H = head.device, head.config.hidden_size
@@ -411,17 +442,12 @@ def time_draft_level(head, ks: Sequence[int], context: int = 300, repeats: int =
         t = torch.randint(0, V, (1, k), generator=g).to(dev)
         p = torch.full((1, k), context, dtype=torch.int64, device=dev)
         mask = pack_bits(torch.eye(k, dtype=torch.bool, device=dev)[None])
-        times = []
-        for i in range(warmup + repeats):
-            _sync(dev)
-            t0 = time.perf_counter()
+
+        def level(x=x, t=t, p=p, mask=mask, k=k):
             o = head(x, t, p, cache, cache_len, mask)
             torch.topk(torch.log_softmax(o.logits.float(), dim=-1), k, dim=-1)
-            _sync(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        out[int(k)] = times[len(times) // 2]
+
+        out[int(k)] = _median_time(level, dev, warmup, repeats, cuda_graph)
     return out
 
 
@@ -461,12 +487,16 @@ def _cached(
     return {int(n): entry[int(n)] for n in wanted}
 
 
-def measure_draft_cost(head, target, ks: Sequence[int] = DEFAULT_TOP_KS, context: int = 300, *, use_cache=True):
+def measure_draft_cost(
+    head, target, ks: Sequence[int] = DEFAULT_TOP_KS, context: int = 300, *, use_cache=True, cuda_graph=False
+):
     """{k: seconds of one draft tree level with k frontier nodes} for `head` bound to `target` (a
-    TargetModel), cached in cache_path() beside the verify costs (key: head config hash + the target's key)."""
+    TargetModel), cached in cache_path() beside the verify costs (key: head config hash + the target's key);
+    cuda_graph: of a replayed captured level."""
     key = _head_key(head, _cache_key(target.model, head.dtype, head.device, context))
+    key += "|cuda_graph" if cuda_graph else ""
     head.bind_target(target.embed_tokens, target.lm_head)
-    return _cached(key, ks, lambda m: time_draft_level(head, m, context=context), use_cache)
+    return _cached(key, ks, lambda m: time_draft_level(head, m, context=context, cuda_graph=cuda_graph), use_cache)
 
 
 def draft_cost_model(level_cost: Dict[int, float]) -> Callable[[int, int, int], float]:
@@ -488,6 +518,7 @@ def auto_tree(
     *,
     use_cache: bool = True,
     allow_plain: bool = True,
+    cuda_graph: bool = False,
 ) -> Tuple[int, int, int, float]:
     """(N, depth, top_k, expected tokens/s) for `head` drafting for `target` (a TargetModel) on this machine.
 
@@ -499,13 +530,16 @@ def auto_tree(
 
     allow_plain: when plain decoding (1 / verify_cost(1) tokens/s) is expected to be at least as fast as the
     best candidate, return (*PLAIN, that rate) instead; False always returns a candidate (to measure or
-    test speculative decoding itself)."""
+    test speculative decoding itself).
+
+    cuda_graph: plan with the costs of replayed CUDA graphs (generate(cuda_graph=True)): measured that way,
+    cached apart from the eager ones."""
     cands = sorted(set(default_candidates() if candidates is None else (tuple(map(int, c)) for c in candidates)))
     ctx = max(128, -(-int(context) // 128) * 128)
     Ns = sorted({1} | {c[0] for c in cands})
     ks = sorted({c[2] for c in cands})
-    verify = measure_verify_cost(target, Ns, context=ctx, use_cache=use_cache)
-    level = measure_draft_cost(head, target, ks, context=ctx, use_cache=use_cache)
+    verify = measure_verify_cost(target, Ns, context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
+    level = measure_draft_cost(head, target, ks, context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
     acc = acceptance if acceptance is not None else (head_acceptance(head) or list(DEFAULT_ACCEPTANCE))
     best = choose_tree(verify, draft_cost_model(level), acc, cands)
     plain = 1.0 / interpolate_cost(verify, 1)

@@ -329,7 +329,7 @@ def generate(
             raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
         from .budget import PLAIN, auto_tree, context_bucket
 
-        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=context_bucket(L))
+        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=context_bucket(L), cuda_graph=cuda_graph)
         if (total_tokens, depth, tree_top_k) == PLAIN:
             return _plain_instead(
                 t_start,

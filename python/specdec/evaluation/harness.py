@@ -184,7 +184,7 @@ class Harness:
             # before the clock starts, so that no measured turn carries a one-time cost
             from ..decoding import budget
 
-            budget.auto_tree(self.target, head, context=budget.context_bucket(len(ids)))
+            budget.auto_tree(self.target, head, context=budget.context_bucket(len(ids)), cuda_graph=self.s.cuda_graph)
         r = self.counter % len(METHODS)
         self.counter += 1
         out = {}
