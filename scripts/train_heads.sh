@@ -99,8 +99,10 @@ lineage() {
 # exactly round 1's stage-1 command (same data order, steps and lr), compared on the same validation split.
 # Not shipped and not part of STEP=all: STEP=fullvocab runs it.
 griffin1_fullvocab() {
+  local e2
+  e2=$(epoch_part 2)  # assignments stop the script on a failure; a $(...) inside echo's arguments would not
   echo "specdec train --kind griffin --out $RUNS/griffin-stage1-fullvocab --stages 1 --epochs 1" \
-    "--max-steps $(epoch_part 2) --data $DATA --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100" \
+    "--max-steps $e2 --data $DATA --dtype bf16 --batch-size 8 --lr 3e-4 --checkpoint-every 100" \
     "--resume --val-sequences 48 --no-progress"
 }
 
@@ -159,8 +161,9 @@ for kind in eagle fspad griffin; do
   fi
 done
 if [[ "$STEP" == fullvocab ]]; then
-  # shellcheck disable=SC2046
-  run $(griffin1_fullvocab)
+  cmd=$(griffin1_fullvocab)  # an assignment of its own: a failure inside run's arguments would not stop the script
+  # shellcheck disable=SC2086
+  run $cmd
 fi
 if step export; then
   for kind in eagle fspad griffin; do

@@ -72,6 +72,9 @@ def recorded_passes(monkeypatch):
             mp.setattr(masks, "is_tracing", lambda *a, **k: True)
             mp.setattr(torch.compiler, "is_compiling", lambda: True)
             recording = make_fx(lambda: one_pass(), tracing_mode="real")()
+        # a host read inside the pass would be recorded with its value baked in (a capture would fail on it)
+        reads = [n for n in recording.graph.nodes if n.op == "call_function" and "_local_scalar_dense" in str(n.target)]
+        assert not reads, f"the recorded pass reads tensor values on the host: {reads}"
         captures.append(len(recording.graph.nodes))
         return recording
 

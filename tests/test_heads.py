@@ -147,6 +147,7 @@ def test_recipe_script_sizes_griffin_stages_from_the_train_split(tmp_path):
     cmds = [line for line in done.stderr.splitlines() if line.startswith("+ specdec train")]
     assert len(cmds) == 6 and "--max-steps 50 " in cmds[0] and "--max-steps 25 " in cmds[1], cmds
     assert "--max-steps 150 " in cmds[4]  # round 3: 1.5 epochs of stage 1
-    short = _recipe_dry_run(tmp_path, "griffin", train_shards=0)
-    assert short.returncode != 0 and "is not built (0 of 2 shards): run STEP=data first" in short.stderr
-    assert "specdec train" not in short.stderr
+    for step in ("griffin", "fullvocab"):
+        short = _recipe_dry_run(tmp_path, step, train_shards=0)
+        assert short.returncode != 0 and "is not built (0 of 2 shards): run STEP=data first" in short.stderr
+        assert "specdec train" not in short.stderr, step

@@ -163,7 +163,7 @@ class TargetOracleHead(torch.nn.Module):
             ids = seqs[s : s + self.chunk]
             mask = (torch.arange(L, device=ids.device)[None, :] < lengths[s : s + self.chunk, None]).to(torch.int64)
             # Right padding keeps the real rows causal; the lm_head runs on the last real row only.
-            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             last = (lengths[s : s + self.chunk] - 1)[:, None, None].expand(ids.shape[0], 1, hidden.shape[2])
             out.append(self.model.get_output_embeddings()(hidden.gather(1, last)[:, 0]).float())
         return torch.cat(out)

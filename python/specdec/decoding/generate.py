@@ -52,6 +52,9 @@ class GenerationResult:
     tree: (N, depth, tree_top_k) of the drafted trees, the nodes N capped by the candidates drafted (what
         total_tokens="auto" chose); (1, 0, 0) when "auto" chose plain decoding (no tree expected to be
         faster here); None for the baseline.
+    capture_time: with cuda_graph=True, seconds of the first pass (eager) and of the graph capture; the
+        replayed passes (passes - 1 of them) are then verify_time, whole, and draft_time holds only the
+        draft's prefill. 0 without graphs.
     """
 
     sequences: list
@@ -65,6 +68,7 @@ class GenerationResult:
     verify_time: float = 0.0
     total_time: float = 0.0
     tree: Optional[tuple] = None  # (nodes N, depth, top-k) of the drafted trees (what "auto" chose)
+    capture_time: float = 0.0  # cuda_graph=True: the first (eager) pass and the capture
 
     @property
     def num_new_tokens(self) -> int:
@@ -73,7 +77,10 @@ class GenerationResult:
 
     @property
     def time_per_pass(self) -> float:
-        """Seconds per decode pass (draft + verify), prefill excluded."""
+        """Seconds per decode pass (draft + verify), prefill excluded; with CUDA graphs, per replayed pass
+        (the eager first pass and the capture are capture_time)."""
+        if self.capture_time > 0:
+            return self.verify_time / max(self.passes - 1, 1)
         return (self.draft_time + self.verify_time) / max(self.passes, 1)
 
     def summary(self) -> str:
@@ -82,7 +89,9 @@ class GenerationResult:
         return (
             f"requests {len(self.sequences)}  new tokens {self.num_new_tokens}  passes {self.passes}  "
             f"tau {self.tau:.3f}  prefill {self.prefill_time * 1e3:.1f} ms  draft {self.draft_time * 1e3:.1f} ms  "
-            f"verify {self.verify_time * 1e3:.1f} ms  per pass {self.time_per_pass * 1e3:.2f} ms  "
+            f"verify {self.verify_time * 1e3:.1f} ms  "
+            + (f"capture {self.capture_time * 1e3:.1f} ms  " if self.capture_time > 0 else "")
+            + f"per pass {self.time_per_pass * 1e3:.2f} ms  "
             f"total {self.total_time:.3f} s  ({tps:.1f} tokens/s)"
         )
 
@@ -376,10 +385,10 @@ def generate(
     def one_pass(clock=None):
         _speculative_pass(st, drafter, target, choose, out, cache, D1, backend, clock)
 
-    if cuda_graph:
-        t0 = time.perf_counter()
-        passes = _graph_passes(one_pass, st, out, dev, generator, accepts, max_new_tokens + 1)
-        t_verify = time.perf_counter() - t0  # one graph per pass: its phases cannot be timed apart
+    t_capture = 0.0
+    if cuda_graph:  # one graph per pass: its phases cannot be timed apart, the replays are verify_time
+        sampler = None if choose.greedy else generator
+        passes, t_capture, t_verify = _graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
     marks = []  # the eager pass's phase boundaries (clock)
 
     def clock():
@@ -407,6 +416,7 @@ def generate(
         t_verify,
         time.perf_counter() - t_start,
         tree=(N, depth, tree_top_k),
+        capture_time=t_capture,
     )
 
 
@@ -500,43 +510,59 @@ def _check_cuda_graph(cuda_graph: bool, device) -> None:
 
 
 def _warmup_pass(one_pass, dev) -> None:
-    """Run one real pass on a side stream (torch's recipe before a capture)."""
-    side = torch.cuda.Stream(device=dev)
-    side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):
-        one_pass()
-    torch.cuda.current_stream(dev).wait_stream(side)
+    """Run one real pass on a side stream of `dev` (torch's recipe before a capture)."""
+    with torch.cuda.device(dev):
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            one_pass()
+        torch.cuda.current_stream(dev).wait_stream(side)
 
 
 def _capture_pass(one_pass, dev, generator):
-    """Record one_pass as a CUDA graph (nothing runs) and return its replay function."""
+    """Record one_pass as a CUDA graph on `dev` (nothing runs) and return its replay function.
+
+    The capture runs under `dev` as the current device with a capture stream of `dev` (torch.cuda.graph's
+    default stream belongs to whichever device was current when it was first made). `generator`: the
+    sampling uniforms' generator, registered so that every replay advances it (None: greedy, no draws)."""
     graph = torch.cuda.CUDAGraph()
-    if generator is not None:  # the sampling uniforms' generator advances on every replay
-        graph.register_generator_state(generator)
-    with torch.cuda.graph(graph):
-        one_pass()
-    return graph.replay
+    with torch.cuda.device(dev):
+        if generator is not None:
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev)):
+            one_pass()
+
+    def replay() -> None:
+        with torch.cuda.device(dev):
+            graph.replay()
+
+    return replay
 
 
-def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> int:
+def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> tuple:
     """Decode until every request has finished with CUDA graphs: the first pass runs eagerly on a side
     stream (it is a real pass, and it warms up what a capture cannot do: Triton compiles, cuBLAS
     workspaces, the kernels' backend choices), the second is captured once and every pass from then on
     replays it (one launch per pass instead of hundreds). The host synchronises once per pass, on the
-    finished flags, as the eager loop does. Returns the passes run; appends each pass's n to accepts."""
+    finished flags, as the eager loop does. Appends each pass's n to accepts.
+
+    Returns (passes, seconds of the eager pass and the capture, seconds of the replayed passes)."""
+    t0 = time.perf_counter()
     _warmup_pass(one_pass, dev)
     accepts.append(st.n.clone())
     passes = 1
     if bool(out.finished.all()):
-        return passes
+        return passes, time.perf_counter() - t0, 0.0
     replay = _capture_pass(one_pass, dev, generator)
+    t1 = time.perf_counter()
     while not bool(out.finished.all()):
         replay()
         accepts.append(st.n.clone())
         passes += 1
         if passes > max_passes:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-    return passes
+    _sync(dev)
+    return passes, t1 - t0, time.perf_counter() - t1
 
 
 def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:
@@ -552,7 +578,9 @@ def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult
     return res
 
 
-def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None) -> GenerationResult:
+def _result(
+    out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None, capture_time=0.0
+) -> GenerationResult:
     acc = torch.stack(accepts).to(torch.int32).cpu() if accepts else torch.zeros(0, len(rows), dtype=torch.int32)
     active = (acc > 0).sum(0)
     emitted = acc.sum(0)
@@ -570,6 +598,7 @@ def _result(out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t
         verify_time=t_verify,
         total_time=t_total,
         tree=tree,
+        capture_time=capture_time,
     )
 
 
@@ -617,15 +646,22 @@ def generate_baseline(
     _sync(dev)
     t_prefill = time.perf_counter()
     st = _PassState(root, static=cuda_graph)
-    passes, accepts = 0, []
+    passes, accepts, t_capture = 0, [], 0.0
     if cuda_graph:
-        passes = _graph_passes(
-            lambda: _plain_pass(st, target, choose, out, cache), st, out, dev, generator, accepts, max_new_tokens + 1
-        )
+        sampler = None if choose.greedy else generator
+
+        def one_step():
+            _plain_pass(st, target, choose, out, cache)
+
+        passes, t_capture, t_steps = _graph_passes(one_step, st, out, dev, sampler, accepts, max_new_tokens + 1)
     while not cuda_graph and not bool(out.finished.all()):
         _plain_pass(st, target, choose, out, cache)
         accepts.append(st.n)
         passes += 1
     _sync(dev)
     t_end = time.perf_counter()
-    return _result(out, rows, accepts, passes, t_prefill - t_start, 0.0, t_end - t_prefill, t_end - t_start)
+    if not cuda_graph:
+        t_steps = t_end - t_prefill
+    res = _result(out, rows, accepts, passes, t_prefill - t_start, 0.0, t_steps, t_end - t_start)
+    res.capture_time = t_capture
+    return res
