@@ -553,7 +553,13 @@ def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accept
     passes = 1
     if bool(out.finished.all()):
         return passes, time.perf_counter() - t0, 0.0
-    replay = _capture_pass(one_pass, dev, generator)
+    try:
+        replay = _capture_pass(one_pass, dev, generator)
+    except Exception as exc:  # an op of this model or head that a graph cannot hold: say what to do
+        raise RuntimeError(
+            f"cuda_graph=True: capturing the decode pass as a CUDA graph failed ({type(exc).__name__}: {exc}); "
+            "cuda_graph=False runs the same decoding eagerly"
+        ) from exc
     t1 = time.perf_counter()
     while not bool(out.finished.all()):
         replay()
