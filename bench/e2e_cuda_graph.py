@@ -22,7 +22,6 @@ Writes bench/results/e2e_cuda_graph_<device>.md and .csv (or --out-dir), stamped
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -35,7 +34,7 @@ from specdec.decoding import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head, load_draft_head
 from specdec.target import TargetModel
 
-from common import RESULTS_DIR, env_info
+from common import RESULTS_DIR, env_info, synchronize, write_csv
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # SmolLM2-135M-Instruct's shape (its config.json)
@@ -84,11 +83,6 @@ def build(args, device, dtype):
     return model, head.eval()
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def per_pass_ms(run, repeats: int) -> tuple:
     """(median ms per decode pass, the result of the last run): GenerationResult.time_per_pass, which with
     CUDA graphs counts the replayed passes only (the eager first pass and the capture are capture_time)."""
@@ -104,10 +98,10 @@ def hf_step_ms(model, prompt, new: int, repeats: int, device) -> float:
     ids = torch.tensor([prompt], device=device)
 
     def run(n):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - t
 
     run(2)
@@ -176,13 +170,7 @@ def main(argv=None) -> int:
         print(row, flush=True)
 
     info = env_info(device)
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"e2e_cuda_graph_{'cuda' if graphs else 'cpu'}")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(info))
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, **info})
+    stem = write_csv(rows, "e2e_cuda_graph", device, out_dir=args.out_dir)[: -len(".csv")]
     shape = "tiny random" if args.tiny else (args.target or "random, SmolLM2-135M's shape")
     with open(stem + ".md", "w") as f:
         f.write(f"# Decode passes with and without CUDA graphs ({info['device']}, {args.dtype})\n\n")

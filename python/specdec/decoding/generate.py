@@ -316,8 +316,9 @@ def generate(
         cuda_graph: on a CUDA device, capture one whole pass (draft, verify, commit, extension) as a CUDA
             graph after a first eager pass and replay it for every later pass: the same tokens with one
             launch per pass, for small models whose passes are bound by kernel launches. The graph is
-            captured per call (tens of milliseconds). With it the result's verify_time holds the whole
-            decode loop and draft_time only the draft's prefill (a graph's phases cannot be timed apart).
+            captured per call (tens of milliseconds). With it the result's capture_time holds the first
+            pass and the capture, verify_time the replayed passes whole and draft_time only the draft's
+            prefill (a graph's phases cannot be timed apart).
 
     Returns:
         GenerationResult (sequences = new tokens only).
@@ -668,6 +669,6 @@ def generate_baseline(
     t_end = time.perf_counter()
     if not cuda_graph:
         t_steps = t_end - t_prefill
-    res = _result(out, rows, accepts, passes, t_prefill - t_start, 0.0, t_steps, t_end - t_start)
-    res.capture_time = t_capture
-    return res
+    return _result(
+        out, rows, accepts, passes, t_prefill - t_start, 0.0, t_steps, t_end - t_start, capture_time=t_capture
+    )
