@@ -133,6 +133,10 @@ def device_name(device) -> str:
 
 
 def git_commit() -> str:
+    """Short commit of the checkout (+ "-dirty"); SPECDEC_COMMIT overrides it for copies without .git (the
+    device machine gets the working tree only)."""
+    if os.environ.get("SPECDEC_COMMIT"):
+        return os.environ["SPECDEC_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, timeout=5

@@ -12,7 +12,13 @@
 # - OUT: a folder that gets the logs and result CSVs as ONE archive, run_gpu.tgz, plus summary.txt (for
 #   tools that bring back only a few files). Without OUT they stay in bench/out/ and bench/results/.
 # - --all-tests: also the whole suite with the GPU present (minutes; CI runs it on CPUs anyway).
-# Each step runs even when an earlier one failed; the summary lists every step's exit status.
+# - STEP_TIMEOUT (seconds, default none): each step is stopped after that long, so that one hang cannot
+#   eat a scarce lease. PYTEST_ARGS: extra pytest arguments (e.g. "-n 8 --timeout 120" where pytest-xdist
+#   and pytest-timeout are installed).
+# Each step runs even when an earlier one failed; the summary lists every step's exit status. With OUT,
+# the archive is rewritten after every step, so a run stopped from outside still returns what it finished.
+# If the CUDA kernels fail to build, the CPU kernels are built alone (SPECDEC_NO_CUDA=1) and the steps
+# still run: the torch and Triton backends are then tested on the GPU, the CUDA backend is reported absent.
 set -uo pipefail
 QUICK=()
 ALL_TESTS=0
@@ -31,30 +37,57 @@ SUMMARY="$LOG_DIR/summary.txt"
 : > "$SUMMARY"
 T0=$(date +%s)
 
-# step NAME COMMAND...: run it, log to $LOG_DIR/NAME.txt, record status and seconds in the summary
+# archive: the logs and result CSVs so far into $OUT (when set)
+archive() {
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  cp "$SUMMARY" "$OUT/summary.txt"
+  local csvs
+  shopt -s nullglob
+  csvs=(bench/results/*_cuda.csv bench/results/e2e_cuda_graph_cuda.md)
+  shopt -u nullglob
+  tar -czf "$OUT/run_gpu.tgz" "$LOG_DIR" "${csvs[@]}"
+}
+
+# step NAME COMMAND...: run it (under STEP_TIMEOUT), log to $LOG_DIR/NAME.txt, record status and seconds
+# in the summary, refresh the archive
 step() {
   local name="$1" t rc
   shift
   t=$(date +%s)
   echo "=== $name: $*" | tee -a "$SUMMARY"
-  "$@" > "$LOG_DIR/$name.txt" 2>&1
+  if [ -n "${STEP_TIMEOUT:-}" ]; then
+    timeout -k 10 "$STEP_TIMEOUT" "$@" > "$LOG_DIR/$name.txt" 2>&1
+  else
+    "$@" > "$LOG_DIR/$name.txt" 2>&1
+  fi
   rc=$?
+  [ $rc = 124 ] && echo "    (stopped after STEP_TIMEOUT=$STEP_TIMEOUT s)" >> "$SUMMARY"
   tail -n 3 "$LOG_DIR/$name.txt" | sed 's/^/    /' >> "$SUMMARY"
   echo "    -> rc $rc in $(($(date +%s) - t)) s" | tee -a "$SUMMARY"
+  archive
   return $rc
 }
 
 # The environment is made in a child first (setup_env.sh exits on failure), then sourced here, where it
 # finds everything done, for its PATH and virtual environment.
+SETUP_OK=1
 if ! step setup bash -c '. scripts/setup_env.sh'; then
-  echo "setup failed: see $LOG_DIR/setup.txt" | tee -a "$SUMMARY"
+  echo "setup failed: see $LOG_DIR/setup.txt; trying the CPU kernels alone" | tee -a "$SUMMARY"
+  export SPECDEC_NO_CUDA=1
+  step setup_no_cuda bash -c '. scripts/setup_env.sh' || SETUP_OK=0
+fi
+if [ "$SETUP_OK" = 0 ]; then
+  echo "setup failed: see $LOG_DIR/setup*.txt" | tee -a "$SUMMARY"
 else
   # shellcheck disable=SC1091
   . scripts/setup_env.sh > /dev/null 2>&1
   set +e  # setup_env.sh sets -e; every step below runs whatever the one before it did
   step info python -m specdec_kernels.info
-  step pytest_cuda python -m pytest -q -m cuda -p no:cacheprovider tests
-  if [ "$ALL_TESTS" = 1 ]; then step pytest_all python -m pytest -q -p no:cacheprovider tests; fi
+  # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
+  step pytest_cuda python -m pytest -q -m cuda -p no:cacheprovider ${PYTEST_ARGS:-} tests
+  # shellcheck disable=SC2086
+  if [ "$ALL_TESTS" = 1 ]; then step pytest_all python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} tests; fi
   for b in tree compact verify attention features; do
     step "bench_$b" python "bench/bench_$b.py" --results "${QUICK[@]}"
   done
@@ -62,12 +95,6 @@ else
   step e2e_cuda_graph python bench/e2e_cuda_graph.py "${QUICK[@]}"
 fi
 echo "=== total $(($(date +%s) - T0)) s" | tee -a "$SUMMARY"
-
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  cp "$SUMMARY" "$OUT/summary.txt"
-  shopt -s nullglob
-  csvs=(bench/results/*_cuda.csv bench/results/e2e_cuda_graph_cuda.md)
-  tar -czf "$OUT/run_gpu.tgz" "$LOG_DIR" "${csvs[@]}"
-  echo "wrote $OUT/run_gpu.tgz and $OUT/summary.txt"
-fi
+archive
+[ -n "${OUT:-}" ] && echo "wrote $OUT/run_gpu.tgz and $OUT/summary.txt"
+exit 0
