@@ -388,6 +388,49 @@ def test_llama_size_triton_gpu(kind, T, dtype):
     compare(kind, "triton", "cuda", T, 4096, 11008, 128256, dtype, truth=(torch.float32, "cuda"))
 
 
+@pytest.fixture
+def one_autotune_config():
+    """force(i): every autotuned forward kernel of the Triton features module runs its i-th config only (and
+    re-tunes nothing); the configs and caches are restored afterwards."""
+    from specdec_kernels.triton_kernels import features as tk
+
+    kernels = [tk._fc_kernel, tk._fspad_mlp_kernel, tk._griffin_mlp_kernel, tk._down_kernel]
+    saved = [(k.configs, dict(k.cache)) for k in kernels]
+
+    def force(i):
+        for k, (configs, _) in zip(kernels, saved):
+            k.configs = [configs[min(i, len(configs) - 1)]]
+            k.cache.clear()
+        return [str(k.configs[0]) for k in kernels]
+
+    yield force
+    for k, (configs, cache) in zip(kernels, saved):
+        k.configs = configs
+        k.cache.clear()
+        k.cache.update(cache)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["fspad", "griffin"])
+@pytest.mark.parametrize("T,dtype", [(1, torch.float32), (7, torch.float32), (1, torch.float16), (60, torch.float16)])
+@pytest.mark.parametrize("config", range(9))
+def test_each_autotune_config_gpu(kind, T, dtype, config, one_autotune_config):
+    """Each autotune config of the Triton forward on its own, and twice in a row with identical results: a
+    config that computes wrongly (or races) fails here by name instead of only when the autotuner picks it.
+    (The interpreter runs one config; these are the GPU's.)"""
+    names = one_autotune_config(config)
+    fn, ref_fn, _ = OPS[kind]
+    H, I, V = 96, 160, 1000
+    args = convert(make_inputs(kind, T, H, I, V, torch.float32, "cpu"), dtype, "cuda")
+    truth = ref_fn(**convert(args, torch.float64, "cpu"), eps=EPS)
+    base = ref_fn(**args, eps=EPS)
+    with torch.no_grad():
+        out = fn(**args, eps=EPS, backend="triton")
+        again = fn(**args, eps=EPS, backend="triton")
+    assert torch.equal(out, again), f"{kind} {names}: two identical calls differ (a race?)"
+    check_like_torch(out, truth, base, dtype, f"{kind} triton {names}", reduction(T, H, I))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Autocast: like the composition under the same autocast (its F.linear calls run in the autocast dtype)
 
