@@ -6,9 +6,15 @@ the one definition of the floating dtypes: every message says what was expected 
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Optional, Sequence
 
 import torch
+
+try:  # NumPy's bool is not a Python bool but is no more a number here than True is
+    from numpy import bool_ as np_bool
+except ImportError:  # pragma: no cover - numpy is optional
+    np_bool = bool
 
 # The floating dtypes of the kernels (CUDA, Triton, C++ CPU).
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -77,3 +83,36 @@ def same_device(**tensors) -> torch.device:
         detail = ", ".join(f"{k} on {d}" for k, d in devs.items())
         raise ValueError(f"all tensors must be on one device, got {detail}")
     return next(iter(uniq))
+
+
+# Scalar arguments (ints are never bools; cache_len is an int or an int32 tensor [B]).
+
+
+def is_int(x) -> bool:
+    """A Python or NumPy integer, never a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np_bool))
+
+
+def is_number(x) -> bool:
+    """A Python or NumPy real number, never a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np_bool))
+
+
+def int_arg(name: str, x) -> int:
+    """`x` as an int (Python or NumPy integer); TypeError for anything else, bools included."""
+    if not is_int(x):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    return int(x)
+
+
+def cache_len_arg(cache_len, B: int, device) -> torch.Tensor:
+    """cache_len as int32 [B]: an int (the same for every request) or an int32 tensor [B] as given."""
+    if isinstance(cache_len, torch.Tensor):
+        check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,))
+        return cache_len
+    if not is_int(cache_len):
+        raise TypeError(f"cache_len: expected an int or an int32 tensor [B], got {type(cache_len).__name__}")
+    cache_len = int(cache_len)
+    if not -(2**31) <= cache_len < 2**31:
+        raise ValueError(f"cache_len: expected an int32 value, got {cache_len}")
+    return torch.full((B,), cache_len, dtype=torch.int32, device=device)

@@ -14,9 +14,8 @@ import torch
 
 from .. import _backend
 from .._limits import MAX_HEAD_DIM
-from ..checks import FLOAT_DTYPES, check_out, check_tensor, same_device
+from ..checks import FLOAT_DTYPES, cache_len_arg, check_out, check_tensor, is_number, same_device
 from ..reference import attention as ref
-from .masks import _cache_len_arg, _is_number
 
 
 def _attn_limit(backend, q, k_cache, v_cache, cache_len, tree_mask, scale, out):
@@ -88,7 +87,7 @@ def tree_attention(
             f"got {tuple(k_cache.shape)}"
         )
     check_tensor("v_cache", v_cache, dtype=q.dtype, shape=tuple(k_cache.shape))
-    cache_len = _cache_len_arg(cache_len, B, q.device)
+    cache_len = cache_len_arg(cache_len, B, q.device)
     check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, Nq, None))
     dev = same_device(q=q, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len, tree_mask=tree_mask)
     if H_kv < 1 or H % H_kv != 0:
@@ -102,7 +101,7 @@ def tree_attention(
             raise ValueError(f"{name}: the head dimension D must have unit stride, got strides {t.stride()}")
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    if not _is_number(scale):
+    if not is_number(scale):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
     scale = float(scale)
     if not math.isfinite(scale):

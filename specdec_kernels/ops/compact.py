@@ -8,9 +8,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import _backend
-from ..checks import check_tensor, same_device
+from ..checks import cache_len_arg, check_tensor, same_device
 from ..reference import compact as ref
-from .masks import _cache_len_arg
 
 _COMPACT_KV = _backend.standard_op("compact_kv", reference=ref.compact_kv, triton_module="compact")
 
@@ -92,7 +91,7 @@ def compact_kv(
         raise TypeError("caches / per_token: expected a list or tuple of tensors, got a single tensor")
     check_tensor("accept_nodes", accept_nodes, dtype=torch.int32, ndim=2)
     B = accept_nodes.shape[0]
-    cache_len = _cache_len_arg(cache_len, B, accept_nodes.device)
+    cache_len = cache_len_arg(cache_len, B, accept_nodes.device)
     check_tensor("accept_len", accept_len, dtype=torch.int32, shape=(B,))
     views, names = [], []
     B_S = None  # (B, S_max) of the first tensor: every other must match

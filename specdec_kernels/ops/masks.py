@@ -8,17 +8,11 @@ slot cache_len[b] + j, after the committed prefix.
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Union
 
 import torch
 
-try:  # NumPy's bool is not a Python bool but is no more a number here than True is
-    from numpy import bool_ as np_bool
-except ImportError:  # pragma: no cover - numpy is optional
-    np_bool = bool
-
-from ..checks import check_tensor, same_device
+from ..checks import cache_len_arg, check_tensor, int_arg, same_device
 
 
 def mask_words(num_nodes: int) -> int:
@@ -29,7 +23,7 @@ def mask_words(num_nodes: int) -> int:
         >>> mask_words(60), mask_words(64), mask_words(65)
         (2, 2, 3)
     """
-    num_nodes = _int_arg("num_nodes", num_nodes)
+    num_nodes = int_arg("num_nodes", num_nodes)
     if num_nodes < 0:
         raise ValueError(f"num_nodes: expected >= 0, got {num_nodes}")
     return max(1, (num_nodes + 31) // 32)
@@ -74,11 +68,11 @@ def chain_mask(batch: int, length: int, device=None, words: Optional[int] = None
                  [7]]], dtype=torch.int32)
     """
     for name, x in (("batch", batch), ("length", length)):
-        if _int_arg(name, x) < 0:
+        if int_arg(name, x) < 0:
             raise ValueError(f"{name}: expected >= 0, got {x}")
     W = mask_words(length)
     if words is not None:
-        if _int_arg("words", words) < W:
+        if int_arg("words", words) < W:
             raise ValueError(f"words: {length} nodes need at least {W} words per row, got {words}")
         W = words
     i = torch.arange(length, device=device)
@@ -100,7 +94,7 @@ def unpack_mask(tree_mask: torch.Tensor, num_nodes: Optional[int] = None) -> tor
     """
     check_tensor("tree_mask", tree_mask, dtype=torch.int32, ndim=3)
     B, N, W = tree_mask.shape
-    n = N if num_nodes is None else _int_arg("num_nodes", num_nodes)
+    n = N if num_nodes is None else int_arg("num_nodes", num_nodes)
     if n < 0:
         raise ValueError(f"num_nodes: expected >= 0, got {n}")
     if W * 32 < n:
@@ -126,9 +120,9 @@ def tree_visibility(tree_mask: torch.Tensor, cache_len: Union[torch.Tensor, int]
     check_tensor("tree_mask", tree_mask, dtype=torch.int32, ndim=3)
     B, Nq, W = tree_mask.shape
     dev = tree_mask.device
-    cache_len = _cache_len_arg(cache_len, B, dev)
+    cache_len = cache_len_arg(cache_len, B, dev)
     same_device(tree_mask=tree_mask, cache_len=cache_len)
-    kv_len = _int_arg("kv_len", kv_len)
+    kv_len = int_arg("kv_len", kv_len)
     if kv_len < 0:
         raise ValueError(f"kv_len: expected >= 0, got {kv_len}")
     s = torch.arange(kv_len, device=dev)
@@ -167,35 +161,3 @@ def tree_attention_bias(
     B, Nq, _ = tree_mask.shape
     bias = torch.zeros(B, 1, Nq, visible.shape[2], dtype=dtype, device=tree_mask.device)
     return bias.masked_fill(~visible[:, None], float("-inf"))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Argument helpers shared by the ops modules (ints are never bools; cache_len is an int or int32 [B]).
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np_bool))
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np_bool))
-
-
-def _int_arg(name: str, x) -> int:
-    """`x` as an int (Python or NumPy integer); TypeError for anything else, bools included."""
-    if not _is_int(x):
-        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
-    return int(x)
-
-
-def _cache_len_arg(cache_len, B: int, device) -> torch.Tensor:
-    """cache_len as int32 [B]: an int (the same for every request) or an int32 tensor [B] as given."""
-    if isinstance(cache_len, torch.Tensor):
-        check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,))
-        return cache_len
-    if not _is_int(cache_len):
-        raise TypeError(f"cache_len: expected an int or an int32 tensor [B], got {type(cache_len).__name__}")
-    cache_len = int(cache_len)
-    if not -(2**31) <= cache_len < 2**31:
-        raise ValueError(f"cache_len: expected an int32 value, got {cache_len}")
-    return torch.full((B,), cache_len, dtype=torch.int32, device=device)

@@ -14,9 +14,10 @@ import torch
 
 from .. import _backend
 from .._limits import MAX_CANDIDATES, MAX_TREE_NODES
-from ..checks import check_out, check_tensor, same_device
+from ..checks import check_tensor, int_arg, same_device
 from ..reference import tree as ref
-from .masks import _int_arg, mask_words
+from .masks import mask_words
+from .result_buffers import check_result_out, empty_result
 
 
 class Tree(NamedTuple):
@@ -56,7 +57,7 @@ class Tree(NamedTuple):
             >>> sk.build_tree(parents, out=out) is out
             True
         """
-        return _empty(cls, _tree_layout, batch, num_nodes, device)
+        return empty_result(cls, _tree_layout, batch, num_nodes, device)
 
 
 class SelectedTree(NamedTuple):
@@ -88,7 +89,7 @@ class SelectedTree(NamedTuple):
             >>> [(tuple(t.shape), t.dtype) for t in out]
             [((4, 60), torch.int32), ((4, 60), torch.int64), ((4, 60), torch.int32)]
         """
-        return _empty(cls, _selected_layout, batch, num_nodes, device)
+        return empty_result(cls, _selected_layout, batch, num_nodes, device)
 
 
 class TreePaths(NamedTuple):
@@ -105,7 +106,7 @@ class TreePaths(NamedTuple):
     num_paths: torch.Tensor
 
 
-# The buffers of each result tuple that takes `out=`: [(shape, dtype)] per field, for `empty` and `_check_out`.
+# The buffers of each result tuple that takes `out=`: [(shape, dtype)] per field, for `empty` and `check_result_out`.
 def _tree_layout(B: int, N: int) -> list:
     return [
         ((B, N), torch.int32),
@@ -118,24 +119,6 @@ def _tree_layout(B: int, N: int) -> list:
 
 def _selected_layout(B: int, N: int) -> list:
     return [((B, N), torch.int32), ((B, N), torch.int64), ((B, N), torch.int32)]
-
-
-def _empty(cls, layout, batch, num_nodes, device):
-    B, N = _int_arg("batch", batch), _int_arg("num_nodes", num_nodes)
-    if B < 0 or N < 0:
-        raise ValueError(f"{cls.__name__}.empty: expected batch >= 0 and num_nodes >= 0, got {B}, {N}")
-    return cls(*(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in layout(B, N)))
-
-
-def _check_out(out, cls, layout, B: int, N: int, dev) -> None:
-    """`out` must be a `cls` (a result tuple) whose buffers are those of `cls.empty(B, N)` on `dev`."""
-    if not isinstance(out, cls):
-        raise TypeError(
-            f"out: expected a {cls.__name__} (from {cls.__name__}.empty(batch, num_nodes, device)), "
-            f"got {type(out).__name__}"
-        )
-    for name, t, (shape, dtype) in zip(cls._fields, out, layout(B, N)):
-        check_out(f"out.{name}", t, shape, dtype, dev)
 
 
 def _kernel_limit(backend, parents, num_nodes, *outs):
@@ -180,14 +163,14 @@ def build_tree(
         raise ValueError(f"parents: expected at least one node (the root), got shape {tuple(parents.shape)}")
     dev = parents.device
     if num_nodes is None or not isinstance(num_nodes, torch.Tensor):
-        n = N if num_nodes is None else _int_arg("num_nodes", num_nodes)
+        n = N if num_nodes is None else int_arg("num_nodes", num_nodes)
         num_nodes = torch.full((B,), n, dtype=torch.int32, device=dev)
     check_tensor("num_nodes", num_nodes, dtype=torch.int32, shape=(B,))
     same_device(parents=parents, num_nodes=num_nodes)
     if out is None:
         out = Tree.empty(B, N, dev)
     else:
-        _check_out(out, Tree, _tree_layout, B, N, dev)
+        check_result_out(out, Tree, _tree_layout, B, N, dev)
     if B == 0:
         return out
     parents = parents.contiguous()
@@ -253,13 +236,13 @@ def select_tree(
     dev = same_device(
         cand_scores=cand_scores, cand_parents=cand_parents, cand_tokens=cand_tokens, root_tokens=root_tokens
     )
-    N = _int_arg("num_nodes", num_nodes)
+    N = int_arg("num_nodes", num_nodes)
     if not 1 <= N <= M + 1:
         raise ValueError(f"num_nodes: expected 1 <= num_nodes <= M + 1 = {M + 1} (M candidates), got {N}")
     if out is None:
         out = SelectedTree.empty(B, N, dev)
     else:
-        _check_out(out, SelectedTree, _selected_layout, B, N, dev)
+        check_result_out(out, SelectedTree, _selected_layout, B, N, dev)
     if B == 0:
         return out
     args = [t.contiguous() for t in (cand_scores, cand_parents, cand_tokens, root_tokens)]

@@ -15,10 +15,10 @@ import torch
 
 from .. import _backend
 from .._limits import MAX_TREE_NODES
-from ..checks import FLOAT_DTYPES, check_tensor, same_device
+from ..checks import FLOAT_DTYPES, check_tensor, is_int, is_number, same_device
 from ..reference import verify as ref
-from .masks import _is_int, _is_number
-from .tree import Tree, _check_out, _empty
+from .result_buffers import check_result_out, empty_result
+from .tree import Tree
 
 
 class VerifyResult(NamedTuple):
@@ -53,7 +53,7 @@ class VerifyResult(NamedTuple):
             >>> out.out_tokens.tolist()
             [[7, 2, -1]]
         """
-        return _empty(cls, _result_layout, batch, num_nodes, device)
+        return empty_result(cls, _result_layout, batch, num_nodes, device)
 
 
 def _result_layout(B: int, N: int) -> list:
@@ -90,7 +90,7 @@ def _check_tree(tree, tokens) -> tuple:
 def _outputs(out, B: int, N: int, dev) -> VerifyResult:
     if out is None:
         return VerifyResult.empty(B, N, dev)
-    _check_out(out, VerifyResult, _result_layout, B, N, dev)
+    check_result_out(out, VerifyResult, _result_layout, B, N, dev)
     return out
 
 
@@ -162,7 +162,7 @@ def _per_request(name: str, x, B: int, dtype: torch.dtype, dev) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         check_tensor(name, x, dtype=dtype, shape=(B,))
         return x
-    if not (_is_int(x) if dtype == torch.int32 else _is_number(x)):
+    if not (is_int(x) if dtype == torch.int32 else is_number(x)):
         what = "an int or an int32" if dtype == torch.int32 else f"a float or a {str(dtype)[6:]}"
         raise TypeError(f"{name}: expected {what} tensor [B], got {type(x).__name__}")
     return torch.full((B,), int(x) if dtype == torch.int32 else float(x), dtype=dtype, device=dev)
