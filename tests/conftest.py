@@ -58,7 +58,7 @@ def recorded_passes(monkeypatch):
 
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    mod = importlib.import_module("specdec.decoding.generate")
+    mod = importlib.import_module("specdec.decoding.cuda_graphs")
     captures = []
 
     def capture(one_pass, dev, generator):
@@ -78,7 +78,7 @@ def recorded_passes(monkeypatch):
         captures.append(len(recording.graph.nodes))
         return recording
 
-    monkeypatch.setattr(mod, "_check_cuda_graph", lambda cuda_graph, device: None)
-    monkeypatch.setattr(mod, "_warmup_pass", lambda one_pass, dev: one_pass())
-    monkeypatch.setattr(mod, "_capture_pass", capture)
+    monkeypatch.setattr(mod, "check_cuda_graph", lambda cuda_graph, device: None)
+    monkeypatch.setattr(mod, "warmup_pass", lambda one_pass, dev: one_pass())
+    monkeypatch.setattr(mod, "capture_pass", capture)
     return captures

@@ -284,12 +284,12 @@ def test_a_recorded_pass_replays_the_eager_loop(recorded_passes):
 def test_a_failed_capture_says_how_to_decode_without_graphs(recorded_passes, monkeypatch):
     import importlib
 
-    mod = importlib.import_module("specdec.decoding.generate")
+    mod = importlib.import_module("specdec.decoding.cuda_graphs")
 
     def failing(one_pass, dev, generator):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(mod, "_capture_pass", failing)
+    monkeypatch.setattr(mod, "capture_pass", failing)
     model = make_target(sharpen=4.0)
     with pytest.raises(RuntimeError, match="capturing the decode pass as a CUDA graph failed .*cuda_graph=False"):
         generate(model, make_head(model), PROMPTS, max_new_tokens=8, eos_token_id=[], cuda_graph=True, **TREE)

@@ -322,10 +322,10 @@ def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -
     CUDA graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
     call = fn
     if cuda_graph:
-        from .generate import _capture_pass, _warmup_pass  # the decode loop's own warm-up and capture
+        from . import cuda_graphs  # the decode loop's own warm-up and capture
 
-        _warmup_pass(fn, dev)
-        call = _capture_pass(fn, dev, None)
+        cuda_graphs.warmup_pass(fn, dev)
+        call = cuda_graphs.capture_pass(fn, dev, None)
     times = []
     for i in range(warmup + repeats):
         _sync(dev)

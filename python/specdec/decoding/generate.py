@@ -29,6 +29,7 @@ import torch
 import specdec_kernels
 
 from ..target import TargetModel
+from . import cuda_graphs
 from . import drafting as _drafting
 from .drafting import TreeDrafter, check_tree_params, tree_nodes
 
@@ -327,7 +328,7 @@ def generate(
     target = _as_target(target, backend)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
-    _check_cuda_graph(cuda_graph, dev)
+    cuda_graphs.check_cuda_graph(cuda_graph, dev)
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
     rows = _prompts(input_ids, attention_mask)
@@ -500,46 +501,6 @@ def _plain_pass(st: _PassState, target, choose, out, cache) -> None:
     st.update(out_tokens[:, 0], n)
 
 
-def _check_cuda_graph(cuda_graph: bool, device) -> None:
-    if not isinstance(cuda_graph, bool):
-        raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
-    if cuda_graph and device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs the target on a CUDA device; it is on {device}")
-    if cuda_graph and _drafting.get_profiler() is not None:
-        # its marks synchronise with the device, which a graph capture forbids; it times eager phases
-        raise ValueError("cuda_graph=True with the phase profiler installed: profile with cuda_graph=False")
-
-
-def _warmup_pass(one_pass, dev) -> None:
-    """Run one real pass on a side stream of `dev` (torch's recipe before a capture)."""
-    with torch.cuda.device(dev):
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            one_pass()
-        torch.cuda.current_stream(dev).wait_stream(side)
-
-
-def _capture_pass(one_pass, dev, generator):
-    """Record one_pass as a CUDA graph on `dev` (nothing runs) and return its replay function.
-
-    The capture runs under `dev` as the current device with a capture stream of `dev` (torch.cuda.graph's
-    default stream belongs to whichever device was current when it was first made). `generator`: the
-    sampling uniforms' generator, registered so that every replay advances it (None: greedy, no draws)."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.device(dev):
-        if generator is not None:
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev)):
-            one_pass()
-
-    def replay() -> None:
-        with torch.cuda.device(dev):
-            graph.replay()
-
-    return replay
-
-
 def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> tuple:
     """Decode until every request has finished with CUDA graphs: the first pass runs eagerly on a side
     stream (it is a real pass, and it warms up what a capture cannot do: Triton compiles, cuBLAS
@@ -549,13 +510,13 @@ def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accept
 
     Returns (passes, seconds of the eager pass and the capture, seconds of the replayed passes)."""
     t0 = time.perf_counter()
-    _warmup_pass(one_pass, dev)
+    cuda_graphs.warmup_pass(one_pass, dev)
     accepts.append(st.n.clone())
     passes = 1
     if bool(out.finished.all()):
         return passes, time.perf_counter() - t0, 0.0
     try:
-        replay = _capture_pass(one_pass, dev, generator)
+        replay = cuda_graphs.capture_pass(one_pass, dev, generator)
     except Exception as exc:  # an op of this model or head that a graph cannot hold: say what to do
         raise RuntimeError(
             f"cuda_graph=True: capturing the decode pass as a CUDA graph failed ({type(exc).__name__}: {exc}); "
@@ -640,7 +601,7 @@ def generate_baseline(
     target = _as_target(target, backend)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
-    _check_cuda_graph(cuda_graph, dev)
+    cuda_graphs.check_cuda_graph(cuda_graph, dev)
     rows = _prompts(input_ids, attention_mask)
     B = len(rows)
     ids, lengths = _pad(rows, dev)
