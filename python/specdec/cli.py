@@ -23,6 +23,8 @@ import re
 import sys
 from typing import Optional
 
+from .cli_errors import RUNTIME, USAGE, CliError, CliExit, Verbatim, arg_error
+
 DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -51,38 +53,6 @@ TARGET_WEIGHTS = (
 DRAFT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-USAGE, RUNTIME = 2, 1  # exit statuses
-
-
-class CliError(Exception):
-    """An error reported as one line: `code` USAGE (a bad argument) or RUNTIME (loading or generating failed)."""
-
-    def __init__(self, message: str, code: int = USAGE, prog: Optional[str] = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.prog = prog
-
-
-class CliExit(SystemExit):
-    """Raised by main() after printing an error: SystemExit(code) whose str() is the printed message."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(code)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class _Said(str):
-    """A `got` text shown as is (not repr'd) by _arg_error."""
-
-
-def _arg_error(arg: str, expected: str, got) -> CliError:
-    """'argument ARG: expected EXPECTED, got GOT' (GOT repr'd unless it is a _Said)."""
-    return CliError(f"argument {arg}: expected {expected}, got {got if isinstance(got, _Said) else repr(got)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,11 +168,6 @@ def _command_modules() -> list:
             if exc.name is None or not name.startswith(exc.name):
                 raise
     return mods
-
-
-def arg_error(arg: str, expected: str, got) -> CliError:
-    """The one-line usage error of a subcommand: 'argument ARG: expected EXPECTED, got GOT' (exit 2)."""
-    return _arg_error(arg, expected, got)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -363,30 +328,30 @@ def _read_config(arg: str, path: str, weights: tuple, what: str) -> dict:
     """config.json of a local model folder, after checking the folder holds one of `weights`."""
     expected = f"{what} (a folder with config.json)"
     if not os.path.isdir(path):
-        raise _arg_error(arg, expected, _Said(f"{path!r}, which is a file, not a folder"))
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, which is a file, not a folder"))
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
-        raise _arg_error(arg, expected, _Said(f"{path!r}, which has no config.json"))
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, which has no config.json"))
     try:
         with open(cfg_file) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as exc:
-        raise _arg_error(
+        raise arg_error(
             arg,
             f"{what} with a readable config.json",
-            _Said(f"{path!r}, whose config.json does not parse ({' '.join(str(exc).split())})"),
+            Verbatim(f"{path!r}, whose config.json does not parse ({' '.join(str(exc).split())})"),
         ) from exc
     if not isinstance(cfg, dict):
-        raise _arg_error(
+        raise arg_error(
             arg,
             f"{what} whose config.json holds a JSON object",
-            _Said(f"{path!r}, whose config.json holds a {type(cfg).__name__}"),
+            Verbatim(f"{path!r}, whose config.json holds a {type(cfg).__name__}"),
         )
     if not any(os.path.isfile(os.path.join(path, n)) for n in weights):
-        raise _arg_error(
+        raise arg_error(
             arg,
             f"{what} with weights ({' or '.join(weights)})",
-            _Said(f"{path!r}, which has config.json but no weights"),
+            Verbatim(f"{path!r}, which has config.json but no weights"),
         )
     return cfg
 
@@ -405,7 +370,7 @@ def _check_target(text: str):
     """(path or cached hub id to pass to from_pretrained, config dict or None, local folder or None)."""
     what = "a Hugging Face model folder"
     if not text.strip():
-        raise _arg_error("--target", f"{what} (a folder with config.json)", text)
+        raise arg_error("--target", f"{what} (a folder with config.json)", text)
     if text.strip() == "default":
         from .targets import TargetFetchError, resolve_target
 
@@ -425,16 +390,16 @@ def _check_target(text: str):
             except (OSError, ValueError):
                 cfg = None
             return text, cfg if isinstance(cfg, dict) else None, None
-        raise _arg_error(
+        raise arg_error(
             "--target",
             f"{what} (a folder with config.json) or the id of a model in the local Hugging Face cache",
-            _Said(
+            Verbatim(
                 f"{text!r}, which is neither: no such folder, and not in the "
                 f"cache (nothing is downloaded; fetch it with `hf download "
                 f"{text}` first)"
             ),
         )
-    raise _arg_error("--target", f"{what} (a folder with config.json)", _Said(f"{text!r}, which does not exist"))
+    raise arg_error("--target", f"{what} (a folder with config.json)", Verbatim(f"{text!r}, which does not exist"))
 
 
 def _vocab_size(cfg: Optional[dict]) -> Optional[int]:
@@ -453,9 +418,9 @@ def _parse_ids(text: str) -> list:
     except ValueError:
         ids = None
     if ids is None or any(t < 0 for t in ids):
-        raise _arg_error("--prompt-ids", expected, text)
+        raise arg_error("--prompt-ids", expected, text)
     if not ids:
-        raise _arg_error("--prompt-ids", "at least one token id", text)
+        raise arg_error("--prompt-ids", "at least one token id", text)
     return ids
 
 
@@ -463,10 +428,10 @@ def _check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
     for b, p in enumerate(prompts):
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:
-            raise _arg_error(
+            raise arg_error(
                 "--prompt-ids",
                 f"token ids in [0, {vocab}) ({source})",
-                _Said(f"prompt {b} with ids outside it: {bad[:5]}"),
+                Verbatim(f"prompt {b} with ids outside it: {bad[:5]}"),
             )
 
 
@@ -479,20 +444,20 @@ def _check_device(text: Optional[str]):
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError, TypeError):
-        raise _arg_error("--device", expected, text) from None
+        raise arg_error("--device", expected, text) from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise _arg_error("--device", expected, text)
+        raise arg_error("--device", expected, text)
     if not torch.cuda.is_available():
-        raise _arg_error(
+        raise arg_error(
             "--device",
             "an available device (cuda needs a GPU and a CUDA build of torch)",
-            _Said(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"),
+            Verbatim(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"),
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise _arg_error("--device", f"cuda or cuda:N with N < {count} (the visible GPUs)", text)
+        raise arg_error("--device", f"cuda or cuda:N with N < {count} (the visible GPUs)", text)
     return device
 
 
@@ -512,10 +477,10 @@ def _check_backend(backend: Optional[str], device) -> None:
             return
         reasons.append(reason)
     why = reasons[0] if reasons else "no kernel implements it"
-    raise _arg_error(
+    raise arg_error(
         "--backend",
         f"a backend that can run on the {device.type} device of --device",
-        _Said(f"{backend!r}, which cannot: {' '.join(why.split())}"),
+        Verbatim(f"{backend!r}, which cannot: {' '.join(why.split())}"),
     )
 
 
@@ -526,12 +491,14 @@ def _draft_folder(spec: str) -> str:
     try:
         folder = resolve_draft(spec) if spec.strip() else ""
     except FileNotFoundError as e:
-        raise _arg_error("--draft", "a shipped head present in this installation or a folder", _Said(str(e))) from None
+        raise arg_error(
+            "--draft", "a shipped head present in this installation or a folder", Verbatim(str(e))
+        ) from None
     if not folder or not os.path.exists(folder):
-        raise _arg_error(
+        raise arg_error(
             "--draft",
             "eagle, fspad or griffin (a shipped head of the default target) or a draft head folder (with config.json)",
-            _Said(f"{spec!r}, which does not exist"),
+            Verbatim(f"{spec!r}, which does not exist"),
         )
     return folder
 
@@ -549,12 +516,12 @@ def _validate(args) -> argparse.Namespace:
         raise CliError("arguments --prompt/--prompt-ids: expected at least one prompt, got none")
     for text in args.prompt:
         if not text.strip():
-            raise _arg_error("--prompt", "non-empty text", text)
+            raise arg_error("--prompt", "non-empty text", text)
     if args.prompt and local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
-        raise _arg_error(
+        raise arg_error(
             "--prompt",
             "a --target folder with a tokenizer to encode text",
-            _Said(
+            Verbatim(
                 f"{args.target!r}, which has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
                 'give the prompt as token ids with --prompt-ids "1 2 3"'
             ),
@@ -563,15 +530,15 @@ def _validate(args) -> argparse.Namespace:
     if vocab is not None:
         _check_ids_in_vocab(plan.id_prompts, vocab, source)
     if args.chat and not args.prompt:
-        raise _arg_error(
-            "--chat", "--prompt texts to wrap (--prompt-ids are used as given)", _Said("only --prompt-ids")
+        raise arg_error(
+            "--chat", "--prompt texts to wrap (--prompt-ids are used as given)", Verbatim("only --prompt-ids")
         )
     if vocab is not None:
         if args.tree_top_k > vocab:
-            raise _arg_error("--tree-top-k", f"at most {vocab} ({source})", _Said(str(args.tree_top_k)))
+            raise arg_error("--tree-top-k", f"at most {vocab} ({source})", Verbatim(str(args.tree_top_k)))
         bad = [t for t in args.eos_token_id or () if t >= vocab]
         if bad:
-            raise _arg_error("--eos-token-id", f"token ids in [0, {vocab}) ({source})", _Said(str(bad[0])))
+            raise arg_error("--eos-token-id", f"token ids in [0, {vocab}) ({source})", Verbatim(str(bad[0])))
     plan.device = _check_device(args.device)
     import torch
 
@@ -584,7 +551,7 @@ def _validate(args) -> argparse.Namespace:
 def check_cuda_graph_device(args, device) -> None:
     """--cuda-graph needs a CUDA --device (a usage error before anything loads)."""
     if getattr(args, "cuda_graph", False) and device.type != "cuda":
-        raise _arg_error("--cuda-graph", "a CUDA --device (graphs replay CUDA kernels)", _Said(f"device {device}"))
+        raise arg_error("--cuda-graph", "a CUDA --device (graphs replay CUDA kernels)", Verbatim(f"device {device}"))
 
 
 class _Stage:
@@ -631,8 +598,10 @@ def _generate(args, stage: _Stage) -> int:
             'no tokenizer; give the prompt as token ids with --prompt-ids "1 2 3"'
         )
     if args.chat and not getattr(tokenizer, "chat_template", None):
-        raise _arg_error(
-            "--chat", "a --target tokenizer with a chat template", _Said(f"{args.target!r}, whose tokenizer has none")
+        raise arg_error(
+            "--chat",
+            "a --target tokenizer with a chat template",
+            Verbatim(f"{args.target!r}, whose tokenizer has none"),
         )
     prompts = []
     for b, text in enumerate(args.prompt):
@@ -645,7 +614,7 @@ def _generate(args, stage: _Stage) -> int:
         else:
             ids = tokenizer(text)["input_ids"]
         if not ids:
-            raise _arg_error("--prompt", "text that encodes to at least one token", text)
+            raise arg_error("--prompt", "text that encodes to at least one token", text)
         prompts.append(list(ids))
     prompts += plan.id_prompts
 
@@ -670,11 +639,13 @@ def _generate(args, stage: _Stage) -> int:
                 RUNTIME,
             )
     if args.tree_top_k > vocab:
-        raise _arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary size)", _Said(str(args.tree_top_k)))
+        raise arg_error(
+            "--tree-top-k", f"at most {vocab} (the target's vocabulary size)", Verbatim(str(args.tree_top_k))
+        )
     bad = [t for t in args.eos_token_id or () if t >= vocab]
     if bad:
-        raise _arg_error(
-            "--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)", _Said(str(bad[0]))
+        raise arg_error(
+            "--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)", Verbatim(str(bad[0]))
         )
 
     if args.no_eos:

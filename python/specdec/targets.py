@@ -578,7 +578,7 @@ def register(sub, formatter_class):
 
 
 def _handle(args, stage) -> int:
-    from .cli import RUNTIME, CliError, arg_error
+    from .cli_errors import RUNTIME, CliError, arg_error
 
     home = args.home
     if home is not None:

@@ -136,7 +136,8 @@ def register(sub, formatter_class):
 
 def _validate(args):
     """Checks that load nothing; returns (target path or "default", source)."""
-    from ..cli import DTYPES, _check_device, _Said, arg_error
+    from ..cli import DTYPES, _check_device
+    from ..cli_errors import Verbatim, arg_error
 
     text = args.target
     if not text.strip():
@@ -145,24 +146,26 @@ def _validate(args):
         path = os.path.expanduser(text)
         if not os.path.isdir(path):
             what = "which does not exist" if not os.path.exists(path) else "which is a file"
-            raise arg_error("--target", 'the word "default" or a Hugging Face model folder', _Said(f"{text!r}, {what}"))
+            raise arg_error(
+                "--target", 'the word "default" or a Hugging Face model folder', Verbatim(f"{text!r}, {what}")
+            )
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise arg_error(
-                "--target", "a Hugging Face model folder with config.json", _Said(f"{text!r}, which has none")
+                "--target", "a Hugging Face model folder with config.json", Verbatim(f"{text!r}, which has none")
             )
         if not any(
             os.path.isfile(os.path.join(path, n))
             for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
         ):
             raise arg_error(
-                "--target", "a model folder with a tokenizer (and chat template)", _Said(f"{text!r}, which has none")
+                "--target", "a model folder with a tokenizer (and chat template)", Verbatim(f"{text!r}, which has none")
             )
     out = os.path.expanduser(args.out)
     if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
         raise arg_error(
             "--out",
             "a folder (created if missing)",
-            _Said(f"{args.out!r}, which is a file") if args.out.strip() else args.out,
+            Verbatim(f"{args.out!r}, which is a file") if args.out.strip() else args.out,
         )
     source = args.source
     if source != "sharegpt":
@@ -171,7 +174,7 @@ def _validate(args):
             raise arg_error(
                 "--source",
                 '"sharegpt" or a JSONL file of conversations',
-                _Said(f"{args.source!r}, which is not a file"),
+                Verbatim(f"{args.source!r}, which is not a file"),
             )
     device = _check_device(args.device)
     if args.device is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
@@ -179,7 +182,7 @@ def _validate(args):
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if not args.resume and _rank()[1] > 1:
-        raise arg_error("--no-resume", "a single process", _Said(f"{_rank()[1]} processes; delete --out instead"))
+        raise arg_error("--no-resume", "a single process", Verbatim(f"{_rank()[1]} processes; delete --out instead"))
     manifest = os.path.join(out, "manifest.json")
     if args.resume and os.path.isfile(manifest):  # a resumed build with other settings: say so before loading
         import torch
@@ -213,13 +216,14 @@ def _validate(args):
                 raise arg_error(
                     "--out",
                     "a new folder, or one holding a build with the same settings (or --no-resume to rebuild it)",
-                    _Said(f"{args.out!r}, built with other settings: {'; '.join(diffs)}"),
+                    Verbatim(f"{args.out!r}, built with other settings: {'; '.join(diffs)}"),
                 )
     return out, source, device
 
 
 def _handle(args, stage) -> int:
-    from ..cli import DTYPES, RUNTIME, CliError
+    from ..cli import DTYPES
+    from ..cli_errors import RUNTIME, CliError
 
     out, source, device = _validate(args)
     stage.what = "importing torch and transformers"

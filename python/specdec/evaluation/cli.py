@@ -26,15 +26,15 @@ SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
 
 
 def _error(arg, expected, got):
-    from specdec.cli import arg_error
+    from specdec.cli_errors import arg_error
 
     return arg_error(arg, expected, got)
 
 
 def _said(text: str):
-    from specdec.cli import _Said
+    from specdec.cli_errors import Verbatim
 
-    return _Said(text)
+    return Verbatim(text)
 
 
 def _temperatures(text: str) -> tuple:
@@ -288,7 +288,7 @@ def run_identity(args, plan, benches: dict, threads: int) -> dict:
 
 def _resume(args, plan, ident: dict) -> list:
     """The (row, answer) pairs of the checkpoint in --out that `ident` may continue; [] without one."""
-    from specdec.cli import CliError
+    from specdec.cli_errors import CliError
 
     if not args.resume or not os.path.isfile(os.path.join(plan.out, Checkpoint.NAME)):
         if args.resume:
@@ -320,7 +320,7 @@ def _turn_line(row: dict, done: int, total: int) -> str:
 
 
 def _handle(args, stage) -> int:
-    from specdec.cli import RUNTIME, CliError
+    from specdec.cli_errors import RUNTIME, CliError
 
     plan = validate_args(args)
     stage.what = "loading the prompts"

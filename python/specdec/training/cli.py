@@ -167,13 +167,13 @@ def register(sub, formatter_class):
 
 
 def _error(arg, expected, got):
-    from specdec.cli import arg_error
+    from specdec.cli_errors import arg_error
 
     return arg_error(arg, expected, got)
 
 
 def _said(text: str):
-    from specdec.cli import _Said as S  # shown as is, not repr'd
+    from specdec.cli_errors import Verbatim as S  # shown as is, not repr'd
 
     return S(text)
 

@@ -73,7 +73,8 @@ def register(sub, formatter_class):
 
 def _plan(args):
     """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
-    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config, _Said, arg_error
+    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config
+    from specdec.cli_errors import Verbatim, arg_error
 
     from ..data.shards import ShardError, read_manifest
 
@@ -81,14 +82,16 @@ def _plan(args):
     _read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
     data = os.path.expanduser(args.data)
     if not os.path.isdir(data):
-        raise arg_error("--data", "a `specdec data` folder", _Said(f"{args.data!r}, which is not a folder"))
+        raise arg_error("--data", "a `specdec data` folder", Verbatim(f"{args.data!r}, which is not a folder"))
     try:
         manifest = read_manifest(data)
     except ShardError as exc:
-        raise arg_error("--data", "a `specdec data` folder with a manifest", _Said(f"{args.data!r}: {exc}")) from None
+        raise arg_error(
+            "--data", "a `specdec data` folder with a manifest", Verbatim(f"{args.data!r}: {exc}")
+        ) from None
     if not manifest.get("settings", {}).get("features"):
         raise arg_error(
-            "--data", "a folder built with features", _Said(f"{args.data!r}, built with --no-features (tokens only)")
+            "--data", "a folder built with features", Verbatim(f"{args.data!r}, built with --no-features (tokens only)")
         )
     target = args.target
     if target is None:
@@ -97,14 +100,15 @@ def _plan(args):
     if args.write and args.split != "val":
         # the record is what --total-tokens auto plans with: numbers from the data the head was trained on
         # would overrate it
-        raise arg_error("--write", "held-out numbers (--split val)", _Said(f"--split {args.split}"))
+        raise arg_error("--write", "held-out numbers (--split val)", Verbatim(f"--split {args.split}"))
     if args.write and not os.access(os.path.join(folder, "config.json"), os.W_OK):
-        raise arg_error("--write", "a head folder whose config.json is writable", _Said(folder))
+        raise arg_error("--write", "a head folder whose config.json is writable", Verbatim(folder))
     return folder, manifest, target
 
 
 def _handle(args, stage) -> int:
-    from specdec.cli import RUNTIME, CliError, _check_target
+    from specdec.cli import _check_target
+    from specdec.cli_errors import RUNTIME, CliError
 
     folder, manifest, target_spec = _plan(args)
     target_path, _, _ = _check_target(target_spec)

@@ -1,0 +1,42 @@
+"""The errors of the `specdec` command and its subcommands: one line on stderr and an exit status.
+
+A leaf module (no imports from the package), so that library modules with a command of their own
+(targets.py) and the subcommand modules can raise them without importing cli.py.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+USAGE, RUNTIME = 2, 1  # exit statuses
+
+
+class CliError(Exception):
+    """An error reported as one line: `code` USAGE (a bad argument) or RUNTIME (loading or generating failed)."""
+
+    def __init__(self, message: str, code: int = USAGE, prog: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.prog = prog
+
+
+class CliExit(SystemExit):
+    """Raised by main() after printing an error: SystemExit(code) whose str() is the printed message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Verbatim(str):
+    """A `got` text that arg_error shows as is (a sentence), not repr'd (a value)."""
+
+
+def arg_error(arg: str, expected: str, got) -> CliError:
+    """The one-line usage error 'argument ARG: expected EXPECTED, got GOT' (exit status 2); GOT is repr'd
+    unless it is a Verbatim."""
+    return CliError(f"argument {arg}: expected {expected}, got {got if isinstance(got, Verbatim) else repr(got)}")
