@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import Dict
 
+from ..head_kinds import KINDS
+
 # Folder of the default target's heads, named like the target folder of specdec.targets.
 HEADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SmolLM2-135M-Instruct")
-KINDS = ("eagle", "fspad", "griffin")
 
 
 def shipped_heads() -> Dict[str, str]:

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-KINDS = ("eagle", "fspad", "griffin")
+from ..head_kinds import KINDS
 
 # rope_scaling types the heads implement (the original EAGLE loaders know only linear and dynamic;
 # llama3 is what Llama-3.1+ targets declare, so a head made with from_target matches its target).

@@ -35,11 +35,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..head_kinds import KINDS
 from . import checkpointing as ckpt
 from .schedule import warmup_cosine
 from .validation import validate
 
-KINDS = ("eagle", "fspad", "griffin")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 CHECK_POSITIONS = ("same", "previous")
 
