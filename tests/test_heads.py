@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -90,6 +91,39 @@ def test_export_writes_bf16_and_the_records(tmp_path, draft_vocab):
             torch.testing.assert_close(w, v.to(torch.bfloat16).float(), rtol=0, atol=0)
         else:
             assert torch.equal(w, v)
+
+
+def test_export_writes_no_path_of_this_machine(tmp_path):
+    """Paths under $SPECDEC_HOME and the user's home in the exported text files become "$SPECDEC_HOME/..."
+    and "~/..."; other paths and the weights are untouched."""
+    src = tmp_path / "src"
+    tiny_head().save_pretrained(src)
+    home = os.environ["SPECDEC_HOME"]  # the tests' private specdec home (conftest.py)
+    user = os.path.expanduser("~")
+    (src / "summary.json").write_text(json.dumps({"data": f"{home}/data/x", "out": f"{user}/runs/y", "o": "/opt/z"}))
+    recipe = tmp_path / "recipe.md"
+    recipe.write_text(f"specdec train --data {home}/data/x --out {user}/runs/y\n")
+    dst = tmp_path / "dst"
+    export_head(str(src), str(dst), recipe=str(recipe))
+    assert json.loads((dst / "summary.json").read_text()) == {
+        "data": "$SPECDEC_HOME/data/x",
+        "out": "~/runs/y",
+        "o": "/opt/z",
+    }
+    assert (dst / "RECIPE.md").read_text() == "specdec train --data $SPECDEC_HOME/data/x --out ~/runs/y\n"
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped heads in this checkout")
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+def test_shipped_head_names_no_machine_path(kind):
+    """The shipped folders' text files carry no home folder of the machine that trained them."""
+    folder = SHIPPED[kind]
+    bad = re.compile(r"(/root|/home/[^/\s\"']+|/Users/[^/\s\"']+)(?=[/\s\"']|$)")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith((".json", ".md", ".csv", ".txt")):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                found = bad.findall(f.read())
+            assert not found, f"{kind}/{name} names machine paths: {sorted(set(found))}"
 
 
 def test_export_failure_leaves_the_destination(tmp_path):

@@ -4,13 +4,16 @@ Writes DST/config.json + DST/model.safetensors with the float weights in bf16 (t
 if any, stays int64), and beside them what makes the head reproducible and judgeable: the training
 summary, logs and curves of SRC, the data manifest (--data: the `specdec data` folder it was trained on)
 and the recipe (--recipe: a markdown file with the exact commands). The head is written to a temporary
-folder first and renamed, so DST is never half-written.
+folder first and renamed, so DST is never half-written. The text files it writes name this machine's
+folders portably ($SPECDEC_HOME for the specdec home, ~ for the user's home): a shipped head carries no
+path of the machine that trained it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,6 +23,25 @@ import torch
 
 # Files of a `specdec train` output folder that travel with the head.
 TRAIN_FILES = ("summary.json", "train_log.csv", "val_log.csv", "curves.png")
+TEXT_SUFFIXES = (".json", ".md", ".csv", ".txt")
+
+
+def portable_paths(text: str) -> str:
+    """`text` with this machine's folders written portably: the specdec home ($SPECDEC_HOME, default
+    ~/.cache/specdec) as "$SPECDEC_HOME", then the user's home as "~" (whole path components only).
+
+    Example:
+        >>> import os
+        >>> from specdec.heads.export import portable_paths
+        >>> portable_paths(os.path.expanduser("~/runs/griffin")) == "~/runs/griffin"
+        True
+    """
+    from ..targets import specdec_home
+
+    for folder, name in ((str(specdec_home()), "$SPECDEC_HOME"), (os.path.expanduser("~"), "~")):
+        if folder and folder != os.sep and folder != "~":
+            text = re.sub(re.escape(folder.rstrip(os.sep)) + r"(?![^/\\\s\"',;)\]])", lambda m, name=name: name, text)
+    return text
 
 
 def export_head(
@@ -55,6 +77,13 @@ def export_head(
             shutil.copy2(os.path.join(data, "manifest.json"), os.path.join(tmp, "data_manifest.json"))
         if recipe is not None:
             shutil.copy2(recipe, os.path.join(tmp, "RECIPE.md"))
+        for name in os.listdir(tmp):
+            if name.endswith(TEXT_SUFFIXES):
+                path = os.path.join(tmp, name)
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(portable_paths(text))
         if os.path.isdir(dst):
             shutil.rmtree(dst)
         os.replace(tmp, dst)
