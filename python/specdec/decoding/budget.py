@@ -58,6 +58,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..target.prepack import is_prepacked
+from ..targets import specdec_home
 
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
 # head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).
@@ -274,14 +275,9 @@ def head_acceptance(head) -> Optional[list]:
 # -- measuring the verify cost ------------------------------------------------------------------------
 
 
-def _home() -> Path:
-    home = os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec")
-    return Path(os.path.expanduser(home))
-
-
 def cache_path() -> Path:
     """$SPECDEC_HOME/verify_cost.json (default ~/.cache/specdec)."""
-    return _home() / "verify_cost.json"
+    return specdec_home() / "verify_cost.json"
 
 
 def context_bucket(tokens: int) -> int:
