@@ -14,6 +14,7 @@ import pytest
 
 from specdec import targets
 from specdec.cli import main
+from specdec.files import sha256_file
 from specdec.targets import TargetError, TargetFetchError
 
 # A tiny Llama in GGUF form: 2 layers, hidden 32, GQA 4/2, byte-level BPE over printable ASCII.
@@ -114,7 +115,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def as_tiny(monkeypatch, tiny_gguf):
     """The fetch pipeline with the tiny GGUF's checksum and facts in place of the real ones."""
-    monkeypatch.setattr(targets, "GGUF_SHA256", targets._sha256(tiny_gguf))
+    monkeypatch.setattr(targets, "GGUF_SHA256", sha256_file(tiny_gguf))
     monkeypatch.setattr(targets, "DEFAULT_FACTS", TINY_FACTS)
     return tiny_gguf
 

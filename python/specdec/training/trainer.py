@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..files import atomic_write_text
 from ..head_kinds import KINDS
 from . import checkpointing as ckpt
 from .schedule import warmup_cosine
@@ -548,7 +549,7 @@ class _CsvLog:
         keep = r[: rows + 1]
         buf = io.StringIO()
         csv.writer(buf).writerows(keep)
-        ckpt.atomic_write_text(buf.getvalue(), self.path)
+        atomic_write_text(buf.getvalue(), self.path)
         self.header = keep[0] if keep else None
         self.rows = max(len(keep) - 1, 0)
 
@@ -569,7 +570,7 @@ class _CsvLog:
             w.writerow(self.header)
             for r in old:
                 w.writerow(r + [""] * (len(self.header) - len(r)))
-            ckpt.atomic_write_text(buf.getvalue(), self.path)
+            atomic_write_text(buf.getvalue(), self.path)
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
             if new:
@@ -988,7 +989,7 @@ class _Run:
         return res
 
     def _write_summary(self) -> None:
-        ckpt.atomic_write_text(
+        atomic_write_text(
             json.dumps(self.summary, indent=2, sort_keys=True, default=str) + "\n",
             os.path.join(self.out, "summary.json"),
         )
