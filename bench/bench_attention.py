@@ -32,11 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec_kernels as sk
 from specdec_kernels.reference import attention as ref
 
-from common import add_common_args, peak_gbps, print_table, time_fn, usable_backends, write_csv
+from common import DTYPES, add_common_args, peak_gbps, print_table, time_fn, usable_backends, write_csv
 
 H, H_KV, HEAD_DIM = 32, 8, 128  # Llama-3-8B
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def random_tree_mask(B: int, N: int, gen: torch.Generator, device) -> torch.Tensor:

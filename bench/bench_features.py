@@ -33,7 +33,7 @@ import specdec_kernels as sk
 from specdec_kernels import BACKENDS, BackendError
 from specdec_kernels.reference import features as ref
 
-from common import add_common_args, peak_gbps, print_table, time_stats, write_csv
+from common import DTYPES, add_common_args, peak_gbps, print_table, time_stats, write_csv
 
 KERNELS = {  # kind -> (public function, plain composition); the op (registry) name is the function's name
     "fspad": (sk.fspad_feature_sampling, ref.fspad_feature_sampling),
@@ -42,15 +42,6 @@ KERNELS = {  # kind -> (public function, plain composition); the op (registry) n
 FROZEN = ("token_ids", "embed_weight")  # inputs without a gradient
 MODES = ("decode", "train")
 PROVIDERS = ("eager",) + tuple(BACKENDS)
-# Same names as the other benchmarks, plus the short ones this script used to take.
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
 
 
 EPS = 1e-6

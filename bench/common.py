@@ -26,6 +26,17 @@ OUT_DIR = os.path.join(BENCH_DIR, "out")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 
+# The dtype names every benchmark takes (long and short), -> torch dtypes.
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--device, --quick, --results, --out-dir: the options every benchmark takes."""
     parser.add_argument(

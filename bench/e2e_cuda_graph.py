@@ -34,9 +34,8 @@ from specdec.decoding import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head, load_draft_head
 from specdec.target import TargetModel
 
-from common import RESULTS_DIR, env_info, synchronize, write_csv
+from common import DTYPES, RESULTS_DIR, env_info, synchronize, write_csv
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # SmolLM2-135M-Instruct's shape (its config.json)
 SMOLLM2 = dict(
     hidden_size=576,

@@ -52,9 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec.target.attention as _attn_mod
 from specdec.decoding import drafting, generate, generate_baseline
 
-from common import RESULTS_DIR, env_info
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from common import DTYPES, RESULTS_DIR, env_info
 
 PROMPT = (
     "Speculative decoding speeds up the inference of large language models without changing their outputs. "

@@ -24,15 +24,8 @@ import sys
 from typing import Optional
 
 from .cli_errors import RUNTIME, USAGE, CliError, CliExit, Verbatim, arg_error
+from .dtypes import DTYPE_NAMES as DTYPES
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
 BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
 
 

@@ -1,4 +1,4 @@
-"""The kinds of draft head, in one place: a leaf module (no imports), so that the command's argument
-parsing can name them without importing torch."""
+"""The kinds of draft head, in one place: a leaf module (no imports), so that the command modules, the
+configs, the shipped heads and the trainer share it without cycles."""
 
 KINDS = ("eagle", "fspad", "griffin")

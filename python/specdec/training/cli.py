@@ -17,12 +17,11 @@ import os
 from ..cli import add_debug_argument
 from ..cli import float_type as _float
 from ..cli import int_type as _int
+from ..dtypes import TRAIN_DTYPE_NAMES as DTYPES
 from ..head_kinds import KINDS
 
 COMMAND = "train"
 SUMMARY = "train a draft head"
-
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def _stages(text: str) -> tuple:

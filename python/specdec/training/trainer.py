@@ -35,13 +35,14 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..dtypes import TRAIN_DTYPE_NAMES
 from ..files import atomic_write_text
 from ..head_kinds import KINDS
 from . import checkpointing as ckpt
 from .schedule import warmup_cosine
 from .validation import validate
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, canonical) for name, canonical in TRAIN_DTYPE_NAMES.items()}
 CHECK_POSITIONS = ("same", "previous")
 
 # Default learning rates (METHODS.md), used when specdec.training.losses has no RECIPES table.

@@ -1,0 +1,29 @@
+"""The dtype names the commands and the trainer take, in one place: a leaf module (it imports nothing from
+the package), so that the command modules, the trainer and the data builder share it without cycles.
+
+Example:
+    >>> from specdec.dtypes import DTYPE_NAMES, torch_dtype
+    >>> DTYPE_NAMES["bf16"], str(torch_dtype("fp32"))
+    ('bfloat16', 'torch.float32')
+"""
+
+from __future__ import annotations
+
+# Every accepted name -> the canonical torch name.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+# Training runs fp32 or bf16 autocast (fp16 would need loss scaling, which the trainer does not do).
+TRAIN_DTYPE_NAMES = {k: v for k, v in DTYPE_NAMES.items() if v != "float16"}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of an accepted name (a DTYPE_NAMES key); KeyError for any other."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
