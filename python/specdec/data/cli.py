@@ -208,7 +208,7 @@ def _validate(args):
                     seed=args.seed,
                     shard_size=args.shard_size,
                     features=not args.no_features,
-                    dtype=str(getattr(torch, DTYPES[args.dtype])).replace("torch.", ""),
+                    dtype=DTYPES[args.dtype],
                 )
             }
             diffs = compare(old, new, sections=("settings",))
@@ -222,8 +222,8 @@ def _validate(args):
 
 
 def _handle(args, stage) -> int:
-    from ..cli import DTYPES
     from ..cli_errors import RUNTIME, CliError
+    from ..dtypes import torch_dtype
 
     out, source, device = _validate(args)
     stage.what = "importing torch and transformers"
@@ -250,7 +250,7 @@ def _handle(args, stage) -> int:
         except TargetError as exc:
             raise CliError(f"argument --target: {exc}") from exc
     target = os.path.expanduser(target)
-    dtype = getattr(torch, DTYPES[args.dtype])
+    dtype = torch_dtype(args.dtype)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     stage.what = f"loading the tokenizer of --target {args.target!r}"
