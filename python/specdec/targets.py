@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .files import sha256_file
+from .files import atomic_write_text, sha256_file
 
 COMMAND = "target"
 SUMMARY = "fetch the default target model"
@@ -446,9 +446,7 @@ def fetch_default_target(
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             manifest = _manifest(folder, source, digest, download_s, info["seconds"])
-            tmp = folder / (MANIFEST + ".tmp")
-            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-            os.replace(tmp, folder / MANIFEST)  # the completion marker, written last
+            atomic_write_text(json.dumps(manifest, indent=2) + "\n", str(folder / MANIFEST))  # completion marker, last
             if dest.exists() or dest.is_symlink():  # incomplete leftovers, or --force
                 os.rename(dest, work / "replaced")
             os.rename(folder, dest)

@@ -57,6 +57,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..files import atomic_write_text
 from ..target.prepack import is_prepacked
 from ..targets import specdec_home
 
@@ -474,10 +475,7 @@ def _cached(
         if use_cache:
             store[key] = {str(n): t for n, t in sorted(entry.items())}
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
-                os.replace(tmp, path)
+                atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
             except OSError:
                 pass
     return {int(n): entry[int(n)] for n in wanted}

