@@ -49,9 +49,7 @@ def head(family: str, kind: str, sharpen: float = 1.0):
 @functools.lru_cache(maxsize=None)
 def hf_greedy(family: str, sharpen: float, prompt: tuple, n: int) -> list:
     """The oracle: the model's own generate with its default (sdpa) attention, one prompt at a time."""
-    model = target(family, sharpen)
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
-    return out[0, len(prompt) :].tolist()
+    return hf_greedy_on(target(family, sharpen), prompt, n)
 
 
 def on_device(module: torch.nn.Module, device: str) -> torch.nn.Module:

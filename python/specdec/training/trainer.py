@@ -35,14 +35,14 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..dtypes import TRAIN_DTYPE_NAMES
+from ..dtypes import TRAIN_DTYPE_NAMES, torch_dtype
 from ..files import atomic_write_text
 from ..head_kinds import KINDS
 from . import checkpointing as ckpt
 from .schedule import warmup_cosine
 from .validation import validate
 
-DTYPES = {name: getattr(torch, canonical) for name, canonical in TRAIN_DTYPE_NAMES.items()}
+DTYPES = {name: torch_dtype(name) for name in TRAIN_DTYPE_NAMES}
 CHECK_POSITIONS = ("same", "previous")
 
 # Default learning rates (METHODS.md), used when specdec.training.losses has no RECIPES table.
