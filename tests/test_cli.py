@@ -405,7 +405,7 @@ def test_help_shows_each_default_once(capsys, command):
         main(command + ["--help"])
     assert info.value.code == 0
     entries = _help_entries(capsys.readouterr().out)
-    from specdec.cli import _parser
+    from specdec.cli.app import _parser
 
     parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -569,7 +569,7 @@ def register(sub, formatter_class):
 
 
 def _handle(args, stage) -> int:
-    from .cli_errors import RUNTIME, CliError, arg_error
+    from .cli.errors import RUNTIME, CliError, arg_error
 
     home = args.home
     if home is not None:

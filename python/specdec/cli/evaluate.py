@@ -17,22 +17,22 @@ import math
 import os
 import sys
 
-from ..cli import add_debug_argument, tree_size_type
-from ..cli import int_type as _int
-from .report import Checkpoint
+from ..evaluation.report import Checkpoint
+from .app import add_debug_argument, tree_size_type
+from .app import int_type as _int
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
 
 
 def _error(arg, expected, got):
-    from specdec.cli_errors import arg_error
+    from .errors import arg_error
 
     return arg_error(arg, expected, got)
 
 
 def _said(text: str):
-    from specdec.cli_errors import Verbatim
+    from .errors import Verbatim
 
     return Verbatim(text)
 
@@ -165,7 +165,7 @@ def register(sub, formatter_class):
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config
+    from .app import DRAFT_WEIGHTS, _draft_folder, _read_config
 
     heads = {}
     for item in items:
@@ -199,7 +199,7 @@ def select_prompts(prompts: list, limit, spread: bool = False) -> list:
 
 
 def _parse_bench(text: str) -> list:
-    from .prompts import BENCHMARKS
+    from ..evaluation.prompts import BENCHMARKS
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -220,7 +220,7 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from specdec.cli import (
+    from .app import (
         TOKENIZER_FILES,
         _check_backend,
         _check_device,
@@ -288,7 +288,7 @@ def run_identity(args, plan, benches: dict, threads: int) -> dict:
 
 def _resume(args, plan, ident: dict) -> list:
     """The (row, answer) pairs of the checkpoint in --out that `ident` may continue; [] without one."""
-    from specdec.cli_errors import CliError
+    from .errors import CliError
 
     if not args.resume or not os.path.isfile(os.path.join(plan.out, Checkpoint.NAME)):
         if args.resume:
@@ -320,11 +320,11 @@ def _turn_line(row: dict, done: int, total: int) -> str:
 
 
 def _handle(args, stage) -> int:
-    from specdec.cli_errors import RUNTIME, CliError
+    from .errors import RUNTIME, CliError
 
     plan = validate_args(args)
     stage.what = "loading the prompts"
-    from .prompts import PromptError, load_benchmark
+    from ..evaluation.prompts import PromptError, load_benchmark
 
     benches = {}
     for spec in plan.bench:
@@ -341,10 +341,10 @@ def _handle(args, stage) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..evaluation.harness import EvalSettings, Harness
+    from ..evaluation.report import stamp, write_report
     from ..models import load_draft_head
     from ..target.prepack import prepack_linears
-    from .harness import EvalSettings, Harness
-    from .report import stamp, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)

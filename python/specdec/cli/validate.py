@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import add_debug_argument
-from ..cli import int_type as _int
+from .app import add_debug_argument
+from .app import int_type as _int
 
 COMMAND = "validate"
 SUMMARY = "measure a head's acceptance and top-k coverage on held-out data"
@@ -73,10 +73,9 @@ def register(sub, formatter_class):
 
 def _plan(args):
     """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
-    from specdec.cli import DRAFT_WEIGHTS, _draft_folder, _read_config
-    from specdec.cli_errors import Verbatim, arg_error
-
     from ..data.shards import ShardError, read_manifest
+    from .app import DRAFT_WEIGHTS, _draft_folder, _read_config
+    from .errors import Verbatim, arg_error
 
     folder = _draft_folder(args.draft)
     _read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
@@ -107,8 +106,8 @@ def _plan(args):
 
 
 def _handle(args, stage) -> int:
-    from specdec.cli import _check_target
-    from specdec.cli_errors import RUNTIME, CliError
+    from .app import _check_target
+    from .errors import RUNTIME, CliError
 
     folder, manifest, target_spec = _plan(args)
     target_path, _, _ = _check_target(target_spec)
@@ -120,7 +119,7 @@ def _handle(args, stage) -> int:
     from ..data.build import target_identity
     from ..data.shards import ShardError
     from ..models import load_draft_head
-    from .validation import measure_acceptance, record_acceptance
+    from ..training.validation import measure_acceptance, record_acceptance
 
     if args.threads:
         torch.set_num_threads(args.threads)

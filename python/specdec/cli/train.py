@@ -14,11 +14,11 @@ import argparse
 import json
 import os
 
-from ..cli import add_debug_argument
-from ..cli import float_type as _float
-from ..cli import int_type as _int
 from ..dtypes import TRAIN_DTYPE_NAMES as DTYPES
 from ..head_kinds import KINDS
+from .app import add_debug_argument
+from .app import float_type as _float
+from .app import int_type as _int
 
 COMMAND = "train"
 SUMMARY = "train a draft head"
@@ -166,13 +166,13 @@ def register(sub, formatter_class):
 
 
 def _error(arg, expected, got):
-    from specdec.cli_errors import arg_error
+    from .errors import arg_error
 
     return arg_error(arg, expected, got)
 
 
 def _said(text: str):
-    from specdec.cli_errors import Verbatim as S  # shown as is, not repr'd
+    from .errors import Verbatim as S  # shown as is, not repr'd
 
     return S(text)
 
@@ -323,7 +323,7 @@ def validate_args(args) -> dict:
         )
 
     # device / dtype / batch
-    from specdec.cli import _check_device, model_dtype
+    from .app import _check_device, model_dtype
 
     device = _check_device(args.device)
     dtype = model_dtype(args.dtype, device)
@@ -373,7 +373,7 @@ def validate_args(args) -> dict:
 def _handle(args, stage) -> int:
     kw = validate_args(args)
     stage.what = "importing the training code"
-    from .trainer import TrainConfig, train
+    from ..training.trainer import TrainConfig, train
 
     cfg = TrainConfig(**kw)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-from ..cli import add_debug_argument
-from ..cli import float_type as _float
-from ..cli import int_type as _int
+from .app import add_debug_argument
+from .app import float_type as _float
+from .app import int_type as _int
 
 COMMAND = "data"
 SUMMARY = "build training data from a target"
@@ -32,7 +31,7 @@ SOURCES_HELP = (
 
 def register(sub, formatter_class):
     """Add `specdec data` to the subparsers `sub`; returns its parser."""
-    from ..cli import DTYPES
+    from .app import DTYPES
 
     p = sub.add_parser(
         COMMAND,
@@ -136,8 +135,8 @@ def register(sub, formatter_class):
 
 def _validate(args):
     """Checks that load nothing; returns (target path or "default", source)."""
-    from ..cli import DTYPES, _check_device
-    from ..cli_errors import Verbatim, arg_error
+    from .app import DTYPES, _check_device
+    from .errors import Verbatim, arg_error
 
     text = args.target
     if not text.strip():
@@ -187,8 +186,8 @@ def _validate(args):
     if args.resume and os.path.isfile(manifest):  # a resumed build with other settings: say so before loading
         import torch
 
-        from .build import compare, settings
-        from .shards import ShardError, read_manifest
+        from ..data.build import compare, settings
+        from ..data.shards import ShardError, read_manifest
 
         try:
             old = read_manifest(out)
@@ -222,18 +221,18 @@ def _validate(args):
 
 
 def _handle(args, stage) -> int:
-    from ..cli_errors import RUNTIME, CliError
     from ..dtypes import torch_dtype
+    from .errors import RUNTIME, CliError
 
     out, source, device = _validate(args)
     stage.what = "importing torch and transformers"
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .build import BuildMismatch, build
-    from .chat import TemplateError
-    from .shards import ShardError
-    from .sharegpt import SourceError
+    from ..data.build import BuildMismatch, build
+    from ..data.chat import TemplateError
+    from ..data.shards import ShardError
+    from ..data.sharegpt import SourceError
 
     target = args.target
     try:
@@ -348,9 +347,3 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
         )
     lines.append(f"  this run: {seconds:.1f} s")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["data"] + sys.argv[1:]))

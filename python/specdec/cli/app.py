@@ -23,8 +23,8 @@ import re
 import sys
 from typing import Optional
 
-from .cli_errors import RUNTIME, USAGE, CliError, CliExit, Verbatim, arg_error
-from .dtypes import DTYPE_NAMES as DTYPES
+from ..dtypes import DTYPE_NAMES as DTYPES
+from .errors import RUNTIME, USAGE, CliError, CliExit, Verbatim, arg_error
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
 
@@ -124,7 +124,7 @@ def _float_type(check, expected: str):
     return parse
 
 
-# The argument types of every subcommand (specdec.data.cli, specdec.training.cli, ... use them too).
+# The argument types of every subcommand (specdec.cli.data, specdec.cli.train, ... use them too).
 int_type = _int_type
 float_type = _float_type
 
@@ -143,10 +143,10 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
 # arguments raise CliError (see arg_error) before anything loads.
 COMMAND_MODULES = (
     "specdec.targets",
-    "specdec.data.cli",
-    "specdec.training.cli",
-    "specdec.training.validate_cli",
-    "specdec.evaluation.cli",
+    "specdec.cli.data",
+    "specdec.cli.train",
+    "specdec.cli.validate",
+    "specdec.cli.evaluate",
 )
 
 
@@ -365,7 +365,7 @@ def _check_target(text: str):
     if not text.strip():
         raise arg_error("--target", f"{what} (a folder with config.json)", text)
     if text.strip() == "default":
-        from .targets import TargetFetchError, resolve_target
+        from ..targets import TargetFetchError, resolve_target
 
         try:
             text = resolve_target("default")  # fetched once (progress on stderr), then a local folder
@@ -479,7 +479,7 @@ def _check_backend(backend: Optional[str], device) -> None:
 
 def _draft_folder(spec: str) -> str:
     """The folder of a --draft value (a shipped head's name or a path), or CliError."""
-    from .heads import resolve_draft
+    from ..heads import resolve_draft
 
     try:
         folder = resolve_draft(spec) if spec.strip() else ""
@@ -563,11 +563,11 @@ def _generate(args, stage: _Stage) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .decoding import generate, generate_baseline
-    from .decoding.budget import PLAIN
-    from .models import load_draft_head
-    from .target import TargetModel
-    from .target.prepack import prepack_linears
+    from ..decoding import generate, generate_baseline
+    from ..decoding.budget import PLAIN
+    from ..models import load_draft_head
+    from ..target import TargetModel
+    from ..target.prepack import prepack_linears
 
     device, dtype = plan.device, plan.dtype
     tokenizer = None
@@ -775,11 +775,3 @@ def main(argv: Optional[list] = None) -> int:
     message = " ".join(str(message).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise CliExit(code, message)
-
-
-if __name__ == "__main__":
-    # Import main from the package module: under `python -m specdec.cli` this file also runs as __main__,
-    # whose CliError would be a different class from the one the subcommand modules raise.
-    from specdec.cli import main as _main
-
-    sys.exit(_main())
