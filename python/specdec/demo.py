@@ -147,7 +147,7 @@ def real_demo(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .cli.app import model_dtype
+    from .dtypes import model_dtype
     from .evaluation.harness import MATCH, TIE, EvalSettings, Harness, classify_divergence
     from .heads import resolve_draft
     from .models import load_draft_head

@@ -27,3 +27,12 @@ def torch_dtype(name: str):
     import torch
 
     return getattr(torch, DTYPE_NAMES[name])
+
+
+def model_dtype(name, device) -> str:
+    """The torch dtype name to load a model in: that of `name` (a DTYPE_NAMES key) when given, else the
+    default of `device` (a torch.device): bfloat16 on CUDA, float32 on a CPU, where bf16 matmuls are slow
+    without native bf16 instructions."""
+    if name:
+        return DTYPE_NAMES[name]
+    return "bfloat16" if device.type == "cuda" else "float32"

