@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from specdec.devices import default_device
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(BENCH_DIR, "out")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -41,7 +43,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--device, --quick, --results, --out-dir: the options every benchmark takes."""
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=str(default_device()),
         help="device of the inputs (default: cuda when available)",
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: few shapes, few repetitions")

@@ -34,7 +34,7 @@ from specdec.decoding import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head, load_draft_head
 from specdec.target import TargetModel
 
-from common import DTYPES, RESULTS_DIR, env_info, synchronize, write_csv
+from common import DTYPES, RESULTS_DIR, default_device, env_info, synchronize, write_csv
 
 # SmolLM2-135M-Instruct's shape (its config.json)
 SMOLLM2 = dict(
@@ -109,7 +109,7 @@ def hf_step_ms(model, prompt, new: int, repeats: int, device) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(default_device()))
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--target", default=None, help="a Hugging Face model folder (default: random, SmolLM2's shape)")
     ap.add_argument("--draft", default="griffin", help="a shipped head name or a head folder")

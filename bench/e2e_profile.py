@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec.target.attention as _attn_mod
 from specdec.decoding import drafting, generate, generate_baseline
 
-from common import DTYPES, RESULTS_DIR, env_info
+from common import DTYPES, RESULTS_DIR, default_device, env_info
 
 PROMPT = (
     "Speculative decoding speeds up the inference of large language models without changing their outputs. "
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=300, help="prompt tokens (default 300)")
     ap.add_argument("--passes", type=int, default=None, help="decode passes per setting (default 32, --quick 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(default_device()))
     ap.add_argument("--quick", action="store_true", help="a short run: fewer passes and repetitions")
     ap.add_argument("--out-dir", default=RESULTS_DIR, help="output folder (default bench/results)")
     ap.add_argument("--no-reference", action="store_true", help="skip model.generate and generate_baseline")

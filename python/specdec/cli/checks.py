@@ -10,6 +10,7 @@ import os
 import re
 from typing import Optional
 
+from ..devices import default_device
 from .errors import RUNTIME, CliError, Verbatim, arg_error
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
@@ -126,7 +127,7 @@ def check_device(text: Optional[str]):
     import torch
 
     if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     expected = "cpu, cuda or cuda:N"
     try:
         device = torch.device(text)
