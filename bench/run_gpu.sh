@@ -89,7 +89,7 @@ else
   # The GPU tests in two steps, the files that failed on the first GPU run (2026-12-04) first, so that
   # their tracebacks come back even when the lease ends during the second; -v names each result as it
   # happens (with -n too), -rfE repeats the failures at the end.
-  FIRST=(tests/test_features.py tests/test_lossless.py)
+  FIRST=(tests/kernels/test_features.py tests/system/test_lossless.py)
   PYTEST=(python -m pytest -q -m cuda -p no:cacheprovider -v --tb=short -rfE)
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
   step pytest_cuda_first "${PYTEST[@]}" ${PYTEST_ARGS:-} "${FIRST[@]}"

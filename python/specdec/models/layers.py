@@ -5,7 +5,7 @@ Attention has two paths. The decode path writes the new keys/values into the dra
 drafting loop uses (under autograd it computes the same function densely: the kernels have no backward).
 The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention over the T inputs
 only, with a causal or caller-given mask; it is what training uses. Both compute the same function:
-tests/test_models.py checks it. The training path (`forward_train`) is the sequence path that can also
+tests/system/test_models.py checks it. The training path (`forward_train`) is the sequence path that can also
 attend to keys/values of earlier calls (`TrainKV`, GRIFFIN's multi-pass training) and returns its own.
 """
 

@@ -167,7 +167,7 @@ def _recipe_dry_run(tmp_path, step, train_shards, num_shards=2):
     data.mkdir(parents=True, exist_ok=True)
     train = {"num_shards": num_shards, "shards": [{}] * train_shards, "sequences": 400 * train_shards}
     (data / "manifest.json").write_text(json.dumps({"splits": {"train": train, "val": {"num_shards": 1}}}))
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_heads.sh")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "train_heads.sh")
     env = dict(os.environ, WORK=str(tmp_path), STEP=step, DRY_RUN="1")
     return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
 

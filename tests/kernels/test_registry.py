@@ -19,7 +19,7 @@ import specdec_kernels as sk
 from specdec_kernels import _loader
 
 HAS_C = _loader._C is not None
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from helpers import tolerance
 from tiny_models import make_target, one_thread  # noqa: F401
 
 VOCAB, HIDDEN = 128, 64
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ListDataset(torch.utils.data.Dataset):
