@@ -13,4 +13,5 @@ fi
 ruff check .
 ruff format --check .
 clang-format --dry-run -Werror $CPP
+python scripts/check_structure.py
 echo "[lint] ruff and clang-format: clean"
