@@ -135,7 +135,7 @@ def _env_backend() -> Optional[str]:
     return env
 
 
-_OPS: Dict[str, "KernelOp"] = {}  # name -> op, every op of the package (filled as op modules are imported)
+_OPS: Dict[str, "KernelOp"] = {}  # name -> op; filled by the op modules, which the package's __init__ imports
 
 
 class KernelOp:
@@ -272,8 +272,6 @@ def get_op(name: str) -> KernelOp:
         >>> op.default_backend("cpu") in op.backends     # what CPU tensors would use here
         True
     """
-    from . import ops  # noqa: F401  (importing the op modules fills the registry)
-
     try:
         return _OPS[name]
     except KeyError:
@@ -288,8 +286,6 @@ def list_ops() -> Tuple[str, ...]:
         >>> "tree_attention" in sk.list_ops()
         True
     """
-    from . import ops  # noqa: F401
-
     return tuple(_OPS)
 
 
