@@ -26,12 +26,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-import specdec_kernels
-
-from ..target import TargetModel
 from . import cuda_graphs
 from . import drafting as _drafting
 from .drafting import TreeDrafter, check_tree_params, tree_nodes
+from .inputs import as_target, check_sampling, eos_tensor, pad_rows, prompt_rows, resolve_eos
+from .passes import OutputBuffer, PassState, TokenChooser, graph_passes, plain_pass, speculative_pass, sync
 
 
 @dataclass
@@ -97,175 +96,6 @@ class GenerationResult:
         )
 
 
-# -- helpers ------------------------------------------------------------------------------------------
-
-
-def _prompts(input_ids, attention_mask) -> list:
-    """Prompts as lists of ints: from a list of lists, or a [B, L] tensor (+ optional 0/1 attention_mask,
-    left or right padded: the tokens where the mask is 1, in order)."""
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected a [B, L] tensor, got shape {tuple(input_ids.shape)}")
-        rows = input_ids.tolist()
-        if attention_mask is not None:
-            if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-                got = (
-                    tuple(attention_mask.shape)
-                    if isinstance(attention_mask, torch.Tensor)
-                    else type(attention_mask).__name__
-                )
-                raise ValueError(
-                    f"attention_mask: expected a tensor of shape {tuple(input_ids.shape)} (like input_ids), got {got}"
-                )
-            masks = attention_mask.tolist()
-            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, masks)]
-    else:
-        if attention_mask is not None:
-            raise ValueError("attention_mask: only meaningful with a tensor input_ids")
-        if not isinstance(input_ids, (list, tuple)) or not input_ids:
-            raise TypeError("input_ids: expected a non-empty list of token lists or a [B, L] tensor")
-        if all(isinstance(t, int) for t in input_ids):
-            input_ids = [input_ids]
-        rows = [list(map(int, r)) for r in input_ids]
-    for b, r in enumerate(rows):
-        if not r:
-            raise ValueError(f"input_ids: prompt {b} is empty (every request needs at least one token)")
-    return rows
-
-
-def _pad(rows: list, device) -> tuple:
-    B, L = len(rows), max(len(r) for r in rows)
-    ids = torch.zeros(B, L, dtype=torch.int64)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
-    return ids.to(device), lengths.to(device)
-
-
-def _resolve_eos(eos_token_id, model) -> list:
-    """The token ids that stop a request: `eos_token_id` when given, else the model's default.
-
-    eos_token_id: an int, a sequence of ints, or None. None (the default of generate) takes
-    `model.generation_config.eos_token_id` (int, list or None), as transformers' `model.generate` does;
-    an empty sequence `[]` turns stopping off (only max_new_tokens ends a request). `model` is a
-    TargetModel or a Hugging Face model.
-
-    Example:
-        >>> _resolve_eos([], None), _resolve_eos(2, None), _resolve_eos((2, 7), None)
-        ([], [2], [2, 7])
-    """
-    if eos_token_id is None:
-        hf = model.model if isinstance(model, TargetModel) else model
-        gen_config = getattr(hf, "generation_config", None)
-        eos_token_id = getattr(gen_config, "eos_token_id", None)
-        if eos_token_id is None:
-            return []
-    if isinstance(eos_token_id, torch.Tensor):
-        eos_token_id = eos_token_id.reshape(-1).tolist()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, int):
-            raise TypeError(f"eos_token_id: expected an int or a sequence of ints, got {eos_token_id!r}")
-    return ids
-
-
-def _eos_tensor(eos_ids: list, device) -> Optional[torch.Tensor]:
-    return torch.tensor(eos_ids, dtype=torch.int64, device=device) if eos_ids else None
-
-
-def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature: expected >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k: expected >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p: expected 0 < top_p <= 1 (1 = off), got {top_p}")
-
-
-class _Chooser:
-    """Verification with the requested decoding rule (greedy or lossless sampling), and uniforms to feed it."""
-
-    def __init__(self, B: int, device, temperature: float, top_k: int, top_p: float, generator, backend):
-        self.greedy = temperature == 0
-        self.B, self.device, self.generator, self.backend = B, device, generator, backend
-        self.temperature = torch.full((B,), float(temperature), dtype=torch.float32, device=device)
-        self.top_k = torch.full((B,), int(top_k), dtype=torch.int32, device=device)
-        self.top_p = torch.full((B,), float(top_p), dtype=torch.float32, device=device)
-        self.one_node = specdec_kernels.build_tree(torch.full((B, 1), -1, dtype=torch.int32, device=device))
-
-    def __call__(self, tree, tokens, logits) -> tuple:
-        if self.greedy:
-            return specdec_kernels.verify_greedy(tree, tokens, logits, backend=self.backend)
-        u = torch.rand(self.B, tokens.shape[1] + 1, generator=self.generator, device=self.device)
-        return specdec_kernels.verify_sample(
-            tree,
-            tokens,
-            logits,
-            u,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            backend=self.backend,
-        )
-
-    def first(self, last_logits: torch.Tensor) -> torch.Tensor:
-        """The token after the prompt, drawn from the prefill logits [B, V] by the same rule (a one-node tree)."""
-        tokens = torch.zeros(self.B, 1, dtype=torch.int64, device=self.device)
-        return self(self.one_node, tokens, last_logits[:, None, :])[2][:, 0]
-
-
-class _Output:
-    """Device buffer of emitted tokens, per-request counts and finished flags (no host sync)."""
-
-    def __init__(self, B: int, max_new: int, width: int, eos: Optional[torch.Tensor], device):
-        self.buf = torch.full((B, max_new + width + 1), -1, dtype=torch.int64, device=device)
-        self.dump = max_new + width  # column that absorbs padding writes
-        self.count = torch.zeros(B, dtype=torch.int64, device=device)
-        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
-        self.max_new, self.eos = max_new, eos
-
-    def emit(self, tokens: torch.Tensor, n: torch.Tensor) -> None:
-        """Append tokens[b, :n[b]] (n int [B]; a finished request must have n = 0)."""
-        T = tokens.shape[1]
-        j = torch.arange(T, device=tokens.device)[None, :]
-        valid = j < n.to(torch.int64)[:, None]
-        idx = torch.where(valid, self.count[:, None] + j, torch.full_like(j, self.dump))
-        self.buf.scatter_(1, idx, tokens)
-        self.count.add_(n.to(torch.int64))
-        done = self.count >= self.max_new
-        if self.eos is not None:
-            done |= (torch.isin(tokens, self.eos) & valid).any(dim=1)
-        self.finished |= done
-
-    def sequences(self) -> list:
-        rows, counts = self.buf.tolist(), self.count.tolist()
-        eos = set(self.eos.tolist()) if self.eos is not None else set()
-        out = []
-        for r, c in zip(rows, counts):
-            r = r[: min(c, self.max_new)]
-            for i, t in enumerate(r):
-                if t in eos:
-                    r = r[: i + 1]
-                    break
-            out.append(r)
-        return out
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _as_target(target, backend) -> TargetModel:
-    if isinstance(target, TargetModel):
-        return target
-    return TargetModel(target, backend=backend)
-
-
 # -- speculative decoding -----------------------------------------------------------------------------
 
 
@@ -325,15 +155,15 @@ def generate(
         GenerationResult (sequences = new tokens only).
     """
     t_start = time.perf_counter()
-    target = _as_target(target, backend)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    target = as_target(target, backend)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
     cuda_graphs.check_cuda_graph(cuda_graph, dev)
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
-    rows = _prompts(input_ids, attention_mask)
+    rows = prompt_rows(input_ids, attention_mask)
     B = len(rows)
-    ids, lengths = _pad(rows, dev)
+    ids, lengths = pad_rows(rows, dev)
     L = ids.shape[1]
     if isinstance(total_tokens, str):
         if total_tokens != "auto":
@@ -364,37 +194,37 @@ def generate(
     cache = target.new_cache(B, L + max_new_tokens + depth + N + 1)
     draft.bind_target(target.embed_tokens, target.lm_head)
     drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
-    choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = _Output(B, max_new_tokens, D1, _eos_tensor(_resolve_eos(eos_token_id, target), dev), dev)
+    choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
+    out = OutputBuffer(B, max_new_tokens, D1, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
 
     # Prefill: the target commits the prompts and picks the first token; the draft commits the pairs
     # (f_t, x_{t+1}) for t < length, the last pairing the feature of the prompt's last token with that token.
     pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
-    _sync(dev)
+    sync(dev)
     t_prefill = time.perf_counter()
     pair_tokens = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
     pair_tokens.scatter_(1, (lengths.to(torch.int64) - 1)[:, None], root[:, None])
     root_logits, root_hidden = drafter.extend(pre.hidden, pair_tokens, lengths)
-    _sync(dev)
+    sync(dev)
     t_draft = time.perf_counter() - t_prefill
     t_verify = 0.0
     passes = 0
     accepts = []
-    st = _PassState(root, root_logits, root_hidden, static=cuda_graph)
+    st = PassState(root, root_logits, root_hidden, static=cuda_graph)
 
     def one_pass(clock=None):
-        _speculative_pass(st, drafter, target, choose, out, cache, D1, backend, clock)
+        speculative_pass(st, drafter, target, choose, out, cache, D1, backend, clock)
 
     t_capture = 0.0
     if cuda_graph:  # one graph per pass: its phases cannot be timed apart, the replays are verify_time
         sampler = None if choose.greedy else generator
-        passes, t_capture, t_verify = _graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
+        passes, t_capture, t_verify = graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
     marks = []  # the eager pass's phase boundaries (clock)
 
     def clock():
-        _sync(dev)
+        sync(dev)
         marks.append(time.perf_counter())
 
     while not cuda_graph and not bool(out.finished.all()):  # the one host sync per pass
@@ -422,117 +252,6 @@ def generate(
     )
 
 
-class _PassState:
-    """What one pass reads and leaves for the next: the root token [B] (last emitted), the draft's logits
-    [B, V_d] and fed-back feature [B, H] for the token after it (None for plain decoding), and n int32 [B],
-    the tokens each request emitted in the pass. static: every update copies into the same buffers (a
-    captured CUDA graph reads and writes fixed addresses); else the new tensors are just kept."""
-
-    def __init__(self, root, root_logits=None, root_hidden=None, *, static: bool = False):
-        self.static = static
-        keep = (lambda t: t.clone()) if static else (lambda t: t)
-        self.root = keep(root)
-        self.root_logits = keep(root_logits) if root_logits is not None else None
-        self.root_hidden = keep(root_hidden) if root_hidden is not None else None
-        self.n = torch.zeros(root.shape[0], dtype=torch.int32, device=root.device)
-
-    def update(self, root, n, root_logits=None, root_hidden=None) -> None:
-        if self.static:
-            self.root.copy_(root)
-            self.n.copy_(n)
-            if root_logits is not None:
-                self.root_logits.copy_(root_logits)
-                self.root_hidden.copy_(root_hidden)
-        else:
-            self.root, self.n = root, n
-            if root_logits is not None:
-                self.root_logits, self.root_hidden = root_logits, root_hidden
-
-
-def _speculative_pass(st: _PassState, drafter, target, choose, out, cache, D1: int, backend, clock=None) -> None:
-    """One pass of `generate` (module docstring, steps 1-4) from st's root to st's next root.
-
-    Device work only, no host synchronisation: the same code runs eagerly and inside a CUDA graph capture.
-    clock(), when given (the eager loop's timer; it synchronises), is called after the draft, after the
-    verification and commit, and after the draft's extension; the profiler's marks are left out with it.
-    """
-    prof = _drafting._profiler if clock is not None else None  # phase marks for bench/e2e_profile.py
-    B = st.root.shape[0]
-    parents, tokens = drafter.draft(st.root, st.root_logits, st.root_hidden)
-    if clock is not None:
-        clock()
-    tree = specdec_kernels.build_tree(parents, backend=backend)
-    if prof is not None:
-        prof.mark("verify.build_tree")
-    ver = target.verify(tokens, tree, cache)
-    if prof is not None:
-        prof.mark("verify.target")
-    accept_nodes, accept_len, out_tokens = choose(tree, tokens, ver.logits)
-    if prof is not None:
-        prof.mark("verify.op")
-    n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
-    target.commit(cache, accept_nodes, n)
-    if prof is not None:
-        prof.mark("verify.compact")
-    if clock is not None:
-        clock()
-    out.emit(out_tokens[:, :D1], n)
-    if prof is not None:
-        prof.mark("host.emit")
-    # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
-    nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
-    feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
-    root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
-    root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
-    st.update(root, n, root_logits, root_hidden)
-    if prof is not None:
-        prof.mark("draft.extend")
-    if clock is not None:
-        clock()
-
-
-def _plain_pass(st: _PassState, target, choose, out, cache) -> None:
-    """One pass of `generate_baseline`: a one-node tree at st.root, verified, committed and emitted."""
-    ver = target.verify(st.root[:, None], choose.one_node, cache)
-    accept_nodes, accept_len, out_tokens = choose(choose.one_node, st.root[:, None], ver.logits)
-    n = torch.where(out.finished, torch.zeros_like(accept_len), accept_len)
-    target.commit(cache, accept_nodes, n)
-    out.emit(out_tokens, n)
-    st.update(out_tokens[:, 0], n)
-
-
-def _graph_passes(one_pass, st: _PassState, out: _Output, dev, generator, accepts: list, max_passes: int) -> tuple:
-    """Decode until every request has finished with CUDA graphs: the first pass runs eagerly on a side
-    stream (it is a real pass, and it warms up what a capture cannot do: Triton compiles, cuBLAS
-    workspaces, the kernels' backend choices), the second is captured once and every pass from then on
-    replays it (one launch per pass instead of hundreds). The host synchronises once per pass, on the
-    finished flags, as the eager loop does. Appends each pass's n to accepts.
-
-    Returns (passes, seconds of the eager pass and the capture, seconds of the replayed passes)."""
-    t0 = time.perf_counter()
-    cuda_graphs.warmup_pass(one_pass, dev)
-    accepts.append(st.n.clone())
-    passes = 1
-    if bool(out.finished.all()):
-        return passes, time.perf_counter() - t0, 0.0
-    try:
-        replay = cuda_graphs.capture_pass(one_pass, dev, generator)
-    except Exception as exc:  # an op of this model or head that a graph cannot hold: say what to do
-        raise RuntimeError(
-            f"cuda_graph=True: capturing the decode pass as a CUDA graph failed ({type(exc).__name__}: {exc}); "
-            "cuda_graph=False runs the same decoding eagerly"
-        ) from exc
-    t1 = time.perf_counter()
-    while not bool(out.finished.all()):
-        replay()
-        accepts.append(st.n.clone())
-        passes += 1
-        if passes > max_passes:  # every active pass emits >= 1 token
-            raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-    _sync(dev)
-    return passes, t1 - t0, time.perf_counter() - t1
-
-
 def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:
     """generate's path when "auto" chose plain decoding: generate_baseline on the same prompts, its times
     counted from generate's start (the choice included) and the tree reported as budget.PLAIN."""
@@ -547,7 +266,7 @@ def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult
 
 
 def _result(
-    out: _Output, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None, capture_time=0.0
+    out: OutputBuffer, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None, capture_time=0.0
 ) -> GenerationResult:
     acc = torch.stack(accepts).to(torch.int32).cpu() if accepts else torch.zeros(0, len(rows), dtype=torch.int32)
     active = (acc > 0).sum(0)
@@ -598,35 +317,35 @@ def generate_baseline(
     distribution, not token for token.
     """
     t_start = time.perf_counter()
-    target = _as_target(target, backend)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    target = as_target(target, backend)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     dev = target.device
     cuda_graphs.check_cuda_graph(cuda_graph, dev)
-    rows = _prompts(input_ids, attention_mask)
+    rows = prompt_rows(input_ids, attention_mask)
     B = len(rows)
-    ids, lengths = _pad(rows, dev)
+    ids, lengths = pad_rows(rows, dev)
     cache = target.new_cache(B, ids.shape[1] + max_new_tokens + 1)
-    choose = _Chooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = _Output(B, max_new_tokens, 1, _eos_tensor(_resolve_eos(eos_token_id, target), dev), dev)
+    choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
+    out = OutputBuffer(B, max_new_tokens, 1, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
     pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
-    _sync(dev)
+    sync(dev)
     t_prefill = time.perf_counter()
-    st = _PassState(root, static=cuda_graph)
+    st = PassState(root, static=cuda_graph)
     passes, accepts, t_capture = 0, [], 0.0
     if cuda_graph:
         sampler = None if choose.greedy else generator
 
         def one_step():
-            _plain_pass(st, target, choose, out, cache)
+            plain_pass(st, target, choose, out, cache)
 
-        passes, t_capture, t_steps = _graph_passes(one_step, st, out, dev, sampler, accepts, max_new_tokens + 1)
+        passes, t_capture, t_steps = graph_passes(one_step, st, out, dev, sampler, accepts, max_new_tokens + 1)
     while not cuda_graph and not bool(out.finished.all()):
-        _plain_pass(st, target, choose, out, cache)
+        plain_pass(st, target, choose, out, cache)
         accepts.append(st.n)
         passes += 1
-    _sync(dev)
+    sync(dev)
     t_end = time.perf_counter()
     if not cuda_graph:
         t_steps = t_end - t_prefill
