@@ -162,16 +162,11 @@ def generate(
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
     rows = prompt_rows(input_ids, attention_mask)
-    B = len(rows)
     ids, lengths = pad_rows(rows, dev)
-    L = ids.shape[1]
+    B, L = ids.shape
     if isinstance(total_tokens, str):
-        if total_tokens != "auto":
-            raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
-        from .budget import PLAIN, auto_tree, context_bucket
-
-        total_tokens, depth, tree_top_k, _ = auto_tree(target, draft, context=context_bucket(L), cuda_graph=cuda_graph)
-        if (total_tokens, depth, tree_top_k) == PLAIN:
+        total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph)
+        if total_tokens is None:  # plain decoding is expected to be faster here
             return _plain_instead(
                 t_start,
                 target,
@@ -188,56 +183,26 @@ def generate(
             )
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
-    D1 = min(N, depth + 1)  # longest accepted path (root included)
+    max_path = min(N, depth + 1)  # longest accepted path (root included)
     # Committed tokens stay below L + max_new_tokens + depth (a request may commit a whole path on the pass
     # that finishes it); one tree more is written past them.
     cache = target.new_cache(B, L + max_new_tokens + depth + N + 1)
     draft.bind_target(target.embed_tokens, target.lm_head)
     drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
     choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = OutputBuffer(B, max_new_tokens, D1, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
-
-    # Prefill: the target commits the prompts and picks the first token; the draft commits the pairs
-    # (f_t, x_{t+1}) for t < length, the last pairing the feature of the prompt's last token with that token.
-    pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
-    root = choose.first(pre.logits)
-    out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
-    sync(dev)
-    t_prefill = time.perf_counter()
-    pair_tokens = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
-    pair_tokens.scatter_(1, (lengths.to(torch.int64) - 1)[:, None], root[:, None])
-    root_logits, root_hidden = drafter.extend(pre.hidden, pair_tokens, lengths)
-    sync(dev)
-    t_draft = time.perf_counter() - t_prefill
-    t_verify = 0.0
-    passes = 0
-    accepts = []
-    st = PassState(root, root_logits, root_hidden, static=cuda_graph)
+    out = OutputBuffer(B, max_new_tokens, max_path, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
+    st, t_prefill, t_draft = _prefill(target, drafter, choose, out, ids, lengths, cache, prefill_chunk_size, cuda_graph)
 
     def one_pass(clock=None):
-        speculative_pass(st, drafter, target, choose, out, cache, D1, backend, clock)
+        speculative_pass(st, drafter, target, choose, out, cache, max_path, backend, clock)
 
-    t_capture = 0.0
+    accepts = []
     if cuda_graph:  # one graph per pass: its phases cannot be timed apart, the replays are verify_time
         sampler = None if choose.greedy else generator
         passes, t_capture, t_verify = graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
-    marks = []  # the eager pass's phase boundaries (clock)
-
-    def clock():
-        sync(dev)
-        marks.append(time.perf_counter())
-
-    while not cuda_graph and not bool(out.finished.all()):  # the one host sync per pass
-        if _drafting._profiler is not None:
-            _drafting._profiler.mark("host.pass")
-        marks[:] = [time.perf_counter()]
-        one_pass(clock)
-        accepts.append(st.n)
-        t_draft += (marks[1] - marks[0]) + (marks[3] - marks[2])
-        t_verify += marks[2] - marks[1]
-        passes += 1
-        if passes > max_new_tokens + 1:  # every active pass emits >= 1 token
-            raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
+    else:
+        passes, t_passes_draft, t_verify = _eager_passes(one_pass, st, out, dev, accepts, max_new_tokens + 1)
+        t_draft, t_capture = t_draft + t_passes_draft, 0.0
     return _result(
         out,
         rows,
@@ -250,6 +215,66 @@ def generate(
         tree=(N, depth, tree_top_k),
         capture_time=t_capture,
     )
+
+
+def _auto_tree(total_tokens: str, target, draft, context: int, cuda_graph: bool) -> tuple:
+    """total_tokens="auto": (total_tokens, depth, tree_top_k) of the hardware-aware budget, or (None, 0, 0)
+    when it expects plain decoding to be faster (budget.PLAIN)."""
+    if total_tokens != "auto":
+        raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
+    from .budget import PLAIN, auto_tree, context_bucket
+
+    total_tokens, depth, tree_top_k, _ = auto_tree(
+        target, draft, context=context_bucket(context), cuda_graph=cuda_graph
+    )
+    if (total_tokens, depth, tree_top_k) == PLAIN:
+        return None, 0, 0
+    return total_tokens, depth, tree_top_k
+
+
+def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, static: bool) -> tuple:
+    """The target commits the prompts and picks the first token; the draft commits the pairs (f_t, x_{t+1})
+    for t < length, the last pairing the feature of the prompt's last token with that token.
+
+    Returns (the first pass's PassState, the time the target's prefill ended, the draft's prefill seconds)."""
+    B, dev = ids.shape[0], ids.device
+    pre = target.prefill(ids, lengths, cache, chunk_size=chunk_size)
+    root = choose.first(pre.logits)
+    out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
+    sync(dev)
+    t_prefill = time.perf_counter()
+    pair_tokens = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    pair_tokens.scatter_(1, (lengths.to(torch.int64) - 1)[:, None], root[:, None])
+    root_logits, root_hidden = drafter.extend(pre.hidden, pair_tokens, lengths)
+    sync(dev)
+    t_draft = time.perf_counter() - t_prefill
+    return PassState(root, root_logits, root_hidden, static=static), t_prefill, t_draft
+
+
+def _eager_passes(one_pass, st: PassState, out: OutputBuffer, dev, accepts: list, max_passes: int) -> tuple:
+    """Decode eagerly until every request has finished (one host sync per pass, on the finished flags),
+    timing each pass's draft and verify phases. Appends each pass's n to accepts.
+
+    Returns (passes, seconds drafting, seconds verifying)."""
+    marks = []  # the pass's phase boundaries (clock)
+
+    def clock():
+        sync(dev)
+        marks.append(time.perf_counter())
+
+    passes, t_draft, t_verify = 0, 0.0, 0.0
+    while not bool(out.finished.all()):  # the one host sync per pass
+        if _drafting._profiler is not None:
+            _drafting._profiler.mark("host.pass")
+        marks[:] = [time.perf_counter()]
+        one_pass(clock)
+        accepts.append(st.n)
+        t_draft += (marks[1] - marks[0]) + (marks[3] - marks[2])
+        t_verify += marks[2] - marks[1]
+        passes += 1
+        if passes > max_passes:  # every active pass emits >= 1 token
+            raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
+    return passes, t_draft, t_verify
 
 
 def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:

@@ -116,7 +116,7 @@ class PassState:
                 self.root_logits, self.root_hidden = root_logits, root_hidden
 
 
-def speculative_pass(st: PassState, drafter, target, choose, out, cache, D1: int, backend, clock=None) -> None:
+def speculative_pass(st: PassState, drafter, target, choose, out, cache, max_path: int, backend, clock=None) -> None:
     """One pass of `generate` (module docstring, steps 1-4) from st's root to st's next root.
 
     Device work only, no host synchronisation: the same code runs eagerly and inside a CUDA graph capture.
@@ -143,14 +143,14 @@ def speculative_pass(st: PassState, drafter, target, choose, out, cache, D1: int
         prof.mark("verify.compact")
     if clock is not None:
         clock()
-    out.emit(out_tokens[:, :D1], n)
+    out.emit(out_tokens[:, :max_path], n)
     if prof is not None:
         prof.mark("host.emit")
     # The draft's new pairs: (target feature of accepted node j, the token emitted after it).
-    nodes = accept_nodes[:, :D1].to(torch.int64).clamp(min=0)
-    feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, D1, ver.hidden.shape[2]))
+    nodes = accept_nodes[:, :max_path].to(torch.int64).clamp(min=0)
+    feats = ver.hidden.gather(1, nodes[:, :, None].expand(B, max_path, ver.hidden.shape[2]))
     root = out_tokens.gather(1, (accept_len.to(torch.int64) - 1).clamp(min=0)[:, None])[:, 0]
-    root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :D1].clamp(min=0), n)
+    root_logits, root_hidden = drafter.extend(feats, out_tokens[:, :max_path].clamp(min=0), n)
     st.update(root, n, root_logits, root_hidden)
     if prof is not None:
         prof.mark("draft.extend")
