@@ -161,8 +161,9 @@ setup(
     + ["specdec." + p for p in find_packages("python/specdec")]
     + ["specdec"],
     package_dir={"specdec_kernels": "specdec_kernels", "specdec": "python/specdec"},
-    # The shipped draft heads (bf16 safetensors + config + recipe) travel with the package.
-    package_data={"specdec.heads": ["*/*/*.json", "*/*/*.safetensors", "*/*/*.md", "*/*/*.png", "*/*/*.csv"]},
+    # The shipped draft heads travel with the package: exactly these three files per head (<target>/<kind>/);
+    # their training records stay in the repository (bench/results/training/).
+    package_data={"specdec.heads": ["*/*/config.json", "*/*/model.safetensors", "*/*/README.md"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -3,7 +3,9 @@
 # SmolLM2-135M-Instruct/): self-distilled ShareGPT data, then EAGLE, FSPAD and GRIFFIN (three stages) on
 # the same data and draft vocabulary with the same passes over the data (one, then two more, then two more),
 # then the bf16 export, then the held-out acceptance and top-k coverage of each shipped head (what the tree
-# budget of `--total-tokens auto` reads).
+# budget of `--total-tokens auto` reads). The package ships config.json, model.safetensors and README.md of
+# each head; the records of how it was made (RECIPE.md, the logs and curves of every run of its lineage, the
+# data manifest) go to bench/results/training/.
 #
 #   bash scripts/train_heads.sh                                  # everything, in order
 #   STEP=data|eagle|fspad|griffin|export|validate bash scripts/train_heads.sh   # one step
@@ -24,6 +26,7 @@ WORK="${WORK:-${SPECDEC_HOME:-$HOME/.cache/specdec}}"
 DATA="$WORK/data/sharegpt-5k"
 RUNS="$WORK/runs"
 HEADS="$ROOT/python/specdec/heads/SmolLM2-135M-Instruct"
+RECORDS="$ROOT/bench/results/training"
 THREADS="${THREADS:-2}"
 STEP="${STEP:-all}"
 PY="${PY:-$ROOT/.venv/bin/python}"
@@ -106,8 +109,9 @@ griffin1_fullvocab() {
     "--resume --val-sequences 48 --no-progress"
 }
 
-# The run each shipped head is exported from, and the earlier runs of its lineage whose records travel
-# with it (as <prefix>_summary.json, <prefix>_train_log.csv, <prefix>_val_log.csv).
+# The run each shipped head is exported from, and the earlier runs of its lineage whose records are kept
+# beside the last run's in bench/results/training/<kind>/ (as <prefix>_summary.json, <prefix>_train_log.csv,
+# <prefix>_val_log.csv).
 declare -A FINAL_RUN=([eagle]=eagle-r3 [fspad]=fspad-r3 [griffin]=griffin-r3)
 declare -A EARLIER_RUNS=([eagle]="eagle:round1 eagle-r2:round2" [fspad]="fspad:round1 fspad-r2:round2"
   [griffin]="griffin-stage1:round1_stage1 griffin:round1_stages23 griffin-stage1-r2:round2_stage1
@@ -122,7 +126,7 @@ step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
 # The held-out measurement of a shipped head, written into its config.json (specdec_validation).
 validate_cmd() { echo "specdec validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
 
-# RECIPE.md of a head: what was run, from which commit.
+# RECIPE.md of a head (kept in bench/results/training/<kind>/): what was run, from which commit.
 recipe() {
   local kind="$1" out="$2"
   {
@@ -136,15 +140,15 @@ recipe() {
     echo "specdec target fetch"
     echo "${DATA_CMD[*]}"
     lineage "$kind"
-    echo "python -m specdec.heads.export $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind --data $DATA"
+    echo "python -m specdec.training.export_head $RUNS/${FINAL_RUN[$kind]} python/specdec/heads/SmolLM2-135M-Instruct/$kind"
     validate_cmd "$kind"
     echo '```'
     echo
     echo "config.json records the training settings and the last validation (per-step acceptance on the"
     echo "held-out split), and under specdec_validation the acceptance and top-k coverage \`specdec validate\` measured;"
-    echo "summary.json, train_log.csv, val_log.csv and curves.png are the last run's own records,"
+    echo "summary.json, train_log.csv, val_log.csv and curves.png beside this file are the last run's own records,"
     echo "the files with a prefix (round1_, stage1_, ...) those of the earlier runs of the lineage;"
-    echo "data_manifest.json identifies the data (settings, target, checksums of every shard)."
+    echo "../data_manifest.json identifies the data (settings, target, checksums of every shard)."
   } > "$out"
 }
 
@@ -165,16 +169,33 @@ if [[ "$STEP" == fullvocab ]]; then
   # shellcheck disable=SC2086
   run $cmd
 fi
+# Copies SRC DST [SRC DST ...] with this machine's folders written portably ($SPECDEC_HOME, ~) in text files.
+copy_portable() {
+  "$PY" -c 'import sys; from specdec.training.export_head import copy_portable as c; a = sys.argv[1:]
+for s, d in zip(a[::2], a[1::2]): c(s, d)' "$@"
+}
+
 if step export; then
   for kind in eagle fspad griffin; do
     src="$RUNS/${FINAL_RUN[$kind]}"
-    if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "+ $PY -m specdec.heads.export $src $HEADS/$kind --data $DATA" >&2; continue; fi
+    # The head's README.md is written by hand (recipe, data, measured acceptance) and kept across exports:
+    # update its numbers after a new training. Without one, the export writes one from the config.
+    readme=()
+    if [ -f "$HEADS/$kind/README.md" ]; then readme=(--readme "$HEADS/$kind/README.md"); fi
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+      echo "+ $PY -m specdec.training.export_head $src $HEADS/$kind ${readme[*]}" >&2
+      continue
+    fi
     if [ ! -f "$src/model.safetensors" ]; then echo "export: $kind is not trained yet ($src)" >&2; continue; fi
+    "$PY" -m specdec.training.export_head "$src" "$HEADS/$kind" "${readme[@]}"
+    mkdir -p "$RECORDS/$kind"
     recipe "$kind" "$RUNS/$kind.RECIPE.md"
-    "$PY" -m specdec.heads.export "$src" "$HEADS/$kind" --data "$DATA" --recipe "$RUNS/$kind.RECIPE.md"
+    pairs=("$RUNS/$kind.RECIPE.md" "$RECORDS/$kind/RECIPE.md" "$DATA/manifest.json" "$RECORDS/data_manifest.json")
+    for f in summary.json train_log.csv val_log.csv curves.png; do pairs+=("$src/$f" "$RECORDS/$kind/$f"); done
     for pair in ${EARLIER_RUNS[$kind]}; do
-      for f in summary.json train_log.csv val_log.csv; do cp "$RUNS/${pair%%:*}/$f" "$HEADS/$kind/${pair#*:}_$f"; done
+      for f in summary.json train_log.csv val_log.csv; do pairs+=("$RUNS/${pair%%:*}/$f" "$RECORDS/$kind/${pair#*:}_$f"); done
     done
+    copy_portable "${pairs[@]}"
   done
 fi
 if step validate; then

@@ -6,13 +6,9 @@ kernel registered on `specdec::<name>_triton` by specdec_kernels/triton_kernels)
 PyTorch reference). `get_op(name)` is the one public way to look an op up: which backend would run a
 set of kernel arguments, and why each other backend refused them.
 
-The choice: the `backend=` argument, then the environment variable SPECDEC_BACKEND, then the first
-backend that supports the inputs in the order cuda -> triton -> cpu -> torch (Triton on CPU tensors,
-i.e. under TRITON_INTERPRET=1, is a testing tool and is only used when asked for by name). A backend
-that was asked for and cannot run raises BackendError saying why; when nothing fits, the error lists
-every backend's reason. SPECDEC_BACKEND applies to the ops that implement the named backend (an op
-without it chooses automatically). The choice depends only on devices, dtypes, shapes and what was
-built, never on tensor values, so it is stable under torch.compile and CUDA graphs.
+The rules of the choice (the `backend=` argument, SPECDEC_BACKEND, the automatic order, what each
+backend's check looks at) are written once, in docs/design.md ("The choice"); `KernelOp.choose`
+implements them.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""specdec.heads: the shipped heads of the default target, `--draft eagle|fspad|griffin`, and the export.
+"""specdec.heads: the shipped heads of the default target, `--draft eagle|fspad|griffin`, and the export
+(specdec.training.export_head).
 
-The shipped heads are checked for what a user relies on (bf16 weights, a config the loader accepts, the
-recipe's records beside them, validation acceptance for the automatic tree budget); the name resolution and
-the export run on a tiny random head.
+The shipped heads are checked for what a user relies on (exactly the files the package installs, bf16
+weights, a config the loader accepts, validation acceptance for the automatic tree budget) and their
+training records in bench/results/training/; the name resolution and the export run on a tiny random head.
 """
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import json
 import os
 import re
@@ -16,10 +19,12 @@ import torch
 from safetensors import safe_open
 
 from specdec.heads import HEADS_DIR, KINDS, resolve_draft, shipped_heads
-from specdec.heads.export import export_head
 from specdec.models import DraftConfig, build_draft_head, load_draft_head
+from specdec.training.export_head import HEAD_FILES, copy_portable, export_head
 
 SHIPPED = shipped_heads()
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository
+TRAINING_RECORDS = os.path.join(ROOT, "bench", "results", "training")
 
 
 def tiny_head(kind="griffin", draft_vocab=None):
@@ -55,30 +60,19 @@ def test_resolve_draft_names_and_paths(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("draft_vocab", [None, 24])
-def test_export_writes_bf16_and_the_records(tmp_path, draft_vocab):
+def test_export_writes_bf16_and_exactly_the_shipped_files(tmp_path, draft_vocab):
     head = tiny_head(draft_vocab=draft_vocab)
     src = tmp_path / "run"
     head.save_pretrained(src)
-    (src / "summary.json").write_text('{"tokens": 1}\n')
+    (src / "summary.json").write_text('{"tokens": 1}\n')  # training records: not part of a shipped head
     (src / "train_log.csv").write_text("step,loss\n1,2.0\n")
-    (src / "checkpoints").mkdir()  # not exported
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "manifest.json").write_text('{"format": "specdec-data"}\n')
-    recipe = tmp_path / "recipe.md"
-    recipe.write_text("specdec train ...\n")
+    (src / "checkpoints").mkdir()
     dst = tmp_path / "heads" / "griffin"
     dst.mkdir(parents=True)
     (dst / "stale.txt").write_text("replaced")
-    export_head(str(src), str(dst), data=str(data), recipe=str(recipe))
-    assert sorted(os.listdir(dst)) == [
-        "RECIPE.md",
-        "config.json",
-        "data_manifest.json",
-        "model.safetensors",
-        "summary.json",
-        "train_log.csv",
-    ]
+    export_head(str(src), str(dst))
+    assert sorted(os.listdir(dst)) == sorted(HEAD_FILES) == ["README.md", "config.json", "model.safetensors"]
+    assert (dst / "README.md").read_text().startswith("# GRIFFIN draft head\n")
     assert not [n for n in os.listdir(dst.parent) if n.startswith(".export-")]
     with safe_open(str(dst / "model.safetensors"), "pt") as f:
         for k in f.keys():
@@ -100,30 +94,37 @@ def test_export_writes_no_path_of_this_machine(tmp_path):
     tiny_head().save_pretrained(src)
     home = os.environ["SPECDEC_HOME"]  # the tests' private specdec home (conftest.py)
     user = os.path.expanduser("~")
-    (src / "summary.json").write_text(json.dumps({"data": f"{home}/data/x", "out": f"{user}/runs/y", "o": "/opt/z"}))
-    recipe = tmp_path / "recipe.md"
-    recipe.write_text(f"specdec train --data {home}/data/x --out {user}/runs/y\n")
+    config = json.loads((src / "config.json").read_text())
+    recipe = {"out": f"{user}/runs/y", "o": "/opt/z"}
+    config["specdec_training"] = {"data": {"path": f"{home}/data/x"}, "recipe": recipe}
+    (src / "config.json").write_text(json.dumps(config))
+    readme = tmp_path / "readme.md"
+    readme.write_text(f"specdec train --data {home}/data/x --out {user}/runs/y\n")
     dst = tmp_path / "dst"
-    export_head(str(src), str(dst), recipe=str(recipe))
-    assert json.loads((dst / "summary.json").read_text()) == {
-        "data": "$SPECDEC_HOME/data/x",
-        "out": "~/runs/y",
-        "o": "/opt/z",
+    export_head(str(src), str(dst), readme=str(readme))
+    assert json.loads((dst / "config.json").read_text())["specdec_training"] == {
+        "data": {"path": "$SPECDEC_HOME/data/x"},
+        "recipe": {"out": "~/runs/y", "o": "/opt/z"},
     }
-    assert (dst / "RECIPE.md").read_text() == "specdec train --data $SPECDEC_HOME/data/x --out ~/runs/y\n"
+    assert (dst / "README.md").read_text() == "specdec train --data $SPECDEC_HOME/data/x --out ~/runs/y\n"
+    # the training records scripts/train_heads.sh keeps in bench/results/training/ are written the same way
+    (src / "summary.json").write_text(json.dumps({"out": f"{user}/runs/y"}))
+    copy_portable(str(src / "summary.json"), str(tmp_path / "kept.json"))
+    assert json.loads((tmp_path / "kept.json").read_text()) == {"out": "~/runs/y"}
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped heads in this checkout")
 @pytest.mark.parametrize("kind", sorted(SHIPPED))
 def test_shipped_head_names_no_machine_path(kind):
-    """The shipped folders' text files carry no home folder of the machine that trained them."""
-    folder = SHIPPED[kind]
+    """The shipped folders' text files, and their training records in bench/results/training/, carry no home
+    folder of the machine that trained them."""
     bad = re.compile(r"(/root|/home/[^/\s\"']+|/Users/[^/\s\"']+)(?=[/\s\"']|$)")
-    for name in sorted(os.listdir(folder)):
-        if name.endswith((".json", ".md", ".csv", ".txt")):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                found = bad.findall(f.read())
-            assert not found, f"{kind}/{name} names machine paths: {sorted(set(found))}"
+    for folder in (SHIPPED[kind], os.path.join(TRAINING_RECORDS, kind), TRAINING_RECORDS):
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith((".json", ".md", ".csv", ".txt")):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    found = bad.findall(f.read())
+                assert not found, f"{folder}/{name} names machine paths: {sorted(set(found))}"
 
 
 def test_export_failure_leaves_the_destination(tmp_path):
@@ -143,8 +144,7 @@ def test_shipped_head_is_complete(kind):
     cfg = json.load(open(os.path.join(folder, "config.json")))
     assert cfg["specdec_kind"] == kind
     assert cfg["hidden_size"] == 576 and cfg["vocab_size"] == 49152  # SmolLM2-135M-Instruct's
-    for name in ("RECIPE.md", "data_manifest.json", "summary.json"):
-        assert os.path.isfile(os.path.join(folder, name)), name
+    assert sorted(os.listdir(folder)) == sorted(HEAD_FILES)  # only what runs (and its README) is shipped
     with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     assert {d for k, d in dtypes.items() if k != "draft_to_target"} == {"BF16"}
@@ -155,8 +155,33 @@ def test_shipped_head_is_complete(kind):
     assert acc and all(isinstance(c, list) and len(c) == 10 for c in acc), acc
     assert all(0.0 < c[0] <= c[-1] <= 1.0 for c in acc)
     rec = cfg["specdec_validation"]  # measured on the held-out split of the data the head was trained on
-    manifest = json.load(open(os.path.join(folder, "data_manifest.json")))
-    assert rec["data"]["settings"] == manifest["settings"] and rec["data"]["split"] == "val"
+    assert rec["data"]["split"] == "val"
+    if os.path.isfile(os.path.join(ROOT, "setup.py")):  # a repository checkout (an installed package has no bench/)
+        manifest = json.load(open(os.path.join(TRAINING_RECORDS, "data_manifest.json")))
+        assert rec["data"]["settings"] == manifest["settings"]
+        for name in ("RECIPE.md", "summary.json", "train_log.csv", "val_log.csv", "curves.png"):
+            assert os.path.isfile(os.path.join(TRAINING_RECORDS, kind, name)), f"training/{kind}/{name}"
+
+
+def test_package_data_ships_exactly_the_head_files():
+    """setup.py's package_data of specdec.heads installs config.json, model.safetensors and README.md of each
+    head, nothing else (the training records stay in bench/results/training/)."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        tree = ast.parse(f.read())
+    kws = [n for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg == "package_data"]
+    (data,) = [ast.literal_eval(kw.value) for kw in kws]
+    patterns = data["specdec.heads"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in patterns) == sorted(HEAD_FILES)
+    heads_pkg = os.path.dirname(HEADS_DIR)
+    tracked = []
+    for dirpath, _, files in os.walk(heads_pkg):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), heads_pkg).replace(os.sep, "/")
+            if not rel.endswith((".py", ".pyc")):
+                tracked.append(rel)
+    shipped = sorted(r for r in tracked if any(fnmatch.fnmatch(r, p) for p in patterns))
+    assert shipped == sorted(tracked), f"not installed from specdec/heads/: {sorted(set(tracked) - set(shipped))}"
+    assert shipped == sorted(f"{os.path.basename(HEADS_DIR)}/{k}/{n}" for k in SHIPPED for n in HEAD_FILES)
 
 
 def _recipe_dry_run(tmp_path, step, train_shards, num_shards=2):
@@ -167,7 +192,7 @@ def _recipe_dry_run(tmp_path, step, train_shards, num_shards=2):
     data.mkdir(parents=True, exist_ok=True)
     train = {"num_shards": num_shards, "shards": [{}] * train_shards, "sequences": 400 * train_shards}
     (data / "manifest.json").write_text(json.dumps({"splits": {"train": train, "val": {"num_shards": 1}}}))
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "train_heads.sh")
+    script = os.path.join(ROOT, "scripts", "train_heads.sh")
     env = dict(os.environ, WORK=str(tmp_path), STEP=step, DRY_RUN="1")
     return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
 

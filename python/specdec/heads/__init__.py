@@ -1,7 +1,8 @@
 """Draft heads shipped with the package: EAGLE, FSPAD and GRIFFIN heads trained by this project for its
-default target (SmolLM2-135M-Instruct, see specdec.targets), each a folder of config.json +
-model.safetensors (bf16) + RECIPE.md (the exact commands that made it) + data_manifest.json + the
-training summary.
+default target (SmolLM2-135M-Instruct, see specdec.targets), each a folder of exactly config.json +
+model.safetensors (bf16) + README.md (recipe, data, measured acceptance). How they were made (the exact
+commands, training logs and curves, the data manifest) is kept in the repository, under
+bench/results/training/, not in the package; docs/heads.md describes both.
 
 Wherever a command takes `--draft`, the word `eagle`, `fspad` or `griffin` picks the shipped head of that
 kind (for the default target only: a head reads its own target's features); anything else is a folder.
