@@ -21,7 +21,7 @@ interpreter mode (tests/conftest.py), so the compile runs in a child process wit
 `run_child()` in the test process, `main()` in the child (`python tests/triton_compile_util.py`). The
 child compiles the distinct launches in a pool of forked workers (one per available core).
 
-Adding a Triton kernel: add a case below that reaches it through its op (tests/test_triton_compile.py
+Adding a Triton kernel: add a case below that reaches it through its op (tests/kernels/test_triton_compile.py
 fails while a kernel launched in specdec_kernels/triton_kernels is reached by no case). Keep the cases that
 are not marked slow (`fast`) cheap: the default run should stay around a minute on two cores.
 """
