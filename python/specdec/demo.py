@@ -148,7 +148,7 @@ def real_demo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .dtypes import model_dtype
-    from .evaluation.harness import MATCH, TIE, EvalSettings, Harness, classify_divergence
+    from .evaluation.harness import EvalSettings, Harness
     from .heads import resolve_draft
     from .models import load_draft_head
     from .target.prepack import prepack_linears
@@ -175,34 +175,48 @@ def real_demo(
     _phase(4, steps, f"answering {len(prompts)} prompts, greedy, up to {max_new_tokens} new tokens each")
     ok, totals = True, {"spec_tokens": 0, "spec_s": 0.0, "hf_tokens": 0, "hf_s": 0.0, "passes": 0, "emitted": 0.0}
     for i, text in enumerate(prompts):
-        ids = h.encode([{"role": "user", "content": text}])
-        m = h.measure(head, ids, 0.0, seed=i)
-        hf, t_hf = m["generate"]
-        spec, t_spec = m["speculative"]
-        seq = spec.sequences[0]
-        c = classify_divergence(model, ids, hf, seq)
-        exact = torch_dtype == torch.float32
-        ok &= c["kind"] in (MATCH, TIE) or not exact
-        same = {MATCH: "identical", TIE: f"differs at token {c['position']} on a floating-point tie"}.get(
-            c["kind"],
-            f"DIFFERS at token {c['position']} (not a tie)"
-            if exact
-            else f"differs from token {c['position']} on ({str(torch_dtype).replace('torch.', '')} rounds a tree "
-            "forward differently from a one-token forward; --dtype fp32 is exact)",
-        )
-        print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
-        print(
-            f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, {_tree_text(spec.tree)} | "
-            "speculative "
-            f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
-            f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x | output vs model.generate: {same}"
-        )
-        totals["spec_tokens"] += len(seq)
-        totals["spec_s"] += t_spec
-        totals["hf_tokens"] += len(hf)
-        totals["hf_s"] += t_hf
-        totals["passes"] += spec.passes
-        totals["emitted"] += spec.tau * spec.passes
+        ok &= _answer(h, model, tok, head, text, i, torch_dtype, totals)
+    _print_totals(totals)
+    return ok
+
+
+def _answer(h, model, tok, head, text: str, seed: int, torch_dtype, totals: dict) -> bool:
+    """Answer one prompt speculatively and with model.generate, print both results' comparison, add the
+    counts to `totals`; False when an fp32 greedy output differs other than on a floating-point tie."""
+    from .evaluation.harness import MATCH, TIE, classify_divergence
+
+    ids = h.encode([{"role": "user", "content": text}])
+    m = h.measure(head, ids, 0.0, seed=seed)
+    hf, t_hf = m["generate"]
+    spec, t_spec = m["speculative"]
+    seq = spec.sequences[0]
+    c = classify_divergence(model, ids, hf, seq)
+    exact = torch_dtype == torch.float32
+    same = {MATCH: "identical", TIE: f"differs at token {c['position']} on a floating-point tie"}.get(
+        c["kind"],
+        f"DIFFERS at token {c['position']} (not a tie)"
+        if exact
+        else f"differs from token {c['position']} on ({str(torch_dtype).replace('torch.', '')} rounds a tree "
+        "forward differently from a one-token forward; --dtype fp32 is exact)",
+    )
+    print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
+    print(
+        f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, {_tree_text(spec.tree)} | "
+        "speculative "
+        f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
+        f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x | output vs model.generate: {same}"
+    )
+    totals["spec_tokens"] += len(seq)
+    totals["spec_s"] += t_spec
+    totals["hf_tokens"] += len(hf)
+    totals["hf_s"] += t_hf
+    totals["passes"] += spec.passes
+    totals["emitted"] += spec.tau * spec.passes
+    return c["kind"] in (MATCH, TIE) or not exact
+
+
+def _print_totals(totals: dict) -> None:
+    """tau and the speedup over all prompts, and where to measure more."""
     tau = totals["emitted"] / max(1, totals["passes"])
     speedup = (totals["spec_tokens"] / totals["spec_s"]) / (totals["hf_tokens"] / totals["hf_s"])
     print(
@@ -214,7 +228,6 @@ def real_demo(
         "measure on benchmarks: specdec eval --target default --draft griffin --draft fspad --draft eagle "
         "--bench mtbench,humaneval --limit 10   (docs/eval.md)"
     )
-    return ok
 
 
 def main(argv=None) -> int:

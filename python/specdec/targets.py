@@ -206,7 +206,7 @@ def convert_gguf(
     mismatch. Returns {"seconds": {...}} timings.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     facts = DEFAULT_FACTS if facts is None else facts
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -222,30 +222,7 @@ def convert_gguf(
         seconds["dequantize"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        eps = getattr(config, "rms_norm_eps", None)
-        if isinstance(eps, float):  # GGUF stores it as float32: 9.999999747378752e-06 -> 1e-05
-            config.rms_norm_eps = float(f"{eps:.7g}")
-        config.name_or_path = name or gguf_path.stem
-        if hasattr(config, "_model_name_or_path"):  # the GGUF's general.name, e.g. "Smollm2 135M 8k Lc100K ..."
-            del config._model_name_or_path
-        config.dtype = torch.float32
-        config.architectures = [type(gguf_model).__name__]
-        model = type(gguf_model)(config)
-        state = gguf_model.state_dict()
-        result = model.load_state_dict(state, strict=True)
-        if result.missing_keys or result.unexpected_keys:  # strict=True raises first; belt and braces
-            raise TargetFetchError(f"conversion check failed: state dict mismatch {result}")
-        model.tie_weights()
-        model.eval()
-        eos = facts.get("eos_token_id", config.eos_token_id)
-        model.generation_config = GenerationConfig(
-            bos_token_id=config.bos_token_id,
-            eos_token_id=eos,
-            pad_token_id=config.pad_token_id if config.pad_token_id is not None else eos,
-        )
+        model, state, eos = _plain_model(gguf_model, facts, name or gguf_path.stem)
         progress(f"saving the Hugging Face folder ({sum(v.numel() for v in model.parameters()) / 1e6:.1f}M params)")
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
@@ -255,37 +232,79 @@ def convert_gguf(
 
         t = time.perf_counter()
         progress("verifying the saved folder against the GGUF")
-        saved_cfg = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
-        _check_facts(saved_cfg, facts)
-        gen = GenerationConfig.from_pretrained(str(out_dir), local_files_only=True)
-        _check("generation_config.json eos_token_id", gen.eos_token_id, eos)
-        tok = AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)
-        _check("tokenizer eos_token_id", tok.eos_token_id, eos)
-        if not getattr(tok, "chat_template", None):
-            raise TargetFetchError("conversion check failed: the saved tokenizer has no chat template")
-        _check("tokenizer size", len(tok), len(tokenizer))
-        sample = "Hello, world! 12 + 30 = 42.\n  The quick brown fox."
-        _check("token ids of a sample text", tok(sample)["input_ids"], tokenizer(sample)["input_ids"])
-        chat = [{"role": "user", "content": "Hi!"}]
-        _check(
-            "the chat template's output",
-            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
-            tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
-        )
-        reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32, local_files_only=True)
-        _check("model class", type(reloaded).__name__, type(gguf_model).__name__)
-        got = reloaded.state_dict()
-        _check("tensor names", sorted(got), sorted(state))
-        for key, value in state.items():
-            if got[key].shape != value.shape or not torch.equal(got[key], value):
-                raise TargetFetchError(f"conversion check failed: tensor {key} differs after save and reload")
-        tied = facts.get("tie_word_embeddings", config.tie_word_embeddings)
-        if tied:
-            emb, head = reloaded.get_input_embeddings().weight, reloaded.get_output_embeddings().weight
-            if emb.data_ptr() != head.data_ptr():
-                raise TargetFetchError("conversion check failed: the LM head is not tied to the embedding")
+        _verify_folder(out_dir, facts, eos, tokenizer, type(gguf_model).__name__, state, model.config)
         seconds["verify"] = time.perf_counter() - t
     return {"seconds": seconds}
+
+
+def _plain_model(gguf_model, facts: dict, name: str) -> tuple:
+    """(the GGUF-loaded model rebuilt as a plain fp32 model without quantization_config, with a generation
+    config stopping at the facts' EOS; its state dict; that EOS id)."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    eps = getattr(config, "rms_norm_eps", None)
+    if isinstance(eps, float):  # GGUF stores it as float32: 9.999999747378752e-06 -> 1e-05
+        config.rms_norm_eps = float(f"{eps:.7g}")
+    config.name_or_path = name
+    if hasattr(config, "_model_name_or_path"):  # the GGUF's general.name, e.g. "Smollm2 135M 8k Lc100K ..."
+        del config._model_name_or_path
+    config.dtype = torch.float32
+    config.architectures = [type(gguf_model).__name__]
+    model = type(gguf_model)(config)
+    state = gguf_model.state_dict()
+    result = model.load_state_dict(state, strict=True)
+    if result.missing_keys or result.unexpected_keys:  # strict=True raises first; belt and braces
+        raise TargetFetchError(f"conversion check failed: state dict mismatch {result}")
+    model.tie_weights()
+    model.eval()
+    eos = facts.get("eos_token_id", config.eos_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=config.pad_token_id if config.pad_token_id is not None else eos,
+    )
+    return model, state, eos
+
+
+def _verify_folder(out_dir: Path, facts: dict, eos, tokenizer, model_class: str, state: dict, config) -> None:
+    """Reload the saved folder and compare it with the GGUF's: config facts, EOS, tokenizer (encoding and
+    chat template), model class, every tensor, the tied LM head. TargetFetchError on the first mismatch."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    saved_cfg = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
+    _check_facts(saved_cfg, facts)
+    gen = GenerationConfig.from_pretrained(str(out_dir), local_files_only=True)
+    _check("generation_config.json eos_token_id", gen.eos_token_id, eos)
+    tok = AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)
+    _check("tokenizer eos_token_id", tok.eos_token_id, eos)
+    if not getattr(tok, "chat_template", None):
+        raise TargetFetchError("conversion check failed: the saved tokenizer has no chat template")
+    _check("tokenizer size", len(tok), len(tokenizer))
+    sample = "Hello, world! 12 + 30 = 42.\n  The quick brown fox."
+    _check("token ids of a sample text", tok(sample)["input_ids"], tokenizer(sample)["input_ids"])
+    chat = [{"role": "user", "content": "Hi!"}]
+    _check(
+        "the chat template's output",
+        tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+        tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+    )
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32, local_files_only=True)
+    _check("model class", type(reloaded).__name__, model_class)
+    got = reloaded.state_dict()
+    _check("tensor names", sorted(got), sorted(state))
+    for key, value in state.items():
+        if got[key].shape != value.shape or not torch.equal(got[key], value):
+            raise TargetFetchError(f"conversion check failed: tensor {key} differs after save and reload")
+    tied = facts.get("tie_word_embeddings", config.tie_word_embeddings)
+    if tied:
+        emb, head = reloaded.get_input_embeddings().weight, reloaded.get_output_embeddings().weight
+        if emb.data_ptr() != head.data_ptr():
+            raise TargetFetchError("conversion check failed: the LM head is not tied to the embedding")
 
 
 # ---- fetching ----

@@ -122,22 +122,7 @@ def load_draft_head(
     ours = "specdec_kind" in raw
     kind = raw.get("specdec_kind") or infer_kind(sd)
     prefix = "fc." if kind == "eagle" else "fc.fc."
-    overrides = {}
-    if not ours:
-        # the published config's bias flags are not always right; the tensors are
-        overrides["bias"] = prefix + "bias" in sd
-        overrides["qkv_bias"] = "layers.0.self_attn.q_proj.bias" in sd
-        for k, v in overrides.items():
-            if k in raw and bool(raw[k]) != v:
-                warnings.warn(
-                    f"{file}: config.json says {k}={raw[k]} but the checkpoint "
-                    f"{'has' if v else 'lacks'} the tensors; following the checkpoint",
-                    stacklevel=2,
-                )
-        rs = raw.get("rope_scaling")
-        if rs and raw.get("rope_theta", 10000.0) != 10000.0:
-            # the original loaders build scaled RoPE with the default base, ignoring rope_theta
-            overrides["rope_theta"] = 10000.0
+    overrides = {} if ours else _published_config_fixes(raw, sd, prefix, file)
     try:
         config = DraftConfig.from_dict(raw, kind=kind)
         for k, v in overrides.items():
@@ -150,25 +135,7 @@ def load_draft_head(
     head = _empty_head(config, device, target_dtype)
     expected = head.state_dict()
 
-    ignored, unexpected = [], []
-    embed = None
-    for key, t in sd.items():
-        if key in expected:
-            if tuple(t.shape) != tuple(expected[key].shape):
-                raise CheckpointError(
-                    f"{file}: {key} has shape {list(t.shape)}, expected {list(expected[key].shape)} "
-                    f"for a {kind} head with config {cfg_file}"
-                )
-        elif key == "embed_tokens.weight":
-            want = [config.vocab_size, config.hidden_size]
-            if list(t.shape) != want:
-                raise CheckpointError(f"{file}: embed_tokens.weight has shape {list(t.shape)}, expected {want}")
-            embed = t
-            ignored.append(key)
-        elif key.endswith("rotary_emb.inv_freq"):
-            ignored.append(key)
-        else:
-            unexpected.append(key)
+    embed, ignored, unexpected = _sort_keys(sd, expected, config, kind, file, cfg_file)
     missing = [k for k in expected if k not in sd]
     report = {"file": file, "missing": missing, "unexpected": unexpected, "ignored": ignored}
 
@@ -191,3 +158,48 @@ def load_draft_head(
         head.embed_tokens_weight = embed.to(device=head.device, dtype=target_dtype)
     head.load_report = report
     return head
+
+
+def _published_config_fixes(raw: dict, sd: dict, prefix: str, file: str) -> dict:
+    """Config values of a published (not specdec-written) checkpoint that its tensors or loaders overrule."""
+    overrides = {}
+    # the published config's bias flags are not always right; the tensors are
+    overrides["bias"] = prefix + "bias" in sd
+    overrides["qkv_bias"] = "layers.0.self_attn.q_proj.bias" in sd
+    for k, v in overrides.items():
+        if k in raw and bool(raw[k]) != v:
+            warnings.warn(
+                f"{file}: config.json says {k}={raw[k]} but the checkpoint "
+                f"{'has' if v else 'lacks'} the tensors; following the checkpoint",
+                stacklevel=3,  # the caller of load_draft_head
+            )
+    rs = raw.get("rope_scaling")
+    if rs and raw.get("rope_theta", 10000.0) != 10000.0:
+        # the original loaders build scaled RoPE with the default base, ignoring rope_theta
+        overrides["rope_theta"] = 10000.0
+    return overrides
+
+
+def _sort_keys(sd: dict, expected: dict, config, kind: str, file: str, cfg_file: str) -> tuple:
+    """(the target embedding some checkpoints carry or None, keys ignored, keys unexpected); CheckpointError
+    for a tensor whose shape does not fit the head."""
+    ignored, unexpected = [], []
+    embed = None
+    for key, t in sd.items():
+        if key in expected:
+            if tuple(t.shape) != tuple(expected[key].shape):
+                raise CheckpointError(
+                    f"{file}: {key} has shape {list(t.shape)}, expected {list(expected[key].shape)} "
+                    f"for a {kind} head with config {cfg_file}"
+                )
+        elif key == "embed_tokens.weight":
+            want = [config.vocab_size, config.hidden_size]
+            if list(t.shape) != want:
+                raise CheckpointError(f"{file}: embed_tokens.weight has shape {list(t.shape)}, expected {want}")
+            embed = t
+            ignored.append(key)
+        elif key.endswith("rotary_emb.inv_freq"):
+            ignored.append(key)
+        else:
+            unexpected.append(key)
+    return embed, ignored, unexpected
