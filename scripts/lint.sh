@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lint and format check: ruff (Python) and clang-format (C++/CUDA under csrc/). Fast (seconds).
+# Lint and format check: ruff (Python), clang-format (C++/CUDA under csrc/) and the structure checks
+# (scripts/check_structure.py: import cycles, file and function sizes, machine paths, doc paths). Seconds.
 # `bash scripts/lint.sh --fix` rewrites the files instead of checking them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,4 @@ ruff check .
 ruff format --check .
 clang-format --dry-run -Werror $CPP
 python scripts/check_structure.py
-echo "[lint] ruff and clang-format: clean"
+echo "[lint] ruff, clang-format and the structure checks: clean"
