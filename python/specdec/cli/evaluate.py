@@ -20,22 +20,10 @@ import sys
 from ..evaluation.report import Checkpoint
 from .args import add_debug_argument, tree_size_type
 from .args import int_type as _int
-from .errors import RUNTIME, CliError
+from .errors import RUNTIME, CliError, Verbatim, arg_error
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
-
-
-def _error(arg, expected, got):
-    from .errors import arg_error
-
-    return arg_error(arg, expected, got)
-
-
-def _said(text: str):
-    from .errors import Verbatim
-
-    return Verbatim(text)
 
 
 def _temperatures(text: str) -> tuple:
@@ -200,13 +188,15 @@ def _parse_drafts(items: list) -> dict:
             item.split("=", 1) if "=" in item and not os.path.exists(os.path.expanduser(item)) else (None, item)
         )
         if name is not None and not name.strip():
-            raise _error("--draft", "NAME=PATH with a non-empty NAME", item)
+            raise arg_error("--draft", "NAME=PATH with a non-empty NAME", item)
         path = draft_folder(path)
         cfg = read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
         if name is None:
             name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
         if name in heads:
-            raise _error("--draft", "distinct head names (name them: --draft NAME=PATH)", _said(f"{name!r} twice"))
+            raise arg_error(
+                "--draft", "distinct head names (name them: --draft NAME=PATH)", Verbatim(f"{name!r} twice")
+            )
         heads[name] = path
     return heads
 
@@ -230,7 +220,7 @@ def _parse_bench(text: str) -> list:
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise _error("--bench", "mtbench, humaneval or JSONL paths, comma-separated", text)
+        raise arg_error("--bench", "mtbench, humaneval or JSONL paths, comma-separated", text)
     for t in items:
         if t in BENCHMARKS:
             continue
@@ -239,9 +229,9 @@ def _parse_bench(text: str) -> list:
             why = (
                 "which is a folder" if os.path.isdir(path) else "which is neither a benchmark name nor an existing file"
             )
-            raise _error("--bench", f"{', '.join(BENCHMARKS)} or a JSONL file", _said(f"{t!r}, {why}"))
+            raise arg_error("--bench", f"{', '.join(BENCHMARKS)} or a JSONL file", Verbatim(f"{t!r}, {why}"))
     if len(set(items)) != len(items):
-        raise _error("--bench", "distinct benchmarks", text)
+        raise arg_error("--bench", "distinct benchmarks", text)
     return items
 
 
@@ -254,13 +244,15 @@ def validate_args(args) -> argparse.Namespace:
     plan.drafts = _parse_drafts(args.draft)
     plan.bench = _parse_bench(args.bench)
     if args.total_tokens != "auto" and args.total_tokens < 2:
-        raise _error("--total-tokens", "auto or an integer >= 2", args.total_tokens)
+        raise arg_error("--total-tokens", "auto or an integer >= 2", args.total_tokens)
     out = os.path.expanduser(args.out)
     if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
-        raise _error("--out", "a folder", _said(f"{args.out!r}, which is a file") if args.out.strip() else args.out)
+        raise arg_error(
+            "--out", "a folder", Verbatim(f"{args.out!r}, which is a file") if args.out.strip() else args.out
+        )
     plan.out = out
     if not args.resume and os.path.isfile(os.path.join(out, Checkpoint.NAME)):
-        raise _error(
+        raise arg_error(
             "--out",
             f"a folder without an interrupted run, or --resume to continue it ({os.path.join(out, Checkpoint.NAME)} "
             "holds one; delete it to start over)",
@@ -268,14 +260,14 @@ def validate_args(args) -> argparse.Namespace:
         )
     plan.target, target_cfg, local = check_target(args.target)
     if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
-        raise _error(
+        raise arg_error(
             "--target",
             "a model folder with a tokenizer (the prompts go through its chat template)",
-            _said(f"{args.target!r}, which has no tokenizer"),
+            Verbatim(f"{args.target!r}, which has no tokenizer"),
         )
     vocab = (target_cfg or {}).get("vocab_size")
     if isinstance(vocab, int) and args.tree_top_k > vocab:
-        raise _error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", _said(str(args.tree_top_k)))
+        raise arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", Verbatim(str(args.tree_top_k)))
     plan.device = check_device(args.device)
     import torch
 
