@@ -15,9 +15,11 @@ import argparse
 import os
 import time
 
-from .args import add_debug_argument
+from .args import DTYPES, add_debug_argument
 from .args import float_type as _float
 from .args import int_type as _int
+from .checks import check_device
+from .errors import Verbatim, arg_error
 
 COMMAND = "data"
 SUMMARY = "build training data from a target"
@@ -31,8 +33,6 @@ SOURCES_HELP = (
 
 def register(sub, formatter_class):
     """Add `specdec data` to the subparsers `sub`; returns its parser."""
-    from .args import DTYPES
-
     p = sub.add_parser(
         COMMAND,
         formatter_class=formatter_class,
@@ -43,6 +43,17 @@ def register(sub, formatter_class):
         "(bf16), in checksummed shards with a manifest. Progress on stderr; a stopped build resumes at its last "
         "complete shard when rerun. Read with specdec.data.FeatureDataset / TokenDataset.",
     )
+    _add_input_arguments(p)
+    _add_conversation_arguments(p)
+    _add_build_arguments(p)
+    _add_run_arguments(p)
+    add_debug_argument(p)
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _add_input_arguments(p) -> None:
+    """Add what the build reads and writes: --target, --out, --source."""
     p.add_argument(
         "--target",
         required=True,
@@ -54,6 +65,10 @@ def register(sub, formatter_class):
         "--out", required=True, metavar="DIR", help="output folder (created; resumed if it holds a build) (required)"
     )
     p.add_argument("--source", default="sharegpt", metavar="SOURCE", help=SOURCES_HELP)
+
+
+def _add_conversation_arguments(p) -> None:
+    """Add which conversations are used and how they are answered and cut (--num-prompts ... --temperature)."""
     p.add_argument(
         "--num-prompts",
         type=_int(1),
@@ -96,6 +111,10 @@ def register(sub, formatter_class):
         metavar="T",
         help="sampling temperature of generated answers; 0 = greedy",
     )
+
+
+def _add_build_arguments(p) -> None:
+    """Add how the shards are built: --batch-size, --shard-size, --splits, --no-features, --dtype."""
     p.add_argument("--batch-size", type=_int(1), default=8, metavar="B", help="sequences per target call")
     p.add_argument("--shard-size", type=_int(1), default=1000, metavar="N", help="conversations per shard")
     p.add_argument(
@@ -111,6 +130,10 @@ def register(sub, formatter_class):
         help="store token ids and masks only (train with online features: specdec.data.TokenDataset + OnlineFeatures)",
     )
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="dtype of the target while building")
+
+
+def _add_run_arguments(p) -> None:
+    """Add where and how the build runs: --device, --threads, --seed, --resume, --no-progress."""
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument(
         "--threads",
@@ -128,97 +151,109 @@ def register(sub, formatter_class):
         "deletes its shards and starts over",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_debug_argument(p)
-    p.set_defaults(handler=_handle)
-    return p
 
 
 def _validate(args):
-    """Checks that load nothing; returns (target path or "default", source)."""
-    from .args import DTYPES
-    from .checks import check_device
-    from .errors import Verbatim, arg_error
+    """Checks that load nothing, in the order the user sees them; returns (out folder, source, device)."""
+    _check_target(args.target)
+    out = _check_out(args.out)
+    source = _check_source(args.source)
+    device = _pick_device(args.device)
+    if not args.resume and _rank()[1] > 1:
+        raise arg_error("--no-resume", "a single process", Verbatim(f"{_rank()[1]} processes; delete --out instead"))
+    _check_same_settings(args, out, source)
+    return out, source, device
 
-    text = args.target
+
+def _check_target(text: str) -> None:
+    """--target: the word default, or a model folder with config.json and a tokenizer."""
     if not text.strip():
         raise arg_error("--target", 'the word "default" or a Hugging Face model folder', text)
-    if text.strip() != "default":
-        path = os.path.expanduser(text)
-        if not os.path.isdir(path):
-            what = "which does not exist" if not os.path.exists(path) else "which is a file"
-            raise arg_error(
-                "--target", 'the word "default" or a Hugging Face model folder', Verbatim(f"{text!r}, {what}")
-            )
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise arg_error(
-                "--target", "a Hugging Face model folder with config.json", Verbatim(f"{text!r}, which has none")
-            )
-        if not any(
-            os.path.isfile(os.path.join(path, n))
-            for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-        ):
-            raise arg_error(
-                "--target", "a model folder with a tokenizer (and chat template)", Verbatim(f"{text!r}, which has none")
-            )
-    out = os.path.expanduser(args.out)
-    if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
+    if text.strip() == "default":
+        return
+    path = os.path.expanduser(text)
+    if not os.path.isdir(path):
+        what = "which does not exist" if not os.path.exists(path) else "which is a file"
+        raise arg_error("--target", 'the word "default" or a Hugging Face model folder', Verbatim(f"{text!r}, {what}"))
+    if not os.path.isfile(os.path.join(path, "config.json")):
         raise arg_error(
-            "--out",
-            "a folder (created if missing)",
-            Verbatim(f"{args.out!r}, which is a file") if args.out.strip() else args.out,
+            "--target", "a Hugging Face model folder with config.json", Verbatim(f"{text!r}, which has none")
         )
-    source = args.source
-    if source != "sharegpt":
-        source = os.path.expanduser(source)
-        if not os.path.isfile(source):
-            raise arg_error(
-                "--source",
-                '"sharegpt" or a JSONL file of conversations',
-                Verbatim(f"{args.source!r}, which is not a file"),
-            )
-    device = check_device(args.device)
-    if args.device is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
+    if not any(
+        os.path.isfile(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        raise arg_error(
+            "--target", "a model folder with a tokenizer (and chat template)", Verbatim(f"{text!r}, which has none")
+        )
+
+
+def _check_out(text: str) -> str:
+    """--out: a folder or a path to create one at; returns it with ~ expanded."""
+    out = os.path.expanduser(text)
+    if not text.strip() or (os.path.exists(out) and not os.path.isdir(out)):
+        raise arg_error(
+            "--out", "a folder (created if missing)", Verbatim(f"{text!r}, which is a file") if text.strip() else text
+        )
+    return out
+
+
+def _check_source(text: str) -> str:
+    """--source: "sharegpt" or an existing file; returns it with ~ expanded."""
+    if text == "sharegpt":
+        return text
+    source = os.path.expanduser(text)
+    if not os.path.isfile(source):
+        raise arg_error(
+            "--source", '"sharegpt" or a JSONL file of conversations', Verbatim(f"{text!r}, which is not a file")
+        )
+    return source
+
+
+def _pick_device(text):
+    """--device checked; unset under torchrun with CUDA: this process's GPU (LOCAL_RANK)."""
+    device = check_device(text)
+    if text is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
         import torch
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    if not args.resume and _rank()[1] > 1:
-        raise arg_error("--no-resume", "a single process", Verbatim(f"{_rank()[1]} processes; delete --out instead"))
+    return device
+
+
+def _check_same_settings(args, out: str, source: str) -> None:
+    """A build in --out resumed with other settings: said before the target loads."""
     manifest = os.path.join(out, "manifest.json")
-    if args.resume and os.path.isfile(manifest):  # a resumed build with other settings: say so before loading
-        import torch
+    if not (args.resume and os.path.isfile(manifest)):
+        return
+    from ..data.build import compare, settings
+    from ..data.shards import ShardError, read_manifest
 
-        from ..data.build import compare, settings
-        from ..data.shards import ShardError, read_manifest
-
-        try:
-            old = read_manifest(out)
-        except ShardError:
-            old = None  # reported by the build
-        if old is not None:
-            new = {
-                "settings": settings(
-                    source,
-                    num_prompts=args.num_prompts,
-                    val_fraction=args.val_fraction,
-                    responses=args.responses,
-                    max_len=args.max_len,
-                    max_new_tokens=args.max_new_tokens,
-                    max_turns=args.max_turns,
-                    temperature=args.temperature,
-                    seed=args.seed,
-                    shard_size=args.shard_size,
-                    features=not args.no_features,
-                    dtype=DTYPES[args.dtype],
-                )
-            }
-            diffs = compare(old, new, sections=("settings",))
-            if diffs:
-                raise arg_error(
-                    "--out",
-                    "a new folder, or one holding a build with the same settings (or --no-resume to rebuild it)",
-                    Verbatim(f"{args.out!r}, built with other settings: {'; '.join(diffs)}"),
-                )
-    return out, source, device
+    try:
+        old = read_manifest(out)
+    except ShardError:
+        return  # reported by the build
+    new = {
+        "settings": settings(
+            source,
+            num_prompts=args.num_prompts,
+            val_fraction=args.val_fraction,
+            responses=args.responses,
+            max_len=args.max_len,
+            max_new_tokens=args.max_new_tokens,
+            max_turns=args.max_turns,
+            temperature=args.temperature,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            features=not args.no_features,
+            dtype=DTYPES[args.dtype],
+        )
+    }
+    diffs = compare(old, new, sections=("settings",))
+    if diffs:
+        raise arg_error(
+            "--out",
+            "a new folder, or one holding a build with the same settings (or --no-resume to rebuild it)",
+            Verbatim(f"{args.out!r}, built with other settings: {'; '.join(diffs)}"),
+        )
 
 
 def _handle(args, stage) -> int:

@@ -20,21 +20,10 @@ import sys
 from ..evaluation.report import Checkpoint
 from .args import add_debug_argument, tree_size_type
 from .args import int_type as _int
+from .errors import RUNTIME, CliError, Verbatim, arg_error
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
-
-
-def _error(arg, expected, got):
-    from .errors import arg_error
-
-    return arg_error(arg, expected, got)
-
-
-def _said(text: str):
-    from .errors import Verbatim
-
-    return Verbatim(text)
 
 
 def _temperatures(text: str) -> tuple:
@@ -51,6 +40,7 @@ _temperatures.__name__ = "temperatures"
 
 
 def register(sub, formatter_class):
+    """Add `specdec eval` to the subparsers `sub`; returns its parser."""
     p = sub.add_parser(
         COMMAND,
         formatter_class=formatter_class,
@@ -61,6 +51,18 @@ def register(sub, formatter_class):
         "checked against model.generate's greedy output. Writes eval.csv, eval.md, tau.png, speedup.png "
         "and meta.json into --out. See docs/eval.md.",
     )
+    _add_model_arguments(p)
+    _add_prompt_arguments(p)
+    _add_device_arguments(p)
+    _add_tree_arguments(p)
+    _add_run_arguments(p)
+    add_debug_argument(p)
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _add_model_arguments(p) -> None:
+    """Add what is measured: --target, --draft."""
     p.add_argument(
         "--target",
         required=True,
@@ -76,6 +78,10 @@ def register(sub, formatter_class):
         help="eagle, fspad or griffin (heads shipped for SmolLM2-135M-Instruct) or a draft head folder, "
         "optionally named (repeat for several heads; default name: the head's kind) (required)",
     )
+
+
+def _add_prompt_arguments(p) -> None:
+    """Add what it is measured on: --bench, --temperatures, --limit, --spread, --max-new-tokens."""
     p.add_argument(
         "--bench",
         default="mtbench,humaneval",
@@ -104,6 +110,10 @@ def register(sub, formatter_class):
         "category of MT-bench (its questions are grouped by category, ten each)",
     )
     p.add_argument("--max-new-tokens", type=_int(1), default=256, metavar="N", help="tokens per answer, at most")
+
+
+def _add_device_arguments(p) -> None:
+    """Add where it runs: --dtype, --device, --threads."""
     p.add_argument(
         "--dtype",
         default=None,
@@ -118,6 +128,10 @@ def register(sub, formatter_class):
         metavar="N",
         help="torch intra-op threads, for every method alike (default: torch's choice)",
     )
+
+
+def _add_tree_arguments(p) -> None:
+    """Add the shape of the draft tree: --tree-top-k, --depth, --total-tokens."""
     p.add_argument("--tree-top-k", type=_int(1), default=10, metavar="K", help="children per drafted node")
     p.add_argument("--depth", type=_int(1), default=5, metavar="D", help="levels of the draft tree")
     p.add_argument(
@@ -128,6 +142,10 @@ def register(sub, formatter_class):
         help="nodes of the verified tree, root included (the papers' 60 with depth 5, top-k 10), or auto: the "
         "fastest tree for this machine and head (nodes, depth and top-k; see specdec generate --help)",
     )
+
+
+def _add_run_arguments(p) -> None:
+    """Add how the run goes and where it writes: --out, --seed, --backend ... --no-progress."""
     p.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR", help="output folder")
     p.add_argument("--seed", type=_int(0), default=0, help="seed of the sampling at temperature > 0")
     p.add_argument(
@@ -158,9 +176,6 @@ def register(sub, formatter_class):
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars: one log line per turn instead (for log files)"
     )
-    add_debug_argument(p)
-    p.set_defaults(handler=_handle)
-    return p
 
 
 def _parse_drafts(items: list) -> dict:
@@ -173,13 +188,15 @@ def _parse_drafts(items: list) -> dict:
             item.split("=", 1) if "=" in item and not os.path.exists(os.path.expanduser(item)) else (None, item)
         )
         if name is not None and not name.strip():
-            raise _error("--draft", "NAME=PATH with a non-empty NAME", item)
+            raise arg_error("--draft", "NAME=PATH with a non-empty NAME", item)
         path = draft_folder(path)
         cfg = read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
         if name is None:
             name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
         if name in heads:
-            raise _error("--draft", "distinct head names (name them: --draft NAME=PATH)", _said(f"{name!r} twice"))
+            raise arg_error(
+                "--draft", "distinct head names (name them: --draft NAME=PATH)", Verbatim(f"{name!r} twice")
+            )
         heads[name] = path
     return heads
 
@@ -203,7 +220,7 @@ def _parse_bench(text: str) -> list:
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise _error("--bench", "mtbench, humaneval or JSONL paths, comma-separated", text)
+        raise arg_error("--bench", "mtbench, humaneval or JSONL paths, comma-separated", text)
     for t in items:
         if t in BENCHMARKS:
             continue
@@ -212,9 +229,9 @@ def _parse_bench(text: str) -> list:
             why = (
                 "which is a folder" if os.path.isdir(path) else "which is neither a benchmark name nor an existing file"
             )
-            raise _error("--bench", f"{', '.join(BENCHMARKS)} or a JSONL file", _said(f"{t!r}, {why}"))
+            raise arg_error("--bench", f"{', '.join(BENCHMARKS)} or a JSONL file", Verbatim(f"{t!r}, {why}"))
     if len(set(items)) != len(items):
-        raise _error("--bench", "distinct benchmarks", text)
+        raise arg_error("--bench", "distinct benchmarks", text)
     return items
 
 
@@ -227,13 +244,15 @@ def validate_args(args) -> argparse.Namespace:
     plan.drafts = _parse_drafts(args.draft)
     plan.bench = _parse_bench(args.bench)
     if args.total_tokens != "auto" and args.total_tokens < 2:
-        raise _error("--total-tokens", "auto or an integer >= 2", args.total_tokens)
+        raise arg_error("--total-tokens", "auto or an integer >= 2", args.total_tokens)
     out = os.path.expanduser(args.out)
     if not args.out.strip() or (os.path.exists(out) and not os.path.isdir(out)):
-        raise _error("--out", "a folder", _said(f"{args.out!r}, which is a file") if args.out.strip() else args.out)
+        raise arg_error(
+            "--out", "a folder", Verbatim(f"{args.out!r}, which is a file") if args.out.strip() else args.out
+        )
     plan.out = out
     if not args.resume and os.path.isfile(os.path.join(out, Checkpoint.NAME)):
-        raise _error(
+        raise arg_error(
             "--out",
             f"a folder without an interrupted run, or --resume to continue it ({os.path.join(out, Checkpoint.NAME)} "
             "holds one; delete it to start over)",
@@ -241,14 +260,14 @@ def validate_args(args) -> argparse.Namespace:
         )
     plan.target, target_cfg, local = check_target(args.target)
     if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
-        raise _error(
+        raise arg_error(
             "--target",
             "a model folder with a tokenizer (the prompts go through its chat template)",
-            _said(f"{args.target!r}, which has no tokenizer"),
+            Verbatim(f"{args.target!r}, which has no tokenizer"),
         )
     vocab = (target_cfg or {}).get("vocab_size")
     if isinstance(vocab, int) and args.tree_top_k > vocab:
-        raise _error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", _said(str(args.tree_top_k)))
+        raise arg_error("--tree-top-k", f"at most {vocab} (the target's vocabulary)", Verbatim(str(args.tree_top_k)))
     plan.device = check_device(args.device)
     import torch
 
@@ -282,8 +301,6 @@ def run_identity(args, plan, benches: dict, threads: int) -> dict:
 
 def _resume(args, plan, ident: dict) -> list:
     """The (row, answer) pairs of the checkpoint in --out that `ident` may continue; [] without one."""
-    from .errors import CliError
-
     if not args.resume or not os.path.isfile(os.path.join(plan.out, Checkpoint.NAME)):
         if args.resume:
             print(f"specdec eval: --resume: no checkpoint in {plan.out}, starting from the first turn", file=sys.stderr)
@@ -314,14 +331,43 @@ def _turn_line(row: dict, done: int, total: int) -> str:
 
 
 def _handle(args, stage) -> int:
-    from .errors import RUNTIME, CliError
-
+    """Run `specdec eval`: check, load, measure every turn, write the report; 1 on a real float32 mismatch."""
     plan = validate_args(args)
     stage.what = "loading the prompts"
+    benches = _load_benches(plan.bench, args.limit, args.spread)
+    stage.what = "importing torch, transformers and the decoding code"
+    code = _import_code()
+    if args.threads:
+        code.torch.set_num_threads(args.threads)
+    ident = run_identity(args, plan, benches, code.torch.get_num_threads())
+    resumed = _resume(args, plan, ident)
+    tokenizer, model, packed = _load_target(args, plan, code, stage)
+    heads = _load_heads(args, plan, code, stage)
+    settings = _eval_settings(args, code)
+    stage.what = "evaluating"
+    harness = code.Harness(model, tokenizer, settings)
+    _print_plan(args, plan, heads, benches, packed, code.torch.get_num_threads())
+    checkpoint = _open_checkpoint(plan, ident, resumed)
+    rows = _measure(args, harness, heads, benches, checkpoint, resumed)
+    stage.what = f"writing the report into {plan.out!r}"
+    rep = _write_report(args, plan, code, rows, packed)
+    checkpoint.close(keep=False)
+    print(rep["markdown"])
+    print("wrote " + ", ".join(str(f) for f in rep["files"].values()))
+    real = sum(g["mismatches"] for g in rep["groups"] if g["greedy"])
+    if real:
+        print(f"specdec eval: WARNING: {real} real mismatch(es) at temperature 0 (see eval.csv)", file=sys.stderr)
+        if plan.dtype == code.torch.float32:
+            return 1
+    return 0
+
+
+def _load_benches(specs: list, limit, spread: bool) -> dict:
+    """{benchmark name: its selected prompts} for each --bench entry; CliError for a bad file or a name twice."""
     from ..evaluation.prompts import PromptError, load_benchmark
 
     benches = {}
-    for spec in plan.bench:
+    for spec in specs:
         try:
             prompts = load_benchmark(spec)
         except PromptError as exc:
@@ -329,9 +375,12 @@ def _handle(args, stage) -> int:
         name = prompts[0].bench
         if name in benches:
             raise CliError(f"argument --bench: two benchmarks named {name!r}; rename a file", 2)
-        benches[name] = select_prompts(prompts, args.limit, args.spread)
+        benches[name] = select_prompts(prompts, limit, spread)
+    return benches
 
-    stage.what = "importing torch, transformers and the decoding code"
+
+def _import_code() -> argparse.Namespace:
+    """torch, the Hugging Face loaders and the evaluation code: the slow imports, made under their own stage."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -340,28 +389,50 @@ def _handle(args, stage) -> int:
     from ..models import load_draft_head
     from ..target.prepack import prepack_linears
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ident = run_identity(args, plan, benches, torch.get_num_threads())
-    resumed = _resume(args, plan, ident)
+    return argparse.Namespace(
+        torch=torch,
+        AutoModelForCausalLM=AutoModelForCausalLM,
+        AutoTokenizer=AutoTokenizer,
+        EvalSettings=EvalSettings,
+        Harness=Harness,
+        stamp=stamp,
+        write_report=write_report,
+        load_draft_head=load_draft_head,
+        prepack_linears=prepack_linears,
+    )
+
+
+def _load_target(args, plan, code, stage) -> tuple:
+    """(tokenizer, target model on the device in eval mode, number of prepacked linears); CliError without a
+    chat template."""
     stage.what = f"loading the tokenizer of --target {args.target!r}"
-    tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
+    tokenizer = code.AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
     if not getattr(tokenizer, "chat_template", None):
         raise CliError(
             f"argument --target: expected a tokenizer with a chat template, got {args.target!r}, "
             "whose tokenizer has none"
         )
     stage.what = f"loading the target model from --target {args.target!r}"
-    model = AutoModelForCausalLM.from_pretrained(plan.target, dtype=plan.dtype, local_files_only=True)
+    model = code.AutoModelForCausalLM.from_pretrained(plan.target, dtype=plan.dtype, local_files_only=True)
     model = model.to(plan.device).eval()
-    packed = 0 if args.no_prepack else prepack_linears(model)
+    packed = 0 if args.no_prepack else code.prepack_linears(model)
+    return tokenizer, model, packed
+
+
+def _load_heads(args, plan, code, stage) -> dict:
+    """{name: draft head} on the device in eval mode, prepacked unless --no-prepack."""
     heads = {}
     for name, path in plan.drafts.items():
         stage.what = f"loading the draft head {name!r} from {path!r}"
-        heads[name] = load_draft_head(path, device=plan.device, dtype=plan.dtype).eval()
+        heads[name] = code.load_draft_head(path, device=plan.device, dtype=plan.dtype).eval()
         if not args.no_prepack:
-            prepack_linears(heads[name])
-    settings = EvalSettings(
+            code.prepack_linears(heads[name])
+    return heads
+
+
+def _eval_settings(args, code):
+    """The EvalSettings of the arguments: what every measurement shares."""
+    return code.EvalSettings(
         temperatures=args.temperatures,
         max_new_tokens=args.max_new_tokens,
         tree_top_k=args.tree_top_k,
@@ -372,16 +443,22 @@ def _handle(args, stage) -> int:
         warmup=not args.no_warmup,
         cuda_graph=args.cuda_graph,
     )
-    stage.what = "evaluating"
-    harness = Harness(model, tokenizer, settings)
+
+
+def _print_plan(args, plan, heads: dict, benches: dict, packed: int, threads: int) -> None:
+    """One line on stderr: what is about to be measured, on what."""
     n_turns = sum(len(p.turns) for ps in benches.values() for p in ps)
     print(
         f"specdec eval: {len(heads)} head(s) x {len(args.temperatures)} temperature(s) x {n_turns} turns "
         f"({', '.join(f'{b} {len(ps)}' for b, ps in benches.items())}); target {args.target}, "
-        f"device {plan.device}, dtype {str(plan.dtype).replace('torch.', '')}, threads {torch.get_num_threads()}, "
+        f"device {plan.device}, dtype {str(plan.dtype).replace('torch.', '')}, threads {threads}, "
         f"{packed} prepacked linears",
         file=sys.stderr,
     )
+
+
+def _open_checkpoint(plan, ident: dict, resumed: list) -> Checkpoint:
+    """The checkpoint in --out (created) that keeps each turn as it finishes, holding the `resumed` ones."""
     os.makedirs(plan.out, exist_ok=True)
     checkpoint = Checkpoint(plan.out, ident, resumed)
     print(
@@ -389,15 +466,20 @@ def _handle(args, stage) -> int:
         + (f"; resuming after the {len(resumed)} turn(s) measured before" if resumed else ""),
         file=sys.stderr,
     )
+    return checkpoint
+
+
+def _measure(args, harness, heads: dict, benches: dict, checkpoint: Checkpoint, resumed: list) -> list:
+    """The rows of every turn not measured before, each checkpointed as it finishes; kept on any stop."""
 
     def on_row(row: dict, answer: str, done: int, total: int) -> None:
         checkpoint.add(row, answer)
         if args.no_progress:
             print(_turn_line(row, done, total), file=sys.stderr, flush=True)
 
-    done = {Harness.turn_key(row): (row, answer) for row, answer in resumed}
+    done = {harness.turn_key(row): (row, answer) for row, answer in resumed}
     try:
-        rows = harness.run(heads, benches, progress=not args.no_progress, on_row=on_row, done=done)
+        return harness.run(heads, benches, progress=not args.no_progress, on_row=on_row, done=done)
     except BaseException:
         checkpoint.close(keep=True)
         print(
@@ -406,8 +488,11 @@ def _handle(args, stage) -> int:
             file=sys.stderr,
         )
         raise
-    stage.what = f"writing the report into {plan.out!r}"
-    info = stamp(plan.device, plan.dtype)
+
+
+def _write_report(args, plan, code, rows: list, packed: int) -> dict:
+    """eval.csv, eval.md, the plots and meta.json in --out; returns write_report's result."""
+    info = code.stamp(plan.device, plan.dtype)
     shown = {
         "target": args.target,
         "heads": json.dumps(plan.drafts),
@@ -418,13 +503,4 @@ def _handle(args, stage) -> int:
         "limit": f"{args.limit} (spread)" if args.limit and args.spread else args.limit,
         "seed": args.seed,
     }
-    rep = write_report(rows, plan.out, args.depth, info, shown)
-    checkpoint.close(keep=False)
-    print(rep["markdown"])
-    print("wrote " + ", ".join(str(f) for f in rep["files"].values()))
-    real = sum(g["mismatches"] for g in rep["groups"] if g["greedy"])
-    if real:
-        print(f"specdec eval: WARNING: {real} real mismatch(es) at temperature 0 (see eval.csv)", file=sys.stderr)
-        if plan.dtype == torch.float32:
-            return 1
-    return 0
+    return code.write_report(rows, plan.out, args.depth, info, shown)

@@ -15,10 +15,13 @@ import json
 import os
 
 from ..dtypes import TRAIN_DTYPE_NAMES as DTYPES
+from ..dtypes import model_dtype
 from ..head_kinds import KINDS
 from .args import add_debug_argument
 from .args import float_type as _float
 from .args import int_type as _int
+from .checks import check_device
+from .errors import Verbatim, arg_error
 
 COMMAND = "train"
 SUMMARY = "train a draft head"
@@ -39,6 +42,7 @@ _stages.__name__ = "stages"
 
 
 def register(sub, formatter_class):
+    """Add `specdec train` to the subparsers `sub`; returns its parser."""
     p = sub.add_parser(
         COMMAND,
         formatter_class=formatter_class,
@@ -48,6 +52,19 @@ def register(sub, formatter_class):
         "checkpoints, CSV logs, a JSON summary and a plot of the curves beside it. Every argument is checked "
         "before anything is loaded. Runs unchanged under `torchrun --nproc_per_node N`.",
     )
+    _add_input_arguments(p)
+    _add_head_arguments(p)
+    _add_length_arguments(p)
+    _add_optimizer_arguments(p)
+    _add_loss_arguments(p)
+    _add_run_arguments(p)
+    add_debug_argument(p)
+    p.set_defaults(handler=_handle)
+    return p
+
+
+def _add_input_arguments(p) -> None:
+    """Add what is trained on what, and where it goes: --kind, --data, --out, --target, --online."""
     a = p.add_argument
     a("--kind", required=True, choices=KINDS, help="which head to train (required)")
     a("--data", required=True, metavar="PATH", help="a `specdec data` output folder (required)")
@@ -60,6 +77,11 @@ def register(sub, formatter_class):
         "(default: the target recorded in the data manifest)",
     )
     a("--online", action="store_true", help="compute the target's features in the training loop (nothing stored)")
+
+
+def _add_head_arguments(p) -> None:
+    """Add where the head starts from and what it predicts: --stages, --init, --draft-vocab."""
+    a = p.add_argument
     a(
         "--stages",
         type=_stages,
@@ -76,10 +98,20 @@ def register(sub, formatter_class):
         metavar="V",
         help="reduced draft vocabulary: the V most frequent response tokens (plus EOS) (default: the whole vocabulary)",
     )
+
+
+def _add_length_arguments(p) -> None:
+    """Add how much is trained: --epochs, --max-steps, --batch-size, --max-length."""
+    a = p.add_argument
     a("--epochs", type=_int(1), default=1, metavar="N", help="passes over the training split per stage")
     a("--max-steps", type=_int(1), default=None, metavar="N", help="stop each stage after N steps (default: no limit)")
     a("--batch-size", type=_int(1), default=8, metavar="N", help="sequences per optimizer step, over all processes")
     a("--max-length", type=_int(3), default=None, metavar="T", help="cut sequences to T tokens (default: as stored)")
+
+
+def _add_optimizer_arguments(p) -> None:
+    """Add the optimizer's settings: --lr, --warmup-steps, --min-lr-ratio, --weight-decay, --grad-clip, --clip-mode."""
+    a = p.add_argument
     a(
         "--lr",
         type=_float(lambda v: v > 0, "a number > 0"),
@@ -121,6 +153,11 @@ def register(sub, formatter_class):
         default="value",
         help="clip each gradient entry to [-C, C] (the reference trainers' clip_grad_value_) or the global norm to C",
     )
+
+
+def _add_loss_arguments(p) -> None:
+    """Add the input noise and GRIFFIN's loss mask: --noise, --topk-mask, --check-position."""
+    a = p.add_argument
     a(
         "--noise",
         type=_float(lambda v: v >= 0, "a number >= 0"),
@@ -141,6 +178,11 @@ def register(sub, formatter_class):
         default="same",
         help="GRIFFIN's loss mask: check at the same position (reference code) or one earlier",
     )
+
+
+def _add_run_arguments(p) -> None:
+    """Add where and how the run goes: --dtype, --device, --seed, checkpoints, validation, output."""
+    a = p.add_argument
     a(
         "--dtype",
         choices=sorted(DTYPES),
@@ -160,56 +202,56 @@ def register(sub, formatter_class):
     a("--val-sequences", type=_int(1), default=None, metavar="N", help="validate on at most N sequences (default: all)")
     a("--no-progress", action="store_true", help="no progress bar or validation lines")
     a("--no-plot", action="store_true", help="do not write curves.png")
-    add_debug_argument(p)
-    p.set_defaults(handler=_handle)
-    return p
-
-
-def _error(arg, expected, got):
-    from .errors import arg_error
-
-    return arg_error(arg, expected, got)
-
-
-def _said(text: str):
-    from .errors import Verbatim as S  # shown as is, not repr'd
-
-    return S(text)
 
 
 def _check_head_folder(arg: str, path: str, kind: str) -> None:
+    """`path` (of `arg`) is a head folder with config.json and weights, of `kind` when its config says."""
     expected = f"a {kind} head folder (config.json + model.safetensors)"
     if not os.path.isdir(path):
-        raise _error(
+        raise arg_error(
             arg,
             expected,
-            _said(f"{path!r}, which does not exist" if not os.path.exists(path) else f"{path!r}, which is a file"),
+            Verbatim(f"{path!r}, which does not exist" if not os.path.exists(path) else f"{path!r}, which is a file"),
         )
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
-        raise _error(arg, expected, _said(f"{path!r}, which has no config.json"))
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, which has no config.json"))
     if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin")):
-        raise _error(arg, expected, _said(f"{path!r}, which has no weights"))
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, which has no weights"))
     try:
         with open(cfg_file) as f:
             cfg = json.load(f)
     except (OSError, ValueError):
-        raise _error(arg, expected, _said(f"{path!r}, whose config.json does not parse")) from None
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, whose config.json does not parse")) from None
     k = cfg.get("specdec_kind") if isinstance(cfg, dict) else None
     if k is not None and k != kind:
-        raise _error(arg, expected, _said(f"{path!r}, a {k} head"))
+        raise arg_error(arg, expected, Verbatim(f"{path!r}, a {k} head"))
 
 
 def validate_args(args) -> dict:
-    """Every check that loads nothing; returns the TrainConfig keyword arguments (or raises CliError)."""
-    # --data: a specdec data folder with both splits (and features unless --online)
+    """Every check that loads nothing, in the order the user sees them; returns the TrainConfig keyword
+    arguments (or raises CliError)."""
+    data, manifest = _read_data_manifest(args)
+    _check_data_contents(args, manifest)
+    _check_target(args, manifest)
+    _check_stages(args)
+    _check_draft_vocab(args, manifest)
+    out = _check_out(args)
+    device = check_device(args.device)
+    dtype = model_dtype(args.dtype, device)
+    _check_batch(args, manifest)
+    return _train_config(args, data=data, out=out, dtype=dtype, device=device)
+
+
+def _read_data_manifest(args) -> tuple:
+    """--data: a folder with a readable manifest.json holding an object; returns (folder, manifest)."""
     data = os.path.expanduser(args.data)
     expected = "a `specdec data` output folder (with manifest.json)"
     if not os.path.isdir(data):
-        raise _error(
+        raise arg_error(
             "--data",
             expected,
-            _said(
+            Verbatim(
                 f"{args.data!r}, which does not exist"
                 if not os.path.exists(data)
                 else f"{args.data!r}, which is a file"
@@ -217,14 +259,19 @@ def validate_args(args) -> dict:
         )
     man_file = os.path.join(data, "manifest.json")
     if not os.path.isfile(man_file):
-        raise _error("--data", expected, _said(f"{args.data!r}, which has no manifest.json"))
+        raise arg_error("--data", expected, Verbatim(f"{args.data!r}, which has no manifest.json"))
     try:
         with open(man_file) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
-        raise _error("--data", expected, _said(f"{args.data!r}, whose manifest.json does not parse")) from None
+        raise arg_error("--data", expected, Verbatim(f"{args.data!r}, whose manifest.json does not parse")) from None
     if not isinstance(manifest, dict):
-        raise _error("--data", expected, _said(f"{args.data!r}, whose manifest.json is not an object"))
+        raise arg_error("--data", expected, Verbatim(f"{args.data!r}, whose manifest.json is not an object"))
+    return data, manifest
+
+
+def _check_data_contents(args, manifest: dict) -> None:
+    """--data: a complete build, with stored features unless --online, and a training split."""
     if not manifest.get("complete"):
         # name the split that is short: a folder built with --splits val holds no training data yet, and
         # rerunning that same command would not add it
@@ -234,81 +281,93 @@ def validate_args(args) -> dict:
             have, want = len(sp.get("shards") or []), sp.get("num_shards")
             if isinstance(want, int) and have < want:
                 short.append(f"{name} {have} of {want} shards")
-        raise _error(
+        raise arg_error(
             "--data",
             "a complete data folder",
-            _said(
+            Verbatim(
                 f"{args.data!r}, whose build is not finished ({', '.join(short) or 'not marked complete'}); run its "
                 "`specdec data` command again with --splits all (the default) to finish it"
             ),
         )
     settings = manifest.get("settings") or {}
     if not args.online and settings.get("features") is False:
-        raise _error(
+        raise arg_error(
             "--data",
             "a data folder with stored features (or --online)",
-            _said(f"{args.data!r}, built without features; add --online"),
+            Verbatim(f"{args.data!r}, built without features; add --online"),
         )
     splits = manifest.get("splits") or {}
     if not (splits.get("train") or {}).get("shards"):
-        raise _error(
-            "--data", "a data folder with a training split", _said(f"{args.data!r}, whose train split is empty")
+        raise arg_error(
+            "--data", "a data folder with a training split", Verbatim(f"{args.data!r}, whose train split is empty")
         )
 
-    # --target
+
+def _check_target(args, manifest: dict) -> None:
+    """--target: unset (the manifest must name one), default, or a model folder of the data's vocabulary."""
     target = args.target
     if target is None:
         t = manifest.get("target")
         if not (isinstance(t, dict) and t.get("path")) and not isinstance(t, str):
-            raise _error("--target", "a target (the data manifest names none)", _said("nothing"))
-    elif target.strip() != "default":
-        path = os.path.expanduser(target)
-        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-            raise _error(
-                "--target",
-                "the word 'default' or a Hugging Face model folder (with config.json)",
-                _said(
-                    f"{target!r}, which " + ("does not exist" if not os.path.exists(path) else "is not such a folder")
-                ),
-            )
-        vocab = (manifest.get("target") or {}).get("vocab_size") if isinstance(manifest.get("target"), dict) else None
-        try:
-            with open(os.path.join(path, "config.json")) as f:
-                tcfg = json.load(f)
-        except (OSError, ValueError):
-            tcfg = {}
-        if vocab and tcfg.get("vocab_size") and tcfg["vocab_size"] != vocab:
-            raise _error(
-                "--target",
-                f"the data's target (vocabulary {vocab})",
-                _said(f"{target!r}, whose vocabulary is {tcfg['vocab_size']}"),
-            )
+            raise arg_error("--target", "a target (the data manifest names none)", Verbatim("nothing"))
+        return
+    if target.strip() == "default":
+        return
+    path = os.path.expanduser(target)
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        raise arg_error(
+            "--target",
+            "the word 'default' or a Hugging Face model folder (with config.json)",
+            Verbatim(
+                f"{target!r}, which " + ("does not exist" if not os.path.exists(path) else "is not such a folder")
+            ),
+        )
+    vocab = (manifest.get("target") or {}).get("vocab_size") if isinstance(manifest.get("target"), dict) else None
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            tcfg = json.load(f)
+    except (OSError, ValueError):
+        tcfg = {}
+    if vocab and tcfg.get("vocab_size") and tcfg["vocab_size"] != vocab:
+        raise arg_error(
+            "--target",
+            f"the data's target (vocabulary {vocab})",
+            Verbatim(f"{target!r}, whose vocabulary is {tcfg['vocab_size']}"),
+        )
 
-    # stages / init
+
+def _check_stages(args) -> None:
+    """--stages: more than stage 1 only for GRIFFIN; --init: a head of --kind, required from stage 2 on."""
     if args.kind != "griffin" and args.stages != (1,):
-        raise _error(
+        raise arg_error(
             "--stages",
             f"1 for --kind {args.kind} (multi-stage training is GRIFFIN's)",
-            _said(",".join(map(str, args.stages))),
+            Verbatim(",".join(map(str, args.stages))),
         )
     if args.init is not None:
         _check_head_folder("--init", os.path.expanduser(args.init), args.kind)
     elif args.stages[0] > 1:
-        raise _error("--init", f"a stage-{args.stages[0] - 1} head to start stage {args.stages[0]} from", _said("none"))
+        raise arg_error(
+            "--init", f"a stage-{args.stages[0] - 1} head to start stage {args.stages[0]} from", Verbatim("none")
+        )
 
-    # the vocabulary
+
+def _check_draft_vocab(args, manifest: dict) -> None:
+    """--draft-vocab: at most the target's vocabulary when the manifest records it."""
     vocab = None
     t = manifest.get("target")
     if isinstance(t, dict):
         vocab = t.get("vocab_size")
     if args.draft_vocab is not None and isinstance(vocab, int) and args.draft_vocab > vocab:
-        raise _error("--draft-vocab", f"at most {vocab} (the target's vocabulary)", _said(str(args.draft_vocab)))
+        raise arg_error("--draft-vocab", f"at most {vocab} (the target's vocabulary)", Verbatim(str(args.draft_vocab)))
 
-    # --out / --resume
+
+def _check_out(args) -> str:
+    """--out: not a file, and without an earlier run unless --resume; returns it with ~ expanded."""
     out = os.path.expanduser(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise _error(
-            "--out", "a folder (new, or an earlier run's with --resume)", _said(f"{args.out!r}, which is a file")
+        raise arg_error(
+            "--out", "a folder (new, or an earlier run's with --resume)", Verbatim(f"{args.out!r}, which is a file")
         )
     earlier = os.path.isdir(out) and (
         os.path.isdir(os.path.join(out, "checkpoints"))
@@ -316,31 +375,34 @@ def validate_args(args) -> dict:
         or os.path.isfile(os.path.join(out, "train_log.csv"))
     )
     if earlier and not args.resume:
-        raise _error(
+        raise arg_error(
             "--out",
             "a folder without an earlier run (or --resume to continue it)",
-            _said(f"{args.out!r}, which holds one"),
+            Verbatim(f"{args.out!r}, which holds one"),
         )
+    return out
 
-    # device / dtype / batch
-    from ..dtypes import model_dtype
-    from .checks import check_device
 
-    device = check_device(args.device)
-    dtype = model_dtype(args.dtype, device)
+def _check_batch(args, manifest: dict) -> None:
+    """--batch-size: a multiple of the processes, at most the training sequences; --warmup-steps <= --max-steps."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size % world:
-        raise _error("--batch-size", f"a multiple of the {world} processes", _said(str(args.batch_size)))
+        raise arg_error("--batch-size", f"a multiple of the {world} processes", Verbatim(str(args.batch_size)))
+    splits = manifest.get("splits") or {}
     n_train = sum((e or {}).get("sequences", 0) for e in (splits.get("train") or {}).get("shards", []))
     if n_train and args.batch_size > n_train:
-        raise _error("--batch-size", f"at most the {n_train} training sequences", _said(str(args.batch_size)))
+        raise arg_error("--batch-size", f"at most the {n_train} training sequences", Verbatim(str(args.batch_size)))
     if args.warmup_steps is not None and args.max_steps is not None and args.warmup_steps > args.max_steps:
-        raise _error("--warmup-steps", f"at most --max-steps ({args.max_steps})", _said(str(args.warmup_steps)))
+        raise arg_error("--warmup-steps", f"at most --max-steps ({args.max_steps})", Verbatim(str(args.warmup_steps)))
+
+
+def _train_config(args, *, data: str, out: str, dtype: str, device) -> dict:
+    """The TrainConfig keyword arguments of the checked arguments."""
     return dict(
         kind=args.kind,
         data=data,
         out=out,
-        target=target,
+        target=args.target,
         online=args.online,
         stages=args.stages,
         init=os.path.expanduser(args.init) if args.init else None,
