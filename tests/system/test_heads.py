@@ -210,3 +210,19 @@ def test_recipe_script_sizes_griffin_stages_from_the_train_split(tmp_path):
         short = _recipe_dry_run(tmp_path, step, train_shards=0)
         assert short.returncode != 0 and "is not built (0 of 2 shards): run STEP=data first" in short.stderr
         assert "specdec train" not in short.stderr, step
+
+
+def test_describe_draft_names_no_machine_path(monkeypatch, tmp_path):
+    """What eval reports record for a head: a shipped head by its kind, a folder under the specdec home or
+    the user's home written portably, a relative folder as given."""
+    import os
+
+    from specdec.heads import describe_draft, shipped_heads
+
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
+    assert describe_draft(str(tmp_path / "home" / "runs" / "griffin-r3")) == "$SPECDEC_HOME/runs/griffin-r3"
+    assert describe_draft(os.path.expanduser(os.path.join("~", "heads", "mine"))) == "~/heads/mine"
+    assert describe_draft(os.path.join("runs", "mine")) == os.path.join("runs", "mine")
+    for kind, folder in shipped_heads().items():
+        assert describe_draft(folder) == f"{kind} (shipped)"
+        assert describe_draft(folder + os.sep) == f"{kind} (shipped)"

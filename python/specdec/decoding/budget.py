@@ -57,9 +57,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, specdec_home
 from ..target.prepack import is_prepacked
-from ..targets import specdec_home
 
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
 # head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).

@@ -53,7 +53,7 @@ class Prompt:
 
 
 def _home(home) -> Path:
-    from ..targets import specdec_home
+    from ..files import specdec_home
 
     return specdec_home(home)
 

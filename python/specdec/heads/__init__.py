@@ -55,3 +55,21 @@ def resolve_draft(spec: str) -> str:
             )
         return folder
     return os.path.expanduser(spec)
+
+
+def describe_draft(folder: str) -> str:
+    """How a record (an eval report, a log) names the head in `folder`: a shipped head by its kind, as
+    "griffin (shipped)", any other by its folder with this machine's home folders written portably
+    (specdec.files.portable_paths), so that committed records name no machine's paths.
+
+    Example:
+        >>> from specdec.heads import describe_draft, resolve_draft, shipped_heads
+        >>> all(describe_draft(resolve_draft(k)) == f"{k} (shipped)" for k in shipped_heads())
+        True
+    """
+    from ..files import portable_paths
+
+    for kind, shipped in shipped_heads().items():
+        if os.path.realpath(folder) == os.path.realpath(shipped):
+            return f"{kind} (shipped)"
+    return portable_paths(folder)

@@ -26,27 +26,11 @@ from typing import Optional
 
 import torch
 
+from ..files import portable_paths
+
 # The files of a shipped head: what export writes and what setup.py's package_data installs.
 HEAD_FILES = ("config.json", "model.safetensors", "README.md")
 TEXT_SUFFIXES = (".json", ".md", ".csv", ".txt")
-
-
-def portable_paths(text: str) -> str:
-    """`text` with this machine's folders written portably: the specdec home ($SPECDEC_HOME, default
-    ~/.cache/specdec) as "$SPECDEC_HOME", then the user's home as "~" (whole path components only).
-
-    Example:
-        >>> import os
-        >>> from specdec.training.export_head import portable_paths
-        >>> portable_paths(os.path.expanduser("~/runs/griffin")) == "~/runs/griffin"
-        True
-    """
-    from ..targets import specdec_home
-
-    for folder, name in ((str(specdec_home()), "$SPECDEC_HOME"), (os.path.expanduser("~"), "~")):
-        if folder and folder != os.sep and folder != "~":
-            text = re.sub(re.escape(folder.rstrip(os.sep)) + r"(?![^/\\\s\"',;)\]])", lambda m, name=name: name, text)
-    return text
 
 
 def copy_portable(src: str, dst: str) -> str:
