@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
+    from specdec.default_target import resolve_target
     from specdec.target.prepack import prepack_linears
-    from specdec.targets import resolve_target
 
     folder = resolve_target(args.target)
 

@@ -55,9 +55,9 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     from specdec.decoding.budget import time_draft_level, time_verify
+    from specdec.default_target import resolve_target
     from specdec.models import DraftConfig, build_draft_head
     from specdec.target import TargetModel
-    from specdec.targets import resolve_target
     from specdec.training.vocab import top_tokens
 
     path = resolve_target(args.target)

@@ -227,10 +227,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from specdec.default_target import resolve_target
     from specdec.models import DraftConfig, build_draft_head, load_draft_head
     from specdec.target import TargetModel
     from specdec.target.prepack import prepack_linears
-    from specdec.targets import resolve_target
 
     passes = args.passes or (10 if args.quick else 32)
     repeats = 2 if args.quick else 3

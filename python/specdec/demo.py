@@ -147,12 +147,12 @@ def real_demo(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .default_target import resolve_target
     from .dtypes import model_dtype
     from .evaluation.harness import EvalSettings, Harness
     from .heads import resolve_draft
     from .models import load_draft_head
     from .target.prepack import prepack_linears
-    from .targets import resolve_target
 
     steps = 4
     torch_dtype = getattr(torch, model_dtype(dtype, torch.device(device)))

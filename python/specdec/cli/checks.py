@@ -73,7 +73,7 @@ def check_target(text: str):
     if not text.strip():
         raise arg_error("--target", f"{what} (a folder with config.json)", text)
     if text.strip() == "default":
-        from ..targets import TargetFetchError, resolve_target
+        from ..default_target import TargetFetchError, resolve_target
 
         try:
             text = resolve_target("default")  # fetched once (progress on stderr), then a local folder

@@ -272,10 +272,12 @@ def _handle(args, stage) -> int:
 
     target = args.target
     try:
-        from ..targets import TargetError, TargetFetchError, resolve_target
+        from ..default_target import TargetError, TargetFetchError, resolve_target
     except ImportError:  # only paths then
         if target.strip() == "default":
-            raise CliError("argument --target: 'default' needs specdec.targets, which is missing", RUNTIME) from None
+            raise CliError(
+                "argument --target: 'default' needs specdec.default_target, which is missing", RUNTIME
+            ) from None
     else:
         stage.what = f"resolving --target {args.target!r}"
         try:

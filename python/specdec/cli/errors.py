@@ -1,7 +1,7 @@
 """The errors of the `specdec` command and its subcommands: one line on stderr and an exit status.
 
 A leaf module (no imports from the package), so that library modules with a command of their own
-(targets.py) and the subcommand modules can raise them without importing cli.py.
+(default_target.py) and the subcommand modules can raise them without importing cli.py.
 """
 
 from __future__ import annotations

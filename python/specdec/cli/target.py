@@ -1,11 +1,11 @@
-"""`specdec target {fetch,path}`: the default target model (specdec.targets does the work)."""
+"""`specdec target {fetch,path}`: the default target model (specdec.default_target does the work)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ..targets import (
+from ..default_target import (
     DEFAULT_NAME,
     REQUIREMENT,
     TargetFetchError,

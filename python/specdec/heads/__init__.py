@@ -1,5 +1,5 @@
 """Draft heads shipped with the package: EAGLE, FSPAD and GRIFFIN heads trained by this project for its
-default target (SmolLM2-135M-Instruct, see specdec.targets), each a folder of exactly config.json +
+default target (SmolLM2-135M-Instruct, see specdec.default_target), each a folder of exactly config.json +
 model.safetensors (bf16) + README.md (recipe, data, measured acceptance). How they were made (the exact
 commands, training logs and curves, the data manifest) is kept in the repository, under
 bench/results/training/, not in the package; docs/heads.md describes both.
@@ -15,7 +15,7 @@ from typing import Dict
 
 from ..head_kinds import KINDS
 
-# Folder of the default target's heads, named like the target folder of specdec.targets.
+# Folder of the default target's heads, named like the target folder of specdec.default_target.
 HEADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SmolLM2-135M-Instruct")
 
 

