@@ -14,6 +14,9 @@ import math
 
 import torch
 
+# Default learning rates (METHODS.md), used when specdec.training.losses has no RECIPES table.
+_DEFAULT_LR = {"eagle": 3e-5, "fspad": 5e-5, "griffin": 5e-5, "griffin_later": 3e-5}
+
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
     """The multiplier of the base lr at update `step` (0-based); see the module docstring."""
@@ -33,3 +36,21 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
     if not 0.0 <= min_ratio <= 1.0:
         raise ValueError(f"warmup_cosine: min_ratio must be in [0, 1], got {min_ratio}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, min_ratio))
+
+
+def recipe_lr(kind: str, stage: int) -> float:
+    """The recipe's peak learning rate (specdec.training.losses.learning_rate; METHODS.md)."""
+    try:
+        from .losses import learning_rate
+    except ImportError:  # pragma: no cover - losses.py is part of the package
+        learning_rate = None
+    if learning_rate is not None:
+        return float(learning_rate(kind, stage))
+    if kind == "griffin" and stage > 1:
+        return _DEFAULT_LR["griffin_later"]
+    return _DEFAULT_LR[kind]
+
+
+def default_warmup(total_steps: int) -> int:
+    """The recipes' 2000 warmup steps, capped at 5% of a shorter run (at least 1)."""
+    return max(1, min(2000, math.ceil(0.05 * total_steps)))

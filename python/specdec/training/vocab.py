@@ -80,3 +80,13 @@ def top_tokens(counts: torch.Tensor, size: int, always: Iterable[int] = ()) -> t
     order = order[torch.argsort((~forced[order]).to(torch.int8), stable=True)]
     chosen = order[:size]
     return torch.sort(chosen).values
+
+
+def _draft_vocab_ids(train_ds, size: int, eos: list, vocab: int) -> torch.Tensor:
+    """The V most frequent response tokens of the training split, EOS ids always included (sorted)."""
+    from .vocab import top_tokens
+
+    counts = train_ds.token_counts()
+    if counts.numel() < vocab:  # a tokenizer-sized count vector shorter than the model's vocabulary
+        counts = torch.cat((counts, torch.zeros(vocab - counts.numel(), dtype=counts.dtype)))
+    return top_tokens(counts[:vocab].to(torch.int64), size, always=[i for i in eos if 0 <= i < vocab])

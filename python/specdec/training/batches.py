@@ -1,0 +1,47 @@
+"""The batches of a training run: the datasets, the epoch's seeded order, collation and device placement."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from .rng import derive_seed
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def _load_datasets(cfg: TrainConfig):
+    from specdec.data import FeatureDataset, TokenDataset
+
+    cls = TokenDataset if cfg.online else FeatureDataset
+    return cls(cfg.data, split="train"), cls(cfg.data, split="val")
+
+
+def _collate(items: list, max_length: Optional[int], pad_id: int = 0) -> dict:
+    from specdec.data import collate
+
+    if max_length is not None:
+        items = [
+            {k: (v[:max_length] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v) for k, v in it.items()}
+            for it in items
+        ]
+    return collate(items, pad_id=pad_id)
+
+
+def _to_device(batch: dict, device: torch.device, feat_dtype: torch.dtype) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if k == "hidden":
+                v = v.to(feat_dtype)
+        out[k] = v
+    return out
+
+
+def epoch_order(n: int, seed: int, stage: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of the training sequences for one epoch of one stage."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "order", stage, epoch))
+    return torch.randperm(n, generator=g)

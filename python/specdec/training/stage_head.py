@@ -1,0 +1,48 @@
+"""The head of a training stage: built from the target's config (or loaded from --init), saved atomically."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from .rng import derive_seed
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def _build_head(cfg: TrainConfig, hf_config, stage: int, init: Optional[str], d2t: Optional[torch.Tensor], device):
+    from specdec.models import DraftConfig, build_draft_head, load_draft_head
+
+    if init is not None:
+        head = load_draft_head(init, device=device, dtype=torch.float32)
+        if head.kind != cfg.kind:
+            raise ValueError(f"--init {init!r} holds a {head.kind} head, expected {cfg.kind}")
+        return head
+    overrides = {}
+    if d2t is not None:
+        overrides["draft_vocab_size"] = int(d2t.numel())
+    dc = DraftConfig.from_target(hf_config, cfg.kind, **overrides)
+    torch.manual_seed(derive_seed(cfg.seed, "init", stage))
+    head = build_draft_head(dc, device=device, dtype=torch.float32)
+    if d2t is not None:
+        _set_d2t(head, d2t.to(device))
+    return head
+
+
+def _set_d2t(head, d2t: torch.Tensor) -> None:
+    head.set_draft_vocab(d2t)
+
+
+def _save_head(head, folder: str) -> None:
+    """head.save_pretrained through a temporary folder swapped in file by file (never half-written)."""
+    tmp = os.path.join(
+        os.path.dirname(folder.rstrip("/")) or ".", f".{os.path.basename(folder.rstrip('/'))}.tmp-{os.getpid()}"
+    )
+    head.save_pretrained(tmp)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+    os.rmdir(tmp)

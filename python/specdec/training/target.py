@@ -1,0 +1,74 @@
+"""The frozen target of a training run: which folder it is, and the parts of it the loop keeps."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def _resolve_target(cfg: TrainConfig, manifest: Optional[dict]) -> Optional[str]:
+    name = cfg.target
+    if name is None and manifest:
+        t = manifest.get("target")
+        name = t.get("path") if isinstance(t, dict) else t
+    if name is None:
+        return None
+    try:
+        from specdec.targets import resolve_target  # type: ignore
+    except ImportError:
+        resolve_target = None
+    if resolve_target is not None:
+        return str(resolve_target(name))
+    if name == "default":
+        raise FileNotFoundError("the default target needs specdec.targets (`specdec target fetch`)")
+    return os.path.expanduser(name)
+
+
+def _load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.device, full: bool):
+    """(model or None, embed, lm_head, hf config, eos ids). With full=False only the embedding and the
+    lm_head are kept (stored-feature mode)."""
+    if isinstance(spec, nn.Module):
+        model = spec
+    else:
+        if path is None:
+            raise ValueError("no target: give TrainConfig.target (the data manifest names none)")
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model.eval().requires_grad_(False)
+    eos = []
+    for src in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+    ):
+        for i in [src] if isinstance(src, int) else list(src or ()):
+            if isinstance(i, int) and i not in eos:
+                eos.append(i)
+    given = isinstance(spec, nn.Module)
+
+    def placed(m):  # a module on `device` in `dtype`; a caller's module is copied, never converted in place
+        p = next(m.parameters())
+        if p.device == device and p.dtype == dtype:
+            return m
+        return (copy.deepcopy(m) if given else m).to(device=device, dtype=dtype)
+
+    if full:
+        model = placed(model)
+        return model, model.get_input_embeddings(), model.get_output_embeddings(), model.config, eos
+    embed, lm_head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = lm_head.weight is embed.weight
+    embed = placed(embed)
+    if tied and isinstance(lm_head, nn.Linear) and lm_head.bias is None:
+        out = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, device="meta")
+        out.weight = embed.weight  # keep the tie (one copy of the table)
+        lm_head = out
+    else:
+        lm_head = placed(lm_head)
+    return None, embed, lm_head, model.config, eos
