@@ -5,9 +5,13 @@
     head_dir = train(TrainConfig(kind="griffin", data="data/smollm2", out="heads/griffin",
                                  stages=(1, 2, 3), draft_vocab=8192, dtype="bfloat16"))
 
-Modules: trainer (the loop: TrainConfig, train), losses (the recipes' losses), vocab (the reduced draft
-vocabulary), schedule (warmup + cosine), checkpointing (atomic checkpoints), validation (validation loss
-and per-step acceptance rates), plots (curves.png), cli (`specdec train`). See docs/training.md.
+Modules: trainer (the loop: train), config (TrainConfig), losses (the recipes' losses), recipe (the loss,
+optimizer and clipping as the loop runs them), vocab (the reduced draft vocabulary), schedule (peak lr,
+warmup + cosine), batches (data order and batches), target (the frozen target), stage_head (a stage's
+head), metrics and csv_log (train_log.csv / val_log.csv rows), checkpointing (atomic checkpoints, resume),
+rng (seeds, RNG state), distributed (the process group), autocast, fingerprints (target and data hashes),
+validation (validation loss and per-step acceptance rates), plots (curves.png), cli (`specdec train`).
+See docs/training.md.
 """
 
 from .trainer import SimulatedKill, TrainConfig, recipe_lr, train

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 
-class _Autocast:
-    """torch.autocast for bf16 runs, a no-op for fp32 (re-enterable)."""
+class AutocastPolicy:
+    """torch.autocast for bf16 runs, a no-op for fp32 (re-enterable: one object serves nested blocks)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device_type, self.dtype = device.type, dtype

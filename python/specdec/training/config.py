@@ -9,9 +9,11 @@ from typing import Optional, Sequence
 
 from ..dtypes import TRAIN_DTYPE_NAMES, torch_dtype
 from ..head_kinds import KINDS
+from .losses import CHECK_POSITIONS
+
+__all__ = ["CHECK_POSITIONS", "DTYPES", "SimulatedKill", "TrainConfig"]
 
 DTYPES = {name: torch_dtype(name) for name in TRAIN_DTYPE_NAMES}
-CHECK_POSITIONS = ("same", "previous")
 
 # Fields of TrainConfig that do not change the trajectory of the parameters (may differ on --resume).
 _FREE_FIELDS = (

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from ..files import atomic_write_text
 
 
-class _CsvLog:
+class CsvLog:
     """Append-only CSV whose header is fixed by its first row; truncate() drops rows past a checkpoint."""
 
     def __init__(self, path: str, enabled: bool):
@@ -24,6 +24,7 @@ class _CsvLog:
                 self.header, self.rows = r[0], len(r) - 1
 
     def truncate(self, rows: int) -> None:
+        """Keep the header and the first `rows` rows (a resumed run drops what its checkpoint did not see)."""
         if not self.enabled or not os.path.isfile(self.path):
             self.rows = 0
             return
@@ -37,6 +38,8 @@ class _CsvLog:
         self.rows = max(len(keep) - 1, 0)
 
     def write(self, row: dict) -> None:
+        """Append `row` (floats to 6 significant digits); a key the header lacks widens it (the file is
+        rewritten). Off the main process only the row count moves."""
         if not self.enabled:
             self.rows += 1
             return

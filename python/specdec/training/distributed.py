@@ -7,8 +7,12 @@ import os
 import torch
 
 
-class _Dist:
-    """Process-group state: rank, world size, and the collectives the loop uses (no-ops for one process)."""
+class ProcessGroup:
+    """Process-group state: rank, world size, and the collectives the loop uses (no-ops for one process).
+
+    Joins (and later closes) the default process group when torchrun set WORLD_SIZE > 1 and nobody
+    initialised it; an already initialised group is used and left open.
+    """
 
     def __init__(self, device: torch.device):
         import torch.distributed as dist
@@ -26,14 +30,17 @@ class _Dist:
 
     @property
     def main(self) -> bool:
+        """True on rank 0, the process that writes the files."""
         return self.rank == 0
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` in place over the processes; returns it."""
         if self.on and self.world > 1:
             self.dist.all_reduce(t)
         return t
 
     def barrier(self) -> None:
+        """Wait for every process."""
         if self.on and self.world > 1:
             if self.device.type == "cuda":
                 self.dist.barrier(device_ids=[self.device.index or 0])
@@ -41,5 +48,6 @@ class _Dist:
                 self.dist.barrier()
 
     def close(self) -> None:
+        """Destroy the process group if this object created it."""
         if self.owned and self.dist.is_initialized():
             self.dist.destroy_process_group()

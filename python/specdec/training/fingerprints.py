@@ -33,6 +33,7 @@ def fingerprint_target(path: Optional[str]) -> Optional[str]:
 
 
 def manifest_hash(manifest: Optional[dict]) -> Optional[str]:
+    """sha256 of the data manifest's canonical JSON (None without a manifest)."""
     if not manifest:
         return None
     return "sha256:" + hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()

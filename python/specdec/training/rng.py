@@ -15,7 +15,8 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
 
 
-def _get_rng() -> dict:
+def get_rng_state() -> dict:
+    """The global RNG states (torch, Python, CUDA once initialised, numpy when installed) for a checkpoint."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -28,7 +29,8 @@ def _get_rng() -> dict:
     return state
 
 
-def _set_rng(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restore the states of get_rng_state (those this process cannot restore are skipped)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""Learning-rate schedule of the recipes: linear warmup, then cosine decay.
+"""Learning-rate schedule of the recipes: the peak lr (recipe_lr), the warmup length (default_warmup), and
+the schedule itself, linear warmup then cosine decay:
 
     lr(s) = base * (s + 1) / warmup                                  for s < warmup
     lr(s) = base * (m + (1 - m) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2)   otherwise
@@ -14,8 +15,7 @@ import math
 
 import torch
 
-# Default learning rates (METHODS.md), used when specdec.training.losses has no RECIPES table.
-_DEFAULT_LR = {"eagle": 3e-5, "fspad": 5e-5, "griffin": 5e-5, "griffin_later": 3e-5}
+from .losses import learning_rate
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -39,16 +39,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
 
 
 def recipe_lr(kind: str, stage: int) -> float:
-    """The recipe's peak learning rate (specdec.training.losses.learning_rate; METHODS.md)."""
-    try:
-        from .losses import learning_rate
-    except ImportError:  # pragma: no cover - losses.py is part of the package
-        learning_rate = None
-    if learning_rate is not None:
-        return float(learning_rate(kind, stage))
-    if kind == "griffin" and stage > 1:
-        return _DEFAULT_LR["griffin_later"]
-    return _DEFAULT_LR[kind]
+    """The recipe's peak learning rate at `stage` (specdec.training.losses.learning_rate, docs/methods.md)."""
+    return float(learning_rate(kind, stage))
 
 
 def default_warmup(total_steps: int) -> int:

@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 
-def _build_head(cfg: TrainConfig, hf_config, stage: int, init: Optional[str], d2t: Optional[torch.Tensor], device):
+def build_stage_head(cfg: TrainConfig, hf_config, stage: int, init: Optional[str], d2t: Optional[torch.Tensor], device):
+    """The fp32 head a stage starts from: the --init / previous stage's head folder `init`, or a new head
+    for the target config `hf_config` with seed-derived weights (reduced to the draft vocabulary d2t, the
+    sorted target ids, when given)."""
     from specdec.models import DraftConfig, build_draft_head, load_draft_head
 
     if init is not None:
@@ -28,15 +31,23 @@ def _build_head(cfg: TrainConfig, hf_config, stage: int, init: Optional[str], d2
     torch.manual_seed(derive_seed(cfg.seed, "init", stage))
     head = build_draft_head(dc, device=device, dtype=torch.float32)
     if d2t is not None:
-        _set_d2t(head, d2t.to(device))
+        head.set_draft_vocab(d2t.to(device))
     return head
 
 
-def _set_d2t(head, d2t: torch.Tensor) -> None:
-    head.set_draft_vocab(d2t)
+def init_draft_vocab(head, init: str, draft_vocab: Optional[int]) -> Optional[torch.Tensor]:
+    """The draft-to-target map (CPU) of a head loaded from `init`, None for a full vocabulary; ValueError
+    when its size is not the requested draft_vocab."""
+    vd = head.config.draft_vocab_size
+    if draft_vocab is not None and vd != draft_vocab:
+        raise ValueError(
+            f"init head {init!r} has a draft vocabulary of {vd or head.config.vocab_size} tokens, "
+            f"not draft_vocab={draft_vocab}"
+        )
+    return None if vd is None else head.draft_to_target.detach().cpu().clone()
 
 
-def _save_head(head, folder: str) -> None:
+def save_head(head, folder: str) -> None:
     """head.save_pretrained through a temporary folder swapped in file by file (never half-written)."""
     tmp = os.path.join(
         os.path.dirname(folder.rstrip("/")) or ".", f".{os.path.basename(folder.rstrip('/'))}.tmp-{os.getpid()}"

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 
-def _resolve_target(cfg: TrainConfig, manifest: Optional[dict]) -> Optional[str]:
+def resolve_target_path(cfg: TrainConfig, manifest: Optional[dict]) -> Optional[str]:
+    """The target folder: cfg.target, else the one the data manifest records (None when neither names
+    one); names such as "default" go through specdec.targets.resolve_target."""
     name = cfg.target
     if name is None and manifest:
         t = manifest.get("target")
@@ -31,10 +33,15 @@ def _resolve_target(cfg: TrainConfig, manifest: Optional[dict]) -> Optional[str]
     return os.path.expanduser(name)
 
 
-def _load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.device, full: bool):
+def load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.device, full: bool):
     """(model or None, embed, lm_head, hf config, eos ids). With full=False only the embedding and the
-    lm_head are kept (stored-feature mode)."""
-    if isinstance(spec, nn.Module):
+    lm_head are kept (stored-feature mode).
+
+    spec: an already loaded causal LM (copied, never converted in place, when it is not on `device` in
+    `dtype`), or None to load the Hugging Face folder `path`. The modules are frozen (eval, no gradients).
+    """
+    given = isinstance(spec, nn.Module)
+    if given:
         model = spec
     else:
         if path is None:
@@ -43,15 +50,7 @@ def _load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.de
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.eval().requires_grad_(False)
-    eos = []
-    for src in (
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-    ):
-        for i in [src] if isinstance(src, int) else list(src or ()):
-            if isinstance(i, int) and i not in eos:
-                eos.append(i)
-    given = isinstance(spec, nn.Module)
+    eos = _eos_ids(model)
 
     def placed(m):  # a module on `device` in `dtype`; a caller's module is copied, never converted in place
         p = next(m.parameters())
@@ -72,3 +71,16 @@ def _load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.de
     else:
         lm_head = placed(lm_head)
     return None, embed, lm_head, model.config, eos
+
+
+def _eos_ids(model) -> list:
+    """The end-of-sequence ids of the generation config, then of the model config (each once, in order)."""
+    eos = []
+    for src in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+    ):
+        for i in [src] if isinstance(src, int) else list(src or ()):
+            if isinstance(i, int) and i not in eos:
+                eos.append(i)
+    return eos

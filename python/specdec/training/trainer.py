@@ -14,35 +14,42 @@ Data parallelism. Step s of an epoch takes the global batch perm[s*B:(s+1)*B] (B
 sequences); rank r of W processes trains on its elements r, r+W, ... The loss of each rank is rescaled by
 W * (its masked positions) / (all ranks' masked positions) before DDP averages the gradients, so the
 update equals the one of a single process on the whole global batch (up to fp32 rounding).
+
+Parts (each in its own module): config (TrainConfig), batches (data order and batches), target (the
+frozen target), vocab (the draft vocabulary), stage_head (building and saving a stage's head), recipe
+(loss, optimizer, clipping), schedule (learning rates), metrics and csv_log (train_log/val_log rows),
+checkpointing, rng (seeds, RNG state), distributed (the process group), autocast, fingerprints.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from ..files import atomic_write_text
-from . import checkpointing as ckpt
-from .autocast import _Autocast
-from .batches import _collate, _load_datasets, _to_device, epoch_order
+from .autocast import AutocastPolicy
+from .batches import collate_batch, epoch_order, load_datasets, rank_indices, to_device
+from .checkpointing import CheckpointManager, check_resumable, training_state
 from .config import CHECK_POSITIONS, DTYPES, SimulatedKill, TrainConfig
-from .csv_log import _CsvLog
-from .distributed import _Dist
+from .csv_log import CsvLog
+from .distributed import ProcessGroup
 from .fingerprints import fingerprint_target, manifest_hash
-from .metrics import _ACC_KEYS, _COUNT_KEYS, _as_float, _metric
-from .recipe import _clip, _loss_fn, _LossModule
-from .rng import _get_rng, _set_rng, derive_seed
+from .metrics import logged_keys, masked_count, step_sums, train_row
+from .recipe import clip_gradients, make_optimizer, stage_loss, training_module
+from .rng import derive_seed, set_rng_state
 from .schedule import default_warmup, recipe_lr, warmup_cosine
-from .stage_head import _build_head, _save_head
-from .target import _load_target, _resolve_target
+from .stage_head import build_stage_head, init_draft_vocab, save_head
+from .target import load_target, resolve_target_path
 from .validation import validate
-from .vocab import _draft_vocab_ids
+from .vocab import draft_vocab_ids
 
 # The public names callers import from specdec.training.trainer (some defined in the modules above).
 __all__ = [
@@ -61,6 +68,8 @@ __all__ = [
 
 
 def _pick_device(text: Optional[str]) -> torch.device:
+    """The training device: `text` ("cpu", "cuda", "cuda:N"), None = cuda when available; a bare "cuda"
+    becomes cuda:LOCAL_RANK under torchrun (else the current device), made the current CUDA device."""
     local = os.environ.get("LOCAL_RANK")
     if text is None:
         text = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,9 +79,6 @@ def _pick_device(text: Optional[str]) -> torch.device:
             dev = torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     return dev
-
-
-# ---- the run -------------------------------------------------------------------------------------
 
 
 def train(
@@ -92,39 +98,81 @@ def train(
     config.check()
     cfg = config
     device = _pick_device(cfg.device)
-    dist = _Dist(device)
+    dist = ProcessGroup(device)
     try:
         return _Run(cfg, device, dist, target_model, datasets, phase).run()
     finally:
         dist.close()
 
 
+@dataclass
+class _Stage:
+    """One training stage in progress: its head, optimizer and schedule, and where it stands."""
+
+    number: int  # the stage j
+    index: int  # its position in cfg.stages (0-based): global_step = index * total_steps + step
+    head: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    lr: float
+    module: Optional[nn.Module] = None  # runs the training loss (DDP-wrapped with several processes)
+    val_loss: Optional[Callable] = None  # the loss without input noise
+    epoch: int = 0
+    position: int = 0  # the next global batch of the epoch
+    step: int = 0
+    stats: dict = field(default_factory=lambda: {"tokens": 0, "time": 0.0})
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint of this stage (checkpointing.training_state)."""
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
+        self.stats = dict(state.get("stats", self.stats))
+
+
 class _Run:
-    def __init__(self, cfg: TrainConfig, device, dist: _Dist, target_model, datasets, phase=None):
+    """One call of train(): the data, the target and the logs, shared by the stages it trains."""
+
+    def __init__(self, cfg: TrainConfig, device, dist: ProcessGroup, target_model, datasets, phase=None):
         self.cfg, self.device, self.dist = cfg, device, dist
         self.phase = phase or (lambda what: None)
         self.dtype = DTYPES[cfg.dtype]
-        self.autocast = _Autocast(device, self.dtype)
+        self.autocast = AutocastPolicy(device, self.dtype)
         if cfg.batch_size % dist.world:
             raise ValueError(
                 f"batch_size {cfg.batch_size} is not a multiple of the {dist.world} processes "
                 "(the global batch is split evenly)"
             )
         self.out = os.path.abspath(os.path.expanduser(cfg.out))
-        self.ckpt_dir = os.path.join(self.out, "checkpoints")
+        self.checkpoints = CheckpointManager(os.path.join(self.out, "checkpoints"), cfg.keep_checkpoints)
+        self._load_data(datasets)
+        self._load_target(target_model)
+        self.d2t = self._draft_vocab()
+        self._count_steps()
+        self.steps_this_call = 0
+        self.train_log = CsvLog(os.path.join(self.out, "train_log.csv"), dist.main)
+        self.val_log = CsvLog(os.path.join(self.out, "val_log.csv"), dist.main)
+        self.summary = {"kind": cfg.kind, "stages": {}}
+
+    def _load_data(self, datasets: Optional[tuple]) -> None:
         if datasets is not None:
             self.train_ds, self.val_ds = datasets
         else:
-            if cfg.data is None:
+            if self.cfg.data is None:
                 raise ValueError("TrainConfig.data: expected a `specdec data` folder, got None")
-            self.phase(f"loading the data {cfg.data!r}")
-            self.train_ds, self.val_ds = _load_datasets(cfg)
+            self.phase(f"loading the data {self.cfg.data!r}")
+            self.train_ds, self.val_ds = load_datasets(self.cfg)
         self.manifest = getattr(self.train_ds, "manifest", None)
+
+    def _load_target(self, target_model: Optional[nn.Module]) -> None:
+        cfg = self.cfg
         self.phase("resolving the target")
-        self.target_path = None if target_model is not None else _resolve_target(cfg, self.manifest)
+        self.target_path = None if target_model is not None else resolve_target_path(cfg, self.manifest)
         self.phase(f"loading the target {self.target_path or 'model'}")
-        model, self.embed, self.lm_head, self.hf_config, self.eos = _load_target(
-            target_model, self.target_path, self.dtype, device, full=cfg.online
+        model, self.embed, self.lm_head, self.hf_config, self.eos = load_target(
+            target_model, self.target_path, self.dtype, self.device, full=cfg.online
         )
         self.features = None
         if cfg.online:
@@ -132,19 +180,25 @@ class _Run:
 
             self.features = OnlineFeatures(model)
         self.pad_id = 0
-        if isinstance(self.manifest, dict):
+        if isinstance(self.manifest, dict):  # the data's tokenizer knows more end-of-turn ids than the model
             tok = self.manifest.get("tokenizer") or {}
             if isinstance(tok.get("pad_token_id"), int):
                 self.pad_id = tok["pad_token_id"]
             for i in tok.get("eos_token_ids") or ():
                 if isinstance(i, int) and i not in self.eos:
                     self.eos.append(i)
-        self.d2t = None
-        if cfg.draft_vocab is not None:
-            vocab = int(self.hf_config.vocab_size)
-            if cfg.draft_vocab > vocab:
-                raise ValueError(f"draft_vocab {cfg.draft_vocab} exceeds the target's vocabulary ({vocab})")
-            self.d2t = _draft_vocab_ids(self.train_ds, cfg.draft_vocab, self.eos, vocab)
+
+    def _draft_vocab(self) -> Optional[torch.Tensor]:
+        cfg = self.cfg
+        if cfg.draft_vocab is None:
+            return None
+        vocab = int(self.hf_config.vocab_size)
+        if cfg.draft_vocab > vocab:
+            raise ValueError(f"draft_vocab {cfg.draft_vocab} exceeds the target's vocabulary ({vocab})")
+        return draft_vocab_ids(self.train_ds, cfg.draft_vocab, self.eos, vocab)
+
+    def _count_steps(self) -> None:
+        cfg = self.cfg
         n = len(self.train_ds)
         if n < cfg.batch_size:
             raise ValueError(f"the training split has {n} sequences, fewer than one batch ({cfg.batch_size})")
@@ -153,19 +207,18 @@ class _Run:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup(self.total_steps)
-        self.steps_this_call = 0
-        self.train_log = _CsvLog(os.path.join(self.out, "train_log.csv"), dist.main)
-        self.val_log = _CsvLog(os.path.join(self.out, "val_log.csv"), dist.main)
-        self.summary = {"kind": cfg.kind, "stages": {}}
 
     # -- paths and metadata --
 
     def stage_dir(self, stage: int) -> str:
+        """The folder of a stage's head: out/ for a one-stage run, else out/stages/stage<j>."""
         if len(self.cfg.stages) == 1:
             return self.out
         return os.path.join(self.out, "stages", f"stage{stage}")
 
     def metadata(self, stage: int, lr: float) -> dict:
+        """config.json's "specdec_training" record of a stage's head: the target, the draft vocabulary,
+        the recipe's settings as run, the data."""
         cfg = self.cfg
         return {
             "kind": cfg.kind,
@@ -203,23 +256,24 @@ class _Run:
     # -- the run --
 
     def run(self) -> str:
-        cfg, dist = self.cfg, self.dist
+        """Train every stage of the config (skipping those a resumed run finished); returns out/."""
+        resume = self._open_output()
+        final = self._train_stages(resume)
+        if final != self.out and self.dist.main:
+            # the final head also sits at out/ (a multi-stage run's last stage)
+            for name in ("model.safetensors", "config.json"):
+                shutil.copyfile(os.path.join(final, name), os.path.join(self.out, f".{name}.tmp"))
+                os.replace(os.path.join(self.out, f".{name}.tmp"), os.path.join(self.out, name))
+        self.dist.barrier()
+        return self.out
+
+    def _open_output(self) -> Optional[dict]:
+        """Prepare out/ and return the checkpoint state to resume from (None: start afresh)."""
+        dist = self.dist
         if dist.main:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-            ckpt.clean_temporaries(self.ckpt_dir)
+            self.checkpoints.prepare()
         dist.barrier()
-        resume = None
-        if cfg.resume:
-            found = ckpt.load_latest(self.ckpt_dir, map_location="cpu")
-            if found is None:
-                if dist.main:
-                    start = f"from --init {cfg.init!r}" if cfg.init else "from scratch"
-                    warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting {start}", stacklevel=2)
-            else:
-                resume = found[3]
-                self._check_resumable(resume, found[2])
-        elif ckpt.list_checkpoints(self.ckpt_dir) or os.path.isfile(os.path.join(self.out, "train_log.csv")):
-            raise FileExistsError(f"{self.out} holds an earlier run; pass resume=True (--resume) or another out folder")
+        resume = self._resume_state()
         if resume is not None:
             self.train_log.truncate(resume["log_rows"][0])
             self.val_log.truncate(resume["log_rows"][1])
@@ -230,10 +284,30 @@ class _Run:
                     os.remove(log.path)
                 log.rows, log.header = 0, None
         dist.barrier()
+        return resume
 
+    def _resume_state(self) -> Optional[dict]:
+        cfg = self.cfg
+        if not cfg.resume:
+            if self.checkpoints.exist() or os.path.isfile(os.path.join(self.out, "train_log.csv")):
+                raise FileExistsError(
+                    f"{self.out} holds an earlier run; pass resume=True (--resume) or another out folder"
+                )
+            return None
+        found = self.checkpoints.newest()
+        if found is None:
+            if self.dist.main:
+                start = f"from --init {cfg.init!r}" if cfg.init else "from scratch"
+                warnings.warn(f"--resume: no checkpoint in {self.checkpoints.folder}; starting {start}", stacklevel=4)
+            return None
+        check_resumable(found[3], found[2], cfg.trajectory_settings(), self.dist.world, self.dist.main)
+        return found[3]
+
+    def _train_stages(self, resume: Optional[dict]) -> Optional[str]:
+        """Train the stages in order, each from the previous one's head; returns the last one's folder."""
         final = None
-        prev_dir = cfg.init
-        for si, stage in enumerate(cfg.stages):
+        prev_dir = self.cfg.init
+        for stage_index, stage in enumerate(self.cfg.stages):
             state = None
             if resume is not None:
                 r_stage = resume["stage"]
@@ -243,200 +317,157 @@ class _Run:
                     continue
                 if stage == r_stage:
                     state = resume
-            final = self._train_stage(stage, si, prev_dir, state)
+            final = self._train_stage(stage, stage_index, prev_dir, state)
             prev_dir = final
-        if final != self.out and dist.main:
-            # the final head also sits at out/ (a multi-stage run's last stage)
-            import shutil
+        return final
 
-            for name in ("model.safetensors", "config.json"):
-                shutil.copyfile(os.path.join(final, name), os.path.join(self.out, f".{name}.tmp"))
-                os.replace(os.path.join(self.out, f".{name}.tmp"), os.path.join(self.out, name))
-        dist.barrier()
-        return self.out
-
-    def _check_resumable(self, state: dict, path: str) -> None:
-        mine = self.cfg.trajectory_settings()
-        theirs = state.get("settings", {})
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff)
-            raise ValueError(f"--resume: checkpoint {path} was written with other settings ({shown})")
-        if state.get("world_size", 1) != self.dist.world and self.dist.main:
-            warnings.warn(
-                f"--resume: the checkpoint was written by {state.get('world_size')} processes, now "
-                f"{self.dist.world}: the run continues, but not bitwise as the original would have",
-                stacklevel=2,
-            )
-
-    def _train_stage(self, stage: int, si: int, init: Optional[str], state: Optional[dict]) -> str:
-        cfg, dist, device = self.cfg, self.dist, self.device
-        self.phase(f"building the stage-{stage} head" + (f" from {init!r}" if init else ""))
-        head = _build_head(cfg, self.hf_config, stage, init, self.d2t if init is None else None, device)
-        if init is not None:
-            vd = head.config.draft_vocab_size
-            if cfg.draft_vocab is not None and vd != cfg.draft_vocab:
-                raise ValueError(
-                    f"init head {init!r} has a draft vocabulary of {vd or head.config.vocab_size} tokens, "
-                    f"not draft_vocab={cfg.draft_vocab}"
-                )
-            self.d2t = None if vd is None else head.draft_to_target.detach().cpu().clone()
-        head.bind_target(self.embed, self.lm_head)
-        head.train()
-        lr = cfg.lr if cfg.lr is not None else recipe_lr(cfg.kind, stage)
-        opt = torch.optim.AdamW(
-            head.parameters(), lr=lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
-        )
-        sched = warmup_cosine(opt, self.warmup, self.total_steps, cfg.min_lr_ratio)
-        epoch, pos, step = 0, 0, 0
-        stats = {"tokens": 0, "time": 0.0}
-        if state is not None:
-            head.load_state_dict(state["head"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            _set_rng(state["rng"])
-            epoch, pos, step = state["epoch"], state["position"], state["step"]
-            stats = dict(state.get("stats", stats))
-        module = _LossModule(head, _loss_fn(cfg, stage, cfg.noise))
-        if dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-        val_fn = _loss_fn(cfg, stage, 0.0)
-
-        if state is None and cfg.validate_at_start:
-            self._validate(head, val_fn, stage, si, epoch=0, step=0)
-        bar = None
-        if dist.main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=self.total_steps, initial=step, desc=f"{cfg.kind} stage {stage}", dynamic_ncols=True, unit="step"
-            )
-        B, W, R = cfg.batch_size, dist.world, dist.rank
+    def _train_stage(self, stage: int, stage_index: int, init: Optional[str], state: Optional[dict]) -> str:
+        """Train one stage from the head folder `init` (None: a new head), or from the checkpoint `state`
+        of this stage; returns the folder of its head."""
+        st = self._start_stage(stage, stage_index, init, state)
+        if state is None and self.cfg.validate_at_start:
+            self._validate(st.head, st.val_loss, stage, stage_index, epoch=0, step=0)
+        bar = self._progress_bar(st)
         self.phase(f"training stage {stage}")
         try:
-            while step < self.total_steps and epoch < cfg.epochs:
-                order = epoch_order(len(self.train_ds), cfg.seed, stage, epoch)
-                while pos < self.steps_per_epoch and step < self.total_steps:
-                    t0 = time.perf_counter()
-                    idx = order[pos * B : (pos + 1) * B][R::W].tolist()
-                    batch = self._batch(idx)
-                    gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "noise", stage, step, R))
-                    with self.autocast:
-                        loss, metrics = module(batch, gen)
-                    count = _as_float(metrics.get(_metric(metrics, _COUNT_KEYS) or "", None))
-                    if count is None:
-                        count = float(batch["loss_mask"].sum())
-                    tokens = float(batch["attention_mask"].sum())
-                    keys = [
-                        k
-                        for k in sorted(metrics)
-                        if _as_float(metrics[k]) is not None and not k.endswith("count") and not k.startswith("pass1/")
-                    ]
-                    vec = torch.tensor(
-                        [count, tokens, float(loss.detach())] + [_as_float(metrics[k]) * count for k in keys],
-                        dtype=torch.float64,
-                        device=device,
-                    )
-                    vec[2] = vec[2] * count
-                    dist.all_reduce(vec)
-                    if W > 1:
-                        loss = loss * (W * count / max(float(vec[0]), 1.0))
-                    loss.backward()
-                    gnorm = _clip(head, cfg.grad_clip, cfg.clip_mode)
-                    cur_lr = opt.param_groups[0]["lr"]
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    dt = time.perf_counter() - t0
-                    step += 1
-                    pos += 1
-                    self.steps_this_call += 1
-                    stats["tokens"] += float(vec[1])
-                    stats["time"] += dt
-                    total_count = max(float(vec[0]), 1.0)
-                    row = {
-                        "stage": stage,
-                        "step": step,
-                        "global_step": si * self.total_steps + step,
-                        "epoch": round(epoch + pos / self.steps_per_epoch, 6),
-                        "lr": cur_lr,
-                        "loss": float(vec[2]) / total_count,
-                    }
-                    for i, k in enumerate(keys):
-                        if k != "loss":
-                            row[k.replace("/", "_")] = float(vec[3 + i]) / total_count
-                    acc_key = _metric(metrics, _ACC_KEYS)
-                    if acc_key and acc_key != "acc":
-                        row["acc"] = row[acc_key]
-                    row.update(
-                        grad_norm=float(gnorm),
-                        masked=int(vec[0]),
-                        tokens=int(vec[1]),
-                        tokens_per_s=float(vec[1]) / dt if dt > 0 else float("nan"),
-                        seconds=dt,
-                    )
-                    self.train_log.write(row)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(
-                            loss=f"{row['loss']:.4f}",
-                            acc=f"{row.get('acc', float('nan')):.3f}",
-                            tok_s=f"{row['tokens_per_s']:.0f}",
-                            refresh=False,
-                        )
-                    at_end = pos >= self.steps_per_epoch or step >= self.total_steps
-                    if step % cfg.checkpoint_every == 0 and not at_end:
-                        self._checkpoint(stage, head, opt, sched, epoch, pos, step, stats, done=False)
-                    if cfg.stop_after is not None and self.steps_this_call >= cfg.stop_after:
-                        raise SimulatedKill(f"stopped after {self.steps_this_call} steps (stop_after)")
-                # end of an epoch (or of the stage's steps)
-                if bar is not None:
-                    bar.refresh()
-                self._validate(head, val_fn, stage, si, epoch=epoch + 1, step=step)
-                epoch, pos = epoch + 1, 0
-                done = step >= self.total_steps or epoch >= cfg.epochs
-                if not done:
-                    self._checkpoint(stage, head, opt, sched, epoch, pos, step, stats, done=False)
+            self._train_epochs(st, bar)
         finally:
             if bar is not None:
                 bar.close()
+        return self._finish_stage(st)
+
+    def _start_stage(self, stage: int, stage_index: int, init: Optional[str], state: Optional[dict]) -> _Stage:
+        cfg = self.cfg
+        self.phase(f"building the stage-{stage} head" + (f" from {init!r}" if init else ""))
+        head = build_stage_head(cfg, self.hf_config, stage, init, self.d2t if init is None else None, self.device)
+        if init is not None:
+            self.d2t = init_draft_vocab(head, init, cfg.draft_vocab)
+        head.bind_target(self.embed, self.lm_head)
+        head.train()
+        lr = cfg.lr if cfg.lr is not None else recipe_lr(cfg.kind, stage)
+        opt = make_optimizer(head, cfg, lr)
+        sched = warmup_cosine(opt, self.warmup, self.total_steps, cfg.min_lr_ratio)
+        st = _Stage(stage, stage_index, head, opt, sched, lr)
+        if state is not None:
+            st.restore(state)
+        # after the restore: DDP broadcasts rank 0's parameters when it wraps them
+        st.module = training_module(head, stage_loss(cfg, stage, cfg.noise), self.device, self.dist.world)
+        st.val_loss = stage_loss(cfg, stage, 0.0)
+        return st
+
+    def _progress_bar(self, st: _Stage):
+        if not (self.dist.main and self.cfg.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=st.step,
+            desc=f"{self.cfg.kind} stage {st.number}",
+            dynamic_ncols=True,
+            unit="step",
+        )
+
+    def _train_epochs(self, st: _Stage, bar) -> None:
+        """Optimizer steps until the stage's steps or epochs run out; validation and a checkpoint at the end
+        of each epoch, a checkpoint every cfg.checkpoint_every steps."""
+        cfg = self.cfg
+        while st.step < self.total_steps and st.epoch < cfg.epochs:
+            order = epoch_order(len(self.train_ds), cfg.seed, st.number, st.epoch)
+            while st.position < self.steps_per_epoch and st.step < self.total_steps:
+                row = self._train_step(st, order)
+                self.train_log.write(row)
+                _show_step(bar, row)
+                at_end = st.position >= self.steps_per_epoch or st.step >= self.total_steps
+                if st.step % cfg.checkpoint_every == 0 and not at_end:
+                    self._checkpoint(st, done=False)
+                if cfg.stop_after is not None and self.steps_this_call >= cfg.stop_after:
+                    raise SimulatedKill(f"stopped after {self.steps_this_call} steps (stop_after)")
+            # end of an epoch (or of the stage's steps)
+            if bar is not None:
+                bar.refresh()
+            self._validate(st.head, st.val_loss, st.number, st.index, epoch=st.epoch + 1, step=st.step)
+            st.epoch, st.position = st.epoch + 1, 0
+            if not (st.step >= self.total_steps or st.epoch >= cfg.epochs):
+                self._checkpoint(st, done=False)
+
+    def _train_step(self, st: _Stage, order: torch.Tensor) -> dict:
+        """One optimizer step on global batch st.position of `order`; returns its train_log row."""
+        cfg, dist, device = self.cfg, self.dist, self.device
+        t0 = time.perf_counter()
+        batch = self._batch(rank_indices(order, st.position, cfg.batch_size, dist.rank, dist.world))
+        gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "noise", st.number, st.step, dist.rank))
+        with self.autocast:
+            loss, metrics = st.module(batch, gen)
+        count = masked_count(metrics, batch)
+        keys = logged_keys(metrics)
+        sums = dist.all_reduce(step_sums(count, float(batch["attention_mask"].sum()), loss, metrics, keys, device))
+        if dist.world > 1:  # DDP averages the gradients: weigh each rank by its share of the loss positions
+            loss = loss * (dist.world * count / max(float(sums[0]), 1.0))
+        loss.backward()
+        gnorm = clip_gradients(st.head, cfg.grad_clip, cfg.clip_mode)
+        cur_lr = st.optimizer.param_groups[0]["lr"]
+        st.optimizer.step()
+        st.scheduler.step()
+        st.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        st.step += 1
+        st.position += 1
+        self.steps_this_call += 1
+        st.stats["tokens"] += float(sums[1])
+        st.stats["time"] += dt
+        where = {
+            "stage": st.number,
+            "step": st.step,
+            "global_step": st.index * self.total_steps + st.step,
+            "epoch": round(st.epoch + st.position / self.steps_per_epoch, 6),
+            "lr": cur_lr,
+        }
+        return train_row(sums, keys, metrics, where, gnorm, dt)
+
+    def _finish_stage(self, st: _Stage) -> str:
+        """Record the stage in summary.json, save its head (with its metadata) and a final checkpoint."""
+        dist, stage, stats = self.dist, st.number, st.stats
         folder = self.stage_dir(stage)
         tput = stats["tokens"] / stats["time"] if stats["time"] > 0 else float("nan")
         self.summary["stages"].setdefault(str(stage), {}).update(
             {
                 "head": folder,
-                "steps": step,
+                "steps": st.step,
                 "tokens": int(stats["tokens"]),
                 "train_seconds": stats["time"],
                 "tokens_per_s": tput,
             }
         )
         if dist.main:
+            extra = st.head.config.extra
             # a measurement of the --init head (specdec validate --write) does not describe this one
-            head.config.extra.pop("specdec_validation", None)
-            head.config.extra["specdec_training"] = self.metadata(stage, lr)
-            head.config.extra["specdec_training"]["result"] = self.summary["stages"][str(stage)]
-            _save_head(head, folder)
+            extra.pop("specdec_validation", None)
+            extra["specdec_training"] = self.metadata(stage, st.lr)
+            extra["specdec_training"]["result"] = self.summary["stages"][str(stage)]
+            save_head(st.head, folder)
             self._write_summary()
         dist.barrier()
-        self._checkpoint(stage, head, opt, sched, epoch, pos, step, stats, done=True)
+        self._checkpoint(st, done=True)
         return folder
 
     def _batch(self, idx: list, dataset=None) -> dict:
+        """The items `idx` of `dataset` (default: the training split) collated on the device, with the
+        target's features computed now in an online run."""
         ds = dataset if dataset is not None else self.train_ds
-        batch = _collate([ds[i] for i in idx], self.cfg.max_length, self.pad_id)
-        batch = _to_device(batch, self.device, self.dtype)
+        batch = collate_batch([ds[i] for i in idx], self.cfg.max_length, self.pad_id)
+        batch = to_device(batch, self.device, self.dtype)
         if self.features is not None:
             with torch.no_grad(), self.autocast:
                 hidden = self.features(batch["input_ids"], batch["attention_mask"])
             batch["hidden"] = hidden.to(self.dtype)
         return batch
 
-    def _validate(self, head, loss_fn, stage: int, si: int, epoch: int, step: int) -> Optional[dict]:
+    def _validate(self, head, loss_fn, stage: int, stage_index: int, epoch: int, step: int) -> Optional[dict]:
+        """Validation loss and acceptance of `head` on the validation split (this rank's share), logged to
+        val_log.csv and summary.json; None without validation data."""
         cfg, dist = self.cfg, self.dist
         if self.val_ds is None or len(self.val_ds) == 0:
             return None
@@ -450,29 +481,22 @@ class _Run:
 
         def lf(batch):
             loss, metrics = loss_fn(head, batch)
-            count = _as_float(metrics.get(_metric(metrics, _COUNT_KEYS) or "", None))
-            return loss, (count if count is not None else float(batch["loss_mask"].sum()))
+            return loss, masked_count(metrics, batch)
 
         t0 = time.perf_counter()
         self.phase(f"validating stage {stage} at step {step}")
         res = validate(head, batches(), lf, steps=cfg.val_steps, autocast=self.autocast, all_reduce=dist.all_reduce)
-        row = {"stage": stage, "epoch": epoch, "step": step, "global_step": si * self.total_steps + step}
+        row = {"stage": stage, "epoch": epoch, "step": step, "global_step": stage_index * self.total_steps + step}
         row.update(res)
         row["seconds"] = time.perf_counter() - t0
         self.phase(f"training stage {stage}")
         # the top-k coverage lists (cov_k) stay in summary.json: one CSV column per rank and step is noise
         self.val_log.write({k: v for k, v in row.items() if not k.startswith("cov_")})
-        st = self.summary["stages"].setdefault(str(stage), {})
-        st.setdefault("validation", []).append(row)
+        self.summary["stages"].setdefault(str(stage), {}).setdefault("validation", []).append(row)
         if dist.main:
             self._write_summary()
             if cfg.progress:
-                accs = " ".join(f"{res[f'acc_{k}']:.3f}" for k in range(1, cfg.val_steps + 1))
-                print(
-                    f"[{cfg.kind} stage {stage}] epoch {epoch} step {step}: val_loss {res['val_loss']:.4f}, "
-                    f"acceptance per step {accs}, tau_chain {res['tau_chain']:.3f}",
-                    flush=True,
-                )
+                _print_validation(cfg, stage, epoch, step, res)
         return res
 
     def _write_summary(self) -> None:
@@ -488,28 +512,47 @@ class _Run:
             except Exception as exc:
                 warnings.warn(f"plotting the curves failed: {type(exc).__name__}: {exc}", stacklevel=2)
 
-    def _checkpoint(self, stage, head, opt, sched, epoch, pos, step, stats, done: bool) -> None:
-        dist = self.dist
-        dist.barrier()
-        if dist.main:
-            state = {
-                "version": 1,
-                "stage": stage,
-                "done": done,
-                "epoch": epoch,
-                "position": pos,
-                "step": step,
-                "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": _get_rng(),
-                "settings": self.cfg.trajectory_settings(),
-                "world_size": dist.world,
-                "log_rows": (self.train_log.rows, self.val_log.rows),
-                "stats": dict(stats),
-                "summary": self.summary,
-                "d2t": None if self.d2t is None else self.d2t.cpu(),
-            }
-            ckpt.atomic_save(state, os.path.join(self.ckpt_dir, ckpt.checkpoint_name(stage, step)))
-            ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
-        dist.barrier()
+    def _checkpoint(self, st: _Stage, done: bool) -> None:
+        """Write a checkpoint of the stage (the main process; the others wait for it)."""
+        self.dist.barrier()
+        if self.dist.main:
+            state = training_state(
+                stage=st.number,
+                done=done,
+                epoch=st.epoch,
+                position=st.position,
+                step=st.step,
+                head=st.head,
+                optimizer=st.optimizer,
+                scheduler=st.scheduler,
+                settings=self.cfg.trajectory_settings(),
+                world_size=self.dist.world,
+                log_rows=(self.train_log.rows, self.val_log.rows),
+                stats=st.stats,
+                summary=self.summary,
+                d2t=self.d2t,
+            )
+            self.checkpoints.save(state)
+        self.dist.barrier()
+
+
+def _show_step(bar, row: dict) -> None:
+    """Advance the progress bar (if any) by one step, showing the step's loss, accuracy and throughput."""
+    if bar is None:
+        return
+    bar.update(1)
+    bar.set_postfix(
+        loss=f"{row['loss']:.4f}",
+        acc=f"{row.get('acc', float('nan')):.3f}",
+        tok_s=f"{row['tokens_per_s']:.0f}",
+        refresh=False,
+    )
+
+
+def _print_validation(cfg: TrainConfig, stage: int, epoch: int, step: int, res: dict) -> None:
+    accs = " ".join(f"{res[f'acc_{k}']:.3f}" for k in range(1, cfg.val_steps + 1))
+    print(
+        f"[{cfg.kind} stage {stage}] epoch {epoch} step {step}: val_loss {res['val_loss']:.4f}, "
+        f"acceptance per step {accs}, tau_chain {res['tau_chain']:.3f}",
+        flush=True,
+    )

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 import torch
 
-__all__ = ["count_tokens", "top_tokens"]
+__all__ = ["count_tokens", "draft_vocab_ids", "top_tokens"]
 
 
 def count_tokens(
@@ -82,10 +82,9 @@ def top_tokens(counts: torch.Tensor, size: int, always: Iterable[int] = ()) -> t
     return torch.sort(chosen).values
 
 
-def _draft_vocab_ids(train_ds, size: int, eos: list, vocab: int) -> torch.Tensor:
-    """The V most frequent response tokens of the training split, EOS ids always included (sorted)."""
-    from .vocab import top_tokens
-
+def draft_vocab_ids(train_ds, size: int, eos: list, vocab: int) -> torch.Tensor:
+    """The `size` most frequent response tokens of the training split (train_ds.token_counts()) among the
+    target's `vocab` ids, EOS ids always included: top_tokens' int64 ids, sorted."""
     counts = train_ds.token_counts()
     if counts.numel() < vocab:  # a tokenizer-sized count vector shorter than the model's vocabulary
         counts = torch.cat((counts, torch.zeros(vocab - counts.numel(), dtype=counts.dtype)))
