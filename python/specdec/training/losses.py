@@ -1,4 +1,4 @@
-"""Training losses of the EAGLE, FSPAD and GRIFFIN recipes (../../docs/methods.md, METHODS.md).
+"""Training losses of the EAGLE, FSPAD and GRIFFIN recipes (docs/methods.md).
 
 Alignment (the data of one sequence: x_0 .. x_{T-1} = input_ids, f_t = hidden[t] the target's last hidden
 state at t, loss_mask[t] True iff x_t is an assistant (response) token, attention_mask[t] True iff x_t is
@@ -19,8 +19,8 @@ dtype (fp64 for an fp64 head):
         over the H channels;
     soft CE  -sum_x P_t(x) log Q_t(x), Q_t = softmax of the draft logits (of o, or of p);
     top-10 CE (GRIFFIN stages >= 2)  -sum_{x in top10(P_t)} P_t(x) log Q_t(x): P_t NOT renormalised over
-        the 10 tokens (METHODS.md: "sum over the target's top-10 tokens of p_target * log q"; the reference
-        code gathers softmax(LMHead(f)) * log q at the top-10 indices the same way).
+        the 10 tokens (docs/methods.md: "sum over the target's top-10 tokens of p_target * log q"; the
+        reference code gathers softmax(LMHead(f)) * log q at the top-10 indices the same way).
 With a reduced draft vocabulary (config.draft_vocab_size) P_t and Q_t live on the V_d draft tokens: P_t is
 the target's distribution restricted to them and renormalised (the same restricted lm_head rows applied to
 f_{t+1}, then softmax).
@@ -71,7 +71,7 @@ __all__ = [
     "topk_cross_entropy",
 ]
 
-# Per-recipe constants (METHODS.md; the reference trainers: AdamW betas (0.9, 0.95), 2000 linear warm-up
+# Per-recipe constants (docs/methods.md; the reference trainers: AdamW betas (0.9, 0.95), 2000 linear warm-up
 # steps, gradient clipping 0.5 -- by VALUE in the reference code, clip_grad_value_).
 _COMMON = dict(smooth_l1=1.0, soft_ce=0.1, top10_ce=0.0, noise=0.1, betas=(0.9, 0.95), grad_clip=0.5, warmup_steps=2000)
 RECIPES = {
@@ -226,6 +226,53 @@ def recipe_loss(
         positions), "pass{k}/acc_token" (draft top-1 == the data's token x_{t+2}), "pass{k}/count" (int64
         loss positions); and the same names without the prefix for pass 1, plus "loss".
     """
+    _check_recipe_args(kind, head, stage, topk_mask, check_position)
+    w = {"smooth_l1": 1.0, "soft_ce": 0.1, "top10_ce": 0.5 if stage > 1 else 0.0}
+    w.update(weights or {})
+    ab = align_batch(batch)
+    feats0 = _draft_inputs(ab.features, head, noise, generator)
+    ref = _reference(head, ab)
+
+    loss = None
+    metrics: dict = {}
+    chain = None  # C_{k-1}
+    kv = None
+    feats = feats0
+    for k in range(1, stage + 1):
+        last = k == stage
+        loss_k = ab.loss_mask if chain is None else ab.loss_mask & chain
+        need = torch.zeros_like(ab.loss_mask) if last else _checks_needed(ab, chain, k, stage, check_position)
+        idx = (loss_k | need).reshape(-1).nonzero().squeeze(1)
+        if k > 1 and idx.numel() == 0:  # no position survives: this and the later passes contribute 0
+            _zero_passes(metrics, k, stage, ab.features.device)
+            break
+        out = head.forward_train(
+            feats,
+            ab.tokens,
+            attention_mask=ab.pair_mask if k == 1 else multipass_mask(ab.pair_mask, k),
+            position_ids=ab.position_ids,
+            logits_index=idx,
+            past_kv=None if k == 1 else kv,
+            return_kv=not last,
+        )
+        total, parts = _pass_loss(head, out, idx, loss_k, ref, w, stage)
+        loss = total if loss is None else loss + total
+        metrics.update((f"pass{k}/{name}", v) for name, v in parts.items())
+        if last:
+            break
+        chain = topk_chain(chain, _in_topk(head, out, idx, ref, ab.valid, need, topk_mask), check_position)
+        kv = out.kv
+        # pass k+1: position t is fed the detached r of pass k at t-1 (position 0 keeps the target feature)
+        feats = torch.cat((feats0[:, :1], out.hidden[:, :-1].detach().to(feats0.dtype)), dim=1)
+    for name in ("smooth_l1", "soft_ce", "top10_ce", "loss", "acc", "acc_token", "count"):
+        if f"pass1/{name}" in metrics:
+            metrics[name] = metrics[f"pass1/{name}"]
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def _check_recipe_args(kind: str, head, stage, topk_mask, check_position) -> None:
+    """Raise ValueError naming the first of recipe_loss's arguments that is not valid."""
     from specdec.models import KINDS
 
     if kind not in KINDS:
@@ -240,111 +287,105 @@ def recipe_loss(
         raise ValueError(f"topk_mask: expected an int >= 1, got {topk_mask!r}")
     if check_position not in CHECK_POSITIONS:
         raise ValueError(f"check_position: expected one of {CHECK_POSITIONS}, got {check_position!r}")
-    w = {"smooth_l1": 1.0, "soft_ce": 0.1, "top10_ce": 0.5 if stage > 1 else 0.0}
-    w.update(weights or {})
 
-    ab = align_batch(batch)
+
+def _draft_inputs(features: torch.Tensor, head, noise: float, generator) -> torch.Tensor:
+    """The target features fed to the draft in the head's dtype, plus U(-noise, noise) while training."""
+    feats = features.to(head.dtype)
+    if noise and head.training:
+        u = torch.rand(feats.shape, generator=generator, device=features.device, dtype=torch.float32)
+        feats = (features.float() + (2.0 * u - 1.0) * noise).to(head.dtype)
+    return feats
+
+
+class _Reference(NamedTuple):
+    """What every pass is scored against, over the B*T draft positions: targets [B*T, H] f_{t+1};
+    next_tokens int64 [B*T] x_{t+2}; row_of int64 [B*T] the row of probs / top1 of a loss position (-1
+    elsewhere); probs [M, V_d] the target's (restricted, renormalised) distribution at the M loss
+    positions; top1 int64 [M] its argmax (draft ids)."""
+
+    targets: torch.Tensor
+    next_tokens: torch.Tensor
+    row_of: torch.Tensor
+    probs: torch.Tensor
+    top1: torch.Tensor
+
+
+def _reference(head, ab: AlignedBatch) -> _Reference:
     B, T, H = ab.features.shape
     dev = ab.features.device
-    feats0 = ab.features.to(head.dtype)
-    if noise and head.training:
-        u = torch.rand(feats0.shape, generator=generator, device=dev, dtype=torch.float32)
-        feats0 = (ab.features.float() + (2.0 * u - 1.0) * noise).to(head.dtype)
     targets = ab.targets.reshape(B * T, H)
-    next_tok = ab.next_tokens.reshape(-1)
-    base = ab.loss_mask
-    base_idx = base.reshape(-1).nonzero().squeeze(1)
+    base_idx = ab.loss_mask.reshape(-1).nonzero().squeeze(1)
     row_of = torch.full((B * T,), -1, dtype=torch.int64, device=dev)
     row_of[base_idx] = torch.arange(base_idx.numel(), device=dev)
-    with torch.no_grad():  # the target's (restricted, renormalised) distribution at every loss position
-        p_base = torch.softmax(_wide(head.compute_logits(targets.index_select(0, base_idx))), dim=-1)
-        p_top1 = p_base.argmax(-1)
+    with torch.no_grad():
+        probs = torch.softmax(_wide(head.compute_logits(targets.index_select(0, base_idx))), dim=-1)
+        top1 = probs.argmax(-1)
+    return _Reference(targets, ab.next_tokens.reshape(-1), row_of, probs, top1)
 
-    loss = None
-    metrics: dict = {}
-    chain = None  # C_{k-1}
-    kv = None
-    feats = feats0
-    for k in range(1, stage + 1):
-        last = k == stage
-        loss_k = base if chain is None else base & chain
-        need = torch.zeros_like(base)
-        if not last:  # positions whose top-k check a later pass uses (module docstring), in pass-k columns
-            alive = torch.ones_like(base) if chain is None else _shift_right(chain)
-            window = base.clone()
-            for m in range(1, stage - k):
-                window |= _shift_left(base, m)
-            need = alive & window
-            if check_position == "previous":
-                need = _shift_left(need)
-            need &= ab.valid
-        sel = loss_k | need
-        idx = sel.reshape(-1).nonzero().squeeze(1)
-        if k > 1 and idx.numel() == 0:  # no position survives: this and the later passes contribute 0
-            zero = torch.zeros((), device=dev)
-            for kk in range(k, stage + 1):
-                for name in ("smooth_l1", "soft_ce", "top10_ce", "loss", "acc", "acc_token"):
-                    metrics[f"pass{kk}/{name}"] = zero
-                metrics[f"pass{kk}/count"] = torch.tensor(0, dtype=torch.int64)
-            break
-        if k == 1:
-            attn, past = ab.pair_mask, None
-        else:
-            attn, past = multipass_mask(ab.pair_mask, k), kv
-        out = head.forward_train(
-            feats,
-            ab.tokens,
-            attention_mask=attn,
-            position_ids=ab.position_ids,
-            logits_index=idx,
-            past_kv=past,
-            return_kv=not last,
-        )
-        is_loss = loss_k.reshape(-1).index_select(0, idx)
-        lidx = idx[is_loss]
-        count = lidx.numel()
-        denom = max(count, 1)
-        pred = _wide(out.hidden.reshape(B * T, H).index_select(0, lidx))
-        tgt = targets.index_select(0, lidx).to(pred.dtype)
-        sl1 = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1).sum() / denom
-        logits = out.logits[is_loss]
-        probs = p_base.index_select(0, row_of.index_select(0, lidx))
-        ce = soft_cross_entropy(logits, probs).sum() / denom
-        parts = {"smooth_l1": sl1, "soft_ce": ce}
-        total = w["smooth_l1"] * sl1 + w["soft_ce"] * ce
-        if stage > 1 or w["top10_ce"]:
-            t10 = topk_cross_entropy(logits, probs, 10).sum() / denom
-            parts["top10_ce"] = t10
-            total = total + w["top10_ce"] * t10
-        loss = total if loss is None else loss + total
-        with torch.no_grad():
-            top1 = logits.argmax(-1)
-            acc = (top1 == p_top1.index_select(0, row_of.index_select(0, lidx))).sum().float() / denom
-            acc_tok = (head.to_target_ids(top1) == next_tok.index_select(0, lidx)).sum().float() / denom
-        for name, v in parts.items():
-            metrics[f"pass{k}/{name}"] = v.detach()
-        metrics[f"pass{k}/loss"] = total.detach()
-        metrics[f"pass{k}/acc"] = acc
-        metrics[f"pass{k}/acc_token"] = acc_tok
-        metrics[f"pass{k}/count"] = torch.tensor(count, dtype=torch.int64)
-        if last:
-            break
-        with torch.no_grad():  # the top-k check of this pass, then the next pass's inputs
-            in_topk = torch.zeros(B * T, dtype=torch.bool, device=dev)
-            kk = min(topk_mask, out.logits.shape[-1])
-            cand = head.to_target_ids(torch.topk(out.logits, kk, dim=-1).indices)  # [M, kk] target ids
-            in_topk[idx] = (cand == next_tok.index_select(0, idx)[:, None]).any(-1) & ab.valid.reshape(-1)[idx]
-            # only the checks a later pass reads (exact: see `need`), whichever other positions had logits
-            in_topk = in_topk.view(B, T) & need
-        chain = topk_chain(chain, in_topk, check_position)
-        kv = out.kv
-        # pass k+1: position t is fed the detached r of pass k at t-1 (position 0 keeps the target feature)
-        feats = torch.cat((feats0[:, :1], out.hidden[:, :-1].detach().to(feats0.dtype)), dim=1)
-    for name in ("smooth_l1", "soft_ce", "top10_ce", "loss", "acc", "acc_token", "count"):
-        if f"pass1/{name}" in metrics:
-            metrics[name] = metrics[f"pass1/{name}"]
-    metrics["loss"] = loss.detach()
-    return loss, metrics
+
+def _checks_needed(ab: AlignedBatch, chain: Optional[torch.Tensor], k: int, stage: int, check_position: str):
+    """bool [B, T]: the positions of pass k (< stage) whose top-k check a later pass reads (module
+    docstring), in pass-k columns."""
+    base = ab.loss_mask
+    alive = torch.ones_like(base) if chain is None else _shift_right(chain)
+    window = base.clone()
+    for m in range(1, stage - k):
+        window |= _shift_left(base, m)
+    need = alive & window
+    if check_position == "previous":
+        need = _shift_left(need)
+    return need & ab.valid
+
+
+def _zero_passes(metrics: dict, first: int, stage: int, device) -> None:
+    """Zero metrics for passes first..stage (no position survives their masks)."""
+    zero = torch.zeros((), device=device)
+    for k in range(first, stage + 1):
+        for name in ("smooth_l1", "soft_ce", "top10_ce", "loss", "acc", "acc_token"):
+            metrics[f"pass{k}/{name}"] = zero
+        metrics[f"pass{k}/count"] = torch.tensor(0, dtype=torch.int64)
+
+
+def _pass_loss(head, out, idx: torch.Tensor, loss_k: torch.Tensor, ref: _Reference, w: dict, stage: int) -> tuple:
+    """(total, metrics) of one pass: the weighted loss over its loss positions `loss_k` (out's logits are
+    those of the positions `idx`), and its detached parts, "loss", "acc", "acc_token", "count"."""
+    is_loss = loss_k.reshape(-1).index_select(0, idx)
+    lidx = idx[is_loss]
+    count = lidx.numel()
+    denom = max(count, 1)
+    pred = _wide(out.hidden.reshape(ref.targets.shape).index_select(0, lidx))
+    tgt = ref.targets.index_select(0, lidx).to(pred.dtype)
+    sl1 = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1).sum() / denom
+    logits = out.logits[is_loss]
+    rows = ref.row_of.index_select(0, lidx)
+    probs = ref.probs.index_select(0, rows)
+    ce = soft_cross_entropy(logits, probs).sum() / denom
+    parts = {"smooth_l1": sl1, "soft_ce": ce}
+    total = w["smooth_l1"] * sl1 + w["soft_ce"] * ce
+    if stage > 1 or w["top10_ce"]:
+        t10 = topk_cross_entropy(logits, probs, 10).sum() / denom
+        parts["top10_ce"] = t10
+        total = total + w["top10_ce"] * t10
+    with torch.no_grad():
+        top1 = logits.argmax(-1)
+        acc = (top1 == ref.top1.index_select(0, rows)).sum().float() / denom
+        acc_tok = (head.to_target_ids(top1) == ref.next_tokens.index_select(0, lidx)).sum().float() / denom
+    metrics = {name: v.detach() for name, v in parts.items()}
+    metrics.update(loss=total.detach(), acc=acc, acc_token=acc_tok, count=torch.tensor(count, dtype=torch.int64))
+    return total, metrics
+
+
+@torch.no_grad()
+def _in_topk(head, out, idx, ref: _Reference, valid, need, topk_mask: int) -> torch.Tensor:
+    """in_topk_k bool [B, T] of one pass: x_{t+2} among the draft's top-k_m tokens at position t (only
+    the checks a later pass reads, `need`, whichever other positions had logits)."""
+    B, T = need.shape
+    in_topk = torch.zeros(B * T, dtype=torch.bool, device=need.device)
+    kk = min(topk_mask, out.logits.shape[-1])
+    cand = head.to_target_ids(torch.topk(out.logits, kk, dim=-1).indices)  # [M, kk] target ids
+    in_topk[idx] = (cand == ref.next_tokens.index_select(0, idx)[:, None]).any(-1) & valid.reshape(-1)[idx]
+    return in_topk.view(B, T) & need
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:

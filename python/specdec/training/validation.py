@@ -77,30 +77,63 @@ def acceptance_counts(
     ones (summarize_calibration reads it)."""
     if topk < 0:
         raise ValueError(f"topk: expected >= 0, got {topk}")
+    _check_calibration(calibration, steps, batch["input_ids"].device)
+    from .losses import align_batch
+
+    ab = align_batch(batch)
+    B, T, H = ab.features.shape
+    lm = ab.loss_mask  # pair p: x_{p+2} exists and is a response token
+    sel = lm.reshape(-1).nonzero().squeeze(1)
+    greedy = torch.full((B * T,), -1, dtype=torch.int64, device=lm.device)
+    greedy[sel] = _target_greedy(head, ab.targets.reshape(B * T, H).index_select(0, sel))
+    greedy = greedy.view(B, T)
+    follows = (ab.next_tokens == greedy) & lm  # the data's next token is the greedy one
+    preds, ranks, top1p = _draft_steps(head, ab, sel, greedy, steps, topk, calibration is not None)
+    out = torch.zeros(2 + topk, steps, dtype=torch.int64, device=lm.device)
+    # anchor t (column t): step k reads pair t + k - 1
+    alive = torch.ones_like(lm)
+    for k in range(1, min(steps, T) + 1):
+        s = k - 1
+        den = alive & _shifted(lm, s)
+        ok = _shifted(preds[k - 1] == greedy, s)
+        num = den & ok
+        out[0, k - 1] = den.sum()
+        out[1, k - 1] = num.sum()
+        if topk:
+            rank = _shifted(ranks[k - 1], s, fill=topk)
+            for r in range(1, topk + 1):
+                out[1 + r, k - 1] = (den & (rank < r)).sum()
+        if calibration is not None:
+            _add_calibration(calibration[k - 1], _shifted(top1p[k - 1], s)[den], ok[den])
+        alive = num & _shifted(follows, s)
+    return out
+
+
+def _check_calibration(calibration: Optional[torch.Tensor], steps: int, device: torch.device) -> None:
+    """ValueError unless `calibration` is None or a float64 [steps, bins >= 1, 3] tensor on `device`."""
     if calibration is not None and (
         calibration.dim() != 3
         or calibration.shape[0] != steps
         or calibration.shape[2] != 3
         or calibration.shape[1] < 1
         or calibration.dtype != torch.float64
-        or calibration.device != batch["input_ids"].device
+        or calibration.device != device
     ):
         raise ValueError(
-            f"calibration: expected a float64 [{steps}, bins, 3] tensor on {batch['input_ids'].device}, got "
+            f"calibration: expected a float64 [{steps}, bins, 3] tensor on {device}, got "
             f"{calibration.dtype} {tuple(calibration.shape)} on {calibration.device}"
         )
-    from .losses import align_batch, multipass_mask
 
-    ab = align_batch(batch)
-    B, T, H = ab.features.shape
+
+def _draft_steps(head, ab, sel: torch.Tensor, greedy: torch.Tensor, steps: int, topk: int, calibrate: bool):
+    """The greedy chain drafting of steps 1..steps, all anchors at once: per step, over the pairs [B, T],
+    the draft's top-1 (target ids; -2 off the loss positions `sel`), with topk the rank of the target's
+    greedy token among the draft's topk best (topk = not among them), with calibrate the draft's top-1
+    probability. Returns (preds, ranks, top1p), lists over the steps (ranks / top1p empty when off)."""
+    from .losses import multipass_mask
+
+    B, T, _ = ab.features.shape
     dev = ab.features.device
-    out = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
-    lm = ab.loss_mask  # pair p: x_{p+2} exists and is a response token
-    sel = lm.reshape(-1).nonzero().squeeze(1)
-    greedy = torch.full((B * T,), -1, dtype=torch.int64, device=dev)
-    greedy[sel] = _target_greedy(head, ab.targets.reshape(B * T, H).index_select(0, sel))
-    greedy = greedy.view(B, T)
-    follows = (ab.next_tokens == greedy) & lm  # the data's next token is the greedy one
     feats0 = ab.features.to(head.dtype)
     feats, kv = feats0, None
     preds, ranks, top1p = [], [], []
@@ -120,7 +153,7 @@ def acceptance_counts(
         # with coverage counted, top-1 is topk's first (argmax may break a tie differently: cov_k[0] == acc_k)
         pred[sel] = best[:, 0] if topk else head.to_target_ids(o.logits.argmax(-1))
         preds.append(pred.view(B, T))
-        if calibration is not None:
+        if calibrate:
             p1 = torch.zeros(B * T, dtype=torch.float64, device=dev)
             p1[sel] = torch.softmax(o.logits.float(), dim=-1).amax(-1).double()
             top1p.append(p1.view(B, T))
@@ -134,37 +167,24 @@ def acceptance_counts(
         if k < steps:
             kv = o.kv
             feats = torch.cat((feats0[:, :1], o.hidden[:, :-1].to(feats0.dtype)), dim=1)
-    # anchor t (column t): step k reads pair t + k - 1
-    alive = torch.ones(B, T, dtype=torch.bool, device=dev)
-    for k in range(1, steps + 1):
-        s = k - 1
-        if s >= T:
-            break
-        cols = T - s
-        col_lm = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        col_ok = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        col_follow = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        col_lm[:, :cols] = lm[:, s:]
-        col_ok[:, :cols] = preds[k - 1][:, s:] == greedy[:, s:]
-        col_follow[:, :cols] = follows[:, s:]
-        den = alive & col_lm
-        num = den & col_ok
-        out[0, k - 1] = den.sum()
-        out[1, k - 1] = num.sum()
-        if topk:
-            col_rank = torch.full((B, T), topk, dtype=torch.int64, device=dev)
-            col_rank[:, :cols] = ranks[k - 1][:, s:]
-            for r in range(1, topk + 1):
-                out[1 + r, k - 1] = (den & (col_rank < r)).sum()
-        if calibration is not None:
-            p = top1p[k - 1][:, s:][den[:, :cols]]
-            bins = calibration.shape[1]
-            b = (p * bins).long().clamp_(0, bins - 1)
-            calibration[k - 1, :, 0].index_add_(0, b, torch.ones_like(p))
-            calibration[k - 1, :, 1].index_add_(0, b, p)
-            calibration[k - 1, :, 2].index_add_(0, b, col_ok[:, :cols][den[:, :cols]].double())
-        alive = num & col_follow
-    return out
+    return preds, ranks, top1p
+
+
+def _shifted(x: torch.Tensor, s: int, fill=0) -> torch.Tensor:
+    """y[:, t] = x[:, t + s], `fill` past the end (s < x.shape[1]): anchor t's view of pair t + s."""
+    y = torch.full_like(x, fill)
+    y[:, : x.shape[1] - s] = x[:, s:]
+    return y
+
+
+def _add_calibration(cal: torch.Tensor, p: torch.Tensor, correct: torch.Tensor) -> None:
+    """Add the anchors of one step (their top-1 probabilities p, whether they were correct) to its
+    calibration bins cal [bins, 3] (acceptance_counts)."""
+    bins = cal.shape[0]
+    b = (p * bins).long().clamp_(0, bins - 1)
+    cal[:, 0].index_add_(0, b, torch.ones_like(p))
+    cal[:, 1].index_add_(0, b, p)
+    cal[:, 2].index_add_(0, b, correct.double())
 
 
 def summarize(counts: torch.Tensor) -> dict:
