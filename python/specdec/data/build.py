@@ -175,8 +175,77 @@ def build(
     measure a shipped head (`specdec validate`) without the train split's cost; the manifest lists the
     train split's shards as missing until a later build with both finishes it (same settings, resumed).
     """
-    from tqdm.auto import tqdm
+    _check_arguments(responses, rank, world_size, splits, resume)
 
+    phase = _phase_setter(stage)
+    eos = eos_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    ident = _identity(
+        model,
+        tokenizer,
+        target_path,
+        eos,
+        pad_id,
+        source if conversations is None else None,
+        dict(
+            num_prompts=num_prompts,
+            val_fraction=val_fraction,
+            responses=responses,
+            max_len=max_len,
+            max_new_tokens=max_new_tokens,
+            max_turns=max_turns,
+            temperature=temperature,
+            seed=seed,
+            shard_size=shard_size,
+            features=features,
+            dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+            source_name=source,
+        ),
+    )
+    os.makedirs(out, exist_ok=True)
+    phase(f"reading the conversations of --source {source!r}")
+    convs = _read_conversations(source, conversations, num_prompts, max_turns, log)
+    parts = split_conversations(convs, val_fraction)
+    book = _Manifest(out, ident, {s: len(parts[s]) for s in SPLITS}, shard_size, splits, rank, world_size)
+    phase(f"reading the manifest of --out {out!r}")
+    book.take_previous(ident, resume, log)
+    book.remove_stale_temps(log)
+    book.publish()
+    maker = _ShardMaker(model, tokenizer, ident, batch_size=batch_size, progress=progress, phase=phase)
+    written = 0
+    for s, k in book.to_build():
+        if stop_after_shards is not None and written >= stop_after_shards:
+            return book.manifest
+        chunk = parts[s][k * shard_size : (k + 1) * shard_size]
+        tag = f"{s} shard {k + 1}/{book.num_shards(s)}" + (f" (rank {rank})" if world_size > 1 else "")
+        entry = maker.write(out, s, k, chunk, tag)
+        book.add(s, k, entry)
+        written += 1
+        log(f"{tag}: {_shard_summary(entry)}")
+    book.publish(final=True)
+    return book.manifest
+
+
+def _phase_setter(stage) -> Callable[[str], None]:
+    """phase(what): sets stage.what (the CLI's error report names the phase); a no-op without a stage."""
+
+    def phase(what: str):
+        if stage is not None:
+            stage.what = what
+
+    return phase
+
+
+def _shard_summary(entry: dict) -> str:
+    """The log line's account of a written shard."""
+    return (
+        f"{entry['sequences']} sequences, {entry['tokens']} tokens "
+        f"({entry['masked_tokens']} response tokens), {entry['skipped']} skipped"
+    )
+
+
+def _check_arguments(responses: str, rank: int, world_size: int, splits: Sequence[str], resume: bool) -> None:
+    """ValueError naming the first of build's arguments that is not valid."""
     if responses not in RESPONSES:
         raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
     if not 0 <= rank < world_size:
@@ -189,38 +258,29 @@ def build(
     if world_size > 1 and not resume:
         raise ValueError("resume=False (--no-resume) needs a single process: delete the output folder instead")
 
-    def phase(what: str):
-        if stage is not None:
-            stage.what = what
 
-    eos = eos_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    dtype = next(model.parameters()).dtype
-    ident = {
+def _identity(
+    model, tokenizer, target_path: Optional[str], eos: list, pad_id: int, source: Optional[str], settings_kw: dict
+) -> dict:
+    """The manifest's identity: format, version, target, tokenizer, settings(source, **settings_kw) (what
+    compare() checks)."""
+    return {
         "format": FORMAT,
         "version": VERSION,
         "target": target_identity(model, target_path),
         "tokenizer": {"chat_template_sha256": template_hash(tokenizer), "eos_token_ids": eos, "pad_token_id": pad_id},
-        "settings": settings(
-            source if conversations is None else None,
-            num_prompts=num_prompts,
-            val_fraction=val_fraction,
-            responses=responses,
-            max_len=max_len,
-            max_new_tokens=max_new_tokens,
-            max_turns=max_turns,
-            temperature=temperature,
-            seed=seed,
-            shard_size=shard_size,
-            features=features,
-            dtype=str(dtype).replace("torch.", ""),
-            source_name=source,
-        ),
+        "settings": settings(source, **settings_kw),
     }
-    V, H = ident["target"]["vocab_size"], ident["target"]["hidden_size"]
 
-    os.makedirs(out, exist_ok=True)
-    phase(f"reading the conversations of --source {source!r}")
+
+def _read_conversations(
+    source: str,
+    conversations: Optional[Sequence[Conversation]],
+    num_prompts: Optional[int],
+    max_turns: Optional[int],
+    log: Callable[[str], None],
+) -> List[Conversation]:
+    """The conversations given, or read from `source`: the first num_prompts, each cut to max_turns."""
     read = ReadStats()
     convs = list(conversations) if conversations is not None else load_conversations(source, num_prompts, read)
     if conversations is not None and num_prompts is not None:
@@ -229,21 +289,55 @@ def build(
         convs = [Conversation(c.key, first_turns(c.messages, max_turns)) for c in convs]
     if read.cut_at is not None:
         log(f"{source}: {read.records} complete records; the file is cut off in the next one (stopped there)")
-    parts = split_conversations(convs, val_fraction)
-    manifest = dict(ident)
-    manifest["complete"] = False
-    manifest["splits"] = {}
-    for s in SPLITS:
-        n = len(parts[s])
-        manifest["splits"][s] = {"conversations": n, "num_shards": -(-n // shard_size), "shards": []}
-    every = [(s, k) for s in SPLITS for k in range(manifest["splits"][s]["num_shards"])]
-    wanted = [sk for sk in every if sk[0] in splits]
-    mine = {sk for j, sk in enumerate(wanted) if j % world_size == rank}
+    return convs
 
-    phase(f"reading the manifest of --out {out!r}")
-    entries = {s: {} for s in SPLITS}
-    found = _recorded(out)
-    if resume:
+
+def _shard_entries(manifest: dict):
+    """(split, entry) of every shard a manifest lists."""
+    for s in SPLITS:
+        for e in manifest.get("splits", {}).get(s, {}).get("shards", []):
+            yield s, e
+
+
+class _Manifest:
+    """The manifest of a build as its shards are written.
+
+    every: (split, index) of all the folder's shards; wanted: those of the splits built now; mine: the
+    wanted ones this process builds (position modulo world_size). entries[split][index]: the shards
+    written so far (this process's, and with several processes the others' as last read).
+    """
+
+    def __init__(self, out, ident, conversations: dict, shard_size, splits, rank, world_size):
+        self.out, self.rank, self.world_size = out, rank, world_size
+        self.manifest = dict(ident)
+        self.manifest["complete"] = False
+        self.manifest["splits"] = {}
+        for s in SPLITS:
+            n = conversations[s]
+            self.manifest["splits"][s] = {"conversations": n, "num_shards": -(-n // shard_size), "shards": []}
+        self.every = [(s, k) for s in SPLITS for k in range(self.num_shards(s))]
+        self.wanted = [sk for sk in self.every if sk[0] in splits]
+        self.mine = {sk for j, sk in enumerate(self.wanted) if j % world_size == rank}
+        self.entries = {s: {} for s in SPLITS}
+
+    def num_shards(self, split: str) -> int:
+        """The number of shards of `split`."""
+        return self.manifest["splits"][split]["num_shards"]
+
+    def take_previous(self, ident: dict, resume: bool, log: Callable[[str], None]) -> None:
+        """Resume: keep the shards the folder's manifests list (this process's checked; BuildMismatch when
+        they were built with other settings). Not resuming: delete them and manifest.json."""
+        out = self.out
+        found = _recorded(out)
+        if not resume:
+            for _, old in found:
+                for _, e in _shard_entries(old):
+                    p = os.path.join(out, e["file"])
+                    if os.path.exists(p):
+                        os.remove(p)
+            if os.path.exists(os.path.join(out, MANIFEST)):
+                os.remove(os.path.join(out, MANIFEST))
+            return
         for where, old in found:
             diffs = compare(old, ident)
             if diffs:
@@ -252,153 +346,175 @@ def build(
                     "--out, the same settings, or --no-resume to rebuild it"
                 )
         for _, old in found:
-            for s in SPLITS:
-                for e in old.get("splits", {}).get(s, {}).get("shards", []):
-                    if (s, e["index"]) not in mine:
-                        entries[s][e["index"]] = e  # another process's: checked when the manifest is merged
-                        continue
-                    try:
-                        verify_shard(out, e)
-                        entries[s][e["index"]] = e
-                    except ShardError as exc:
-                        log(f"rebuilding: {exc}")
-    else:
-        for _, old in found:
-            for s in SPLITS:
-                for e in old.get("splits", {}).get(s, {}).get("shards", []):
-                    p = os.path.join(out, e["file"])
-                    if os.path.exists(p):
-                        os.remove(p)
-        if os.path.exists(os.path.join(out, MANIFEST)):
-            os.remove(os.path.join(out, MANIFEST))
-    own_files = {shard_name(s, k) for s, k in mine} | {_part_name(rank)}
-    gone = remove_stale_temps(out, keep=None if world_size == 1 else lambda name: name[:-4] in own_files)
-    if gone:
-        log(f"removed {len(gone)} unfinished file(s) of a stopped build: {', '.join(gone)}")
-
-    def publish(final: bool = False):
-        done = all(k in entries[s] for s, k in every)
-        for s in SPLITS:
-            lst = [entries[s][k] for k in sorted(entries[s])]
-            manifest["splits"][s]["shards"] = lst
-            manifest["splits"][s].update(totals(lst))
-        manifest["complete"] = done
-        if world_size == 1:
-            write_manifest(out, manifest)
-            return
-        part = dict(manifest)
-        part["splits"] = {s: dict(manifest["splits"][s]) for s in SPLITS}
-        for s in SPLITS:  # a part lists this process's shards only
-            part["splits"][s]["shards"] = [entries[s][k] for k in sorted(entries[s]) if (s, k) in mine]
-        part["complete"] = False
-        write_manifest(out, part, name=_part_name(rank))
-        if final:  # merge every process's shards; the one that completes the set writes manifest.json
-            for _, other in _recorded(out):
-                for s in SPLITS:
-                    for e in other.get("splits", {}).get(s, {}).get("shards", []):
-                        entries[s].setdefault(e["index"], e)
-            if all(k in entries[s] for s, k in wanted):
-                for s in SPLITS:
-                    lst = [entries[s][k] for k in sorted(entries[s])]
-                    manifest["splits"][s]["shards"] = lst
-                    manifest["splits"][s].update(totals(lst))
-                manifest["complete"] = all(k in entries[s] for s, k in every)
-                write_manifest(out, manifest)
-
-    publish()
-    written = 0
-    for s in SPLITS:
-        items = parts[s]
-        nsh = manifest["splits"][s]["num_shards"]
-        for k in range(nsh):
-            if k in entries[s] or (s, k) not in mine:
-                continue
-            if stop_after_shards is not None and written >= stop_after_shards:
-                return manifest
-            chunk = items[k * shard_size : (k + 1) * shard_size]
-            tag = f"{s} shard {k + 1}/{nsh}" + (f" (rank {rank})" if world_size > 1 else "")
-            timing = {}
-            # 1. responses
-            if responses == "target":
-                phase(f"generating the target's responses ({tag})")
-                turns = sum(c.user_turns() for c in chunk)
-                gst = GenStats()
-                with tqdm(total=turns, desc=f"{tag}: responses", unit="turn", disable=not progress, leave=False) as bar:
-                    answered = respond(
-                        model,
-                        tokenizer,
-                        [c.messages for c in chunk],
-                        eos_ids=eos,
-                        max_new_tokens=max_new_tokens,
-                        max_len=max_len,
-                        temperature=temperature,
-                        seed=seed,
-                        batch_size=batch_size,
-                        key=(s, k),
-                        pad_id=pad_id,
-                        stats=gst,
-                        progress=bar,
-                    )
-                timing.update(
-                    responses_seconds=round(gst.seconds, 3),
-                    responses_turns=gst.prompts,
-                    responses_tokens=gst.new_tokens,
-                )
-                todo = [(a.messages, a.open_last) for a in answered]
-            else:
-                todo = [(_trim(c.messages, max_len), False) for c in chunk]
-            # 2. tokens and masks
-            phase(f"encoding the conversations ({tag})")
-            seqs, keys, skipped = [], [], 0
-            for c, (msgs, open_last) in zip(chunk, todo):
-                if not msgs:
-                    skipped += 1
+            for s, e in _shard_entries(old):
+                if (s, e["index"]) not in self.mine:
+                    self.entries[s][e["index"]] = e  # another process's: checked when the manifest is merged
                     continue
                 try:
-                    ids, mask = encode(tokenizer, msgs, eos, max_len=max_len, open_last=open_last)
-                except TemplateError:
-                    skipped += 1
-                    continue
-                if not any(mask):
-                    skipped += 1
-                    continue
-                seqs.append({"input_ids": ids, "loss_mask": mask})
-                keys.append(c.key)
-            # 3. features
-            if features and seqs:
-                phase(f"computing the target's features ({tag})")
-                order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]["input_ids"]))
-                t0, ntok = time.perf_counter(), 0
-                total_tokens = sum(len(x["input_ids"]) for x in seqs)
-                with tqdm(
-                    total=total_tokens, desc=f"{tag}: features", unit="tok", disable=not progress, leave=False
-                ) as bar:
-                    for b0 in range(0, len(order), batch_size):
-                        idx = order[b0 : b0 + batch_size]
-                        T = len(seqs[idx[-1]]["input_ids"])
-                        inp = torch.full((len(idx), T), pad_id, dtype=torch.long)
-                        att = torch.zeros((len(idx), T), dtype=torch.bool)
-                        for r, i in enumerate(idx):
-                            n = len(seqs[i]["input_ids"])
-                            inp[r, :n] = torch.tensor(seqs[i]["input_ids"])
-                            att[r, :n] = True
-                        hid = target_hidden(model, inp, att).to("cpu", torch.bfloat16)
-                        for r, i in enumerate(idx):
-                            n = len(seqs[i]["input_ids"])
-                            seqs[i]["hidden"] = hid[r, :n].clone()
-                            ntok += n
-                        bar.update(int(att.sum()))
-                timing.update(prefill_seconds=round(time.perf_counter() - t0, 3), prefill_tokens=ntok)
-            # 4. store
-            phase(f"writing {shard_name(s, k)} in --out {out!r}")
-            entry = write_shard(out, shard_name(s, k), seqs, V, keys, features, H)
-            entry.update(index=k, conversations=len(chunk), skipped=skipped, timing=timing)
-            entries[s][k] = entry
-            publish()
-            written += 1
-            log(
-                f"{tag}: {entry['sequences']} sequences, {entry['tokens']} tokens "
-                f"({entry['masked_tokens']} response tokens), {skipped} skipped"
+                    verify_shard(out, e)
+                    self.entries[s][e["index"]] = e
+                except ShardError as exc:
+                    log(f"rebuilding: {exc}")
+
+    def remove_stale_temps(self, log: Callable[[str], None]) -> None:
+        """Remove the unfinished files of a stopped build (with several processes, only this one's)."""
+        own_files = {shard_name(s, k) for s, k in self.mine} | {_part_name(self.rank)}
+        keep = None if self.world_size == 1 else lambda name: name[:-4] in own_files
+        gone = remove_stale_temps(self.out, keep=keep)
+        if gone:
+            log(f"removed {len(gone)} unfinished file(s) of a stopped build: {', '.join(gone)}")
+
+    def to_build(self):
+        """(split, index) of this process's shards still missing, in order."""
+        for s in SPLITS:
+            for k in range(self.num_shards(s)):
+                if k not in self.entries[s] and (s, k) in self.mine:
+                    yield s, k
+
+    def add(self, split: str, index: int, entry: dict) -> None:
+        """Record a written shard and publish the manifest."""
+        self.entries[split][index] = entry
+        self.publish()
+
+    def publish(self, final: bool = False) -> None:
+        """Write manifest.json (one process) or this process's part; with final=True, merge every
+        process's part and, when that completes the wanted shards, write manifest.json."""
+        self._list_entries()
+        self.manifest["complete"] = all(k in self.entries[s] for s, k in self.every)
+        if self.world_size == 1:
+            write_manifest(self.out, self.manifest)
+            return
+        self._write_part()
+        if final:  # merge every process's shards; the one that completes the set writes manifest.json
+            for _, other in _recorded(self.out):
+                for s, e in _shard_entries(other):
+                    self.entries[s].setdefault(e["index"], e)
+            if all(k in self.entries[s] for s, k in self.wanted):
+                self._list_entries()
+                self.manifest["complete"] = all(k in self.entries[s] for s, k in self.every)
+                write_manifest(self.out, self.manifest)
+
+    def _list_entries(self) -> None:
+        for s in SPLITS:
+            lst = [self.entries[s][k] for k in sorted(self.entries[s])]
+            self.manifest["splits"][s]["shards"] = lst
+            self.manifest["splits"][s].update(totals(lst))
+
+    def _write_part(self) -> None:
+        part = dict(self.manifest)
+        part["splits"] = {s: dict(self.manifest["splits"][s]) for s in SPLITS}
+        for s in SPLITS:  # a part lists this process's shards only
+            shards = self.entries[s]
+            part["splits"][s]["shards"] = [shards[k] for k in sorted(shards) if (s, k) in self.mine]
+        part["complete"] = False
+        write_manifest(self.out, part, name=_part_name(self.rank))
+
+
+class _ShardMaker:
+    """Turns a chunk of conversations into a shard as the manifest's identity `ident` says: responses
+    (the target's or the data's), token ids and loss masks, features."""
+
+    def __init__(self, model, tokenizer, ident: dict, *, batch_size: int, progress: bool, phase: Callable):
+        st = ident["settings"]
+        self.model, self.tokenizer = model, tokenizer
+        self.eos, self.pad_id = ident["tokenizer"]["eos_token_ids"], ident["tokenizer"]["pad_token_id"]
+        self.vocab, self.hidden = ident["target"]["vocab_size"], ident["target"]["hidden_size"]
+        self.responses, self.max_len, self.seed, self.features = (
+            st["responses"],
+            st["max_len"],
+            st["seed"],
+            st["features"],
+        )
+        self.max_new_tokens, self.temperature = st["max_new_tokens"], st["temperature"]  # None without responses
+        self.batch_size, self.progress, self.phase = batch_size, progress, phase
+
+    def write(self, out: str, split: str, index: int, chunk: list, tag: str) -> dict:
+        """Build shard `index` of `split` from `chunk` and write it to `out`; returns its manifest entry."""
+        timing = {}
+        todo = self._answers(chunk, (split, index), tag, timing)
+        self.phase(f"encoding the conversations ({tag})")
+        seqs, keys, skipped = self._encode(chunk, todo)
+        if self.features and seqs:
+            self.phase(f"computing the target's features ({tag})")
+            self._add_features(seqs, tag, timing)
+        self.phase(f"writing {shard_name(split, index)} in --out {out!r}")
+        entry = write_shard(out, shard_name(split, index), seqs, self.vocab, keys, self.features, self.hidden)
+        entry.update(index=index, conversations=len(chunk), skipped=skipped, timing=timing)
+        return entry
+
+    def _answers(self, chunk: list, key: tuple, tag: str, timing: dict) -> list:
+        """(messages, open_last) per conversation: the target's own answers, or the data's (trimmed)."""
+        if self.responses != "target":
+            return [(_trim(c.messages, self.max_len), False) for c in chunk]
+        from tqdm.auto import tqdm
+
+        self.phase(f"generating the target's responses ({tag})")
+        turns = sum(c.user_turns() for c in chunk)
+        gst = GenStats()
+        with tqdm(total=turns, desc=f"{tag}: responses", unit="turn", disable=not self.progress, leave=False) as bar:
+            answered = respond(
+                self.model,
+                self.tokenizer,
+                [c.messages for c in chunk],
+                eos_ids=self.eos,
+                max_new_tokens=self.max_new_tokens,
+                max_len=self.max_len,
+                temperature=self.temperature,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                key=key,
+                pad_id=self.pad_id,
+                stats=gst,
+                progress=bar,
             )
-    publish(final=True)
-    return manifest
+        timing.update(
+            responses_seconds=round(gst.seconds, 3), responses_turns=gst.prompts, responses_tokens=gst.new_tokens
+        )
+        return [(a.messages, a.open_last) for a in answered]
+
+    def _encode(self, chunk: list, todo: list) -> tuple:
+        """(sequences {"input_ids", "loss_mask"}, their conversation keys, the number skipped: empty, not
+        rendered by the template, or without a response token)."""
+        seqs, keys, skipped = [], [], 0
+        for c, (msgs, open_last) in zip(chunk, todo):
+            if not msgs:
+                skipped += 1
+                continue
+            try:
+                ids, mask = encode(self.tokenizer, msgs, self.eos, max_len=self.max_len, open_last=open_last)
+            except TemplateError:
+                skipped += 1
+                continue
+            if not any(mask):
+                skipped += 1
+                continue
+            seqs.append({"input_ids": ids, "loss_mask": mask})
+            keys.append(c.key)
+        return seqs, keys, skipped
+
+    def _add_features(self, seqs: list, tag: str, timing: dict) -> None:
+        """Add each sequence's target features ("hidden", bf16 on the CPU), batched by length."""
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]["input_ids"]))
+        t0, ntok = time.perf_counter(), 0
+        total_tokens = sum(len(x["input_ids"]) for x in seqs)
+        with tqdm(
+            total=total_tokens, desc=f"{tag}: features", unit="tok", disable=not self.progress, leave=False
+        ) as bar:
+            for b0 in range(0, len(order), self.batch_size):
+                idx = order[b0 : b0 + self.batch_size]
+                T = len(seqs[idx[-1]]["input_ids"])
+                inp = torch.full((len(idx), T), self.pad_id, dtype=torch.long)
+                att = torch.zeros((len(idx), T), dtype=torch.bool)
+                for r, i in enumerate(idx):
+                    n = len(seqs[i]["input_ids"])
+                    inp[r, :n] = torch.tensor(seqs[i]["input_ids"])
+                    att[r, :n] = True
+                hid = target_hidden(self.model, inp, att).to("cpu", torch.bfloat16)
+                for r, i in enumerate(idx):
+                    n = len(seqs[i]["input_ids"])
+                    seqs[i]["hidden"] = hid[r, :n].clone()
+                    ntok += n
+                bar.update(int(att.sum()))
+        timing.update(prefill_seconds=round(time.perf_counter() - t0, 3), prefill_tokens=ntok)
