@@ -25,12 +25,16 @@ from .chat import TemplateError, render
 
 @dataclass
 class Answered:
+    """One conversation as the target answered it."""
+
     messages: List[dict]  # system?/user/assistant..., ending with an assistant message (or empty: nothing fit)
     open_last: bool = False  # the last answer was cut (no end-of-turn token)
 
 
 @dataclass
 class GenStats:
+    """Totals of respond's generate calls (added to across calls)."""
+
     prompts: int = 0  # user turns answered
     new_tokens: int = 0  # tokens generated (padding excluded)
     seconds: float = 0.0
@@ -40,6 +44,23 @@ class GenStats:
 
 def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+@dataclass
+class _Dialogue:
+    """A conversation being answered: the messages so far (its own answers), its user turns, the next."""
+
+    out: List[dict]
+    users: List[str]
+    next: int = 0
+    done: bool = False
+    open: bool = False  # the last answer was cut
+
+    def finish(self, progress) -> None:
+        """No more turns: the bar counts the unanswered ones as done."""
+        if not self.done and progress is not None:
+            progress.update(len(self.users) - self.next)
+        self.done = True
 
 
 def respond(
@@ -66,89 +87,103 @@ def respond(
     number of user turns answered.
     """
     stats = stats if stats is not None else GenStats()
-    device = next(model.parameters()).device
     eos = [int(i) for i in eos_ids]
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    states = []
+    dialogues = []
     for conv in conversations:
-        system = [m for m in conv if m["role"] == "system"][:1]
         users = [m["content"] for m in conv if m["role"] == "user"]
-        states.append({"out": list(system), "users": users, "next": 0, "done": not users, "open": False})
-
-    def finish(st):  # no more turns for this conversation: the bar counts its unanswered ones as done
-        if not st["done"] and progress is not None:
-            progress.update(len(st["users"]) - st["next"])
-        st["done"] = True
-
+        dialogues.append(_Dialogue([m for m in conv if m["role"] == "system"][:1], users, done=not users))
     rnd = 0
     while True:
-        active = []
-        for i, st in enumerate(states):
-            if st["done"] or st["next"] >= len(st["users"]):
-                finish(st)
-                continue
-            msgs = st["out"] + [{"role": "user", "content": st["users"][st["next"]]}]
-            try:
-                text = render(tokenizer, msgs, add_generation_prompt=True)
-            except TemplateError:
-                finish(st)
-                continue
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) >= max_len:  # no room for an answer
-                finish(st)
-                continue
-            active.append((len(ids), i, ids, msgs))
+        active = _prompts(tokenizer, dialogues, max_len, progress)
         if not active:
             break
         active.sort(key=lambda a: a[0])
         for b0 in range(0, len(active), batch_size):
             batch = active[b0 : b0 + batch_size]
-            longest = batch[-1][0]
             budget = max(1, min(max_new_tokens, max_len - batch[0][0]))
-            inp = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            att = torch.zeros((len(batch), longest), dtype=torch.long)
-            for r, (n, _, ids, _) in enumerate(batch):
-                inp[r, longest - n :] = torch.tensor(ids)
-                att[r, longest - n :] = 1
-            kw = dict(max_new_tokens=budget, pad_token_id=pad_id, eos_token_id=eos or None)
-            if temperature > 0:
-                kw.update(do_sample=True, temperature=float(temperature), top_k=None, top_p=None)
-            else:
-                kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-            t0 = time.perf_counter()
-            devices = [device] if device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(_seed(seed, key, rnd, b0))
-                out = model.generate(input_ids=inp.to(device), attention_mask=att.to(device), **kw)
-            stats.seconds += time.perf_counter() - t0
-            stats.calls += 1
-            new = out[:, longest:].tolist()
-            for r, (n, i, _ids, msgs) in enumerate(batch):
-                st = states[i]
-                gen = new[r]
-                cut = len(gen)
-                for t, tok in enumerate(gen):
-                    if tok in eos:
-                        cut = t
-                        break
-                finished = cut < len(gen)
-                gen = gen[:cut]
-                stats.new_tokens += cut + (1 if finished else 0)
-                stats.prompts += 1
-                text = tokenizer.decode(gen, skip_special_tokens=True)
-                st["out"] = msgs + [{"role": "assistant", "content": text}]
-                st["next"] += 1
-                if progress is not None:
-                    progress.update(1)
-                if not finished or n + cut + 1 >= max_len:
-                    finish(st)
-                    st["open"] = not finished
+            prompts = [ids for _, _, ids, _ in batch]
+            new = _generate(model, prompts, budget, pad_id, eos, temperature, _seed(seed, key, rnd, b0), stats)
+            for (n, i, _ids, msgs), gen in zip(batch, new):
+                _take_answer(tokenizer, dialogues[i], n, msgs, gen, eos, max_len, stats, progress)
         rnd += 1
     result = []
-    for st in states:
-        msgs = st["out"]
+    for d in dialogues:
+        msgs = d.out
         if not msgs or msgs[-1]["role"] != "assistant":
             msgs = []
-        result.append(Answered(msgs, st["open"]))
+        result.append(Answered(msgs, d.open))
     return result
+
+
+def _prompts(tokenizer, dialogues: List[_Dialogue], max_len: int, progress) -> list:
+    """(prompt length, dialogue index, prompt ids, messages) of every dialogue with a user turn left whose
+    prompt (the conversation so far, the turn, the generation prompt) leaves room for an answer; the
+    others are finished."""
+    active = []
+    for i, d in enumerate(dialogues):
+        if d.done or d.next >= len(d.users):
+            d.finish(progress)
+            continue
+        msgs = d.out + [{"role": "user", "content": d.users[d.next]}]
+        try:
+            text = render(tokenizer, msgs, add_generation_prompt=True)
+        except TemplateError:
+            d.finish(progress)
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_len:  # no room for an answer
+            d.finish(progress)
+            continue
+        active.append((len(ids), i, ids, msgs))
+    return active
+
+
+def _generate(
+    model, prompts: list, budget: int, pad_id: int, eos: list, temperature: float, seed: int, stats: GenStats
+) -> list:
+    """The tokens the target generates after each prompt (left-padded into one batch; prompts sorted by
+    length, the longest last), at most `budget` each, sampled under `seed` when temperature > 0."""
+    device = next(model.parameters()).device
+    longest = len(prompts[-1])
+    inp = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    att = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for r, ids in enumerate(prompts):
+        inp[r, longest - len(ids) :] = torch.tensor(ids)
+        att[r, longest - len(ids) :] = 1
+    kw = dict(max_new_tokens=budget, pad_token_id=pad_id, eos_token_id=eos or None)
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=float(temperature), top_k=None, top_p=None)
+    else:
+        kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    t0 = time.perf_counter()
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.generate(input_ids=inp.to(device), attention_mask=att.to(device), **kw)
+    stats.seconds += time.perf_counter() - t0
+    stats.calls += 1
+    return out[:, longest:].tolist()
+
+
+def _take_answer(tokenizer, d: _Dialogue, n: int, msgs: list, gen: list, eos: list, max_len: int, stats, progress):
+    """Append the answer `gen` (cut at its first end-of-turn token) to the dialogue whose prompt `msgs` was
+    n tokens long; the dialogue ends when the answer was cut or no room for another turn is left."""
+    cut = len(gen)
+    for t, tok in enumerate(gen):
+        if tok in eos:
+            cut = t
+            break
+    finished = cut < len(gen)
+    gen = gen[:cut]
+    stats.new_tokens += cut + (1 if finished else 0)
+    stats.prompts += 1
+    text = tokenizer.decode(gen, skip_special_tokens=True)
+    d.out = msgs + [{"role": "assistant", "content": text}]
+    d.next += 1
+    if progress is not None:
+        progress.update(1)
+    if not finished or n + cut + 1 >= max_len:
+        d.finish(progress)
+        d.open = not finished
