@@ -172,6 +172,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return {"input_ids": item["input_ids"], "loss_mask": item["loss_mask"]}
 
     def lengths(self) -> List[int]:
+        """The number of tokens of each sequence."""
         if self._shards is not None:
             return self._shards.lengths()
         return [len(it["input_ids"]) for it in self._items]
@@ -269,6 +270,7 @@ class OnlineFeatures:
         return target_hidden(self.model, input_ids, attention_mask)
 
     def add_to(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A copy of `batch` with the target's features ("hidden") of its input_ids added."""
         out = dict(batch)
         out["hidden"] = self(batch["input_ids"], batch.get("attention_mask"))
         return out

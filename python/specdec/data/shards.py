@@ -49,14 +49,17 @@ class ShardError(RuntimeError):
 
 
 def shard_name(split: str, index: int) -> str:
+    """The file name of shard `index` of `split`, e.g. train-00003.safetensors."""
     return f"{split}-{index:05d}.safetensors"
 
 
 def write_manifest(folder: str, manifest: dict, name: str = MANIFEST) -> None:
+    """Write `manifest` as JSON to folder/name, atomically (a reader never sees half a manifest)."""
     atomic_write_text(json.dumps(manifest, indent=1, sort_keys=False), os.path.join(folder, name))
 
 
 def read_manifest(folder: str, name: str = MANIFEST) -> dict:
+    """The manifest folder/name; ShardError when it is missing, unreadable, or of another format or version."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         raise ShardError(f"{path} does not exist: {folder!r} is not a `specdec data` output folder")
@@ -178,6 +181,7 @@ class ShardReader:
         return len(self.offsets) - 1
 
     def get(self, s: int, hidden: bool) -> Dict[str, torch.Tensor]:
+        """Sequence `s` of the shard: input_ids (int64), loss_mask and, with `hidden`, the features."""
         try:
             if self._ids is None:
                 self._ids = self._f.get_tensor("input_ids")
@@ -191,16 +195,19 @@ class ShardReader:
         return item
 
     def token_counts(self) -> torch.Tensor:
+        """The shard's stored counts of response token ids."""
         return self._f.get_tensor("token_counts")
 
 
 def split_entries(manifest: dict, split: str) -> List[dict]:
+    """The shard entries the manifest lists for `split` (missing shards left out)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return [e for e in manifest.get("splits", {}).get(split, {}).get("shards", []) if e is not None]
 
 
 def totals(entries: List[dict]) -> dict:
+    """The sequences, tokens and masked (response) tokens summed over shard entries."""
     return {k: sum(e[k] for e in entries) for k in ("sequences", "tokens", "masked_tokens")}
 
 
@@ -216,4 +223,5 @@ def remove_stale_temps(folder: str, keep=None) -> List[str]:
 
 
 def optional_manifest(folder: str) -> Optional[dict]:
+    """read_manifest of folder/manifest.json, or None when there is none."""
     return read_manifest(folder) if os.path.isfile(os.path.join(folder, MANIFEST)) else None

@@ -52,15 +52,20 @@ class SourceError(ValueError):
 
 @dataclass
 class Conversation:
+    """A normalised conversation: its source key and its messages ({"role", "content"})."""
+
     key: str
     messages: List[dict]
 
     def user_turns(self) -> int:
+        """The number of user messages."""
         return sum(m["role"] == "user" for m in self.messages)
 
 
 @dataclass
 class ReadStats:
+    """What reading a source saw (filled in by the readers)."""
+
     records: int = 0  # complete records decoded
     kept: int = 0  # normalised conversations yielded
     dropped: int = 0  # records without a usable conversation
