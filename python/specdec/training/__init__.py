@@ -7,10 +7,11 @@
 
 Modules: trainer (the loop: train), config (TrainConfig), losses (the recipes' losses), recipe (the loss,
 optimizer and clipping as the loop runs them), vocab (the reduced draft vocabulary), schedule (peak lr,
-warmup + cosine), batches (data order and batches), target (the frozen target), stage_head (a stage's
-head), metrics and csv_log (train_log.csv / val_log.csv rows), checkpointing (atomic checkpoints, resume),
-rng (seeds, RNG state), distributed (the process group), autocast, fingerprints (target and data hashes),
-validation (validation loss and per-step acceptance rates), plots (curves.png), cli (`specdec train`).
+warmup + cosine), run_inputs (what a run loads: data, target, draft vocabulary), batches (data order and
+batches), target (the frozen target), stage_head (a stage's head), metrics and csv_log (train_log.csv /
+val_log.csv rows), checkpointing (atomic checkpoints, resume), rng (seeds, RNG state), distributed (the
+process group), autocast, fingerprints (target and data hashes), validation (validation loss and
+per-step acceptance rates), plots (curves.png), cli (`specdec train`).
 See docs/training.md.
 """
 

@@ -6,8 +6,8 @@ target computes them inside the loop), fp32 or bf16 autocast, CPU or CUDA, one p
 
 Determinism. With the same settings, seed and process count a run is bitwise reproducible on the same
 machine: the head's init is drawn from seed-derived generators, the data order of each epoch is a seeded
-permutation of the training sequences, and the global RNG is re-seeded before every optimizer step from
-(seed, stage, step, rank), so the input noise of a step does not depend on what ran before it. A killed
+permutation of the training sequences, and the input noise of every optimizer step comes from a generator
+seeded from (seed, stage, step, rank), so it does not depend on what ran before it. A killed
 run resumed from its last checkpoint therefore ends with exactly the parameters of an uninterrupted one.
 
 Data parallelism. Step s of an epoch takes the global batch perm[s*B:(s+1)*B] (B = batch_size, in
@@ -15,10 +15,11 @@ sequences); rank r of W processes trains on its elements r, r+W, ... The loss of
 W * (its masked positions) / (all ranks' masked positions) before DDP averages the gradients, so the
 update equals the one of a single process on the whole global batch (up to fp32 rounding).
 
-Parts (each in its own module): config (TrainConfig), batches (data order and batches), target (the
-frozen target), vocab (the draft vocabulary), stage_head (building and saving a stage's head), recipe
-(loss, optimizer, clipping), schedule (learning rates), metrics and csv_log (train_log/val_log rows),
-checkpointing, rng (seeds, RNG state), distributed (the process group), autocast, fingerprints.
+Parts (each in its own module): config (TrainConfig), run_inputs (the data, the frozen target and the
+draft vocabulary, through target and vocab), batches (data order and batches), stage_head (building and
+saving a stage's head), recipe (loss, optimizer, clipping), schedule (learning rates), metrics and
+csv_log (train_log/val_log rows), checkpointing, rng (seeds, RNG state), distributed (the process
+group), autocast, fingerprints.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..files import atomic_write_text
 from .autocast import AutocastPolicy
-from .batches import collate_batch, epoch_order, load_datasets, rank_indices, to_device
+from .batches import collate_batch, epoch_order, rank_indices, to_device
 from .checkpointing import CheckpointManager, check_resumable, training_state
 from .config import CHECK_POSITIONS, DTYPES, SimulatedKill, TrainConfig
 from .csv_log import CsvLog
@@ -45,11 +46,10 @@ from .fingerprints import fingerprint_target, manifest_hash
 from .metrics import logged_keys, masked_count, step_sums, train_row
 from .recipe import clip_gradients, make_optimizer, stage_loss, training_module
 from .rng import derive_seed, set_rng_state
+from .run_inputs import RunInputs
 from .schedule import default_warmup, recipe_lr, warmup_cosine
 from .stage_head import build_stage_head, init_draft_vocab, save_head
-from .target import load_target, resolve_target_path
 from .validation import validate
-from .vocab import draft_vocab_ids
 
 # The public names callers import from specdec.training.trainer (some defined in the modules above).
 __all__ = [
@@ -147,59 +147,17 @@ class _Run:
             )
         self.out = os.path.abspath(os.path.expanduser(cfg.out))
         self.checkpoints = CheckpointManager(os.path.join(self.out, "checkpoints"), cfg.keep_checkpoints)
-        self._load_data(datasets)
-        self._load_target(target_model)
-        self.d2t = self._draft_vocab()
+        self.inputs = RunInputs(cfg, device, self.dtype, target_model, datasets, self.phase)
         self._count_steps()
         self.steps_this_call = 0
         self.train_log = CsvLog(os.path.join(self.out, "train_log.csv"), dist.main)
         self.val_log = CsvLog(os.path.join(self.out, "val_log.csv"), dist.main)
         self.summary = {"kind": cfg.kind, "stages": {}}
 
-    def _load_data(self, datasets: Optional[tuple]) -> None:
-        if datasets is not None:
-            self.train_ds, self.val_ds = datasets
-        else:
-            if self.cfg.data is None:
-                raise ValueError("TrainConfig.data: expected a `specdec data` folder, got None")
-            self.phase(f"loading the data {self.cfg.data!r}")
-            self.train_ds, self.val_ds = load_datasets(self.cfg)
-        self.manifest = getattr(self.train_ds, "manifest", None)
-
-    def _load_target(self, target_model: Optional[nn.Module]) -> None:
-        cfg = self.cfg
-        self.phase("resolving the target")
-        self.target_path = None if target_model is not None else resolve_target_path(cfg, self.manifest)
-        self.phase(f"loading the target {self.target_path or 'model'}")
-        model, self.embed, self.lm_head, self.hf_config, self.eos = load_target(
-            target_model, self.target_path, self.dtype, self.device, full=cfg.online
-        )
-        self.features = None
-        if cfg.online:
-            from specdec.data import OnlineFeatures
-
-            self.features = OnlineFeatures(model)
-        self.pad_id = 0
-        if isinstance(self.manifest, dict):  # the data's tokenizer knows more end-of-turn ids than the model
-            tok = self.manifest.get("tokenizer") or {}
-            if isinstance(tok.get("pad_token_id"), int):
-                self.pad_id = tok["pad_token_id"]
-            for i in tok.get("eos_token_ids") or ():
-                if isinstance(i, int) and i not in self.eos:
-                    self.eos.append(i)
-
-    def _draft_vocab(self) -> Optional[torch.Tensor]:
-        cfg = self.cfg
-        if cfg.draft_vocab is None:
-            return None
-        vocab = int(self.hf_config.vocab_size)
-        if cfg.draft_vocab > vocab:
-            raise ValueError(f"draft_vocab {cfg.draft_vocab} exceeds the target's vocabulary ({vocab})")
-        return draft_vocab_ids(self.train_ds, cfg.draft_vocab, self.eos, vocab)
-
     def _count_steps(self) -> None:
+        """Steps per epoch and of each stage, and the warmup length (ValueError: not one batch of data)."""
         cfg = self.cfg
-        n = len(self.train_ds)
+        n = len(self.inputs.train_ds)
         if n < cfg.batch_size:
             raise ValueError(f"the training split has {n} sequences, fewer than one batch ({cfg.batch_size})")
         self.steps_per_epoch = n // cfg.batch_size
@@ -223,19 +181,8 @@ class _Run:
         return {
             "kind": cfg.kind,
             "stage": stage,
-            "target": {
-                "path": self.target_path,
-                "fingerprint": fingerprint_target(self.target_path),
-                "vocab_size": int(self.hf_config.vocab_size),
-                "eos_token_ids": self.eos,
-            },
-            "draft_vocab": None
-            if self.d2t is None
-            else {
-                "size": int(self.d2t.numel()),
-                "eos_included": self.eos,
-                "source": "train-split response token counts",
-            },
+            "target": self.inputs.target_record(),
+            "draft_vocab": self.inputs.draft_vocab_record(),
             "recipe": dict(
                 cfg.settings(),
                 lr_used=lr,
@@ -244,13 +191,7 @@ class _Run:
                 steps_per_epoch=self.steps_per_epoch,
                 world_size=self.dist.world,
             ),
-            "data": {
-                "path": os.path.abspath(cfg.data) if cfg.data else None,
-                "manifest_sha256": manifest_hash(self.manifest),
-                "train_sequences": len(self.train_ds),
-                "val_sequences": len(self.val_ds) if self.val_ds is not None else 0,
-                "online": cfg.online,
-            },
+            "data": self.inputs.data_record(cfg),
         }
 
     # -- the run --
@@ -339,10 +280,11 @@ class _Run:
     def _start_stage(self, stage: int, stage_index: int, init: Optional[str], state: Optional[dict]) -> _Stage:
         cfg = self.cfg
         self.phase(f"building the stage-{stage} head" + (f" from {init!r}" if init else ""))
-        head = build_stage_head(cfg, self.hf_config, stage, init, self.d2t if init is None else None, self.device)
+        inputs = self.inputs
+        head = build_stage_head(cfg, inputs.hf_config, stage, init, inputs.d2t if init is None else None, self.device)
         if init is not None:
-            self.d2t = init_draft_vocab(head, init, cfg.draft_vocab)
-        head.bind_target(self.embed, self.lm_head)
+            inputs.d2t = init_draft_vocab(head, init, cfg.draft_vocab)
+        head.bind_target(inputs.embed, inputs.lm_head)
         head.train()
         lr = cfg.lr if cfg.lr is not None else recipe_lr(cfg.kind, stage)
         opt = make_optimizer(head, cfg, lr)
@@ -373,7 +315,7 @@ class _Run:
         of each epoch, a checkpoint every cfg.checkpoint_every steps."""
         cfg = self.cfg
         while st.step < self.total_steps and st.epoch < cfg.epochs:
-            order = epoch_order(len(self.train_ds), cfg.seed, st.number, st.epoch)
+            order = epoch_order(len(self.inputs.train_ds), cfg.seed, st.number, st.epoch)
             while st.position < self.steps_per_epoch and st.step < self.total_steps:
                 row = self._train_step(st, order)
                 self.train_log.write(row)
@@ -456,28 +398,29 @@ class _Run:
     def _batch(self, idx: list, dataset=None) -> dict:
         """The items `idx` of `dataset` (default: the training split) collated on the device, with the
         target's features computed now in an online run."""
-        ds = dataset if dataset is not None else self.train_ds
-        batch = collate_batch([ds[i] for i in idx], self.cfg.max_length, self.pad_id)
+        inputs = self.inputs
+        ds = dataset if dataset is not None else inputs.train_ds
+        batch = collate_batch([ds[i] for i in idx], self.cfg.max_length, inputs.pad_id)
         batch = to_device(batch, self.device, self.dtype)
-        if self.features is not None:
+        if inputs.features is not None:
             with torch.no_grad(), self.autocast:
-                hidden = self.features(batch["input_ids"], batch["attention_mask"])
+                hidden = inputs.features(batch["input_ids"], batch["attention_mask"])
             batch["hidden"] = hidden.to(self.dtype)
         return batch
 
     def _validate(self, head, loss_fn, stage: int, stage_index: int, epoch: int, step: int) -> Optional[dict]:
         """Validation loss and acceptance of `head` on the validation split (this rank's share), logged to
         val_log.csv and summary.json; None without validation data."""
-        cfg, dist = self.cfg, self.dist
-        if self.val_ds is None or len(self.val_ds) == 0:
+        cfg, dist, val_ds = self.cfg, self.dist, self.inputs.val_ds
+        if val_ds is None or len(val_ds) == 0:
             return None
-        n = len(self.val_ds) if cfg.val_sequences is None else min(len(self.val_ds), cfg.val_sequences)
+        n = len(val_ds) if cfg.val_sequences is None else min(len(val_ds), cfg.val_sequences)
         mine = list(range(dist.rank, n, dist.world))
         vb = cfg.val_batch_size or max(1, cfg.batch_size // dist.world)
 
         def batches():
             for i in range(0, len(mine), vb):
-                yield self._batch(mine[i : i + vb], self.val_ds)
+                yield self._batch(mine[i : i + vb], val_ds)
 
         def lf(batch):
             loss, metrics = loss_fn(head, batch)
@@ -530,7 +473,7 @@ class _Run:
                 log_rows=(self.train_log.rows, self.val_log.rows),
                 stats=st.stats,
                 summary=self.summary,
-                d2t=self.d2t,
+                d2t=self.inputs.d2t,
             )
             self.checkpoints.save(state)
         self.dist.barrier()
