@@ -228,6 +228,8 @@ class _Run:
         return resume
 
     def _resume_state(self) -> Optional[dict]:
+        """The newest checkpoint's state with --resume (checked against this run's settings); without it,
+        FileExistsError when out/ holds an earlier run."""
         cfg = self.cfg
         if not cfg.resume:
             if self.checkpoints.exist() or os.path.isfile(os.path.join(self.out, "train_log.csv")):
@@ -278,6 +280,7 @@ class _Run:
         return self._finish_stage(st)
 
     def _start_stage(self, stage: int, stage_index: int, init: Optional[str], state: Optional[dict]) -> _Stage:
+        """The stage's head (bound to the target), optimizer, schedule and loss, restored from `state`."""
         cfg = self.cfg
         self.phase(f"building the stage-{stage} head" + (f" from {init!r}" if init else ""))
         inputs = self.inputs
@@ -443,6 +446,7 @@ class _Run:
         return res
 
     def _write_summary(self) -> None:
+        """Write summary.json and, with cfg.plot, curves.png (a plotting failure only warns)."""
         atomic_write_text(
             json.dumps(self.summary, indent=2, sort_keys=True, default=str) + "\n",
             os.path.join(self.out, "summary.json"),
