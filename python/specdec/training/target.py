@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -15,22 +14,16 @@ if TYPE_CHECKING:
 
 def resolve_target_path(cfg: TrainConfig, manifest: Optional[dict]) -> Optional[str]:
     """The target folder: cfg.target, else the one the data manifest records (None when neither names
-    one); names such as "default" go through specdec.targets.resolve_target."""
+    one), through specdec.default_target.resolve_target ("default" -> the default target's folder)."""
     name = cfg.target
     if name is None and manifest:
         t = manifest.get("target")
         name = t.get("path") if isinstance(t, dict) else t
     if name is None:
         return None
-    try:
-        from specdec.targets import resolve_target  # type: ignore
-    except ImportError:
-        resolve_target = None
-    if resolve_target is not None:
-        return str(resolve_target(name))
-    if name == "default":
-        raise FileNotFoundError("the default target needs specdec.targets (`specdec target fetch`)")
-    return os.path.expanduser(name)
+    from specdec.default_target import resolve_target
+
+    return str(resolve_target(name))
 
 
 def load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.device, full: bool):
