@@ -440,7 +440,7 @@ def test_max_turns_keeps_the_first_exchanges(tmp_path, chatml):
 
 def test_respond_turn_by_turn(chatml):
     from specdec.data.chat import render
-    from specdec.data.generate import respond
+    from specdec.data.responses import respond
 
     tok, model = chatml
 

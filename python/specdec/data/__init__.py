@@ -11,8 +11,8 @@
     batch = OnlineFeatures(model).add_to(collate([toks[i] for i in range(8)]))
 
 Modules: sharegpt (sources: the ShareGPT dump, JSONL files; the train/val split), chat (token ids and
-the loss mask from the tokenizer's chat template), generate (the target's own responses), shards
-(files and manifest), dataset (the classes above), build (the pipeline), cli (`specdec data`).
+the loss mask from the tokenizer's chat template), responses (the target's own answers), shards
+(files and manifest), dataset (the classes above), build (the pipeline); the command is specdec.cli.data.
 Conventions (hidden[t], loss_mask[t], padding): see specdec.data.dataset.
 """
 

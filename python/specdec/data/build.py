@@ -19,7 +19,7 @@ import torch
 
 from .chat import TemplateError, encode, eos_token_ids, template_hash
 from .dataset import target_hidden
-from .generate import GenStats, respond
+from .responses import GenStats, respond
 from .shards import (
     FORMAT,
     MANIFEST,

@@ -11,7 +11,7 @@ from torch import nn
 
 from .batches import load_datasets
 from .fingerprints import fingerprint_target, manifest_hash
-from .target import load_target, resolve_target_path
+from .frozen_target import load_target, resolve_target_path
 from .vocab import draft_vocab_ids
 
 if TYPE_CHECKING:
