@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..devices import default_device
 from ..files import atomic_write_text
 from .autocast import AutocastPolicy
 from .batches import collate_batch, epoch_order, rank_indices, to_device
@@ -71,9 +72,7 @@ def _pick_device(text: Optional[str]) -> torch.device:
     """The training device: `text` ("cpu", "cuda", "cuda:N"), None = cuda when available; a bare "cuda"
     becomes cuda:LOCAL_RANK under torchrun (else the current device), made the current CUDA device."""
     local = os.environ.get("LOCAL_RANK")
-    if text is None:
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(text)
+    dev = default_device() if text is None else torch.device(text)
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
