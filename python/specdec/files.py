@@ -6,11 +6,12 @@ A leaf module (standard library only), so that any module can use it without imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 
 def sha256_file(path) -> str:
@@ -22,22 +23,42 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file through a temporary file beside it and os.replace: readers see the old file or
-    the new one, never a part."""
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside `path` to write a file at (by any writer: torch.save, safetensors, savefig):
+    when the block ends it is flushed to disk and renamed onto `path` with os.replace, so readers see the
+    old file or the new one, never a part; when the block raises it is removed. `suffix` ends the temporary
+    name (writers that pick the format from the extension need it, e.g. ".png").
+
+    Example:
+        >>> import os, tempfile
+        >>> from specdec.files import atomic_path
+        >>> target = os.path.join(tempfile.mkdtemp(), "x.bin")
+        >>> with atomic_path(target) as tmp:
+        ...     with open(tmp, "wb") as f:
+        ...         _ = f.write(b"ok")
+        >>> open(target, "rb").read(), sorted(os.listdir(os.path.dirname(target)))
+        (b'ok', ['x.bin'])
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a text file through atomic_path: readers see the old file or the new one, never a part."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
 
 
 def specdec_home(home: Union[str, os.PathLike, None] = None) -> Path:

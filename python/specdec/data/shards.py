@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..files import atomic_write_text, sha256_file
+from ..files import atomic_path, atomic_write_text, sha256_file
 
 FORMAT = "specdec-data"
 VERSION = 1
@@ -108,12 +108,9 @@ def write_shard(
         hs = [s["hidden"].to(torch.bfloat16).reshape(len(t), hidden_size) for s, t in zip(sequences, ids)]
         tensors["hidden"] = (torch.cat(hs) if hs else torch.zeros(0, hidden_size, dtype=torch.bfloat16)).contiguous()
     path = os.path.join(folder, name)
-    tmp = path + ".tmp"
     # one metadata entry: safetensors writes several in hash order, and shards must be byte-reproducible
-    save_file(tensors, tmp, metadata={"specdec": json.dumps({"format": FORMAT, "keys": list(keys)})})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"specdec": json.dumps({"format": FORMAT, "keys": list(keys)})})
     return {
         "file": name,
         "sha256": sha256_file(path),

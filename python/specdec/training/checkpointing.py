@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..files import atomic_path
 from .rng import get_rng_state
 
 _NAME = re.compile(r"^stage(\d+)-step(\d{8})\.pt$")
@@ -31,30 +32,9 @@ def checkpoint_name(stage: int, step: int) -> str:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save(obj) to `path` through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """torch.save(obj) to `path` through specdec.files.atomic_path (never a half-written checkpoint)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def list_checkpoints(folder: str) -> list:

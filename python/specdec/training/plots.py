@@ -11,6 +11,8 @@ import os
 import warnings
 from typing import Optional
 
+from ..files import atomic_path
+
 
 def _read(path: str) -> list:
     if not os.path.isfile(path):
@@ -81,8 +83,7 @@ def plot_curves(train_csv: str, val_csv: Optional[str], out_png: str) -> Optiona
     ax.set_title("validation acceptance rate per draft step")
     ax.set_xlabel("step")
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out_png)), f".{os.path.basename(out_png)}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out_png, suffix=".png") as tmp:  # savefig picks the format from the extension
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..devices import default_device
-from ..files import atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from .autocast import AutocastPolicy
 from .batches import collate_batch, epoch_order, rank_indices, to_device
 from .checkpointing import CheckpointManager, check_resumable, training_state
@@ -202,8 +202,8 @@ class _Run:
         if final != self.out and self.dist.main:
             # the final head also sits at out/ (a multi-stage run's last stage)
             for name in ("model.safetensors", "config.json"):
-                shutil.copyfile(os.path.join(final, name), os.path.join(self.out, f".{name}.tmp"))
-                os.replace(os.path.join(self.out, f".{name}.tmp"), os.path.join(self.out, name))
+                with atomic_path(os.path.join(self.out, name)) as tmp:
+                    shutil.copyfile(os.path.join(final, name), tmp)
         self.dist.barrier()
         return self.out
 
