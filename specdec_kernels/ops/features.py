@@ -48,21 +48,27 @@ def _kernel_dtypes(backend, *args):
 
 
 _FSPAD_FWD = _backend.standard_op(
-    "fspad_feature_sampling", reference=ref.fspad_feature_sampling_out, triton_module="features", limits=_kernel_dtypes
+    "fspad_feature_sampling",
+    reference=ref.fspad_feature_sampling_out,
+    triton_module="features_fspad",
+    limits=_kernel_dtypes,
 )
 _FSPAD_BWD = _backend.standard_op(
     "fspad_feature_sampling_backward",
     reference=ref.fspad_feature_sampling_backward,
-    triton_module="features",
+    triton_module="features_fspad",
     limits=_kernel_dtypes,
 )
 _GRIFFIN_FWD = _backend.standard_op(
-    "griffin_token_fusion", reference=ref.griffin_token_fusion_out, triton_module="features", limits=_kernel_dtypes
+    "griffin_token_fusion",
+    reference=ref.griffin_token_fusion_out,
+    triton_module="features_griffin",
+    limits=_kernel_dtypes,
 )
 _GRIFFIN_BWD = _backend.standard_op(
     "griffin_token_fusion_backward",
     reference=ref.griffin_token_fusion_backward,
-    triton_module="features",
+    triton_module="features_griffin",
     limits=_kernel_dtypes,
 )
 

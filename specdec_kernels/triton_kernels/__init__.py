@@ -12,7 +12,9 @@ import importlib
 from typing import Dict, Optional
 
 LOAD_ERROR: Optional[str] = None
-MODULES = ("tree", "compact", "verify", "attention", "features")
+# The modules that register kernels (features_shared registers none: the two feature modules import it, so
+# an error there disables both).
+MODULES = ("tree", "compact", "verify", "attention", "features_fspad", "features_griffin")
 MODULE_ERRORS: Dict[str, str] = {}
 
 try:

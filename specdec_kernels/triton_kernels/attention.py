@@ -25,7 +25,7 @@ cuts its chunk from the actual cache_len at run time, so short caches do not lea
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -262,6 +262,40 @@ def _check(q, k_cache, v_cache, cache_len, tree_mask, out) -> None:
         )
 
 
+def _tile_config(R: int, D: int, block_m: Optional[int]) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages) for R rows per (request, KV head) and head dim D.
+
+    block_m, when given, replaces the automatic BLOCK_M; it must be a power of two >= 16."""
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_M = block_m if block_m is not None else min(64, max(16, triton.next_power_of_2(R)))
+    if BLOCK_M < 16 or BLOCK_M & (BLOCK_M - 1):
+        raise ValueError(f"block_m: expected a power of two >= 16, got {BLOCK_M}")
+    # Sized from sm_80/sm_90 compiles (registers, shared memory) with aligned inputs: acc is BLOCK_M x BLOCK_D
+    # fp32, so wide row blocks of wide heads get 8 warps (about 160 registers instead of 210 with 4); D = 256
+    # halves the K/V tile and keeps two pipeline stages so shared memory stays under 100 KB (GPUs with less
+    # than the A100's 163 KB per SM still launch it).
+    BLOCK_S = 64 if BLOCK_D <= 128 else 32
+    num_warps = 8 if BLOCK_M >= 64 and BLOCK_D >= 128 else 4
+    num_stages = 2 if BLOCK_D > 128 else 3
+    return BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages
+
+
+def _merge_splits(ws_acc, ws_ml, out, total_rows: int, D: int, BLOCK_D: int, num_splits: int) -> None:
+    """Split-K's second pass: merge the num_splits fp32 partials of each of the total_rows rows into out."""
+    BLOCK_R = 16
+    _merge_splits_kernel[(triton.cdiv(total_rows, BLOCK_R),)](
+        ws_acc,
+        ws_ml,
+        out,
+        total_rows,
+        HEAD_DIM=D,
+        BLOCK_D=BLOCK_D,
+        BLOCK_R=BLOCK_R,
+        NUM_SPLITS=num_splits,
+        num_warps=4,
+    )
+
+
 def tree_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -287,17 +321,7 @@ def tree_attention_triton(
         return
     R = (H // H_kv) * Nq
     total_rows = B * H * Nq
-    BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_M = block_m if block_m is not None else min(64, max(16, triton.next_power_of_2(R)))
-    if BLOCK_M < 16 or BLOCK_M & (BLOCK_M - 1):
-        raise ValueError(f"block_m: expected a power of two >= 16, got {BLOCK_M}")
-    # Sized from sm_80/sm_90 compiles (registers, shared memory) with aligned inputs: acc is BLOCK_M x BLOCK_D
-    # fp32, so wide row blocks of wide heads get 8 warps (about 160 registers instead of 210 with 4); D = 256
-    # halves the K/V tile and keeps two pipeline stages so shared memory stays under 100 KB (GPUs with less
-    # than the A100's 163 KB per SM still launch it).
-    BLOCK_S = 64 if BLOCK_D <= 128 else 32
-    num_warps = 8 if BLOCK_M >= 64 and BLOCK_D >= 128 else 4
-    num_stages = 2 if BLOCK_D > 128 else 3
+    BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages = _tile_config(R, D, block_m)
     row_blocks = triton.cdiv(R, BLOCK_M)
     if num_splits is None:
         num_splits = _choose_splits(q.device, row_blocks * B * H_kv, S_max)
@@ -342,18 +366,7 @@ def tree_attention_triton(
         num_stages=num_stages,
     )
     if num_splits > 1:
-        BLOCK_R = 16
-        _merge_splits_kernel[(triton.cdiv(total_rows, BLOCK_R),)](
-            ws_acc,
-            ws_ml,
-            out,
-            total_rows,
-            HEAD_DIM=D,
-            BLOCK_D=BLOCK_D,
-            BLOCK_R=BLOCK_R,
-            NUM_SPLITS=num_splits,
-            num_warps=4,
-        )
+        _merge_splits(ws_acc, ws_ml, out, total_rows, D, BLOCK_D, num_splits)
 
 
 @torch.library.register_kernel("specdec::tree_attention_triton", ("cpu", "cuda"))

@@ -390,11 +390,16 @@ def test_llama_size_triton_gpu(kind, T, dtype):
 
 @pytest.fixture
 def one_autotune_config():
-    """force(i): every autotuned forward kernel of the Triton features module runs its i-th config only (and
+    """force(i): every autotuned forward kernel of the Triton feature modules runs its i-th config only (and
     re-tunes nothing); the configs and caches are restored afterwards."""
-    from specdec_kernels.triton_kernels import features as tk
+    from specdec_kernels.triton_kernels import features_fspad, features_griffin, features_shared
 
-    kernels = [tk._fc_kernel, tk._fspad_mlp_kernel, tk._griffin_mlp_kernel, tk._down_kernel]
+    kernels = [
+        features_shared._fc_kernel,
+        features_fspad._fspad_mlp_kernel,
+        features_griffin._griffin_mlp_kernel,
+        features_shared._down_kernel,
+    ]
     saved = [(k.configs, dict(k.cache)) for k in kernels]
 
     def force(i):

@@ -1,0 +1,365 @@
+"""Triton pieces shared by the FSPAD and GRIFFIN feature-sampling blocks (features_fspad.py, features_griffin.py).
+
+Here: the autotune config lists and keys, the tile helpers, the GEMM kernels both blocks launch (_fc_kernel,
+_down_kernel, _wgrad_kernel), the SiLU backward pass (_silu_mul_bwd_kernel) and their launchers. The
+block-specific kernels and the launchers registered on specdec::<launcher>_triton (schemas:
+specdec_kernels/_schemas.py) live in features_fspad.py and features_griffin.py.
+
+Math (specdec_kernels/reference/features.py), e = Emb[ids] (frozen), f the features, rows t < T:
+
+    FSPAD    z = W_fe e + W_ff f + b                     (W_fc = [W_fe | W_ff], its two column halves)
+             u = z + W_d (SiLU(W_g e) * rstd(z) * W_u (n * z))
+    GRIFFIN  h = W_fe e + W_ff f + b
+             v = rb r1 * W_u1 (a * n_b * h) + re * W_u2 (a * e),   g = h + W_d SiLU(v)
+
+where rstd(x) = rsqrt(mean(x^2) + eps) per row, rb = rstd(h), r1 = rstd(N_b(h)) = rsqrt(rb^2 mean((n_b h)^2) + eps),
+re = rstd(e). RMSNorm's per-row scale commutes with the GEMM over H, so every norm becomes a column scale
+on the operand (the weights n, n_b, a) and a row scale in the epilogue, and its statistics are summed in
+the same K loop that streams the operand: no normalised tensor is ever written.
+
+Forward, three launches (each reads its weights exactly once when T fits one row block, which is the
+decode case T <= 64, where the call is bound by reading the weights):
+  1. _fc_kernel         z = gather(E, ids) W_fe^T + f W_ff^T + b   (embedding rows gathered in the loads)
+  2. _fspad_mlp_kernel  act = SiLU(e W_g^T) * rstd(z) (z * n) W_u^T, rstd summed in the K loop;
+     _griffin_mlp_kernel act = SiLU(v), the three statistics summed in the K loop
+  3. _down_kernel       out = z + act W_d^T (residual fused in the epilogue)
+
+Backward: the plain GEMMs (dO W_d, dO^T act, du W_u, dz W_ff, ...) go to torch.matmul (cuBLAS on GPU);
+the GEMMs that read the embedding or a normalised activation run in _wgrad_kernel (C = (A^T B) with B's
+rows gathered by token id and/or scaled per row by a saved rstd, C's columns scaled by a norm weight), so
+e, RMSNorm(z), N_a(N_b(h)) and N_a(e) are still never materialised; the SiLU/product backward is one
+elementwise pass (which also recomputes the activation for dW_d); each RMSNorm backward with its
+weight's column reduction and the bias gradient is one row kernel writing per-block partial sums.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreted
+
+_INTERPRET = triton_interpreted()
+
+
+def _mm_configs(two_acc: bool = False):
+    if _INTERPRET:  # the interpreter runs one small tile; autotuning there would only cost time
+        return [triton.Config({"BM": 16, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)]
+    cfgs = [
+        # decode: T <= 64 rows, many column blocks so that the weight read spreads over all SMs
+        triton.Config({"BM": 16, "BN": 32, "BK": 128}, num_warps=4, num_stages=5),
+        triton.Config({"BM": 16, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 32, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
+        # training: large T, compute bound
+        triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
+        # small shared-memory footprint: fp32 operands of the two-accumulator kernels need more than
+        # sm_80's 163 KiB in every config above; this one fits everywhere
+        triton.Config({"BM": 32, "BN": 64, "BK": 32}, num_warps=4, num_stages=2),
+    ]
+    if not two_acc:  # one accumulator leaves registers for the widest tile
+        cfgs.append(triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3))
+    return cfgs
+
+
+_KEYS = ["M_BUCKET", "N", "K"]
+
+
+def _bucket(m: int) -> int:
+    # Autotune per power-of-two bucket of T, not per T: decode T varies call to call (10..60 nodes).
+    return triton.next_power_of_2(max(int(m), 16))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 follows torch's own switch (off by default: exact fp32 like the reference); ignored for fp16/bf16.
+    return "tf32" if (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tile helpers shared by the kernels
+
+
+@triton.jit
+def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's [BM, BN] output tile: row and column indices and their in-bounds masks."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rm, rn, rm < M, rn < N
+
+
+@triton.jit
+def _token_rows(IDS, offs, mask, V):
+    """Embedding rows of the token ids at IDS[offs], int64, clamped to [0, V): memory safety only, the ids
+    are range-checked before launch."""
+    rows = tl.load(IDS + offs, mask=mask, other=0).to(tl.int64)
+    return tl.minimum(tl.maximum(rows, 0), V - 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Forward kernels
+
+
+@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.jit
+def _fc_kernel(
+    F,
+    IDS,
+    E,
+    W,
+    B,
+    Z,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    stride_f,
+    stride_e,
+    stride_w,
+    stride_z,
+    HAS_BIAS: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """Z[M, N] = E[ids] W[:, :K]^T + F W[:, K:]^T (+ B): the fc of [e; f] without forming e or [e; f]."""
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rk = tl.arange(0, BK)
+    ids = _token_rows(IDS, rm, m_ok, V)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):  # embedding half: rows gathered by token id
+        k = k0 + rk
+        k_ok = k < K
+        a = tl.load(E + ids[:, None] * stride_e + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + rn[None, :] * stride_w + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PREC)
+    for k0 in range(0, K, BK):  # feature half
+        k = k0 + rk
+        k_ok = k < K
+        a = tl.load(F + rm[:, None] * stride_f + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + rn[None, :] * stride_w + (K + k)[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PREC)
+    if HAS_BIAS:
+        acc += tl.load(B + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Z + rm[:, None] * stride_z + rn[None, :], acc.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.jit
+def _down_kernel(
+    A,
+    W,
+    R,
+    O,
+    M,
+    N,
+    K,
+    M_BUCKET,
+    stride_a,
+    stride_w,
+    stride_r,
+    stride_o,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """O[M, N] = R + A W^T (the down projection with the residual fused in the epilogue)."""
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        k = k0 + rk
+        k_ok = k < K
+        a = tl.load(A + rm[:, None] * stride_a + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + rn[None, :] * stride_w + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PREC)
+    mask = m_ok[:, None] & n_ok[None, :]
+    acc += tl.load(R + rm[:, None] * stride_r + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(O + rm[:, None] * stride_o + rn[None, :], acc.to(O.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backward kernels
+
+
+@triton.autotune(configs=_mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
+@triton.jit
+def _wgrad_kernel(
+    A,
+    B,
+    IDS,
+    RS,
+    CS,
+    C,
+    M,
+    N,
+    K,
+    V,
+    M_BUCKET,
+    stride_a,
+    stride_b,
+    stride_c,
+    GATHER: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    COL_SCALE: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """C[M, N] = CS[n] * sum_t A[t, m] * RS[t] * B[row(t), n], row(t) = IDS[t] if GATHER else t; K = T rows.
+
+    The weight gradients that read the embedding (GATHER) or a normalised activation (RS = its rstd,
+    CS = its norm weight) without materialising either."""
+    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        k = k0 + rk
+        k_ok = k < K
+        a = tl.load(A + k[None, :] * stride_a + rm[:, None], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if ROW_SCALE:
+            rs = tl.load(RS + k, mask=k_ok, other=0.0)
+            a = (a.to(tl.float32) * rs[None, :]).to(A.dtype.element_ty)
+        if GATHER:
+            rows = _token_rows(IDS, k, k_ok, V)
+        else:
+            rows = k.to(tl.int64)
+        b = tl.load(B + rows[:, None] * stride_b + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    if COL_SCALE:
+        acc *= tl.load(CS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(C + rm[:, None] * stride_c + rn[None, :], acc.to(C.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _silu_mul_bwd_kernel(G, U, DA, ACT, DG, DU, numel, GATED: tl.constexpr, BLOCK: tl.constexpr):
+    """GATED: act = SiLU(g) u, dg = da u SiLU'(g), du = da SiLU(g). Else: act = SiLU(g), dg = da SiLU'(g)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    da = tl.load(DA + offs, mask=ok, other=0.0).to(tl.float32)
+    s = tl.sigmoid(g)
+    silu = g * s
+    dsilu = s * (1.0 + g * (1.0 - s))
+    if GATED:
+        u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(ACT + offs, (silu * u).to(ACT.dtype.element_ty), mask=ok)
+        tl.store(DG + offs, (da * u * dsilu).to(DG.dtype.element_ty), mask=ok)
+        tl.store(DU + offs, (da * silu).to(DU.dtype.element_ty), mask=ok)
+    else:
+        tl.store(ACT + offs, silu.to(ACT.dtype.element_ty), mask=ok)
+        tl.store(DG + offs, (da * dsilu).to(DG.dtype.element_ty), mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _grid(M, N):
+    return lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
+
+
+def _fc(features, ids, embed, fc_weight, fc_bias, z):
+    T, H = features.shape
+    V = embed.shape[0]
+    _fc_kernel[_grid(T, H)](
+        features,
+        ids,
+        embed,
+        fc_weight,
+        fc_bias if fc_bias is not None else fc_weight,
+        z,
+        T,
+        H,
+        H,
+        V,
+        _bucket(T),
+        features.stride(0),
+        embed.stride(0),
+        fc_weight.stride(0),
+        z.stride(0),
+        HAS_BIAS=fc_bias is not None,
+        PREC=_dot_precision(features.dtype),
+    )
+
+
+def _down(act, down_weight, residual, out):
+    T, I = act.shape
+    H = out.shape[1]
+    _down_kernel[_grid(T, H)](
+        act,
+        down_weight,
+        residual,
+        out,
+        T,
+        H,
+        I,
+        _bucket(T),
+        act.stride(0),
+        down_weight.stride(0),
+        residual.stride(0),
+        out.stride(0),
+        PREC=_dot_precision(act.dtype),
+    )
+
+
+def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
+    """c[M, N] = col_scale * (a * row_scale[:, None])^T b[ids or rows]; a [T, M], c may be a strided view."""
+    T, M = a.shape
+    N = c.shape[1]
+    V = b.shape[0]
+    _wgrad_kernel[_grid(M, N)](
+        a,
+        b,
+        ids if ids is not None else a,
+        row_scale if row_scale is not None else a,
+        col_scale if col_scale is not None else a,
+        c,
+        M,
+        N,
+        T,
+        V,
+        _bucket(T),
+        a.stride(0),
+        b.stride(0),
+        c.stride(0),
+        GATHER=ids is not None,
+        ROW_SCALE=row_scale is not None,
+        COL_SCALE=col_scale is not None,
+        PREC=_dot_precision(a.dtype),
+    )
+
+
+def _row_block(T: int) -> int:
+    # Rows per program of the norm-backward kernels: enough programs to fill a GPU, few partial-sum rows.
+    return max(1, min(64, triton.next_power_of_2(triton.cdiv(T, 512))))
+
+
+def _row_warps(H: int) -> int:
+    # One whole row lives in registers: spread wide rows (H = 4096..8192) over more warps to avoid spills.
+    return max(4, min(16, triton.next_power_of_2(H) // 512))
+
+
+def _silu_bwd(g, u, da, act, dg, du):
+    n = g.numel()
+    BLOCK = 1024
+    _silu_mul_bwd_kernel[(triton.cdiv(n, BLOCK),)](
+        g, u if u is not None else g, da, act, dg, du if du is not None else dg, n, GATED=u is not None, BLOCK=BLOCK
+    )
+
+
+def _fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias):
+    H = features.shape[1]
+    if d_fc_weight is not None:
+        _wgrad(dz, embed_weight, d_fc_weight[:, :H], ids=token_ids)  # dW_fe = dz^T e, e gathered in the loads
+        d_fc_weight[:, H:].copy_(dz.t() @ features)
+    if d_fc_bias is not None:
+        d_fc_bias.copy_(part_db.sum(0))
+    if d_features is not None:
+        torch.mm(dz, fc_weight[:, H:], out=d_features)
