@@ -184,6 +184,47 @@ def test_setup_flags_are_read_from_setup_py():
         assert flag in flags
 
 
+# What CUDA_LAUNCHES of scripts/gpu_resources.py mirrors of the C++ launchers (csrc/cuda/*.cu): the block
+# sizes and shared-memory formulas as written there. When one of these no longer matches, update
+# CUDA_LAUNCHES (and this list) to the launcher's new computation.
+LAUNCHER_SOURCE = {
+    "tree.cu": [
+        r"const int threads = static_cast<int>\(\(N \+ kWarpSize - 1\) / kWarpSize \* kWarpSize\);",
+        r"const size_t smem = 2 \* static_cast<size_t>\(N\) \* sizeof\(int32_t\);",
+        r"const int threads = std::clamp\(P / 2, kWarpSize, kMaxBlockThreads\);",
+        r"const size_t smem = static_cast<size_t>\(P\) \* sizeof\(uint64_t\) \+ static_cast<size_t>\(M\);",
+    ],
+    "attention.cu": [
+        r"constexpr int kWarps = 4;",
+        r"constexpr int kTile = 32;",
+        r"const int rpw = R <= kWarps \? 1 : 4;",
+        r"const int d_pad = D <= 64 \? 64 : \(D <= 128 \? 128 : kLargestDPad\);",
+        r"kernel<<<grid, kThreads, smem, stream>>>",
+        r"if \(smem > 48 \* 1024\) \{",
+    ],
+    "verify.cu": [r"constexpr int kThreads = 512;", r"const int threads = 128;"],
+    "compact.cu": [r"constexpr int kThreads = 256;", r"<<<grid, kThreads, 0, stream>>>"],
+    "features.cu": [
+        r"constexpr int kThreads = 256;",
+        r"constexpr int kRowThreads = 256;",
+        r"constexpr int kBlock = 256;",
+        r"if \(q.M <= 16\) \{\s+run_nt<T, CfgTiny>",
+        r"\} else if \(q.M <= 128\) \{\s+run_nt<T, CfgMid>",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHER_SOURCE))
+def test_mirrored_launches_match_the_launchers(name):
+    with open(os.path.join(REPO, "csrc", "cuda", name)) as fh:
+        text = fh.read()
+    missing = [p for p in LAUNCHER_SOURCE[name] if not re.search(p, text)]
+    assert not missing, (
+        f"csrc/cuda/{name} no longer computes its launches as CUDA_LAUNCHES of scripts/gpu_resources.py "
+        f"mirrors them (update both): {missing}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The real kernels
 
