@@ -27,6 +27,7 @@
 // never raises on values (a decode-path op cannot without syncing).
 #include "common.cuh"
 #include "specdec/compact_checks.h"
+#include "specdec/compact_launch.h"
 
 #include <algorithm>
 #include <vector>
@@ -34,23 +35,15 @@
 namespace specdec {
 namespace {
 
-struct TensorDesc {
-  char* base;
-  int64_t sb, sx, ss;  // strides in bytes along B, X, S
-  int32_t X, S;        // heads (or 1), slots
-  int32_t cols;        // vectors per row
-  int32_t vec_bytes;   // 16, 8, 4, 2 or 1: the widest access every row start and the row size allow
-};
-
-template <int kMaxTensors>
-struct CompactParams {
-  TensorDesc t[kMaxTensors];
-};
+// Descriptors, access widths, grid and parameter-struct sizes: specdec/compact_launch.h (shared with the CPU
+// emulation of this kernel).
+using compact_launch::CompactParams;
+using compact_launch::kThreads;
+using compact_launch::TensorDesc;
 
 // The descriptors hold heads and slots as int32.
 constexpr CompactKernels kCudaCompactKernels{c10::DeviceType::CUDA, INT32_MAX};
 
-constexpr int kThreads = 256;
 constexpr int kRowsPerChunk = 4;  // rows staged in registers per column before writing (4 x 16 B = 16 regs)
 
 template <typename Vec>
@@ -116,13 +109,6 @@ __global__ void __launch_bounds__(kThreads, 3)
   }
 }
 
-// The widest power-of-two access (<= 16 bytes) that every row start and the row size are multiples of.
-int32_t vector_bytes(uintptr_t base, int64_t row_bytes, int64_t sb, int64_t sx, int64_t ss) {
-  uint64_t bits = static_cast<uint64_t>(base) | static_cast<uint64_t>(row_bytes) | static_cast<uint64_t>(sb) |
-                  static_cast<uint64_t>(sx) | static_cast<uint64_t>(ss) | 16u;
-  return static_cast<int32_t>(bits & (~bits + 1));  // lowest set bit
-}
-
 template <int kMaxTensors>
 void launch(const TensorDesc* descs, int64_t count, const at::Tensor& cache_len, const at::Tensor& accept_nodes,
             const at::Tensor& accept_len, int64_t B, int64_t W, cudaStream_t stream, int num_sms) {
@@ -132,10 +118,7 @@ void launch(const TensorDesc* descs, int64_t count, const at::Tensor& cache_len,
     p.t[i] = descs[i];
     max_items = std::max<int64_t>(max_items, B * descs[i].X * descs[i].cols);
   }
-  // Enough blocks to fill the GPU a few times over across all tensors, not more (grid-stride beyond).
-  const int64_t want = (max_items + kThreads - 1) / kThreads;
-  const int64_t cap = std::max<int64_t>(1, (int64_t{num_sms} * 8 + count - 1) / count);
-  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap))), static_cast<unsigned>(count));
+  const dim3 grid(compact_launch::grid_x(max_items, count, num_sms), static_cast<unsigned>(count));
   compact_kv_kernel<kMaxTensors><<<grid, kThreads, 0, stream>>>(
       p, cache_len.data_ptr<int32_t>(), accept_nodes.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), B, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -152,19 +135,11 @@ void compact_kv_cuda(at::TensorList caches, const at::Tensor& cache_len, const a
     const at::Tensor& t = caches[i];
     if (t.numel() == 0) continue;
     const int64_t es = static_cast<int64_t>(t.element_size());
-    const int64_t row_bytes = t.size(3) * es;
     TensorDesc d;
-    d.base = static_cast<char*>(t.data_ptr());
-    d.sb = t.stride(0) * es;
-    d.sx = t.stride(1) * es;
-    d.ss = t.stride(2) * es;
-    d.X = static_cast<int32_t>(t.size(1));
-    d.S = static_cast<int32_t>(t.size(2));
-    d.vec_bytes = vector_bytes(reinterpret_cast<uintptr_t>(d.base), row_bytes, d.sb, d.sx, d.ss);
-    TORCH_CHECK(row_bytes / d.vec_bytes <= INT32_MAX, "specdec::compact_kv: the CUDA kernel takes rows of at most ",
-                INT32_MAX, " accesses of ", d.vec_bytes, " bytes, got caches[", i, "] with rows of ", row_bytes,
-                " bytes");
-    d.cols = static_cast<int32_t>(row_bytes / d.vec_bytes);
+    const bool fits = compact_launch::make_desc(static_cast<char*>(t.data_ptr()), es, t.size(1), t.size(2), t.size(3),
+                                                t.stride(0), t.stride(1), t.stride(2), d);
+    TORCH_CHECK(fits, "specdec::compact_kv: the CUDA kernel takes rows of at most ", INT32_MAX, " accesses of ",
+                d.vec_bytes, " bytes, got caches[", i, "] with rows of ", t.size(3) * es, " bytes");
     descs.push_back(d);
   }
   if (descs.empty() || B == 0 || W <= 1) return;
@@ -172,17 +147,20 @@ void compact_kv_cuda(at::TensorList caches, const at::Tensor& cache_len, const a
   cudaStream_t stream = cuda::current_stream();
   int device_index = dev.index(), num_sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device_index));
-  // Parameter structs of 16 / 64 / 256 descriptors (0.8 / 3 / 12 KiB; CUDA >= 12.1 takes up to 32 KiB of
-  // kernel parameters): the smallest that fits keeps the launch cheap for few tensors.
-  constexpr int64_t kLargest = 256;
+  // Parameter structs of 16 / 64 / 256 descriptors (compact_launch::param_capacity).
+  constexpr int64_t kLargest = compact_launch::kMaxPerLaunch;
   for (int64_t start = 0; start < static_cast<int64_t>(descs.size()); start += kLargest) {
     const int64_t count = std::min<int64_t>(kLargest, static_cast<int64_t>(descs.size()) - start);
-    if (count <= 16) {
-      launch<16>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
-    } else if (count <= 64) {
-      launch<64>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
-    } else {
-      launch<kLargest>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
+    switch (compact_launch::param_capacity(count)) {
+      case 16:
+        launch<16>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
+        break;
+      case 64:
+        launch<64>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
+        break;
+      default:
+        launch<kLargest>(descs.data() + start, count, cache_len, accept_nodes, accept_len, B, W, stream, num_sms);
+        break;
     }
   }
 }

@@ -22,23 +22,18 @@
 //   host synchronisation.
 #include "common.cuh"
 #include "specdec/tree.h"
+#include "specdec/tree_launch.h"
 
 #include <algorithm>
 
 namespace specdec {
 namespace {
 
-constexpr int kWarpSize = 32;
+using tree_launch::kDefaultSmemBytes;
+using tree_launch::kMaxBlockThreads;
+using tree_launch::kWarpSize;
+using tree_launch::sort_length;
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kMaxBlockThreads = 1024;            // CUDA's limit on the threads of one block
-constexpr int64_t kDefaultSmemBytes = 48 * 1024;  // shared memory of a block without an opt-in attribute
-
-// The padded sort length of select_tree for M candidates: a power of two >= M (and >= 2).
-constexpr int64_t sort_length(int64_t M) {
-  int64_t P = 2;
-  while (P < M) P <<= 1;
-  return P;
-}
 
 // What the kernels below need of the limits in specdec/limits.h (set in specdec_kernels/_limits.py).
 static_assert(kMaxTreeNodes <= kMaxBlockThreads,
@@ -253,9 +248,8 @@ void build_tree_cuda(const at::Tensor& parents, const at::Tensor& num_nodes, at:
   TORCH_CHECK(B < (int64_t{1} << 31), "specdec::build_tree (CUDA kernel): batch too large, B = ", B);
   if (B == 0) return;
   const c10::cuda::CUDAGuard guard(parents.device());
-  const int threads = static_cast<int>((N + kWarpSize - 1) / kWarpSize * kWarpSize);
-  const size_t smem = 2 * static_cast<size_t>(N) * sizeof(int32_t);
-  build_tree_kernel<<<static_cast<unsigned>(B), threads, smem, cuda::current_stream()>>>(
+  const tree_launch::Config cfg = tree_launch::build_tree_config(B, N);
+  build_tree_kernel<<<cfg.grid, cfg.threads, cfg.smem, cuda::current_stream()>>>(
       parents.data_ptr<int32_t>(), num_nodes.data_ptr<int32_t>(), depth.data_ptr<int32_t>(),
       reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()), first_child.data_ptr<int32_t>(),
       next_sibling.data_ptr<int32_t>(), valid.data_ptr<bool>(), static_cast<int>(N), static_cast<int>(mask.size(2)));
@@ -273,14 +267,13 @@ void select_tree_cuda(const at::Tensor& cand_scores, const at::Tensor& cand_pare
   TORCH_CHECK(B < (int64_t{1} << 31), "specdec::select_tree (CUDA kernel): batch too large, B = ", B);
   if (B == 0) return;
   const c10::cuda::CUDAGuard guard(cand_scores.device());
-  const int P = static_cast<int>(sort_length(M));  // padded sort length: a power of two >= M
-  const int threads = std::clamp(P / 2, kWarpSize, kMaxBlockThreads);
-  // Keys (8 B each, padded), then one "chosen" byte per candidate: within 48 KiB (static_assert above).
-  const size_t smem = static_cast<size_t>(P) * sizeof(uint64_t) + static_cast<size_t>(M);
-  select_tree_kernel<<<static_cast<unsigned>(B), threads, smem, cuda::current_stream()>>>(
+  // Keys (8 B each, padded to cfg.sort_len), then one "chosen" byte per candidate: within 48 KiB (static_assert
+  // above).
+  const tree_launch::Config cfg = tree_launch::select_tree_config(B, M);
+  select_tree_kernel<<<cfg.grid, cfg.threads, cfg.smem, cuda::current_stream()>>>(
       cand_scores.data_ptr<float>(), cand_parents.data_ptr<int32_t>(), cand_tokens.data_ptr<int64_t>(),
       root_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(),
-      selected.data_ptr<int32_t>(), static_cast<int>(M), static_cast<int>(N), P);
+      selected.data_ptr<int32_t>(), static_cast<int>(M), static_cast<int>(N), cfg.sort_len);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
