@@ -115,6 +115,22 @@ def eagle_candidates(B: int, top_k: int, depth: int, seed: int):
     return cand_scores, cand_parents, cand_tokens, root
 
 
+def random_candidates(B: int, M: int, seed: int):
+    """select_tree inputs with many ties, NaN, +-inf, -0.0 and random (5 % invalid) parents."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(B, M, generator=gen) * 3).round()  # integers: many ties
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0])
+    pick = torch.randint(0, 20, (B, M), generator=gen)
+    scores = torch.where(pick < 5, special[pick.clamp(max=4)], scores)
+    ar = torch.arange(M)
+    cparents = ((torch.rand(B, M, generator=gen) * (ar + 1)).floor() - 1).to(torch.int32)  # in [-1, i)
+    bad = torch.rand(B, M, generator=gen) < 0.05
+    cparents = torch.where(bad, torch.randint(-4, M + 4, (B, M), generator=gen, dtype=torch.int32), cparents)
+    ctokens = torch.randint(0, 50000, (B, M), generator=gen)
+    root = torch.randint(0, 50000, (B,), generator=gen)
+    return scores, cparents, ctokens, root
+
+
 def reference_tree(parents: torch.Tensor, num_nodes: torch.Tensor) -> sk.Tree:
     return sk.build_tree(parents.cpu(), num_nodes.cpu(), backend="torch")
 
@@ -506,18 +522,7 @@ def test_select_tree_root_only(backend, device):
 def test_select_tree_random(backend, device, M, N):
     """Random candidates with many ties, NaN, +-inf, -0.0 and random (also invalid) parents."""
     _need_kernel(backend, device, "select_tree")
-    B = 3
-    gen = torch.Generator().manual_seed(M * 7 + N)
-    scores = (torch.randn(B, M, generator=gen) * 3).round()  # integers: many ties
-    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0])
-    pick = torch.randint(0, 20, (B, M), generator=gen)
-    scores = torch.where(pick < 5, special[pick.clamp(max=4)], scores)
-    ar = torch.arange(M)
-    cparents = ((torch.rand(B, M, generator=gen) * (ar + 1)).floor() - 1).to(torch.int32)  # in [-1, i)
-    bad = torch.rand(B, M, generator=gen) < 0.05
-    cparents = torch.where(bad, torch.randint(-4, M + 4, (B, M), generator=gen, dtype=torch.int32), cparents)
-    ctokens = torch.randint(0, 50000, (B, M), generator=gen)
-    root = torch.randint(0, 50000, (B,), generator=gen)
+    scores, cparents, ctokens, root = random_candidates(3, M, seed=M * 7 + N)
     got = run_select(backend, device, scores, cparents, ctokens, root, N)
     assert_selected_equal(got, reference_select(scores, cparents, ctokens, root, N), f"{backend} M={M} N={N}")
 

@@ -1,0 +1,95 @@
+"""The emulated CUDA kernels under ThreadSanitizer (`tsan`) and Address+UB sanitizer (`asan`), small cases.
+
+Shared-memory races (accesses of two threads not ordered by __syncthreads / __syncwarp), out-of-bounds
+accesses of global and shared memory and undefined behaviour in the real csrc/cuda sources are reported by
+the sanitizers and fail the test with the report. The last tests prove it: deliberately broken copies of
+tree.cu (a barrier of select_tree's bitonic sort deleted; an off-by-one loop bound in build_tree) are
+caught. See docs/testing.md, "CUDA kernels under emulation".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cuda_emulation as ce
+from test_cuda_emulated import CacheView, check_build_tree, check_compact, check_select_tree, i32
+from test_tree import make_batch, make_parents, random_candidates
+
+pytestmark = [
+    pytest.mark.emulated,
+    pytest.mark.skipif(ce.unavailable_reason() is not None, reason=str(ce.unavailable_reason())),
+]
+
+SANITIZERS = ["tsan", "asan"]
+
+
+@pytest.mark.parametrize("variant", SANITIZERS)
+def test_build_tree_kernel_sanitized(variant):
+    gen = torch.Generator().manual_seed(3)
+    chain = torch.stack([make_parents("chain", 64, gen)])
+    check_build_tree(chain, torch.tensor([64], dtype=torch.int32), variant=variant)
+    check_build_tree(*make_batch(3, 65, seed=65, ragged=True), variant=variant)
+
+
+@pytest.mark.parametrize("variant", SANITIZERS)
+def test_select_tree_kernel_sanitized(variant):
+    check_select_tree(*random_candidates(2, 100, seed=1), 60, variant=variant)
+    check_select_tree(*random_candidates(2, 33, seed=2), 34, variant=variant)  # keeps all: no sort
+
+
+@pytest.mark.parametrize("variant", SANITIZERS)
+def test_compact_kv_kernel_sanitized(variant):
+    S = 12
+    views = [
+        CacheView((2, 2, S, 8), torch.float16, seed=1),
+        CacheView((2, 2, S, 3), torch.float32, stride=(2 * S * 4, S * 4, 4, 1), offset=1, seed=2),
+        CacheView((2, 1, S, 5), torch.int8, seed=3),
+    ]
+    check_compact(views, i32([0, 4]), i32([[0, 2, 5, 7], [0, 1, 3, 9]]), i32([4, 4]), num_sms=1, variant=variant)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Proof that the emulation catches broken kernels
+
+
+def broken_tree_cu(tmp_path, old: str, new: str):
+    """A copy of csrc/cuda/tree.cu with `old` (which must occur exactly once) replaced by `new`."""
+    src = (ce.ROOT / ce.FAMILIES["tree"]).read_text()
+    assert src.count(old) == 1, f"tree.cu changed: update this test's edit of {old!r}"
+    path = tmp_path / "tree.cu"
+    path.write_text(src.replace(old, new))
+    return path
+
+
+def test_tsan_reports_a_missing_barrier_in_the_bitonic_sort(tmp_path):
+    path = broken_tree_cu(
+        tmp_path,
+        """          }
+        }
+        __syncthreads();
+      }
+    }
+  }""",
+        """          }
+        }
+      }
+    }
+  }""",
+    )
+    exe = ce.executable("tsan", sources={"tree": path})
+    with pytest.raises(ce.EmulationError, match="ThreadSanitizer: data race"):
+        check_select_tree(*random_candidates(1, 100, seed=1), 60, variant="tsan", exe=exe)
+
+
+def test_asan_reports_an_off_by_one_loop_bound(tmp_path):
+    # build_tree's load loop reads parents[N] (past the last tree) and writes s_first[N] (past the dynamic
+    # shared memory) with `<=`.
+    path = broken_tree_cu(
+        tmp_path,
+        "  for (int i = tid; i < N; i += blockDim.x) {\n    const int32_t p = parents[i];",
+        "  for (int i = tid; i <= N; i += blockDim.x) {\n    const int32_t p = parents[i];",
+    )
+    exe = ce.executable("asan", sources={"tree": path})
+    with pytest.raises(ce.EmulationError, match="AddressSanitizer: heap-buffer-overflow"):
+        check_build_tree(*make_batch(1, 64, seed=1), variant="asan", exe=exe)
