@@ -23,6 +23,7 @@
 #include "common.cuh"
 #include "specdec/limits.h"
 #include "specdec/verify_checks.h"
+#include "specdec/verify_launch.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/util/BFloat16.h>
@@ -40,7 +41,7 @@
 namespace specdec {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = verify_launch::kLogitsThreads;  // threads of verify_logits_kernel
 constexpr int kWarps = kThreads / 32;
 constexpr int kPivots = 15;  // 16-ary search: 4 bits of the 32-bit key per pass
 // Rejections recorded per node (shared memory) are at most N - 1: N is limited to kMaxTreeNodes
@@ -538,7 +539,8 @@ void launch_logits(const at::Tensor& first_child, const at::Tensor& next_sibling
                    at::Tensor& accept_len, at::Tensor& out_tokens) {
   const int64_t B = tokens.size(0);
   const int32_t N = static_cast<int32_t>(tokens.size(1)), V = static_cast<int32_t>(logits.size(2));
-  verify_logits_kernel<T, Q><<<static_cast<unsigned>(B), kThreads, 0, cuda::current_stream()>>>(
+  const verify_launch::Config cfg = verify_launch::logits_config(B);
+  verify_logits_kernel<T, Q><<<cfg.grid, cfg.threads, cfg.smem, cuda::current_stream()>>>(
       first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(), valid.data_ptr<bool>(),
       tokens.data_ptr<int64_t>(), logits.data_ptr<T>(), uniforms, temperature, top_k, top_p, draft, sample,
       accept_nodes.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>(), N, V);
@@ -554,8 +556,8 @@ void verify_greedy_cuda(const at::Tensor& first_child, const at::Tensor& next_si
   if (B == 0) return;
   c10::cuda::CUDAGuard guard(tokens.device());
   if (ids) {
-    const int threads = 128;
-    greedy_ids_kernel<<<static_cast<unsigned>((B + threads - 1) / threads), threads, 0, cuda::current_stream()>>>(
+    const verify_launch::Config cfg = verify_launch::greedy_ids_config(B);
+    greedy_ids_kernel<<<cfg.grid, cfg.threads, cfg.smem, cuda::current_stream()>>>(
         first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(), valid.data_ptr<bool>(),
         tokens.data_ptr<int64_t>(), logits.data_ptr<int64_t>(), accept_nodes.data_ptr<int32_t>(),
         accept_len.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>(), B, static_cast<int32_t>(tokens.size(1)));

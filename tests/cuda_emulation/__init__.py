@@ -32,7 +32,7 @@ ROOT = HERE.parents[1]  # the checkout the tests run in
 BUILD = ROOT / "build" / "cuda_emulation"
 
 # family -> the CUDA source it emulates (drivers/<family>.cpp includes it as <family>.cu.cpp).
-FAMILIES = {"tree": "csrc/cuda/tree.cu", "compact": "csrc/cuda/compact.cu"}
+FAMILIES = {"tree": "csrc/cuda/tree.cu", "compact": "csrc/cuda/compact.cu", "verify": "csrc/cuda/verify.cu"}
 
 VARIANTS = {
     "plain": [],

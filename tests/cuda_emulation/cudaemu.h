@@ -129,10 +129,12 @@ class Barrier {
       on_complete();
       arrived_ = 0;
       ++gen_;
+      lk.unlock();
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lk, std::chrono::seconds(env_int("CUDAEMU_TIMEOUT_S", 60)), [&] { return gen_ != g; })) {
+    static const int timeout_s = env_int("CUDAEMU_TIMEOUT_S", 60);
+    if (!cv_.wait_for(lk, std::chrono::seconds(timeout_s), [&] { return gen_ != g; })) {
       fail("%s at line %d: %d of %d live threads arrived before the timeout (a barrier some threads never reach?)",
            what, site, arrived_, count_);
     }
@@ -164,7 +166,7 @@ struct Block {
   Barrier block;
   std::vector<Barrier> warps;
   int reduce_acc = 0, reduce_out = 0;  // __syncthreads_or/and/count
-  std::vector<uint64_t> xch;           // one 8-byte slot per thread for warp exchanges
+  std::vector<uint64_t> xch[2];        // one 8-byte slot per thread for warp exchanges, double-buffered
   unsigned char* dyn_smem = nullptr;
   size_t dyn_bytes = 0;
   unsigned nthreads = 0;
@@ -172,6 +174,10 @@ struct Block {
   std::set<const void*> static_seen;  // static __shared__ objects poisoned in this block
 };
 inline Block* g_block = nullptr;
+// Warp exchanges of this thread in the current block: exchange k uses buffer k % 2, so one barrier per
+// exchange suffices (a lane writes buffer k % 2 again only after barrier k + 1, which every lane reaches
+// after reading exchange k).
+inline thread_local unsigned t_exchanges = 0;
 
 inline unsigned char poison_byte() {
   return static_cast<unsigned char>(env_int("CUDAEMU_POISON", 0xA5));
@@ -210,14 +216,14 @@ T exchange(unsigned mask, T v, Pick pick, int site, const char* what) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "warp exchange of at most 8 bytes");
   check_warp_op(mask, what);
   const unsigned t = tid_linear(), base = t - t % 32, lane = t % 32;
+  std::vector<uint64_t>& xch = g_block->xch[t_exchanges++ % 2];
   uint64_t slot = 0;
   std::memcpy(&slot, &v, sizeof(T));
-  g_block->xch[t] = slot;
+  xch[t] = slot;
   my_warp().wait([] {}, site, what);
   const int src = pick(static_cast<int>(lane));
   T r = v;
-  if (src >= 0) std::memcpy(&r, &g_block->xch[base + src], sizeof(T));
-  my_warp().wait([] {}, site, what);  // nobody overwrites a slot before every lane has read it
+  if (src >= 0) std::memcpy(&r, &xch[base + src], sizeof(T));
   return r;
 }
 
@@ -263,7 +269,8 @@ void launch(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...), Args&&... 
   b.nthreads = block.x * block.y * block.z;
   const unsigned nwarps = (b.nthreads + 31) / 32;
   b.warps = std::vector<Barrier>(nwarps);
-  b.xch.assign(b.nthreads, 0);
+  b.xch[0].assign(b.nthreads, 0);
+  b.xch[1].assign(b.nthreads, 0);
   b.dyn_bytes = smem;
   b.dyn_smem = static_cast<unsigned char*>(::operator new(smem, std::align_val_t(16)));
   const unsigned char poison = poison_byte();
@@ -288,6 +295,7 @@ void launch(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...), Args&&... 
         for (unsigned y = 0; y < grid.y; ++y) {
           for (unsigned x = 0; x < grid.x; ++x) {
             blockIdx = {x, y, z};
+            t_exchanges = 0;
             std::apply(kernel, args);
             b.block.drop();
             my_warp().drop();
@@ -342,11 +350,11 @@ inline unsigned warp_vote(unsigned mask, int pred, int line, const char* what) {
   check_warp_op(mask, what);
   Block& b = *g_block;
   const unsigned t = tid_linear(), base = t - t % 32;
-  b.xch[t] = pred != 0;
+  std::vector<uint64_t>& xch = b.xch[t_exchanges++ % 2];
+  xch[t] = pred != 0;
   my_warp().wait([] {}, line, what);
   unsigned r = 0;
-  for (unsigned l = 0; l < 32; ++l) r |= static_cast<unsigned>(b.xch[base + l] != 0) << l;
-  my_warp().wait([] {}, line, what);
+  for (unsigned l = 0; l < 32; ++l) r |= static_cast<unsigned>(xch[base + l] != 0) << l;
   return r;
 }
 template <typename T>
@@ -355,13 +363,13 @@ unsigned match_any(unsigned mask, T v, int line) {
   check_warp_op(mask, "__match_any_sync");
   Block& b = *g_block;
   const unsigned t = tid_linear(), base = t - t % 32;
+  std::vector<uint64_t>& xch = b.xch[t_exchanges++ % 2];
   uint64_t s = 0;
   std::memcpy(&s, &v, sizeof(T));
-  b.xch[t] = s;
+  xch[t] = s;
   my_warp().wait([] {}, line, "__match_any_sync");
   unsigned r = 0;
-  for (unsigned l = 0; l < 32; ++l) r |= static_cast<unsigned>(b.xch[base + l] == s) << l;
-  my_warp().wait([] {}, line, "__match_any_sync");
+  for (unsigned l = 0; l < 32; ++l) r |= static_cast<unsigned>(xch[base + l] == s) << l;
   return r;
 }
 

@@ -1,0 +1,83 @@
+// Kernel entries of csrc/cuda/verify.cu: greedy_ids_kernel and verify_logits_kernel (greedy with fp32 /
+// fp16 / bf16 logits; sampling with fp32 logits and fp32 draft probabilities or none).
+#include "torch_neutral.h"
+// clang-format off
+#include "verify.cu.cpp"  // csrc/cuda/verify.cu after rewrite.py
+// clang-format on
+#include <stdexcept>
+
+#include "request.h"
+
+namespace {
+
+using cudaemu::Request;
+namespace vl = specdec::verify_launch;
+
+// scalars B, N; in: first_child, next_sibling, valid, tokens, amax; out: accept_nodes, accept_len, out_tokens.
+int greedy_ids_entry(Request& r) {
+  const int64_t B = r.scalar("B"), N = r.scalar("N");
+  const int32_t* fc = r.in<int32_t>("first_child", B * N);
+  const int32_t* ns = r.in<int32_t>("next_sibling", B * N);
+  const bool* valid = r.in<bool>("valid", B);
+  const int64_t* tokens = r.in<int64_t>("tokens", B * N);
+  const int64_t* amax = r.in<int64_t>("amax", B * N);
+  int32_t* accept_nodes = r.out<int32_t>("accept_nodes", B * N);
+  int32_t* accept_len = r.out<int32_t>("accept_len", B);
+  int64_t* out_tokens = r.out<int64_t>("out_tokens", B * N);
+  if (B == 0) return 0;
+  const auto cfg = vl::greedy_ids_config(B);
+  cudaemu::launch(cfg.grid, cfg.threads, cfg.smem, specdec::greedy_ids_kernel, fc, ns, valid, tokens, amax,
+                  accept_nodes, accept_len, out_tokens, B, static_cast<int32_t>(N));
+  return 0;
+}
+CUDAEMU_ENTRY("greedy_ids_kernel", greedy_ids_entry);
+
+template <typename T, typename Q>
+void launch_logits(Request& r, int64_t B, int64_t N, int64_t V, bool sample, bool has_q) {
+  const int32_t* fc = r.in<int32_t>("first_child", B * N);
+  const int32_t* ns = r.in<int32_t>("next_sibling", B * N);
+  const bool* valid = r.in<bool>("valid", B);
+  const int64_t* tokens = r.in<int64_t>("tokens", B * N);
+  const T* logits = r.in<T>("logits", B * N * V);
+  const float* uniforms = sample ? r.in<float>("uniforms", B * (N + 1)) : nullptr;
+  const float* temperature = sample ? r.in<float>("temperature", B) : nullptr;
+  const int32_t* top_k = sample ? r.in<int32_t>("top_k", B) : nullptr;
+  const float* top_p = sample ? r.in<float>("top_p", B) : nullptr;
+  const Q* draft = has_q ? r.in<Q>("draft_probs", B * N * V) : nullptr;
+  int32_t* accept_nodes = r.out<int32_t>("accept_nodes", B * N);
+  int32_t* accept_len = r.out<int32_t>("accept_len", B);
+  int64_t* out_tokens = r.out<int64_t>("out_tokens", B * N);
+  if (B == 0) return;
+  const auto cfg = vl::logits_config(B);
+  cudaemu::launch(cfg.grid, cfg.threads, cfg.smem, specdec::verify_logits_kernel<T, Q>, fc, ns, valid, tokens, logits,
+                  uniforms, temperature, top_k, top_p, draft, sample, accept_nodes, accept_len, out_tokens,
+                  static_cast<int32_t>(N), static_cast<int32_t>(V));
+}
+
+// scalars B, N, V, dtype (0 fp32, 1 fp16, 2 bf16), sample (0 greedy, 1 sampling: fp32 logits only), has_q;
+// in: first_child, next_sibling, valid, tokens, logits [B, N, V] and, when sampling, uniforms [B, N + 1],
+// temperature, top_k, top_p [B], draft_probs (fp32 [B, N, V], when has_q); out: accept_nodes, accept_len,
+// out_tokens.
+int verify_logits_entry(Request& r) {
+  const int64_t B = r.scalar("B"), N = r.scalar("N"), V = r.scalar("V"), dtype = r.scalar("dtype");
+  const bool sample = r.scalar("sample") != 0, has_q = r.scalar("has_q") != 0;
+  if (sample && dtype != 0) throw std::runtime_error("sampling entry: fp32 logits only");
+  if (has_q && !sample) throw std::runtime_error("draft_probs only when sampling");
+  switch (dtype) {
+    case 0:
+      launch_logits<float, float>(r, B, N, V, sample, has_q);
+      break;
+    case 1:
+      launch_logits<c10::Half, float>(r, B, N, V, sample, false);
+      break;
+    case 2:
+      launch_logits<c10::BFloat16, float>(r, B, N, V, sample, false);
+      break;
+    default:
+      throw std::runtime_error("dtype: 0, 1 or 2");
+  }
+  return 0;
+}
+CUDAEMU_ENTRY("verify_logits_kernel", verify_logits_entry);
+
+}  // namespace

@@ -1,0 +1,130 @@
+"""The CUDA verify kernels of csrc/cuda/verify.cu on the CPU under the CUDA emulation (tests/cuda_emulation/).
+
+greedy_ids_kernel (one thread per request) and verify_logits_kernel (one 512-thread block per request:
+greedy with fp32 / fp16 / bf16 logits, and sampling with fp32 logits, with and without draft
+probabilities) against the torch backend of verify_greedy / verify_sample, on test_verify.py's case
+generators; the integers must be equal. See docs/testing.md, "CUDA kernels under emulation".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+
+import cuda_emulation as ce
+from helpers import assert_equal
+from test_verify import random_sample_case, random_tree
+
+pytestmark = [
+    pytest.mark.emulated,
+    pytest.mark.skipif(ce.unavailable_reason() is not None, reason=str(ce.unavailable_reason())),
+]
+
+RESULT = ("accept_nodes", "accept_len", "out_tokens")
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _tree_inputs(tree, tokens):
+    return {
+        "first_child": tree.first_child,
+        "next_sibling": tree.next_sibling,
+        "valid": tree.valid.to(torch.uint8),
+        "tokens": tokens,
+    }
+
+
+def _outputs(B, N):
+    return {
+        "accept_nodes": ce.poisoned((B, N), torch.int32),
+        "accept_len": ce.poisoned((B,), torch.int32),
+        "out_tokens": ce.poisoned((B, N), torch.int64),
+    }
+
+
+def check_greedy(tree, tokens, logits, variant="plain"):
+    """greedy_ids_kernel (int64 ids) or verify_logits_kernel (float logits) against the torch backend."""
+    B, N = tokens.shape
+    inputs = _tree_inputs(tree, tokens)
+    if logits.is_floating_point():
+        scalars = {"B": B, "N": N, "V": logits.shape[-1], "dtype": DTYPE_CODE[logits.dtype], "sample": 0, "has_q": 0}
+        entry, inputs["logits"] = "verify_logits_kernel", logits
+    else:
+        scalars, entry, inputs["amax"] = {"B": B, "N": N}, "greedy_ids_kernel", logits
+    got = ce.run(entry, scalars, inputs, _outputs(B, N), variant=variant)
+    want = sk.verify_greedy(tree, tokens, logits, backend="torch")
+    for name, w in zip(RESULT, want):
+        assert_equal(got[name], w, f"{entry} {name}")
+    return want
+
+
+def check_sample(tree, args, kw, variant="plain"):
+    tokens, logits, uniforms = args
+    B, N, V = logits.shape
+    q = kw["draft_probs"]
+    inputs = _tree_inputs(tree, tokens)
+    inputs.update(logits=logits, uniforms=uniforms)
+    for name in ("temperature", "top_k", "top_p"):
+        inputs[name] = kw[name].expand(B).contiguous()
+    if q is not None:
+        inputs["draft_probs"] = q.float()
+    scalars = {"B": B, "N": N, "V": V, "dtype": 0, "sample": 1, "has_q": int(q is not None)}
+    got = ce.run("verify_logits_kernel", scalars, inputs, _outputs(B, N), variant=variant)
+    want = sk.verify_sample(tree, *args, backend="torch", **kw)
+    for name, w in zip(RESULT, want):
+        assert_equal(got[name], w, f"verify_logits_kernel (sampling) {name}")
+    return want
+
+
+def _random_greedy(B, N, V, seed, ragged=True):
+    gen = torch.Generator().manual_seed(seed)
+    parents, tokens = random_tree(gen, B, N, V)
+    num_nodes = torch.randint(1, N + 1, (B,), generator=gen, dtype=torch.int32) if ragged else None
+    tree = sk.build_tree(parents, num_nodes, backend="torch")
+    return gen, tree, tokens
+
+
+@pytest.mark.parametrize("B,N", [(1, 1), (5, 7), (130, 20), (3, 64)], ids=lambda v: str(v))
+def test_greedy_ids_kernel_random(B, N):
+    """Tiny vocabulary (long accepted paths); 130 requests: a second, partial block of 128 threads."""
+    gen, tree, tokens = _random_greedy(B, N, 2, seed=B * 100 + N)
+    amax = torch.randint(0, 2, (B, N), generator=gen)
+    want = check_greedy(tree, tokens, amax)
+    assert N < 20 or int(want.accept_len.max()) >= 4, "the case should exercise long paths"
+
+
+def test_greedy_ids_kernel_ragged_and_invalid():
+    parents = torch.tensor([[-1, 0, 1, 1, 0], [-1, 0, 3, 0, 0]], dtype=torch.int32)
+    tree = sk.build_tree(parents, torch.tensor([4, 5], dtype=torch.int32), backend="torch")
+    tokens = torch.tensor([[9, 4, 5, 6, 4], [9, 4, 5, 6, 4]])
+    want = check_greedy(tree, tokens, torch.tensor([[4, 6, 1, 2, 3], [4, 5, 6, 7, 8]]))
+    assert want.accept_len.tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_verify_logits_kernel_greedy(dtype):
+    """Argmax over the vocabulary with ties (to the lower id) and NaN (wins, as torch.argmax)."""
+    gen, tree, tokens = _random_greedy(4, 12, 700, seed=3)
+    logits = torch.randn(4, 12, 700, generator=gen)
+    logits[:, :6, 604] = logits[:, :6, 2] = logits.amax(-1)[:, :6] + 1  # ties: id 2
+    logits[1, 7, 650] = float("nan")
+    tokens[:, 1:] = torch.where(torch.rand(4, 11, generator=gen) < 0.6, 2, tokens[:, 1:])
+    check_greedy(tree, tokens, logits.to(dtype))
+
+
+@pytest.mark.parametrize("with_q", [False, True], ids=["p", "p-q"])
+def test_verify_logits_kernel_sampling(with_q):
+    """test_verify.py's mixed batch, smaller: temperatures (0 = greedy), top-k, top-p, ragged trees."""
+    tree, args, kw = random_sample_case(
+        4 + with_q, 4, 10, 40, [0.7, 0.0, 1.3, 1.0], [5, 0, 1, 0], [1.0, 1.0, 0.9, 0.5], with_q, "cpu", ragged=True
+    )
+    check_sample(tree, args, kw)
+
+
+@pytest.mark.parametrize("variant", ["tsan", "asan"])
+def test_verify_kernels_sanitized(variant):
+    gen, tree, tokens = _random_greedy(3, 9, 2, seed=9)
+    check_greedy(tree, tokens, torch.randint(0, 2, (3, 9), generator=gen), variant=variant)
+    tree, args, kw = random_sample_case(5, 1, 4, 40, [0.7], [5], [0.9], True, "cpu")
+    check_sample(tree, args, kw, variant=variant)
