@@ -15,6 +15,7 @@ refused launch, a divergent barrier, a sanitizer report) raises EmulationError w
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -100,9 +101,14 @@ def _inputs(sources: Mapping[str, Path]) -> list:
     return sorted(files)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiler_version() -> str:
+    return subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True).stdout
+
+
 def _hash(variant: str, sources: Mapping[str, Path]) -> str:
     h = hashlib.sha256()
-    compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True).stdout
+    compiler = _compiler_version()
     cuda_version = cuda_home() / "include" / "cuda.h"
     versions = [compiler, torch.__version__, cuda_version.read_text(errors="replace") if cuda_version.exists() else ""]
     for part in [variant, " ".join(VARIANTS[variant] + COMMON_FLAGS), " ".join(_limit_flags()), *versions]:
@@ -140,6 +146,9 @@ def _compile(variant: str, sources: Mapping[str, Path], out_dir: Path) -> None:
     subprocess.run(link + ["-o", str(out_dir / "cudaemu")], check=True, capture_output=True, text=True)
 
 
+_BUILT: Dict[tuple, Path] = {}
+
+
 def executable(
     variant: str = "plain", sources: Optional[Mapping[str, os.PathLike]] = None, families: Sequence[str] = ()
 ) -> Path:
@@ -155,9 +164,13 @@ def executable(
         chosen.update({f: Path(p).resolve() for f, p in sources.items()})
     if not chosen:
         chosen = {f: ROOT / p for f, p in FAMILIES.items()}
+    key = (variant, tuple(sorted(chosen.items())))
+    if key in _BUILT and _BUILT[key].exists():  # hashed once per process: sources do not change mid-run
+        return _BUILT[key]
     digest = _hash(variant, chosen)
     final = BUILD / f"{variant}-{digest}"
     exe = final / "cudaemu"
+    _BUILT[key] = exe
     if exe.exists():
         return exe
     BUILD.mkdir(parents=True, exist_ok=True)
