@@ -3,7 +3,7 @@
 `executable(variant)` compiles csrc/cuda/<family>.cu of this checkout (rewritten by rewrite.py) with g++
 against cudaemu.h and the kernel entries in drivers/, once per content hash, into
 build/cuda_emulation/<variant>-<hash>/cudaemu. Variants: `plain`, `tsan` (ThreadSanitizer) and `asan`
-(AddressSanitizer + UndefinedBehaviorSanitizer), all `-O1 -g`. The hash covers every file the build reads
+(AddressSanitizer + UndefinedBehaviorSanitizer), all `-O1 -g1`. The hash covers every file the build reads
 (the csrc sources and headers, the runtime, the drivers, this file, the limits), the flags and the versions
 of g++, torch and the CUDA headers; a file lock keeps parallel workers from building twice.
 
@@ -33,14 +33,21 @@ ROOT = HERE.parents[1]  # the checkout the tests run in
 BUILD = ROOT / "build" / "cuda_emulation"
 
 # family -> the CUDA source it emulates (drivers/<family>.cpp includes it as <family>.cu.cpp).
-FAMILIES = {"tree": "csrc/cuda/tree.cu", "compact": "csrc/cuda/compact.cu", "verify": "csrc/cuda/verify.cu"}
+FAMILIES = {
+    "tree": "csrc/cuda/tree.cu",
+    "compact": "csrc/cuda/compact.cu",
+    "verify": "csrc/cuda/verify.cu",
+    "selftest": "tests/cuda_emulation/selftest.cu",  # the emulation's own tests
+}
 
 VARIANTS = {
     "plain": [],
     "tsan": ["-fsanitize=thread"],
     "asan": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
 }
-COMMON_FLAGS = ["-std=c++20", "-O1", "-g", "-pthread"]
+# -g1: line tables (file:line in sanitizer reports) without the full debug info of torch's headers, which
+# costs a fifth of the build time.
+COMMON_FLAGS = ["-std=c++20", "-O1", "-g1", "-pthread"]
 
 # Sanitizer settings of every run: stop at the first report, with a status that names the sanitizer.
 SANITIZER_ENV = {
@@ -199,16 +206,21 @@ def run(
     variant: str = "plain",
     exe: Optional[Path] = None,
     timeout: float = 600,
+    env: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Run kernel entry `entry` on `inputs` and `outputs` (their initial content) and return the outputs."""
+    """Run kernel entry `entry` on `inputs` and `outputs` (their initial content) and return the outputs.
+
+    env: extra environment of the run (CUDAEMU_ARCH, CUDAEMU_TIMEOUT_S, CUDAEMU_POISON)."""
     exe = exe or executable(variant)
     with tempfile.TemporaryDirectory(prefix="cudaemu-") as d:
         folder = Path(d)
         (folder / "scalars.txt").write_text("".join(f"{k} {int(v)}\n" for k, v in scalars.items()))
         for name, t in {**inputs, **outputs}.items():
             _write(t, folder / f"{name}.bin")
-        env = {**os.environ, **SANITIZER_ENV}
-        proc = subprocess.run([str(exe), entry, str(folder)], capture_output=True, text=True, env=env, timeout=timeout)
+        full_env = {**os.environ, **SANITIZER_ENV, **(env or {})}
+        proc = subprocess.run(
+            [str(exe), entry, str(folder)], capture_output=True, text=True, env=full_env, timeout=timeout
+        )
         if proc.returncode != 0:
             raise EmulationError(
                 f"{entry} under the {variant} emulation exited with status {proc.returncode}:\n"

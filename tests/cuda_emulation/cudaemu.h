@@ -205,7 +205,8 @@ T* dynamic_shared() {
 }
 
 // Called right after each static __shared__ declaration: the first thread of a block poisons the object.
-inline void static_shared(void* p, size_t bytes) {
+inline void static_shared(const volatile void* object, size_t bytes) {
+  void* p = const_cast<void*>(object);
   std::lock_guard<std::mutex> lk(g_block->static_mutex);
   if (g_block->static_seen.insert(p).second) std::memset(p, poison_byte(), bytes);
 }

@@ -277,3 +277,73 @@ def test_compact_kv_kernel_random(num_sms):
         an[b, : int(al[b])] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(steps, 0)]).int()
     views = [CacheView((B, X, S, Y), torch.float16), CacheView((B, X, S, 64), torch.bfloat16, seed=9)]
     check_compact(views, cl, an, al, num_sms=num_sms)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The emulation itself: tests/cuda_emulation/selftest.cu
+
+
+def _selftest(entry, scalars, n_out, env=None):
+    return ce.run(entry, scalars, {}, {"out": ce.poisoned((n_out,), torch.int32)}, env=env)["out"]
+
+
+def test_selftest_warp_intrinsics():
+    """Each warp intrinsic's result per lane, over two warps, against its definition."""
+    got = _selftest("warp_kernel", {"threads": 64}, 64 * 9).view(64, 9)
+    t = torch.arange(64)
+    lane, base = t % 32, t - t % 32
+    as_i32 = lambda bits: torch.tensor(bits, dtype=torch.int64).to(torch.int32)
+    ballot = sum(1 << k for k in range(32) if k % 3 == 0)
+    match = torch.stack([as_i32(0xF << (4 * (k // 4))) for k in range(32)]).repeat(2)
+    want = torch.stack(
+        [
+            base + 5,
+            t ^ 1,
+            torch.where(lane >= 3, t - 3, t),
+            torch.where(lane < 29, t + 3, t),
+            as_i32(ballot).expand(64),
+            match,
+            torch.ones(64, dtype=torch.int64),
+            torch.zeros(64, dtype=torch.int64),
+            t ^ 8,
+        ],
+        dim=1,
+    ).to(torch.int32)
+    assert_equal(got, want, "warp intrinsics")
+
+
+def test_selftest_block_reductions_and_shared_memory_poison():
+    """__syncthreads_or / and / count over 96 threads; static and dynamic shared memory poisoned per block."""
+    got = _selftest("block_kernel", {"blocks": 3, "threads": 96}, 3 * 5).view(3, 5)
+    poison = torch.tensor([0xA5A5A5A5], dtype=torch.int64).to(torch.int32).item()
+    assert got.tolist() == [[poison, 1, 1, 20, poison]] * 3
+
+
+@pytest.mark.parametrize(
+    "arch,nbytes,optin,refused",
+    [
+        ("sm_80", 48 * 1024, 0, False),
+        ("sm_80", 48 * 1024 + 1, 0, True),  # more than 48 KiB needs the opt-in attribute
+        ("sm_80", 100 * 1024, 100 * 1024, False),
+        ("sm_80", 200 * 1024, 200 * 1024, True),  # sm_80: at most 163 KiB
+        ("sm_90", 200 * 1024, 200 * 1024, False),
+        ("sm_90", 100 * 1024, 64 * 1024, True),  # more than the kernel opted in to
+    ],
+)
+def test_selftest_dynamic_shared_memory_limits(arch, nbytes, optin, refused):
+    scalars = {"bytes": nbytes, "optin": optin}
+    if refused:
+        with pytest.raises(ce.EmulationError, match="cudaemu: .*(shared memory|allows at most)"):
+            _selftest("smem_kernel", scalars, 1, env={"CUDAEMU_ARCH": arch})
+    else:
+        assert _selftest("smem_kernel", scalars, 1, env={"CUDAEMU_ARCH": arch}).tolist() == [0xA5]
+
+
+@pytest.mark.parametrize(
+    "mode,message",
+    [(0, "divergent __syncthreads"), (1, "timeout"), (2, "only the full mask")],
+    ids=["two-barriers", "barrier-never-reached", "partial-mask"],
+)
+def test_selftest_broken_kernels_are_reported(mode, message):
+    with pytest.raises(ce.EmulationError, match=message):
+        _selftest("broken_kernel", {"mode": mode}, 64, env={"CUDAEMU_TIMEOUT_S": "2"})

@@ -118,7 +118,7 @@ def test_verify_logits_kernel_sampling(with_q):
     """test_verify.py's mixed batch, smaller (each 512-thread block costs seconds): temperatures, top-k,
     top-p, ragged trees (temperature 0 is the greedy path, tested above)."""
     tree, args, kw = random_sample_case(
-        4 + with_q, 3, 10, 40, [0.7, 1.3, 1.0], [5, 1, 0], [1.0, 0.9, 0.5], with_q, "cpu", ragged=True
+        4 + with_q, 2, 10, 40, [0.7, 1.3], [5, 0], [1.0, 0.6], with_q, "cpu", ragged=True
     )
     check_sample(tree, args, kw)
 
