@@ -188,6 +188,7 @@ def executable(
         tmp = Path(tempfile.mkdtemp(prefix=f"{variant}-{digest}.tmp-", dir=BUILD))
         try:
             _compile(variant, chosen, tmp / "out")
+            shutil.rmtree(final, ignore_errors=True)  # a leftover without its executable
             os.rename(tmp / "out", final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
