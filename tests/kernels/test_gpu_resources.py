@@ -184,15 +184,21 @@ def test_setup_flags_are_read_from_setup_py():
         assert flag in flags
 
 
-# What CUDA_LAUNCHES of scripts/gpu_resources.py mirrors of the C++ launchers (csrc/cuda/*.cu): the block
-# sizes and shared-memory formulas as written there. When one of these no longer matches, update
-# CUDA_LAUNCHES (and this list) to the launcher's new computation.
+# What CUDA_LAUNCHES of scripts/gpu_resources.py mirrors of the C++ launchers (csrc/cuda/*.cu, and the
+# torch-free launch headers some of them take their configuration from, LAUNCH_HEADERS): the block sizes and
+# shared-memory formulas as written there. When one of these no longer matches, update CUDA_LAUNCHES (and
+# this list) to the launcher's new computation.
+LAUNCH_HEADERS = {
+    "tree.cu": "csrc/include/specdec/tree_launch.h",
+    "verify.cu": "csrc/include/specdec/verify_launch.h",
+    "compact.cu": "csrc/include/specdec/compact_launch.h",
+}
 LAUNCHER_SOURCE = {
     "tree.cu": [
-        r"const int threads = static_cast<int>\(\(N \+ kWarpSize - 1\) / kWarpSize \* kWarpSize\);",
-        r"const size_t smem = 2 \* static_cast<size_t>\(N\) \* sizeof\(int32_t\);",
-        r"const int threads = std::clamp\(P / 2, kWarpSize, kMaxBlockThreads\);",
-        r"const size_t smem = static_cast<size_t>\(P\) \* sizeof\(uint64_t\) \+ static_cast<size_t>\(M\);",
+        r"c\.threads = static_cast<int>\(\(N \+ kWarpSize - 1\) / kWarpSize \* kWarpSize\);",
+        r"c\.smem = 2 \* static_cast<size_t>\(N\) \* sizeof\(int32_t\);",
+        r"c\.threads = std::clamp\(c\.sort_len / 2, kWarpSize, kMaxBlockThreads\);",
+        r"c\.smem = static_cast<size_t>\(c\.sort_len\) \* sizeof\(uint64_t\) \+ static_cast<size_t>\(M\);",
     ],
     "attention.cu": [
         r"constexpr int kWarps = 4;",
@@ -202,7 +208,7 @@ LAUNCHER_SOURCE = {
         r"kernel<<<grid, kThreads, smem, stream>>>",
         r"if \(smem > 48 \* 1024\) \{",
     ],
-    "verify.cu": [r"constexpr int kThreads = 512;", r"const int threads = 128;"],
+    "verify.cu": [r"constexpr int kLogitsThreads = 512;", r"constexpr int kGreedyIdsThreads = 128;"],
     "compact.cu": [r"constexpr int kThreads = 256;", r"<<<grid, kThreads, 0, stream>>>"],
     "features.cu": [
         r"constexpr int kThreads = 256;",
@@ -218,6 +224,9 @@ LAUNCHER_SOURCE = {
 def test_mirrored_launches_match_the_launchers(name):
     with open(os.path.join(REPO, "csrc", "cuda", name)) as fh:
         text = fh.read()
+    if name in LAUNCH_HEADERS:
+        with open(os.path.join(REPO, LAUNCH_HEADERS[name])) as fh:
+            text += fh.read()
     missing = [p for p in LAUNCHER_SOURCE[name] if not re.search(p, text)]
     assert not missing, (
         f"csrc/cuda/{name} no longer computes its launches as CUDA_LAUNCHES of scripts/gpu_resources.py "
