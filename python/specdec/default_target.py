@@ -16,7 +16,7 @@ the saved folder is reloaded and compared with the GGUF-loaded model, tensor for
     resolve_target("default")      -> the folder (fetched on first use, progress on stderr)
     resolve_target("/my/llama")    -> "/my/llama" (any local Hugging Face folder, unchanged)
 
-`specdec target fetch` / `specdec target path` are the command-line side (`register`). Converting needs
+`specdec target fetch` / `specdec target path` are the command-line side (specdec.cli.target). Converting needs
 the packages `gguf` and `accelerate` (transformers' GGUF loader); nothing else is downloaded.
 """
 

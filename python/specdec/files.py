@@ -54,6 +54,19 @@ def atomic_path(path, suffix: str = "") -> Iterator[str]:
         raise
 
 
+def temporary_of(name: str):
+    """The file name that `name`, a temporary left in a folder by atomic_path (".NAME.tmp-PID[suffix]"),
+    would have become; None for any other name. Lets cleanup code find what a killed writer left behind.
+
+    Example:
+        >>> from specdec.files import temporary_of
+        >>> temporary_of(".train-00002.safetensors.tmp-4242"), temporary_of("train-00002.safetensors")
+        ('train-00002.safetensors', None)
+    """
+    m = re.fullmatch(r"\.(.+)\.tmp-\d+(\.[A-Za-z0-9]+)?", name)
+    return m.group(1) if m else None
+
+
 def atomic_write_text(text: str, path: str) -> None:
     """Write a text file through atomic_path: readers see the old file or the new one, never a part."""
     with atomic_path(path) as tmp:

@@ -481,10 +481,12 @@ def test_resume_after_kill(tmp_path, chatml):
     assert not m["complete"] and len(shard_hashes(out)) == 2
     with pytest.raises(ShardError, match="incomplete"):
         FeatureDataset(out)
-    open(os.path.join(out, "train-00002.safetensors.tmp"), "wb").write(b"half a shard")  # killed mid-write
+    # killed mid-write: a shard's temporary (atomic_path's name) and an older build's "NAME.tmp"
+    open(os.path.join(out, ".train-00002.safetensors.tmp-999"), "wb").write(b"half a shard")
+    open(os.path.join(out, "train-00003.safetensors.tmp"), "wb").write(b"half a shard")
     logs = []
     m = build(out, model, tok, **build_kw(log=logs.append))
-    assert m["complete"] and not any(f.endswith(".tmp") for f in os.listdir(out))
+    assert m["complete"] and not any(".tmp" in f for f in os.listdir(out))
     assert any("unfinished" in s for s in logs)
     assert shard_hashes(out) == shard_hashes(ref)
     last = sorted(shard_hashes(out))[-1]

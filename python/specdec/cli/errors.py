@@ -1,7 +1,7 @@
 """The errors of the `specdec` command and its subcommands: one line on stderr and an exit status.
 
-A leaf module (no imports from the package), so that library modules with a command of their own
-(default_target.py) and the subcommand modules can raise them without importing cli.py.
+A leaf module (no imports from the package), so that every subcommand module can import it cheaply
+(the top-level --help imports them all).
 """
 
 from __future__ import annotations

@@ -359,7 +359,7 @@ class _Manifest:
     def remove_stale_temps(self, log: Callable[[str], None]) -> None:
         """Remove the unfinished files of a stopped build (with several processes, only this one's)."""
         own_files = {shard_name(s, k) for s, k in self.mine} | {_part_name(self.rank)}
-        keep = None if self.world_size == 1 else lambda name: name[:-4] in own_files
+        keep = None if self.world_size == 1 else lambda name: name in own_files
         gone = remove_stale_temps(self.out, keep=keep)
         if gone:
             log(f"removed {len(gone)} unfinished file(s) of a stopped build: {', '.join(gone)}")

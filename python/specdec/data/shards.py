@@ -16,9 +16,10 @@ concatenated along the token axis:
     hidden        bf16  [N, H]     the target's last hidden states (absent with --no-features)
 
 and in its metadata ("specdec", JSON) the format name and the keys of its conversations. A shard is
-written to "<name>.tmp", renamed, and only then entered in the manifest (with its size and sha256), so a killed
-build leaves complete shards behind and resumes after the last one. Readers check the size and sha256
-of every shard before use (`verify_shard`) and raise ShardError naming the file.
+written to a temporary file beside it (specdec.files.atomic_path), renamed, and only then entered in the
+manifest (with its size and sha256), so a killed build leaves complete shards behind and resumes after the
+last one. Readers check the size and sha256 of every shard before use (`verify_shard`) and raise
+ShardError naming the file.
 
 The manifest (JSON) holds: format/version, the target's identity (path, sha256 of its config, hidden
 size, vocabulary size), the tokenizer's (chat-template sha256, EOS ids, pad id), the build settings,
@@ -36,7 +37,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..files import atomic_path, atomic_write_text, sha256_file
+from ..files import atomic_path, atomic_write_text, sha256_file, temporary_of
 
 FORMAT = "specdec-data"
 VERSION = 1
@@ -209,11 +210,13 @@ def totals(entries: List[dict]) -> dict:
 
 
 def remove_stale_temps(folder: str, keep=None) -> List[str]:
-    """Delete "*.tmp" files a killed build left behind (only those for which `keep(name)` is true, when
-    given: other processes' files are not touched); returns their names."""
+    """Delete the temporary files a killed build left behind (specdec.files.atomic_path's, and "NAME.tmp"
+    of older builds); with `keep`, only those whose final name `keep(name)` accepts (other processes' files
+    are not touched). Returns the deleted names."""
     gone = []
     for name in os.listdir(folder):
-        if name.endswith(".tmp") and (keep is None or keep(name)):
+        final = temporary_of(name) or (name[:-4] if name.endswith(".tmp") else None)
+        if final is not None and (keep is None or keep(final)):
             os.remove(os.path.join(folder, name))
             gone.append(name)
     return gone

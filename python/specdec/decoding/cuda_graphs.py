@@ -1,6 +1,6 @@
 """CUDA graphs of a decode pass: the argument check, the warm-up before a capture and the capture itself.
 
-Shared by the decode loop (generate.py: every pass after the first replays one captured pass) and the tree
+Shared by the decode loop (passes.py graph_passes: every pass after the first replays one captured pass) and the tree
 budget (budget.py: it times replays of a captured verify or draft level the same way). Callers use these
 through the module (`cuda_graphs.capture_pass(...)`), so that the CPU emulation of the tests
 (tests/conftest.py `recorded_passes`) replaces them in one place.

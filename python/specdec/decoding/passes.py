@@ -117,7 +117,8 @@ class PassState:
 
 
 def speculative_pass(st: PassState, drafter, target, choose, out, cache, max_path: int, backend, clock=None) -> None:
-    """One pass of `generate` (module docstring, steps 1-4) from st's root to st's next root.
+    """One pass of `generate` (specdec.decoding.generate's module docstring, steps 1-4), from st's root to
+    st's next root.
 
     Device work only, no host synchronisation: the same code runs eagerly and inside a CUDA graph capture.
     clock(), when given (the eager loop's timer; it synchronises), is called after the draft, after the

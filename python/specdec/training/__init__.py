@@ -8,10 +8,11 @@
 Modules: trainer (the loop: train), config (TrainConfig), losses (the recipes' losses), recipe (the loss,
 optimizer and clipping as the loop runs them), vocab (the reduced draft vocabulary), schedule (peak lr,
 warmup + cosine), run_inputs (what a run loads: data, target, draft vocabulary), batches (data order and
-batches), target (the frozen target), stage_head (a stage's head), metrics and csv_log (train_log.csv /
+batches), frozen_target (the frozen target), stage_head (a stage's head), metrics and csv_log (train_log.csv /
 val_log.csv rows), checkpointing (atomic checkpoints, resume), rng (seeds, RNG state), distributed (the
 process group), autocast, fingerprints (target and data hashes), validation (validation loss and
-per-step acceptance rates), plots (curves.png), cli (`specdec train`).
+per-step acceptance rates), plots (curves.png), export_head (a trained head as a shipped one). The
+command is specdec.cli.train.
 See docs/training.md.
 """
 

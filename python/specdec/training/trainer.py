@@ -16,7 +16,7 @@ W * (its masked positions) / (all ranks' masked positions) before DDP averages t
 update equals the one of a single process on the whole global batch (up to fp32 rounding).
 
 Parts (each in its own module): config (TrainConfig), run_inputs (the data, the frozen target and the
-draft vocabulary, through target and vocab), batches (data order and batches), stage_head (building and
+draft vocabulary, through frozen_target and vocab), batches (data order and batches), stage_head (building and
 saving a stage's head), recipe (loss, optimizer, clipping), schedule (learning rates), metrics and
 csv_log (train_log/val_log rows), checkpointing, rng (seeds, RNG state), distributed (the process
 group), autocast, fingerprints.
