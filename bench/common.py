@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from specdec.devices import default_device
+from specdec.devices import default_device, synchronize
 from specdec.dtypes import DTYPE_NAMES
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -67,11 +67,6 @@ def usable_backends(op_name: str, *kernel_args) -> list:
     flat = [t for a in kernel_args for t in (a if isinstance(a, (list, tuple)) else [a])]
     on_cpu = next((t.device.type for t in flat if isinstance(t, torch.Tensor)), "cpu") == "cpu"
     return [b for b in op.backends if b not in reasons and not (b == "triton" and on_cpu)]
-
-
-def synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_fn(fn: Callable[[], object], device="cpu", **kwargs) -> float:

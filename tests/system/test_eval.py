@@ -458,7 +458,7 @@ def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
 
 
 def test_select_prompts_first_or_spread():
-    from specdec.cli.evaluate import select_prompts
+    from specdec.evaluation.prompts import select_prompts
 
     items = list(range(80))
     assert select_prompts(items, None) == items and select_prompts(items, 100, spread=True) == items

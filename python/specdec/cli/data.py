@@ -210,13 +210,10 @@ def _check_source(text: str) -> str:
 
 
 def _pick_device(text):
-    """--device checked; unset under torchrun with CUDA: this process's GPU (LOCAL_RANK)."""
-    device = check_device(text)
-    if text is None and device.type == "cuda" and _rank()[1] > 1:  # torchrun: one GPU per process
-        import torch
+    """--device checked; a CUDA device without an index is this process's GPU under torchrun."""
+    from ..devices import process_device
 
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return device
+    return process_device(check_device(text))
 
 
 def _check_same_settings(args, out: str, source: str) -> None:
@@ -321,7 +318,7 @@ def _handle(args, stage) -> int:
             seed=args.seed,
             resume=args.resume,
             progress=not args.no_progress,
-            stage=stage,
+            phase=lambda what: setattr(stage, "what", what),
             rank=rank,
             world_size=world,
             splits=("train", "val") if args.splits == "all" else (args.splits,),

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from ..evaluation.report import Checkpoint
+from ..evaluation.report import Checkpoint, check_same_run
 from .args import add_debug_argument, tree_size_type
 from .args import int_type as _int
 from .errors import RUNTIME, CliError, Verbatim, arg_error
@@ -201,20 +201,6 @@ def _parse_drafts(items: list) -> dict:
     return heads
 
 
-def select_prompts(prompts: list, limit, spread: bool = False) -> list:
-    """All prompts (limit None), the first `limit`, or `limit` spread evenly: indices floor(i * n / limit).
-
-    Example:
-        >>> select_prompts(list(range(10)), 3, spread=True)
-        [0, 3, 6]
-    """
-    if not limit or limit >= len(prompts):
-        return list(prompts)
-    if not spread:
-        return list(prompts[:limit])
-    return [prompts[i * len(prompts) // limit] for i in range(limit)]
-
-
 def _parse_bench(text: str) -> list:
     from ..evaluation.prompts import BENCHMARKS
 
@@ -309,14 +295,10 @@ def _resume(args, plan, ident: dict) -> list:
         saved, done = Checkpoint.load(plan.out)
     except ValueError as exc:
         raise CliError(f"argument --resume: {exc}", 2) from exc
-    differ = [k for k in sorted(set(saved) | set(ident)) if saved.get(k) != ident.get(k)]
-    if differ:
-        k = differ[0]
-        raise CliError(
-            f"argument --resume: expected the interrupted run's {', '.join(differ)}; {k} was {saved.get(k)!r}, "
-            f"now {ident.get(k)!r} (same arguments, or another --out)",
-            2,
-        )
+    try:
+        check_same_run(saved, ident)
+    except ValueError as exc:
+        raise CliError(f"argument --resume: {exc}", 2) from exc
     return done
 
 
@@ -364,7 +346,7 @@ def _handle(args, stage) -> int:
 
 def _load_benches(specs: list, limit, spread: bool) -> dict:
     """{benchmark name: its selected prompts} for each --bench entry; CliError for a bad file or a name twice."""
-    from ..evaluation.prompts import PromptError, load_benchmark
+    from ..evaluation.prompts import PromptError, load_benchmark, select_prompts
 
     benches = {}
     for spec in specs:

@@ -154,7 +154,7 @@ def build(
     progress: bool = True,
     stop_after_shards: Optional[int] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-    stage=None,
+    phase: Optional[Callable[[str], None]] = None,
     rank: int = 0,
     world_size: int = 1,
     splits: Sequence[str] = SPLITS,
@@ -164,7 +164,7 @@ def build(
     model/tokenizer: the target (a Hugging Face causal LM, eval, on its device and dtype) and its
     tokenizer with a chat template. `conversations` replaces reading `source` (tests; the manifest then
     names the source as given). `stop_after_shards` stops after writing that many new shards (tests of
-    resuming). `stage`: an object whose `.what` is set to the current phase (the CLI's error report).
+    resuming). `phase`: called with a short description of each phase (the CLI's error line names it).
 
     rank/world_size (e.g. torchrun's RANK and WORLD_SIZE): process `rank` builds the shards whose position
     in the list of all shards (train, then val) is rank modulo world_size, and records them in its own
@@ -177,7 +177,7 @@ def build(
     """
     _check_arguments(responses, rank, world_size, splits, resume)
 
-    phase = _phase_setter(stage)
+    phase = phase or (lambda what: None)
     eos = eos_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     ident = _identity(
@@ -224,16 +224,6 @@ def build(
         log(f"{tag}: {_shard_summary(entry)}")
     book.publish(final=True)
     return book.manifest
-
-
-def _phase_setter(stage) -> Callable[[str], None]:
-    """phase(what): sets stage.what (the CLI's error report names the phase); a no-op without a stage."""
-
-    def phase(what: str):
-        if stage is not None:
-            stage.what = what
-
-    return phase
 
 
 def _shard_summary(entry: dict) -> str:

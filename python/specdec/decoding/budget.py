@@ -57,6 +57,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..devices import synchronize
 from ..files import atomic_write_text, specdec_home
 from ..target.prepack import is_prepacked
 
@@ -308,11 +309,6 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -> float:
     """Median seconds of fn() over `repeats` calls after `warmup`; cuda_graph: of replays of fn captured as a
     CUDA graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
@@ -324,10 +320,10 @@ def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -
         call = cuda_graphs.capture_pass(fn, dev, None)
     times = []
     for i in range(warmup + repeats):
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         call()
-        _sync(dev)
+        synchronize(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()

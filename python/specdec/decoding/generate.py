@@ -26,11 +26,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..devices import synchronize
 from . import cuda_graphs
 from . import drafting as _drafting
 from .drafting import TreeDrafter, check_tree_params, tree_nodes
 from .inputs import as_target, check_sampling, eos_tensor, pad_rows, prompt_rows, resolve_eos
-from .passes import OutputBuffer, PassState, TokenChooser, graph_passes, plain_pass, speculative_pass, sync
+from .passes import OutputBuffer, PassState, TokenChooser, graph_passes, plain_pass, speculative_pass
 
 
 @dataclass
@@ -241,12 +242,12 @@ def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, stat
     pre = target.prefill(ids, lengths, cache, chunk_size=chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
-    sync(dev)
+    synchronize(dev)
     t_prefill = time.perf_counter()
     pair_tokens = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
     pair_tokens.scatter_(1, (lengths.to(torch.int64) - 1)[:, None], root[:, None])
     root_logits, root_hidden = drafter.extend(pre.hidden, pair_tokens, lengths)
-    sync(dev)
+    synchronize(dev)
     t_draft = time.perf_counter() - t_prefill
     return PassState(root, root_logits, root_hidden, static=static), t_prefill, t_draft
 
@@ -259,7 +260,7 @@ def _eager_passes(one_pass, st: PassState, out: OutputBuffer, dev, accepts: list
     marks = []  # the pass's phase boundaries (clock)
 
     def clock():
-        sync(dev)
+        synchronize(dev)
         marks.append(time.perf_counter())
 
     passes, t_draft, t_verify = 0, 0.0, 0.0
@@ -355,7 +356,7 @@ def generate_baseline(
     pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))
-    sync(dev)
+    synchronize(dev)
     t_prefill = time.perf_counter()
     st = PassState(root, static=cuda_graph)
     passes, accepts, t_capture = 0, [], 0.0
@@ -370,7 +371,7 @@ def generate_baseline(
         plain_pass(st, target, choose, out, cache)
         accepts.append(st.n)
         passes += 1
-    sync(dev)
+    synchronize(dev)
     t_end = time.perf_counter()
     if not cuda_graph:
         t_steps = t_end - t_prefill

@@ -11,6 +11,7 @@ import torch
 
 import specdec_kernels
 
+from ..devices import synchronize
 from . import cuda_graphs
 from . import drafting as _drafting
 
@@ -82,11 +83,6 @@ class OutputBuffer:
                     break
             out.append(r)
         return out
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PassState:
@@ -197,5 +193,5 @@ def graph_passes(one_pass, st: PassState, out: OutputBuffer, dev, generator, acc
         passes += 1
         if passes > max_passes:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-    sync(dev)
+    synchronize(dev)
     return passes, t1 - t0, time.perf_counter() - t1

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from ..decoding.budget import PLAIN
+from ..devices import synchronize
 
 MATCH, TIE, MISMATCH = "match", "tie", "mismatch"
 METHODS = ("generate", "baseline", "speculative")
@@ -83,11 +84,6 @@ def chat_ids(tokenizer, messages: list) -> list:
     if hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _hf_generate(model, ids: list, temperature: float, max_new: int, eos: list, seed: int) -> list:
@@ -189,10 +185,10 @@ class Harness:
         self.counter += 1
         out = {}
         for m in METHODS[r:] + METHODS[:r]:
-            _sync(self.device)
+            synchronize(self.device)
             t0 = time.perf_counter()
             res = self._run(m, head, ids, temperature, seed, max_new)
-            _sync(self.device)
+            synchronize(self.device)
             out[m] = (res, time.perf_counter() - t0)
         return out
 

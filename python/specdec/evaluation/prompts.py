@@ -177,3 +177,18 @@ def load_benchmark(spec: str, home=None, progress=None) -> list:
     if spec in BENCHMARKS:
         return load_jsonl(fetch_benchmark(spec, home, progress), spec)
     return load_jsonl(spec)
+
+
+def select_prompts(prompts: list, limit, spread: bool = False) -> list:
+    """All prompts (limit None), the first `limit`, or `limit` spread evenly: indices floor(i * n / limit).
+
+    Example:
+        >>> from specdec.evaluation.prompts import select_prompts
+        >>> select_prompts(list(range(10)), 3, spread=True)
+        [0, 3, 6]
+    """
+    if not limit or limit >= len(prompts):
+        return list(prompts)
+    if not spread:
+        return list(prompts[:limit])
+    return [prompts[i * len(prompts) // limit] for i in range(limit)]

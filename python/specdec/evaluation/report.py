@@ -169,6 +169,18 @@ def write_csv(rows: list, path, depth: int) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def check_same_run(saved: dict, ident: dict) -> None:
+    """ValueError unless `ident` (the settings of a run about to resume) equals `saved` (those of the
+    interrupted run in the checkpoint): a resumed run must measure what the interrupted one measured."""
+    differ = [k for k in sorted(set(saved) | set(ident)) if saved.get(k) != ident.get(k)]
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"expected the interrupted run's {', '.join(differ)}; {k} was {saved.get(k)!r}, "
+            f"now {ident.get(k)!r} (same arguments, or another --out)"
+        )
+
+
 class Checkpoint:
     """`eval.partial.jsonl`, the checkpoint of a run: the run's settings on the first line, then one line per
     measured turn ({"row": the eval.csv row, "answer": the answer's text, which a second turn continues

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..devices import default_device
+from ..devices import default_device, process_device, synchronize
 from ..files import atomic_path, atomic_write_text
 from .autocast import AutocastPolicy
 from .batches import collate_batch, epoch_order, rank_indices, to_device
@@ -70,12 +70,9 @@ __all__ = [
 
 def _pick_device(text: Optional[str]) -> torch.device:
     """The training device: `text` ("cpu", "cuda", "cuda:N"), None = cuda when available; a bare "cuda"
-    becomes cuda:LOCAL_RANK under torchrun (else the current device), made the current CUDA device."""
-    local = os.environ.get("LOCAL_RANK")
-    dev = default_device() if text is None else torch.device(text)
+    becomes this process's GPU (specdec.devices.process_device), made the current CUDA device."""
+    dev = process_device(default_device() if text is None else torch.device(text))
     if dev.type == "cuda":
-        if dev.index is None:
-            dev = torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     return dev
 
@@ -354,8 +351,7 @@ class _Run:
         st.optimizer.step()
         st.scheduler.step()
         st.optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
         st.step += 1
         st.position += 1
