@@ -63,6 +63,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def int_type(lo: int, hi: Optional[int] = None, what: Optional[str] = None):
+    """argparse type: an integer in [lo, hi] (hi None: no upper bound); `what` replaces the expected text."""
     expected = what or (f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
 
     def parse(text: str) -> int:
@@ -90,6 +91,8 @@ def tree_size_type(lo: int):
 
 
 def float_type(check, expected: str):
+    """argparse type: a finite number for which check(value) holds; `expected` says which."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)

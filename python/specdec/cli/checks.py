@@ -104,6 +104,7 @@ def check_target(text: str):
 
 
 def vocab_size(cfg: Optional[dict]) -> Optional[int]:
+    """vocab_size of a model's config.json (or of its text_config), None when absent or not a positive int."""
     if not cfg:
         return None
     v = cfg.get("vocab_size")
@@ -113,6 +114,7 @@ def vocab_size(cfg: Optional[dict]) -> Optional[int]:
 
 
 def check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
+    """CliError for --prompt-ids outside [0, vocab); `source` says where vocab comes from."""
     for b, p in enumerate(prompts):
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:
@@ -124,6 +126,8 @@ def check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
 
 
 def check_device(text: Optional[str]):
+    """The torch.device of --device (None: specdec.devices.default_device), or CliError for a device that is
+    malformed or not available."""
     import torch
 
     if text is None:

@@ -169,6 +169,7 @@ def _add_run_arguments(g) -> None:
 
 
 def parse_ids(text: str) -> list:
+    """The token ids of one --prompt-ids value (space- or comma-separated non-negative ints), or CliError."""
     expected = 'token ids as space-separated non-negative integers, e.g. "1 2 3"'
     try:
         ids = [int(t) for t in text.replace(",", " ").split()]

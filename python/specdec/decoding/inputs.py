@@ -46,6 +46,7 @@ def prompt_rows(input_ids, attention_mask) -> list:
 
 
 def pad_rows(rows: list, device) -> tuple:
+    """The prompts right-padded with 0 into an int64 [B, L] tensor on `device`, and their int32 lengths [B]."""
     B, L = len(rows), max(len(r) for r in rows)
     ids = torch.zeros(B, L, dtype=torch.int64)
     for b, r in enumerate(rows):
@@ -82,10 +83,12 @@ def resolve_eos(eos_token_id, model) -> list:
 
 
 def eos_tensor(eos_ids: list, device) -> Optional[torch.Tensor]:
+    """The stop ids as an int64 tensor on `device`, or None when nothing stops a request early."""
     return torch.tensor(eos_ids, dtype=torch.int64, device=device) if eos_ids else None
 
 
 def check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+    """ValueError naming the argument when max_new_tokens, temperature, top_k or top_p is out of range."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
     if temperature < 0:
@@ -97,6 +100,7 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
 
 
 def as_target(target, backend) -> TargetModel:
+    """`target` itself when it is a TargetModel, else the Hugging Face model wrapped in one."""
     if isinstance(target, TargetModel):
         return target
     return TargetModel(target, backend=backend)

@@ -72,6 +72,7 @@ class OutputBuffer:
         self.finished |= done
 
     def sequences(self) -> list:
+        """Each request's emitted tokens as a list, cut at max_new tokens and after its first stop token."""
         rows, counts = self.buf.tolist(), self.count.tolist()
         eos = set(self.eos.tolist()) if self.eos is not None else set()
         out = []
@@ -100,6 +101,7 @@ class PassState:
         self.n = torch.zeros(root.shape[0], dtype=torch.int32, device=root.device)
 
     def update(self, root, n, root_logits=None, root_hidden=None) -> None:
+        """Hand the pass's results to the next pass: copied into the same buffers when static, else kept."""
         if self.static:
             self.root.copy_(root)
             self.n.copy_(n)
