@@ -19,7 +19,7 @@ import torch
 
 from .chat import TemplateError, encode, eos_token_ids, template_hash
 from .dataset import target_hidden
-from .responses import GenStats, respond
+from .responses import ENGINES, GenStats, respond
 from .shards import (
     FORMAT,
     MANIFEST,
@@ -147,6 +147,7 @@ def build(
     max_turns: Optional[int] = None,
     temperature: float = 0.0,
     batch_size: int = 8,
+    engine: str = "auto",
     shard_size: int = 1000,
     features: bool = True,
     seed: int = 0,
@@ -165,6 +166,9 @@ def build(
     tokenizer with a chat template. `conversations` replaces reading `source` (tests; the manifest then
     names the source as given). `stop_after_shards` stops after writing that many new shards (tests of
     resuming). `phase`: called with a short description of each phase (the CLI's error line names it).
+    `engine`: how the target answers (specdec.data.responses: "auto", "static" continuous batching on our
+    KV cache, "hf" transformers' generate); batch_size is its slots or batch. Like batch_size it is not part
+    of the identity: in bf16 either may change an answer after a near-tie; each shard's timing names it.
 
     rank/world_size (e.g. torchrun's RANK and WORLD_SIZE): process `rank` builds the shards whose position
     in the list of all shards (train, then val) is rank modulo world_size, and records them in its own
@@ -176,6 +180,8 @@ def build(
     train split's shards as missing until a later build with both finishes it (same settings, resumed).
     """
     _check_arguments(responses, rank, world_size, splits, resume)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
     phase = phase or (lambda what: None)
     eos = eos_token_ids(tokenizer, model)
@@ -211,7 +217,7 @@ def build(
     book.take_previous(ident, resume, log)
     book.remove_stale_temps(log)
     book.publish()
-    maker = _ShardMaker(model, tokenizer, ident, batch_size=batch_size, progress=progress, phase=phase)
+    maker = _ShardMaker(model, tokenizer, ident, batch_size=batch_size, engine=engine, progress=progress, phase=phase)
     written = 0
     for s, k in book.to_build():
         if stop_after_shards is not None and written >= stop_after_shards:
@@ -404,7 +410,7 @@ class _ShardMaker:
     """Turns a chunk of conversations into a shard as the manifest's identity `ident` says: responses
     (the target's or the data's), token ids and loss masks, features."""
 
-    def __init__(self, model, tokenizer, ident: dict, *, batch_size: int, progress: bool, phase: Callable):
+    def __init__(self, model, tokenizer, ident: dict, *, batch_size: int, engine: str, progress: bool, phase: Callable):
         st = ident["settings"]
         self.model, self.tokenizer = model, tokenizer
         self.eos, self.pad_id = ident["tokenizer"]["eos_token_ids"], ident["tokenizer"]["pad_token_id"]
@@ -416,7 +422,7 @@ class _ShardMaker:
             st["features"],
         )
         self.max_new_tokens, self.temperature = st["max_new_tokens"], st["temperature"]  # None without responses
-        self.batch_size, self.progress, self.phase = batch_size, progress, phase
+        self.batch_size, self.engine, self.progress, self.phase = batch_size, engine, progress, phase
 
     def write(self, out: str, split: str, index: int, chunk: list, tag: str) -> dict:
         """Build shard `index` of `split` from `chunk` and write it to `out`; returns its manifest entry."""
@@ -452,13 +458,17 @@ class _ShardMaker:
                 temperature=self.temperature,
                 seed=self.seed,
                 batch_size=self.batch_size,
+                engine=self.engine,
                 key=key,
                 pad_id=self.pad_id,
                 stats=gst,
                 progress=bar,
             )
         timing.update(
-            responses_seconds=round(gst.seconds, 3), responses_turns=gst.prompts, responses_tokens=gst.new_tokens
+            responses_seconds=round(gst.seconds, 3),
+            responses_turns=gst.prompts,
+            responses_tokens=gst.new_tokens,
+            responses_engine=gst.engine,
         )
         return [(a.messages, a.open_last) for a in answered]
 

@@ -1,0 +1,238 @@
+"""Plain decoding of many prompts at once on TargetModel's static KV cache, with continuous batching.
+
+`generate_many` answers a list of prompts (greedy or sampled) the way a serving engine would, for the data
+builder's self-distillation: a fixed number of slots decode one token per forward each; when a slot's
+answer ends (an end token or its token budget) the slot takes the next prompt, so no forward is spent on
+rows that already finished, which `model.generate` on a padded batch keeps computing until the batch's
+longest answer ends. Prompts are taken in order of length, so the prompts prefilled together need little
+padding (prefill is batched per refill, in its own small cache whose K/V are then copied into the slots).
+
+Sampling is per request: request i draws from its own torch.Generator seeded with seeds[i], so an answer
+does not depend on which other prompts shared its batch, nor on the number of slots. Greedy answers equal
+the target's own greedy decoding up to floating-point ties (rows of a batched matmul may round differently
+from a one-row call in bf16).
+
+Example:
+    >>> from specdec.demo import tiny_target
+    >>> from specdec.target import TargetModel
+    >>> from specdec.target.continuous_batching import generate_many
+    >>> target = TargetModel(tiny_target(seed=0))
+    >>> out = generate_many(target, [[1, 2, 3], [4, 5]], max_new_tokens=4, eos_ids=[], slots=2)
+    >>> [len(o) for o in out]
+    [4, 4]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from specdec_kernels import chain_mask
+
+from .model import TargetModel
+
+
+@dataclass
+class DecodeStats:
+    """What generate_many did (added to across calls): requests answered, tokens generated, forwards run
+    (prefills and decode steps), decode rows computed for idle slots, and seconds."""
+
+    requests: int = 0
+    new_tokens: int = 0
+    prefills: int = 0
+    steps: int = 0
+    idle_rows: int = 0
+    seconds: float = 0.0
+
+
+def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
+    if isinstance(max_new_tokens, int):
+        budgets = [max_new_tokens] * n
+    else:
+        budgets = [int(b) for b in max_new_tokens]
+        if len(budgets) != n:
+            raise ValueError(f"max_new_tokens: expected one budget per prompt ({n}), got {len(budgets)}")
+    bad = [b for b in budgets if b < 1]
+    if bad:
+        raise ValueError(f"max_new_tokens: every budget must be >= 1, got {bad[0]}")
+    return budgets
+
+
+class _Slots:
+    """The decoding state of every slot: the request it serves (-1: idle), its last token, what it generated
+    and how many tokens it may still generate."""
+
+    def __init__(self, n: int, device: torch.device, pad_id: int):
+        self.request = [-1] * n
+        self.left = [0] * n
+        self.out: List[List[int]] = [[] for _ in range(n)]
+        self.tokens = torch.full((n,), pad_id, dtype=torch.int64, device=device)
+        self.live = torch.zeros(n, dtype=torch.int32, device=device)
+
+    def idle(self) -> List[int]:
+        return [s for s, r in enumerate(self.request) if r < 0]
+
+    def busy(self) -> bool:
+        return any(r >= 0 for r in self.request)
+
+
+class _Sampler:
+    """Next tokens from logits [n, V]: argmax (temperature 0) or one draw per row from that row's request's
+    generator (softmax of logits / temperature, as transformers samples without top-k/top-p)."""
+
+    def __init__(self, temperature: float, seeds: Optional[Sequence[int]], n: int):
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.generators = None
+        if self.temperature > 0:
+            if seeds is None or len(seeds) != n:
+                raise ValueError(f"seeds: sampling needs one seed per prompt ({n})")
+            self.generators = [None] * n
+            self.seeds = [int(s) for s in seeds]
+
+    def __call__(self, logits: torch.Tensor, requests: Sequence[int]) -> List[int]:
+        if self.generators is None:
+            return logits.argmax(dim=-1).tolist()
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        picks = []
+        for row, r in enumerate(requests):
+            if r < 0:
+                picks.append(0)
+                continue
+            if self.generators[r] is None:
+                self.generators[r] = torch.Generator(device=probs.device).manual_seed(self.seeds[r])
+            picks.append(int(torch.multinomial(probs[row], 1, generator=self.generators[r])))
+        return picks
+
+
+def generate_many(
+    target: TargetModel,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: Union[int, Sequence[int]],
+    eos_ids: Sequence[int],
+    temperature: float = 0.0,
+    seeds: Optional[Sequence[int]] = None,
+    slots: int = 32,
+    pad_id: int = 0,
+    prefill_chunk: int = 512,
+    stats: Optional[DecodeStats] = None,
+    progress=None,
+) -> List[List[int]]:
+    """The tokens the target generates after each prompt, in the order of `prompts`.
+
+    Args:
+        target: the TargetModel (its model's device and dtype are used).
+        prompts: token id lists (each at least one token).
+        max_new_tokens: the most tokens generated per prompt, one int for all or one per prompt (>= 1).
+        eos_ids: end tokens: an answer stops after the first of them (which is included in the answer).
+        temperature: 0 = greedy, else sampled from softmax(logits / temperature).
+        seeds: one seed per prompt, required when sampling (request i's draws come from its own generator).
+        slots: requests decoded together (the batch of each decode forward).
+        pad_id: the token fed to idle slots (never seen by a request).
+        prefill_chunk: prompt columns per prefill forward (bounds activations of long prompts).
+        stats: a DecodeStats to add to; progress: an optional tqdm-like bar advanced once per answer.
+
+    Returns:
+        one list of generated token ids per prompt (at most its budget; ending with an end token when one
+        was generated).
+    """
+    if not isinstance(target, TargetModel):
+        raise TypeError(f"target: expected a specdec.target.TargetModel, got {type(target).__name__}")
+    n = len(prompts)
+    budgets = _budgets(max_new_tokens, n)
+    lengths = [len(p) for p in prompts]
+    if any(ln < 1 for ln in lengths):
+        raise ValueError(f"prompts: prompt {lengths.index(min(lengths))} is empty; every prompt needs a token")
+    if slots < 1:
+        raise ValueError(f"slots: expected >= 1, got {slots}")
+    sampler = _Sampler(temperature, seeds, n)
+    stats = stats if stats is not None else DecodeStats()
+    results: List[List[int]] = [[] for _ in range(n)]
+    if n == 0:
+        return results
+    t0 = time.perf_counter()
+    eos = {int(t) for t in eos_ids}
+    dev = target.device
+    slots = min(slots, n)
+    capacity = max(ln + b for ln, b in zip(lengths, budgets))
+    cache = target.new_cache(slots, capacity)
+    state = _Slots(slots, dev, pad_id)
+    queue = sorted(range(n), key=lambda i: lengths[i])[::-1]  # pop() takes the shortest first
+    mask = chain_mask(slots, 1, dev)
+
+    def finish(s: int) -> None:
+        r = state.request[s]
+        results[r] = state.out[s]
+        state.request[s], state.out[s] = -1, []
+        stats.requests += 1
+        stats.new_tokens += len(results[r])
+        if progress is not None:
+            progress.update(1)
+
+    def take(s: int, token: int) -> None:
+        state.out[s].append(token)
+        state.left[s] -= 1
+        if token in eos or state.left[s] == 0:
+            finish(s)
+
+    while queue or state.busy():
+        idle = state.idle()
+        # Refill once a quarter of the slots wait (or none decode): one batched prefill for several prompts.
+        if queue and idle and (len(idle) * 4 >= slots or not state.busy()):
+            group = [queue.pop() for _ in range(min(len(idle), len(queue)))]
+            first = _prefill(target, cache, [prompts[r] for r in group], idle[: len(group)], pad_id, prefill_chunk)
+            stats.prefills += 1
+            picks = sampler(first, group)
+            for s, r, tok in zip(idle, group, picks):
+                state.request[s], state.left[s], state.out[s] = r, budgets[r], []
+                state.tokens[s] = tok
+                take(s, tok)
+            continue
+        picks = _decode_step(target, cache, state, mask, sampler, stats)
+        for s, tok in enumerate(picks):
+            if state.request[s] >= 0:
+                take(s, tok)
+    stats.seconds += time.perf_counter() - t0
+    return results
+
+
+def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Sampler, stats: DecodeStats) -> list:
+    """One forward of every slot's last token; commits it for the busy slots and returns each slot's next
+    token (idle slots' picks are meaningless)."""
+    requests = list(state.request)
+    live = [r >= 0 for r in requests]
+    state.live.copy_(torch.tensor(live, dtype=torch.int32))
+    # Idle slots decode a pad token over an empty prefix (cache_len 0): cheap, and never committed.
+    cache.cache_len.mul_(state.live)
+    pos = cache.cache_len.to(torch.int64)[:, None]
+    out = target.forward(state.tokens[:, None], pos, cache, mask)
+    cache.cache_len.add_(state.live)
+    stats.steps += 1
+    stats.idle_rows += live.count(False)
+    picks = sampler(out.logits[:, 0], requests)
+    state.tokens.copy_(torch.tensor(picks, dtype=torch.int64))
+    return picks
+
+
+def _prefill(target: TargetModel, cache, prompts: list, rows: list, pad_id: int, chunk: int) -> torch.Tensor:
+    """Prefill `prompts` together in a cache of their own, copy their K/V into `cache` rows `rows` (whose
+    cache_len becomes the prompt lengths), and return the logits [len(prompts), V] at each last token."""
+    dev = target.device
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.as_tensor(p, dtype=torch.int64)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
+    small = target.new_cache(len(prompts), longest, dtype=cache.layers[0].keys.dtype)
+    out = target.prefill(ids.to(dev), lengths, small, chunk_size=chunk)
+    index = torch.tensor(rows, dtype=torch.int64, device=dev)
+    for big, mine in zip(cache.layers, small.layers):
+        big.keys[index, :, :longest] = mine.keys
+        big.values[index, :, :longest] = mine.values
+    cache.cache_len[index] = lengths
+    return out.logits

@@ -1,0 +1,128 @@
+"""specdec.target.continuous_batching.generate_many: many prompts answered by continuous batching.
+
+Greedy fp32 answers equal the model's own `generate` of each prompt alone, whatever the number of slots;
+sampled answers depend on the seed only (not the slots) and follow softmax(logits / T); bad arguments
+are refused with messages that say what was expected.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec.data.responses import respond
+from specdec.target import TargetModel
+from specdec.target.continuous_batching import DecodeStats, generate_many
+
+from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
+
+
+def alone(model, prompt, budget, eos):
+    """The model's own greedy answer to one prompt: at most `budget` tokens, ending at the first end token."""
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=budget,
+        do_sample=False,
+        eos_token_id=eos or None,
+        pad_token_id=0,
+    )[0, len(prompt) :].tolist()
+    cut = next((t + 1 for t, tok in enumerate(out) if tok in eos), len(out))
+    return out[:cut]
+
+
+def random_prompts(n, vocab, seed=0, longest=30):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, longest, (n,), generator=g).tolist()
+    budgets = torch.randint(1, 14, (n,), generator=g).tolist()
+    return [torch.randint(0, vocab, (ln,), generator=g).tolist() for ln in lengths], budgets
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("slots", [1, 3, 64])
+def test_greedy_equals_generate_of_each_prompt(family, slots):
+    model = make_target(family, sharpen=4.0)
+    prompts, budgets = random_prompts(11, 128, seed=slots)
+    # end tokens the answers do produce, so that some answers end early and free their slot
+    eos = [alone(model, p, 1, [])[0] for p in prompts[:3]]
+    stats = DecodeStats()
+    got = generate_many(TargetModel(model), prompts, max_new_tokens=budgets, eos_ids=eos, slots=slots, stats=stats)
+    want = [alone(model, p, b, eos) for p, b in zip(prompts, budgets)]
+    assert got == want
+    assert any(len(a) < b for a, b in zip(got, budgets)) and any(len(a) == b for a, b in zip(got, budgets))
+    assert stats.requests == 11 and stats.new_tokens == sum(len(a) for a in got)
+    if slots == 1:
+        assert stats.idle_rows == 0  # one slot is refilled before every decode step it would spend idle
+
+
+def test_one_budget_for_all_and_no_end_tokens():
+    model = make_target()
+    prompts, _ = random_prompts(5, 128, seed=3)
+    got = generate_many(TargetModel(model), prompts, max_new_tokens=6, eos_ids=[], slots=2)
+    assert got == [alone(model, p, 6, []) for p in prompts] and all(len(a) == 6 for a in got)
+    assert generate_many(TargetModel(model), [], max_new_tokens=4, eos_ids=[]) == []
+
+
+def test_sampling_depends_on_the_seed_only():
+    target = TargetModel(make_target(sharpen=2.0))
+    prompts, budgets = random_prompts(9, 128, seed=5)
+    seeds = list(range(100, 109))
+    runs = [
+        generate_many(target, prompts, max_new_tokens=budgets, eos_ids=[], temperature=0.8, seeds=seeds, slots=s)
+        for s in (1, 4, 9)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    other = generate_many(
+        target, prompts, max_new_tokens=budgets, eos_ids=[], temperature=0.8, seeds=[s + 1 for s in seeds], slots=4
+    )
+    assert other != runs[0]
+
+
+def test_sampled_first_tokens_follow_the_softmax():
+    """400 draws of the first answer token: each of the five likeliest tokens within 4.5 standard deviations
+    of its expected count under softmax(logits / T)."""
+    model = make_target(sharpen=1.5)
+    prompt, T, n = [5, 17, 42], 0.7, 400
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / T, -1)
+    got = generate_many(
+        TargetModel(model), [prompt] * n, max_new_tokens=1, eos_ids=[], temperature=T, seeds=range(n), slots=16
+    )
+    counts = torch.bincount(torch.tensor([a[0] for a in got]), minlength=probs.numel()).double()
+    for tok in probs.topk(5).indices.tolist():
+        p = float(probs[tok])
+        assert abs(counts[tok] - n * p) <= 4.5 * (n * p * (1 - p)) ** 0.5 + 1, (tok, counts[tok], n * p)
+
+
+def test_respond_engines_agree_greedy(tmp_path):
+    """respond's "static" and "hf" engines give the same greedy fp32 answers."""
+    from test_data import conversations, make_tokenizer
+
+    tok = make_tokenizer("chatml")
+    model = make_target(vocab=len(tok), hidden=32)
+    convs = [c.messages for c in conversations(6)]
+    eos = [tok.eos_token_id]
+    kw = dict(eos_ids=eos, max_new_tokens=5, max_len=60, batch_size=3)
+    static, hf = (respond(model, tok, convs, engine=e, **kw) for e in ("static", "hf"))
+    assert [a.messages for a in static] == [a.messages for a in hf]
+    assert [a.open_last for a in static] == [a.open_last for a in hf]
+    with pytest.raises(ValueError, match="engine: expected one of"):
+        respond(model, tok, convs, engine="fast", **kw)
+
+
+def test_bad_arguments_are_refused():
+    target = TargetModel(make_target())
+    with pytest.raises(TypeError, match="TargetModel"):
+        generate_many(make_target(), [[1]], max_new_tokens=2, eos_ids=[])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate_many(target, [[1], []], max_new_tokens=2, eos_ids=[])
+    with pytest.raises(ValueError, match="one budget per prompt"):
+        generate_many(target, [[1], [2]], max_new_tokens=[2], eos_ids=[])
+    with pytest.raises(ValueError, match="every budget must be >= 1"):
+        generate_many(target, [[1]], max_new_tokens=0, eos_ids=[])
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        generate_many(target, [[1]], max_new_tokens=2, eos_ids=[], temperature=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_many(target, [[1]], max_new_tokens=2, eos_ids=[], temperature=-1.0)
+    with pytest.raises(ValueError, match="slots"):
+        generate_many(target, [[1]], max_new_tokens=2, eos_ids=[], slots=0)
