@@ -56,6 +56,7 @@ def main(argv=None) -> int:
 
     from specdec.decoding.budget import time_draft_level, time_verify
     from specdec.default_target import resolve_target
+    from specdec.eos import eos_ids
     from specdec.models import DraftConfig, build_draft_head
     from specdec.target import TargetModel
     from specdec.training.vocab import top_tokens
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     train, val = response_counts(args.data, "train"), response_counts(args.data, "val")
     if int(train.sum()) == 0 or int(val.sum()) == 0:
         sys.exit(f"{args.data}: no response tokens in the train or val split")
-    eos = [int(model.config.eos_token_id)] if model.config.eos_token_id is not None else []
+    eos = eos_ids(model)  # the ids the training run's draft vocabulary always keeps (the model's EOS)
 
     # the target's own decode step (TargetModel.verify of one node after 300 tokens of context), for scale
     step = time_verify(target, [1], context=300, repeats=7)[1]

@@ -94,7 +94,7 @@ def manual_instructions(home: Union[str, os.PathLike, None] = None) -> str:
     )
 
 
-def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
+def read_target_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
     """The folder's manifest, or None when it is missing or unreadable."""
     try:
         with open(Path(folder) / MANIFEST) as f:
@@ -107,7 +107,7 @@ def read_manifest(folder: Union[str, os.PathLike]) -> Optional[dict]:
 def is_complete(folder: Union[str, os.PathLike]) -> bool:
     """True when `folder` holds a finished conversion: a manifest marked complete whose files all exist
     with their recorded sizes (a folder without the manifest, e.g. from a killed fetch, is not complete)."""
-    manifest = read_manifest(folder)
+    manifest = read_target_manifest(folder)
     if not manifest or manifest.get("complete") is not True or not isinstance(manifest.get("files"), dict):
         return False
     for name, size in manifest["files"].items():

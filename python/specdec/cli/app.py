@@ -19,35 +19,16 @@ import argparse
 import sys
 from typing import Optional
 
+from . import data, evaluate, generate, target, train, validate
 from .args import DEBUG_HELP, HelpFormatter, Parser, add_debug_argument
 from .errors import RUNTIME, CliError, CliExit
 
-# Modules that add a subcommand: each defines COMMAND (its name), SUMMARY (one line for the top-level
-# help) and `register(sub, formatter_class)`, which calls sub.add_parser(COMMAND,
-# formatter_class=formatter_class, ...), sets `handler=fn` on it with fn(args, stage) -> exit status
-# (stage.what names the current phase for the one-line error report) and returns that parser. Bad
-# arguments raise CliError (see arg_error) before anything loads.
-COMMAND_MODULES = (
-    "specdec.cli.generate",
-    "specdec.cli.target",
-    "specdec.cli.data",
-    "specdec.cli.train",
-    "specdec.cli.validate",
-    "specdec.cli.evaluate",
-)
-
-
-def _command_modules() -> list:
-    import importlib
-
-    mods = []
-    for name in COMMAND_MODULES:
-        try:
-            mods.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise
-    return mods
+# The modules that add a subcommand, in the order of the top-level help. Each defines COMMAND (its name),
+# SUMMARY (one line for the top-level help) and `register(sub, formatter_class)`, which calls
+# sub.add_parser(COMMAND, formatter_class=formatter_class, ...), sets `handler=fn` on it with
+# fn(args, stage) -> exit status (stage.what names the current phase for the one-line error report) and
+# returns that parser. Bad arguments raise CliError (see arg_error) before anything loads.
+COMMAND_MODULES = (generate, target, data, train, validate, evaluate)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the versions and exit")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    modules = _command_modules()
+    modules = COMMAND_MODULES
     names = ["info"] + [m.COMMAND for m in modules]
     sub = parser.add_subparsers(
         dest="command",

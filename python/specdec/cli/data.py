@@ -266,23 +266,15 @@ def _handle(args, stage) -> int:
     from ..data.chat import TemplateError
     from ..data.shards import ShardError
     from ..data.sharegpt import SourceError
+    from ..default_target import TargetError, TargetFetchError, resolve_target
 
-    target = args.target
+    stage.what = f"resolving --target {args.target!r}"
     try:
-        from ..default_target import TargetError, TargetFetchError, resolve_target
-    except ImportError:  # only paths then
-        if target.strip() == "default":
-            raise CliError(
-                "argument --target: 'default' needs specdec.default_target, which is missing", RUNTIME
-            ) from None
-    else:
-        stage.what = f"resolving --target {args.target!r}"
-        try:
-            target = resolve_target(target)
-        except TargetFetchError as exc:
-            raise CliError(f"argument --target: {exc}", RUNTIME) from exc
-        except TargetError as exc:
-            raise CliError(f"argument --target: {exc}") from exc
+        target = resolve_target(args.target)
+    except TargetFetchError as exc:
+        raise CliError(f"argument --target: {exc}", RUNTIME) from exc
+    except TargetError as exc:
+        raise CliError(f"argument --target: {exc}") from exc
     target = os.path.expanduser(target)
     dtype = torch_dtype(args.dtype)
     if args.threads is not None:

@@ -11,6 +11,7 @@ import argparse
 import os
 
 from ..dtypes import model_dtype
+from ..eos import eos_ids
 from .args import BACKENDS, DTYPES, add_debug_argument, float_type, int_type, tree_size_type
 from .checks import (
     DRAFT_WEIGHTS,
@@ -132,7 +133,7 @@ def _add_decoding_arguments(g) -> None:
         action="append",
         default=None,
         metavar="ID",
-        help="stop token (repeatable) (default: the target's generation config, else its tokenizer)",
+        help="stop token (repeatable) (default: the EOS ids of the target's generation config and of its tokenizer)",
     )
     eos.add_argument("--no-eos", action="store_true", help="never stop early (exactly --max-new-tokens tokens)")
 
@@ -244,7 +245,7 @@ def _handle(args, stage) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        eos_token_id=_stop_tokens(args, model, tokenizer),
+        eos_token_id=eos_ids(model, tokenizer, given=[] if args.no_eos else args.eos_token_id),
         backend=args.backend,
         cuda_graph=args.cuda_graph,
     )
@@ -360,18 +361,6 @@ def _check_against_vocabulary(args, prompts: list, vocab: int) -> None:
         raise arg_error(
             "--eos-token-id", f"token ids in [0, {vocab}) (the target's vocabulary size)", Verbatim(str(bad[0]))
         )
-
-
-def _stop_tokens(args, model, tokenizer):
-    """The eos_token_id argument of generate: [] never stops (None would mean the model's own config)."""
-    if args.no_eos:
-        return []
-    if args.eos_token_id:
-        return args.eos_token_id
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    return eos
 
 
 def _print_run(args, plan, model, head, res, tokenizer) -> None:

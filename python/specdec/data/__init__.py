@@ -17,7 +17,7 @@ Conventions (hidden[t], loss_mask[t], padding): see specdec.data.dataset.
 """
 
 from .build import BuildMismatch, build
-from .chat import TemplateError, encode, eos_token_ids
+from .chat import TemplateError, encode
 from .dataset import FeatureDataset, OnlineFeatures, TokenDataset, collate, target_hidden
 from .shards import ShardError, read_manifest
 from .sharegpt import Conversation, SourceError, load_conversations, normalize, split_of
@@ -34,7 +34,6 @@ __all__ = [
     "build",
     "collate",
     "encode",
-    "eos_token_ids",
     "load_conversations",
     "normalize",
     "read_manifest",

@@ -17,7 +17,8 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .chat import TemplateError, encode, eos_token_ids, template_hash
+from ..eos import eos_ids
+from .chat import TemplateError, encode, template_hash
 from .dataset import target_hidden
 from .responses import ENGINES, GenStats, respond
 from .shards import (
@@ -184,7 +185,7 @@ def build(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
     phase = phase or (lambda what: None)
-    eos = eos_token_ids(tokenizer, model)
+    eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     ident = _identity(
         model,

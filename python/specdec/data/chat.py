@@ -11,10 +11,10 @@ and most others), the assistant span is the text B[len(A):]: exactly what the mo
 after the generation prompt: the answer text, any whitespace the template puts before it that the
 generation prompt does not (Zephyr's "\\n"), and the end-of-turn token. The whole conversation is
 rendered once more and tokenized with offsets; a token is in the mask when it starts inside a span. The
-span is then cut after its last end-of-turn token (an id of `eos_ids`: the generation config's EOS ids
-and the tokenizer's EOS), so the template's whitespace after the end of turn (ChatML's "\\n"), which the
-model never generates, is not trained. The generation prompt header ("<|im_start|>assistant\\n",
-"[/INST]") is never in the mask: the draft is not asked to predict the prompt.
+span is then cut after its last end-of-turn token (an id of `eos_ids`, from specdec.eos.eos_ids: the
+model's and the tokenizer's EOS ids), so the template's whitespace after the end of turn (ChatML's
+"\\n"), which the model never generates, is not trained. The generation prompt header
+("<|im_start|>assistant\\n", "[/INST]") is never in the mask: the draft is not asked to predict the prompt.
 
 When a template is not prefix-consistent (e.g. one that renders past turns differently from the last),
 the span falls back to the answer text found in the full rendering, extended to the end-of-turn token
@@ -60,19 +60,6 @@ def template_hash(tokenizer) -> str:
         raise TemplateError("the tokenizer has no chat template")
     data = t if isinstance(t, str) else json.dumps(t, sort_keys=True)
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
-def eos_token_ids(tokenizer, model=None) -> List[int]:
-    """End-of-turn ids: the model's generation config EOS id(s) and the tokenizer's eos_token_id."""
-    ids = []
-    gc = getattr(model, "generation_config", None) if model is not None else None
-    for src in (getattr(gc, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if src is None:
-            continue
-        for i in [src] if isinstance(src, int) else list(src):
-            if isinstance(i, int) and i not in ids:
-                ids.append(i)
-    return ids
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict], open_last: bool = False) -> Tuple[str, List[Span], List[bool]]:

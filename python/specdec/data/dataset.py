@@ -131,14 +131,15 @@ class TokenDataset(torch.utils.data.Dataset):
             self.manifest = self._shards.manifest
             self._items = None
             return
-        from .chat import TemplateError, encode, eos_token_ids
+        from .. import eos as end_of_sequence
+        from .chat import TemplateError, encode
         from .sharegpt import Conversation, normalize, split_of
 
         if tokenizer is None:
             raise ValueError("TokenDataset from conversations needs tokenizer=")
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        eos = list(eos_ids) if eos_ids is not None else eos_token_ids(tokenizer)
+        eos = end_of_sequence.eos_ids(None, tokenizer, given=eos_ids)
         self._shards, self.manifest, self._items = None, None, []
         self._vocab = len(tokenizer)
         for c in source:

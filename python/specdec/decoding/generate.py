@@ -27,10 +27,11 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..devices import synchronize
+from ..eos import eos_ids
 from . import cuda_graphs
 from . import drafting as _drafting
 from .drafting import TreeDrafter, check_tree_params, tree_nodes
-from .inputs import as_target, check_sampling, eos_tensor, pad_rows, prompt_rows, resolve_eos
+from .inputs import as_target, check_sampling, eos_tensor, pad_rows, prompt_rows
 from .passes import OutputBuffer, PassState, TokenChooser, graph_passes, plain_pass, speculative_pass
 
 
@@ -140,7 +141,8 @@ def generate(
             When no tree is expected to beat plain decoding on this machine, "auto" decodes plainly
             (generate_baseline; the result's tree is budget.PLAIN = (1, 0, 0) and tau 1).
         eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
-            the model's `generation_config.eos_token_id`, like `model.generate`; `[]`: never stop early.
+            the model's `generation_config.eos_token_id`, like `model.generate` (specdec.eos.eos_ids); `[]`:
+            never stop early.
         generator: torch.Generator on the target's device for the sampling uniforms (reproducible runs).
         prefill_chunk_size: prefill at most this many prompt columns per forward (None: all at once).
         backend: specdec_kernels backend for every kernel (None chooses; a TargetModel passed as `target`
@@ -191,7 +193,7 @@ def generate(
     draft.bind_target(target.embed_tokens, target.lm_head)
     drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
     choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = OutputBuffer(B, max_new_tokens, max_path, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
+    out = OutputBuffer(B, max_new_tokens, max_path, eos_tensor(eos_ids(target.model, given=eos_token_id), dev), dev)
     st, t_prefill, t_draft = _prefill(target, drafter, choose, out, ids, lengths, cache, prefill_chunk_size, cuda_graph)
 
     def one_pass(clock=None):
@@ -352,7 +354,7 @@ def generate_baseline(
     ids, lengths = pad_rows(rows, dev)
     cache = target.new_cache(B, ids.shape[1] + max_new_tokens + 1)
     choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
-    out = OutputBuffer(B, max_new_tokens, 1, eos_tensor(resolve_eos(eos_token_id, target), dev), dev)
+    out = OutputBuffer(B, max_new_tokens, 1, eos_tensor(eos_ids(target.model, given=eos_token_id), dev), dev)
     pre = target.prefill(ids, lengths, cache, chunk_size=prefill_chunk_size)
     root = choose.first(pre.logits)
     out.emit(root[:, None], torch.ones(B, dtype=torch.int64, device=dev))

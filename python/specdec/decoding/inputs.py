@@ -55,33 +55,6 @@ def pad_rows(rows: list, device) -> tuple:
     return ids.to(device), lengths.to(device)
 
 
-def resolve_eos(eos_token_id, model) -> list:
-    """The token ids that stop a request: `eos_token_id` when given, else the model's default.
-
-    eos_token_id: an int, a sequence of ints, or None. None (the default of generate) takes
-    `model.generation_config.eos_token_id` (int, list or None), as transformers' `model.generate` does;
-    an empty sequence `[]` turns stopping off (only max_new_tokens ends a request). `model` is a
-    TargetModel or a Hugging Face model.
-
-    Example:
-        >>> resolve_eos([], None), resolve_eos(2, None), resolve_eos((2, 7), None)
-        ([], [2], [2, 7])
-    """
-    if eos_token_id is None:
-        hf = model.model if isinstance(model, TargetModel) else model
-        gen_config = getattr(hf, "generation_config", None)
-        eos_token_id = getattr(gen_config, "eos_token_id", None)
-        if eos_token_id is None:
-            return []
-    if isinstance(eos_token_id, torch.Tensor):
-        eos_token_id = eos_token_id.reshape(-1).tolist()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, int):
-            raise TypeError(f"eos_token_id: expected an int or a sequence of ints, got {eos_token_id!r}")
-    return ids
-
-
 def eos_tensor(eos_ids: list, device) -> Optional[torch.Tensor]:
     """The stop ids as an int64 tensor on `device`, or None when nothing stops a request early."""
     return torch.tensor(eos_ids, dtype=torch.int64, device=device) if eos_ids else None

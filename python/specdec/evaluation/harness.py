@@ -23,6 +23,7 @@ import torch
 
 from ..decoding.budget import PLAIN
 from ..devices import synchronize
+from ..eos import eos_ids
 
 MATCH, TIE, MISMATCH = "match", "tie", "mismatch"
 METHODS = ("generate", "baseline", "speculative")
@@ -38,7 +39,7 @@ class EvalSettings:
     depth: int = 5
     total_tokens: int = 60
     seed: int = 0
-    eos_token_id: Optional[list] = None  # None: the model's generation config
+    eos_token_id: Optional[list] = None  # None: specdec.eos.eos_ids of the model and its tokenizer
     backend: Optional[str] = None
     warmup: bool = True
     tie_eps_factor: float = 4.0
@@ -109,18 +110,6 @@ def _hf_generate(model, ids: list, temperature: float, max_new: int, eos: list, 
     return new
 
 
-def resolve_eos(model, tokenizer, given: Optional[list]) -> list:
-    """Stop tokens: `given`, else the model's generation config, else the tokenizer's eos token."""
-    if given is not None:
-        return list(given)
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
 class Harness:
     """Runs the measurements of one target (Hugging Face `model`, tokenizer) against draft heads.
 
@@ -145,7 +134,7 @@ class Harness:
         self.device = self.target.device
         self.encode = encode or (lambda messages: chat_ids(tokenizer, messages))
         self.decode = decode or (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        self.eos = resolve_eos(model, tokenizer, settings.eos_token_id)
+        self.eos = eos_ids(model, tokenizer, given=settings.eos_token_id)
         self.counter = 0  # rotates the order of the three methods
         self.trace = []  # per measured turn: (head, temperature, benchmark, prompt id, turn, messages, ids)
 

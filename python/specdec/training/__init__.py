@@ -18,16 +18,4 @@ See docs/training.md.
 
 from .trainer import SimulatedKill, TrainConfig, recipe_lr, train
 
-__all__ = ["SimulatedKill", "TrainConfig", "recipe_lr", "train", "recipe_loss", "RECIPES", "top_tokens", "count_tokens"]
-
-
-def __getattr__(name):  # the losses and the vocabulary, imported on first use
-    if name in ("recipe_loss", "RECIPES"):
-        from . import losses
-
-        return getattr(losses, name)
-    if name in ("top_tokens", "count_tokens"):
-        from . import vocab
-
-        return getattr(vocab, name)
-    raise AttributeError(f"module 'specdec.training' has no attribute {name!r}")
+__all__ = ["SimulatedKill", "TrainConfig", "recipe_lr", "train"]

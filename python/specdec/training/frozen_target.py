@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
+from ..eos import eos_ids
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -43,7 +45,7 @@ def load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.dev
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.eval().requires_grad_(False)
-    eos = _eos_ids(model)
+    eos = eos_ids(model)  # no tokenizer here: RunInputs adds the data tokenizer's ids
 
     def placed(m):  # a module on `device` in `dtype`; a caller's module is copied, never converted in place
         p = next(m.parameters())
@@ -64,16 +66,3 @@ def load_target(spec, path: Optional[str], dtype: torch.dtype, device: torch.dev
     else:
         lm_head = placed(lm_head)
     return None, embed, lm_head, model.config, eos
-
-
-def _eos_ids(model) -> list:
-    """The end-of-sequence ids of the generation config, then of the model config (each once, in order)."""
-    eos = []
-    for src in (
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-    ):
-        for i in [src] if isinstance(src, int) else list(src or ()):
-            if isinstance(i, int) and i not in eos:
-                eos.append(i)
-    return eos
