@@ -120,13 +120,13 @@ def main(argv=None) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specdec.data.chat import eos_token_ids
+    from specdec.eos import eos_ids
     from specdec.default_target import resolve_target
 
     path = resolve_target(args.target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[args.dtype], local_files_only=True).eval()
-    eos = eos_token_ids(tok, model)
+    eos = eos_ids(model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     prompts = first_turn_prompts(tok, args.num_prompts, args.skip, args.max_len)
     budgets = [max(1, min(args.max_new_tokens, args.max_len - len(x))) for x in prompts]
