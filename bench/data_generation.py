@@ -120,8 +120,8 @@ def main(argv=None) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specdec.eos import eos_ids
     from specdec.default_target import resolve_target
+    from specdec.eos import eos_ids
 
     path = resolve_target(args.target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
