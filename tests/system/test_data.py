@@ -628,3 +628,29 @@ def test_cli_data(saved_target, capsys):
     with pytest.raises(CliExit) as exc:
         main(["data", "--target", str(root / "missing"), "--out", str(out)])
     assert exc.value.code == 2 and "--target" in str(exc.value)
+
+
+def test_auto_dtype_build_resumes_in_the_other_dtype(tmp_path, chatml):
+    """dtype_choice="auto" records "auto" (the machine's faster dtype) and each shard's own dtype, so a
+    build begun in fp32 is finished in bf16 (another kind of CPU); a build with the dtype recorded is not."""
+    import copy
+
+    tok, model = chatml
+    out = str(tmp_path / "auto")
+    m = build(out, model, tok, **build_kw(dtype_choice="auto", stop_after_shards=1))
+    assert m["settings"]["dtype"] == "auto"
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    m = build(out, half, tok, **build_kw(dtype_choice="auto"))
+    dtypes = [e["dtype"] for _, e in _entries(m)]
+    assert m["complete"] and dtypes[0] == "float32" and set(dtypes[1:]) == {"bfloat16"}
+    fixed = str(tmp_path / "fixed")
+    build(fixed, model, tok, **build_kw(stop_after_shards=1))
+    with pytest.raises(BuildMismatch, match="dtype"):
+        build(fixed, half, tok, **build_kw())
+    with pytest.raises(ValueError, match="dtype_choice"):
+        build(str(tmp_path / "x"), model, tok, **build_kw(dtype_choice="bf16"))
+
+
+def _entries(manifest):
+    for split in ("train", "val"):
+        yield from ((split, e) for e in manifest["splits"][split]["shards"])

@@ -65,6 +65,11 @@ def target_identity(model, path: Optional[str]) -> dict:
     }
 
 
+def _dtype_name(model) -> str:
+    """The torch name of the model's dtype (e.g. "bfloat16")."""
+    return str(next(model.parameters()).dtype).replace("torch.", "")
+
+
 def _trim(messages: List[dict], max_len: int) -> List[dict]:
     """The leading messages that can matter within max_len tokens (a token rarely spans 32 characters),
     ending with an assistant message (dataset mode); the token truncation happens after encoding."""
@@ -149,6 +154,7 @@ def build(
     temperature: float = 0.0,
     batch_size: int = 8,
     engine: str = "auto",
+    dtype_choice: Optional[str] = None,
     shard_size: int = 1000,
     features: bool = True,
     seed: int = 0,
@@ -170,6 +176,9 @@ def build(
     `engine`: how the target answers (specdec.data.responses: "auto", "static" continuous batching on our
     KV cache, "hf" transformers' generate); batch_size is its slots or batch. Like batch_size it is not part
     of the identity: in bf16 either may change an answer after a near-tie; each shard's timing names it.
+    `dtype_choice` "auto": the caller loaded the model in this machine's faster dtype
+    (specdec.machine_dtype), and the manifest records "auto" instead of the model's dtype, so that the
+    build resumes on a machine of the other kind (each shard records the dtype it was computed in).
 
     rank/world_size (e.g. torchrun's RANK and WORLD_SIZE): process `rank` builds the shards whose position
     in the list of all shards (train, then val) is rank modulo world_size, and records them in its own
@@ -183,6 +192,8 @@ def build(
     _check_arguments(responses, rank, world_size, splits, resume)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if dtype_choice not in (None, "auto"):
+        raise ValueError(f"dtype_choice must be None or 'auto', got {dtype_choice!r}")
 
     phase = phase or (lambda what: None)
     eos = eos_ids(model, tokenizer)
@@ -205,7 +216,7 @@ def build(
             seed=seed,
             shard_size=shard_size,
             features=features,
-            dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+            dtype=dtype_choice or _dtype_name(model),
             source_name=source,
         ),
     )
@@ -436,7 +447,9 @@ class _ShardMaker:
             self._add_features(seqs, tag, timing)
         self.phase(f"writing {shard_name(split, index)} in --out {out!r}")
         entry = write_shard(out, shard_name(split, index), seqs, self.vocab, keys, self.features, self.hidden)
-        entry.update(index=index, conversations=len(chunk), skipped=skipped, timing=timing)
+        entry.update(
+            index=index, conversations=len(chunk), skipped=skipped, timing=timing, dtype=_dtype_name(self.model)
+        )
         return entry
 
     def _answers(self, chunk: list, key: tuple, tag: str, timing: dict) -> list:
