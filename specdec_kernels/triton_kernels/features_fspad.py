@@ -15,27 +15,27 @@ import triton
 import triton.language as tl
 
 from .features_shared import (
-    _KEYS,
+    AUTOTUNE_KEYS,
     _bucket,
-    _dot_precision,
-    _down,
-    _fc,
-    _fc_backward,
     _grid,
-    _mm_configs,
     _row_block,
     _row_warps,
     _silu_bwd,
-    _tile,
-    _token_rows,
-    _wgrad,
+    dot_precision,
+    down_forward,
+    fc_backward,
+    fc_forward,
+    mm_configs,
+    output_tile,
+    token_rows,
+    wgrad,
 )
 
 # ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
+@triton.autotune(configs=mm_configs(two_acc=True), key=AUTOTUNE_KEYS)
 @triton.jit
 def _fspad_mlp_kernel(
     Z,
@@ -66,9 +66,9 @@ def _fspad_mlp_kernel(
     BK: tl.constexpr,
 ):
     """ACT[M, N] = SiLU(E[ids] WG^T) * rstd(Z) (Z * NW) WU^T; optionally GATE, UP (pre-activations), RSTD."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = token_rows(IDS, rm, m_ok, V)
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     ss = tl.zeros((BM,), dtype=tl.float32)
@@ -155,7 +155,7 @@ def fspad_feature_sampling(
     T, H = features.shape
     I = gate_weight.shape[0]
     V = embed_weight.shape[0]
-    _fc(features, token_ids, embed_weight, fc_weight, fc_bias, z)
+    fc_forward(features, token_ids, embed_weight, fc_weight, fc_bias, z)
     act = torch.empty(T, I, dtype=features.dtype, device=features.device)
     store = gate is not None and up is not None
     _fspad_mlp_kernel[_grid(T, I)](
@@ -181,9 +181,9 @@ def fspad_feature_sampling(
         up_weight.stride(0),
         act.stride(0),
         STORE=store,
-        PREC=_dot_precision(features.dtype),
+        PREC=dot_precision(features.dtype),
     )
-    _down(act, down_weight, z, out)
+    down_forward(act, down_weight, z, out)
 
 
 def fspad_feature_sampling_backward(
@@ -218,9 +218,9 @@ def fspad_feature_sampling_backward(
     if d_down_weight is not None:
         torch.mm(grad_out.t(), act, out=d_down_weight)
     if d_gate_weight is not None:
-        _wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)  # dW_g = dg^T e
+        wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)  # dW_g = dg^T e
     if d_up_weight is not None:
-        _wgrad(du, z, d_up_weight, row_scale=rstd, col_scale=norm_weight)  # dW_u = du^T RMSNorm(z)
+        wgrad(du, z, d_up_weight, row_scale=rstd, col_scale=norm_weight)  # dW_u = du^T RMSNorm(z)
     need_dz = d_features is not None or d_fc_weight is not None or d_fc_bias is not None
     if not (need_dz or d_norm_weight is not None):
         return
@@ -246,7 +246,7 @@ def fspad_feature_sampling_backward(
     if d_norm_weight is not None:
         d_norm_weight.copy_(part[:, 0].sum(0))
     if need_dz:
-        _fc_backward(dz, part[:, 1], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
+        fc_backward(dz, part[:, 1], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
 
 
 # Each launcher is registered under its own name: specdec::<name>_triton.

@@ -15,27 +15,27 @@ import triton
 import triton.language as tl
 
 from .features_shared import (
-    _KEYS,
+    AUTOTUNE_KEYS,
     _bucket,
-    _dot_precision,
-    _down,
-    _fc,
-    _fc_backward,
     _grid,
-    _mm_configs,
     _row_block,
     _row_warps,
     _silu_bwd,
-    _tile,
-    _token_rows,
-    _wgrad,
+    dot_precision,
+    down_forward,
+    fc_backward,
+    fc_forward,
+    mm_configs,
+    output_tile,
+    token_rows,
+    wgrad,
 )
 
 # ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
+@triton.autotune(configs=mm_configs(two_acc=True), key=AUTOTUNE_KEYS)
 @triton.jit
 def _griffin_mlp_kernel(
     Hs,
@@ -65,9 +65,9 @@ def _griffin_mlp_kernel(
 ):
     """ACT = SiLU(v), v = rb r1 (Hs * NB * NA) WU[:, :K]^T + re (E[ids] * NA) WU[:, K:]^T; optionally PRE = v;
     STATS[:, 0..2] = rb, r1, re (see the module docstring)."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = token_rows(IDS, rm, m_ok, V)
     acc1 = tl.zeros((BM, BN), dtype=tl.float32)
     acc2 = tl.zeros((BM, BN), dtype=tl.float32)
     ss_h = tl.zeros((BM,), dtype=tl.float32)
@@ -134,7 +134,7 @@ def _griffin_norm_bwd_kernel(
         rb = tl.load(STATS + t * 3 + 0, mask=t_ok, other=0.0)
         r1 = tl.load(STATS + t * 3 + 1, mask=t_ok, other=0.0)
         re = tl.load(STATS + t * 3 + 2, mask=t_ok, other=0.0)
-        row = _token_rows(IDS, t, t_ok, V)
+        row = token_rows(IDS, t, t_ok, V)
         e = tl.load(E + row * stride_e + cols, mask=ok, other=0.0).to(tl.float32)
         h = tl.load(Hs + off, mask=ok, other=0.0).to(tl.float32)
         dx1 = tl.load(DX + t.to(tl.int64) * 2 * H + cols, mask=ok, other=0.0).to(tl.float32)
@@ -179,7 +179,7 @@ def griffin_token_fusion(
     T, H = features.shape
     I = up_weight.shape[0]
     V = embed_weight.shape[0]
-    _fc(features, token_ids, embed_weight, fc_weight, fc_bias, h)
+    fc_forward(features, token_ids, embed_weight, fc_weight, fc_bias, h)
     act = torch.empty(T, I, dtype=features.dtype, device=features.device)
     store = pre_act is not None
     _griffin_mlp_kernel[_grid(T, I)](
@@ -203,9 +203,9 @@ def griffin_token_fusion(
         up_weight.stride(0),
         act.stride(0),
         STORE=store,
-        PREC=_dot_precision(features.dtype),
+        PREC=dot_precision(features.dtype),
     )
-    _down(act, down_weight, h, out)
+    down_forward(act, down_weight, h, out)
 
 
 def griffin_token_fusion_backward(
@@ -243,8 +243,8 @@ def griffin_token_fusion_backward(
         # x1 = n_a n_b h (rb r1) and x2 = n_a e re: row scales from the saved statistics, column scales from
         # the norm weights, so neither normalised half (nor their concatenation) is materialised.
         s1 = stats[:, 0] * stats[:, 1]
-        _wgrad(dv, h, d_up_weight[:, :H], row_scale=s1, col_scale=norm_a_weight * norm_b_weight)
-        _wgrad(
+        wgrad(dv, h, d_up_weight[:, :H], row_scale=s1, col_scale=norm_a_weight * norm_b_weight)
+        wgrad(
             dv,
             embed_weight,
             d_up_weight[:, H:],
@@ -284,7 +284,7 @@ def griffin_token_fusion_backward(
     if d_norm_b_weight is not None:
         d_norm_b_weight.copy_(part[:, 1].sum(0))
     if need_dh:
-        _fc_backward(dh, part[:, 2], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
+        fc_backward(dh, part[:, 2], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
 
 
 # Each launcher is registered under its own name: specdec::<name>_triton.

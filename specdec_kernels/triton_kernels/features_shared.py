@@ -43,7 +43,7 @@ from .._backend import triton_interpreted
 _INTERPRET = triton_interpreted()
 
 
-def _mm_configs(two_acc: bool = False):
+def mm_configs(two_acc: bool = False):
     if _INTERPRET:  # the interpreter runs one small tile; autotuning there would only cost time
         return [triton.Config({"BM": 16, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)]
     cfgs = [
@@ -65,7 +65,7 @@ def _mm_configs(two_acc: bool = False):
     return cfgs
 
 
-_KEYS = ["M_BUCKET", "N", "K"]
+AUTOTUNE_KEYS = ["M_BUCKET", "N", "K"]
 
 
 def _bucket(m: int) -> int:
@@ -73,7 +73,7 @@ def _bucket(m: int) -> int:
     return triton.next_power_of_2(max(int(m), 16))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype) -> str:
     # fp32 follows torch's own switch (off by default: exact fp32 like the reference); ignored for fp16/bf16.
     return "tf32" if (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
 
@@ -83,7 +83,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+def output_tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
     """This program's [BM, BN] output tile: row and column indices and their in-bounds masks."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -91,7 +91,7 @@ def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _token_rows(IDS, offs, mask, V):
+def token_rows(IDS, offs, mask, V):
     """Embedding rows of the token ids at IDS[offs], int64, clamped to [0, V): memory safety only, the ids
     are range-checked before launch."""
     rows = tl.load(IDS + offs, mask=mask, other=0).to(tl.int64)
@@ -102,7 +102,7 @@ def _token_rows(IDS, offs, mask, V):
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
 @triton.jit
 def _fc_kernel(
     F,
@@ -127,9 +127,9 @@ def _fc_kernel(
     BK: tl.constexpr,
 ):
     """Z[M, N] = E[ids] W[:, :K]^T + F W[:, K:]^T (+ B): the fc of [e; f] without forming e or [e; f]."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = token_rows(IDS, rm, m_ok, V)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):  # embedding half: rows gathered by token id
         k = k0 + rk
@@ -148,7 +148,7 @@ def _fc_kernel(
     tl.store(Z + rm[:, None] * stride_z + rn[None, :], acc.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
 @triton.jit
 def _down_kernel(
     A,
@@ -169,7 +169,7 @@ def _down_kernel(
     BK: tl.constexpr,
 ):
     """O[M, N] = R + A W^T (the down projection with the residual fused in the epilogue)."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
@@ -187,7 +187,7 @@ def _down_kernel(
 # Backward kernels
 
 
-@triton.autotune(configs=_mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
+@triton.autotune(configs=mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
 @triton.jit
 def _wgrad_kernel(
     A,
@@ -216,7 +216,7 @@ def _wgrad_kernel(
 
     The weight gradients that read the embedding (GATHER) or a normalised activation (RS = its rstd,
     CS = its norm weight) without materialising either."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
@@ -227,7 +227,7 @@ def _wgrad_kernel(
             rs = tl.load(RS + k, mask=k_ok, other=0.0)
             a = (a.to(tl.float32) * rs[None, :]).to(A.dtype.element_ty)
         if GATHER:
-            rows = _token_rows(IDS, k, k_ok, V)
+            rows = token_rows(IDS, k, k_ok, V)
         else:
             rows = k.to(tl.int64)
         b = tl.load(B + rows[:, None] * stride_b + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -265,7 +265,7 @@ def _grid(M, N):
     return lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
 
 
-def _fc(features, ids, embed, fc_weight, fc_bias, z):
+def fc_forward(features, ids, embed, fc_weight, fc_bias, z):
     T, H = features.shape
     V = embed.shape[0]
     _fc_kernel[_grid(T, H)](
@@ -285,11 +285,11 @@ def _fc(features, ids, embed, fc_weight, fc_bias, z):
         fc_weight.stride(0),
         z.stride(0),
         HAS_BIAS=fc_bias is not None,
-        PREC=_dot_precision(features.dtype),
+        PREC=dot_precision(features.dtype),
     )
 
 
-def _down(act, down_weight, residual, out):
+def down_forward(act, down_weight, residual, out):
     T, I = act.shape
     H = out.shape[1]
     _down_kernel[_grid(T, H)](
@@ -305,11 +305,11 @@ def _down(act, down_weight, residual, out):
         down_weight.stride(0),
         residual.stride(0),
         out.stride(0),
-        PREC=_dot_precision(act.dtype),
+        PREC=dot_precision(act.dtype),
     )
 
 
-def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
+def wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
     """c[M, N] = col_scale * (a * row_scale[:, None])^T b[ids or rows]; a [T, M], c may be a strided view."""
     T, M = a.shape
     N = c.shape[1]
@@ -332,7 +332,7 @@ def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
         GATHER=ids is not None,
         ROW_SCALE=row_scale is not None,
         COL_SCALE=col_scale is not None,
-        PREC=_dot_precision(a.dtype),
+        PREC=dot_precision(a.dtype),
     )
 
 
@@ -354,10 +354,10 @@ def _silu_bwd(g, u, da, act, dg, du):
     )
 
 
-def _fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias):
+def fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias):
     H = features.shape[1]
     if d_fc_weight is not None:
-        _wgrad(dz, embed_weight, d_fc_weight[:, :H], ids=token_ids)  # dW_fe = dz^T e, e gathered in the loads
+        wgrad(dz, embed_weight, d_fc_weight[:, :H], ids=token_ids)  # dW_fe = dz^T e, e gathered in the loads
         d_fc_weight[:, H:].copy_(dz.t() @ features)
     if d_fc_bias is not None:
         d_fc_bias.copy_(part_db.sum(0))
