@@ -23,6 +23,9 @@ import torch
 
 import specdec_kernels as sk
 
+from .devices import default_device
+from .dtypes import DTYPE_NAMES
+
 
 def tree_demo() -> None:
     """Print the tree kernels' outputs for a small EAGLE-2-shaped draft tree."""
@@ -230,9 +233,34 @@ def _print_totals(totals: dict) -> None:
     )
 
 
-def main(argv=None) -> int:
-    """Entry point of `python -m specdec.demo`; returns the exit status."""
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2, like the `specdec` command's (no usage
+    block, no traceback). The demo is library code, so it cannot use specdec.cli's parser."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
+
+def _at_least_one(text: str, expected: str = "an integer >= 1") -> int:
+    """argparse type: an integer >= 1; else "expected EXPECTED, got TEXT", the `specdec` command's words."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _tree_size(text: str):
+    """argparse type of --total-tokens: auto (the budget measured on this machine) or an integer >= 1."""
+    return "auto" if text.strip().lower() == "auto" else _at_least_one(text, "auto or an integer >= 1")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The demo's arguments, checked before anything loads, with args.device a torch.device (default:
+    specdec.devices.default_device). A bad value exits with status 2 after one line on stderr."""
+    parser = _Parser(
         prog="python -m specdec.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--offline", action="store_true", help="the tiny random-model demo: no downloads")
@@ -240,30 +268,55 @@ def main(argv=None) -> int:
     parser.add_argument("--draft", default="griffin", help="eagle, fspad, griffin (shipped heads) or a head folder")
     parser.add_argument("--target", default="default", help="default or a Hugging Face model folder")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="per prompt (default 128; offline 32)")
-    parser.add_argument("--dtype", default=None, help="bf16 or fp32 (default: bf16)")
-    parser.add_argument("--total-tokens", default="auto", help="tree nodes, or auto (measured on this machine)")
-    parser.add_argument("--batch", type=int, default=3, help="with --offline: requests decoded together")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--max-new-tokens", type=_at_least_one, default=None, help="per prompt (default 128; offline 32)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPE_NAMES),
+        metavar="DTYPE",
+        help="bf16 or fp32, also fp16 or the long names bfloat16, float32, float16 (default: bf16)",
+    )
+    parser.add_argument(
+        "--total-tokens",
+        type=_tree_size,
+        default="auto",
+        help="tree nodes, or auto (measured on this machine)",
+    )
+    parser.add_argument("--batch", type=_at_least_one, default=3, help="with --offline: requests decoded together")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument(
         "--cuda-graph", action="store_true", help="with a CUDA --device: replay each decode pass as one CUDA graph"
     )
     args = parser.parse_args(argv)
-    if args.cuda_graph and not str(args.device).startswith("cuda"):
-        parser.error(f"argument --cuda-graph: expected a CUDA --device, got {args.device!r}")
+    try:
+        device = default_device() if args.device is None else torch.device(args.device)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: expected cpu, cuda or cuda:N, got {args.device!r}")
+    args.device = device
+    if args.cuda_graph and args.device.type != "cuda":
+        parser.error(f"argument --cuda-graph: expected a CUDA --device, got {str(args.device)!r}")
+    return args
+
+
+def main(argv=None) -> int:
+    """Entry point of `python -m specdec.demo`; returns the exit status."""
+    args = parse_args(argv)
     if args.offline:
         tree_demo()
         if args.tree_only:
             return 0
         return 0 if speculative_demo(args.max_new_tokens or 32, args.batch, device=args.device) else 1
-    total = args.total_tokens if args.total_tokens == "auto" else int(args.total_tokens)
     ok = real_demo(
         tuple(args.prompt) if args.prompt else DEMO_PROMPTS,
         draft=args.draft,
         target=args.target,
         max_new_tokens=args.max_new_tokens or 128,
         dtype=args.dtype or "bf16",
-        total_tokens=total,
+        total_tokens=args.total_tokens,
         device=args.device,
         cuda_graph=args.cuda_graph,
     )

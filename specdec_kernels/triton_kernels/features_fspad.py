@@ -5,7 +5,8 @@ specdec::<launcher>_triton (schemas: specdec_kernels/_schemas.py).
 
     z = W_fe e + W_ff f + b,   u = z + W_d (SiLU(W_g e) * rstd(z) * W_u (n * z))
 
-The math, the plan of the launches and the kernels shared with GRIFFIN: features_shared.py.
+The math, the plan of the launches, and the kernels and launch steps shared with GRIFFIN: features_shared.py
+(imported as `shared`).
 """
 
 from __future__ import annotations
@@ -14,28 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .features_shared import (
-    _KEYS,
-    _bucket,
-    _dot_precision,
-    _down,
-    _fc,
-    _fc_backward,
-    _grid,
-    _mm_configs,
-    _row_block,
-    _row_warps,
-    _silu_bwd,
-    _tile,
-    _token_rows,
-    _wgrad,
-)
+from . import features_shared as shared
 
 # ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
+@triton.autotune(configs=shared.mm_configs(two_acc=True), key=shared.AUTOTUNE_KEYS)
 @triton.jit
 def _fspad_mlp_kernel(
     Z,
@@ -66,9 +52,9 @@ def _fspad_mlp_kernel(
     BK: tl.constexpr,
 ):
     """ACT[M, N] = SiLU(E[ids] WG^T) * rstd(Z) (Z * NW) WU^T; optionally GATE, UP (pre-activations), RSTD."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = shared.output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = shared.token_rows(IDS, rm, m_ok, V)
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     ss = tl.zeros((BM,), dtype=tl.float32)
@@ -152,13 +138,10 @@ def fspad_feature_sampling(
     up,
 ) -> None:
     """specdec::fspad_feature_sampling_triton: the forward, three launches (see the module docstring)."""
-    T, H = features.shape
-    I = gate_weight.shape[0]
-    V = embed_weight.shape[0]
-    _fc(features, token_ids, embed_weight, fc_weight, fc_bias, z)
-    act = torch.empty(T, I, dtype=features.dtype, device=features.device)
+    shared.fc_forward(features, token_ids, embed_weight, fc_weight, fc_bias, z)
+    act, grid, sizes = shared.mlp_launch(z, embed_weight, gate_weight.shape[0], eps)
     store = gate is not None and up is not None
-    _fspad_mlp_kernel[_grid(T, I)](
+    _fspad_mlp_kernel[grid](
         z,
         token_ids,
         embed_weight,
@@ -169,21 +152,16 @@ def fspad_feature_sampling(
         gate if store else act,
         up if store else act,
         rstd,
-        T,
-        I,
-        H,
-        V,
-        _bucket(T),
-        float(eps),
+        *sizes,
         z.stride(0),
         embed_weight.stride(0),
         gate_weight.stride(0),
         up_weight.stride(0),
         act.stride(0),
         STORE=store,
-        PREC=_dot_precision(features.dtype),
+        PREC=shared.dot_precision(z.dtype),
     )
-    _down(act, down_weight, z, out)
+    shared.down_forward(act, down_weight, z, out)
 
 
 def fspad_feature_sampling_backward(
@@ -211,42 +189,20 @@ def fspad_feature_sampling_backward(
     d_down_weight,
 ) -> None:
     """specdec::fspad_feature_sampling_backward_triton: the gradients that are not None."""
-    T, H = features.shape
-    da = grad_out @ down_weight  # [T, I]
-    act, dg, du = torch.empty_like(gate), torch.empty_like(gate), torch.empty_like(up)
-    _silu_bwd(gate, up, da, act, dg, du)
-    if d_down_weight is not None:
-        torch.mm(grad_out.t(), act, out=d_down_weight)
+    dg, du = shared.act_backward(grad_out, down_weight, gate, up, d_down_weight)
     if d_gate_weight is not None:
-        _wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)  # dW_g = dg^T e
+        shared.wgrad(dg, embed_weight, d_gate_weight, ids=token_ids)  # dW_g = dg^T e
     if d_up_weight is not None:
-        _wgrad(du, z, d_up_weight, row_scale=rstd, col_scale=norm_weight)  # dW_u = du^T RMSNorm(z)
-    need_dz = d_features is not None or d_fc_weight is not None or d_fc_bias is not None
-    if not (need_dz or d_norm_weight is not None):
-        return
+        shared.wgrad(du, z, d_up_weight, row_scale=rstd, col_scale=norm_weight)  # dW_u = du^T RMSNorm(z)
+    if all(g is None for g in (d_features, d_fc_weight, d_fc_bias, d_norm_weight)):
+        return  # the rest all goes through dz
+    T, H = z.shape
     dy = du @ up_weight  # [T, H]
     dz = torch.empty_like(z)
-    rows = _row_block(T)
-    nprog = triton.cdiv(T, rows)
-    part = torch.empty(nprog, 2, H, dtype=torch.float32, device=z.device)
-    _fspad_norm_bwd_kernel[(nprog,)](
-        grad_out,
-        dy,
-        z,
-        norm_weight,
-        rstd,
-        dz,
-        part,
-        T,
-        H,
-        ROWS=rows,
-        BLOCK_H=triton.next_power_of_2(H),
-        num_warps=_row_warps(H),
-    )
-    if d_norm_weight is not None:
-        d_norm_weight.copy_(part[:, 0].sum(0))
-    if need_dz:
-        _fc_backward(dz, part[:, 1], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
+    grid, part, meta = shared.norm_backward_launch(T, H, 2, z.device)
+    _fspad_norm_bwd_kernel[grid](grad_out, dy, z, norm_weight, rstd, dz, part, T, H, **meta)
+    shared.column_sums(part, (d_norm_weight, d_fc_bias))
+    shared.fc_backward(dz, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight)
 
 
 # Each launcher is registered under its own name: specdec::<name>_triton.

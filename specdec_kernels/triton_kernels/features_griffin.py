@@ -5,7 +5,8 @@ specdec::<launcher>_triton (schemas: specdec_kernels/_schemas.py).
 
     h = W_fe e + W_ff f + b,   v = rb r1 * W_u1 (a * n_b * h) + re * W_u2 (a * e),   g = h + W_d SiLU(v)
 
-The math (rb, r1, re), the plan of the launches and the kernels shared with FSPAD: features_shared.py.
+The math (rb, r1, re), the plan of the launches, and the kernels and launch steps shared with FSPAD:
+features_shared.py (imported as `shared`).
 """
 
 from __future__ import annotations
@@ -14,28 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .features_shared import (
-    _KEYS,
-    _bucket,
-    _dot_precision,
-    _down,
-    _fc,
-    _fc_backward,
-    _grid,
-    _mm_configs,
-    _row_block,
-    _row_warps,
-    _silu_bwd,
-    _tile,
-    _token_rows,
-    _wgrad,
-)
+from . import features_shared as shared
 
 # ---------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(two_acc=True), key=_KEYS)
+@triton.autotune(configs=shared.mm_configs(two_acc=True), key=shared.AUTOTUNE_KEYS)
 @triton.jit
 def _griffin_mlp_kernel(
     Hs,
@@ -65,9 +51,9 @@ def _griffin_mlp_kernel(
 ):
     """ACT = SiLU(v), v = rb r1 (Hs * NB * NA) WU[:, :K]^T + re (E[ids] * NA) WU[:, K:]^T; optionally PRE = v;
     STATS[:, 0..2] = rb, r1, re (see the module docstring)."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = shared.output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = shared.token_rows(IDS, rm, m_ok, V)
     acc1 = tl.zeros((BM, BN), dtype=tl.float32)
     acc2 = tl.zeros((BM, BN), dtype=tl.float32)
     ss_h = tl.zeros((BM,), dtype=tl.float32)
@@ -134,7 +120,7 @@ def _griffin_norm_bwd_kernel(
         rb = tl.load(STATS + t * 3 + 0, mask=t_ok, other=0.0)
         r1 = tl.load(STATS + t * 3 + 1, mask=t_ok, other=0.0)
         re = tl.load(STATS + t * 3 + 2, mask=t_ok, other=0.0)
-        row = _token_rows(IDS, t, t_ok, V)
+        row = shared.token_rows(IDS, t, t_ok, V)
         e = tl.load(E + row * stride_e + cols, mask=ok, other=0.0).to(tl.float32)
         h = tl.load(Hs + off, mask=ok, other=0.0).to(tl.float32)
         dx1 = tl.load(DX + t.to(tl.int64) * 2 * H + cols, mask=ok, other=0.0).to(tl.float32)
@@ -176,13 +162,10 @@ def griffin_token_fusion(
     pre_act,
 ) -> None:
     """specdec::griffin_token_fusion_triton: the forward, three launches (see the module docstring)."""
-    T, H = features.shape
-    I = up_weight.shape[0]
-    V = embed_weight.shape[0]
-    _fc(features, token_ids, embed_weight, fc_weight, fc_bias, h)
-    act = torch.empty(T, I, dtype=features.dtype, device=features.device)
+    shared.fc_forward(features, token_ids, embed_weight, fc_weight, fc_bias, h)
+    act, grid, sizes = shared.mlp_launch(h, embed_weight, up_weight.shape[0], eps)
     store = pre_act is not None
-    _griffin_mlp_kernel[_grid(T, I)](
+    _griffin_mlp_kernel[grid](
         h,
         token_ids,
         embed_weight,
@@ -192,20 +175,15 @@ def griffin_token_fusion(
         act,
         pre_act if store else act,
         stats,
-        T,
-        I,
-        H,
-        V,
-        _bucket(T),
-        float(eps),
+        *sizes,
         h.stride(0),
         embed_weight.stride(0),
         up_weight.stride(0),
         act.stride(0),
         STORE=store,
-        PREC=_dot_precision(features.dtype),
+        PREC=shared.dot_precision(h.dtype),
     )
-    _down(act, down_weight, h, out)
+    shared.down_forward(act, down_weight, h, out)
 
 
 def griffin_token_fusion_backward(
@@ -232,19 +210,14 @@ def griffin_token_fusion_backward(
     d_down_weight,
 ) -> None:
     """specdec::griffin_token_fusion_backward_triton: the gradients that are not None."""
-    T, H = features.shape
-    V = embed_weight.shape[0]
-    dact = grad_out @ down_weight  # [T, I]
-    act, dv = torch.empty_like(pre_act), torch.empty_like(pre_act)
-    _silu_bwd(pre_act, None, dact, act, dv, None)
-    if d_down_weight is not None:
-        torch.mm(grad_out.t(), act, out=d_down_weight)
+    T, H = h.shape
+    dv, _ = shared.act_backward(grad_out, down_weight, pre_act, None, d_down_weight)
     if d_up_weight is not None:
         # x1 = n_a n_b h (rb r1) and x2 = n_a e re: row scales from the saved statistics, column scales from
         # the norm weights, so neither normalised half (nor their concatenation) is materialised.
         s1 = stats[:, 0] * stats[:, 1]
-        _wgrad(dv, h, d_up_weight[:, :H], row_scale=s1, col_scale=norm_a_weight * norm_b_weight)
-        _wgrad(
+        shared.wgrad(dv, h, d_up_weight[:, :H], row_scale=s1, col_scale=norm_a_weight * norm_b_weight)
+        shared.wgrad(
             dv,
             embed_weight,
             d_up_weight[:, H:],
@@ -252,15 +225,12 @@ def griffin_token_fusion_backward(
             row_scale=stats[:, 2].contiguous(),
             col_scale=norm_a_weight,
         )
-    need_dh = d_features is not None or d_fc_weight is not None or d_fc_bias is not None
-    if not (need_dh or d_norm_a_weight is not None or d_norm_b_weight is not None):
-        return
+    if all(g is None for g in (d_features, d_fc_weight, d_fc_bias, d_norm_a_weight, d_norm_b_weight)):
+        return  # the rest all goes through dh
     dx = dv @ up_weight  # [T, 2H] = [dx1 | dx2]
     dh = torch.empty_like(h)
-    rows = _row_block(T)
-    nprog = triton.cdiv(T, rows)
-    part = torch.empty(nprog, 3, H, dtype=torch.float32, device=h.device)
-    _griffin_norm_bwd_kernel[(nprog,)](
+    grid, part, meta = shared.norm_backward_launch(T, H, 3, h.device)
+    _griffin_norm_bwd_kernel[grid](
         grad_out,
         dx,
         h,
@@ -273,18 +243,12 @@ def griffin_token_fusion_backward(
         part,
         T,
         H,
-        V,
+        embed_weight.shape[0],
         embed_weight.stride(0),
-        ROWS=rows,
-        BLOCK_H=triton.next_power_of_2(H),
-        num_warps=_row_warps(H),
+        **meta,
     )
-    if d_norm_a_weight is not None:
-        d_norm_a_weight.copy_(part[:, 0].sum(0))
-    if d_norm_b_weight is not None:
-        d_norm_b_weight.copy_(part[:, 1].sum(0))
-    if need_dh:
-        _fc_backward(dh, part[:, 2], features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias)
+    shared.column_sums(part, (d_norm_a_weight, d_norm_b_weight, d_fc_bias))
+    shared.fc_backward(dh, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight)
 
 
 # Each launcher is registered under its own name: specdec::<name>_triton.

@@ -1,9 +1,12 @@
 """Triton pieces shared by the FSPAD and GRIFFIN feature-sampling blocks (features_fspad.py, features_griffin.py).
 
-Here: the autotune config lists and keys, the tile helpers, the GEMM kernels both blocks launch (_fc_kernel,
-_down_kernel, _wgrad_kernel), the SiLU backward pass (_silu_mul_bwd_kernel) and their launchers. The
-block-specific kernels and the launchers registered on specdec::<launcher>_triton (schemas:
-specdec_kernels/_schemas.py) live in features_fspad.py and features_griffin.py.
+Here: the autotune config lists and keys, the @triton.jit tile helpers the kernels of both blocks call, the
+GEMM kernels both blocks launch (_fc_kernel, _down_kernel, _wgrad_kernel), the SiLU backward pass
+(_silu_mul_bwd_kernel), and the launch steps both blocks take: fc_forward, mlp_launch and down_forward
+(forward), act_backward, wgrad, norm_backward_launch, column_sums and fc_backward (backward). The public
+names are the internal API of features_fspad.py and features_griffin.py, which hold only their own kernels
+(the MLP and the norm backward) and the launchers registered on specdec::<launcher>_triton (schemas:
+specdec_kernels/_schemas.py).
 
 Math (specdec_kernels/reference/features.py), e = Emb[ids] (frozen), f the features, rows t < T:
 
@@ -43,7 +46,9 @@ from .._backend import triton_interpreted
 _INTERPRET = triton_interpreted()
 
 
-def _mm_configs(two_acc: bool = False):
+def mm_configs(two_acc: bool = False) -> list:
+    """The triton.autotune configs of the feature GEMM kernels; `two_acc` for a kernel that keeps two [BM, BN]
+    accumulators (the MLP kernels), which leaves no registers for the widest tile."""
     if _INTERPRET:  # the interpreter runs one small tile; autotuning there would only cost time
         return [triton.Config({"BM": 16, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)]
     cfgs = [
@@ -65,7 +70,8 @@ def _mm_configs(two_acc: bool = False):
     return cfgs
 
 
-_KEYS = ["M_BUCKET", "N", "K"]
+# The autotune key of the row-tiled GEMM kernels: M_BUCKET (rows, bucketed), N and K.
+AUTOTUNE_KEYS = ["M_BUCKET", "N", "K"]
 
 
 def _bucket(m: int) -> int:
@@ -73,7 +79,8 @@ def _bucket(m: int) -> int:
     return triton.next_power_of_2(max(int(m), 16))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype) -> str:
+    """The tl.dot input_precision (the kernels' PREC) for operands of `dtype`."""
     # fp32 follows torch's own switch (off by default: exact fp32 like the reference); ignored for fp16/bf16.
     return "tf32" if (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
 
@@ -83,7 +90,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+def output_tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
     """This program's [BM, BN] output tile: row and column indices and their in-bounds masks."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -91,7 +98,7 @@ def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _token_rows(IDS, offs, mask, V):
+def token_rows(IDS, offs, mask, V):
     """Embedding rows of the token ids at IDS[offs], int64, clamped to [0, V): memory safety only, the ids
     are range-checked before launch."""
     rows = tl.load(IDS + offs, mask=mask, other=0).to(tl.int64)
@@ -102,7 +109,7 @@ def _token_rows(IDS, offs, mask, V):
 # Forward kernels
 
 
-@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
 @triton.jit
 def _fc_kernel(
     F,
@@ -127,9 +134,9 @@ def _fc_kernel(
     BK: tl.constexpr,
 ):
     """Z[M, N] = E[ids] W[:, :K]^T + F W[:, K:]^T (+ B): the fc of [e; f] without forming e or [e; f]."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
-    ids = _token_rows(IDS, rm, m_ok, V)
+    ids = token_rows(IDS, rm, m_ok, V)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):  # embedding half: rows gathered by token id
         k = k0 + rk
@@ -148,7 +155,7 @@ def _fc_kernel(
     tl.store(Z + rm[:, None] * stride_z + rn[None, :], acc.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_mm_configs(), key=_KEYS)
+@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
 @triton.jit
 def _down_kernel(
     A,
@@ -169,7 +176,7 @@ def _down_kernel(
     BK: tl.constexpr,
 ):
     """O[M, N] = R + A W^T (the down projection with the residual fused in the epilogue)."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
@@ -187,7 +194,7 @@ def _down_kernel(
 # Backward kernels
 
 
-@triton.autotune(configs=_mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
+@triton.autotune(configs=mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
 @triton.jit
 def _wgrad_kernel(
     A,
@@ -216,7 +223,7 @@ def _wgrad_kernel(
 
     The weight gradients that read the embedding (GATHER) or a normalised activation (RS = its rstd,
     CS = its norm weight) without materialising either."""
-    rm, rn, m_ok, n_ok = _tile(M, N, BM, BN)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BM, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
@@ -227,7 +234,7 @@ def _wgrad_kernel(
             rs = tl.load(RS + k, mask=k_ok, other=0.0)
             a = (a.to(tl.float32) * rs[None, :]).to(A.dtype.element_ty)
         if GATHER:
-            rows = _token_rows(IDS, k, k_ok, V)
+            rows = token_rows(IDS, k, k_ok, V)
         else:
             rows = k.to(tl.int64)
         b = tl.load(B + rows[:, None] * stride_b + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -258,14 +265,16 @@ def _silu_mul_bwd_kernel(G, U, DA, ACT, DG, DU, numel, GATED: tl.constexpr, BLOC
 
 
 # ---------------------------------------------------------------------------------------------------
-# Launchers
+# Launchers: the steps both blocks' launchers take (features_fspad.py and features_griffin.py add only
+# the launch of their own MLP and norm-backward kernels)
 
 
 def _grid(M, N):
     return lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
 
 
-def _fc(features, ids, embed, fc_weight, fc_bias, z):
+def fc_forward(features, ids, embed, fc_weight, fc_bias, z) -> None:
+    """Launch 1 of either forward: z = fc([e; f]) = E[ids] W_fe^T + f W_ff^T (+ b), written into z [T, H]."""
     T, H = features.shape
     V = embed.shape[0]
     _fc_kernel[_grid(T, H)](
@@ -285,11 +294,25 @@ def _fc(features, ids, embed, fc_weight, fc_bias, z):
         fc_weight.stride(0),
         z.stride(0),
         HAS_BIAS=fc_bias is not None,
-        PREC=_dot_precision(features.dtype),
+        PREC=dot_precision(features.dtype),
     )
 
 
-def _down(act, down_weight, residual, out):
+def mlp_launch(fused, embed, inter: int, eps: float):
+    """What launch 2 of either forward shares: (act, grid, sizes).
+
+    act: the [T, inter] activation buffer the MLP kernel writes (launch 3 reads it); grid: one program per
+    [BM, BN] tile of act; sizes: the arguments both MLP kernels take after their pointers, (M, N, K, V,
+    M_BUCKET, eps) = (T, inter, H, the vocabulary size, T's autotune bucket, eps). `fused` is launch 1's
+    output [T, H] (z or h), `embed` the embedding table.
+    """
+    T, H = fused.shape
+    act = torch.empty(T, inter, dtype=fused.dtype, device=fused.device)
+    return act, _grid(T, inter), (T, inter, H, embed.shape[0], _bucket(T), float(eps))
+
+
+def down_forward(act, down_weight, residual, out) -> None:
+    """Launch 3 of either forward: out = residual + act W_d^T, the residual added in the epilogue."""
     T, I = act.shape
     H = out.shape[1]
     _down_kernel[_grid(T, H)](
@@ -305,12 +328,15 @@ def _down(act, down_weight, residual, out):
         down_weight.stride(0),
         residual.stride(0),
         out.stride(0),
-        PREC=_dot_precision(act.dtype),
+        PREC=dot_precision(act.dtype),
     )
 
 
-def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
-    """c[M, N] = col_scale * (a * row_scale[:, None])^T b[ids or rows]; a [T, M], c may be a strided view."""
+def wgrad(a, b, c, ids=None, row_scale=None, col_scale=None) -> None:
+    """c[M, N] = col_scale * (a * row_scale[:, None])^T b[ids or rows]; a [T, M], c may be a strided view.
+
+    A weight gradient whose operand is the embedding (ids: its rows gathered by token id) or a normalised
+    activation (row_scale: its saved rstd, col_scale: its norm weight), never materialised."""
     T, M = a.shape
     N = c.shape[1]
     V = b.shape[0]
@@ -332,34 +358,65 @@ def _wgrad(a, b, c, ids=None, row_scale=None, col_scale=None):
         GATHER=ids is not None,
         ROW_SCALE=row_scale is not None,
         COL_SCALE=col_scale is not None,
-        PREC=_dot_precision(a.dtype),
+        PREC=dot_precision(a.dtype),
     )
 
 
-def _row_block(T: int) -> int:
-    # Rows per program of the norm-backward kernels: enough programs to fill a GPU, few partial-sum rows.
-    return max(1, min(64, triton.next_power_of_2(triton.cdiv(T, 512))))
+def act_backward(grad_out, down_weight, pre, up, d_down_weight):
+    """The backward of out = fused + act W_d^T with act = SiLU(pre) * up (up None: act = SiLU(pre)).
 
-
-def _row_warps(H: int) -> int:
-    # One whole row lives in registers: spread wide rows (H = 4096..8192) over more warps to avoid spills.
-    return max(4, min(16, triton.next_power_of_2(H) // 512))
-
-
-def _silu_bwd(g, u, da, act, dg, du):
-    n = g.numel()
+    Returns (d_pre, d_up) ([T, I] each; d_up None without up) and writes dW_d = grad_out^T act into
+    d_down_weight unless it is None; act is recomputed in the same elementwise pass, not saved."""
+    d_act = grad_out @ down_weight  # [T, I]
+    act, d_pre = torch.empty_like(pre), torch.empty_like(pre)
+    d_up = torch.empty_like(up) if up is not None else None
+    n = pre.numel()
     BLOCK = 1024
     _silu_mul_bwd_kernel[(triton.cdiv(n, BLOCK),)](
-        g, u if u is not None else g, da, act, dg, du if du is not None else dg, n, GATED=u is not None, BLOCK=BLOCK
+        pre,
+        up if up is not None else pre,
+        d_act,
+        act,
+        d_pre,
+        d_up if d_up is not None else d_pre,
+        n,
+        GATED=up is not None,
+        BLOCK=BLOCK,
     )
+    if d_down_weight is not None:
+        torch.mm(grad_out.t(), act, out=d_down_weight)
+    return d_pre, d_up
 
 
-def _fc_backward(dz, part_db, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight, d_fc_bias):
+def norm_backward_launch(T: int, H: int, sums: int, device):
+    """What both norm-backward row kernels' launches share: (grid, part, meta).
+
+    Each program handles meta["ROWS"] of the T rows (one whole row of H in registers) and writes its `sums`
+    column sums over them into part[program] ([programs, sums, H], fp32), for column_sums to finish; meta:
+    the ROWS, BLOCK_H and num_warps keywords of the launch."""
+    # Enough programs to fill a GPU, few partial-sum rows.
+    rows = max(1, min(64, triton.next_power_of_2(triton.cdiv(T, 512))))
+    programs = triton.cdiv(T, rows)
+    part = torch.empty(programs, sums, H, dtype=torch.float32, device=device)
+    # Spread wide rows (H = 4096..8192) over more warps so that the row does not spill.
+    warps = max(4, min(16, triton.next_power_of_2(H) // 512))
+    return (programs,), part, dict(ROWS=rows, BLOCK_H=triton.next_power_of_2(H), num_warps=warps)
+
+
+def column_sums(part, grads) -> None:
+    """grads[i] = part[:, i].sum(0) for each grads[i] that is not None: the per-program partial sums of a
+    norm-backward kernel (see norm_backward_launch) reduced into the norm weights' and fc bias' gradients."""
+    for i, grad in enumerate(grads):
+        if grad is not None:
+            grad.copy_(part[:, i].sum(0))
+
+
+def fc_backward(d_fused, features, token_ids, embed_weight, fc_weight, d_features, d_fc_weight) -> None:
+    """The backward of fused = fc([e; f]) given d_fused [T, H]: d_features and dW_fc, each unless None (the
+    bias gradient comes from the norm-backward kernel's column sums: column_sums)."""
     H = features.shape[1]
     if d_fc_weight is not None:
-        _wgrad(dz, embed_weight, d_fc_weight[:, :H], ids=token_ids)  # dW_fe = dz^T e, e gathered in the loads
-        d_fc_weight[:, H:].copy_(dz.t() @ features)
-    if d_fc_bias is not None:
-        d_fc_bias.copy_(part_db.sum(0))
+        wgrad(d_fused, embed_weight, d_fc_weight[:, :H], ids=token_ids)  # dW_fe = d_fused^T e, e gathered in the loads
+        d_fc_weight[:, H:].copy_(d_fused.t() @ features)
     if d_features is not None:
-        torch.mm(dz, fc_weight[:, H:], out=d_features)
+        torch.mm(d_fused, fc_weight[:, H:], out=d_features)
