@@ -189,11 +189,7 @@ def build(
     measure a shipped head (`specdec validate`) without the train split's cost; the manifest lists the
     train split's shards as missing until a later build with both finishes it (same settings, resumed).
     """
-    _check_arguments(responses, rank, world_size, splits, resume)
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if dtype_choice not in (None, "auto"):
-        raise ValueError(f"dtype_choice must be None or 'auto', got {dtype_choice!r}")
+    _check_arguments(responses, rank, world_size, splits, resume, engine, dtype_choice)
 
     phase = phase or (lambda what: None)
     eos = eos_ids(model, tokenizer)
@@ -252,10 +248,16 @@ def _shard_summary(entry: dict) -> str:
     )
 
 
-def _check_arguments(responses: str, rank: int, world_size: int, splits: Sequence[str], resume: bool) -> None:
+def _check_arguments(
+    responses: str, rank: int, world_size: int, splits: Sequence[str], resume: bool, engine: str, dtype_choice
+) -> None:
     """ValueError naming the first of build's arguments that is not valid."""
     if responses not in RESPONSES:
         raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if dtype_choice not in (None, "auto"):
+        raise ValueError(f"dtype_choice must be None or 'auto', got {dtype_choice!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
     bad = [x for x in splits if x not in SPLITS]
