@@ -182,8 +182,9 @@ def generate_many(
 
     while queue or state.busy():
         idle = state.idle()
-        # Refill once a quarter of the slots wait (or none decode): one batched prefill for several prompts.
-        if queue and idle and (len(idle) * 4 >= slots or not state.busy()):
+        # Refill once an eighth of the slots wait (or none decode): on a CPU a prefill costs about its
+        # tokens' rows whatever the group, so waiting longer would only spend decode rows on idle slots.
+        if queue and idle and (len(idle) * 8 >= len(state.request) or not state.busy()):
             group = [queue.pop() for _ in range(min(len(idle), len(queue)))]
             first = _prefill(target, cache, [prompts[r] for r in group], idle[: len(group)], pad_id, prefill_chunk)
             stats.prefills += 1
@@ -193,6 +194,11 @@ def generate_many(
                 state.tokens[s] = tok
                 take(s, tok)
             continue
+        if not queue and 2 * (len(state.request) - len(idle)) <= len(state.request) > 1:
+            # The last answers: decode only the busy slots (their K/V copied into a smaller cache), instead
+            # of spending most of every forward on slots that have nothing left to answer.
+            cache, state = _shrink(target, cache, state, capacity, pad_id)
+            mask = chain_mask(len(state.request), 1, dev)
         picks = _decode_step(target, cache, state, mask, sampler, stats)
         for s, tok in enumerate(picks):
             if state.request[s] >= 0:
@@ -217,6 +223,23 @@ def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Samp
     picks = sampler(out.logits[:, 0], requests)
     state.tokens.copy_(torch.tensor(picks, dtype=torch.int64))
     return picks
+
+
+def _shrink(target: TargetModel, cache, state: _Slots, capacity: int, pad_id: int):
+    """(cache, slots) holding only the busy slots of `state`, in order, with their K/V and lengths."""
+    keep = [s for s, r in enumerate(state.request) if r >= 0]
+    index = torch.tensor(keep, dtype=torch.int64, device=cache.device)
+    small = target.new_cache(len(keep), capacity, dtype=cache.layers[0].keys.dtype)
+    for big, mine in zip(cache.layers, small.layers):
+        torch.index_select(big.keys, 0, index, out=mine.keys)
+        torch.index_select(big.values, 0, index, out=mine.values)
+    small.cache_len.copy_(cache.cache_len[index])
+    kept = _Slots(len(keep), cache.device, pad_id)
+    kept.request = [state.request[s] for s in keep]
+    kept.left = [state.left[s] for s in keep]
+    kept.out = [state.out[s] for s in keep]
+    kept.tokens.copy_(state.tokens[index])
+    return small, kept
 
 
 def _prefill(target: TargetModel, cache, prompts: list, rows: list, pad_id: int, chunk: int) -> torch.Tensor:
