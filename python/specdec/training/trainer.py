@@ -36,11 +36,12 @@ import torch
 from torch import nn
 
 from ..devices import default_device, process_device, synchronize
+from ..dtypes import torch_dtype
 from ..files import atomic_path, atomic_write_text
 from .autocast import AutocastPolicy
 from .batches import collate_batch, epoch_order, rank_indices, to_device
 from .checkpointing import CheckpointManager, check_resumable, training_state
-from .config import CHECK_POSITIONS, DTYPES, SimulatedKill, TrainConfig
+from .config import CHECK_POSITIONS, SimulatedKill, TrainConfig
 from .csv_log import CsvLog
 from .distributed import ProcessGroup
 from .fingerprints import fingerprint_target, manifest_hash
@@ -55,7 +56,6 @@ from .validation import validate
 # The public names callers import from specdec.training.trainer (some defined in the modules above).
 __all__ = [
     "CHECK_POSITIONS",
-    "DTYPES",
     "SimulatedKill",
     "TrainConfig",
     "default_warmup",
@@ -134,7 +134,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, device, dist: ProcessGroup, target_model, datasets, phase=None):
         self.cfg, self.device, self.dist = cfg, device, dist
         self.phase = phase or (lambda what: None)
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = torch_dtype(cfg.dtype)
         self.autocast = AutocastPolicy(device, self.dtype)
         if cfg.batch_size % dist.world:
             raise ValueError(
