@@ -30,9 +30,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec_kernels as sk
+from specdec.dtypes import DTYPE_NAMES, torch_dtype
 from specdec_kernels.reference import attention as ref
 
-from common import DTYPES, add_common_args, peak_gbps, print_table, time_fn, usable_backends, write_csv
+from common import add_common_args, peak_gbps, print_table, time_fn, usable_backends, write_csv
 
 H, H_KV, HEAD_DIM = 32, 8, 128  # Llama-3-8B
 
@@ -110,12 +111,12 @@ def main(argv=None) -> None:
     parser.add_argument("--prefix", type=int, nargs="*", default=None, help="prefix lengths (default 512 2048 4096)")
     parser.add_argument("--nodes", type=int, nargs="*", default=None, help="tree sizes N (default 60)")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
+        "--dtype", choices=sorted(DTYPE_NAMES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
     )
     parser.add_argument("--peak-gbps", type=float, default=None, help="peak memory bandwidth of the GPU, GB/s")
     args = parser.parse_args(argv)
     on_cuda = torch.device(args.device).type == "cuda"
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
+    dtype = torch_dtype(args.dtype) if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
     batches = args.batch or ([1] if args.quick else [1, 8, 32])
     prefixes = args.prefix or ([512] if args.quick else [512, 2048, 4096])
     nodes = args.nodes or [60]

@@ -30,10 +30,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec_kernels as sk
+from specdec.dtypes import DTYPE_NAMES, torch_dtype
 from specdec_kernels import BACKENDS, BackendError
 from specdec_kernels.reference import features as ref
 
-from common import DTYPES, add_common_args, peak_gbps, print_table, time_stats, write_csv
+from common import add_common_args, peak_gbps, print_table, time_stats, write_csv
 
 KERNELS = {  # kind -> (public function, plain composition); the op (registry) name is the function's name
     "fspad": (sk.fspad_feature_sampling, ref.fspad_feature_sampling),
@@ -191,7 +192,7 @@ def main(argv=None) -> None:
         "triton is left out on CPU, where it only runs interpreted)",
     )
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
+        "--dtype", choices=sorted(DTYPE_NAMES), default=None, help="default: bfloat16 on CUDA, float32 on CPU"
     )
     parser.add_argument("-H", type=int, default=None, help="hidden size (default 4096; --quick 256)")
     parser.add_argument("-I", type=int, default=None, help="MLP intermediate size (default 11008; --quick 688)")
@@ -214,7 +215,7 @@ def main(argv=None) -> None:
 
     device = args.device
     on_cuda = torch.device(device).type == "cuda"
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
+    dtype = torch_dtype(args.dtype) if args.dtype else (torch.bfloat16 if on_cuda else torch.float32)
     H = args.H or (256 if args.quick else 4096)
     I = args.I or (688 if args.quick else 11008)  # the usual name of the intermediate size
     V = args.V or 32000

@@ -22,15 +22,10 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from specdec.devices import default_device, synchronize
-from specdec.dtypes import DTYPE_NAMES
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(BENCH_DIR, "out")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
-
-
-# The dtype names every benchmark takes (those of the specdec commands), -> torch dtypes.
-DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPE_NAMES.items()}
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

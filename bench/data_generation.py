@@ -23,7 +23,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DTYPES, env_info, print_table, write_csv
+from specdec.dtypes import DTYPE_NAMES, torch_dtype
+
+from common import env_info, print_table, write_csv
 
 
 def cpu_flags() -> str:
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=32, help="batch size (hf) and slots (static)")
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_NAMES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="static,hf")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
 
     path = resolve_target(args.target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[args.dtype], local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(args.dtype), local_files_only=True).eval()
     eos = eos_ids(model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     prompts = first_turn_prompts(tok, args.num_prompts, args.skip, args.max_len)

@@ -31,10 +31,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from specdec.decoding import generate, generate_baseline
+from specdec.dtypes import DTYPE_NAMES, torch_dtype
 from specdec.models import DraftConfig, build_draft_head, load_draft_head
 from specdec.target import TargetModel
 
-from common import DTYPES, RESULTS_DIR, default_device, env_info, synchronize, write_csv
+from common import RESULTS_DIR, default_device, env_info, synchronize, write_csv
 
 # SmolLM2-135M-Instruct's shape (its config.json)
 SMOLLM2 = dict(
@@ -110,7 +111,7 @@ def hf_step_ms(model, prompt, new: int, repeats: int, device) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=str(default_device()))
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_NAMES))
     ap.add_argument("--target", default=None, help="a Hugging Face model folder (default: random, SmolLM2's shape)")
     ap.add_argument("--draft", default="griffin", help="a shipped head name or a head folder")
     ap.add_argument("--tiny", action="store_true", help="a tiny random target and head (a smoke run)")
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.passes, args.repeats = 16, 1
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), torch_dtype(args.dtype)
     graphs = device.type == "cuda"
     model, head = build(args, device, dtype)
     target = TargetModel(model)

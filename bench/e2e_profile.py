@@ -51,8 +51,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec.target.attention as _attn_mod
 from specdec.decoding import drafting, generate, generate_baseline
+from specdec.dtypes import DTYPE_NAMES, torch_dtype
 
-from common import DTYPES, RESULTS_DIR, default_device, env_info
+from common import RESULTS_DIR, default_device, env_info
 
 PROMPT = (
     "Speculative decoding speeds up the inference of large language models without changing their outputs. "
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="default", help="'default' or a Hugging Face model folder")
     ap.add_argument("--draft", default=None, help="a draft head folder (default: a random GRIFFIN head)")
     ap.add_argument("--Ns", type=int, nargs="+", default=[8, 16, 32, 60], help="tree sizes (nodes incl. the root)")
-    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPE_NAMES))
     ap.add_argument("--top-k", type=int, default=10, help="tree_top_k (default 10)")
     ap.add_argument("--depth", type=int, default=6, help="tree depth (default 6)")
     ap.add_argument("--context", type=int, default=300, help="prompt tokens (default 300)")
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     summary, tables, csv_rows = [], [], []
     head_desc = args.draft or "random GRIFFIN head (seed 0)"
     for dname in args.dtypes:
-        dtype = DTYPES[dname]
+        dtype = torch_dtype(dname)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).to(dev).eval()
         target = TargetModel(model)
         if args.draft:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import Optional
 
 import torch
 
 import specdec_kernels as sk
 from specdec_kernels import _backend, _loader, triton_kernels
+
+# Where setup.py records what it built (specdec_kernels._loader.build_info reads it).
+_RECORD = "specdec_kernels/_build_info.py"
 
 
 def _yes(flag: bool) -> str:
@@ -24,6 +28,32 @@ def _triton_version() -> str:
         return "not installed"
 
 
+def compiled_kernels_lines(with_cuda: Optional[bool], build: dict, load_error: str = "") -> list:
+    """The report's lines on specdec_kernels._C: `with_cuda` is the loaded extension's own flag (None when
+    it is not loaded), `build` the record setup.py wrote (BUILD_INFO, {} when missing).
+
+    Whether CUDA is compiled in comes from the extension: the record is written by every setup.py run, even
+    one that builds nothing or fails, and _C can be copied from another build, so the two can disagree. The
+    record then only adds what _C cannot say (CUDA architectures, why CUDA was skipped) where it agrees,
+    and a second line says that it does not.
+    """
+    if with_cuda is None:
+        return [f"compiled kernels: not loaded ({load_error})"]
+    if not build:
+        return [f"compiled kernels: CPU yes; CUDA {_yes(with_cuda)} (no build record: {_RECORD} is missing)"]
+    recorded = bool(build.get("extension")) and bool(build.get("cuda"))
+    reason = f" ({build['reason']})" if build.get("reason") else ""
+    if recorded != with_cuda or not build.get("extension"):
+        what = (f"CUDA {_yes(recorded)}" if build.get("extension") else "no extension was built") + reason
+        return [
+            f"compiled kernels: CPU yes; CUDA {_yes(with_cuda)}",
+            f"  build record disagrees: {_RECORD} says {what}, the loaded _C has CUDA {_yes(with_cuda)} "
+            "(rebuild: bash scripts/build.sh)",
+        ]
+    cuda = f"yes, for TORCH_CUDA_ARCH_LIST={build.get('cuda_archs') or '?'}" if with_cuda else "no"
+    return [f"compiled kernels: CPU yes; CUDA {cuda}{reason}"]
+
+
 def report() -> str:
     """The text printed by `python -m specdec_kernels.info`."""
     lines = []
@@ -34,12 +64,8 @@ def report() -> str:
         f"triton {_triton_version()}"
     )
     add(f"CUDA device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
-    info = _loader.build_info()
-    if _loader._C is None:
-        add(f"compiled kernels: not loaded ({_loader.load_error()})")
-    else:
-        cuda = f"yes, for TORCH_CUDA_ARCH_LIST={info.get('cuda_archs', '?')}" if _loader._C.with_cuda else "no"
-        add(f"compiled kernels: CPU yes; CUDA {cuda}" + (f" ({info['reason']})" if info.get("reason") else ""))
+    with_cuda = None if _loader._C is None else bool(_loader._C.with_cuda)
+    lines += compiled_kernels_lines(with_cuda, _loader.build_info(), _loader.load_error())
     add(
         f"triton kernels: {'loaded' if triton_kernels.LOAD_ERROR is None else triton_kernels.LOAD_ERROR}"
         + (" (TRITON_INTERPRET=1: interpreted on the CPU)" if _backend.triton_interpreted() else "")

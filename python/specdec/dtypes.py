@@ -1,5 +1,7 @@
-"""The dtype names the commands and the trainer take, in one place: a leaf module (it imports nothing from
-the package), so that the command modules, the trainer and the data builder share it without cycles.
+"""The dtype names the commands, the trainer and the benchmarks take, in one place: a leaf module (it imports
+nothing from the package), so that the command modules, the trainer and the data builder share it without
+cycles. A --dtype option's choices are the keys of DTYPE_NAMES (or of TRAIN_DTYPE_NAMES for training);
+torch_dtype maps a name to its torch dtype.
 
 Example:
     >>> from specdec.dtypes import DTYPE_NAMES, torch_dtype
@@ -9,14 +11,15 @@ Example:
 
 from __future__ import annotations
 
-# Every accepted name -> the canonical torch name.
+# Every accepted name -> the canonical torch name. In the order `specdec eval --dtype` lists them (its
+# choices are these keys as they stand); the other commands list them sorted.
 DTYPE_NAMES = {
     "float32": "float32",
     "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
 }
 # Training runs fp32 or bf16 autocast (fp16 would need loss scaling, which the trainer does not do).
 TRAIN_DTYPE_NAMES = {k: v for k, v in DTYPE_NAMES.items() if v != "float16"}

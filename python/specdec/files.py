@@ -1,5 +1,5 @@
 """File helpers shared by the package: the specdec home folder, a file's sha256, writes that never leave a
-half-written file, and this machine's folders written portably in recorded text.
+half-written file or folder, and this machine's folders written portably in recorded text.
 
 A leaf module (standard library only), so that any module can use it without import cycles.
 """
@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -52,6 +53,95 @@ def atomic_path(path, suffix: str = "") -> Iterator[str]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path, *, merge: bool = False) -> Iterator[str]:
+    """A new empty folder beside `path` (".NAME.tmp-PID") to write a whole folder in (e.g. save_pretrained).
+
+    When the block raises, the temporary folder is removed and `path` is left exactly as it was. When the
+    block ends, the files written are flushed to disk and put in place:
+
+    - merge=False (default): the temporary folder replaces `path`. Without an old folder it is one rename, so
+      readers see no folder or the whole new one. With one, the old folder is first renamed aside
+      (".NAME.old-PID"), the new one renamed to `path`, and then the old one is deleted: readers see the old
+      folder or the new one, never a mix, but `path` is missing between the two renames (POSIX cannot swap
+      two folders in one step); a process killed there leaves the old folder whole under ".NAME.old-PID".
+      A rename that fails puts the old folder back. What the old folder held besides is gone.
+    - merge=True: each file of the temporary folder is renamed into `path` (created if missing) over the
+      file of the same name, and the other entries of `path` are kept: for a folder that also holds what
+      this block does not write (a training run's out/, whose head sits beside its logs and checkpoints).
+      Each file is replaced atomically, but a reader may see some files new and others still old.
+
+    NotADirectoryError, before the block runs, when `path` exists and is not a folder. A temporary folder
+    left by a killed process of the same id is removed first.
+
+    Example:
+        >>> import os, tempfile
+        >>> from specdec.files import atomic_folder
+        >>> target = os.path.join(tempfile.mkdtemp(), "head")
+        >>> with atomic_folder(target) as tmp:
+        ...     with open(os.path.join(tmp, "config.json"), "w") as f:
+        ...         _ = f.write("{}")
+        >>> os.listdir(target), sorted(os.listdir(os.path.dirname(target)))
+        (['config.json'], ['head'])
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path}: expected a folder (or nothing) to write a folder at")
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    os.mkdir(tmp)  # os.mkdir, not tempfile.mkdtemp: the folder gets the umask's mode, not 0700
+    try:
+        yield tmp
+        _fsync_files(tmp)
+        if merge:
+            os.makedirs(path, exist_ok=True)
+            for entry in os.listdir(tmp):
+                os.replace(os.path.join(tmp, entry), os.path.join(path, entry))
+            os.rmdir(tmp)
+        else:
+            _replace_folder(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _replace_folder(new: str, path: str) -> None:
+    """Rename folder `new` to `path`, the folder there (if any) renamed aside first and deleted after."""
+    if not os.path.lexists(path):
+        os.replace(new, path)
+        return
+    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old-{os.getpid()}")
+    _remove(old)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+def _remove(path: str) -> None:
+    """Delete `path`, a folder tree, a file or a link, if it exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _fsync_files(folder: str) -> None:
+    """fsync every file under `folder`, so that a crash after the rename cannot leave empty files."""
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def temporary_of(name: str):

@@ -1,5 +1,6 @@
 """The op registry and soft loading: get_op / list_ops, the backend choice, SPECDEC_BACKEND in `info`, the
-warning when `_C` is missing, SPECDEC_NO_EXTENSION, and a broken Triton module disabling only itself.
+warning when `_C` is missing, SPECDEC_NO_EXTENSION, a broken Triton module disabling only itself, and
+`info`'s compiled-kernel line (CUDA as the loaded `_C` says, a build record that disagrees named).
 
 Loading behaviour is tested in fresh interpreters (subprocesses): it happens once, at import.
 """
@@ -76,6 +77,72 @@ def test_specdec_backend_env_applies_to_choice_and_info(monkeypatch):
     monkeypatch.setenv("SPECDEC_BACKEND", "nonsense")
     with pytest.raises(sk.BackendError, match="SPECDEC_BACKEND='nonsense' is not one of"):
         op.default_backend("cpu")
+
+
+RECORD_CUDA = {"extension": True, "cpu": True, "cuda": True, "cuda_archs": "8.0;9.0+PTX", "reason": ""}
+RECORD_CPU = dict(RECORD_CUDA, cuda=False, cuda_archs="", reason="SPECDEC_NO_CUDA=1: CUDA kernels skipped")
+RECORD_NONE = dict(RECORD_CPU, extension=False, cpu=False, reason="SPECDEC_NO_EXTENSION=1: pure-Python install")
+DISAGREES = "  build record disagrees: specdec_kernels/_build_info.py says "
+
+
+@pytest.mark.parametrize(
+    "with_cuda, record, lines",
+    [
+        (True, RECORD_CUDA, ["compiled kernels: CPU yes; CUDA yes, for TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX"]),
+        (False, RECORD_CPU, ["compiled kernels: CPU yes; CUDA no (SPECDEC_NO_CUDA=1: CUDA kernels skipped)"]),
+        # _C and the record from different builds: what _C says, and a line naming the disagreement
+        (
+            False,
+            RECORD_CUDA,
+            [
+                "compiled kernels: CPU yes; CUDA no",
+                DISAGREES + "CUDA yes, the loaded _C has CUDA no (rebuild: bash scripts/build.sh)",
+            ],
+        ),
+        (
+            True,
+            RECORD_CPU,
+            [
+                "compiled kernels: CPU yes; CUDA yes",
+                DISAGREES + "CUDA no (SPECDEC_NO_CUDA=1: CUDA kernels skipped), the loaded _C has CUDA yes "
+                "(rebuild: bash scripts/build.sh)",
+            ],
+        ),
+        (
+            False,
+            RECORD_NONE,
+            [
+                "compiled kernels: CPU yes; CUDA no",
+                DISAGREES + "no extension was built (SPECDEC_NO_EXTENSION=1: pure-Python install), the loaded _C "
+                "has CUDA no (rebuild: bash scripts/build.sh)",
+            ],
+        ),
+        (
+            True,
+            {},
+            ["compiled kernels: CPU yes; CUDA yes (no build record: specdec_kernels/_build_info.py is missing)"],
+        ),
+        (None, RECORD_CUDA, ["compiled kernels: not loaded (not built)"]),
+    ],
+)
+def test_info_takes_cuda_from_the_loaded_extension(with_cuda, record, lines):
+    from specdec_kernels.info import compiled_kernels_lines
+
+    assert compiled_kernels_lines(with_cuda, record, "not built") == lines
+
+
+def test_info_report_shows_a_build_record_that_disagrees(monkeypatch):
+    """The report reads _C's own with_cuda, not the record's: a CPU-only _C beside a record of a CUDA build
+    (setup.py rewrote the record, or _C came from elsewhere) reports CUDA no, and says so."""
+    from types import SimpleNamespace
+
+    from specdec_kernels.info import report
+
+    monkeypatch.setattr(_loader, "_C", SimpleNamespace(with_cuda=0, with_cpu=1))
+    monkeypatch.setattr(_loader, "build_info", lambda: dict(RECORD_CUDA))
+    lines = report().splitlines()
+    assert "compiled kernels: CPU yes; CUDA no" in lines
+    assert DISAGREES + "CUDA yes, the loaded _C has CUDA no (rebuild: bash scripts/build.sh)" in lines
 
 
 def test_version_comes_from_the_distribution():

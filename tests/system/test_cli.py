@@ -425,3 +425,25 @@ def test_help_shows_each_default_once(capsys, command):
         assert entries["--top-p"].endswith("(default: 1.0)")
         assert entries["--no-eos"].endswith("(default: off)")
         assert "(required)" in entries["--target"] and "(required)" in entries["--draft"]
+
+
+def test_every_dtype_option_takes_the_names_of_specdec_dtypes():
+    """--dtype of each command lists specdec.dtypes' names: all of DTYPE_NAMES (sorted; `eval` in their
+    order), the training ones for `train`; no command keeps a list of its own."""
+    from specdec.cli.app import _parser
+    from specdec.dtypes import DTYPE_NAMES, TRAIN_DTYPE_NAMES
+
+    choices = {
+        name: next((a.choices for a in p._actions if "--dtype" in a.option_strings), None)
+        for name, p in _parser().subcommands.items()
+    }
+    assert choices == {
+        "info": None,
+        "generate": sorted(DTYPE_NAMES),
+        "target": None,
+        "data": sorted(DTYPE_NAMES),
+        "train": sorted(TRAIN_DTYPE_NAMES),
+        "validate": None,
+        "eval": tuple(DTYPE_NAMES),
+    }
+    assert tuple(DTYPE_NAMES) == ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # eval --help's order

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 
 import pytest
 import torch
@@ -423,7 +424,7 @@ def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
     assert e.value.code == 130 and "interrupted while evaluating" in str(e.value)
     assert "the 2 turn(s) measured so far are in" in capsys.readouterr().err
     settings, done = Checkpoint.load(out)
-    assert not (out / (Checkpoint.NAME + ".tmp")).exists()  # written beside, renamed into place
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # written beside, renamed into place
     assert settings["max_new_tokens"] == 4 and settings["prompts"] == {"p": ["1", "2", "3"]}
     assert [(r["prompt_id"], r["turn"], r["mismatch"]) for r, _ in done] == [("1", 1, "match"), ("1", 2, "match")]
     assert not (out / "eval.csv").exists()
@@ -455,6 +456,24 @@ def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
     for (old, _), new in zip(done, rows[:2]):
         assert float(new["time_speculative"]) == pytest.approx(old["time_speculative"], rel=1e-5)
     assert not (out / Checkpoint.NAME).exists()
+
+
+def test_checkpoint_rewrite_that_fails_keeps_the_previous_one(tmp_path):
+    """A resumed run rewrites the checkpoint beside it: a failure while rewriting (here a row json cannot
+    write) leaves the previous checkpoint whole and no temporary file; a good rewrite replaces it."""
+    from specdec.evaluation.report import Checkpoint
+
+    first = Checkpoint(tmp_path, {"seed": 1}, [({"turn": 1}, "a")])
+    first.close(keep=True)
+    before = (tmp_path / Checkpoint.NAME).read_text()
+    with pytest.raises(TypeError):
+        Checkpoint(tmp_path, {"seed": 1}, [({"turn": 1}, "a"), ({"turn": object()}, "b")])
+    assert (tmp_path / Checkpoint.NAME).read_text() == before
+    assert os.listdir(tmp_path) == [Checkpoint.NAME]
+    second = Checkpoint(tmp_path, {"seed": 1}, [({"turn": 1}, "a"), ({"turn": 2}, "b")])
+    second.add({"turn": 3}, "c")  # appended through the handle opened before the rename
+    second.close(keep=True)
+    assert Checkpoint.load(tmp_path) == ({"seed": 1}, [({"turn": 1}, "a"), ({"turn": 2}, "b"), ({"turn": 3}, "c")])
 
 
 def test_select_prompts_first_or_spread():

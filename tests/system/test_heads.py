@@ -127,14 +127,20 @@ def test_shipped_head_names_no_machine_path(kind):
                 assert not found, f"{folder}/{name} names machine paths: {sorted(set(found))}"
 
 
-def test_export_failure_leaves_the_destination(tmp_path):
+@pytest.mark.parametrize("missing", ["src", "readme"])  # before the head is written / while it is
+def test_export_failure_leaves_the_destination(tmp_path, missing):
+    src = tmp_path / "run"
+    tiny_head().save_pretrained(src)
     dst = tmp_path / "griffin"
     dst.mkdir()
     (dst / "keep.txt").write_text("old head")
     with pytest.raises((OSError, ValueError)):
-        export_head(str(tmp_path / "missing"), str(dst))
-    assert (dst / "keep.txt").read_text() == "old head"
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
+        if missing == "src":
+            export_head(str(tmp_path / "missing"), str(dst))
+        else:
+            export_head(str(src), str(dst), readme=str(tmp_path / "missing.md"))
+    assert os.listdir(dst) == ["keep.txt"] and (dst / "keep.txt").read_text() == "old head"
+    assert sorted(os.listdir(tmp_path)) == ["griffin", "run"]  # no temporary folder left
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped heads in this checkout")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from specdec.models import DraftConfig, TrainOutput, build_draft_head
+from specdec.training import recipe_lr
 from specdec.training.losses import (
     RECIPES,
     align_batch,
@@ -162,6 +163,7 @@ def test_recipe_constants():
     assert learning_rate("eagle") == 3e-5 and learning_rate("fspad") == 5e-5
     assert learning_rate("griffin", 1) == 5e-5 and learning_rate("griffin", 2) == 3e-5
     assert RECIPES["griffin"]["topk_mask"] == 3 and RECIPES["eagle"]["noise"] == 0.1
+    assert recipe_lr is learning_rate  # specdec.training's public name is the one function, no wrapper
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 
+from ..dtypes import DTYPE_NAMES
 from ..evaluation.report import Checkpoint, check_same_run
 from .args import add_debug_argument, tree_size_type
 from .args import int_type as _int
@@ -117,7 +118,7 @@ def _add_device_arguments(p) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
+        choices=tuple(DTYPE_NAMES),
         help="model and head dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")

@@ -14,8 +14,7 @@ import argparse
 import json
 import os
 
-from ..dtypes import TRAIN_DTYPE_NAMES as DTYPES
-from ..dtypes import model_dtype
+from ..dtypes import TRAIN_DTYPE_NAMES, model_dtype
 from ..head_kinds import KINDS
 from .args import add_debug_argument
 from .args import float_type as _float
@@ -185,7 +184,7 @@ def _add_run_arguments(p) -> None:
     a = p.add_argument
     a(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=sorted(TRAIN_DTYPE_NAMES),
         default=None,
         help="float32, or bfloat16 autocast (default: bfloat16 on CUDA, float32 on CPU)",
     )

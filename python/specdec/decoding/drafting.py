@@ -159,7 +159,7 @@ class TreeDrafter:
             (parents int32 [B, N], tokens int64 [B, N]) with N = self.num_nodes, topologically ordered.
         """
         B, k, dev = self.batch_size, self.k, self.device
-        prof = _profiler
+        prof = get_profiler()
         logp = torch.log_softmax(root_logits.float(), dim=-1)
         f_scores, f_tokens = torch.topk(logp, k, dim=-1)  # [B, k]
         f_tokens = self._target_ids(f_tokens)

@@ -29,8 +29,7 @@ import torch
 from ..devices import synchronize
 from ..eos import eos_ids
 from . import cuda_graphs
-from . import drafting as _drafting
-from .drafting import TreeDrafter, check_tree_params, tree_nodes
+from .drafting import TreeDrafter, check_tree_params, get_profiler, tree_nodes
 from .inputs import as_target, check_sampling, eos_tensor, pad_rows, prompt_rows
 from .passes import OutputBuffer, PassState, TokenChooser, graph_passes, plain_pass, speculative_pass
 
@@ -267,8 +266,9 @@ def _eager_passes(one_pass, st: PassState, out: OutputBuffer, dev, accepts: list
 
     passes, t_draft, t_verify = 0, 0.0, 0.0
     while not bool(out.finished.all()):  # the one host sync per pass
-        if _drafting._profiler is not None:
-            _drafting._profiler.mark("host.pass")
+        prof = get_profiler()
+        if prof is not None:
+            prof.mark("host.pass")
         marks[:] = [time.perf_counter()]
         one_pass(clock)
         accepts.append(st.n)

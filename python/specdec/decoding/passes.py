@@ -13,7 +13,7 @@ import specdec_kernels
 
 from ..devices import synchronize
 from . import cuda_graphs
-from . import drafting as _drafting
+from .drafting import get_profiler
 
 
 class TokenChooser:
@@ -122,7 +122,7 @@ def speculative_pass(st: PassState, drafter, target, choose, out, cache, max_pat
     clock(), when given (the eager loop's timer; it synchronises), is called after the draft, after the
     verification and commit, and after the draft's extension; the profiler's marks are left out with it.
     """
-    prof = _drafting._profiler if clock is not None else None  # phase marks for bench/e2e_profile.py
+    prof = get_profiler() if clock is not None else None  # phase marks for bench/e2e_profile.py
     B = st.root.shape[0]
     parents, tokens = drafter.draft(st.root, st.root_logits, st.root_hidden)
     if clock is not None:

@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from ..files import atomic_path
+
 BASE_COLUMNS = [
     "benchmark",
     "prompt_id",
@@ -192,16 +194,19 @@ class Checkpoint:
 
     def __init__(self, out, settings: dict, done: Optional[list] = None):
         """Start the file with `settings`, then the (row, answer) pairs of `done` (a resumed run's turns).
-        It is written beside and renamed into place, so a resumed run killed while rewriting it still
-        leaves the previous checkpoint whole."""
+        It is written beside and renamed into place (specdec.files.atomic_path), so a resumed run killed
+        or failing while rewriting it still leaves the previous checkpoint whole."""
         self.path = Path(out) / self.NAME
-        tmp = self.path.with_name(self.NAME + ".tmp")
-        self._f = open(tmp, "w")
-        self._write({"settings": settings})
         self.rows = 0
-        for row, answer in done or []:
-            self.add(row, answer)
-        os.replace(tmp, self.path)  # the open handle follows the file
+        with atomic_path(self.path) as tmp:
+            self._f = open(tmp, "w")  # kept open for add(): the handle follows the file when it is renamed
+            try:
+                self._write({"settings": settings})
+                for row, answer in done or []:
+                    self.add(row, answer)
+            except BaseException:
+                self._f.close()
+                raise
 
     def _write(self, obj: dict) -> None:
         self._f.write(json.dumps(obj) + "\n")

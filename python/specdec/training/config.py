@@ -7,13 +7,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ..dtypes import TRAIN_DTYPE_NAMES, torch_dtype
+from ..dtypes import TRAIN_DTYPE_NAMES
 from ..head_kinds import KINDS
 from .losses import CHECK_POSITIONS
 
-__all__ = ["CHECK_POSITIONS", "DTYPES", "SimulatedKill", "TrainConfig"]
-
-DTYPES = {name: torch_dtype(name) for name in TRAIN_DTYPE_NAMES}
+__all__ = ["CHECK_POSITIONS", "SimulatedKill", "TrainConfig"]
 
 # Fields of TrainConfig that do not change the trajectory of the parameters (may differ on --resume).
 _FREE_FIELDS = (
@@ -160,8 +158,8 @@ class TrainConfig:
             bad("clip_mode", "'value' or 'norm'", self.clip_mode)
         if self.check_position not in CHECK_POSITIONS:
             bad("check_position", f"one of {CHECK_POSITIONS}", self.check_position)
-        if self.dtype not in DTYPES:
-            bad("dtype", f"one of {sorted(DTYPES)}", self.dtype)
+        if self.dtype not in TRAIN_DTYPE_NAMES:
+            bad("dtype", f"one of {sorted(TRAIN_DTYPE_NAMES)}", self.dtype)
         if self.keep_checkpoints < 0:
             bad("keep_checkpoints", "an integer >= 0", self.keep_checkpoints)
 
@@ -170,7 +168,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["stages"] = list(self.stages)
         d["betas"] = list(self.betas)
-        d["dtype"] = str(DTYPES[self.dtype]).replace("torch.", "")
+        d["dtype"] = TRAIN_DTYPE_NAMES[self.dtype]
         return d
 
     def trajectory_settings(self) -> dict:

@@ -3,10 +3,10 @@
 Writes to DST exactly the files the package ships of a head (python/specdec/heads/<target>/<kind>/):
 config.json and model.safetensors with the float weights in bf16 (the draft-to-target id map, if any,
 stays int64), and README.md: --readme's markdown file, or without it a short description written from the
-config (kind, size, training data, last measured acceptance). The head is written to a temporary folder
-first and renamed, so DST is never half-written. The text it writes names this machine's folders portably
-($SPECDEC_HOME for the specdec home, ~ for the user's home): a shipped head carries no path of the machine
-that trained it.
+config (kind, size, training data, last measured acceptance). The head is written through
+specdec.files.atomic_folder, so DST is never half-written: readers see the old folder or the new one. The
+text it writes names this machine's folders portably ($SPECDEC_HOME for the specdec home, ~ for the user's
+home): a shipped head carries no path of the machine that trained it.
 
 How a head was made (the recipe, the training logs and curves, the data manifest) is kept outside the
 package, in the repository's bench/results/training/: scripts/train_heads.sh copies those records there
@@ -21,12 +21,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from typing import Optional
 
 import torch
 
-from ..files import portable_paths
+from ..files import atomic_folder, portable_paths
 
 # The files of a shipped head: what export writes and what setup.py's package_data installs.
 HEAD_FILES = ("config.json", "model.safetensors", "README.md")
@@ -107,11 +106,7 @@ def export_head(src: str, dst: str, *, readme: Optional[str] = None, dtype=torch
     from ..models import load_draft_head
 
     head = load_draft_head(src, dtype=dtype)
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would follow the folder into place
+    with atomic_folder(dst) as tmp:
         head.save_pretrained(tmp)
         config_path = os.path.join(tmp, "config.json")
         copy_portable(config_path, config_path)
@@ -125,12 +120,6 @@ def export_head(src: str, dst: str, *, readme: Optional[str] = None, dtype=torch
         extra = sorted(set(os.listdir(tmp)) - set(HEAD_FILES))
         if extra:
             raise RuntimeError(f"export wrote files a shipped head does not have: {extra}")
-        if os.path.isdir(dst):
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 

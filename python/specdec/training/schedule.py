@@ -1,5 +1,5 @@
-"""Learning-rate schedule of the recipes: the peak lr (recipe_lr), the warmup length (default_warmup), and
-the schedule itself, linear warmup then cosine decay:
+"""Learning-rate schedule of the recipes: the warmup length (default_warmup) and the schedule itself, linear
+warmup then cosine decay of the peak lr (specdec.training.losses.learning_rate, or --lr):
 
     lr(s) = base * (s + 1) / warmup                                  for s < warmup
     lr(s) = base * (m + (1 - m) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2)   otherwise
@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from .losses import learning_rate
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -36,11 +34,6 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
     if not 0.0 <= min_ratio <= 1.0:
         raise ValueError(f"warmup_cosine: min_ratio must be in [0, 1], got {min_ratio}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, min_ratio))
-
-
-def recipe_lr(kind: str, stage: int) -> float:
-    """The recipe's peak learning rate at `stage` (specdec.training.losses.learning_rate, docs/methods.md)."""
-    return float(learning_rate(kind, stage))
 
 
 def default_warmup(total_steps: int) -> int:

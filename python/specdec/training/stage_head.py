@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from ..files import atomic_folder
 from .rng import derive_seed
 
 if TYPE_CHECKING:
@@ -48,12 +48,8 @@ def init_draft_vocab(head, init: str, draft_vocab: Optional[int]) -> Optional[to
 
 
 def save_head(head, folder: str) -> None:
-    """head.save_pretrained through a temporary folder swapped in file by file (never half-written)."""
-    tmp = os.path.join(
-        os.path.dirname(folder.rstrip("/")) or ".", f".{os.path.basename(folder.rstrip('/'))}.tmp-{os.getpid()}"
-    )
-    head.save_pretrained(tmp)
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(tmp):
-        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-    os.rmdir(tmp)
+    """head.save_pretrained into `folder` through specdec.files.atomic_folder(merge=True): each file is
+    replaced whole, and the folder's other files stay (a one-stage run's head folder is the run's out/,
+    which also holds its logs and checkpoints)."""
+    with atomic_folder(folder, merge=True) as tmp:
+        head.save_pretrained(tmp)

@@ -36,36 +36,28 @@ import torch
 from torch import nn
 
 from ..devices import default_device, process_device, synchronize
+from ..dtypes import torch_dtype
 from ..files import atomic_path, atomic_write_text
 from .autocast import AutocastPolicy
 from .batches import collate_batch, epoch_order, rank_indices, to_device
 from .checkpointing import CheckpointManager, check_resumable, training_state
-from .config import CHECK_POSITIONS, DTYPES, SimulatedKill, TrainConfig
+from .config import SimulatedKill, TrainConfig
 from .csv_log import CsvLog
 from .distributed import ProcessGroup
-from .fingerprints import fingerprint_target, manifest_hash
+from .losses import learning_rate
 from .metrics import logged_keys, masked_count, step_sums, train_row
 from .recipe import clip_gradients, make_optimizer, stage_loss, training_module
 from .rng import derive_seed, set_rng_state
 from .run_inputs import RunInputs
-from .schedule import default_warmup, recipe_lr, warmup_cosine
+from .schedule import default_warmup, warmup_cosine
 from .stage_head import build_stage_head, init_draft_vocab, save_head
 from .validation import validate
 
-# The public names callers import from specdec.training.trainer (some defined in the modules above).
-__all__ = [
-    "CHECK_POSITIONS",
-    "DTYPES",
-    "SimulatedKill",
-    "TrainConfig",
-    "default_warmup",
-    "derive_seed",
-    "epoch_order",
-    "fingerprint_target",
-    "manifest_hash",
-    "recipe_lr",
-    "train",
-]
+# The names callers import from specdec.training.trainer (specdec.training re-exports them).
+__all__ = ["SimulatedKill", "TrainConfig", "recipe_lr", "train"]
+
+# specdec.training's public name for the recipes' peak learning rate (losses.learning_rate).
+recipe_lr = learning_rate
 
 
 def _pick_device(text: Optional[str]) -> torch.device:
@@ -134,7 +126,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, device, dist: ProcessGroup, target_model, datasets, phase=None):
         self.cfg, self.device, self.dist = cfg, device, dist
         self.phase = phase or (lambda what: None)
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = torch_dtype(cfg.dtype)
         self.autocast = AutocastPolicy(device, self.dtype)
         if cfg.batch_size % dist.world:
             raise ValueError(
@@ -285,7 +277,7 @@ class _Run:
             inputs.d2t = init_draft_vocab(head, init, cfg.draft_vocab)
         head.bind_target(inputs.embed, inputs.lm_head)
         head.train()
-        lr = cfg.lr if cfg.lr is not None else recipe_lr(cfg.kind, stage)
+        lr = cfg.lr if cfg.lr is not None else learning_rate(cfg.kind, stage)
         opt = make_optimizer(head, cfg, lr)
         sched = warmup_cosine(opt, self.warmup, self.total_steps, cfg.min_lr_ratio)
         st = _Stage(stage, stage_index, head, opt, sched, lr)
