@@ -45,6 +45,10 @@ def _private_specdec_home(_session_home, monkeypatch):
     write (the tree budget's measured costs of tiny models, verify_cost.json) out of the user's cache, where
     they would sit beside the real measurements. A test may set its own SPECDEC_HOME on top."""
     monkeypatch.setenv("SPECDEC_HOME", str(_session_home))
+    # --dtype auto on a CPU picks by measurement, which differs between machines; the tests' expectations
+    # (fp32 tolerances, exact agreement with model.generate) take fp32, the CPU default before auto existed.
+    # tests/system/test_machine_dtype.py removes it to test the measurement.
+    monkeypatch.setenv("SPECDEC_CPU_DTYPE", "float32")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import torch
 import specdec_kernels as sk
 
 from .devices import default_device
-from .dtypes import DTYPE_NAMES
+from .dtypes import dtype_choices
 
 
 def tree_demo() -> None:
@@ -159,6 +159,10 @@ def real_demo(
 
     steps = 4
     torch_dtype = getattr(torch, model_dtype(dtype, torch.device(device)))
+    if dtype in (None, "auto"):
+        from .machine_dtype import auto_note
+
+        print(auto_note(torch.device(device)))
     _phase(1, steps, f"target: {target} (fetched once into $SPECDEC_HOME when missing)")
     path = resolve_target(target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -274,9 +278,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--dtype",
         default=None,
-        choices=sorted(DTYPE_NAMES),
+        choices=dtype_choices(),
         metavar="DTYPE",
-        help="bf16 or fp32, also fp16 or the long names bfloat16, float32, float16 (default: bf16)",
+        help="bf16 or fp32, also fp16 or the long names bfloat16, float32, float16, or auto (default: auto: bf16 "
+        "on CUDA, on a CPU the faster of bf16 and fp32, measured once and cached)",
     )
     parser.add_argument(
         "--total-tokens",
@@ -315,7 +320,7 @@ def main(argv=None) -> int:
         draft=args.draft,
         target=args.target,
         max_new_tokens=args.max_new_tokens or 128,
-        dtype=args.dtype or "bf16",
+        dtype=args.dtype or "auto",
         total_tokens=args.total_tokens,
         device=args.device,
         cuda_graph=args.cuda_graph,

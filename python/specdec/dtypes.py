@@ -21,6 +21,8 @@ DTYPE_NAMES = {
     "float16": "float16",
     "fp16": "float16",
 }
+# The --dtype word that picks the machine's faster dtype (model_dtype); every command's default.
+AUTO = "auto"
 # Training runs fp32 or bf16 autocast (fp16 would need loss scaling, which the trainer does not do).
 TRAIN_DTYPE_NAMES = {k: v for k, v in DTYPE_NAMES.items() if v != "float16"}
 
@@ -32,10 +34,20 @@ def torch_dtype(name: str):
     return getattr(torch, DTYPE_NAMES[name])
 
 
+def dtype_choices(names=DTYPE_NAMES) -> list:
+    """The values a --dtype option takes: the sorted names, then AUTO."""
+    return sorted(names) + [AUTO]
+
+
 def model_dtype(name, device) -> str:
-    """The torch dtype name to load a model in: that of `name` (a DTYPE_NAMES key) when given, else the
-    default of `device` (a torch.device): bfloat16 on CUDA, float32 on a CPU, where bf16 matmuls are slow
-    without native bf16 instructions."""
-    if name:
+    """The torch dtype name to load a model in: that of `name` (a DTYPE_NAMES key) when given, else (None or
+    AUTO) the faster one of `device` (a torch.device): bfloat16 on CUDA; on a CPU whichever of bfloat16 and
+    float32 it computes faster (specdec.machine_dtype: bf16 is slow without native bf16 instructions),
+    measured once and cached."""
+    if name and name != AUTO:
         return DTYPE_NAMES[name]
-    return "bfloat16" if device.type == "cuda" else "float32"
+    if device.type == "cuda":
+        return "bfloat16"
+    from .machine_dtype import fastest_cpu_dtype
+
+    return fastest_cpu_dtype()

@@ -8,7 +8,8 @@ in bf16 against 479 in fp32). Reading ISA flags would miss what the installed to
 M = 1 (a decode step), 16 (a tree's verification, a batch of answers) and 256 rows (prefill, training),
 in both dtypes, and takes bf16 when the geometric mean of its time ratios to fp32 is below 1. The answer
 is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags, the
-torch version and the thread count, beside the tree budget's cost cache.
+torch version and the thread count, beside the tree budget's cost cache. $SPECDEC_CPU_DTYPE (bfloat16 or
+float32) overrides the measurement, e.g. to keep one dtype across machines of different kinds.
 
 Example:
     >>> from specdec.machine_dtype import fastest_cpu_dtype
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -103,18 +105,41 @@ def measure(rounds: int = 15) -> Dict[str, object]:
     }
 
 
+def auto_note(device) -> str:
+    """One line saying what --dtype auto picks on `device` (a torch.device) and why, for the commands to
+    print; measures (once) on a CPU."""
+    if device.type == "cuda":
+        return "--dtype auto: bfloat16 (CUDA)"
+    dtype = fastest_cpu_dtype()
+    if os.environ.get("SPECDEC_CPU_DTYPE"):
+        return f"--dtype auto: {dtype} (set by $SPECDEC_CPU_DTYPE)"
+    entry = _read_store().get(cpu_key(), {})
+    ratio = entry.get("bf16_over_fp32")
+    why = f"bf16 takes {ratio:.2f}x the time of fp32 in a target-sized linear here" if ratio else "measured"
+    return f"--dtype auto: {dtype} ({why}; measured once per CPU and thread count, cached in {cache_path().name})"
+
+
+def _read_store() -> dict:
+    path = cache_path()
+    try:
+        store = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache is measured again and rewritten
+    return store if isinstance(store, dict) else {}
+
+
 def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False) -> str:
     """ "bfloat16" or "float32": the faster compute dtype of this CPU (see the module docstring), measured on
     first use and cached in cache_path(). refresh: measure again and store; use_cache=False: neither read
     nor write the cache."""
+    forced = os.environ.get("SPECDEC_CPU_DTYPE")
+    if forced:
+        if forced not in ("bfloat16", "float32"):
+            raise ValueError(f"$SPECDEC_CPU_DTYPE: expected bfloat16 or float32, got {forced!r}")
+        return forced
     key = cpu_key()
     path = cache_path()
-    store = {}
-    if use_cache and path.exists():
-        try:
-            store = json.loads(path.read_text())
-        except (OSError, ValueError):
-            store = {}  # a damaged cache is measured again and rewritten
+    store = _read_store() if use_cache else {}
     if use_cache and not refresh and isinstance(store.get(key), dict) and store[key].get("dtype"):
         return store[key]["dtype"]
     result = measure()

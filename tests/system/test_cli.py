@@ -428,22 +428,26 @@ def test_help_shows_each_default_once(capsys, command):
 
 
 def test_every_dtype_option_takes_the_names_of_specdec_dtypes():
-    """--dtype of each command lists specdec.dtypes' names: all of DTYPE_NAMES (sorted; `eval` in their
-    order), the training ones for `train`; no command keeps a list of its own."""
+    """--dtype of each command lists specdec.dtypes' names (sorted) and then "auto": all of DTYPE_NAMES,
+    the training ones for `train`; no command keeps a list of its own. specdec data's --engine choices are
+    specdec.data.responses.ENGINES (written out there because that module imports torch)."""
+    from specdec.cli import data as cli_data
     from specdec.cli.app import _parser
-    from specdec.dtypes import DTYPE_NAMES, TRAIN_DTYPE_NAMES
+    from specdec.data.responses import ENGINES
+    from specdec.dtypes import AUTO, DTYPE_NAMES, TRAIN_DTYPE_NAMES
 
     choices = {
         name: next((a.choices for a in p._actions if "--dtype" in a.option_strings), None)
         for name, p in _parser().subcommands.items()
     }
+    every = sorted(DTYPE_NAMES) + [AUTO]
     assert choices == {
         "info": None,
-        "generate": sorted(DTYPE_NAMES),
+        "generate": every,
         "target": None,
-        "data": sorted(DTYPE_NAMES),
-        "train": sorted(TRAIN_DTYPE_NAMES),
+        "data": every,
+        "train": sorted(TRAIN_DTYPE_NAMES) + [AUTO],
         "validate": None,
-        "eval": tuple(DTYPE_NAMES),
+        "eval": every,
     }
-    assert tuple(DTYPE_NAMES) == ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # eval --help's order
+    assert cli_data.ENGINES == ENGINES

@@ -65,7 +65,7 @@ def test_good_values_reach_the_demo(calls, monkeypatch):
     (name, _, kw) = calls.pop()
     assert name == "real_demo"
     assert (kw["dtype"], kw["total_tokens"], kw["device"], kw["max_new_tokens"]) == (
-        "bf16",
+        "auto",
         "auto",
         torch.device("cpu"),
         128,

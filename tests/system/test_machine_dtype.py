@@ -17,6 +17,7 @@ def test_measure_compares_both_dtypes_at_every_row_count():
 
 
 def test_choice_is_measured_once_and_cached(monkeypatch):
+    monkeypatch.delenv("SPECDEC_CPU_DTYPE", raising=False)
     calls = []
 
     def fake(rounds=15):
@@ -44,3 +45,27 @@ def test_choice_is_measured_once_and_cached(monkeypatch):
     assert json.loads(path.read_text())
     machine_dtype.fastest_cpu_dtype(use_cache=False)
     assert len(calls) == 5
+
+
+def test_environment_overrides_the_measurement(monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(machine_dtype, "measure", lambda rounds=15: pytest.fail("measured despite the override"))
+    for name in ("bfloat16", "float32"):
+        monkeypatch.setenv("SPECDEC_CPU_DTYPE", name)
+        assert machine_dtype.fastest_cpu_dtype() == name
+        assert "SPECDEC_CPU_DTYPE" in machine_dtype.auto_note(torch.device("cpu"))
+    monkeypatch.setenv("SPECDEC_CPU_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="expected bfloat16 or float32"):
+        machine_dtype.fastest_cpu_dtype()
+
+
+def test_auto_note_says_what_was_picked_and_why(monkeypatch):
+    monkeypatch.delenv("SPECDEC_CPU_DTYPE", raising=False)
+    monkeypatch.setattr(
+        machine_dtype, "measure", lambda rounds=15: {"bf16_over_fp32": 0.61, "ratios": {}, "dtype": "bfloat16"}
+    )
+    machine_dtype.fastest_cpu_dtype(refresh=True)
+    note = machine_dtype.auto_note(torch.device("cpu"))
+    assert note.startswith("--dtype auto: bfloat16 (") and "0.61x" in note
+    assert machine_dtype.auto_note(torch.device("cuda")) == "--dtype auto: bfloat16 (CUDA)"

@@ -9,7 +9,6 @@ import argparse
 import math
 from typing import Optional
 
-from ..dtypes import DTYPE_NAMES
 from .errors import USAGE, CliError
 
 __all__ = [
@@ -24,9 +23,6 @@ __all__ = [
 ]
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")  # specdec_kernels.BACKENDS (not imported for --help)
-# Only for cli/data.py and cli/generate.py, which import the --dtype names under this name: new code takes
-# specdec.dtypes.DTYPE_NAMES, and the alias can go when those two do.
-DTYPES = DTYPE_NAMES
 
 
 class Parser(argparse.ArgumentParser):

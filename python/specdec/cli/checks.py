@@ -153,6 +153,21 @@ def check_device(text: Optional[str]):
     return device
 
 
+def resolve_dtype(name: Optional[str], device) -> str:
+    """The torch dtype name of --dtype `name` on `device` (specdec.dtypes.model_dtype); when the default
+    (None or "auto") picks it, one line on stderr says what was picked and why."""
+    import sys
+
+    from ..dtypes import AUTO, model_dtype
+
+    dtype = model_dtype(name, device)
+    if name in (None, AUTO):
+        from ..machine_dtype import auto_note
+
+        print(auto_note(device), file=sys.stderr)
+    return dtype
+
+
 def check_backend(backend: Optional[str], device) -> None:
     """The named backend must be able to run some kernel on `device` (not built, no Triton, wrong device)."""
     if backend is None:

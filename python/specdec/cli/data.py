@@ -15,11 +15,14 @@ import argparse
 import os
 import time
 
-from .args import DTYPES, add_debug_argument
+from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
+from .args import add_debug_argument
 from .args import float_type as _float
 from .args import int_type as _int
-from .checks import check_device
+from .checks import check_device, resolve_dtype
 from .errors import Verbatim, arg_error
+
+ENGINES = ("auto", "static", "hf")
 
 COMMAND = "data"
 SUMMARY = "build training data from a target"
@@ -129,7 +132,21 @@ def _add_build_arguments(p) -> None:
         action="store_true",
         help="store token ids and masks only (train with online features: specdec.data.TokenDataset + OnlineFeatures)",
     )
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="dtype of the target while building")
+    p.add_argument(
+        "--dtype",
+        default=AUTO,
+        choices=dtype_choices(),
+        help="dtype of the target while building; auto (the default) is bfloat16 on CUDA, on a CPU the faster of "
+        "bfloat16 and float32 (measured once and cached), recorded as auto so that a build resumes on a machine "
+        "of the other kind (features are stored in bf16 either way)",
+    )
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,  # specdec.data.responses.ENGINES (which imports torch), pinned by a test
+        help="how the target answers: static = continuous batching on specdec's KV cache, hf = transformers' "
+        "generate over padded batches, auto = static where the model allows it",
+    )
 
 
 def _add_run_arguments(p) -> None:
@@ -241,7 +258,7 @@ def _check_same_settings(args, out: str, source: str) -> None:
             seed=args.seed,
             shard_size=args.shard_size,
             features=not args.no_features,
-            dtype=DTYPES[args.dtype],
+            dtype=AUTO if args.dtype == AUTO else DTYPE_NAMES[args.dtype],
         )
     }
     diffs = compare(old, new, sections=("settings",))
@@ -276,7 +293,7 @@ def _handle(args, stage) -> int:
     except TargetError as exc:
         raise CliError(f"argument --target: {exc}") from exc
     target = os.path.expanduser(target)
-    dtype = torch_dtype(args.dtype)
+    dtype = torch_dtype(resolve_dtype(args.dtype, device))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     stage.what = f"loading the tokenizer of --target {args.target!r}"
@@ -305,6 +322,8 @@ def _handle(args, stage) -> int:
             max_turns=args.max_turns,
             temperature=args.temperature,
             batch_size=args.batch_size,
+            engine=args.engine,
+            dtype_choice=AUTO if args.dtype == AUTO else None,
             shard_size=args.shard_size,
             features=not args.no_features,
             seed=args.seed,

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from ..dtypes import DTYPE_NAMES
+from ..dtypes import dtype_choices
 from ..evaluation.report import Checkpoint, check_same_run
 from .args import add_debug_argument, tree_size_type
 from .args import int_type as _int
@@ -118,8 +118,9 @@ def _add_device_arguments(p) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=tuple(DTYPE_NAMES),
-        help="model and head dtype (default: bfloat16 on CUDA, float32 on CPU)",
+        choices=dtype_choices(),
+        help="model and head dtype (default: auto = bfloat16 on CUDA; on a CPU the faster of "
+        "bfloat16 and float32, measured once and cached)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument(
@@ -224,8 +225,14 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from ..dtypes import model_dtype
-    from .checks import TOKENIZER_FILES, check_backend, check_cuda_graph_device, check_device, check_target
+    from .checks import (
+        TOKENIZER_FILES,
+        check_backend,
+        check_cuda_graph_device,
+        check_device,
+        check_target,
+        resolve_dtype,
+    )
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -258,9 +265,9 @@ def validate_args(args) -> argparse.Namespace:
     plan.device = check_device(args.device)
     import torch
 
-    plan.dtype = getattr(torch, model_dtype(args.dtype, plan.device))
     check_backend(args.backend, plan.device)
     check_cuda_graph_device(args, plan.device)
+    plan.dtype = getattr(torch, resolve_dtype(args.dtype, plan.device))  # after the checks: it may measure
     return plan
 
 

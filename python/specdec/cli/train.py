@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 
-from ..dtypes import TRAIN_DTYPE_NAMES, model_dtype
+from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices
 from ..head_kinds import KINDS
 from .args import add_debug_argument
 from .args import float_type as _float
 from .args import int_type as _int
-from .checks import check_device
+from .checks import check_device, resolve_dtype
 from .errors import Verbatim, arg_error
 
 COMMAND = "train"
@@ -184,9 +184,10 @@ def _add_run_arguments(p) -> None:
     a = p.add_argument
     a(
         "--dtype",
-        choices=sorted(TRAIN_DTYPE_NAMES),
+        choices=dtype_choices(TRAIN_DTYPE_NAMES),
         default=None,
-        help="float32, or bfloat16 autocast (default: bfloat16 on CUDA, float32 on CPU)",
+        help="float32, or bfloat16 autocast (default: auto = bfloat16 on CUDA; on a CPU the faster of "
+        "bfloat16 and float32, measured once and cached)",
     )
     a(
         "--device",
@@ -237,8 +238,8 @@ def validate_args(args) -> dict:
     _check_draft_vocab(args, manifest)
     out = _check_out(args)
     device = check_device(args.device)
-    dtype = model_dtype(args.dtype, device)
     _check_batch(args, manifest)
+    dtype = resolve_dtype(args.dtype, device)  # after the checks: it may measure
     return _train_config(args, data=data, out=out, dtype=dtype, device=device)
 
 
