@@ -16,6 +16,7 @@ from .ops.attention import tree_attention
 from .ops.compact import compact_kv
 from .ops.features import fspad_feature_sampling, griffin_token_fusion
 from .ops.masks import chain_mask, mask_words, pack_bits, tree_attention_bias, tree_visibility, unpack_mask
+from .ops.paged import accept_slots, block_table_from_csr, compact_paged_kv, paged_tree_attention
 from .ops.tree import SelectedTree, Tree, TreePaths, build_tree, select_tree, tree_paths
 from .ops.verify import VerifyResult, verify_greedy, verify_sample
 
@@ -42,6 +43,10 @@ __all__ = [
     "tree_attention_bias",
     "tree_attention",
     "compact_kv",
+    "paged_tree_attention",
+    "block_table_from_csr",
+    "compact_paged_kv",
+    "accept_slots",
     "verify_greedy",
     "verify_sample",
     "fspad_feature_sampling",

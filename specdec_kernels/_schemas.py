@@ -46,6 +46,23 @@ SCHEMAS: dict[str, str] = {
         "Tensor uniforms, Tensor temperature, Tensor top_k, Tensor top_p, Tensor? draft_probs, "
         "Tensor(a!) accept_nodes, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()"
     ),
+    # Paged caches (ops/paged.py): pages NHD [num_pages, P, H_kv, D] or (hnd) HND [num_pages, H_kv, P, D];
+    # block_table int32 [B, max_pages] (logical page p of request b is physical page block_table[b, p]).
+    "block_table_from_csr": "(Tensor kv_indptr, Tensor kv_indices, Tensor(a!) out) -> ()",
+    "paged_tree_attention": (
+        "(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_table, Tensor cache_len, Tensor tree_mask, "
+        "bool hnd, float scale, Tensor(a!) out) -> ()"
+    ),
+    # caches: K/V pages (hnd[i] as for paged_tree_attention) and per-token tensors [num_pages, P, ...].
+    "compact_paged_kv": (
+        "(Tensor(a!)[] caches, Tensor block_table, Tensor cache_len, Tensor accept_nodes, Tensor accept_len, "
+        "bool[] hnd) -> ()"
+    ),
+    # Page size 1 (token-to-slot tables): no K/V moves, the table is rewritten and rejected slots listed.
+    "accept_slots": (
+        "(Tensor(a!) slot_table, Tensor cache_len, Tensor num_nodes, Tensor accept_nodes, Tensor accept_len, "
+        "Tensor(b!) freed, Tensor(c!) freed_count) -> ()"
+    ),
     # Feature sampling over token embeddings (ops/features.py): `fspad_feature_sampling` and
     # `griffin_token_fusion` are the forward of the public functions of the same names, `<name>_backward`
     # their backward. The kernels take fc_bias right after fc_weight (the public functions take it by

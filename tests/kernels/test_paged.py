@@ -1,0 +1,201 @@
+"""Paged-cache ops (specdec_kernels.ops.paged) against their contiguous counterparts and plain loops.
+
+A contiguous cache [B, H_kv, S, D] is scattered onto shuffled physical pages (spare pages in the pool, page
+sizes 1, 3 and 16, NHD and HND); paged_tree_attention must give tree_attention's result on the contiguous
+cache, compact_paged_kv must leave the logical cache that compact_kv leaves (and no other page changed),
+block_table_from_csr and accept_slots must match loops written from their definitions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+
+from helpers import assert_close, assert_equal, backend_params
+
+
+def i32(x):
+    return torch.tensor(x, dtype=torch.int32)
+
+
+def paginate(cache: torch.Tensor, P: int, layout: str, spare: int = 3, seed: int = 0):
+    """(pages, block_table) holding the contiguous cache [B, H_kv, S, D] on shuffled pages of P slots (the
+    last page of each request partly unused, `spare` pages in the pool that no request owns)."""
+    B, H_kv, S, D = cache.shape
+    n = math.ceil(S / P)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(B * n + spare, generator=g)
+    table = perm[: B * n].view(B, n).to(torch.int32)
+    shape = (B * n + spare, H_kv, P, D) if layout == "HND" else (B * n + spare, P, H_kv, D)
+    pages = torch.randn(shape, generator=g).to(cache.dtype)
+    for b in range(B):
+        for s in range(S):
+            p, o = int(table[b, s // P]), s % P
+            if layout == "HND":
+                pages[p, :, o] = cache[b, :, s]
+            else:
+                pages[p, o] = cache[b, :, s]
+    return pages, table
+
+
+def logical(pages, table, S, layout):
+    """The contiguous cache [B, H_kv, S, D] a paged one holds (a loop, independent of the reference)."""
+    P = pages.shape[2] if layout == "HND" else pages.shape[1]
+    B = table.shape[0]
+    rows = []
+    for b in range(B):
+        cols = []
+        for s in range(S):
+            p, o = int(table[b, s // P]), s % P
+            cols.append(pages[p, :, o] if layout == "HND" else pages[p, o])
+        rows.append(torch.stack(cols, 1))
+    return torch.stack(rows)
+
+
+def random_trees(B, N, seed):
+    g = torch.Generator().manual_seed(seed)
+    parents = torch.full((B, N), -1, dtype=torch.int32)
+    for b in range(B):
+        for i in range(1, N):
+            parents[b, i] = int(torch.randint(0, i, (1,), generator=g))
+    return sk.build_tree(parents)
+
+
+ATTN = backend_params("paged_tree_attention")
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("P", [1, 3, 16])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_equals_the_contiguous_op(backend, device, P, layout, dtype):
+    B, H, H_kv, D, N = 3, 6, 2, 16, 7
+    cache_len = i32([0, 5, 19])  # an empty prefix, one ending mid-page, a tree crossing page boundaries
+    S = int(cache_len.max()) + N + 2
+    g = torch.Generator().manual_seed(P)
+    k = torch.randn(B, H_kv, S, D, generator=g).to(dtype)
+    v = torch.randn(B, H_kv, S, D, generator=g).to(dtype)
+    q = torch.randn(B, H, N, D, generator=g).to(dtype)
+    kp, table = paginate(k, P, layout, seed=1)
+    vp, table_v = paginate(v, P, layout, seed=1)
+    assert torch.equal(table, table_v)
+    tree = random_trees(B, N, seed=P)
+    got = sk.paged_tree_attention(q, kp, vp, table, cache_len, tree.mask, layout=layout, backend=backend)
+    want = sk.tree_attention(q, k, v, cache_len, tree.mask, backend="torch")
+    assert_close(got, want, dtype, what=f"P={P} {layout}")
+    out = torch.empty_like(q)
+    assert sk.paged_tree_attention(q, kp, vp, table, cache_len, tree.mask, layout=layout, out=out) is out
+
+
+@pytest.mark.parametrize("backend,device", backend_params("compact_paged_kv"))
+@pytest.mark.parametrize("P", [1, 3, 16])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_compaction_equals_the_contiguous_op(backend, device, P, layout):
+    B, H_kv, D, N = 3, 2, 4, 9
+    cache_len = i32([0, 4, 17])
+    S = int(cache_len.max()) + N + 1
+    k = torch.randn(B, H_kv, S, D)
+    v = torch.randn(B, H_kv, S, D).half()
+    feats = torch.randn(B, 1, S, 5)  # a per-token tensor [B, S, 5], seen as one head of width 5
+    accept_nodes = i32([[0, 1, 4, 8, -1], [0, 3, -1, -1, -1], [0, 2, 3, 5, 7]])
+    accept_len = i32([4, 2, 5])
+    kp, table = paginate(k, P, layout, seed=2)
+    vp, _ = paginate(v, P, layout, seed=2)
+    fp, _ = paginate(feats, P, "NHD", seed=2)
+    fp = fp[:, :, 0]  # [num_pages, P, 5]
+    before = [t.clone() for t in (kp, vp, fp)]
+    sk.compact_paged_kv(
+        [kp, vp], table, cache_len, accept_nodes, accept_len, layout=layout, per_token=[fp], backend=backend
+    )
+    sk.compact_kv([k, v], cache_len, accept_nodes, accept_len, per_token=[feats[:, 0]], backend="torch")
+    assert_equal(logical(kp, table, S, layout), k, "K")
+    assert_equal(logical(vp, table, S, layout), v, "V")
+    assert_equal(logical(fp[:, :, None], table, S, "NHD"), feats, "per-token")
+    owned = set(table.flatten().tolist())
+    for t, old in zip((kp, vp, fp), before):
+        for page in range(t.shape[0]):
+            if page not in owned:  # pages of no request are never written
+                assert torch.equal(t[page], old[page])
+
+
+@pytest.mark.parametrize("backend,device", backend_params("compact_paged_kv"))
+def test_compaction_moves_nothing_out_of_range(backend, device):
+    kp = torch.arange(24.0).view(6, 4, 1, 1)
+    table = i32([[1, 4, -1]])  # the third logical page is not allocated
+    before = kp.clone()
+    # node -1, a source on the unallocated page, a source past the table: nothing moves
+    sk.compact_paged_kv([kp], table, 6, i32([[0, -1, 5, 9]]), i32([4]), backend=backend)
+    assert torch.equal(kp, before)
+
+
+@pytest.mark.parametrize("backend,device", backend_params("block_table_from_csr"))
+def test_block_table_from_csr(backend, device):
+    indptr = i32([0, 3, 3, 4, 9])
+    indices = torch.randperm(20)[:9].to(torch.int32)
+    got = sk.block_table_from_csr(indptr, indices, 6, backend=backend)
+    want = torch.full((4, 6), -1, dtype=torch.int32)
+    for b in range(4):
+        row = indices[indptr[b] : indptr[b + 1]][:6]
+        want[b, : len(row)] = row
+    assert_equal(got, want, "block table")
+    assert_equal(sk.block_table_from_csr(indptr, indices, 2, backend=backend), want[:, :2], "cut at max_pages")
+    assert sk.block_table_from_csr(i32([0]), i32([]), 3).shape == (0, 3)
+
+
+def accept_slots_loop(table, cache_len, num_nodes, nodes, n_acc, N):
+    table = table.clone()
+    B = table.shape[0]
+    freed = torch.full((B, N), -1, dtype=torch.int32)
+    count = torch.zeros(B, dtype=torch.int32)
+    for b in range(B):
+        c, n = int(cache_len[b]), int(num_nodes[b])
+        old = [int(table[b, c + i]) for i in range(n)]
+        kept = [int(nodes[b, j]) for j in range(int(n_acc[b]))]
+        for i in range(n):
+            table[b, c + i] = old[kept[i]] if i < len(kept) else -1
+        rejected = [old[i] for i in range(n) if i not in kept]
+        freed[b, : len(rejected)] = torch.tensor(rejected, dtype=torch.int32)
+        count[b] = len(rejected)
+    return table, freed, count
+
+
+@pytest.mark.parametrize("backend,device", backend_params("accept_slots"))
+def test_accept_slots_against_a_loop(backend, device):
+    g = torch.Generator().manual_seed(0)
+    table = torch.randperm(200, generator=g)[:96].view(4, 24).to(torch.int32)
+    cache_len, num_nodes = i32([0, 3, 10, 7]), i32([6, 8, 1, 5])
+    nodes = i32([[0, 2, 5, -1], [0, 1, 3, 7], [0, -1, -1, -1], [0, 4, -1, -1]])
+    n_acc = i32([3, 4, 1, 2])
+    want = accept_slots_loop(table, cache_len, num_nodes, nodes, n_acc, 8)
+    freed, count = sk.accept_slots(table, cache_len, num_nodes, nodes, n_acc, max_nodes=8, backend=backend)
+    assert_equal(table, want[0], "table")
+    assert_equal(freed, want[1], "freed")
+    assert_equal(count, want[2], "count")
+
+
+def test_errors():
+    q = torch.randn(1, 2, 1, 4)
+    kp = torch.randn(3, 4, 2, 4)
+    tree = sk.build_tree(i32([[-1]]))
+    with pytest.raises(ValueError, match="layout: expected one of"):
+        sk.paged_tree_attention(q, kp, kp, i32([[0, 1]]), 2, tree.mask, layout="NDH")
+    with pytest.raises((TypeError, ValueError), match="block_table"):
+        sk.paged_tree_attention(q, kp, kp, torch.tensor([[0, 1]]), 2, tree.mask)
+    with pytest.raises(ValueError, match=r"block_table: expected \[B=1"):
+        sk.paged_tree_attention(q, kp, kp, i32([[0], [1]]), 2, tree.mask)
+    with pytest.raises((TypeError, ValueError), match="v_pages"):
+        sk.paged_tree_attention(q, kp, kp.half(), i32([[0, 1]]), 2, tree.mask)
+    with pytest.raises(ValueError, match="k_pages: expected NHD pages"):
+        sk.paged_tree_attention(q, torch.randn(3, 4, 2, 5), torch.randn(3, 4, 2, 5), i32([[0, 1]]), 2, tree.mask)
+    with pytest.raises(ValueError, match="pages of"):  # per-token pages of another page size
+        sk.compact_paged_kv([kp], i32([[0]]), 0, i32([[0]]), i32([1]), per_token=[torch.randn(3, 3, 2)])
+    with pytest.raises(ValueError, match="same memory"):
+        sk.compact_paged_kv([kp, kp], i32([[0]]), 0, i32([[0]]), i32([1]))
+    with pytest.raises(ValueError, match="max_nodes: required"):
+        sk.accept_slots(i32([[1, 2]]), 0, i32([2]), i32([[0]]), i32([1]))
+    with pytest.raises(ValueError, match="max_pages"):
+        sk.block_table_from_csr(i32([0, 1]), i32([3]), 0)
