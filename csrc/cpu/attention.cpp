@@ -1,5 +1,6 @@
 // C++ CPU kernel of specdec::tree_attention: tree queries over the committed KV prefix plus their visible
-// tree keys (contract: specdec_kernels/ops/attention.py).
+// tree keys (contract: specdec_kernels/ops/attention.py), and of specdec::paged_tree_attention, the same over
+// a paged cache (specdec_kernels/ops/paged.py): one kernel, templated on where a K/V row lives.
 //
 // Work split: one task per (request b, KV head, block of query rows). The rows of a task are the GQA group's
 // queries of that KV head (G = H / H_kv heads x Nq queries, contiguous in q), so each K/V tile is converted
@@ -16,6 +17,7 @@
 // row of a group can see are skipped outright (never multiplied by 0), so garbage in unwritten cache slots
 // (even NaN) cannot leak into rows that do not see them. A row that sees no key writes zeros.
 #include "specdec/attention_checks.h"
+#include "specdec/paged_checks.h"
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -254,18 +256,42 @@ void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
                             cache_len, tree_mask, out);
 }
 
+// Where the K and V rows of a (request, KV head, logical slot) are. Contiguous caches [B, H_kv, S_max, D]
+// address slot s directly; paged caches through the block table: logical slot s of request b is on physical
+// page table[b, s / P] at offset s % P (NHD [pages, P, H_kv, D] or HND [pages, H_kv, P, D]: only the strides
+// differ). The kernel is the same for both, so paged attention costs one table read per key row staged.
 template <typename scalar_t>
-void tree_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
+struct ContiguousRows {
+  const scalar_t *k, *v;
+  int64_t ksb, ksh, kss, vsb, vsh, vss, slots;
+  const scalar_t* key(int64_t b, int64_t h, int64_t s) const { return k + b * ksb + h * ksh + s * kss; }
+  const scalar_t* value(int64_t b, int64_t h, int64_t s) const { return v + b * vsb + h * vsh + s * vss; }
+};
+
+template <typename scalar_t>
+struct PagedRows {
+  const scalar_t *k, *v;
+  int64_t kpage, kslot, khead, vpage, vslot, vhead;  // strides
+  const int32_t* table;
+  int64_t max_pages, page_size, slots;
+  // Entries that are not pages (-1) read page 0: such slots are never visible to a valid query.
+  int64_t page(int64_t b, int64_t s) const { return std::max<int32_t>(table[b * max_pages + s / page_size], 0); }
+  const scalar_t* key(int64_t b, int64_t h, int64_t s) const {
+    return k + page(b, s) * kpage + (s % page_size) * kslot + h * khead;
+  }
+  const scalar_t* value(int64_t b, int64_t h, int64_t s) const {
+    return v + page(b, s) * vpage + (s % page_size) * vslot + h * vhead;
+  }
+};
+
+template <typename scalar_t, typename Rows>
+void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, const at::Tensor& cache_len,
                            const at::Tensor& tree_mask, double scale_d, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
-  const int64_t H_kv = k.size(1), S = k.size(2), W = tree_mask.size(2);
+  const int64_t S = kv.slots, W = tree_mask.size(2);
   const int64_t G = H / H_kv, R = G * Nq;  // rows (queries) per (request, KV head)
   const float scale = static_cast<float>(scale_d);
   const scalar_t* qp = q.data_ptr<scalar_t>();
-  const scalar_t* kp = k.data_ptr<scalar_t>();
-  const scalar_t* vp = v.data_ptr<scalar_t>();
-  const int64_t ksb = k.stride(0), ksh = k.stride(1), kss = k.stride(2);
-  const int64_t vsb = v.stride(0), vsh = v.stride(1), vss = v.stride(2);
   const int32_t* clp = cache_len.data_ptr<int32_t>();
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>());
   scalar_t* op = out.data_ptr<scalar_t>();
@@ -300,8 +326,6 @@ void tree_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::T
       std::fill(m.begin(), m.begin() + nr_pad, kNegInf);
       std::fill(l.begin(), l.begin() + nr_pad, 0.f);
       std::fill(rows_bits.begin(), rows_bits.begin() + nr_pad, 0u);
-      const scalar_t* kh = kp + b * ksb + kvh * ksh;
-      const scalar_t* vh = vp + b * vsb + kvh * vsh;
       const int64_t cl = clp[b];
       const int64_t prefix = std::clamp<int64_t>(cl, 0, S);
 
@@ -310,8 +334,8 @@ void tree_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::T
       auto stage = [&](int64_t s0, int64_t n, auto take) {
         for (int64_t t = 0; t < n; ++t) {
           if (!take(t)) continue;
-          const scalar_t* ks = kh + (s0 + t) * kss;
-          const scalar_t* vs = vh + (s0 + t) * vss;
+          const scalar_t* ks = kv.key(b, kvh, s0 + t);
+          const scalar_t* vs = kv.value(b, kvh, s0 + t);
           float* col = kT.data() + t;
           for (int64_t d = 0; d < D; ++d) col[d * kTile] = static_cast<float>(ks[d]);
           if constexpr (kIsFloat) {
@@ -358,29 +382,84 @@ void tree_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::T
   });
 }
 
+// Calls fn(scalar_t{}) for the kernels' three dtypes (the checks have refused any other).
+template <typename Fn>
+void by_dtype(at::ScalarType dt, const char* op, Fn&& fn) {
+  switch (dt) {
+    case at::kFloat:
+      fn(float{});
+      break;
+    case at::kHalf:
+      fn(c10::Half{});
+      break;
+    case at::kBFloat16:
+      fn(c10::BFloat16{});
+      break;
+    default:
+      TORCH_CHECK(false, op, ": unsupported dtype ", dt);
+  }
+}
+
+template <typename scalar_t>
+ContiguousRows<scalar_t> contiguous_rows(const at::Tensor& k, const at::Tensor& v) {
+  return {k.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(),
+          k.stride(0),
+          k.stride(1),
+          k.stride(2),
+          v.stride(0),
+          v.stride(1),
+          v.stride(2),
+          k.size(2)};
+}
+
+template <typename scalar_t>
+PagedRows<scalar_t> paged_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& table, bool hnd) {
+  const int slot = hnd ? 2 : 1, head = hnd ? 1 : 2;
+  const int64_t P = k.size(slot);
+  return {k.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(),
+          k.stride(0),
+          k.stride(slot),
+          k.stride(head),
+          v.stride(0),
+          v.stride(slot),
+          v.stride(head),
+          table.data_ptr<int32_t>(),
+          table.size(1),
+          P,
+          table.size(1) * P};
+}
+
 void tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& cache_len, const at::Tensor& tree_mask, double scale, at::Tensor out) {
   check_args(q, k_cache, v_cache, cache_len, tree_mask, out);
   if (out.numel() == 0) return;
-  switch (q.scalar_type()) {
-    case at::kFloat:
-      tree_attention_kernel<float>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
-      break;
-    case at::kHalf:
-      tree_attention_kernel<c10::Half>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
-      break;
-    case at::kBFloat16:
-      tree_attention_kernel<c10::BFloat16>(q, k_cache, v_cache, cache_len, tree_mask, scale, out);
-      break;
-    default:
-      TORCH_CHECK(false, "specdec::tree_attention: unsupported dtype ", q.scalar_type());
-  }
+  by_dtype(q.scalar_type(), "specdec::tree_attention", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    tree_attention_kernel<scalar_t>(q, contiguous_rows<scalar_t>(k_cache, v_cache), k_cache.size(1), cache_len,
+                                    tree_mask, scale, out);
+  });
+}
+
+void paged_tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                              const at::Tensor& block_table, const at::Tensor& cache_len, const at::Tensor& tree_mask,
+                              bool hnd, double scale, at::Tensor out) {
+  check_paged_tree_attention_args("specdec::paged_tree_attention (CPU kernel)", c10::DeviceType::CPU, kCpuMaxHeadDim, q,
+                                  k_pages, v_pages, block_table, cache_len, tree_mask, hnd, out);
+  if (out.numel() == 0) return;
+  by_dtype(q.scalar_type(), "specdec::paged_tree_attention", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    tree_attention_kernel<scalar_t>(q, paged_rows<scalar_t>(k_pages, v_pages, block_table, hnd),
+                                    k_pages.size(hnd ? 1 : 2), cache_len, tree_mask, scale, out);
+  });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {
   m.impl("tree_attention", &tree_attention_cpu);
+  m.impl("paged_tree_attention", &paged_tree_attention_cpu);
 }
 
 }  // namespace specdec

@@ -8,8 +8,9 @@ table instead of moving K/V. Page layouts: NHD [num_pages, P, H_kv, D] (vLLM, Fl
 HND [num_pages, H_kv, P, D]. Logical slot s of request b is page block_table[b, s // P], offset s % P; the
 ops keep the contiguous ops' rules over logical slots (prefix < cache_len[b], tree keys at cache_len[b] + j).
 
-Backends: today the PyTorch reference (the torch backend) implements these ops; the compiled and Triton
-kernels of the contiguous ops are the next step (see get_op(name).reasons for what each backend says).
+Backends: paged_tree_attention runs the C++ CPU kernel of tree_attention (the same code, reading each K/V
+row through the block table) and the PyTorch reference; the other ops have their references so far. CUDA
+and Triton kernels are the next step (get_op(name).reasons says what each backend can run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _backend
+from .._limits import MAX_HEAD_DIM
 from ..checks import FLOAT_DTYPES, cache_len_arg, check_out, check_tensor, is_number, same_device
 from ..reference import paged as ref
 
@@ -28,8 +30,16 @@ LAYOUTS = ("NHD", "HND")
 _BLOCK_TABLE = _backend.standard_op(
     "block_table_from_csr", reference=ref.block_table_from_csr, triton_module=None, compiled=False
 )
+
+
+def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out):
+    if backend in ("cuda", "triton") and q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim D = {q.shape[-1]} > {MAX_HEAD_DIM}"
+    return None
+
+
 _PAGED_ATTENTION = _backend.standard_op(
-    "paged_tree_attention", reference=ref.paged_tree_attention, triton_module=None, compiled=False
+    "paged_tree_attention", reference=ref.paged_tree_attention, triton_module=None, limits=_paged_attn_limit
 )
 _COMPACT_PAGED = _backend.standard_op(
     "compact_paged_kv", reference=ref.compact_paged_kv, triton_module=None, compiled=False

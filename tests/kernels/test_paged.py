@@ -199,3 +199,37 @@ def test_errors():
         sk.accept_slots(i32([[1, 2]]), 0, i32([2]), i32([[0]]), i32([1]))
     with pytest.raises(ValueError, match="max_pages"):
         sk.block_table_from_csr(i32([0, 1]), i32([3]), 0)
+
+
+KERNEL_ATTN = [p for p in ATTN if p.values[0] != "torch"]
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_ATTN)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_attention_opcheck(backend, device, layout):
+    """The registered kernel honours its schema (writes only out), fake tensors and dispatch."""
+    q = torch.randn(2, 4, 3, 8, device=device)
+    shape = (5, 2, 3, 8) if layout == "HND" else (5, 3, 2, 8)
+    kp, vp = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    tree = random_trees(2, 3, seed=0)
+    args = (q, kp, vp, i32([[4, 1], [0, 2]]), i32([2, 3]), tree.mask, layout == "HND", 0.5, torch.empty_like(q))
+    reason = sk.get_op("paged_tree_attention").reason(backend, *args)
+    if reason:
+        pytest.skip(reason)
+    torch.library.opcheck(torch.ops.specdec.paged_tree_attention, args)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_ATTN)
+def test_raw_kernel_checks_its_arguments(backend, device):
+    """torch.ops.specdec.paged_tree_attention called directly refuses bad tensors with a clear message."""
+    q = torch.randn(1, 2, 1, 4)
+    kp = torch.randn(3, 2, 1, 4)
+    mask = i32([[[1]]])
+    op = torch.ops.specdec.paged_tree_attention
+    with pytest.raises(RuntimeError, match="block_table must be a contiguous int32"):
+        op(q, kp, kp, torch.tensor([[0, 1]]), i32([1]), mask, False, 1.0, torch.empty_like(q))
+    with pytest.raises(RuntimeError, match="v_pages must have q's dtype"):
+        op(q, kp, kp.half(), i32([[0, 1]]), i32([1]), mask, False, 1.0, torch.empty_like(q))
+    with pytest.raises(RuntimeError, match="not a multiple of H_kv"):
+        three = torch.randn(3, 3, 1, 4)  # HND: 3 KV heads for 2 query heads
+        op(q, three, three, i32([[0, 1]]), i32([1]), mask, True, 1.0, torch.empty_like(q))

@@ -1,0 +1,58 @@
+// Argument checks of the raw paged-cache ops (specdec::paged_tree_attention), shared by their kernels, so
+// torch.ops.specdec.* called directly fails with a clear message instead of reading out of bounds. Values
+// (page ids, cache_len) are not checked: that would synchronise on a GPU (see specdec_kernels/ops/paged.py).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+namespace specdec {
+
+// Pages: NHD [num_pages, P, H_kv, D] or (hnd) HND [num_pages, H_kv, P, D], q's dtype, unit stride along D;
+// block_table: contiguous int32 [B, max_pages >= 1]. The rest as check_tree_attention_args.
+inline void check_paged_tree_attention_args(const char* op, c10::DeviceType device_type, int64_t max_head_dim,
+                                            const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& block_table, const at::Tensor& cache_len,
+                                            const at::Tensor& tree_mask, bool hnd, const at::Tensor& out) {
+  const auto dev = q.device();
+  TORCH_CHECK(dev.type() == device_type, op, ": expected ", c10::DeviceTypeName(device_type), " tensors, got q on ",
+              dev);
+  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, H, Nq, D], got shape ", q.sizes());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": q must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(q.is_contiguous(), op, ": q must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TORCH_CHECK(D <= max_head_dim, op, ": head dim D = ", D, " > ", max_head_dim);
+  const char* layout = hnd ? "HND [num_pages, H_kv, P, D]" : "NHD [num_pages, P, H_kv, D]";
+  for (const at::Tensor* t : {&k, &v}) {
+    const char* name = t == &k ? "k_pages" : "v_pages";
+    TORCH_CHECK(t->device() == dev, op, ": ", name, " must be on ", dev, " like q, got ", t->device());
+    TORCH_CHECK(t->scalar_type() == dt, op, ": ", name, " must have q's dtype ", dt, ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 4 && t->size(3) == D, op, ": ", name, " must be ", layout, " with D=", D, ", got shape ",
+                t->sizes());
+    TORCH_CHECK(D <= 1 || t->stride(3) == 1, op, ": ", name, " must have unit stride along D, got strides ",
+                t->strides());
+  }
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v_pages shape ", v.sizes(), " != k_pages shape ", k.sizes());
+  const int64_t H_kv = k.size(hnd ? 1 : 2), P = k.size(hnd ? 2 : 1);
+  TORCH_CHECK(P >= 1 && k.size(0) >= 1, op, ": expected at least one page of at least one slot, got ", k.sizes());
+  TORCH_CHECK(H_kv >= 1 && H % H_kv == 0, op, ": H = ", H, " query heads is not a multiple of H_kv = ", H_kv);
+  TORCH_CHECK(block_table.device() == dev && block_table.scalar_type() == at::kInt && block_table.dim() == 2 &&
+                  block_table.size(0) == B && block_table.size(1) >= 1 && block_table.is_contiguous(),
+              op, ": block_table must be a contiguous int32 [B=", B, ", max_pages>=1] tensor on ", dev, ", got ",
+              block_table.scalar_type(), " of shape ", block_table.sizes(), " on ", block_table.device());
+  TORCH_CHECK(cache_len.device() == dev && cache_len.scalar_type() == at::kInt && cache_len.dim() == 1 &&
+                  cache_len.size(0) == B && cache_len.is_contiguous(),
+              op, ": cache_len must be a contiguous int32 [B=", B, "] tensor on ", dev);
+  TORCH_CHECK(tree_mask.device() == dev && tree_mask.scalar_type() == at::kInt && tree_mask.dim() == 3 &&
+                  tree_mask.size(0) == B && tree_mask.size(1) == Nq && tree_mask.size(2) >= 1 &&
+                  tree_mask.is_contiguous(),
+              op, ": tree_mask must be a contiguous int32 [B=", B, ", Nq=", Nq, ", W>=1] tensor on ", dev);
+  TORCH_CHECK(out.device() == dev && out.scalar_type() == dt && out.sizes() == q.sizes() && out.is_contiguous(), op,
+              ": out must be a contiguous ", dt, " tensor of q's shape ", q.sizes(), " on ", dev);
+}
+
+}  // namespace specdec
