@@ -53,10 +53,11 @@ SCHEMAS: dict[str, str] = {
         "(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_table, Tensor cache_len, Tensor tree_mask, "
         "bool hnd, float scale, Tensor(a!) out) -> ()"
     ),
-    # caches: K/V pages (hnd[i] as for paged_tree_attention) and per-token tensors [num_pages, P, ...].
+    # caches: 4-D page views, NHD [num_pages, P, X, Y] or (hnd) HND [num_pages, X, P, Y], unit stride along Y
+    # (K/V: X = H_kv, Y = D; a per-token tensor [num_pages, P, ...] is viewed with X = 1).
     "compact_paged_kv": (
         "(Tensor(a!)[] caches, Tensor block_table, Tensor cache_len, Tensor accept_nodes, Tensor accept_len, "
-        "bool[] hnd) -> ()"
+        "bool hnd) -> ()"
     ),
     # Page size 1 (token-to-slot tables): no K/V moves, the table is rewritten and rejected slots listed.
     "accept_slots": (

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "specdec/compact_checks.h"
+#include "specdec/paged_checks.h"
 
 namespace specdec {
 namespace {
@@ -81,10 +82,63 @@ void compact_kv_cpu(at::TensorList caches, const at::Tensor& cache_len, const at
   });
 }
 
+// compact_kv over paged caches: the same moves over logical slots, each mapped through the block table to
+// (page, offset). Distinct logical slots of a request are distinct physical rows (its pages are its own), so
+// the safety argument above holds unchanged. A row whose slot lies past the table or on a page entry < 0 is
+// skipped, like an out-of-range slot above.
+void compact_paged_kv_cpu(at::TensorList caches, const at::Tensor& block_table, const at::Tensor& cache_len,
+                          const at::Tensor& accept_nodes, const at::Tensor& accept_len, bool hnd) {
+  check_compact_paged_kv_args("specdec::compact_paged_kv", c10::DeviceType::CPU, caches, block_table, cache_len,
+                              accept_nodes, accept_len, hnd);
+  const int64_t B = cache_len.size(0), W = accept_nodes.size(1), max_pages = block_table.size(1);
+  const int slot = hnd ? 2 : 1, head = hnd ? 1 : 2;
+  struct PageView {
+    char* base;
+    int64_t X, P, row_bytes, s_page, s_head, s_slot;  // strides in bytes
+  };
+  std::vector<PageView> views;
+  for (const at::Tensor& t : caches) {
+    if (t.numel() == 0) continue;
+    const int64_t es = static_cast<int64_t>(t.element_size());
+    views.push_back({static_cast<char*>(t.data_ptr()), t.size(head), t.size(slot), t.size(3) * es, t.stride(0) * es,
+                     t.stride(head) * es, t.stride(slot) * es});
+  }
+  if (views.empty() || B == 0 || W == 0) return;
+  const int32_t* table = block_table.data_ptr<int32_t>();
+  const int32_t* cl = cache_len.data_ptr<int32_t>();
+  const int32_t* an = accept_nodes.data_ptr<int32_t>();
+  const int32_t* al = accept_len.data_ptr<int32_t>();
+  std::vector<int64_t> offset(views.size() + 1, 0);
+  for (size_t i = 0; i < views.size(); ++i) offset[i + 1] = offset[i] + B * views[i].X;
+  at::parallel_for(0, offset.back(), 1, [&](int64_t t0, int64_t t1) {
+    size_t v = std::upper_bound(offset.begin(), offset.end(), t0) - offset.begin() - 1;
+    for (int64_t t = t0; t < t1; ++t) {
+      while (t >= offset[v + 1]) ++v;
+      const PageView& pv = views[v];
+      const int64_t b = (t - offset[v]) / pv.X, x = (t - offset[v]) % pv.X;
+      const int64_t c = cl[b], n = std::min<int64_t>(al[b], W), S = max_pages * pv.P;
+      if (n <= 1 || c < 0) continue;
+      const int32_t* a = an + b * W;
+      const int32_t* pages = table + b * max_pages;
+      auto row = [&](int64_t s) -> char* {  // nullptr: no page holds logical slot s
+        const int32_t page = pages[s / pv.P];
+        return page < 0 ? nullptr : pv.base + page * pv.s_page + x * pv.s_head + (s % pv.P) * pv.s_slot;
+      };
+      for (int64_t j = 1; j < n; ++j) {  // increasing j: see the safety argument at the top
+        const int64_t src = c + a[j], dst = c + j;
+        if (a[j] == j || a[j] < 0 || src >= S || dst >= S) continue;
+        char *from = row(src), *to = row(dst);
+        if (from != nullptr && to != nullptr) std::memmove(to, from, static_cast<size_t>(pv.row_bytes));
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {
   m.impl("compact_kv", &compact_kv_cpu);
+  m.impl("compact_paged_kv", &compact_paged_kv_cpu);
 }
 
 }  // namespace specdec

@@ -8,9 +8,10 @@ table instead of moving K/V. Page layouts: NHD [num_pages, P, H_kv, D] (vLLM, Fl
 HND [num_pages, H_kv, P, D]. Logical slot s of request b is page block_table[b, s // P], offset s % P; the
 ops keep the contiguous ops' rules over logical slots (prefix < cache_len[b], tree keys at cache_len[b] + j).
 
-Backends: paged_tree_attention runs the C++ CPU kernel of tree_attention (the same code, reading each K/V
-row through the block table) and the PyTorch reference; the other ops have their references so far. CUDA
-and Triton kernels are the next step (get_op(name).reasons says what each backend can run).
+Backends: paged_tree_attention and compact_paged_kv have C++ CPU kernels (those of tree_attention and
+compact_kv, reading each K/V row through the block table) and PyTorch references; block_table_from_csr and
+accept_slots their references. CUDA and Triton kernels are the next step (get_op(name).reasons says what
+each backend can run).
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree
 _PAGED_ATTENTION = _backend.standard_op(
     "paged_tree_attention", reference=ref.paged_tree_attention, triton_module=None, limits=_paged_attn_limit
 )
-_COMPACT_PAGED = _backend.standard_op(
-    "compact_paged_kv", reference=ref.compact_paged_kv, triton_module=None, compiled=False
-)
+_COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module=None)
 _ACCEPT_SLOTS = _backend.standard_op("accept_slots", reference=ref.accept_slots, triton_module=None, compiled=False)
 
 
@@ -190,6 +189,22 @@ def paged_tree_attention(
     return out
 
 
+def _per_token_view(label: str, t: torch.Tensor, hnd: bool) -> torch.Tensor:
+    """A per-token tensor [num_pages, P, ...] as the 4-D page view of the caches' layout, X = 1, without a
+    copy (NHD [pages, P, 1, Y], HND [pages, 1, P, Y])."""
+    y = math.prod(t.shape[2:])
+    try:
+        v = t.view(t.shape[0], t.shape[1], 1, y)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{label}: the trailing dimensions {tuple(t.shape[2:])} (strides {t.stride()[2:]}) cannot be "
+            "flattened without a copy; compaction works in place, so pass them contiguous"
+        ) from exc
+    if y > 1 and v.stride(3) != 1:
+        raise ValueError(f"{label}: the last dimension must have unit stride (rows are copied as bytes)")
+    return v.transpose(1, 2) if hnd else v
+
+
 def compact_paged_kv(
     caches: Sequence[torch.Tensor],
     block_table: torch.Tensor,
@@ -232,7 +247,7 @@ def compact_paged_kv(
     _check_block_table(block_table, B)
     cache_len = cache_len_arg(cache_len, B, accept_nodes.device)
     check_tensor("accept_len", accept_len, dtype=torch.int32, shape=(B,))
-    tensors, flags, P, pages = [], [], None, None
+    views, P, pages = [], None, None
     for name, ts, is_kv in (("caches", caches, True), ("per_token", per_token, False)):
         for i, t in enumerate(ts):
             label = f"{name}[{i}]"
@@ -248,11 +263,9 @@ def compact_paged_kv(
             if P is None:
                 P, pages = p, t.shape[0]
             elif (p, t.shape[0]) != (P, pages):
-                raise ValueError(
-                    f"{label}: {t.shape[0]} pages of {p} slots, but {tensors and 'caches[0]'} has {pages} pages of {P}"
-                )
-            tensors.append(t)
-            flags.append(bool(is_kv and hnd))
+                raise ValueError(f"{label}: {t.shape[0]} pages of {p} slots, but caches[0] has {pages} pages of {P}")
+            views.append(t if is_kv else _per_token_view(label, t, hnd))
+    tensors = views
     same_device(
         block_table=block_table,
         cache_len=cache_len,
@@ -265,12 +278,12 @@ def compact_paged_kv(
     if not tensors or B == 0 or accept_nodes.shape[1] == 0:
         return None
     _COMPACT_PAGED(
-        tensors,
+        [t for t in tensors if t.numel()],
         block_table.contiguous(),
         cache_len.contiguous(),
         accept_nodes.contiguous(),
         accept_len.contiguous(),
-        flags,
+        hnd,
         backend=backend,
     )
     return None

@@ -69,17 +69,17 @@ def compact_paged_kv(
     cache_len: torch.Tensor,
     accept_nodes: torch.Tensor,
     accept_len: torch.Tensor,
-    hnd: list,
+    hnd: bool,
 ) -> None:
     """Logical slot cache_len[b] + accept_nodes[b, j] -> cache_len[b] + j for j < accept_len[b], in
-    increasing j, in every tensor (hnd[i] False: K/V pages NHD [num_pages, P, H_kv, D] or a per-token
-    tensor [num_pages, P, ...]; True: HND [num_pages, H_kv, P, D]). Entries with a negative node, a
-    logical slot past the table or a page entry < 0 move nothing.
+    increasing j, in every tensor (4-D page views: NHD [num_pages, P, X, Y], or HND [num_pages, X, P, Y]
+    when hnd). Entries with a negative node, a logical slot past the table or a page entry < 0 move
+    nothing.
 
     One (b, j) at a time with torch.where, so that an entry that moves nothing writes nothing either."""
     if not caches:
         return
-    page_size = caches[0].shape[2 if hnd[0] else 1]
+    page_size = caches[0].shape[2 if hnd else 1]
     B, W = accept_nodes.shape
     S = block_table.shape[1] * page_size
     table = block_table.to(torch.int64)
@@ -94,9 +94,9 @@ def compact_paged_kv(
             ok = ok & (sp >= 0) & (dp >= 0)
             sp, dp = sp.clamp(min=0), dp.clamp(min=0)
             so, do = src.clamp(min=0) % page_size, dst.clamp(min=0) % page_size
-            for t, head_major in zip(caches, hnd):
-                new = torch.where(ok, _token(t, sp, so, head_major), _token(t, dp, do, head_major))
-                if head_major:
+            for t in caches:
+                new = torch.where(ok, _token(t, sp, so, hnd), _token(t, dp, do, hnd))
+                if hnd:
                     t[dp, :, do] = new
                 else:
                     t[dp, do] = new

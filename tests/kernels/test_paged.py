@@ -233,3 +233,21 @@ def test_raw_kernel_checks_its_arguments(backend, device):
     with pytest.raises(RuntimeError, match="not a multiple of H_kv"):
         three = torch.randn(3, 3, 1, 4)  # HND: 3 KV heads for 2 query heads
         op(q, three, three, i32([[0, 1]]), i32([1]), mask, True, 1.0, torch.empty_like(q))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params("compact_paged_kv") if p.values[0] != "torch"])
+@pytest.mark.parametrize("hnd", [False, True])
+def test_compaction_opcheck_and_raw_checks(backend, device, hnd):
+    """The registered kernel honours its schema (mutates only the caches); called directly it refuses bad
+    tensors with a clear message."""
+    caches = [torch.randn(6, 3, 2, 4, device=device), torch.randn(6, 3, 2, 4, device=device).half()]
+    args = (caches, i32([[4, 1], [0, 2]]), i32([1, 0]), i32([[0, 2, 3], [0, 1, -1]]), i32([3, 2]), hnd)
+    reason = sk.get_op("compact_paged_kv").reason(backend, *args)
+    if reason:
+        pytest.skip(reason)
+    torch.library.opcheck(torch.ops.specdec.compact_paged_kv, args)
+    op = torch.ops.specdec.compact_paged_kv
+    with pytest.raises(RuntimeError, match="block_table must be a contiguous int32"):
+        op(caches, torch.tensor([[4, 1], [0, 2]]), *args[2:])
+    with pytest.raises(RuntimeError, match=r"caches\[1\] has 5 pages"):
+        op([caches[0], torch.randn(5, 3, 2, 4)], *args[1:])

@@ -55,4 +55,41 @@ inline void check_paged_tree_attention_args(const char* op, c10::DeviceType devi
               ": out must be a contiguous ", dt, " tensor of q's shape ", q.sizes(), " on ", dev);
 }
 
+// compact_paged_kv: block_table int32 [B, max_pages >= 1], cache_len / accept_len int32 [B], accept_nodes
+// int32 [B, W], all contiguous on one device of type `device_type`; every cache a 4-D page view (NHD [pages, P,
+// X, Y] or, hnd, HND [pages, X, P, Y]) with unit stride along Y, all with the same number of pages and P.
+inline void check_compact_paged_kv_args(const char* op, c10::DeviceType device_type, at::TensorList caches,
+                                        const at::Tensor& block_table, const at::Tensor& cache_len,
+                                        const at::Tensor& accept_nodes, const at::Tensor& accept_len, bool hnd) {
+  const auto dev = cache_len.device();
+  TORCH_CHECK(dev.type() == device_type, op, ": expected ", c10::DeviceTypeName(device_type),
+              " tensors, got cache_len on ", dev);
+  const int64_t B = cache_len.size(0);
+  auto index = [&](const at::Tensor& t, const char* name, int64_t dim, const char* shape) {
+    TORCH_CHECK(
+        t.device() == dev && t.scalar_type() == at::kInt && t.dim() == dim && t.size(0) == B && t.is_contiguous(), op,
+        ": ", name, " must be a contiguous int32 ", shape, " tensor with B = ", B, " on ", dev, ", got ",
+        t.scalar_type(), " of shape ", t.sizes(), " on ", t.device());
+  };
+  TORCH_CHECK(cache_len.dim() == 1, op, ": cache_len must be int32 [B], got shape ", cache_len.sizes());
+  index(cache_len, "cache_len", 1, "[B]");
+  index(block_table, "block_table", 2, "[B, max_pages]");
+  TORCH_CHECK(block_table.size(1) >= 1, op, ": block_table must have at least one page per request");
+  index(accept_nodes, "accept_nodes", 2, "[B, W]");
+  index(accept_len, "accept_len", 1, "[B]");
+  const int slot = hnd ? 2 : 1;
+  for (size_t i = 0; i < caches.size(); ++i) {
+    const at::Tensor& t = caches[i];
+    TORCH_CHECK(t.device() == dev, op, ": caches[", i, "] must be on ", dev, ", got ", t.device());
+    TORCH_CHECK(t.dim() == 4, op, ": caches[", i, "] must be a 4-D page view ",
+                hnd ? "[pages, X, P, Y]" : "[pages, P, X, Y]", ", got shape ", t.sizes());
+    TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, op, ": caches[", i,
+                "] must have unit stride along its last dimension (rows are copied as bytes), got strides ",
+                t.strides());
+    TORCH_CHECK(t.size(0) == caches[0].size(0) && t.size(slot) == caches[0].size(slot), op, ": caches[", i, "] has ",
+                t.size(0), " pages of ", t.size(slot), " slots, caches[0] ", caches[0].size(0), " of ",
+                caches[0].size(slot));
+  }
+}
+
 }  // namespace specdec
