@@ -14,6 +14,7 @@ from ._loader import ExtensionFallbackWarning
 from ._version import __version__
 from .ops.attention import tree_attention
 from .ops.compact import compact_kv
+from .ops.engine_formats import flashinfer_custom_mask, sglang_tree
 from .ops.features import fspad_feature_sampling, griffin_token_fusion
 from .ops.masks import chain_mask, mask_words, pack_bits, tree_attention_bias, tree_visibility, unpack_mask
 from .ops.paged import accept_slots, block_table_from_csr, compact_paged_kv, paged_tree_attention
@@ -47,6 +48,8 @@ __all__ = [
     "block_table_from_csr",
     "compact_paged_kv",
     "accept_slots",
+    "sglang_tree",
+    "flashinfer_custom_mask",
     "verify_greedy",
     "verify_sample",
     "fspad_feature_sampling",

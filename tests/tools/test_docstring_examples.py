@@ -28,6 +28,8 @@ MUST_HAVE_EXAMPLE = (
     "block_table_from_csr",
     "compact_paged_kv",
     "accept_slots",
+    "sglang_tree",
+    "flashinfer_custom_mask",
     "verify_greedy",
     "verify_sample",
     "mask_words",
