@@ -265,6 +265,30 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
     return launch
 
 
+def _paged_attention(B: int, H: int, H_kv: int, Nq: int, D: int, pages: int, P: int, dt: str):
+    """paged_tree_attention over NHD pages of P slots (the same kernel as tree_attention, paged addressing)."""
+
+    def launch(ctx: Ctx) -> None:
+        import torch
+
+        d = _dtype(dt)
+        W = (Nq + 31) // 32
+        _call(
+            "paged_tree_attention",
+            _meta(B, H, Nq, D, dtype=d),
+            _meta(B * pages, P, H_kv, D, dtype=d),
+            _meta(B * pages, P, H_kv, D, dtype=d),
+            _meta(B, pages, dtype=torch.int32),
+            _meta(B, dtype=torch.int32),
+            _meta(B, Nq, W, dtype=torch.int32),
+            False,
+            D**-0.5,
+            _meta(B, H, Nq, D, dtype=d),
+        )
+
+    return launch
+
+
 # ---- compact -----------------------------------------------------------------------------------------
 
 
@@ -410,6 +434,7 @@ CASES: list = [
     Case("attention/decode-N1-D128-fp16", _attention(4, 32, 8, 1, 128, 4096, "fp16"), fast=()),
     Case("attention/N200-D256-fp16", _attention(2, 8, 8, 200, 256, 8192, "fp16"), fast=()),
     Case("attention/N60-D64-bf16-batch16", _attention(16, 16, 16, 60, 64, 2048, "bf16"), fast=()),
+    Case("attention/paged-N60-D128-bf16-page16", _paged_attention(1, 32, 8, 60, 128, 256, 16, "bf16"), fast=_SM90),
     # compact: bf16 KV caches + bf16 draft features (int64 row copies), odd rows (int16 / byte copies)
     Case(
         "compact/decode-kv-bf16",

@@ -8,10 +8,10 @@ table instead of moving K/V. Page layouts: NHD [num_pages, P, H_kv, D] (vLLM, Fl
 HND [num_pages, H_kv, P, D]. Logical slot s of request b is page block_table[b, s // P], offset s % P; the
 ops keep the contiguous ops' rules over logical slots (prefix < cache_len[b], tree keys at cache_len[b] + j).
 
-Backends: paged_tree_attention and compact_paged_kv have C++ CPU kernels (those of tree_attention and
-compact_kv, reading each K/V row through the block table) and PyTorch references; block_table_from_csr and
-accept_slots their references. CUDA and Triton kernels are the next step (get_op(name).reasons says what
-each backend can run).
+Backends: paged_tree_attention runs the C++ CPU and Triton kernels of tree_attention (each reading a K/V
+row's address through the block table) and compact_paged_kv the C++ CPU kernel of compact_kv likewise;
+every op has its PyTorch reference. The CUDA kernels are the next step (get_op(name).reasons says what each
+backend can run).
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ _BLOCK_TABLE = _backend.standard_op(
 def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out):
     if backend in ("cuda", "triton") and q.shape[-1] > MAX_HEAD_DIM:
         return f"head dim D = {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if backend == "triton" and q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        return "bf16 is unreliable under the Triton interpreter (TRITON_INTERPRET=1); use a GPU"
     return None
 
 
 _PAGED_ATTENTION = _backend.standard_op(
-    "paged_tree_attention", reference=ref.paged_tree_attention, triton_module=None, limits=_paged_attn_limit
+    "paged_tree_attention", reference=ref.paged_tree_attention, triton_module="attention", limits=_paged_attn_limit
 )
 _COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module=None)
 _ACCEPT_SLOTS = _backend.standard_op("accept_slots", reference=ref.accept_slots, triton_module=None, compiled=False)

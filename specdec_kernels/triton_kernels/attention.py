@@ -1,4 +1,6 @@
-"""Triton kernel of tree attention (specdec::tree_attention_triton), flash-decoding style.
+"""Triton kernel of tree attention (specdec::tree_attention_triton), flash-decoding style, also over paged
+caches (specdec::paged_tree_attention_triton: the same kernel with each K/V row's address read through the
+block table, see specdec_kernels/ops/paged.py).
 
 Contract: specdec_kernels/ops/attention.py. q [B, H, Nq, D] contiguous; k/v caches [B, H_kv, S_max, D]
 (any strides on B, H_kv, S_max; unit stride on D); query i of request b sees slots s < cache_len[b] and slot
@@ -53,6 +55,17 @@ def _online_update(acc, m_i, l_i, q, k, v, vis, qk_scale, USE_VIS: tl.constexpr,
 
 
 @triton.jit
+def _slot_offsets(slots, ok, table_row, PAGE, stride_page, stride_slot, PAGED: tl.constexpr):
+    """Element offsets of cache slots from the (request, KV head) base: slots * stride_slot, or on a paged
+    cache (page table_row[slot // PAGE], offset slot % PAGE) with entries < 0 read as page 0 (never visible)."""
+    if PAGED:
+        page = tl.load(table_row + slots // PAGE, mask=ok, other=0)
+        return tl.maximum(page, 0).to(tl.int64) * stride_page + (slots % PAGE) * stride_slot
+    else:
+        return slots * stride_slot
+
+
+@triton.jit
 def _tree_attention_kernel(
     Q,
     K,
@@ -75,6 +88,12 @@ def _tree_attention_kernel(
     stride_vb,
     stride_vh,
     stride_vs,
+    TABLE,
+    max_pages,
+    PAGE,
+    stride_kp,
+    stride_vp,
+    PAGED: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -103,6 +122,7 @@ def _tree_attention_kernel(
     v_head = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
     cl = tl.load(CACHE_LEN + b).to(tl.int64)
     prefix = tl.minimum(tl.maximum(cl, 0), S_max)
+    table_row = TABLE + b.to(tl.int64) * max_pages  # paged caches only
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -120,16 +140,20 @@ def _tree_attention_kernel(
     offs_s = tl.arange(0, BLOCK_S)
     for t in range(0, n_full):
         slots = start + t * BLOCK_S + offs_s
-        k = tl.load(k_head + slots[:, None] * stride_ks + offs_d[None, :], mask=d_ok[None, :], other=0.0)
-        v = tl.load(v_head + slots[:, None] * stride_vs + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        k_off = _slot_offsets(slots, slots < S_max, table_row, PAGE, stride_kp, stride_ks, PAGED)
+        v_off = _slot_offsets(slots, slots < S_max, table_row, PAGE, stride_vp, stride_vs, PAGED)
+        k = tl.load(k_head + k_off[:, None] + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        v = tl.load(v_head + v_off[:, None] + offs_d[None, :], mask=d_ok[None, :], other=0.0)
         acc, m_i, l_i = _online_update(acc, m_i, l_i, q, k, v, None, qk_scale, False, DOT_PREC)
     tail = start + n_full * BLOCK_S
     if tail < end:
         slots = tail + offs_s
         s_ok = slots < end
         kv_mask = s_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_head + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_head + slots[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        k_off = _slot_offsets(slots, s_ok, table_row, PAGE, stride_kp, stride_ks, PAGED)
+        v_off = _slot_offsets(slots, s_ok, table_row, PAGE, stride_vp, stride_vs, PAGED)
+        k = tl.load(k_head + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_head + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         vis = row_ok[:, None] & s_ok[None, :]
         acc, m_i, l_i = _online_update(acc, m_i, l_i, q, k, v, vis, qk_scale, True, DOT_PREC)
 
@@ -144,8 +168,10 @@ def _tree_attention_kernel(
             vis = (((words[:, None] >> bits[None, :]) & 1) != 0) & slot_ok[None, :] & row_ok[:, None]
             seen = tl.max(vis.to(tl.int32), 0) != 0  # [TREE_TILE]
             kv_mask = seen[:, None] & d_ok[None, :]
-            k = tl.load(k_head + slots[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_head + slots[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+            k_off = _slot_offsets(slots, seen, table_row, PAGE, stride_kp, stride_ks, PAGED)
+            v_off = _slot_offsets(slots, seen, table_row, PAGE, stride_vp, stride_vs, PAGED)
+            k = tl.load(k_head + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_head + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             acc, m_i, l_i = _online_update(acc, m_i, l_i, q, k, v, vis, qk_scale, True, DOT_PREC)
 
     out_mask = row_ok[:, None] & d_ok[None, :]
@@ -314,8 +340,53 @@ def tree_attention_triton(
     several row blocks with small shapes); block_m must be a power of two >= 16.
     """
     _check(q, k_cache, v_cache, cache_len, tree_mask, out)
-    B, H, Nq, D = q.shape
     H_kv, S_max = k_cache.shape[1], k_cache.shape[2]
+    strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1))
+    strides += (v_cache.stride(2),)
+    paging = (cache_len, 1, 1, 0, 0, False)  # no table: the contiguous cache
+    _launch(q, k_cache, v_cache, cache_len, tree_mask, scale, out, H_kv, S_max, strides, paging, num_splits, block_m)
+
+
+def paged_tree_attention_triton(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    hnd: bool,
+    scale: float,
+    out: torch.Tensor,
+    *,
+    num_splits: Optional[int] = None,
+    block_m: Optional[int] = None,
+) -> None:
+    """The same kernel over a paged cache (specdec_kernels.ops.paged): each K/V row's address comes from
+    the block table; pages NHD [num_pages, P, H_kv, D] or (hnd) HND [num_pages, H_kv, P, D]."""
+    slot, head = (2, 1) if hnd else (1, 2)
+    P, H_kv = k_pages.shape[slot], k_pages.shape[head]
+    # The contiguous checks over a [B, H_kv, S, D]-shaped stand-in: same dtype, device, D and GQA rules.
+    B, S_max = q.shape[0], block_table.shape[1] * P
+    like = k_pages.new_zeros(q.shape[3]).view(1, 1, 1, -1).expand(B, H_kv, S_max, q.shape[3])
+    _check(q, like, like, cache_len, tree_mask, out)
+    if v_pages.shape != k_pages.shape or v_pages.dtype != k_pages.dtype or v_pages.device != k_pages.device:
+        raise ValueError("specdec::paged_tree_attention_triton: v_pages must have k_pages' shape, dtype and device")
+    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
+        if t.shape[3] > 1 and t.stride(3) != 1:
+            raise ValueError(f"specdec::paged_tree_attention_triton: {name} must have unit stride along D")
+    if block_table.dtype != torch.int32 or block_table.shape[0] != B or not block_table.is_contiguous():
+        raise ValueError(
+            f"specdec::paged_tree_attention_triton: block_table must be a contiguous int32 [B={B}, max_pages] "
+            f"tensor, got {block_table.dtype} {tuple(block_table.shape)}"
+        )
+    strides = (0, k_pages.stride(head), k_pages.stride(slot), 0, v_pages.stride(head), v_pages.stride(slot))
+    paging = (block_table, block_table.shape[1], P, k_pages.stride(0), v_pages.stride(0), True)
+    _launch(q, k_pages, v_pages, cache_len, tree_mask, scale, out, H_kv, S_max, strides, paging, num_splits, block_m)
+
+
+def _launch(q, k, v, cache_len, tree_mask, scale, out, H_kv, S_max, strides, paging, num_splits, block_m) -> None:
+    """Grid, split-K workspace and launch of _tree_attention_kernel (contiguous or paged K/V)."""
+    B, H, Nq, D = q.shape
     W = tree_mask.shape[2]
     if out.numel() == 0:
         return
@@ -336,8 +407,8 @@ def tree_attention_triton(
     grid = (row_blocks, B * H_kv, num_splits)
     _tree_attention_kernel[grid](
         q,
-        k_cache,
-        v_cache,
+        k,
+        v,
         cache_len,
         tree_mask,
         out,
@@ -350,12 +421,9 @@ def tree_attention_triton(
         R,
         H_kv,
         total_rows,
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
+        *strides,
+        *paging[:5],
+        PAGED=paging[5],
         HEAD_DIM=D,
         BLOCK_D=BLOCK_D,
         BLOCK_M=BLOCK_M,
@@ -372,3 +440,8 @@ def tree_attention_triton(
 @torch.library.register_kernel("specdec::tree_attention_triton", ("cpu", "cuda"))
 def _tree_attention_triton_op(q, k_cache, v_cache, cache_len, tree_mask, scale, out):
     tree_attention_triton(q, k_cache, v_cache, cache_len, tree_mask, scale, out)
+
+
+@torch.library.register_kernel("specdec::paged_tree_attention_triton", ("cpu", "cuda"))
+def _paged_tree_attention_triton_op(q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out):
+    paged_tree_attention_triton(q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out)
