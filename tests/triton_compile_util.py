@@ -309,6 +309,20 @@ def _compact(B: int, W: int, caches):
     return launch
 
 
+def _compact_paged(B: int, W: int, pages: int, P: int, X: int, Y: int, dt: str):
+    """compact_paged_kv over two NHD page tensors [pages, P, X, Y] (K and V of one layer)."""
+
+    def launch(ctx: Ctx) -> None:
+        import torch
+
+        i32 = torch.int32
+        kv = [_meta(pages, P, X, Y, dtype=_dtype(dt)) for _ in range(2)]
+        table = _meta(B, pages // B, dtype=i32)
+        _call("compact_paged_kv", kv, table, _meta(B, dtype=i32), _meta(B, W, dtype=i32), _meta(B, dtype=i32), False)
+
+    return launch
+
+
 # ---- verify ------------------------------------------------------------------------------------------
 
 
@@ -441,6 +455,7 @@ CASES: list = [
         _compact(1, 7, [(8, 4096, 128, "bf16", None), (8, 4096, 128, "bf16", None), (1, 4096, 4096, "bf16", None)]),
         decode=True,
     ),
+    Case("compact/paged-page16-bf16", _compact_paged(2, 7, 512, 16, 8, 128, "bf16"), fast=_SM90),
     Case("compact/odd-rows", _compact(3, 4, [(2, 50, 3, "fp16", None), (1, 50, 5, "u8", None), (2, 50, 6, "fp32", 1)])),
     # verify: argmax ids, bf16 logits over the Llama-3 vocabulary (argmax fused), small fp32 logits, 1024 nodes
     Case("verify/greedy-ids-N60", _verify_greedy(4, 60, None, None), decode=True),

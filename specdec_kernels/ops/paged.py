@@ -9,7 +9,8 @@ HND [num_pages, H_kv, P, D]. Logical slot s of request b is page block_table[b, 
 ops keep the contiguous ops' rules over logical slots (prefix < cache_len[b], tree keys at cache_len[b] + j).
 
 Backends: paged_tree_attention runs the C++ CPU and Triton kernels of tree_attention (each reading a K/V
-row's address through the block table) and compact_paged_kv the C++ CPU kernel of compact_kv likewise;
+row's address through the block table) and compact_paged_kv the C++ CPU and Triton kernels of compact_kv
+likewise;
 every op has its PyTorch reference. The CUDA kernels are the next step (get_op(name).reasons says what each
 backend can run).
 """
@@ -44,7 +45,7 @@ def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree
 _PAGED_ATTENTION = _backend.standard_op(
     "paged_tree_attention", reference=ref.paged_tree_attention, triton_module="attention", limits=_paged_attn_limit
 )
-_COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module=None)
+_COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module="compact")
 _ACCEPT_SLOTS = _backend.standard_op("accept_slots", reference=ref.accept_slots, triton_module=None, compiled=False)
 
 
