@@ -280,3 +280,32 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p, draft):
     assert p3 > 1e-4 and p2 > 1e-4, (p2, p3, res.tau)
     # The draft was used: some passes accepted drafted tokens.
     assert res.accept_lengths.max() > 1
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+def test_greedy_on_a_paged_cache_equals_the_contiguous_cache(page_size, monkeypatch):
+    """The target's K/V on shuffled pages (paged_tree_attention and compact_paged_kv in every pass): the
+    same tokens as the contiguous cache and as the target's own greedy decoding, ragged batch, with EOS."""
+    import specdec_kernels
+
+    calls = {"paged_tree_attention": 0, "compact_paged_kv": 0}
+    for name in calls:
+        real = getattr(specdec_kernels, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(specdec_kernels, name, counted)
+    model = target("llama", 8.0)
+    n = 12
+    want = hf_greedy("llama", 8.0, tuple(PROMPTS[0]), n)
+    eos = want[5]
+    kw = dict(max_new_tokens=n, tree_top_k=2, depth=4, total_tokens=9, eos_token_id=eos)
+    for draft in (TargetOracleHead(model), head("llama", "eagle")):
+        flat = generate(model, draft, PROMPTS, **kw)
+        paged = generate(model, draft, PROMPTS, page_size=page_size, **kw)
+        assert paged.sequences == flat.sequences
+        assert paged.accept_lengths.tolist() == flat.accept_lengths.tolist()
+    assert paged.sequences[0] == want[: want.index(eos) + 1]  # request 0 stopped at its first EOS
+    assert calls["paged_tree_attention"] > 0 and calls["compact_paged_kv"] > 0  # the paged ops ran

@@ -246,3 +246,29 @@ def test_write_slots_matches_scatter(B, T, S):
     want = buf.clone().scatter_(2, slots[:, None, :, None].expand(B, 2, T, 3), new.to(torch.bfloat16))
     write_slots(buf, slots, new)
     assert torch.equal(buf, want)
+
+
+def test_paged_cache_pool_and_prefill_match_the_contiguous_cache():
+    """A PagedTreeKVCache draws shuffled pages from its pool, gives them back on release, and a prefill on
+    it gives the contiguous cache's hidden states and logits."""
+    from specdec.target import PagePool, PagedTreeKVCache
+
+    model = make_target()
+    t = TargetModel(model)
+    pool = PagePool(40, seed=1)
+    cache = t.new_cache(2, 20, page_size=3, pool=pool)
+    assert isinstance(cache, PagedTreeKVCache) and pool.free == 40 - 2 * 7
+    table = cache.block_table.flatten().tolist()
+    assert len(set(table)) == 14 and table != sorted(table)  # distinct pages, not in physical order
+    ids = torch.randint(0, 128, (2, 9))
+    lengths = torch.tensor([9, 5], dtype=torch.int32)
+    flat = t.prefill(ids, lengths, t.new_cache(2, 20))
+    paged = t.prefill(ids, lengths, cache)
+    torch.testing.assert_close(paged.logits, flat.logits)
+    torch.testing.assert_close(paged.hidden, flat.hidden)
+    cache.release()
+    assert pool.free == 40
+    with pytest.raises(ValueError, match="pages asked for"):
+        t.new_cache(3, 100, page_size=4, pool=PagePool(10))
+    with pytest.raises(ValueError, match="page_size >= 1"):
+        t.new_cache(1, 10, page_size=0)

@@ -119,6 +119,7 @@ def generate(
     prefill_chunk_size: Optional[int] = None,
     backend: Optional[str] = None,
     cuda_graph: bool = False,
+    page_size: Optional[int] = None,
 ) -> GenerationResult:
     """Lossless EAGLE-2 tree speculative decoding of a batch of prompts.
 
@@ -153,6 +154,11 @@ def generate(
             pass and the capture, verify_time the replayed passes whole and draft_time only the draft's
             prefill (a graph's phases cannot be timed apart).
 
+        page_size: None keeps the target's K/V in one contiguous cache per layer; an int puts it on pages of
+            that many tokens, handed out in shuffled order as a serving engine's paged cache
+            (specdec.target.PagedTreeKVCache: paged_tree_attention and compact_paged_kv run instead of
+            tree_attention and compact_kv). The output is the same.
+
     Returns:
         GenerationResult (sequences = new tokens only).
     """
@@ -186,9 +192,8 @@ def generate(
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     max_path = min(N, depth + 1)  # longest accepted path (root included)
-    # Committed tokens stay below L + max_new_tokens + depth (a request may commit a whole path on the pass
-    # that finishes it); one tree more is written past them.
-    cache = target.new_cache(B, L + max_new_tokens + depth + N + 1)
+    # Committed tokens < L + max_new_tokens + depth (a last pass may commit a whole path); one tree more.
+    cache = target.new_cache(B, L + max_new_tokens + depth + N + 1, page_size=page_size)
     draft.bind_target(target.embed_tokens, target.lm_head)
     drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
     choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)

@@ -48,6 +48,7 @@ class TreeAttentionState:
     tree_mask: torch.Tensor
     backend: str | None = None
     plan: Optional[tuple] = field(default=None, repr=False)
+    block_table: Optional[torch.Tensor] = None  # a paged cache (PagedTreeKVCache): key/value are its pages
 
 
 def _signature(query, key, value, scaling) -> tuple:
@@ -93,6 +94,18 @@ def tree_attention_forward(
             f"{ATTN_IMPLEMENTATION!r} got an attention mask from the model; masks come from the "
             "tree mask only (was the model's mask function registered for this name?)"
         )
+    if state.block_table is not None:  # a paged cache: key / value are the layer's pages [pages, P, H_kv, D]
+        out = specdec_kernels.paged_tree_attention(
+            query,
+            key,
+            value,
+            state.block_table,
+            state.cache_len,
+            state.tree_mask,
+            scale=scaling,
+            backend=state.backend,
+        )
+        return out.transpose(1, 2), None
     if dropout and module.training:
         raise RuntimeError(f"{ATTN_IMPLEMENTATION!r} is inference-only (attention dropout {dropout} in training mode)")
     if softcap is not None:

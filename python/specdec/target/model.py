@@ -29,6 +29,7 @@ from specdec_kernels.checks import check_tensor
 
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState
 from .cache import TreeKVCache
+from .paged_cache import PagedTreeKVCache, PagePool
 
 
 class TargetOutput(NamedTuple):
@@ -109,18 +110,39 @@ class TargetModel:
         )
 
     # -- cache ------------------------------------------------------------------------------------------
-    def new_cache(self, batch_size: int, max_len: int, dtype: Optional[torch.dtype] = None) -> TreeKVCache:
-        """A TreeKVCache for `batch_size` requests of up to `max_len` slots each (cache_len = 0).
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        page_size: Optional[int] = None,
+        pool: Optional[PagePool] = None,
+    ):
+        """A TreeKVCache for `batch_size` requests of up to `max_len` slots each (cache_len = 0), or with
+        `page_size` a PagedTreeKVCache: the same slots on pages of that many tokens from `pool` (a new pool
+        of just enough pages when None), read and compacted by the paged ops.
 
         max_len must hold every committed token plus one tree: prompt + new tokens + tree nodes.
         """
-        return TreeKVCache(
-            batch_size, max_len, self.num_layers, self.num_kv_heads, self.head_dim, dtype or self.dtype, self.device
+        args = (
+            batch_size,
+            max_len,
+            self.num_layers,
+            self.num_kv_heads,
+            self.head_dim,
+            dtype or self.dtype,
+            self.device,
         )
+        if page_size is None:
+            return TreeKVCache(*args)
+        return PagedTreeKVCache(*args, page_size=page_size, pool=pool)
 
     def _check_cache(self, cache, batch: int, new_tokens: int) -> None:
-        if not isinstance(cache, TreeKVCache):
-            raise TypeError(f"cache: expected a TreeKVCache (TargetModel.new_cache), got {type(cache).__name__}")
+        if not isinstance(cache, (TreeKVCache, PagedTreeKVCache)):
+            raise TypeError(
+                f"cache: expected a TreeKVCache or PagedTreeKVCache (TargetModel.new_cache), got {type(cache).__name__}"
+            )
         if cache.batch_size != batch:
             raise ValueError(f"cache: built for batch size {cache.batch_size}, the inputs have batch size {batch}")
         if len(cache.layers) != self.num_layers:
@@ -177,7 +199,9 @@ class TargetModel:
         if tree_mask.shape[2] * 32 < T:
             raise ValueError(f"tree_mask: {tree_mask.shape[2]} words per row cannot address {T} new tokens")
         self._check_cache(cache, B, T)
-        state = TreeAttentionState(cache.cache_len, tree_mask.contiguous(), self.backend)
+        state = TreeAttentionState(
+            cache.cache_len, tree_mask.contiguous(), self.backend, block_table=getattr(cache, "block_table", None)
+        )
         with self._tree_attention():
             out = self.base(
                 input_ids=input_ids,
@@ -266,5 +290,10 @@ class TargetModel:
         request's cache stays as it is).
         """
         self._check_cache(cache, accept_len.shape[0], 0)
-        specdec_kernels.compact_kv(cache.caches(), cache.cache_len, accept_nodes, accept_len, backend=self.backend)
+        if isinstance(cache, PagedTreeKVCache):
+            specdec_kernels.compact_paged_kv(
+                cache.caches(), cache.block_table, cache.cache_len, accept_nodes, accept_len, backend=self.backend
+            )
+        else:
+            specdec_kernels.compact_kv(cache.caches(), cache.cache_len, accept_nodes, accept_len, backend=self.backend)
         cache.cache_len.add_(accept_len)
