@@ -251,7 +251,7 @@ def test_write_slots_matches_scatter(B, T, S):
 def test_paged_cache_pool_and_prefill_match_the_contiguous_cache():
     """A PagedTreeKVCache draws shuffled pages from its pool, gives them back on release, and a prefill on
     it gives the contiguous cache's hidden states and logits."""
-    from specdec.target import PagePool, PagedTreeKVCache
+    from specdec.target import PagedTreeKVCache, PagePool
 
     model = make_target()
     t = TargetModel(model)
