@@ -10,8 +10,9 @@ import os
 import re
 from typing import Optional
 
+from ..arguments import Verbatim
 from ..devices import default_device
-from .errors import RUNTIME, CliError, Verbatim, arg_error
+from .errors import RUNTIME, CliError, arg_error
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
 TARGET_WEIGHTS = (

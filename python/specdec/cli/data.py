@@ -15,12 +15,13 @@ import argparse
 import os
 import time
 
+from ..arguments import Verbatim
+from ..arguments import float_type as _float
+from ..arguments import int_type as _int
 from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
 from .args import add_debug_argument
-from .args import float_type as _float
-from .args import int_type as _int
 from .checks import check_device, resolve_dtype
-from .errors import Verbatim, arg_error
+from .errors import arg_error
 
 ENGINES = ("auto", "static", "hf")
 

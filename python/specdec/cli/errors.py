@@ -1,12 +1,14 @@
 """The errors of the `specdec` command and its subcommands: one line on stderr and an exit status.
 
-A leaf module (no imports from the package), so that every subcommand module can import it cheaply
-(the top-level --help imports them all).
+It imports only specdec.arguments (a leaf), so that every subcommand module can import it cheaply (the
+top-level --help imports them all).
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+from ..arguments import Verbatim
 
 USAGE, RUNTIME = 2, 1  # exit statuses
 
@@ -30,10 +32,6 @@ class CliExit(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-class Verbatim(str):
-    """A `got` text that arg_error shows as is (a sentence), not repr'd (a value)."""
 
 
 def arg_error(arg: str, expected: str, got) -> CliError:

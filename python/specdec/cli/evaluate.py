@@ -17,11 +17,12 @@ import math
 import os
 import sys
 
+from ..arguments import Verbatim, tree_size_type
+from ..arguments import int_type as _int
 from ..dtypes import dtype_choices
 from ..evaluation.report import Checkpoint, check_same_run
-from .args import add_debug_argument, tree_size_type
-from .args import int_type as _int
-from .errors import RUNTIME, CliError, Verbatim, arg_error
+from .args import add_debug_argument
+from .errors import RUNTIME, CliError, arg_error
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..arguments import Verbatim, float_type, int_type, tree_size_type
 from ..dtypes import dtype_choices
 from ..eos import eos_ids
-from .args import BACKENDS, add_debug_argument, float_type, int_type, tree_size_type
+from .args import BACKENDS, add_debug_argument
 from .checks import (
     DRAFT_WEIGHTS,
     TOKENIZER_FILES,
@@ -26,7 +27,7 @@ from .checks import (
     resolve_dtype,
     vocab_size,
 )
-from .errors import RUNTIME, CliError, Verbatim, arg_error
+from .errors import RUNTIME, CliError, arg_error
 
 COMMAND = "generate"
 SUMMARY = "decoding"

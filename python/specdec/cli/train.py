@@ -14,13 +14,14 @@ import argparse
 import json
 import os
 
+from ..arguments import Verbatim
+from ..arguments import float_type as _float
+from ..arguments import int_type as _int
 from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices
 from ..head_kinds import KINDS
 from .args import add_debug_argument
-from .args import float_type as _float
-from .args import int_type as _int
 from .checks import check_device, resolve_dtype
-from .errors import Verbatim, arg_error
+from .errors import arg_error
 
 COMMAND = "train"
 SUMMARY = "train a draft head"

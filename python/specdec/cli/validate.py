@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..arguments import int_type as _int
 from .args import add_debug_argument
-from .args import int_type as _int
 
 COMMAND = "validate"
 SUMMARY = "measure a head's acceptance and top-k coverage on held-out data"
@@ -73,9 +73,10 @@ def register(sub, formatter_class):
 
 def _plan(args):
     """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
+    from ..arguments import Verbatim
     from ..data.shards import ShardError, read_manifest
     from .checks import DRAFT_WEIGHTS, draft_folder, read_config
-    from .errors import Verbatim, arg_error
+    from .errors import arg_error
 
     folder = draft_folder(args.draft)
     read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
