@@ -23,7 +23,7 @@ import torch
 
 import specdec_kernels as sk
 
-from .devices import default_device
+from .arguments import ArgumentError, check_device, int_type, tree_size_type
 from .dtypes import dtype_choices
 
 
@@ -239,26 +239,11 @@ def _print_totals(totals: dict) -> None:
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit status 2, like the `specdec` command's (no usage
-    block, no traceback). The demo is library code, so it cannot use specdec.cli's parser."""
+    block, no traceback). The demo is library code, so it cannot use specdec.cli's parser; its argument
+    types and checks are specdec.arguments', the command's own."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
-
-
-def _at_least_one(text: str, expected: str = "an integer >= 1") -> int:
-    """argparse type: an integer >= 1; else "expected EXPECTED, got TEXT", the `specdec` command's words."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _tree_size(text: str):
-    """argparse type of --total-tokens: auto (the budget measured on this machine) or an integer >= 1."""
-    return "auto" if text.strip().lower() == "auto" else _at_least_one(text, "auto or an integer >= 1")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -272,9 +257,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draft", default="griffin", help="eagle, fspad, griffin (shipped heads) or a head folder")
     parser.add_argument("--target", default="default", help="default or a Hugging Face model folder")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    parser.add_argument(
-        "--max-new-tokens", type=_at_least_one, default=None, help="per prompt (default 128; offline 32)"
-    )
+    parser.add_argument("--max-new-tokens", type=int_type(1), default=None, help="per prompt (default 128; offline 32)")
     parser.add_argument(
         "--dtype",
         default=None,
@@ -285,23 +268,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--total-tokens",
-        type=_tree_size,
+        type=tree_size_type(1),
         default="auto",
         help="tree nodes, or auto (measured on this machine)",
     )
-    parser.add_argument("--batch", type=_at_least_one, default=3, help="with --offline: requests decoded together")
+    parser.add_argument("--batch", type=int_type(1), default=3, help="with --offline: requests decoded together")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument(
         "--cuda-graph", action="store_true", help="with a CUDA --device: replay each decode pass as one CUDA graph"
     )
     args = parser.parse_args(argv)
     try:
-        device = default_device() if args.device is None else torch.device(args.device)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        parser.error(f"argument --device: expected cpu, cuda or cuda:N, got {args.device!r}")
-    args.device = device
+        args.device = check_device(args.device)  # the `specdec` command's check: malformed or not available
+    except ArgumentError as exc:
+        parser.error(exc.message)
     if args.cuda_graph and args.device.type != "cuda":
         parser.error(f"argument --cuda-graph: expected a CUDA --device, got {str(args.device)!r}")
     return args

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from specdec import demo
+from specdec import arguments, demo
 
 PROG = "python -m specdec.demo"
 
@@ -49,6 +49,18 @@ def test_bad_value_is_one_line(argv, message, calls, capsys):
     assert calls == []  # refused before any part of the demo ran
 
 
+def test_device_check_is_the_commands(calls, monkeypatch, capsys):
+    """--device goes through specdec.arguments.check_device, as `specdec generate --device` does: a CUDA
+    device torch cannot use is refused before anything loads, with the command's words."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{PROG}: error: argument --device: expected an available device (cuda needs a GPU"), err
+    assert "torch.cuda.is_available() is False; use --device cpu" in err and calls == []
+
+
 @pytest.mark.parametrize("argv", [["--dtype", "fp8"], ["--total-tokens", "many"]])
 def test_bad_value_through_a_real_process(argv):
     """Through `python -m specdec.demo` itself: status 2, one line, no traceback, nothing on stdout."""
@@ -60,7 +72,7 @@ def test_bad_value_through_a_real_process(argv):
 
 
 def test_good_values_reach_the_demo(calls, monkeypatch):
-    monkeypatch.setattr(demo, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(arguments, "default_device", lambda: torch.device("cpu"))
     assert demo.main([]) == 0
     (name, _, kw) = calls.pop()
     assert name == "real_demo"
@@ -83,7 +95,7 @@ def test_good_values_reach_the_demo(calls, monkeypatch):
 def test_device_defaults_to_default_device(calls, monkeypatch):
     """Without --device the demo runs on specdec.devices.default_device (a GPU when torch sees one), not on
     the CPU always: with a CUDA default, --cuda-graph needs no --device."""
-    monkeypatch.setattr(demo, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(arguments, "default_device", lambda: torch.device("cuda"))
     assert demo.main(["--cuda-graph"]) == 0
     (name, _, kw) = calls.pop()
     assert name == "real_demo" and kw["device"] == torch.device("cuda") and kw["cuda_graph"] is True

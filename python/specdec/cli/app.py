@@ -19,6 +19,7 @@ import argparse
 import sys
 from typing import Optional
 
+from ..arguments import ArgumentError
 from . import data, evaluate, generate, target, train, validate
 from .args import DEBUG_HELP, HelpFormatter, Parser, add_debug_argument
 from .errors import RUNTIME, CliError, CliExit
@@ -84,7 +85,10 @@ def _run(argv: list, stage: _Stage) -> int:
     stage.prog = f"specdec {args.command or 'info'}"
     if getattr(args, "handler", None) is not None:
         stage.what = "checking the arguments"
-        return args.handler(args, stage)
+        try:
+            return args.handler(args, stage)
+        except ArgumentError as exc:  # a check shared with library code (specdec.arguments): the same one line
+            raise CliError(exc.message) from exc
     stage.what = "building the report"
     from specdec_kernels.info import report
 

@@ -11,7 +11,6 @@ import re
 from typing import Optional
 
 from ..arguments import Verbatim
-from ..devices import default_device
 from .errors import RUNTIME, CliError, arg_error
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
@@ -124,34 +123,6 @@ def check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
                 f"token ids in [0, {vocab}) ({source})",
                 Verbatim(f"prompt {b} with ids outside it: {bad[:5]}"),
             )
-
-
-def check_device(text: Optional[str]):
-    """The torch.device of --device (None: specdec.devices.default_device), or CliError for a device that is
-    malformed or not available."""
-    import torch
-
-    if text is None:
-        return default_device()
-    expected = "cpu, cuda or cuda:N"
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise arg_error("--device", expected, text) from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise arg_error("--device", expected, text)
-    if not torch.cuda.is_available():
-        raise arg_error(
-            "--device",
-            "an available device (cuda needs a GPU and a CUDA build of torch)",
-            Verbatim(f"{text!r}, but torch.cuda.is_available() is False; use --device cpu"),
-        )
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise arg_error("--device", f"cuda or cuda:N with N < {count} (the visible GPUs)", text)
-    return device
 
 
 def resolve_dtype(name: Optional[str], device) -> str:

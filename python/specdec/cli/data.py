@@ -15,12 +15,12 @@ import argparse
 import os
 import time
 
-from ..arguments import Verbatim
+from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
 from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
 from .args import add_debug_argument
-from .checks import check_device, resolve_dtype
+from .checks import resolve_dtype
 from .errors import arg_error
 
 ENGINES = ("auto", "static", "hf")

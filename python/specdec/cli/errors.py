@@ -1,6 +1,6 @@
 """The errors of the `specdec` command and its subcommands: one line on stderr and an exit status.
 
-It imports only specdec.arguments (a leaf), so that every subcommand module can import it cheaply (the
+It imports only specdec.arguments (nothing heavy), so that every subcommand module can import it cheaply (the
 top-level --help imports them all).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..arguments import Verbatim
+from ..arguments import ArgumentError
 
 USAGE, RUNTIME = 2, 1  # exit statuses
 
@@ -35,6 +35,6 @@ class CliExit(SystemExit):
 
 
 def arg_error(arg: str, expected: str, got) -> CliError:
-    """The one-line usage error 'argument ARG: expected EXPECTED, got GOT' (exit status 2); GOT is repr'd
-    unless it is a Verbatim."""
-    return CliError(f"argument {arg}: expected {expected}, got {got if isinstance(got, Verbatim) else repr(got)}")
+    """The one-line usage error 'argument ARG: expected EXPECTED, got GOT' (exit status 2), worded by
+    specdec.arguments.ArgumentError (GOT repr'd unless it is a Verbatim)."""
+    return CliError(ArgumentError(arg, expected, got).message)

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from ..arguments import Verbatim, tree_size_type
+from ..arguments import Verbatim, check_device, tree_size_type
 from ..arguments import int_type as _int
 from ..dtypes import dtype_choices
 from ..evaluation.report import Checkpoint, check_same_run
@@ -230,7 +230,6 @@ def validate_args(args) -> argparse.Namespace:
         TOKENIZER_FILES,
         check_backend,
         check_cuda_graph_device,
-        check_device,
         check_target,
         resolve_dtype,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..arguments import Verbatim, float_type, int_type, tree_size_type
+from ..arguments import Verbatim, check_device, float_type, int_type, tree_size_type
 from ..dtypes import dtype_choices
 from ..eos import eos_ids
 from .args import BACKENDS, add_debug_argument
@@ -19,7 +19,6 @@ from .checks import (
     TOKENIZER_FILES,
     check_backend,
     check_cuda_graph_device,
-    check_device,
     check_ids_in_vocab,
     check_target,
     draft_folder,

@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 
-from ..arguments import Verbatim
+from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
 from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices
 from ..head_kinds import KINDS
 from .args import add_debug_argument
-from .checks import check_device, resolve_dtype
+from .checks import resolve_dtype
 from .errors import arg_error
 
 COMMAND = "train"
