@@ -183,7 +183,7 @@ def _add_run_arguments(p) -> None:
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from .checks import DRAFT_WEIGHTS, draft_folder, read_config
+    from ..loading import DRAFT_WEIGHTS, draft_folder, read_config
 
     heads = {}
     for item in items:
@@ -226,13 +226,9 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from .checks import (
-        TOKENIZER_FILES,
-        check_backend,
-        check_cuda_graph_device,
-        check_target,
-        resolve_dtype,
-    )
+    from ..loading import TOKENIZER_FILES, check_target
+    from .checks import check_backend, check_cuda_graph_device, resolve_dtype
+    from .errors import target_errors
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -252,7 +248,8 @@ def validate_args(args) -> argparse.Namespace:
             "holds one; delete it to start over)",
             args.out,
         )
-    plan.target, target_cfg, local = check_target(args.target)
+    with target_errors():
+        plan.target, target_cfg, local = check_target(args.target)
     if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
         raise arg_error(
             "--target",

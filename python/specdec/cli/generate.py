@@ -13,20 +13,10 @@ import os
 from ..arguments import Verbatim, check_device, float_type, int_type, tree_size_type
 from ..dtypes import dtype_choices
 from ..eos import eos_ids
+from ..loading import DRAFT_WEIGHTS, TOKENIZER_FILES, check_target, draft_folder, read_config
 from .args import BACKENDS, add_debug_argument
-from .checks import (
-    DRAFT_WEIGHTS,
-    TOKENIZER_FILES,
-    check_backend,
-    check_cuda_graph_device,
-    check_ids_in_vocab,
-    check_target,
-    draft_folder,
-    read_config,
-    resolve_dtype,
-    vocab_size,
-)
-from .errors import RUNTIME, CliError, arg_error
+from .checks import check_backend, check_cuda_graph_device, check_ids_in_vocab, resolve_dtype, vocab_size
+from .errors import RUNTIME, CliError, arg_error, target_errors
 
 COMMAND = "generate"
 SUMMARY = "decoding"
@@ -191,7 +181,8 @@ def parse_ids(text: str) -> list:
 def _plan(args) -> argparse.Namespace:
     """Every check that needs no model: the plan of the run, or CliError."""
     plan = argparse.Namespace()
-    plan.target, target_cfg, local = check_target(args.target)
+    with target_errors():
+        plan.target, target_cfg, local = check_target(args.target)
     plan.draft = draft_folder(args.draft)
     read_config("--draft", plan.draft, DRAFT_WEIGHTS, "a draft head folder")
     vocab = vocab_size(target_cfg)

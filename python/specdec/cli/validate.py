@@ -72,11 +72,12 @@ def register(sub, formatter_class):
 
 
 def _plan(args):
-    """(head folder, data manifest, target spec): every check that loads no model, or CliError."""
+    """(head folder, data manifest, target spec, what from_pretrained loads for it): every check that loads no
+    model, or CliError."""
     from ..arguments import Verbatim
     from ..data.shards import ShardError, read_manifest
-    from .checks import DRAFT_WEIGHTS, draft_folder, read_config
-    from .errors import arg_error
+    from ..loading import DRAFT_WEIGHTS, check_target, draft_folder, read_config
+    from .errors import arg_error, target_errors
 
     folder = draft_folder(args.draft)
     read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
@@ -103,15 +104,15 @@ def _plan(args):
         raise arg_error("--write", "held-out numbers (--split val)", Verbatim(f"--split {args.split}"))
     if args.write and not os.access(os.path.join(folder, "config.json"), os.W_OK):
         raise arg_error("--write", "a head folder whose config.json is writable", Verbatim(folder))
-    return folder, manifest, target
+    with target_errors():
+        target_path = check_target(target)[0]
+    return folder, manifest, target, target_path
 
 
 def _handle(args, stage) -> int:
-    from .checks import check_target
     from .errors import RUNTIME, CliError
 
-    folder, manifest, target_spec = _plan(args)
-    target_path, _, _ = check_target(target_spec)
+    folder, manifest, target_spec, target_path = _plan(args)
     stage.what = "importing torch and transformers"
     import torch
     from transformers import AutoModelForCausalLM
