@@ -25,6 +25,7 @@ import specdec_kernels as sk
 
 from .arguments import ArgumentError, check_device, int_type, tree_size_type
 from .dtypes import dtype_choices
+from .loading import check_draft, check_target
 
 
 def tree_demo() -> None:
@@ -278,8 +279,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cuda-graph", action="store_true", help="with a CUDA --device: replay each decode pass as one CUDA graph"
     )
     args = parser.parse_args(argv)
-    try:
-        args.device = check_device(args.device)  # the `specdec` command's check: malformed or not available
+    try:  # the `specdec` command's checks, with its words
+        args.device = check_device(args.device)
+        if not args.offline:
+            check_target(args.target, hub_cache=False, fetch=False)  # "default" is fetched by real_demo
+            check_draft(args.draft)
     except ArgumentError as exc:
         parser.error(exc.message)
     if args.cuda_graph and args.device.type != "cuda":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .arguments import ArgumentError, Verbatim
 
@@ -68,20 +68,36 @@ def _cached_hub_config(repo_id: str) -> Optional[str]:
     return found if isinstance(found, str) else None
 
 
-def check_target(text: str):
-    """(path or cached hub id to pass to from_pretrained, config dict or None, local folder or None) of a
-    --target value, or ArgumentError; "default" is fetched when missing (TargetFetchError if that fails)."""
+class CheckedTarget(NamedTuple):
+    """What check_target found: `path` to give from_pretrained (a folder, a cached hub id, or the word
+    "default" when it was not fetched), its config.json (None when unknown) and the local folder (None for a
+    hub id or an unfetched default)."""
+
+    path: str
+    config: Optional[dict]
+    folder: Optional[str]
+
+
+def check_target(text: str, *, hub_cache: bool = True, fetch: bool = True) -> CheckedTarget:
+    """Check a --target value before anything loads: the word "default", a model folder (with config.json,
+    which must parse, and weights) or, with `hub_cache`, the id of a model in the local Hugging Face cache
+    (nothing is downloaded). "default" is fetched when missing if `fetch` (TargetFetchError if that fails),
+    else left for load_target. Raises ArgumentError."""
     what = "a Hugging Face model folder"
+    # the words for a value that names nothing: what each command has always said
+    forms = f"{what} (a folder with config.json)" if hub_cache else f"the word 'default' or {what} (with config.json)"
     if not text.strip():
-        raise ArgumentError("--target", f"{what} (a folder with config.json)", text)
+        raise ArgumentError("--target", forms, text)
     if text.strip() == "default":
+        if not fetch:
+            return CheckedTarget("default", None, None)
         from .default_target import resolve_target
 
         text = resolve_target("default")  # fetched once (progress on stderr), then a local folder
     path = os.path.expanduser(text)
     if os.path.exists(path):
-        return path, read_config("--target", path, TARGET_WEIGHTS, what), path
-    if HUB_ID.match(text) and ".." not in text:
+        return CheckedTarget(path, read_config("--target", path, TARGET_WEIGHTS, what), path)
+    if hub_cache and HUB_ID.match(text) and ".." not in text:
         cached = _cached_hub_config(text)
         if cached is not None:
             try:
@@ -89,7 +105,7 @@ def check_target(text: str):
                     cfg = json.load(f)
             except (OSError, ValueError):
                 cfg = None
-            return text, cfg if isinstance(cfg, dict) else None, None
+            return CheckedTarget(text, cfg if isinstance(cfg, dict) else None, None)
         raise ArgumentError(
             "--target",
             f"{what} (a folder with config.json) or the id of a model in the local Hugging Face cache",
@@ -99,7 +115,19 @@ def check_target(text: str):
                 f"{text}` first)"
             ),
         )
-    raise ArgumentError("--target", f"{what} (a folder with config.json)", Verbatim(f"{text!r}, which does not exist"))
+    raise ArgumentError("--target", forms, Verbatim(f"{text!r}, which does not exist"))
+
+
+def has_tokenizer(folder: str) -> bool:
+    """Whether a model folder holds tokenizer files (TOKENIZER_FILES)."""
+    return any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES)
+
+
+def check_draft(spec: str) -> tuple:
+    """(folder, config.json) of a --draft value: a shipped head's name or a head folder with config.json and
+    weights; or ArgumentError."""
+    folder = draft_folder(spec)
+    return folder, read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
 
 
 def draft_folder(spec: str) -> str:

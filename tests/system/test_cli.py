@@ -314,6 +314,32 @@ def test_device_index_beyond_the_gpus(saved, capsys, no_load, monkeypatch):
     assert "argument --device: expected cuda or cuda:N with N < 1" in line and "'cuda:3'" in line
 
 
+def test_every_command_checks_target_alike(saved, tmp_path, capsys, no_load):
+    """generate, data and the demo check --target with specdec.loading.check_target (train too): a folder
+    without weights is refused by each in the same words, before anything loads."""
+    from specdec import demo
+
+    root, _ = saved
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}")
+    said = "argument --target: expected a Hugging Face model folder with weights (model.safetensors or "
+    runs = {
+        "generate": ["generate", "--target", folder, "--draft", root / "draft", "--prompt-ids", "1"],
+        "data": ["data", "--target", folder, "--out", tmp_path / "out"],
+    }
+    for command, argv in runs.items():
+        line = _fail(argv, capsys)
+        assert line.startswith(f"specdec {command}: error: {said}"), line
+        assert line.endswith(f"got {str(folder)!r}, which has config.json but no weights"), line
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--target", str(folder), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"python -m specdec.demo: error: {said}"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_reraises_argument_errors(saved, capsys, no_load):
     root, _ = saved
     from specdec.cli import CliError

@@ -38,6 +38,12 @@ def calls(monkeypatch):
         (["--device", "gpu0"], "argument --device: expected cpu, cuda or cuda:N, got 'gpu0'"),
         (["--device", "meta"], "argument --device: expected cpu, cuda or cuda:N, got 'meta'"),
         (["--cuda-graph", "--device", "cpu"], "argument --cuda-graph: expected a CUDA --device, got 'cpu'"),
+        (
+            ["--target", "no/such/folder"],
+            "argument --target: expected the word 'default' or a Hugging Face model folder (with config.json), got "
+            "'no/such/folder', which does not exist",
+        ),
+        (["--draft", "no/such/head"], "argument --draft: expected eagle, fspad or griffin (a shipped head of the"),
     ],
 )
 def test_bad_value_is_one_line(argv, message, calls, capsys):

@@ -19,6 +19,7 @@ from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
 from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
+from ..loading import check_target, has_tokenizer
 from .args import add_debug_argument
 from .checks import resolve_dtype
 from .errors import arg_error
@@ -184,22 +185,9 @@ def _validate(args):
 
 
 def _check_target(text: str) -> None:
-    """--target: the word default, or a model folder with config.json and a tokenizer."""
-    if not text.strip():
-        raise arg_error("--target", 'the word "default" or a Hugging Face model folder', text)
-    if text.strip() == "default":
-        return
-    path = os.path.expanduser(text)
-    if not os.path.isdir(path):
-        what = "which does not exist" if not os.path.exists(path) else "which is a file"
-        raise arg_error("--target", 'the word "default" or a Hugging Face model folder', Verbatim(f"{text!r}, {what}"))
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise arg_error(
-            "--target", "a Hugging Face model folder with config.json", Verbatim(f"{text!r}, which has none")
-        )
-    if not any(
-        os.path.isfile(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    ):
+    """--target: the word default, or a model folder (specdec.loading.check_target) with a tokenizer."""
+    folder = check_target(text, hub_cache=False, fetch=False).folder  # "default" is fetched after every check
+    if folder is not None and not has_tokenizer(folder):
         raise arg_error(
             "--target", "a model folder with a tokenizer (and chat template)", Verbatim(f"{text!r}, which has none")
         )

@@ -183,7 +183,7 @@ def _add_run_arguments(p) -> None:
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from ..loading import DRAFT_WEIGHTS, draft_folder, read_config
+    from ..loading import check_draft
 
     heads = {}
     for item in items:
@@ -192,8 +192,7 @@ def _parse_drafts(items: list) -> dict:
         )
         if name is not None and not name.strip():
             raise arg_error("--draft", "NAME=PATH with a non-empty NAME", item)
-        path = draft_folder(path)
-        cfg = read_config("--draft", path, DRAFT_WEIGHTS, "a draft head folder")
+        path, cfg = check_draft(path)
         if name is None:
             name = cfg.get("specdec_kind") or os.path.basename(os.path.normpath(path))
         if name in heads:
@@ -226,7 +225,7 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from ..loading import TOKENIZER_FILES, check_target
+    from ..loading import check_target, has_tokenizer
     from .checks import check_backend, check_cuda_graph_device, resolve_dtype
     from .errors import target_errors
 
@@ -250,7 +249,7 @@ def validate_args(args) -> argparse.Namespace:
         )
     with target_errors():
         plan.target, target_cfg, local = check_target(args.target)
-    if local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
+    if local is not None and not has_tokenizer(local):
         raise arg_error(
             "--target",
             "a model folder with a tokenizer (the prompts go through its chat template)",

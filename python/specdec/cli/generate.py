@@ -13,7 +13,7 @@ import os
 from ..arguments import Verbatim, check_device, float_type, int_type, tree_size_type
 from ..dtypes import dtype_choices
 from ..eos import eos_ids
-from ..loading import DRAFT_WEIGHTS, TOKENIZER_FILES, check_target, draft_folder, read_config
+from ..loading import TOKENIZER_FILES, check_draft, check_target, has_tokenizer
 from .args import BACKENDS, add_debug_argument
 from .checks import check_backend, check_cuda_graph_device, check_ids_in_vocab, resolve_dtype, vocab_size
 from .errors import RUNTIME, CliError, arg_error, target_errors
@@ -183,8 +183,7 @@ def _plan(args) -> argparse.Namespace:
     plan = argparse.Namespace()
     with target_errors():
         plan.target, target_cfg, local = check_target(args.target)
-    plan.draft = draft_folder(args.draft)
-    read_config("--draft", plan.draft, DRAFT_WEIGHTS, "a draft head folder")
+    plan.draft, _ = check_draft(args.draft)
     vocab = vocab_size(target_cfg)
     source = "vocab_size in the config.json of --target"
 
@@ -193,7 +192,7 @@ def _plan(args) -> argparse.Namespace:
     for text in args.prompt:
         if not text.strip():
             raise arg_error("--prompt", "non-empty text", text)
-    if args.prompt and local is not None and not any(os.path.isfile(os.path.join(local, n)) for n in TOKENIZER_FILES):
+    if args.prompt and local is not None and not has_tokenizer(local):
         raise arg_error(
             "--prompt",
             "a --target folder with a tokenizer to encode text",
@@ -265,7 +264,7 @@ def _handle(args, stage) -> int:
 
 def _has_tokenizer(target: str) -> bool:
     """A hub id (the cache decides) or a folder holding one of the tokenizer files."""
-    return not os.path.isdir(target) or any(os.path.isfile(os.path.join(target, n)) for n in TOKENIZER_FILES)
+    return not os.path.isdir(target) or has_tokenizer(target)
 
 
 def _load_tokenizer(args, plan, stage):

@@ -19,6 +19,7 @@ from ..arguments import float_type as _float
 from ..arguments import int_type as _int
 from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices
 from ..head_kinds import KINDS
+from ..loading import check_target
 from .args import add_debug_argument
 from .checks import resolve_dtype
 from .errors import arg_error
@@ -305,30 +306,16 @@ def _check_data_contents(args, manifest: dict) -> None:
 
 
 def _check_target(args, manifest: dict) -> None:
-    """--target: unset (the manifest must name one), default, or a model folder of the data's vocabulary."""
+    """--target: unset (the manifest must name one), default, or a model folder (specdec.loading.check_target)
+    of the data's vocabulary."""
     target = args.target
     if target is None:
         t = manifest.get("target")
         if not (isinstance(t, dict) and t.get("path")) and not isinstance(t, str):
             raise arg_error("--target", "a target (the data manifest names none)", Verbatim("nothing"))
         return
-    if target.strip() == "default":
-        return
-    path = os.path.expanduser(target)
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-        raise arg_error(
-            "--target",
-            "the word 'default' or a Hugging Face model folder (with config.json)",
-            Verbatim(
-                f"{target!r}, which " + ("does not exist" if not os.path.exists(path) else "is not such a folder")
-            ),
-        )
+    tcfg = check_target(target, hub_cache=False, fetch=False).config or {}  # "default": the trainer fetches it
     vocab = (manifest.get("target") or {}).get("vocab_size") if isinstance(manifest.get("target"), dict) else None
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            tcfg = json.load(f)
-    except (OSError, ValueError):
-        tcfg = {}
     if vocab and tcfg.get("vocab_size") and tcfg["vocab_size"] != vocab:
         raise arg_error(
             "--target",

@@ -76,11 +76,10 @@ def _plan(args):
     model, or CliError."""
     from ..arguments import Verbatim
     from ..data.shards import ShardError, read_manifest
-    from ..loading import DRAFT_WEIGHTS, check_target, draft_folder, read_config
+    from ..loading import check_draft, check_target
     from .errors import arg_error, target_errors
 
-    folder = draft_folder(args.draft)
-    read_config("--draft", folder, DRAFT_WEIGHTS, "a draft head folder")
+    folder, _ = check_draft(args.draft)
     data = os.path.expanduser(args.data)
     if not os.path.isdir(data):
         raise arg_error("--data", "a `specdec data` folder", Verbatim(f"{args.data!r}, which is not a folder"))
