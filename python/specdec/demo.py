@@ -25,7 +25,7 @@ import specdec_kernels as sk
 
 from .arguments import ArgumentError, check_device, int_type, tree_size_type
 from .dtypes import dtype_choices
-from .loading import check_draft, check_target
+from .loading import check_draft, check_target, load_head, load_target
 
 
 def tree_demo() -> None:
@@ -149,14 +149,9 @@ def real_demo(
     forward differs from the one-token forward's)."""
     import time
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .default_target import resolve_target
     from .dtypes import model_dtype
     from .evaluation.harness import EvalSettings, Harness
     from .heads import resolve_draft
-    from .models import load_draft_head
-    from .target.prepack import prepack_linears
 
     steps = 4
     torch_dtype = getattr(torch, model_dtype(dtype, torch.device(device)))
@@ -165,13 +160,10 @@ def real_demo(
 
         print(auto_note(torch.device(device)))
     _phase(1, steps, f"target: {target} (fetched once into $SPECDEC_HOME when missing)")
-    path = resolve_target(target)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
-    prepack_linears(model)  # both sides of the comparison run the same (prepacked) model
+    # both sides of the comparison run the same (prepacked) model
+    model, tok, _, _ = load_target(target, dtype=torch_dtype, device=device, prepack=True)
     _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
-    head = load_draft_head(resolve_draft(draft), device=device, dtype=torch_dtype).eval()
-    prepack_linears(head)
+    head = load_head(resolve_draft(draft), dtype=torch_dtype, device=device, prepack=True)
     settings = EvalSettings(
         temperatures=(0.0,), max_new_tokens=max_new_tokens, total_tokens=total_tokens, cuda_graph=cuda_graph
     )

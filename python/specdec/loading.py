@@ -1,8 +1,12 @@
-"""The models a run loads, named by --target and --draft values: checks of those values that load no model.
+"""The models a run loads, named by --target and --draft values: the checks of those values (no model is
+loaded), then the loaders. Shared by the `specdec` subcommands (specdec.cli) and the demo.
 
-Shared by the `specdec` subcommands (specdec.cli) and the demo. Each check raises
-specdec.arguments.ArgumentError, "argument --X: expected ..., got ...": one line for the user; fetching the
-default target (--target default) may raise specdec.default_target.TargetFetchError.
+    check_target(text), check_draft(spec)       before anything loads; ArgumentError: "argument --X: ..."
+    model, tokenizer, path, _ = load_target("default", dtype=torch.bfloat16, device="cuda", prepack=True)
+    head = load_head(folder, dtype=torch.bfloat16, device="cuda")
+
+Fetching the default target (--target default) may raise specdec.default_target.TargetFetchError; a value
+that names no target raises its TargetError.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .arguments import ArgumentError, Verbatim
+from .default_target import TargetError, resolve_target
 
 # What `from_pretrained` / `load_draft_head` read from a folder besides config.json.
 TARGET_WEIGHTS = (
@@ -91,8 +96,6 @@ def check_target(text: str, *, hub_cache: bool = True, fetch: bool = True) -> Ch
     if text.strip() == "default":
         if not fetch:
             return CheckedTarget("default", None, None)
-        from .default_target import resolve_target
-
         text = resolve_target("default")  # fetched once (progress on stderr), then a local folder
     path = os.path.expanduser(text)
     if os.path.exists(path):
@@ -147,3 +150,86 @@ def draft_folder(spec: str) -> str:
             Verbatim(f"{spec!r}, which does not exist"),
         )
     return folder
+
+
+# ---- loading ----
+
+
+class LoadedTarget(NamedTuple):
+    """What load_target loaded: the model, its tokenizer (None when not asked for), the path it was loaded
+    from and how many linears were prepacked (0 without prepack)."""
+
+    model: Any
+    tokenizer: Any
+    path: str
+    prepacked: int
+
+
+def target_path(name_or_path: Union[str, os.PathLike]) -> str:
+    """What from_pretrained loads for a --target value: "default" -> the default target's folder (fetched on
+    first use), a local folder -> itself (~ expanded), anything else -> the value as given (the id of a model
+    in the local Hugging Face cache). TargetError for an empty value or a folder without config.json."""
+    text = os.fspath(name_or_path)
+    if text.strip() == "default" or os.path.exists(os.path.expanduser(text)) or not HUB_ID.match(text):
+        return resolve_target(text)
+    return text
+
+
+def load_target(
+    name_or_path: Union[str, os.PathLike],
+    *,
+    dtype,
+    device="cpu",
+    prepack: bool = False,
+    tokenizer: bool = True,
+    chat_template: bool = False,
+    phase: Optional[Callable[[str], None]] = None,
+) -> LoadedTarget:
+    """Load a target model (and its tokenizer) from a --target value, nothing downloaded but the default
+    target's one fetch.
+
+    Args:
+        name_or_path: "default", a local Hugging Face model folder or the id of a model in the local Hugging
+            Face cache (target_path).
+        dtype, device: the model's torch dtype and device; it is returned in eval mode.
+        prepack: prepack its bf16 CPU linears for oneDNN (specdec.target.prepack); counted in `prepacked`.
+        tokenizer: also load the tokenizer, before the model; chat_template: which must have a chat template.
+        phase: called with "tokenizer" and "model" before each is loaded (a command's progress report).
+
+    Raises TargetError for a value that names no target or, with chat_template, a tokenizer without one;
+    TargetFetchError when the default target cannot be fetched.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = target_path(name_or_path)
+    tok = None
+    if tokenizer:
+        if phase is not None:
+            phase("tokenizer")
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if chat_template and not getattr(tok, "chat_template", None):
+            raise TargetError(
+                f"expected a tokenizer with a chat template, got {os.fspath(name_or_path)!r}, whose tokenizer has none"
+            )
+    if phase is not None:
+        phase("model")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    packed = 0
+    if prepack:
+        from .target.prepack import prepack_linears
+
+        packed = prepack_linears(model)
+    return LoadedTarget(model, tok, path, packed)
+
+
+def load_head(folder: str, *, dtype, device=None, prepack: bool = False):
+    """The draft head in `folder` (specdec.models.load_draft_head) on `device` in `dtype`, in eval mode;
+    prepack: its bf16 CPU linears prepacked as the target's are (specdec.target.prepack)."""
+    from .models import load_draft_head
+
+    head = load_draft_head(folder, device=device, dtype=dtype).eval()
+    if prepack:
+        from .target.prepack import prepack_linears
+
+        prepack_linears(head)
+    return head

@@ -128,16 +128,21 @@ def test_generate_sampling_runs(saved, capsys):
     assert len(ids) == 5 and all(0 <= int(t) < VOCAB for t in ids)
 
 
-def test_generate_with_tokenizer(saved, tmp_path, capsys):
+def _word_tokenizer():
+    """A word-level tokenizer over w0..w62 (no chat template)."""
     tokenizers = pytest.importorskip("tokenizers")
     from transformers import PreTrainedTokenizerFast
 
-    root, model = saved
     words = [f"w{i}" for i in range(VOCAB - 1)] + ["[UNK]"]
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins words with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def test_generate_with_tokenizer(saved, tmp_path, capsys):
+    root, model = saved
+    fast = _word_tokenizer()
     target = tmp_path / "target_tok"
     model.save_pretrained(target)
     fast.save_pretrained(target)
@@ -165,6 +170,36 @@ def test_generate_with_tokenizer(saved, tmp_path, capsys):
     want = generate_baseline(model, [[1, 2, 3]], max_new_tokens=4).sequences[0]
     assert f"[0] {fast.decode(want)}" in out.splitlines()
     assert f"[0] ids: {' '.join(map(str, want))}" in out.splitlines()
+
+
+def test_load_target_is_every_commands_loader(saved, tmp_path, capsys):
+    """specdec.loading.load_target, through which every command and the demo load their target: the model in
+    eval mode in the dtype asked for, the tokenizer when asked for, prepacking counted; a tokenizer without a
+    chat template is refused where one is needed, by `specdec eval` and `specdec data` in the same line."""
+    from specdec.default_target import TargetError
+    from specdec.loading import load_target
+
+    root, model = saved
+    folder = tmp_path / "target_tok"
+    model.save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    loaded = load_target(str(folder), dtype=torch.float64)
+    assert loaded.path == str(folder) and loaded.tokenizer is not None and loaded.prepacked == 0
+    assert not loaded.model.training and loaded.model.dtype == torch.float64
+    assert load_target(folder, dtype=torch.float32, tokenizer=False).tokenizer is None
+    with pytest.raises(TargetError, match=f"expected a tokenizer with a chat template, got {str(folder)!r}"):
+        load_target(folder, dtype=torch.float32, chat_template=True)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "w1"}\n')
+    said = (
+        f"argument --target: expected a tokenizer with a chat template, got {str(folder)!r}, whose tokenizer has none"
+    )
+    common = ["--target", folder, "--out", tmp_path / "out", "--dtype", "float32", "--device", "cpu"]
+    capsys.readouterr()  # the loading bars so far
+    for argv in (
+        ["eval", *common, "--draft", root / "draft", "--bench", tmp_path / "p.jsonl", "--no-warmup"],
+        ["data", *common, "--no-progress"],
+    ):
+        assert _fail(argv, capsys) == f"specdec {argv[0]}: error: {said}"
 
 
 def test_generate_errors(saved, capsys):

@@ -27,7 +27,8 @@ from .errors import RUNTIME, CliError, CliExit
 # The modules that add a subcommand, in the order of the top-level help. Each defines COMMAND (its name),
 # SUMMARY (one line for the top-level help) and `register(sub, formatter_class)`, which calls
 # sub.add_parser(COMMAND, formatter_class=formatter_class, ...), sets `handler=fn` on it with
-# fn(args, stage) -> exit status (stage.what names the current phase for the one-line error report) and
+# fn(args, stage) -> exit status (stage.what names the current phase for the one-line error report;
+# stage.target_phases sets it while specdec.loading.load_target runs) and
 # returns that parser. Bad arguments raise CliError (see arg_error) before anything loads.
 COMMAND_MODULES = (generate, target, data, train, validate, evaluate)
 
@@ -70,6 +71,14 @@ class _Stage:
         self.what = "parsing the arguments"
         self.prog = "specdec"
         self.debug = debug
+
+    def target_phases(self, target: str):
+        """The `phase` of specdec.loading.load_target for the --target value `target`: what it loads now."""
+        said = {
+            "tokenizer": f"loading the tokenizer of --target {target!r}",
+            "model": f"loading the target model from --target {target!r}",
+        }
+        return lambda step: setattr(self, "what", said[step])
 
 
 def _run(argv: list, stage: _Stage) -> int:

@@ -19,7 +19,7 @@ from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
 from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
-from ..loading import check_target, has_tokenizer
+from ..loading import check_target, has_tokenizer, load_target, target_path
 from .args import add_debug_argument
 from .checks import resolve_dtype
 from .errors import arg_error
@@ -261,39 +261,27 @@ def _check_same_settings(args, out: str, source: str) -> None:
 
 def _handle(args, stage) -> int:
     from ..dtypes import torch_dtype
-    from .errors import RUNTIME, CliError
+    from .errors import RUNTIME, CliError, target_errors
 
     out, source, device = _validate(args)
     stage.what = "importing torch and transformers"
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..data.build import BuildMismatch, build
     from ..data.chat import TemplateError
     from ..data.shards import ShardError
     from ..data.sharegpt import SourceError
-    from ..default_target import TargetError, TargetFetchError, resolve_target
 
     stage.what = f"resolving --target {args.target!r}"
-    try:
-        target = resolve_target(args.target)
-    except TargetFetchError as exc:
-        raise CliError(f"argument --target: {exc}", RUNTIME) from exc
-    except TargetError as exc:
-        raise CliError(f"argument --target: {exc}") from exc
-    target = os.path.expanduser(target)
+    with target_errors():
+        target_path(args.target)  # the default target fetched now, before the dtype is measured
     dtype = torch_dtype(resolve_dtype(args.dtype, device))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    stage.what = f"loading the tokenizer of --target {args.target!r}"
-    tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-    if not getattr(tok, "chat_template", None):
-        raise CliError(
-            f"argument --target: expected a tokenizer with a chat template, got {args.target!r}, "
-            "whose tokenizer has none"
+    with target_errors():
+        model, tok, target, _ = load_target(
+            args.target, dtype=dtype, device=device, chat_template=True, phase=stage.target_phases(args.target)
         )
-    stage.what = f"loading the target model from --target {args.target!r}"
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, local_files_only=True).to(device).eval()
     t0 = time.perf_counter()
     rank, world = _rank()
     try:

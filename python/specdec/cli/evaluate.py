@@ -21,8 +21,9 @@ from ..arguments import Verbatim, check_device, tree_size_type
 from ..arguments import int_type as _int
 from ..dtypes import dtype_choices
 from ..evaluation.report import Checkpoint, check_same_run
+from ..loading import check_draft, check_target, has_tokenizer, load_head, load_target
 from .args import add_debug_argument
-from .errors import RUNTIME, CliError, arg_error
+from .errors import RUNTIME, CliError, arg_error, target_errors
 
 COMMAND = "eval"
 SUMMARY = "measure tau and speedup on MT-bench / HumanEval"
@@ -183,7 +184,6 @@ def _add_run_arguments(p) -> None:
 
 def _parse_drafts(items: list) -> dict:
     """{name: folder} from --draft [NAME=]PATH; names default to the head's kind (specdec_kind) or folder name."""
-    from ..loading import check_draft
 
     heads = {}
     for item in items:
@@ -225,9 +225,7 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from ..loading import check_target, has_tokenizer
     from .checks import check_backend, check_cuda_graph_device, resolve_dtype
-    from .errors import target_errors
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)
@@ -327,8 +325,8 @@ def _handle(args, stage) -> int:
         code.torch.set_num_threads(args.threads)
     ident = run_identity(args, plan, benches, code.torch.get_num_threads())
     resumed = _resume(args, plan, ident)
-    tokenizer, model, packed = _load_target(args, plan, code, stage)
-    heads = _load_heads(args, plan, code, stage)
+    tokenizer, model, packed = _load_target(args, plan, stage)
+    heads = _load_heads(args, plan, stage)
     settings = _eval_settings(args, code)
     stage.what = "evaluating"
     harness = code.Harness(model, tokenizer, settings)
@@ -366,53 +364,38 @@ def _load_benches(specs: list, limit, spread: bool) -> dict:
 
 
 def _import_code() -> argparse.Namespace:
-    """torch, the Hugging Face loaders and the evaluation code: the slow imports, made under their own stage."""
+    """torch, the loaders and the evaluation code: the slow imports, made under their own stage."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..evaluation.harness import EvalSettings, Harness
     from ..evaluation.report import stamp, write_report
-    from ..models import load_draft_head
-    from ..target.prepack import prepack_linears
 
     return argparse.Namespace(
-        torch=torch,
-        AutoModelForCausalLM=AutoModelForCausalLM,
-        AutoTokenizer=AutoTokenizer,
-        EvalSettings=EvalSettings,
-        Harness=Harness,
-        stamp=stamp,
-        write_report=write_report,
-        load_draft_head=load_draft_head,
-        prepack_linears=prepack_linears,
+        torch=torch, EvalSettings=EvalSettings, Harness=Harness, stamp=stamp, write_report=write_report
     )
 
 
-def _load_target(args, plan, code, stage) -> tuple:
+def _load_target(args, plan, stage) -> tuple:
     """(tokenizer, target model on the device in eval mode, number of prepacked linears); CliError without a
     chat template."""
-    stage.what = f"loading the tokenizer of --target {args.target!r}"
-    tokenizer = code.AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
-    if not getattr(tokenizer, "chat_template", None):
-        raise CliError(
-            f"argument --target: expected a tokenizer with a chat template, got {args.target!r}, "
-            "whose tokenizer has none"
+    with target_errors():
+        loaded = load_target(
+            args.target,
+            dtype=plan.dtype,
+            device=plan.device,
+            prepack=not args.no_prepack,
+            chat_template=True,
+            phase=stage.target_phases(args.target),
         )
-    stage.what = f"loading the target model from --target {args.target!r}"
-    model = code.AutoModelForCausalLM.from_pretrained(plan.target, dtype=plan.dtype, local_files_only=True)
-    model = model.to(plan.device).eval()
-    packed = 0 if args.no_prepack else code.prepack_linears(model)
-    return tokenizer, model, packed
+    return loaded.tokenizer, loaded.model, loaded.prepacked
 
 
-def _load_heads(args, plan, code, stage) -> dict:
+def _load_heads(args, plan, stage) -> dict:
     """{name: draft head} on the device in eval mode, prepacked unless --no-prepack."""
     heads = {}
     for name, path in plan.drafts.items():
         stage.what = f"loading the draft head {name!r} from {path!r}"
-        heads[name] = code.load_draft_head(path, device=plan.device, dtype=plan.dtype).eval()
-        if not args.no_prepack:
-            code.prepack_linears(heads[name])
+        heads[name] = load_head(path, dtype=plan.dtype, device=plan.device, prepack=not args.no_prepack)
     return heads
 
 

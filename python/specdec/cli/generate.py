@@ -13,7 +13,7 @@ import os
 from ..arguments import Verbatim, check_device, float_type, int_type, tree_size_type
 from ..dtypes import dtype_choices
 from ..eos import eos_ids
-from ..loading import TOKENIZER_FILES, check_draft, check_target, has_tokenizer
+from ..loading import TOKENIZER_FILES, check_draft, check_target, has_tokenizer, load_head, load_target
 from .args import BACKENDS, add_debug_argument
 from .checks import check_backend, check_cuda_graph_device, check_ids_in_vocab, resolve_dtype, vocab_size
 from .errors import RUNTIME, CliError, arg_error, target_errors
@@ -268,12 +268,13 @@ def _has_tokenizer(target: str) -> bool:
 
 
 def _load_tokenizer(args, plan, stage):
-    """The target's tokenizer, or None when it has none and only --prompt-ids are given (else CliError)."""
+    """The target's tokenizer, or None when it has none and only --prompt-ids are given (else CliError).
+    Loaded here, not by load_target: the prompts are encoded (and checked) before the model loads."""
     from transformers import AutoTokenizer
 
     tokenizer = None
     if _has_tokenizer(plan.target):
-        stage.what = f"loading the tokenizer of --target {args.target!r}"
+        stage.target_phases(args.target)("tokenizer")
         try:
             tokenizer = AutoTokenizer.from_pretrained(plan.target, local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -317,22 +318,20 @@ def _encode_prompts(args, tokenizer, stage) -> list:
 
 def _load_models(args, plan, stage):
     """(the Hugging Face target, its TargetModel wrapper, the draft head), on the device, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    from ..models import load_draft_head
     from ..target import TargetModel
-    from ..target.prepack import prepack_linears
 
-    stage.what = f"loading the target model from --target {args.target!r}"
-    model = AutoModelForCausalLM.from_pretrained(plan.target, dtype=plan.dtype, local_files_only=True)
-    model = model.to(plan.device).eval()
-    if not args.no_prepack:
-        prepack_linears(model)
+    prepack = not args.no_prepack
+    model = load_target(
+        plan.target,
+        dtype=plan.dtype,
+        device=plan.device,
+        prepack=prepack,
+        tokenizer=False,
+        phase=stage.target_phases(args.target),
+    ).model
     target = TargetModel(model, backend=args.backend)
     stage.what = f"loading the draft head from --draft {args.draft!r}"
-    head = load_draft_head(plan.draft, device=plan.device, dtype=plan.dtype).eval()
-    if not args.no_prepack:
-        prepack_linears(head)
+    head = load_head(plan.draft, dtype=plan.dtype, device=plan.device, prepack=prepack)
     return model, target, head
 
 

@@ -114,12 +114,11 @@ def _handle(args, stage) -> int:
     folder, manifest, target_spec, target_path = _plan(args)
     stage.what = "importing torch and transformers"
     import torch
-    from transformers import AutoModelForCausalLM
 
     from ..data import FeatureDataset
     from ..data.build import target_identity
     from ..data.shards import ShardError
-    from ..models import load_draft_head
+    from ..loading import load_head, load_target
     from ..training.validation import measure_acceptance, record_acceptance
 
     if args.threads:
@@ -132,7 +131,7 @@ def _handle(args, stage) -> int:
     if len(ds) == 0:
         raise CliError(f"argument --data: the {args.split} split of {args.data!r} holds no sequences")
     stage.what = f"loading the target from {target_spec!r}"
-    model = AutoModelForCausalLM.from_pretrained(target_path, dtype=torch.float32, local_files_only=True).eval()
+    model = load_target(target_path, dtype=torch.float32, tokenizer=False).model
     want = manifest.get("target", {})
     got = (model.config.hidden_size, model.config.vocab_size)
     if want and (want.get("hidden_size"), want.get("vocab_size")) != got:
@@ -149,7 +148,7 @@ def _handle(args, stage) -> int:
             f"{want['config_sha256'][:12]}...); {target_spec!r} has another config (sha256 {have[:12]}...)"
         )
     stage.what = f"loading the draft head from {folder!r}"
-    head = load_draft_head(folder, dtype=torch.float32).eval()
+    head = load_head(folder, dtype=torch.float32)
     if head.config.hidden_size != got[0]:
         raise CliError(
             f"argument --draft: a head of hidden size {head.config.hidden_size} cannot read this target's "
