@@ -586,6 +586,27 @@ def saved_target(tmp_path_factory, chatml):
     return root
 
 
+def test_check_built_from(saved_target, chatml):
+    """specdec.data.provenance.check_built_from (what `specdec validate` checks --target with): the data's own
+    target passes, and so does any target for a manifest without a record; a target of other sizes, or of the
+    same sizes with another config, is refused in words that name both."""
+    from specdec.data.build import target_identity
+    from specdec.data.provenance import DataTargetMismatch, check_built_from
+
+    _, model = chatml
+    path = str(saved_target / "target")
+    record = target_identity(model, path)
+    hidden, vocab = record["hidden_size"], record["vocab_size"]
+    check_built_from({"target": record}, model, path, "t")
+    check_built_from({}, model, path, "t")
+    wider = dict(record, hidden_size=2 * hidden)
+    with pytest.raises(DataTargetMismatch, match=f"hidden size {2 * hidden} and vocabulary {vocab}; 't' has {hidden}"):
+        check_built_from({"target": wider}, model, path, "t")
+    other = dict(record, config_sha256="0" * 64, path="/elsewhere")
+    with pytest.raises(DataTargetMismatch, match=r"built from /elsewhere \(config sha256 000000000000...\); 't' has"):
+        check_built_from({"target": other}, model, path, "t")
+
+
 def test_cli_data(saved_target, capsys):
     from specdec.cli import CliExit, main
 

@@ -232,3 +232,18 @@ def test_describe_draft_names_no_machine_path(monkeypatch, tmp_path):
     for kind, folder in shipped_heads().items():
         assert describe_draft(folder) == f"{kind} (shipped)"
         assert describe_draft(folder + os.sep) == f"{kind} (shipped)"
+
+
+def test_check_head_fits():
+    """specdec.models.check_head_fits (what `specdec validate` checks --draft with): a head reads its target's
+    hidden states, so a target of another hidden size is refused before bind_target, in words."""
+    from types import SimpleNamespace
+
+    from specdec.models import HeadTargetMismatch, check_head_fits
+
+    head = tiny_head()
+    check_head_fits(head, SimpleNamespace(hidden_size=16, vocab_size=64))
+    with pytest.raises(
+        HeadTargetMismatch, match=r"a head of hidden size 16 cannot read this target's features \(hidden size 32\)"
+    ):
+        check_head_fits(head, SimpleNamespace(hidden_size=32, vocab_size=64))

@@ -116,9 +116,10 @@ def _handle(args, stage) -> int:
     import torch
 
     from ..data import FeatureDataset
-    from ..data.build import target_identity
+    from ..data.provenance import DataTargetMismatch, check_built_from
     from ..data.shards import ShardError
     from ..loading import load_head, load_target
+    from ..models import HeadTargetMismatch, check_head_fits
     from ..training.validation import measure_acceptance, record_acceptance
 
     if args.threads:
@@ -132,28 +133,16 @@ def _handle(args, stage) -> int:
         raise CliError(f"argument --data: the {args.split} split of {args.data!r} holds no sequences")
     stage.what = f"loading the target from {target_spec!r}"
     model = load_target(target_path, dtype=torch.float32, tokenizer=False).model
-    want = manifest.get("target", {})
-    got = (model.config.hidden_size, model.config.vocab_size)
-    if want and (want.get("hidden_size"), want.get("vocab_size")) != got:
-        raise CliError(
-            f"argument --target: the data was built from a target of hidden size {want.get('hidden_size')} and "
-            f"vocabulary {want.get('vocab_size')}; {target_spec!r} has {got[0]} and {got[1]}"
-        )
-    # The greedy tokens come from this target's output layer over features the data's target computed:
-    # another model of the same sizes (another checkpoint, a fine-tune) would measure nonsense.
-    have = target_identity(model, target_path).get("config_sha256")
-    if want.get("config_sha256") and have != want["config_sha256"]:
-        raise CliError(
-            f"argument --target: the data was built from {want.get('path') or 'another target'} (config sha256 "
-            f"{want['config_sha256'][:12]}...); {target_spec!r} has another config (sha256 {have[:12]}...)"
-        )
+    try:
+        check_built_from(manifest, model, target_path, target_spec)
+    except DataTargetMismatch as exc:
+        raise CliError(f"argument --target: {exc}") from exc
     stage.what = f"loading the draft head from {folder!r}"
     head = load_head(folder, dtype=torch.float32)
-    if head.config.hidden_size != got[0]:
-        raise CliError(
-            f"argument --draft: a head of hidden size {head.config.hidden_size} cannot read this target's "
-            f"features (hidden size {got[0]})"
-        )
+    try:
+        check_head_fits(head, model.config)
+    except HeadTargetMismatch as exc:
+        raise CliError(f"argument --draft: {exc}") from exc
     head.bind_target(model.get_input_embeddings(), model.get_output_embeddings())
     n = len(ds) if args.sequences is None else min(len(ds), args.sequences)
 

@@ -2,6 +2,7 @@
 
     config = DraftConfig.from_target(target.config, "griffin")
     head = build_draft_head(config)                # or load_draft_head(path, device, dtype)
+    check_head_fits(head, target.config)          # HeadTargetMismatch for a target of another hidden size
     head.bind_target(target.get_input_embeddings(), target.lm_head)
     cache = head.new_cache(batch_size, max_len)
     out = head(features, input_ids, position_ids, cache, cache_len, tree_mask)   # DraftOutput(logits, hidden)
@@ -16,7 +17,14 @@ checkpoint.py for the checkpoint formats (ours and the published EAGLE/FSPAD/GRI
 """
 
 from .base import DraftCache, DraftHead, DraftOutput, TrainOutput
-from .checkpoint import CheckpointError, build_draft_head, infer_kind, load_draft_head
+from .checkpoint import (
+    CheckpointError,
+    HeadTargetMismatch,
+    build_draft_head,
+    check_head_fits,
+    infer_kind,
+    load_draft_head,
+)
 from .config import KINDS, DraftConfig
 from .eagle import EagleHead
 from .fspad import FSPADHead
@@ -35,7 +43,9 @@ __all__ = [
     "EagleHead",
     "FSPADHead",
     "GriffinHead",
+    "HeadTargetMismatch",
     "build_draft_head",
+    "check_head_fits",
     "infer_kind",
     "load_draft_head",
 ]

@@ -44,6 +44,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot make a draft head (wrong shapes, missing or unknown keys)."""
 
 
+class HeadTargetMismatch(ValueError):
+    """A draft head that cannot run on a given target."""
+
+
+def check_head_fits(head: DraftHead, target_config) -> None:
+    """Raise HeadTargetMismatch when `head` cannot read the features of a target whose Hugging Face config is
+    `target_config`: a head reads the target's hidden states, so both have one hidden size (bind_target
+    would refuse the target's embedding later, in the words of tensor shapes)."""
+    have, want = head.config.hidden_size, target_config.hidden_size
+    if have != want:
+        raise HeadTargetMismatch(
+            f"a head of hidden size {have} cannot read this target's features (hidden size {want})"
+        )
+
+
 def build_draft_head(config: DraftConfig, *, device=None, dtype: Optional[torch.dtype] = None) -> DraftHead:
     """A randomly initialised head of config.kind (HF-style init), on `device` in `dtype` (default fp32)."""
     if not isinstance(config, DraftConfig):
