@@ -12,8 +12,8 @@
 
 Modules: sharegpt (sources: the ShareGPT dump, JSONL files; the train/val split), chat (token ids and
 the loss mask from the tokenizer's chat template), responses (the target's own answers), shards
-(files and manifest), dataset (the classes above), build (the pipeline), provenance (is a model the target
-the data was built from); the command is specdec.cli.data.
+(files and manifest), dataset (the classes above), build (the pipeline), report (a build's summary),
+provenance (is a model the target the data was built from); the command is specdec.cli.data.
 Conventions (hidden[t], loss_mask[t], padding): see specdec.data.dataset.
 """
 
