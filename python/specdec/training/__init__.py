@@ -10,9 +10,9 @@ optimizer and clipping as the loop runs them), vocab (the reduced draft vocabula
 warmup + cosine), run_inputs (what a run loads: data, target, draft vocabulary), batches (data order and
 batches), frozen_target (the frozen target), stage_head (a stage's head), metrics and csv_log (train_log.csv /
 val_log.csv rows), checkpointing (atomic checkpoints, resume), rng (seeds, RNG state), distributed (the
-process group), autocast, fingerprints (target and data hashes), validation (validation loss and
-per-step acceptance rates), plots (curves.png), export_head (a trained head as a shipped one). The
-command is specdec.cli.train.
+process group), autocast, fingerprints (target and data hashes), validation (validation loss, the
+per-step acceptance rates and their printed table), plots (curves.png), export_head (a trained head as a
+shipped one). The command is specdec.cli.train.
 See docs/training.md.
 """
 

@@ -344,3 +344,30 @@ def record_acceptance(folder: str, result: dict, data: Optional[dict] = None) ->
     cfg[RECORD_KEY] = record
     atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", path)
     return record
+
+
+def format_result(res: dict, steps: int) -> str:
+    """The printed table: one line per step with its count, acc_k (= top-1 coverage) and the coverage at
+    ranks 2, 4, 6, ..., R."""
+    lines = [f"{res.get('sequences', '?')} sequences; tau_chain {res['tau_chain']:.3f}"]
+    cov1 = res.get("cov_1") or []
+    ranks = [r for r in (2, 4, 6, 8, 10, 16, 32, 64) if r <= len(cov1)]
+    lines.append("step  anchors   acc   " + "  ".join(f"top{r:<3d}" for r in ranks))
+    for k in range(1, steps + 1):
+        acc, cov = res[f"acc_{k}"], res.get(f"cov_{k}")
+        cells = "  ".join(f"{cov[r - 1]:.3f} " for r in ranks) if cov else ""
+        lines.append(f"{k:>4d}  {res[f'n_{k}']:>7d}  {acc:.3f}  {cells}".rstrip())
+    return "\n".join(lines)
+
+
+def format_calibration(res: dict, steps: int) -> str:
+    """The --calibration lines: per step its ECE, then per non-empty bin "mean p -> acceptance (anchors)"."""
+    lines = ["calibration: draft top-1 probability -> acceptance (anchors), per bin of 0.1"]
+    for k in range(1, steps + 1):
+        ece = res.get(f"ece_{k}")
+        if ece is None:
+            lines.append(f"step {k}: no anchors")
+            continue
+        bins = [f"{p:.2f}->{a:.2f} ({n})" for n, p, a in (b for b in res[f"calib_{k}"] if b)]
+        lines.append(f"step {k}: ECE {ece:.3f} | " + "  ".join(bins))
+    return "\n".join(lines)
