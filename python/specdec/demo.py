@@ -149,16 +149,12 @@ def real_demo(
     forward differs from the one-token forward's)."""
     import time
 
-    from .dtypes import model_dtype
+    from .dtypes import resolve_dtype
     from .evaluation.harness import EvalSettings, Harness
     from .heads import resolve_draft
 
     steps = 4
-    torch_dtype = getattr(torch, model_dtype(dtype, torch.device(device)))
-    if dtype in (None, "auto"):
-        from .machine_dtype import auto_note
-
-        print(auto_note(torch.device(device)))
+    torch_dtype = getattr(torch, resolve_dtype(dtype, torch.device(device), say=print))
     _phase(1, steps, f"target: {target} (fetched once into $SPECDEC_HOME when missing)")
     # both sides of the comparison run the same (prepacked) model
     model, tok, _, _ = load_target(target, dtype=torch_dtype, device=device, prepack=True)

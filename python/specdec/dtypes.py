@@ -1,7 +1,8 @@
 """The dtype names the commands, the trainer and the benchmarks take, in one place: a leaf module (it imports
 nothing from the package), so that the command modules, the trainer and the data builder share it without
 cycles. A --dtype option's choices are the keys of DTYPE_NAMES (or of TRAIN_DTYPE_NAMES for training);
-torch_dtype maps a name to its torch dtype.
+torch_dtype maps a name to its torch dtype; resolve_dtype picks the dtype of a --dtype value and says what
+`auto` picked (the commands and the demo).
 
 Example:
     >>> from specdec.dtypes import DTYPE_NAMES, torch_dtype
@@ -51,3 +52,21 @@ def model_dtype(name, device) -> str:
     from .machine_dtype import fastest_cpu_dtype
 
     return fastest_cpu_dtype()
+
+
+def resolve_dtype(name, device, say=None) -> str:
+    """model_dtype(name, device), the dtype a --dtype value means; when the default (None or AUTO) picks
+    it, one line says what was picked and why (specdec.machine_dtype.auto_note), given to `say` (default:
+    printed on stderr, beside a command's result on stdout)."""
+    dtype = model_dtype(name, device)
+    if name in (None, AUTO):
+        import sys
+
+        from .machine_dtype import auto_note
+
+        note = auto_note(device)
+        if say is None:
+            print(note, file=sys.stderr)
+        else:
+            say(note)
+    return dtype

@@ -375,6 +375,22 @@ def test_every_command_checks_target_alike(saved, tmp_path, capsys, no_load):
     assert not (tmp_path / "out").exists()
 
 
+def test_resolve_dtype_says_what_auto_picked(capsys):
+    """specdec.dtypes.resolve_dtype, the --dtype of every command and the demo: a named dtype as named,
+    silently; auto (or none) picked for the device with one line saying so, on stderr (a command) or to
+    `say` (the demo prints it among its phases)."""
+    from specdec.dtypes import resolve_dtype
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    said = []
+    assert resolve_dtype("fp32", cuda, say=said.append) == "float32" and said == []
+    assert resolve_dtype("auto", cuda, say=said.append) == "bfloat16"
+    assert said == ["--dtype auto: bfloat16 (CUDA)"]
+    assert resolve_dtype(None, cuda) == "bfloat16"
+    captured = capsys.readouterr()
+    assert captured.err == "--dtype auto: bfloat16 (CUDA)\n" and captured.out == ""
+
+
 def test_debug_reraises_argument_errors(saved, capsys, no_load):
     root, _ = saved
     from specdec.cli import CliError

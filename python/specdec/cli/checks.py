@@ -1,6 +1,6 @@
-"""Checks of the arguments about prompt ids, dtypes, backends and CUDA graphs, shared by the subcommands; none
-loads a model. (The checks of --target, --draft and --device, shared with the demo, are in specdec.loading
-and specdec.arguments.)
+"""Checks of the arguments about prompt ids, backends and CUDA graphs, shared by the subcommands; none loads a
+model. (The checks of --target, --draft and --device, shared with the demo, are in specdec.loading and
+specdec.arguments; the dtype of --dtype is specdec.dtypes.resolve_dtype.)
 
 Each raises CliError (see specdec.cli.errors) with the one line the user sees.
 """
@@ -33,21 +33,6 @@ def check_ids_in_vocab(prompts: list, vocab: int, source: str) -> None:
                 f"token ids in [0, {vocab}) ({source})",
                 Verbatim(f"prompt {b} with ids outside it: {bad[:5]}"),
             )
-
-
-def resolve_dtype(name: Optional[str], device) -> str:
-    """The torch dtype name of --dtype `name` on `device` (specdec.dtypes.model_dtype); when the default
-    (None or "auto") picks it, one line on stderr says what was picked and why."""
-    import sys
-
-    from ..dtypes import AUTO, model_dtype
-
-    dtype = model_dtype(name, device)
-    if name in (None, AUTO):
-        from ..machine_dtype import auto_note
-
-        print(auto_note(device), file=sys.stderr)
-    return dtype
 
 
 def check_backend(backend: Optional[str], device) -> None:

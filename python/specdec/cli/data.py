@@ -18,10 +18,9 @@ import time
 from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
-from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices
+from ..dtypes import AUTO, DTYPE_NAMES, dtype_choices, resolve_dtype
 from ..loading import check_target, has_tokenizer, load_target, target_path
 from .args import add_debug_argument
-from .checks import resolve_dtype
 from .errors import arg_error
 
 ENGINES = ("auto", "static", "hf")

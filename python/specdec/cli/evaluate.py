@@ -19,7 +19,7 @@ import sys
 
 from ..arguments import Verbatim, check_device, tree_size_type
 from ..arguments import int_type as _int
-from ..dtypes import dtype_choices
+from ..dtypes import dtype_choices, resolve_dtype
 from ..evaluation.report import Checkpoint, check_same_run
 from ..loading import check_draft, check_target, has_tokenizer, load_head, load_target
 from .args import add_debug_argument
@@ -225,7 +225,7 @@ def _parse_bench(text: str) -> list:
 
 def validate_args(args) -> argparse.Namespace:
     """Every check that loads no model: the plan of the run, or CliError."""
-    from .checks import check_backend, check_cuda_graph_device, resolve_dtype
+    from .checks import check_backend, check_cuda_graph_device
 
     plan = argparse.Namespace()
     plan.drafts = _parse_drafts(args.draft)

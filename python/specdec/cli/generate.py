@@ -11,11 +11,11 @@ import argparse
 import os
 
 from ..arguments import Verbatim, check_device, float_type, int_type, tree_size_type
-from ..dtypes import dtype_choices
+from ..dtypes import dtype_choices, resolve_dtype
 from ..eos import eos_ids
 from ..loading import TOKENIZER_FILES, check_draft, check_target, has_tokenizer, load_head, load_target
 from .args import BACKENDS, add_debug_argument
-from .checks import check_backend, check_cuda_graph_device, check_ids_in_vocab, resolve_dtype, vocab_size
+from .checks import check_backend, check_cuda_graph_device, check_ids_in_vocab, vocab_size
 from .errors import RUNTIME, CliError, arg_error, target_errors
 
 COMMAND = "generate"

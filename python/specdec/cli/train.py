@@ -17,11 +17,10 @@ import os
 from ..arguments import Verbatim, check_device
 from ..arguments import float_type as _float
 from ..arguments import int_type as _int
-from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices
+from ..dtypes import TRAIN_DTYPE_NAMES, dtype_choices, resolve_dtype
 from ..head_kinds import KINDS
 from ..loading import check_target
 from .args import add_debug_argument
-from .checks import resolve_dtype
 from .errors import arg_error
 
 COMMAND = "train"
