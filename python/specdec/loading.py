@@ -32,7 +32,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def read_config(arg: str, path: str, weights: tuple, what: str) -> dict:
-    """config.json of a local model folder, after checking the folder holds one of `weights`."""
+    """config.json of a local model folder, after checking the folder holds one of `weights`; ArgumentError
+    for argument `arg` (`what` names what it expects) otherwise."""
     expected = f"{what} (a folder with config.json)"
     if not os.path.isdir(path):
         raise ArgumentError(arg, expected, Verbatim(f"{path!r}, which is a file, not a folder"))
