@@ -37,6 +37,7 @@ FAMILIES = {
     "tree": "csrc/cuda/tree.cu",
     "compact": "csrc/cuda/compact.cu",
     "verify": "csrc/cuda/verify.cu",
+    "attention": "csrc/cuda/attention.cu",
     "selftest": "tests/cuda_emulation/selftest.cu",  # the emulation's own tests
 }
 
