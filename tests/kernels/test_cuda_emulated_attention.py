@@ -44,7 +44,8 @@ def emulated_tree_attention(q, k, v, cache_len, mask, scale, num_sms=H100_SMS, v
     B, H, Nq, D = q.shape
     H_kv, S, W = k.shape[1], k.shape[2], mask.shape[2]
     scalars = dict(B=B, H=H, H_kv=H_kv, Nq=Nq, D=D, S=S, W=W, dtype=DTYPE_CODE[q.dtype], num_sms=num_sms)
-    ins = dict(q=q.contiguous(), cache_len=cache_len, mask=mask, scale=torch.tensor([scale], dtype=torch.float64))
+    scalars["scale"] = float(scale)
+    ins = dict(q=q.contiguous(), cache_len=cache_len, mask=mask)
     for name, t in (("k", k), ("v", v)):
         ins[name], scalars[f"{name}_offset"] = _storage(t)
         scalars.update({f"{name}_{s}": t.stride(i) for i, s in enumerate(("sb", "sh", "ss"))})

@@ -39,7 +39,7 @@ void run(Request& r, int64_t B, int64_t H, int64_t H_kv, int64_t Nq, int64_t D, 
   const al::Cache k = cache_view<T>(r, "k", B, H_kv, S, D), v = cache_view<T>(r, "v", B, H_kv, S, D);
   const int32_t* cache_len = r.in<int32_t>("cache_len", B);
   const uint32_t* mask = r.in<uint32_t>("mask", B * Nq * W);
-  const double scale = *r.in<double>("scale", 1);
+  const double scale = r.real("scale");
   T* out = r.out<T>("out", B * H * Nq * D);
   int64_t* plan_out = r.out<int64_t>("plan", 6);
   const int elem_bytes = static_cast<int>(sizeof(T));
@@ -60,8 +60,8 @@ void run(Request& r, int64_t B, int64_t H, int64_t H_kv, int64_t Nq, int64_t D, 
 }
 
 // scalars B, H, H_kv, Nq, D, S (cache slots), W (mask words), dtype (0 fp32, 1 fp16, 2 bf16), num_sms (of the
-// GPU the split-K choice is made for), and k_/v_ offset, sb, sh, ss (see cache_view); in: q [B, H, Nq, D],
-// k, v (raw storages), cache_len int32 [B], mask int32 [B, Nq, W], scale (one float64); out: out [B, H, Nq, D],
+// GPU the split-K choice is made for), k_/v_ offset, sb, sh, ss (see cache_view) and the real scale; in:
+// q [B, H, Nq, D], k, v (raw storages), cache_len int32 [B], mask int32 [B, Nq, W]; out: out [B, H, Nq, D],
 // plan (int64: num_splits, rows per warp, padded head dim, row tiles, dynamic shared memory, opt-in).
 int tree_attention_entry(Request& r) {
   const int64_t B = r.scalar("B"), H = r.scalar("H"), H_kv = r.scalar("H_kv"), Nq = r.scalar("Nq");
