@@ -281,7 +281,7 @@ _ELT = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def attention_smem(elt: int, d_pad: int, rpw: int) -> int:
-    """Smem<T, kDPad, kRpw>::kBytes of csrc/cuda/attention.cu (kWarps 4, kTile 32)."""
+    """smem_layout(elt, d_pad, rpw).bytes of csrc/include/specdec/attention_launch.h (kWarps 4, kTile 32)."""
     rows, vec = 4 * rpw, 16 // elt
     k_off = rows * d_pad * 4 + 4 * rpw * 32 * 4
     v_off = k_off + 32 * (d_pad + vec) * elt

@@ -26,6 +26,7 @@
 // Everything is asynchronous on the current stream; the only allocation is the split-K workspace, from
 // PyTorch's caching allocator (legal under CUDA graph capture).
 #include "specdec/attention_checks.h"
+#include "specdec/attention_launch.h"
 #include "specdec/limits.h"
 #include "common.cuh"
 
@@ -39,33 +40,18 @@
 namespace specdec {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kTile = 32;       // key slots per tile: one per lane in Q K^T, one mask word in the tree
-constexpr int kMaxSplits = 32;  // one split per lane in the merge kernel
-// Head dims are padded to one of 64, 128 or kLargestDPad, each an instantiation of the kernel; the limit of
-// the raw op is kMaxHeadDim (specdec/limits.h, set in specdec_kernels/_limits.py).
-constexpr int kLargestDPad = 256;
+// Launch decisions (rows per warp, padded head dim, split-K, grid, shared-memory layout, parameters):
+// specdec/attention_launch.h, shared with the CPU emulation of these kernels.
+using attention_launch::kLargestDPad;
+using attention_launch::kThreads;
+using attention_launch::kTile;
+using attention_launch::kWarps;
+using attention_launch::Params;
+// The limit of the raw op is kMaxHeadDim (specdec/limits.h, set in specdec_kernels/_limits.py).
 static_assert(kMaxHeadDim <= kLargestDPad,
               "tree_attention has kernels for head dims up to 256: instantiate a larger padded head dim "
-              "(dispatch, d_pad) before raising SPECDEC_MAX_HEAD_DIM");
+              "(enqueue, attention_launch::padded_head_dim) before raising SPECDEC_MAX_HEAD_DIM");
 constexpr unsigned kFull = 0xffffffffu;
-
-struct Params {
-  const void* q;
-  const void* k;
-  const void* v;
-  const int32_t* cache_len;
-  const uint32_t* mask;
-  void* out;
-  float* ws_acc;                               // [num_splits, total_rows, D] when num_splits > 1
-  float* ws_ml;                                // [num_splits, total_rows, 2]: running max (base 2) and sum
-  int64_t k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;  // element strides
-  int64_t S, total_rows;
-  int32_t H_kv, Nq, W, R, D, num_splits;
-  float qk_scale;  // scale * log2(e)
-  bool vec_ok;     // every K/V row start is 16-byte aligned and D is a whole number of 16-byte vectors
-};
 
 template <typename T, int N>
 struct alignas(N * sizeof(T)) Pack {
@@ -104,18 +90,14 @@ __device__ __forceinline__ uint32_t warp_or(uint32_t x) {
   return x;
 }
 
+// Byte offsets of the dynamic shared memory (attention_launch::smem_layout): kQ float [kRows][kDPad] (Q, pre-scaled),
+// kP float [kWarps][kRpw][kTile], kK T [kTile][kKStride], kV T [kTile][kDPad], kWords uint32 [kRows + 1].
 template <typename T, int kDPad, int kRpw>
 struct Smem {
+  static constexpr attention_launch::SmemLayout kL = attention_launch::smem_layout(sizeof(T), kDPad, kRpw);
   static constexpr int kRows = kWarps * kRpw;
-  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
-  static constexpr int kKStride = kDPad + kVec;                  // +16 bytes: conflict-free column reads
-  // Byte offsets; every section starts 16-byte aligned (kDPad * sizeof(T) is a multiple of 128).
-  static constexpr int kQ = 0;                                                     // float [kRows][kDPad]
-  static constexpr int kP = kQ + kRows * kDPad * 4;                                // float [kWarps][kRpw][kTile]
-  static constexpr int kK = kP + kWarps * kRpw * kTile * 4;                        // T [kTile][kKStride]
-  static constexpr int kV = kK + kTile * kKStride * static_cast<int>(sizeof(T));   // T [kTile][kDPad]
-  static constexpr int kWords = kV + kTile * kDPad * static_cast<int>(sizeof(T));  // uint32 [kRows + 1]
-  static constexpr int kBytes = kWords + (kRows + 1) * 4;
+  static constexpr int kVec = kL.vec, kKStride = kL.k_stride;
+  static constexpr int kQ = kL.q, kP = kL.p, kK = kL.k, kV = kL.v, kWords = kL.words, kBytes = kL.bytes;
 };
 
 template <typename T, int kDPad, int kRpw>
@@ -374,44 +356,56 @@ int sm_count(int device) {
   return cache[device];
 }
 
-// Prefix splits: enough blocks to cover the GPU twice, at least 512 cache slots per split, at most kMaxSplits.
-// Shapes and the SM count only, never cache_len values.
-int choose_splits(int device, int64_t blocks, int64_t S) {
-  const int64_t sms = sm_count(device);
-  if (blocks >= sms) return 1;
-  const int64_t want = (2 * sms + blocks - 1) / blocks;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, S / 512, kMaxSplits})));
-}
-
 template <typename T, int kDPad, int kRpw>
-void launch(const Params& p, dim3 grid, cudaStream_t stream) {
+void launch(const Params& p, const attention_launch::Plan& plan, cudaStream_t stream) {
   constexpr int smem = Smem<T, kDPad, kRpw>::kBytes;
+  static_assert(smem <= 227 * 1024, "tree_attention_kernel: more shared memory than a block of sm_90 can have");
   auto* kernel = tree_attention_kernel<T, kDPad, kRpw>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (plan.smem_opt_in) {
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem)));
   }
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  const dim3 grid(plan.grid_x, plan.grid_y, plan.grid_z);
+  kernel<<<grid, kThreads, plan.smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Enqueues the plan's launches on `stream`: tree_attention_kernel of the plan's padded head dim and rows per
+// warp, then merge_splits_kernel when the prefix is split. Torch-free, so the CPU emulation runs this same
+// path. Returns false when no kernel has the plan's padded head dim (an internal error).
 template <typename T>
-void dispatch(const Params& p, int d_pad, int rpw, dim3 grid, cudaStream_t stream) {
-#define SPECDEC_ATTN_LAUNCH(DP)                             \
-  if (d_pad == DP) {                                        \
-    if (rpw == 1) return launch<T, DP, 1>(p, grid, stream); \
-    return launch<T, DP, 4>(p, grid, stream);               \
+bool enqueue(const Params& p, const attention_launch::Plan& plan, cudaStream_t stream) {
+  bool found = false;
+#define SPECDEC_ATTN_LAUNCH(DP)          \
+  if (plan.d_pad == DP) {                \
+    found = true;                        \
+    if (plan.rpw == 1) {                 \
+      launch<T, DP, 1>(p, plan, stream); \
+    } else {                             \
+      launch<T, DP, 4>(p, plan, stream); \
+    }                                    \
   }
   SPECDEC_ATTN_LAUNCH(64)
   SPECDEC_ATTN_LAUNCH(128)
   SPECDEC_ATTN_LAUNCH(kLargestDPad)
 #undef SPECDEC_ATTN_LAUNCH
-  TORCH_CHECK(false, "specdec::tree_attention: internal error, no kernel for padded head dim ", d_pad);
+  if (!found) return false;
+  if (plan.num_splits > 1) {
+    merge_splits_kernel<T><<<plan.merge_blocks, kThreads, 0, stream>>>(p.ws_acc, p.ws_ml, static_cast<T*>(p.out),
+                                                                       p.total_rows, p.D, p.num_splits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return true;
 }
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cache_len,
                 const at::Tensor& tree_mask, const at::Tensor& out) {
   check_tree_attention_args("specdec::tree_attention (CUDA kernel)", c10::DeviceType::CUDA, kMaxHeadDim, q, k, v,
                             cache_len, tree_mask, out);
+}
+
+attention_launch::Cache cache_of(const at::Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
 void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -421,84 +415,40 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
   const int64_t H_kv = k_cache.size(1), S = k_cache.size(2), W = tree_mask.size(2);
-  const int64_t R = (H / H_kv) * Nq;
-  TORCH_CHECK(R <= (int64_t{1} << 30) && W <= (int64_t{1} << 26) && B * H_kv < (int64_t{1} << 31),
-              "specdec::tree_attention: sizes out of the kernel's range (H / H_kv * Nq = ", R, ", W = ", W,
-              ", B * H_kv = ", B * H_kv, ")");
-  const int rpw = R <= kWarps ? 1 : 4;  // decode-sized groups: one row per warp, no idle warps
-  const int64_t row_tiles = (R + kWarps * rpw - 1) / (kWarps * rpw);
-  TORCH_CHECK(row_tiles <= 65535, "specdec::tree_attention: H / H_kv * Nq = ", R,
-              " query rows per KV head is too many (at most ", 65535 * kWarps * rpw, ")");
-  const int d_pad = D <= 64 ? 64 : (D <= 128 ? 128 : kLargestDPad);
-
-  Params p{};
-  p.q = q.data_ptr();
-  p.k = k_cache.data_ptr();
-  p.v = v_cache.data_ptr();
-  p.cache_len = cache_len.data_ptr<int32_t>();
-  p.mask = reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>());
-  p.out = out.data_ptr();
-  p.k_sb = k_cache.stride(0);
-  p.k_sh = k_cache.stride(1);
-  p.k_ss = k_cache.stride(2);
-  p.v_sb = v_cache.stride(0);
-  p.v_sh = v_cache.stride(1);
-  p.v_ss = v_cache.stride(2);
-  p.S = S;
-  p.total_rows = B * H * Nq;
-  p.H_kv = static_cast<int32_t>(H_kv);
-  p.Nq = static_cast<int32_t>(Nq);
-  p.W = static_cast<int32_t>(W);
-  p.R = static_cast<int32_t>(R);
-  p.D = static_cast<int32_t>(D);
-  p.qk_scale = static_cast<float>(scale * 1.4426950408889634);
-  const int64_t vec = 16 / static_cast<int64_t>(q.element_size());
-  auto aligned = [&](const at::Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % vec == 0 && t.stride(1) % vec == 0 &&
-           t.stride(2) % vec == 0;
-  };
-  p.vec_ok = D % vec == 0 && aligned(k_cache) && aligned(v_cache);
-
-  const int device = q.get_device();
-  const int num_splits = choose_splits(device, B * H_kv * row_tiles, S);
-  p.num_splits = num_splits;
+  const char* too_large = attention_launch::size_error(B, H, H_kv, Nq, W);
+  TORCH_CHECK(too_large == nullptr, "specdec::tree_attention: sizes out of the kernel's range (", too_large,
+              "): H / H_kv * Nq = ", (H / H_kv) * Nq, ", W = ", W, ", B * H_kv = ", B * H_kv);
+  const int elem_bytes = static_cast<int>(q.element_size());
+  const attention_launch::Plan plan =
+      attention_launch::plan(B, H, H_kv, Nq, D, S, elem_bytes, sm_count(q.get_device()));
+  Params p = attention_launch::make_params(plan, q.data_ptr(), cache_of(k_cache), cache_of(v_cache),
+                                           cache_len.data_ptr<int32_t>(),
+                                           reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>()),
+                                           out.data_ptr(), H_kv, Nq, D, S, W, scale, elem_bytes);
   at::Tensor ws_acc, ws_ml;
-  if (num_splits > 1) {
+  if (plan.num_splits > 1) {
     const auto f32 = q.options().dtype(at::kFloat);
-    ws_acc = at::empty({num_splits, p.total_rows, D}, f32);
-    ws_ml = at::empty({num_splits, p.total_rows, 2}, f32);
+    ws_acc = at::empty({plan.num_splits, plan.total_rows, D}, f32);
+    ws_ml = at::empty({plan.num_splits, plan.total_rows, 2}, f32);
     p.ws_acc = ws_acc.data_ptr<float>();
     p.ws_ml = ws_ml.data_ptr<float>();
   }
-  const dim3 grid(static_cast<unsigned>(B * H_kv), static_cast<unsigned>(row_tiles), static_cast<unsigned>(num_splits));
   const cudaStream_t stream = cuda::current_stream();
-  const unsigned merge_blocks = static_cast<unsigned>((p.total_rows + kWarps - 1) / kWarps);
+  bool launched = false;
   switch (q.scalar_type()) {
     case at::kFloat:
-      dispatch<float>(p, d_pad, rpw, grid, stream);
-      if (num_splits > 1) {
-        merge_splits_kernel<float><<<merge_blocks, kThreads, 0, stream>>>(p.ws_acc, p.ws_ml, static_cast<float*>(p.out),
-                                                                          p.total_rows, p.D, num_splits);
-      }
+      launched = enqueue<float>(p, plan, stream);
       break;
     case at::kHalf:
-      dispatch<c10::Half>(p, d_pad, rpw, grid, stream);
-      if (num_splits > 1) {
-        merge_splits_kernel<c10::Half><<<merge_blocks, kThreads, 0, stream>>>(
-            p.ws_acc, p.ws_ml, static_cast<c10::Half*>(p.out), p.total_rows, p.D, num_splits);
-      }
+      launched = enqueue<c10::Half>(p, plan, stream);
       break;
     case at::kBFloat16:
-      dispatch<c10::BFloat16>(p, d_pad, rpw, grid, stream);
-      if (num_splits > 1) {
-        merge_splits_kernel<c10::BFloat16><<<merge_blocks, kThreads, 0, stream>>>(
-            p.ws_acc, p.ws_ml, static_cast<c10::BFloat16*>(p.out), p.total_rows, p.D, num_splits);
-      }
+      launched = enqueue<c10::BFloat16>(p, plan, stream);
       break;
     default:
       TORCH_CHECK(false, "specdec::tree_attention: unsupported dtype ", q.scalar_type());
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  TORCH_CHECK(launched, "specdec::tree_attention: internal error, no kernel for padded head dim ", plan.d_pad);
 }
 
 }  // namespace

@@ -7,9 +7,10 @@ build/cuda_emulation/<variant>-<hash>/cudaemu. Variants: `plain`, `tsan` (Thread
 (the csrc sources and headers, the runtime, the drivers, this file, the limits), the flags and the versions
 of g++, torch and the CUDA headers; a file lock keeps parallel workers from building twice.
 
-`run(entry, scalars, inputs, outputs, variant=...)` writes the tensors as raw little-endian buffers into a
-temporary request folder, runs `cudaemu ENTRY FOLDER` and returns the outputs read back. A non-zero exit (a
-refused launch, a divergent barrier, a sanitizer report) raises EmulationError with the program's output.
+`run(entry, scalars, inputs, outputs, variant=...)` writes the tensors as raw little-endian buffers and the
+scalars (ints, or floats for the entries that read reals) into a temporary request folder, runs
+`cudaemu ENTRY FOLDER` and returns the outputs read back. A non-zero exit (a refused launch, a divergent
+barrier, a sanitizer report) raises EmulationError with the program's output.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ FAMILIES = {
     "tree": "csrc/cuda/tree.cu",
     "compact": "csrc/cuda/compact.cu",
     "verify": "csrc/cuda/verify.cu",
+    "attention": "csrc/cuda/attention.cu",
+    "features": "csrc/cuda/features.cu",
     "selftest": "tests/cuda_emulation/selftest.cu",  # the emulation's own tests
 }
 
@@ -195,13 +198,18 @@ def executable(
     return exe
 
 
+def _scalar_text(v) -> str:
+    """A scalar as scalars.txt holds it: a float by repr (read back exactly by strtod), else an integer."""
+    return repr(float(v)) if isinstance(v, float) else str(int(v))
+
+
 def _write(t: torch.Tensor, path: Path) -> None:
     t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tofile(path)
 
 
 def run(
     entry: str,
-    scalars: Mapping[str, int],
+    scalars: Mapping[str, float],
     inputs: Mapping[str, torch.Tensor],
     outputs: Mapping[str, torch.Tensor],
     variant: str = "plain",
@@ -215,7 +223,7 @@ def run(
     exe = exe or executable(variant)
     with tempfile.TemporaryDirectory(prefix="cudaemu-") as d:
         folder = Path(d)
-        (folder / "scalars.txt").write_text("".join(f"{k} {int(v)}\n" for k, v in scalars.items()))
+        (folder / "scalars.txt").write_text("".join(f"{k} {_scalar_text(v)}\n" for k, v in scalars.items()))
         for name, t in {**inputs, **outputs}.items():
             _write(t, folder / f"{name}.bin")
         full_env = {**os.environ, **SANITIZER_ENV, **(env or {})}

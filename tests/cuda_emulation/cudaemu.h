@@ -506,6 +506,12 @@ cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
   }
   return cudaSuccess;
 }
+namespace cudaemu {
+// C10_CUDA_CHECK of the emulated launchers (drivers/torch_neutral.h): a CUDA call that failed stops the run.
+inline void check_status(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) fail("%s returned CUDA error %d", call, static_cast<int>(status));
+}
+}  // namespace cudaemu
 template <typename T>
 T atomicAdd(T* p, T v) {
   return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);

@@ -347,3 +347,17 @@ def test_selftest_dynamic_shared_memory_limits(arch, nbytes, optin, refused):
 def test_selftest_broken_kernels_are_reported(mode, message):
     with pytest.raises(ce.EmulationError, match=message):
         _selftest("broken_kernel", {"mode": mode}, 64, env={"CUDAEMU_TIMEOUT_S": "2"})
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_selftest_request_scalars_optional_buffers_and_status_check(optional):
+    """Integer and real scalars (a float crosses exactly), an absent optional buffer, a failed CUDA call."""
+    x = 0.1 + 2.0**-40
+    ins = {"optional": torch.zeros(1)} if optional else {}
+    outs = {"out": ce.poisoned((2,), torch.float64), "has": ce.poisoned((1,), torch.int32)}
+    got = ce.run("protocol", {"n": -(2**40), "x": x, "status": 0}, ins, outs)
+    assert got["out"].tolist() == [-(2**40), x] and got["has"].tolist() == [int(optional)]
+    with pytest.raises(ce.EmulationError, match="is not an integer"):
+        ce.run("protocol", {"n": 1.5, "x": x, "status": 0}, ins, outs)
+    with pytest.raises(ce.EmulationError, match="cudaemu: the checked call returned CUDA error 1"):
+        ce.run("protocol", {"n": 1, "x": x, "status": 1}, ins, outs)

@@ -1,9 +1,9 @@
 """The CUDA verify kernels of csrc/cuda/verify.cu on the CPU under the CUDA emulation (tests/cuda_emulation/).
 
 greedy_ids_kernel (one thread per request) and verify_logits_kernel (one 512-thread block per request:
-greedy with fp32 / fp16 / bf16 logits, and sampling with fp32 logits, with and without draft
-probabilities) against the torch backend of verify_greedy / verify_sample, on test_verify.py's case
-generators; the integers must be equal. See docs/testing.md, "CUDA kernels under emulation".
+greedy with fp32 / fp16 / bf16 logits, and sampling with fp32 / fp16 / bf16 logits, with and without
+fp32 / fp16 / bf16 draft probabilities) against the torch backend of verify_greedy / verify_sample, on
+test_verify.py's case generators; the integers must be equal. See docs/testing.md, "CUDA kernels under emulation".
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def check_sample(tree, args, kw, variant="plain"):
     for name in ("temperature", "top_k", "top_p"):
         inputs[name] = kw[name].expand(B).contiguous()
     if q is not None:
-        inputs["draft_probs"] = q.float()
-    scalars = {"B": B, "N": N, "V": V, "dtype": 0, "sample": 1, "has_q": int(q is not None)}
+        inputs["draft_probs"] = q
+    scalars = {"B": B, "N": N, "V": V, "dtype": DTYPE_CODE[logits.dtype], "sample": 1, "has_q": int(q is not None)}
+    scalars["q_dtype"] = DTYPE_CODE[q.dtype] if q is not None else 0
     got = ce.run("verify_logits_kernel", scalars, inputs, _outputs(B, N), variant=variant)
     want = sk.verify_sample(tree, *args, backend="torch", **kw)
     for name, w in zip(RESULT, want):
@@ -121,6 +122,30 @@ def test_verify_logits_kernel_sampling(with_q):
         4 + with_q, 2, 10, 40, [0.7, 1.3], [5, 0], [1.0, 0.6], with_q, "cpu", ragged=True
     )
     check_sample(tree, args, kw)
+
+
+LOW_PRECISION = [
+    (torch.float16, None),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.float16),
+    (torch.float16, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    "dtype,q_dtype",
+    LOW_PRECISION,
+    ids=[f"{str(d)[6:]}-q-{str(q)[6:] if q else 'none'}" for d, q in LOW_PRECISION],
+)
+def test_verify_logits_kernel_sampling_low_precision(dtype, q_dtype):
+    """Sampling with fp16 / bf16 logits and fp16 / bf16 draft probabilities (each logits dtype and each draft
+    dtype the launcher dispatches to): the torch backend's integers on the same low-precision inputs."""
+    tree, (tokens, logits, uniforms), kw = random_sample_case(
+        7, 2, 10, 40, [0.7, 1.3], [5, 0], [1.0, 0.6], q_dtype is not None, "cpu", ragged=True
+    )
+    if q_dtype is not None:
+        kw["draft_probs"] = kw["draft_probs"].to(q_dtype)
+    check_sample(tree, [tokens, logits.to(dtype), uniforms], kw)
 
 
 @pytest.mark.parametrize("variant", ["tsan", "asan"])

@@ -192,6 +192,7 @@ LAUNCH_HEADERS = {
     "tree.cu": "csrc/include/specdec/tree_launch.h",
     "verify.cu": "csrc/include/specdec/verify_launch.h",
     "compact.cu": "csrc/include/specdec/compact_launch.h",
+    "attention.cu": "csrc/include/specdec/attention_launch.h",
 }
 LAUNCHER_SOURCE = {
     "tree.cu": [
@@ -203,10 +204,19 @@ LAUNCHER_SOURCE = {
     "attention.cu": [
         r"constexpr int kWarps = 4;",
         r"constexpr int kTile = 32;",
-        r"const int rpw = R <= kWarps \? 1 : 4;",
-        r"const int d_pad = D <= 64 \? 64 : \(D <= 128 \? 128 : kLargestDPad\);",
-        r"kernel<<<grid, kThreads, smem, stream>>>",
-        r"if \(smem > 48 \* 1024\) \{",
+        r"return R <= kWarps \? 1 : 4;",
+        r"return D <= 64 \? 64 : \(D <= 128 \? 128 : kLargestDPad\);",
+        r"kernel<<<grid, kThreads, plan\.smem, stream>>>",
+        r"p\.smem_opt_in = p\.smem > kDefaultSmemBytes;",
+        r"kDefaultSmemBytes = 48 \* 1024;",
+        # smem_layout, mirrored by gpu_resources.attention_smem
+        r"s\.vec = 16 / elem_bytes;",
+        r"s\.k_stride = d_pad \+ s\.vec;",
+        r"s\.p = s\.q \+ rows \* d_pad \* 4;",
+        r"s\.k = s\.p \+ kWarps \* rpw \* kTile \* 4;",
+        r"s\.v = s\.k \+ kTile \* s\.k_stride \* elem_bytes;",
+        r"s\.words = s\.v \+ kTile \* d_pad \* elem_bytes;",
+        r"s\.bytes = s\.words \+ \(rows \+ 1\) \* 4;",
     ],
     "verify.cu": [r"constexpr int kLogitsThreads = 512;", r"constexpr int kGreedyIdsThreads = 128;"],
     "compact.cu": [r"constexpr int kThreads = 256;", r"<<<grid, kThreads, 0, stream>>>"],

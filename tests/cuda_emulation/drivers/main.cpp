@@ -32,15 +32,43 @@ Buffer::~Buffer() {
 
 Request::Request(std::string dir) : dir_(std::move(dir)) {
   std::ifstream f(dir_ + "/scalars.txt");
-  std::string name;
-  int64_t value;
+  std::string name, value;
   while (f >> name >> value) scalars_[name] = value;
 }
 
+namespace {
+// The whole of `text` as T by `parse` (std::stoll / std::stod), else a request error naming the scalar.
+template <typename T, typename Parse>
+T parse_scalar(const std::map<std::string, std::string>& scalars, const std::string& name, Parse parse,
+               const char* kind) {
+  auto it = scalars.find(name);
+  if (it == scalars.end()) throw std::runtime_error("scalar '" + name + "' missing from scalars.txt");
+  size_t used = 0;
+  T v{};
+  try {
+    v = parse(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != it->second.size()) {
+    throw std::runtime_error("scalar '" + name + "' = '" + it->second + "' is not " + kind);
+  }
+  return v;
+}
+}  // namespace
+
 int64_t Request::scalar(const std::string& name) const {
-  auto it = scalars_.find(name);
-  if (it == scalars_.end()) throw std::runtime_error("scalar '" + name + "' missing from scalars.txt");
-  return it->second;
+  return parse_scalar<int64_t>(
+      scalars_, name, [](const std::string& s, size_t* used) { return std::stoll(s, used); }, "an integer");
+}
+
+double Request::real(const std::string& name) const {
+  return parse_scalar<double>(
+      scalars_, name, [](const std::string& s, size_t* used) { return std::stod(s, used); }, "a real number");
+}
+
+bool Request::has(const std::string& name) const {
+  return buffers_.count(name) != 0 || std::ifstream(dir_ + "/" + name + ".bin").good();
 }
 
 Buffer& Request::raw(const std::string& name, bool output) {

@@ -1,5 +1,6 @@
 // A request of the emulation executable: named raw little-endian buffers in a folder (NAME.bin, written by
-// numpy/torch `tofile`) and integer scalars (scalars.txt, "name value" per line). A kernel entry reads its
+// numpy/torch `tofile`) and scalars (scalars.txt, "name value" per line: integers, or reals as strtod reads
+// them). A kernel entry reads its
 // inputs, runs the kernel through its launch configuration and marks its outputs, which main() writes back
 // as NAME.bin after the run. Every buffer is its own heap block of exactly its size, aligned like
 // cudaMalloc, so AddressSanitizer reports any access past it.
@@ -23,7 +24,9 @@ struct Buffer {
 class Request {
  public:
   explicit Request(std::string dir);
-  int64_t scalar(const std::string& name) const;
+  int64_t scalar(const std::string& name) const;  // an integer scalar
+  double real(const std::string& name) const;     // a real scalar
+  bool has(const std::string& name) const;        // whether NAME.bin exists (an optional operand)
   // The buffer NAME.bin, which must hold exactly `count` elements of T.
   template <typename T>
   T* in(const std::string& name, int64_t count) {
@@ -43,7 +46,7 @@ class Request {
  private:
   Buffer& load(const std::string& name, size_t bytes);
   std::string dir_;
-  std::map<std::string, int64_t> scalars_;
+  std::map<std::string, std::string> scalars_;
   std::map<std::string, std::unique_ptr<Buffer>> buffers_;
 };
 

@@ -39,4 +39,16 @@ int broken_entry(Request& r) {
 }
 CUDAEMU_ENTRY("broken_kernel", broken_entry);
 
+// The request protocol and cudaemu::check_status (what C10_CUDA_CHECK becomes): scalars n (an integer), x (a
+// real), status (a cudaError_t to check); out: out float64 [2] = {n, x}, has [1] = whether optional.bin exists.
+int protocol_entry(Request& r) {
+  double* out = r.out<double>("out", 2);
+  out[0] = static_cast<double>(r.scalar("n"));
+  out[1] = r.real("x");
+  *r.out<int32_t>("has", 1) = r.has("optional") ? 1 : 0;
+  cudaemu::check_status(static_cast<cudaError_t>(r.scalar("status")), "the checked call");
+  return 0;
+}
+CUDAEMU_ENTRY("protocol", protocol_entry);
+
 }  // namespace

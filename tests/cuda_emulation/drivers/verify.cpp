@@ -1,5 +1,6 @@
 // Kernel entries of csrc/cuda/verify.cu: greedy_ids_kernel and verify_logits_kernel (greedy with fp32 /
-// fp16 / bf16 logits; sampling with fp32 logits and fp32 draft probabilities or none).
+// fp16 / bf16 logits; sampling with fp32 / fp16 / bf16 logits and draft probabilities of any of the three
+// dtypes, or none).
 #include "torch_neutral.h"
 // clang-format off
 #include "verify.cu.cpp"  // csrc/cuda/verify.cu after rewrite.py
@@ -54,24 +55,38 @@ void launch_logits(Request& r, int64_t B, int64_t N, int64_t V, bool sample, boo
                   static_cast<int32_t>(N), static_cast<int32_t>(V));
 }
 
-// scalars B, N, V, dtype (0 fp32, 1 fp16, 2 bf16), sample (0 greedy, 1 sampling: fp32 logits only), has_q;
-// in: first_child, next_sibling, valid, tokens, logits [B, N, V] and, when sampling, uniforms [B, N + 1],
-// temperature, top_k, top_p [B], draft_probs (fp32 [B, N, V], when has_q); out: accept_nodes, accept_len,
-// out_tokens.
+template <typename T>
+void launch_logits_q(Request& r, int64_t B, int64_t N, int64_t V, bool sample, bool has_q) {
+  if (!has_q) return launch_logits<T, float>(r, B, N, V, sample, false);
+  switch (r.scalar("q_dtype")) {
+    case 0:
+      return launch_logits<T, float>(r, B, N, V, sample, true);
+    case 1:
+      return launch_logits<T, c10::Half>(r, B, N, V, sample, true);
+    case 2:
+      return launch_logits<T, c10::BFloat16>(r, B, N, V, sample, true);
+    default:
+      throw std::runtime_error("q_dtype: 0, 1 or 2");
+  }
+}
+
+// scalars B, N, V, dtype and q_dtype (0 fp32, 1 fp16, 2 bf16: of the logits and of the draft probabilities),
+// sample (0 greedy, 1 sampling), has_q; in: first_child, next_sibling, valid, tokens, logits [B, N, V] and,
+// when sampling, uniforms [B, N + 1], temperature, top_k, top_p [B], draft_probs [B, N, V] (when has_q); out:
+// accept_nodes, accept_len, out_tokens. Every (logits, draft probabilities) dtype pair the launcher dispatches.
 int verify_logits_entry(Request& r) {
   const int64_t B = r.scalar("B"), N = r.scalar("N"), V = r.scalar("V"), dtype = r.scalar("dtype");
   const bool sample = r.scalar("sample") != 0, has_q = r.scalar("has_q") != 0;
-  if (sample && dtype != 0) throw std::runtime_error("sampling entry: fp32 logits only");
   if (has_q && !sample) throw std::runtime_error("draft_probs only when sampling");
   switch (dtype) {
     case 0:
-      launch_logits<float, float>(r, B, N, V, sample, has_q);
+      launch_logits_q<float>(r, B, N, V, sample, has_q);
       break;
     case 1:
-      launch_logits<c10::Half, float>(r, B, N, V, sample, false);
+      launch_logits_q<c10::Half>(r, B, N, V, sample, has_q);
       break;
     case 2:
-      launch_logits<c10::BFloat16, float>(r, B, N, V, sample, false);
+      launch_logits_q<c10::BFloat16>(r, B, N, V, sample, has_q);
       break;
     default:
       throw std::runtime_error("dtype: 0, 1 or 2");
