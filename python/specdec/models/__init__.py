@@ -16,7 +16,7 @@ See base.DraftHead.forward for the decode-path contract and forward_sequence for
 checkpoint.py for the checkpoint formats (ours and the published EAGLE/FSPAD/GRIFFIN layouts).
 """
 
-from .base import DraftCache, DraftHead, DraftOutput, TrainOutput
+from .base import DraftHead, DraftOutput, TrainOutput
 from .checkpoint import (
     CheckpointError,
     HeadTargetMismatch,
@@ -26,6 +26,7 @@ from .checkpoint import (
     load_draft_head,
 )
 from .config import KINDS, DraftConfig
+from .draft_cache import DraftCache
 from .eagle import EagleHead
 from .fspad import FSPADHead
 from .griffin import GriffinHead

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -34,6 +33,7 @@ from torch import nn
 from specdec_kernels.checks import FLOAT_DTYPES_FP64, check_tensor
 
 from .config import DraftConfig
+from .draft_cache import DraftCache
 from .layers import DecoderLayer, RotaryEmbedding, TrainKV
 
 
@@ -63,30 +63,6 @@ class TrainOutput(NamedTuple):
     p: torch.Tensor
     index: torch.Tensor
     kv: Optional[TrainKV]
-
-
-@dataclass
-class DraftCache:
-    """The draft's KV cache (one layer): k, v [B, H_kv, max_len, head_dim].
-
-    Committed lengths live with the caller (cache_len int32 [B]); compaction after acceptance is
-    specdec_kernels.compact_kv([cache.k, cache.v], ...).
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
-
-    def tensors(self) -> list:
-        """[k, v], the list compact_kv takes."""
-        return [self.k, self.v]
 
 
 class DraftHead(nn.Module):
