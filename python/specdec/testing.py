@@ -86,8 +86,9 @@ class TargetOracleHead(torch.nn.Module):
         """Nothing to bind: the oracle uses the whole target model."""
         return self
 
-    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> OracleCache:
-        """An empty OracleCache of `max_len` token slots per request (k/v are empty placeholders)."""
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None, *, page_size=None, pool=None):
+        """An empty OracleCache of `max_len` token slots per request (k/v are empty placeholders). The oracle
+        keeps tokens, not K/V, so page_size and pool change nothing."""
         dev = device or self.device
         empty = torch.zeros(batch_size, 1, 0, 1, device=dev, dtype=dtype or self.dtype)
         return OracleCache(

@@ -284,12 +284,21 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p, draft):
 
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 def test_greedy_on_a_paged_cache_equals_the_contiguous_cache(page_size, monkeypatch):
-    """The target's K/V on shuffled pages (paged_tree_attention and compact_paged_kv in every pass): the
-    same tokens as the contiguous cache and as the target's own greedy decoding, ragged batch, with EOS."""
+    """The target's and the draft head's K/V on shuffled pages (paged_tree_attention and compact_paged_kv in
+    every pass): the same tokens as the contiguous cache and as the target's own greedy decoding, ragged
+    batch, with EOS."""
     import specdec_kernels
+    from specdec.models import PagedDraftCache
 
-    calls = {"paged_tree_attention": 0, "compact_paged_kv": 0}
-    for name in calls:
+    calls = {"paged_tree_attention": 0, "compact_paged_kv": 0, "draft": 0}
+    real_attend = PagedDraftCache.attend
+
+    def draft_attend(self, *a, **k):
+        calls["draft"] += 1
+        return real_attend(self, *a, **k)
+
+    monkeypatch.setattr(PagedDraftCache, "attend", draft_attend)
+    for name in ("paged_tree_attention", "compact_paged_kv"):
         real = getattr(specdec_kernels, name)
 
         def counted(*a, _real=real, _name=name, **k):
@@ -309,3 +318,4 @@ def test_greedy_on_a_paged_cache_equals_the_contiguous_cache(page_size, monkeypa
         assert paged.accept_lengths.tolist() == flat.accept_lengths.tolist()
     assert paged.sequences[0] == want[: want.index(eos) + 1]  # request 0 stopped at its first EOS
     assert calls["paged_tree_attention"] > 0 and calls["compact_paged_kv"] > 0  # the paged ops ran
+    assert calls["draft"] > 0  # the eagle head drafted from its paged cache

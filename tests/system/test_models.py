@@ -308,13 +308,15 @@ def test_logits_at_selects_one_row_per_request(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_tree_expansion_equals_chains(kind):
+@pytest.mark.parametrize("page_size", [None, 3])
+def test_tree_expansion_equals_chains(kind, page_size):
     """EAGLE-2 style expansion: a prefix, then two levels of frontier nodes written at fresh slot offsets
-    with ancestor masks; each node's output equals running its root-to-node path as a plain chain."""
+    with ancestor masks; each node's output equals running its root-to-node path as a plain chain. On a
+    paged cache (pages of 3 slots from a shuffled pool) the prefix ends mid-page and the tree crosses pages."""
     head, _ = make_head(kind)
     B, P = 1, 4
     f, ids = inputs(B, P + 6, seed=5)
-    cache = head.new_cache(B, 32)
+    cache = head.new_cache(B, 32, page_size=page_size)
     cl = torch.full((B,), P, dtype=torch.int32)
     pre_pos = torch.arange(P).expand(B, P)
     with torch.no_grad():
@@ -687,6 +689,53 @@ def test_config_from_target():
         make_config("eagle", rope_scaling={"rope_type": "yarn", "factor": 4.0})
     with pytest.raises(ValueError, match="num_key_value_heads"):
         make_config("eagle", num_key_value_heads=3)
+
+
+def test_paged_draft_cache_pages_pool_and_checks():
+    """new_cache(page_size=P): NHD pages from the pool, writes land at block_table[b, s // P], s % P, the
+    outputs equal the contiguous cache's, release() returns the pages; misuse gets clear errors."""
+    from specdec.kv_pages import PagePool
+    from specdec.models import PagedDraftCache
+
+    head, _ = make_head("eagle")
+    B, T, P = 2, 3, 4
+    f, ids = inputs(B, T)
+    pos = torch.arange(T).expand(B, T)
+    pool = PagePool(12, seed=3)
+    cache = head.new_cache(B, 12, page_size=P, pool=pool)
+    assert isinstance(cache, PagedDraftCache) and cache.max_len == 12 and pool.free == 12 - 2 * 3
+    assert cache.k.shape == (12, P, head.config.num_key_value_heads, head.config.head_dim)
+    flat = head.new_cache(B, 12)
+    cl = torch.tensor([1, 4], dtype=torch.int32)
+    off = torch.tensor([2, 0], dtype=torch.int32)
+    with torch.no_grad():
+        want = head(f, ids, pos, flat, cl, chain_mask(B, T, offset=2), slot_offset=off)
+        got = head(f, ids, pos, cache, cl, chain_mask(B, T, offset=2), slot_offset=off)
+    torch.testing.assert_close(got.hidden, want.hidden)
+    torch.testing.assert_close(got.logits, want.logits)
+    for b, slots in ((0, range(3, 6)), (1, range(4, 7))):
+        for s in slots:  # the pages hold what the contiguous cache holds at the same logical slot
+            page = cache.block_table[b, s // P].item()
+            assert torch.equal(cache.k[page, s % P], flat.k[b, :, s])
+    with torch.no_grad():
+        bad = PagedDraftCache(cache.k, cache.v, cache.block_table.long(), P)
+        with pytest.raises(TypeError, match="cache.block_table: expected dtype torch.int32"):
+            head(f, ids, pos, bad, cl, chain_mask(B, T))
+        bad = PagedDraftCache(cache.k, cache.v, cache.block_table, 3)
+        with pytest.raises(ValueError, match=r"cache.k: expected shape \[\*, 3, 2, 8\]"):
+            head(f, ids, pos, bad, cl, chain_mask(B, T))
+    with pytest.raises(ValueError, match="page_size: expected an int >= 1"):
+        head.new_cache(B, 12, page_size=0)
+    head.new_cache(B, 12, page_size=P, pool=pool).release()  # the 6 free pages fit one more batch
+    assert pool.free == 6
+    with pytest.raises(ValueError, match="need 8 pages of 4; 6 of 12 are free"):
+        head.new_cache(B, 16, page_size=P, pool=pool)
+    assert pool.free == 6  # nothing taken by the failed call
+    cache.release()
+    assert pool.free == 12
+    x = torch.zeros(1, 2, 1, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        cache.attend(x, cl[:1], chain_mask(1, 1), 1.0)
 
 
 def test_input_checks():

@@ -268,7 +268,7 @@ def test_paged_cache_pool_and_prefill_match_the_contiguous_cache():
     torch.testing.assert_close(paged.hidden, flat.hidden)
     cache.release()
     assert pool.free == 40
-    with pytest.raises(ValueError, match="pages asked for"):
+    with pytest.raises(ValueError, match="3 requests of 100 slots need 75 pages of 4; 10 of 10 are free"):
         t.new_cache(3, 100, page_size=4, pool=PagePool(10))
     with pytest.raises(ValueError, match="page_size >= 1"):
         t.new_cache(1, 10, page_size=0)

@@ -82,6 +82,8 @@ class TreeDrafter:
             adds room for the uncommitted tree slots.
         tree_top_k, depth, total_tokens: EAGLE-2 parameters (top-k per node, levels, nodes incl. the root).
         backend: specdec_kernels backend of select_tree (None chooses; the head picks its own kernels).
+        page_size: None keeps the draft's K/V in one contiguous cache; an int puts it on pages of that many
+            slots (head.new_cache: a PagedDraftCache read by paged_tree_attention). The drafts are the same.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class TreeDrafter:
         depth: int = 6,
         total_tokens: int = 60,
         backend: Optional[str] = None,
+        page_size: Optional[int] = None,
     ):
         check_tree_params(tree_top_k, depth, total_tokens)
         # draft id -> target id for a reduced-vocabulary head (None: logits are indexed by target id)
@@ -112,7 +115,7 @@ class TreeDrafter:
         # the committed length (both start at cache_len).
         self.tree_slots = (depth - 1) * tree_top_k
         self.max_len = max_len
-        self.cache = head.new_cache(batch_size, max_len + max(self.tree_slots, depth + 1))
+        self.cache = head.new_cache(batch_size, max_len + max(self.tree_slots, depth + 1), page_size=page_size)
         self.cache_len = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
         # own_bits[l][i]: the packed bit of frontier node i of level l + 1 (its slot (l * k) + i).
         W = mask_words(self.tree_slots)

@@ -154,10 +154,10 @@ def generate(
             pass and the capture, verify_time the replayed passes whole and draft_time only the draft's
             prefill (a graph's phases cannot be timed apart).
 
-        page_size: None keeps the target's K/V in one contiguous cache per layer; an int puts it on pages of
-            that many tokens, handed out in shuffled order as a serving engine's paged cache
-            (specdec.target.PagedTreeKVCache: paged_tree_attention and compact_paged_kv run instead of
-            tree_attention and compact_kv). The output is the same.
+        page_size: None keeps the target's and the draft's K/V in one contiguous cache per layer; an int
+            puts both on pages of that many tokens, handed out in shuffled order as a serving engine's paged
+            cache (specdec.target.PagedTreeKVCache and specdec.models.PagedDraftCache: paged_tree_attention
+            and compact_paged_kv run instead of tree_attention and compact_kv). The output is the same.
 
     Returns:
         GenerationResult (sequences = new tokens only).
@@ -169,8 +169,7 @@ def generate(
     cuda_graphs.check_cuda_graph(cuda_graph, dev)
     if draft.device != dev:
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
-    rows = prompt_rows(input_ids, attention_mask)
-    ids, lengths = pad_rows(rows, dev)
+    ids, lengths = pad_rows(rows := prompt_rows(input_ids, attention_mask), dev)
     B, L = ids.shape
     if isinstance(total_tokens, str):
         total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph)
@@ -192,10 +191,11 @@ def generate(
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     max_path = min(N, depth + 1)  # longest accepted path (root included)
-    # Committed tokens < L + max_new_tokens + depth (a last pass may commit a whole path); one tree more.
-    cache = target.new_cache(B, L + max_new_tokens + depth + N + 1, page_size=page_size)
+    # Committed tokens < L + max_new_tokens + depth (a last pass may commit a whole path); the target: one tree more.
+    committed = L + max_new_tokens + depth + 1
+    cache = target.new_cache(B, committed + N, page_size=page_size)
     draft.bind_target(target.embed_tokens, target.lm_head)
-    drafter = TreeDrafter(draft, B, L + max_new_tokens + depth + 1, tree_top_k, depth, total_tokens, backend=backend)
+    drafter = TreeDrafter(draft, B, committed, tree_top_k, depth, total_tokens, backend=backend, page_size=page_size)
     choose = TokenChooser(B, dev, temperature, top_k, top_p, generator, backend)
     out = OutputBuffer(B, max_new_tokens, max_path, eos_tensor(eos_ids(target.model, given=eos_token_id), dev), dev)
     st, t_prefill, t_draft = _prefill(target, drafter, choose, out, ids, lengths, cache, prefill_chunk_size, cuda_graph)

@@ -4,7 +4,7 @@
     head = build_draft_head(config)                # or load_draft_head(path, device, dtype)
     check_head_fits(head, target.config)          # HeadTargetMismatch for a target of another hidden size
     head.bind_target(target.get_input_embeddings(), target.lm_head)
-    cache = head.new_cache(batch_size, max_len)
+    cache = head.new_cache(batch_size, max_len)    # page_size=16: a PagedDraftCache (NHD pages + block table)
     out = head(features, input_ids, position_ids, cache, cache_len, tree_mask)   # DraftOutput(logits, hidden)
     out = head.forward_train(features, input_ids, logits_index=mask)             # TrainOutput (training)
     head.save_pretrained(path)
@@ -26,7 +26,7 @@ from .checkpoint import (
     load_draft_head,
 )
 from .config import KINDS, DraftConfig
-from .draft_cache import DraftCache
+from .draft_cache import DraftCache, PagedDraftCache
 from .eagle import EagleHead
 from .fspad import FSPADHead
 from .griffin import GriffinHead
@@ -36,6 +36,7 @@ __all__ = [
     "KINDS",
     "CheckpointError",
     "DraftCache",
+    "PagedDraftCache",
     "DraftConfig",
     "DraftHead",
     "DraftOutput",

@@ -23,6 +23,7 @@ logits only at the positions asked for; keys/values of earlier calls for GRIFFIN
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import NamedTuple, Optional, Union
 
@@ -32,8 +33,9 @@ from torch import nn
 
 from specdec_kernels.checks import FLOAT_DTYPES_FP64, check_tensor
 
+from ..kv_pages import PagePool, take_block_table
 from .config import DraftConfig
-from .draft_cache import DraftCache
+from .draft_cache import DraftCache, PagedDraftCache
 from .layers import DecoderLayer, RotaryEmbedding, TrainKV
 
 
@@ -249,12 +251,33 @@ class DraftHead(nn.Module):
 
     # -- decode path ------------------------------------------------------------------------------
 
-    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> DraftCache:
-        """Zeroed KV cache [B, H_kv, max_len, head_dim] in the head's dtype/device unless given."""
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device=None,
+        dtype=None,
+        *,
+        page_size: Optional[int] = None,
+        pool: Optional[PagePool] = None,
+    ) -> Union[DraftCache, PagedDraftCache]:
+        """Zeroed KV cache of `max_len` slots per request in the head's dtype/device unless given.
+
+        page_size None: a DraftCache [B, H_kv, max_len, head_dim]. An int: a PagedDraftCache of NHD pages of
+        that many slots, ceil(max_len / page_size) per request taken from `pool` (a specdec.kv_pages.PagePool
+        whose page ids index the page tensors; a new pool of just enough pages when None).
+        """
         c = self.config
-        shape = (batch_size, c.num_key_value_heads, max_len, c.head_dim)
         kw = dict(device=device if device is not None else self.device, dtype=dtype or self.dtype)
-        return DraftCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw))
+        if page_size is None:
+            shape = (batch_size, c.num_key_value_heads, max_len, c.head_dim)
+            return DraftCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw))
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size: expected an int >= 1 or None, got {page_size!r}")
+        pool = pool if pool is not None else PagePool(batch_size * math.ceil(max_len / page_size))
+        table, pages = take_block_table(pool, batch_size, max_len, page_size, kw["device"])
+        shape = (pool.num_pages, page_size, c.num_key_value_heads, c.head_dim)
+        return PagedDraftCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), table, page_size, pool, pages)
 
     def forward(
         self,
@@ -275,7 +298,7 @@ class DraftHead(nn.Module):
             features: float [B, T, H], target features f_t or features fed back by the draft.
             input_ids: int64 [B, T], the token x_{t+1} paired with each feature.
             position_ids: int64 [B, T], RoPE positions.
-            cache: DraftCache from new_cache; its k/v dtype must be the head's.
+            cache: DraftCache or PagedDraftCache from new_cache; its k/v dtype must be the head's.
             cache_len: int32 [B], committed draft slots per request (never changed here).
             tree_mask: int32 [B, T, W] packed: bit j of row i lets query i see slot cache_len[b] + j.
             slot_offset: int (or int tensor [B]): the new keys/values go to slots
@@ -294,9 +317,7 @@ class DraftHead(nn.Module):
         """
         B, T = self._check_inputs(features, input_ids, position_ids)
         c = self.config
-        kv_shape = (B, c.num_key_value_heads, None, c.head_dim)
-        check_tensor("cache.k", cache.k, dtype=self.dtype, shape=kv_shape, device=self.device)
-        check_tensor("cache.v", cache.v, dtype=self.dtype, shape=tuple(cache.k.shape), device=self.device)
+        cache.check(B, c.num_key_value_heads, c.head_dim, self.dtype, self.device)
         check_tensor("cache_len", cache_len, dtype=torch.int32, shape=(B,), device=self.device)
         check_tensor("tree_mask", tree_mask, dtype=torch.int32, shape=(B, T, None), device=self.device)
         if isinstance(slot_offset, torch.Tensor):
@@ -308,7 +329,7 @@ class DraftHead(nn.Module):
         cos, sin = self.rotary_emb(position_ids)
         if logits_at is not None:
             check_tensor("logits_at", logits_at, dtypes=(torch.int32, torch.int64), shape=(B,), device=self.device)
-        out = self.layers[0].forward_cached(x, cos, sin, cache.k, cache.v, cache_len, tree_mask, slot_offset)
+        out = self.layers[0].forward_cached(x, cos, sin, cache, cache_len, tree_mask, slot_offset)
         return self._split(out, return_logits, logits_at)
 
     # -- training path ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Building blocks of the draft heads: RMSNorm, RoPE, GQA attention over the draft cache, SwiGLU MLP.
 
 Attention has two paths. The decode path writes the new keys/values into the draft cache and calls
-`specdec_kernels.tree_attention` (committed slots plus the tree slots of the packed mask); it is what the
+`specdec_kernels.tree_attention` (committed slots plus the tree slots of the packed mask; the paged cache's
+`paged_tree_attention`, specdec.models.draft_cache); it is what the
 drafting loop uses (under autograd it computes the same function densely: the kernels have no backward).
 The sequence path (`DecoderLayer.forward_sequence`) is differentiable dense attention over the T inputs
 only, with a causal or caller-given mask; it is what training uses. Both compute the same function:
@@ -20,7 +21,6 @@ from torch import nn
 
 import specdec_kernels
 
-from ..kv import write_slots
 from .config import DraftConfig
 
 
@@ -223,14 +223,14 @@ class Attention(nn.Module):
         B, _, T, _ = o.shape
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
-    def forward_cached(self, x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
-        """Write the T new keys/values at slots cache_len + slot_offset + i, then tree-attend."""
+    def forward_cached(self, x, cos, sin, cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
+        """Write the T new keys/values at slots cache_len + slot_offset + i of `cache` (a DraftCache or
+        PagedDraftCache: its `write`), then tree-attend through it (its `attend`)."""
         q, k, v = self.qkv(x, cos, sin)
         B, _, T, _ = k.shape
         slots = cache_len.to(torch.int64)[:, None] + slot_offset + torch.arange(T, device=x.device)[None, :]
-        write_slots(k_cache, slots, k)
-        write_slots(v_cache, slots, v)
-        return self.out(tree_attention(q, k_cache, v_cache, cache_len, tree_mask, self.scale))
+        cache.write(slots, k, v)
+        return self.out(cache.attend(q, cache_len, tree_mask, self.scale))
 
     def forward_sequence(self, x, cos, sin, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Dense attention among the T inputs; attn_mask bool [B, T, T] (True = visible) or None = causal."""
@@ -296,9 +296,9 @@ class DecoderLayer(nn.Module):
         m = self.mlp(self.post_attention_layernorm(a))
         return (torch.cat((a, a), dim=-1) if self.dual else a) + m
 
-    def forward_cached(self, x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
+    def forward_cached(self, x, cos, sin, cache, cache_len, tree_mask, slot_offset) -> torch.Tensor:
         """The decode path (Attention.forward_cached, then the MLP)."""
-        a = x + self.self_attn.forward_cached(x, cos, sin, k_cache, v_cache, cache_len, tree_mask, slot_offset)
+        a = x + self.self_attn.forward_cached(x, cos, sin, cache, cache_len, tree_mask, slot_offset)
         return self._finish(a)
 
     def forward_sequence(self, x, cos, sin, attn_mask) -> torch.Tensor:

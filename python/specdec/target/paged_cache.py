@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..kv_pages import PagePool
+from ..kv_pages import PagePool, page_slots, take_block_table, write_page_slots
 
 
 class PagedTreeKVLayer(CacheLayerMixin):
@@ -47,8 +47,8 @@ class PagedTreeKVLayer(CacheLayerMixin):
                 f"{tuple(self.keys.shape)} (expected [B, H_kv, T, D] with the pages' H_kv, D)"
             )
         page, offset = self.owner.physical(T)  # [B, T] each
-        self.keys[page, offset] = key_states.transpose(1, 2).to(self.dtype)
-        self.values[page, offset] = value_states.transpose(1, 2).to(self.dtype)
+        write_page_slots(self.keys, page, offset, key_states)
+        write_page_slots(self.values, page, offset, value_states)
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -86,10 +86,8 @@ class PagedTreeKVCache(Cache):
                 f"PagedTreeKVCache: expected batch_size, max_len, num_layers and page_size >= 1, got "
                 f"{batch_size}, {max_len}, {num_layers}, {page_size}"
             )
-        per_request = math.ceil(max_len / page_size)
-        self.pool = pool if pool is not None else PagePool(batch_size * per_request)
-        pages = [self.pool.take(per_request) for _ in range(batch_size)]
-        self.block_table = torch.tensor(pages, dtype=torch.int32, device=device)
+        self.pool = pool if pool is not None else PagePool(batch_size * math.ceil(max_len / page_size))
+        self.block_table, pages = take_block_table(self.pool, batch_size, max_len, page_size, device)
         self.cache_len = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.page_size, self.max_len = page_size, max_len
         shape = (self.pool.num_pages, page_size, num_kv_heads, head_dim)
@@ -113,9 +111,7 @@ class PagedTreeKVCache(Cache):
     def physical(self, T: int) -> tuple:
         """(page, offset) int64 [B, T] of the logical slots cache_len[b] + i, i < T (no host sync)."""
         slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.device)
-        table = self.block_table.to(torch.int64)
-        page = table.gather(1, (slots // self.page_size).clamp(max=table.shape[1] - 1))
-        return page, slots % self.page_size
+        return page_slots(self.block_table, self.page_size, slots)
 
     def caches(self) -> list:
         """Every layer's K and V pages, in layer order (K0, V0, K1, V1, ...)."""
