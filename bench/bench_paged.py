@@ -1,14 +1,21 @@
-"""Benchmark of paged tree attention against the contiguous kernel on the same data (decode shapes).
+"""Benchmarks of the paged ops against the contiguous ones on the same data (decode shapes): tree attention
+and acceptance compaction.
 
-For each head shape (SmolLM2-135M: H = 9, H_kv = 3, D = 64; Llama-3-8B: H = 32, H_kv = 8, D = 128), prefix
+Attention: for each head shape (SmolLM2-135M: H = 9, H_kv = 3, D = 64; Llama-3-8B: H = 32, H_kv = 8, D = 128), prefix
 (512, 4096), tree size N (8, 16, 64) and page size (1, 16), the K/V of B requests are laid out twice: as
 the contiguous cache [B, H_kv, S_max, D] of tree_attention and on shuffled NHD pages with a block table
 (vLLM's layout). Both are timed with the backend the automatic choice takes for the paged op (and the same
 backend for the contiguous one); "paged_over_contiguous" is their time ratio (the issue's target on a CPU:
 at most 1.25 at page size 16).
 
+Compaction: the same shapes with every layer's K and V (30 layers for SmolLM2-135M, 32 for Llama-3-8B), the
+accepted path the root-to-leaf chain of the binary tree (log2(N) + 1 nodes): compact_kv on the contiguous
+caches against compact_paged_kv on the pages (one launch for all layers each); at page size 1 also
+accept_slots, the copy-free alternative that rewrites a token-to-slot table instead of moving K/V.
+
     python bench/bench_paged.py --quick          # one shape per model, a smoke run
-    python bench/bench_paged.py --results        # CSV into bench/results/
+    python bench/bench_paged.py --results        # CSVs into bench/results/
+    python bench/bench_paged.py --only compaction
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from specdec.dtypes import DTYPE_NAMES, torch_dtype
 from common import add_common_args, print_table, time_fn, write_csv
 
 HEADS = {"smollm2-135m": (9, 3, 64), "llama-3-8b": (32, 8, 128)}
+LAYERS = {"smollm2-135m": 30, "llama-3-8b": 32}
 
 
 def paged_copy(k: torch.Tensor, page_size: int, seed: int = 0):
@@ -80,11 +88,78 @@ def bench_shape(model, B, prefix, N, page_size, dtype, device, min_time) -> dict
     )
 
 
+def _backend_for(op: str, device: str) -> str:
+    """The compiled backend of `op` on `device` ("cpu" on a CPU; "cuda" on a GPU when built, else "triton")."""
+    if torch.device(device).type == "cpu":
+        return "cpu"
+    return "cuda" if "cuda" in sk.get_op(op).backends else "triton"
+
+
+def binary_tree_path(N: int) -> list:
+    """The root-to-leaf chain 0, 1, 3, 7, ... of the binary tree whose node i has parent (i - 1) // 2."""
+    path = [0]
+    while 2 * path[-1] + 1 < N:
+        path.append(2 * path[-1] + 1)
+    return path
+
+
+def bench_compaction(model, B, prefix, N, page_size, dtype, device, min_time) -> dict:
+    """compact_kv on contiguous caches vs compact_paged_kv on pages, every layer's K and V in one call."""
+    _, H_kv, D = HEADS[model]
+    S = prefix + N
+    g = torch.Generator().manual_seed(0)
+    contiguous, pages = [], []
+    for _ in range(2 * LAYERS[model]):
+        t = torch.randn(B, H_kv, S, D, generator=g).to(dtype).to(device)
+        p, table = paged_copy(t, page_size)
+        contiguous.append(t)
+        pages.append(p)
+    path = binary_tree_path(N)
+    nodes = torch.full((B, len(path)), -1, dtype=torch.int32)
+    nodes[:] = torch.tensor(path, dtype=torch.int32)
+    nodes = nodes.to(device)
+    accept_len = torch.full((B,), len(path), dtype=torch.int32, device=device)
+    cache_len = torch.full((B,), prefix, dtype=torch.int32, device=device)
+    backend = _backend_for("compact_paged_kv", device)
+    # A valid path moves each source to a destination at or below it: repeating the call is a fair timing.
+    paged = time_fn(
+        lambda: sk.compact_paged_kv(pages, table, cache_len, nodes, accept_len, backend=backend),
+        device,
+        min_time=min_time,
+    )
+    flat = time_fn(
+        lambda: sk.compact_kv(contiguous, cache_len, nodes, accept_len, backend=backend), device, min_time=min_time
+    )
+    row = dict(
+        model=model,
+        backend=backend,
+        B=B,
+        prefix=prefix,
+        N=N,
+        accepted=len(path),
+        page_size=page_size,
+        layers=LAYERS[model],
+        paged_us=paged,
+        contiguous_us=flat,
+        paged_over_contiguous=paged / flat,
+        bytes_moved=2 * LAYERS[model] * B * (len(path) - 1) * H_kv * D * contiguous[0].element_size(),
+        accept_slots_us=float("nan"),
+        threads=torch.get_num_threads(),
+    )
+    if page_size == 1:  # SGLang's layout: rewrite the token-to-slot table instead of moving K/V
+        table = torch.arange(B * S, dtype=torch.int32, device=device).view(B, S)
+        row["accept_slots_us"] = time_fn(
+            lambda: sk.accept_slots(table.clone(), cache_len, N, nodes, accept_len), device, min_time=min_time
+        )
+    return row
+
+
 def main(argv=None) -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bf16")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default: torch's)")
+    parser.add_argument("--only", choices=["attention", "compaction"], default=None, help="one of the two benchmarks")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,21 +167,20 @@ def main(argv=None) -> None:
     prefixes = [512] if args.quick else [512, 4096]
     nodes = [16] if args.quick else [8, 16, 64]
     min_time = args.min_time / (10 if args.quick else 1)
-    rows = [
-        bench_shape(m, args.batch, p, n, ps, dtype, args.device, min_time)
-        for m in HEADS
-        for p in prefixes
-        for n in nodes
-        for ps in (1, 16)
-    ]
-    print(f"paged vs contiguous tree attention on {args.device} ({args.dtype}, B={args.batch}): microseconds")
-    print_table(
-        rows,
-        ["model", "backend", "prefix", "N", "page_size", "paged_us", "contiguous_us", "paged_over_contiguous"],
-        floatfmt="{:.3g}",
-    )
-    path = write_csv(rows, "paged_attention", args.device, results=args.results, out_dir=args.out_dir)
-    print(f"wrote {path}")
+    shapes = [(m, p, n, ps) for m in HEADS for p in prefixes for n in nodes for ps in (1, 16)]
+    cols = ["model", "backend", "prefix", "N", "page_size", "paged_us", "contiguous_us", "paged_over_contiguous"]
+    if args.only in (None, "attention"):
+        rows = [bench_shape(m, args.batch, p, n, ps, dtype, args.device, min_time) for m, p, n, ps in shapes]
+        print(f"paged vs contiguous tree attention on {args.device} ({args.dtype}, B={args.batch}): microseconds")
+        print_table(rows, cols, floatfmt="{:.3g}")
+        path = write_csv(rows, "paged_attention", args.device, results=args.results, out_dir=args.out_dir)
+        print(f"wrote {path}")
+    if args.only in (None, "compaction"):
+        rows = [bench_compaction(m, args.batch, p, n, ps, dtype, args.device, min_time) for m, p, n, ps in shapes]
+        print(f"paged vs contiguous compaction on {args.device} ({args.dtype}, B={args.batch}): microseconds")
+        print_table(rows, cols[:4] + ["accepted"] + cols[4:] + ["accept_slots_us"], floatfmt="{:.3g}")
+        path = write_csv(rows, "paged_compaction", args.device, results=args.results, out_dir=args.out_dir)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -109,8 +109,14 @@ void compact_paged_kv_cpu(at::TensorList caches, const at::Tensor& block_table, 
   const int32_t* an = accept_nodes.data_ptr<int32_t>();
   const int32_t* al = accept_len.data_ptr<int32_t>();
   std::vector<int64_t> offset(views.size() + 1, 0);
-  for (size_t i = 0; i < views.size(); ++i) offset[i + 1] = offset[i] + B * views[i].X;
-  at::parallel_for(0, offset.back(), 1, [&](int64_t t0, int64_t t1) {
+  int64_t row_bytes_max = 1;
+  for (size_t i = 0; i < views.size(); ++i) {
+    offset[i + 1] = offset[i] + B * views[i].X;
+    row_bytes_max = std::max(row_bytes_max, views[i].row_bytes);
+  }
+  // As compact_kv: a task moves >= ~64 KiB, so small acceptances do not pay for waking other threads.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (row_bytes_max * std::max<int64_t>(W, 1)));
+  at::parallel_for(0, offset.back(), grain, [&](int64_t t0, int64_t t1) {
     size_t v = std::upper_bound(offset.begin(), offset.end(), t0) - offset.begin() - 1;
     for (int64_t t = t0; t < t1; ++t) {
       while (t >= offset[v + 1]) ++v;
