@@ -55,6 +55,42 @@ def test_greedy_equals_generate_of_each_prompt(family, slots):
         assert stats.idle_rows == 0  # one slot is refilled before every decode step it would spend idle
 
 
+@pytest.mark.parametrize("page_size,num_pages", [(1, None), (4, None), (16, None), (4, 12)])
+def test_paged_slots_answer_as_the_contiguous_cache(page_size, num_pages, monkeypatch):
+    """page_size: every request's K/V on pages it takes from a pool when it starts and gives back when it
+    ends (no K/V copies at refill or shrink). Greedy answers equal the contiguous cache's and the model's
+    own; with a pool too small for every slot at once, requests wait for pages, which are reused."""
+    from specdec.target import batch_kv
+
+    kvs = []
+    real_init = batch_kv.PagedSlotKV.__init__
+
+    def recorded(self, *a, **k):
+        real_init(self, *a, **k)
+        kvs.append(self)
+
+    monkeypatch.setattr(batch_kv.PagedSlotKV, "__init__", recorded)
+    model = make_target("llama", sharpen=4.0)
+    prompts, budgets = random_prompts(11, 128, seed=5)
+    eos = [alone(model, p, 1, [])[0] for p in prompts[:3]]
+    t = TargetModel(model)
+    kw = dict(max_new_tokens=budgets, eos_ids=eos, slots=4)
+    flat = generate_many(t, prompts, **kw)
+    paged = generate_many(t, prompts, page_size=page_size, num_pages=num_pages, **kw)
+    assert paged == flat == [alone(model, p, b, eos) for p, b in zip(prompts, budgets)]
+    (kv,) = kvs
+    assert kv.pool.free == kv.pool.num_pages - 1  # every request gave its pages back (the scratch page stays)
+    assert kv.pages_taken > kv.pool.num_pages - 1  # pages were handed out again to later requests
+
+
+def test_paged_slots_refuse_a_pool_that_cannot_hold_one_request():
+    model = make_target()
+    with pytest.raises(ValueError, match="num_pages: 3 pages of 4 cannot hold the longest request"):
+        generate_many(TargetModel(model), [[1] * 10], max_new_tokens=5, eos_ids=[], page_size=4, num_pages=3)
+    with pytest.raises(ValueError, match="page_size: expected an int >= 1"):
+        generate_many(TargetModel(model), [[1, 2]], max_new_tokens=5, eos_ids=[], page_size=0)
+
+
 def test_one_budget_for_all_and_no_end_tokens():
     model = make_target()
     prompts, _ = random_prompts(5, 128, seed=3)

@@ -5,7 +5,8 @@ builder's self-distillation: a fixed number of slots decode one token per forwar
 answer ends (an end token or its token budget) the slot takes the next prompt, so no forward is spent on
 rows that already finished, which `model.generate` on a padded batch keeps computing until the batch's
 longest answer ends. Prompts are taken in order of length, so the prompts prefilled together need little
-padding (prefill is batched per refill, in its own small cache whose K/V are then copied into the slots).
+padding (prefill is batched per refill). With page_size the slots' K/V live on pages that requests take
+from a pool and give back (specdec.target.batch_kv), as in a serving engine.
 
 Sampling is per request: request i draws from its own torch.Generator seeded with seeds[i], so an answer
 does not depend on which other prompts shared its batch, nor on the number of slots. Greedy answers equal
@@ -32,6 +33,7 @@ import torch
 
 from specdec_kernels import chain_mask
 
+from .batch_kv import slot_kv
 from .model import TargetModel
 
 
@@ -61,6 +63,19 @@ def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
     return budgets
 
 
+def _check_requests(target, prompts, max_new_tokens, slots: int) -> tuple:
+    """(budgets, prompt lengths) of generate_many's requests; TypeError / ValueError for bad arguments."""
+    if not isinstance(target, TargetModel):
+        raise TypeError(f"target: expected a specdec.target.TargetModel, got {type(target).__name__}")
+    budgets = _budgets(max_new_tokens, len(prompts))
+    lengths = [len(p) for p in prompts]
+    if any(ln < 1 for ln in lengths):
+        raise ValueError(f"prompts: prompt {lengths.index(min(lengths))} is empty; every prompt needs a token")
+    if slots < 1:
+        raise ValueError(f"slots: expected >= 1, got {slots}")
+    return budgets, lengths
+
+
 class _Slots:
     """The decoding state of every slot: the request it serves (-1: idle), its last token, what it generated
     and how many tokens it may still generate."""
@@ -77,6 +92,15 @@ class _Slots:
 
     def busy(self) -> bool:
         return any(r >= 0 for r in self.request)
+
+    def select(self, keep: List[int], pad_id: int) -> "_Slots":
+        """The state of slots `keep` only, in that order."""
+        kept = _Slots(len(keep), self.tokens.device, pad_id)
+        kept.request = [self.request[s] for s in keep]
+        kept.left = [self.left[s] for s in keep]
+        kept.out = [self.out[s] for s in keep]
+        kept.tokens.copy_(self.tokens[torch.tensor(keep, dtype=torch.int64, device=self.tokens.device)])
+        return kept
 
 
 class _Sampler:
@@ -122,6 +146,8 @@ def generate_many(
     prefill_chunk: int = 512,
     stats: Optional[DecodeStats] = None,
     progress=None,
+    page_size: Optional[int] = None,
+    num_pages: Optional[int] = None,
 ) -> List[List[int]]:
     """The tokens the target generates after each prompt, in the order of `prompts`.
 
@@ -136,20 +162,19 @@ def generate_many(
         pad_id: the token fed to idle slots (never seen by a request).
         prefill_chunk: prompt columns per prefill forward (bounds activations of long prompts).
         stats: a DecodeStats to add to; progress: an optional tqdm-like bar advanced once per answer.
+        page_size: None keeps each slot's K/V in a row of a contiguous cache (copied in at a refill, copied
+            out when shrinking); an int puts it on pages of that many tokens that each request takes from a
+            pool when it starts and returns when it ends (specdec.target.batch_kv.PagedSlotKV: no K/V copies,
+            paged_tree_attention in every forward). The answers are the same.
+        num_pages: the paged pool's size (default: every slot at full length, plus a scratch page); with
+            fewer, a request waits in the queue until enough pages are free.
 
     Returns:
         one list of generated token ids per prompt (at most its budget; ending with an end token when one
         was generated).
     """
-    if not isinstance(target, TargetModel):
-        raise TypeError(f"target: expected a specdec.target.TargetModel, got {type(target).__name__}")
     n = len(prompts)
-    budgets = _budgets(max_new_tokens, n)
-    lengths = [len(p) for p in prompts]
-    if any(ln < 1 for ln in lengths):
-        raise ValueError(f"prompts: prompt {lengths.index(min(lengths))} is empty; every prompt needs a token")
-    if slots < 1:
-        raise ValueError(f"slots: expected >= 1, got {slots}")
+    budgets, lengths = _check_requests(target, prompts, max_new_tokens, slots)
     sampler = _Sampler(temperature, seeds, n)
     stats = stats if stats is not None else DecodeStats()
     results: List[List[int]] = [[] for _ in range(n)]
@@ -159,8 +184,9 @@ def generate_many(
     eos = {int(t) for t in eos_ids}
     dev = target.device
     slots = min(slots, n)
-    capacity = max(ln + b for ln, b in zip(lengths, budgets))
-    cache = target.new_cache(slots, capacity)
+    need = [ln + b for ln, b in zip(lengths, budgets)]
+    capacity = max(need)
+    kv = slot_kv(target, slots, capacity, page_size, num_pages)
     state = _Slots(slots, dev, pad_id)
     queue = sorted(range(n), key=lambda i: lengths[i])[::-1]  # pop() takes the shortest first
     mask = chain_mask(slots, 1, dev)
@@ -169,6 +195,7 @@ def generate_many(
         r = state.request[s]
         results[r] = state.out[s]
         state.request[s], state.out[s] = -1, []
+        kv.release(s)
         stats.requests += 1
         stats.new_tokens += len(results[r])
         if progress is not None:
@@ -181,12 +208,14 @@ def generate_many(
             finish(s)
 
     while queue or state.busy():
-        idle = state.idle()
+        idle, group = state.idle(), []
         # Refill once an eighth of the slots wait (or none decode): on a CPU a prefill costs about its
         # tokens' rows whatever the group, so waiting longer would only spend decode rows on idle slots.
         if queue and idle and (len(idle) * 8 >= len(state.request) or not state.busy()):
-            group = [queue.pop() for _ in range(min(len(idle), len(queue)))]
-            first = _prefill(target, cache, [prompts[r] for r in group], idle[: len(group)], pad_id, prefill_chunk)
+            while queue and len(group) < len(idle) and kv.admit(idle[len(group)], need[queue[-1]]):
+                group.append(queue.pop())
+        if group:
+            first = kv.prefill([prompts[r] for r in group], idle[: len(group)], pad_id, prefill_chunk)
             stats.prefills += 1
             picks = sampler(first, group)
             for s, r, tok in zip(idle, group, picks):
@@ -195,11 +224,13 @@ def generate_many(
                 take(s, tok)
             continue
         if not queue and 2 * (len(state.request) - len(idle)) <= len(state.request) > 1:
-            # The last answers: decode only the busy slots (their K/V copied into a smaller cache), instead
-            # of spending most of every forward on slots that have nothing left to answer.
-            cache, state = _shrink(target, cache, state, capacity, pad_id)
+            # The last answers: decode only the busy slots (a smaller cache: their rows copied, or the same
+            # pages), instead of spending most of every forward on slots that have nothing left to answer.
+            keep = [s for s, r in enumerate(state.request) if r >= 0]
+            kv.shrink(keep)
+            state = state.select(keep, pad_id)
             mask = chain_mask(len(state.request), 1, dev)
-        picks = _decode_step(target, cache, state, mask, sampler, stats)
+        picks = _decode_step(target, kv.cache, state, mask, sampler, stats)
         for s, tok in enumerate(picks):
             if state.request[s] >= 0:
                 take(s, tok)
@@ -223,39 +254,3 @@ def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Samp
     picks = sampler(out.logits[:, 0], requests)
     state.tokens.copy_(torch.tensor(picks, dtype=torch.int64))
     return picks
-
-
-def _shrink(target: TargetModel, cache, state: _Slots, capacity: int, pad_id: int):
-    """(cache, slots) holding only the busy slots of `state`, in order, with their K/V and lengths."""
-    keep = [s for s, r in enumerate(state.request) if r >= 0]
-    index = torch.tensor(keep, dtype=torch.int64, device=cache.device)
-    small = target.new_cache(len(keep), capacity, dtype=cache.layers[0].keys.dtype)
-    for big, mine in zip(cache.layers, small.layers):
-        torch.index_select(big.keys, 0, index, out=mine.keys)
-        torch.index_select(big.values, 0, index, out=mine.values)
-    small.cache_len.copy_(cache.cache_len[index])
-    kept = _Slots(len(keep), cache.device, pad_id)
-    kept.request = [state.request[s] for s in keep]
-    kept.left = [state.left[s] for s in keep]
-    kept.out = [state.out[s] for s in keep]
-    kept.tokens.copy_(state.tokens[index])
-    return small, kept
-
-
-def _prefill(target: TargetModel, cache, prompts: list, rows: list, pad_id: int, chunk: int) -> torch.Tensor:
-    """Prefill `prompts` together in a cache of their own, copy their K/V into `cache` rows `rows` (whose
-    cache_len becomes the prompt lengths), and return the logits [len(prompts), V] at each last token."""
-    dev = target.device
-    longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.int64)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = torch.as_tensor(p, dtype=torch.int64)
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
-    small = target.new_cache(len(prompts), longest, dtype=cache.layers[0].keys.dtype)
-    out = target.prefill(ids.to(dev), lengths, small, chunk_size=chunk)
-    index = torch.tensor(rows, dtype=torch.int64, device=dev)
-    for big, mine in zip(cache.layers, small.layers):
-        big.keys[index, :, :longest] = mine.keys
-        big.values[index, :, :longest] = mine.values
-    cache.cache_len[index] = lengths
-    return out.logits

@@ -118,10 +118,12 @@ class TargetModel:
         *,
         page_size: Optional[int] = None,
         pool: Optional[PagePool] = None,
+        allocate: bool = True,
     ):
         """A TreeKVCache for `batch_size` requests of up to `max_len` slots each (cache_len = 0), or with
         `page_size` a PagedTreeKVCache: the same slots on pages of that many tokens from `pool` (a new pool
-        of just enough pages when None), read and compacted by the paged ops.
+        of just enough pages when None), read and compacted by the paged ops. allocate=False takes no page
+        yet (the caller hands pages to requests with PagedTreeKVCache.set_pages).
 
         max_len must hold every committed token plus one tree: prompt + new tokens + tree nodes.
         """
@@ -136,7 +138,7 @@ class TargetModel:
         )
         if page_size is None:
             return TreeKVCache(*args)
-        return PagedTreeKVCache(*args, page_size=page_size, pool=pool)
+        return PagedTreeKVCache(*args, page_size=page_size, pool=pool, allocate=allocate)
 
     def _check_cache(self, cache, batch: int, new_tokens: int) -> None:
         if not isinstance(cache, (TreeKVCache, PagedTreeKVCache)):

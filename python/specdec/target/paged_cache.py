@@ -15,7 +15,7 @@ of a released request for the next one.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -66,7 +66,10 @@ class PagedTreeKVCache(Cache):
     int32 [B, max_pages] and cache_len int32 [B]. Build it with TargetModel.new_cache(..., page_size=P).
 
     Each request gets ceil(max_len / P) pages from `pool` (a PagePool of enough pages; a new one of
-    exactly enough when None). `release()` gives them back.
+    exactly enough when None). `release()` gives them back. With allocate=False no page is taken: every
+    block-table entry is 0 until the caller hands pages to a request with `set_pages` (an engine-style
+    allocator: specdec.target.batch_kv), and `rows` gives a cache over some of the requests that shares
+    the pages, so a sub-batch can be prefilled or decoded without copying K/V.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class PagedTreeKVCache(Cache):
         device: Optional[torch.device],
         page_size: int,
         pool: Optional[PagePool] = None,
+        allocate: bool = True,
     ):
         if batch_size < 1 or max_len < 1 or num_layers < 1 or page_size < 1:
             raise ValueError(
@@ -87,7 +91,11 @@ class PagedTreeKVCache(Cache):
                 f"{batch_size}, {max_len}, {num_layers}, {page_size}"
             )
         self.pool = pool if pool is not None else PagePool(batch_size * math.ceil(max_len / page_size))
-        self.block_table, pages = take_block_table(self.pool, batch_size, max_len, page_size, device)
+        if allocate:
+            self.block_table, pages = take_block_table(self.pool, batch_size, max_len, page_size, device)
+        else:
+            width = math.ceil(max_len / page_size)
+            self.block_table, pages = torch.zeros(batch_size, width, dtype=torch.int32, device=device), []
         self.cache_len = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.page_size, self.max_len = page_size, max_len
         shape = (self.pool.num_pages, page_size, num_kv_heads, head_dim)
@@ -112,6 +120,28 @@ class PagedTreeKVCache(Cache):
         """(page, offset) int64 [B, T] of the logical slots cache_len[b] + i, i < T (no host sync)."""
         slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.device)
         return page_slots(self.block_table, self.page_size, slots)
+
+    def set_pages(self, row: int, pages: List[int], fill: int) -> None:
+        """Request `row`'s logical pages are now `pages` (in order); the rest of its block-table row points at
+        page `fill`, a scratch page, so writes past the request's pages (padding, an idle slot) land there
+        and never on another request's page. The caller owns these pages: release() does not return them."""
+        width = self.block_table.shape[1]
+        if len(pages) > width:
+            raise ValueError(f"set_pages: {len(pages)} pages for a block-table row of {width}")
+        row_pages = list(pages) + [fill] * (width - len(pages))
+        self.block_table[row] = torch.tensor(row_pages, dtype=torch.int32, device=self.device)
+
+    def rows(self, index: List[int]) -> "PagedTreeKVCache":
+        """A cache over requests `index` (in that order) of this one: the same page tensors, so its writes
+        land in them; copies of those rows of the block table and of cache_len. It owns no pages."""
+        view = object.__new__(PagedTreeKVCache)
+        rows = torch.tensor(index, dtype=torch.int64, device=self.device)
+        view.pool, view._pages = self.pool, []
+        view.block_table, view.cache_len = self.block_table[rows], self.cache_len[rows]
+        view.page_size, view.max_len = self.page_size, self.max_len
+        layers = [PagedTreeKVLayer(layer.keys, layer.values, view) for layer in self.layers]
+        Cache.__init__(view, layers=layers)
+        return view
 
     def caches(self) -> list:
         """Every layer's K and V pages, in layer order (K0, V0, K1, V1, ...)."""
