@@ -7,7 +7,9 @@ not the shipped heads' own training prompts) greedily under the chat template, w
 builder gives (min(--max-new-tokens, --max-len - prompt length)):
 - `hf`: what specdec.data.responses did before continuous batching: prompts sorted by length, batches of
   --slots, left padding, transformers' `generate` until every answer of the batch ended;
-- `static`: specdec.target.continuous_batching.generate_many with --slots slots.
+- `static`: specdec.target.continuous_batching.generate_many with --slots slots;
+- `paged`: the same on pages of --page-size tokens that requests take from a pool and give back (no K/V
+  copies at refills; paged_tree_attention in every forward).
 Reported: generated tokens per second (padding excluded), forwards, and how many answers are identical
 (greedy bf16 answers may differ after a near-tie: batched rows round differently). Writes
 data_generation_<device>.{csv,md} with the machine's CPU, ISA flags and threads.
@@ -16,6 +18,7 @@ data_generation_<device>.{csv,md} with the machine's CPU, ISA flags and threads.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -92,15 +95,22 @@ def run_hf(model, prompts: list, budgets: list, eos: list, pad_id: int, slots: i
     return answers, time.perf_counter() - t0, calls
 
 
-def run_static(model, prompts: list, budgets: list, eos: list, pad_id: int, slots: int) -> tuple:
-    """(answers in prompt order, seconds, forwards) of generate_many."""
+def run_static(model, prompts: list, budgets: list, eos: list, pad_id: int, slots: int, page_size=None) -> tuple:
+    """(answers in prompt order, seconds, forwards) of generate_many (on pages of `page_size` when given)."""
     from specdec.target import TargetModel
     from specdec.target.continuous_batching import DecodeStats, generate_many
 
     stats = DecodeStats()
     t0 = time.perf_counter()
     answers = generate_many(
-        TargetModel(model), prompts, max_new_tokens=budgets, eos_ids=eos, slots=slots, pad_id=pad_id, stats=stats
+        TargetModel(model),
+        prompts,
+        max_new_tokens=budgets,
+        eos_ids=eos,
+        slots=slots,
+        pad_id=pad_id,
+        stats=stats,
+        page_size=page_size,
     )
     return answers, time.perf_counter() - t0, stats.prefills + stats.steps
 
@@ -115,7 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_NAMES))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--engines", default="static,hf")
+    p.add_argument("--engines", default="static,hf", help="comma-separated: static, paged, hf")
+    p.add_argument("--page-size", type=int, default=16, help="page size of the paged engine")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,7 +143,7 @@ def main(argv=None) -> int:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     prompts = first_turn_prompts(tok, args.num_prompts, args.skip, args.max_len)
     budgets = [max(1, min(args.max_new_tokens, args.max_len - len(x))) for x in prompts]
-    engines = {"hf": run_hf, "static": run_static}
+    engines = {"hf": run_hf, "static": run_static, "paged": functools.partial(run_static, page_size=args.page_size)}
     env = env_info("cpu")
     print(f"{env['device']}; flags: {cpu_flags()}; load {os.getloadavg()[0]:.2f}; {len(prompts)} prompts")
     rows, answers = [], {}
@@ -156,10 +167,10 @@ def main(argv=None) -> int:
                 load=round(os.getloadavg()[0], 2),
             )
         )
-    if "hf" in answers and "static" in answers:
-        same = sum(a == b for a, b in zip(answers["hf"], answers["static"]))
+    if "hf" in answers:  # answers identical to hf's and speed relative to hf, per engine
         hf_rate = next(r["tokens_per_s"] for r in rows if r["engine"] == "hf")
         for r in rows:
+            same = sum(a == b for a, b in zip(answers["hf"], answers[r["engine"]]))
             r["same_answers"] = f"{same}/{len(prompts)}"
             r["speedup_vs_hf"] = round(r["tokens_per_s"] / hf_rate, 2)
     print_table(rows, [c for c in rows[0] if c not in ("cpu_flags",)])
