@@ -107,10 +107,16 @@ inline void to_float(const scalar_t* __restrict__ src, float* __restrict__ dst, 
 // in fp32. bits == nullptr: every row sees every slot; else row r sees slot t iff bit t of bits[r]. Columns
 // of slots no row sees hold stale data: their scores are overwritten with -inf and their V rows never read.
 // Updates the running max m, sum l and unnormalised accumulator acc of each row.
+//
+// krow != nullptr (tasks of at most kRowGroup rows: plain decoding, R = H / H_kv): K comes as rows krow[t]
+// (fp32, row-major) and the scores are dot products over d instead. With so few rows the transposed tile
+// costs more to build (D x kTile strided scalar stores) than the rows use it: this way a K row is converted
+// with contiguous, vectorised loads and stores (fp32 caches are read in place), and each row serves four
+// queries.
 SPECDEC_CPU_CLONES
 void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float* __restrict__ kT,
-                 const float* const* vrow, int64_t n, const uint32_t* bits, float* __restrict__ acc,
-                 float* __restrict__ m, float* __restrict__ l) {
+                 const float* const* krow, const float* const* vrow, int64_t n, const uint32_t* bits,
+                 float* __restrict__ acc, float* __restrict__ m, float* __restrict__ l) {
   static_assert(kTile % 16 == 0, "scores go in blocks of 16 keys");
   float p[kRowGroup][kTile];
   for (int64_t r0 = 0; r0 < nr; r0 += kRowGroup) {
@@ -126,8 +132,40 @@ void attend_tile(const float* __restrict__ q, int64_t nr, int64_t D, const float
     const float* q2 = q + (r0 + 2) * D;
     const float* q3 = q + (r0 + 3) * D;
 
+    if (krow != nullptr) {  // scores by dot products with K rows, 8-wide over d
+      for (int64_t t = 0; t < n; ++t) {
+        if (!seen(t)) continue;  // its score becomes -inf below
+        const float* kr = krow[t];
+        v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8) {
+          const v8f kk = load8(kr + d);
+          a0 += load8(q0 + d) * kk;
+          a1 += load8(q1 + d) * kk;
+          a2 += load8(q2 + d) * kk;
+          a3 += load8(q3 + d) * kk;
+        }
+        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+        for (int j = 0; j < 8; ++j) {
+          x0 += a0[j];
+          x1 += a1[j];
+          x2 += a2[j];
+          x3 += a3[j];
+        }
+        for (; d < D; ++d) {
+          x0 += q0[d] * kr[d];
+          x1 += q1[d] * kr[d];
+          x2 += q2[d] * kr[d];
+          x3 += q3[d] * kr[d];
+        }
+        p[0][t] = x0;
+        p[1][t] = x1;
+        p[2][t] = x2;
+        p[3][t] = x3;
+      }
+    }
     // Scores of 4 rows x 16 keys per pass: two K vectors and four broadcast q values feed eight FMAs.
-    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+    for (int64_t t0 = 0; krow == nullptr && t0 < n; t0 += 16) {
       if (bits != nullptr && ((any >> t0) & 0xFFFFu) == 0u) {  // t0 < 32 in tree tiles
         for (int i = 0; i < kRowGroup; ++i) {
           for (int64_t t = t0; t < t0 + 16; ++t) p[i][t] = kNegInf;
@@ -309,8 +347,8 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
   at::parallel_for(0, heads * n_row_blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> qf(RB_pad * D), acc(RB_pad * D), m(RB_pad), l(RB_pad);
     // kT starts zeroed: columns of slots never staged are read (and their scores discarded), never garbage.
-    std::vector<float> kT(D * kTile, 0.f), vbuf(kIsFloat ? 0 : kTile * D);
-    std::vector<const float*> vrow(kTile);
+    std::vector<float> kT(D * kTile, 0.f), vbuf(kIsFloat ? 0 : kTile * D), kbuf(kIsFloat ? 0 : kTile * D);
+    std::vector<const float*> vrow(kTile), krow(kTile);
     std::vector<uint32_t> rows_bits(RB_pad);
 
     for (int64_t task = t0; task < t1; ++task) {
@@ -328,6 +366,10 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
       std::fill(rows_bits.begin(), rows_bits.begin() + nr_pad, 0u);
       const int64_t cl = clp[b];
       const int64_t prefix = std::clamp<int64_t>(cl, 0, S);
+      // See attend_tile: K as rows, not a transposed tile. Chosen by R, not by the task's row block, so the
+      // arithmetic of a row never depends on how many threads split the rows.
+      const bool by_rows = R <= kRowGroup;
+      const float* const* krows = by_rows ? krow.data() : nullptr;
 
       // Stage slots s0 + t (t < n) that `take(t)` selects: K transposed into kT (fp32), vrow[t] at V row t
       // (in the cache for fp32, converted into vbuf otherwise). Once per tile for all rows of the task.
@@ -336,13 +378,20 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
           if (!take(t)) continue;
           const scalar_t* ks = kv.key(b, kvh, s0 + t);
           const scalar_t* vs = kv.value(b, kvh, s0 + t);
-          float* col = kT.data() + t;
-          for (int64_t d = 0; d < D; ++d) col[d * kTile] = static_cast<float>(ks[d]);
           if constexpr (kIsFloat) {
             vrow[t] = vs;
+            krow[t] = ks;
           } else {
             to_float(vs, vbuf.data() + t * D, D);
             vrow[t] = vbuf.data() + t * D;
+            if (by_rows) {
+              to_float(ks, kbuf.data() + t * D, D);
+              krow[t] = kbuf.data() + t * D;
+            }
+          }
+          if (!by_rows) {
+            float* col = kT.data() + t;
+            for (int64_t d = 0; d < D; ++d) col[d * kTile] = static_cast<float>(ks[d]);
           }
         }
       };
@@ -350,7 +399,7 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
       for (int64_t s0 = 0; s0 < prefix; s0 += kTile) {
         const int64_t n = std::min(kTile, prefix - s0);
         stage(s0, n, [](int64_t) { return true; });
-        attend_tile(qf.data(), nr_pad, D, kT.data(), vrow.data(), n, nullptr, acc.data(), m.data(), l.data());
+        attend_tile(qf.data(), nr_pad, D, kT.data(), krows, vrow.data(), n, nullptr, acc.data(), m.data(), l.data());
       }
       // Tree slots cl + j, j < 32 W, inside [0, S); tiles of one mask word so a row's bits are one load.
       const int64_t tree_lo = std::max<int64_t>(cl, 0), tree_hi = std::min<int64_t>(cl + 32 * W, S);
@@ -367,7 +416,7 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
         }
         if (any != 0u) {
           stage(s0, n, [&](int64_t t) { return ((any >> t) & 1u) != 0u; });  // unseen slots are never read
-          attend_tile(qf.data(), nr_pad, D, kT.data(), vrow.data(), n, rows_bits.data(), acc.data(), m.data(),
+          attend_tile(qf.data(), nr_pad, D, kT.data(), krows, vrow.data(), n, rows_bits.data(), acc.data(), m.data(),
                       l.data());
         }
         s0 += n;

@@ -169,20 +169,42 @@ def test_cpu_low_precision_against_fp32_reference(dtype):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("H,H_kv,Nq", [(1, 1, 1), (3, 1, 1), (9, 3, 1), (8, 2, 1), (4, 2, 2)])
+@pytest.mark.parametrize("D", [1, 40, 64, 72])
+def test_cpu_few_rows_take_the_row_path(dtype, H, H_kv, Nq, D):
+    """At most 4 query rows per (request, KV head) (plain decoding: G = H / H_kv rows) the CPU kernel reads
+    K as rows (dot products) instead of a transposed tile; prefixes with full tiles plus a tail, tree bits,
+    and NaN in slots no row may see (which must not leak)."""
+    S = 200
+    q, k, v, cl, mask = inputs(3, H, H_kv, Nq, D, S, 1, dtype, seed=D + H, cache_len=[0, 67, 150])
+    mask &= 0x00FF00FF  # tree slots cl + 0..7 and cl + 16..23 at most
+    clean_k, clean_v = k.clone(), v.clone()
+    for b, c in enumerate((0, 67, 150)):
+        k[b, :, c + 24 :] = float("nan")
+        v[b, :, c + 24 :] = float("nan")
+    got = sk.tree_attention(q, k, v, cl, mask, scale=1 / math.sqrt(D), backend="cpu")
+    assert torch.isfinite(got).all(), "NaN leaked from invisible slots"
+    check(got, q, clean_k, clean_v, cl, mask, 1 / math.sqrt(D), what=f"{dtype} G={H // H_kv} Nq={Nq} D={D}")
+
+
+@needs_cpu_kernel
 def test_cpu_result_does_not_depend_on_thread_count():
     # One (request, KV head) and R = 3 * 17 = 51 rows: with several threads the rows are split into blocks
     # whose sizes are not multiples of the kernel's 4-row groups.
-    q, k, v, cl, mask = inputs(1, 3, 1, 17, 32, 130, 1, seed=4, cache_len=[100])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = sk.tree_attention(q, k, v, cl, mask, backend="cpu")
-        torch.set_num_threads(max(2, before))
-        many = sk.tree_attention(q, k, v, cl, mask, backend="cpu")
-    finally:
-        torch.set_num_threads(before)
-    assert_equal(one, many, "1 thread vs several")
-    check(one, q, k, v, cl, mask, 1 / math.sqrt(32))
+    # And R = 4 rows of one request (the row path), split into blocks of 2 with two threads.
+    for shape in ((1, 3, 1, 17, 32, 130, 1), (1, 4, 1, 1, 32, 130, 1)):
+        q, k, v, cl, mask = inputs(*shape, seed=4, cache_len=[100])
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = sk.tree_attention(q, k, v, cl, mask, backend="cpu")
+            torch.set_num_threads(max(2, before))
+            many = sk.tree_attention(q, k, v, cl, mask, backend="cpu")
+        finally:
+            torch.set_num_threads(before)
+        assert_equal(one, many, f"1 thread vs several, q {tuple(q.shape)}")
+        check(one, q, k, v, cl, mask, 1 / math.sqrt(32))
 
 
 @needs_cpu_kernel
