@@ -148,6 +148,8 @@ class KernelOp:
         self._impls: Dict[str, Tuple[Callable, Check]] = {}
         # backend -> check(device) of what does not depend on the inputs' shapes (for `info`).
         self._static: Dict[str, Callable[[torch.device], Optional[str]]] = {}
+        # backend -> why this op has no implementation there (e.g. where torch is the kernel); else a default.
+        self.missing: Dict[str, str] = {}
         _OPS[name] = self
 
     def __repr__(self) -> str:
@@ -174,8 +176,11 @@ class KernelOp:
     def static_reason(self, backend: str, device) -> Optional[str]:
         """Why `backend` cannot run this op on `device` at all (not built, no Triton, ...), else None."""
         if backend not in self._impls:
-            return f"{self.name} has no {backend} implementation"
+            return self._no_impl(backend)
         return self._static[backend](torch.device(device))
+
+    def _no_impl(self, backend: str) -> str:
+        return self.missing.get(backend) or f"{self.name} has no {backend} implementation"
 
     def default_backend(self, device) -> str:
         """The backend chosen on `device` for inputs within every backend's size and dtype limits.
@@ -198,7 +203,7 @@ class KernelOp:
         if backend not in BACKENDS:
             raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend not in self._impls:
-            return f"{self.name} has no {backend} implementation"
+            return self._no_impl(backend)
         return self._impls[backend][1](*args)
 
     def reasons(self, *args) -> Dict[str, str]:
