@@ -226,8 +226,10 @@ class KernelOp:
             if backend not in BACKENDS:
                 raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
             if backend not in self._impls:
+                why = f": {self.missing[backend]}" if backend in self.missing else ""
                 raise BackendError(
                     f"{self.name}: {source}{backend!r} is not implemented for this op (it has {list(self.backends)})"
+                    + why
                 )
             reason = self._impls[backend][1](*args)
             if reason is not None:
