@@ -85,7 +85,10 @@ def linear(
         >>> sk.linear(x, w)[0, 0].tolist()
         [2.0, 2.0, 2.0, 2.0, 2.0]
     """
-    check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
+    # Called once per layer per decode pass: the common case is checked in a few attribute reads (~1 us), and
+    # only a failing check goes through the helpers that say exactly what is wrong.
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
+        check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
     N, K = weight.shape
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -93,23 +96,27 @@ def linear(
         raise TypeError(f"x: expected weight's dtype {weight.dtype}, got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] != K:
         raise ValueError(f"x: expected shape [..., K] with K = {K} (weight's last dimension), got {tuple(x.shape)}")
-    if bias is not None:
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype != weight.dtype or bias.shape != (N,)):
         check_tensor("bias", bias, dtype=weight.dtype, shape=(N,))
-    lead = tuple(x.shape[:-1])
-    if out is not None:
+    lead = x.shape[:-1]
+    if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != weight.dtype or out.shape != (*lead, N)):
         check_tensor("out", out, dtype=weight.dtype, shape=(*lead, N))
-    same_device(x=x, weight=weight, bias=bias, out=out)
+    dev = x.device
+    if weight.device != dev or (bias is not None and bias.device != dev) or (out is not None and out.device != dev):
+        same_device(x=x, weight=weight, bias=bias, out=out)
     M = math.prod(lead)
-    x2 = x.reshape(M, K)
+    x2 = x if x.dim() == 2 else x.reshape(M, K)
     if K > 1 and weight.stride(1) != 1:
         weight = weight.contiguous()
     if out is None:
-        out = torch.empty(*lead, N, dtype=x.dtype, device=x.device)
-    try:
-        out2 = out.view(M, N)
-    except RuntimeError:  # strides that do not flatten: compute beside it, then copy
-        out2 = None
-    target = out2 if out2 is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
+        out = torch.empty(*lead, N, dtype=x.dtype, device=dev)
+    out2 = out
+    if out.dim() != 2:
+        try:
+            out2 = out.view(M, N)
+        except RuntimeError:  # strides that do not flatten: compute beside it, then copy
+            out2 = None
+    target = out2 if out2 is not None else torch.empty(M, N, dtype=x.dtype, device=dev)
     _LINEAR(x2, weight, bias, target, backend=backend)
     if out2 is None:
         out.copy_(target.view(out.shape))

@@ -87,8 +87,15 @@ inline void linear_micro(const LinearProblem& p, int64_t m0, int64_t n0) {
     for (int j = 0; j < NR; ++j) acc[i][j] = T::zero();
   }
   const int64_t K = p.K;
+  // The first group of rows of x reads the tile's weight from memory: it prefetches the same place of the next
+  // tile (NR rows further), so that the reads of that tile are under way while this one computes.
+  const int64_t ahead = NR * p.w_row * es;
   int64_t k = 0;
   for (; k + T::KW <= K; k += T::KW) {
+    if (m0 == 0) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) __builtin_prefetch(w[j] + k * es + ahead, 0, 3);
+    }
     typename T::WV wv[NR];
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) wv[j] = T::template load_w<D>(w[j], k);
