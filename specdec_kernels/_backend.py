@@ -150,6 +150,9 @@ class KernelOp:
         self._static: Dict[str, Callable[[torch.device], Optional[str]]] = {}
         # backend -> why this op has no implementation there (e.g. where torch is the kernel); else a default.
         self.missing: Dict[str, str] = {}
+        # (backend, *args) -> None, or why the automatic choice passes over `backend` although it can run these
+        # arguments (e.g. measured slower on this machine); backend= and SPECDEC_BACKEND still run it.
+        self.passed_over: Optional[Callable[..., Optional[str]]] = None
         _OPS[name] = self
 
     def __repr__(self) -> str:
@@ -240,6 +243,8 @@ class KernelOp:
             if b == "triton" and on_cpu:
                 continue  # the Triton interpreter is a testing tool: on CPU tensors only when asked for
             if self._impls[b][1](*args) is None:
+                if self.passed_over is not None and self.passed_over(b, *args) is not None:
+                    continue
                 if _loader._C is None:
                     self._note_fallback(args, b)
                 return b

@@ -63,7 +63,15 @@ def _linear_isa_line() -> str:
         return "linear CPU kernel: not loaded"
     forced = os.environ.get("SPECDEC_LINEAR_ISA")
     how = f"SPECDEC_LINEAR_ISA={forced}" if forced else "chosen by cpuid; SPECDEC_LINEAR_ISA=<path> forces one"
-    return f"linear CPU kernel: {linear.linear_isa()} path (this CPU runs {', '.join(isas)}; {how})"
+    line = f"linear CPU kernel: {linear.linear_isa()} path (this CPU runs {', '.join(isas)}; {how})"
+    from specdec_kernels.ops import linear_choice
+
+    picks = []
+    for dtype in (torch.bfloat16, torch.float32):
+        r = linear_choice.faster_backend(dtype)
+        ratio = f", kernel / torch time {r['kernel_over_torch']}x" if "kernel_over_torch" in r else ", forced"
+        picks.append(f"{str(dtype).replace('torch.', '')} -> {r['backend']}{ratio}")
+    return line + "\n  automatic choice for CPU tensors (measured once, cached): " + "; ".join(picks)
 
 
 def report() -> str:

@@ -24,6 +24,7 @@ import torch
 from .. import _backend, _loader
 from ..checks import FLOAT_DTYPES, check_tensor, same_device
 from ..reference import linear as ref
+from . import linear_choice
 
 # Why the op has no CUDA / Triton kernel (the registry's reason for those backends).
 _CUDA_IS_TORCH = (
@@ -42,6 +43,7 @@ def _linear_op() -> _backend.KernelOp:
         lambda device: _backend.compiled_check("linear", device, "cpu"),
     )
     op.register("torch", ref.linear, lambda *a: None)
+    op.passed_over = linear_choice.passed_over  # the kernel only where it is measured faster than torch
     op.missing["cuda"] = _CUDA_IS_TORCH
     op.missing["triton"] = _CUDA_IS_TORCH + "; CPU tensors run the cpu backend"
     return op
@@ -68,8 +70,9 @@ def linear(
         out: the result buffer [..., N] (x's leading dimensions), x's dtype, any strides; it must not overlap
             x, weight or bias. None: a new tensor.
         backend: "cpu" (the C++ kernel, CPU tensors) or "torch" (torch's matrix multiply, any device); None
-            chooses (see specdec_kernels.get_op): the C++ kernel for CPU tensors when _C is built, torch
-            otherwise and for CUDA tensors.
+            chooses (see specdec_kernels.get_op): for CPU tensors the C++ kernel when _C is built and it was
+            measured faster than torch on this CPU for this dtype (once, cached: ops/linear_choice.py), else
+            torch; torch for CUDA tensors.
 
     Returns:
         `out` (the given buffer, or a new [..., N] tensor).

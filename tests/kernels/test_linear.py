@@ -13,6 +13,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import BackendError
 from specdec_kernels.ops import linear as lin
+from specdec_kernels.ops import linear_choice
 
 from helpers import assert_close_as_torch
 
@@ -176,8 +177,9 @@ def test_errors():
 
 
 @NEEDS_C
-def test_kernel_errors_and_isa_choice():
+def test_kernel_errors_and_isa_choice(monkeypatch):
     """The C++ kernel's own checks, the registry's reasons, and forcing paths."""
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
     x, w, out = torch.randn(2, 8), torch.randn(6, 8), torch.empty(2, 6)
     with pytest.raises(RuntimeError, match="weight must have unit stride along K"):
         torch.ops.specdec.linear(x, torch.randn(8, 6).t(), None, out)
@@ -215,3 +217,31 @@ def test_opcheck(dtype, with_bias):
     x, w = rand(5, 33, dtype=dtype, gen=gen), rand(7, 33, dtype=dtype, gen=gen)
     b = rand(7, dtype=dtype, gen=gen) if with_bias else None
     torch.library.opcheck(torch.ops.specdec.linear.default, (x, w, b, torch.empty(5, 7, dtype=dtype)))
+
+
+@NEEDS_C
+def test_automatic_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
+    """backend=None on CPU tensors takes the kernel only where it was measured faster than torch (per dtype,
+    cached in $SPECDEC_HOME/linear_choice.json); the registry says why it passes the kernel over; backend=
+    and SPECDEC_LINEAR_CHOICE win."""
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    monkeypatch.delenv("SPECDEC_LINEAR_CHOICE", raising=False)
+    monkeypatch.setattr(linear_choice, "_MEMO", {})
+    op = sk.get_op("linear")
+    x, w, out = torch.randn(2, 8), torch.randn(6, 8), torch.empty(2, 6)
+    first = linear_choice.faster_backend(torch.float32)
+    assert first["backend"] in ("cpu", "torch") and len(first["kernel_ms"]) == len(linear_choice.ROWS)
+    assert (tmp_path / "linear_choice.json").exists()
+    monkeypatch.setattr(linear_choice, "measure", lambda dtype: pytest.fail("measured again"))
+    monkeypatch.setattr(linear_choice, "_MEMO", {})  # a new process: read from the file
+    assert linear_choice.faster_backend(torch.float32) == first
+    assert op.choose(x, w, None, out) == first["backend"]
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "torch")
+    assert op.choose(x, w, None, out) == "torch"
+    assert op.passed_over("cpu", x, w, None, out) == "SPECDEC_LINEAR_CHOICE=torch"
+    assert op.choose(x, w, None, out, backend="cpu") == "cpu"
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
+    assert op.choose(x, w, None, out) == "cpu" and op.passed_over("cpu", x, w, None, out) is None
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "fast")
+    with pytest.raises(ValueError, match="SPECDEC_LINEAR_CHOICE: expected cpu or torch, got 'fast'"):
+        op.choose(x, w, None, out)
