@@ -16,6 +16,7 @@ from .ops.attention import tree_attention
 from .ops.compact import compact_kv
 from .ops.engine_formats import flashinfer_custom_mask, sglang_tree
 from .ops.features import fspad_feature_sampling, griffin_token_fusion
+from .ops.linear import linear
 from .ops.masks import chain_mask, mask_words, pack_bits, tree_attention_bias, tree_visibility, unpack_mask
 from .ops.paged import accept_slots, block_table_from_csr, compact_paged_kv, paged_tree_attention
 from .ops.tree import SelectedTree, Tree, TreePaths, build_tree, select_tree, tree_paths
@@ -54,4 +55,5 @@ __all__ = [
     "verify_sample",
     "fspad_feature_sampling",
     "griffin_token_fusion",
+    "linear",
 ]

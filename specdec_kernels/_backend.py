@@ -148,6 +148,11 @@ class KernelOp:
         self._impls: Dict[str, Tuple[Callable, Check]] = {}
         # backend -> check(device) of what does not depend on the inputs' shapes (for `info`).
         self._static: Dict[str, Callable[[torch.device], Optional[str]]] = {}
+        # backend -> why this op has no implementation there (e.g. where torch is the kernel); else a default.
+        self.missing: Dict[str, str] = {}
+        # (backend, *args) -> None, or why the automatic choice passes over `backend` although it can run these
+        # arguments (e.g. measured slower on this machine); backend= and SPECDEC_BACKEND still run it.
+        self.passed_over: Optional[Callable[..., Optional[str]]] = None
         _OPS[name] = self
 
     def __repr__(self) -> str:
@@ -174,8 +179,11 @@ class KernelOp:
     def static_reason(self, backend: str, device) -> Optional[str]:
         """Why `backend` cannot run this op on `device` at all (not built, no Triton, ...), else None."""
         if backend not in self._impls:
-            return f"{self.name} has no {backend} implementation"
+            return self._no_impl(backend)
         return self._static[backend](torch.device(device))
+
+    def _no_impl(self, backend: str) -> str:
+        return self.missing.get(backend) or f"{self.name} has no {backend} implementation"
 
     def default_backend(self, device) -> str:
         """The backend chosen on `device` for inputs within every backend's size and dtype limits.
@@ -198,7 +206,7 @@ class KernelOp:
         if backend not in BACKENDS:
             raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend not in self._impls:
-            return f"{self.name} has no {backend} implementation"
+            return self._no_impl(backend)
         return self._impls[backend][1](*args)
 
     def reasons(self, *args) -> Dict[str, str]:
@@ -221,8 +229,10 @@ class KernelOp:
             if backend not in BACKENDS:
                 raise BackendError(f"{self.name}: unknown backend {backend!r}; expected one of {BACKENDS}")
             if backend not in self._impls:
+                why = f": {self.missing[backend]}" if backend in self.missing else ""
                 raise BackendError(
                     f"{self.name}: {source}{backend!r} is not implemented for this op (it has {list(self.backends)})"
+                    + why
                 )
             reason = self._impls[backend][1](*args)
             if reason is not None:
@@ -233,6 +243,8 @@ class KernelOp:
             if b == "triton" and on_cpu:
                 continue  # the Triton interpreter is a testing tool: on CPU tensors only when asked for
             if self._impls[b][1](*args) is None:
+                if self.passed_over is not None and self.passed_over(b, *args) is not None:
+                    continue
                 if _loader._C is None:
                     self._note_fallback(args, b)
                 return b

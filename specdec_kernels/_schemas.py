@@ -97,6 +97,9 @@ SCHEMAS: dict[str, str] = {
         "Tensor(c!)? d_fc_bias, Tensor(d!)? d_norm_b_weight, Tensor(e!)? d_norm_a_weight, Tensor(f!)? d_up_weight, "
         "Tensor(g!)? d_down_weight) -> ()"
     ),
+    # out = x @ weight^T (+ bias) (ops/linear.py): x [M, K] (any strides), weight [N, K] (unit stride along K),
+    # bias [N], out [M, N], one dtype; a C++ CPU kernel only (CUDA tensors run torch, i.e. cuBLAS).
+    "linear": "(Tensor x, Tensor weight, Tensor? bias, Tensor(a!) out) -> ()",
 }
 
 

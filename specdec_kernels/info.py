@@ -54,6 +54,26 @@ def compiled_kernels_lines(with_cuda: Optional[bool], build: dict, load_error: s
     return [f"compiled kernels: CPU yes; CUDA {cuda}{reason}"]
 
 
+def _linear_isa_line() -> str:
+    """Which instruction-set path the C++ linear kernel runs, among those this CPU can run."""
+    from specdec_kernels.ops import linear
+
+    isas = linear.linear_isas()
+    if not isas:
+        return "linear CPU kernel: not loaded"
+    forced = os.environ.get("SPECDEC_LINEAR_ISA")
+    how = f"SPECDEC_LINEAR_ISA={forced}" if forced else "chosen by cpuid; SPECDEC_LINEAR_ISA=<path> forces one"
+    line = f"linear CPU kernel: {linear.linear_isa()} path (this CPU runs {', '.join(isas)}; {how})"
+    from specdec_kernels.ops import linear_choice
+
+    picks = []
+    for dtype in (torch.bfloat16, torch.float32):
+        r = linear_choice.faster_backend(dtype)
+        ratio = f", kernel / torch time {r['kernel_over_torch']}x" if "kernel_over_torch" in r else ", forced"
+        picks.append(f"{str(dtype).replace('torch.', '')} -> {r['backend']}{ratio}")
+    return line + "\n  automatic choice for CPU tensors (measured once, cached): " + "; ".join(picks)
+
+
 def report() -> str:
     """The text printed by `python -m specdec_kernels.info`."""
     lines = []
@@ -72,6 +92,7 @@ def report() -> str:
     )
     for module, err in triton_kernels.MODULE_ERRORS.items():
         add(f"  triton_kernels.{module} disabled: {err}")
+    add(_linear_isa_line())
     env = os.environ.get("SPECDEC_BACKEND")
     if env:
         add(f"SPECDEC_BACKEND={env}: used by every op that implements it")
