@@ -1,0 +1,134 @@
+"""The CUDA paged-cache kernels on the CPU under the CUDA emulation (issue 21).
+
+tree_attention_kernel over paged caches (its SlotRows<true> instantiations, with merge_splits_kernel when
+the prefix is split) through attention.cu's own enqueue<T> and the plan of specdec/attention_launch.h, on
+test_paged.py's case generator (a contiguous cache scattered onto shuffled pages): page sizes 1 / 3 / 16,
+NHD and HND, prefixes ending mid-page, trees crossing page boundaries, ragged batches, B = 1, an empty prefix
+and split-K over long prefixes; checked against the fp64 reference over the logical cache with
+flash-attention's rule (test_tree_attention_kernel_paths.check). See docs/testing.md, "CUDA kernels under
+emulation".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cuda_emulated_attention import DTYPE_CODE, H100_SMS, PLAN, _storage
+from test_paged import logical, paginate, random_trees
+
+import cuda_emulation as ce
+from test_tree_attention_kernel_paths import check
+
+pytestmark = [
+    pytest.mark.emulated,
+    pytest.mark.skipif(ce.unavailable_reason() is not None, reason=str(ce.unavailable_reason())),
+]
+
+LAYOUTS = ["NHD", "HND"]
+
+
+def i32(x):
+    return torch.tensor(x, dtype=torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tree_attention_kernel over paged caches
+
+
+def emulated_paged_attention(q, kp, vp, table, cache_len, mask, scale, layout, num_sms=H100_SMS, **kw):
+    """tree_attention_kernel<..., paged> (and merge_splits_kernel) on the emulated GPU: (out, plan)."""
+    B, H, Nq, D = q.shape
+    hnd = layout == "HND"
+    H_kv, P = (kp.shape[1], kp.shape[2]) if hnd else (kp.shape[2], kp.shape[1])
+    scalars = dict(B=B, H=H, H_kv=H_kv, Nq=Nq, D=D, W=mask.shape[2], dtype=DTYPE_CODE[q.dtype], num_sms=num_sms)
+    scalars.update(P=P, max_pages=table.shape[1], num_pages=kp.shape[0], scale=float(scale))
+    ins = dict(q=q.contiguous(), block_table=table, cache_len=cache_len, mask=mask)
+    head, slot = (1, 2) if hnd else (2, 1)
+    for name, t in (("k", kp), ("v", vp)):
+        ins[name], scalars[f"{name}_offset"] = _storage(t)
+        scalars.update({f"{name}_sp": t.stride(0), f"{name}_sh": t.stride(head), f"{name}_ss": t.stride(slot)})
+    outs = {"out": ce.poisoned(q.shape, q.dtype), "plan": ce.poisoned((len(PLAN),), torch.int64)}
+    got = ce.run("tree_attention_kernel_paged", scalars, ins, outs, **kw)
+    return got["out"], dict(zip(PLAN, got["plan"].tolist()))
+
+
+def paged_case(B, H, H_kv, N, D, P, layout, cache_len, dtype=torch.float32, seed=0, extra=2):
+    """q, pages, table, cache_len, mask and the logical caches [B, H_kv, max_pages * P, D] the pages hold:
+    test_paged.paginate's shuffled pages (spare pages no request owns) under a random tree of N nodes."""
+    g = torch.Generator().manual_seed(seed)
+    S = max(cache_len) + N + extra
+    k = torch.randn(B, H_kv, S, D, generator=g).to(dtype)
+    v = torch.randn(B, H_kv, S, D, generator=g).to(dtype)
+    q = torch.randn(B, H, N, D, generator=g).to(dtype)
+    kp, table = paginate(k, P, layout, seed=seed + 1)
+    vp, _ = paginate(v, P, layout, seed=seed + 1)
+    mask = random_trees(B, N, seed=seed).mask
+    S_log = table.shape[1] * P
+    return q, kp, vp, table, i32(cache_len), mask, logical(kp, table, S_log, layout), logical(vp, table, S_log, layout)
+
+
+def check_paged(q, kp, vp, table, cl, mask, k, v, layout, scale=0.25, what="", **kw):
+    out, plan = emulated_paged_attention(q, kp, vp, table, cl, mask, scale, layout, **kw)
+    check(out, q, k, v, cl, mask, scale, what=f"tree_attention_kernel paged {layout} {what} {q.dtype} plan {plan}")
+    return out, plan
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("P", [1, 3, 16], ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_tree_attention_kernel_paged(dtype, P, layout):
+    """test_paged.py's cases: an empty prefix, one ending mid-page, a tree crossing page boundaries (ragged
+    batch, GQA verification rows: four rows per warp); then B = 1 decode (one row per warp) at D = 64 with
+    16-byte staging, and D = 40 (scalar staging: rows of 40 elements are not 16-byte multiples in fp16)."""
+    D = 16 if dtype == torch.float32 else 40
+    case = paged_case(3, 6, 2, 7, D, P, layout, [0, 5, 19], dtype, seed=P)
+    _, plan = check_paged(*case, layout, what=f"P={P} ragged")
+    assert plan["num_splits"] == 1 and plan["rows_per_warp"] == 4
+    case = paged_case(1, 4, 4, 1, 64, P, layout, [37], dtype, seed=P + 1)
+    _, plan = check_paged(*case, layout, what=f"P={P} B=1 decode")
+    assert plan["rows_per_warp"] == 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("P", [1, 16], ids=lambda p: f"P{p}")
+def test_tree_attention_kernel_paged_split_k(P, layout):
+    """Long prefixes split over several blocks (merge_splits_kernel merges them): 1400 logical slots, prefixes
+    of 1300 (mid-page) and 700, fp16; the same inputs on a one-SM GPU (no split) agree within the tolerance."""
+    case = paged_case(2, 4, 2, 5, 64, P, layout, [1300, 700], torch.float16, seed=20 + P, extra=90)
+    _, plan = check_paged(*case, layout, what=f"P={P} split-K")
+    assert plan["num_splits"] > 1
+    _, plan = check_paged(*case, layout, what=f"P={P} one SM", num_sms=1)
+    assert plan["num_splits"] == 1
+
+
+def test_tree_attention_kernel_paged_unallocated_pages_and_garbage():
+    """Table entries a request never reaches are -1 (read as page 0, never visible) and NaN on every page slot
+    no query sees never reaches the output."""
+    q, kp, vp, table, cl, mask, k, v = paged_case(2, 4, 2, 5, 32, 4, "NHD", [6, 13], seed=3, extra=0)
+    S = int(cl.max()) + 5
+    table = torch.cat([table, torch.full((2, 2), -1, dtype=torch.int32)], 1)  # two unallocated pages each
+    visible = torch.zeros(kp.shape[:2], dtype=torch.bool)  # [page, slot] some query of its request sees
+    for b in range(2):
+        c, union = int(cl[b]), 0
+        for word in mask[b, :, 0].tolist():
+            union |= word & 0xFFFFFFFF
+        for s in range(min(c + 32, table.shape[1] * 4)):
+            if s < c or (union >> (s - c)) & 1:
+                visible[int(table[b, s // 4]), s % 4] = True
+    kp[~visible], vp[~visible] = float("nan"), float("nan")
+    out, _ = emulated_paged_attention(q, kp, vp, table, cl, mask, 0.25, "NHD")
+    assert torch.isfinite(out).all(), "NaN leaked from slots no query sees"
+    S_log = table.shape[1] * 4
+    clean = [logical(t.nan_to_num(0.0), table.clamp(min=0), S_log, "NHD") for t in (kp, vp)]
+    check(out, q, *clean, cl, mask, 0.25, what=f"unallocated pages S={S}")
+
+
+@pytest.mark.parametrize("variant", ["tsan", "asan"])
+def test_tree_attention_kernel_paged_sanitized(variant):
+    """Small paged cases under the sanitizers: page size 3 (HND, split-K with its merge, fp32) and page size 1
+    (NHD, fp16 rows of 40 elements: scalar staging)."""
+    case = paged_case(1, 4, 2, 3, 32, 3, "HND", [1030], seed=12, extra=30)
+    _, plan = check_paged(*case, "HND", what=variant, variant=variant)
+    assert plan["num_splits"] == 2
+    case = paged_case(2, 2, 1, 4, 40, 1, "NHD", [9, 0], torch.float16, seed=13)
+    check_paged(*case, "NHD", what=f"{variant} P=1", variant=variant)
