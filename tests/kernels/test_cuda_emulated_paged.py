@@ -5,8 +5,10 @@ the prefix is split) through attention.cu's own enqueue<T> and the plan of specd
 test_paged.py's case generator (a contiguous cache scattered onto shuffled pages): page sizes 1 / 3 / 16,
 NHD and HND, prefixes ending mid-page, trees crossing page boundaries, ragged batches, B = 1, an empty prefix
 and split-K over long prefixes; checked against the fp64 reference over the logical cache with
-flash-attention's rule (test_tree_attention_kernel_paths.check). See docs/testing.md, "CUDA kernels under
-emulation".
+flash-attention's rule (test_tree_attention_kernel_paths.check). compact_paged_kv_kernel (one launch for
+every layer's pages, bytes of any dtype, overlapping sources and destinations) against
+specdec_kernels.reference.paged byte for byte, over whole storages (pages of no request must not change).
+See docs/testing.md, "CUDA kernels under emulation".
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 from test_cuda_emulated_attention import DTYPE_CODE, H100_SMS, PLAN, _storage
 from test_paged import logical, paginate, random_trees
 
+from specdec_kernels.reference import paged as paged_ref
+
 import cuda_emulation as ce
+from helpers import assert_equal
 from test_tree_attention_kernel_paths import check
 
 pytestmark = [
@@ -132,3 +137,94 @@ def test_tree_attention_kernel_paged_sanitized(variant):
     assert plan["num_splits"] == 2
     case = paged_case(2, 2, 1, 4, 40, 1, "NHD", [9, 0], torch.float16, seed=13)
     check_paged(*case, "NHD", what=f"{variant} P=1", variant=variant)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compact_paged_kv_kernel: page views into raw byte storages
+
+
+def _bytes_of(t):
+    """(the whole storage under view `t` as uint8, t's offset into it in bytes)."""
+    s = t.untyped_storage()
+    flat = torch.empty(0, dtype=torch.uint8).set_(s, 0, (s.nbytes(),), (1,))
+    return flat, t.storage_offset() * t.element_size()
+
+
+def _rebuild(t, storage_bytes):
+    """View `t` (its shape, strides, offset) over a copy of its storage's bytes."""
+    typed = storage_bytes.view(t.dtype)
+    return torch.as_strided(typed, t.shape, t.stride(), t.storage_offset())
+
+
+def emulated_compact_paged(caches, table, cache_len, accept_nodes, accept_len, layout, num_sms=132, **kw):
+    """compact_paged_kv_kernel over 4-D page views (NHD [pages, P, X, Y] or HND [pages, X, P, Y]): the caches'
+    storages after the run (uint8)."""
+    B, W = accept_nodes.shape
+    head, slot = (1, 2) if layout == "HND" else (2, 1)
+    scalars = {"B": B, "W": W, "T": len(caches), "num_sms": num_sms, "max_pages": table.shape[1]}
+    outputs = {}
+    for i, t in enumerate(caches):
+        outputs[f"cache{i}"], off = _bytes_of(t)
+        scalars.update({f"es{i}": t.element_size(), f"offset{i}": off, f"num_pages{i}": t.shape[0]})
+        scalars.update({f"X{i}": t.shape[head], f"P{i}": t.shape[slot], f"Y{i}": t.shape[3]})
+        scalars.update({f"sp{i}": t.stride(0), f"sx{i}": t.stride(head), f"ss{i}": t.stride(slot)})
+    inputs = {"block_table": table, "cache_len": cache_len, "accept_nodes": accept_nodes, "accept_len": accept_len}
+    return ce.run("compact_paged_kv_kernel", scalars, inputs, outputs, **kw)
+
+
+def check_compact_paged(caches, table, cache_len, accept_nodes, accept_len, layout, **kw):
+    """The kernel against specdec_kernels.reference.paged.compact_paged_kv on copies: every storage byte."""
+    got = emulated_compact_paged(caches, table, cache_len, accept_nodes, accept_len, layout, **kw)
+    want = [_bytes_of(t)[0].clone() for t in caches]
+    views = [_rebuild(t, w) for t, w in zip(caches, want)]
+    paged_ref.compact_paged_kv(views, table, cache_len, accept_nodes, accept_len, layout == "HND")
+    for i, w in enumerate(want):
+        assert_equal(got[f"cache{i}"], w, f"compact_paged_kv_kernel {layout} cache{i}")
+
+
+def compaction_case(P, layout, seed=2):
+    """test_paged.py's compaction case: K fp32, V fp16 and a per-token fp32 [pages, P, 5] tensor (viewed as
+    one head of width 5) on shuffled pages; an empty prefix, one ending mid-page, a tree crossing pages."""
+    B, H_kv, D, N = 3, 2, 4, 9
+    cache_len = i32([0, 4, 17])
+    S = int(cache_len.max()) + N + 1
+    g = torch.Generator().manual_seed(seed)
+    kp, table = paginate(torch.randn(B, H_kv, S, D, generator=g), P, layout, seed=seed)
+    vp, _ = paginate(torch.randn(B, H_kv, S, D, generator=g).half(), P, layout, seed=seed)
+    fp, _ = paginate(torch.randn(B, 1, S, 5, generator=g), P, "NHD", seed=seed)
+    feats = fp[:, :, 0].reshape(fp.shape[0], P, 1, 5)
+    feats = feats.transpose(1, 2) if layout == "HND" else feats
+    accept_nodes = i32([[0, 1, 4, 8, -1], [0, 3, -1, -1, -1], [0, 2, 3, 5, 7]])
+    return [kp, vp, feats], table, cache_len, accept_nodes, i32([4, 2, 5])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("P", [1, 3, 16], ids=lambda p: f"P{p}")
+def test_compact_paged_kv_kernel(P, layout):
+    """K, V and per-token tensors of three dtypes and row sizes (16-, 8- and 4-byte accesses), overlapping
+    sources and destinations, pages of no request untouched (every storage byte compared)."""
+    check_compact_paged(*compaction_case(P, layout), layout)
+    check_compact_paged(*compaction_case(P, layout, seed=5), layout, num_sms=1)  # grid-stride loops
+
+
+def test_compact_paged_kv_kernel_moves_nothing_out_of_range():
+    """Node -1, a source on an unallocated page (-1 entry), a source past the table: nothing moves; B = 1."""
+    kp = torch.arange(24.0).view(6, 4, 1, 1)
+    check_compact_paged([kp], i32([[1, 4, -1]]), i32([6]), i32([[0, -1, 5, 9]]), i32([4]), "NHD")
+    check_compact_paged([kp], i32([[1, 4, -1]]), i32([2]), i32([[0, 1, 3, 8]]), i32([4]), "NHD")
+
+
+@pytest.mark.parametrize("T", [17, 70], ids=lambda t: f"T{t}")
+def test_compact_paged_kv_kernel_many_tensors(T):
+    """64- and 256-descriptor parameter structs: one launch for every layer's pages."""
+    g = torch.Generator().manual_seed(T)
+    dtypes = [torch.float16, torch.float32, torch.int8]
+    caches = [torch.randint(-100, 100, (7, 3, 2, 1 + i % 5), generator=g).to(dtypes[i % 3]) for i in range(T)]
+    table = i32([[6, 0, 2], [5, 1, 3]])
+    check_compact_paged(caches, table, i32([2, 1]), i32([[0, 2, 4], [0, 1, 5]]), i32([3, 3]), "NHD", num_sms=2)
+
+
+@pytest.mark.parametrize("variant", ["tsan", "asan"])
+def test_compact_paged_kv_kernel_sanitized(variant):
+    check_compact_paged(*compaction_case(3, "HND"), "HND", num_sms=1, variant=variant)
+    check_compact_paged(*compaction_case(1, "NHD"), "NHD", variant=variant)
