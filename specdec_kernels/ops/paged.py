@@ -23,15 +23,13 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _backend
-from .._limits import MAX_HEAD_DIM
+from .._limits import MAX_HEAD_DIM, MAX_TREE_NODES
 from ..checks import FLOAT_DTYPES, cache_len_arg, check_out, check_tensor, is_number, same_device
 from ..reference import paged as ref
 
 LAYOUTS = ("NHD", "HND")
 
-_BLOCK_TABLE = _backend.standard_op(
-    "block_table_from_csr", reference=ref.block_table_from_csr, triton_module=None, compiled=False
-)
+_BLOCK_TABLE = _backend.standard_op("block_table_from_csr", reference=ref.block_table_from_csr, triton_module="paged")
 
 
 def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out):
@@ -46,7 +44,17 @@ _PAGED_ATTENTION = _backend.standard_op(
     "paged_tree_attention", reference=ref.paged_tree_attention, triton_module="attention", limits=_paged_attn_limit
 )
 _COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module="compact")
-_ACCEPT_SLOTS = _backend.standard_op("accept_slots", reference=ref.accept_slots, triton_module=None, compiled=False)
+
+
+def _accept_slots_limit(backend, slot_table, cache_len, num_nodes, accept_nodes, accept_len, freed, freed_count):
+    if backend in ("cuda", "triton") and freed.shape[1] > MAX_TREE_NODES:
+        return f"max_nodes = {freed.shape[1]} > {MAX_TREE_NODES} (one tree per thread block)"
+    return None
+
+
+_ACCEPT_SLOTS = _backend.standard_op(
+    "accept_slots", reference=ref.accept_slots, triton_module="paged", limits=_accept_slots_limit
+)
 
 
 def _layout(layout: str) -> bool:

@@ -8,7 +8,8 @@ and split-K over long prefixes; checked against the fp64 reference over the logi
 flash-attention's rule (test_tree_attention_kernel_paths.check). compact_paged_kv_kernel (one launch for
 every layer's pages, bytes of any dtype, overlapping sources and destinations) against
 specdec_kernels.reference.paged byte for byte, over whole storages (pages of no request must not change).
-See docs/testing.md, "CUDA kernels under emulation".
+block_table_from_csr_kernel and accept_slots_kernel (csrc/cuda/paged.cu) against the reference exactly, on
+test_paged.py's random CSR lists and trees. See docs/testing.md, "CUDA kernels under emulation".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_cuda_emulated_attention import DTYPE_CODE, H100_SMS, PLAN, _storage
-from test_paged import logical, paginate, random_trees
+from test_paged import logical, paginate, random_accept_case, random_csr, random_trees
 
 from specdec_kernels.reference import paged as paged_ref
 
@@ -228,3 +229,81 @@ def test_compact_paged_kv_kernel_many_tensors(T):
 def test_compact_paged_kv_kernel_sanitized(variant):
     check_compact_paged(*compaction_case(3, "HND"), "HND", num_sms=1, variant=variant)
     check_compact_paged(*compaction_case(1, "NHD"), "NHD", variant=variant)
+
+
+# ---------------------------------------------------------------------------------------------------
+# block_table_from_csr_kernel and accept_slots_kernel (csrc/cuda/paged.cu)
+
+
+def emulated_block_table(indptr, indices, max_pages, **kw):
+    B = indptr.shape[0] - 1
+    scalars = {"B": B, "max_pages": max_pages, "nnz": indices.numel()}
+    outs = {"out": ce.poisoned((B, max_pages), torch.int32)}
+    return ce.run("block_table_from_csr_kernel", scalars, {"kv_indptr": indptr, "kv_indices": indices}, outs, **kw)[
+        "out"
+    ]
+
+
+def check_block_table(indptr, indices, max_pages, **kw):
+    want = torch.empty(indptr.shape[0] - 1, max_pages, dtype=torch.int32)
+    paged_ref.block_table_from_csr(indptr, indices, want)
+    assert_equal(emulated_block_table(indptr, indices, max_pages, **kw), want, "block_table_from_csr_kernel")
+
+
+@pytest.mark.parametrize("B,max_count,max_pages", [(1, 5, 5), (7, 9, 4), (33, 40, 1100), (300, 6, 5)])
+def test_block_table_from_csr_kernel(B, max_count, max_pages):
+    """test_paged.py's ragged CSR lists (empty requests, rows cut at max_pages, 36300 entries: several blocks)."""
+    check_block_table(*random_csr(B, max_count, 4 * B * max_count + 1, seed=B), max_pages)
+
+
+def test_block_table_from_csr_kernel_unchecked_values():
+    """Offsets past kv_indices read its last entry, a decreasing kv_indptr gives an empty row, and with no
+    indices at all a counted page reads 0 (as the reference)."""
+    check_block_table(i32([0, 2, 6, 1]), i32([4, 8, 9]), 5)
+    check_block_table(i32([0, 2]), i32([]), 3)
+
+
+def emulated_accept_slots(table, cache_len, num_nodes, nodes, accept_len, N, **kw):
+    B, S = table.shape
+    scalars = {"B": B, "S": S, "W": nodes.shape[1], "N": N}
+    ins = {"cache_len": cache_len, "num_nodes": num_nodes, "accept_nodes": nodes, "accept_len": accept_len}
+    outs = {
+        "slot_table": table.clone(),
+        "freed": ce.poisoned((B, N), torch.int32),
+        "freed_count": ce.poisoned((B,), torch.int32),
+    }
+    return ce.run("accept_slots_kernel", scalars, ins, outs, **kw)
+
+
+def check_accept_slots(table, cache_len, num_nodes, nodes, accept_len, N, **kw):
+    got = emulated_accept_slots(table, cache_len, num_nodes, nodes, accept_len, N, **kw)
+    want = {"slot_table": table.clone(), "freed": torch.empty(table.shape[0], N, dtype=torch.int32)}
+    want["freed_count"] = torch.empty(table.shape[0], dtype=torch.int32)
+    paged_ref.accept_slots(
+        want["slot_table"], cache_len, num_nodes, nodes, accept_len, want["freed"], want["freed_count"]
+    )
+    for name, w in want.items():
+        assert_equal(got[name], w, f"accept_slots_kernel {name}")
+
+
+@pytest.mark.parametrize("B,N,S", [(1, 1, 4), (5, 9, 30), (3, 300, 700), (2, 1024, 1100)])
+def test_accept_slots_kernel(B, N, S):
+    """test_paged.py's random trees and paths: B = 1 with one node (one warp), ragged batches with an empty
+    prefix and a tree cut by the table's end, 300 nodes (two chunks of the 256-thread prefix count) and the
+    most nodes, 1024 (four chunks)."""
+    check_accept_slots(*random_accept_case(B, N, S, seed=N), N)
+
+
+def test_accept_slots_kernel_unchecked_values():
+    """Path entries past num_nodes or past N, a repeated node, accept_len past W, negative cache_len, num_nodes
+    past N: as the reference."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randperm(100, generator=g)[:48].view(4, 12).to(torch.int32)
+    nodes = i32([[0, 7, 2, 4], [0, 2, 1, -1], [0, 3, 3, 8], [0, 1, 2, 3]])
+    check_accept_slots(table, i32([2, -3, 5, 0]), i32([5, 6, 9, 4]), nodes, i32([4, 3, 4, 9]), 6)
+
+
+@pytest.mark.parametrize("variant", ["tsan", "asan"])
+def test_paged_index_kernels_sanitized(variant):
+    check_block_table(*random_csr(9, 7, 80, seed=4), 6, variant=variant)
+    check_accept_slots(*random_accept_case(3, 300, 400, seed=5), 300, variant=variant)
