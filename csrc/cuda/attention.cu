@@ -107,18 +107,18 @@ struct Smem {
   static constexpr int kQ = kL.q, kP = kL.p, kK = kL.k, kV = kL.v, kWords = kL.words, kBytes = kL.bytes;
 };
 
-// Element offset of the K or V row of logical slot s of request b from the KV head's base, for strides sb
-// (along B, or along pages when paged) and ss (along slots, or page slots when paged).
+// Element offset of the K or V row of logical slot s from the head's base (contiguous: request b's KV head,
+// so s * ss; paged: the KV head on page 0, so page * sb + offset * ss with sb the stride along pages).
 template <bool kPaged>
 struct SlotRows {
   const int32_t* table_row;  // paged: request b's row of the block table
-  int64_t b, page_size;
+  int64_t page_size;
   __device__ __forceinline__ int64_t offset(int64_t s, int64_t sb, int64_t ss) const {
     if constexpr (kPaged) {
       const int64_t page = max(table_row[s / page_size], 0);
       return page * sb + (s % page_size) * ss;
     } else {
-      return b * sb + s * ss;
+      return s * ss;
     }
   }
 };
@@ -154,9 +154,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
     q_s[idx] = x;
   }
 
-  const T* k_head = static_cast<const T*>(p.k) + kvh * p.k_sh;
-  const T* v_head = static_cast<const T*>(p.v) + kvh * p.v_sh;
-  const SlotRows<kPaged> rows{kPaged ? p.table + b * p.max_pages : nullptr, b, p.page_size};
+  const T* k_head = static_cast<const T*>(p.k) + (kPaged ? 0 : b * p.k_sb) + kvh * p.k_sh;
+  const T* v_head = static_cast<const T*>(p.v) + (kPaged ? 0 : b * p.v_sb) + kvh * p.v_sh;
+  const SlotRows<kPaged> rows{kPaged ? p.table + b * p.max_pages : nullptr, p.page_size};
 
   // Stage slots s0 + t (t < kTile) for which take(t) holds; zeros elsewhere and beyond D.
   auto stage = [&](int64_t s0, auto take) {
@@ -176,13 +176,11 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
         *reinterpret_cast<uint4*>(vd) = vx;
       } else {
         // Slots not taken read no table entry (tree slots past S would index past the request's row).
-        const T* kr = ok ? k_head + rows.offset(s0 + t, p.k_sb, p.k_ss) : k_head;
-        const T* vr = ok ? v_head + rows.offset(s0 + t, p.v_sb, p.v_ss) : v_head;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const bool in = ok && d0 + e < D;
-          kd[e] = in ? kr[d0 + e] : T(0.f);
-          vd[e] = in ? vr[d0 + e] : T(0.f);
+          kd[e] = in ? k_head[rows.offset(s0 + t, p.k_sb, p.k_ss) + d0 + e] : T(0.f);
+          vd[e] = in ? v_head[rows.offset(s0 + t, p.v_sb, p.v_ss) + d0 + e] : T(0.f);
         }
       }
     }

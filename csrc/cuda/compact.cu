@@ -142,8 +142,10 @@ __global__ void __launch_bounds__(kThreads, 3)
 
 // Paged caches (compact_paged_kv): descriptors of page views with sb the stride along pages and S the page
 // size P; logical slot s of request b is on page table[b, s / P] at offset s % P.
+// No minimum of 3 blocks per SM here (unlike compact_kv_kernel): the table lookups need more than the
+// 85 registers that bound would leave, and ptxas spilled under it.
 template <int kMaxTensors>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads)
     compact_paged_kv_kernel(const __grid_constant__ CompactParams<kMaxTensors> p, const int32_t* __restrict__ table,
                             int64_t max_pages, const int32_t* __restrict__ cache_len,
                             const int32_t* __restrict__ accept_nodes, const int32_t* __restrict__ accept_len, int64_t B,
