@@ -311,7 +311,15 @@ def _attention_launches(base: str, args: list[str]) -> list[Launch]:
     elt, d_pad, rpw = _ELT[args[0]], int(args[1]), int(args[2])
     smem = attention_smem(elt, d_pad, rpw)
     rows = "R<=4 rows/KV head (decode)" if rpw == 1 else "R>4 rows/KV head (tree N=60: R=240 at H/H_kv=4)"
-    return [Launch(f"D<={d_pad}, {rows}", 128, smem, opt_in=smem > 48 * 1024)]
+    paged = ", paged" if len(args) > 3 and args[3] == "true" else ""
+    return [Launch(f"D<={d_pad}, {rows}{paged}", 128, smem, opt_in=smem > 48 * 1024)]
+
+
+def _paged_launches(base: str, args: list[str]) -> list[Launch]:
+    if base == "block_table_from_csr_kernel":
+        return [Launch("B * max_pages entries (fixed block, grid-stride)", 256)]
+    # accept_slots: one block per request, threads = N rounded up to a warp (<= 256), smem 5 N bytes
+    return [Launch(f"N={n}", min(max(_roundup(n, 32), 32), 256), 5 * n) for n in (1, 60, 1024)]
 
 
 _GEMM_RANGE = {16: "M<=16", 64: "16<M<=128", 128: "M>128"}
@@ -340,6 +348,9 @@ CUDA_LAUNCHES = {
     "tree_attention_kernel": _attention_launches,
     "merge_splits_kernel": _attention_launches,
     "compact_kv_kernel": lambda base, args: [Launch(f"{args[0]} descriptors (fixed block)", 256)],
+    "compact_paged_kv_kernel": lambda base, args: [Launch(f"{args[0]} descriptors (fixed block)", 256)],
+    "block_table_from_csr_kernel": _paged_launches,
+    "accept_slots_kernel": _paged_launches,
     "gemm_nt_kernel": _features_launches,
     "gemm_tn_kernel": _features_launches,
     "rms_rows_kernel": _features_launches,

@@ -1,5 +1,6 @@
 // CUDA kernel of specdec::tree_attention: tree queries over the committed KV prefix plus their visible tree
-// keys (contract: specdec_kernels/ops/attention.py).
+// keys (contract: specdec_kernels/ops/attention.py), and of specdec::paged_tree_attention, the same over a
+// paged cache (specdec_kernels/ops/paged.py): one kernel, templated on where a K/V row lives (SlotRows).
 //
 // Grid: x = request x KV head (b * H_kv + kvh), y = tile of kRows query rows, z = prefix split. The rows of
 // a (request, KV head) are the G = H / H_kv heads x Nq queries of its GQA group, contiguous in q (head
@@ -23,10 +24,16 @@
 // cache_len values: no host sync; each block cuts its chunk from the actual cache_len) that write fp32
 // partials (accumulator, max, sum); merge_splits_kernel combines them. The tree slots belong to split 0.
 //
+// Paged caches: logical slot s of request b is on page table[b, s / P] at offset s % P (NHD and HND pages
+// differ only in strides); each thread staging a row reads its table entry, and nothing else changes: the
+// visibility rules, split-K and the merge work on logical slots. Table entries are not checked (that would
+// synchronise); an entry < 0 reads page 0, as the CPU kernel does, and a valid query never sees such a slot.
+//
 // Everything is asynchronous on the current stream; the only allocation is the split-K workspace, from
 // PyTorch's caching allocator (legal under CUDA graph capture).
 #include "specdec/attention_checks.h"
 #include "specdec/attention_launch.h"
+#include "specdec/paged_checks.h"
 #include "specdec/limits.h"
 #include "common.cuh"
 
@@ -100,7 +107,23 @@ struct Smem {
   static constexpr int kQ = kL.q, kP = kL.p, kK = kL.k, kV = kL.v, kWords = kL.words, kBytes = kL.bytes;
 };
 
-template <typename T, int kDPad, int kRpw>
+// Element offset of the K or V row of logical slot s from the head's base (contiguous: request b's KV head,
+// so s * ss; paged: the KV head on page 0, so page * sb + offset * ss with sb the stride along pages).
+template <bool kPaged>
+struct SlotRows {
+  const int32_t* table_row;  // paged: request b's row of the block table
+  int64_t page_size;
+  __device__ __forceinline__ int64_t offset(int64_t s, int64_t sb, int64_t ss) const {
+    if constexpr (kPaged) {
+      const int64_t page = max(table_row[s / page_size], 0);
+      return page * sb + (s % page_size) * ss;
+    } else {
+      return s * ss;
+    }
+  }
+};
+
+template <typename T, int kDPad, int kRpw, bool kPaged>
 __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p) {
   using L = Smem<T, kDPad, kRpw>;
   constexpr int kRows = L::kRows, kVec = L::kVec, kKStride = L::kKStride;
@@ -131,8 +154,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
     q_s[idx] = x;
   }
 
-  const T* k_head = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
-  const T* v_head = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+  const T* k_head = static_cast<const T*>(p.k) + (kPaged ? 0 : b * p.k_sb) + kvh * p.k_sh;
+  const T* v_head = static_cast<const T*>(p.v) + (kPaged ? 0 : b * p.v_sb) + kvh * p.v_sh;
+  const SlotRows<kPaged> rows{kPaged ? p.table + b * p.max_pages : nullptr, p.page_size};
 
   // Stage slots s0 + t (t < kTile) for which take(t) holds; zeros elsewhere and beyond D.
   auto stage = [&](int64_t s0, auto take) {
@@ -145,17 +169,18 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
         // D is a multiple of kVec here, so a vector is either wholly inside [0, D) or wholly padding.
         uint4 kx = make_uint4(0u, 0u, 0u, 0u), vx = kx;
         if (ok && d0 < D) {
-          kx = *reinterpret_cast<const uint4*>(k_head + (s0 + t) * p.k_ss + d0);
-          vx = *reinterpret_cast<const uint4*>(v_head + (s0 + t) * p.v_ss + d0);
+          kx = *reinterpret_cast<const uint4*>(k_head + rows.offset(s0 + t, p.k_sb, p.k_ss) + d0);
+          vx = *reinterpret_cast<const uint4*>(v_head + rows.offset(s0 + t, p.v_sb, p.v_ss) + d0);
         }
         *reinterpret_cast<uint4*>(kd) = kx;
         *reinterpret_cast<uint4*>(vd) = vx;
       } else {
+        // Slots not taken read no table entry (tree slots past S would index past the request's row).
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const bool in = ok && d0 + e < D;
-          kd[e] = in ? k_head[(s0 + t) * p.k_ss + d0 + e] : T(0.f);
-          vd[e] = in ? v_head[(s0 + t) * p.v_ss + d0 + e] : T(0.f);
+          kd[e] = in ? k_head[rows.offset(s0 + t, p.k_sb, p.k_ss) + d0 + e] : T(0.f);
+          vd[e] = in ? v_head[rows.offset(s0 + t, p.v_sb, p.v_ss) + d0 + e] : T(0.f);
         }
       }
     }
@@ -360,7 +385,8 @@ template <typename T, int kDPad, int kRpw>
 void launch(const Params& p, const attention_launch::Plan& plan, cudaStream_t stream) {
   constexpr int smem = Smem<T, kDPad, kRpw>::kBytes;
   static_assert(smem <= 227 * 1024, "tree_attention_kernel: more shared memory than a block of sm_90 can have");
-  auto* kernel = tree_attention_kernel<T, kDPad, kRpw>;
+  auto* kernel =
+      p.table != nullptr ? tree_attention_kernel<T, kDPad, kRpw, true> : tree_attention_kernel<T, kDPad, kRpw, false>;
   if (plan.smem_opt_in) {
     C10_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem)));
@@ -371,8 +397,8 @@ void launch(const Params& p, const attention_launch::Plan& plan, cudaStream_t st
 }
 
 // Enqueues the plan's launches on `stream`: tree_attention_kernel of the plan's padded head dim and rows per
-// warp, then merge_splits_kernel when the prefix is split. Torch-free, so the CPU emulation runs this same
-// path. Returns false when no kernel has the plan's padded head dim (an internal error).
+// warp (paged when p.table is set), then merge_splits_kernel when the prefix is split. Torch-free, so the CPU emulation
+// runs this same path. Returns false when no kernel has the plan's padded head dim (an internal error).
 template <typename T>
 bool enqueue(const Params& p, const attention_launch::Plan& plan, cudaStream_t stream) {
   bool found = false;
@@ -404,6 +430,8 @@ void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
                             cache_len, tree_mask, out);
 }
 
+void run(const at::Tensor& q, const attention_launch::Plan& plan, Params& p, const char* op);
+
 attention_launch::Cache cache_of(const at::Tensor& t) {
   return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
@@ -425,10 +453,15 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
                                            cache_len.data_ptr<int32_t>(),
                                            reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>()),
                                            out.data_ptr(), H_kv, Nq, D, S, W, scale, elem_bytes);
+  run(q, plan, p, "specdec::tree_attention");
+}
+
+// Allocates the plan's split-K workspaces (if any) into p and enqueues the launches on the current stream.
+void run(const at::Tensor& q, const attention_launch::Plan& plan, Params& p, const char* op) {
   at::Tensor ws_acc, ws_ml;
   if (plan.num_splits > 1) {
     const auto f32 = q.options().dtype(at::kFloat);
-    ws_acc = at::empty({plan.num_splits, plan.total_rows, D}, f32);
+    ws_acc = at::empty({plan.num_splits, plan.total_rows, q.size(3)}, f32);
     ws_ml = at::empty({plan.num_splits, plan.total_rows, 2}, f32);
     p.ws_acc = ws_acc.data_ptr<float>();
     p.ws_ml = ws_ml.data_ptr<float>();
@@ -446,15 +479,45 @@ void tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const a
       launched = enqueue<c10::BFloat16>(p, plan, stream);
       break;
     default:
-      TORCH_CHECK(false, "specdec::tree_attention: unsupported dtype ", q.scalar_type());
+      TORCH_CHECK(false, op, ": unsupported dtype ", q.scalar_type());
   }
-  TORCH_CHECK(launched, "specdec::tree_attention: internal error, no kernel for padded head dim ", plan.d_pad);
+  TORCH_CHECK(launched, op, ": internal error, no kernel for padded head dim ", plan.d_pad);
+}
+
+// The same kernels over paged caches: the plan of the logical cache of max_pages * P slots, K/V rows read
+// through the block table. Table entries and cache_len are not checked (no host synchronisation).
+void paged_tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                               const at::Tensor& block_table, const at::Tensor& cache_len, const at::Tensor& tree_mask,
+                               bool hnd, double scale, at::Tensor out) {
+  check_paged_tree_attention_args("specdec::paged_tree_attention (CUDA kernel)", c10::DeviceType::CUDA, kMaxHeadDim, q,
+                                  k_pages, v_pages, block_table, cache_len, tree_mask, hnd, out);
+  if (out.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int head = hnd ? 1 : 2, slot = hnd ? 2 : 1;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  const int64_t H_kv = k_pages.size(head), P = k_pages.size(slot), max_pages = block_table.size(1);
+  const int64_t W = tree_mask.size(2);
+  const char* too_large = attention_launch::size_error(B, H, H_kv, Nq, W);
+  TORCH_CHECK(too_large == nullptr, "specdec::paged_tree_attention: sizes out of the kernel's range (", too_large,
+              "): H / H_kv * Nq = ", (H / H_kv) * Nq, ", W = ", W, ", B * H_kv = ", B * H_kv);
+  const int elem_bytes = static_cast<int>(q.element_size());
+  const attention_launch::Plan plan =
+      attention_launch::plan(B, H, H_kv, Nq, D, max_pages * P, elem_bytes, sm_count(q.get_device()));
+  auto pages_of = [&](const at::Tensor& t) {
+    return attention_launch::Pages{t.data_ptr(), t.stride(0), t.stride(head), t.stride(slot)};
+  };
+  Params p = attention_launch::make_paged_params(
+      plan, q.data_ptr(), pages_of(k_pages), pages_of(v_pages), block_table.data_ptr<int32_t>(), max_pages, P,
+      cache_len.data_ptr<int32_t>(), reinterpret_cast<const uint32_t*>(tree_mask.data_ptr<int32_t>()), out.data_ptr(),
+      H_kv, Nq, D, W, scale, elem_bytes);
+  run(q, plan, p, "specdec::paged_tree_attention");
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
   m.impl("tree_attention", &tree_attention_cuda);
+  m.impl("paged_tree_attention", &paged_tree_attention_cuda);
 }
 
 }  // namespace specdec

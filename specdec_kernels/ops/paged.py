@@ -8,11 +8,13 @@ table instead of moving K/V. Page layouts: NHD [num_pages, P, H_kv, D] (vLLM, Fl
 HND [num_pages, H_kv, P, D]. Logical slot s of request b is page block_table[b, s // P], offset s % P; the
 ops keep the contiguous ops' rules over logical slots (prefix < cache_len[b], tree keys at cache_len[b] + j).
 
-Backends: paged_tree_attention runs the C++ CPU and Triton kernels of tree_attention (each reading a K/V
-row's address through the block table) and compact_paged_kv the C++ CPU and Triton kernels of compact_kv
-likewise;
-every op has its PyTorch reference. The CUDA kernels are the next step (get_op(name).reasons says what each
-backend can run).
+Backends: every op runs on the C++ CPU, CUDA and Triton kernels and has its PyTorch reference (the registry
+chooses as for the other ops; get_op(name).reasons says why a backend refuses an input). paged_tree_attention
+runs the tree_attention kernels of each backend with each K/V row's address read through the block table
+(CUDA: the same kernel and split-K merge, templated on the row addressing), compact_paged_kv the compact_kv
+kernels likewise (CUDA: one launch for every layer's pages). block_table_from_csr and accept_slots are small
+index kernels of their own (CUDA and Triton: accept_slots keeps one tree per thread block, at most
+MAX_TREE_NODES nodes; larger ones run on the CPU kernel or the reference).
 """
 
 from __future__ import annotations
@@ -23,15 +25,13 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _backend
-from .._limits import MAX_HEAD_DIM
+from .._limits import MAX_HEAD_DIM, MAX_TREE_NODES
 from ..checks import FLOAT_DTYPES, cache_len_arg, check_out, check_tensor, is_number, same_device
 from ..reference import paged as ref
 
 LAYOUTS = ("NHD", "HND")
 
-_BLOCK_TABLE = _backend.standard_op(
-    "block_table_from_csr", reference=ref.block_table_from_csr, triton_module=None, compiled=False
-)
+_BLOCK_TABLE = _backend.standard_op("block_table_from_csr", reference=ref.block_table_from_csr, triton_module="paged")
 
 
 def _paged_attn_limit(backend, q, k_pages, v_pages, block_table, cache_len, tree_mask, hnd, scale, out):
@@ -46,7 +46,17 @@ _PAGED_ATTENTION = _backend.standard_op(
     "paged_tree_attention", reference=ref.paged_tree_attention, triton_module="attention", limits=_paged_attn_limit
 )
 _COMPACT_PAGED = _backend.standard_op("compact_paged_kv", reference=ref.compact_paged_kv, triton_module="compact")
-_ACCEPT_SLOTS = _backend.standard_op("accept_slots", reference=ref.accept_slots, triton_module=None, compiled=False)
+
+
+def _accept_slots_limit(backend, slot_table, cache_len, num_nodes, accept_nodes, accept_len, freed, freed_count):
+    if backend in ("cuda", "triton") and freed.shape[1] > MAX_TREE_NODES:
+        return f"max_nodes = {freed.shape[1]} > {MAX_TREE_NODES} (one tree per thread block)"
+    return None
+
+
+_ACCEPT_SLOTS = _backend.standard_op(
+    "accept_slots", reference=ref.accept_slots, triton_module="paged", limits=_accept_slots_limit
+)
 
 
 def _layout(layout: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 LOAD_ERROR: Optional[str] = None
 # The modules that register kernels (features_shared registers none: the two feature modules import it, so
 # an error there disables both).
-MODULES = ("tree", "compact", "verify", "attention", "features_fspad", "features_griffin")
+MODULES = ("tree", "compact", "verify", "attention", "paged", "features_fspad", "features_griffin")
 MODULE_ERRORS: Dict[str, str] = {}
 
 try:

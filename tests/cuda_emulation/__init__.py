@@ -40,6 +40,7 @@ FAMILIES = {
     "verify": "csrc/cuda/verify.cu",
     "attention": "csrc/cuda/attention.cu",
     "features": "csrc/cuda/features.cu",
+    "paged": "csrc/cuda/paged.cu",
     "selftest": "tests/cuda_emulation/selftest.cu",  # the emulation's own tests
 }
 

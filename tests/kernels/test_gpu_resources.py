@@ -193,6 +193,7 @@ LAUNCH_HEADERS = {
     "verify.cu": "csrc/include/specdec/verify_launch.h",
     "compact.cu": "csrc/include/specdec/compact_launch.h",
     "attention.cu": "csrc/include/specdec/attention_launch.h",
+    "paged.cu": "csrc/include/specdec/paged_launch.h",
 }
 LAUNCHER_SOURCE = {
     "tree.cu": [
@@ -220,6 +221,14 @@ LAUNCHER_SOURCE = {
     ],
     "verify.cu": [r"constexpr int kLogitsThreads = 512;", r"constexpr int kGreedyIdsThreads = 128;"],
     "compact.cu": [r"constexpr int kThreads = 256;", r"<<<grid, kThreads, 0, stream>>>"],
+    "paged.cu": [
+        r"kCsrThreads = 256;",
+        r"kAcceptMaxThreads = 256;",
+        r"std::clamp<int64_t>\(\(N \+ 31\) / 32 \* 32, 32, kAcceptMaxThreads\)",
+        r"return static_cast<size_t>\(N\) \* 5;",
+        r"<<<paged_launch::csr_blocks\(B \* max_pages\), paged_launch::kCsrThreads, 0, stream>>>",
+        r"paged_launch::accept_threads\(N\), paged_launch::accept_smem\(N\)",
+    ],
     "features.cu": [
         r"constexpr int kThreads = 256;",
         r"constexpr int kRowThreads = 256;",

@@ -189,6 +189,105 @@ def accept_slots_loop(table, cache_len, num_nodes, nodes, n_acc, N):
     return table, freed, count
 
 
+def random_csr(B, max_count, pool, seed):
+    """kv_indptr [B + 1] (ragged: empty requests too) and kv_indices of distinct random pages from a pool."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, max_count + 1, (B,), generator=g)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)]).to(torch.int32)
+    indices = torch.randperm(pool, generator=g)[: int(indptr[-1])].to(torch.int32)
+    return indptr, indices
+
+
+def random_accept_case(B, N, S, seed):
+    """A token-to-slot table [B, S] of distinct slots and per request a tree of num_nodes <= N nodes at
+    cache_len (an empty prefix, trees that reach the table's end and are cut by it), with an accepted path
+    (root first, strictly increasing, -1 padded) of a random length."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randperm(4 * B * S, generator=g)[: B * S].view(B, S).to(torch.int32)
+    num_nodes = torch.randint(1, N + 1, (B,), generator=g, dtype=torch.int32)
+    cache_len = torch.randint(0, S, (B,), generator=g, dtype=torch.int32)
+    cache_len[0] = 0
+    if B > 1:
+        cache_len[1] = S - int(num_nodes[1]) // 2 - 1  # the tree is cut by the end of the table
+    W = min(N, 12)
+    nodes = torch.full((B, W), -1, dtype=torch.int32)
+    accept_len = torch.zeros(B, dtype=torch.int32)
+    for b in range(B):
+        n = min(int(num_nodes[b]), S - int(cache_len[b]))  # the path stays on nodes the table holds
+        depth = int(torch.randint(1, min(n, W) + 1, (1,), generator=g))
+        path = torch.randperm(n - 1, generator=g)[: depth - 1].sort().values + 1 if n > 1 else torch.zeros(0)
+        nodes[b, :depth] = torch.cat([torch.zeros(1), path.float()]).to(torch.int32)
+        accept_len[b] = depth
+    return table, cache_len, num_nodes, nodes, accept_len
+
+
+@pytest.mark.parametrize("backend,device", backend_params("block_table_from_csr"))
+@pytest.mark.parametrize("B,max_count,max_pages", [(1, 5, 5), (7, 9, 4), (33, 40, 1100)])
+def test_block_table_from_csr_random(backend, device, B, max_count, max_pages):
+    """Ragged CSR page lists (empty requests, rows cut at max_pages, rows of more than 1024 pages) against the
+    loop of the definition."""
+    indptr, indices = random_csr(B, max_count, 4 * B * max_count + 1, seed=B)
+    got = sk.block_table_from_csr(indptr.to(device), indices.to(device), max_pages, backend=backend)
+    want = torch.full((B, max_pages), -1, dtype=torch.int32)
+    for b in range(B):
+        row = indices[indptr[b] : indptr[b + 1]][:max_pages]
+        want[b, : len(row)] = row
+    assert_equal(got.cpu(), want, "block table")
+
+
+@pytest.mark.parametrize("backend,device", backend_params("block_table_from_csr"))
+def test_block_table_from_csr_offsets_past_the_indices(backend, device):
+    """Unchecked values follow the reference: offsets past kv_indices read its last entry, a decreasing
+    kv_indptr gives an empty row, and with no indices at all a counted page reads 0."""
+    indptr, indices = i32([0, 2, 6, 1]), i32([4, 8, 9])
+    want = torch.empty(3, 5, dtype=torch.int32)
+    sk.block_table_from_csr(indptr, indices, 5, backend="torch", out=want)
+    assert want.tolist() == [[4, 8, -1, -1, -1], [9, 9, 9, 9, -1], [-1, -1, -1, -1, -1]]
+    assert_equal(sk.block_table_from_csr(indptr.to(device), indices.to(device), 5, backend=backend).cpu(), want, "")
+    empty = sk.block_table_from_csr(i32([0, 2]).to(device), i32([]).to(device), 3, backend=backend)
+    assert empty.tolist() == [[0, 0, -1]]
+
+
+@pytest.mark.parametrize("backend,device", backend_params("accept_slots"))
+@pytest.mark.parametrize("B,N,S", [(1, 1, 4), (5, 9, 30), (3, 300, 700), (2, 1024, 1100)])
+def test_accept_slots_random(backend, device, B, N, S):
+    """Random trees and paths (B = 1 with a one-node tree, ragged batches, an empty prefix, a tree cut by the
+    end of the table, trees of more than 256 nodes and of the most nodes, 1024) against the loop."""
+    table, cache_len, num_nodes, nodes, n_acc = random_accept_case(B, N, S, seed=N)
+    cut = torch.minimum(num_nodes, S - cache_len)  # nodes the table holds
+    want = accept_slots_loop(table, cache_len, cut, nodes, n_acc, N)
+    t = table.to(device)
+    args = (cache_len.to(device), num_nodes.to(device), nodes.to(device), n_acc.to(device))
+    freed, count = sk.accept_slots(t, *args, max_nodes=N, backend=backend)
+    assert_equal(t.cpu(), want[0], "table")
+    assert_equal(freed.cpu(), want[1], "freed")
+    assert_equal(count.cpu(), want[2], "count")
+
+
+@pytest.mark.parametrize("backend,device", backend_params("accept_slots"))
+def test_accept_slots_unchecked_values(backend, device):
+    """Values nobody checks follow the reference on every backend: path entries past num_nodes or past
+    max_nodes, a path that is not increasing, accept_len past W, negative cache_len."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randperm(100, generator=g)[:48].view(4, 12).to(torch.int32)
+    cache_len, num_nodes = i32([2, -3, 5, 0]), i32([5, 6, 9, 4])
+    nodes = i32([[0, 7, 2, 4], [0, 2, 1, -1], [0, 3, 3, 8], [0, 1, 2, 3]])
+    n_acc = i32([4, 3, 4, 9])
+    want_t = table.clone()
+    want_f = torch.empty(4, 6, dtype=torch.int32)
+    want_c = torch.empty(4, dtype=torch.int32)
+    from specdec_kernels.reference import paged as paged_ref
+
+    paged_ref.accept_slots(want_t, cache_len, num_nodes, nodes, n_acc, want_f, want_c)
+    t = table.to(device)
+    freed, count = sk.accept_slots(
+        t, cache_len.to(device), num_nodes.to(device), nodes.to(device), n_acc.to(device), max_nodes=6, backend=backend
+    )
+    assert_equal(t.cpu(), want_t, "table")
+    assert_equal(freed.cpu(), want_f, "freed")
+    assert_equal(count.cpu(), want_c, "count")
+
+
 @pytest.mark.parametrize("backend,device", backend_params("accept_slots"))
 def test_accept_slots_against_a_loop(backend, device):
     g = torch.Generator().manual_seed(0)
@@ -277,3 +376,57 @@ def test_compaction_opcheck_and_raw_checks(backend, device, hnd):
         op(caches, torch.tensor([[4, 1], [0, 2]]), *args[2:])
     with pytest.raises(RuntimeError, match=r"caches\[1\] has 5 pages"):
         op([caches[0], torch.randn(5, 3, 2, 4)], *args[1:])
+
+
+KERNEL_CSR = [p for p in backend_params("block_table_from_csr") if p.values[0] != "torch"]
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CSR)
+def test_block_table_opcheck_and_raw_checks(backend, device):
+    """The registered kernel honours its schema (writes only out); called directly it refuses bad tensors."""
+    indptr, indices = random_csr(4, 5, 30, seed=1)
+    args = (indptr.to(device), indices.to(device), torch.empty(4, 3, dtype=torch.int32, device=device))
+    reason = sk.get_op("block_table_from_csr").reason(backend, *args)
+    if reason:
+        pytest.skip(reason)
+    name = "block_table_from_csr" if backend != "triton" else "block_table_from_csr_triton"
+    torch.library.opcheck(getattr(torch.ops.specdec, name), args)
+    if backend == "triton":
+        return
+    op = torch.ops.specdec.block_table_from_csr
+    with pytest.raises(RuntimeError, match=r"kv_indptr must be a contiguous int32 \[B \+ 1\]"):
+        op(indptr.long(), args[1], args[2])
+    with pytest.raises(RuntimeError, match=r"out must be a contiguous int32 \[B=4, max_pages\]"):
+        op(args[0], args[1], torch.empty(3, 3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params("accept_slots") if p.values[0] != "torch"])
+def test_accept_slots_opcheck_and_raw_checks(backend, device):
+    """The registered kernel honours its schema (mutates only the table, freed and the count); called directly
+    it refuses bad tensors with a clear message."""
+    table, cache_len, num_nodes, nodes, n_acc = random_accept_case(3, 6, 20, seed=2)
+    freed, count = torch.empty(3, 6, dtype=torch.int32), torch.empty(3, dtype=torch.int32)
+    args = tuple(t.to(device) for t in (table, cache_len, num_nodes, nodes, n_acc, freed, count))
+    reason = sk.get_op("accept_slots").reason(backend, *args)
+    if reason:
+        pytest.skip(reason)
+    name = "accept_slots" if backend != "triton" else "accept_slots_triton"
+    torch.library.opcheck(getattr(torch.ops.specdec, name), args)
+    if backend == "triton":
+        return
+    op = torch.ops.specdec.accept_slots
+    with pytest.raises(RuntimeError, match=r"num_nodes must be a contiguous int32 \[B\] tensor with B = 3"):
+        op(*args[:2], num_nodes[:2].to(device), *args[3:])
+    with pytest.raises(RuntimeError, match=r"slot_table must be a contiguous int32 \[B, S\]"):
+        op(table.t().to(device), *args[1:])
+
+
+def test_accept_slots_refuses_trees_over_the_kernel_limit():
+    """cuda and triton keep one tree per thread block: wider freed buffers go to the other backends."""
+    from specdec_kernels._limits import MAX_TREE_NODES
+
+    N = MAX_TREE_NODES + 1
+    args = (i32([[0] * 4]), i32([0]), i32([1]), i32([[0]]), i32([1]), torch.empty(1, N, dtype=torch.int32), i32([0]))
+    reasons = sk.get_op("accept_slots").reasons(*args)
+    assert f"max_nodes = {N} > {MAX_TREE_NODES}" in reasons["triton"] or "Triton" in reasons["triton"]
+    assert "cpu" not in reasons and "torch" not in reasons

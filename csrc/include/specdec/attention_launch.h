@@ -1,4 +1,5 @@
-// Launch decisions of the CUDA tree_attention kernels (csrc/cuda/attention.cu), torch-free: rows per warp,
+// Launch decisions of the CUDA tree_attention kernels (csrc/cuda/attention.cu), contiguous and paged
+// (paged_tree_attention), torch-free: rows per warp,
 // padded head dim, split-K count, grid, shared-memory layout and size, the kernel parameters built from raw
 // pointers and element strides, and the split-K workspace sizes. The CUDA launcher and the CPU emulation of
 // the kernels (tests/cuda_emulation/) both use them, so what runs emulated is what would launch on a GPU.
@@ -124,10 +125,13 @@ struct Params {
   const int32_t* cache_len;
   const uint32_t* mask;
   void* out;
-  float* ws_acc;                               // [num_splits, total_rows, D] when num_splits > 1
-  float* ws_ml;                                // [num_splits, total_rows, 2]: running max (base 2) and sum
-  int64_t k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;  // element strides
-  int64_t S, total_rows;
+  float* ws_acc;  // [num_splits, total_rows, D] when num_splits > 1
+  float* ws_ml;   // [num_splits, total_rows, 2]: running max (base 2) and sum
+  // Element strides. Contiguous caches: along B, H_kv, S. Paged caches: along pages, H_kv, page slots.
+  int64_t k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;
+  int64_t S, total_rows;         // S: logical slots (paged: max_pages * page_size)
+  const int32_t* table;          // paged caches: block table int32 [B, max_pages]; nullptr: contiguous
+  int64_t max_pages, page_size;  // paged caches only
   int32_t H_kv, Nq, W, R, D, num_splits;
   float qk_scale;  // scale * log2(e)
   bool vec_ok;     // every K/V row start is 16-byte aligned and D is a whole number of 16-byte vectors
@@ -173,6 +177,28 @@ inline Params make_params(const Plan& plan, const void* q, const Cache& k, const
   p.num_splits = plan.num_splits;
   p.qk_scale = static_cast<float>(scale * 1.4426950408889634);  // log2(e): the kernel's softmax is base 2
   p.vec_ok = D % (16 / elem_bytes) == 0 && rows_aligned(k, elem_bytes) && rows_aligned(v, elem_bytes);
+  return p;
+}
+
+// A paged K or V cache (NHD [pages, P, H_kv, D] or HND [pages, H_kv, P, D]) with unit stride along D: its
+// data and element strides along pages, H_kv and page slots.
+struct Pages {
+  const void* data;
+  int64_t sp, sh, ss;
+};
+
+// The parameters of the plan's launches over paged caches read through `table` (int32 [B, max_pages],
+// contiguous): logical slot s of request b is on page table[b, s / page_size] at offset s % page_size. The
+// plan is that of the logical cache of max_pages * page_size slots; the rest as make_params.
+inline Params make_paged_params(const Plan& plan, const void* q, const Pages& k, const Pages& v, const int32_t* table,
+                                int64_t max_pages, int64_t page_size, const int32_t* cache_len, const uint32_t* mask,
+                                void* out, int64_t H_kv, int64_t Nq, int64_t D, int64_t W, double scale,
+                                int elem_bytes) {
+  Params p = make_params(plan, q, Cache{k.data, k.sp, k.sh, k.ss}, Cache{v.data, v.sp, v.sh, v.ss}, cache_len, mask,
+                         out, H_kv, Nq, D, max_pages * page_size, W, scale, elem_bytes);
+  p.table = table;
+  p.max_pages = max_pages;
+  p.page_size = page_size;
   return p;
 }
 

@@ -1,4 +1,5 @@
-// Argument checks of the raw paged-cache ops (specdec::paged_tree_attention), shared by their kernels, so
+// Argument checks of the raw paged-cache ops (specdec::paged_tree_attention, compact_paged_kv,
+// block_table_from_csr, accept_slots), shared by their CPU and CUDA kernels, so
 // torch.ops.specdec.* called directly fails with a clear message instead of reading out of bounds. Values
 // (page ids, cache_len) are not checked: that would synchronise on a GPU (see specdec_kernels/ops/paged.py).
 #pragma once
@@ -90,6 +91,55 @@ inline void check_compact_paged_kv_args(const char* op, c10::DeviceType device_t
                 t.size(0), " pages of ", t.size(slot), " slots, caches[0] ", caches[0].size(0), " of ",
                 caches[0].size(slot));
   }
+}
+
+// block_table_from_csr: kv_indptr int32 [B + 1 >= 1], kv_indices int32 [nnz], out int32 [B, max_pages], all
+// contiguous on one device of type `device_type`.
+inline void check_block_table_from_csr_args(const char* op, c10::DeviceType device_type, const at::Tensor& kv_indptr,
+                                            const at::Tensor& kv_indices, const at::Tensor& out) {
+  const auto dev = kv_indptr.device();
+  TORCH_CHECK(dev.type() == device_type, op, ": expected ", c10::DeviceTypeName(device_type),
+              " tensors, got kv_indptr on ", dev);
+  TORCH_CHECK(kv_indptr.scalar_type() == at::kInt && kv_indptr.dim() == 1 && kv_indptr.size(0) >= 1 &&
+                  kv_indptr.is_contiguous(),
+              op, ": kv_indptr must be a contiguous int32 [B + 1] tensor, got ", kv_indptr.scalar_type(), " of shape ",
+              kv_indptr.sizes());
+  TORCH_CHECK(kv_indices.device() == dev && kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1 &&
+                  kv_indices.is_contiguous(),
+              op, ": kv_indices must be a contiguous int32 [nnz] tensor on ", dev, ", got ", kv_indices.scalar_type(),
+              " of shape ", kv_indices.sizes(), " on ", kv_indices.device());
+  const int64_t B = kv_indptr.size(0) - 1;
+  TORCH_CHECK(
+      out.device() == dev && out.scalar_type() == at::kInt && out.dim() == 2 && out.size(0) == B && out.is_contiguous(),
+      op, ": out must be a contiguous int32 [B=", B, ", max_pages] tensor on ", dev, ", got ", out.scalar_type(),
+      " of shape ", out.sizes(), " on ", out.device());
+}
+
+// accept_slots: slot_table int32 [B, S], cache_len / num_nodes / accept_len int32 [B], accept_nodes int32 [B, W],
+// freed int32 [B, N], freed_count int32 [B], all contiguous on one device of type `device_type`.
+inline void check_accept_slots_args(const char* op, c10::DeviceType device_type, const at::Tensor& slot_table,
+                                    const at::Tensor& cache_len, const at::Tensor& num_nodes,
+                                    const at::Tensor& accept_nodes, const at::Tensor& accept_len,
+                                    const at::Tensor& freed, const at::Tensor& freed_count) {
+  const auto dev = slot_table.device();
+  TORCH_CHECK(dev.type() == device_type, op, ": expected ", c10::DeviceTypeName(device_type),
+              " tensors, got slot_table on ", dev);
+  TORCH_CHECK(slot_table.scalar_type() == at::kInt && slot_table.dim() == 2 && slot_table.is_contiguous(), op,
+              ": slot_table must be a contiguous int32 [B, S] tensor, got ", slot_table.scalar_type(), " of shape ",
+              slot_table.sizes());
+  const int64_t B = slot_table.size(0);
+  auto index = [&](const at::Tensor& t, const char* name, int64_t dim, const char* shape) {
+    TORCH_CHECK(
+        t.device() == dev && t.scalar_type() == at::kInt && t.dim() == dim && t.size(0) == B && t.is_contiguous(), op,
+        ": ", name, " must be a contiguous int32 ", shape, " tensor with B = ", B, " on ", dev, ", got ",
+        t.scalar_type(), " of shape ", t.sizes(), " on ", t.device());
+  };
+  index(cache_len, "cache_len", 1, "[B]");
+  index(num_nodes, "num_nodes", 1, "[B]");
+  index(accept_nodes, "accept_nodes", 2, "[B, W]");
+  index(accept_len, "accept_len", 1, "[B]");
+  index(freed, "freed", 2, "[B, N]");
+  index(freed_count, "freed_count", 1, "[B]");
 }
 
 }  // namespace specdec
