@@ -323,6 +323,31 @@ def _compact_paged(B: int, W: int, pages: int, P: int, X: int, Y: int, dt: str):
     return launch
 
 
+def _block_table(B: int, nnz: int, max_pages: int):
+    """block_table_from_csr: CSR page lists (kv_indptr [B + 1], kv_indices [nnz]) into a block table."""
+
+    def launch(ctx: Ctx) -> None:
+        import torch
+
+        i32 = torch.int32
+        _call("block_table_from_csr", _meta(B + 1, dtype=i32), _meta(nnz, dtype=i32), _meta(B, max_pages, dtype=i32))
+
+    return launch
+
+
+def _accept_slots(B: int, S: int, N: int, W: int):
+    """accept_slots: a token-to-slot table [B, S] rewritten for trees of N nodes and paths of W."""
+
+    def launch(ctx: Ctx) -> None:
+        import torch
+
+        i32 = torch.int32
+        b = _meta(B, dtype=i32)
+        _call("accept_slots", _meta(B, S, dtype=i32), b, b, _meta(B, W, dtype=i32), b, _meta(B, N, dtype=i32), b)
+
+    return launch
+
+
 # ---- verify ------------------------------------------------------------------------------------------
 
 
@@ -456,6 +481,8 @@ CASES: list = [
         decode=True,
     ),
     Case("compact/paged-page16-bf16", _compact_paged(2, 7, 512, 16, 8, 128, "bf16"), fast=_SM90),
+    Case("paged/block-table-from-csr", _block_table(8, 256, 64), fast=_SM90),
+    Case("paged/accept-slots-N60", _accept_slots(4, 4096, 60, 7), fast=_SM90),
     Case("compact/odd-rows", _compact(3, 4, [(2, 50, 3, "fp16", None), (1, 50, 5, "u8", None), (2, 50, 6, "fp32", 1)])),
     # verify: argmax ids, bf16 logits over the Llama-3 vocabulary (argmax fused), small fp32 logits, 1024 nodes
     Case("verify/greedy-ids-N60", _verify_greedy(4, 60, None, None), decode=True),
