@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec_kernels as sk
 from specdec.target.prepack import prepack_available
+from specdec_kernels import cpu_info
 from specdec_kernels.ops import linear as lin
 
 from common import OUT_DIR, RESULTS_DIR, add_common_args, env_info, time_stats, write_csv
@@ -58,12 +59,8 @@ ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SPECDEC_LINEAR_ISA", "
 
 
 def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ISA_FLAGS if f in flags)
+    flags = cpu_info.cpu_flags(ISA_FLAGS)
+    return "unknown" if flags is None else " ".join(flags)
 
 
 def load_average() -> str:

@@ -13,7 +13,6 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -22,6 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from specdec.devices import default_device, synchronize
+from specdec_kernels.cpu_info import cpu_model
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(BENCH_DIR, "out")
@@ -117,16 +117,7 @@ def device_name(device) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def git_commit() -> str:

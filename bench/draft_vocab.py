@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         )
         print(rows[-1], flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    from specdec.evaluation.report import cpu_model
+    from specdec_kernels.cpu_info import cpu_model
 
     cpu = cpu_model()
     stamp = f"{cpu}, {args.threads} threads, commit {commit}, {time.strftime('%Y-%m-%d')}"

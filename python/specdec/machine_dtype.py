@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Dict
+
+from specdec_kernels.cpu_info import cpu_flags, cpu_model
 
 from .files import atomic_write_text, specdec_home
 
@@ -44,18 +45,7 @@ def cpu_key() -> str:
     number of torch threads."""
     import torch
 
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    present = line.split(":", 1)[1].split()
-                    flags = [x for x in FLAGS if x in present]
-                    break
-    except OSError:
-        pass
+    name, flags = cpu_model(), cpu_flags(FLAGS) or []
     return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+
+from ..cpu_info import cpu_flags, cpu_model
 
 ROWS = (1, 4, 16)  # M of the timed linear: a decode step, a small tree, a large tree
 SHAPE = (1536, 576)  # the default target's MLP up projection (N, K)
@@ -43,18 +44,7 @@ def cpu_key() -> str:
     from .. import _loader
 
     isa = getattr(_loader._C, "linear_isa", None)
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    present = line.split(":", 1)[1].split()
-                    flags = [x for x in FLAGS if x in present]
-                    break
-    except OSError:
-        pass
+    name, flags = cpu_model(), cpu_flags(FLAGS) or []
     path = isa() if isa is not None else "none"
     return f"{name}|{','.join(flags)}|torch {torch.__version__}|{path}"
 

@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from specdec_kernels.cpu_info import cpu_model
+
 from ..files import atomic_path
 
 BASE_COLUMNS = [
@@ -55,17 +57,6 @@ TAIL_COLUMNS = [
 def columns(depth: int) -> list:
     """The CSV columns for a tree of `depth` levels."""
     return BASE_COLUMNS + [f"accept_ge_{k}" for k in range(1, depth + 1)] + TAIL_COLUMNS
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit(cwd=None) -> str:
