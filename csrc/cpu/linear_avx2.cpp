@@ -36,6 +36,7 @@ struct Avx2 {
   static Acc zero() { return _mm256_setzero_ps(); }
   static XV load_x(const float* x) { return _mm256_loadu_ps(x); }
   static Acc madd(Acc acc, XV x, WV w) { return _mm256_fmadd_ps(x, w, acc); }
+  static Acc add(Acc a, Acc b) { return _mm256_add_ps(a, b); }
 
   template <LinearDtype D>
   static WV load_w(const char* row, int64_t k) {

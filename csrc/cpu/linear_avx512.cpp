@@ -35,6 +35,7 @@ struct Avx512 {
   static Acc zero() { return _mm512_setzero_ps(); }
   static XV load_x(const float* x) { return _mm512_loadu_ps(x); }
   static Acc madd(Acc acc, XV x, WV w) { return _mm512_fmadd_ps(x, w, acc); }
+  static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
 
   template <LinearDtype D>
   static WV widen(__m256i h) {

@@ -38,6 +38,7 @@ struct Avx512Bf16 {
   static Acc zero() { return _mm512_setzero_ps(); }
   static XV load_x(const uint16_t* x) { return _mm512_loadu_si512(x); }
   static Acc madd(Acc acc, XV x, WV w) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w); }
+  static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
 
   template <LinearDtype D>
   static WV load_w(const char* row, int64_t k) {

@@ -31,6 +31,10 @@ struct Portable {
     for (int i = 0; i < KW; ++i) acc.v[i] += x.v[i] * w.v[i];
     return acc;
   }
+  static Acc add(Acc a, const Acc& b) {
+    for (int i = 0; i < KW; ++i) a.v[i] += b.v[i];
+    return a;
+  }
 
   template <LinearDtype D>
   static WV load_w_tail(const char* row, int64_t k, int64_t rem) {
