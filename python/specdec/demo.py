@@ -156,8 +156,9 @@ def real_demo(
     steps = 4
     torch_dtype = getattr(torch, resolve_dtype(dtype, torch.device(device), say=print))
     _phase(1, steps, f"target: {target} (fetched once into $SPECDEC_HOME when missing)")
-    # both sides of the comparison run the same (prepacked) model
-    model, tok, _, _ = load_target(target, dtype=torch_dtype, device=device, prepack=True)
+    # both sides of the comparison run the same model; its CPU linears sped up (specdec.target.kernel_linears)
+    loaded = load_target(target, dtype=torch_dtype, device=device, prepack=True)
+    model, tok = loaded.model, loaded.tokenizer
     _phase(2, steps, f"draft head: {draft} ({resolve_draft(draft)})")
     head = load_head(resolve_draft(draft), dtype=torch_dtype, device=device, prepack=True)
     settings = EvalSettings(

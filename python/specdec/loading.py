@@ -158,12 +158,14 @@ def draft_folder(spec: str) -> str:
 
 class LoadedTarget(NamedTuple):
     """What load_target loaded: the model, its tokenizer (None when not asked for), the path it was loaded
-    from and how many linears were prepacked (0 without prepack)."""
+    from, how many linears were prepacked for oneDNN and how many run specdec's C++ linear kernel in specdec's
+    own passes (both 0 without prepack; at most one of them is not: specdec.target.kernel_linears)."""
 
     model: Any
     tokenizer: Any
     path: str
     prepacked: int
+    kernel_linears: int = 0
 
 
 def target_path(name_or_path: Union[str, os.PathLike]) -> str:
@@ -193,7 +195,10 @@ def load_target(
         name_or_path: "default", a local Hugging Face model folder or the id of a model in the local Hugging
             Face cache (target_path).
         dtype, device: the model's torch dtype and device; it is returned in eval mode.
-        prepack: prepack its bf16 CPU linears for oneDNN (specdec.target.prepack); counted in `prepacked`.
+        prepack: give its CPU linears the faster linear of this machine (speed_up_cpu_linears): oneDNN's
+            prepacked bf16 linear where it runs (counted in `prepacked`, used by model.generate too), else
+            specdec_kernels' C++ linear where it measured faster than torch (counted in `kernel_linears`, used
+            only in specdec's TargetModel and TreeDrafter passes: model.generate stays as it was).
         tokenizer: also load the tokenizer, before the model; chat_template: which must have a chat template.
         phase: called with "tokenizer" and "model" before each is loaded (a command's progress report).
 
@@ -215,22 +220,22 @@ def load_target(
     if phase is not None:
         phase("model")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
-    packed = 0
+    packed = kernel = 0
     if prepack:
-        from .target.prepack import prepack_linears
+        from .target.kernel_linears import speed_up_cpu_linears
 
-        packed = prepack_linears(model)
-    return LoadedTarget(model, tok, path, packed)
+        packed, kernel = speed_up_cpu_linears(model)
+    return LoadedTarget(model, tok, path, packed, kernel)
 
 
 def load_head(folder: str, *, dtype, device=None, prepack: bool = False):
     """The draft head in `folder` (specdec.models.load_draft_head) on `device` in `dtype`, in eval mode;
-    prepack: its bf16 CPU linears prepacked as the target's are (specdec.target.prepack)."""
+    prepack: its CPU linears sped up as the target's are (specdec.target.kernel_linears.speed_up_cpu_linears)."""
     from .models import load_draft_head
 
     head = load_draft_head(folder, device=device, dtype=dtype).eval()
     if prepack:
-        from .target.prepack import prepack_linears
+        from .target.kernel_linears import speed_up_cpu_linears
 
-        prepack_linears(head)
+        speed_up_cpu_linears(head)
     return head

@@ -6,10 +6,13 @@ a bf16 `linear` over M rows costs about M one-row calls (measured on an AVX2 AMD
 in bf16 against 479 in fp32). Reading ISA flags would miss what the installed torch actually does, so
 `fastest_cpu_dtype` times what the commands spend their time on: a target-sized `linear` (576 -> 1536) at
 M = 1 (a decode step), 16 (a tree's verification, a batch of answers) and 256 rows (prefill, training),
-in both dtypes, and takes bf16 when the geometric mean of its time ratios to fp32 is below 1. The answer
-is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags, the
-torch version and the thread count, beside the tree budget's cost cache. $SPECDEC_CPU_DTYPE (bfloat16 or
-float32) overrides the measurement, e.g. to keep one dtype across machines of different kinds.
+in both dtypes, and takes bf16 when the geometric mean of its time ratios to fp32 is below 1. Each dtype's
+linear is the one specdec's passes run: specdec_kernels' C++ linear where it measured faster than torch's for
+that dtype (specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
+The answer is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags,
+the torch version, the thread count and the linear kernel's path, beside the tree budget's cost cache.
+$SPECDEC_CPU_DTYPE (bfloat16 or float32) overrides the measurement, e.g. to keep one dtype across machines of
+different kinds.
 
 Example:
     >>> from specdec.machine_dtype import fastest_cpu_dtype
@@ -41,12 +44,28 @@ def cache_path() -> Path:
 
 
 def cpu_key() -> str:
-    """What decides the answer: the CPU model name, its bf16-relevant ISA flags, torch's version and the
-    number of torch threads."""
+    """What decides the answer: the CPU model name, its bf16-relevant ISA flags, torch's version, the
+    number of torch threads and the C++ linear kernel's path ("none" without specdec_kernels._C)."""
     import torch
 
+    from specdec_kernels.ops.linear import linear_isa
+
     name, flags = cpu_model(), cpu_flags(FLAGS) or []
-    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {torch.get_num_threads()}|linear {linear_isa()}"
+
+
+def _linear_of(dtype):
+    """The linear specdec's passes run in `dtype`, as a function (x, w, out): the C++ kernel's op where it
+    measured faster than torch's linear here (specdec_kernels.ops.linear_choice), else torch's."""
+    import torch
+
+    from specdec_kernels.ops import linear as linear_op
+    from specdec_kernels.ops import linear_choice
+
+    if linear_op.linear_isas() and linear_choice.faster_backend(dtype)["backend"] == "cpu":
+        op = torch.ops.specdec.linear.default
+        return lambda x, w, out: op(x, w, None, out)
+    return lambda x, w, out: torch.nn.functional.linear(x, w, out=out)
 
 
 def _timer(dtype, rows: int):
@@ -59,12 +78,13 @@ def _timer(dtype, rows: int):
     x = torch.randn(rows, SHAPE[1], generator=g).to(dtype)
     out = torch.empty(rows, SHAPE[0], dtype=dtype)
     calls = max(1, 64 // rows)
+    linear = _linear_of(dtype)
 
     def one_round() -> float:
         with torch.no_grad():
             t0 = time.perf_counter()
             for _ in range(calls):
-                torch.nn.functional.linear(x, w, out=out)
+                linear(x, w, out)
             return (time.perf_counter() - t0) / calls
 
     one_round()  # warm-up: oneDNN picks and caches its kernel

@@ -279,9 +279,10 @@ def _handle(args, stage) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with target_errors():
-        model, tok, target, _ = load_target(
+        loaded = load_target(
             args.target, dtype=dtype, device=device, chat_template=True, phase=stage.target_phases(args.target)
         )
+        model, tok, target = loaded.model, loaded.tokenizer, loaded.path
     t0 = time.perf_counter()
     rank, world = _rank()
     try:

@@ -161,8 +161,10 @@ def _add_run_arguments(p) -> None:
     p.add_argument(
         "--no-prepack",
         action="store_true",
-        help="keep the target's bf16 CPU linears as they are (default: prepacked for oneDNN, which speeds up "
-        "model.generate and speculative decoding alike; specdec.target.prepack)",
+        help="keep the target's and the heads' CPU linears as they are (default: the faster linear of this CPU: "
+        "prepacked bf16 for oneDNN where it runs, which speeds up model.generate and speculative decoding alike; "
+        "else specdec_kernels' C++ linear where it measured faster than torch, in specdec's own passes only "
+        "(generate_baseline and speculative decoding), model.generate unchanged; specdec.target.kernel_linears)",
     )
     p.add_argument(
         "--cuda-graph",
@@ -325,7 +327,7 @@ def _handle(args, stage) -> int:
         code.torch.set_num_threads(args.threads)
     ident = run_identity(args, plan, benches, code.torch.get_num_threads())
     resumed = _resume(args, plan, ident)
-    tokenizer, model, packed = _load_target(args, plan, stage)
+    tokenizer, model, packed = _load_target(args, plan, stage)  # packed: (prepacked, kernel) linears
     heads = _load_heads(args, plan, stage)
     settings = _eval_settings(args, code)
     stage.what = "evaluating"
@@ -376,8 +378,8 @@ def _import_code() -> argparse.Namespace:
 
 
 def _load_target(args, plan, stage) -> tuple:
-    """(tokenizer, target model on the device in eval mode, number of prepacked linears); CliError without a
-    chat template."""
+    """(tokenizer, target model on the device in eval mode, (prepacked linears, kernel linears)); CliError
+    without a chat template."""
     with target_errors():
         loaded = load_target(
             args.target,
@@ -387,11 +389,11 @@ def _load_target(args, plan, stage) -> tuple:
             chat_template=True,
             phase=stage.target_phases(args.target),
         )
-    return loaded.tokenizer, loaded.model, loaded.prepacked
+    return loaded.tokenizer, loaded.model, (loaded.prepacked, loaded.kernel_linears)
 
 
 def _load_heads(args, plan, stage) -> dict:
-    """{name: draft head} on the device in eval mode, prepacked unless --no-prepack."""
+    """{name: draft head} on the device in eval mode, its CPU linears sped up as the target's unless --no-prepack."""
     heads = {}
     for name, path in plan.drafts.items():
         stage.what = f"loading the draft head {name!r} from {path!r}"
@@ -414,14 +416,14 @@ def _eval_settings(args, code):
     )
 
 
-def _print_plan(args, plan, heads: dict, benches: dict, packed: int, threads: int) -> None:
+def _print_plan(args, plan, heads: dict, benches: dict, packed: tuple, threads: int) -> None:
     """One line on stderr: what is about to be measured, on what."""
     n_turns = sum(len(p.turns) for ps in benches.values() for p in ps)
     print(
         f"specdec eval: {len(heads)} head(s) x {len(args.temperatures)} temperature(s) x {n_turns} turns "
         f"({', '.join(f'{b} {len(ps)}' for b, ps in benches.items())}); target {args.target}, "
         f"device {plan.device}, dtype {str(plan.dtype).replace('torch.', '')}, threads {threads}, "
-        f"{packed} prepacked linears",
+        f"{packed[0]} prepacked linears, {packed[1]} on the C++ linear kernel",
         file=sys.stderr,
     )
 
@@ -459,7 +461,7 @@ def _measure(args, harness, heads: dict, benches: dict, checkpoint: Checkpoint, 
         raise
 
 
-def _write_report(args, plan, code, rows: list, packed: int) -> dict:
+def _write_report(args, plan, code, rows: list, packed: tuple) -> dict:
     """eval.csv, eval.md, the plots and meta.json in --out; returns write_report's result."""
     from ..heads import describe_draft
 
@@ -468,7 +470,8 @@ def _write_report(args, plan, code, rows: list, packed: int) -> dict:
         "target": args.target,
         "heads": json.dumps({name: describe_draft(folder) for name, folder in plan.drafts.items()}),
         "max_new_tokens": args.max_new_tokens,
-        "prepacked_linears": packed,
+        "prepacked_linears": packed[0],
+        "kernel_linears": packed[1],
         "tree": f"top-k {args.tree_top_k} depth {args.depth} total {args.total_tokens}",
         "temperatures": ",".join(f"{t:g}" for t in args.temperatures),
         "limit": f"{args.limit} (spread)" if args.limit and args.spread else args.limit,

@@ -59,6 +59,7 @@ import torch
 
 from ..devices import synchronize
 from ..files import atomic_write_text, specdec_home
+from ..target.kernel_linears import uses_kernel_linears
 from ..target.prepack import is_prepacked
 
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
@@ -305,7 +306,8 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     base = os.path.basename(str(name).rstrip("/"))
     dt = str(dtype).replace("torch.", "")
-    packed = "|prepacked" if is_prepacked(hf_model) else ""  # another cost curve (specdec.target.prepack)
+    # the CPU linears are another cost curve (specdec.target.prepack, specdec.target.kernel_linears)
+    packed = "|prepacked" if is_prepacked(hf_model) else "|kernel-linears" if uses_kernel_linears(hf_model) else ""
     return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 

@@ -38,6 +38,8 @@ import torch
 import specdec_kernels
 from specdec_kernels import chain_mask, mask_words, pack_bits
 
+from ..target.kernel_linears import in_kernel_linear_scope
+
 _profiler = None  # see set_profiler
 
 
@@ -126,6 +128,7 @@ class TreeDrafter:
         self.own_bits = pack_bits(eye) if depth > 1 else None  # [depth - 1, k, W]
 
     @torch.no_grad()
+    @in_kernel_linear_scope  # the head's layers marked by use_kernel_linears run the C++ linear (specdec.target)
     def extend(self, features: torch.Tensor, tokens: torch.Tensor, num_new: torch.Tensor) -> tuple:
         """Commit num_new[b] new pairs (features[b, j], tokens[b, j]), j < num_new[b], after cache_len[b].
 
@@ -149,6 +152,7 @@ class TreeDrafter:
         return logits.float(), hidden
 
     @torch.no_grad()
+    @in_kernel_linear_scope
     def draft(self, root_tokens: torch.Tensor, root_logits: torch.Tensor, root_hidden: torch.Tensor) -> tuple:
         """Grow the EAGLE-2 tree under each root and rerank it.
 

@@ -34,6 +34,7 @@ from torch import nn
 from specdec_kernels.checks import FLOAT_DTYPES_FP64, check_tensor
 
 from ..kv_pages import PagePool, take_block_table
+from ..target.kernel_linears import KernelLinear, kernel_linear, uses_kernel_linears
 from .config import DraftConfig
 from .draft_cache import DraftCache, PagedDraftCache
 from .layers import DecoderLayer, RotaryEmbedding, TrainKV
@@ -158,11 +159,14 @@ class DraftHead(nn.Module):
         w = getattr(lm, "weight", None)
         if self.draft_to_target is not None:
             w, b = self._draft_lm_rows()
-            return F.linear(x.to(w.dtype) if x.dtype != w.dtype else x, w, b)
+            # the gathered rows are the head's own layer: the C++ linear where the head's layers run it
+            linear = kernel_linear if uses_kernel_linears(self) else F.linear
+            return linear(x.to(w.dtype) if x.dtype != w.dtype else x, w, b)
         if isinstance(w, torch.Tensor) and w.dtype != x.dtype:
             x = x.to(w.dtype)
-        if type(lm) is nn.Linear:
-            return F.linear(x, lm.weight.detach(), None if lm.bias is None else lm.bias.detach())
+        if type(lm) in (nn.Linear, KernelLinear):
+            linear = kernel_linear if type(lm) is KernelLinear else F.linear
+            return linear(x, lm.weight.detach(), None if lm.bias is None else lm.bias.detach())
         return lm(x)
 
     def _draft_lm_rows(self) -> tuple:

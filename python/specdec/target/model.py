@@ -29,6 +29,7 @@ from specdec_kernels.checks import check_tensor
 
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState
 from .cache import TreeKVCache
+from .kernel_linears import in_kernel_linear_scope
 from .paged_cache import PagedTreeKVCache, PagePool
 
 
@@ -168,6 +169,7 @@ class TargetModel:
 
     # -- forward ----------------------------------------------------------------------------------------
     @torch.no_grad()
+    @in_kernel_linear_scope  # layers marked by use_kernel_linears run the C++ linear here, not in model.generate
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -218,6 +220,7 @@ class TargetModel:
     __call__ = forward
 
     @torch.no_grad()
+    @in_kernel_linear_scope
     def prefill(
         self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: TreeKVCache, *, chunk_size: Optional[int] = None
     ) -> TargetOutput:

@@ -1,0 +1,197 @@
+"""The C++ linear kernel (specdec_kernels.linear) in the target's and the draft head's layers, where it wins.
+
+On a CPU without native bf16 (AVX2 only: most laptops, many servers) torch's bf16 `linear` runs row by row, so
+a tree of N nodes costs the target about N plain steps and no tree can pay. specdec_kernels.linear reads every
+weight element once for up to 64 rows (bench/results/linear_avx2-only_cpu.md). `use_kernel_linears(model)`
+marks the model's eligible nn.Linear layers to run it, in place: each becomes a KernelLinear, a subclass of
+nn.Linear with the same Parameters and state_dict (only `__class__` changes; `plain_linears` changes it back).
+
+The kernel runs only inside `kernel_linear_scope()`, which specdec's TargetModel (forward, prefill) and
+TreeDrafter (extend, draft) enter: everything else that runs the same model -- `model.generate`, the reference
+every speedup is compared with, and training (which needs autograd) -- computes through F.linear as before.
+
+Which layers: exact nn.Linear (subclasses such as quantized or LoRA layers keep their own forward) with a 2-D
+CPU weight of unit stride along K, for a dtype where specdec_kernels measured its kernel faster than torch's
+`linear` on this CPU (specdec_kernels.ops.linear_choice: once per machine, cached). Where oneDNN's prepacked
+bf16 linear runs (AVX-512 BF16 / AMX CPUs) specdec prepacks instead (specdec.target.prepack,
+`speed_up_cpu_linears`), which is faster there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "KernelLinear",
+    "kernel_linear_scope",
+    "uses_kernel_linears",
+    "kernel_linear",
+    "use_kernel_linears",
+    "plain_linears",
+    "speed_up_cpu_linears",
+]
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_SCOPE = threading.local()  # depth of kernel_linear_scope per thread
+
+
+def _in_scope() -> bool:
+    return getattr(_SCOPE, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def kernel_linear_scope() -> Iterator[None]:
+    """Inside the block (this thread), KernelLinear layers and kernel_linear run the C++ kernel. Nestable."""
+    _SCOPE.depth = getattr(_SCOPE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SCOPE.depth -= 1
+
+
+def in_kernel_linear_scope(fn):
+    """Decorator: run `fn` inside kernel_linear_scope()."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with kernel_linear_scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _kernel():
+    return torch.ops.specdec.linear.default
+
+
+def _runs_kernel(x: torch.Tensor, weight: torch.Tensor, bias) -> bool:
+    """Whether this call can take the kernel: in scope, inference, CPU, one dtype, unit stride along K."""
+    return (
+        _in_scope()
+        and x.dtype == weight.dtype
+        and x.device.type == "cpu"
+        and weight.dim() == 2
+        and weight.stride(1) == 1
+        and (bias is None or bias.dtype == weight.dtype)
+        and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+    )
+
+
+def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """F.linear(x, weight, bias), through the C++ kernel when the call can take it (see _runs_kernel).
+
+    The caller decides that the kernel is wanted (a model marked by use_kernel_linears); the checks here are
+    the cheap ones that keep the call correct. The op is called directly (not specdec_kernels.linear) because
+    it runs once per layer per pass: shapes and dtypes are the layer's own.
+    """
+    if not _runs_kernel(x, weight, bias) or x.shape[-1] != weight.shape[1]:
+        return F.linear(x, weight, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
+    _kernel()(x2, weight, bias, out)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+class KernelLinear(nn.Linear):
+    """An nn.Linear whose forward runs specdec_kernels' C++ linear inside kernel_linear_scope() and F.linear
+    outside it (see the module docstring). Made from an nn.Linear in place by use_kernel_linears."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernel_linear(x, self.weight, self.bias)
+
+
+def _eligible(lin: nn.Module, dtypes) -> bool:
+    if type(lin) is not nn.Linear:  # subclasses (quantized, LoRA, prepacked, ...) keep their own forward
+        return False
+    w = lin.weight
+    return (
+        w.device.type == "cpu"
+        and w.dtype in dtypes
+        and w.dim() == 2
+        and w.stride(1) == 1
+        and (lin.bias is None or lin.bias.dtype == w.dtype)
+    )
+
+
+def _kernel_dtypes() -> tuple:
+    """The dtypes for which the kernel was measured faster than torch's linear here (() without the kernel)."""
+    from specdec_kernels.ops import linear as linear_op
+    from specdec_kernels.ops import linear_choice
+
+    if not linear_op.linear_isas():
+        return ()
+    return tuple(d for d in _DTYPES if linear_choice.faster_backend(d)["backend"] == "cpu")
+
+
+def use_kernel_linears(model: nn.Module) -> int:
+    """Mark every eligible nn.Linear of `model` to run the C++ kernel inside kernel_linear_scope(), in place.
+
+    Returns how many were marked: 0 without specdec_kernels._C, on CUDA, or where the kernel was not measured
+    faster than torch for the model's dtype (specdec_kernels.ops.linear_choice; $SPECDEC_LINEAR_CHOICE=cpu or
+    torch decides without measuring). Also marks `model` itself (uses_kernel_linears), so that code computing
+    with a layer's raw weight (a draft head's reduced output layer) can take the kernel too. Idempotent.
+
+    Example:
+        >>> import torch
+        >>> from specdec.target.kernel_linears import kernel_linear_scope, plain_linears, use_kernel_linears
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+        >>> x = torch.randn(2, 4)
+        >>> with torch.no_grad():
+        ...     n = use_kernel_linears(m)
+        ...     with kernel_linear_scope():
+        ...         close = torch.allclose(m(x), x @ m[0].weight.T + m[0].bias, atol=1e-6)
+        >>> close, plain_linears(m) == n
+        (True, True)
+    """
+    dtypes = None
+    marked = 0
+    for sub in list(model.modules()):
+        if type(sub) is KernelLinear:
+            marked += 1
+            continue
+        if type(sub) is not nn.Linear or sub.weight.device.type != "cpu":
+            continue
+        if dtypes is None:
+            dtypes = _kernel_dtypes()  # measured (or read from the cache) only when a CPU layer is there
+        if _eligible(sub, dtypes):
+            sub.__class__ = KernelLinear
+            marked += 1
+    if marked:
+        model._specdec_kernel_linears = True
+    return marked
+
+
+def uses_kernel_linears(model: nn.Module) -> bool:
+    """True when use_kernel_linears marked `model` (and has not been undone by plain_linears)."""
+    return bool(getattr(model, "_specdec_kernel_linears", False))
+
+
+def plain_linears(model: nn.Module) -> int:
+    """Undo use_kernel_linears: every KernelLinear back to an nn.Linear (nothing is copied); returns how many."""
+    restored = 0
+    for sub in model.modules():
+        if type(sub) is KernelLinear:
+            sub.__class__ = nn.Linear
+            restored += 1
+    if hasattr(model, "_specdec_kernel_linears"):
+        del model._specdec_kernel_linears
+    return restored
+
+
+def speed_up_cpu_linears(model: nn.Module) -> tuple:
+    """The faster CPU linear for `model`'s layers, in place: oneDNN's prepacked bf16 linear where it runs
+    (specdec.target.prepack), else specdec_kernels' C++ kernel where it measured faster than torch
+    (use_kernel_linears). Returns (prepacked, kernel): how many layers took each (one of them is 0)."""
+    from .prepack import prepack_linears
+
+    packed = prepack_linears(model)
+    if packed:
+        return packed, 0
+    return 0, use_kernel_linears(model)

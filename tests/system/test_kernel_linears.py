@@ -1,0 +1,140 @@
+"""specdec.target.kernel_linears: the C++ linear kernel in specdec's own passes, nowhere else.
+
+Checked on tiny targets with the kernel's use forced ($SPECDEC_LINEAR_CHOICE=cpu, so the test does not depend
+on which is faster here): marking keeps the Parameters, the state_dict and tied weights; outside
+kernel_linear_scope a marked layer is bitwise F.linear and the kernel is never called (model.generate, the
+reference, stays as it was); inside it the kernel runs and matches F.linear within the dtype's tolerance;
+greedy speculative decoding on a marked fp32 target still equals model.generate; autograd falls back to
+F.linear; $SPECDEC_LINEAR_CHOICE=torch marks nothing; speed_up_cpu_linears prefers oneDNN's prepacking where it
+runs; the tree budget's cost cache keeps marked and plain models apart.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec.decoding import budget
+from specdec.decoding.generate import generate, generate_baseline
+from specdec.models import DraftConfig, build_draft_head
+from specdec.target import kernel_linears as kl
+from specdec.target.prepack import is_prepacked, prepack_available
+from specdec_kernels.ops import linear as linear_op
+
+from helpers import assert_close
+from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.skipif(not linear_op.linear_isas(), reason="specdec_kernels._C is not loaded")
+
+
+@pytest.fixture
+def force_kernel(monkeypatch):
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of the C++ op made through kernel_linears."""
+    calls = []
+    real = kl._kernel()
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(kl, "_kernel", lambda: counting)
+    return calls
+
+
+def n_linears(model, cls) -> int:
+    return sum(type(m) is cls for m in model.modules())
+
+
+def test_marking_keeps_parameters_and_undoes(force_kernel):
+    model = make_target("llama").to(torch.bfloat16)
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied, as in SmolLM2
+    keys, params = list(model.state_dict()), [p.data_ptr() for p in model.parameters()]
+    n = n_linears(model, torch.nn.Linear)
+    assert kl.use_kernel_linears(model) == n > 0
+    assert kl.use_kernel_linears(model) == n  # idempotent
+    assert kl.uses_kernel_linears(model) and n_linears(model, kl.KernelLinear) == n
+    assert all(isinstance(m, torch.nn.Linear) for m in model.modules() if type(m) is kl.KernelLinear)
+    assert list(model.state_dict()) == keys and [p.data_ptr() for p in model.parameters()] == params
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert kl.plain_linears(model) == n and not kl.uses_kernel_linears(model)
+    assert n_linears(model, torch.nn.Linear) == n
+
+
+def test_choice_torch_marks_nothing(monkeypatch):
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "torch")
+    model = make_target("llama")
+    assert kl.use_kernel_linears(model) == 0 and not kl.uses_kernel_linears(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 3, 17])
+def test_scope_decides(force_kernel, kernel_calls, dtype, rows):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(37, 29).to(dtype)
+    x = torch.randn(2, rows, 37).to(dtype)
+    kl.use_kernel_linears(lin)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        assert torch.equal(lin(x), want) and kernel_calls == []  # outside the scope: F.linear itself
+        with kl.kernel_linear_scope():
+            with kl.kernel_linear_scope():  # nested
+                got = lin(x)
+            assert lin(x).shape == (2, rows, 29)
+        assert torch.equal(lin(x), want)
+    assert kernel_calls == [2 * rows, 2 * rows]
+    assert_close(got, want.double())  # against fp64 rounding of the same inputs, as the kernel tests
+
+
+def test_autograd_falls_back(force_kernel, kernel_calls):
+    lin = torch.nn.Linear(8, 4)
+    kl.use_kernel_linears(lin)
+    x = torch.randn(3, 8, requires_grad=True)
+    with kl.kernel_linear_scope():
+        lin(x).sum().backward()
+    assert kernel_calls == [] and x.grad is not None and lin.weight.grad is not None
+
+
+def test_model_generate_untouched_speculative_lossless(force_kernel, kernel_calls):
+    """fp32: greedy speculative decoding and our plain loop on the marked target equal model.generate, and
+    model.generate never calls the kernel (it is the reference the speedups are measured against)."""
+    model = make_target("llama", sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    prompts = [[3, 17, 5, 99, 42, 8], [7, 7, 1]]
+    plain = [
+        model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist() for p in prompts
+    ]
+    assert kl.use_kernel_linears(model) > 0 and kl.use_kernel_linears(head) > 0
+    with torch.no_grad():
+        for p, want in zip(prompts, plain):
+            got = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist()
+            assert got == want
+    assert kernel_calls == []
+    spec = generate(model, head, prompts, max_new_tokens=12, depth=3, total_tokens=8, tree_top_k=3).sequences
+    assert spec == plain
+    assert max(kernel_calls) >= 2 * 8  # the verification of both requests' 8-node trees ran the kernel
+    kernel_calls.clear()
+    base = generate_baseline(model, prompts, max_new_tokens=12).sequences
+    assert base == plain and 2 in kernel_calls  # our plain loop: one row per request per step
+
+
+def test_speed_up_prefers_prepacking(force_kernel):
+    model = make_target("llama").to(torch.bfloat16)
+    packed, kernel = kl.speed_up_cpu_linears(model)
+    if prepack_available():
+        assert packed > 0 and kernel == 0 and is_prepacked(model) and not kl.uses_kernel_linears(model)
+    else:
+        assert packed == 0 and kernel > 0 and kl.uses_kernel_linears(model)
+
+
+def test_budget_cache_key_tells_marked_models_apart(force_kernel):
+    model = make_target("llama")
+    plain = budget._cache_key(model, torch.float32, "cpu", 64)
+    kl.use_kernel_linears(model)
+    marked = budget._cache_key(model, torch.float32, "cpu", 64)
+    assert marked != plain and marked.endswith("|kernel-linears")
