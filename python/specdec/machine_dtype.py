@@ -6,9 +6,10 @@ a bf16 `linear` over M rows costs about M one-row calls (measured on an AVX2 AMD
 in bf16 against 479 in fp32). Reading ISA flags would miss what the installed torch actually does, so
 `fastest_cpu_dtype` times what the commands spend their time on: a target-sized `linear` (576 -> 1536) at
 M = 1 (a decode step), 16 (a tree's verification, a batch of answers) and 256 rows (prefill, training),
-in both dtypes, and takes bf16 when the geometric mean of its time ratios to fp32 is below 1. Each dtype's
-linear is the one specdec's passes run: specdec_kernels' C++ linear where it measured faster than torch's for
-that dtype (specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
+in both dtypes, the weights read from memory as in decoding (not from the cache), and takes bf16 when the
+geometric mean of its time ratios to fp32 is below 1. Each dtype's linear is the one specdec's passes run:
+specdec_kernels' C++ linear where it measured faster than torch's for that dtype
+(specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
 The answer is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags,
 the torch version, the thread count and the linear kernel's path, beside the tree budget's cost cache.
 $SPECDEC_CPU_DTYPE (bfloat16 or float32) overrides the measurement, e.g. to keep one dtype across machines of
@@ -35,6 +36,7 @@ from .files import atomic_write_text, specdec_home
 
 ROWS = (1, 16, 256)  # M of the timed linear: a decode step, a tree or a batch, a prefill chunk
 SHAPE = (1536, 576)  # the default target's MLP up projection (N, K)
+COLD_BYTES = 48 << 20  # weight copies per dtype: more than the last-level cache of the CPUs measured (32 MB)
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -68,23 +70,36 @@ def _linear_of(dtype):
     return lambda x, w, out: torch.nn.functional.linear(x, w, out=out)
 
 
-def _timer(dtype, rows: int):
-    """A closure timing `linear` of `rows` rows over a SHAPE weight in `dtype`: seconds per call over a
-    round of calls long enough to see (64 // rows calls, at least one)."""
+def _weights(dtype) -> list:
+    """Copies of a SHAPE weight in `dtype` filling COLD_BYTES: calls that rotate over them read their weight
+    from memory, as a decode pass does (the target's weights are far larger than the last-level cache), so
+    that bf16's half-size reads count at M = 1 as they do in decoding."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(SHAPE, generator=g).to(dtype)
+    copies = -(-COLD_BYTES // (w.numel() * w.element_size()))
+    return [w] + [w.clone() for _ in range(copies - 1)]
+
+
+def _timer(dtype, rows: int, weights: list):
+    """A closure timing `linear` of `rows` rows in `dtype` over the `weights` in turn: seconds per call over
+    a round of calls long enough to see (64 // rows calls, at least one)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
     x = torch.randn(rows, SHAPE[1], generator=g).to(dtype)
     out = torch.empty(rows, SHAPE[0], dtype=dtype)
     calls = max(1, 64 // rows)
     linear = _linear_of(dtype)
+    turn = [0]
 
     def one_round() -> float:
         with torch.no_grad():
             t0 = time.perf_counter()
             for _ in range(calls):
-                linear(x, w, out)
+                linear(x, weights[turn[0] % len(weights)], out)
+                turn[0] += 1
             return (time.perf_counter() - t0) / calls
 
     one_round()  # warm-up: oneDNN picks and caches its kernel
@@ -101,7 +116,8 @@ def measure(rounds: int = 15) -> Dict[str, object]:
     machine). About a second."""
     import torch
 
-    timers = {(dt, m): _timer(dt, m) for m in ROWS for dt in (torch.bfloat16, torch.float32)}
+    weights = {dt: _weights(dt) for dt in (torch.bfloat16, torch.float32)}
+    timers = {(dt, m): _timer(dt, m, weights[dt]) for m in ROWS for dt in (torch.bfloat16, torch.float32)}
     best = {k: math.inf for k in timers}
     for _ in range(rounds):
         for k, one_round in timers.items():
