@@ -138,3 +138,33 @@ def test_budget_cache_key_tells_marked_models_apart(force_kernel):
     kl.use_kernel_linears(model)
     marked = budget._cache_key(model, torch.float32, "cpu", 64)
     assert marked != plain and marked.endswith("|kernel-linears")
+
+
+@pytest.mark.parametrize("marked_target", [False, True])
+def test_head_output_layer_runs_the_kernel(force_kernel, kernel_calls, marked_target):
+    """The draft head's output layer -- the gathered rows of a reduced vocabulary, or the bound target lm_head
+    itself -- runs the kernel inside the scope when the head (or the target) is marked, with the same logits."""
+    model = make_target("llama")
+    torch.manual_seed(2)
+    cfgs = {
+        "reduced": DraftConfig.from_target(model.config, "fspad", draft_vocab_size=16),
+        "full": DraftConfig.from_target(model.config, "fspad"),
+    }
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, model.config.hidden_size, generator=g)
+    for name, cfg in cfgs.items():
+        head = build_draft_head(cfg).eval()
+        if name == "reduced":
+            head.set_draft_vocab(torch.arange(16) * 3)
+        head.bind_target(model.get_input_embeddings(), model.lm_head)
+        with torch.no_grad():
+            want = head.compute_logits(x)
+            (kl.use_kernel_linears(model) if marked_target else kl.use_kernel_linears(head))
+            kernel_calls.clear()
+            with kl.kernel_linear_scope():
+                got = head.compute_logits(x)
+        ran = name == "reduced" and not marked_target or name == "full" and marked_target
+        assert (kernel_calls == [3]) == ran, (name, marked_target, kernel_calls)
+        assert_close(got, want)
+        kl.plain_linears(model)
+        kl.plain_linears(head)
