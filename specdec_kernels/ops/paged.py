@@ -260,38 +260,40 @@ def compact_paged_kv(
     _check_block_table(block_table, B)
     cache_len = cache_len_arg(cache_len, B, accept_nodes.device)
     check_tensor("accept_len", accept_len, dtype=torch.int32, shape=(B,))
-    views, P, pages = [], None, None
+    dev = same_device(block_table=block_table, cache_len=cache_len, accept_nodes=accept_nodes, accept_len=accept_len)
+    # One pass over the tensors (a decode step hands every layer's K and V: 60 tensors for SmolLM2-135M), each
+    # checked in a few attribute reads; only a failing check builds its message.
+    tensors, ptrs, P, pages = [], set(), None, None
     for name, ts, is_kv in (("caches", caches, True), ("per_token", per_token, False)):
         for i, t in enumerate(ts):
-            label = f"{name}[{i}]"
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{label}: expected a torch.Tensor, got {type(t).__name__}")
-            if is_kv and t.dim() != 4:
-                raise ValueError(f"{label}: expected {layout} pages (4-D), got shape {tuple(t.shape)}")
-            if not is_kv and t.dim() < 2:
+                raise TypeError(f"{name}[{i}]: expected a torch.Tensor, got {type(t).__name__}")
+            shape = t.shape
+            if is_kv and len(shape) != 4:
+                raise ValueError(f"{name}[{i}]: expected {layout} pages (4-D), got shape {tuple(shape)}")
+            if not is_kv and len(shape) < 2:
                 raise ValueError(
-                    f"{label}: expected a paged per-token tensor [num_pages, P, ...], got {tuple(t.shape)}"
+                    f"{name}[{i}]: expected a paged per-token tensor [num_pages, P, ...], got {tuple(shape)}"
                 )
-            p = t.shape[2] if (is_kv and hnd) else t.shape[1]
+            p = shape[2] if (is_kv and hnd) else shape[1]
             if P is None:
-                P, pages = p, t.shape[0]
-            elif (p, t.shape[0]) != (P, pages):
-                raise ValueError(f"{label}: {t.shape[0]} pages of {p} slots, but caches[0] has {pages} pages of {P}")
-            views.append(t if is_kv else _per_token_view(label, t, hnd))
-    tensors = views
-    same_device(
-        block_table=block_table,
-        cache_len=cache_len,
-        accept_nodes=accept_nodes,
-        accept_len=accept_len,
-        **{f"t{i}": t for i, t in enumerate(tensors)},
-    )
-    if len({t.data_ptr() for t in tensors if t.numel()}) != len([t for t in tensors if t.numel()]):
-        raise ValueError("caches / per_token: the same memory appears twice; it would be moved twice")
+                P, pages = p, shape[0]
+            elif p != P or shape[0] != pages:
+                raise ValueError(f"{name}[{i}]: {shape[0]} pages of {p} slots, but caches[0] has {pages} pages of {P}")
+            if t.device != dev:
+                same_device(accept_nodes=accept_nodes, **{f"{name}[{i}]": t})  # raises, naming both
+            if not t.numel():
+                continue  # nothing to move
+            v = t if is_kv else _per_token_view(f"{name}[{i}]", t, hnd)
+            ptr = v.data_ptr()
+            if ptr in ptrs:
+                raise ValueError("caches / per_token: the same memory appears twice; it would be moved twice")
+            ptrs.add(ptr)
+            tensors.append(v)
     if not tensors or B == 0 or accept_nodes.shape[1] == 0:
         return None
     _COMPACT_PAGED(
-        [t for t in tensors if t.numel()],
+        tensors,
         block_table.contiguous(),
         cache_len.contiguous(),
         accept_nodes.contiguous(),
