@@ -119,7 +119,7 @@ def _lines_of(path, first: str, last: str) -> range:
     return range(start + 1, end + 2)
 
 
-def test_tsan_reports_a_missing_barrier_between_the_attention_tile_load_and_its_reads(tmp_path):
+def test_tsan_reports_a_missing_barrier_in_tree_attention_kernel_tile_staging(tmp_path):
     # tree_attention_kernel's prefix loop without the __syncthreads between staging a K / V tile in shared
     # memory and the warps reading it: a warp may read slots that another warp has not written yet.
     old = "    stage(s0, [&](int t) { return t < n; });\n    __syncthreads();\n"
