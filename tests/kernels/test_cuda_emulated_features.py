@@ -109,17 +109,22 @@ def silu_backward(g, u, da, act, dg, du, variant="plain"):
 
 
 def fspad_norm_backward(dout, dy, z, norm_w, rstd, dz, d_norm, d_bias, variant="plain"):
-    """launch_fspad_norm_backward, then launch_column_sums of its partial sums into d_norm / d_bias."""
+    """launch_fspad_norm_backward, then launch_column_sums of its partial sums into d_norm / d_bias; returns the
+    number of blocks the launcher planned."""
     ins = dict(dout=dout, dy=dy, z=z, norm_w=norm_w, rstd=rstd)
-    outs = dict(dz=dz, d_norm=d_norm, d_bias=d_bias)
+    outs = dict(dz=dz, d_norm=d_norm, d_bias=d_bias, nblk=_new(1, dtype=torch.int64))
     _launch("fspad_norm_backward_kernel", z.dtype, dict(T=z.shape[0], H=z.shape[1]), ins, outs, variant)
+    return int(outs["nblk"])
 
 
 def griffin_norm_backward(dout, dx1, dx2, h, embed, ids, norm_b, norm_a, stats, dh, grads, variant="plain"):
-    """launch_griffin_norm_backward, then launch_column_sums into grads d_norm_a / d_norm_b / d_bias."""
+    """launch_griffin_norm_backward, then launch_column_sums into grads d_norm_a / d_norm_b / d_bias; returns the
+    number of blocks the launcher planned."""
     scalars = dict(T=h.shape[0], H=h.shape[1], ldx=_ld(dx1), lde=_ld(embed), **_ids_scalars(ids, embed))
     ins = dict(dout=dout, dx1=dx1, dx2=dx2, h=h, embed=embed, ids=ids, norm_b=norm_b, norm_a=norm_a, stats=stats)
-    _launch("griffin_norm_backward_kernel", h.dtype, scalars, ins, dict(dh=dh, **grads), variant)
+    nblk = _new(1, dtype=torch.int64)
+    _launch("griffin_norm_backward_kernel", h.dtype, scalars, ins, dict(dh=dh, nblk=nblk, **grads), variant)
+    return int(nblk)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,12 +316,45 @@ def test_fspad_norm_backward_kernel_two_rows_per_block():
     norm_w = 1.0 + 0.2 * torch.randn(H, generator=gen)
     rstd = torch.rsqrt(z.pow(2).mean(-1) + EPS)
     dz, d_norm, d_bias = _new(T, H, dtype=torch.float32), _new(H, dtype=torch.float32), _new(H, dtype=torch.float32)
-    fspad_norm_backward(dout, dy, z, norm_w, rstd, dz, d_norm, d_bias)
+    nblk = fspad_norm_backward(dout, dy, z, norm_w, rstd, dz, d_norm, d_bias)
+    assert nblk == 257, f"the launcher should take two rows per block at T = {T}, not {T / nblk:.2f}"
     z64, w64 = z.double().requires_grad_(True), norm_w.double().requires_grad_(True)
     loss = (dy.double() * ref.rms_norm(z64, w64, EPS)).sum() + (dout.double() * z64).sum()
     want_dz, want_dw = torch.autograd.grad(loss, [z64, w64])
     for name, got, want in (("dz", dz, want_dz), ("d_norm", d_norm, want_dw), ("d_bias", d_bias, want_dz.sum(0))):
         check_like_torch(got, want, want, torch.float32, f"fspad_norm_backward_kernel {name}", T + H)
+
+
+def test_griffin_norm_backward_kernel_two_rows_per_block():
+    """T = 513 rows, as the launcher plans them (norm_backward_blocks: two rows per block, 257 blocks, the last
+    with one row), with dx1 and dx2 the column halves of one [T, 2H] dx (ldx = 2H) and int32 ids. Against the
+    fp64 autograd gradients of loss = <dx1, N_a(N_b(h))> + <dx2, N_a(e)> + <dout, h>, e = E[ids], with the
+    statistics the forward saves; d_bias = sum over rows of dh."""
+    T, H, V = 513, 8, 20
+    gen = torch.Generator().manual_seed(4)
+    dout, h = torch.randn(T, H, generator=gen), torch.randn(T, H, generator=gen)
+    dx, embed = torch.randn(T, 2 * H, generator=gen), torch.randn(V, H, generator=gen)
+    ids = torch.randint(0, V, (T,), generator=gen, dtype=torch.int32)
+    norm_b, norm_a = (1.0 + 0.2 * torch.randn(H, generator=gen) for _ in range(2))
+    e = embed[ids.long()]
+
+    def rstd(x):
+        return torch.rsqrt(x.pow(2).mean(-1) + EPS)
+
+    rb = rstd(h)
+    stats = torch.stack([rb, rstd(norm_b * (h * rb[:, None])), rstd(e)], 1)
+    dh = _new(T, H, dtype=torch.float32)
+    grads = {name: _new(H, dtype=torch.float32) for name in ("d_norm_a", "d_norm_b", "d_bias")}
+    nblk = griffin_norm_backward(dout, dx[:, :H], dx[:, H:], h, embed, ids, norm_b, norm_a, stats, dh, grads)
+    assert nblk == 257, f"the launcher should take two rows per block at T = {T}, not {T / nblk:.2f}"
+    h64, na64, nb64 = (x.double().requires_grad_(True) for x in (h, norm_a, norm_b))
+    x1 = ref.rms_norm(ref.rms_norm(h64, nb64, EPS), na64, EPS)
+    loss = (dx[:, :H].double() * x1).sum() + (dx[:, H:].double() * ref.rms_norm(e.double(), na64, EPS)).sum()
+    loss = loss + (dout.double() * h64).sum()
+    want_dh, want_da, want_db = torch.autograd.grad(loss, [h64, na64, nb64])
+    wants = {"dh": want_dh, "d_norm_a": want_da, "d_norm_b": want_db, "d_bias": want_dh.sum(0)}
+    for name, got in {"dh": dh, **grads}.items():
+        check_like_torch(got, wants[name], wants[name], torch.float32, f"griffin_norm_backward_kernel {name}", T + H)
 
 
 @pytest.mark.parametrize("variant", ["tsan", "asan"])

@@ -1,6 +1,8 @@
 """verify_greedy and verify_sample: hand-built goldens, random trees against a loop oracle, losslessness,
 the VerifyResult tuple and its buffers, the sampling parameters as numbers or per-request tensors."""
 
+import functools
+
 import pytest
 import torch
 
@@ -623,14 +625,19 @@ def draft_children(gen, q, count, stochastic):
     return torch.topk(torch.log(q.double()) + g, count, dim=-1).indices
 
 
-def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
+def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed, verify=None):
     """First two emitted tokens over `draws` independent verifications of a fixed 2-level target model.
 
     The target: p1 at the root (logits L1), p2(. | x) = rows of L2 after token x. The draft tree: the root's
     3 children are the draft's top-3 (or a without-replacement sample) of q1, each child x has 2 children
     from q2(. | x). When only the bonus is emitted, a second verification round (root x, 3 children from
     q2(. | x)) supplies the second token, as the generate loop would.
+
+    verify: the verification to test, called as sk.verify_sample without `backend` (default: verify_sample on
+    `backend`); it returns (accept_nodes, accept_len, out_tokens).
     """
+    if verify is None:
+        verify = functools.partial(call, sk.verify_sample, backend)
     gen = torch.Generator().manual_seed(seed)
     V, B = V_STAT, draws
     L1, L2 = torch.randn(V, generator=gen) * 1.5, torch.randn(V, V, generator=gen) * 1.5
@@ -645,9 +652,7 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
     q = torch.cat([q1.expand(B, 1, V), Q2[kids], flat.expand(B, 6, V)], 1) if stochastic else None
     tree = sk.Tree(*(x.expand(B, *x.shape[1:]) for x in tree_of(STAT_PARENTS, device)))
     uniforms = torch.rand(B, len(STAT_PARENTS) + 1, generator=gen)
-    _, al, ot = call(
-        sk.verify_sample,
-        backend,
+    _, al, ot = verify(
         tree,
         tokens.to(device),
         logits.to(device),
@@ -668,9 +673,7 @@ def simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed):
         logits2 = torch.cat([L2[x][:, None], torch.zeros(n2, 3, V)], 1)
         q2 = torch.cat([Q2[x][:, None], flat.expand(n2, 3, V)], 1) if stochastic else None
         tree2 = sk.Tree(*(x.expand(n2, *x.shape[1:]) for x in tree_of([-1, 0, 0, 0], device)))
-        out2 = call(
-            sk.verify_sample,
-            backend,
+        out2 = verify(
             tree2,
             tokens2.to(device),
             logits2.to(device),
@@ -696,6 +699,29 @@ STAT_CASES = [  # (temperature, top_k, top_p, stochastic draft)
 ]
 
 
+def check_lossless(t1, t2, p1, P2, al, shift=0.015):
+    """simulate_two_tokens' result against lossless speculative sampling: the first emitted token ~ p1 and the
+    first two ~ p1(a) p2(b | a) (chi-square p-values above 1e-4, no outcome of probability 0), two drafted
+    levels accepted often, and enough draws that the same counts reject a target with `shift` of p1's mass
+    moved between its two likeliest tokens."""
+    draws = t1.numel()
+    assert float((al >= 3).double().mean()) > 0.05, "the test should accept two drafted levels often"
+    c1 = torch.bincount(t1, minlength=V_STAT)
+    c12 = torch.bincount(t1 * V_STAT + t2, minlength=V_STAT * V_STAT)
+    e1, e12 = draws * p1, draws * (p1[:, None] * P2).flatten()
+    assert_equal(c1[e1 == 0], torch.zeros_like(c1[e1 == 0]), "tokens of zero target probability emitted first")
+    assert_equal(c12[e12 == 0], torch.zeros_like(c12[e12 == 0]), "pairs of zero target probability emitted")
+    pv1, pv12 = chi2_pvalue(c1, e1), chi2_pvalue(c12, e12)
+    assert pv1 > 1e-4, f"first token: p-value {pv1:.2e}\nobserved {(c1 / draws).tolist()}\nexpected {p1.tolist()}"
+    assert pv12 > 1e-4, f"first two tokens: p-value {pv12:.2e}"
+    # Power: the same counts must reject a target moved by `shift` of mass between its two likeliest tokens.
+    top2 = torch.topk(p1, 2).indices
+    biased = p1.clone()
+    biased[top2[0]] -= shift
+    biased[top2[1]] += shift
+    assert chi2_pvalue(c1, draws * biased) < 1e-4, f"the chi-square test is too weak to see a {shift:.1%} bias"
+
+
 @pytest.mark.parametrize("backend,device", SAMPLE)
 @pytest.mark.parametrize("t,k,p,stochastic", STAT_CASES)
 def test_sample_is_lossless(backend, device, t, k, p, stochastic):
@@ -706,24 +732,9 @@ def test_sample_is_lossless(backend, device, t, k, p, stochastic):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # [60000, 8] tensors: on a loaded CPU, intra-op threads cost more than they give
     try:
-        t1, t2, p1, P2, al = simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed=11)
+        check_lossless(*simulate_two_tokens(backend, device, draws, t, k, p, stochastic, seed=11))
     finally:
         torch.set_num_threads(threads)
-    assert float((al >= 3).double().mean()) > 0.05, "the test should accept two drafted levels often"
-    c1 = torch.bincount(t1, minlength=V_STAT)
-    c12 = torch.bincount(t1 * V_STAT + t2, minlength=V_STAT * V_STAT)
-    e1, e12 = draws * p1, draws * (p1[:, None] * P2).flatten()
-    assert_equal(c1[e1 == 0], torch.zeros_like(c1[e1 == 0]), "tokens of zero target probability emitted first")
-    assert_equal(c12[e12 == 0], torch.zeros_like(c12[e12 == 0]), "pairs of zero target probability emitted")
-    pv1, pv12 = chi2_pvalue(c1, e1), chi2_pvalue(c12, e12)
-    assert pv1 > 1e-4, f"first token: p-value {pv1:.2e}\nobserved {(c1 / draws).tolist()}\nexpected {p1.tolist()}"
-    assert pv12 > 1e-4, f"first two tokens: p-value {pv12:.2e}"
-    # Power: the same counts must reject a target moved by 1.5% of mass between its two likeliest tokens.
-    top2 = torch.topk(p1, 2).indices
-    biased = p1.clone()
-    biased[top2[0]] -= 0.015
-    biased[top2[1]] += 0.015
-    assert chi2_pvalue(c1, draws * biased) < 1e-4, "the chi-square test is too weak to see a 1.5% bias"
 
 
 @pytest.mark.parametrize("backend,device", [p for p in GREEDY if p.values[0] != "torch"])

@@ -161,8 +161,13 @@ std::vector<float> partial_sums(int64_t T, int64_t C, int64_t H) {
   return std::vector<float>(static_cast<size_t>(fc::norm_backward_blocks(T) * C * H), std::nanf(""));
 }
 
+// The launch plan of a norm backward into the optional int64 output `nblk` (blocks = rows of the partial sums).
+void report_blocks(Request& r, int64_t nblk) {
+  if (void* out = span(r, "nblk", 1, 1, 1, 8, true, true)) *static_cast<int64_t*>(out) = nblk;
+}
+
 // scalars dtype, T, H; in: dout, dy, z [T, H], norm_w [H], rstd [T] (fp32); out: dz [T, H] and, optional,
-// d_norm, d_bias [H] (column_sums_kernel over the partial sums).
+// d_norm, d_bias [H] (column_sums_kernel over the partial sums), nblk [1] (int64: the blocks launched).
 int fspad_norm_backward_entry(Request& r) {
   const int64_t es = elem_bytes(r), T = r.scalar("T"), H = r.scalar("H");
   const void* dout = span(r, "dout", T, H, H, es);
@@ -175,6 +180,7 @@ int fspad_norm_backward_entry(Request& r) {
   std::vector<float> part = partial_sums(T, 2, H);
   const int64_t nblk = fc::norm_backward_blocks(T);
   fc::launch_fspad_norm_backward(dtype_of(r), dout, dy, z, nw, rstd, dz, part.data(), nblk, T, H, nullptr);
+  report_blocks(r, nblk);
   if (outs[0] != nullptr || outs[1] != nullptr) {
     fc::launch_column_sums(dtype_of(r), part.data(), nblk, 2, H, outs, nullptr);
   }
@@ -184,7 +190,7 @@ CUDAEMU_ENTRY("fspad_norm_backward_kernel", fspad_norm_backward_entry);
 
 // scalars dtype, T, H, ldx, lde, ids64, vocab; in: dout [T, H], dx1 and (optional) dx2 [T, H] (ld ldx), h [T, H],
 // embed [vocab, H] (ld lde), ids [T], norm_b, norm_a [H], stats [T, 3] (fp32); out: dh [T, H] and, optional,
-// d_norm_a, d_norm_b, d_bias [H] (column_sums_kernel over the partial sums).
+// d_norm_a, d_norm_b, d_bias [H] (column_sums_kernel over the partial sums), nblk [1] (int64: the blocks launched).
 int griffin_norm_backward_entry(Request& r) {
   const int64_t es = elem_bytes(r), T = r.scalar("T"), H = r.scalar("H"), vocab = r.scalar("vocab");
   const int64_t ldx = r.scalar("ldx"), lde = r.scalar("lde");
@@ -204,6 +210,7 @@ int griffin_norm_backward_entry(Request& r) {
   const int64_t nblk = fc::norm_backward_blocks(T);
   fc::launch_griffin_norm_backward(dtype_of(r), dout, dx1, dx2, ldx, h, embed, lde, ids, r.scalar("ids64") != 0, vocab,
                                    nb, na, stats, dh, part.data(), nblk, T, H, nullptr);
+  report_blocks(r, nblk);
   if (outs[0] != nullptr || outs[1] != nullptr || outs[2] != nullptr) {
     fc::launch_column_sums(dtype_of(r), part.data(), nblk, 3, H, outs, nullptr);
   }
