@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from specdec.devices import default_device, synchronize
+from specdec_kernels import cpu_info
 from specdec_kernels.cpu_info import cpu_model
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -111,6 +112,23 @@ def time_stats(
                 fn()
             times.append((time.perf_counter() - t0) * 1e6 / per_batch)
     return statistics.median(times), min(times)
+
+
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "avx512_vnni")
+
+
+def cpu_flags() -> str:
+    """The CPU's flags of ISA_FLAGS, space-separated ("unknown" where /proc/cpuinfo gives none)."""
+    flags = cpu_info.cpu_flags(ISA_FLAGS)
+    return "unknown" if flags is None else " ".join(flags)
+
+
+def load_average() -> str:
+    """The load average over 1 / 5 / 15 minutes ("unknown" where the OS does not say)."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def device_name(device) -> str:
