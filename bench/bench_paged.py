@@ -171,11 +171,9 @@ def compaction_markdown(rows: list, args, load_before: str, load_after: str, csv
         f"{env['device']}, ISA flags: {env['isa']}" if on_cpu else env["device"]
     ) + f"; torch {env['torch']}, commit {env['commit']}, {env['date']}"
     clock = "CPU time of the calling thread (time.thread_time)" if args.clock == "thread" else "wall time"
-    cmd = "python bench/bench_paged.py --only compaction" + "".join(
-        f" --{k.replace('_', '-')} {v}"
-        for k, v in (("device", args.device), ("threads", args.threads), ("clock", args.clock))
-        if v
-    )
+    opts = (("device", args.device), ("threads", args.threads), ("clock", args.clock), ("out-dir", args.out_dir))
+    cmd = "python bench/bench_paged.py --only compaction" + " --results" * args.results
+    cmd += "".join(f" --{k} {v}" for k, v in opts if v)
     lines = [
         f"# Paged vs contiguous acceptance compaction, {args.device} (issue 21)",
         "",
