@@ -35,10 +35,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec_kernels as sk
 from specdec.target.prepack import prepack_available
-from specdec_kernels import cpu_info
 from specdec_kernels.ops import linear as lin
 
-from common import OUT_DIR, RESULTS_DIR, add_common_args, env_info, time_stats, write_csv
+from common import OUT_DIR, RESULTS_DIR, add_common_args, cpu_flags, env_info, load_average, time_stats, write_csv
 
 # (name, N, K) of SmolLM2-135M's layers and the draft head's output layer.
 SHAPES = [
@@ -54,20 +53,7 @@ MS = [1, 2, 4, 8, 16, 32, 64]
 # call reads its weight from memory, as a decode pass does (270 MB of bf16 weights per pass of the target).
 COLD_BYTES = 96 << 20
 # CPU flags worth recording with a CPU result (what the paths and torch's oneDNN can use).
-ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "avx512_vnni")
 ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SPECDEC_LINEAR_ISA", "OMP_NUM_THREADS")
-
-
-def cpu_flags() -> str:
-    flags = cpu_info.cpu_flags(ISA_FLAGS)
-    return "unknown" if flags is None else " ".join(flags)
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def memory_bandwidth(min_time: float) -> dict:

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from specdec.devices import default_device, synchronize
+from specdec_kernels import cpu_info
 from specdec_kernels.cpu_info import cpu_model
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -77,6 +78,7 @@ def time_stats(
     warmup: int = 3,
     max_iters: int = 10_000,
     repeats: int = 7,
+    clock: str = "wall",
 ) -> tuple:
     """(median, min) time of one call of `fn`, in microseconds.
 
@@ -84,16 +86,25 @@ def time_stats(
     grouped in `repeats` batches of equal size, sized so that all together take about `min_time`
     seconds; each batch gives a mean time per call. The median over batches is robust to outliers; the
     minimum is the better estimate on a machine shared with other work.
+
+    clock="thread" (CPU, one torch thread: all the work runs on the calling thread) counts the CPU time of
+    the calling thread instead of wall time: time spent descheduled while other processes run is not
+    charged, so it is the steadier measure on a loaded machine (memory-bandwidth contention still shows).
     """
     is_cuda = torch.device(device).type == "cuda"
+    if clock not in ("wall", "thread"):
+        raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
+    if clock == "thread" and (is_cuda or torch.get_num_threads() != 1):
+        raise ValueError("clock='thread' times the calling thread: CPU tensors and torch.set_num_threads(1) only")
+    now = time.thread_time if clock == "thread" else time.perf_counter
     for _ in range(warmup):
         fn()
     synchronize(device)
     # Size the batches from one timed call (at least 1 call per batch).
-    t0 = time.perf_counter()
+    t0 = now()
     fn()
     synchronize(device)
-    one = max(time.perf_counter() - t0, 1e-7)
+    one = max(now() - t0, 1e-7)
     per_batch = int(max(1, min(max_iters // repeats, (min_time / repeats) / one)))
     times = []
     for _ in range(repeats):
@@ -106,11 +117,28 @@ def time_stats(
             end.synchronize()
             times.append(start.elapsed_time(end) * 1e3 / per_batch)
         else:
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(per_batch):
                 fn()
-            times.append((time.perf_counter() - t0) * 1e6 / per_batch)
+            times.append((now() - t0) * 1e6 / per_batch)
     return statistics.median(times), min(times)
+
+
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "avx512_vnni")
+
+
+def cpu_flags() -> str:
+    """The CPU's flags of ISA_FLAGS, space-separated ("unknown" where /proc/cpuinfo gives none)."""
+    flags = cpu_info.cpu_flags(ISA_FLAGS)
+    return "unknown" if flags is None else " ".join(flags)
+
+
+def load_average() -> str:
+    """The load average over 1 / 5 / 15 minutes ("unknown" where the OS does not say)."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def device_name(device) -> str:
@@ -149,8 +177,11 @@ def env_info(device) -> dict:
         triton_version = triton.__version__
     except Exception:
         triton_version = ""
+    on_cpu = torch.device(device).type == "cpu"
     return {
         "device": device_name(device),
+        "isa": cpu_flags() if on_cpu else "",
+        "load": load_average(),  # when the results are written: 1 / 5 / 15 minutes
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "",
         "triton": triton_version,

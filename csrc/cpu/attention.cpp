@@ -5,8 +5,10 @@
 // Work split: one task per (request b, KV head, block of query rows). The rows of a task are the GQA group's
 // queries of that KV head (G = H / H_kv heads x Nq queries, contiguous in q), so each K/V tile is converted
 // to fp32 once and then used by every row of the block: on fp16/bf16 caches that conversion, not the
-// arithmetic, would otherwise dominate. Each row's arithmetic is the same however rows are split over
-// threads, so the thread count never changes a result value.
+// arithmetic, would otherwise dominate. Plain decoding (at most kRowGroup rows per KV head) with at least
+// one request per thread takes one task per request and all its KV heads instead, tile by tile, so a slot's
+// rows are located once (one block-table read on paged caches) and read together. Each row's arithmetic is
+// the same however rows are split over threads, so the thread count never changes a result value.
 //
 // Per row: flash-style online softmax in fp32 over key tiles of kTile slots: scores of the tile, one rescale
 // of the running accumulator per tile (not per key), then acc += p_t * v_t. Rows go through a tile in groups
@@ -297,28 +299,31 @@ void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
 // Where the K and V rows of a (request, KV head, logical slot) are. Contiguous caches [B, H_kv, S_max, D]
 // address slot s directly; paged caches through the block table: logical slot s of request b is on physical
 // page table[b, s / P] at offset s % P (NHD [pages, P, H_kv, D] or HND [pages, H_kv, P, D]: only the strides
-// differ). The kernel is the same for both, so paged attention costs one table read per key row staged.
+// differ). The kernel is the same for both, so paged attention costs one table read per key slot staged
+// (shared by the KV heads of a task).
 template <typename scalar_t>
 struct ContiguousRows {
   const scalar_t *k, *v;
-  int64_t ksb, ksh, kss, vsb, vsh, vss, slots;
-  const scalar_t* key(int64_t b, int64_t h, int64_t s) const { return k + b * ksb + h * ksh + s * kss; }
-  const scalar_t* value(int64_t b, int64_t h, int64_t s) const { return v + b * vsb + h * vsh + s * vss; }
+  int64_t ksb, kh, kss, vsb, vh, vss, slots;  // kh, vh: strides along KV heads
+  // K and V rows of request b's slot s for KV head 0 (head h: + h * kh, + h * vh).
+  void locate(int64_t b, int64_t s, const scalar_t*& kr, const scalar_t*& vr) const {
+    kr = k + b * ksb + s * kss;
+    vr = v + b * vsb + s * vss;
+  }
 };
 
 template <typename scalar_t>
 struct PagedRows {
   const scalar_t *k, *v;
-  int64_t kpage, kslot, khead, vpage, vslot, vhead;  // strides
+  int64_t kpage, kslot, kh, vpage, vslot, vh;  // strides (kh, vh: along KV heads)
   const int32_t* table;
   int64_t max_pages, page_size, slots;
   // Entries that are not pages (-1) read page 0: such slots are never visible to a valid query.
-  int64_t page(int64_t b, int64_t s) const { return std::max<int32_t>(table[b * max_pages + s / page_size], 0); }
-  const scalar_t* key(int64_t b, int64_t h, int64_t s) const {
-    return k + page(b, s) * kpage + (s % page_size) * kslot + h * khead;
-  }
-  const scalar_t* value(int64_t b, int64_t h, int64_t s) const {
-    return v + page(b, s) * vpage + (s % page_size) * vslot + h * vhead;
+  void locate(int64_t b, int64_t s, const scalar_t*& kr, const scalar_t*& vr) const {
+    const int64_t pi = s / page_size, off = s - pi * page_size;
+    const int64_t page = std::max<int32_t>(table[b * max_pages + pi], 0);
+    kr = k + page * kpage + off * kslot;
+    vr = v + page * vpage + off * vslot;
   }
 };
 
@@ -343,41 +348,52 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
   const int64_t n_row_blocks = (R + RB - 1) / RB;
   const int64_t RB_pad = (RB + kRowGroup - 1) / kRowGroup * kRowGroup;
   constexpr bool kIsFloat = std::is_same_v<scalar_t, float>;
+  // K as rows, not a transposed tile (see attend_tile). Chosen by R, not by the task's row block, so the
+  // arithmetic of a row never depends on how many threads split the rows.
+  const bool by_rows = R <= kRowGroup;
+  // Plain decoding (the row path) with at least one request per thread: one task per request covering its
+  // HT = H_kv KV heads. A slot's rows are located once for all heads (one table read on paged caches), and
+  // the heads read each tile's cache rows one after another (adjacent in NHD pages) instead of one head's
+  // rows at a stride of H_kv * D per task. Per-row arithmetic is unchanged, so results do not depend on it.
+  const int64_t HT = by_rows && B >= threads ? H_kv : 1;
+  const int64_t head_rows = RB_pad * D;  // per-head stride of qf and acc
 
-  at::parallel_for(0, heads * n_row_blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> qf(RB_pad * D), acc(RB_pad * D), m(RB_pad), l(RB_pad);
+  at::parallel_for(0, heads / HT * n_row_blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> qf(HT * head_rows), acc(HT * head_rows), m(HT * RB_pad), l(HT * RB_pad);
     // kT starts zeroed: columns of slots never staged are read (and their scores discarded), never garbage.
     std::vector<float> kT(D * kTile, 0.f), vbuf(kIsFloat ? 0 : kTile * D), kbuf(kIsFloat ? 0 : kTile * D);
     std::vector<const float*> vrow(kTile), krow(kTile);
+    std::vector<const scalar_t*> kloc(kTile), vloc(kTile);  // the tile's rows of KV head 0
     std::vector<uint32_t> rows_bits(RB_pad);
 
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t bh = task / n_row_blocks, rb = task % n_row_blocks;
-      const int64_t b = bh / H_kv, kvh = bh % H_kv;
+      const int64_t grp = task / n_row_blocks, rb = task % n_row_blocks;
+      const int64_t b = grp * HT / H_kv, kvh0 = grp * HT % H_kv;
       const int64_t r0 = rb * RB, nr = std::min(R, r0 + RB) - r0;
       const int64_t nr_pad = (nr + kRowGroup - 1) / kRowGroup * kRowGroup;
-      // Heads h = kvh * G + g are adjacent, so the task's rows are contiguous in q and out.
-      const int64_t row_base = bh * R + r0;
-      to_float(qp + row_base * D, qf.data(), nr * D, scale);
-      std::fill(qf.begin() + nr * D, qf.begin() + nr_pad * D, 0.f);  // padding rows: never written out
-      std::fill(acc.begin(), acc.begin() + nr_pad * D, 0.f);
-      std::fill(m.begin(), m.begin() + nr_pad, kNegInf);
-      std::fill(l.begin(), l.begin() + nr_pad, 0.f);
+      for (int64_t hh = 0; hh < HT; ++hh) {
+        // Heads h = kvh * G + g are adjacent, so a task's rows of one KV head are contiguous in q and out.
+        const int64_t row_base = (b * H_kv + kvh0 + hh) * R + r0;
+        float* qh = qf.data() + hh * head_rows;
+        to_float(qp + row_base * D, qh, nr * D, scale);
+        std::fill(qh + nr * D, qh + nr_pad * D, 0.f);  // padding rows: never written out
+        std::fill(acc.begin() + hh * head_rows, acc.begin() + hh * head_rows + nr_pad * D, 0.f);
+        std::fill(m.begin() + hh * RB_pad, m.begin() + hh * RB_pad + nr_pad, kNegInf);
+        std::fill(l.begin() + hh * RB_pad, l.begin() + hh * RB_pad + nr_pad, 0.f);
+      }
       std::fill(rows_bits.begin(), rows_bits.begin() + nr_pad, 0u);
       const int64_t cl = clp[b];
       const int64_t prefix = std::clamp<int64_t>(cl, 0, S);
-      // See attend_tile: K as rows, not a transposed tile. Chosen by R, not by the task's row block, so the
-      // arithmetic of a row never depends on how many threads split the rows.
-      const bool by_rows = R <= kRowGroup;
       const float* const* krows = by_rows ? krow.data() : nullptr;
 
-      // Stage slots s0 + t (t < n) that `take(t)` selects: K transposed into kT (fp32), vrow[t] at V row t
-      // (in the cache for fp32, converted into vbuf otherwise). Once per tile for all rows of the task.
-      auto stage = [&](int64_t s0, int64_t n, auto take) {
+      // Stage KV head kvh's rows of slots s0 + t (t < n) that `take(t)` selects (located in kloc / vloc): K
+      // transposed into kT (fp32), vrow[t] at V row t (in the cache for fp32, converted into vbuf otherwise).
+      // Once per tile and KV head for all rows of the task.
+      auto stage = [&](int64_t kvh, int64_t n, auto take) {
         for (int64_t t = 0; t < n; ++t) {
           if (!take(t)) continue;
-          const scalar_t* ks = kv.key(b, kvh, s0 + t);
-          const scalar_t* vs = kv.value(b, kvh, s0 + t);
+          const scalar_t* ks = kloc[t] + kvh * kv.kh;
+          const scalar_t* vs = vloc[t] + kvh * kv.vh;
           if constexpr (kIsFloat) {
             vrow[t] = vs;
             krow[t] = ks;
@@ -395,11 +411,20 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
           }
         }
       };
+      // One tile for every KV head of the task; bits as attend_tile's.
+      auto tile = [&](int64_t s0, int64_t n, auto take, const uint32_t* bits) {
+        for (int64_t t = 0; t < n; ++t) {
+          if (take(t)) kv.locate(b, s0 + t, kloc[t], vloc[t]);  // slots not taken are never located
+        }
+        for (int64_t hh = 0; hh < HT; ++hh) {
+          stage(kvh0 + hh, n, take);
+          attend_tile(qf.data() + hh * head_rows, nr_pad, D, kT.data(), krows, vrow.data(), n, bits,
+                      acc.data() + hh * head_rows, m.data() + hh * RB_pad, l.data() + hh * RB_pad);
+        }
+      };
 
       for (int64_t s0 = 0; s0 < prefix; s0 += kTile) {
-        const int64_t n = std::min(kTile, prefix - s0);
-        stage(s0, n, [](int64_t) { return true; });
-        attend_tile(qf.data(), nr_pad, D, kT.data(), krows, vrow.data(), n, nullptr, acc.data(), m.data(), l.data());
+        tile(s0, std::min(kTile, prefix - s0), [](int64_t) { return true; }, nullptr);
       }
       // Tree slots cl + j, j < 32 W, inside [0, S); tiles of one mask word so a row's bits are one load.
       const int64_t tree_lo = std::max<int64_t>(cl, 0), tree_hi = std::min<int64_t>(cl + 32 * W, S);
@@ -414,18 +439,21 @@ void tree_attention_kernel(const at::Tensor& q, const Rows& kv, int64_t H_kv, co
           rows_bits[r] = word;
           any |= word;
         }
-        if (any != 0u) {
-          stage(s0, n, [&](int64_t t) { return ((any >> t) & 1u) != 0u; });  // unseen slots are never read
-          attend_tile(qf.data(), nr_pad, D, kT.data(), krows, vrow.data(), n, rows_bits.data(), acc.data(), m.data(),
-                      l.data());
+        if (any != 0u) {  // unseen slots are never read
+          tile(s0, n, [&](int64_t t) { return ((any >> t) & 1u) != 0u; }, rows_bits.data());
         }
         s0 += n;
       }
 
-      scalar_t* orow = op + row_base * D;
-      for (int64_t r = 0; r < nr; ++r) {
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;  // a row without visible keys writes zeros
-        for (int64_t d = 0; d < D; ++d) orow[r * D + d] = static_cast<scalar_t>(acc[r * D + d] * inv);
+      for (int64_t hh = 0; hh < HT; ++hh) {
+        const int64_t row_base = (b * H_kv + kvh0 + hh) * R + r0;
+        scalar_t* orow = op + row_base * D;
+        const float* ah = acc.data() + hh * head_rows;
+        const float* lh = l.data() + hh * RB_pad;
+        for (int64_t r = 0; r < nr; ++r) {
+          const float inv = lh[r] > 0.f ? 1.f / lh[r] : 0.f;  // a row without visible keys writes zeros
+          for (int64_t d = 0; d < D; ++d) orow[r * D + d] = static_cast<scalar_t>(ah[r * D + d] * inv);
+        }
       }
     }
   });

@@ -1,6 +1,6 @@
 // CUDA kernel of specdec::tree_attention: tree queries over the committed KV prefix plus their visible tree
 // keys (contract: specdec_kernels/ops/attention.py), and of specdec::paged_tree_attention, the same over a
-// paged cache (specdec_kernels/ops/paged.py): one kernel, templated on where a K/V row lives (SlotRows).
+// paged cache (specdec_kernels/ops/paged.py): one kernel, templated on where a K/V row lives (kPaged).
 //
 // Grid: x = request x KV head (b * H_kv + kvh), y = tile of kRows query rows, z = prefix split. The rows of
 // a (request, KV head) are the G = H / H_kv heads x Nq queries of its GQA group, contiguous in q (head
@@ -25,9 +25,11 @@
 // partials (accumulator, max, sum); merge_splits_kernel combines them. The tree slots belong to split 0.
 //
 // Paged caches: logical slot s of request b is on page table[b, s / P] at offset s % P (NHD and HND pages
-// differ only in strides); each thread staging a row reads its table entry, and nothing else changes: the
-// visibility rules, split-K and the merge work on logical slots. Table entries are not checked (that would
-// synchronise); an entry < 0 reads page 0, as the CPU kernel does, and a valid query never sees such a slot.
+// differ only in strides); each thread staging a row reads its table entry (page_offsets), and nothing else
+// changes: the visibility rules, split-K and the merge work on logical slots. Logical slots are < 2^31, so
+// the slot arithmetic is 32-bit, s / P a multiply-high by constants computed on the host (specdec/fast_div.h). Table
+// entries are not checked (that would synchronise); an entry < 0 reads page 0, as the CPU kernel does, and a valid
+// query never sees such a slot.
 //
 // Everything is asynchronous on the current stream; the only allocation is the split-K workspace, from
 // PyTorch's caching allocator (legal under CUDA graph capture).
@@ -107,21 +109,18 @@ struct Smem {
   static constexpr int kQ = kL.q, kP = kL.p, kK = kL.k, kV = kL.v, kWords = kL.words, kBytes = kL.bytes;
 };
 
-// Element offset of the K or V row of logical slot s from the head's base (contiguous: request b's KV head,
-// so s * ss; paged: the KV head on page 0, so page * sb + offset * ss with sb the stride along pages).
-template <bool kPaged>
-struct SlotRows {
-  const int32_t* table_row;  // paged: request b's row of the block table
-  int64_t page_size;
-  __device__ __forceinline__ int64_t offset(int64_t s, int64_t sb, int64_t ss) const {
-    if constexpr (kPaged) {
-      const int64_t page = max(table_row[s / page_size], 0);
-      return page * sb + (s % page_size) * ss;
-    } else {
-      return s * ss;
-    }
-  }
-};
+// Paged caches: the element offsets of the K and V rows of request b's logical slot s from its KV head on
+// page 0: page * sp + (s % P) * ss, page = table[b, s / P] (an entry < 0 reads page 0). Slots are < 2^31
+// (attention_launch::paged_size_error), so s / P is 32-bit and by multiply-high; everything else is read from
+// the parameters here, so no page arithmetic stays live in registers across the tile loops.
+__device__ __forceinline__ void page_offsets(const Params& p, int64_t b, int64_t s, int64_t& k, int64_t& v) {
+  const uint32_t s32 = static_cast<uint32_t>(s);
+  const uint32_t page_idx = fast_div(s32, p.page_div);
+  const int64_t in_page = s32 - page_idx * static_cast<uint32_t>(p.page_size);
+  const int64_t page = max(p.table[b * p.max_pages + page_idx], 0);
+  k = page * p.k_sb + in_page * p.k_ss;
+  v = page * p.v_sb + in_page * p.v_ss;
+}
 
 template <typename T, int kDPad, int kRpw, bool kPaged>
 __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p) {
@@ -139,8 +138,10 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
   uint32_t* word_s = reinterpret_cast<uint32_t*>(smem + L::kWords);  // [0, kRows): row words, [kRows]: union
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // 32-bit divisions here, for the split chunk and for pages: a 64-bit `/` is a subroutine call, and ptxas
+  // spills registers live across it.
   const int64_t bh = blockIdx.x;
-  const int64_t b = bh / p.H_kv, kvh = bh % p.H_kv;
+  const int64_t b = blockIdx.x / static_cast<uint32_t>(p.H_kv), kvh = blockIdx.x % static_cast<uint32_t>(p.H_kv);
   const int row0 = blockIdx.y * kRows;
   const int split = blockIdx.z;
   const int D = p.D;
@@ -156,7 +157,6 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
 
   const T* k_head = static_cast<const T*>(p.k) + (kPaged ? 0 : b * p.k_sb) + kvh * p.k_sh;
   const T* v_head = static_cast<const T*>(p.v) + (kPaged ? 0 : b * p.v_sb) + kvh * p.v_sh;
-  const SlotRows<kPaged> rows{kPaged ? p.table + b * p.max_pages : nullptr, p.page_size};
 
   // Stage slots s0 + t (t < kTile) for which take(t) holds; zeros elsewhere and beyond D.
   auto stage = [&](int64_t s0, auto take) {
@@ -165,22 +165,29 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
       T* kd = k_s + t * kKStride + d0;
       T* vd = v_s + t * kDPad + d0;
       const bool ok = take(t);
+      int64_t k_row = 0, v_row = 0;
+      if constexpr (kPaged) {
+        // Slots not taken read no table entry (tree slots past S would index past the request's row).
+        if (ok) page_offsets(p, b, s0 + t, k_row, v_row);
+      } else {
+        k_row = (s0 + t) * p.k_ss;
+        v_row = (s0 + t) * p.v_ss;
+      }
       if (p.vec_ok) {
         // D is a multiple of kVec here, so a vector is either wholly inside [0, D) or wholly padding.
         uint4 kx = make_uint4(0u, 0u, 0u, 0u), vx = kx;
         if (ok && d0 < D) {
-          kx = *reinterpret_cast<const uint4*>(k_head + rows.offset(s0 + t, p.k_sb, p.k_ss) + d0);
-          vx = *reinterpret_cast<const uint4*>(v_head + rows.offset(s0 + t, p.v_sb, p.v_ss) + d0);
+          kx = *reinterpret_cast<const uint4*>(k_head + k_row + d0);
+          vx = *reinterpret_cast<const uint4*>(v_head + v_row + d0);
         }
         *reinterpret_cast<uint4*>(kd) = kx;
         *reinterpret_cast<uint4*>(vd) = vx;
       } else {
-        // Slots not taken read no table entry (tree slots past S would index past the request's row).
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const bool in = ok && d0 + e < D;
-          kd[e] = in ? k_head[rows.offset(s0 + t, p.k_sb, p.k_ss) + d0 + e] : T(0.f);
-          vd[e] = in ? v_head[rows.offset(s0 + t, p.v_sb, p.v_ss) + d0 + e] : T(0.f);
+          kd[e] = in ? k_head[k_row + d0 + e] : T(0.f);
+          vd[e] = in ? v_head[v_row + d0 + e] : T(0.f);
         }
       }
     }
@@ -264,7 +271,8 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const Params p
   const int64_t prefix = cl < 0 ? 0 : (cl > p.S ? p.S : cl);
   int64_t start = 0, end = prefix;
   if (p.num_splits > 1) {
-    const int64_t per = (prefix + p.num_splits - 1) / p.num_splits;
+    // prefix <= cache_len < 2^31 and num_splits <= 32: 32-bit.
+    const int64_t per = static_cast<uint32_t>(prefix + p.num_splits - 1) / static_cast<uint32_t>(p.num_splits);
     const int64_t chunk = (per + kTile - 1) / kTile * kTile;
     start = min(static_cast<int64_t>(split) * chunk, prefix);
     end = min(start + chunk, prefix);
@@ -498,8 +506,10 @@ void paged_tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_pages, c
   const int64_t H_kv = k_pages.size(head), P = k_pages.size(slot), max_pages = block_table.size(1);
   const int64_t W = tree_mask.size(2);
   const char* too_large = attention_launch::size_error(B, H, H_kv, Nq, W);
+  if (too_large == nullptr) too_large = attention_launch::paged_size_error(max_pages, P);
   TORCH_CHECK(too_large == nullptr, "specdec::paged_tree_attention: sizes out of the kernel's range (", too_large,
-              "): H / H_kv * Nq = ", (H / H_kv) * Nq, ", W = ", W, ", B * H_kv = ", B * H_kv);
+              "): H / H_kv * Nq = ", (H / H_kv) * Nq, ", W = ", W, ", B * H_kv = ", B * H_kv,
+              ", max_pages * page_size = ", max_pages * P, " (at most 2^31 - 1)");
   const int elem_bytes = static_cast<int>(q.element_size());
   const attention_launch::Plan plan =
       attention_launch::plan(B, H, H_kv, Nq, D, max_pages * P, elem_bytes, sm_count(q.get_device()));

@@ -317,13 +317,6 @@ KNOWN_CUDA_SPILLS = {
     ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 0>", 90): 4,
     ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 1>", 90): 4,
     ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 2>", 90): 4,
-    # The paged decode variant of tree_attention_kernel (one row per warp, K/V rows through the block table):
-    # the page lookup of each staged row holds a few more registers live. To remove by computing each tile's
-    # page offsets once per tile instead of once per row (issue 21's follow-up).
-    ("tree_attention_kernel<fp32, 64, 1, true>", 80): 8,
-    ("tree_attention_kernel<fp16, 256, 1, true>", 80): 8,
-    ("tree_attention_kernel<fp32, 128, 1, true>", 90): 24,
-    ("tree_attention_kernel<fp32, 256, 1, true>", 90): 8,
 }
 # Triton: (case of tests/triton_compile_util.py, kernel, config, arch); all at 255 registers but one.
 KNOWN_TRITON_SPILLS = {

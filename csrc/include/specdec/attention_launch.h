@@ -5,6 +5,8 @@
 // the kernels (tests/cuda_emulation/) both use them, so what runs emulated is what would launch on a GPU.
 #pragma once
 
+#include "specdec/fast_div.h"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +24,7 @@ inline constexpr int64_t kMinSplitSlots = 512;  // cache slots per split at leas
 inline constexpr int kLargestDPad = 256;
 inline constexpr size_t kDefaultSmemBytes = 48 * 1024;  // dynamic shared memory without the opt-in attribute
 inline constexpr int64_t kMaxGridY = 65535;
+inline constexpr int64_t kMaxPagedSlots = (int64_t{1} << 31) - 1;  // logical slots of a paged request
 
 // Byte offsets of the dynamic shared memory of tree_attention_kernel<T, d_pad, rpw> for elements of
 // elem_bytes bytes. Every section starts 16-byte aligned (d_pad * elem_bytes is a multiple of 128).
@@ -83,6 +86,14 @@ inline const char* size_error(int64_t B, int64_t H, int64_t H_kv, int64_t Nq, in
   return nullptr;
 }
 
+// Whether paged_tree_attention's kernel takes pages of page_size slots under a block table of max_pages
+// columns: its slot arithmetic is 32-bit (logical slots < 2^31, as cache_len's int32 already bounds the
+// prefix). Returns nullptr when it does, else what is too large.
+inline const char* paged_size_error(int64_t max_pages, int64_t page_size) {
+  if (page_size > kMaxPagedSlots || max_pages > kMaxPagedSlots / page_size) return "max_pages * page_size slots";
+  return nullptr;
+}
+
 struct Plan {
   int64_t R;              // query rows per (request, KV head): the G = H / H_kv heads x Nq queries of its group
   int rpw;                // rows per warp
@@ -133,8 +144,9 @@ struct Params {
   const int32_t* table;          // paged caches: block table int32 [B, max_pages]; nullptr: contiguous
   int64_t max_pages, page_size;  // paged caches only
   int32_t H_kv, Nq, W, R, D, num_splits;
-  float qk_scale;  // scale * log2(e)
-  bool vec_ok;     // every K/V row start is 16-byte aligned and D is a whole number of 16-byte vectors
+  float qk_scale;       // scale * log2(e)
+  bool vec_ok;          // every K/V row start is 16-byte aligned and D is a whole number of 16-byte vectors
+  FastDivU32 page_div;  // paged caches: division by page_size
 };
 
 // A K or V cache [B, H_kv, S, D] with unit stride along D: its data and element strides along B, H_kv, S.
@@ -189,7 +201,8 @@ struct Pages {
 
 // The parameters of the plan's launches over paged caches read through `table` (int32 [B, max_pages],
 // contiguous): logical slot s of request b is on page table[b, s / page_size] at offset s % page_size. The
-// plan is that of the logical cache of max_pages * page_size slots; the rest as make_params.
+// plan is that of the logical cache of max_pages * page_size slots (paged_size_error must have accepted
+// them); the rest as make_params.
 inline Params make_paged_params(const Plan& plan, const void* q, const Pages& k, const Pages& v, const int32_t* table,
                                 int64_t max_pages, int64_t page_size, const int32_t* cache_len, const uint32_t* mask,
                                 void* out, int64_t H_kv, int64_t Nq, int64_t D, int64_t W, double scale,
@@ -199,6 +212,7 @@ inline Params make_paged_params(const Plan& plan, const void* q, const Pages& k,
   p.table = table;
   p.max_pages = max_pages;
   p.page_size = page_size;
+  p.page_div = fast_div_u32(static_cast<uint32_t>(page_size));
   return p;
 }
 
