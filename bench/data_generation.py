@@ -27,14 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from specdec.dtypes import DTYPE_NAMES, torch_dtype
-from specdec_kernels import cpu_info
 
-from common import env_info, print_table, write_csv
-
-
-def cpu_flags() -> str:
-    """The ISA flags that decide CPU matmul speed (avx2, avx512f, avx512_bf16, amx_bf16), as present."""
-    return " ".join(cpu_info.cpu_flags(("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")) or [])
+from common import cpu_flags, env_info, print_table, write_csv
 
 
 def first_turn_prompts(tokenizer, count: int, skip: int, max_len: int) -> list:

@@ -27,17 +27,11 @@ from specdec.loading import load_target
 from specdec.target import TargetModel
 from specdec.target.kernel_linears import plain_linears, use_kernel_linears
 from specdec.target.prepack import prepack_available, prepack_linears, unpack_linears
-from specdec_kernels import cpu_info
 from specdec_kernels.ops import linear as lin
 
-from common import OUT_DIR, RESULTS_DIR, env_info
+from common import OUT_DIR, RESULTS_DIR, cpu_flags, env_info, load_average
 
 ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SPECDEC_LINEAR_ISA", "OMP_NUM_THREADS")
-ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def load_average() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run_provider(model, provider: str, Ns, context: int, repeats: int) -> dict:
@@ -64,7 +58,7 @@ def run_provider(model, provider: str, Ns, context: int, repeats: int) -> dict:
 def markdown(table, args, providers, load_before, load_after) -> str:
     env = env_info("cpu")
     set_vars = ", ".join(f"{v}={os.environ[v]}" for v in ENV_VARS if os.environ.get(v)) or "none"
-    flags = " ".join(cpu_info.cpu_flags(ISA_FLAGS) or [])
+    flags = cpu_flags()
     lines = [
         f"# The target's verify cost against the tree size N{' (' + args.tag + ')' if args.tag else ''}",
         "",
