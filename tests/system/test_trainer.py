@@ -226,6 +226,27 @@ def test_kill_and_resume_is_bitwise(tmp_path, setup, kind, stages, second):
     assert all(torch.equal(a[k], v) for k, v in load_weights(out).items())
 
 
+def test_val_every_validates_inside_epochs_without_changing_the_run(tmp_path, setup):
+    # 8 steps per epoch, 2 epochs: validation at step 0, every 3 steps and at the two epoch ends
+    kw = dict(kind="fspad", epochs=2, checkpoint_every=100, val_steps=2, keep_checkpoints=0)
+    plain = run(tmp_path, setup, "plain", **kw)
+    every = run(tmp_path, setup, "every", val_every=3, **kw)
+    val = read_csv(os.path.join(every, "val_log.csv"))
+    assert [int(r["step"]) for r in val] == [0, 3, 6, 8, 9, 12, 15, 16]
+    assert [float(r["epoch"]) for r in val] == [0, 0.375, 0.75, 1, 1.125, 1.5, 1.875, 2]
+    a, b = load_weights(plain), load_weights(every)
+    assert all(torch.equal(a[k], b[k]) for k in a), "validating in between changed the trained weights"
+    ends = read_csv(os.path.join(plain, "val_log.csv"))
+    assert [r["val_loss"] for r in ends] == [r["val_loss"] for r in val if r["step"] in ("0", "8", "16")]
+    # killed after step 4 (the step-3 validation was checkpointed) and resumed: no validation twice
+    with pytest.raises(SimulatedKill):
+        run(tmp_path, setup, "killed", val_every=3, stop_after=4, **kw)
+    out = run(tmp_path, setup, "killed", val_every=3, resume=True, **kw)
+    assert [r["val_loss"] for r in read_csv(os.path.join(out, "val_log.csv"))] == [r["val_loss"] for r in val]
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(val_every=0)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, setup):
     with pytest.raises(SimulatedKill):
         run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2, stop_after=3)

@@ -201,6 +201,14 @@ def _add_run_arguments(p) -> None:
     a("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     a("--val-steps", type=_int(1), default=5, metavar="K", help="draft steps whose acceptance rates validation reports")
     a("--val-sequences", type=_int(1), default=None, metavar="N", help="validate on at most N sequences (default: all)")
+    a(
+        "--val-every",
+        type=_int(1),
+        default=None,
+        metavar="K",
+        help="also validate (and checkpoint) every K steps of a stage, not only at the end of each epoch: the "
+        "points of a learning curve within one pass (default: epoch ends only)",
+    )
     a("--no-progress", action="store_true", help="no progress bar or validation lines")
     a("--no-plot", action="store_true", help="do not write curves.png")
 
@@ -414,6 +422,7 @@ def _train_config(args, *, data: str, out: str, dtype: str, device) -> dict:
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
         val_steps=args.val_steps,
+        val_every=args.val_every,
         val_sequences=args.val_sequences,
         progress=not args.no_progress,
         plot=not args.no_plot,

@@ -27,6 +27,7 @@ _FREE_FIELDS = (
     "val_sequences",
     "val_batch_size",
     "validate_at_start",
+    "val_every",
 )
 
 
@@ -68,7 +69,9 @@ class TrainConfig:
         checkpoint in out/checkpoints.
     val_steps: draft steps of the acceptance measurement; val_sequences: cap on the validation
         sequences (None = all); val_batch_size (None = batch_size); validate_at_start: also validate the
-        initial head (step 0).
+        initial head (step 0); val_every: also validate (and checkpoint) every K optimizer steps of a stage,
+        besides the end of each epoch (None = epoch ends only): the points of a learning curve inside
+        one pass over the data.
     progress: tqdm bar; plot: write curves.png. stop_after: raise SimulatedKill after this many
         optimizer steps of this call (tests).
     """
@@ -106,6 +109,7 @@ class TrainConfig:
     val_sequences: Optional[int] = None
     val_batch_size: Optional[int] = None
     validate_at_start: bool = True
+    val_every: Optional[int] = None
     progress: bool = True
     plot: bool = True
     stop_after: Optional[int] = None
@@ -134,7 +138,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "an integer >= 1", v)
-        for name in ("max_steps", "max_length", "draft_vocab", "val_sequences", "val_batch_size", "stop_after"):
+        optional = ("max_steps", "max_length", "draft_vocab", "val_sequences", "val_batch_size", "val_every")
+        for name in optional + ("stop_after",):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 bad(name, "None or an integer >= 1", v)

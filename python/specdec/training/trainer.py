@@ -303,7 +303,7 @@ class _Run:
 
     def _train_epochs(self, st: _Stage, bar) -> None:
         """Optimizer steps until the stage's steps or epochs run out; validation and a checkpoint at the end
-        of each epoch, a checkpoint every cfg.checkpoint_every steps."""
+        of each epoch (and every cfg.val_every steps), a checkpoint every cfg.checkpoint_every steps."""
         cfg = self.cfg
         while st.step < self.total_steps and st.epoch < cfg.epochs:
             order = epoch_order(len(self.inputs.train_ds), cfg.seed, st.number, st.epoch)
@@ -312,7 +312,12 @@ class _Run:
                 self.train_log.write(row)
                 _show_step(bar, row)
                 at_end = st.position >= self.steps_per_epoch or st.step >= self.total_steps
-                if st.step % cfg.checkpoint_every == 0 and not at_end:
+                if cfg.val_every is not None and st.step % cfg.val_every == 0 and not at_end:
+                    # checkpointed right after, so a resume does not validate (and log) this step twice
+                    epoch = round(st.epoch + st.position / self.steps_per_epoch, 4)
+                    self._validate(st.head, st.val_loss, st.number, st.index, epoch=epoch, step=st.step)
+                    self._checkpoint(st, done=False)
+                elif st.step % cfg.checkpoint_every == 0 and not at_end:
                     self._checkpoint(st, done=False)
                 if cfg.stop_after is not None and self.steps_this_call >= cfg.stop_after:
                     raise SimulatedKill(f"stopped after {self.steps_this_call} steps (stop_after)")
@@ -398,7 +403,7 @@ class _Run:
             batch["hidden"] = hidden.to(self.dtype)
         return batch
 
-    def _validate(self, head, loss_fn, stage: int, stage_index: int, epoch: int, step: int) -> Optional[dict]:
+    def _validate(self, head, loss_fn, stage: int, stage_index: int, epoch: float, step: int) -> Optional[dict]:
         """Validation loss and acceptance of `head` on the validation split (this rank's share), logged to
         val_log.csv and summary.json; None without validation data."""
         cfg, dist, val_ds = self.cfg, self.dist, self.inputs.val_ds
@@ -483,7 +488,7 @@ def _show_step(bar, row: dict) -> None:
     )
 
 
-def _print_validation(cfg: TrainConfig, stage: int, epoch: int, step: int, res: dict) -> None:
+def _print_validation(cfg: TrainConfig, stage: int, epoch: float, step: int, res: dict) -> None:
     accs = " ".join(f"{res[f'acc_{k}']:.3f}" for k in range(1, cfg.val_steps + 1))
     print(
         f"[{cfg.kind} stage {stage}] epoch {epoch} step {step}: val_loss {res['val_loss']:.4f}, "
