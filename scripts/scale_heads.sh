@@ -7,6 +7,12 @@
 #   THREADS=1 STEP=data bash scripts/scale_heads.sh     # build (or continue) the data; THREADS=2 when the
 #                                                       # machine is otherwise idle
 #   STEP=status bash scripts/scale_heads.sh             # where the data build stands
+#   THREADS=1 STEP=train KIND=fspad bash scripts/scale_heads.sh    # a head's curve run (KIND=eagle|fspad|griffin;
+#                                                       # two kinds side by side with THREADS=1 each)
+#   THREADS=1 STEP=stages bash scripts/scale_heads.sh   # GRIFFIN's stages 2-3 on its stage-1 curve run
+#   THREADS=1 STEP=control ARM=griffin|fspad bash scripts/scale_heads.sh   # the same compute, one-step passes
+#   STEP=curve bash scripts/scale_heads.sh              # bench/results/scaling/ from the runs so far
+#   DRY_RUN=1 STEP=... bash scripts/scale_heads.sh      # print a step's command without running it
 #
 # The data: first turns of every usable ShareGPT conversation (--max-turns 1, no --num-prompts), the
 # target's greedy answers (at most 192 tokens, 512 per sequence) by continuous batching on specdec's KV
@@ -14,17 +20,88 @@
 # the faster dtype of the machine that builds it (bf16 with AVX-512 BF16 / AMX, fp32 on AVX2-only CPUs).
 # The held-out split is the hash-chosen 2% of conversations, as for the shipped heads' 5,000 (whose
 # held-out conversations it contains).
+#
+# The runs (under $WORK/runs): every head from scratch with the shipped heads' recipe (8,192-token draft
+# vocabulary, bf16 autocast, 8 sequences per step, peak lr 3e-4, train_heads.sh) for EPOCHS passes (default 4),
+# validated on 96 held-out sequences at step 0 and every quarter epoch: the learning curve against tokens seen
+# (bench/scaling_curve.py; inside the first pass the points measure data, after it epochs). GRIFFIN's run is
+# its stage 1 (one-step training). Then the papers' ordering under control, from the converged stage 1:
+#   stages  GRIFFIN's stages 2 and 3 (multi-step training masked where drafting diverged), S steps each
+#           (S = a quarter epoch), at the recipe's 0.6x peak lr; stage j drafts j steps per token, so this
+#           costs about (2 + 3) S = 5 S one-step steps;
+#   control the same 5 S steps of one-step training from the same stage-1 head (ARM=griffin, the clean
+#           control: same architecture) or from FSPAD's curve run (ARM=fspad, the issue's comparison),
+#           same peak lr and schedule shape.
 set -euo pipefail
+shopt -s inherit_errexit
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${WORK:-${SPECDEC_HOME:-$HOME/.cache/specdec}}"
 DATA="$WORK/data/sharegpt-all"
 THREADS="${THREADS:-2}"
 STEP="${STEP:-data}"
+RUNS="$WORK/runs"
+EPOCHS="${EPOCHS:-4}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 export OMP_NUM_THREADS="$THREADS"
 export PYTHONPATH="$ROOT/python:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --checkpoint-every 200 --resume
+  --val-sequences 96 --no-progress)
+
+# Optimizer steps in 1/D of an epoch (the train split's sequences / 8 / D); refuses an unfinished train split.
+epoch_part() {
+  python3 - "$DATA/manifest.json" "$1" <<'PY'
+import json, os, sys
+if not os.path.isfile(sys.argv[1]):
+    sys.exit(f"scale_heads.sh: no data yet ({sys.argv[1]}): run STEP=data first")
+t = json.load(open(sys.argv[1]))["splits"]["train"]
+have, want = len(t.get("shards") or []), t.get("num_shards")
+if want is None or have < want or not t.get("sequences"):
+    sys.exit(f"scale_heads.sh: the train split is not built yet ({have} of {want} shards): run STEP=data first")
+print(t["sequences"] // 8 // int(sys.argv[2]))
+PY
+}
+
+train() {
+  echo "+ specdec train $*" >&2
+  if [[ "${DRY_RUN:-0}" != 1 ]]; then "$PY" -m specdec.cli train "$@"; fi
+}
+
 case "$STEP" in
+  train)
+    KIND="${KIND:?STEP=train needs KIND=eagle, fspad or griffin}"
+    quarter=$(epoch_part 4)
+    name="scale-$KIND"
+    [[ "$KIND" == griffin ]] && name="scale-griffin-s1"
+    train --kind "$KIND" --out "$RUNS/$name" --epochs "$EPOCHS" --lr 3e-4 --val-every "$quarter" "${RECIPE[@]}"
+    ;;
+  stages)
+    quarter=$(epoch_part 4)
+    train --kind griffin --out "$RUNS/scale-griffin-s23" --init "$RUNS/scale-griffin-s1" --stages 2,3 --epochs 1 \
+      --max-steps "$quarter" --lr 1.8e-4 --val-every "$((quarter / 2))" "${RECIPE[@]}"
+    ;;
+  control)
+    ARM="${ARM:?STEP=control needs ARM=griffin or fspad}"
+    quarter=$(epoch_part 4)
+    from="scale-$ARM"
+    [[ "$ARM" == griffin ]] && from="scale-griffin-s1"
+    train --kind "$ARM" --out "$RUNS/scale-$ARM-more" --init "$RUNS/$from" --epochs 2 --max-steps "$((5 * quarter))" \
+      --seed 1 --lr 1.8e-4 --val-every "$((quarter / 2))" "${RECIPE[@]}"
+    ;;
+  curve)
+    heads=()
+    for h in eagle:scale-eagle fspad:scale-fspad,scale-fspad-more griffin:scale-griffin-s1,scale-griffin-s23 \
+      griffin-one-step:scale-griffin-s1,scale-griffin-more; do
+      runs=""
+      IFS=, read -ra parts <<<"${h#*:}"
+      for r in "${parts[@]}"; do
+        if [[ -f "$RUNS/$r/summary.json" ]]; then runs="${runs:+$runs,}$RUNS/$r"; fi
+      done
+      if [[ -n "$runs" ]]; then heads+=(--head "${h%%:*}=$runs"); fi
+    done
+    if [[ ${#heads[@]} -eq 0 ]]; then echo "scale_heads.sh: no runs under $RUNS yet" >&2; exit 1; fi
+    "$PY" "$ROOT/bench/scaling_curve.py" "${heads[@]}" --tag "all ShareGPT first turns"
+    ;;
   data)
     "$PY" -m specdec.cli data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192 \
       --batch-size 32 --shard-size 250 --threads "$THREADS" --no-progress
@@ -57,7 +134,7 @@ for split in ("train", "val"):
 PY
     ;;
   *)
-    echo "scale_heads.sh: unknown STEP=$STEP (data, status)" >&2
+    echo "scale_heads.sh: unknown STEP=$STEP (data, status, train, stages, control, curve)" >&2
     exit 2
     ;;
 esac

@@ -247,6 +247,32 @@ def test_val_every_validates_inside_epochs_without_changing_the_run(tmp_path, se
         TrainConfig(val_every=0)
 
 
+def test_scaling_curve_follows_a_lineage(tmp_path, setup):
+    # bench/scaling_curve.py over a 2-run lineage (the second starts from the first's weights): the points
+    # of both runs in order, tokens and epochs adding up along it, expected taus from the coverage
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import scaling_curve
+
+    kw = dict(kind="fspad", checkpoint_every=100, val_steps=2, val_every=4, progress=False)
+    first = run(tmp_path, setup, "first", epochs=1, **kw)
+    second = run(tmp_path, setup, "second", epochs=1, init=first, seed=1, **kw)
+    out = tmp_path / "curve"
+    scaling_curve.main(["--head", f"fspad={first},{second}", "--out-dir", str(out)])
+    rows = read_csv(out / "scaling.csv")
+    points = [("first", 0), ("first", 4), ("first", 8), ("second", 4), ("second", 8)]
+    assert [(r["run"], int(r["step"])) for r in rows] == points
+    tokens = [int(r["tokens"]) for r in rows]
+    assert tokens[0] == 0 and all(a < b for a, b in zip(tokens, tokens[1:]))
+    per_run = sum(int(r["tokens"]) for r in read_csv(os.path.join(first, "train_log.csv")))
+    assert tokens[2] == per_run and tokens[4] == per_run + sum(
+        int(r["tokens"]) for r in read_csv(os.path.join(second, "train_log.csv"))
+    )
+    assert [float(r["epochs"]) for r in rows] == [0, 0.5, 1, 1.5, 2]
+    assert all(r["token_passes"] == r["tokens"] for r in rows)  # one-step training: one pass per token
+    assert all(float(r["tau_8"]) >= 1 and float(r["tau_papers"]) >= float(r["tau_8"]) for r in rows)
+    assert "## fspad" in (out / "scaling.md").read_text()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, setup):
     with pytest.raises(SimulatedKill):
         run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2, stop_after=3)
