@@ -11,7 +11,7 @@
 #                                                       # two kinds side by side with THREADS=1 each)
 #   THREADS=1 STEP=stages bash scripts/scale_heads.sh   # GRIFFIN's stages 2-3 on its stage-1 curve run
 #   THREADS=1 STEP=control ARM=griffin|fspad bash scripts/scale_heads.sh   # the same compute, one-step passes
-#   STEP=curve bash scripts/scale_heads.sh              # bench/results/scaling/ from the runs so far
+#   STEP=curve bash scripts/scale_heads.sh              # the scaling table and plot (bench/scaling_curve.py)
 #   DRY_RUN=1 STEP=... bash scripts/scale_heads.sh      # print a step's command without running it
 #
 # The data: first turns of every usable ShareGPT conversation (--max-turns 1, no --num-prompts), the
