@@ -11,6 +11,7 @@ import torch
 
 from specdec.decoding import budget
 from specdec.decoding.budget import (
+    acceptance_of,
     choose_tree,
     default_candidates,
     expected_tokens,
@@ -374,6 +375,48 @@ def test_auto_tree_weighs_plain_decoding(monkeypatch, verify, level, acceptance,
     assert (got[:3] == budget.PLAIN) == (want == "plain")
     assert got == ((*budget.PLAIN, 1 / verify[1]) if want == "plain" else best)
     assert budget.auto_tree(None, None, acceptance=acceptance, candidates=cands, allow_plain=False) == best
+
+
+def test_acceptance_at_a_temperature_reads_the_sampled_coverage():
+    row = {"acc_1": 0.6, "cov_1": [0.6, 0.8], "scov_1": [0.2, 0.3], "acc_2": 0.5, "cov_2": None, "scov_2": [0.1, 0.2]}
+    row["sampled_temperature"] = 1.0
+    assert acceptance_of(row) == [[0.6, 0.8], 0.5]  # greedy: unchanged
+    assert acceptance_of(row, 1.0) == [[0.2, 0.3], [0.1, 0.2]]
+    assert acceptance_of(row, 2.0) == acceptance_of(row, 1.0)  # beyond the measured temperature: its values
+    half = acceptance_of(row, 0.5)  # in between: a linear mix (top-1 rate where there is no greedy coverage)
+    assert half[0] == pytest.approx([0.4, 0.55]) and half[1] == pytest.approx([0.3, 0.35])
+    old = {"acc_1": 0.6, "cov_1": [0.6, 0.8]}  # a head validated before scov: the greedy entries
+    assert acceptance_of(old, 1.0) == [[0.6, 0.8]]
+    with pytest.raises(ValueError, match="temperature"):
+        acceptance_of(row, -1.0)
+
+
+def test_auto_tree_at_a_temperature_uses_the_sampled_coverage(monkeypatch):
+    """A head whose target spreads its mass at T = 1: a tree pays at T = 0, plain decoding at T = 1, and
+    generate passes its temperature to the budget."""
+    import importlib
+
+    gen_mod = importlib.import_module("specdec.decoding.generate")  # the module (the package exports the function)
+
+    verify = {1: 0.050, 4: 0.058, 8: 0.068, 16: 0.090}
+    monkeypatch.setattr(budget, "measure_verify_cost", lambda target, Ns, **kw: {n: verify[n] for n in Ns})
+    monkeypatch.setattr(budget, "measure_draft_cost", lambda head, target, ks, **kw: {k: 0.006 for k in ks})
+    cov, scov = [0.6, 0.75, 0.8, 0.85], [0.2, 0.25, 0.28, 0.3]
+    result = {"sampled_temperature": 1.0}
+    for k in (1, 2, 3):
+        result.update({f"acc_{k}": cov[0], f"cov_{k}": cov, f"scov_{k}": scov})
+
+    class Head:
+        class config:
+            extra = {"specdec_validation": {"result": result}}
+
+    cands = [(4, 2, 2), (8, 2, 4), (16, 3, 4)]
+    assert budget.auto_tree(None, Head(), candidates=cands)[:3] != budget.PLAIN
+    assert budget.auto_tree(None, Head(), candidates=cands, temperature=1.0)[:3] == budget.PLAIN
+    seen = []
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: seen.append(kw["temperature"]) or (*budget.PLAIN, 1.0))
+    gen_mod._auto_tree("auto", None, Head(), 10, False, 0.7)
+    assert seen == [0.7]
 
 
 def test_generate_auto_plain_is_generate_baseline(monkeypatch):

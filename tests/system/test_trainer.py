@@ -373,11 +373,16 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
     batch["hidden"] = batch["hidden"].float()
     steps, topk, bins = 3, 4, 5
     cal = torch.zeros(steps, bins, 3, dtype=torch.float64)
-    got = acceptance_counts(head, batch, steps, topk, calibration=cal)
+    smp = torch.zeros(steps, topk, dtype=torch.float64)
+    got = acceptance_counts(head, batch, steps, topk, calibration=cal, sampled=smp)
+    from specdec.training.validation import SAMPLED_TEMPERATURE, TARGET_TOP
+
+    assert TARGET_TOP < VOCAB  # the lookup among the target's top tokens is exercised
 
     ids, F, lm, am = batch["input_ids"], batch["hidden"], batch["loss_mask"], batch["attention_mask"]
     want = torch.zeros(2 + topk, steps, dtype=torch.int64)
     want_cal = torch.zeros(steps, bins, 3, dtype=torch.float64)
+    want_smp = torch.zeros(steps, topk, dtype=torch.float64)
     with torch.no_grad():
         for b in range(ids.shape[0]):
             T = int(am[b].sum())
@@ -400,10 +405,25 @@ def test_acceptance_counts_match_step_by_step_drafting(tmp_path, setup):
                         want[1 + r, k - 1] += int(int(greedy[nxt - 1]) in best[:r])
                     p1 = float(torch.softmax(out.logits[0, -1].double(), -1).max())  # the draft's confidence
                     want_cal[k - 1, min(int(p1 * bins), bins - 1)] += torch.tensor([1.0, p1, float(ok)])
+                    # sampled coverage: the target's probability (at T, among its TARGET_TOP best) of the r best
+                    pt = torch.softmax(model.lm_head(F[b, nxt - 1]).double() / SAMPLED_TEMPERATURE, -1)
+                    top = set(pt.topk(TARGET_TOP).indices.tolist())
+                    mass = [float(pt[i]) if i in top else 0.0 for i in best]
+                    want_smp[k - 1] += torch.tensor(mass, dtype=torch.float64).cumsum(0)
                     alive = ok and int(ids[b, nxt]) == int(greedy[nxt - 1])
                     feats = feats + [out.hidden[0, -1]]
     assert torch.equal(got.cpu(), want), (got, want)
     torch.testing.assert_close(cal, want_cal, atol=1e-5, rtol=0)
+    torch.testing.assert_close(smp, want_smp, atol=1e-4, rtol=0)
+    from specdec.training.validation import summarize_sampled
+
+    ss = summarize_sampled(smp, got)
+    assert ss["sampled_temperature"] == SAMPLED_TEMPERATURE
+    for k in range(1, steps + 1):
+        assert ss[f"scov_{k}"] == pytest.approx((want_smp[k - 1] / float(want[0, k - 1])).tolist(), abs=1e-5)
+        assert all(a <= b + 1e-12 for a, b in zip(ss[f"scov_{k}"], ss[f"scov_{k}"][1:]))  # more ranks hold more
+    with pytest.raises(ValueError, match=r"sampled: expected a float64 \[3, 4\]"):
+        acceptance_counts(head, batch, steps, topk, sampled=torch.zeros(steps, topk + 1, dtype=torch.float64))
     assert cal[:, :, 0].sum(1).tolist() == want[0].tolist()  # every counted anchor in exactly one bin
     from specdec.training.validation import summarize_calibration
 

@@ -28,7 +28,12 @@ Two ingredients (the idea behind Sequoia's hardware-aware trees and EAGLE-2's pe
    - expected tokens per pass = 1 (the bonus / correction token) + the sum of the tree nodes' values
      (EAGLE-2's and Sequoia's expected accepted length under independent per-node acceptance).
 
-   It models greedy verification (temperature 0); sampling accepts a little more per node.
+   That is greedy verification's (temperature 0). Sampling verification accepts a node's rank-r child with
+   the target's probability of its token, so at T > 0 the model reads the sampled coverage scov_d (the
+   target mass at T = 1 that the draft's r best hold, specdec.training.validation) where the head records
+   it, mixed with the greedy one for 0 < T < 1 (acceptance_of). Measured on the default target: well
+   below the greedy coverage (a chatty target spreads its mass at T = 1), which is why trees that pay at
+   T = 0 can lose at T = 1.
 
 `choose_tree` then maximises expected_tokens(N, depth, k) / (draft_time(N, depth, k) + verify_time(N)) over
 a grid of candidates. Verify times between measured N are interpolated linearly (extrapolated from the
@@ -239,39 +244,56 @@ def choose_tree(
 # -- acceptance rates of a head -----------------------------------------------------------------------
 
 
-def acceptance_of(row: dict) -> Optional[list]:
+def acceptance_of(row: dict, temperature: float = 0.0) -> Optional[list]:
     """The per-depth acceptance entries of one validation result (specdec.training.validation.summarize):
     depth d's top-k coverage list cov_d where recorded, else its top-1 rate acc_d; None if it has none.
     Stops at the first depth without data (nan or None).
 
+    temperature > 0 (sampling verification): where the row holds the sampled coverage scov_d (measured at
+    its "sampled_temperature", 1.0), the entries are (1 - w) cov_d + w scov_d with w = min(1, temperature /
+    that temperature), a linear guess between the two measured ends; rows without scov_d give the greedy
+    entries (an optimistic model for sampling on chatty targets).
+
     >>> acceptance_of({"acc_1": 0.5, "cov_1": [0.5, 0.6], "acc_2": 0.4, "acc_3": float("nan")})
     [[0.5, 0.6], 0.4]
+    >>> acceptance_of({"acc_1": 0.5, "cov_1": [0.5, 0.7], "scov_1": [0.3, 0.5], "sampled_temperature": 1.0}, 1.0)
+    [[0.3, 0.5]]
     """
+    if temperature < 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature}")
+    w = 0.0
+    if temperature > 0 and row.get("scov_1"):
+        w = min(1.0, temperature / float(row.get("sampled_temperature") or 1.0))
     out = []
     k = 1
     while f"acc_{k}" in row:
-        a, cov = row[f"acc_{k}"], row.get(f"cov_{k}")
+        a, cov, scov = row[f"acc_{k}"], row.get(f"cov_{k}"), row.get(f"scov_{k}")
         if a is None or not (0.0 <= float(a) <= 1.0):  # nan: no data at that depth
             break
-        out.append([float(c) for c in cov] if cov else float(a))
+        entry = [float(c) for c in cov] if cov else float(a)
+        if w > 0 and scov:
+            greedy = entry if cov else [float(a)] * len(scov)
+            entry = [(1.0 - w) * g + w * float(c) for g, c in zip(greedy, scov)]
+        out.append(entry)
         k += 1
     return out or None
 
 
-def head_acceptance(head) -> Optional[list]:
-    """Per-depth acceptance entries (acceptance_of) of a head: from `specdec validate --write` (in
-    config.extra["specdec_validation"]["result"]) if it was run, else from the last validation row of the
-    head's last `specdec train` stage (config.extra["specdec_training"]["result"]); None if neither."""
+def head_acceptance(head, temperature: float = 0.0) -> Optional[list]:
+    """Per-depth acceptance entries (acceptance_of at `temperature`) of a head: from `specdec validate
+    --write` (in config.extra["specdec_validation"]["result"]) if it was run, else from the last validation
+    row of the head's last `specdec train` stage (config.extra["specdec_training"]["result"]); None if
+    neither."""
     cfg = getattr(head, "config", None)
     extra = getattr(cfg, "extra", None) or {}
     measured = (extra.get("specdec_validation") or {}).get("result")
     if measured:
-        got = acceptance_of(measured)
+        got = acceptance_of(measured, temperature)
         if got:
             return got
     res = (extra.get("specdec_training") or {}).get("result") or {}
     rows = res.get("validation") or []
-    return acceptance_of(rows[-1]) if rows else None
+    return acceptance_of(rows[-1], temperature) if rows else None
 
 
 # -- measuring the verify cost ------------------------------------------------------------------------
@@ -510,12 +532,14 @@ def auto_tree(
     use_cache: bool = True,
     allow_plain: bool = True,
     cuda_graph: bool = False,
+    temperature: float = 0.0,
 ) -> Tuple[int, int, int, float]:
     """(N, depth, top_k, expected tokens/s) for `head` drafting for `target` (a TargetModel) on this machine.
 
     Verify costs (measure_verify_cost at the candidates' N) and draft level costs (measure_draft_cost at
-    their top-k) are measured once and cached; acceptance defaults to head_acceptance(head) (the head's
-    validation rates from `specdec train`), else DEFAULT_ACCEPTANCE. `context`: committed tokens of the
+    their top-k) are measured once and cached; acceptance defaults to head_acceptance(head, temperature)
+    (the head's measured coverage: greedy at temperature 0, sampled at temperature > 0 where recorded),
+    else DEFAULT_ACCEPTANCE. `context`: committed tokens of the
     measurement (rounded up to a multiple of 128 so nearby prompt lengths share one cache entry). Costs are
     measured at batch 1: for large batches the verify curve is steeper and the choice optimistic.
 
@@ -531,7 +555,7 @@ def auto_tree(
     ks = sorted({c[2] for c in cands})
     verify = measure_verify_cost(target, Ns, context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
     level = measure_draft_cost(head, target, ks, context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
-    acc = acceptance if acceptance is not None else (head_acceptance(head) or list(DEFAULT_ACCEPTANCE))
+    acc = acceptance if acceptance is not None else (head_acceptance(head, temperature) or list(DEFAULT_ACCEPTANCE))
     best = choose_tree(verify, draft_cost_model(level), acc, cands)
     plain = 1.0 / interpolate_cost(verify, 1)
     if allow_plain and plain >= best[3]:

@@ -172,7 +172,7 @@ def generate(
     ids, lengths = pad_rows(rows := prompt_rows(input_ids, attention_mask), dev)
     B, L = ids.shape
     if isinstance(total_tokens, str):
-        total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph)
+        total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph, temperature)
         if total_tokens is None:  # plain decoding is expected to be faster here
             return _plain_instead(
                 t_start,
@@ -224,7 +224,7 @@ def generate(
     )
 
 
-def _auto_tree(total_tokens: str, target, draft, context: int, cuda_graph: bool) -> tuple:
+def _auto_tree(total_tokens: str, target, draft, context: int, cuda_graph: bool, temperature: float) -> tuple:
     """total_tokens="auto": (total_tokens, depth, tree_top_k) of the hardware-aware budget, or (None, 0, 0)
     when it expects plain decoding to be faster (budget.PLAIN)."""
     if total_tokens != "auto":
@@ -232,7 +232,7 @@ def _auto_tree(total_tokens: str, target, draft, context: int, cuda_graph: bool)
     from .budget import PLAIN, auto_tree, context_bucket
 
     total_tokens, depth, tree_top_k, _ = auto_tree(
-        target, draft, context=context_bucket(context), cuda_graph=cuda_graph
+        target, draft, context=context_bucket(context), cuda_graph=cuda_graph, temperature=temperature
     )
     if (total_tokens, depth, tree_top_k) == PLAIN:
         return None, 0, 0

@@ -169,7 +169,13 @@ class Harness:
             # before the clock starts, so that no measured turn carries a one-time cost
             from ..decoding import budget
 
-            budget.auto_tree(self.target, head, context=budget.context_bucket(len(ids)), cuda_graph=self.s.cuda_graph)
+            budget.auto_tree(
+                self.target,
+                head,
+                context=budget.context_bucket(len(ids)),
+                cuda_graph=self.s.cuda_graph,
+                temperature=temperature,
+            )
         r = self.counter % len(METHODS)
         self.counter += 1
         out = {}

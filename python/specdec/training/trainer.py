@@ -428,8 +428,8 @@ class _Run:
         row.update(res)
         row["seconds"] = time.perf_counter() - t0
         self.phase(f"training stage {stage}")
-        # the top-k coverage lists (cov_k) stay in summary.json: one CSV column per rank and step is noise
-        self.val_log.write({k: v for k, v in row.items() if not k.startswith("cov_")})
+        # the top-k coverage lists (cov_k, scov_k) stay in summary.json: one CSV column per rank and step is noise
+        self.val_log.write({k: v for k, v in row.items() if not k.startswith(("cov_", "scov_"))})
         self.summary["stages"].setdefault(str(stage), {}).setdefault("validation", []).append(row)
         if dist.main:
             self._write_summary()

@@ -34,7 +34,18 @@ Top-k coverage (what a tree's k children per node catch): over the same anchors 
                    step k} / #{t counted for k: steps 1..k-1 correct}          (r = 1..topk; cov_k[0] = acc_k)
 
 The tree budget (specdec.decoding.budget.expected_tokens) reads the rank-r child's acceptance at depth k
-as cov_k[r - 1] - cov_k[r - 2]. The validation loss is the recipe's loss without input
+as cov_k[r - 1] - cov_k[r - 2]. That is greedy verification's. Sampling verification (temperature T > 0)
+accepts one of a node's deterministic children x_1, x_2, ... with probability p_T(x_1) + p_T(x_2) + ... (the
+target's probabilities at temperature T: each rejection removes the rejected child's mass and renormalises),
+so its coverage is the target mass the draft's r best hold, over the same anchors:
+
+    scov_k[r - 1] = sum over t counted for k with steps 1..k-1 correct of sum_{i <= r} p_T(draft's i-th best
+                    at step k) / #{t counted for k: steps 1..k-1 correct}
+
+(T = SAMPLED_TEMPERATURE; p_T looked up among the target's TARGET_TOP most likely tokens, 0 beyond them, so
+scov is a lower bound short by at most the mass outside them). On a chatty small target it is well below
+cov: at T = 1 the target spreads its mass, and a tree of few children catches less of it than of the
+greedy token. The validation loss is the recipe's loss without input
 noise, averaged over its loss positions (pass 1's count).
 """
 
@@ -49,24 +60,44 @@ from ..files import atomic_write_text
 
 # Ranks of the top-k coverage validation counts: the widest top_k of the tree budget's default grid.
 TOPK = 10
+# The temperature of the sampled coverage scov_k, and how many of the target's most likely tokens it looks the
+# draft's tokens up among (module docstring).
+SAMPLED_TEMPERATURE = 1.0
+TARGET_TOP = 64
 
 
-def _target_greedy(head, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """argmax over the target's full vocabulary of lm_head(targets) [M, H] -> int64 [M] (chunked)."""
+def _target_tokens(head, targets: torch.Tensor, sampled: bool, chunk: int = 1024) -> tuple:
+    """From lm_head(targets) [M, H] over the target's full vocabulary (chunked): the argmax int64 [M], and
+    with `sampled` the TARGET_TOP most likely tokens int64 [M, TARGET_TOP] and their float64 probabilities at
+    SAMPLED_TEMPERATURE (else None, None)."""
     lm = head.lm_head
     w = getattr(lm, "weight", None)
-    out = []
+    greedy, ids, probs = [], [], []
     for i in range(0, targets.shape[0], chunk):
         x = targets[i : i + chunk]
         if isinstance(w, torch.Tensor):
             x = x.to(w.dtype)
-        out.append(lm(x).float().argmax(-1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=targets.device)
+        logits = lm(x).float()
+        greedy.append(logits.argmax(-1))
+        if sampled:
+            p, t = torch.softmax(logits / SAMPLED_TEMPERATURE, dim=-1).topk(min(TARGET_TOP, logits.shape[-1]), dim=-1)
+            ids.append(t)
+            probs.append(p.double())
+    dev = targets.device
+    if not greedy:
+        empty = torch.zeros(0, TARGET_TOP, device=dev)
+        return torch.zeros(0, dtype=torch.int64, device=dev), empty.long(), empty.double()
+    return torch.cat(greedy), torch.cat(ids) if sampled else None, torch.cat(probs) if sampled else None
 
 
 @torch.no_grad()
 def acceptance_counts(
-    head, batch: dict, steps: int = 5, topk: int = 0, calibration: Optional[torch.Tensor] = None
+    head,
+    batch: dict,
+    steps: int = 5,
+    topk: int = 0,
+    calibration: Optional[torch.Tensor] = None,
+    sampled: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """int64 [2 + topk, steps]: row 0 = the denominators of acc_k, row 1 = the numerators, row 1 + r (r =
     1..topk) = the numerators of cov_k[r - 1] (module docstring).
@@ -74,10 +105,21 @@ def acceptance_counts(
     calibration: an optional float64 [steps, bins, 3] buffer on the head's device, accumulated in place:
     over the anchors of acc_k's denominator, binned by the draft's top-1 probability p (softmax over its
     vocabulary, bin floor(p * bins)), [..., 0] counts them, [..., 1] sums p and [..., 2] counts the correct
-    ones (summarize_calibration reads it)."""
+    ones (summarize_calibration reads it).
+
+    sampled: an optional float64 [steps, topk] buffer on the head's device (topk >= 1), accumulated in
+    place: the numerators of scov_k (module docstring; summarize_sampled reads it)."""
     if topk < 0:
         raise ValueError(f"topk: expected >= 0, got {topk}")
-    _check_calibration(calibration, steps, batch["input_ids"].device)
+    dev = batch["input_ids"].device
+    _check_calibration(calibration, steps, dev)
+    if sampled is not None and (
+        topk < 1 or sampled.shape != (steps, topk) or sampled.dtype != torch.float64 or sampled.device != dev
+    ):
+        raise ValueError(
+            f"sampled: expected a float64 [{steps}, {topk}] tensor on {dev} (and topk >= 1), got "
+            f"{sampled.dtype} {tuple(sampled.shape)} on {sampled.device}"
+        )
     from .losses import align_batch
 
     ab = align_batch(batch)
@@ -85,10 +127,13 @@ def acceptance_counts(
     lm = ab.loss_mask  # pair p: x_{p+2} exists and is a response token
     sel = lm.reshape(-1).nonzero().squeeze(1)
     greedy = torch.full((B * T,), -1, dtype=torch.int64, device=lm.device)
-    greedy[sel] = _target_greedy(head, ab.targets.reshape(B * T, H).index_select(0, sel))
+    greedy[sel], top_ids, top_probs = _target_tokens(
+        head, ab.targets.reshape(B * T, H).index_select(0, sel), sampled is not None
+    )
     greedy = greedy.view(B, T)
     follows = (ab.next_tokens == greedy) & lm  # the data's next token is the greedy one
-    preds, ranks, top1p = _draft_steps(head, ab, sel, greedy, steps, topk, calibration is not None)
+    target_top = (top_ids, top_probs) if sampled is not None else None
+    preds, ranks, top1p, masses = _draft_steps(head, ab, sel, greedy, steps, topk, calibration is not None, target_top)
     out = torch.zeros(2 + topk, steps, dtype=torch.int64, device=lm.device)
     # anchor t (column t): step k reads pair t + k - 1
     alive = torch.ones_like(lm)
@@ -105,6 +150,8 @@ def acceptance_counts(
                 out[1 + r, k - 1] = (den & (rank < r)).sum()
         if calibration is not None:
             _add_calibration(calibration[k - 1], _shifted(top1p[k - 1], s)[den], ok[den])
+        if sampled is not None:
+            sampled[k - 1] += _shifted(masses[k - 1], s)[den].sum(0)
         alive = num & _shifted(follows, s)
     return out
 
@@ -125,18 +172,22 @@ def _check_calibration(calibration: Optional[torch.Tensor], steps: int, device: 
         )
 
 
-def _draft_steps(head, ab, sel: torch.Tensor, greedy: torch.Tensor, steps: int, topk: int, calibrate: bool):
+def _draft_steps(
+    head, ab, sel: torch.Tensor, greedy: torch.Tensor, steps: int, topk: int, calibrate: bool, target_top=None
+):
     """The greedy chain drafting of steps 1..steps, all anchors at once: per step, over the pairs [B, T],
     the draft's top-1 (target ids; -2 off the loss positions `sel`), with topk the rank of the target's
     greedy token among the draft's topk best (topk = not among them), with calibrate the draft's top-1
-    probability. Returns (preds, ranks, top1p), lists over the steps (ranks / top1p empty when off)."""
+    probability, with target_top = (ids, probs) of the target's most likely tokens at `sel` the target mass
+    of the draft's r best, r = 1..topk ([B, T, topk] float64, 0 off `sel`). Returns (preds, ranks, top1p,
+    masses), lists over the steps (empty when off)."""
     from .losses import multipass_mask
 
     B, T, _ = ab.features.shape
     dev = ab.features.device
     feats0 = ab.features.to(head.dtype)
     feats, kv = feats0, None
-    preds, ranks, top1p = [], [], []
+    preds, ranks, top1p, masses = [], [], [], []
     for k in range(1, steps + 1):
         mask = ab.pair_mask if k == 1 else multipass_mask(ab.pair_mask, k)
         o = head.forward_train(
@@ -164,10 +215,17 @@ def _draft_steps(head, ab, sel: torch.Tensor, greedy: torch.Tensor, steps: int, 
             rank = torch.full((B * T,), topk, dtype=torch.int64, device=dev)
             rank[sel] = r
             ranks.append(rank.view(B, T))
+        if target_top is not None:
+            ids, probs = target_top
+            # p_T of each of the draft's best tokens (0 when outside the target's top), summed over ranks <= r
+            p = ((best[:, :, None] == ids[:, None, :]) * probs[:, None, :]).sum(-1).cumsum(-1)
+            mass = torch.zeros(B * T, best.shape[1], dtype=torch.float64, device=dev)
+            mass[sel] = p
+            masses.append(mass.view(B, T, -1))
         if k < steps:
             kv = o.kv
             feats = torch.cat((feats0[:, :1], o.hidden[:, :-1].to(feats0.dtype)), dim=1)
-    return preds, ranks, top1p
+    return preds, ranks, top1p, masses
 
 
 def _shifted(x: torch.Tensor, s: int, fill=0) -> torch.Tensor:
@@ -203,6 +261,17 @@ def summarize(counts: torch.Tensor) -> dict:
             prod *= acc
             tau += prod
     res["tau_chain"] = tau
+    return res
+
+
+def summarize_sampled(sampled: torch.Tensor, counts: torch.Tensor) -> dict:
+    """{"scov_k": a list of topk fractions, None where no anchor reached step k} from acceptance_counts'
+    sampled buffer and its counts (both summed over the data; module docstring), and "sampled_temperature"."""
+    sampled, den = sampled.to("cpu", torch.float64), counts.to("cpu", torch.float64)[0]
+    res = {"sampled_temperature": SAMPLED_TEMPERATURE}
+    for k in range(sampled.shape[0]):
+        d = den[k].item()
+        res[f"scov_{k + 1}"] = [min(1.0, c / d) for c in sampled[k].tolist()] if d > 0 else None
     return res
 
 
@@ -246,11 +315,13 @@ def validate(
     """Validation loss and acceptance rates over `batches` (an iterable of batches already on the head's
     device with features). loss_fn(batch) -> (loss, count) with count the positions the loss averages
     over. all_reduce(tensor) sums across processes (distributed runs). topk: the ranks of the top-k
-    coverage counted (0: none). Returns summarize(...) plus "val_loss"."""
+    coverage counted, greedy and sampled (0: none). Returns summarize(...), summarize_sampled(...) with
+    topk, and "val_loss"."""
     was_training = head.training
     head.eval()
     dev = head.device
     acc = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
+    smp = torch.zeros(steps, topk, dtype=torch.float64, device=dev) if topk else None
     sums = torch.zeros(2, dtype=torch.float64, device=dev)
     try:
         with torch.no_grad():
@@ -262,14 +333,18 @@ def validate(
                 sums[0] += float(loss) * count
                 sums[1] += count
                 with ctx:
-                    acc += acceptance_counts(head, batch, steps, topk)
+                    acc += acceptance_counts(head, batch, steps, topk, sampled=smp)
     finally:
         head.train(was_training)
     if all_reduce is not None:
         all_reduce(acc)
         all_reduce(sums)
+        if smp is not None:
+            all_reduce(smp)
     res = {"val_loss": (sums[0] / sums[1]).item() if sums[1] > 0 else float("nan")}
     res.update(summarize(acc))
+    if smp is not None:
+        res.update(summarize_sampled(smp, acc))
     return res
 
 
@@ -288,7 +363,8 @@ def measure_acceptance(
     `dataset` (all by default): a specdec.data.FeatureDataset or any sequence of its items ({"input_ids",
     "loss_mask", "hidden"}). The head must be bound to its target (bind_target: the target's output layer
     gives the greedy tokens). Features are cast to the head's dtype. progress(n) is called with the number
-    of sequences done after each batch. Adds "sequences" (the count measured), and with calibration_bins > 0
+    of sequences done after each batch. Adds "sequences" (the count measured), the sampled coverage with topk
+    (summarize_sampled: "scov_k"), and with calibration_bins > 0
     the draft's calibration per step (summarize_calibration: "calib_k", "ece_k")."""
     from specdec.data import collate
 
@@ -304,6 +380,7 @@ def measure_acceptance(
     head.eval()
     dev = head.device
     counts = torch.zeros(2 + topk, steps, dtype=torch.int64, device=dev)
+    smp = torch.zeros(steps, topk, dtype=torch.float64, device=dev) if topk else None
     cal = torch.zeros(steps, calibration_bins, 3, dtype=torch.float64, device=dev) if calibration_bins else None
     try:
         with torch.no_grad():
@@ -311,12 +388,14 @@ def measure_acceptance(
                 batch = collate([dataset[j] for j in range(i, min(n, i + batch_size))])
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 batch["hidden"] = batch["hidden"].to(head.dtype)
-                counts += acceptance_counts(head, batch, steps, topk, calibration=cal)
+                counts += acceptance_counts(head, batch, steps, topk, calibration=cal, sampled=smp)
                 if progress is not None:
                     progress(min(n, i + batch_size))
     finally:
         head.train(was_training)
     res = summarize(counts)
+    if smp is not None:
+        res.update(summarize_sampled(smp, counts))
     if cal is not None:
         res.update(summarize_calibration(cal))
     res["sequences"] = n
@@ -357,6 +436,16 @@ def format_result(res: dict, steps: int) -> str:
         acc, cov = res[f"acc_{k}"], res.get(f"cov_{k}")
         cells = "  ".join(f"{cov[r - 1]:.3f} " for r in ranks) if cov else ""
         lines.append(f"{k:>4d}  {res[f'n_{k}']:>7d}  {acc:.3f}  {cells}".rstrip())
+    scov1 = res.get("scov_1") or []
+    if scov1:
+        ranks = [r for r in (1, 2, 4, 6, 8, 10, 16, 32, 64) if r <= len(scov1)]
+        t = res.get("sampled_temperature", SAMPLED_TEMPERATURE)
+        lines.append(f"sampled coverage at T = {t:g} (the target's mass the draft's r best hold):")
+        lines.append("step  " + "  ".join(f"top{r:<3d}" for r in ranks))
+        for k in range(1, steps + 1):
+            scov = res.get(f"scov_{k}")
+            if scov:
+                lines.append(f"{k:>4d}  " + "  ".join(f"{scov[r - 1]:.3f} " for r in ranks).rstrip())
     return "\n".join(lines)
 
 
