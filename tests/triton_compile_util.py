@@ -244,10 +244,12 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
 
         d = _dtype(dt)
         W = (Nq + 31) // 32
-        # The launcher asks the device for its SM count; meta tensors have none, so answer for the target.
-        choose, sm_count = at._choose_splits, at._sm_count
+        # The launcher asks the device for its SM count and architecture; meta tensors have neither, so answer
+        # for the target.
+        choose, sm_count, arch = at._choose_splits, at._sm_count, at._arch
         at._sm_count = lambda index: ctx.sm_count
         at._choose_splits = lambda device, programs, s_max: choose(torch.device("cuda", 0), programs, s_max)
+        at._arch = lambda device: ctx.arch
         try:
             _call(
                 "tree_attention",
@@ -260,7 +262,7 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
                 _meta(B, H, Nq, D, dtype=d),
             )
         finally:
-            at._choose_splits, at._sm_count = choose, sm_count
+            at._choose_splits, at._sm_count, at._arch = choose, sm_count, arch
 
     return launch
 
@@ -271,20 +273,26 @@ def _paged_attention(B: int, H: int, H_kv: int, Nq: int, D: int, pages: int, P: 
     def launch(ctx: Ctx) -> None:
         import torch
 
+        from specdec_kernels.triton_kernels import attention as at
+
         d = _dtype(dt)
         W = (Nq + 31) // 32
-        _call(
-            "paged_tree_attention",
-            _meta(B, H, Nq, D, dtype=d),
-            _meta(B * pages, P, H_kv, D, dtype=d),
-            _meta(B * pages, P, H_kv, D, dtype=d),
-            _meta(B, pages, dtype=torch.int32),
-            _meta(B, dtype=torch.int32),
-            _meta(B, Nq, W, dtype=torch.int32),
-            False,
-            D**-0.5,
-            _meta(B, H, Nq, D, dtype=d),
-        )
+        arch, at._arch = at._arch, lambda device: ctx.arch  # meta tensors have no architecture: the target's
+        try:
+            _call(
+                "paged_tree_attention",
+                _meta(B, H, Nq, D, dtype=d),
+                _meta(B * pages, P, H_kv, D, dtype=d),
+                _meta(B * pages, P, H_kv, D, dtype=d),
+                _meta(B, pages, dtype=torch.int32),
+                _meta(B, dtype=torch.int32),
+                _meta(B, Nq, W, dtype=torch.int32),
+                False,
+                D**-0.5,
+                _meta(B, H, Nq, D, dtype=d),
+            )
+        finally:
+            at._arch = arch
 
     return launch
 
