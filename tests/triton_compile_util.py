@@ -562,11 +562,15 @@ def _capture(case: Case, ctx: Ctx) -> list:
         records.append((self, args, kwargs, label[0], group[0]))
 
     def every_config(self, *args, **kwargs):
-        # Autotuning would time each config on the device: compile them all instead. The launches of one
+        # Autotuning would time each config on the device: compile them all instead - those left after the
+        # autotuner's own pruning (prune_configs_by), as Autotuner.run leaves them. The launches of one
         # autotuned call form a group; on the GPU the autotuner skips configs that fail to load (shared memory).
-        group[0], groups[0] = (groups[0], len(self.configs)), groups[0] + 1
-        for i, cfg in enumerate(self.configs[:1] if case.first_config else self.configs):
-            label[0] = f"autotune config {i + 1}/{len(self.configs)}"
+        self.nargs = dict(zip(self.arg_names, args))
+        configs = self.prune_configs(kwargs)
+        self.nargs = None
+        group[0], groups[0] = (groups[0], len(configs)), groups[0] + 1
+        for i, cfg in enumerate(configs[:1] if case.first_config else configs):
+            label[0] = f"autotune config {i + 1}/{len(configs)}"
             self.fn.run(*args, **kwargs, **cfg.all_kwargs())
         label[0], group[0] = "", None
 
@@ -664,7 +668,7 @@ def main(request_path: str, report_path: str) -> None:
     """Child entry point: capture every case on every arch, compile the requested pairs, write the report.
 
     Report: {"cases": {case id: {arch: {"error": launcher error or None, "launches": [{kernel, module,
-    label, autotune_group, autotune_configs (the size of its autotune list), constexprs, num_warps,
+    label, autotune_group, autotune_configs (the size of its autotune list after pruning), constexprs, num_warps,
     num_stages, signature, job}]}}}, "jobs": [compile results]},
     where `job` indexes "jobs" (distinct compiles are done once) and is None for pairs not requested.
     """

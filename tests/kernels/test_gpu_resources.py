@@ -386,6 +386,40 @@ def triton_rows():
     return gr.triton_rows(report)
 
 
+def _tile_keys(configs) -> set:
+    return {(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages) for c in configs}
+
+
+def test_feature_gemm_configs_fit_the_operands():
+    """The autotune pruning of the feature GEMMs (features_shared.fitting_configs): every config for vectorised
+    16-bit operands, the small tiles for operands Triton cannot vectorise and for exact fp32 dots."""
+    import torch
+
+    from specdec_kernels.triton_kernels import features_shared as fs
+
+    one, two = fs.mm_configs(interpreted=False), fs.mm_configs(two_acc=True, interpreted=False)
+    assert len(_tile_keys(one)) == len(one) and len(_tile_keys(two)) == len(two)
+
+    def args(dt, H, prec="ieee", offset=0):
+        w = torch.empty(H, 2 * H + offset, dtype=dt)[:, offset:]  # a column view, as the fc weight's halves
+        a = torch.empty(60, H, dtype=dt)
+        return {"A": a, "W": w, "M": 60, "N": H, "K": H, "stride_a": H, "stride_w": w.stride(0), "PREC": prec}
+
+    bf16 = args(torch.bfloat16, 4096)
+    assert fs.fitting_configs(one, bf16) == one and fs.fitting_configs(two, bf16, two_acc=True) == two
+    for odd in (args(torch.bfloat16, 72), args(torch.float16, 4096, offset=1)):
+        assert _tile_keys(fs.fitting_configs(one, odd)) == set(fs._SMALL)
+        assert _tile_keys(fs.fitting_configs(two, odd, two_acc=True)) == set(fs._SMALL_TWO_ACC)
+    fp32 = args(torch.float32, 4096)
+    assert _tile_keys(fs.fitting_configs(one, fp32)) == set(fs._FMA)
+    assert _tile_keys(fs.fitting_configs(two, fp32, two_acc=True)) == {(16, 32, 32, 4, 2)}
+    assert fs.fitting_configs(one, dict(fp32, PREC="tf32")) == one  # TF32 dots run on tensor cores
+    # the weight-gradient GEMM loads along M and N: an odd row count T (its K) does not matter, an odd M does
+    wgrad = {"A": torch.empty(61, 4096, dtype=torch.bfloat16), "M": 4096, "N": 4096, "K": 61, "PREC": "ieee"}
+    assert fs.fitting_configs(one, wgrad, contiguous=("M", "N")) == one
+    assert _tile_keys(fs.fitting_configs(one, dict(wgrad, M=72), contiguous=("M", "N"))) == set(fs._SMALL)
+
+
 @pytest.mark.parametrize("arch", gr.ARCHS)
 def test_triton_kernels_do_not_spill_and_can_launch(triton_rows, arch):
     rows = [r for r in triton_rows if r["arch"] == arch]
