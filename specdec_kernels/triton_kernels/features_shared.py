@@ -118,11 +118,15 @@ def fitting_configs(configs: list, args: dict, two_acc: bool = False, contiguous
     registers, and spill on the large tiles (ptxas, sm_90: up to 8 KB on 16 x 32 x 128 with five stages):
     operands Triton cannot vectorise (_vectorised; odd hidden sizes such as 72, column views at odd
     offsets) and fp32 operands with exact ("ieee") dots, which are FMA loops over the K slice. Those calls
-    get the small tiles (_SMALL, _SMALL_TWO_ACC; fp32: _FMA, _FMA_TWO_ACC)."""
+    get the small tiles: _SMALL / _SMALL_TWO_ACC, and _FMA / _FMA_TWO_ACC for fp32 operands (exact dots, or
+    TF32 dots on operands Triton cannot vectorise: twice the registers of 16-bit ones; the MLP kernels'
+    64 x 64 x 32 tile spilled 28 bytes there on sm_80)."""
     floats = [v for v in args.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    if args.get("PREC") == "ieee" and floats and floats[0].dtype == torch.float32:
+    fp32 = bool(floats) and floats[0].dtype == torch.float32
+    vectorised = _vectorised(args, contiguous)
+    if fp32 and (args.get("PREC") == "ieee" or not vectorised):
         allowed = _FMA_TWO_ACC if two_acc else _FMA
-    elif not _vectorised(args, contiguous):
+    elif not vectorised:
         allowed = _SMALL_TWO_ACC if two_acc else _SMALL
     else:
         return list(configs)

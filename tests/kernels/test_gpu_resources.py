@@ -363,6 +363,8 @@ def test_feature_gemm_configs_fit_the_operands():
     assert _tile_keys(fs.fitting_configs(one, fp32)) == set(fs._FMA)
     assert _tile_keys(fs.fitting_configs(two, fp32, two_acc=True)) == {(16, 32, 32, 4, 2)}
     assert fs.fitting_configs(one, dict(fp32, PREC="tf32")) == one  # TF32 dots run on tensor cores
+    odd_tf32 = args(torch.float32, 72, prec="tf32")  # ... but unvectorised fp32 tiles take twice the registers
+    assert _tile_keys(fs.fitting_configs(two, odd_tf32, two_acc=True)) == {(16, 32, 32, 4, 2)}
     # the weight-gradient GEMM loads along M and N: an odd row count T (its K) does not matter, an odd M does
     wgrad = {"A": torch.empty(61, 4096, dtype=torch.bfloat16), "M": 4096, "N": 4096, "K": 61, "PREC": "ieee"}
     assert fs.fitting_configs(one, wgrad, contiguous=("M", "N")) == one
