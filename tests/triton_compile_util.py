@@ -244,10 +244,12 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
 
         d = _dtype(dt)
         W = (Nq + 31) // 32
-        # The launcher asks the device for its SM count; meta tensors have none, so answer for the target.
-        choose, sm_count = at._choose_splits, at._sm_count
+        # The launcher asks the device for its SM count and architecture; meta tensors have neither, so answer
+        # for the target.
+        choose, sm_count, arch = at._choose_splits, at._sm_count, at._arch
         at._sm_count = lambda index: ctx.sm_count
         at._choose_splits = lambda device, programs, s_max: choose(torch.device("cuda", 0), programs, s_max)
+        at._arch = lambda device: ctx.arch
         try:
             _call(
                 "tree_attention",
@@ -260,7 +262,7 @@ def _attention(B: int, H: int, H_kv: int, Nq: int, D: int, S_max: int, dt: str):
                 _meta(B, H, Nq, D, dtype=d),
             )
         finally:
-            at._choose_splits, at._sm_count = choose, sm_count
+            at._choose_splits, at._sm_count, at._arch = choose, sm_count, arch
 
     return launch
 
@@ -271,20 +273,26 @@ def _paged_attention(B: int, H: int, H_kv: int, Nq: int, D: int, pages: int, P: 
     def launch(ctx: Ctx) -> None:
         import torch
 
+        from specdec_kernels.triton_kernels import attention as at
+
         d = _dtype(dt)
         W = (Nq + 31) // 32
-        _call(
-            "paged_tree_attention",
-            _meta(B, H, Nq, D, dtype=d),
-            _meta(B * pages, P, H_kv, D, dtype=d),
-            _meta(B * pages, P, H_kv, D, dtype=d),
-            _meta(B, pages, dtype=torch.int32),
-            _meta(B, dtype=torch.int32),
-            _meta(B, Nq, W, dtype=torch.int32),
-            False,
-            D**-0.5,
-            _meta(B, H, Nq, D, dtype=d),
-        )
+        arch, at._arch = at._arch, lambda device: ctx.arch  # meta tensors have no architecture: the target's
+        try:
+            _call(
+                "paged_tree_attention",
+                _meta(B, H, Nq, D, dtype=d),
+                _meta(B * pages, P, H_kv, D, dtype=d),
+                _meta(B * pages, P, H_kv, D, dtype=d),
+                _meta(B, pages, dtype=torch.int32),
+                _meta(B, dtype=torch.int32),
+                _meta(B, Nq, W, dtype=torch.int32),
+                False,
+                D**-0.5,
+                _meta(B, H, Nq, D, dtype=d),
+            )
+        finally:
+            at._arch = arch
 
     return launch
 
@@ -554,11 +562,15 @@ def _capture(case: Case, ctx: Ctx) -> list:
         records.append((self, args, kwargs, label[0], group[0]))
 
     def every_config(self, *args, **kwargs):
-        # Autotuning would time each config on the device: compile them all instead. The launches of one
+        # Autotuning would time each config on the device: compile them all instead - those left after the
+        # autotuner's own pruning (prune_configs_by), as Autotuner.run leaves them. The launches of one
         # autotuned call form a group; on the GPU the autotuner skips configs that fail to load (shared memory).
-        group[0], groups[0] = (groups[0], len(self.configs)), groups[0] + 1
-        for i, cfg in enumerate(self.configs[:1] if case.first_config else self.configs):
-            label[0] = f"autotune config {i + 1}/{len(self.configs)}"
+        self.nargs = dict(zip(self.arg_names, args))
+        configs = self.prune_configs(kwargs)
+        self.nargs = None
+        group[0], groups[0] = (groups[0], len(configs)), groups[0] + 1
+        for i, cfg in enumerate(configs[:1] if case.first_config else configs):
+            label[0] = f"autotune config {i + 1}/{len(configs)}"
             self.fn.run(*args, **kwargs, **cfg.all_kwargs())
         label[0], group[0] = "", None
 
@@ -656,7 +668,7 @@ def main(request_path: str, report_path: str) -> None:
     """Child entry point: capture every case on every arch, compile the requested pairs, write the report.
 
     Report: {"cases": {case id: {arch: {"error": launcher error or None, "launches": [{kernel, module,
-    label, autotune_group, autotune_configs (the size of its autotune list), constexprs, num_warps,
+    label, autotune_group, autotune_configs (the size of its autotune list after pruning), constexprs, num_warps,
     num_stages, signature, job}]}}}, "jobs": [compile results]},
     where `job` indexes "jobs" (distinct compiles are done once) and is None for pairs not requested.
     """

@@ -117,10 +117,11 @@ __device__ float block_sum(float v, float* red) {
 constexpr int kThreads = 256;
 constexpr int kTX = 16, kTY = 16;
 
-template <int BM, int BN, int BK, int TM, int TN>
+// MinBlocks: __launch_bounds__'s resident CTAs per SM, which bounds the registers ptxas may use (1: up to 255).
+template <int BM, int BN, int BK, int TM, int TN, int MinBlocks = 1>
 struct TileCfg {
   static_assert(BM == TM * kTY && BN == TN * kTX, "tile must match the 16 x 16 thread layout");
-  static constexpr int kBM = BM, kBN = BN, kBK = BK, kTM = TM, kTN = TN;
+  static constexpr int kBM = BM, kBN = BN, kBK = BK, kTM = TM, kTN = TN, kMinBlocks = MinBlocks;
 };
 
 template <int BM, int BN, int BK, int TM, int TN>
@@ -172,14 +173,20 @@ struct NTParams {
 
 // C[M, N] = sum_s A_s W_s^T, epilogue EPI (see Epilogue in features_launch.h). Grid: (ceil(N / BN), ceil(M / BM)).
 template <typename T, typename Cfg, int EPI>
-__global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const NTParams<T> p) {
+__global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks) gemm_nt_kernel(const NTParams<T> p) {
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, BK = Cfg::kBK, TM = Cfg::kTM, TN = Cfg::kTN;
   __shared__ float As[BK][BM + 1];
   __shared__ float Ws[BK][BN + 1];
   __shared__ int64_t row_off[BM];
   __shared__ float row_scl[BM];
-  const int tid = threadIdx.x, tx = tid % kTX, ty = tid / kTX;
+  static_assert(kThreads % BK == 0, "a thread loads one column kk = tid % BK of every slice");
+  constexpr int kRowStep = kThreads / BK;
+  static_assert(BM % kRowStep == 0 && BN % kRowStep == 0, "every thread loads as many rows of each slice");
+  const int tid = threadIdx.x, tx = tid % kTX, ty = tid / kTX, kk = tid % BK, r0 = tid / BK;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  // Rows / columns of this tile inside C (at most BM / BN).
+  const int m_rows = static_cast<int>(p.M - m0 < BM ? p.M - m0 : BM);
+  const int n_cols = static_cast<int>(p.N - n0 < BN ? p.N - n0 : BN);
   float acc[TM][TN];
 #pragma unroll
   for (int i = 0; i < TM; ++i)
@@ -199,24 +206,33 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const NTParams<T> p) 
       row_scl[i] = (ok && g.row_scale != nullptr) ? g.row_scale[m * g.rs_stride] : 1.f;
     }
     __syncthreads();
-    for (int64_t k0 = 0; k0 < g.K; k0 += BK) {
+    // This thread loads column kk of every slice, rows r0 + i * kRowStep: its addresses are 64-bit bases that
+    // advance by BK per slice plus a row step, with no 64-bit multiply per element (the per-element index
+    // arithmetic cost registers: on sm_90 the decode tile spilled 44-52 bytes with it, 4 without).
+    const T* a_k = g.a + kk;
+    const T* w_k = g.w + (n0 + r0) * g.ldw + kk;
+    const int64_t w_step = kRowStep * g.ldw;
+    for (int64_t k0 = 0; k0 < g.K; k0 += BK, a_k += BK, w_k += BK) {
+      const bool k_ok = k0 + kk < g.K;
+      const float cs = (k_ok && g.col_scale != nullptr) ? to_f(g.col_scale[k0 + kk]) : 1.f;
       // A slice [BM x BK], k fastest across the lanes: each gathered row is read contiguously.
-      for (int i = tid; i < BM * BK; i += kThreads) {
-        const int mm = i / BK, kk = i % BK;
-        const int64_t k = k0 + kk;
+#pragma unroll
+      for (int i = 0; i < BM / kRowStep; ++i) {
+        const int mm = r0 + i * kRowStep;
         float v = 0.f;
-        if (m0 + mm < p.M && k < g.K) {
-          v = to_f(g.a[row_off[mm] + k]);
+        if (k_ok && mm < m_rows) {
+          v = to_f(a_k[row_off[mm]]);
           if (g.row_scale != nullptr) v = round_to<T>(v * row_scl[mm]);
-          if (g.col_scale != nullptr) v = round_to<T>(to_f(g.col_scale[k]) * v);
+          if (g.col_scale != nullptr) v = round_to<T>(cs * v);
         }
         As[kk][mm] = v;
       }
       // W slice [BN x BK] (W rows are contiguous along k), stored transposed.
-      for (int i = tid; i < BN * BK; i += kThreads) {
-        const int nn = i / BK, kk = i % BK;
-        const int64_t n = n0 + nn, k = k0 + kk;
-        Ws[kk][nn] = (n < p.N && k < g.K) ? to_f(g.w[n * g.ldw + k]) : 0.f;
+      const T* w = w_k;
+#pragma unroll
+      for (int i = 0; i < BN / kRowStep; ++i, w += w_step) {
+        const int nn = r0 + i * kRowStep;
+        Ws[kk][nn] = (k_ok && nn < n_cols) ? to_f(*w) : 0.f;
       }
       __syncthreads();
       tile_fma<BM, BN, BK, TM, TN>(As, Ws, acc, tx, ty);
@@ -328,9 +344,12 @@ __global__ void __launch_bounds__(kThreads) gemm_tn_kernel(const TNParams<T> p) 
 
 // Tile shapes. Decode (M <= 16 rows): one row block, narrow column tiles so that the weight read spreads over
 // many CTAs; up to 128 rows: every weight element is still read by at most two row blocks; beyond: the
-// classic 128 x 128 x 8 register-blocked tile (compute bound).
-using CfgTiny = TileCfg<16, 32, 64, 1, 2>;
-using CfgMid = TileCfg<64, 32, 32, 4, 2>;
+// classic 128 x 128 x 8 register-blocked tile (compute bound). The two smaller tiles bound the CTAs per SM
+// (registers <= 65536 / (256 * MinBlocks)): left to itself, ptxas (nvcc 13.0, sm_90) holds the decode tile at
+// 40 registers (6 CTAs) and spills, and gives the middle tile 72 registers (3 CTAs); bounded, the decode tile
+// takes 48 registers without spilling (5 CTAs) and the middle one 64 (4 CTAs).
+using CfgTiny = TileCfg<16, 32, 64, 1, 2, 5>;
+using CfgMid = TileCfg<64, 32, 32, 4, 2, 4>;
 using CfgBig = TileCfg<128, 128, 8, 8, 8>;
 using CfgWgrad = TileCfg<64, 64, 16, 4, 4>;
 

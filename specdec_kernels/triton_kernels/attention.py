@@ -288,22 +288,49 @@ def _check(q, k_cache, v_cache, cache_len, tree_mask, out) -> None:
         )
 
 
-def _tile_config(R: int, D: int, block_m: Optional[int]) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages) for R rows per (request, KV head) and head dim D.
+def _tile_config(
+    R: int, D: int, block_m: Optional[int], fp32: bool = False, arch: Optional[int] = None
+) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages) for R rows per (request, KV head) and head dim D, fp32
+    or 16-bit inputs, on compute capability `arch` (major * 10 + minor; None: not a GPU, or unknown).
 
     block_m, when given, replaces the automatic BLOCK_M; it must be a power of two >= 16."""
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_M = block_m if block_m is not None else min(64, max(16, triton.next_power_of_2(R)))
+    if fp32:
+        # fp32 dots are exact ("ieee"): FMA loops in which each thread holds whole D-long rows of its q and k
+        # rows, so the tiles are small and spread over 8 warps. Spill-free for D <= 64 on sm_80 / sm_90 (about
+        # 230 registers); wider heads still spill (ptxas, sm_90: 272 bytes at D 128, 1.8 KB at D 256, against
+        # 30 KB with the 16-bit tiles below).
+        BLOCK_M = block_m if block_m is not None else 16
+        BLOCK_S, num_warps, num_stages = 32, 8, (3 if BLOCK_D <= 64 else 2)
+    else:
+        BLOCK_M = block_m if block_m is not None else min(64, max(16, triton.next_power_of_2(R)))
+        # Sized from sm_80/sm_90 compiles (registers, shared memory) with aligned inputs: acc is BLOCK_M x
+        # BLOCK_D fp32, so wide row blocks of wide heads get 8 warps (about 160 registers instead of 210 with
+        # 4); D = 256 halves the K/V tile and keeps two pipeline stages so shared memory stays under 100 KB
+        # (GPUs with less than the A100's 163 KB per SM still launch it). Before sm_90 (mma.sync, no wgmma)
+        # the 8-warp tiles take 32-slot K/V tiles in two stages: with 64 x 3 (or 64 x 2 when paged) they
+        # needed more than 255 registers at BLOCK_M 64, D 128 on sm_80 and spilled 4-16 bytes.
+        num_warps = 8 if BLOCK_M >= 64 and BLOCK_D >= 128 else 4
+        pre_hopper_wide = num_warps == 8 and arch is not None and arch < 90
+        BLOCK_S = 64 if BLOCK_D <= 128 and not pre_hopper_wide else 32
+        num_stages = 2 if BLOCK_D > 128 or pre_hopper_wide else 3
     if BLOCK_M < 16 or BLOCK_M & (BLOCK_M - 1):
         raise ValueError(f"block_m: expected a power of two >= 16, got {BLOCK_M}")
-    # Sized from sm_80/sm_90 compiles (registers, shared memory) with aligned inputs: acc is BLOCK_M x BLOCK_D
-    # fp32, so wide row blocks of wide heads get 8 warps (about 160 registers instead of 210 with 4); D = 256
-    # halves the K/V tile and keeps two pipeline stages so shared memory stays under 100 KB (GPUs with less
-    # than the A100's 163 KB per SM still launch it).
-    BLOCK_S = 64 if BLOCK_D <= 128 else 32
-    num_warps = 8 if BLOCK_M >= 64 and BLOCK_D >= 128 else 4
-    num_stages = 2 if BLOCK_D > 128 else 3
     return BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> Tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _arch(device: torch.device) -> Optional[int]:
+    """Compute capability of a CUDA device as major * 10 + minor (None for other devices)."""
+    if device.type != "cuda":
+        return None
+    major, minor = _capability(device.index if device.index is not None else torch.cuda.current_device())
+    return major * 10 + minor
 
 
 def _merge_splits(ws_acc, ws_ml, out, total_rows: int, D: int, BLOCK_D: int, num_splits: int) -> None:
@@ -392,7 +419,8 @@ def _launch(q, k, v, cache_len, tree_mask, scale, out, H_kv, S_max, strides, pag
         return
     R = (H // H_kv) * Nq
     total_rows = B * H * Nq
-    BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages = _tile_config(R, D, block_m)
+    fp32 = q.dtype == torch.float32
+    BLOCK_M, BLOCK_D, BLOCK_S, num_warps, num_stages = _tile_config(R, D, block_m, fp32, _arch(q.device))
     row_blocks = triton.cdiv(R, BLOCK_M)
     if num_splits is None:
         num_splits = _choose_splits(q.device, row_blocks * B * H_kv, S_max)
@@ -403,7 +431,7 @@ def _launch(q, k, v, cache_len, tree_mask, scale, out, H_kv, S_max, strides, pag
         ws_ml = torch.empty(num_splits, total_rows, 2, dtype=torch.float32, device=q.device)
     else:
         ws_acc = ws_ml = out  # never touched
-    dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 must not silently drop to tf32
+    dot_prec = "ieee" if fp32 else "tf32"  # fp32 must not silently drop to tf32
     grid = (row_blocks, B * H_kv, num_splits)
     _tree_attention_kernel[grid](
         q,

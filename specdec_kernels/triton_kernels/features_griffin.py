@@ -21,7 +21,11 @@ from . import features_shared as shared
 # Forward kernels
 
 
-@triton.autotune(configs=shared.mm_configs(two_acc=True), key=shared.AUTOTUNE_KEYS)
+@triton.autotune(
+    configs=shared.mm_configs(two_acc=True),
+    key=shared.AUTOTUNE_KEYS,
+    prune_configs_by=shared.mm_prune(two_acc=True),
+)
 @triton.jit
 def _griffin_mlp_kernel(
     Hs,

@@ -46,28 +46,104 @@ from .._backend import triton_interpreted
 _INTERPRET = triton_interpreted()
 
 
-def mm_configs(two_acc: bool = False) -> list:
+def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
+
+
+# Tiles, as (BM, BN, BK, num_warps, num_stages), for operands that cannot take the pipelined tensor-core path
+# (see mm_prune): K slices of 32, two stages. _SMALL / _SMALL_TWO_ACC: the one- / two-accumulator kernels'
+# (16-bit operands Triton cannot vectorise); _FMA / _FMA_TWO_ACC: their subsets for exact fp32 dots (FMA
+# loops), the tiles measured spill-free there (32 x 64 with 4 warps spilled on sm_80, and on sm_90 too in the
+# MLP kernels, whose two operand streams leave room for the smallest tile only).
+_SMALL = ((32, 64, 32, 4, 2), (16, 32, 32, 4, 2), (64, 64, 32, 8, 2))
+_SMALL_TWO_ACC = ((16, 32, 32, 4, 2), (32, 64, 32, 4, 2), (64, 64, 32, 8, 2))
+_FMA = ((16, 32, 32, 4, 2), (64, 64, 32, 8, 2))
+_FMA_TWO_ACC = ((16, 32, 32, 4, 2),)
+
+
+def mm_configs(two_acc: bool = False, widest: bool = True, interpreted: bool = _INTERPRET) -> list:
     """The triton.autotune configs of the feature GEMM kernels; `two_acc` for a kernel that keeps two [BM, BN]
-    accumulators (the MLP kernels), which leaves no registers for the widest tile."""
-    if _INTERPRET:  # the interpreter runs one small tile; autotuning there would only cost time
+    accumulators (the MLP kernels), `widest` for a kernel that can hold the 128 x 256 tile (one accumulator,
+    one operand stream); `interpreted`: the list for the Triton interpreter (one config). mm_prune narrows the
+    list per call.
+
+    Chosen from ptxas's reports of every config for sm_80 and sm_90 (tests/triton_compile_util.py, Triton
+    3.8): none of them spills on the operands it is kept for. Two accumulators of 128 registers per thread
+    (128 x 128 with 8 warps, 64 x 128 or 128 x 64 with 4) spilled 48-876 bytes at 255 registers, and so did
+    32 x 64 x 128 in the GRIFFIN MLP (its [BM, BK] operand tiles go through registers for the norms), so the
+    MLP kernels take the wide tiles with 8 warps and the 32-row tile with BK 64."""
+    if interpreted:  # the interpreter runs one small tile; autotuning there would only cost time
         return [triton.Config({"BM": 16, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)]
-    cfgs = [
-        # decode: T <= 64 rows, many column blocks so that the weight read spreads over all SMs
-        triton.Config({"BM": 16, "BN": 32, "BK": 128}, num_warps=4, num_stages=5),
-        triton.Config({"BM": 16, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 32, "BN": 64, "BK": 128}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 64, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
+    # decode: T <= 64 rows, many column blocks so that the weight read spreads over all SMs
+    cfgs = [_cfg(16, 32, 128, 4, 5), _cfg(16, 64, 128, 4, 4)]
+    if two_acc:
+        cfgs += [_cfg(32, 64, 64, 4, 4), _cfg(64, 64, 64, 4, 4)]
         # training: large T, compute bound
-        triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
-        # small shared-memory footprint: fp32 operands of the two-accumulator kernels need more than
-        # sm_80's 163 KiB in every config above; this one fits everywhere
-        triton.Config({"BM": 32, "BN": 64, "BK": 32}, num_warps=4, num_stages=2),
-    ]
-    if not two_acc:  # one accumulator leaves registers for the widest tile
-        cfgs.append(triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3))
+        cfgs += [_cfg(64, 128, 64, 8, 3), _cfg(128, 64, 64, 8, 3)]
+    else:
+        cfgs += [_cfg(32, 64, 128, 4, 4), _cfg(64, 64, 64, 4, 4)]
+        cfgs += [_cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4)]
+        if widest:
+            cfgs.append(_cfg(128, 256, 64, 8, 3))
+    # small footprint: also the only tiles of mm_prune's scalar and FMA paths, and fit sm_80's shared memory
+    # with fp32 operands, which every tile above exceeds in the two-accumulator kernels
+    cfgs += [_cfg(*c) for c in (_SMALL_TWO_ACC if two_acc else _SMALL)]
     return cfgs
+
+
+def _key(cfg) -> tuple:
+    k = cfg.kwargs
+    return (k["BM"], k["BN"], k["BK"], cfg.num_warps, cfg.num_stages)
+
+
+def _vectorised(args: dict, contiguous: tuple) -> bool:
+    """Whether Triton can load the operands in 16-byte vectors: every floating tensor 16-byte aligned and
+    every row stride and contiguous extent (`contiguous`: the sizes along the loads' unit-stride dimension)
+    a multiple of 16 elements - what its specialisation proves (divisibility by 16) and vectorisation needs."""
+    for name, v in args.items():
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() and v.data_ptr() % 16:
+                return False
+        elif isinstance(v, int) and not isinstance(v, bool) and (name in contiguous or name.startswith("stride_")):
+            if v % 16:
+                return False
+    return True
+
+
+def fitting_configs(configs: list, args: dict, two_acc: bool = False, contiguous: tuple = ("K",)) -> list:
+    """The configs of `configs` (mm_configs') that fit a call with arguments `args` (by name).
+
+    Vectorised fp16 / bf16 (or fp32 with TF32) operands take every config: the loads go through shared
+    memory by cp.async, pipelined over num_stages. Two kinds of operands instead hold whole tiles in
+    registers, and spill on the large tiles (ptxas, sm_90: up to 8 KB on 16 x 32 x 128 with five stages):
+    operands Triton cannot vectorise (_vectorised; odd hidden sizes such as 72, column views at odd
+    offsets) and fp32 operands with exact ("ieee") dots, which are FMA loops over the K slice. Those calls
+    get the small tiles: _SMALL / _SMALL_TWO_ACC, and _FMA / _FMA_TWO_ACC for fp32 operands (exact dots, or
+    TF32 dots on operands Triton cannot vectorise: twice the registers of 16-bit ones; the MLP kernels'
+    64 x 64 x 32 tile spilled 28 bytes there on sm_80)."""
+    floats = [v for v in args.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    fp32 = bool(floats) and floats[0].dtype == torch.float32
+    vectorised = _vectorised(args, contiguous)
+    if fp32 and (args.get("PREC") == "ieee" or not vectorised):
+        allowed = _FMA_TWO_ACC if two_acc else _FMA
+    elif not vectorised:
+        allowed = _SMALL_TWO_ACC if two_acc else _SMALL
+    else:
+        return list(configs)
+    return [c for c in configs if _key(c) in allowed]
+
+
+def mm_prune(two_acc: bool = False, contiguous: tuple = ("K",)):
+    """prune_configs_by of the feature GEMM kernels: fitting_configs per call (None under the interpreter, which
+    has one config). The autotune key does not hold the operands' alignment: in practice it follows from N and
+    K (hidden sizes), which are in the key."""
+    if _INTERPRET:
+        return None
+
+    def prune(configs, named_args, **kwargs):
+        return fitting_configs(configs, {**named_args, **kwargs}, two_acc, contiguous)
+
+    return {"early_config_prune": prune}
 
 
 # The autotune key of the row-tiled GEMM kernels: M_BUCKET (rows, bucketed), N and K.
@@ -109,7 +185,8 @@ def token_rows(IDS, offs, mask, V):
 # Forward kernels
 
 
-@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
+# Two K loops (embedding and feature halves) keep both operand streams live: the widest tile spilled on sm_80.
+@triton.autotune(configs=mm_configs(widest=False), key=AUTOTUNE_KEYS, prune_configs_by=mm_prune())
 @triton.jit
 def _fc_kernel(
     F,
@@ -155,7 +232,7 @@ def _fc_kernel(
     tl.store(Z + rm[:, None] * stride_z + rn[None, :], acc.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS)
+@triton.autotune(configs=mm_configs(), key=AUTOTUNE_KEYS, prune_configs_by=mm_prune())
 @triton.jit
 def _down_kernel(
     A,
@@ -194,7 +271,8 @@ def _down_kernel(
 # Backward kernels
 
 
-@triton.autotune(configs=mm_configs(), key=["M_BUCKET", "M", "N"])  # here M_BUCKET buckets K = T
+# Here M_BUCKET buckets K = T, and the loads run along M (A) and N (B).
+@triton.autotune(configs=mm_configs(), key=["M_BUCKET", "M", "N"], prune_configs_by=mm_prune(contiguous=("M", "N")))
 @triton.jit
 def _wgrad_kernel(
     A,

@@ -304,67 +304,16 @@ def test_every_cuda_kernel_is_compiled(cuda_rows):
     assert {r["arch"] for r in cuda_rows} == set(gr.ARCHS)
 
 
-# Spills found when this check was introduced (nvcc 13.0, Triton 3.8.0), reported to the kernels' owners:
-# key -> the spill stores ptxas reported. A listed kernel may spill up to that many bytes; once it no longer
-# spills, the test fails until its entry is removed. Any other spill fails. Empty these to fail on every spill.
-# CUDA: (kernel, arch).
-KNOWN_CUDA_SPILLS = {
-    # gemm_nt_kernel's smallest tile (CfgTiny, M <= 16: the decode GEMMs of the feature blocks) on sm_90:
-    # ptxas keeps it at 40 registers and spills (sm_80: 47 / 40 registers, no spill).
-    ("gemm_nt_kernel<bf16, TileCfg<16, 32, 64, 1, 2>, 0>", 90): 52,
-    ("gemm_nt_kernel<bf16, TileCfg<16, 32, 64, 1, 2>, 1>", 90): 44,
-    ("gemm_nt_kernel<bf16, TileCfg<16, 32, 64, 1, 2>, 2>", 90): 44,
-    ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 0>", 90): 4,
-    ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 1>", 90): 4,
-    ("gemm_nt_kernel<fp32, TileCfg<16, 32, 64, 1, 2>, 2>", 90): 4,
-}
-# Triton: (case of tests/triton_compile_util.py, kernel, config, arch); all at 255 registers but one.
-KNOWN_TRITON_SPILLS = {
-    ("features/fspad-decode-bf16", "_fspad_mlp_kernel", "autotune config 7/8", 90): 48,
-    ("features/griffin-decode-bf16", "_griffin_mlp_kernel", "autotune config 3/8", 90): 532,
-    ("features/griffin-decode-bf16", "_griffin_mlp_kernel", "autotune config 5/8", 90): 92,
-    ("features/griffin-decode-bf16", "_griffin_mlp_kernel", "autotune config 6/8", 90): 172,
-    ("features/griffin-decode-bf16", "_griffin_mlp_kernel", "autotune config 7/8", 90): 876,
-    ("features/fspad-small-fp32-train-first-config", "_fspad_mlp_kernel", "autotune config 1/8", 90): 8484,
-    ("features/fspad-small-fp32-train-first-config", "_down_kernel", "autotune config 1/9", 90): 44,
-    ("features/griffin-small-fp16-train-first-config", "_fc_kernel", "autotune config 1/9", 90): 8,
-    ("features/griffin-small-fp16-train-first-config", "_griffin_mlp_kernel", "autotune config 1/8", 90): 192,
-    ("attention/verify-N60-D128-bf16", "_tree_attention_kernel", "-", 80): 16,  # a decode shape
-    ("attention/small-N3-D40-fp32", "_tree_attention_kernel", "-", 90): 1340,
-}
-
-
-def _unexpected(row: dict, known: int | None) -> list:
-    """The violations of a row, less a known spill within its recorded size."""
-    if known is None:
-        return row["violations"]
-    rest = [v for v in row["violations"] if not v.startswith("spills:")]
-    if not row.get("spill_stores") and not row.get("spill_loads"):
-        rest.append("listed in KNOWN_*_SPILLS but no longer spills: remove its entry")
-    elif row["spill_stores"] > known:
-        rest.append(f"spills {row['spill_stores']} bytes, more than the {known} of KNOWN_*_SPILLS")
-    return rest
-
-
-def test_known_spill_check():
-    row = {"spill_stores": 8, "spill_loads": 8, "violations": ["spills: 8 bytes stored, 8 bytes loaded"]}
-    assert _unexpected(row, None) == row["violations"]
-    assert _unexpected(row, 8) == []
-    assert _unexpected(row, 4) == ["spills 8 bytes, more than the 4 of KNOWN_*_SPILLS"]
-    clean = {"spill_stores": 0, "spill_loads": 0, "violations": []}
-    assert _unexpected(clean, 8) == ["listed in KNOWN_*_SPILLS but no longer spills: remove its entry"]
-
-
 @_slow_while_cold
 @pytest.mark.parametrize("arch", gr.ARCHS)
 def test_cuda_kernels_do_not_spill_and_can_launch(cuda_rows, arch):
     rows = [r for r in cuda_rows if r["arch"] == arch]
     print("\n".join(gr._cuda_table(rows)))
-    bad = []
-    for r in rows:
-        problems = _unexpected(r, KNOWN_CUDA_SPILLS.get((r["name"], r["arch"])))
-        if problems:
-            bad.append(f"{r['name']} [{(r['launch'] or {}).get('shape', '-')}]: {'; '.join(problems)}")
+    bad = [
+        f"{r['name']} [{(r['launch'] or {}).get('shape', '-')}]: {'; '.join(r['violations'])}"
+        for r in rows
+        if r["violations"]
+    ]
     assert not bad, f"sm_{arch}:\n" + "\n".join(bad)
 
 
@@ -386,14 +335,48 @@ def triton_rows():
     return gr.triton_rows(report)
 
 
+def _tile_keys(configs) -> set:
+    return {(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages) for c in configs}
+
+
+def test_feature_gemm_configs_fit_the_operands():
+    """The autotune pruning of the feature GEMMs (features_shared.fitting_configs): every config for vectorised
+    16-bit operands, the small tiles for operands Triton cannot vectorise and for exact fp32 dots."""
+    import torch
+
+    from specdec_kernels.triton_kernels import features_shared as fs
+
+    one, two = fs.mm_configs(interpreted=False), fs.mm_configs(two_acc=True, interpreted=False)
+    assert len(_tile_keys(one)) == len(one) and len(_tile_keys(two)) == len(two)
+
+    def args(dt, H, prec="ieee", offset=0):
+        w = torch.empty(H, 2 * H + offset, dtype=dt)[:, offset:]  # a column view, as the fc weight's halves
+        a = torch.empty(60, H, dtype=dt)
+        return {"A": a, "W": w, "M": 60, "N": H, "K": H, "stride_a": H, "stride_w": w.stride(0), "PREC": prec}
+
+    bf16 = args(torch.bfloat16, 4096)
+    assert fs.fitting_configs(one, bf16) == one and fs.fitting_configs(two, bf16, two_acc=True) == two
+    for odd in (args(torch.bfloat16, 72), args(torch.float16, 4096, offset=1)):
+        assert _tile_keys(fs.fitting_configs(one, odd)) == set(fs._SMALL)
+        assert _tile_keys(fs.fitting_configs(two, odd, two_acc=True)) == set(fs._SMALL_TWO_ACC)
+    fp32 = args(torch.float32, 4096)
+    assert _tile_keys(fs.fitting_configs(one, fp32)) == set(fs._FMA)
+    assert _tile_keys(fs.fitting_configs(two, fp32, two_acc=True)) == {(16, 32, 32, 4, 2)}
+    assert fs.fitting_configs(one, dict(fp32, PREC="tf32")) == one  # TF32 dots run on tensor cores
+    odd_tf32 = args(torch.float32, 72, prec="tf32")  # ... but unvectorised fp32 tiles take twice the registers
+    assert _tile_keys(fs.fitting_configs(two, odd_tf32, two_acc=True)) == {(16, 32, 32, 4, 2)}
+    # the weight-gradient GEMM loads along M and N: an odd row count T (its K) does not matter, an odd M does
+    wgrad = {"A": torch.empty(61, 4096, dtype=torch.bfloat16), "M": 4096, "N": 4096, "K": 61, "PREC": "ieee"}
+    assert fs.fitting_configs(one, wgrad, contiguous=("M", "N")) == one
+    assert _tile_keys(fs.fitting_configs(one, dict(wgrad, M=72), contiguous=("M", "N"))) == set(fs._SMALL)
+
+
 @pytest.mark.parametrize("arch", gr.ARCHS)
 def test_triton_kernels_do_not_spill_and_can_launch(triton_rows, arch):
     rows = [r for r in triton_rows if r["arch"] == arch]
     assert rows, f"no Triton compile for sm_{arch}"
     print("\n".join(gr._triton_table(rows)))
-    bad = []
-    for r in rows:
-        problems = _unexpected(r, KNOWN_TRITON_SPILLS.get((r["case"], r["kernel"], r.get("config"), r["arch"])))
-        if problems:
-            bad.append(f"{r['case']}: {r['kernel']} [{r.get('config')}]: {'; '.join(problems)}")
+    bad = [
+        f"{r['case']}: {r['kernel']} [{r.get('config')}]: {'; '.join(r['violations'])}" for r in rows if r["violations"]
+    ]
     assert not bad, f"sm_{arch}:\n" + "\n".join(bad)
