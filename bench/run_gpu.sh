@@ -97,7 +97,7 @@ else
   step pytest_cuda_rest "${PYTEST[@]}" ${PYTEST_ARGS:-} "${FIRST[@]/#/--ignore=}" tests
   # shellcheck disable=SC2086
   if [ "$ALL_TESTS" = 1 ]; then step pytest_all python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} tests; fi
-  for b in tree compact verify attention features; do
+  for b in tree compact verify attention features paged; do
     step "bench_$b" python "bench/bench_$b.py" --results "${QUICK[@]}"
   done
   # whole decode passes, eager against one replayed CUDA graph (and model.generate's step), same tokens

@@ -21,3 +21,13 @@ def test_e2e_cuda_graph_smoke_run(tmp_path):
     assert [r["setting"] for r in rows] == ["plain", "tree 8/2/3"]
     assert all(float(r["eager_ms_per_pass"]) > 0 and r["graph_ms_per_pass"] == "" for r in rows)  # no graphs on a CPU
     assert "| plain |" in (tmp_path / "e2e_cuda_graph_cpu.md").read_text()
+
+
+def test_bench_paged_smoke_run(tmp_path):
+    import bench_paged
+
+    bench_paged.main(["--device", "cpu", "--quick", "--out-dir", str(tmp_path)])
+    att = list(csv.DictReader(open(tmp_path / "paged_attention_cpu.csv")))
+    comp = list(csv.DictReader(open(tmp_path / "paged_compaction_cpu.csv")))
+    assert att and comp
+    assert {r["page_size"] for r in comp} == {"1", "16"}
