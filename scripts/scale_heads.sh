@@ -49,18 +49,7 @@ RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --checkpoi
   --val-sequences 96 --no-progress)
 
 # Optimizer steps in 1/D of an epoch (the train split's sequences / 8 / D); refuses an unfinished train split.
-epoch_part() {
-  python3 - "$DATA/manifest.json" "$1" <<'PY'
-import json, os, sys
-if not os.path.isfile(sys.argv[1]):
-    sys.exit(f"scale_heads.sh: no data yet ({sys.argv[1]}): run STEP=data first")
-t = json.load(open(sys.argv[1]))["splits"]["train"]
-have, want = len(t.get("shards") or []), t.get("num_shards")
-if want is None or have < want or not t.get("sequences"):
-    sys.exit(f"scale_heads.sh: the train split is not built yet ({have} of {want} shards): run STEP=data first")
-print(t["sequences"] // 8 // int(sys.argv[2]))
-PY
-}
+epoch_part() { python3 "$ROOT/scripts/epoch_steps.py" scale_heads.sh "$DATA/manifest.json" "$1"; }
 
 train() {
   echo "+ specdec train $*" >&2

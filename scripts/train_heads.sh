@@ -46,16 +46,7 @@ COMMON=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --lr 3e-4 
 # 1/D of an epoch in optimizer steps (the training split's sequences / 8 / D), for GRIFFIN's stages.
 # Refuses a train split that is not built yet (e.g. data made by STEP=validate's --splits val build),
 # which would give --max-steps 0.
-epoch_part() {
-  python3 - "$DATA/manifest.json" "$1" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1]))["splits"]["train"]
-have, want = len(t.get("shards") or []), t.get("num_shards")
-if want is None or have < want or not t.get("sequences"):
-    sys.exit(f"train_heads.sh: the train split of {sys.argv[1]} is not built ({have} of {want} shards): run STEP=data first")
-print(t["sequences"] // 8 // int(sys.argv[2]))
-PY
-}
+epoch_part() { python3 "$ROOT/scripts/epoch_steps.py" train_heads.sh "$DATA/manifest.json" "$1"; }
 # One round of EAGLE or FSPAD: KIND SUFFIX INIT EPOCHS SEED (INIT: the run it starts from, "" for none).
 one_step_round() {
   echo "specdec train --kind $1 --out $RUNS/$1$2${3:+ --init $RUNS/$3} --epochs $4${5:+ --seed $5} ${COMMON[*]}"
