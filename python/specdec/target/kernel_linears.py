@@ -108,16 +108,9 @@ class KernelLinear(nn.Linear):
 
 
 def _eligible(lin: nn.Module, dtypes) -> bool:
-    if type(lin) is not nn.Linear:  # subclasses (quantized, LoRA, prepacked, ...) keep their own forward
-        return False
-    w = lin.weight
-    return (
-        w.device.type == "cpu"
-        and w.dtype in dtypes
-        and w.dim() == 2
-        and w.stride(1) == 1
-        and (lin.bias is None or lin.bias.dtype == w.dtype)
-    )
+    from .prepack import plain_cpu_linear
+
+    return plain_cpu_linear(lin, dtypes) and lin.weight.stride(1) == 1  # the kernel reads weight rows contiguously
 
 
 def _kernel_dtypes() -> tuple:

@@ -49,16 +49,23 @@ def prepack_available() -> bool:
         return False
 
 
-def _packable(lin: nn.Module) -> bool:
-    if type(lin) is not nn.Linear:  # subclasses (quantized, LoRA, ...) keep their own forward
+def plain_cpu_linear(lin: nn.Module, dtypes) -> bool:
+    """Whether `lin` is a plain nn.Linear (not a subclass: quantized, LoRA, prepacked, ... layers keep their own
+    forward) with a 2-D CPU weight of one of `dtypes` and a bias (if any) of the same dtype: what the CPU
+    linear replacements (prepacking here, the C++ kernel in kernel_linears) may take over."""
+    if type(lin) is not nn.Linear:
         return False
     w = lin.weight
     return (
         w.device.type == "cpu"
-        and w.dtype in _DTYPES
+        and w.dtype in dtypes
         and w.dim() == 2
         and (lin.bias is None or lin.bias.dtype == w.dtype)
     )
+
+
+def _packable(lin: nn.Module) -> bool:
+    return plain_cpu_linear(lin, _DTYPES)
 
 
 class PackedLinear(nn.Module):
