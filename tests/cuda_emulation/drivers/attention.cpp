@@ -115,9 +115,14 @@ bool by_dtype(Request& r, int64_t B, int64_t H, int64_t H_kv, int64_t Nq, int64_
     case 1:
       fn(c10::Half{});
       break;
+#if CUDAEMU_SANITIZER_BUILD  // their cases run fp32 and fp16; a third of the build time saved
+    case 2:
+      throw std::runtime_error("dtype 2 (bf16) is not built into the sanitizer variants");
+#else
     case 2:
       fn(c10::BFloat16{});
       break;
+#endif
     default:
       throw std::runtime_error("dtype: 0, 1 or 2");
   }
