@@ -159,7 +159,8 @@ def draft_folder(spec: str) -> str:
 class LoadedTarget(NamedTuple):
     """What load_target loaded: the model, its tokenizer (None when not asked for), the path it was loaded
     from, how many linears were prepacked for oneDNN and how many run specdec's C++ linear kernel in specdec's
-    own passes (both 0 without prepack; at most one of them is not: specdec.target.kernel_linears)."""
+    own passes (both 0 without prepack; where both are not, the prepacked layers run the kernel for small
+    calls: specdec.target.kernel_linears.HybridLinear)."""
 
     model: Any
     tokenizer: Any
@@ -196,9 +197,10 @@ def load_target(
             Face cache (target_path).
         dtype, device: the model's torch dtype and device; it is returned in eval mode.
         prepack: give its CPU linears the faster linear of this machine (speed_up_cpu_linears): oneDNN's
-            prepacked bf16 linear where it runs (counted in `prepacked`, used by model.generate too), else
-            specdec_kernels' C++ linear where it measured faster than torch (counted in `kernel_linears`, used
-            only in specdec's TargetModel and TreeDrafter passes: model.generate stays as it was).
+            prepacked bf16 linear where it runs (counted in `prepacked`, used by model.generate too), with
+            specdec_kernels' C++ linear for the small calls it wins there; elsewhere the C++ linear where it
+            measured faster than torch. Layers running the kernel are counted in `kernel_linears`; the kernel
+            runs only in specdec's TargetModel and TreeDrafter passes, never in model.generate.
         tokenizer: also load the tokenizer, before the model; chat_template: which must have a chat template.
         phase: called with "tokenizer" and "model" before each is loaded (a command's progress report).
 

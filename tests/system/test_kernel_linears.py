@@ -5,8 +5,9 @@ on which is faster here): marking keeps the Parameters, the state_dict and tied 
 kernel_linear_scope a marked layer is bitwise F.linear and the kernel is never called (model.generate, the
 reference, stays as it was); inside it the kernel runs and matches F.linear within the dtype's tolerance;
 greedy speculative decoding on a marked fp32 target still equals model.generate; autograd falls back to
-F.linear; $SPECDEC_LINEAR_CHOICE=torch marks nothing; speed_up_cpu_linears prefers oneDNN's prepacking where it
-runs; the tree budget's cost cache keeps marked and plain models apart.
+F.linear; $SPECDEC_LINEAR_CHOICE=torch marks nothing; where oneDNN's prepacking runs, speed_up_cpu_linears prepacks
+and routes small calls to the kernel (HybridLinear, by rows); the tree budget's cost cache keeps marked, hybrid
+and plain models apart.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from specdec.decoding import budget
 from specdec.decoding.generate import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head
 from specdec.target import kernel_linears as kl
-from specdec.target.prepack import is_prepacked, prepack_available
+from specdec.target.prepack import PackedLinear, is_prepacked, prepack_available
 from specdec_kernels.ops import linear as linear_op
 
 from helpers import assert_close
@@ -123,13 +124,49 @@ def test_model_generate_untouched_speculative_lossless(force_kernel, kernel_call
     assert base == plain and 2 in kernel_calls  # our plain loop: one row per request per step
 
 
-def test_speed_up_prefers_prepacking(force_kernel):
+def test_speed_up_prepacks_and_routes_small_calls_where_onednn_runs(force_kernel):
     model = make_target("llama").to(torch.bfloat16)
     packed, kernel = kl.speed_up_cpu_linears(model)
     if prepack_available():
-        assert packed > 0 and kernel == 0 and is_prepacked(model) and not kl.uses_kernel_linears(model)
+        assert packed > 0 and kernel == packed == n_linears(model, kl.HybridLinear) and is_prepacked(model)
+        assert kl.uses_kernel_linears(model)
+        assert kl.plain_linears(model) == packed and n_linears(model, PackedLinear) == packed
     else:
         assert packed == 0 and kernel > 0 and kl.uses_kernel_linears(model)
+
+
+def test_speed_up_prepacks_only_when_the_kernel_never_wins(monkeypatch):
+    if not prepack_available():
+        pytest.skip("oneDNN's prepacked bf16 linear does not run on this CPU")
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "torch")
+    model = make_target("llama").to(torch.bfloat16)
+    packed, kernel = kl.speed_up_cpu_linears(model)
+    assert packed > 0 and kernel == 0 and not kl.uses_kernel_linears(model)
+    assert n_linears(model, PackedLinear) == packed
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+def test_hybrid_linear_routes_by_rows(kernel_calls, rows):
+    """Inside the scope a HybridLinear runs the kernel for calls of at most kernel_rows rows (here 4) and
+    oneDNN's packed weight beyond, with PackedLinear's results within bf16's tolerance; outside the scope it
+    is a PackedLinear bit for bit and never calls the kernel."""
+    if not prepack_available():
+        pytest.skip("oneDNN's prepacked bf16 linear does not run on this CPU")
+    g = torch.Generator().manual_seed(rows)
+    lin = torch.nn.Linear(37, 29).to(torch.bfloat16)
+    packed = PackedLinear(lin)
+    hybrid = PackedLinear(lin)
+    hybrid.__class__ = kl.HybridLinear
+    hybrid.kernel_rows = 4
+    x = torch.randn(1, rows, 37, generator=g).to(torch.bfloat16)  # leading dims flattened: M = rows
+    with torch.no_grad():
+        want = packed(x)
+        assert torch.equal(hybrid(x), want) and kernel_calls == []
+        with kl.kernel_linear_scope():
+            got = hybrid(x)
+    assert kernel_calls == ([rows] if rows <= 4 else [])
+    assert got.shape == want.shape
+    assert_close(got, want)
 
 
 def test_budget_cache_key_tells_marked_models_apart(force_kernel):
@@ -138,6 +175,13 @@ def test_budget_cache_key_tells_marked_models_apart(force_kernel):
     kl.use_kernel_linears(model)
     marked = budget._cache_key(model, torch.float32, "cpu", 64)
     assert marked != plain and marked.endswith("|kernel-linears")
+    if prepack_available():
+        packed_model = make_target("llama").to(torch.bfloat16)
+        kl.speed_up_cpu_linears(packed_model)
+        hybrid = budget._cache_key(packed_model, torch.bfloat16, "cpu", 64)
+        kl.plain_linears(packed_model)
+        assert hybrid.endswith("|prepacked+kernel")
+        assert budget._cache_key(packed_model, torch.bfloat16, "cpu", 64).endswith("|prepacked")
 
 
 @pytest.mark.parametrize("marked_target", [False, True])

@@ -162,9 +162,10 @@ def _add_run_arguments(p) -> None:
         "--no-prepack",
         action="store_true",
         help="keep the target's and the heads' CPU linears as they are (default: the faster linear of this CPU: "
-        "prepacked bf16 for oneDNN where it runs, which speeds up model.generate and speculative decoding alike; "
-        "else specdec_kernels' C++ linear where it measured faster than torch, in specdec's own passes only "
-        "(generate_baseline and speculative decoding), model.generate unchanged; specdec.target.kernel_linears)",
+        "prepacked bf16 for oneDNN where it runs, which speeds up model.generate and speculative decoding alike, "
+        "with specdec_kernels' C++ linear for the small calls it wins there; else the C++ linear where it measured "
+        "faster than torch; the C++ linear runs in specdec's own passes only (generate_baseline and speculative "
+        "decoding), model.generate unchanged; specdec.target.kernel_linears)",
     )
     p.add_argument(
         "--cuda-graph",

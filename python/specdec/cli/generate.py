@@ -146,8 +146,8 @@ def _add_run_arguments(g) -> None:
     g.add_argument(
         "--no-prepack",
         action="store_true",
-        help="keep the target's bf16 CPU linears as they are (default: prepacked for oneDNN, the same for "
-        "speculative and --baseline decoding; specdec.target.prepack)",
+        help="keep the target's and the head's CPU linears as they are (default: the faster linear of this CPU, "
+        "the same for speculative and --baseline decoding; specdec.target.kernel_linears)",
     )
     g.add_argument(
         "--cuda-graph",

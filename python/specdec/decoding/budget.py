@@ -329,7 +329,8 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     base = os.path.basename(str(name).rstrip("/"))
     dt = str(dtype).replace("torch.", "")
     # the CPU linears are another cost curve (specdec.target.prepack, specdec.target.kernel_linears)
-    packed = "|prepacked" if is_prepacked(hf_model) else "|kernel-linears" if uses_kernel_linears(hf_model) else ""
+    kernel = uses_kernel_linears(hf_model)
+    packed = ("|prepacked+kernel" if kernel else "|prepacked") if is_prepacked(hf_model) else "|kernel-linears" if kernel else ""
     return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 

@@ -13,8 +13,10 @@ every speedup is compared with, and training (which needs autograd) -- computes 
 Which layers: exact nn.Linear (subclasses such as quantized or LoRA layers keep their own forward) with a 2-D
 CPU weight of unit stride along K, for a dtype where specdec_kernels measured its kernel faster than torch's
 `linear` on this CPU (specdec_kernels.ops.linear_choice: once per machine, cached). Where oneDNN's prepacked
-bf16 linear runs (AVX-512 BF16 / AMX CPUs) specdec prepacks instead (specdec.target.prepack,
-`speed_up_cpu_linears`), which is faster there.
+bf16 linear runs (AVX-512 BF16 / AMX CPUs), `speed_up_cpu_linears` prepacks (specdec.target.prepack) and
+makes each packed layer a HybridLinear: the kernel for calls of at most `kernel_rows` rows (a decode step,
+a draft step), oneDNN's packed weight beyond (a tree's verification through the large output layer), the
+crossover measured per weight shape (specdec.target.kernel_rows).
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .prepack import PackedLinear, plain_cpu_linear, prepack_linears
+
 __all__ = [
     "KernelLinear",
+    "HybridLinear",
     "kernel_linear_scope",
     "uses_kernel_linears",
     "kernel_linear",
@@ -107,9 +112,24 @@ class KernelLinear(nn.Linear):
         return kernel_linear(x, self.weight, self.bias)
 
 
-def _eligible(lin: nn.Module, dtypes) -> bool:
-    from .prepack import plain_cpu_linear
+class HybridLinear(PackedLinear):
+    """A PackedLinear that, inside kernel_linear_scope(), runs the C++ kernel for calls of at most
+    `kernel_rows` rows and oneDNN's packed weight for larger ones (and everywhere outside the scope, as a
+    PackedLinear does: model.generate keeps its prepacked layers). Made from a PackedLinear in place by
+    speed_up_cpu_linears; unpack_linears turns it back into an nn.Linear."""
 
+    kernel_rows: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= self.kernel_rows * self.in_features and _runs_kernel(x, self.weight, self.bias):
+            return kernel_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel up to {self.kernel_rows} rows"
+
+
+def _eligible(lin: nn.Module, dtypes) -> bool:
     return plain_cpu_linear(lin, dtypes) and lin.weight.stride(1) == 1  # the kernel reads weight rows contiguously
 
 
@@ -167,11 +187,15 @@ def uses_kernel_linears(model: nn.Module) -> bool:
 
 
 def plain_linears(model: nn.Module) -> int:
-    """Undo use_kernel_linears: every KernelLinear back to an nn.Linear (nothing is copied); returns how many."""
+    """Undo use_kernel_linears and the kernel half of speed_up_cpu_linears: every KernelLinear back to an
+    nn.Linear, every HybridLinear back to a PackedLinear (nothing is copied); returns how many."""
     restored = 0
     for sub in model.modules():
         if type(sub) is KernelLinear:
             sub.__class__ = nn.Linear
+            restored += 1
+        elif type(sub) is HybridLinear:
+            sub.__class__ = PackedLinear
             restored += 1
     if hasattr(model, "_specdec_kernel_linears"):
         del model._specdec_kernel_linears
@@ -179,12 +203,37 @@ def plain_linears(model: nn.Module) -> int:
 
 
 def speed_up_cpu_linears(model: nn.Module) -> tuple:
-    """The faster CPU linear for `model`'s layers, in place: oneDNN's prepacked bf16 linear where it runs
-    (specdec.target.prepack), else specdec_kernels' C++ kernel where it measured faster than torch
-    (use_kernel_linears). Returns (prepacked, kernel): how many layers took each (one of them is 0)."""
-    from .prepack import prepack_linears
-
+    """The faster CPU linear for `model`'s layers, in place. Where oneDNN's prepacked bf16 linear runs
+    (specdec.target.prepack): every eligible layer prepacked, and those whose weight shape the C++ kernel
+    beats oneDNN at for small calls made HybridLinear (specdec.target.kernel_rows). Elsewhere: specdec_kernels'
+    C++ kernel where it measured faster than torch (use_kernel_linears). Returns (prepacked, kernel): how many
+    layers were prepacked and how many run the kernel for some calls (the HybridLinear layers among the
+    prepacked ones, or the KernelLinear layers)."""
     packed = prepack_linears(model)
-    if packed:
-        return packed, 0
-    return 0, use_kernel_linears(model)
+    if not packed:
+        return 0, use_kernel_linears(model)
+    return packed, _route_small_calls_to_kernel(model)
+
+
+def _route_small_calls_to_kernel(model: nn.Module) -> int:
+    """Make every PackedLinear of `model` whose shape the kernel wins at for some row counts a HybridLinear;
+    marks `model` (uses_kernel_linears) when one is, so that code computing with a raw weight takes the kernel
+    too. Returns how many."""
+    from specdec_kernels.ops import linear as linear_op
+
+    from .kernel_rows import kernel_rows
+
+    if not linear_op.linear_isas():
+        return 0
+    routed = 0
+    for sub in model.modules():
+        if type(sub) is not PackedLinear or sub.weight.stride(1) != 1:
+            continue
+        rows = kernel_rows(sub.out_features, sub.in_features, sub.weight.dtype)
+        if rows > 0:
+            sub.__class__ = HybridLinear
+            sub.kernel_rows = rows
+            routed += 1
+    if routed:
+        model._specdec_kernel_linears = True
+    return routed

@@ -1,0 +1,122 @@
+"""Up to how many rows specdec_kernels' C++ linear beats oneDNN's prepacked bf16 linear, per weight shape:
+measured once per machine, cached.
+
+Where oneDNN's prepacked bf16 linear runs (AVX-512 BF16 / AMX CPUs, specdec.target.prepack) neither linear
+is faster everywhere. Measured on an AMD EPYC with AVX-512 BF16 (one thread, weights in cache, bf16): the
+kernel takes 0.37-0.77x the prepacked time at one row (576 x 576: 9 vs 25 us; the [49152 x 576] output
+layer: 1.8 vs 2.3 ms), about the same at 8-16 rows for the [1536 x 576] projections, and 1.4-1.6x at 4-32 rows
+for the output layer, where oneDNN's blocked bf16 dot products pay. A decode step is one row, a tree's
+verification 8-60 and a draft step a handful, so specdec's layers there hold both (kernel_linears.HybridLinear)
+and take the kernel up to `kernel_rows(N, K, dtype)` rows.
+
+`kernel_rows` times both at 1, 2, 4, ... 64 rows with the weight read from memory as in decoding (copies
+rotated past the last-level cache), on the calling thread count, and returns the last row count of the
+leading run where the kernel is faster (0 when it never is). The fastest of several rounds counts (a busy
+machine's preemptions only ever add time). Cached in $SPECDEC_HOME/linear_rows.json under the CPU key of
+specdec.machine_dtype (model name, ISA flags, torch version, thread count, the kernel's path) and the shape.
+$SPECDEC_LINEAR_CHOICE decides without measuring: cpu -> every row count (64), torch -> 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..files import atomic_write_text, specdec_home
+from ..machine_dtype import cpu_key
+
+__all__ = ["ROWS", "kernel_rows", "cache_path"]
+
+ROWS = (1, 2, 4, 8, 16, 32, 64)  # the kernel's blocking takes up to 64 rows per weight load
+COLD_BYTES = 48 << 20  # weight copies per shape: more than the last-level cache of the CPUs measured (32 MB)
+ROUNDS = 7
+
+_MEMO: dict = {}  # key -> rows: one measurement (or cache read) per process
+
+
+def cache_path() -> Path:
+    """$SPECDEC_HOME/linear_rows.json (default ~/.cache/specdec)."""
+    return specdec_home() / "linear_rows.json"
+
+
+def _read_store() -> dict:
+    try:
+        store = json.loads(cache_path().read_text()) if cache_path().exists() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache is measured again and rewritten
+    return store if isinstance(store, dict) else {}
+
+
+def _round_timer(fn, weights: list, calls: int):
+    turn = [0]
+
+    def one_round() -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(weights[turn[0] % len(weights)])
+            turn[0] += 1
+        return (time.perf_counter() - t0) / calls
+
+    one_round()  # warm-up: oneDNN picks and caches its kernel for this shape
+    return one_round
+
+
+def measure(N: int, K: int, dtype: torch.dtype) -> dict:
+    """{"rows": the last M of ROWS up to which the kernel stayed faster, "kernel_ms", "prepacked_ms": the
+    times per call at the M measured (the first M where the kernel lost ends the measurement)}."""
+    kernel = torch.ops.specdec.linear.default
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(N, K, generator=g) * K**-0.5).to(dtype)
+    copies = -(-COLD_BYTES // (w.numel() * w.element_size()))
+    weights = [w] + [w.clone() for _ in range(copies - 1)]
+    packed = [torch.ops.mkldnn._reorder_linear_weight(v, 1) for v in weights]
+    rows, kernel_ms, packed_ms = 0, [], []
+    with torch.no_grad():
+        for M in ROWS:
+            x = torch.randn(M, K, generator=g).to(dtype)
+            out = torch.empty(M, N, dtype=dtype)
+            calls = max(1, (1 << 22) // (N * K * M))  # rounds of about a millisecond or more
+            timers = (
+                _round_timer(lambda v: kernel(x, v, None, out), weights, calls),
+                _round_timer(lambda v: torch.ops.mkldnn._linear_pointwise(x, v, None, "none", [], ""), packed, calls),
+            )
+            best = [min(t() for _ in range(ROUNDS)) for t in timers]
+            kernel_ms.append(round(best[0] * 1e3, 4))
+            packed_ms.append(round(best[1] * 1e3, 4))
+            if best[0] >= best[1]:
+                break
+            rows = M
+    return {"rows": rows, "M": list(ROWS[: len(kernel_ms)]), "kernel_ms": kernel_ms, "prepacked_ms": packed_ms}
+
+
+def kernel_rows(N: int, K: int, dtype: torch.dtype, *, use_cache: bool = True, refresh: bool = False) -> int:
+    """Up to how many rows the C++ kernel is faster than oneDNN's prepacked linear for an [N, K] weight of
+    `dtype` on this machine (see the module docstring): 0 (never) or one of ROWS. The caller checks that both
+    run here (specdec.target.prepack.prepack_available, specdec_kernels.ops.linear.linear_isas). refresh:
+    measure again and store; use_cache=False: neither read nor write the cache."""
+    forced = os.environ.get("SPECDEC_LINEAR_CHOICE")
+    if forced:
+        if forced not in ("cpu", "torch"):
+            raise ValueError(f"$SPECDEC_LINEAR_CHOICE: expected cpu or torch, got {forced!r}")
+        return ROWS[-1] if forced == "cpu" else 0
+    key = f"{cpu_key()}|{str(dtype).replace('torch.', '')}|{N}x{K}"
+    if use_cache and not refresh and key in _MEMO:
+        return _MEMO[key]
+    store = _read_store() if use_cache else {}
+    entry = store.get(key) if use_cache and not refresh else None
+    if not (isinstance(entry, dict) and entry.get("rows") in (0, *ROWS)):
+        entry = measure(N, K, dtype)
+        if use_cache:
+            store[key] = entry
+            try:
+                cache_path().parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(cache_path()))
+            except OSError:
+                pass  # a read-only home: measured again next time
+    if use_cache:
+        _MEMO[key] = entry["rows"]
+    return entry["rows"]
