@@ -121,12 +121,15 @@ DEMO_PROMPTS = (
 )
 
 
-def _tree_text(tree) -> str:
+def _tree_text(tree, plain_after=None) -> str:
     from .decoding.budget import PLAIN
 
     if tuple(tree) == PLAIN:
         return "no tree (auto: plain decoding is expected to be faster here)"
-    return f"tree {tree[0]} nodes / depth {tree[1]} / top-k {tree[2]}"
+    text = f"tree {tree[0]} nodes / depth {tree[1]} / top-k {tree[2]}"
+    if plain_after is not None:
+        text += f", plain after {plain_after} passes (auto: the tree accepted too little to pay here)"
+    return text
 
 
 def _phase(i: int, n: int, text: str) -> None:
@@ -201,7 +204,8 @@ def _answer(h, model, tok, head, text: str, seed: int, torch_dtype, totals: dict
     )
     print(f"\n>>> {text}\n{tok.decode(seq, skip_special_tokens=True).strip()}")
     print(
-        f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, {_tree_text(spec.tree)} | "
+        f"    tau {spec.tau:.2f} | {len(seq)} tokens in {spec.passes} target passes, "
+        f"{_tree_text(spec.tree, spec.plain_after)} | "
         "speculative "
         f"{len(seq) / t_spec:.1f} tok/s vs model.generate {len(hf) / t_hf:.1f} tok/s: "
         f"{(len(seq) / t_spec) / (len(hf) / t_hf):.2f}x, vs our plain loop {n_base / t_base:.1f} tok/s: "

@@ -4,6 +4,7 @@ cached verify-cost measurement on a tiny model."""
 from __future__ import annotations
 
 import doctest
+import importlib
 import json
 
 import pytest
@@ -394,8 +395,6 @@ def test_acceptance_at_a_temperature_reads_the_sampled_coverage():
 def test_auto_tree_at_a_temperature_uses_the_sampled_coverage(monkeypatch):
     """A head whose target spreads its mass at T = 1: a tree pays at T = 0, plain decoding at T = 1, and
     generate passes its temperature to the budget."""
-    import importlib
-
     gen_mod = importlib.import_module("specdec.decoding.generate")  # the module (the package exports the function)
 
     verify = {1: 0.050, 4: 0.058, 8: 0.068, 16: 0.090}
@@ -507,3 +506,72 @@ def test_profiler_hooks_mark_every_phase_and_change_nothing():
     assert rec.marks.count(("draft.rerank", None)) == profiled.passes
     assert {lv for n, lv in rec.marks if n == "draft.layer"} == {2, 3}
     assert {lv for n, lv in rec.marks if n == "draft.select"} == {2}
+
+
+def test_break_even_tau_from_the_cost_curves(monkeypatch):
+    """(draft time of the tree + verify time of N nodes) / verify time of one node, from the cached curves."""
+    got = {}
+
+    def verify_cost(target, Ns, **kw):
+        got["Ns"] = Ns
+        return {1: 0.010, 4: 0.014, 8: 0.020}
+
+    monkeypatch.setattr(budget, "measure_verify_cost", verify_cost)
+    monkeypatch.setattr(budget, "measure_draft_cost", lambda head, target, ks, **kw: {2: 0.0005, 4: 0.001})
+    assert budget.break_even_tau(None, None, 8, 3, 4) == pytest.approx((3 * 0.001 + 0.020) / 0.010)
+    assert got["Ns"] == [1, 8]
+    assert budget.break_even_tau(None, None, 4, 2, 2) == pytest.approx((2 * 0.0005 + 0.014) / 0.010)
+
+
+@pytest.mark.parametrize("break_even", [0.0, 100.0])
+def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even):
+    """A tree that realises fewer tokens per pass than its break-even is dropped for plain decoding at the
+    next check, and the output is still the target's greedy output; one that pays runs to the end."""
+    from specdec.decoding import generate
+    from specdec.models import DraftConfig, build_draft_head
+
+    model = make_target(sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (8, 3, 4, 1.0))
+    monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: break_even)
+    gen_mod = importlib.import_module("specdec.decoding.generate")  # the module (the package exports the function)
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 2)
+    monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 1)
+    prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
+    res = generate(model, head, prompt, max_new_tokens=20, total_tokens="auto", eos_token_id=[])
+    for b, p in enumerate(prompt):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False)[0, len(p) :].tolist()
+        assert res.sequences[b] == ref
+    assert res.tree == (8, 3, 4)
+    if break_even == 0.0:
+        assert res.plain_after is None
+    else:
+        assert res.plain_after == 2 and res.passes > 2
+        assert int(res.accept_lengths[2:].max()) == 1  # one token per plain pass
+        assert res.verify_time > 0 and res.draft_time > 0
+
+
+def test_generate_auto_fallback_when_sampling(monkeypatch):
+    """The switch under sampling: every request still gets its max_new_tokens tokens, reproducibly for a
+    seeded generator (the tokens' distribution is the target's on both sides of the switch)."""
+    from specdec.decoding import generate
+    from specdec.models import DraftConfig, build_draft_head
+
+    model = make_target(sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (8, 3, 4, 1.0))
+    monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
+    monkeypatch.setattr(importlib.import_module("specdec.decoding.generate"), "FALLBACK_MIN_PASSES", 3)
+    runs = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(7)
+        runs.append(
+            generate(
+                model, head, [[5, 17, 3], [9]], max_new_tokens=15, total_tokens="auto", temperature=1.0, generator=g,
+                eos_token_id=[],
+            )
+        )
+    assert runs[0].plain_after == 3 and [len(s) for s in runs[0].sequences] == [15, 15]
+    assert runs[0].sequences == runs[1].sequences

@@ -176,6 +176,28 @@ def test_auto_tree_choosing_plain_decoding_is_a_row_like_any_other(tiny, monkeyp
     assert row["passes"] == row["new_tokens"] - 1  # the prefill's token, then one per pass
 
 
+def test_auto_tree_falling_back_to_plain_is_recorded(tiny, monkeypatch):
+    """A turn in which "auto"'s tree fell below its break-even and went on plainly: the row records after how
+    many passes, its >=k counts only the tree passes, and the report's tree cell says in how many turns."""
+    import importlib
+
+    from specdec.decoding import budget
+    from specdec.evaluation.report import aggregate, markdown
+
+    model, tok = tiny
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (4, 2, 2, 10.0))
+    monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
+    monkeypatch.setattr(importlib.import_module("specdec.decoding.generate"), "FALLBACK_MIN_PASSES", 2)
+    h = Harness(model, tok, settings(total_tokens="auto", eos_token_id=[], max_new_tokens=12))
+    (row,) = h.run({"oracle": TargetOracleHead(model)}, {"he": [Prompt("he", "0", ["w3 w4"])]}, progress=False)
+    assert row["tree"] == "4/2/2" and row["plain_after"] == 2 and row["mismatch"] == "match"
+    assert row["accept_ge_1"] == 1.0  # the oracle's two tree passes accepted; the plain ones are not counted
+    assert row["passes"] == 2 + (12 - 1 - 2 * 3) and row["tau"] < 3  # the prefill's token, 2 x 3, then 1 per pass
+    (group,) = aggregate([row], 2)
+    assert group["to_plain"] == 1
+    assert "| 4/2/2 (to plain in 1) |" in markdown([group], {}, {}, 2)
+
+
 def test_auto_tree_costs_are_measured_before_the_clock_starts(tiny, monkeypatch):
     """A prompt in a new context bucket makes "auto" measure costs once; that happens in measure() before
     the timed calls, not inside the first of them (which would charge it to one method)."""

@@ -374,6 +374,11 @@ def _print_run(args, plan, model, head, res, tokenizer) -> None:
             if tuple(res.tree) == PLAIN
             else f"tree: {res.tree[0]} nodes, depth {res.tree[1]}, top-k {res.tree[2]}"
             f"{' (auto: measured on this machine)' if args.total_tokens == 'auto' else ''}"
+            + (
+                f", plain decoding after {res.plain_after} passes (the tree accepted too little to pay here)"
+                if res.plain_after is not None
+                else ""
+            )
         )
         + "; "
         f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}"

@@ -42,6 +42,13 @@ returns PLAIN = (1, 0, 0) when no tree is expected to beat it: where a head acce
 or where one more row costs as much as a whole step (fp32 on one CPU core: verify_cost(4) ~ 2 x
 verify_cost(1)), "auto" decodes plainly rather than slowly, and says so in GenerationResult.tree.
 
+The acceptance model can still be wrong for the prompts at hand (a benchmark off the validation data's
+distribution; sampling from a chatty target, whose sampled contexts are further from the greedy answers the
+heads were trained and validated on: on MT-bench at T = 1 the shipped GRIFFIN head accepted at least one
+token in 26% of the passes of a 2-wide tree where the validation's sampled coverage says 53%). So generate's
+"auto" also watches what the tree realises: every few passes it compares the request's tokens per pass with
+break_even_tau, and decodes the rest plainly when the tree does not pay (GenerationResult.plain_after).
+
 Example:
     >>> cost = {1: 0.020, 8: 0.021, 16: 0.022, 32: 0.024, 64: 0.028}        # flat (GPU-like)
     >>> N, depth, k, tps = choose_tree(cost, lambda N, d, k: 0.002 * d, [0.8] * 6)
@@ -330,7 +337,10 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     dt = str(dtype).replace("torch.", "")
     # the CPU linears are another cost curve (specdec.target.prepack, specdec.target.kernel_linears)
     kernel = uses_kernel_linears(hf_model)
-    packed = ("|prepacked+kernel" if kernel else "|prepacked") if is_prepacked(hf_model) else "|kernel-linears" if kernel else ""
+    if is_prepacked(hf_model):
+        packed = "|prepacked+kernel" if kernel else "|prepacked"
+    else:
+        packed = "|kernel-linears" if kernel else ""
     return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 
@@ -521,6 +531,28 @@ def draft_cost_model(level_cost: Dict[int, float]) -> Callable[[int, int, int], 
         return depth * interpolate_cost(level_cost, k)
 
     return cost
+
+
+def break_even_tau(
+    target,
+    head,
+    N: int,
+    depth: int,
+    top_k: int,
+    context: int = 300,
+    *,
+    cuda_graph: bool = False,
+    use_cache: bool = True,
+) -> float:
+    """Tokens per pass at which a tree (N, depth, top_k) only matches plain decoding on this machine:
+    (draft time + verify time of N nodes) / verify time of one node, from the same measured (cached) cost
+    curves as auto_tree. generate's "auto" switches a request to plain decoding when the tokens per pass it
+    realises fall below this (specdec.decoding.generate)."""
+    ctx = max(128, -(-int(context) // 128) * 128)
+    verify = measure_verify_cost(target, sorted({1, int(N)}), context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
+    level = measure_draft_cost(head, target, [int(top_k)], context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
+    pass_time = draft_cost_model(level)(N, depth, top_k) + interpolate_cost(verify, N)
+    return pass_time / interpolate_cost(verify, 1)
 
 
 def auto_tree(

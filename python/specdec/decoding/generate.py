@@ -56,6 +56,9 @@ class GenerationResult:
     capture_time: with cuda_graph=True, seconds of the first pass (eager) and of the graph capture; the
         replayed passes (passes - 1 of them) are then verify_time, whole, and draft_time holds only the
         draft's prefill. 0 without graphs.
+    plain_after: with total_tokens="auto", the number of tree passes after which the tokens per pass realised
+        so far fell below the tree's break-even (budget.break_even_tau) and the remaining tokens were decoded
+        plainly (one-node passes, counted in passes and tau); None when the trees ran to the end.
     """
 
     sequences: list
@@ -70,6 +73,7 @@ class GenerationResult:
     total_time: float = 0.0
     tree: Optional[tuple] = None  # (nodes N, depth, top-k) of the drafted trees (what "auto" chose)
     capture_time: float = 0.0  # cuda_graph=True: the first (eager) pass and the capture
+    plain_after: Optional[int] = None  # "auto": passes drafted before switching to plain decoding
 
     @property
     def num_new_tokens(self) -> int:
@@ -139,7 +143,10 @@ def generate(
             target's verify cost and the head's draft cost on this machine (measured once, cached under
             $SPECDEC_HOME) and the head's validation acceptance rates (else budget.DEFAULT_ACCEPTANCE).
             When no tree is expected to beat plain decoding on this machine, "auto" decodes plainly
-            (generate_baseline; the result's tree is budget.PLAIN = (1, 0, 0) and tau 1).
+            (generate_baseline; the result's tree is budget.PLAIN = (1, 0, 0) and tau 1). When a chosen tree
+            realises fewer tokens per pass than it needs to beat plain decoding (budget.break_even_tau;
+            checked after 16 passes, then every 8, without cuda_graph), the rest is decoded plainly
+            (the result's plain_after).
         eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
             the model's `generation_config.eos_token_id`, like `model.generate` (specdec.eos.eos_ids); `[]`:
             never stop early.
@@ -171,8 +178,13 @@ def generate(
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
     ids, lengths = pad_rows(rows := prompt_rows(input_ids, attention_mask), dev)
     B, L = ids.shape
+    break_even = None  # "auto": the tokens per pass below which the tree loses to plain decoding
     if isinstance(total_tokens, str):
         total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph, temperature)
+        if total_tokens is not None and not cuda_graph:
+            from .budget import break_even_tau, context_bucket
+
+            break_even = break_even_tau(target, draft, total_tokens, depth, tree_top_k, context_bucket(L))
         if total_tokens is None:  # plain decoding is expected to be faster here
             return _plain_instead(
                 t_start,
@@ -203,12 +215,18 @@ def generate(
     def one_pass(clock=None):
         speculative_pass(st, drafter, target, choose, out, cache, max_path, backend, clock)
 
-    accepts = []
+    def one_plain_pass():
+        plain_pass(st, target, choose, out, cache)
+
+    accepts, plain_after = [], None
     if cuda_graph:  # one graph per pass: its phases cannot be timed apart, the replays are verify_time
         sampler = None if choose.greedy else generator
         passes, t_capture, t_verify = graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
     else:
-        passes, t_passes_draft, t_verify = _eager_passes(one_pass, st, out, dev, accepts, max_new_tokens + 1)
+        fallback = None if break_even is None else (break_even, one_plain_pass)
+        passes, t_passes_draft, t_verify, plain_after = _eager_passes(
+            one_pass, st, out, dev, accepts, max_new_tokens + 1, fallback
+        )
         t_draft, t_capture = t_draft + t_passes_draft, 0.0
     return _result(
         out,
@@ -221,6 +239,7 @@ def generate(
         time.perf_counter() - t_start,
         tree=(N, depth, tree_top_k),
         capture_time=t_capture,
+        plain_after=plain_after,
     )
 
 
@@ -258,31 +277,63 @@ def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, stat
     return PassState(root, root_logits, root_hidden, static=static), t_prefill, t_draft
 
 
-def _eager_passes(one_pass, st: PassState, out: OutputBuffer, dev, accepts: list, max_passes: int) -> tuple:
+# "auto"'s watch over the realised tokens per pass: first after FALLBACK_MIN_PASSES tree passes (fewer say
+# little: one pass accepts 0 to depth tokens), then every FALLBACK_EVERY passes (each check reads the passes'
+# accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes).
+FALLBACK_MIN_PASSES = 16
+FALLBACK_EVERY = 8
+
+
+def _realized_tau(accepts: list) -> float:
+    """Tokens per pass over the passes in which a request was running (as GenerationResult.tau)."""
+    acc = torch.stack(accepts)
+    active = int((acc > 0).sum())
+    return float(acc.sum()) / active if active else 0.0
+
+
+def _eager_passes(
+    one_pass, st: PassState, out: OutputBuffer, dev, accepts: list, max_passes: int, fallback=None
+) -> tuple:
     """Decode eagerly until every request has finished (one host sync per pass, on the finished flags),
     timing each pass's draft and verify phases. Appends each pass's n to accepts.
 
-    Returns (passes, seconds drafting, seconds verifying)."""
+    fallback: None, or (break_even, one_plain_pass): when the tokens per pass realised so far fall below
+    break_even at a check (FALLBACK_MIN_PASSES, then every FALLBACK_EVERY passes), the rest is decoded with
+    one_plain_pass (plain decoding from the same state and cache; its time counts as verify time). Every
+    token is still the target's own, so the switch changes only the speed: greedy output stays the target's
+    greedy output, and sampled tokens keep the target's distribution (the decision reads only tokens
+    already emitted).
+
+    Returns (passes, seconds drafting, seconds verifying, tree passes before the switch or None)."""
     marks = []  # the pass's phase boundaries (clock)
 
     def clock():
         synchronize(dev)
         marks.append(time.perf_counter())
 
-    passes, t_draft, t_verify = 0, 0.0, 0.0
+    passes, t_draft, t_verify, plain_after = 0, 0.0, 0.0, None
     while not bool(out.finished.all()):  # the one host sync per pass
         prof = get_profiler()
         if prof is not None:
             prof.mark("host.pass")
-        marks[:] = [time.perf_counter()]
-        one_pass(clock)
+        if plain_after is not None:
+            t0 = time.perf_counter()
+            fallback[1]()
+            synchronize(dev)
+            t_verify += time.perf_counter() - t0
+        else:
+            marks[:] = [time.perf_counter()]
+            one_pass(clock)
+            t_draft += (marks[1] - marks[0]) + (marks[3] - marks[2])
+            t_verify += marks[2] - marks[1]
         accepts.append(st.n)
-        t_draft += (marks[1] - marks[0]) + (marks[3] - marks[2])
-        t_verify += marks[2] - marks[1]
         passes += 1
         if passes > max_passes:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-    return passes, t_draft, t_verify
+        due = passes >= FALLBACK_MIN_PASSES and (passes - FALLBACK_MIN_PASSES) % FALLBACK_EVERY == 0
+        if fallback is not None and plain_after is None and due and _realized_tau(accepts) < fallback[0]:
+            plain_after = None if bool(out.finished.all()) else passes
+    return passes, t_draft, t_verify, plain_after
 
 
 def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult:
@@ -299,7 +350,17 @@ def _plain_instead(t_start: float, target, rows: list, **kw) -> GenerationResult
 
 
 def _result(
-    out: OutputBuffer, rows, accepts, passes, t_prefill, t_draft, t_verify, t_total, tree=None, capture_time=0.0
+    out: OutputBuffer,
+    rows,
+    accepts,
+    passes,
+    t_prefill,
+    t_draft,
+    t_verify,
+    t_total,
+    tree=None,
+    capture_time=0.0,
+    plain_after=None,
 ) -> GenerationResult:
     acc = torch.stack(accepts).to(torch.int32).cpu() if accepts else torch.zeros(0, len(rows), dtype=torch.int32)
     active = (acc > 0).sum(0)
@@ -319,6 +380,7 @@ def _result(
         total_time=t_total,
         tree=tree,
         capture_time=capture_time,
+        plain_after=plain_after,
     )
 
 

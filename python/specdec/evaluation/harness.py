@@ -265,6 +265,7 @@ class Harness:
         spec, t_spec = m["speculative"]
         seq = spec.sequences[0]
         acc = spec.accept_lengths[:, 0].tolist() if spec.accept_lengths is not None else []
+        tree_acc = [a for a in acc[: spec.plain_after] if a > 0]  # >=k: of the tree passes, not the plain ones
         acc = [a for a in acc if a > 0]
         n_spec, n_hf, n_base = len(seq), len(hf), len(base.sequences[0])
         row = {
@@ -274,6 +275,7 @@ class Harness:
             "head": hname,
             "temperature": temp,
             "tree": ("plain" if tuple(spec.tree) == PLAIN else "/".join(map(str, spec.tree))) if spec.tree else "",
+            "plain_after": "" if spec.plain_after is None else spec.plain_after,
             "prompt_tokens": len(ids),
             "new_tokens": n_spec,
             "passes": spec.passes,
@@ -281,7 +283,7 @@ class Harness:
             "tau": spec.tau,
         }
         for k in range(1, self.s.depth + 1):
-            row[f"accept_ge_{k}"] = sum(1 for a in acc if a - 1 >= k) / len(acc) if acc else float("nan")
+            row[f"accept_ge_{k}"] = sum(1 for a in tree_acc if a - 1 >= k) / len(tree_acc) if tree_acc else float("nan")
         row.update(
             {
                 "generate_tokens": n_hf,

@@ -29,6 +29,7 @@ BASE_COLUMNS = [
     "head",
     "temperature",
     "tree",
+    "plain_after",
     "prompt_tokens",
     "new_tokens",
     "passes",
@@ -128,6 +129,7 @@ def aggregate(rows: list, depth: int) -> list:
             "temperature": temp,
             "turns": len(rs),
             "tree": ",".join(sorted({str(r.get("tree", "")) for r in rs})),
+            "to_plain": sum(str(r.get("plain_after", "")) not in ("", "None") for r in rs),
             "new_tokens": n["speculative"],
             "passes": passes,
             "tau": acc / passes if passes else float("nan"),
@@ -234,6 +236,12 @@ class Checkpoint:
         return settings, done
 
 
+def tree_cell(group: dict) -> str:
+    """The summary table's tree cell: the trees drafted, and in how many turns "auto" went on plainly."""
+    n = group.get("to_plain", 0)
+    return group["tree"] + (f" (to plain in {n})" if n else "")
+
+
 def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
     lines = [
         "# specdec eval",
@@ -265,7 +273,8 @@ def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
         greedy = g["greedy"]
         mism = ("**" + str(g["mismatches"]) + "**" if g["mismatches"] else "0") if greedy else "-"
         lines.append(
-            f"| {g['head']} | {g['benchmark']} | {g['temperature']:g} | {g['tree']} | {g['turns']} | {g['tau']:.2f} | "
+            f"| {g['head']} | {g['benchmark']} | {g['temperature']:g} | {tree_cell(g)} | {g['turns']} | "
+            f"{g['tau']:.2f} | "
             f"{g['speedup_generate']:.2f}x | {g['speedup_baseline']:.2f}x | {g['tokens_per_s_speculative']:.1f} | "
             f"{g['ties'] if greedy else '-'} | {mism} | "
             + " | ".join(f"{g[f'accept_ge_{k}']:.2f}" for k in range(1, depth + 1))
@@ -275,8 +284,10 @@ def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
         "",
         "tau: tokens per target pass (bonus included). Speedup: throughput of speculative decoding over the "
         "target's own `model.generate` and over `generate_baseline`, same run, interleaved prompt by prompt. "
-        ">=k: fraction of passes that accepted at least k draft tokens. ties / mismatches: at temperature 0, "
-        "outputs that differ from model.generate's at a near-tie of the target's top-2 logits / elsewhere.",
+        ">=k: fraction of tree passes that accepted at least k draft tokens. ties / mismatches: at temperature 0, "
+        "outputs that differ from model.generate's at a near-tie of the target's top-2 logits / elsewhere. "
+        "\"to plain in n\": with --total-tokens auto, in n turns the tree realised fewer tokens per pass than it "
+        "needs to beat plain decoding and the rest of the turn was decoded plainly (GenerationResult.plain_after).",
         "",
     ]
     return "\n".join(lines)

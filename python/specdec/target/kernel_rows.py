@@ -80,9 +80,10 @@ def measure(N: int, K: int, dtype: torch.dtype) -> dict:
             x = torch.randn(M, K, generator=g).to(dtype)
             out = torch.empty(M, N, dtype=dtype)
             calls = max(1, (1 << 22) // (N * K * M))  # rounds of about a millisecond or more
+            onednn = torch.ops.mkldnn._linear_pointwise
             timers = (
-                _round_timer(lambda v: kernel(x, v, None, out), weights, calls),
-                _round_timer(lambda v: torch.ops.mkldnn._linear_pointwise(x, v, None, "none", [], ""), packed, calls),
+                _round_timer(lambda v, x=x, out=out: kernel(x, v, None, out), weights, calls),
+                _round_timer(lambda v, x=x: onednn(x, v, None, "none", [], ""), packed, calls),
             )
             best = [min(t() for _ in range(ROUNDS)) for t in timers]
             kernel_ms.append(round(best[0] * 1e3, 4))
