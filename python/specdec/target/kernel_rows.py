@@ -69,6 +69,7 @@ def measure(N: int, K: int, dtype: torch.dtype) -> dict:
     """{"rows": the last M of ROWS up to which the kernel stayed faster, "kernel_ms", "prepacked_ms": the
     times per call at the M measured (the first M where the kernel lost ends the measurement)}."""
     kernel = torch.ops.specdec.linear.default
+    onednn = torch.ops.mkldnn._linear_pointwise
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(N, K, generator=g) * K**-0.5).to(dtype)
     copies = -(-COLD_BYTES // (w.numel() * w.element_size()))
@@ -80,7 +81,6 @@ def measure(N: int, K: int, dtype: torch.dtype) -> dict:
             x = torch.randn(M, K, generator=g).to(dtype)
             out = torch.empty(M, N, dtype=dtype)
             calls = max(1, (1 << 22) // (N * K * M))  # rounds of about a millisecond or more
-            onednn = torch.ops.mkldnn._linear_pointwise
             timers = (
                 _round_timer(lambda v, x=x, out=out: kernel(x, v, None, out), weights, calls),
                 _round_timer(lambda v, x=x: onednn(x, v, None, "none", [], ""), packed, calls),
