@@ -569,7 +569,13 @@ def test_generate_auto_fallback_when_sampling(monkeypatch):
         g = torch.Generator().manual_seed(7)
         runs.append(
             generate(
-                model, head, [[5, 17, 3], [9]], max_new_tokens=15, total_tokens="auto", temperature=1.0, generator=g,
+                model,
+                head,
+                [[5, 17, 3], [9]],
+                max_new_tokens=15,
+                total_tokens="auto",
+                temperature=1.0,
+                generator=g,
                 eos_token_id=[],
             )
         )

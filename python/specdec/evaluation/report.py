@@ -286,7 +286,7 @@ def markdown(groups: list, info: dict, settings: dict, depth: int) -> str:
         "target's own `model.generate` and over `generate_baseline`, same run, interleaved prompt by prompt. "
         ">=k: fraction of tree passes that accepted at least k draft tokens. ties / mismatches: at temperature 0, "
         "outputs that differ from model.generate's at a near-tie of the target's top-2 logits / elsewhere. "
-        "\"to plain in n\": with --total-tokens auto, in n turns the tree realised fewer tokens per pass than it "
+        '"to plain in n": with --total-tokens auto, in n turns the tree realised fewer tokens per pass than it '
         "needs to beat plain decoding and the rest of the turn was decoded plainly (GenerationResult.plain_after).",
         "",
     ]
