@@ -178,28 +178,24 @@ def generate(
         raise ValueError(f"draft: the head is on {draft.device}, the target on {dev}; move them to one device")
     ids, lengths = pad_rows(rows := prompt_rows(input_ids, attention_mask), dev)
     B, L = ids.shape
-    break_even = None  # "auto": the tokens per pass below which the tree loses to plain decoding
-    if isinstance(total_tokens, str):
-        total_tokens, depth, tree_top_k = _auto_tree(total_tokens, target, draft, L, cuda_graph, temperature)
-        if total_tokens is not None and not cuda_graph:
-            from .budget import break_even_tau, context_bucket
-
-            break_even = break_even_tau(target, draft, total_tokens, depth, tree_top_k, context_bucket(L))
-        if total_tokens is None:  # plain decoding is expected to be faster here
-            return _plain_instead(
-                t_start,
-                target,
-                rows,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                eos_token_id=eos_token_id,
-                generator=generator,
-                prefill_chunk_size=prefill_chunk_size,
-                backend=backend,
-                cuda_graph=cuda_graph,
-            )
+    total_tokens, depth, tree_top_k, break_even = _tree_settings(
+        total_tokens, depth, tree_top_k, target, draft, L, cuda_graph, temperature
+    )
+    if total_tokens is None:  # "auto": plain decoding is expected to be faster here
+        return _plain_instead(
+            t_start,
+            target,
+            rows,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            generator=generator,
+            prefill_chunk_size=prefill_chunk_size,
+            backend=backend,
+            cuda_graph=cuda_graph,
+        )
     check_tree_params(tree_top_k, depth, total_tokens, target.vocab_size)
     N = tree_nodes(tree_top_k, depth, total_tokens)
     max_path = min(N, depth + 1)  # longest accepted path (root included)
@@ -215,19 +211,11 @@ def generate(
     def one_pass(clock=None):
         speculative_pass(st, drafter, target, choose, out, cache, max_path, backend, clock)
 
-    def one_plain_pass():
-        plain_pass(st, target, choose, out, cache)
-
-    accepts, plain_after = [], None
-    if cuda_graph:  # one graph per pass: its phases cannot be timed apart, the replays are verify_time
-        sampler = None if choose.greedy else generator
-        passes, t_capture, t_verify = graph_passes(one_pass, st, out, dev, sampler, accepts, max_new_tokens + 1)
-    else:
-        fallback = None if break_even is None else (break_even, one_plain_pass)
-        passes, t_passes_draft, t_verify, plain_after = _eager_passes(
-            one_pass, st, out, dev, accepts, max_new_tokens + 1, fallback
-        )
-        t_draft, t_capture = t_draft + t_passes_draft, 0.0
+    fallback = None if break_even is None else (break_even, lambda: plain_pass(st, target, choose, out, cache))
+    accepts, passes, t_passes_draft, t_verify, t_capture, plain_after = _run_passes(
+        one_pass, st, out, dev, None if choose.greedy else generator, max_new_tokens + 1, cuda_graph, fallback
+    )
+    t_draft += t_passes_draft
     return _result(
         out,
         rows,
@@ -243,19 +231,45 @@ def generate(
     )
 
 
+def _tree_settings(total_tokens, depth: int, tree_top_k: int, target, draft, context, cuda_graph, temperature) -> tuple:
+    """(total_tokens, depth, tree_top_k, break-even tokens per pass or None): as given for a number of nodes,
+    else _auto_tree's."""
+    if isinstance(total_tokens, str):
+        return _auto_tree(total_tokens, target, draft, context, cuda_graph, temperature)
+    if total_tokens is None:
+        raise ValueError("total_tokens: expected an int >= 1 or 'auto', got None")
+    return total_tokens, depth, tree_top_k, None
+
+
 def _auto_tree(total_tokens: str, target, draft, context: int, cuda_graph: bool, temperature: float) -> tuple:
-    """total_tokens="auto": (total_tokens, depth, tree_top_k) of the hardware-aware budget, or (None, 0, 0)
-    when it expects plain decoding to be faster (budget.PLAIN)."""
+    """total_tokens="auto": (total_tokens, depth, tree_top_k, break-even tokens per pass) of the hardware-aware
+    budget, or (None, 0, 0, None) when it expects plain decoding to be faster (budget.PLAIN). The break-even
+    (budget.break_even_tau) is None with cuda_graph: a replayed graph holds the tree passes only."""
     if total_tokens != "auto":
         raise ValueError(f"total_tokens: expected an int >= 1 or 'auto', got {total_tokens!r}")
-    from .budget import PLAIN, auto_tree, context_bucket
+    from .budget import PLAIN, auto_tree, break_even_tau, context_bucket
 
+    bucket = context_bucket(context)
     total_tokens, depth, tree_top_k, _ = auto_tree(
-        target, draft, context=context_bucket(context), cuda_graph=cuda_graph, temperature=temperature
+        target, draft, context=bucket, cuda_graph=cuda_graph, temperature=temperature
     )
     if (total_tokens, depth, tree_top_k) == PLAIN:
-        return None, 0, 0
-    return total_tokens, depth, tree_top_k
+        return None, 0, 0, None
+    break_even = None if cuda_graph else break_even_tau(target, draft, total_tokens, depth, tree_top_k, bucket)
+    return total_tokens, depth, tree_top_k, break_even
+
+
+def _run_passes(one_pass, st: PassState, out: OutputBuffer, dev, sampler, max_passes: int, cuda_graph, fallback):
+    """The decode loop after the prefill: replayed CUDA graphs (graph_passes: their phases cannot be timed
+    apart, the replays count as verify time) or eager passes (_eager_passes, with "auto"'s fallback).
+
+    Returns (accepts, passes, seconds drafting, seconds verifying, seconds capturing, plain_after)."""
+    accepts = []
+    if cuda_graph:
+        passes, t_capture, t_verify = graph_passes(one_pass, st, out, dev, sampler, accepts, max_passes)
+        return accepts, passes, 0.0, t_verify, t_capture, None
+    passes, t_draft, t_verify, plain_after = _eager_passes(one_pass, st, out, dev, accepts, max_passes, fallback)
+    return accepts, passes, t_draft, t_verify, 0.0, plain_after
 
 
 def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, static: bool) -> tuple:
