@@ -523,10 +523,11 @@ def test_break_even_tau_from_the_cost_curves(monkeypatch):
     assert budget.break_even_tau(None, None, 4, 2, 2) == pytest.approx((2 * 0.0005 + 0.014) / 0.010)
 
 
-@pytest.mark.parametrize("break_even", [0.0, 100.0])
-def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even):
+@pytest.mark.parametrize("break_even, page_size", [(0.0, None), (100.0, None), (100.0, 4)])
+def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even, page_size):
     """A tree that realises fewer tokens per pass than its break-even is dropped for plain decoding at the
-    next check, and the output is still the target's greedy output; one that pays runs to the end."""
+    next check, and the output is still the target's greedy output (on contiguous and paged caches); one that
+    pays runs to the end."""
     from specdec.decoding import generate
     from specdec.models import DraftConfig, build_draft_head
 
@@ -539,7 +540,7 @@ def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even):
     monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 2)
     monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 1)
     prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
-    res = generate(model, head, prompt, max_new_tokens=20, total_tokens="auto", eos_token_id=[])
+    res = generate(model, head, prompt, max_new_tokens=20, total_tokens="auto", eos_token_id=[], page_size=page_size)
     for b, p in enumerate(prompt):
         ref = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False)[0, len(p) :].tolist()
         assert res.sequences[b] == ref
