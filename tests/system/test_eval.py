@@ -196,6 +196,9 @@ def test_auto_tree_falling_back_to_plain_is_recorded(tiny, monkeypatch):
     (group,) = aggregate([row], 2)
     assert group["to_plain"] == 1
     assert "| 4/2/2 (to plain in 1) |" in markdown([group], {}, {}, 2)
+    # >=k over turns: weighted by their tree passes (2 here, 4 in a turn that never switched)
+    (group,) = aggregate([row, dict(row, plain_after="", passes=4, accept_ge_1=0.0)], 2)
+    assert group["accept_ge_1"] == pytest.approx(2 / 6) and group["to_plain"] == 1
 
 
 def test_auto_tree_costs_are_measured_before_the_clock_starts(tiny, monkeypatch):

@@ -46,8 +46,10 @@ The acceptance model can still be wrong for the prompts at hand (a benchmark off
 distribution; sampling from a chatty target, whose sampled contexts are further from the greedy answers the
 heads were trained and validated on: on MT-bench at T = 1 the shipped GRIFFIN head accepted at least one
 token in 26% of the passes of a 2-wide tree where the validation's sampled coverage says 53%). So generate's
-"auto" also watches what the tree realises: every few passes it compares the request's tokens per pass with
-break_even_tau, and decodes the rest plainly when the tree does not pay (GenerationResult.plain_after).
+"auto" also watches what the tree realises: every few passes it compares the tokens per pass realised so far
+(over the batch's running requests) with break_even_tau, and decodes the rest plainly when the tree does not
+pay (GenerationResult.plain_after). The break-even comes from costs measured at batch 1, where a large batch
+makes the tree's verification relatively dearer: for batches it errs towards keeping the tree.
 
 Example:
     >>> cost = {1: 0.020, 8: 0.021, 16: 0.022, 32: 0.024, 64: 0.028}        # flat (GPU-like)
@@ -546,8 +548,8 @@ def break_even_tau(
 ) -> float:
     """Tokens per pass at which a tree (N, depth, top_k) only matches plain decoding on this machine:
     (draft time + verify time of N nodes) / verify time of one node, from the same measured (cached) cost
-    curves as auto_tree. generate's "auto" switches a request to plain decoding when the tokens per pass it
-    realises fall below this (specdec.decoding.generate)."""
+    curves as auto_tree (measured at batch 1). generate's "auto" switches to plain decoding when the tokens per
+    pass realised so far fall below this (specdec.decoding.generate)."""
     ctx = max(128, -(-int(context) // 128) * 128)
     verify = measure_verify_cost(target, sorted({1, int(N)}), context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)
     level = measure_draft_cost(head, target, [int(top_k)], context=ctx, use_cache=use_cache, cuda_graph=cuda_graph)

@@ -315,8 +315,8 @@ def _eager_passes(
     break_even at a check (FALLBACK_MIN_PASSES, then every FALLBACK_EVERY passes), the rest is decoded with
     one_plain_pass (plain decoding from the same state and cache; its time counts as verify time). Every
     token is still the target's own, so the switch changes only the speed: greedy output stays the target's
-    greedy output, and sampled tokens keep the target's distribution (the decision reads only tokens
-    already emitted).
+    greedy output, and sampled tokens keep the target's distribution (the decision reads only what earlier
+    passes emitted: their accept lengths). The whole batch switches at once.
 
     Returns (passes, seconds drafting, seconds verifying, tree passes before the switch or None)."""
     marks = []  # the pass's phase boundaries (clock)

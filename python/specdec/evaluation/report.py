@@ -107,6 +107,12 @@ def stamp_line(info: dict, short: bool = False) -> str:
     return "; ".join(f"{k} {info[k]}" for k in keys if k in info)
 
 
+def tree_passes(row: dict) -> int:
+    """A turn's tree passes: all its passes, or those before "auto" went on plainly (plain_after)."""
+    after = str(row.get("plain_after", ""))
+    return int(after) if after not in ("", "None") else int(row["passes"])
+
+
 def aggregate(rows: list, depth: int) -> list:
     """One dict per (head, benchmark, temperature), in first-seen order."""
     groups = {}
@@ -145,9 +151,9 @@ def aggregate(rows: list, depth: int) -> list:
         }
         for k in range(1, depth + 1):
             w = [
-                (r[f"accept_ge_{k}"], r["passes"])
+                (r[f"accept_ge_{k}"], tree_passes(r))
                 for r in rs
-                if r["passes"] and r[f"accept_ge_{k}"] == r[f"accept_ge_{k}"]
+                if tree_passes(r) and r[f"accept_ge_{k}"] == r[f"accept_ge_{k}"]
             ]
             total = sum(p for _, p in w)
             g[f"accept_ge_{k}"] = sum(a * p for a, p in w) / total if total else float("nan")

@@ -2,10 +2,10 @@
 measured once per machine, cached.
 
 Where oneDNN's prepacked bf16 linear runs (AVX-512 BF16 / AMX CPUs, specdec.target.prepack) neither linear
-is faster everywhere. Measured on an AMD EPYC with AVX-512 BF16 (one thread, weights in cache, bf16): the
-kernel takes 0.37-0.77x the prepacked time at one row (576 x 576: 9 vs 25 us; the [49152 x 576] output
-layer: 1.8 vs 2.3 ms), about the same at 8-16 rows for the [1536 x 576] projections, and 1.4-1.6x at 4-32 rows
-for the output layer, where oneDNN's blocked bf16 dot products pay. A decode step is one row, a tree's
+is faster everywhere. Measured on an AMD EPYC with AVX-512 BF16 (2 threads, weights read from memory, bf16;
+bench/results/linear_rows_avx512bf16_cpu.md): the kernel takes 0.35-0.6x the prepacked time at one row,
+about the same at 4-16 rows for the [1536 x 576] projections, and 1.4x from 4 rows on for the [49152 x 576]
+output layer, where oneDNN's blocked bf16 dot products pay. A decode step is one row, a tree's
 verification 8-60 and a draft step a handful, so specdec's layers there hold both (kernel_linears.HybridLinear)
 and take the kernel up to `kernel_rows(N, K, dtype)` rows.
 
