@@ -319,3 +319,39 @@ def test_greedy_on_a_paged_cache_equals_the_contiguous_cache(page_size, monkeypa
     assert paged.sequences[0] == want[: want.index(eos) + 1]  # request 0 stopped at its first EOS
     assert calls["paged_tree_attention"] > 0 and calls["compact_paged_kv"] > 0  # the paged ops ran
     assert calls["draft"] > 0  # the eagle head drafted from its paged cache
+
+
+@pytest.mark.parametrize("draft", ["oracle", "eagle"])
+def test_sampling_across_the_switch_to_plain_decoding(draft, monkeypatch):
+    """total_tokens="auto" that drops its tree after the first pass (budget.break_even_tau out of reach): the
+    first 3 emitted tokens (prefill token, the tree pass's, then plain passes') still follow the target's joint
+    distribution, over 6000 runs batched as copies of one prompt."""
+    import importlib
+
+    from specdec.decoding import budget
+
+    gen_mod = importlib.import_module("specdec.decoding.generate")
+    monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (6, 2, 3, 1.0))
+    monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 1)
+    model = small_target()
+    h = (
+        TargetOracleHead(model)
+        if draft == "oracle"
+        else build_draft_head(DraftConfig.from_target(model.config, "eagle")).eval()
+    )
+    R, k, V = 6000, 3, 16
+    g = torch.Generator().manual_seed(4321)
+    res = generate(model, h, [SAMPLING_PROMPT] * R, max_new_tokens=k, temperature=1.0, total_tokens="auto", generator=g)
+    assert res.plain_after == 1
+    seqs = torch.tensor(res.sequences)
+    assert seqs.shape == (R, k)
+    probs = exact_joint(model, SAMPLING_PROMPT, 1.0, 0, 1.0, k)
+    cells = (seqs[:, 0] * V + seqs[:, 1]) * V + seqs[:, 2]
+    counts = torch.bincount(cells, minlength=V**k).double()
+    assert counts[probs == 0].sum() == 0
+    p3 = chi_square_p(counts, probs)
+    p2 = chi_square_p(counts.view(V * V, V).sum(1), probs.view(V * V, V).sum(1))
+    assert p3 > 1e-4 and p2 > 1e-4, (p2, p3, res.tau)
+    first = res.accept_lengths[0]
+    assert (first == 1).any() and (first > 1).any()  # runs that emitted plain tokens after one or two tree tokens
