@@ -129,7 +129,7 @@ def test_speed_up_prepacks_and_routes_small_calls_where_onednn_runs(force_kernel
     packed, kernel = kl.speed_up_cpu_linears(model)
     if prepack_available():
         assert packed > 0 and kernel == packed == n_linears(model, kl.HybridLinear) and is_prepacked(model)
-        assert kl.uses_kernel_linears(model)
+        assert kl.uses_kernel_linears(model) and kl.speed_up_cpu_linears(model) == (packed, kernel)  # idempotent
         assert kl.plain_linears(model) == packed and n_linears(model, PackedLinear) == packed
     else:
         assert packed == 0 and kernel > 0 and kl.uses_kernel_linears(model)

@@ -208,8 +208,9 @@ def speed_up_cpu_linears(model: nn.Module) -> tuple:
     beats oneDNN at for small calls made HybridLinear (specdec.target.kernel_rows). Elsewhere: specdec_kernels'
     C++ kernel where it measured faster than torch (use_kernel_linears). Returns (prepacked, kernel): how many
     layers were prepacked and how many run the kernel for some calls (the HybridLinear layers among the
-    prepacked ones, or the KernelLinear layers)."""
-    packed = prepack_linears(model)
+    prepacked ones, or the KernelLinear layers). Idempotent: a second call counts the same layers."""
+    prepack_linears(model)
+    packed = sum(isinstance(m, PackedLinear) for m in model.modules())
     if not packed:
         return 0, use_kernel_linears(model)
     return packed, _route_small_calls_to_kernel(model)
@@ -227,6 +228,9 @@ def _route_small_calls_to_kernel(model: nn.Module) -> int:
         return 0
     routed = 0
     for sub in model.modules():
+        if type(sub) is HybridLinear:
+            routed += 1
+            continue
         if type(sub) is not PackedLinear or sub.weight.stride(1) != 1:
             continue
         rows = kernel_rows(sub.out_features, sub.in_features, sub.weight.dtype)
