@@ -33,6 +33,9 @@ __all__ = ["ROWS", "kernel_rows", "cache_path"]
 
 ROWS = (1, 2, 4, 8, 16, 32, 64)  # the kernel's blocking takes up to 64 rows per weight load
 COLD_BYTES = 48 << 20  # weight copies per shape: more than the last-level cache of the CPUs measured (32 MB)
+# A larger weight is timed on its first rows up to this size: both linears stream it from memory the same way
+# beyond the cache, and an 8B model's [128k x 4096] output layer would otherwise cost 3 GB to measure.
+MAX_BYTES = 64 << 20
 ROUNDS = 7
 
 _MEMO: dict = {}  # key -> rows: one measurement (or cache read) per process
@@ -67,11 +70,13 @@ def _round_timer(fn, weights: list, calls: int):
 
 def measure(N: int, K: int, dtype: torch.dtype) -> dict:
     """{"rows": the last M of ROWS up to which the kernel stayed faster, "kernel_ms", "prepacked_ms": the
-    times per call at the M measured (the first M where the kernel lost ends the measurement)}."""
+    times per call at the M measured (the first M where the kernel lost ends the measurement)}. A weight of
+    more than MAX_BYTES is timed on its first MAX_BYTES of rows."""
     kernel = torch.ops.specdec.linear.default
     onednn = torch.ops.mkldnn._linear_pointwise
     g = torch.Generator().manual_seed(0)
-    w = (torch.randn(N, K, generator=g) * K**-0.5).to(dtype)
+    N = max(1, min(N, MAX_BYTES // (K * torch.finfo(dtype).bits // 8)))
+    w = torch.randn(N, K, generator=g, dtype=dtype) * K**-0.5
     copies = -(-COLD_BYTES // (w.numel() * w.element_size()))
     weights = [w] + [w.clone() for _ in range(copies - 1)]
     packed = [torch.ops.mkldnn._reorder_linear_weight(v, 1) for v in weights]
