@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -162,6 +163,27 @@ def atomic_write_text(text: str, path: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def read_json_store(path) -> dict:
+    """A machine-measurement cache (a JSON object of key -> result): {} when missing, damaged or not an object,
+    so a damaged cache is measured again and rewritten."""
+    path = Path(path)
+    try:
+        store = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return store if isinstance(store, dict) else {}
+
+
+def write_json_store(store: dict, path) -> None:
+    """Write a read_json_store cache atomically; a read-only home is no error (measured again next time)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
+    except OSError:
+        pass
 
 
 def specdec_home(home: Union[str, os.PathLike, None] = None) -> Path:

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,7 +31,7 @@ from typing import Dict
 
 from specdec_kernels.cpu_info import cpu_flags, cpu_model
 
-from .files import atomic_write_text, specdec_home
+from .files import read_json_store, specdec_home, write_json_store
 
 ROWS = (1, 16, 256)  # M of the timed linear: a decode step, a tree or a batch, a prefill chunk
 SHAPE = (1536, 576)  # the default target's MLP up projection (N, K)
@@ -139,19 +138,10 @@ def auto_note(device) -> str:
     dtype = fastest_cpu_dtype()
     if os.environ.get("SPECDEC_CPU_DTYPE"):
         return f"--dtype auto: {dtype} (set by $SPECDEC_CPU_DTYPE)"
-    entry = _read_store().get(cpu_key(), {})
+    entry = read_json_store(cache_path()).get(cpu_key(), {})
     ratio = entry.get("bf16_over_fp32")
     why = f"bf16 takes {ratio:.2f}x the time of fp32 in a target-sized linear here" if ratio else "measured"
     return f"--dtype auto: {dtype} ({why}; measured once per CPU and thread count, cached in {cache_path().name})"
-
-
-def _read_store() -> dict:
-    path = cache_path()
-    try:
-        store = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}  # a damaged cache is measured again and rewritten
-    return store if isinstance(store, dict) else {}
 
 
 def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False) -> str:
@@ -164,16 +154,11 @@ def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False) -> str:
             raise ValueError(f"$SPECDEC_CPU_DTYPE: expected bfloat16 or float32, got {forced!r}")
         return forced
     key = cpu_key()
-    path = cache_path()
-    store = _read_store() if use_cache else {}
+    store = read_json_store(cache_path()) if use_cache else {}
     if use_cache and not refresh and isinstance(store.get(key), dict) and store[key].get("dtype"):
         return store[key]["dtype"]
     result = measure()
     if use_cache:
         store[key] = result
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
-        except OSError:
-            pass  # a read-only home: the choice is measured again next time
+        write_json_store(store, cache_path())
     return result["dtype"]

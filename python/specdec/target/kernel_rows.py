@@ -19,14 +19,13 @@ $SPECDEC_LINEAR_CHOICE decides without measuring: cpu -> every row count (64), t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from ..files import atomic_write_text, specdec_home
+from ..files import read_json_store, specdec_home, write_json_store
 from ..machine_dtype import cpu_key
 
 __all__ = ["ROWS", "kernel_rows", "cache_path"]
@@ -44,14 +43,6 @@ _MEMO: dict = {}  # key -> rows: one measurement (or cache read) per process
 def cache_path() -> Path:
     """$SPECDEC_HOME/linear_rows.json (default ~/.cache/specdec)."""
     return specdec_home() / "linear_rows.json"
-
-
-def _read_store() -> dict:
-    try:
-        store = json.loads(cache_path().read_text()) if cache_path().exists() else {}
-    except (OSError, ValueError):
-        return {}  # a damaged cache is measured again and rewritten
-    return store if isinstance(store, dict) else {}
 
 
 def _round_timer(fn, weights: list, calls: int):
@@ -112,17 +103,13 @@ def kernel_rows(N: int, K: int, dtype: torch.dtype, *, use_cache: bool = True, r
     key = f"{cpu_key()}|{str(dtype).replace('torch.', '')}|{N}x{K}"
     if use_cache and not refresh and key in _MEMO:
         return _MEMO[key]
-    store = _read_store() if use_cache else {}
+    store = read_json_store(cache_path()) if use_cache else {}
     entry = store.get(key) if use_cache and not refresh else None
     if not (isinstance(entry, dict) and entry.get("rows") in (0, *ROWS)):
         entry = measure(N, K, dtype)
         if use_cache:
             store[key] = entry
-            try:
-                cache_path().parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(cache_path()))
-            except OSError:
-                pass  # a read-only home: measured again next time
+            write_json_store(store, cache_path())
     if use_cache:
         _MEMO[key] = entry["rows"]
     return entry["rows"]
