@@ -298,9 +298,9 @@ FALLBACK_MIN_PASSES = 16
 FALLBACK_EVERY = 8
 
 
-def _realized_tau(accepts: list) -> float:
-    """Tokens per pass over the passes in which a request was running (as GenerationResult.tau)."""
-    acc = torch.stack(accepts)
+def _tokens_per_pass(acc: torch.Tensor) -> float:
+    """GenerationResult.tau of accept lengths acc [passes, B]: tokens emitted over the passes in which a
+    request was running (0 after it finished); 0.0 when none was."""
     active = int((acc > 0).sum())
     return float(acc.sum()) / active if active else 0.0
 
@@ -345,8 +345,9 @@ def _eager_passes(
         if passes > max_passes:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
         due = passes >= FALLBACK_MIN_PASSES and (passes - FALLBACK_MIN_PASSES) % FALLBACK_EVERY == 0
-        if fallback is not None and plain_after is None and due and _realized_tau(accepts) < fallback[0]:
-            plain_after = None if bool(out.finished.all()) else passes
+        if fallback is not None and plain_after is None and due:
+            if _tokens_per_pass(torch.stack(accepts)) < fallback[0] and not bool(out.finished.all()):
+                plain_after = passes
     return passes, t_draft, t_verify, plain_after
 
 
@@ -380,7 +381,7 @@ def _result(
     active = (acc > 0).sum(0)
     emitted = acc.sum(0)
     per_req = [float(e) / float(a) if a > 0 else 0.0 for e, a in zip(emitted.tolist(), active.tolist())]
-    tau = float(emitted.sum()) / float(active.sum()) if int(active.sum()) > 0 else 0.0
+    tau = _tokens_per_pass(acc)
     return GenerationResult(
         sequences=out.sequences(),
         prompt_lengths=[len(r) for r in rows],

@@ -107,10 +107,14 @@ def stamp_line(info: dict, short: bool = False) -> str:
     return "; ".join(f"{k} {info[k]}" for k in keys if k in info)
 
 
+def switched_to_plain(row: dict) -> bool:
+    """Whether "auto" went on plainly in this turn (a plain_after recorded; "" or "None" from a CSV when not)."""
+    return str(row.get("plain_after", "")) not in ("", "None")
+
+
 def tree_passes(row: dict) -> int:
     """A turn's tree passes: all its passes, or those before "auto" went on plainly (plain_after)."""
-    after = str(row.get("plain_after", ""))
-    return int(after) if after not in ("", "None") else int(row["passes"])
+    return int(row["plain_after"]) if switched_to_plain(row) else int(row["passes"])
 
 
 def aggregate(rows: list, depth: int) -> list:
@@ -135,7 +139,7 @@ def aggregate(rows: list, depth: int) -> list:
             "temperature": temp,
             "turns": len(rs),
             "tree": ",".join(sorted({str(r.get("tree", "")) for r in rs})),
-            "to_plain": sum(str(r.get("plain_after", "")) not in ("", "None") for r in rs),
+            "to_plain": sum(switched_to_plain(r) for r in rs),
             "new_tokens": n["speculative"],
             "passes": passes,
             "tau": acc / passes if passes else float("nan"),
