@@ -235,6 +235,28 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chi2.sf(stat, len(ex) - 1))
 
 
+def sampling_head(model, draft: str):
+    """The oracle head (drafts the target's own tokens) or an untrained EAGLE head."""
+    if draft == "oracle":
+        return TargetOracleHead(model)
+    return build_draft_head(DraftConfig.from_target(model.config, "eagle")).eval()
+
+
+def assert_first_tokens_follow_target(res, model, temperature, top_k, top_p, k=3, V=16) -> None:
+    """The first k emitted tokens of every run in `res` against the target's exact joint distribution:
+    nothing of probability 0, and chi-square p > 1e-4 on the first k and on the first k - 1 tokens."""
+    seqs = torch.tensor(res.sequences)
+    assert seqs.shape == (len(res.sequences), k)
+    probs = exact_joint(model, SAMPLING_PROMPT, temperature, top_k, top_p, k)
+    cells = (seqs[:, 0] * V + seqs[:, 1]) * V + seqs[:, 2]
+    counts = torch.bincount(cells, minlength=V**k).double()
+    impossible = counts[probs == 0].sum()
+    assert impossible == 0, f"{int(impossible)} runs produced a sequence of target probability 0"
+    p3 = chi_square_p(counts, probs)
+    p2 = chi_square_p(counts.view(V * V, V).sum(1), probs.view(V * V, V).sum(1))
+    assert p3 > 1e-4 and p2 > 1e-4, (p2, p3, res.tau)
+
+
 @pytest.mark.parametrize(
     "temperature, top_k, top_p, draft",
     [
@@ -248,12 +270,8 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p, draft):
     """Joint distribution of the first 3 emitted tokens (prefill token + drafted/bonus tokens of one or
     two passes) == the target's, over 6000 runs batched as copies of one prompt."""
     model = small_target()
-    h = (
-        TargetOracleHead(model)
-        if draft == "oracle"
-        else build_draft_head(DraftConfig.from_target(model.config, "eagle")).eval()
-    )
-    R, k, V = 6000, 3, 16
+    h = sampling_head(model, draft)
+    R, k = 6000, 3
     g = torch.Generator().manual_seed(1234)
     res = generate(
         model,
@@ -268,16 +286,8 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p, draft):
         total_tokens=6,
         generator=g,
     )
-    seqs = torch.tensor(res.sequences)
-    assert seqs.shape == (R, k)
-    probs = exact_joint(model, SAMPLING_PROMPT, temperature, top_k, top_p, k)
-    cells = (seqs[:, 0] * V + seqs[:, 1]) * V + seqs[:, 2]
-    counts = torch.bincount(cells, minlength=V**k).double()
-    impossible = counts[probs == 0].sum()
-    assert impossible == 0, f"{int(impossible)} runs produced a sequence of target probability 0"
-    p3 = chi_square_p(counts, probs)
-    p2 = chi_square_p(counts.view(V * V, V).sum(1), probs.view(V * V, V).sum(1))
-    assert p3 > 1e-4 and p2 > 1e-4, (p2, p3, res.tau)
+    assert len(res.sequences) == R
+    assert_first_tokens_follow_target(res, model, temperature, top_k, top_p, k)
     # The draft was used: some passes accepted drafted tokens.
     assert res.accept_lengths.max() > 1
 
@@ -335,23 +345,11 @@ def test_sampling_across_the_switch_to_plain_decoding(draft, monkeypatch):
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
     monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 1)
     model = small_target()
-    h = (
-        TargetOracleHead(model)
-        if draft == "oracle"
-        else build_draft_head(DraftConfig.from_target(model.config, "eagle")).eval()
-    )
-    R, k, V = 6000, 3, 16
+    h = sampling_head(model, draft)
+    R, k = 6000, 3
     g = torch.Generator().manual_seed(4321)
     res = generate(model, h, [SAMPLING_PROMPT] * R, max_new_tokens=k, temperature=1.0, total_tokens="auto", generator=g)
-    assert res.plain_after == 1
-    seqs = torch.tensor(res.sequences)
-    assert seqs.shape == (R, k)
-    probs = exact_joint(model, SAMPLING_PROMPT, 1.0, 0, 1.0, k)
-    cells = (seqs[:, 0] * V + seqs[:, 1]) * V + seqs[:, 2]
-    counts = torch.bincount(cells, minlength=V**k).double()
-    assert counts[probs == 0].sum() == 0
-    p3 = chi_square_p(counts, probs)
-    p2 = chi_square_p(counts.view(V * V, V).sum(1), probs.view(V * V, V).sum(1))
-    assert p3 > 1e-4 and p2 > 1e-4, (p2, p3, res.tau)
+    assert res.plain_after == 1 and len(res.sequences) == R
+    assert_first_tokens_follow_target(res, model, 1.0, 0, 1.0, k)
     first = res.accept_lengths[0]
     assert (first == 1).any() and (first > 1).any()  # runs that emitted plain tokens after one or two tree tokens
