@@ -1,7 +1,8 @@
 // The Python module specdec_kernels._C. Importing it runs the static TORCH_LIBRARY_IMPL registrations
-// of every kernel in this library; the module itself reports what was compiled in and holds the choice of the
-// linear kernel's instruction-set path (specdec_kernels.ops.linear wraps these functions). The op schemas
-// are defined in Python (specdec_kernels/_schemas.py) so that a pure-Python install has them too.
+// of every kernel in this library; the module itself reports what was compiled in and holds the linear
+// kernel's settings: its instruction-set path and the rows up to which other CPU kernels' products take it
+// (specdec_kernels.ops.linear wraps these functions). The op schemas are defined in Python
+// (specdec_kernels/_schemas.py) so that a pure-Python install has them too.
 #include <Python.h>
 
 #include <string_view>
@@ -51,10 +52,44 @@ PyObject* set_linear_isa(PyObject*, PyObject* arg) {
   return nullptr;
 }
 
+// linear_small_product_rows(dtype: int) -> int: up to how many rows the other CPU kernels' products of `dtype`
+// (0 fp32, 1 fp16, 2 bf16) take the linear kernel (see linear_isa.h).
+PyObject* linear_small_product_rows(PyObject*, PyObject* arg) {
+  const long dtype = PyLong_AsLong(arg);
+  if (dtype == -1 && PyErr_Occurred()) return nullptr;
+  const long long rows = specdec::linear_small_product_rows(static_cast<int>(dtype));
+  if (rows < 0) {
+    PyErr_Format(PyExc_ValueError, "unknown linear dtype code %ld: expected 0 (fp32), 1 (fp16) or 2 (bf16)", dtype);
+    return nullptr;
+  }
+  return PyLong_FromLongLong(rows);
+}
+
+// set_linear_small_product_rows(dtype: int, rows: int) -> int: set it; returns the previous value.
+PyObject* set_linear_small_product_rows(PyObject*, PyObject* args) {
+  int dtype = 0;
+  long long rows = 0;
+  if (!PyArg_ParseTuple(args, "iL", &dtype, &rows)) return nullptr;
+  if (rows < 0) {
+    PyErr_Format(PyExc_ValueError, "rows must be >= 0, got %lld", rows);
+    return nullptr;
+  }
+  const long long before = specdec::linear_set_small_product_rows(dtype, static_cast<int64_t>(rows));
+  if (before < 0) {
+    PyErr_Format(PyExc_ValueError, "unknown linear dtype code %d: expected 0 (fp32), 1 (fp16) or 2 (bf16)", dtype);
+    return nullptr;
+  }
+  return PyLong_FromLongLong(before);
+}
+
 PyMethodDef methods[] = {
     {"linear_isa", linear_isa, METH_NOARGS, "The instruction-set path the linear CPU kernel runs now."},
     {"linear_isas", linear_isas, METH_NOARGS, "The linear CPU kernel's paths this CPU can run."},
     {"set_linear_isa", set_linear_isa, METH_O, "Run the linear CPU kernel's path `name`; returns the previous."},
+    {"linear_small_product_rows", linear_small_product_rows, METH_O,
+     "Up to how many rows the CPU kernels' products of dtype code `dtype` take the linear kernel."},
+    {"set_linear_small_product_rows", set_linear_small_product_rows, METH_VARARGS,
+     "Set linear_small_product_rows(dtype) to `rows`; returns the previous value."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef specdec_module = {PyModuleDef_HEAD_INIT, "_C",

@@ -70,7 +70,8 @@ def _linear_isa_line() -> str:
     for dtype in (torch.bfloat16, torch.float32):
         r = linear_choice.faster_backend(dtype)
         ratio = f", kernel / torch time {r['kernel_over_torch']}x" if "kernel_over_torch" in r else ", forced"
-        picks.append(f"{str(dtype).replace('torch.', '')} -> {r['backend']}{ratio}")
+        rows = f"; feature blocks' products of <= {linear_choice.kernel_rows(dtype)} rows on the kernel"
+        picks.append(f"{str(dtype).replace('torch.', '')} -> {r['backend']}{ratio}{rows}")
     return line + "\n  automatic choice for CPU tensors (measured once, cached): " + "; ".join(picks)
 
 

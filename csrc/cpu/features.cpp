@@ -2,8 +2,10 @@
 // fspad_feature_sampling_backward, griffin_token_fusion, griffin_token_fusion_backward; math in
 // specdec_kernels/reference/features.py). Each kernel <op>_cpu implements specdec::<op>.
 //
-// The products go to ATen's CPU GEMMs (at::mm / at::addmm, which are as fast as anything written here)
-// and the elementwise SiLU and gating product to ATen's vectorised kernels; RMSNorm with its statistics and
+// The forward's products go to specdec::linear's kernel where it was measured faster than ATen's GEMM for their
+// size (a draft step's few rows on a CPU without native bf16, where ATen's bf16 GEMM runs row by row), else to
+// ATen's (csrc/include/specdec/linear_cpu.h); the backward's (training: thousands of rows) always to ATen's.
+// The elementwise SiLU and gating product go to ATen's vectorised kernels; RMSNorm with its statistics and
 // the backward's norm and column reductions are one fused pass over the rows each, accumulating in fp32
 // (fp64 for fp64 inputs). The forward concatenates [e; f] (and GRIFFIN's [x1; x2]) into one [T, 2H]
 // operand for a single GEMM with the whole W_fc (W_u): measured at decode sizes (T <= 60, bf16, one
@@ -21,6 +23,7 @@
 #include <torch/library.h>
 
 #include "specdec/features_checks.h"
+#include "specdec/linear_cpu.h"
 
 #include <cmath>
 #include <optional>
@@ -132,11 +135,7 @@ Tensor gather_rows(const char* op, const Tensor& embed, const Tensor& ids) {
 // z = W_fc [e; f] (+ b), written into z: one GEMM over the concatenated rows (see the header).
 void fc_forward(const Tensor& e, const Tensor& f, const Tensor& fc_weight, const std::optional<Tensor>& bias,
                 Tensor& z) {
-  const Tensor ef = at::cat({e, f}, 1);
-  if (bias.has_value())
-    at::addmm_out(z, *bias, ef, fc_weight.t());
-  else
-    at::mm_out(z, ef, fc_weight.t());
+  linear_product_out(z, at::cat({e, f}, 1), fc_weight, bias);
 }
 
 // Gradients of z = W_fc [e; f] + b from dz_acc (fp32/fp64): the bias sums it unrounded, the GEMMs take it
@@ -173,11 +172,11 @@ void fspad_feature_sampling_cpu(const Tensor& features, const Tensor& token_ids,
     rms_norm_rows<scalar_t>(z.const_data_ptr<scalar_t>(), norm_weight.const_data_ptr<scalar_t>(),
                             y.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<acc_t<scalar_t>>(), 1, T, H, eps);
   });
-  Tensor g = gate.has_value() ? at::mm_out(mut(gate), e, gate_weight.t()) : at::mm(e, gate_weight.t());
-  Tensor u = up.has_value() ? at::mm_out(mut(up), y, up_weight.t()) : at::mm(y, up_weight.t());
+  Tensor g = gate.has_value() ? linear_product_out(mut(gate), e, gate_weight) : linear_product(e, gate_weight);
+  Tensor u = up.has_value() ? linear_product_out(mut(up), y, up_weight) : linear_product(y, up_weight);
   // act = silu(g) * u, rounded after each op like the reference (vectorised ATen kernels).
   Tensor act = at::silu(g).mul_(u);
-  at::addmm_out(out, z, act, down_weight.t());
+  linear_product_out(out, act, down_weight, std::nullopt, z);
 }
 
 void fspad_feature_sampling_backward_cpu(
@@ -287,9 +286,9 @@ void griffin_token_fusion_cpu(const Tensor& features, const Tensor& token_ids, c
   });
   // v = W_u [x1; x2]: one GEMM over the concatenated rows (see the header).
   const Tensor x12 = at::cat({x1, x2}, 1);
-  Tensor v = pre_act.has_value() ? at::mm_out(mut(pre_act), x12, up_weight.t()) : at::mm(x12, up_weight.t());
+  Tensor v = pre_act.has_value() ? linear_product_out(mut(pre_act), x12, up_weight) : linear_product(x12, up_weight);
   const Tensor act = at::silu(v);
-  at::addmm_out(out, h, act, down_weight.t());
+  linear_product_out(out, act, down_weight, std::nullopt, h);
 }
 
 void griffin_token_fusion_backward_cpu(

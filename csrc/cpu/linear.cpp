@@ -5,8 +5,8 @@
 // linear_kernels.h). Rows of x are taken kLinearMaxRows at a time, so every weight element loaded serves up
 // to 64 rows; the weight is read once per 64 rows of x, which is what the small-M (decode, tree verify)
 // layers are bound by.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "specdec/linear_cpu.h"
 #include "specdec/linear_isa.h"
 #include "specdec/linear_kernels.h"
 
@@ -70,6 +71,8 @@ int best_isa() {
 }
 
 std::atomic<int> g_isa{best_isa()};
+// Per LinearDtype: products of at most this many rows take the kernel in linear_product_out (0: never).
+std::atomic<int64_t> g_small_rows[3] = {{0}, {0}, {0}};
 
 LinearDtype linear_dtype(at::ScalarType t) {
   switch (t) {
@@ -193,6 +196,33 @@ void linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::option
 
 }  // namespace
 
+at::Tensor& linear_product_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual) {
+  const at::ScalarType t = x.scalar_type();
+  const int dtype = t == at::kFloat ? 0 : t == at::kHalf ? 1 : t == at::kBFloat16 ? 2 : -1;
+  const bool kernel = dtype >= 0 && x.size(0) <= g_small_rows[dtype].load(std::memory_order_relaxed) &&
+                      (weight.size(1) <= 1 || weight.stride(1) == 1);
+  if (!kernel) {
+    if (residual.has_value()) {
+      at::addmm_out(out, *residual, x, weight.t());
+      if (bias.has_value()) out.add_(*bias);
+    } else if (bias.has_value()) {
+      at::addmm_out(out, *bias, x, weight.t());
+    } else {
+      at::mm_out(out, x, weight.t());
+    }
+    return out;
+  }
+  linear_cpu(x, weight, bias, out);
+  if (residual.has_value()) out.add_(*residual);
+  return out;
+}
+
+at::Tensor linear_product(const at::Tensor& x, const at::Tensor& weight) {
+  at::Tensor out = at::empty({x.size(0), weight.size(0)}, x.options());
+  return linear_product_out(out, x, weight);
+}
+
 const char* linear_isa_name(int isa) {
   return isa >= 0 && isa < kLinearIsaCount ? kIsaNames[isa] : nullptr;
 }
@@ -209,6 +239,15 @@ bool linear_isa_set(int isa) {
   if (!linear_isa_supported(isa)) return false;
   g_isa.store(isa, std::memory_order_relaxed);
   return true;
+}
+
+int64_t linear_small_product_rows(int dtype) {
+  return dtype >= 0 && dtype < 3 ? g_small_rows[dtype].load(std::memory_order_relaxed) : -1;
+}
+
+int64_t linear_set_small_product_rows(int dtype, int64_t rows) {
+  if (dtype < 0 || dtype >= 3) return -1;
+  return g_small_rows[dtype].exchange(std::max<int64_t>(0, rows), std::memory_order_relaxed);
 }
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {

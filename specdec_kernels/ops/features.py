@@ -15,8 +15,10 @@ backward (`specdec_kernels.get_op(name)` shows their backends), implemented by t
 
 Backends (specdec_kernels._backend): `triton` gathers embedding rows inside the GEMM operand loads (no
 [T, H] copy of e, no [T, 2H] concatenation), splits W_fc into its embedding and feature halves, and fuses
-RMSNorm, SiLU and the gating product into the GEMMs' prologue/epilogue; `cpu` composes ATen matmuls
-with fused C++ row kernels; `torch` is the plain composition (specdec_kernels/reference/features.py).
+RMSNorm, SiLU and the gating product into the GEMMs' prologue/epilogue; `cpu` composes GEMMs with fused
+C++ row kernels, its forward's GEMMs of few rows (a draft step) on specdec_kernels' linear kernel where that
+was measured faster than ATen's GEMM on this CPU (ops.linear.route_small_products, decided before the first
+CPU call of a dtype), the rest on ATen's; `torch` is the plain composition (specdec_kernels/reference/features.py).
 
 Autocast: under torch.autocast the blocks behave like their composition, whose F.linear calls run in the
 autocast dtype: the floating inputs (features, weights, the gathered embedding rows) are cast to it, the
@@ -38,6 +40,7 @@ import torch
 from .. import _backend
 from ..checks import FLOAT_DTYPES_FP64, ID_DTYPES, check_out, check_tensor, same_device
 from ..reference import features as ref
+from . import linear as linear_ops
 
 
 def _kernel_dtypes(backend, *args):
@@ -295,6 +298,8 @@ def _apply(kernels, backend, eps, features, token_ids, embed_weight, weights, ou
     """Both public functions after their argument checks: flatten to [T, H], then the autograd Function
     when a gradient is needed, else the forward kernel alone into `out`. `weights` in kernel order."""
     _check_ids(token_ids, embed_weight.shape[0], check_ids)
+    if dev.type == "cpu" and not torch.compiler.is_compiling():
+        linear_ops.route_small_products(dt)  # once per dtype: a set lookup after the first call
     lead = tuple(features.shape[:-1])
     f2, ids = _flat(features, H), token_ids.reshape(-1).contiguous()
     weights = [t.contiguous() if t is not None else None for t in (embed_weight, *weights)]

@@ -7,6 +7,10 @@ registers. It has one path per instruction set, chosen by cpuid when _C loads: `
 `avx2` (AVX2 + FMA + F16C) and `portable`. `linear_isa()` says which runs, `set_linear_isa(name)` (or
 SPECDEC_LINEAR_ISA=name in the environment, read at import) forces another this CPU can run.
 
+The other C++ CPU kernels' products (the feature-sampling blocks' forward GEMMs, ops.features) take the same kernel
+for up to `small_product_rows(dtype)` rows and ATen's GEMM beyond; `route_small_products(dtype)` sets that
+from linear_choice's measurement, `set_small_product_rows` by hand.
+
 CUDA tensors run torch (cuBLAS is the kernel there): the op has no cuda or triton backend, and the registry
 says so (`get_op("linear").reason("cuda", ...)`).
 """
@@ -157,6 +161,43 @@ def forced_linear_isa(name: str) -> Iterator[str]:
         yield name
     finally:
         set_linear_isa(before)
+
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc's LinearDtype
+_ROUTED: set = set()  # dtypes whose small-product rows this process has set (route_small_products or by hand)
+
+
+def small_product_rows(dtype: torch.dtype) -> int:
+    """Up to how many rows the other C++ CPU kernels' products in `dtype` (the feature-sampling blocks' forward
+    GEMMs) take the linear kernel instead of ATen's GEMM; 0 (never) by default, for fp64 and without _C."""
+    get = getattr(_loader._C, "linear_small_product_rows", None)
+    return get(_DTYPE_CODES[dtype]) if get is not None and dtype in _DTYPE_CODES else 0
+
+
+def set_small_product_rows(dtype: torch.dtype, rows: int) -> int:
+    """Make the C++ CPU kernels' products of at most `rows` rows in `dtype` (fp32, fp16 or bf16) take the
+    linear kernel, in every thread; returns the previous value. route_small_products leaves it as set here.
+
+    Raises ValueError for another dtype or rows < 0, RuntimeError without _C.
+    """
+    if dtype not in _DTYPE_CODES:
+        raise ValueError(f"small products: expected float32, float16 or bfloat16, got {dtype}")
+    if getattr(_loader._C, "set_linear_small_product_rows", None) is None:
+        raise RuntimeError(f"the C++ linear kernel needs specdec_kernels._C, not loaded ({_loader.load_error()})")
+    before = _loader._C.set_linear_small_product_rows(_DTYPE_CODES[dtype], int(rows))
+    _ROUTED.add(dtype)
+    return before
+
+
+def route_small_products(dtype: torch.dtype) -> int:
+    """Set small_product_rows(dtype) from linear_choice's measurement on this CPU, once per process and dtype
+    (a later call, or one after set_small_product_rows, changes nothing): the largest measured row count up to
+    which the kernel beat torch at every measured count (linear_choice.kernel_rows). Returns the rows in force.
+    The CPU feature-sampling ops call this before their first forward of a dtype."""
+    if dtype in _ROUTED or dtype not in _DTYPE_CODES or not linear_isas():
+        return small_product_rows(dtype)
+    set_small_product_rows(dtype, linear_choice.kernel_rows(dtype))
+    return small_product_rows(dtype)
 
 
 def _apply_env() -> None:

@@ -133,6 +133,21 @@ def faster_backend(dtype: torch.dtype, *, use_cache: bool = True, refresh: bool 
     return result
 
 
+def kernel_rows(dtype: torch.dtype) -> int:
+    """The largest of ROWS up to which the kernel was measured faster than torch at every one of ROWS (0 when
+    slower at one row): where other C++ CPU kernels hand their products to it (ops.linear.route_small_products).
+    $SPECDEC_LINEAR_CHOICE=cpu gives max(ROWS), =torch 0."""
+    result = faster_backend(dtype)
+    if result.get("forced"):
+        return max(ROWS) if result["backend"] == "cpu" else 0
+    rows = 0
+    for m, k, t in zip(result["rows"], result["kernel_ms"], result["torch_ms"]):
+        if k >= t:
+            break
+        rows = m
+    return rows
+
+
 def passed_over(backend: str, x, *_args) -> Optional[str]:
     """The registry's hook (KernelOp.passed_over): why the automatic choice does not take `backend` for these
     arguments, or None. Only the C++ kernel on CPU tensors is ever passed over, for torch, when measured slower."""

@@ -699,3 +699,48 @@ def test_torch_compile_fullgraph(kind):
     assert_close_reduction(out, want, torch.float32, K, f"{kind} compiled output")
     for name, a, b in zip(GRAD_NAMES[kind], grads, want_grads):
         assert_close_reduction(a, b, torch.float32, K, f"{kind} compiled d_{name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The CPU forward's GEMMs: the linear kernel for few rows, ATen's GEMM beyond
+
+
+@pytest.fixture
+def small_products_at_8():
+    """The CPU kernels' products of at most 8 rows on the linear kernel (every dtype), restored after."""
+    from specdec_kernels.ops import linear as lin
+
+    if not lin.linear_isas():
+        pytest.skip("specdec_kernels._C (the C++ linear kernel) is not loaded")
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    saved, routed = {d: lin.small_product_rows(d) for d in dtypes}, set(lin._ROUTED)
+    for d in dtypes:
+        lin.set_small_product_rows(d, 8)
+    yield 8
+    for d, rows in saved.items():
+        lin.set_small_product_rows(d, rows)
+    lin._ROUTED.clear()
+    lin._ROUTED.update(routed)
+
+
+def _aten_gemms(kind, args):
+    """How many ATen GEMM calls one inference forward of the CPU kernel makes (profiled)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        OPS[kind][0](**args, eps=EPS, backend="cpu")
+    return sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
+
+
+@pytest.mark.parametrize("kind", ["fspad", "griffin"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 5, 8, 9])
+def test_cpu_small_products_on_the_linear_kernel(kind, dtype, T, small_products_at_8):
+    """With small_product_rows = 8, forwards of at most 8 rows run every GEMM on the linear kernel and larger
+    ones on ATen's (the profile shows which ran); both match the reference, with and without the fc bias, and
+    the training path (saved activations, backward) too. Odd H and I: no multiple of a vector width."""
+    args = make_inputs(kind, T, 40, 100, 300, dtype)
+    skip_unless_runs(kind, "cpu", args)
+    assert (_aten_gemms(kind, args) == 0) == (T <= small_products_at_8)
+    for bias in (True, False):
+        compare(kind, "cpu", "cpu", T, 40, 100, 300, dtype, bias=bias)

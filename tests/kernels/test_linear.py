@@ -245,3 +245,57 @@ def test_automatic_choice_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "fast")
     with pytest.raises(ValueError, match="SPECDEC_LINEAR_CHOICE: expected cpu or torch, got 'fast'"):
         op.choose(x, w, None, out)
+
+
+@pytest.fixture
+def restore_small_products():
+    """Put the process-wide small-product rows back as they were (other tests run the feature kernels)."""
+    saved, routed = {d: lin.small_product_rows(d) for d in DTYPES}, set(lin._ROUTED)
+    yield
+    for d, rows in saved.items():
+        lin.set_small_product_rows(d, rows)
+    lin._ROUTED.clear()
+    lin._ROUTED.update(routed)
+
+
+@pytest.mark.parametrize(
+    "kernel_ms,torch_ms,rows",
+    [
+        ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], 16),  # faster at every measured M
+        ([1.0, 1.0, 3.0], [2.0, 2.0, 2.0], 4),  # slower from M = 16
+        ([1.0, 3.0, 1.0], [2.0, 2.0, 2.0], 1),  # a win after a loss does not count
+        ([3.0, 1.0, 1.0], [2.0, 2.0, 2.0], 0),  # slower at one row: never
+    ],
+)
+def test_kernel_rows_from_the_measurement(monkeypatch, kernel_ms, torch_ms, rows):
+    monkeypatch.delenv("SPECDEC_LINEAR_CHOICE", raising=False)
+    fake = {"backend": "cpu", "rows": [1, 4, 16], "kernel_ms": kernel_ms, "torch_ms": torch_ms}
+    monkeypatch.setattr(linear_choice, "faster_backend", lambda dtype: fake)
+    assert linear_choice.kernel_rows(torch.bfloat16) == rows
+
+
+def test_kernel_rows_forced(monkeypatch):
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
+    assert linear_choice.kernel_rows(torch.float16) == max(linear_choice.ROWS)
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "torch")
+    assert linear_choice.kernel_rows(torch.float16) == 0
+
+
+@NEEDS_C
+def test_small_product_rows_routing(monkeypatch, restore_small_products):
+    """route_small_products sets the rows from the measurement once per dtype and never overrides a value set
+    by hand; bad dtypes and rows fail with what was expected."""
+    lin._ROUTED.clear()
+    monkeypatch.setattr(linear_choice, "kernel_rows", lambda dtype: {torch.bfloat16: 4, torch.float32: 0}[dtype])
+    assert lin.route_small_products(torch.bfloat16) == 4 == lin.small_product_rows(torch.bfloat16)
+    monkeypatch.setattr(linear_choice, "kernel_rows", lambda dtype: pytest.fail("measured again"))
+    assert lin.route_small_products(torch.bfloat16) == 4
+    before = lin.small_product_rows(torch.float16)
+    assert lin.set_small_product_rows(torch.float16, 9) == before  # returns the previous value
+    assert lin.route_small_products(torch.float16) == 9  # set by hand: kept
+    assert lin.route_small_products(torch.float64) == 0 == lin.small_product_rows(torch.float64)
+    with pytest.raises(ValueError, match="expected float32, float16 or bfloat16, got torch.float64"):
+        lin.set_small_product_rows(torch.float64, 4)
+    with pytest.raises(ValueError, match="rows must be >= 0, got -1"):
+        lin.set_small_product_rows(torch.float32, -1)
+    assert lin.set_small_product_rows(torch.float32, 0) == lin.small_product_rows(torch.float32) == 0
