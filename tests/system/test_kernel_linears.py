@@ -19,7 +19,7 @@ from specdec.decoding import budget
 from specdec.decoding.generate import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head
 from specdec.target import kernel_linears as kl
-from specdec.target.prepack import PackedLinear, is_prepacked, prepack_available
+from specdec.target.prepack import PackedLinear, is_prepacked, prepack_available, unpack_linears
 from specdec_kernels.ops import linear as linear_op
 
 from helpers import assert_close
@@ -131,6 +131,8 @@ def test_speed_up_prepacks_and_routes_small_calls_where_onednn_runs(force_kernel
         assert packed > 0 and kernel == packed == n_linears(model, kl.HybridLinear) and is_prepacked(model)
         assert kl.uses_kernel_linears(model) and kl.speed_up_cpu_linears(model) == (packed, kernel)  # idempotent
         assert kl.plain_linears(model) == packed and n_linears(model, PackedLinear) == packed
+        kl.speed_up_cpu_linears(model)  # unpacking the hybrid layers removes the mark with them
+        assert unpack_linears(model) == packed and not kl.uses_kernel_linears(model)
     else:
         assert packed == 0 and kernel > 0 and kl.uses_kernel_linears(model)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prepack import PackedLinear, plain_cpu_linear, prepack_linears
+from .prepack import KERNEL_MARK, PackedLinear, plain_cpu_linear, prepack_linears
 
 __all__ = [
     "KernelLinear",
@@ -108,6 +108,8 @@ class KernelLinear(nn.Linear):
     """An nn.Linear whose forward runs specdec_kernels' C++ linear inside kernel_linear_scope() and F.linear
     outside it (see the module docstring). Made from an nn.Linear in place by use_kernel_linears."""
 
+    runs_kernel = True  # read by prepack.unpack_linears
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernel_linear(x, self.weight, self.bias)
 
@@ -119,6 +121,7 @@ class HybridLinear(PackedLinear):
     speed_up_cpu_linears; unpack_linears turns it back into an nn.Linear."""
 
     kernel_rows: int = 0
+    runs_kernel = True  # read by prepack.unpack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() <= self.kernel_rows * self.in_features and _runs_kernel(x, self.weight, self.bias):
@@ -177,13 +180,13 @@ def use_kernel_linears(model: nn.Module) -> int:
             sub.__class__ = KernelLinear
             marked += 1
     if marked:
-        model._specdec_kernel_linears = True
+        setattr(model, KERNEL_MARK, True)
     return marked
 
 
 def uses_kernel_linears(model: nn.Module) -> bool:
     """True when use_kernel_linears marked `model` (and has not been undone by plain_linears)."""
-    return bool(getattr(model, "_specdec_kernel_linears", False))
+    return bool(getattr(model, KERNEL_MARK, False))
 
 
 def plain_linears(model: nn.Module) -> int:
@@ -197,8 +200,7 @@ def plain_linears(model: nn.Module) -> int:
         elif type(sub) is HybridLinear:
             sub.__class__ = PackedLinear
             restored += 1
-    if hasattr(model, "_specdec_kernel_linears"):
-        del model._specdec_kernel_linears
+    model.__dict__.pop(KERNEL_MARK, None)
     return restored
 
 
@@ -239,5 +241,5 @@ def _route_small_calls_to_kernel(model: nn.Module) -> int:
             sub.kernel_rows = rows
             routed += 1
     if routed:
-        model._specdec_kernel_linears = True
+        setattr(model, KERNEL_MARK, True)
     return routed

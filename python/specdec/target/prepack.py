@@ -144,8 +144,15 @@ def prepack_linears(model: nn.Module) -> int:
     return swapped
 
 
+# The attribute by which kernel_linears marks a model whose layers run the C++ kernel (kept here, below
+# kernel_linears in the import order, since unpacking its HybridLinear layers removes the mark too).
+KERNEL_MARK = "_specdec_kernel_linears"
+
+
 def unpack_linears(model: nn.Module) -> int:
-    """Undo prepack_linears: every PackedLinear back to an nn.Linear on the same Parameters; returns how many."""
+    """Undo prepack_linears: every PackedLinear (HybridLinear included) back to an nn.Linear on the same
+    Parameters; returns how many. When no layer is left that runs the C++ kernel (one whose class sets
+    `runs_kernel`), `model` loses kernel_linears' mark too."""
     restored = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -155,6 +162,8 @@ def unpack_linears(model: nn.Module) -> int:
                 lin.bias = child.bias
                 setattr(parent, name, lin)
                 restored += 1
+    if restored and not any(getattr(type(m), "runs_kernel", False) for m in model.modules()):
+        model.__dict__.pop(KERNEL_MARK, None)
     return restored
 
 
