@@ -15,6 +15,7 @@
 
 import ast
 import glob
+import hashlib
 import os
 import shutil
 import sys
@@ -78,6 +79,18 @@ def _write_build_info(info):
         f.write(f"BUILD_INFO = {info!r}\n")
 
 
+def _cpu_sources_id(sources):
+    """A short hash of the CPU kernels' sources and headers: the machine measurements that specdec caches
+    (which linear is faster, the compute dtype, the tree budget's costs) are keyed on it, so a changed kernel
+    is measured again instead of read from a stale cache."""
+    h = hashlib.sha1()
+    for path in sorted(sources) + sorted(glob.glob(os.path.join("csrc", "include", "specdec", "*.h"))):
+        h.update(path.encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
 def _extensions():
     # limits: the kernel limits the extension was compiled with ({} when nothing is compiled).
     info = {"extension": False, "cpu": False, "cuda": False, "cuda_archs": "", "reason": "", "limits": {}}
@@ -113,7 +126,7 @@ def _extensions():
             with_cuda = True
     if info["reason"]:
         _log(info["reason"])
-    info.update(extension=True, cpu=True, limits=limits)
+    info.update(extension=True, cpu=True, limits=limits, cpu_sources=_cpu_sources_id(sources))
     ldflags = ["-fopenmp"]
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home

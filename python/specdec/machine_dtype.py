@@ -11,7 +11,7 @@ geometric mean of its time ratios to fp32 is below 1. Each dtype's linear is the
 specdec_kernels' C++ linear where it measured faster than torch's for that dtype
 (specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
 The answer is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags,
-the torch version, the thread count and the linear kernel's path, beside the tree budget's cost cache.
+the torch version, the thread count and the linear kernel's path and build, beside the tree budget's cost cache.
 $SPECDEC_CPU_DTYPE (bfloat16 or float32) overrides the measurement, e.g. to keep one dtype across machines of
 different kinds.
 
@@ -46,13 +46,15 @@ def cache_path() -> Path:
 
 def cpu_key() -> str:
     """What decides the answer: the CPU model name, its bf16-relevant ISA flags, torch's version, the
-    number of torch threads and the C++ linear kernel's path ("none" without specdec_kernels._C)."""
+    number of torch threads and the C++ linear kernel's path and build (linear_kernel_id: a rebuilt kernel is
+    measured again; "none" without specdec_kernels._C)."""
     import torch
 
-    from specdec_kernels.ops.linear import linear_isa
+    from specdec_kernels.ops.linear_choice import linear_kernel_id
 
     name, flags = cpu_model(), cpu_flags(FLAGS) or []
-    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {torch.get_num_threads()}|linear {linear_isa()}"
+    threads = torch.get_num_threads()
+    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {threads}|linear {linear_kernel_id()}"
 
 
 def _linear_of(dtype):

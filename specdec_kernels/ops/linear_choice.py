@@ -6,8 +6,8 @@ may win at larger M. So the automatic backend choice of `linear` for CPU tensors
 the first time a dtype is asked for: the default target's MLP projection (N, K) = (1536, 576) at M = 1, 4
 and 16 rows (a decode step, small and large trees), and takes the kernel when the geometric mean of its time
 ratios to torch is below 1. The answer is cached in $SPECDEC_HOME/linear_choice.json (default
-~/.cache/specdec) under the CPU's model name, its ISA flags, torch's version and the kernel's path (both
-are timed on one thread, see measure), as specdec's compute-dtype choice is (python/specdec/machine_dtype.py).
+~/.cache/specdec) under the CPU's model name, its ISA flags, torch's version and the kernel's path and build
+(both are timed on one thread, see measure), as specdec's compute-dtype choice is (python/specdec/machine_dtype.py).
 $SPECDEC_LINEAR_CHOICE=cpu or torch skips the measurement; backend= and $SPECDEC_BACKEND always win.
 """
 
@@ -39,14 +39,23 @@ def cache_path() -> Path:
 
 
 def cpu_key() -> str:
-    """What decides the answer: the CPU model, its ISA flags, torch's version, the kernel's path (measured on
-    one thread: see measure)."""
+    """What decides the answer: the CPU model, its ISA flags, torch's version, the kernel's path and build
+    (linear_kernel_id; measured on one thread: see measure)."""
+    name, flags = cpu_model(), cpu_flags(FLAGS) or []
+    return f"{name}|{','.join(flags)}|torch {torch.__version__}|{linear_kernel_id()}"
+
+
+def linear_kernel_id() -> str:
+    """The C++ linear kernel's running path and the build of the CPU kernels' sources, e.g.
+    "avx2@1a2b3c4d5e6f" ("none" without _C): what a measurement of the kernel depends on besides the machine,
+    so the caches of such measurements (this module's, specdec's compute dtype, kernel rows and tree budget)
+    key on it and measure a rebuilt kernel again."""
     from .. import _loader
 
     isa = getattr(_loader._C, "linear_isa", None)
-    name, flags = cpu_model(), cpu_flags(FLAGS) or []
-    path = isa() if isa is not None else "none"
-    return f"{name}|{','.join(flags)}|torch {torch.__version__}|{path}"
+    if isa is None:
+        return "none"
+    return f"{isa()}@{_loader.build_info().get('cpu_sources', 'unknown')}"
 
 
 def _best_ms(fn, calls: int = 40) -> float:

@@ -299,3 +299,16 @@ def test_small_product_rows_routing(monkeypatch, restore_small_products):
     with pytest.raises(ValueError, match="rows must be >= 0, got -1"):
         lin.set_small_product_rows(torch.float32, -1)
     assert lin.set_small_product_rows(torch.float32, 0) == lin.small_product_rows(torch.float32) == 0
+
+
+@NEEDS_C
+def test_measurements_are_keyed_on_the_kernels_build(monkeypatch):
+    """A rebuilt kernel (other CPU sources) is measured again: the build's source hash is in linear_kernel_id
+    and in linear_choice's cache key."""
+    from specdec_kernels import _loader
+
+    kid, key = linear_choice.linear_kernel_id(), linear_choice.cpu_key()
+    assert kid.startswith(lin.linear_isa() + "@") and kid.split("@")[1] != "" and kid in key
+    monkeypatch.setattr(_loader, "build_info", lambda: {"cpu_sources": "0123456789ab"})
+    assert linear_choice.linear_kernel_id() == lin.linear_isa() + "@0123456789ab"
+    assert linear_choice.cpu_key() != key

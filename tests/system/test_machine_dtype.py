@@ -69,3 +69,17 @@ def test_auto_note_says_what_was_picked_and_why(monkeypatch):
     note = machine_dtype.auto_note(torch.device("cpu"))
     assert note.startswith("--dtype auto: bfloat16 (") and "0.61x" in note
     assert machine_dtype.auto_note(torch.device("cuda")) == "--dtype auto: bfloat16 (CUDA)"
+
+
+def test_cache_key_names_the_kernels_build(monkeypatch):
+    """A rebuilt C++ linear kernel (other sources) is measured again: the key holds linear_kernel_id."""
+    from specdec_kernels import _loader
+    from specdec_kernels.ops.linear import linear_isa
+    from specdec_kernels.ops.linear_choice import linear_kernel_id
+
+    key = machine_dtype.cpu_key()
+    assert key.endswith(f"|linear {linear_kernel_id()}")
+    if linear_isa() == "none":
+        return  # without _C there is no kernel build to tell apart
+    monkeypatch.setattr(_loader, "build_info", lambda: {"cpu_sources": "0123456789ab"})
+    assert machine_dtype.cpu_key() != key and machine_dtype.cpu_key().endswith("@0123456789ab")

@@ -71,6 +71,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from specdec_kernels.ops.linear_choice import linear_kernel_id
+
 from ..devices import synchronize
 from ..files import atomic_write_text, specdec_home
 from ..target.kernel_linears import uses_kernel_linears
@@ -338,11 +340,11 @@ def _cache_key(hf_model, dtype, device, context: int) -> str:
     base = os.path.basename(str(name).rstrip("/"))
     dt = str(dtype).replace("torch.", "")
     # the CPU linears are another cost curve (specdec.target.prepack, specdec.target.kernel_linears)
-    kernel = uses_kernel_linears(hf_model)
+    kernel = f"@{linear_kernel_id()}" if uses_kernel_linears(hf_model) else ""  # a rebuilt kernel: a new curve
     if is_prepacked(hf_model):
-        packed = "|prepacked+kernel" if kernel else "|prepacked"
+        packed = "|prepacked+kernel" + kernel if kernel else "|prepacked"
     else:
-        packed = "|kernel-linears" if kernel else ""
+        packed = "|kernel-linears" + kernel if kernel else ""
     return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
 
 
