@@ -523,6 +523,27 @@ def test_break_even_tau_from_the_cost_curves(monkeypatch):
     assert budget.break_even_tau(None, None, 4, 2, 2) == pytest.approx((2 * 0.0005 + 0.014) / 0.010)
 
 
+@pytest.mark.parametrize(
+    "lengths, break_even, loses",
+    [
+        ([[1]] * 4, 1.9, True),  # four passes that accepted nothing: 1 + 2 * 0.5 / 2 = 1.5 is below 1.9 ...
+        ([[1]] * 4, 1.45, False),  # ... not below 1.45 ...
+        ([[1]] * 8, 1.45, True),  # ... until eight such passes (1 + 2 * 0.5 / 2.83 = 1.35)
+        ([[1], [2], [1], [3]], 1.9, False),  # mean 1.75: not clearly below before FALLBACK_MIN_PASSES ...
+        ([[1], [2], [1], [3]] * 4, 1.9, True),  # ... but below it at 16 passes
+        ([[3], [2], [2], [3]] * 4, 1.9, False),  # a tree that pays
+        ([[1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0]], 1.9, True),  # finished rows: not counted
+        ([[0, 0]], 1.9, False),  # nothing running
+    ],
+)
+def test_tree_loses_rule(lengths, break_even, loses):
+    """The fallback's test (generate._tree_loses): before FALLBACK_MIN_PASSES passes only a clear loss (the mean
+    plus two standard errors, the spread at least FALLBACK_SD, below the break-even) switches; from then on the
+    mean alone decides."""
+    gen_mod = importlib.import_module("specdec.decoding.generate")
+    assert gen_mod._tree_loses(torch.tensor(lengths, dtype=torch.int32), break_even) is loses
+
+
 @pytest.mark.parametrize("break_even, page_size", [(0.0, None), (100.0, None), (100.0, 4)])
 def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even, page_size):
     """A tree that realises fewer tokens per pass than its break-even is dropped for plain decoding at the
@@ -538,7 +559,7 @@ def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even, pag
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: break_even)
     gen_mod = importlib.import_module("specdec.decoding.generate")  # the module (the package exports the function)
     monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 2)
-    monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 1)
+    monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 2)  # one check, at the second pass
     prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
     res = generate(model, head, prompt, max_new_tokens=20, total_tokens="auto", eos_token_id=[], page_size=page_size)
     for b, p in enumerate(prompt):
@@ -564,7 +585,9 @@ def test_generate_auto_fallback_when_sampling(monkeypatch):
     head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
     monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (8, 3, 4, 1.0))
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
-    monkeypatch.setattr(importlib.import_module("specdec.decoding.generate"), "FALLBACK_MIN_PASSES", 3)
+    gen_mod = importlib.import_module("specdec.decoding.generate")
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 3)
+    monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 3)
     runs = []
     for _ in range(2):
         g = torch.Generator().manual_seed(7)

@@ -145,7 +145,7 @@ def generate(
             When no tree is expected to beat plain decoding on this machine, "auto" decodes plainly
             (generate_baseline; the result's tree is budget.PLAIN = (1, 0, 0) and tau 1). When a chosen tree
             realises fewer tokens per pass than it needs to beat plain decoding (budget.break_even_tau;
-            checked after 16 passes, then every 8, without cuda_graph), the rest is decoded plainly
+            checked every 4 passes, without cuda_graph: _tree_loses), the rest is decoded plainly
             (the result's plain_after).
         eos_token_id: int or list of ints: a request stops after emitting one of them. None (default):
             the model's `generation_config.eos_token_id`, like `model.generate` (specdec.eos.eos_ids); `[]`:
@@ -291,11 +291,30 @@ def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, stat
     return PassState(root, root_logits, root_hidden, static=static), t_prefill, t_draft
 
 
-# "auto"'s watch over the realised tokens per pass: first after FALLBACK_MIN_PASSES tree passes (fewer say
-# little: one pass accepts 0 to depth tokens), then every FALLBACK_EVERY passes (each check reads the passes'
-# accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes).
+# "auto"'s watch over the realised tokens per pass, checked every FALLBACK_EVERY tree passes (each check reads
+# the passes' accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes). From
+# FALLBACK_MIN_PASSES passes on, a mean below the break-even switches. Before, the mean says little (one pass
+# accepts 1 to depth + 1 tokens), so only a clear loss switches: the mean plus FALLBACK_Z standard errors still
+# below the break-even, the spread of the accept lengths taken as at least FALLBACK_SD (a few equal lengths
+# would otherwise claim certainty). A tree that accepts next to nothing (a prompt far from the head's
+# training data) then costs 4-8 passes instead of 16, which on a short answer is most of the difference.
 FALLBACK_MIN_PASSES = 16
-FALLBACK_EVERY = 8
+FALLBACK_EVERY = 4
+FALLBACK_Z = 2.0
+FALLBACK_SD = 0.5
+
+
+def _tree_loses(acc: torch.Tensor, break_even: float) -> bool:
+    """Whether "auto" should switch to plain decoding after the tree passes' accept lengths acc [passes, B]
+    (0 where a request had finished), against the tree's break-even tokens per pass (see above)."""
+    lengths = acc[acc > 0].double()
+    if lengths.numel() == 0:
+        return False
+    mean = _tokens_per_pass(acc)
+    if acc.shape[0] >= FALLBACK_MIN_PASSES:
+        return mean < break_even
+    sd = max(float(lengths.std()) if lengths.numel() > 1 else 0.0, FALLBACK_SD)
+    return mean + FALLBACK_Z * sd / lengths.numel() ** 0.5 < break_even
 
 
 def _tokens_per_pass(acc: torch.Tensor) -> float:
@@ -311,8 +330,8 @@ def _eager_passes(
     """Decode eagerly until every request has finished (one host sync per pass, on the finished flags),
     timing each pass's draft and verify phases. Appends each pass's n to accepts.
 
-    fallback: None, or (break_even, one_plain_pass): when the tokens per pass realised so far fall below
-    break_even at a check (FALLBACK_MIN_PASSES, then every FALLBACK_EVERY passes), the rest is decoded with
+    fallback: None, or (break_even, one_plain_pass): when the tokens per pass realised so far lose against
+    break_even at a check (every FALLBACK_EVERY passes; _tree_loses), the rest is decoded with
     one_plain_pass (plain decoding from the same state and cache; its time counts as verify time). Every
     token is still the target's own, so the switch changes only the speed: greedy output stays the target's
     greedy output, and sampled tokens keep the target's distribution (the decision reads only what earlier
@@ -344,9 +363,8 @@ def _eager_passes(
         passes += 1
         if passes > max_passes:  # every active pass emits >= 1 token
             raise RuntimeError("generate: no progress (a request emitted no token in a pass); please report")
-        due = passes >= FALLBACK_MIN_PASSES and (passes - FALLBACK_MIN_PASSES) % FALLBACK_EVERY == 0
-        if fallback is not None and plain_after is None and due:
-            if _tokens_per_pass(torch.stack(accepts)) < fallback[0] and not bool(out.finished.all()):
+        if fallback is not None and plain_after is None and passes % FALLBACK_EVERY == 0:
+            if _tree_loses(torch.stack(accepts), fallback[0]) and not bool(out.finished.all()):
                 plain_after = passes
     return passes, t_draft, t_verify, plain_after
 
