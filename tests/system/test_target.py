@@ -132,6 +132,7 @@ def test_attention_checks_once_per_forward_and_changes_nothing(family, monkeypat
         pre = tgt.prefill(ids, lengths, cache)
         return pre, tgt.verify(tokens, tree, cache)
 
+    run()  # the first forward also checks the lean layers against transformers' (specdec.target.lean_layers)
     checked = []
     real = attention.specdec_kernels.tree_attention
     monkeypatch.setattr(attention.specdec_kernels, "tree_attention", lambda *a, **k: checked.append(1) or real(*a, **k))

@@ -12,16 +12,20 @@ Three operations, all free of host synchronisation:
 - commit: after acceptance, specdec_kernels.compact_kv moves the accepted nodes' K/V into place and
   cache_len += accept_len.
 Every forward returns the last layer's hidden states after the final norm (the features f_t the draft heads
-read) and the logits of the rows asked for.
+read) and the logits of the rows asked for. For the Llama-family layers it knows, the forward skips
+transformers' per-layer machinery (specdec.target.lean_layers: the same modules and arithmetic, checked
+bitwise against transformers' path on the first forward); lean=False keeps transformers' path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
+import transformers
 
 import specdec_kernels
 from specdec_kernels import chain_mask
@@ -30,6 +34,7 @@ from specdec_kernels.checks import check_tensor
 from .attention import ATTN_IMPLEMENTATION, TreeAttentionState
 from .cache import TreeKVCache
 from .kernel_linears import in_kernel_linear_scope
+from .lean_layers import LeanDecoder
 from .paged_cache import PagedTreeKVCache, PagePool
 
 
@@ -61,9 +66,12 @@ class TargetModel:
             transformers' AttentionInterface (Llama, Mistral, Qwen2, Qwen3, ...). It is not modified:
             the attention implementation is switched to specdec_tree only for the duration of each forward.
         backend: specdec_kernels backend for tree_attention / compact_kv (None chooses).
+        lean: run the decoder layers through specdec.target.lean_layers where they are supported (default),
+            after the first forward found its output bitwise equal to transformers' path; False: always
+            transformers' path.
     """
 
-    def __init__(self, model: torch.nn.Module, backend: Optional[str] = None):
+    def __init__(self, model: torch.nn.Module, backend: Optional[str] = None, *, lean: bool = True):
         config = getattr(model, "config", None)
         if config is None:
             raise TypeError(f"TargetModel: expected a transformers PreTrainedModel, got {type(model).__name__}")
@@ -92,6 +100,9 @@ class TargetModel:
         self.hidden_size = config.hidden_size
         self.vocab_size = self.lm_head.weight.shape[0]
         self._cache_kw = cache_argument(self.base)
+        # None: not checked yet (the first forward compares it with transformers' path); False: not used
+        self._lean = (LeanDecoder.plan(self.base) or False) if lean else False
+        self._lean_checked = False
 
     # -- properties -------------------------------------------------------------------------------------
     @property
@@ -203,21 +214,50 @@ class TargetModel:
         if tree_mask.shape[2] * 32 < T:
             raise ValueError(f"tree_mask: {tree_mask.shape[2]} words per row cannot address {T} new tokens")
         self._check_cache(cache, B, T)
-        state = TreeAttentionState(
-            cache.cache_len, tree_mask.contiguous(), self.backend, block_table=getattr(cache, "block_table", None)
-        )
+        hidden = self._layers(input_ids, position_ids, cache, tree_mask)
+        return TargetOutput(self.lm_head(hidden) if logits else None, hidden)
+
+    __call__ = forward
+
+    @property
+    def lean(self) -> bool:
+        """Whether forwards skip transformers' per-layer machinery (specdec.target.lean_layers): a supported
+        architecture whose first forward matched transformers' path bitwise (True before that forward too)."""
+        return bool(self._lean) and not self.base.training
+
+    def _layers(self, input_ids, position_ids, cache, tree_mask) -> torch.Tensor:
+        """The decoder's hidden states after the final norm: the lean path where it is in use, else
+        transformers' own forward. The lean path's first forward also runs transformers' (which writes the same
+        K/V over it) and is kept only when both agree bitwise."""
+
+        def state():
+            block_table = getattr(cache, "block_table", None)
+            return TreeAttentionState(cache.cache_len, tree_mask.contiguous(), self.backend, block_table=block_table)
+
+        lean = self._lean.forward(input_ids, position_ids, cache, state()) if self.lean else None
+        if lean is not None and self._lean_checked:
+            return lean
         with self._tree_attention():
             out = self.base(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 use_cache=True,
-                specdec_state=state,
+                specdec_state=state(),
                 **{self._cache_kw: cache},
             )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return TargetOutput(self.lm_head(hidden) if logits else None, hidden)
-
-    __call__ = forward
+        if lean is not None:
+            self._lean_checked = True
+            if not torch.equal(lean, hidden):
+                self._lean = False
+                warnings.warn(
+                    f"TargetModel: the lean decoder path differs from transformers' for {type(self.model).__name__} "
+                    f"(transformers {transformers.__version__}); using transformers' path (see specdec.target."
+                    "lean_layers)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return hidden
 
     @torch.no_grad()
     @in_kernel_linear_scope

@@ -1,0 +1,90 @@
+"""specdec.target.lean_layers: the target's decoder layers without transformers' per-layer machinery.
+
+The oracle is transformers' own path through the same TargetModel (lean=False): the lean path must give
+bitwise the same hidden states, logits and cache contents for every supported family, on contiguous and
+paged caches; an unsupported layer keeps transformers' path; a lean path that differs is dropped on the first
+forward, with a warning, and nothing it computed is kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+from specdec.target import TargetModel, lean_layers
+
+from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
+
+IDS = torch.randint(1, 100, (2, 7), generator=torch.Generator().manual_seed(5))
+LENGTHS = torch.tensor([7, 3], dtype=torch.int32)
+TREE = sk.build_tree(torch.tensor([[-1, 0, 0, 1, 3], [-1, 0, 1, 1, 2]], dtype=torch.int32))
+TOKENS = torch.randint(1, 100, (2, 5), generator=torch.Generator().manual_seed(6))
+
+
+def decode(tgt, page_size=None):
+    """Prefill, a verify, a commit and a second verify; every output and the caches after."""
+    cache = tgt.new_cache(2, 24, page_size=page_size)
+    outs = [tgt.prefill(IDS, LENGTHS, cache)]
+    outs.append(tgt.verify(TOKENS, TREE, cache))
+    tgt.commit(cache, torch.tensor([[0, 1, 3], [0, 2, -1]], dtype=torch.int32), torch.tensor([3, 2], dtype=torch.int32))
+    outs.append(tgt.verify(TOKENS.flip(1), TREE, cache))
+    return outs, cache
+
+
+def assert_same(a, b):
+    (outs_a, cache_a), (outs_b, cache_b) = a, b
+    for x, y in zip(outs_a, outs_b):
+        assert torch.equal(x.hidden, y.hidden) and torch.equal(x.logits, y.logits)
+    assert torch.equal(cache_a.cache_len, cache_b.cache_len)
+    assert all(torch.equal(u, v) for u, v in zip(cache_a.caches(), cache_b.caches()))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("page_size", [None, 4])
+def test_lean_path_is_bitwise_transformers(family, page_size):
+    model = make_target(family)
+    lean, plain = TargetModel(model), TargetModel(model, lean=False)
+    assert lean.lean and not plain.lean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the first forward's check passes silently
+        assert_same(decode(lean, page_size), decode(plain, page_size))
+    assert lean.lean and lean._lean_checked  # kept after the check
+
+
+def test_lean_path_runs_after_the_check(monkeypatch):
+    """After the first forward only the lean path runs (transformers' decoder forward is not called)."""
+    model = make_target("qwen3")
+    tgt = TargetModel(model)
+    calls = []
+    real = type(tgt.base).forward
+    monkeypatch.setattr(type(tgt.base), "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    decode(tgt)
+    assert len(calls) == 1  # the prefill's check only
+
+
+def test_unsupported_layers_keep_transformers_path():
+    """A layer class the lean path does not know (here a subclass, as a patched or quantized layer would be),
+    or a missing submodule, keeps every forward on transformers' path."""
+    model = make_target("llama")
+    layer = model.model.layers[1]
+    layer.__class__ = type("PatchedDecoderLayer", (type(layer),), {})
+    assert lean_layers.LeanDecoder.plan(model.model) is None and not TargetModel(model).lean
+    model = make_target("llama")
+    del model.model.layers[0].mlp.act_fn
+    assert not TargetModel(model).lean
+
+
+def test_a_differing_lean_path_is_dropped_with_a_warning(monkeypatch):
+    """A lean path whose arithmetic differs from transformers' (as after a transformers change) is caught by
+    the first forward: a RuntimeWarning, transformers' outputs and cache, and transformers' path from then on."""
+    real = lean_layers._rms_norm
+    monkeypatch.setattr(lean_layers, "_rms_norm", lambda x, norm: real(x, norm) * (1 + 2**-10))
+    model = make_target("mistral")
+    tgt = TargetModel(model)
+    with pytest.warns(RuntimeWarning, match="lean decoder path differs from transformers'"):
+        got = decode(tgt)
+    assert not tgt.lean
+    assert_same(got, decode(TargetModel(model, lean=False)))
