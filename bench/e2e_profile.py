@@ -131,6 +131,23 @@ class PhaseProfiler:
                 prof.mark("verify.attention")
                 return out
 
+        # Layers after a forward's first run the checked kernel directly (attention.TreeAttentionState.plan):
+        # time those calls too.
+        real_op = _attn_mod._OP
+
+        class OpProxy:
+            def __getattr__(self, name):
+                return getattr(real_op, name)
+
+            @staticmethod
+            def run(*a, **kw):
+                if prof.phase != "verify":
+                    return real_op.run(*a, **kw)
+                prof.mark("verify.layers")
+                out = real_op.run(*a, **kw)
+                prof.mark("verify.attention")
+                return out
+
         def pre(module, args):
             if prof.phase == "verify":
                 prof.mark("verify.layers")
@@ -141,6 +158,7 @@ class PhaseProfiler:
 
         head.compute_logits = compute_logits
         _attn_mod.specdec_kernels = KernelsProxy()
+        _attn_mod._OP = OpProxy()
         h1 = target.lm_head.register_forward_pre_hook(pre)
         h2 = target.lm_head.register_forward_hook(post)
         drafting.set_profiler(self)
@@ -151,6 +169,7 @@ class PhaseProfiler:
             h1.remove()
             h2.remove()
             _attn_mod.specdec_kernels = real_sk
+            _attn_mod._OP = real_op
             del head.compute_logits
 
 
