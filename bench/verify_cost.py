@@ -6,6 +6,10 @@ specdec.target.kernel_linears) and, where oneDNN's bf16 path runs, `prepacked` (
 Timing is specdec.decoding.budget.time_verify: the median of `--repeats` verifications of a chain of N nodes
 after a 300-token prefill, batch 1, the default target.
 
+`--transformers-layers` adds, for every provider, the same target with its decoder layers run by transformers'
+own forward (TargetModel(lean=False)) instead of specdec.target.lean_layers (the default): the per-layer
+machinery that the lean path skips, as a time per verification.
+
 To see what an AVX2-only CPU does (no AVX-512, no bf16 instructions), hold torch and the kernel to AVX2:
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 SPECDEC_LINEAR_ISA=avx2 python bench/verify_cost.py --tag
 avx2-only` (the table header records these variables; bench/results/verify_cost_avx2-only_cpu.md).
@@ -31,11 +35,13 @@ from specdec_kernels.ops import linear as lin
 
 from common import OUT_DIR, RESULTS_DIR, cpu_flags, env_info, load_average
 
+HF = " (transformers layers)"  # the suffix of a provider run with TargetModel(lean=False)
 ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SPECDEC_LINEAR_ISA", "OMP_NUM_THREADS")
 
 
-def run_provider(model, provider: str, Ns, context: int, repeats: int) -> dict:
-    """{N: seconds} with the model's linears set up as `provider` says, restored afterwards."""
+def run_provider(model, provider: str, Ns, context: int, repeats: int, lean: bool = True) -> dict:
+    """{N: seconds} with the model's linears set up as `provider` says, restored afterwards; lean=False runs
+    transformers' own decoder forward (TargetModel(lean=False))."""
     if provider == "kernel":
         forced = os.environ.get("SPECDEC_LINEAR_CHOICE")
         os.environ["SPECDEC_LINEAR_CHOICE"] = "cpu"  # this row is the kernel's, whatever the automatic choice
@@ -49,7 +55,7 @@ def run_provider(model, provider: str, Ns, context: int, repeats: int) -> dict:
     elif provider == "prepacked":
         prepack_linears(model)
     try:
-        return time_verify(TargetModel(model), Ns, context=context, repeats=repeats)
+        return time_verify(TargetModel(model, lean=lean), Ns, context=context, repeats=repeats)
     finally:
         plain_linears(model)
         unpack_linears(model)
@@ -78,6 +84,8 @@ def markdown(table, args, providers, load_before, load_after) -> str:
             for p in providers:
                 t, t1 = table[threads][p][N], table[threads][p][1]
                 extra = f", {table[threads]['torch'][N] / t:.2f}x torch" if p != "torch" else ""
+                if p.endswith(HF):  # the same provider with the lean layers, against this one
+                    extra = f", lean {t / table[threads][p[: -len(HF)]][N]:.2f}x faster"
                 cells.append(f"{t * 1e3:.1f} ({t / t1:.2f}{extra})")
             lines.append(f"| {N} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -93,6 +101,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--results", action="store_true", help="write into bench/results (committed)")
     parser.add_argument("--tag", default="", help="a suffix of the output file (verify_cost_<tag>_cpu.md)")
+    parser.add_argument(
+        "--transformers-layers",
+        action="store_true",
+        help="also time every provider with transformers' own decoder forward (TargetModel(lean=False))",
+    )
     args = parser.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
     args.ns = [int(n) for n in args.ns.split(",")]
@@ -102,6 +115,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if dtype == torch.bfloat16 and prepack_available():
         providers.append("prepacked")
+    if args.transformers_layers:
+        providers = [q for p in providers for q in (p, p + HF)]
     model = load_target(args.target, dtype=dtype, tokenizer=False).model
     load_before = load_average()
     table = {}
@@ -109,7 +124,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         table[threads] = {}
         for p in providers:
-            table[threads][p] = run_provider(model, p, args.ns, args.context, args.repeats)
+            lean = not p.endswith(HF)
+            table[threads][p] = run_provider(model, p.removesuffix(HF), args.ns, args.context, args.repeats, lean)
             print(f"{threads}t {p}: " + ", ".join(f"N={n} {t * 1e3:.1f} ms" for n, t in table[threads][p].items()))
     folder = RESULTS_DIR if args.results else OUT_DIR
     os.makedirs(folder, exist_ok=True)
