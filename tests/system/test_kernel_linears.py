@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.decoding import budget
+from specdec.decoding import cost_keys
 from specdec.decoding.generate import generate, generate_baseline
 from specdec.models import DraftConfig, build_draft_head
 from specdec.target import kernel_linears as kl
@@ -174,18 +174,18 @@ def test_hybrid_linear_routes_by_rows(kernel_calls, rows):
 
 def test_budget_cache_key_tells_marked_models_apart(force_kernel):
     model = make_target("llama")
-    plain = budget._cache_key(model, torch.float32, "cpu", 64)
+    plain = cost_keys.target_cost_key(model, torch.float32, "cpu", 64)
     kl.use_kernel_linears(model)
-    marked = budget._cache_key(model, torch.float32, "cpu", 64)
+    marked = cost_keys.target_cost_key(model, torch.float32, "cpu", 64)
     kernel = linear_choice.linear_kernel_id()  # a rebuilt kernel is another cost curve
     assert marked != plain and marked.endswith(f"|kernel-linears@{kernel}")
     if prepack_available():
         packed_model = make_target("llama").to(torch.bfloat16)
         kl.speed_up_cpu_linears(packed_model)
-        hybrid = budget._cache_key(packed_model, torch.bfloat16, "cpu", 64)
+        hybrid = cost_keys.target_cost_key(packed_model, torch.bfloat16, "cpu", 64)
         kl.plain_linears(packed_model)
         assert hybrid.endswith(f"|prepacked+kernel@{kernel}")
-        assert budget._cache_key(packed_model, torch.bfloat16, "cpu", 64).endswith("|prepacked")
+        assert cost_keys.target_cost_key(packed_model, torch.bfloat16, "cpu", 64).endswith("|prepacked")
 
 
 @pytest.mark.parametrize("marked_target", [False, True])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.decoding import budget
+from specdec.decoding import cost_keys
 from specdec.decoding.generate import generate
 from specdec.models import DraftConfig, build_draft_head
 from specdec.target.prepack import (
@@ -116,9 +116,9 @@ def test_only_bf16_cpu_linears_are_swapped():
 @needs_prepack
 def test_budget_cache_keys_differ():
     model = bf16_target()
-    plain = budget._cache_key(model, torch.bfloat16, "cpu", 256)
+    plain = cost_keys.target_cost_key(model, torch.bfloat16, "cpu", 256)
     prepack_linears(model)
-    assert budget._cache_key(model, torch.bfloat16, "cpu", 256) == plain + "|prepacked"
+    assert cost_keys.target_cost_key(model, torch.bfloat16, "cpu", 256) == plain + "|prepacked"
 
 
 def test_prepack_available_follows_what_this_cpu_runs():

@@ -61,22 +61,17 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import heapq
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from specdec_kernels.ops.linear_choice import linear_kernel_id
-
 from ..devices import synchronize
 from ..files import atomic_write_text, specdec_home
-from ..target.kernel_linears import uses_kernel_linears
-from ..target.prepack import is_prepacked
+from .cost_keys import head_cost_key, target_cost_key
 
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
 # head reaches on chat data per depth (EAGLE-2's reported ~0.75 top-1 acceptance decaying with depth).
@@ -327,27 +322,6 @@ def context_bucket(tokens: int) -> int:
     return 1 << max(8, (max(1, int(tokens)) - 1).bit_length())
 
 
-def _cache_key(hf_model, dtype, device, context: int) -> str:
-    cfg = hf_model.config
-    name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
-    try:
-        text = cfg.to_json_string(use_diff=False)
-    except Exception:  # pragma: no cover - non-HF configs
-        text = repr(sorted(vars(cfg).items()))
-    h = hashlib.sha1(text.encode()).hexdigest()[:12]
-    dev = torch.device(device)
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    base = os.path.basename(str(name).rstrip("/"))
-    dt = str(dtype).replace("torch.", "")
-    # the CPU linears are another cost curve (specdec.target.prepack, specdec.target.kernel_linears)
-    kernel = f"@{linear_kernel_id()}" if uses_kernel_linears(hf_model) else ""  # a rebuilt kernel: a new curve
-    if is_prepacked(hf_model):
-        packed = "|prepacked+kernel" + kernel if kernel else "|prepacked"
-    else:
-        packed = "|kernel-linears" + kernel if kernel else ""
-    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
-
-
 def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -> float:
     """Median seconds of fn() over `repeats` calls after `warmup`; cuda_graph: of replays of fn captured as a
     CUDA graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
@@ -426,7 +400,7 @@ def measure_verify_cost(
     hf = target.model
     dtype = dtype or target.dtype
     device = torch.device(device) if device is not None else target.device
-    key = _cache_key(hf, dtype, device, context) + ("|cuda_graph" if cuda_graph else "")
+    key = target_cost_key(hf, dtype, device, context) + ("|cuda_graph" if cuda_graph else "")
 
     def measure(missing: list) -> dict:
         timed = target
@@ -482,14 +456,6 @@ def time_draft_level(
     return out
 
 
-def _head_key(head, target_key: str) -> str:
-    c = head.config.to_dict() if hasattr(head.config, "to_dict") else vars(head.config)
-    # the architecture only: training and validation records do not change what a draft level costs
-    c = {k: v for k, v in c.items() if k not in ("extra", "specdec_training", "specdec_validation")}
-    h = hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"draft:{type(head).__name__}|{h}|{target_key}"
-
-
 def _cached(
     key: str, wanted: Sequence[int], measure: Callable[[list], dict], use_cache: bool, refresh: bool = False
 ) -> dict:
@@ -521,7 +487,7 @@ def measure_draft_cost(
     """{k: seconds of one draft tree level with k frontier nodes} for `head` bound to `target` (a
     TargetModel), cached in cache_path() beside the verify costs (key: head config hash + the target's key);
     cuda_graph: of a replayed captured level."""
-    key = _head_key(head, _cache_key(target.model, head.dtype, head.device, context))
+    key = head_cost_key(head, target_cost_key(target.model, head.dtype, head.device, context))
     key += "|cuda_graph" if cuda_graph else ""
     head.bind_target(target.embed_tokens, target.lm_head)
     return _cached(key, ks, lambda m: time_draft_level(head, m, context=context, cuda_graph=cuda_graph), use_cache)
