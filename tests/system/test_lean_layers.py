@@ -15,6 +15,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec.target import TargetModel, lean_layers
+from specdec.target.model import LEAN_VERDICT
 
 from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
 
@@ -51,7 +52,7 @@ def test_lean_path_is_bitwise_transformers(family, page_size):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the first forward's check passes silently
         assert_same(decode(lean, page_size), decode(plain, page_size))
-    assert lean.lean and lean._lean_checked  # kept after the check
+    assert lean.lean and getattr(model.model, LEAN_VERDICT)[1] is True  # kept after the check, on the model
 
 
 def test_lean_path_runs_after_the_check(monkeypatch):
@@ -67,14 +68,56 @@ def test_lean_path_runs_after_the_check(monkeypatch):
 
 def test_unsupported_layers_keep_transformers_path():
     """A layer class the lean path does not know (here a subclass, as a patched or quantized layer would be),
-    or a missing submodule, keeps every forward on transformers' path."""
+    a missing submodule or a forward hook in the decoder keeps every forward on transformers' path; a layer
+    replaced after the TargetModel was built is planned again (here: not supported, so transformers')."""
     model = make_target("llama")
     layer = model.model.layers[1]
     layer.__class__ = type("PatchedDecoderLayer", (type(layer),), {})
-    assert lean_layers.LeanDecoder.plan(model.model) is None and not TargetModel(model).lean
+    assert lean_layers.LeanDecoder.plan(model.model, 2) is None and not TargetModel(model).lean
     model = make_target("llama")
     del model.model.layers[0].mlp.act_fn
     assert not TargetModel(model).lean
+    model = make_target("llama")
+    seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda *a: seen.append(1))
+    tgt = TargetModel(model)
+    assert not tgt.lean
+    decode(tgt)
+    assert len(seen) == 3  # the hook ran in every forward
+    model = make_target("llama")
+    tgt = TargetModel(model)
+    decode(tgt)
+    layer = model.model.layers[1]
+    model.model.layers[1] = type("PatchedDecoderLayer", (type(layer),), {})(model.config, 1)
+    model.model.layers[1].load_state_dict(layer.state_dict())
+    assert_same(decode(tgt), decode(TargetModel(model, lean=False)))
+    assert not tgt.lean
+
+
+def test_linears_replaced_after_construction_are_used(monkeypatch):
+    """The lean path looks the layers' submodules up on every forward: a projection replaced after the
+    TargetModel was built (as prepacking does) is the one that runs, on both paths alike."""
+    model = make_target("qwen2")
+    tgt = TargetModel(model)
+    decode(tgt)  # checked
+    attn = model.model.layers[0].self_attn
+    new = torch.nn.Linear(attn.q_proj.in_features, attn.q_proj.out_features, bias=True)
+    torch.nn.init.normal_(new.weight, std=0.5)
+    attn.q_proj = new
+    assert tgt.lean
+    assert_same(decode(tgt), decode(TargetModel(model, lean=False)))
+
+
+def test_a_failing_lean_path_falls_back(monkeypatch):
+    """A lean forward that raises before it was checked (an unexpected module, say) warns, returns
+    transformers' result and leaves the model on transformers' path."""
+    monkeypatch.setattr(lean_layers.LeanDecoder, "forward", lambda *a: 1 / 0)
+    model = make_target("llama")
+    tgt = TargetModel(model)
+    with pytest.warns(RuntimeWarning, match="lean decoder path failed .ZeroDivisionError"):
+        got = decode(tgt)
+    assert not tgt.lean and not TargetModel(model).lean
+    assert_same(got, decode(TargetModel(model, lean=False)))
 
 
 def test_a_differing_lean_path_is_dropped_with_a_warning(monkeypatch):
@@ -86,5 +129,5 @@ def test_a_differing_lean_path_is_dropped_with_a_warning(monkeypatch):
     tgt = TargetModel(model)
     with pytest.warns(RuntimeWarning, match="lean decoder path differs from transformers'"):
         got = decode(tgt)
-    assert not tgt.lean
+    assert not tgt.lean and not TargetModel(model).lean  # the verdict stays with the model
     assert_same(got, decode(TargetModel(model, lean=False)))

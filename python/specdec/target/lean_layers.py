@@ -9,11 +9,16 @@ projections -- so prepacked or kernel linears keep working) and the specdec_tree
 exactly the order and with exactly the operations of the transformers code: the result is bitwise the same.
 
 Which layers: the decoder-layer classes of SUPPORTED (Llama, Mistral, Qwen2, Qwen3), with every submodule
-the code below reads. Anything else (another architecture, a patched or quantized layer class, a missing
-attribute) runs transformers' own forward. Since a later transformers release may change a layer's
-arithmetic, TargetModel checks the lean path against transformers' on its first forward and keeps it only
-when both agree bitwise (else it warns once and stays on transformers' path); tests/system check every
-supported family on the installed version.
+the code below reads, and no forward hook (nor accelerate's device-map hook) anywhere in the decoder: the lean
+path calls the linears but not the layer, attention, MLP or norm modules (it reads their weights), so hooks
+registered on those after the TargetModel was built do not run (build it after registering them, or pass
+lean=False). Anything else
+(another architecture, a patched or quantized layer class, a missing attribute) runs transformers' own
+forward. The layers' submodules are looked up on every forward, so prepacking or unpacking the linears after
+the TargetModel was built is seen; replaced layers are planned again. Since a later transformers release may
+change a layer's arithmetic, TargetModel checks the lean path against transformers' on a model's first
+forward and keeps it only when both agree bitwise (else it warns and stays on transformers' path; the verdict
+is kept on the decoder module); tests/system check every supported family on the installed version.
 """
 
 from __future__ import annotations
@@ -36,25 +41,16 @@ _MLP = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
 
 class _Layer(NamedTuple):
-    """One decoder layer's submodules and constants, looked up once."""
+    """One decoder layer and the constants of its attention. Its submodules are looked up on every forward:
+    prepacking or unpacking the linears (specdec.target.prepack, kernel_linears) replaces them in place."""
 
     index: int
-    norm1: torch.nn.Module
-    norm2: torch.nn.Module
-    q: torch.nn.Module
-    k: torch.nn.Module
-    v: torch.nn.Module
-    o: torch.nn.Module
-    q_norm: Optional[torch.nn.Module]
-    k_norm: Optional[torch.nn.Module]
+    layer: torch.nn.Module
     head_dim: int
     scaling: float
-    sliding_window: Optional[int]
-    gate: torch.nn.Module
-    up: torch.nn.Module
-    down: torch.nn.Module
-    act: Callable
-    attn: torch.nn.Module
+    sliding_window: Optional[Callable]
+    q_norm: bool
+    k_norm: bool
 
 
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
@@ -76,6 +72,14 @@ def _is_rms_norm(m) -> bool:
     return type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight") and hasattr(m, "variance_epsilon")
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether a forward hook, pre-hook or accelerate's hook (device_map) is on `module` or below: the lean
+    path calls no module's __call__ for the layers' arithmetic, so those would not run."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in module.modules()
+    )  # fmt: skip
+
+
 def _plan_layer(i: int, layer: torch.nn.Module) -> Optional[_Layer]:
     sliding = SUPPORTED.get(type(layer).__name__)
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
@@ -87,10 +91,7 @@ def _plan_layer(i: int, layer: torch.nn.Module) -> Optional[_Layer]:
     qk_norms = (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))
     if any(n is not None and not _is_rms_norm(n) for n in qk_norms):
         return None
-    return _Layer(
-        i, *norms, attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, *qk_norms, attn.head_dim, attn.scaling,
-        sliding(attn), mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, attn,
-    )  # fmt: skip
+    return _Layer(i, layer, attn.head_dim, attn.scaling, sliding, qk_norms[0] is not None, qk_norms[1] is not None)
 
 
 class LeanDecoder:
@@ -103,14 +104,21 @@ class LeanDecoder:
         self.layers = layers
 
     @classmethod
-    def plan(cls, base: torch.nn.Module) -> Optional["LeanDecoder"]:
-        """A LeanDecoder for `base`, or None when one of its parts is not what the lean path repeats."""
+    def plan(cls, base: torch.nn.Module, num_layers: int) -> Optional["LeanDecoder"]:
+        """A LeanDecoder for `base` (num_layers: the config's, as many as the cache has), or None when one of
+        its parts is not what the lean path repeats or carries hooks the lean path would not call."""
         if not all(hasattr(base, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers")):
             return None
-        if not _is_rms_norm(base.norm) or len(base.layers) == 0:
+        if not _is_rms_norm(base.norm) or len(base.layers) != num_layers or num_layers == 0 or _hooked(base):
             return None
         layers = [_plan_layer(i, layer) for i, layer in enumerate(base.layers)]
         return None if any(p is None for p in layers) else cls(base, layers)
+
+    def current(self) -> bool:
+        """Whether `base` still holds the planned layers (not replaced since): else plan again."""
+        return len(self.base.layers) == len(self.layers) and all(
+            a is p.layer for a, p in zip(self.base.layers, self.layers)
+        )  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache, state) -> torch.Tensor:
         """The last hidden states (after the final norm) of input_ids [B, T] at position_ids [B, T], writing
@@ -121,22 +129,24 @@ class LeanDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # apply_rotary_pos_emb's unsqueeze_dim = 1
         run_attention = attention.tree_attention_forward
         for p in self.layers:
-            h = _rms_norm(x, p.norm1)
+            layer = p.layer
+            a, m = layer.self_attn, layer.mlp
+            h = _rms_norm(x, layer.input_layernorm)
             shape = (B, T, -1, p.head_dim)
-            q, k = p.q(h).view(shape), p.k(h).view(shape)
-            if p.q_norm is not None:
-                q = p.q_norm(q)
-            if p.k_norm is not None:
-                k = p.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), p.v(h).view(shape).transpose(1, 2)
+            q, k = a.q_proj(h).view(shape), a.k_proj(h).view(shape)
+            if p.q_norm:
+                q = a.q_norm(q)
+            if p.k_norm:
+                k = a.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), a.v_proj(h).view(shape).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             k, v = cache.update(k, v, p.index)
             o, _ = run_attention(
-                p.attn, q, k, v, None, dropout=0.0, scaling=p.scaling, sliding_window=p.sliding_window,
+                a, q, k, v, None, dropout=0.0, scaling=p.scaling, sliding_window=p.sliding_window(a),
                 specdec_state=state,
             )  # fmt: skip
-            x = x + p.o(o.reshape(B, T, -1).contiguous())
-            h = _rms_norm(x, p.norm2)
-            x = x + p.down(p.act(p.gate(h)) * p.up(h))
+            x = x + a.o_proj(o.reshape(B, T, -1).contiguous())
+            h = _rms_norm(x, layer.post_attention_layernorm)
+            x = x + m.down_proj(m.act_fn(m.gate_proj(h)) * m.up_proj(h))
         return _rms_norm(x, self.base.norm)

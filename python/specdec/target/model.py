@@ -37,6 +37,17 @@ from .kernel_linears import in_kernel_linear_scope
 from .lean_layers import LeanDecoder
 from .paged_cache import PagedTreeKVCache, PagePool
 
+# The attribute of the decoder module that remembers whether the lean path matched transformers' on it:
+# (transformers version, True or False); absent until a forward has compared them.
+LEAN_VERDICT = "_specdec_lean_verdict"
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (a NaN equals the same NaN, unlike torch.equal)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
 
 class TargetOutput(NamedTuple):
     """logits float [B, T, V] (or [B, V] where documented) and hidden [B, T, H] (after the final norm)."""
@@ -100,9 +111,10 @@ class TargetModel:
         self.hidden_size = config.hidden_size
         self.vocab_size = self.lm_head.weight.shape[0]
         self._cache_kw = cache_argument(self.base)
-        # None: not checked yet (the first forward compares it with transformers' path); False: not used
-        self._lean = (LeanDecoder.plan(self.base) or False) if lean else False
-        self._lean_checked = False
+        # A LeanDecoder, or False where the layers are not supported or lean=False. Whether its output was
+        # checked against transformers' path is remembered on the decoder module itself (LEAN_VERDICT), so that
+        # the TargetModels that generate() and the tree budget wrap around the same model check it once.
+        self._lean = (LeanDecoder.plan(self.base, self.num_layers) or False) if lean else False
 
     # -- properties -------------------------------------------------------------------------------------
     @property
@@ -223,20 +235,30 @@ class TargetModel:
     def lean(self) -> bool:
         """Whether forwards skip transformers' per-layer machinery (specdec.target.lean_layers): a supported
         architecture whose first forward matched transformers' path bitwise (True before that forward too)."""
-        return bool(self._lean) and not self.base.training
+        verdict = getattr(self.base, LEAN_VERDICT, None)
+        return bool(self._lean) and not self.base.training and verdict != (transformers.__version__, False)
 
     def _layers(self, input_ids, position_ids, cache, tree_mask) -> torch.Tensor:
         """The decoder's hidden states after the final norm: the lean path where it is in use, else
-        transformers' own forward. The lean path's first forward also runs transformers' (which writes the same
-        K/V over it) and is kept only when both agree bitwise."""
+        transformers' own forward. Until the lean path was checked on this model, a forward runs both
+        (transformers' writes the same K/V over the lean path's) and returns transformers'; the verdict is
+        kept only when both agree bitwise."""
 
         def state():
             block_table = getattr(cache, "block_table", None)
             return TreeAttentionState(cache.cache_len, tree_mask.contiguous(), self.backend, block_table=block_table)
 
-        lean = self._lean.forward(input_ids, position_ids, cache, state()) if self.lean else None
-        if lean is not None and self._lean_checked:
-            return lean
+        lean, failure = None, None
+        if self.lean and not self._lean.current():  # layers replaced since: plan again
+            self._lean = LeanDecoder.plan(self.base, self.num_layers) or False
+            self.base.__dict__.pop(LEAN_VERDICT, None)
+        if self.lean:
+            if getattr(self.base, LEAN_VERDICT, None) == (transformers.__version__, True):
+                return self._lean.forward(input_ids, position_ids, cache, state())
+            try:
+                lean = self._lean.forward(input_ids, position_ids, cache, state())
+            except Exception as exc:  # judged below: a fault of the inputs fails transformers' path too
+                failure = exc
         with self._tree_attention():
             out = self.base(
                 input_ids=input_ids,
@@ -246,18 +268,23 @@ class TargetModel:
                 **{self._cache_kw: cache},
             )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        if lean is not None:
-            self._lean_checked = True
-            if not torch.equal(lean, hidden):
-                self._lean = False
-                warnings.warn(
-                    f"TargetModel: the lean decoder path differs from transformers' for {type(self.model).__name__} "
-                    f"(transformers {transformers.__version__}); using transformers' path (see specdec.target."
-                    "lean_layers)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+        if failure is not None:  # transformers' path ran where the lean one raised
+            self._lean_rejected(f"failed ({type(failure).__name__}: {failure})")
+        elif lean is not None:
+            if _same_bits(lean, hidden):
+                setattr(self.base, LEAN_VERDICT, (transformers.__version__, True))
+            else:
+                self._lean_rejected("differs from transformers'")
         return hidden
+
+    def _lean_rejected(self, why: str) -> None:
+        setattr(self.base, LEAN_VERDICT, (transformers.__version__, False))
+        warnings.warn(
+            f"TargetModel: the lean decoder path {why} for {type(self.model).__name__} (transformers "
+            f"{transformers.__version__}); using transformers' path (see specdec.target.lean_layers)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
     @torch.no_grad()
     @in_kernel_linear_scope
