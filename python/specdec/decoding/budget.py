@@ -400,14 +400,15 @@ def measure_verify_cost(
     hf = target.model
     dtype = dtype or target.dtype
     device = torch.device(device) if device is not None else target.device
-    key = target_cost_key(hf, dtype, device, context) + ("|cuda_graph" if cuda_graph else "")
+    key = target_cost_key(hf, dtype, device, context, target.lean) + ("|cuda_graph" if cuda_graph else "")
 
     def measure(missing: list) -> dict:
         timed = target
         if dtype != target.dtype or device != target.device:
             import copy
 
-            timed = TargetModel(copy.deepcopy(hf).to(device=device, dtype=dtype), backend=target.backend)
+            moved = copy.deepcopy(hf).to(device=device, dtype=dtype)
+            timed = TargetModel(moved, backend=target.backend, lean=target.lean)
         return time_verify(timed, missing, context=context, repeats=repeats, cuda_graph=cuda_graph)
 
     return _cached(key, Ns, measure, use_cache, refresh=refresh)
@@ -487,7 +488,7 @@ def measure_draft_cost(
     """{k: seconds of one draft tree level with k frontier nodes} for `head` bound to `target` (a
     TargetModel), cached in cache_path() beside the verify costs (key: head config hash + the target's key);
     cuda_graph: of a replayed captured level."""
-    key = head_cost_key(head, target_cost_key(target.model, head.dtype, head.device, context))
+    key = head_cost_key(head, target_cost_key(target.model, head.dtype, head.device, context, target.lean))
     key += "|cuda_graph" if cuda_graph else ""
     head.bind_target(target.embed_tokens, target.lm_head)
     return _cached(key, ks, lambda m: time_draft_level(head, m, context=context, cuda_graph=cuda_graph), use_cache)

@@ -8,15 +8,16 @@ import os
 
 import torch
 
+from specdec_kernels.ops.linear import small_product_rows
 from specdec_kernels.ops.linear_choice import linear_kernel_id
 
 from ..target.kernel_linears import uses_kernel_linears
 from ..target.prepack import is_prepacked
 
 
-def target_cost_key(hf_model, dtype, device, context: int) -> str:
-    """The cache key of a target's measured costs: its name and config hash, device, dtype, threads, context
-    and how its CPU linears run."""
+def target_cost_key(hf_model, dtype, device, context: int, lean: bool = False) -> str:
+    """The cache key of a target's measured costs: its name and config hash, device, dtype, threads, context,
+    how its CPU linears run and whether its layers run lean (TargetModel.lean)."""
     cfg = hf_model.config
     name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
     try:
@@ -34,7 +35,8 @@ def target_cost_key(hf_model, dtype, device, context: int) -> str:
         packed = "|prepacked+kernel" + kernel if kernel else "|prepacked"
     else:
         packed = "|kernel-linears" + kernel if kernel else ""
-    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}"
+    lean = "|lean" if lean else ""
+    return f"{base}|{h}|{dev_name}|{dt}|threads={torch.get_num_threads()}|ctx={context}{packed}{lean}"
 
 
 def head_cost_key(head, target_key: str) -> str:
@@ -43,4 +45,5 @@ def head_cost_key(head, target_key: str) -> str:
     # the architecture only: training and validation records do not change what a draft level costs
     c = {k: v for k, v in c.items() if k not in ("extra", "specdec_training", "specdec_validation")}
     h = hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"draft:{type(head).__name__}|{h}|{target_key}"
+    small = small_product_rows(head.dtype) if head.device.type == "cpu" else 0  # the feature blocks' GEMMs
+    return f"draft:{type(head).__name__}|{h}|{target_key}" + (f"|small{small}" if small else "")

@@ -295,9 +295,10 @@ def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, stat
 # the passes' accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes). From
 # FALLBACK_MIN_PASSES passes on, a mean below the break-even switches. Before, the mean says little (one pass
 # accepts 1 to depth + 1 tokens), so only a clear loss switches: the mean plus FALLBACK_Z standard errors still
-# below the break-even, the spread of the accept lengths taken as at least FALLBACK_SD (a few equal lengths
-# would otherwise claim certainty). A tree that accepts next to nothing (a prompt far from the head's
-# training data) then costs 4-8 passes instead of 16, which on a short answer is most of the difference.
+# below the break-even, the spread of the passes' accept lengths taken as at least FALLBACK_SD (a few equal
+# lengths would otherwise claim certainty). A tree that accepts next to nothing (a prompt far from the head's
+# training data) then costs 4 passes instead of 16 where the break-even is above 1.5, 8 where it is above
+# 1.36 -- on a short answer most of the difference.
 FALLBACK_MIN_PASSES = 16
 FALLBACK_EVERY = 4
 FALLBACK_Z = 2.0
@@ -307,14 +308,17 @@ FALLBACK_SD = 0.5
 def _tree_loses(acc: torch.Tensor, break_even: float) -> bool:
     """Whether "auto" should switch to plain decoding after the tree passes' accept lengths acc [passes, B]
     (0 where a request had finished), against the tree's break-even tokens per pass (see above)."""
-    lengths = acc[acc > 0].double()
-    if lengths.numel() == 0:
+    active = (acc > 0).sum(1)
+    if int(active.sum()) == 0:
         return False
     mean = _tokens_per_pass(acc)
     if acc.shape[0] >= FALLBACK_MIN_PASSES:
         return mean < break_even
-    sd = max(float(lengths.std()) if lengths.numel() > 1 else 0.0, FALLBACK_SD)
-    return mean + FALLBACK_Z * sd / lengths.numel() ** 0.5 < break_even
+    # The samples are the passes (their mean over the running requests): a request's passes are not
+    # independent of each other, so counting every request's would overstate the certainty of a batch.
+    per_pass = (acc.sum(1).double() / active.clamp(min=1))[active > 0]
+    sd = max(float(per_pass.std()) if per_pass.numel() > 1 else 0.0, FALLBACK_SD)
+    return mean + FALLBACK_Z * sd / per_pass.numel() ** 0.5 < break_even
 
 
 def _tokens_per_pass(acc: torch.Tensor) -> float:
