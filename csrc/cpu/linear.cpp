@@ -6,6 +6,7 @@
 // to 64 rows; the weight is read once per 64 rows of x, which is what the small-M (decode, tree verify)
 // layers are bound by.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -200,12 +201,16 @@ at::Tensor& linear_product_out(at::Tensor& out, const at::Tensor& x, const at::T
                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual) {
   const at::ScalarType t = x.scalar_type();
   const int dtype = t == at::kFloat ? 0 : t == at::kHalf ? 1 : t == at::kBFloat16 ? 2 : -1;
+  TORCH_CHECK(!(bias.has_value() && residual.has_value()),
+              "linear_product_out: a bias and a residual together are not supported (their rounding order)");
+  // The kernel writes out while it reads x, and adds the residual afterwards: any overlap goes to ATen.
+  const auto overlaps = [&](const at::Tensor& t) { return at::get_overlap_status(out, t) != at::MemOverlapStatus::No; };
   const bool kernel = dtype >= 0 && x.size(0) <= g_small_rows[dtype].load(std::memory_order_relaxed) &&
-                      (weight.size(1) <= 1 || weight.stride(1) == 1);
+                      (weight.size(1) <= 1 || weight.stride(1) == 1) && !overlaps(x) &&
+                      !(residual.has_value() && overlaps(*residual));
   if (!kernel) {
     if (residual.has_value()) {
       at::addmm_out(out, *residual, x, weight.t());
-      if (bias.has_value()) out.add_(*bias);
     } else if (bias.has_value()) {
       at::addmm_out(out, *bias, x, weight.t());
     } else {

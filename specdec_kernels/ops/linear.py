@@ -164,7 +164,9 @@ def forced_linear_isa(name: str) -> Iterator[str]:
 
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc's LinearDtype
-_ROUTED: set = set()  # dtypes whose small-product rows this process has set (route_small_products or by hand)
+# (dtype, kernel path and build) whose small-product rows this process has set (route_small_products or by
+# hand): another path (set_linear_isa) is measured again
+_ROUTED: set = set()
 
 
 def small_product_rows(dtype: torch.dtype) -> int:
@@ -185,16 +187,16 @@ def set_small_product_rows(dtype: torch.dtype, rows: int) -> int:
     if getattr(_loader._C, "set_linear_small_product_rows", None) is None:
         raise RuntimeError(f"the C++ linear kernel needs specdec_kernels._C, not loaded ({_loader.load_error()})")
     before = _loader._C.set_linear_small_product_rows(_DTYPE_CODES[dtype], int(rows))
-    _ROUTED.add(dtype)
+    _ROUTED.add((dtype, linear_choice.linear_kernel_id()))
     return before
 
 
 def route_small_products(dtype: torch.dtype) -> int:
-    """Set small_product_rows(dtype) from linear_choice's measurement on this CPU, once per process and dtype
-    (a later call, or one after set_small_product_rows, changes nothing): the largest measured row count up to
-    which the kernel beat torch at every measured count (linear_choice.kernel_rows). Returns the rows in force.
-    The CPU feature-sampling ops call this before their first forward of a dtype."""
-    if dtype in _ROUTED or dtype not in _DTYPE_CODES or not linear_isas():
+    """Set small_product_rows(dtype) from linear_choice's measurement on this CPU, once per process, dtype and
+    kernel path (a later call, or one after set_small_product_rows, changes nothing): the largest measured row
+    count up to which the kernel beat torch at every measured count (linear_choice.kernel_rows). Returns the
+    rows in force. The CPU feature-sampling ops call this before their first forward of a dtype."""
+    if dtype not in _DTYPE_CODES or not linear_isas() or (dtype, linear_choice.linear_kernel_id()) in _ROUTED:
         return small_product_rows(dtype)
     set_small_product_rows(dtype, linear_choice.kernel_rows(dtype))
     return small_product_rows(dtype)

@@ -150,7 +150,7 @@ def kernel_rows(dtype: torch.dtype) -> int:
     if result.get("forced"):
         return max(ROWS) if result["backend"] == "cpu" else 0
     rows = 0
-    for m, k, t in zip(result["rows"], result["kernel_ms"], result["torch_ms"]):
+    for m, k, t in zip(result.get("rows", ()), result.get("kernel_ms", ()), result.get("torch_ms", ())):
         if k >= t:
             break
         rows = m
