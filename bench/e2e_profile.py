@@ -116,37 +116,22 @@ class PhaseProfiler:
             prof.mark("draft.output", prof.next_level)
             return out
 
-        real_sk = _attn_mod.specdec_kernels
+        def timed_attention(real, method: str):
+            """`real` with its `method` (a tree-attention call) marked as the verify's attention phase."""
 
-        class KernelsProxy:
-            def __getattr__(self, name):
-                return getattr(real_sk, name)
-
-            @staticmethod
-            def tree_attention(*a, **kw):
+            def call(*a, **kw):
                 if prof.phase != "verify":
-                    return real_sk.tree_attention(*a, **kw)
+                    return getattr(real, method)(*a, **kw)
                 prof.mark("verify.layers")
-                out = real_sk.tree_attention(*a, **kw)
+                out = getattr(real, method)(*a, **kw)
                 prof.mark("verify.attention")
                 return out
 
-        # Layers after a forward's first run the checked kernel directly (attention.TreeAttentionState.plan):
-        # time those calls too.
-        real_op = _attn_mod._OP
+            proxy = type("Timed", (), {"__getattr__": lambda self, name: getattr(real, name)})()
+            setattr(proxy, method, call)
+            return proxy
 
-        class OpProxy:
-            def __getattr__(self, name):
-                return getattr(real_op, name)
-
-            @staticmethod
-            def run(*a, **kw):
-                if prof.phase != "verify":
-                    return real_op.run(*a, **kw)
-                prof.mark("verify.layers")
-                out = real_op.run(*a, **kw)
-                prof.mark("verify.attention")
-                return out
+        real_sk, real_op = _attn_mod.specdec_kernels, _attn_mod._OP
 
         def pre(module, args):
             if prof.phase == "verify":
@@ -157,8 +142,9 @@ class PhaseProfiler:
                 prof.mark("verify.output")
 
         head.compute_logits = compute_logits
-        _attn_mod.specdec_kernels = KernelsProxy()
-        _attn_mod._OP = OpProxy()
+        _attn_mod.specdec_kernels = timed_attention(real_sk, "tree_attention")
+        # layers after a forward's first run the checked kernel directly (attention.TreeAttentionState.plan)
+        _attn_mod._OP = timed_attention(real_op, "run")
         h1 = target.lm_head.register_forward_pre_hook(pre)
         h2 = target.lm_head.register_forward_hook(post)
         drafting.set_profiler(self)
