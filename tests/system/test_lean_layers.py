@@ -131,3 +131,51 @@ def test_a_differing_lean_path_is_dropped_with_a_warning(monkeypatch):
         got = decode(tgt)
     assert not tgt.lean and not TargetModel(model).lean  # the verdict stays with the model
     assert_same(got, decode(TargetModel(model, lean=False)))
+
+
+# Configurations the family tests above leave out: half precision (the CPU default), Llama's optional
+# attention and MLP biases, and Qwen's per-layer sliding-window attention (a window larger than the cache,
+# which the tree attention serves; the lean path must read each layer's own window).
+VARIANTS = {
+    "llama-bf16": ("llama", torch.bfloat16, {}),
+    "qwen3-bf16": ("qwen3", torch.bfloat16, {}),
+    "llama-fp16": ("llama", torch.float16, {}),
+    "llama-biases": ("llama", torch.float32, {"attention_bias": True, "mlp_bias": True}),
+    "qwen2-sliding": ("qwen2", torch.float32, dict(use_sliding_window=True, sliding_window=32, max_window_layers=1)),
+    "qwen3-sliding": ("qwen3", torch.float32, dict(use_sliding_window=True, sliding_window=32, max_window_layers=1)),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("page_size", [None, 4])
+def test_lean_path_is_bitwise_transformers_variants(variant, page_size):
+    family, dtype, config = VARIANTS[variant]
+    model = make_target(family, **config).to(dtype)
+    if "attention_bias" in config:  # random biases (transformers initialises them to zero)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(std=0.5, generator=torch.Generator().manual_seed(len(name)))
+    if "sliding_window" in config:  # the layers really differ: one full, one sliding
+        assert [layer.self_attn.sliding_window for layer in model.model.layers] == [None, 32]
+    lean, plain = TargetModel(model), TargetModel(model, lean=False)
+    assert lean.lean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(decode(lean, page_size), decode(plain, page_size))
+    assert getattr(model.model, LEAN_VERDICT)[1] is True
+
+
+def test_a_window_smaller_than_the_cache_fails_both_paths_alike():
+    """A sliding window the tree attention cannot serve (smaller than the cache) raises the same error on the
+    lean path as on transformers', also once the lean path runs alone (it reads each layer's own window);
+    it is the input's fault, so the lean path is not condemned."""
+    model = make_target("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    with pytest.raises(NotImplementedError, match="sliding-window attention .window 8. with a cache of 24"):
+        decode(TargetModel(model, lean=False))
+    tgt = TargetModel(model)
+    tgt.prefill(IDS[:1, :3], LENGTHS[:1].clamp(max=3), tgt.new_cache(1, 8))  # fits the window: checked
+    assert getattr(model.model, LEAN_VERDICT)[1] is True
+    with pytest.raises(NotImplementedError, match="sliding-window attention .window 8. with a cache of 24"):
+        decode(tgt)  # the lean path alone
+    assert tgt.lean
