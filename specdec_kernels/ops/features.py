@@ -294,11 +294,18 @@ def _function_backward(ctx, kernels, grad_out):
     return (None, None, d_features, None, None, *d_weights)
 
 
+def _may_run_cpu_kernel(backend: Optional[str]) -> bool:
+    """Whether the C++ CPU kernel may run a forward asked for with `backend`: only then do its small products
+    need linear_choice's measurement (which, measured for the first time, takes seconds)."""
+    requested = backend if backend is not None else _backend._env_backend()
+    return requested in (None, "cpu")
+
+
 def _apply(kernels, backend, eps, features, token_ids, embed_weight, weights, out, check_ids, H, dt, dev):
     """Both public functions after their argument checks: flatten to [T, H], then the autograd Function
     when a gradient is needed, else the forward kernel alone into `out`. `weights` in kernel order."""
     _check_ids(token_ids, embed_weight.shape[0], check_ids)
-    if dev.type == "cpu" and not torch.compiler.is_compiling():
+    if dev.type == "cpu" and not torch.compiler.is_compiling() and _may_run_cpu_kernel(backend):
         linear_ops.route_small_products(dt)  # once per dtype: a set lookup after the first call
     lead = tuple(features.shape[:-1])
     f2, ids = _flat(features, H), token_ids.reshape(-1).contiguous()

@@ -744,3 +744,22 @@ def test_cpu_small_products_on_the_linear_kernel(kind, dtype, T, small_products_
     assert (_aten_gemms(kind, args) == 0) == (T <= small_products_at_8)
     for bias in (True, False):
         compare(kind, "cpu", "cpu", T, 40, 100, 300, dtype, bias=bias)
+
+
+@pytest.mark.parametrize("backend, env, routed", [("torch", None, False), (None, "torch", False), ("cpu", None, True),
+                                                  (None, None, True)])  # fmt: skip
+def test_small_products_measured_only_for_the_cpu_kernel(monkeypatch, backend, env, routed):
+    """The linear-kernel measurement behind the CPU kernel's small products is asked for only where that kernel
+    may run (backend cpu or chosen), not for the torch reference (backend= or SPECDEC_BACKEND=)."""
+    from specdec_kernels.ops import linear as lin
+
+    calls = []
+    monkeypatch.setattr(lin, "route_small_products", lambda dtype: calls.append(dtype) or 0)
+    if env is None:
+        monkeypatch.delenv("SPECDEC_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("SPECDEC_BACKEND", env)
+    args = make_inputs("fspad", 3, 40, 100, 300, torch.float32)
+    with torch.no_grad():
+        OPS["fspad"][0](**args, eps=EPS, backend=backend)
+    assert calls == ([torch.float32] if routed else [])
