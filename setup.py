@@ -18,6 +18,7 @@ import glob
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -79,11 +80,21 @@ def _write_build_info(info):
         f.write(f"BUILD_INFO = {info!r}\n")
 
 
-def _cpu_sources_id(sources):
-    """A short hash of the CPU kernels' sources and headers: the machine measurements that specdec caches
-    (which linear is faster, the compute dtype, the tree budget's costs) are keyed on it, so a changed kernel
-    is measured again instead of read from a stale cache."""
-    h = hashlib.sha1()
+def _compiler_id():
+    """The C++ compiler's first --version line (what builds the CPU kernels), or "" when it cannot be asked."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (out.splitlines() or [""])[0]
+
+
+def _cpu_sources_id(sources, flags):
+    """A short hash of the CPU kernels' sources, headers, compiler flags and compiler: the machine measurements
+    that specdec caches (which linear is faster, the compute dtype, the tree budget's costs) are keyed on it, so
+    a changed kernel build is measured again instead of read from a stale cache."""
+    h = hashlib.sha1(repr((flags, _compiler_id())).encode())
     for path in sorted(sources) + sorted(glob.glob(os.path.join("csrc", "include", "specdec", "*.h"))):
         h.update(path.encode())
         with open(path, "rb") as f:
@@ -126,7 +137,8 @@ def _extensions():
             with_cuda = True
     if info["reason"]:
         _log(info["reason"])
-    info.update(extension=True, cpu=True, limits=limits, cpu_sources=_cpu_sources_id(sources))
+    cpu_flags = cxx + ["-DSPECDEC_WITH_CUDA=1"] * with_cuda  # what the CPU sources are compiled with
+    info.update(extension=True, cpu=True, limits=limits, cpu_sources=_cpu_sources_id(sources, cpu_flags))
     ldflags = ["-fopenmp"]
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home
