@@ -12,6 +12,8 @@
 #   THREADS=1 STEP=stages bash scripts/scale_heads.sh   # GRIFFIN's stages 2-3 on its stage-1 curve run
 #   THREADS=1 STEP=control ARM=griffin|fspad bash scripts/scale_heads.sh   # the same compute, one-step passes
 #   STEP=curve bash scripts/scale_heads.sh              # the scaling table and plot (bench/scaling_curve.py)
+#   STEP=export bash scripts/scale_heads.sh             # ship the heads of SHIP (below) with their records
+#   STEP=validate bash scripts/scale_heads.sh           # their held-out acceptance and coverage -> config.json
 #   DRY_RUN=1 STEP=... bash scripts/scale_heads.sh      # print a step's command without running it
 #
 # The data: first turns of every usable ShareGPT conversation (--max-turns 1, no --num-prompts), the
@@ -47,6 +49,58 @@ export PYTHONPATH="$ROOT/python:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --checkpoint-every 200 --resume
   --val-sequences 96 --no-progress)
+
+# The data: what STEP=data runs (with --threads) and the recipes of the exported heads name.
+DATA_CMD=(specdec.cli data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192
+  --batch-size 32 --shard-size 250 --no-progress)
+# The heads STEP=export ships: KIND=RUN[,RUN...], a head's lineage in order (each run starts from the one
+# before), the last run exported; the earlier ones' records are kept beside it under their run names.
+SHIP="${SHIP:-eagle=scale-eagle fspad=scale-fspad griffin=scale-griffin-s1,scale-griffin-s23}"
+# shellcheck source=scripts/head_records.sh
+source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, copy_portable, ship_head
+
+# The step of this script that makes run RUN (for the recipes).
+step_of() {
+  case "$1" in
+    scale-eagle | scale-fspad) echo "STEP=train KIND=${1#scale-}" ;;
+    scale-griffin-s1) echo "STEP=train KIND=griffin" ;;
+    scale-griffin-s23) echo "STEP=stages" ;;
+    scale-griffin-more) echo "STEP=control ARM=griffin" ;;
+    scale-fspad-more) echo "STEP=control ARM=fspad" ;;
+    *)
+      echo "scale_heads.sh: no step makes run $1" >&2
+      return 1
+      ;;
+  esac
+}
+validate_cmd() { echo "specdec.cli validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
+
+# RECIPE.md of an exported head (kept in bench/results/training/<kind>/): KIND RUN [RUN ...] (its lineage).
+recipe() {
+  local kind="$1" r cmd
+  shift
+  echo "# How this $kind head was made"
+  echo
+  echo "By \`scripts/scale_heads.sh\` (commit $(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%Y-%m-%d)) on CPUs,"
+  echo "training with OMP_NUM_THREADS=1 (torch threads; two runs side by side). The runs, in order:"
+  echo
+  echo '```bash'
+  echo "specdec target fetch"
+  echo "${DATA_CMD[*]/#specdec.cli/specdec}"
+  for r in "$@"; do
+    cmd=$(env $(step_of "$r") DRY_RUN=1 WORK="$WORK" bash "$ROOT/scripts/scale_heads.sh" 2>&1 >/dev/null)
+    echo "${cmd#+ }"
+  done
+  echo "python -m specdec.training.export_head $RUNS/$r python/specdec/heads/SmolLM2-135M-Instruct/$kind"
+  validate_cmd "$kind" | sed 's/^specdec.cli/specdec/'
+  echo '```'
+  echo
+  echo "config.json records the training settings and the last validation (per-step acceptance on 96 held-out"
+  echo "sequences), and under specdec_validation the acceptance and top-k coverage \`specdec validate\` measured on"
+  echo "the whole held-out split; summary.json, train_log.csv, val_log.csv and curves.png beside this file are the"
+  echo "last run's own records, the files named after an earlier run of the lineage (e.g. scale-griffin-s1_) that"
+  echo "run's; ../data_manifest.json identifies the data (settings, target, checksums of every shard)."
+}
 
 # Optimizer steps in 1/D of an epoch (the train split's sequences / 8 / D); refuses an unfinished train split.
 epoch_part() { python3 "$ROOT/scripts/epoch_steps.py" scale_heads.sh "$DATA/manifest.json" "$1"; }
@@ -92,8 +146,23 @@ case "$STEP" in
     "$PY" "$ROOT/bench/scaling_curve.py" "${heads[@]}" --tag "all ShareGPT first turns"
     ;;
   data)
-    "$PY" -m specdec.cli data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192 \
-      --batch-size 32 --shard-size 250 --threads "$THREADS" --no-progress
+    "$PY" -m "${DATA_CMD[@]}" --threads "$THREADS"
+    ;;
+  export)
+    for entry in $SHIP; do
+      kind="${entry%%=*}"
+      IFS=, read -ra lineage <<<"${entry#*=}"
+      earlier=()
+      for r in "${lineage[@]:0:${#lineage[@]}-1}"; do earlier+=("$r:$r"); done
+      if [[ "${DRY_RUN:-0}" != 1 ]]; then recipe "$kind" "${lineage[@]}" >"$RUNS/$kind.scale.RECIPE.md"; fi
+      ship_head "$kind" "$RUNS/${lineage[-1]}" "$RUNS/$kind.scale.RECIPE.md" "$DATA" "${earlier[@]}"
+    done
+    ;;
+  validate)
+    for entry in $SHIP; do
+      # shellcheck disable=SC2046  # a flat list of words without spaces inside
+      (cd "$ROOT" && "$PY" -m $(validate_cmd "${entry%%=*}"))
+    done
     ;;
   status)
     "$PY" - "$DATA" <<'PY'
@@ -123,7 +192,7 @@ for split in ("train", "val"):
 PY
     ;;
   *)
-    echo "scale_heads.sh: unknown STEP=$STEP (data, status, train, stages, control, curve)" >&2
+    echo "scale_heads.sh: unknown STEP=$STEP (data, status, train, stages, control, curve, export, validate)" >&2
     exit 2
     ;;
 esac

@@ -25,11 +25,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${WORK:-${SPECDEC_HOME:-$HOME/.cache/specdec}}"
 DATA="$WORK/data/sharegpt-5k"
 RUNS="$WORK/runs"
-HEADS="$ROOT/python/specdec/heads/SmolLM2-135M-Instruct"
-RECORDS="$ROOT/bench/results/training"
 THREADS="${THREADS:-2}"
 STEP="${STEP:-all}"
 PY="${PY:-$ROOT/.venv/bin/python}"
+# shellcheck source=scripts/head_records.sh
+source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, copy_portable, ship_head
 export OMP_NUM_THREADS="$THREADS"
 mkdir -p "$RUNS"
 
@@ -160,33 +160,11 @@ if [[ "$STEP" == fullvocab ]]; then
   # shellcheck disable=SC2086
   run $cmd
 fi
-# Copies SRC DST [SRC DST ...] with this machine's folders written portably ($SPECDEC_HOME, ~) in text files.
-copy_portable() {
-  "$PY" -c 'import sys; from specdec.training.export_head import copy_portable as c; a = sys.argv[1:]
-for s, d in zip(a[::2], a[1::2]): c(s, d)' "$@"
-}
-
 if step export; then
   for kind in eagle fspad griffin; do
-    src="$RUNS/${FINAL_RUN[$kind]}"
-    # The head's README.md is written by hand (recipe, data, measured acceptance) and kept across exports:
-    # update its numbers after a new training. Without one, the export writes one from the config.
-    readme=()
-    if [ -f "$HEADS/$kind/README.md" ]; then readme=(--readme "$HEADS/$kind/README.md"); fi
-    if [[ "${DRY_RUN:-0}" == 1 ]]; then
-      echo "+ $PY -m specdec.training.export_head $src $HEADS/$kind ${readme[*]}" >&2
-      continue
-    fi
-    if [ ! -f "$src/model.safetensors" ]; then echo "export: $kind is not trained yet ($src)" >&2; continue; fi
-    "$PY" -m specdec.training.export_head "$src" "$HEADS/$kind" "${readme[@]}"
-    mkdir -p "$RECORDS/$kind"
-    recipe "$kind" "$RUNS/$kind.RECIPE.md"
-    pairs=("$RUNS/$kind.RECIPE.md" "$RECORDS/$kind/RECIPE.md" "$DATA/manifest.json" "$RECORDS/data_manifest.json")
-    for f in summary.json train_log.csv val_log.csv curves.png; do pairs+=("$src/$f" "$RECORDS/$kind/$f"); done
-    for pair in ${EARLIER_RUNS[$kind]}; do
-      for f in summary.json train_log.csv val_log.csv; do pairs+=("$RUNS/${pair%%:*}/$f" "$RECORDS/$kind/${pair#*:}_$f"); done
-    done
-    copy_portable "${pairs[@]}"
+    if [[ "${DRY_RUN:-0}" != 1 ]]; then recipe "$kind" "$RUNS/$kind.RECIPE.md"; fi
+    # shellcheck disable=SC2086  # EARLIER_RUNS: a flat list of RUN:PREFIX words
+    ship_head "$kind" "$RUNS/${FINAL_RUN[$kind]}" "$RUNS/$kind.RECIPE.md" "$DATA" ${EARLIER_RUNS[$kind]}
   done
 fi
 if step validate; then

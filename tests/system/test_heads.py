@@ -13,6 +13,7 @@ import fnmatch
 import json
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -253,3 +254,45 @@ def test_check_head_fits():
         HeadTargetMismatch, match=r"a head of hidden size 16 cannot read this target's features \(hidden size 32\)"
     ):
         check_head_fits(head, SimpleNamespace(hidden_size=32, vocab_size=64))
+
+
+def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
+    """scripts/scale_heads.sh STEP=export (HEADS and RECORDS pointed at temporary folders): the last run of a
+    lineage becomes the shipped head (bf16 weights), the records of every run land beside it with the earlier
+    run's under its name, a stale record of another lineage is gone, and RECIPE.md names each run's command
+    (the stages run sized from the data) with no path of this machine."""
+    import subprocess
+
+    work, heads, records = tmp_path / "work", tmp_path / "heads", tmp_path / "records"
+    data = work / "data" / "sharegpt-all"
+    data.mkdir(parents=True)
+    train = {"num_shards": 2, "shards": [{}] * 2, "sequences": 800}
+    (data / "manifest.json").write_text(json.dumps({"splits": {"train": train, "val": {"num_shards": 1}}}))
+    for run in ("scale-griffin-s1", "scale-griffin-s23"):
+        tiny_head().save_pretrained(work / "runs" / run)
+        for f in ("summary.json", "train_log.csv", "val_log.csv"):
+            (work / "runs" / run / f).write_text(f"{run} {f} {work}\n")
+    (work / "runs" / "scale-griffin-s23" / "curves.png").write_bytes(b"png")
+    (records / "griffin").mkdir(parents=True)
+    (records / "griffin" / "round1_summary.json").write_text("{}")
+    env = dict(os.environ, WORK=str(work), STEP="export", SHIP="griffin=scale-griffin-s1,scale-griffin-s23",
+               HEADS=str(heads), RECORDS=str(records), PY=sys.executable, SPECDEC_HOME=str(work))  # fmt: skip
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "scale_heads.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(heads / "griffin")) == ["README.md", "config.json", "model.safetensors"]
+    with safe_open(str(heads / "griffin" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    kept = sorted(os.listdir(records / "griffin"))
+    assert kept == sorted(
+        ["RECIPE.md", "curves.png", "summary.json", "train_log.csv", "val_log.csv"]
+        + [f"scale-griffin-s1_{f}" for f in ("summary.json", "train_log.csv", "val_log.csv")]
+    )
+    assert (records / "griffin" / "scale-griffin-s1_val_log.csv").read_text() == (
+        "scale-griffin-s1 val_log.csv $SPECDEC_HOME\n"
+    )
+    recipe = (records / "griffin" / "RECIPE.md").read_text()
+    assert str(work) not in recipe and "specdec data --target default --out $SPECDEC_HOME/data/sharegpt-all" in recipe
+    assert "specdec train --kind griffin --out $SPECDEC_HOME/runs/scale-griffin-s1 --epochs 4" in recipe
+    assert "--init $SPECDEC_HOME/runs/scale-griffin-s1 --stages 2,3 --epochs 1 --max-steps 25 " in recipe
+    assert (records / "data_manifest.json").is_file()

@@ -1,0 +1,52 @@
+# Sourced by scripts/train_heads.sh and scripts/scale_heads.sh (which set ROOT and PY): export a trained head
+# into the package and keep how it was made in the repository.
+#
+#   ship_head KIND RUN RECIPE DATA [EARLIER_RUN:PREFIX ...]
+#
+# exports run folder RUN as the shipped KIND head (python/specdec/heads/SmolLM2-135M-Instruct/KIND: config.json,
+# bf16 model.safetensors, README.md) and replaces bench/results/training/KIND/ with its records: RECIPE (a
+# markdown file the caller wrote: the commands), RUN's summary.json, train_log.csv, val_log.csv and curves.png,
+# and the same logs of every EARLIER_RUN of its lineage (a folder beside RUN) as PREFIX_summary.json, ...; DATA's
+# manifest goes to bench/results/training/data_manifest.json. Text is written with this machine's folders made
+# portable ($SPECDEC_HOME, ~). With DRY_RUN=1 it prints the export command only.
+
+# (HEADS and RECORDS may be set beforehand, e.g. to folders of a test.)
+HEADS="${HEADS:-$ROOT/python/specdec/heads/SmolLM2-135M-Instruct}"
+RECORDS="${RECORDS:-$ROOT/bench/results/training}"
+
+# Copies SRC DST [SRC DST ...] with this machine's folders written portably ($SPECDEC_HOME, ~) in text files.
+copy_portable() {
+  "$PY" -c 'import sys; from specdec.training.export_head import copy_portable as c; a = sys.argv[1:]
+for s, d in zip(a[::2], a[1::2]): c(s, d)' "$@"
+}
+
+ship_head() {
+  local kind="$1" src="$2" recipe_file="$3" data="$4"
+  shift 4
+  # The head's README.md is written by hand (recipe, data, measured acceptance) and kept across exports:
+  # update its numbers after a new training. Without one, the export writes one from the config.
+  local readme=()
+  if [ -f "$HEADS/$kind/README.md" ]; then readme=(--readme "$HEADS/$kind/README.md"); fi
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    echo "+ python -m specdec.training.export_head $src $HEADS/$kind ${readme[*]}" >&2
+    return 0
+  fi
+  if [ ! -f "$src/model.safetensors" ]; then
+    echo "export: $kind is not trained yet ($src)" >&2
+    return 0
+  fi
+  "$PY" -m specdec.training.export_head "$src" "$HEADS/$kind" "${readme[@]}"
+  # Records of an earlier lineage would mix with this one's under the same prefixes: start afresh (git keeps
+  # the old ones).
+  rm -rf "${RECORDS:?}/$kind"
+  mkdir -p "$RECORDS/$kind"
+  local pairs=("$recipe_file" "$RECORDS/$kind/RECIPE.md" "$data/manifest.json" "$RECORDS/data_manifest.json")
+  local f pair
+  for f in summary.json train_log.csv val_log.csv curves.png; do pairs+=("$src/$f" "$RECORDS/$kind/$f"); done
+  for pair in "$@"; do
+    for f in summary.json train_log.csv val_log.csv; do
+      pairs+=("$(dirname "$src")/${pair%%:*}/$f" "$RECORDS/$kind/${pair#*:}_$f")
+    done
+  done
+  copy_portable "${pairs[@]}"
+}
