@@ -77,7 +77,7 @@ validate_cmd() { echo "specdec.cli validate --draft python/specdec/heads/SmolLM2
 
 # RECIPE.md of an exported head (kept in bench/results/training/<kind>/): KIND RUN [RUN ...] (its lineage).
 recipe() {
-  local kind="$1" r cmd
+  local kind="$1" r st cmd
   shift
   echo "# How this $kind head was made"
   echo
@@ -88,7 +88,9 @@ recipe() {
   echo "specdec target fetch"
   echo "${DATA_CMD[*]/#specdec.cli/specdec}"
   for r in "$@"; do
-    cmd=$(env $(step_of "$r") DRY_RUN=1 WORK="$WORK" bash "$ROOT/scripts/scale_heads.sh" 2>&1 >/dev/null)
+    st=$(step_of "$r")  # an assignment of its own: an unknown run stops the script here
+    # shellcheck disable=SC2086  # st: VAR=value words
+    cmd=$(env $st DRY_RUN=1 WORK="$WORK" bash "$ROOT/scripts/scale_heads.sh" 2>&1 >/dev/null)
     echo "${cmd#+ }"
   done
   echo "python -m specdec.training.export_head $RUNS/$r python/specdec/heads/SmolLM2-135M-Instruct/$kind"
@@ -146,7 +148,8 @@ case "$STEP" in
     "$PY" "$ROOT/bench/scaling_curve.py" "${heads[@]}" --tag "all ShareGPT first turns"
     ;;
   data)
-    "$PY" -m "${DATA_CMD[@]}" --threads "$THREADS"
+    echo "+ ${DATA_CMD[*]/#specdec.cli/specdec} --threads $THREADS" >&2
+    if [[ "${DRY_RUN:-0}" != 1 ]]; then "$PY" -m "${DATA_CMD[@]}" --threads "$THREADS"; fi
     ;;
   export)
     for entry in $SHIP; do
