@@ -3,8 +3,8 @@
 #
 #   ship_head KIND RUN RECIPE DATA [EARLIER_RUN:PREFIX ...]
 #
-# exports run folder RUN as the shipped KIND head (python/specdec/heads/SmolLM2-135M-Instruct/KIND: config.json,
-# bf16 model.safetensors, README.md) and replaces bench/results/training/KIND/ with its records: RECIPE (a
+# exports run folder RUN as the shipped KIND head (python/specdec/heads/SmolLM2-135M-Instruct/<kind>: config.json,
+# bf16 model.safetensors, README.md) and replaces bench/results/training/<kind>/ with its records: RECIPE (a
 # markdown file the caller wrote: the commands), RUN's summary.json, train_log.csv, val_log.csv and curves.png,
 # and the same logs of every EARLIER_RUN of its lineage (a folder beside RUN) as PREFIX_summary.json, ...; DATA's
 # manifest goes to bench/results/training/data_manifest.json. Text is written with this machine's folders made
