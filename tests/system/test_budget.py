@@ -353,6 +353,24 @@ def test_graph_costs_are_measured_on_replays_and_cached_apart(tmp_path, monkeypa
     assert [kw["cuda_graph"] for kw in seen] == [True, True]
 
 
+def test_cost_timings_interleave_their_calls(monkeypatch):
+    """The costs' timings run their calls round by round (a slow stretch of a shared machine then falls on
+    every tree size alike) and report each call's median after the warm-up rounds; time_verify and
+    time_draft_level both go through it."""
+    order, clock = [], iter(range(1000))
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: float(next(clock)))
+    calls = {n: (lambda n=n: order.append(n)) for n in (1, 4, 8)}
+    got = budget._median_times(calls, torch.device("cpu"), warmup=1, repeats=3)
+    assert order == [1, 4, 8] * 4 and got == {1: 1.0, 4: 1.0, 8: 1.0}
+    from specdec.target import TargetModel
+
+    seen, real = [], budget._median_times
+    spy = lambda calls, *a, **kw: seen.append(sorted(calls)) or real(calls, *a, **kw)
+    monkeypatch.setattr(budget, "_median_times", spy)
+    budget.time_verify(TargetModel(make_target()), (1, 3), context=8, repeats=1)
+    assert seen == [[1, 3]]
+
+
 @pytest.mark.parametrize(
     "verify, level, acceptance, want",
     [

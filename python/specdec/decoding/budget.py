@@ -322,25 +322,27 @@ def context_bucket(tokens: int) -> int:
     return 1 << max(8, (max(1, int(tokens)) - 1).bit_length())
 
 
-def _median_time(fn, dev, warmup: int, repeats: int, cuda_graph: bool = False) -> float:
-    """Median seconds of fn() over `repeats` calls after `warmup`; cuda_graph: of replays of fn captured as a
-    CUDA graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
-    call = fn
+def _median_times(calls: dict, dev, warmup: int, repeats: int, cuda_graph: bool = False) -> dict:
+    """{key: median seconds of calls[key]() over `repeats` calls after `warmup`}, the calls interleaved round by
+    round, so that a slow stretch of a shared machine falls on every key alike (the budget reads ratios of
+    them) instead of on whichever key it was timing. cuda_graph: of replays of each call captured as a CUDA
+    graph (after one eager call), the way generate(cuda_graph=True) runs its passes."""
     if cuda_graph:
         from . import cuda_graphs  # the decode loop's own warm-up and capture
 
-        cuda_graphs.warmup_pass(fn, dev)
-        call = cuda_graphs.capture_pass(fn, dev, None)
-    times = []
+        for fn in calls.values():
+            cuda_graphs.warmup_pass(fn, dev)
+        calls = {key: cuda_graphs.capture_pass(fn, dev, None) for key, fn in calls.items()}
+    times: dict = {key: [] for key in calls}
     for i in range(warmup + repeats):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        call()
-        synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+        for key, call in calls.items():
+            synchronize(dev)
+            t0 = time.perf_counter()
+            call()
+            synchronize(dev)
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t0)
+    return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
 @torch.no_grad()
@@ -364,14 +366,13 @@ def time_verify(
     ids = torch.randint(0, V, (1, context), generator=g).to(dev)
     cache = target.new_cache(1, context + max(Ns) + 1)
     target.prefill(ids, torch.tensor([context], dtype=torch.int32, device=dev), cache)
-    out = {}
+    calls = {}
     for N in Ns:
         parents = torch.arange(-1, N - 1, dtype=torch.int32, device=dev)[None]
         tree = specdec_kernels.build_tree(parents)
         tokens = torch.randint(0, V, (1, N), generator=g).to(dev)
-        call = lambda tokens=tokens, tree=tree: target.verify(tokens, tree, cache)
-        out[int(N)] = _median_time(call, dev, warmup, repeats, cuda_graph)
-    return out
+        calls[int(N)] = lambda tokens=tokens, tree=tree: target.verify(tokens, tree, cache)
+    return _median_times(calls, dev, warmup, repeats, cuda_graph)
 
 
 def measure_verify_cost(
@@ -442,7 +443,7 @@ def time_draft_level(
     pos = torch.arange(context, device=dev)[None]
     head(feats, toks, pos, cache, cache_len, chain_mask(1, context, dev), return_logits=False)
     cache_len.fill_(context)
-    out = {}
+    calls = {}
     for k in ks:
         x = torch.randn(1, k, H, generator=g).to(dev, head.dtype)
         t = torch.randint(0, V, (1, k), generator=g).to(dev)
@@ -453,8 +454,8 @@ def time_draft_level(
             o = head(x, t, p, cache, cache_len, mask)
             torch.topk(torch.log_softmax(o.logits.float(), dim=-1), k, dim=-1)
 
-        out[int(k)] = _median_time(level, dev, warmup, repeats, cuda_graph)
-    return out
+        calls[int(k)] = level
+    return _median_times(calls, dev, warmup, repeats, cuda_graph)
 
 
 def _cached(
