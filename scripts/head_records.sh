@@ -1,4 +1,4 @@
-# Sourced by scripts/train_heads.sh and scripts/scale_heads.sh (which set ROOT and PY): export a trained head
+# Sourced by scripts/train_heads.sh and scripts/scale_heads.sh (which set ROOT, PY and DATA): export a trained head
 # into the package and keep how it was made in the repository.
 #
 #   ship_head KIND RUN RECIPE DATA [EARLIER_RUN:PREFIX ...]
@@ -13,6 +13,9 @@
 # (HEADS and RECORDS may be set beforehand, e.g. to folders of a test.)
 HEADS="${HEADS:-$ROOT/python/specdec/heads/SmolLM2-135M-Instruct}"
 RECORDS="${RECORDS:-$ROOT/bench/results/training}"
+
+# The held-out measurement of a shipped head (specdec_validation in its config.json), on the caller's DATA.
+validate_cmd() { echo "specdec validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
 
 # Copies SRC DST [SRC DST ...] with this machine's folders written portably ($SPECDEC_HOME, ~) in text files.
 copy_portable() {

@@ -51,13 +51,13 @@ RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --checkpoi
   --val-sequences 96 --no-progress)
 
 # The data: what STEP=data runs (with --threads) and the recipes of the exported heads name.
-DATA_CMD=(specdec.cli data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192
+DATA_CMD=(specdec data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192
   --batch-size 32 --shard-size 250 --no-progress)
 # The heads STEP=export ships: KIND=RUN[,RUN...], a head's lineage in order (each run starts from the one
 # before), the last run exported; the earlier ones' records are kept beside it under their run names.
 SHIP="${SHIP:-eagle=scale-eagle fspad=scale-fspad griffin=scale-griffin-s1,scale-griffin-s23}"
 # shellcheck source=scripts/head_records.sh
-source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, copy_portable, ship_head
+source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, validate_cmd, copy_portable, ship_head
 
 # The step of this script that makes run RUN (for the recipes).
 step_of() {
@@ -73,7 +73,6 @@ step_of() {
       ;;
   esac
 }
-validate_cmd() { echo "specdec.cli validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
 
 # RECIPE.md of an exported head (kept in bench/results/training/<kind>/): KIND RUN [RUN ...] (its lineage).
 recipe() {
@@ -86,7 +85,7 @@ recipe() {
   echo
   echo '```bash'
   echo "specdec target fetch"
-  echo "${DATA_CMD[*]/#specdec.cli/specdec}"
+  echo "${DATA_CMD[*]}"
   for r in "$@"; do
     st=$(step_of "$r")  # an assignment of its own: an unknown run stops the script here
     # shellcheck disable=SC2086  # st: VAR=value words
@@ -94,7 +93,7 @@ recipe() {
     echo "${cmd#+ }"
   done
   echo "python -m specdec.training.export_head $RUNS/$r python/specdec/heads/SmolLM2-135M-Instruct/$kind"
-  validate_cmd "$kind" | sed 's/^specdec.cli/specdec/'
+  validate_cmd "$kind"
   echo '```'
   echo
   echo "config.json records the training settings and the last validation (per-step acceptance on 96 held-out"
@@ -148,8 +147,8 @@ case "$STEP" in
     "$PY" "$ROOT/bench/scaling_curve.py" "${heads[@]}" --tag "all ShareGPT first turns"
     ;;
   data)
-    echo "+ ${DATA_CMD[*]/#specdec.cli/specdec} --threads $THREADS" >&2
-    if [[ "${DRY_RUN:-0}" != 1 ]]; then "$PY" -m "${DATA_CMD[@]}" --threads "$THREADS"; fi
+    echo "+ ${DATA_CMD[*]} --threads $THREADS" >&2
+    if [[ "${DRY_RUN:-0}" != 1 ]]; then "$PY" -m specdec.cli "${DATA_CMD[@]:1}" --threads "$THREADS"; fi
     ;;
   export)
     for entry in $SHIP; do
@@ -163,8 +162,8 @@ case "$STEP" in
     ;;
   validate)
     for entry in $SHIP; do
-      # shellcheck disable=SC2046  # a flat list of words without spaces inside
-      (cd "$ROOT" && "$PY" -m $(validate_cmd "${entry%%=*}"))
+      read -ra cmd <<<"$(validate_cmd "${entry%%=*}")"  # "specdec validate ...": run by this script's Python
+      (cd "$ROOT" && "$PY" -m specdec.cli "${cmd[@]:1}")
     done
     ;;
   status)

@@ -29,7 +29,7 @@ THREADS="${THREADS:-2}"
 STEP="${STEP:-all}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 # shellcheck source=scripts/head_records.sh
-source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, copy_portable, ship_head
+source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, validate_cmd, copy_portable, ship_head
 export OMP_NUM_THREADS="$THREADS"
 mkdir -p "$RUNS"
 
@@ -114,8 +114,6 @@ run() {
 }
 step() { [[ "$STEP" == all || "$STEP" == "$1" ]]; }
 
-# The held-out measurement of a shipped head, written into its config.json (specdec_validation).
-validate_cmd() { echo "specdec validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
 
 # RECIPE.md of a head (kept in bench/results/training/<kind>/): what was run, from which commit.
 recipe() {

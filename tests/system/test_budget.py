@@ -355,8 +355,8 @@ def test_graph_costs_are_measured_on_replays_and_cached_apart(tmp_path, monkeypa
 
 def test_cost_timings_interleave_their_calls(monkeypatch):
     """The costs' timings run their calls round by round (a slow stretch of a shared machine then falls on
-    every tree size alike) and report each call's median after the warm-up rounds; time_verify and
-    time_draft_level both go through it."""
+    every tree size alike) and report each call's median after the warm-up rounds; time_verify goes through
+    it (as time_draft_level does)."""
     order, clock = [], iter(range(1000))
     monkeypatch.setattr(budget.time, "perf_counter", lambda: float(next(clock)))
     calls = {n: (lambda n=n: order.append(n)) for n in (1, 4, 8)}
