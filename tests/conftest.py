@@ -86,3 +86,25 @@ def recorded_passes(monkeypatch):
     monkeypatch.setattr(mod, "warmup_pass", lambda one_pass, dev: one_pass())
     monkeypatch.setattr(mod, "capture_pass", capture)
     return captures
+
+
+@pytest.fixture
+def force_kernel(monkeypatch):
+    """specdec's C++ linear kernel for every eligible layer, whichever is faster here ($SPECDEC_LINEAR_CHOICE)."""
+    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of the C++ op made through specdec.target.kernel_linears: the rows of each call."""
+    from specdec.target import kernel_linears as kl
+
+    calls = []
+    real = kl._kernel()
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(kl, "_kernel", lambda: counting)
+    return calls

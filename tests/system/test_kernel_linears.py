@@ -29,25 +29,6 @@ from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
 pytestmark = pytest.mark.skipif(not linear_op.linear_isas(), reason="specdec_kernels._C is not loaded")
 
 
-@pytest.fixture
-def force_kernel(monkeypatch):
-    monkeypatch.setenv("SPECDEC_LINEAR_CHOICE", "cpu")
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Counts the calls of the C++ op made through kernel_linears."""
-    calls = []
-    real = kl._kernel()
-
-    def counting(*args):
-        calls.append(args[0].shape[0])
-        return real(*args)
-
-    monkeypatch.setattr(kl, "_kernel", lambda: counting)
-    return calls
-
-
 def n_linears(model, cls) -> int:
     return sum(type(m) is cls for m in model.modules())
 
