@@ -8,7 +8,9 @@ after a 300-token prefill, batch 1, the default target.
 
 `--transformers-layers` adds, for every provider, the same target with its decoder layers run by transformers'
 own forward (TargetModel(lean=False)) instead of specdec.target.lean_layers (the default): the per-layer
-machinery that the lean path skips, as a time per verification.
+machinery that the lean path skips, as a time per verification. `--ungrouped` adds the kernel with one call
+per linear: the lean path without its grouped calls (a layer's q/k/v in one kernel call, its gate/up in
+another; specdec.target.kernel_linears.KernelLinearGroup).
 
 To see what an AVX2-only CPU does (no AVX-512, no bf16 instructions), hold torch and the kernel to AVX2:
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 SPECDEC_LINEAR_ISA=avx2 python bench/verify_cost.py --tag
@@ -28,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from specdec.decoding.budget import time_verify
 from specdec.loading import load_target
-from specdec.target import TargetModel
+from specdec.target import TargetModel, lean_layers
 from specdec.target.kernel_linears import plain_linears, use_kernel_linears
 from specdec.target.prepack import prepack_available, prepack_linears, unpack_linears
 from specdec_kernels.ops import linear as lin
@@ -36,12 +38,20 @@ from specdec_kernels.ops import linear as lin
 from common import OUT_DIR, RESULTS_DIR, cpu_flags, env_info, load_average
 
 HF = " (transformers layers)"  # the suffix of a provider run with TargetModel(lean=False)
+UNGROUPED = "kernel, one call per linear"  # --ungrouped
 ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SPECDEC_LINEAR_ISA", "OMP_NUM_THREADS")
 
 
 def run_provider(model, provider: str, Ns, context: int, repeats: int, lean: bool = True) -> dict:
     """{N: seconds} with the model's linears set up as `provider` says, restored afterwards; lean=False runs
-    transformers' own decoder forward (TargetModel(lean=False))."""
+    transformers' own decoder forward (TargetModel(lean=False)); provider UNGROUPED is the kernel with the lean
+    path's grouped calls off (lean_layers.GROUP_KERNEL_LINEARS)."""
+    if provider == UNGROUPED:
+        lean_layers.GROUP_KERNEL_LINEARS = False
+        try:
+            return run_provider(model, "kernel", Ns, context, repeats, lean)
+        finally:
+            lean_layers.GROUP_KERNEL_LINEARS = True
     if provider == "kernel":
         forced = os.environ.get("SPECDEC_LINEAR_CHOICE")
         os.environ["SPECDEC_LINEAR_CHOICE"] = "cpu"  # this row is the kernel's, whatever the automatic choice
@@ -86,6 +96,8 @@ def markdown(table, args, providers, load_before, load_after) -> str:
                 extra = f", {table[threads]['torch'][N] / t:.2f}x torch" if p != "torch" else ""
                 if p.endswith(HF):  # the same provider with the lean layers, against this one
                     extra = f", lean {t / table[threads][p[: -len(HF)]][N]:.2f}x faster"
+                if p == UNGROUPED:
+                    extra = f", grouped {t / table[threads]['kernel'][N]:.2f}x faster"
                 cells.append(f"{t * 1e3:.1f} ({t / t1:.2f}{extra})")
             lines.append(f"| {N} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -106,6 +118,11 @@ def main() -> None:
         action="store_true",
         help="also time every provider with transformers' own decoder forward (TargetModel(lean=False))",
     )
+    parser.add_argument(
+        "--ungrouped",
+        action="store_true",
+        help="also time the kernel with one call per linear (the lean path's grouped q/k/v and gate/up calls off)",
+    )
     args = parser.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
     args.ns = [int(n) for n in args.ns.split(",")]
@@ -115,6 +132,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if dtype == torch.bfloat16 and prepack_available():
         providers.append("prepacked")
+    if args.ungrouped and "kernel" in providers:
+        providers.insert(providers.index("kernel") + 1, UNGROUPED)
     if args.transformers_layers:
         providers = [q for p in providers for q in (p, p + HF)]
     model = load_target(args.target, dtype=dtype, tokenizer=False).model

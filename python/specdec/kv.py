@@ -9,14 +9,19 @@ slots, one new row, bf16), and the decode path writes twice per layer per pass.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
-def write_slots(buffer: torch.Tensor, slots: torch.Tensor, new: torch.Tensor) -> None:
+def write_slots(
+    buffer: torch.Tensor, slots: torch.Tensor, new: torch.Tensor, rows: Optional[torch.Tensor] = None
+) -> None:
     """buffer[b, :, slots[b, i], :] = new[b, :, i, :] for every request b and new row i, in place.
 
     buffer: [B, H_kv, S, D]; slots: int64 [B, T] (in [0, S): not checked, that would synchronise);
-    new: [B, H_kv, T, D] (cast to the buffer's dtype). No host synchronisation.
+    new: [B, H_kv, T, D] (cast to the buffer's dtype). rows: arange(B)[:, None], for a caller that writes many
+    buffers with the same slots (computed here when None). No host synchronisation.
 
     Example:
         >>> import torch
@@ -26,5 +31,6 @@ def write_slots(buffer: torch.Tensor, slots: torch.Tensor, new: torch.Tensor) ->
         >>> buf.flatten().tolist()
         [0.0, 5.0, 0.0, 7.0]
     """
-    rows = torch.arange(buffer.shape[0], device=buffer.device)[:, None]  # [B, 1], broadcast with slots [B, T]
+    if rows is None:
+        rows = torch.arange(buffer.shape[0], device=buffer.device)[:, None]  # [B, 1], broadcast with slots [B, T]
     buffer.transpose(1, 2).index_put_((rows, slots), new.transpose(1, 2).to(buffer.dtype))

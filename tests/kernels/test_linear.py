@@ -1,7 +1,8 @@
 """linear: every instruction-set path of the C++ kernel this CPU runs (each forced in turn, the portable one
 too) and the torch backend, against an fp64 truth with flash-attention's rule (helpers.assert_close_as_torch):
 M = 1..64 and beyond, odd K and N (not multiples of any vector width), bias or not, strided inputs and
-outputs, leading dimensions, every dtype, out= buffers; clear errors for bad input; opcheck."""
+outputs, leading dimensions, every dtype, out= buffers; a weight row's output bits independent of where
+the row sits in the weight (what stacking linears relies on); clear errors for bad input; opcheck."""
 
 import os
 import subprocess
@@ -146,6 +147,30 @@ def test_paths_agree_and_threads_do_not_change_results(dtype):
             two = run_linear("cpu", isa, x, w, b)
             assert torch.equal(one, two), f"{isa}: one and two threads differ"
             check_against_truth(two, x, w, b, isa)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@NEEDS_C
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_weight_row_gives_the_same_bits_anywhere_in_the_weight(dtype):
+    """What specdec.target.kernel_linears.KernelLinearGroup relies on: linears stacked row-wise into one weight
+    give bitwise the outputs of their separate calls, on every path, whatever the row's tile or thread chunk
+    (odd N and K, M across the register-tile sizes, biases, one and two threads)."""
+    gen = torch.Generator().manual_seed(11)
+    threads = torch.get_num_threads()
+    try:
+        for isa in ISAS:
+            for M, K, Ns in ((1, 576, (576, 192, 192)), (3, 37, (5, 7, 2)), (4, 100, (1, 1000)), (9, 64, (11, 13))):
+                x = rand(M, K, dtype=dtype, gen=gen)
+                ws = [rand(N, K, dtype=dtype, gen=gen) for N in Ns]
+                bs = [rand(N, dtype=dtype, gen=gen) for N in Ns]
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    fused = run_linear("cpu", isa, x, torch.cat(ws), torch.cat(bs)).split(Ns, dim=-1)
+                    for i, (w, b) in enumerate(zip(ws, bs)):
+                        alone = run_linear("cpu", isa, x, w, b)
+                        assert torch.equal(fused[i], alone), f"{isa} M={M} K={K} N={Ns} part {i}, {t} thread(s)"
     finally:
         torch.set_num_threads(threads)
 

@@ -3,7 +3,9 @@
 The oracle is transformers' own path through the same TargetModel (lean=False): the lean path must give
 bitwise the same hidden states, logits and cache contents for every supported family, on contiguous and
 paged caches; an unsupported layer keeps transformers' path; a lean path that differs is dropped on the first
-forward, with a warning, and nothing it computed is kept.
+forward, with a warning, and nothing it computed is kept. With the C++ linear kernel, the lean path's
+stacked projections (one kernel call for q/k/v, one for gate/up) are bitwise the separate calls, change no
+value of the model, and follow replaced, converted or unmarked linears.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import pytest
 import torch
 
 import specdec_kernels as sk
-from specdec.target import TargetModel, lean_layers
+from specdec.target import TargetModel, kernel_linears, lean_layers
 from specdec.target.model import LEAN_VERDICT
+from specdec_kernels.ops.linear import linear_isas
 
 from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
 
@@ -179,3 +182,116 @@ def test_a_window_smaller_than_the_cache_fails_both_paths_alike():
     with pytest.raises(NotImplementedError, match="sliding-window attention .window 8. with a cache of 24"):
         decode(tgt)  # the lean path alone
     assert tgt.lean
+
+
+# With the C++ linear kernel (specdec.target.kernel_linears), the lean path computes each layer's q/k/v and its
+# gate/up projections in one kernel call over their stacked weights (KernelLinearGroup); transformers' path
+# still calls the kernel once per linear, so the bitwise comparison checks the stacking too.
+NEEDS_KERNEL = pytest.mark.skipif(not linear_isas(), reason="specdec_kernels._C (the C++ linear kernel) is not loaded")
+KERNEL_VARIANTS = {
+    "llama-bf16": ("llama", torch.bfloat16),
+    "qwen2-biases": ("qwen2", torch.float32),  # q/k/v biases, stacked too
+    "qwen3-bf16": ("qwen3", torch.bfloat16),  # q/k norms on the stacked call's column slices
+}
+
+
+def kernel_target(family, dtype):
+    model = make_target(family).to(dtype)
+    with torch.no_grad():  # random biases (transformers initialises them to zero)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(len(name)))
+    assert kernel_linears.use_kernel_linears(model) > 0
+    return model
+
+
+def same_storage(*modules) -> bool:
+    return len({m.weight.untyped_storage().data_ptr() for m in modules}) == 1
+
+
+@NEEDS_KERNEL
+@pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
+@pytest.mark.parametrize("page_size", [None, 4])
+def test_grouped_kernel_projections_are_bitwise_the_separate_calls(force_kernel, kernel_calls, variant, page_size):
+    model = kernel_target(*KERNEL_VARIANTS[variant])
+    lean, plain = TargetModel(model), TargetModel(model, lean=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(decode(lean, page_size), decode(plain, page_size))
+    assert lean.lean and getattr(model.model, LEAN_VERDICT)[1] is True
+    for layer in model.model.layers:  # stacked in place: one storage per group, Parameters kept
+        a, m = layer.self_attn, layer.mlp
+        assert same_storage(a.q_proj, a.k_proj, a.v_proj) and same_storage(m.gate_proj, m.up_proj)
+        assert not same_storage(a.q_proj, m.gate_proj) and isinstance(a.q_proj.weight, torch.nn.Parameter)
+    layers = len(model.model.layers)
+    for tgt, per_layer in ((lean, 4), (plain, 7)):  # q/k/v, o, gate/up, down: 4 calls; 7 one by one
+        cache = tgt.new_cache(2, 24, page_size=page_size)
+        tgt.prefill(IDS, LENGTHS, cache)
+        kernel_calls.clear()
+        tgt.verify(TOKENS, TREE, cache)
+        assert len(kernel_calls) == per_layer * layers + 1  # + the output layer
+
+
+@NEEDS_KERNEL
+def test_grouping_changes_no_value_and_keeps_the_model_usable(force_kernel):
+    """Stacking moves the weights' storage, nothing else: the state_dict, model.generate (which computes
+    through F.linear on the same Parameters) and loading weights afterwards, even when the grouping happened
+    under inference_mode (the stacked weights must not be inference tensors)."""
+    model = kernel_target("llama", torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(1, 100, (1, 6), generator=torch.Generator().manual_seed(1))
+    reference = model.generate(ids, max_new_tokens=5, do_sample=False)
+    with torch.inference_mode():
+        decode(TargetModel(model))
+    attn = model.model.layers[0].self_attn
+    assert same_storage(attn.q_proj, attn.k_proj, attn.v_proj) and not attn.q_proj.weight.is_inference()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), reference)
+    model.load_state_dict({k: v * 2 for k, v in before.items()})  # in place, into the stacked storage
+    assert torch.equal(attn.k_proj.weight, before["model.layers.0.self_attn.k_proj.weight"] * 2)
+
+
+@NEEDS_KERNEL
+def test_groups_follow_replaced_converted_and_unmarked_linears(force_kernel, kernel_calls):
+    """A projection replaced after grouping, the model converted to another dtype (every weight moves), or
+    the kernel marks undone (plain_linears): the lean path sees it on the next forward and stays bitwise
+    transformers'."""
+    model = kernel_target("qwen2", torch.bfloat16)
+    tgt = TargetModel(model)
+    decode(tgt)
+    attn = model.model.layers[1].self_attn
+    new = torch.nn.Linear(attn.k_proj.in_features, attn.k_proj.out_features, bias=True).to(torch.bfloat16)
+    torch.nn.init.normal_(new.weight, std=0.5)
+    attn.k_proj = new
+    kernel_linears.use_kernel_linears(model)  # the new layer runs the kernel too
+    assert_same(decode(tgt), decode(TargetModel(model, lean=False)))
+    assert same_storage(attn.q_proj, attn.k_proj, attn.v_proj)  # grouped again with the new layer
+    model.to(torch.float32)
+    assert_same(decode(tgt), decode(TargetModel(model, lean=False)))
+    assert same_storage(attn.q_proj, attn.v_proj)
+    kernel_linears.plain_linears(model)
+    kernel_calls.clear()
+    assert_same(decode(tgt), decode(TargetModel(model, lean=False)))
+    assert kernel_calls == []
+
+
+def test_only_kernel_linears_of_one_kind_are_grouped():
+    """group_kernel_linears changes nothing unless every module is a kernel layer with the same dtype and
+    input size and biases on all or none."""
+    lins = [torch.nn.Linear(8, n) for n in (4, 3)]
+    assert kernel_linears.group_kernel_linears(lins) is None  # plain nn.Linear
+    for lin in lins:
+        lin.__class__ = kernel_linears.KernelLinear
+    mixed = [lins[0], torch.nn.Linear(8, 2, bias=False)]
+    mixed[1].__class__ = kernel_linears.KernelLinear
+    other_k = torch.nn.Linear(6, 2)
+    other_k.__class__ = kernel_linears.KernelLinear
+    pointers = [lin.weight.data_ptr() for lin in lins]
+    assert kernel_linears.group_kernel_linears(mixed) is None
+    assert kernel_linears.group_kernel_linears([lins[0], other_k]) is None
+    assert [lin.weight.data_ptr() for lin in lins] == pointers  # nothing moved
+    group = kernel_linears.group_kernel_linears(lins)
+    assert group is not None and group.splits == (4, 3) and group.intact(tuple(lins))
+    assert group.weight.shape == (7, 8) and group.bias.shape == (7,)
+    lins[1].weight.data = lins[1].weight.data.clone()
+    assert not group.intact(tuple(lins))

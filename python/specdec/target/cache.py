@@ -124,6 +124,25 @@ class TreeKVCache(Cache):
             out += [layer.keys, layer.values]
         return out
 
+    def writer(self, T: int):
+        """update()'s write for a forward of T new tokens per request, as a function (layer_idx, key_states,
+        value_states) -> (keys, values) that reuses one computation of the slots for every layer (the lean
+        decoder path: a few small ops fewer per layer). The states are the model's own ([B, H_kv, T, D] of
+        this cache's shape), so only T is checked here."""
+        if T > self.max_len:
+            raise ValueError(f"TreeKVCache: {T} new tokens exceed the cache capacity S_max = {self.max_len}")
+        dev = self.cache_len.device
+        rows = torch.arange(self.cache_len.shape[0], device=dev)[:, None]
+        slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=dev)  # [B, T]
+
+        def write(layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor):
+            layer = self.layers[layer_idx]
+            write_slots(layer.keys, slots, key_states, rows)
+            write_slots(layer.values, slots, value_states, rows)
+            return layer.keys, layer.values
+
+        return write
+
     def reset(self) -> None:
         """Forget every request's tokens (cache_len = 0); buffers are kept."""
         self.cache_len.zero_()

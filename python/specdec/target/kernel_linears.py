@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,10 @@ __all__ = [
     "kernel_linear_scope",
     "uses_kernel_linears",
     "kernel_linear",
+    "runs_kernel",
+    "kernel_calls_allowed",
+    "KernelLinearGroup",
+    "group_kernel_linears",
     "use_kernel_linears",
     "plain_linears",
     "speed_up_cpu_linears",
@@ -89,6 +93,14 @@ def _runs_kernel(x: torch.Tensor, weight: torch.Tensor, bias) -> bool:
     )
 
 
+def _kernel_out(x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """The C++ kernel's x @ weight.T + bias for a call _runs_kernel accepted, x of any leading dims."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
+    _kernel()(x2, weight, bias, out)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
 def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     """F.linear(x, weight, bias), through the C++ kernel when the call can take it (see _runs_kernel).
 
@@ -98,10 +110,7 @@ def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Ten
     """
     if not _runs_kernel(x, weight, bias) or x.shape[-1] != weight.shape[1]:
         return F.linear(x, weight, bias)
-    x2 = x.reshape(-1, x.shape[-1])
-    out = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
-    _kernel()(x2, weight, bias, out)
-    return out.view(*x.shape[:-1], weight.shape[0])
+    return _kernel_out(x, weight, bias)
 
 
 class KernelLinear(nn.Linear):
@@ -124,12 +133,128 @@ class HybridLinear(PackedLinear):
     runs_kernel = True  # read by prepack.unpack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() <= self.kernel_rows * self.in_features and _runs_kernel(x, self.weight, self.bias):
+        if runs_kernel(self, x):
             return kernel_linear(x, self.weight, self.bias)
         return super().forward(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel up to {self.kernel_rows} rows"
+
+
+def runs_kernel(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `module(x)` runs the C++ kernel here and now: a KernelLinear inside kernel_linear_scope(), or a
+    HybridLinear there for a call of at most its kernel_rows rows (their forwards' own decision); False for
+    any other module. Callers that skip the module's forward (specdec.target.lean_layers) ask this first."""
+    kind = type(module)
+    if kind is HybridLinear and x.numel() > module.kernel_rows * module.in_features:
+        return False
+    return (kind is KernelLinear or kind is HybridLinear) and _runs_kernel(x, module.weight, module.bias)
+
+
+def kernel_calls_allowed(x: torch.Tensor) -> bool:
+    """The forward-wide half of runs_kernel, checked once per forward by callers that run many layers on
+    inputs like `x` (specdec.target.lean_layers): inside kernel_linear_scope(), on the CPU, autograd off."""
+    return _in_scope() and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+class KernelLinearGroup(NamedTuple):
+    """Kernel linears that read the same input (a layer's q/k/v projections, an MLP's gate and up; or one
+    linear alone), computed by one kernel call over their weights stacked row-wise, with the per-call checks
+    of their forwards done once per group (`usable`). Each output element is the same dot product, along K in
+    the same order, as in the layer's own call (the kernel's per-element arithmetic does not depend on where
+    the row sits in the weight), so the outputs are bitwise the separate calls'. On a 2.4 GHz AVX2 core the
+    Python around a call costs about as much as a 576 x 576 decode-row product itself: three calls made one,
+    and the checks made once, take about a fifth off a SmolLM2-135M decode step
+    (bench/results/verify_cost_avx2-native_cpu.md).
+
+    The modules' weights (and biases) are views into `weight` (`bias`): group_kernel_linears moves them
+    there, so nothing is stored twice."""
+
+    modules: tuple
+    kinds: tuple  # each module's class when grouped (plain_linears changes it in place)
+    weight: torch.Tensor  # [sum of out_features, in_features]
+    bias: Optional[torch.Tensor]  # [sum of out_features] or None
+    splits: tuple  # the modules' out_features, in order
+    pointers: tuple  # each module's weight (and bias) data_ptr right after grouping
+    dtype: torch.dtype
+    max_elements: int  # x.numel() up to which every module runs the kernel (a HybridLinear's kernel_rows)
+
+    def intact(self, modules: Sequence[nn.Module]) -> bool:
+        """Whether `modules` are the grouped ones, of the same classes, their weights still where grouping
+        put them (not replaced, reassigned or moved by .to())."""
+        # tuples of modules compare by identity (nn.Module has no __eq__), in C: this runs per group per layer
+        same = modules == self.modules and tuple(map(type, modules)) == self.kinds
+        return same and _pointers(modules) == self.pointers
+
+    def usable(self, x: torch.Tensor) -> bool:
+        """Whether every module would run the kernel for `x`, given kernel_calls_allowed(x)."""
+        return x.dtype == self.dtype and x.numel() <= self.max_elements
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The modules' outputs for x [..., in_features], side by side: [..., sum of out_features]."""
+        return _kernel_out(x, self.weight, self.bias)
+
+    def parts(self, out: torch.Tensor) -> tuple:
+        """Each module's output: column slices of what __call__ returned."""
+        return (out,) if len(self.splits) == 1 else out.split_with_sizes(self.splits, dim=-1)
+
+
+def _pointers(modules) -> tuple:
+    # through _parameters, not nn.Module.__getattr__: this runs for every group of every layer of a forward
+    out = []
+    for m in modules:
+        params = m._parameters
+        bias = params.get("bias")
+        out.append((params["weight"].data_ptr(), None if bias is None else bias.data_ptr()))
+    return tuple(out)
+
+
+def group_kernel_linears(modules: Sequence[nn.Module]) -> Optional[KernelLinearGroup]:
+    """A KernelLinearGroup of `modules` (KernelLinear / HybridLinear layers reading the same input), their
+    weights stacked into one tensor whose row blocks become the modules' weights, in place (one module: its
+    weight as it is); None (nothing changed) unless all are kernel layers with one dtype, in_features and CPU
+    device, contiguous weights, and biases on all or none. The Parameters stay the same objects (their `.data`
+    moves); a HybridLinear's packed copy is unchanged and re-stamped, since its values are."""
+    modules = tuple(modules)
+    if not modules or any(type(m) not in (KernelLinear, HybridLinear) for m in modules):
+        return None
+    w0 = modules[0].weight
+    has_bias = modules[0].bias is not None
+    if any(
+        m.weight.dtype != w0.dtype or m.weight.device.type != "cpu" or m.weight.dim() != 2
+        or m.weight.shape[1] != w0.shape[1] or not m.weight.is_contiguous() or (m.bias is not None) != has_bias
+        or (m.bias is not None and (m.bias.dtype != w0.dtype or not m.bias.is_contiguous()))
+        for m in modules
+    ):  # fmt: skip
+        return None
+    if len(modules) == 1:
+        weight, bias = w0.detach(), modules[0].bias
+        bias = None if bias is None else bias.detach()
+    else:
+        # a normal tensor even when called under inference_mode: the weights must stay writable outside it
+        with torch.inference_mode(False), torch.no_grad():
+            weight = torch.cat([m.weight.detach() for m in modules])
+            bias = torch.cat([m.bias.detach() for m in modules]) if has_bias else None
+            start = 0
+            for m in modules:
+                n = m.weight.shape[0]
+                m.weight.data = weight[start : start + n]
+                if has_bias:
+                    m.bias.data = bias[start : start + n]
+                if isinstance(m, PackedLinear):
+                    m._stamp = m._weight_stamp()  # same values: the packed copy stays valid
+                start += n
+    rows = min(m.kernel_rows if type(m) is HybridLinear else 1 << 62 for m in modules)
+    return KernelLinearGroup(
+        modules,
+        tuple(type(m) for m in modules),
+        weight,
+        bias,
+        tuple(m.weight.shape[0] for m in modules),
+        _pointers(modules),
+        w0.dtype,
+        rows * w0.shape[1],
+    )
 
 
 def _eligible(lin: nn.Module, dtypes) -> bool:

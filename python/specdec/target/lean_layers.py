@@ -23,11 +23,17 @@ is kept on the decoder module); tests/system check every supported family on the
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from . import attention
+from .cache import TreeKVCache
+from .kernel_linears import KernelLinearGroup, group_kernel_linears, kernel_calls_allowed
+
+# Whether the lean path computes a layer's kernel linears that share an input in one call (KernelLinearGroup);
+# read on every forward. False only to measure what the grouping saves (bench/verify_cost.py --ungrouped).
+GROUP_KERNEL_LINEARS = True
 
 # Decoder-layer class name -> the sliding window its attention passes to the attention function.
 SUPPORTED: dict = {
@@ -102,6 +108,28 @@ class LeanDecoder:
     def __init__(self, base: torch.nn.Module, layers: List[_Layer]):
         self.base = base
         self.layers = layers
+        # (layer index, projection name) -> ((the modules last seen, their classes), KernelLinearGroup or None)
+        self._groups: Dict[tuple, Tuple[tuple, Optional[KernelLinearGroup]]] = {}
+
+    def _project(self, key: tuple, modules: tuple, h: torch.Tensor, kernel: bool) -> tuple:
+        """(whole, parts): each module's output for h (parts), from one kernel call for the group where all of
+        them run the C++ kernel for h (kernel: kernel_calls_allowed(h), checked once per forward;
+        specdec.target.kernel_linears.KernelLinearGroup: bitwise the separate calls), then with `whole` that
+        call's output (the parts side by side), else from each module's own call, `whole` None. The first time
+        a group of kernel layers is seen, their weights are stacked (in place, nothing stored twice); a
+        projection replaced since (prepacking, unpacking) is seen and the group made again."""
+        seen, group = self._groups.get(key, ((), None))
+        if group is not None:
+            if not group.intact(modules):  # replaced, converted or unmarked since: group again
+                group = group_kernel_linears(modules)
+                self._groups[key] = ((modules, tuple(map(type, modules))), group)
+        elif seen != (modules, tuple(map(type, modules))):  # modules compare by identity (no __eq__)
+            group = group_kernel_linears(modules)
+            self._groups[key] = ((modules, tuple(map(type, modules))), group)
+        if kernel and group is not None and group.usable(h):
+            whole = group(h)
+            return whole, group.parts(whole)
+        return None, tuple(mod(h) for mod in modules)
 
     @classmethod
     def plan(cls, base: torch.nn.Module, num_layers: int) -> Optional["LeanDecoder"]:
@@ -128,25 +156,42 @@ class LeanDecoder:
         cos, sin = self.base.rotary_emb(x, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # apply_rotary_pos_emb's unsqueeze_dim = 1
         run_attention = attention.tree_attention_forward
+        # our contiguous cache: the slots computed once for all layers (a paged cache writes through update)
+        write = cache.writer(T) if type(cache) is TreeKVCache else None
+        kernel = GROUP_KERNEL_LINEARS and kernel_calls_allowed(x)
+        project = self._project
         for p in self.layers:
             layer = p.layer
             a, m = layer.self_attn, layer.mlp
             h = _rms_norm(x, layer.input_layernorm)
             shape = (B, T, -1, p.head_dim)
-            q, k = a.q_proj(h).view(shape), a.k_proj(h).view(shape)
-            if p.q_norm:
-                q = a.q_norm(q)
-            if p.k_norm:
-                k = a.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), a.v_proj(h).view(shape).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
-            k, v = cache.update(k, v, p.index)
+            qkv, (q, k, v) = project((p.index, "qkv"), (a.q_proj, a.k_proj, a.v_proj), h, kernel)
+            v = v.view(shape).transpose(1, 2)
+            if qkv is not None and not (p.q_norm or p.k_norm):
+                # q and k side by side in one call's output: RoPE once over their heads (elementwise, so
+                # bitwise the two applications below; 7 small ops fewer a layer)
+                heads = q.shape[-1] // p.head_dim
+                qk = qkv[..., : q.shape[-1] + k.shape[-1]].view(shape).transpose(1, 2)
+                qk = (qk * cos) + (_rotate_half(qk) * sin)
+                q, k = qk[:, :heads], qk[:, heads:]
+            else:
+                q, k = q.view(shape), k.view(shape)
+                if p.q_norm:
+                    q = a.q_norm(q)
+                if p.k_norm:
+                    k = a.k_norm(k)
+                q, k = q.transpose(1, 2), k.transpose(1, 2)
+                q = (q * cos) + (_rotate_half(q) * sin)
+                k = (k * cos) + (_rotate_half(k) * sin)
+            k, v = write(p.index, k, v) if write is not None else cache.update(k, v, p.index)
             o, _ = run_attention(
                 a, q, k, v, None, dropout=0.0, scaling=p.scaling, sliding_window=p.sliding_window(a),
                 specdec_state=state,
             )  # fmt: skip
-            x = x + a.o_proj(o.reshape(B, T, -1).contiguous())
+            _, (o,) = project((p.index, "o"), (a.o_proj,), o.reshape(B, T, -1).contiguous(), kernel)
+            x = x + o
             h = _rms_norm(x, layer.post_attention_layernorm)
-            x = x + m.down_proj(m.act_fn(m.gate_proj(h)) * m.up_proj(h))
+            _, (gate, up) = project((p.index, "gate_up"), (m.gate_proj, m.up_proj), h, kernel)
+            _, (down,) = project((p.index, "down"), (m.down_proj,), m.act_fn(gate) * up, kernel)
+            x = x + down
         return _rms_norm(x, self.base.norm)
