@@ -18,6 +18,7 @@ import torch
 import specdec_kernels as sk
 from specdec.target import TargetModel, kernel_linears, lean_layers
 from specdec.target.model import LEAN_VERDICT
+from specdec.target.prepack import PackedLinear
 from specdec_kernels.ops.linear import linear_isas
 
 from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
@@ -295,3 +296,42 @@ def test_only_kernel_linears_of_one_kind_are_grouped():
     assert group.weight.shape == (7, 8) and group.bias.shape == (7,)
     lins[1].weight.data = lins[1].weight.data.clone()
     assert not group.intact(tuple(lins))
+
+
+class _FakeOneDNN:
+    """Stand-ins for oneDNN's packed bf16 linear (torch.ops.mkldnn), which AVX2-only CPUs cannot run: the
+    "packed" weight is a copy and the product F.linear on it, so HybridLinear's routing and PackedLinear's
+    weight stamp are exercised on every machine."""
+
+    _reorder_linear_weight = staticmethod(lambda w, batch: w.clone())
+    _linear_pointwise = staticmethod(lambda x, packed, bias, *rest: torch.nn.functional.linear(x, packed, bias))
+
+
+@NEEDS_KERNEL
+def test_grouped_hybrid_linears_keep_their_packed_path(monkeypatch, kernel_calls):
+    """HybridLinear layers (where oneDNN's bf16 path runs: the kernel for calls of at most kernel_rows rows,
+    the packed weight beyond) group for small calls like kernel layers; grouping re-stamps their packed
+    copy, so larger calls still take it (no 'weight changed after it was packed' error), bitwise as
+    transformers' path; a group whose smallest kernel_rows is below the call's rows runs layer by layer."""
+    monkeypatch.setattr(torch.ops, "mkldnn", _FakeOneDNN())
+    model = make_target("llama").to(torch.bfloat16)
+    projections = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+    for layer in model.model.layers:
+        for part, names in projections.items():
+            parent = getattr(layer, part)
+            for name in names:
+                hybrid = PackedLinear(getattr(parent, name))
+                hybrid.__class__ = kernel_linears.HybridLinear
+                hybrid.kernel_rows = 2 if name == "k_proj" else 12  # the prefill (14 rows) and verify (10) differ
+                setattr(parent, name, hybrid)
+    lean, plain = TargetModel(model), TargetModel(model, lean=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(decode(lean), decode(plain))
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert same_storage(attn.q_proj, attn.k_proj, attn.v_proj) and same_storage(mlp.gate_proj, mlp.up_proj)
+    cache = lean.new_cache(2, 24)
+    lean.prefill(IDS, LENGTHS, cache)  # 14 rows: every layer on its packed weight
+    kernel_calls.clear()
+    lean.verify(TOKENS, TREE, cache)  # 10 rows: q/k/v one by one (k_proj packed), o, gate/up grouped, down
+    assert kernel_calls == [10, 10, 10, 10, 10] * len(model.model.layers)
