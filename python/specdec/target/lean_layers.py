@@ -7,12 +7,15 @@ decode step (bench/results/verify_cost_lean-vs-transformers_cpu.md). For the Lla
 TargetModel serves, `LeanDecoder` runs the model's own submodules (embedding, rotary embedding, norms,
 projections -- so prepacked or kernel linears keep working) and the specdec_tree attention function in
 exactly the order and with exactly the operations of the transformers code: the result is bitwise the same.
+Where the projections run specdec's C++ linear kernel, a layer's q/k/v and its gate/up are each one kernel
+call over their weights stacked in place (kernel_linears.KernelLinearGroup; the kernel's output bits do not
+depend on where a weight row sits), and RoPE is applied to q and k together: elementwise, so still bitwise.
 
 Which layers: the decoder-layer classes of SUPPORTED (Llama, Mistral, Qwen2, Qwen3), with every submodule
 the code below reads, and no forward hook (nor accelerate's device-map hook) anywhere in the decoder: the lean
-path calls the linears but not the layer, attention, MLP or norm modules (it reads their weights), so hooks
-registered on those after the TargetModel was built do not run (build it after registering them, or pass
-lean=False). Anything else
+path calls neither the layer, attention, MLP or norm modules nor, where it groups them, the linears (it
+reads their weights), so hooks registered on those after the TargetModel was built do not run (build it after
+registering them, or pass lean=False). Anything else
 (another architecture, a patched or quantized layer class, a missing attribute) runs transformers' own
 forward. The layers' submodules are looked up on every forward, so prepacking or unpacking the linears after
 the TargetModel was built is seen; replaced layers are planned again. Since a later transformers release may
