@@ -162,10 +162,10 @@ class KernelLinearGroup(NamedTuple):
     linear alone), computed by one kernel call over their weights stacked row-wise, with the per-call checks
     of their forwards done once per group (`usable`). Each output element is the same dot product, along K in
     the same order, as in the layer's own call (the kernel's per-element arithmetic does not depend on where
-    the row sits in the weight), so the outputs are bitwise the separate calls'. On a 2.4 GHz AVX2 core the
-    Python around a call costs about as much as a 576 x 576 decode-row product itself: three calls made one,
-    and the checks made once, take about a fifth off a SmolLM2-135M decode step
-    (bench/results/verify_cost_avx2-native_cpu.md).
+    the row sits in the weight), so the outputs are bitwise the separate calls'. A decode-row product of a
+    small target takes tens of microseconds, so the module call, checks and allocation around it count: on a
+    2.45 GHz AVX2-only core, three calls made one and the checks made once take a SmolLM2-135M decode step
+    1.11-1.23x faster (bench/results/verify_cost_avx2-native_cpu.md).
 
     The modules' weights (and biases) are views into `weight` (`bias`): group_kernel_linears moves them
     there, so nothing is stored twice."""
