@@ -22,6 +22,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from ..kv import write_slots
 
 
+def _slots(cache_len: torch.Tensor, T: int) -> torch.Tensor:
+    """int64 [B, T]: the slots cache_len[b] + i of a forward's T new tokens."""
+    return cache_len.to(torch.int64)[:, None] + torch.arange(T, device=cache_len.device)
+
+
 class TreeKVLayer(CacheLayerMixin):
     """One layer of a TreeKVCache: preallocated keys/values [B, H_kv, S_max, D].
 
@@ -58,7 +63,7 @@ class TreeKVLayer(CacheLayerMixin):
             raise ValueError(
                 f"TreeKVLayer.update: {T} new tokens exceed the cache capacity S_max = {self.max_cache_len}"
             )
-        slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=self.keys.device)  # [B, T]
+        slots = _slots(self.cache_len, T)
         write_slots(self.keys, slots, key_states)
         write_slots(self.values, slots, value_states)
         return self.keys, self.values
@@ -133,7 +138,7 @@ class TreeKVCache(Cache):
             raise ValueError(f"TreeKVCache: {T} new tokens exceed the cache capacity S_max = {self.max_len}")
         dev = self.cache_len.device
         rows = torch.arange(self.cache_len.shape[0], device=dev)[:, None]
-        slots = self.cache_len.to(torch.int64)[:, None] + torch.arange(T, device=dev)  # [B, T]
+        slots = _slots(self.cache_len, T)
 
         def write(layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor):
             layer = self.layers[layer_idx]

@@ -38,7 +38,6 @@ __all__ = [
     "kernel_linear_scope",
     "uses_kernel_linears",
     "kernel_linear",
-    "runs_kernel",
     "kernel_calls_allowed",
     "KernelLinearGroup",
     "group_kernel_linears",
@@ -133,7 +132,7 @@ class HybridLinear(PackedLinear):
     runs_kernel = True  # read by prepack.unpack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if runs_kernel(self, x):
+        if x.numel() <= self.kernel_rows * self.in_features and _runs_kernel(x, self.weight, self.bias):
             return kernel_linear(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -141,19 +140,10 @@ class HybridLinear(PackedLinear):
         return super().extra_repr() + f", kernel up to {self.kernel_rows} rows"
 
 
-def runs_kernel(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `module(x)` runs the C++ kernel here and now: a KernelLinear inside kernel_linear_scope(), or a
-    HybridLinear there for a call of at most its kernel_rows rows (their forwards' own decision); False for
-    any other module. Callers that skip the module's forward (specdec.target.lean_layers) ask this first."""
-    kind = type(module)
-    if kind is HybridLinear and x.numel() > module.kernel_rows * module.in_features:
-        return False
-    return (kind is KernelLinear or kind is HybridLinear) and _runs_kernel(x, module.weight, module.bias)
-
-
 def kernel_calls_allowed(x: torch.Tensor) -> bool:
-    """The forward-wide half of runs_kernel, checked once per forward by callers that run many layers on
-    inputs like `x` (specdec.target.lean_layers): inside kernel_linear_scope(), on the CPU, autograd off."""
+    """The forward-wide half of the kernel layers' per-call check (_runs_kernel), checked once per forward by
+    callers that run many layers on inputs like `x` (specdec.target.lean_layers): inside kernel_linear_scope(),
+    on the CPU, autograd off."""
     return _in_scope() and x.device.type == "cpu" and not torch.is_grad_enabled()
 
 
