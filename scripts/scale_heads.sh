@@ -19,12 +19,14 @@
 # The data: first turns of every usable ShareGPT conversation (--max-turns 1, no --num-prompts), the
 # target's greedy answers (at most 192 tokens, 512 per sequence) by continuous batching on specdec's KV
 # cache (32 slots), features stored. --dtype auto (the default) records "auto": each shard is computed in
-# the faster dtype of the machine that builds it (bf16 with AVX-512 BF16 / AMX, fp32 on AVX2-only CPUs).
+# the faster dtype of the machine that builds it (bf16 on every CPU measured; on AVX2-only ones through
+# specdec's C++ linear kernel).
 # The held-out split is the hash-chosen 2% of conversations, as for the shipped heads' 5,000 (whose
 # held-out conversations it contains).
 #
 # The runs (under $WORK/runs): every head from scratch with the shipped heads' recipe (8,192-token draft
-# vocabulary, bf16 autocast, 8 sequences per step, peak lr 3e-4, train_heads.sh) for EPOCHS passes (default 4),
+# vocabulary, 8 sequences per step, peak lr 3e-4, train_heads.sh; --dtype auto: bf16 autocast on CPUs with
+# bf16 instructions, fp32 on AVX2-only ones) for EPOCHS passes (default 4),
 # validated on 96 held-out sequences at step 0 and every quarter epoch: the learning curve against tokens seen
 # (bench/scaling_curve.py; inside the first pass the points measure data, after it epochs). GRIFFIN's run is
 # its stage 1 (one-step training). Then the papers' ordering under control, from the converged stage 1:
@@ -47,7 +49,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 export OMP_NUM_THREADS="$THREADS"
 export PYTHONPATH="$ROOT/python:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype bf16 --batch-size 8 --checkpoint-every 200 --resume
+RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype auto --batch-size 8 --checkpoint-every 200 --resume
   --val-sequences 96 --no-progress)
 
 # The data: what STEP=data runs (with --threads) and the recipes of the exported heads name.

@@ -40,31 +40,32 @@ def dtype_choices(names=DTYPE_NAMES) -> list:
     return sorted(names) + [AUTO]
 
 
-def model_dtype(name, device) -> str:
+def model_dtype(name, device, training: bool = False) -> str:
     """The torch dtype name to load a model in: that of `name` (a DTYPE_NAMES key) when given, else (None or
     AUTO) the faster one of `device` (a torch.device): bfloat16 on CUDA; on a CPU whichever of bfloat16 and
     float32 it computes faster (specdec.machine_dtype: bf16 is slow without native bf16 instructions),
-    measured once and cached."""
+    measured once and cached; for `training`, the faster one under autograd (torch's linear: the C++ kernel
+    that makes bf16 faster on AVX2-only CPUs does not train)."""
     if name and name != AUTO:
         return DTYPE_NAMES[name]
     if device.type == "cuda":
         return "bfloat16"
     from .machine_dtype import fastest_cpu_dtype
 
-    return fastest_cpu_dtype()
+    return fastest_cpu_dtype(training=training)
 
 
-def resolve_dtype(name, device, say=None) -> str:
-    """model_dtype(name, device), the dtype a --dtype value means; when the default (None or AUTO) picks
+def resolve_dtype(name, device, say=None, training: bool = False) -> str:
+    """model_dtype(name, device, training), the dtype a --dtype value means; when the default (None or AUTO) picks
     it, one line says what was picked and why (specdec.machine_dtype.auto_note), given to `say` (default:
     printed on stderr, beside a command's result on stdout)."""
-    dtype = model_dtype(name, device)
+    dtype = model_dtype(name, device, training)
     if name in (None, AUTO):
         import sys
 
         from .machine_dtype import auto_note
 
-        note = auto_note(device)
+        note = auto_note(device, training)
         if say is None:
             print(note, file=sys.stderr)
         else:

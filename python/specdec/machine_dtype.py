@@ -10,6 +10,9 @@ in both dtypes, the weights read from memory as in decoding (not from the cache)
 geometric mean of its time ratios to fp32 is below 1. Each dtype's linear is the one specdec's passes run:
 specdec_kernels' C++ linear where it measured faster than torch's for that dtype
 (specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
+Training (`training=True`) is measured apart with torch's linear: autograd never runs the kernel, and
+torch's bf16 autocast on an AVX2-only CPU trains a head's linears about 16x slower than fp32 (a 2,048-row
+576 -> 1536 forward and backward, one thread: 2.14 s against 0.135), so there training picks fp32.
 The answer is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags,
 the torch version, the thread count and the linear kernel's path and build, beside the tree budget's cost cache.
 $SPECDEC_CPU_DTYPE (bfloat16 or float32) overrides the measurement, e.g. to keep one dtype across machines of
@@ -44,28 +47,30 @@ def cache_path() -> Path:
     return specdec_home() / "compute_dtype.json"
 
 
-def cpu_key() -> str:
+def cpu_key(training: bool = False) -> str:
     """What decides the answer: the CPU model name, its bf16-relevant ISA flags, torch's version, the
     number of torch threads and the C++ linear kernel's path and build (linear_kernel_id: a rebuilt kernel is
-    measured again; "none" without specdec_kernels._C)."""
+    measured again; "none" without specdec_kernels._C), or for `training` "linear torch (training)"."""
     import torch
 
     from specdec_kernels.ops.linear_choice import linear_kernel_id
 
     name, flags = cpu_model(), cpu_flags(FLAGS) or []
     threads = torch.get_num_threads()
-    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {threads}|linear {linear_kernel_id()}"
+    linear = "torch (training)" if training else linear_kernel_id()
+    return f"{name}|{','.join(flags)}|torch {torch.__version__}|threads {threads}|linear {linear}"
 
 
-def _linear_of(dtype):
+def _linear_of(dtype, training: bool = False):
     """The linear specdec's passes run in `dtype`, as a function (x, w, out): the C++ kernel's op where it
-    measured faster than torch's linear here (specdec_kernels.ops.linear_choice), else torch's."""
+    measured faster than torch's linear here (specdec_kernels.ops.linear_choice), else torch's; always
+    torch's for `training` (autograd)."""
     import torch
 
     from specdec_kernels.ops import linear as linear_op
     from specdec_kernels.ops import linear_choice
 
-    if linear_op.linear_isas() and linear_choice.faster_backend(dtype)["backend"] == "cpu":
+    if not training and linear_op.linear_isas() and linear_choice.faster_backend(dtype)["backend"] == "cpu":
         op = torch.ops.specdec.linear.default
         return lambda x, w, out: op(x, w, None, out)
     return lambda x, w, out: torch.nn.functional.linear(x, w, out=out)
@@ -83,7 +88,7 @@ def _weights(dtype) -> list:
     return [w] + [w.clone() for _ in range(copies - 1)]
 
 
-def _timer(dtype, rows: int, weights: list):
+def _timer(dtype, rows: int, weights: list, training: bool = False):
     """A closure timing `linear` of `rows` rows in `dtype` over the `weights` in turn: seconds per call over
     a round of calls long enough to see (64 // rows calls, at least one)."""
     import torch
@@ -92,7 +97,7 @@ def _timer(dtype, rows: int, weights: list):
     x = torch.randn(rows, SHAPE[1], generator=g).to(dtype)
     out = torch.empty(rows, SHAPE[0], dtype=dtype)
     calls = max(1, 64 // rows)
-    linear = _linear_of(dtype)
+    linear = _linear_of(dtype, training)
     turn = [0]
 
     def one_round() -> float:
@@ -107,9 +112,9 @@ def _timer(dtype, rows: int, weights: list):
     return one_round
 
 
-def measure(rounds: int = 15) -> Dict[str, object]:
+def measure(rounds: int = 15, training: bool = False) -> Dict[str, object]:
     """{"bf16_over_fp32": geometric mean over ROWS of the bf16/fp32 time ratios, "ratios": {M: ratio},
-    "dtype": the faster one}.
+    "dtype": the faster one}; `training`: of torch's linear (module docstring).
 
     Each time is the fastest of `rounds` rounds, and the rounds of both dtypes and every M alternate: a busy
     machine's preemptions only ever add time, so the minimum over rounds spread in time is what the
@@ -118,7 +123,7 @@ def measure(rounds: int = 15) -> Dict[str, object]:
     import torch
 
     weights = {dt: _weights(dt) for dt in (torch.bfloat16, torch.float32)}
-    timers = {(dt, m): _timer(dt, m, weights[dt]) for m in ROWS for dt in (torch.bfloat16, torch.float32)}
+    timers = {(dt, m): _timer(dt, m, weights[dt], training) for m in ROWS for dt in (torch.bfloat16, torch.float32)}
     best = {k: math.inf for k in timers}
     for _ in range(rounds):
         for k, one_round in timers.items():
@@ -132,34 +137,35 @@ def measure(rounds: int = 15) -> Dict[str, object]:
     }
 
 
-def auto_note(device) -> str:
+def auto_note(device, training: bool = False) -> str:
     """One line saying what --dtype auto picks on `device` (a torch.device) and why, for the commands to
-    print; measures (once) on a CPU."""
+    print; measures (once) on a CPU. `training`: the choice for training (module docstring)."""
     if device.type == "cuda":
         return "--dtype auto: bfloat16 (CUDA)"
-    dtype = fastest_cpu_dtype()
+    dtype = fastest_cpu_dtype(training=training)
     if os.environ.get("SPECDEC_CPU_DTYPE"):
         return f"--dtype auto: {dtype} (set by $SPECDEC_CPU_DTYPE)"
-    entry = read_json_store(cache_path()).get(cpu_key(), {})
+    entry = read_json_store(cache_path()).get(cpu_key(training), {})
     ratio = entry.get("bf16_over_fp32")
-    why = f"bf16 takes {ratio:.2f}x the time of fp32 in a target-sized linear here" if ratio else "measured"
+    linear = "torch's linear (training)" if training else "a target-sized linear"
+    why = f"bf16 takes {ratio:.2f}x the time of fp32 in {linear} here" if ratio else "measured"
     return f"--dtype auto: {dtype} ({why}; measured once per CPU and thread count, cached in {cache_path().name})"
 
 
-def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False) -> str:
+def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False, training: bool = False) -> str:
     """ "bfloat16" or "float32": the faster compute dtype of this CPU (see the module docstring), measured on
     first use and cached in cache_path(). refresh: measure again and store; use_cache=False: neither read
-    nor write the cache."""
+    nor write the cache; training: the faster one for training (torch's linear, autograd)."""
     forced = os.environ.get("SPECDEC_CPU_DTYPE")
     if forced:
         if forced not in ("bfloat16", "float32"):
             raise ValueError(f"$SPECDEC_CPU_DTYPE: expected bfloat16 or float32, got {forced!r}")
         return forced
-    key = cpu_key()
+    key = cpu_key(training)
     store = read_json_store(cache_path()) if use_cache else {}
     if use_cache and not refresh and isinstance(store.get(key), dict) and store[key].get("dtype"):
         return store[key]["dtype"]
-    result = measure()
+    result = measure(training=training)
     if use_cache:
         store[key] = result
         write_json_store(store, cache_path())

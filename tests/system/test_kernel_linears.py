@@ -7,7 +7,7 @@ reference, stays as it was); inside it the kernel runs and matches F.linear with
 greedy speculative decoding on a marked fp32 target still equals model.generate; autograd falls back to
 F.linear; $SPECDEC_LINEAR_CHOICE=torch marks nothing; where oneDNN's prepacking runs, speed_up_cpu_linears prepacks
 and routes small calls to the kernel (HybridLinear, by rows); the tree budget's cost cache keeps marked, hybrid
-and plain models apart.
+and plain models apart; the data build's feature pass takes the kernel on a marked target.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from specdec.target.prepack import PackedLinear, is_prepacked, prepack_available
 from specdec_kernels.ops import linear as linear_op
 from specdec_kernels.ops import linear_choice
 
-from helpers import assert_close
+from helpers import assert_close, assert_close_as_torch
 from tiny_models import make_target, one_thread  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.skipif(not linear_op.linear_isas(), reason="specdec_kernels._C is not loaded")
@@ -197,3 +197,24 @@ def test_head_output_layer_runs_the_kernel(force_kernel, kernel_calls, marked_ta
         assert_close(got, want)
         kl.plain_linears(model)
         kl.plain_linears(head)
+
+
+def test_feature_pass_runs_the_kernel(force_kernel, kernel_calls):
+    """`specdec data`'s feature pass (specdec.data.target_hidden) takes a marked bf16 target's kernel linears for
+    every row of the padded batch, with features as close to the fp32 truth as torch's own bf16 pass, and
+    zeros on padding; on an unmarked target it calls no kernel."""
+    from specdec.data import target_hidden
+
+    model = make_target("llama", hidden=96)
+    ids = torch.randint(1, 128, (3, 11), generator=torch.Generator().manual_seed(3))
+    att = torch.ones(3, 11, dtype=torch.bool)
+    att[1, 7:] = att[2, 4:] = False
+    truth = target_hidden(model, ids, att)
+    bf16 = model.to(torch.bfloat16)
+    plain = target_hidden(bf16, ids, att)
+    assert kernel_calls == []
+    layers = kl.use_kernel_linears(bf16)
+    got = target_hidden(bf16, ids, att)
+    assert len(kernel_calls) == layers - 1 and set(kernel_calls) == {3 * 11}  # every linear but the lm_head
+    assert got.dtype == torch.bfloat16 and not got[~att].any()
+    assert_close_as_torch(got[att], truth[att], plain[att], "features through the kernel")

@@ -280,6 +280,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, setup):
         run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2, resume=True, lr=1e-3)
     with pytest.raises(FileExistsError):
         run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2)
+    # another compute dtype (--dtype auto on the other kind of CPU) continues, with a warning
+    with pytest.warns(UserWarning, match="trained in float32, now bfloat16"):
+        run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2, resume=True, dtype="bfloat16")
 
 
 # ---- draft vocabulary, online features, bf16 ------------------------------------------------------
@@ -486,7 +489,13 @@ def cli(*argv):
     return main(["train", *map(str, argv)])
 
 
-def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys):
+def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys, monkeypatch):
+    """--dtype auto (the default) asks for the faster dtype to train in, not to decode in: on an AVX2-only CPU
+    the C++ kernel makes bf16 the faster for decoding, but autograd runs torch's linear (machine_dtype)."""
+    from specdec import machine_dtype
+
+    asked = []
+    monkeypatch.setattr(machine_dtype, "fastest_cpu_dtype", lambda **kw: asked.append(kw) or "float32")
     data, target = data_dir
     out = tmp_path / "head"
     assert (
@@ -510,6 +519,7 @@ def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys):
         == 0
     )
     assert f"draft head: {out}" in capsys.readouterr().out
+    assert asked and all(kw.get("training") is True for kw in asked)
     from specdec.models import load_draft_head
 
     head = load_draft_head(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from ..arguments import Verbatim, check_device
@@ -280,9 +281,20 @@ def _handle(args, stage) -> int:
         torch.set_num_threads(args.threads)
     with target_errors():
         loaded = load_target(
-            args.target, dtype=dtype, device=device, chat_template=True, phase=stage.target_phases(args.target)
+            args.target,
+            dtype=dtype,
+            device=device,
+            chat_template=True,
+            prepack=device.type == "cpu",  # the answers and features take this CPU's fastest linear
+            phase=stage.target_phases(args.target),
         )
         model, tok, target = loaded.model, loaded.tokenizer, loaded.path
+    if loaded.prepacked or loaded.kernel_linears:
+        print(
+            f"target linears: {loaded.prepacked} prepacked for oneDNN, {loaded.kernel_linears} on specdec's C++ "
+            "linear kernel (specdec.target.kernel_linears)",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     rank, world = _rank()
     try:

@@ -248,7 +248,7 @@ def validate_args(args) -> dict:
     out = _check_out(args)
     device = check_device(args.device)
     _check_batch(args, manifest)
-    dtype = resolve_dtype(args.dtype, device)  # after the checks: it may measure
+    dtype = resolve_dtype(args.dtype, device, training=True)  # after the checks: it may measure
     return _train_config(args, data=data, out=out, dtype=dtype, device=device)
 
 

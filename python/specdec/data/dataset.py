@@ -229,7 +229,11 @@ def target_hidden(model, input_ids: torch.Tensor, attention_mask: Optional[torch
     """The target's last hidden states [B, T, H] (final norm output) for right-padded input; no grad.
 
     Runs only the decoder (no [B, T, V] logits) when the model exposes it; otherwise the full forward's
-    hidden_states[-1]. Padded positions (attention_mask False) are set to 0."""
+    hidden_states[-1]. Padded positions (attention_mask False) are set to 0. Inside kernel_linear_scope():
+    layers marked by specdec.target.kernel_linears (load_target(prepack=True)) run the linear this CPU computes
+    fastest, as in decoding; on an AVX2-only CPU torch's bf16 linear goes row by row, several times slower."""
+    from ..target.kernel_linears import kernel_linear_scope
+
     model = _hf_model(model)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
@@ -237,7 +241,7 @@ def target_hidden(model, input_ids: torch.Tensor, attention_mask: Optional[torch
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     attention_mask = attention_mask.to(device)
     att = attention_mask.to(torch.long)
-    with torch.no_grad():
+    with torch.no_grad(), kernel_linear_scope():
         base = model.get_decoder() if hasattr(model, "get_decoder") else None
         if isinstance(base, torch.nn.Module) and base is not model:
             hidden = base(input_ids=input_ids, attention_mask=att, use_cache=False).last_hidden_state

@@ -6,9 +6,10 @@ weight element once for up to 64 rows (bench/results/linear_avx2-only_cpu.md). `
 marks the model's eligible nn.Linear layers to run it, in place: each becomes a KernelLinear, a subclass of
 nn.Linear with the same Parameters and state_dict (only `__class__` changes; `plain_linears` changes it back).
 
-The kernel runs only inside `kernel_linear_scope()`, which specdec's TargetModel (forward, prefill) and
-TreeDrafter (extend, draft) enter: everything else that runs the same model -- `model.generate`, the reference
-every speedup is compared with, and training (which needs autograd) -- computes through F.linear as before.
+The kernel runs only inside `kernel_linear_scope()`, which specdec's TargetModel (forward, prefill),
+TreeDrafter (extend, draft) and the data build's feature pass (specdec.data.target_hidden) enter: everything
+else that runs the same model -- `model.generate`, the reference every speedup is compared with, and
+training (which needs autograd) -- computes through F.linear as before.
 
 Which layers: exact nn.Linear (subclasses such as quantized or LoRA layers keep their own forward) with a 2-D
 CPU weight of unit stride along K, for a dtype where specdec_kernels measured its kernel faster than torch's

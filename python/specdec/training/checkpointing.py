@@ -165,9 +165,18 @@ def training_state(
 
 def check_resumable(state: dict, path: str, settings: dict, world_size: int, warn: bool) -> None:
     """Raise ValueError when the checkpoint `state` (file `path`) was written with other trajectory
-    `settings`; warn (when `warn`) when another process count wrote it (the run continues, not bitwise)."""
+    `settings`; warn (when `warn`) when another process count or another compute dtype wrote it (the run
+    continues, not bitwise). The dtype may change because `--dtype auto` picks per machine (fp32 on an
+    AVX2-only CPU, bf16 autocast with bf16 instructions) and a long run may resume on the other kind; the
+    parameters and the optimizer state are fp32 either way."""
     theirs = state.get("settings", {})
-    diff = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
+    diff = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k) and k != "dtype")
+    if settings.get("dtype") != theirs.get("dtype") and warn:
+        warnings.warn(
+            f"--resume: the checkpoint was trained in {theirs.get('dtype')}, now {settings.get('dtype')}: "
+            "the run continues (fp32 parameters and optimizer either way), but not bitwise as the original would have",
+            stacklevel=2,
+        )
     if diff:
         shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {settings.get(k)!r}" for k in diff)
         raise ValueError(f"--resume: checkpoint {path} was written with other settings ({shown})")
