@@ -218,3 +218,29 @@ def test_feature_pass_runs_the_kernel(force_kernel, kernel_calls):
     assert len(kernel_calls) == layers - 1 and set(kernel_calls) == {3 * 11}  # every linear but the lm_head
     assert got.dtype == torch.bfloat16 and not got[~att].any()
     assert_close_as_torch(got[att], truth[att], plain[att], "features through the kernel")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_large_calls_run_torch_widened(force_kernel, kernel_calls, dtype):
+    """Beyond its kernel_rows (wide_rows: a prefill) a KernelLinear runs torch's linear widened to fp32 inside
+    the scope, bitwise kernel_rows.widened; up to it the kernel; outside the scope F.linear. A group of such
+    layers is not usable beyond the least kernel_rows, so the lean path calls each layer's own forward."""
+    from specdec.target.kernel_rows import widened
+
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(40, n).to(dtype) for n in (24, 8)]
+    for lin in lins:
+        kl.use_kernel_linears(lin)
+    lins[0].kernel_rows, lins[1].kernel_rows = 3, 5
+    assert "kernel up to 3 rows" in repr(lins[0])
+    small, large = torch.randn(3, 40).to(dtype), torch.randn(2, 2, 40).to(dtype)
+    with torch.no_grad():
+        outside = lins[0](large)
+        assert torch.equal(outside, torch.nn.functional.linear(large, lins[0].weight, lins[0].bias))
+        with kl.kernel_linear_scope():
+            got_small, got_large = lins[0](small), lins[0](large)
+            assert kernel_calls == [3]
+            assert torch.equal(got_large, widened(large, lins[0].weight, lins[0].bias))
+            group = kl.group_kernel_linears(lins)
+            assert group.usable(small) and not group.usable(large)
+    assert_close(got_large, outside.double() if dtype == torch.float32 else outside)

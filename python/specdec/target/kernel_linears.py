@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernel_rows import NO_LIMIT, kernel_rows, wide_rows, widened
 from .prepack import KERNEL_MARK, PackedLinear, plain_cpu_linear, prepack_linears
 
 __all__ = [
@@ -115,12 +116,23 @@ def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Ten
 
 class KernelLinear(nn.Linear):
     """An nn.Linear whose forward runs specdec_kernels' C++ linear inside kernel_linear_scope() and F.linear
-    outside it (see the module docstring). Made from an nn.Linear in place by use_kernel_linears."""
+    outside it (see the module docstring). Made from an nn.Linear in place by use_kernel_linears.
 
+    Calls of more than `kernel_rows` rows (a prefill; measured per weight shape, specdec.target.kernel_rows.
+    wide_rows) run torch's linear widened to fp32 instead, which is faster there: fp32 products summed in
+    fp32 and one rounding, as the kernel does, in another summation order."""
+
+    kernel_rows: int = NO_LIMIT
     runs_kernel = True  # read by prepack.unpack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > self.kernel_rows * self.in_features and _runs_kernel(x, self.weight, self.bias):
+            return widened(x, self.weight, self.bias)
         return kernel_linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        more = f", kernel up to {self.kernel_rows} rows" if self.kernel_rows < NO_LIMIT else ""
+        return super().extra_repr() + more
 
 
 class HybridLinear(PackedLinear):
@@ -168,7 +180,7 @@ class KernelLinearGroup(NamedTuple):
     splits: tuple  # the modules' out_features, in order
     pointers: tuple  # each module's weight (and bias) data_ptr right after grouping
     dtype: torch.dtype
-    max_elements: int  # x.numel() up to which every module runs the kernel (a HybridLinear's kernel_rows)
+    max_elements: int  # x.numel() up to which every module runs the kernel (the least of their kernel_rows)
 
     def intact(self, modules: Sequence[nn.Module]) -> bool:
         """Whether `modules` are the grouped ones, of the same classes, their weights still where grouping
@@ -235,7 +247,7 @@ def group_kernel_linears(modules: Sequence[nn.Module]) -> Optional[KernelLinearG
                 if isinstance(m, PackedLinear):
                     m._stamp = m._weight_stamp()  # same values: the packed copy stays valid
                 start += n
-    rows = min(m.kernel_rows if type(m) is HybridLinear else 1 << 62 for m in modules)
+    rows = min(m.kernel_rows for m in modules)
     return KernelLinearGroup(
         modules,
         tuple(type(m) for m in modules),
@@ -294,6 +306,7 @@ def use_kernel_linears(model: nn.Module) -> int:
             dtypes = _kernel_dtypes()  # measured (or read from the cache) only when a CPU layer is there
         if _eligible(sub, dtypes):
             sub.__class__ = KernelLinear
+            sub.kernel_rows = wide_rows(sub.out_features, sub.in_features, sub.weight.dtype)
             marked += 1
     if marked:
         setattr(model, KERNEL_MARK, True)
@@ -339,8 +352,6 @@ def _route_small_calls_to_kernel(model: nn.Module) -> int:
     marks `model` (uses_kernel_linears) when one is, so that code computing with a raw weight takes the kernel
     too. Returns how many."""
     from specdec_kernels.ops import linear as linear_op
-
-    from .kernel_rows import kernel_rows
 
     if not linear_op.linear_isas():
         return 0
