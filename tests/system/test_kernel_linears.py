@@ -241,6 +241,9 @@ def test_large_calls_run_torch_widened(force_kernel, kernel_calls, dtype):
             got_small, got_large = lins[0](small), lins[0](large)
             assert kernel_calls == [3]
             assert torch.equal(got_large, widened(large, lins[0].weight, lins[0].bias))
+            assert_close(
+                got_small, torch.nn.functional.linear(small.double(), *(p.double() for p in lins[0].parameters()))
+            )
             group = kl.group_kernel_linears(lins)
             assert group.usable(small) and not group.usable(large)
     assert_close(got_large, outside.double() if dtype == torch.float32 else outside)
