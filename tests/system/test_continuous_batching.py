@@ -1,8 +1,10 @@
 """specdec.target.continuous_batching.generate_many: many prompts answered by continuous batching.
 
 Greedy fp32 answers equal the model's own `generate` of each prompt alone, whatever the number of slots;
-sampled answers depend on the seed only (not the slots) and follow softmax(logits / T); bad arguments
-are refused with messages that say what was expected.
+sampled answers depend on the seed only (not the slots) and follow softmax(logits / T); with `features`
+the answers are unchanged and every token's captured feature (prompt, answer, tail after an end token)
+matches the target's own forward over the whole sequence, contiguous or paged; bad arguments are refused
+with messages that say what was expected.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specdec.data import target_hidden
 from specdec.data.responses import respond
 from specdec.target import TargetModel
 from specdec.target.continuous_batching import DecodeStats, generate_many
 
+from helpers import assert_close
 from tiny_models import FAMILIES, make_target, one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -162,3 +166,35 @@ def test_bad_arguments_are_refused():
         generate_many(target, [[1]], max_new_tokens=2, eos_ids=[], temperature=-1.0)
     with pytest.raises(ValueError, match="slots"):
         generate_many(target, [[1]], max_new_tokens=2, eos_ids=[], slots=0)
+
+
+@pytest.mark.parametrize("page_size", [None, 4])
+@pytest.mark.parametrize("slots", [1, 3])
+def test_features_captured_while_answering(page_size, slots):
+    """features[i]: the hidden state of every token of prompt + answer (+ its tail when the answer ended with an
+    end token), as target_hidden computes it over the finished sequence (fp32: to rounding); answers unchanged."""
+    model = make_target("llama", sharpen=4.0)
+    prompts, budgets = random_prompts(9, 128, seed=5)
+    eos = [alone(model, p, 1, [])[0] for p in prompts[:3]]
+    tails = [[(7 * i) % 128 for _ in range(i % 3)] for i in range(len(prompts))]  # 0-2 tokens each
+    kw = dict(max_new_tokens=budgets, eos_ids=eos, slots=slots, page_size=page_size)
+    plain = generate_many(TargetModel(model), prompts, **kw)
+    feats = []
+    got = generate_many(TargetModel(model), prompts, features=feats, tails=tails, **kw)
+    assert got == plain and len(feats) == len(prompts)
+    ended = [bool(a) and a[-1] in eos for a in got]
+    assert any(ended) and not all(ended) and any(e and t for e, t in zip(ended, tails))
+    for p, a, t, e, f in zip(prompts, got, tails, ended, feats):
+        ids = p + a + (t if e else [])
+        assert f.shape == (len(ids), model.config.hidden_size)
+        assert_close(f, target_hidden(model, torch.tensor([ids]))[0].double())
+
+
+def test_feature_arguments_are_checked():
+    t = TargetModel(make_target("llama"))
+    with pytest.raises(ValueError, match="tails: only used with features"):
+        generate_many(t, [[1]], max_new_tokens=2, eos_ids=[], tails=[[1]])
+    with pytest.raises(TypeError, match="features: expected a list to fill, got dict"):
+        generate_many(t, [[1]], max_new_tokens=2, eos_ids=[], features={})
+    with pytest.raises(ValueError, match=r"tails: expected one list per prompt \(2\), got 1"):
+        generate_many(t, [[1], [2]], max_new_tokens=2, eos_ids=[], features=[], tails=[[3]])

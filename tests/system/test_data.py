@@ -29,6 +29,7 @@ from specdec.data import (
     normalize,
     split_of,
 )
+from specdec.data.dataset import target_hidden
 from specdec.data.shards import read_manifest
 from specdec.data.sharegpt import ReadStats, iter_json_array, iter_jsonl, load_conversations, sharegpt_wheel
 from specdec.eos import eos_ids
@@ -408,7 +409,7 @@ def test_target_responses(tmp_path, chatml):
             if mask[t] and ids[t] == eos:
                 assert t + 1 == len(ids) or not mask[t + 1]
     timing = a["splits"]["train"]["shards"][0]["timing"]
-    assert timing["responses_turns"] > 0 and timing["responses_tokens"] > 0 and timing["prefill_tokens"] > 0
+    assert timing["responses_turns"] > 0 and timing["responses_tokens"] > 0
     # greedy answers do not depend on the batch size here; sampled ones are reproducible for a seed
     assert [ds[i]["input_ids"].tolist() for i in range(len(ds))] == [
         TokenDataset(str(tmp_path / "b"))[i]["input_ids"].tolist() for i in range(len(ds))
@@ -417,6 +418,69 @@ def test_target_responses(tmp_path, chatml):
     build(str(tmp_path / "s1"), model, tok, **kw)
     build(str(tmp_path / "s2"), model, tok, **kw)
     assert shard_hashes(str(tmp_path / "s1")) == shard_hashes(str(tmp_path / "s2"))
+
+
+def stored_features_are_the_targets(folder, model):
+    """Every stored feature is the target's hidden state over the stored ids (to bf16 storage)."""
+    for split in ("train", "val"):
+        ds = FeatureDataset(folder, split)
+        for i in range(len(ds)):
+            want = target_hidden(model, ds[i]["input_ids"][None])[0].bfloat16()
+            torch.testing.assert_close(ds[i]["hidden"], want, atol=1e-5, rtol=2**-7)
+
+
+@pytest.mark.parametrize("max_turns", [1, None])
+def test_features_captured_while_answering(tmp_path, chatml, monkeypatch, max_turns):
+    """Self-distilled answers keep the features the target computed while answering (the last round's, which
+    read the whole conversation; the template's tail after an end of turn fed too): every sequence whose ids
+    are the ids the target read skips the feature pass, and the stored features are the target's own. A
+    sequence whose ids differ (a re-tokenised answer; stood in for by altering what respond reports) goes
+    through the pass instead."""
+    import importlib
+
+    build_mod = importlib.import_module("specdec.data.build")  # the module (specdec.data.build is its function)
+    tok, model = chatml
+    kw = build_kw(responses="target", max_new_tokens=5, max_len=48, max_turns=max_turns)
+    m = build(str(tmp_path / "a"), model, tok, **kw)
+    shards = [e for s in m["splits"].values() for e in s["shards"]]
+    for e in shards:  # the random target generates a special token now and then, which decoding drops
+        assert 0 < e["timing"]["features_captured"] <= e["sequences"]
+        assert (e["timing"]["prefill_tokens"] == 0) == (e["timing"]["features_captured"] == e["sequences"])
+    first = sum(e["timing"]["features_captured"] for e in shards)
+    assert first >= 0.75 * sum(e["sequences"] for e in shards)
+    stored_features_are_the_targets(str(tmp_path / "a"), model)
+    real = build_mod.respond
+
+    def altered(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for a in out[::2]:
+            if a.ids:
+                a.ids = [a.ids[0] + 1] + a.ids[1:]
+        return out
+
+    monkeypatch.setattr(build_mod, "respond", altered)
+    m = build(str(tmp_path / "b"), model, tok, **kw)
+    shards = [e for s in m["splits"].values() for e in s["shards"]]
+    captured = sum(e["timing"]["features_captured"] for e in shards)
+    assert 0 < captured < first and sum(e["timing"]["prefill_tokens"] for e in shards) > 0
+    stored_features_are_the_targets(str(tmp_path / "b"), model)
+
+
+def test_end_of_turn_tail(chatml, monkeypatch):
+    """The ids after the probe answer's end-of-turn token; [] without one or when the template refuses."""
+    from specdec.data import chat
+
+    tok, _ = chatml
+    assert chat.end_of_turn_tail(tok, [tok.convert_tokens_to_ids("<|im_end|>")]) == []  # this tokenizer drops "\n"
+    monkeypatch.setattr(chat, "encode", lambda *a, **k: ([1, 2, 9, 5, 7, 8], [False, False, True, True, False, False]))
+    assert chat.end_of_turn_tail(tok, [5]) == [7, 8]
+    assert chat.end_of_turn_tail(tok, [6]) == []  # the span does not end with an end-of-turn token
+
+    def refuse(*a, **k):
+        raise chat.TemplateError("no")
+
+    monkeypatch.setattr(chat, "encode", refuse)
+    assert chat.end_of_turn_tail(tok, [5]) == []
 
 
 def test_max_turns_keeps_the_first_exchanges(tmp_path, chatml):

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from ..eos import eos_ids
-from .chat import TemplateError, encode, template_hash
+from .chat import TemplateError, encode, end_of_turn_tail, template_hash
 from .dataset import target_hidden
 from .responses import ENGINES, GenStats, respond
 from .shards import (
@@ -420,6 +420,22 @@ class _Manifest:
         write_manifest(self.out, part, name=_part_name(self.rank))
 
 
+def _take_captured(seqs: list, captured: list) -> int:
+    """Give each sequence the features captured while the target answered (bf16, on the CPU) where the ids
+    it read begin with the sequence's ids -- the same tokens at the same positions, so the features are the
+    ones a pass over the sequence computes (up to rounding); returns how many got them."""
+    taken = 0
+    for seq, cap in zip(seqs, captured):
+        if cap is None:
+            continue
+        ids, hidden = cap
+        n = len(seq["input_ids"])
+        if n <= len(ids) and ids[:n] == seq["input_ids"]:
+            seq["hidden"] = hidden[:n].to("cpu", torch.bfloat16).clone()
+            taken += 1
+    return taken
+
+
 class _ShardMaker:
     """Turns a chunk of conversations into a shard as the manifest's identity `ident` says: responses
     (the target's or the data's), token ids and loss masks, features."""
@@ -437,13 +453,20 @@ class _ShardMaker:
         )
         self.max_new_tokens, self.temperature = st["max_new_tokens"], st["temperature"]  # None without responses
         self.batch_size, self.engine, self.progress, self.phase = batch_size, engine, progress, phase
+        # Self-distilled answers bring their features: the target computed them while answering (the chat
+        # template's text after the end of turn is fed too); only sequences whose stored ids differ from the
+        # ids it read (a re-tokenised answer) go through the feature pass.
+        self.capture = self.features and self.responses == "target"
+        self.tail = end_of_turn_tail(tokenizer, self.eos) if self.capture else []
 
     def write(self, out: str, split: str, index: int, chunk: list, tag: str) -> dict:
         """Build shard `index` of `split` from `chunk` and write it to `out`; returns its manifest entry."""
         timing = {}
         todo = self._answers(chunk, (split, index), tag, timing)
         self.phase(f"encoding the conversations ({tag})")
-        seqs, keys, skipped = self._encode(chunk, todo)
+        seqs, keys, skipped, captured = self._encode(chunk, todo)
+        if self.capture:
+            timing["features_captured"] = _take_captured(seqs, captured)
         if self.features and seqs:
             self.phase(f"computing the target's features ({tag})")
             self._add_features(seqs, tag, timing)
@@ -455,9 +478,10 @@ class _ShardMaker:
         return entry
 
     def _answers(self, chunk: list, key: tuple, tag: str, timing: dict) -> list:
-        """(messages, open_last) per conversation: the target's own answers, or the data's (trimmed)."""
+        """(messages, open_last, captured) per conversation: the target's own answers, or the data's
+        (trimmed); captured: (ids, features) the target read and computed in its last round, or None."""
         if self.responses != "target":
-            return [(_trim(c.messages, self.max_len), False) for c in chunk]
+            return [(_trim(c.messages, self.max_len), False, None) for c in chunk]
         from tqdm.auto import tqdm
 
         self.phase(f"generating the target's responses ({tag})")
@@ -479,6 +503,8 @@ class _ShardMaker:
                 pad_id=self.pad_id,
                 stats=gst,
                 progress=bar,
+                features=self.capture,
+                tail=self.tail,
             )
         timing.update(
             responses_seconds=round(gst.seconds, 3),
@@ -486,13 +512,14 @@ class _ShardMaker:
             responses_tokens=gst.new_tokens,
             responses_engine=gst.engine,
         )
-        return [(a.messages, a.open_last) for a in answered]
+        return [(a.messages, a.open_last, None if a.hidden is None else (a.ids, a.hidden)) for a in answered]
 
     def _encode(self, chunk: list, todo: list) -> tuple:
         """(sequences {"input_ids", "loss_mask"}, their conversation keys, the number skipped: empty, not
-        rendered by the template, or without a response token)."""
-        seqs, keys, skipped = [], [], 0
-        for c, (msgs, open_last) in zip(chunk, todo):
+        rendered by the template, or without a response token; each sequence's captured (ids, features) or
+        None)."""
+        seqs, keys, skipped, captured = [], [], 0, []
+        for c, (msgs, open_last, cap) in zip(chunk, todo):
             if not msgs:
                 skipped += 1
                 continue
@@ -506,15 +533,18 @@ class _ShardMaker:
                 continue
             seqs.append({"input_ids": ids, "loss_mask": mask})
             keys.append(c.key)
-        return seqs, keys, skipped
+            captured.append(cap)
+        return seqs, keys, skipped, captured
 
     def _add_features(self, seqs: list, tag: str, timing: dict) -> None:
-        """Add each sequence's target features ("hidden", bf16 on the CPU), batched by length."""
+        """Add the target features ("hidden", bf16 on the CPU) of each sequence that has none, batched by
+        length."""
         from tqdm.auto import tqdm
 
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]["input_ids"]))
+        todo = [i for i, x in enumerate(seqs) if "hidden" not in x]
+        order = sorted(todo, key=lambda i: len(seqs[i]["input_ids"]))
         t0, ntok = time.perf_counter(), 0
-        total_tokens = sum(len(x["input_ids"]) for x in seqs)
+        total_tokens = sum(len(seqs[i]["input_ids"]) for i in todo)
         with tqdm(
             total=total_tokens, desc=f"{tag}: features", unit="tok", disable=not self.progress, leave=False
         ) as bar:

@@ -146,3 +146,20 @@ def encode(
     if max_len is not None:
         ids, mask = ids[:max_len], mask[:max_len]
     return ids, mask
+
+
+def end_of_turn_tail(tokenizer, eos_ids: Iterable[int]) -> List[int]:
+    """The token ids the chat template puts after an assistant message's end-of-turn token (ChatML's "\\n"),
+    read off a probe conversation; [] when it puts none or the probe cannot tell (a template that rejects
+    it, no end-of-turn token in the answer's span). What the data builder feeds after an answer that ended,
+    so that every stored token has its feature; the builder checks the ids it fed against the stored ones."""
+    probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
+    try:
+        ids, mask = encode(tokenizer, probe, eos_ids)
+    except TemplateError:
+        return []
+    eos = set(eos_ids)
+    masked = [t for t, m in enumerate(mask) if m]
+    if not masked or ids[masked[-1]] not in eos:
+        return []
+    return ids[masked[-1] + 1 :]

@@ -13,6 +13,7 @@ def build_summary(manifest: dict, out: str, seconds: float) -> str:
         "responses_tokens": 0,
         "prefill_seconds": 0.0,
         "prefill_tokens": 0,
+        "features_captured": 0,
     }
     total_bytes = total_tokens = 0
     for s, info in manifest["splits"].items():
@@ -34,9 +35,11 @@ def build_summary(manifest: dict, out: str, seconds: float) -> str:
             f"{t['responses_seconds']:.1f} s ({t['responses_turns'] / t['responses_seconds']:.2f} turns/s, "
             f"{t['responses_tokens'] / t['responses_seconds']:.0f} tokens/s)"
         )
-    if t["prefill_seconds"] > 0:
+    if t["features_captured"]:
+        lines.append(f"  features: computed while answering for {t['features_captured']} sequences")
+    if t["prefill_seconds"] > 0 and t["prefill_tokens"]:
         lines.append(
-            f"  features: {t['prefill_tokens']} tokens in {t['prefill_seconds']:.1f} s "
+            f"  features: {t['prefill_tokens']} tokens in {t['prefill_seconds']:.1f} s by a pass over the sequences "
             f"({t['prefill_tokens'] / t['prefill_seconds']:.0f} tokens/s)"
         )
     lines.append(f"  this run: {seconds:.1f} s")

@@ -13,6 +13,11 @@ A conversation stops early when its prompt already fills max_len tokens (nothing
 or when an answer ends without an end-of-turn token (cut by max_new_tokens: it is kept as an unfinished
 last turn, `open_last`, so the draft is not taught an end of turn the target did not produce).
 
+With `features` ("static" only) each Answered also carries the features the target computed while
+answering its last round (specdec.target.continuous_batching: the prompt's and every answer token's, and
+the chat template's `tail` after an end of turn), with the token ids they belong to: the data builder keeps
+them where those ids are the stored sequence, instead of a second pass over it.
+
 Sampling is reproducible, so a resumed build regenerates the same shard: "static" draws each answer from
 its own generator seeded from (seed, the caller's batch key, round, conversation), so an answer does not
 depend on the batch; "hf" runs each generate call under torch.random.fork_rng seeded from (seed, key,
@@ -39,6 +44,8 @@ class Answered:
 
     messages: List[dict]  # system?/user/assistant..., ending with an assistant message (or empty: nothing fit)
     open_last: bool = False  # the last answer was cut (no end-of-turn token)
+    ids: Optional[List[int]] = None  # with features: the tokens the target read in the last round
+    hidden: Optional[torch.Tensor] = None  # ... and their features [len(ids), H] (target dtype and device)
 
 
 @dataclass
@@ -69,6 +76,8 @@ class _Dialogue:
     next: int = 0
     done: bool = False
     open: bool = False  # the last answer was cut
+    ids: Optional[List[int]] = None  # the last round's tokens read and their features (respond's features)
+    hidden: Optional[torch.Tensor] = None
 
     def finish(self, progress) -> None:
         """No more turns: the bar counts the unanswered ones as done."""
@@ -93,6 +102,8 @@ def respond(
     stats: Optional[GenStats] = None,
     progress=None,
     engine: str = "auto",
+    features: bool = False,
+    tail: Sequence[int] = (),
 ) -> List[Answered]:
     """The conversations with every assistant message replaced by the target's own answer.
 
@@ -100,7 +111,8 @@ def respond(
     ignored, their user turns answered in order. Returns one Answered per conversation (messages empty
     when not even the first prompt fits in max_len). `progress`: an optional tqdm-like bar advanced by the
     number of user turns answered. `engine`: "auto", "static" or "hf" (module docstring); batch_size is
-    the number of slots of "static" and the batch of "hf".
+    the number of slots of "static" and the batch of "hf". `features`: also capture the target's features
+    ("static"; ignored by "hf"), `tail` fed after each answer that ended with an end token (module docstring).
     """
     stats = stats if stats is not None else GenStats()
     target = _static_target(model, engine)
@@ -118,23 +130,28 @@ def respond(
         if not active:
             break
         active.sort(key=lambda a: a[0])
+        feats = [] if features and target is not None else None
         if target is not None:
             new = _answer_static(
-                target, active, max_new_tokens, max_len, eos, temperature, seed, (key, rnd), batch_size, pad_id, stats
-            )
+                target, active, max_new_tokens, max_len, eos, temperature, seed, (key, rnd), batch_size, pad_id, stats,
+                feats, tail,
+            )  # fmt: skip
         else:
             new = _answer_hf(
                 model, active, max_new_tokens, max_len, eos, temperature, seed, (key, rnd), batch_size, pad_id, stats
             )
-        for (n, i, _ids, msgs), gen in zip(active, new):
+        for k, ((n, i, ids, msgs), gen) in enumerate(zip(active, new)):
             _take_answer(tokenizer, dialogues[i], n, msgs, gen, eos, max_len, stats, progress)
+            if feats is not None:
+                ended = bool(gen) and gen[-1] in eos
+                dialogues[i].ids, dialogues[i].hidden = ids + gen + (list(tail) if ended else []), feats[k]
         rnd += 1
     result = []
     for d in dialogues:
         msgs = d.out
         if not msgs or msgs[-1]["role"] != "assistant":
             msgs = []
-        result.append(Answered(msgs, d.open))
+        result.append(Answered(msgs, d.open, d.ids if msgs else None, d.hidden if msgs else None))
     return result
 
 
@@ -175,9 +192,12 @@ def _prompts(tokenizer, dialogues: List[_Dialogue], max_len: int, progress) -> l
     return active
 
 
-def _answer_static(target, active, max_new_tokens, max_len, eos, temperature, seed, key, slots, pad_id, stats):
+def _answer_static(
+    target, active, max_new_tokens, max_len, eos, temperature, seed, key, slots, pad_id, stats, feats=None, tail=()
+):
     """The answers to `active`'s prompts (sorted by length) by continuous batching, each within
-    min(max_new_tokens, max_len - its length) tokens and sampled from its own seed."""
+    min(max_new_tokens, max_len - its length) tokens and sampled from its own seed; `feats`: a list filled
+    with their features (generate_many's features, `tail` after an end token)."""
     dstats = DecodeStats()
     new = generate_many(
         target,
@@ -189,6 +209,8 @@ def _answer_static(target, active, max_new_tokens, max_len, eos, temperature, se
         slots=slots,
         pad_id=pad_id,
         stats=dstats,
+        features=feats,
+        tails=None if feats is None else [list(tail)] * len(active),
     )
     stats.seconds += dstats.seconds
     stats.calls += dstats.prefills + dstats.steps

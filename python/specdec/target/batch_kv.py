@@ -47,9 +47,10 @@ class ContiguousSlotKV:
     def release(self, slot: int) -> None:
         """The request in `slot` ended (its row is simply overwritten by the next one)."""
 
-    def prefill(self, prompts: list, rows: List[int], pad_id: int, chunk: int) -> torch.Tensor:
+    def prefill(self, prompts: list, rows: List[int], pad_id: int, chunk: int):
         """Prefill `prompts` together in a cache of their own, copy their K/V into rows `rows` (whose cache_len
-        becomes the prompt lengths); the logits [len(prompts), V] at each last token."""
+        becomes the prompt lengths); the TargetOutput: logits [len(prompts), V] at each last token, hidden
+        [len(prompts), longest, H] (right-padded)."""
         ids, lengths = _prompt_ids(prompts, pad_id, self.target.device)
         longest = ids.shape[1]
         small = self.target.new_cache(len(prompts), longest, dtype=self.cache.layers[0].keys.dtype)
@@ -59,7 +60,7 @@ class ContiguousSlotKV:
             big.keys[index, :, :longest] = mine.keys
             big.values[index, :, :longest] = mine.values
         self.cache.cache_len[index] = lengths
-        return out.logits
+        return out
 
     def shrink(self, keep: List[int]) -> None:
         """Keep only rows `keep` (in order), their K/V and lengths copied into a smaller cache."""
@@ -111,15 +112,15 @@ class PagedSlotKV:
         self.owned[slot] = []
         self.cache.set_pages(slot, [], self.scratch)
 
-    def prefill(self, prompts: list, rows: List[int], pad_id: int, chunk: int) -> torch.Tensor:
+    def prefill(self, prompts: list, rows: List[int], pad_id: int, chunk: int):
         """Prefill `prompts` straight into the pages of rows `rows` (a view of those block-table rows);
-        their cache_len becomes the prompt lengths; the logits [len(prompts), V] at each last token."""
+        their cache_len becomes the prompt lengths; the TargetOutput as ContiguousSlotKV.prefill's."""
         ids, lengths = _prompt_ids(prompts, pad_id, self.target.device)
         view = self.cache.rows(rows)
         view.cache_len.zero_()
         out = self.target.prefill(ids, lengths, view, chunk_size=chunk)
         self.cache.cache_len[torch.tensor(rows, dtype=torch.int64, device=ids.device)] = lengths
-        return out.logits
+        return out
 
     def shrink(self, keep: List[int]) -> None:
         """Keep only rows `keep` (in order): their block-table rows and lengths, the same pages."""

@@ -8,6 +8,12 @@ longest answer ends. Prompts are taken in order of length, so the prompts prefil
 padding (prefill is batched per refill). With page_size the slots' K/V live on pages that requests take
 from a pool and give back (specdec.target.batch_kv), as in a serving engine.
 
+With `features` (a list to fill) the target's features come out too: features[i] holds the hidden state
+(final norm output) of every token of prompt i and of its answer, and of `tails[i]` when the answer ended
+with an end token (the chat template's text after the end of turn): what the data builder stores, without a
+second pass over the finished sequences. The answer's last token and the tail are fed in extra decode
+steps of that slot (their picks are ignored), so the answers are unchanged.
+
 Sampling is per request: request i draws from its own torch.Generator seeded with seeds[i], so an answer
 does not depend on which other prompts shared its batch, nor on the number of slots. Greedy answers equal
 the target's own greedy decoding up to floating-point ties (rows of a batched matmul may round differently
@@ -77,13 +83,15 @@ def _check_requests(target, prompts, max_new_tokens, slots: int) -> tuple:
 
 
 class _Slots:
-    """The decoding state of every slot: the request it serves (-1: idle), its last token, what it generated
-    and how many tokens it may still generate."""
+    """The decoding state of every slot: the request it serves (-1: idle), its last token, what it generated,
+    how many tokens it may still generate, and (capturing features, once its answer ended) the tokens it
+    has still to feed after the one fed next (None while answering)."""
 
     def __init__(self, n: int, device: torch.device, pad_id: int):
         self.request = [-1] * n
         self.left = [0] * n
         self.out: List[List[int]] = [[] for _ in range(n)]
+        self.closing: List[Optional[List[int]]] = [None] * n
         self.tokens = torch.full((n,), pad_id, dtype=torch.int64, device=device)
         self.live = torch.zeros(n, dtype=torch.int32, device=device)
 
@@ -99,8 +107,51 @@ class _Slots:
         kept.request = [self.request[s] for s in keep]
         kept.left = [self.left[s] for s in keep]
         kept.out = [self.out[s] for s in keep]
+        kept.closing = [self.closing[s] for s in keep]
         kept.tokens.copy_(self.tokens[torch.tensor(keep, dtype=torch.int64, device=self.tokens.device)])
         return kept
+
+
+def _check_tails(tails, features, n: int) -> List[List[int]]:
+    """One tail (list of token ids) per request; [] each without features. TypeError / ValueError."""
+    if features is None:
+        if tails is not None:
+            raise ValueError("tails: only used with features (the tokens fed after an answer for their features)")
+        return [[] for _ in range(n)]
+    if not isinstance(features, list):
+        raise TypeError(f"features: expected a list to fill, got {type(features).__name__}")
+    if tails is None:
+        return [[] for _ in range(n)]
+    tails = [[int(t) for t in tail] for tail in tails]
+    if len(tails) != n:
+        raise ValueError(f"tails: expected one list per prompt ({n}), got {len(tails)}")
+    return tails
+
+
+class _Capture:
+    """The features generate_many collects per request: a buffer of its prompt + budget + tail rows, filled
+    in token order (the prompt's from its prefill, then one row per decode step of its slot)."""
+
+    def __init__(self, features: list, need: List[int], n: int):
+        features[:] = [None] * n
+        self.features, self.need = features, need
+        self.buffers: dict = {}
+        self.filled: dict = {}
+
+    def prompts(self, requests: List[int], hidden: torch.Tensor, lengths: List[int]) -> None:
+        """Rows 0 .. len(prompt) - 1 of each of `requests` from a prefill's hidden [G, longest, H]."""
+        for g, r in enumerate(requests):
+            buf = hidden.new_empty(self.need[r], hidden.shape[-1])
+            buf[: lengths[r]] = hidden[g, : lengths[r]]
+            self.buffers[r], self.filled[r] = buf, lengths[r]
+
+    def row(self, r: int, h: torch.Tensor) -> None:
+        """The next row of request r: the hidden state of the token its slot fed in this step."""
+        self.buffers[r][self.filled[r]] = h
+        self.filled[r] += 1
+
+    def done(self, r: int) -> None:
+        self.features[r] = self.buffers.pop(r)[: self.filled.pop(r)]
 
 
 class _Sampler:
@@ -133,6 +184,48 @@ class _Sampler:
         return picks
 
 
+class _Answers:
+    """generate_many's bookkeeping as tokens come: a slot's answer grows until an end token or its budget;
+    then (capturing features) the slot feeds that token and the tail before the request ends, its tokens
+    (and features) handed to `results` and its slot freed."""
+
+    def __init__(self, results, eos, tails, capture, kv, stats: DecodeStats, progress):
+        self.results, self.eos, self.tails, self.capture = results, eos, tails, capture
+        self.kv, self.stats, self.progress = kv, stats, progress
+
+    def finish(self, state: _Slots, s: int) -> None:
+        r = state.request[s]
+        self.results[r] = state.out[s]
+        state.request[s], state.out[s], state.closing[s] = -1, [], None
+        if self.capture is not None:
+            self.capture.done(r)
+        self.kv.release(s)
+        self.stats.requests += 1
+        self.stats.new_tokens += len(self.results[r])
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def take(self, state: _Slots, s: int, token: int) -> None:
+        """Slot s generated `token`."""
+        state.out[s].append(token)
+        state.left[s] -= 1
+        if token in self.eos or state.left[s] == 0:
+            if self.capture is None:
+                self.finish(state, s)
+            else:  # feed this token (and the tail) for their features before the slot is freed
+                state.closing[s] = list(self.tails[state.request[s]]) if token in self.eos else []
+
+    def advance(self, state: _Slots, s: int, token: int) -> None:
+        """After a decode step: slot s's pick `token` taken, or its next tail token set to be fed, or (all fed)
+        its request ended."""
+        if state.closing[s] is None:
+            self.take(state, s, token)
+        elif state.closing[s]:
+            state.tokens[s] = state.closing[s].pop(0)
+        else:
+            self.finish(state, s)
+
+
 def generate_many(
     target: TargetModel,
     prompts: Sequence[Sequence[int]],
@@ -148,6 +241,8 @@ def generate_many(
     progress=None,
     page_size: Optional[int] = None,
     num_pages: Optional[int] = None,
+    features: Optional[list] = None,
+    tails: Optional[Sequence[Sequence[int]]] = None,
 ) -> List[List[int]]:
     """The tokens the target generates after each prompt, in the order of `prompts`.
 
@@ -168,6 +263,11 @@ def generate_many(
             paged_tree_attention in every forward). The answers are the same.
         num_pages: the paged pool's size (default: every slot at full length, plus a scratch page); with
             fewer, a request waits in the queue until enough pages are free.
+        features: None, or a list that is filled with one tensor per prompt: the target's hidden states
+            [len(prompt) + len(answer) (+ len(tails[i]) when the answer ended with an end token), H], in its
+            dtype, on its device (the module docstring).
+        tails: with features, the tokens fed after an answer that ended with an end token, one list per
+            prompt (default: none).
 
     Returns:
         one list of generated token ids per prompt (at most its budget; ending with an end token when one
@@ -175,6 +275,7 @@ def generate_many(
     """
     n = len(prompts)
     budgets, lengths = _check_requests(target, prompts, max_new_tokens, slots)
+    tails = _check_tails(tails, features, n)
     sampler = _Sampler(temperature, seeds, n)
     stats = stats if stats is not None else DecodeStats()
     results: List[List[int]] = [[] for _ in range(n)]
@@ -184,28 +285,15 @@ def generate_many(
     eos = {int(t) for t in eos_ids}
     dev = target.device
     slots = min(slots, n)
-    need = [ln + b for ln, b in zip(lengths, budgets)]
+    need = [ln + b + len(t) for ln, b, t in zip(lengths, budgets, tails)]
+    capture = _Capture(features, need, n) if features is not None else None
     capacity = max(need)
     kv = slot_kv(target, slots, capacity, page_size, num_pages)
     state = _Slots(slots, dev, pad_id)
     queue = sorted(range(n), key=lambda i: lengths[i])[::-1]  # pop() takes the shortest first
     mask = chain_mask(slots, 1, dev)
 
-    def finish(s: int) -> None:
-        r = state.request[s]
-        results[r] = state.out[s]
-        state.request[s], state.out[s] = -1, []
-        kv.release(s)
-        stats.requests += 1
-        stats.new_tokens += len(results[r])
-        if progress is not None:
-            progress.update(1)
-
-    def take(s: int, token: int) -> None:
-        state.out[s].append(token)
-        state.left[s] -= 1
-        if token in eos or state.left[s] == 0:
-            finish(s)
+    answers = _Answers(results, eos, tails, capture, kv, stats, progress)
 
     while queue or state.busy():
         idle, group = state.idle(), []
@@ -217,11 +305,13 @@ def generate_many(
         if group:
             first = kv.prefill([prompts[r] for r in group], idle[: len(group)], pad_id, prefill_chunk)
             stats.prefills += 1
-            picks = sampler(first, group)
+            picks = sampler(first.logits, group)
+            if capture is not None:
+                capture.prompts(group, first.hidden, lengths)
             for s, r, tok in zip(idle, group, picks):
                 state.request[s], state.left[s], state.out[s] = r, budgets[r], []
                 state.tokens[s] = tok
-                take(s, tok)
+                answers.take(state, s, tok)
             continue
         if not queue and 2 * (len(state.request) - len(idle)) <= len(state.request) > 1:
             # The last answers: decode only the busy slots (a smaller cache: their rows copied, or the same
@@ -230,17 +320,19 @@ def generate_many(
             kv.shrink(keep)
             state = state.select(keep, pad_id)
             mask = chain_mask(len(state.request), 1, dev)
-        picks = _decode_step(target, kv.cache, state, mask, sampler, stats)
+        picks, hidden = _decode_step(target, kv.cache, state, mask, sampler, stats)
         for s, tok in enumerate(picks):
             if state.request[s] >= 0:
-                take(s, tok)
+                if capture is not None:
+                    capture.row(state.request[s], hidden[s, 0])
+                answers.advance(state, s, tok)
     stats.seconds += time.perf_counter() - t0
     return results
 
 
-def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Sampler, stats: DecodeStats) -> list:
-    """One forward of every slot's last token; commits it for the busy slots and returns each slot's next
-    token (idle slots' picks are meaningless)."""
+def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Sampler, stats: DecodeStats) -> tuple:
+    """One forward of every slot's last token; commits it for the busy slots and returns (each slot's next
+    token, the hidden states [slots, 1, H] of the tokens fed); idle slots' values are meaningless."""
     requests = list(state.request)
     live = [r >= 0 for r in requests]
     state.live.copy_(torch.tensor(live, dtype=torch.int32))
@@ -253,4 +345,4 @@ def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Samp
     stats.idle_rows += live.count(False)
     picks = sampler(out.logits[:, 0], requests)
     state.tokens.copy_(torch.tensor(picks, dtype=torch.int64))
-    return picks
+    return picks, out.hidden
