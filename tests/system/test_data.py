@@ -464,6 +464,11 @@ def test_features_captured_while_answering(tmp_path, chatml, monkeypatch, max_tu
     captured = sum(e["timing"]["features_captured"] for e in shards)
     assert 0 < captured < first and sum(e["timing"]["prefill_tokens"] for e in shards) > 0
     stored_features_are_the_targets(str(tmp_path / "b"), model)
+    monkeypatch.setattr(build_mod, "respond", real)
+    m = build(str(tmp_path / "hf"), model, tok, **dict(kw, engine="hf"))  # transformers' generate: no capture
+    shards = [e for s in m["splits"].values() for e in s["shards"]]
+    assert not any(e["timing"]["features_captured"] for e in shards)
+    stored_features_are_the_targets(str(tmp_path / "hf"), model)
 
 
 def test_end_of_turn_tail(chatml, monkeypatch):
