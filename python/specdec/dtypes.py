@@ -44,8 +44,8 @@ def model_dtype(name, device, training: bool = False) -> str:
     """The torch dtype name to load a model in: that of `name` (a DTYPE_NAMES key) when given, else (None or
     AUTO) the faster one of `device` (a torch.device): bfloat16 on CUDA; on a CPU whichever of bfloat16 and
     float32 it computes faster (specdec.machine_dtype: bf16 is slow without native bf16 instructions),
-    measured once and cached; for `training`, the faster one under autograd (torch's linear: the C++ kernel
-    that makes bf16 faster on AVX2-only CPUs does not train)."""
+    measured once and cached; for `training`, the faster one timed on torch's linear, which autograd runs (the
+    C++ kernel that makes bf16 faster on AVX2-only CPUs does not train)."""
     if name and name != AUTO:
         return DTYPE_NAMES[name]
     if device.type == "cuda":

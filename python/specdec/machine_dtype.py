@@ -10,9 +10,11 @@ in both dtypes, the weights read from memory as in decoding (not from the cache)
 geometric mean of its time ratios to fp32 is below 1. Each dtype's linear is the one specdec's passes run:
 specdec_kernels' C++ linear where it measured faster than torch's for that dtype
 (specdec.target.kernel_linears; on an AVX2-only CPU it makes bf16 the faster dtype), else torch's.
-Training (`training=True`) is measured apart with torch's linear: autograd never runs the kernel, and
-torch's bf16 autocast on an AVX2-only CPU trains a head's linears about 16x slower than fp32 (a 2,048-row
-576 -> 1536 forward and backward, one thread: 2.14 s against 0.135), so there training picks fp32.
+Training (`training=True`) is measured apart, on torch's forward `linear` at the same row counts as a
+proxy for autograd's (which never runs the kernel): on an AVX2-only CPU torch's bf16 is slow forward and
+backward alike -- measured separately, bf16 autocast took 2.14 s for a 2,048-row 576 -> 1536 forward and
+backward on one thread against 0.135 s in fp32, and trained an FSPAD head at 42 tokens/s against 690 --
+so there training picks fp32.
 The answer is cached in $SPECDEC_HOME/compute_dtype.json under the CPU's model name, its bf16-relevant flags,
 the torch version, the thread count and the linear kernel's path and build, beside the tree budget's cost cache.
 $SPECDEC_CPU_DTYPE (bfloat16 or float32) overrides the measurement, e.g. to keep one dtype across machines of

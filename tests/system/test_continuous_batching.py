@@ -198,3 +198,23 @@ def test_feature_arguments_are_checked():
         generate_many(t, [[1]], max_new_tokens=2, eos_ids=[], features={})
     with pytest.raises(ValueError, match=r"tails: expected one list per prompt \(2\), got 1"):
         generate_many(t, [[1], [2]], max_new_tokens=2, eos_ids=[], features=[], tails=[[3]])
+
+
+def test_feeding_the_tail_draws_nothing(monkeypatch):
+    """Sampled with features: a request's generator draws once per answer token (prefill's pick included),
+    never in the steps that feed its last token and tail; the answers equal those without features."""
+    from specdec.target import continuous_batching as cb
+
+    model = make_target("llama", sharpen=4.0)
+    prompts, budgets = random_prompts(7, 128, seed=9)
+    eos = [alone(model, p, 1, [])[0] for p in prompts[:3]]
+    kw = dict(max_new_tokens=budgets, eos_ids=eos, slots=3, temperature=1.0, seeds=list(range(7)))
+    plain = generate_many(TargetModel(model), prompts, **kw)
+    drawn = []
+    real = cb._Sampler.__call__
+    monkeypatch.setattr(
+        cb._Sampler, "__call__", lambda self, logits, reqs: drawn.extend(reqs) or real(self, logits, reqs)
+    )
+    got = generate_many(TargetModel(model), prompts, features=[], tails=[[1, 2]] * 7, **kw)
+    assert got == plain
+    assert [drawn.count(r) for r in range(7)] == [len(a) for a in got]

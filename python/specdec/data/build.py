@@ -421,7 +421,7 @@ class _Manifest:
 
 
 def _take_captured(seqs: list, captured: list) -> int:
-    """Give each sequence the features captured while the target answered (bf16, on the CPU) where the ids
+    """Give each sequence the features captured while the target answered (bf16 on the CPU) where the ids
     it read begin with the sequence's ids -- the same tokens at the same positions, so the features are the
     ones a pass over the sequence computes (up to rounding); returns how many got them."""
     taken = 0
@@ -431,7 +431,7 @@ def _take_captured(seqs: list, captured: list) -> int:
         ids, hidden = cap
         n = len(seq["input_ids"])
         if n <= len(ids) and ids[:n] == seq["input_ids"]:
-            seq["hidden"] = hidden[:n].to("cpu", torch.bfloat16).clone()
+            seq["hidden"] = hidden if n == len(hidden) else hidden[:n].clone()
             taken += 1
     return taken
 

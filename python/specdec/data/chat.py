@@ -151,8 +151,10 @@ def encode(
 def end_of_turn_tail(tokenizer, eos_ids: Iterable[int]) -> List[int]:
     """The token ids the chat template puts after an assistant message's end-of-turn token (ChatML's "\\n"),
     read off a probe conversation; [] when it puts none or the probe cannot tell (a template that rejects
-    it, no end-of-turn token in the answer's span). What the data builder feeds after an answer that ended,
-    so that every stored token has its feature; the builder checks the ids it fed against the stored ones."""
+    it, no end-of-turn token at the end of the answer's span, e.g. a mask that runs past it). What the data
+    builder feeds after an answer that ended, so that every stored token has its feature; the builder checks
+    the ids it fed against the stored ones, so a wrong or empty tail only sends sequences through the
+    feature pass."""
     probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
     try:
         ids, mask = encode(tokenizer, probe, eos_ids)

@@ -45,7 +45,7 @@ class Answered:
     messages: List[dict]  # system?/user/assistant..., ending with an assistant message (or empty: nothing fit)
     open_last: bool = False  # the last answer was cut (no end-of-turn token)
     ids: Optional[List[int]] = None  # with features: the tokens the target read in the last round
-    hidden: Optional[torch.Tensor] = None  # ... and their features [len(ids), H] (target dtype and device)
+    hidden: Optional[torch.Tensor] = None  # ... and their features [len(ids), H], bf16 on the CPU (as stored)
 
 
 @dataclass
@@ -144,7 +144,9 @@ def respond(
             _take_answer(tokenizer, dialogues[i], n, msgs, gen, eos, max_len, stats, progress)
             if feats is not None:
                 ended = bool(gen) and gen[-1] in eos
-                dialogues[i].ids, dialogues[i].hidden = ids + gen + (list(tail) if ended else []), feats[k]
+                # to the CPU in bf16 now, as stored: a shard's worth on a GPU would hold many GB
+                hidden = feats[k].to("cpu", torch.bfloat16)
+                dialogues[i].ids, dialogues[i].hidden = ids + gen + (list(tail) if ended else []), hidden
         rnd += 1
     result = []
     for d in dialogues:

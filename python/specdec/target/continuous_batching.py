@@ -12,7 +12,9 @@ With `features` (a list to fill) the target's features come out too: features[i]
 (final norm output) of every token of prompt i and of its answer, and of `tails[i]` when the answer ended
 with an end token (the chat template's text after the end of turn): what the data builder stores, without a
 second pass over the finished sequences. The answer's last token and the tail are fed in extra decode
-steps of that slot (their picks are ignored), so the answers are unchanged.
+steps of that slot (their picks are ignored and draw nothing from the request's generator); the answers
+are the same up to floating-point ties (a slot busy for those steps changes which prompts share a refill's
+prefill, whose rows may round differently).
 
 Sampling is per request: request i draws from its own torch.Generator seeded with seeds[i], so an answer
 does not depend on which other prompts shared its batch, nor on the number of slots. Greedy answers equal
@@ -151,7 +153,7 @@ class _Capture:
         self.filled[r] += 1
 
     def done(self, r: int) -> None:
-        self.features[r] = self.buffers.pop(r)[: self.filled.pop(r)]
+        self.features[r] = self.buffers.pop(r)[: self.filled.pop(r)].clone()  # not the whole budget's buffer
 
 
 class _Sampler:
@@ -276,6 +278,8 @@ def generate_many(
     n = len(prompts)
     budgets, lengths = _check_requests(target, prompts, max_new_tokens, slots)
     tails = _check_tails(tails, features, n)
+    if features is not None:
+        features.clear()
     sampler = _Sampler(temperature, seeds, n)
     stats = stats if stats is not None else DecodeStats()
     results: List[List[int]] = [[] for _ in range(n)]
@@ -335,6 +339,8 @@ def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Samp
     token, the hidden states [slots, 1, H] of the tokens fed); idle slots' values are meaningless."""
     requests = list(state.request)
     live = [r >= 0 for r in requests]
+    # a slot feeding its answer's last token or tail (features) draws nothing from its request's generator
+    picking = [r if c is None else -1 for r, c in zip(requests, state.closing)]
     state.live.copy_(torch.tensor(live, dtype=torch.int32))
     # Idle slots decode a pad token over an empty prefix (cache_len 0): cheap, and never committed.
     cache.cache_len.mul_(state.live)
@@ -343,6 +349,6 @@ def _decode_step(target: TargetModel, cache, state: _Slots, mask, sampler: _Samp
     cache.cache_len.add_(state.live)
     stats.steps += 1
     stats.idle_rows += live.count(False)
-    picks = sampler(out.logits[:, 0], requests)
+    picks = sampler(out.logits[:, 0], picking)
     state.tokens.copy_(torch.tensor(picks, dtype=torch.int64))
     return picks, out.hidden

@@ -9,7 +9,7 @@ nn.Linear with the same Parameters and state_dict (only `__class__` changes; `pl
 The kernel runs only inside `kernel_linear_scope()`, which specdec's TargetModel (forward, prefill),
 TreeDrafter (extend, draft) and the data build's feature pass (specdec.data.target_hidden) enter: everything
 else that runs the same model -- `model.generate`, the reference every speedup is compared with, and
-training (which needs autograd) -- computes through F.linear as before.
+anything under autograd (training) -- computes through F.linear as before.
 
 Which layers: exact nn.Linear (subclasses such as quantized or LoRA layers keep their own forward) with a 2-D
 CPU weight of unit stride along K, for a dtype where specdec_kernels measured its kernel faster than torch's
