@@ -10,7 +10,9 @@ builder gives (min(--max-new-tokens, --max-len - prompt length)):
 - `static`: specdec.target.continuous_batching.generate_many with --slots slots;
 - `paged`: the same on pages of --page-size tokens that requests take from a pool and give back (no K/V
   copies at refills; paged_tree_attention in every forward).
-Reported: generated tokens per second (padding excluded), forwards, and how many answers are identical
+The model's linears are those `specdec data` gives it (speed_up_cpu_linears; --plain-linears keeps
+torch's): the C++ kernel in our engines where it wins, oneDNN's prepacked layers in `model.generate` where
+they run. Reported: generated tokens per second (padding excluded), forwards, and how many answers are identical
 (greedy bf16 answers may differ after a near-tie: batched rows round differently). Writes
 data_generation_<device>.{csv,md} with the machine's CPU, ISA flags and threads.
 """
@@ -90,6 +92,8 @@ def run_static(model, prompts: list, budgets: list, eos: list, pad_id: int, slot
     from specdec.target import TargetModel
     from specdec.target.continuous_batching import DecodeStats, generate_many
 
+    # untimed: the first forward checks the lean decoder path against transformers' (specdec.target.lean_layers)
+    generate_many(TargetModel(model), prompts[:1], max_new_tokens=1, eos_ids=eos, slots=1, pad_id=pad_id)
     stats = DecodeStats()
     t0 = time.perf_counter()
     answers = generate_many(
@@ -116,6 +120,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_NAMES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="static,hf", help="comma-separated: static, paged, hf")
+    p.add_argument(
+        "--plain-linears",
+        action="store_true",
+        help="keep torch's linears (default: speed_up_cpu_linears, as `specdec data` does: our engines run the "
+        "C++ linear where it wins, model.generate keeps oneDNN's prepacked layers where they run, torch's elsewhere)",
+    )
     p.add_argument("--page-size", type=int, default=16, help="page size of the paged engine")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = p.parse_args(argv)
@@ -129,6 +139,10 @@ def main(argv=None) -> int:
     path = resolve_target(args.target)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(args.dtype), local_files_only=True).eval()
+    if not args.plain_linears:
+        from specdec.target.kernel_linears import speed_up_cpu_linears
+
+        speed_up_cpu_linears(model)
     eos = eos_ids(model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     prompts = first_turn_prompts(tok, args.num_prompts, args.skip, args.max_len)
@@ -146,6 +160,7 @@ def main(argv=None) -> int:
                 engine=name,
                 dtype=args.dtype,
                 threads=args.threads,
+                linears="plain" if args.plain_linears else "specdec data's",
                 slots=args.slots,
                 prompts=len(prompts),
                 prompt_tokens=sum(len(x) for x in prompts),
