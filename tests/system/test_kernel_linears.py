@@ -247,3 +247,25 @@ def test_large_calls_run_torch_widened(force_kernel, kernel_calls, dtype):
             group = kl.group_kernel_linears(lins)
             assert group.usable(small) and not group.usable(large)
     assert_close(got_large, outside.double() if dtype == torch.float32 else outside)
+
+
+def test_lossless_with_widened_calls(force_kernel, kernel_calls):
+    """fp32, every KernelLinear of target and head widened beyond 4 rows (the prefill, the 8-node verification):
+    greedy speculative decoding still equals model.generate."""
+    model = make_target("llama", sharpen=4.0)
+    torch.manual_seed(1)
+    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
+    prompts = [[3, 17, 5, 99, 42, 8], [7, 7, 1]]
+    plain = [
+        model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist() for p in prompts
+    ]
+    for m in (model, head):
+        kl.use_kernel_linears(m)
+        for sub in m.modules():
+            if type(sub) is kl.KernelLinear:
+                sub.kernel_rows = 4
+    spec = generate(model, head, prompts, max_new_tokens=12, depth=3, total_tokens=8, tree_top_k=3).sequences
+    assert spec == plain
+    # the 16-row verifications and the 12-row prefill were widened; the kernel took the small calls (and the
+    # head's draft-step logits through the bound lm_head's raw weight, which has no kernel_rows of its own)
+    assert kernel_calls and max(kernel_calls) < 2 * 8
