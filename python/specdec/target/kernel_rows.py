@@ -125,12 +125,18 @@ def kernel_rows(N: int, K: int, dtype: torch.dtype, *, use_cache: bool = True, r
     if forced:
         return ROWS[-1] if forced == "cpu" else 0
     key = f"{cpu_key()}|{str(dtype).replace('torch.', '')}|{N}x{K}"
+    return _cached(key, (0, *ROWS), lambda: measure(N, K, dtype), use_cache, refresh)
+
+
+def _cached(key: str, valid: tuple, measure_fn, use_cache: bool, refresh: bool) -> int:
+    """The "rows" of `key`: from the memo, else from the cache file when one of `valid`, else measured by
+    `measure_fn` (and stored); use_cache=False: neither read nor write; refresh: measure again and store."""
     if use_cache and not refresh and key in _MEMO:
         return _MEMO[key]
     store = read_json_store(cache_path()) if use_cache else {}
     entry = store.get(key) if use_cache and not refresh else None
-    if not (isinstance(entry, dict) and entry.get("rows") in (0, *ROWS)):
-        entry = measure(N, K, dtype)
+    if not (isinstance(entry, dict) and entry.get("rows") in valid):
+        entry = measure_fn()
         if use_cache:
             store[key] = entry
             write_json_store(store, cache_path())
@@ -188,15 +194,4 @@ def wide_rows(N: int, K: int, dtype: torch.dtype, *, use_cache: bool = True, ref
     if _forced():
         return NO_LIMIT
     key = f"{cpu_key()}|{str(dtype).replace('torch.', '')}|{N}x{K}|widened"
-    if use_cache and not refresh and key in _MEMO:
-        return _MEMO[key]
-    store = read_json_store(cache_path()) if use_cache else {}
-    entry = store.get(key) if use_cache and not refresh else None
-    if not (isinstance(entry, dict) and entry.get("rows") in (*WIDE_ROWS, NO_LIMIT)):
-        entry = measure_wide(N, K, dtype)
-        if use_cache:
-            store[key] = entry
-            write_json_store(store, cache_path())
-    if use_cache:
-        _MEMO[key] = entry["rows"]
-    return entry["rows"]
+    return _cached(key, (*WIDE_ROWS, NO_LIMIT), lambda: measure_wide(N, K, dtype), use_cache, refresh)
