@@ -45,6 +45,9 @@ class ListDataset(torch.utils.data.Dataset):
         it = self.items[i]
         return it if self.hidden else {k: v for k, v in it.items() if k != "hidden"}
 
+    def lengths(self):
+        return [len(it["input_ids"]) for it in self.items]
+
     def token_counts(self):
         out = torch.zeros(self.vocab, dtype=torch.int64)
         for it in self.items:
@@ -288,6 +291,43 @@ def test_resume_with_other_settings_is_refused(tmp_path, setup):
 # ---- draft vocabulary, online features, bf16 ------------------------------------------------------
 
 
+def test_batch_tokens_trains_on_length_grouped_batches(tmp_path, setup):
+    # 32 sequences of 16..20 tokens, batches of at most 40 padded tokens: 2 sequences each, 16 steps an
+    # epoch; every sequence once per epoch; the recipe records the setting; kill and resume is bitwise
+    _, tr, _ = setup
+    kw = dict(kind="fspad", epochs=2, batch_tokens=40, checkpoint_every=5, val_steps=2, keep_checkpoints=0)
+    full = run(tmp_path, setup, "full", **kw)
+    log = read_csv(os.path.join(full, "train_log.csv"))
+    assert len(log) == 32
+    per_epoch = sum(len(it["input_ids"]) for it in tr)
+    assert sum(int(r["tokens"]) for r in log[:16]) == per_epoch == sum(int(r["tokens"]) for r in log[16:])
+    assert all(int(r["tokens"]) <= 40 for r in log)
+    recipe = json.load(open(os.path.join(full, "config.json")))["specdec_training"]["recipe"]
+    assert recipe["batch_tokens"] == 40 and recipe["steps_per_epoch"] == 16
+    with pytest.raises(SimulatedKill):
+        run(tmp_path, setup, "killed", stop_after=21, **kw)
+    out = run(tmp_path, setup, "killed", resume=True, **kw)
+    a, b = load_weights(full), load_weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in read_csv(os.path.join(out, "train_log.csv"))] == [r["loss"] for r in log]
+    with pytest.raises(ValueError, match="other settings.*batch_tokens"):
+        run(tmp_path, setup, "killed", resume=True, **dict(kw, batch_tokens=60))
+    with pytest.raises(ValueError, match="batch_tokens"):
+        TrainConfig(batch_tokens=0)
+
+
+def test_batch_tokens_needs_sequence_lengths(tmp_path, setup):
+    model, tr, va = setup
+
+    # ListDataset less its lengths(): a dataset that cannot say how long its sequences are
+    NoLengths = type(
+        "NoLengths", (torch.utils.data.Dataset,), {k: v for k, v in vars(ListDataset).items() if k != "lengths"}
+    )
+    cfg = TrainConfig(kind="eagle", out=str(tmp_path / "o"), batch_tokens=64, progress=False, plot=False)
+    with pytest.raises(ValueError, match="lengths"):
+        train(cfg, target_model=model, datasets=(NoLengths(tr), ListDataset(va)))
+
+
 def test_draft_vocab_head(tmp_path, setup):
     from specdec.models import load_draft_head
 
@@ -508,8 +548,8 @@ def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys, monkeypatch):
             out,
             "--max-steps",
             3,
-            "--batch-size",
-            4,
+            "--batch-tokens",
+            80,
             "--draft-vocab",
             40,
             "--no-progress",
@@ -526,6 +566,7 @@ def test_cli_trains_from_a_data_folder(tmp_path, data_dir, capsys, monkeypatch):
     meta = head.config.extra["specdec_training"]
     assert meta["target"]["path"] == target and meta["data"]["manifest_sha256"].startswith("sha256:")
     assert head.config.draft_vocab_size == 40
+    assert meta["recipe"]["batch_tokens"] == 80
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -630,6 +671,10 @@ def test_cli_validate_measures_coverage_and_writes_it(tmp_path, data_dir, setup,
         (
             ["--kind", "eagle", "--data", "{data}", "--out", "{out}", "--batch-size", "0"],
             "argument --batch-size: expected an integer >= 1",
+        ),
+        (
+            ["--kind", "eagle", "--data", "{data}", "--out", "{out}", "--batch-tokens", "0"],
+            "argument --batch-tokens: expected an integer >= 1",
         ),
         (
             ["--kind", "eagle", "--data", "{data}", "--out", "{out}", "--batch-size", "64"],

@@ -101,11 +101,19 @@ def _add_head_arguments(p) -> None:
 
 
 def _add_length_arguments(p) -> None:
-    """Add how much is trained: --epochs, --max-steps, --batch-size, --max-length."""
+    """Add how much is trained: --epochs, --max-steps, --batch-size, --batch-tokens, --max-length."""
     a = p.add_argument
     a("--epochs", type=_int(1), default=1, metavar="N", help="passes over the training split per stage")
     a("--max-steps", type=_int(1), default=None, metavar="N", help="stop each stage after N steps (default: no limit)")
     a("--batch-size", type=_int(1), default=8, metavar="N", help="sequences per optimizer step, over all processes")
+    a(
+        "--batch-tokens",
+        type=_int(1),
+        default=None,
+        metavar="N",
+        help="instead: batches of sequences of about one length, at most N tokens each with padding, in a "
+        "seeded order (almost no padding; --batch-size then sets only validation's batches) (default: off)",
+    )
     a("--max-length", type=_int(3), default=None, metavar="T", help="cut sequences to T tokens (default: as stored)")
 
 
@@ -405,6 +413,7 @@ def _train_config(args, *, data: str, out: str, dtype: str, device) -> dict:
         epochs=args.epochs,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         max_length=args.max_length,
         lr=args.lr,
         warmup_steps=args.warmup_steps,

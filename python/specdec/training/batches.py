@@ -1,8 +1,9 @@
-"""The batches of a training run: the datasets, the epoch's seeded order, collation and device placement."""
+"""The batches of a training run: the datasets, each epoch's seeded batches (fixed count or length-grouped
+within a token budget), collation and device placement."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 
@@ -50,7 +51,57 @@ def epoch_order(n: int, seed: int, stage: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def rank_indices(order: torch.Tensor, position: int, batch_size: int, rank: int, world: int) -> list:
-    """The sequences of global batch `position` (order[position*B:(position+1)*B]) that process `rank` of
-    `world` trains on: its elements rank, rank + world, ..."""
-    return order[position * batch_size : (position + 1) * batch_size][rank::world].tolist()
+def batch_sizes_by_length(sorted_lengths: Sequence[int], batch_tokens: int, world: int = 1) -> List[int]:
+    """The sizes of the batches that cut `sorted_lengths` (ascending) in order: each batch takes as many
+    sequences as fit batch_tokens padded tokens (count x its longest), rounded down to a multiple of `world`
+    and at least `world` (a sequence longer than batch_tokens still makes a batch of `world`); fewer than
+    `world` sequences left at the end are dropped. Depends on the lengths alone, so every epoch has the
+    same number of batches."""
+    if batch_tokens < 1 or world < 1:
+        raise ValueError(f"batch_tokens and world: expected integers >= 1, got {batch_tokens} and {world}")
+    sizes, start, n = [], 0, len(sorted_lengths)
+    while n - start >= world:
+        count = world
+        while (
+            start + count + world <= n and (count + world) * sorted_lengths[start + count + world - 1] <= batch_tokens
+        ):
+            count += world
+        sizes.append(count)
+        start += count
+    return sizes
+
+
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    stage: int,
+    epoch: int,
+    lengths: Optional[Sequence[int]] = None,
+    batch_tokens: Optional[int] = None,
+    world: int = 1,
+) -> List[torch.Tensor]:
+    """The global batches of one epoch of one stage, in training order (int64 index tensors).
+
+    Without batch_tokens: epoch_order cut into full batches of batch_size (a last partial batch dropped).
+    With batch_tokens (lengths: each sequence's token count, after any max_length cut): the sequences
+    sorted by length, ties in the epoch's seeded order, cut by batch_sizes_by_length (so a batch holds
+    sequences of about one length and wastes almost nothing on padding), the batches in a seeded order.
+    """
+    order = epoch_order(n, seed, stage, epoch)
+    if batch_tokens is None:
+        return list(order[: n // batch_size * batch_size].split(batch_size))
+    if lengths is None or len(lengths) != n:
+        raise ValueError(f"batch_tokens needs the length of each of the {n} sequences")
+    lens = torch.as_tensor(lengths, dtype=torch.int64)
+    ranked = order[torch.argsort(lens[order], stable=True)]
+    sizes = batch_sizes_by_length(lens[ranked].tolist(), batch_tokens, world)
+    batches = list(ranked[: sum(sizes)].split(sizes))
+    g = torch.Generator().manual_seed(derive_seed(seed, "batches", stage, epoch))
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def rank_indices(batch: torch.Tensor, rank: int, world: int) -> list:
+    """The sequences of a global batch that process `rank` of `world` trains on: its elements rank,
+    rank + world, ..."""
+    return batch[rank::world].tolist()

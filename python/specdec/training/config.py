@@ -52,6 +52,11 @@ class TrainConfig:
         training split plus the EOS ids); None = the target's whole vocabulary.
     epochs, max_steps: passes over the training split; max_steps (per stage) stops earlier.
     batch_size: sequences per optimizer step over all processes (a multiple of the process count).
+    batch_tokens: instead of batch_size sequences in random order, batches of sequences of about one
+        length with at most this many tokens each, padding included (a longer sequence still makes a
+        batch; the count a multiple of the process count), in a seeded random order: the same tokens
+        per step on average as batch_size = batch_tokens / mean length, with almost no padding (random
+        batches of ShareGPT answers are 40% padding). batch_size then sets only validation's batches.
     max_length: cut sequences to this many tokens (None = as stored).
     lr: the base learning rate (None = the recipe's: EAGLE 3e-5, FSPAD 5e-5, GRIFFIN stage 1 5e-5,
         later stages 3e-5). betas, weight_decay, adam_eps: AdamW. grad_clip: the clipping threshold (0 = off);
@@ -87,6 +92,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: Optional[int] = None
     batch_size: int = 8
+    batch_tokens: Optional[int] = None
     max_length: Optional[int] = None
     lr: Optional[float] = None
     betas: Sequence[float] = (0.9, 0.95)
@@ -138,7 +144,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "an integer >= 1", v)
-        optional = ("max_steps", "max_length", "draft_vocab", "val_sequences", "val_batch_size", "val_every")
+        optional = (
+            "max_steps",
+            "max_length",
+            "draft_vocab",
+            "val_sequences",
+            "val_batch_size",
+            "val_every",
+            "batch_tokens",
+        )
         for name in optional + ("stop_after",):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

@@ -10,10 +10,13 @@ permutation of the training sequences, and the input noise of every optimizer st
 seeded from (seed, stage, step, rank), so it does not depend on what ran before it. A killed
 run resumed from its last checkpoint therefore ends with exactly the parameters of an uninterrupted one.
 
-Data parallelism. Step s of an epoch takes the global batch perm[s*B:(s+1)*B] (B = batch_size, in
-sequences); rank r of W processes trains on its elements r, r+W, ... The loss of each rank is rescaled by
-W * (its masked positions) / (all ranks' masked positions) before DDP averages the gradients, so the
-update equals the one of a single process on the whole global batch (up to fp32 rounding).
+Batches. Step s of an epoch takes the global batch perm[s*B:(s+1)*B] (B = batch_size, in sequences), or
+with batch_tokens the s-th of the epoch's length-grouped batches (batches.epoch_batches: sequences of
+about one length, at most batch_tokens padded tokens each, in a seeded order).
+
+Data parallelism. Rank r of W processes trains on the global batch's elements r, r+W, ... The loss of
+each rank is rescaled by W * (its masked positions) / (all ranks' masked positions) before DDP averages
+the gradients, so the update equals the one of a single process on the whole global batch (up to fp32 rounding).
 
 Parts (each in its own module): config (TrainConfig), run_inputs (the data, the frozen target and the
 draft vocabulary, through frozen_target and vocab), batches (data order and batches), stage_head (building and
@@ -39,7 +42,7 @@ from ..devices import default_device, process_device, synchronize
 from ..dtypes import torch_dtype
 from ..files import atomic_path, atomic_write_text
 from .autocast import AutocastPolicy
-from .batches import collate_batch, epoch_order, rank_indices, to_device
+from .batches import batch_sizes_by_length, collate_batch, epoch_batches, rank_indices, to_device
 from .checkpointing import CheckpointManager, check_resumable, training_state
 from .config import SimulatedKill, TrainConfig
 from .csv_log import CsvLog
@@ -146,9 +149,18 @@ class _Run:
         """Steps per epoch and of each stage, and the warmup length (ValueError: not one batch of data)."""
         cfg = self.cfg
         n = len(self.inputs.train_ds)
-        if n < cfg.batch_size:
+        self.lengths = None
+        if cfg.batch_tokens is not None:
+            self.lengths = _train_lengths(self.inputs.train_ds, cfg.max_length)
+            self.steps_per_epoch = len(batch_sizes_by_length(sorted(self.lengths), cfg.batch_tokens, self.dist.world))
+            if self.steps_per_epoch == 0:
+                raise ValueError(
+                    f"the training split has {n} sequences, fewer than one per process ({self.dist.world})"
+                )
+        elif n < cfg.batch_size:
             raise ValueError(f"the training split has {n} sequences, fewer than one batch ({cfg.batch_size})")
-        self.steps_per_epoch = n // cfg.batch_size
+        else:
+            self.steps_per_epoch = n // cfg.batch_size
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -306,9 +318,18 @@ class _Run:
         of each epoch (and every cfg.val_every steps), a checkpoint every cfg.checkpoint_every steps."""
         cfg = self.cfg
         while st.step < self.total_steps and st.epoch < cfg.epochs:
-            order = epoch_order(len(self.inputs.train_ds), cfg.seed, st.number, st.epoch)
+            batches = epoch_batches(
+                len(self.inputs.train_ds),
+                cfg.batch_size,
+                cfg.seed,
+                st.number,
+                st.epoch,
+                self.lengths,
+                cfg.batch_tokens,
+                self.dist.world,
+            )
             while st.position < self.steps_per_epoch and st.step < self.total_steps:
-                row = self._train_step(st, order)
+                row = self._train_step(st, batches[st.position])
                 self.train_log.write(row)
                 _show_step(bar, row)
                 at_end = st.position >= self.steps_per_epoch or st.step >= self.total_steps
@@ -329,11 +350,11 @@ class _Run:
             if not (st.step >= self.total_steps or st.epoch >= cfg.epochs):
                 self._checkpoint(st, done=False)
 
-    def _train_step(self, st: _Stage, order: torch.Tensor) -> dict:
-        """One optimizer step on global batch st.position of `order`; returns its train_log row."""
+    def _train_step(self, st: _Stage, global_batch: torch.Tensor) -> dict:
+        """One optimizer step on `global_batch` (this process's share of it); returns its train_log row."""
         cfg, dist, device = self.cfg, self.dist, self.device
         t0 = time.perf_counter()
-        batch = self._batch(rank_indices(order, st.position, cfg.batch_size, dist.rank, dist.world))
+        batch = self._batch(rank_indices(global_batch, dist.rank, dist.world))
         gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "noise", st.number, st.step, dist.rank))
         with self.autocast:
             loss, metrics = st.module(batch, gen)
@@ -473,6 +494,15 @@ class _Run:
             )
             self.checkpoints.save(state)
         self.dist.barrier()
+
+
+def _train_lengths(ds, max_length: Optional[int]) -> list:
+    """Each training sequence's token count after the max_length cut (for batch_tokens); the dataset
+    needs lengths() (FeatureDataset and TokenDataset have it)."""
+    if not hasattr(ds, "lengths"):
+        raise ValueError(f"batch_tokens needs a training dataset with lengths(); {type(ds).__name__} has none")
+    lengths = [int(x) for x in ds.lengths()]
+    return [min(x, max_length) for x in lengths] if max_length is not None else lengths
 
 
 def _show_step(bar, row: dict) -> None:
