@@ -82,9 +82,8 @@ def test_autograd_falls_back(force_kernel, kernel_calls):
     assert kernel_calls == [] and x.grad is not None and lin.weight.grad is not None
 
 
-def test_model_generate_untouched_speculative_lossless(force_kernel, kernel_calls):
-    """fp32: greedy speculative decoding and our plain loop on the marked target equal model.generate, and
-    model.generate never calls the kernel (it is the reference the speedups are measured against)."""
+def greedy_case():
+    """(target, GRIFFIN head, prompts, the target's greedy continuations by model.generate): fp32, unmarked."""
     model = make_target("llama", sharpen=4.0)
     torch.manual_seed(1)
     head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
@@ -92,6 +91,13 @@ def test_model_generate_untouched_speculative_lossless(force_kernel, kernel_call
     plain = [
         model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist() for p in prompts
     ]
+    return model, head, prompts, plain
+
+
+def test_model_generate_untouched_speculative_lossless(force_kernel, kernel_calls):
+    """fp32: greedy speculative decoding and our plain loop on the marked target equal model.generate, and
+    model.generate never calls the kernel (it is the reference the speedups are measured against)."""
+    model, head, prompts, plain = greedy_case()
     assert kl.use_kernel_linears(model) > 0 and kl.use_kernel_linears(head) > 0
     with torch.no_grad():
         for p, want in zip(prompts, plain):
@@ -252,13 +258,7 @@ def test_large_calls_run_torch_widened(force_kernel, kernel_calls, dtype):
 def test_lossless_with_widened_calls(force_kernel, kernel_calls):
     """fp32, every KernelLinear of target and head widened beyond 4 rows (the prefill, the 8-node verification):
     greedy speculative decoding still equals model.generate."""
-    model = make_target("llama", sharpen=4.0)
-    torch.manual_seed(1)
-    head = build_draft_head(DraftConfig.from_target(model.config, "griffin")).eval()
-    prompts = [[3, 17, 5, 99, 42, 8], [7, 7, 1]]
-    plain = [
-        model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist() for p in prompts
-    ]
+    model, head, prompts, plain = greedy_case()
     for m in (model, head):
         kl.use_kernel_linears(m)
         for sub in m.modules():
