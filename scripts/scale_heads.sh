@@ -25,8 +25,10 @@
 # held-out conversations it contains).
 #
 # The runs (under $WORK/runs): every head from scratch with the shipped heads' recipe (8,192-token draft
-# vocabulary, 8 sequences per step, peak lr 3e-4, train_heads.sh; --dtype auto: bf16 autocast on CPUs with
-# bf16 instructions, fp32 on AVX2-only ones) for EPOCHS passes (default 4),
+# vocabulary, peak lr 3e-4, train_heads.sh; --dtype auto: bf16 autocast on CPUs with bf16 instructions, fp32
+# on AVX2-only ones) for EPOCHS passes (default 4), except the batches: length-grouped, at most BATCH_TOKENS
+# (1,920) tokens each, the tokens of 8 sequences of this data's mean length (238) with almost no padding
+# (the shipped heads' 8 random sequences a step spent 40% of the compute on padding),
 # validated on 96 held-out sequences at step 0 and every quarter epoch: the learning curve against tokens seen
 # (bench/scaling_curve.py; inside the first pass the points measure data, after it epochs). GRIFFIN's run is
 # its stage 1 (one-step training). Then the papers' ordering under control, from the converged stage 1:
@@ -45,11 +47,12 @@ THREADS="${THREADS:-2}"
 STEP="${STEP:-data}"
 RUNS="$WORK/runs"
 EPOCHS="${EPOCHS:-4}"
+BATCH_TOKENS="${BATCH_TOKENS:-1920}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 export OMP_NUM_THREADS="$THREADS"
 export PYTHONPATH="$ROOT/python:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype auto --batch-size 8 --checkpoint-every 200 --resume
+RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype auto --batch-tokens "$BATCH_TOKENS" --checkpoint-every 200 --resume
   --val-sequences 96 --no-progress)
 
 # The data: what STEP=data runs (with --threads) and the recipes of the exported heads name.
@@ -105,8 +108,9 @@ recipe() {
   echo "run's; ../data_manifest.json identifies the data (settings, target, checksums of every shard)."
 }
 
-# Optimizer steps in 1/D of an epoch (the train split's sequences / 8 / D); refuses an unfinished train split.
-epoch_part() { python3 "$ROOT/scripts/epoch_steps.py" scale_heads.sh "$DATA/manifest.json" "$1"; }
+# Optimizer steps in 1/D of an epoch (the train split's length-grouped batches / D); refuses an unfinished
+# train split.
+epoch_part() { "$PY" "$ROOT/scripts/epoch_steps.py" scale_heads.sh "$DATA/manifest.json" "$1" "$BATCH_TOKENS"; }
 
 train() {
   echo "+ specdec train $*" >&2

@@ -260,14 +260,30 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
     """scripts/scale_heads.sh STEP=export (HEADS and RECORDS pointed at temporary folders): the last run of a
     lineage becomes the shipped head (bf16 weights), the records of every run land beside it with the earlier
     run's under its name, a stale record of another lineage is gone, and RECIPE.md names each run's command
-    (the stages run sized from the data) with no path of this machine."""
+    (the stages run sized from the data's length-grouped batches) with no path of this machine."""
     import subprocess
+
+    from specdec.data import shards
+    from specdec.training.batches import batch_sizes_by_length
 
     work, heads, records = tmp_path / "work", tmp_path / "heads", tmp_path / "records"
     data = work / "data" / "sharegpt-all"
     data.mkdir(parents=True)
-    train = {"num_shards": 2, "shards": [{}] * 2, "sequences": 800}
-    (data / "manifest.json").write_text(json.dumps({"splits": {"train": train, "val": {"num_shards": 1}}}))
+    # two token-only shards of 400 sequences of 40..500 tokens: the stages' steps come from their lengths
+    lengths = [40 + (i * 37) % 461 for i in range(800)]
+    entries = []
+    for k in range(2):
+        seqs = [{"input_ids": [1] * n, "loss_mask": [True] * n} for n in lengths[400 * k : 400 * (k + 1)]]
+        name = shards.shard_name("train", k)
+        entries.append(dict(shards.write_shard(str(data), name, seqs, 8, [], False, 4), index=k))
+    train = {"num_shards": 2, "shards": entries, "sequences": 800}
+    manifest = {
+        "format": shards.FORMAT,
+        "version": shards.VERSION,
+        "splits": {"train": train, "val": {"num_shards": 1}},
+    }
+    shards.write_manifest(str(data), manifest)
+    quarter = len(batch_sizes_by_length(sorted(lengths), 1920)) // 4
     for run in ("scale-griffin-s1", "scale-griffin-s23"):
         tiny_head().save_pretrained(work / "runs" / run)
         for f in ("summary.json", "train_log.csv", "val_log.csv"):
@@ -294,5 +310,6 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
     recipe = (records / "griffin" / "RECIPE.md").read_text()
     assert str(work) not in recipe and "specdec data --target default --out $SPECDEC_HOME/data/sharegpt-all" in recipe
     assert "specdec train --kind griffin --out $SPECDEC_HOME/runs/scale-griffin-s1 --epochs 4" in recipe
-    assert "--init $SPECDEC_HOME/runs/scale-griffin-s1 --stages 2,3 --epochs 1 --max-steps 25 " in recipe
+    assert "--batch-tokens 1920 " in recipe and quarter != 800 // 8 // 4
+    assert f"--init $SPECDEC_HOME/runs/scale-griffin-s1 --stages 2,3 --epochs 1 --max-steps {quarter} " in recipe
     assert (records / "data_manifest.json").is_file()
