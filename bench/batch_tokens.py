@@ -31,7 +31,8 @@ class _Sample(torch.utils.data.Dataset):
 
     def __init__(self, full, idx):
         self.full, self.idx, self.manifest = full, idx, full.manifest
-        self._lengths = [full.lengths()[i] for i in idx] if idx else []
+        every = full.lengths()  # one pass over the shards' offsets, not one per item
+        self._lengths = [every[i] for i in idx]
 
     def __len__(self):
         return len(self.idx)

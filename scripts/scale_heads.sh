@@ -28,7 +28,7 @@
 # vocabulary, peak lr 3e-4, train_heads.sh; --dtype auto: bf16 autocast on CPUs with bf16 instructions, fp32
 # on AVX2-only ones) for EPOCHS passes (default 4), except the batches: length-grouped, at most BATCH_TOKENS
 # (1,920) tokens each, the tokens of 8 sequences of this data's mean length (238) with almost no padding
-# (the shipped heads' 8 random sequences a step spent 40% of the compute on padding),
+# (the shipped heads' 8 random sequences a step spent 40% of their layer's compute on padding),
 # validated on 96 held-out sequences at step 0 and every quarter epoch: the learning curve against tokens seen
 # (bench/scaling_curve.py; inside the first pass the points measure data, after it epochs). GRIFFIN's run is
 # its stage 1 (one-step training). Then the papers' ordering under control, from the converged stage 1:
