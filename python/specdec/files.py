@@ -176,14 +176,37 @@ def read_json_store(path) -> dict:
     return store if isinstance(store, dict) else {}
 
 
-def write_json_store(store: dict, path) -> None:
-    """Write a read_json_store cache atomically; a read-only home is no error (measured again next time)."""
+def store_json_entry(path, key: str, entry) -> None:
+    """Set `key` to `entry` in the read_json_store cache at `path`: the file is read again and rewritten
+    atomically under an exclusive lock (a `.<name>.lock` file beside it), so processes measuring different
+    keys at the same time (two training runs, a data build beside an evaluation) keep each other's results.
+    A read-only or unlockable home is no error: the result is measured again next time."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
+        with _locked(path.parent / f".{path.name}.lock"):
+            store = read_json_store(path)
+            store[key] = entry
+            atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `lock_path` (created if missing) for the with-block; none where the
+    platform has no fcntl (the write stays atomic, only a concurrent update may be lost)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def specdec_home(home: Union[str, os.PathLike, None] = None) -> Path:

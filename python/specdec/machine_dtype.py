@@ -36,7 +36,7 @@ from typing import Dict
 
 from specdec_kernels.cpu_info import cpu_flags, cpu_model
 
-from .files import read_json_store, specdec_home, write_json_store
+from .files import read_json_store, specdec_home, store_json_entry
 
 ROWS = (1, 16, 256)  # M of the timed linear: a decode step, a tree or a batch, a prefill chunk
 SHAPE = (1536, 576)  # the default target's MLP up projection (N, K)
@@ -169,6 +169,5 @@ def fastest_cpu_dtype(*, use_cache: bool = True, refresh: bool = False, training
         return store[key]["dtype"]
     result = measure(training=training)
     if use_cache:
-        store[key] = result
-        write_json_store(store, cache_path())
+        store_json_entry(cache_path(), key, result)
     return result["dtype"]

@@ -101,3 +101,55 @@ def test_a_leftover_temporary_folder_is_cleared_and_a_file_is_refused(tmp_path):
         with atomic_folder(tmp_path / "file"):
             pass
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_store_json_entry_keeps_concurrent_updates_of_other_keys(tmp_path, monkeypatch):
+    """Writers of different keys at the same time (two runs measuring their own keys) lose nothing: each
+    update rereads the file under the lock. The read is slowed so that unlocked updates would overlap."""
+    import threading
+    import time
+
+    from specdec import files
+
+    path = tmp_path / "cache.json"
+    real_read = files.read_json_store
+
+    def slow_read(p):
+        store = real_read(p)
+        time.sleep(0.002)
+        return store
+
+    monkeypatch.setattr(files, "read_json_store", slow_read)
+
+    def writer(w: int) -> None:
+        for i in range(15):
+            files.store_json_entry(path, f"w{w}-{i}", {"rows": i})
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = real_read(path)
+    assert sorted(store) == sorted(f"w{w}-{i}" for w in range(6) for i in range(15))
+    assert store["w3-7"] == {"rows": 7}
+
+
+def test_store_json_entry_replaces_a_damaged_cache_and_ignores_a_read_only_home(tmp_path):
+    from specdec.files import read_json_store, store_json_entry
+
+    path = tmp_path / "cache.json"
+    path.write_text("{not json")
+    store_json_entry(path, "a", 1)
+    assert read_json_store(path) == {"a": 1}
+    store_json_entry(path, "b", [2])
+    assert read_json_store(path) == {"a": 1, "b": [2]}
+    if os.geteuid() != 0:  # root writes through read-only modes
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            store_json_entry(ro / "cache.json", "a", 1)  # no error: measured again next time
+            assert not (ro / "cache.json").exists()
+        finally:
+            ro.chmod(0o700)

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
@@ -70,7 +69,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..devices import synchronize
-from ..files import atomic_write_text, specdec_home
+from ..files import read_json_store, specdec_home, store_json_entry
 from .cost_keys import head_cost_key, target_cost_key
 
 # Acceptance rates used when a head carries no validation summary: roughly what a trained EAGLE-style
@@ -463,23 +462,14 @@ def _cached(
 ) -> dict:
     """{n: cost} for `wanted`, from the JSON cache under `key`; measure(missing) fills (and stores) the rest.
     refresh: ignore what is cached (measure all, store the result); use_cache=False: neither read nor write."""
-    path = cache_path()
-    store = {}
-    if use_cache and path.exists():
-        try:
-            store = json.loads(path.read_text())
-        except (OSError, ValueError):
-            store = {}
-    entry = {} if refresh else {int(n): float(t) for n, t in store.get(key, {}).items()}
+    store = read_json_store(cache_path()) if use_cache else {}
+    cached = store.get(key)
+    entry = {} if refresh or not isinstance(cached, dict) else {int(n): float(t) for n, t in cached.items()}
     missing = [int(n) for n in wanted if int(n) not in entry]
     if missing:
         entry.update(measure(missing))
         if use_cache:
-            store[key] = {str(n): t for n, t in sorted(entry.items())}
-            try:
-                atomic_write_text(json.dumps(store, indent=1, sort_keys=True), str(path))
-            except OSError:
-                pass
+            store_json_entry(cache_path(), key, {str(n): t for n, t in sorted(entry.items())})
     return {int(n): entry[int(n)] for n in wanted}
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import read_json_store, specdec_home, write_json_store
+from ..files import read_json_store, specdec_home, store_json_entry
 from ..machine_dtype import cpu_key
 
 __all__ = ["ROWS", "WIDE_ROWS", "NO_LIMIT", "kernel_rows", "wide_rows", "cache_path"]
@@ -138,8 +138,7 @@ def _cached(key: str, valid: tuple, measure_fn, use_cache: bool, refresh: bool) 
     if not (isinstance(entry, dict) and entry.get("rows") in valid):
         entry = measure_fn()
         if use_cache:
-            store[key] = entry
-            write_json_store(store, cache_path())
+            store_json_entry(cache_path(), key, entry)
     if use_cache:
         _MEMO[key] = entry["rows"]
     return entry["rows"]
