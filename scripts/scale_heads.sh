@@ -14,6 +14,9 @@
 #   STEP=curve bash scripts/scale_heads.sh              # the scaling table and plot (bench/scaling_curve.py)
 #   STEP=export bash scripts/scale_heads.sh             # ship the heads of SHIP (below) with their records
 #   STEP=validate bash scripts/scale_heads.sh           # their held-out acceptance and coverage -> config.json
+#   THREADS=2 STEP=eval TREE=paper|auto [OLD=REV] bash scripts/scale_heads.sh   # the README's specdec eval of
+#                                                       # the shipped heads (and those of git revision REV,
+#                                                       # named <kind>-REV, in the same run) -> bench/results/eval
 #   DRY_RUN=1 STEP=... bash scripts/scale_heads.sh      # print a step's command without running it
 #
 # The data: first turns of every usable ShareGPT conversation (--max-turns 1, no --num-prompts), the
@@ -165,6 +168,35 @@ case "$STEP" in
       if [[ "${DRY_RUN:-0}" != 1 ]]; then recipe "$kind" "${lineage[@]}" >"$RUNS/$kind.scale.RECIPE.md"; fi
       ship_head "$kind" "$RUNS/${lineage[-1]}" "$RUNS/$kind.scale.RECIPE.md" "$DATA" "${earlier[@]}"
     done
+    ;;
+  eval)
+    TREE="${TREE:-paper}"
+    heads=(--draft eagle --draft fspad --draft griffin)
+    if [[ -n "${OLD:-}" ]]; then
+      # the heads of revision OLD taken out of git, under the ignored bench/out and named relative to the
+      # checkout, so that meta.json records no path of this machine
+      old="bench/out/heads-$OLD"
+      if [[ "${DRY_RUN:-0}" != 1 && ! -d "$ROOT/$old" ]]; then
+        rm -rf "$ROOT/$old.tmp" && mkdir -p "$ROOT/$old.tmp"
+        git -C "$ROOT" archive "$OLD" python/specdec/heads/SmolLM2-135M-Instruct | tar -x -C "$ROOT/$old.tmp"
+        mv "$ROOT/$old.tmp" "$ROOT/$old"
+      fi
+      for k in eagle fspad griffin; do heads+=(--draft "$k-$OLD=$old/python/specdec/heads/SmolLM2-135M-Instruct/$k"); done
+    fi
+    case "$TREE" in
+      paper) tree=() ;;
+      auto) tree=(--total-tokens auto) ;;
+      *)
+        echo "scale_heads.sh: TREE=paper or auto, not $TREE" >&2
+        exit 1
+        ;;
+    esac
+    # the README's setting: 5 questions of each benchmark spread over the categories, 128 new tokens
+    cmd=(specdec eval --target default "${heads[@]}" --bench mtbench,humaneval --limit 5 --spread
+      --max-new-tokens 128 --threads "$THREADS" "${tree[@]}" --resume --no-progress
+      --out "bench/results/eval/smollm2-135m_threads${THREADS}_${TREE}-tree_scale${OLD:+_vs-$OLD}")
+    echo "+ ${cmd[*]}" >&2
+    if [[ "${DRY_RUN:-0}" != 1 ]]; then (cd "$ROOT" && "$PY" -m specdec.cli "${cmd[@]:1}"); fi
     ;;
   validate)
     for entry in $SHIP; do

@@ -313,3 +313,33 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
     assert "--batch-tokens 1920 " in recipe and quarter != 800 // 8 // 4
     assert f"--init $SPECDEC_HOME/runs/scale-griffin-s1 --stages 2,3 --epochs 1 --max-steps {quarter} " in recipe
     assert (records / "data_manifest.json").is_file()
+
+
+def test_scale_heads_eval_runs_the_readme_setting_and_names_old_heads_relative_to_the_checkout(tmp_path):
+    """scripts/scale_heads.sh STEP=eval: `specdec eval` of the three shipped heads in the README's setting
+    (TREE=auto adds --total-tokens auto; PY stands in for the venv's Python and prints its arguments); with
+    OLD=REV the heads of that revision join under their own names from the ignored bench/out, so meta.json
+    records no path of this machine; an unknown TREE is refused."""
+    import subprocess
+
+    script = os.path.join(ROOT, "scripts", "scale_heads.sh")
+
+    def run(**extra):
+        env = dict(os.environ, WORK=str(tmp_path), STEP="eval", THREADS="2", PY="echo", **extra)
+        return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+
+    auto = run(TREE="auto")
+    assert auto.returncode == 0, auto.stderr
+    args = auto.stdout.split()
+    assert args[:4] == ["-m", "specdec.cli", "eval", "--target"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--draft"] == ["eagle", "fspad", "griffin"]
+    assert " --limit 5 --spread --max-new-tokens 128 --threads 2 --total-tokens auto " in auto.stdout
+    assert args[-1] == "bench/results/eval/smollm2-135m_threads2_auto-tree_scale"
+    paper = run(TREE="paper", DRY_RUN="1", OLD="abc123")
+    assert paper.returncode == 0 and paper.stdout == "", paper.stderr
+    assert "--total-tokens" not in paper.stderr and str(tmp_path) not in paper.stderr
+    drafts = [w for w in paper.stderr.split() if w.startswith("griffin")]
+    assert drafts == ["griffin", "griffin-abc123=bench/out/heads-abc123/python/specdec/heads/SmolLM2-135M-Instruct/griffin"]
+    assert paper.stderr.split()[-1] == "bench/results/eval/smollm2-135m_threads2_paper-tree_scale_vs-abc123"
+    bad = run(TREE="papers")
+    assert bad.returncode != 0 and "TREE=paper or auto, not papers" in bad.stderr
