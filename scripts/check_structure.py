@@ -666,7 +666,7 @@ def doc_path_violations(root: Path, rel: str, lines: Iterator[tuple[int, str]]) 
             if _OUTPUT_OPTION.search(line[: m.start()]):
                 continue
             for path in expand_braces(m.group(0).rstrip(".")):
-                if _PLACEHOLDER.search(path) or path.startswith(SKIPPED_PATH_PREFIXES):
+                if _PLACEHOLDER.search(path) or (path.rstrip("/") + "/").startswith(SKIPPED_PATH_PREFIXES):
                     continue
                 if path not in ALLOWED_MISSING_PATHS and not _path_exists(root, path):
                     violations.append(f"{rel}:{lineno}: {path} does not exist")

@@ -268,11 +268,13 @@ def test_missing_doc_path_is_flagged(tmp_path):
         Gone: python/specdec/gone.py, and [link](scripts/missing.sh#part).
         Skipped: bench/out/x.csv, tests/test_*.py, python/specdec/heads/<target>/, `$SPECDEC_HOME/x`.
         Written: --out bench/results/new and --out=bench/results/new2
+        The scratch folder itself: bench/out and bench/out/, but not bench/outside.md.
     """
     write(tmp_path, "docs/a.md", text)
     assert cs.check_doc_paths(tmp_path) == [
         "docs/a.md:2: link target scripts/missing.sh#part does not exist (from docs/)",
         "docs/a.md:2: python/specdec/gone.py does not exist",
+        "docs/a.md:5: bench/outside.md does not exist",
     ]
 
 
