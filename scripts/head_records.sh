@@ -3,7 +3,7 @@
 #
 #   ship_head KIND RUN RECIPE DATA [EARLIER_RUN:PREFIX ...]
 #
-# exports run folder RUN as the shipped KIND head (python/specdec/heads/SmolLM2-135M-Instruct/<kind>: config.json,
+# exports run folder RUN (or, before the run has ended, its snapshot/) as the shipped KIND head (python/specdec/heads/SmolLM2-135M-Instruct/<kind>: config.json,
 # bf16 model.safetensors, README.md) and replaces bench/results/training/<kind>/ with its records: RECIPE (a
 # markdown file the caller wrote: the commands), RUN's summary.json, train_log.csv, val_log.csv and curves.png,
 # and the same logs of every EARLIER_RUN of its lineage (a folder beside RUN) as PREFIX_summary.json, ...; DATA's
@@ -34,11 +34,17 @@ ship_head() {
     echo "+ python -m specdec.training.export_head $src $HEADS/$kind ${readme[*]}" >&2
     return 0
   fi
-  if [ ! -f "$src/model.safetensors" ]; then
+  # A run still going (or stopped) before its end has no head of its own yet: its snapshot (the head of its
+  # newest validation) is shipped, its logs as they stand.
+  local head="$src"
+  if [ ! -f "$src/model.safetensors" ] && [ -f "$src/snapshot/model.safetensors" ]; then
+    head="$src/snapshot"
+    echo "export: $kind from the snapshot of an unfinished run ($head)" >&2
+  elif [ ! -f "$src/model.safetensors" ]; then
     echo "export: $kind is not trained yet ($src)" >&2
     return 0
   fi
-  "$PY" -m specdec.training.export_head "$src" "$HEADS/$kind" "${readme[@]}"
+  "$PY" -m specdec.training.export_head "$head" "$HEADS/$kind" "${readme[@]}"
   # Records of an earlier lineage would mix with this one's under the same prefixes: start afresh (git keeps
   # the old ones).
   rm -rf "${RECORDS:?}/$kind"

@@ -289,9 +289,14 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
         for f in ("summary.json", "train_log.csv", "val_log.csv"):
             (work / "runs" / run / f).write_text(f"{run} {f} {work}\n")
     (work / "runs" / "scale-griffin-s23" / "curves.png").write_bytes(b"png")
+    # a run still going: only its snapshot (the head of its newest validation) and its logs so far
+    tiny_head().save_pretrained(work / "runs" / "scale-fspad" / "snapshot")
+    for f in ("summary.json", "train_log.csv", "val_log.csv", "curves.png"):
+        (work / "runs" / "scale-fspad" / f).write_text("so far\n")
     (records / "griffin").mkdir(parents=True)
     (records / "griffin" / "round1_summary.json").write_text("{}")
-    env = dict(os.environ, WORK=str(work), STEP="export", SHIP="griffin=scale-griffin-s1,scale-griffin-s23",
+    ship = "griffin=scale-griffin-s1,scale-griffin-s23 fspad=scale-fspad eagle=scale-eagle"
+    env = dict(os.environ, WORK=str(work), STEP="export", SHIP=ship,
                HEADS=str(heads), RECORDS=str(records), PY=sys.executable, SPECDEC_HOME=str(work))  # fmt: skip
     done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "scale_heads.sh")], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
@@ -313,6 +318,10 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
     assert "--batch-tokens 1920 " in recipe and quarter != 800 // 8 // 4
     assert f"--init $SPECDEC_HOME/runs/scale-griffin-s1 --stages 2,3 --epochs 1 --max-steps {quarter} " in recipe
     assert (records / "data_manifest.json").is_file()
+    assert sorted(os.listdir(heads / "fspad")) == ["README.md", "config.json", "model.safetensors"]
+    assert (records / "fspad" / "val_log.csv").read_text() == "so far\n"
+    assert "fspad from the snapshot of an unfinished run" in done.stderr
+    assert not (heads / "eagle").exists() and "eagle is not trained yet" in done.stderr
 
 
 def test_scale_heads_eval_runs_the_readme_setting_and_names_old_heads_relative_to_the_checkout(tmp_path):

@@ -250,6 +250,37 @@ def test_val_every_validates_inside_epochs_without_changing_the_run(tmp_path, se
         TrainConfig(val_every=0)
 
 
+def test_snapshot_holds_the_head_of_the_newest_validation(tmp_path, setup):
+    """out/snapshot: after a validation inside the run, a loadable head equal to the checkpoint written right
+    after it, its record saying where the stage stood; at the end, the final head. A two-stage run keeps one
+    snapshot, of the stage it reached."""
+    import json
+
+    from specdec.models import load_draft_head
+
+    kw = dict(kind="fspad", epochs=1, checkpoint_every=100, val_steps=2, keep_checkpoints=0, val_every=3)
+    with pytest.raises(SimulatedKill):
+        run(tmp_path, setup, "killed", stop_after=5, **kw)
+    snap = tmp_path / "killed" / "snapshot"
+    assert sorted(os.listdir(snap)) == ["config.json", "model.safetensors"]
+    record = json.loads((snap / "config.json").read_text())["specdec_training"]
+    assert record["result"]["snapshot"]["step"] == 3 and record["result"]["snapshot"]["epoch"] == 0.375
+    assert record["result"]["snapshot"]["tokens"] > 0 and record["stage"] == 1
+    assert [v["step"] for v in record["result"]["validation"]] == [0, 3]
+    ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "stage1-step00000003.pt", weights_only=False)
+    head = load_draft_head(str(snap), dtype=torch.float32)
+    assert all(torch.equal(v, ckpt["head"][k]) for k, v in head.state_dict().items())
+    out = run(tmp_path, setup, "killed", resume=True, **kw)
+    final, snapped = load_weights(out), load_weights(snap)
+    assert final.keys() == snapped.keys() and all(torch.equal(final[k], snapped[k]) for k in final)
+    assert json.loads((snap / "config.json").read_text())["specdec_training"]["result"]["snapshot"]["step"] == 8
+    two = run(tmp_path, setup, "two", kind="griffin", stages=(1, 2), max_steps=4, val_steps=1, val_every=2)
+    record = json.loads(open(os.path.join(two, "snapshot", "config.json")).read())["specdec_training"]
+    assert record["stage"] == 2 and record["result"]["snapshot"]["step"] == 4
+    final, snapped = load_weights(two), load_weights(os.path.join(two, "snapshot"))
+    assert all(torch.equal(final[k], snapped[k]) for k in final)
+
+
 def test_scaling_curve_follows_a_lineage(tmp_path, setup):
     # bench/scaling_curve.py over a 2-run lineage (the second starts from the first's weights): the points
     # of both runs in order, tokens and epochs adding up along it, expected taus from the coverage

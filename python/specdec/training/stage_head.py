@@ -47,9 +47,10 @@ def init_draft_vocab(head, init: str, draft_vocab: Optional[int]) -> Optional[to
     return None if vd is None else head.draft_to_target.detach().cpu().clone()
 
 
-def save_head(head, folder: str) -> None:
-    """head.save_pretrained into `folder` through specdec.files.atomic_folder(merge=True): each file is
-    replaced whole, and the folder's other files stay (a one-stage run's head folder is the run's out/,
-    which also holds its logs and checkpoints)."""
-    with atomic_folder(folder, merge=True) as tmp:
+def save_head(head, folder: str, merge: bool = True) -> None:
+    """head.save_pretrained into `folder` through specdec.files.atomic_folder: with `merge` each file is
+    replaced whole and the folder's other files stay (a one-stage run's head folder is the run's out/,
+    which also holds its logs and checkpoints); without it the whole folder is replaced at once (readers
+    never see a new config.json beside old weights)."""
+    with atomic_folder(folder, merge=merge) as tmp:
         head.save_pretrained(tmp)

@@ -14,6 +14,10 @@ Batches. Step s of an epoch takes the global batch perm[s*B:(s+1)*B] (B = batch_
 with batch_tokens the s-th of the epoch's length-grouped batches (batches.epoch_batches: sequences of
 about one length, at most batch_tokens padded tokens each, in a seeded order).
 
+Snapshots. After every validation the head as it stands is saved to out/snapshot (a complete head folder,
+replaced whole, its config.json recording the step, epoch and tokens it had reached), so a run of hours can
+be validated, evaluated or exported before it ends; the stage's own head folder is written at its end.
+
 Data parallelism. Rank r of W processes trains on the global batch's elements r, r+W, ... The loss of
 each rank is rescaled by W * (its masked positions) / (all ranks' masked positions) before DDP averages
 the gradients, so the update equals the one of a single process on the whole global batch (up to fp32 rounding).
@@ -61,6 +65,9 @@ __all__ = ["SimulatedKill", "TrainConfig", "recipe_lr", "train"]
 
 # specdec.training's public name for the recipes' peak learning rate (losses.learning_rate).
 recipe_lr = learning_rate
+
+# out/<SNAPSHOT>: the head after the run's newest validation (_Run._snapshot).
+SNAPSHOT = "snapshot"
 
 
 def _pick_device(text: Optional[str]) -> torch.device:
@@ -337,6 +344,7 @@ class _Run:
                     # checkpointed right after, so a resume does not validate (and log) this step twice
                     epoch = round(st.epoch + st.position / self.steps_per_epoch, 4)
                     self._validate(st.head, st.val_loss, st.number, st.index, epoch=epoch, step=st.step)
+                    self._snapshot(st, epoch)
                     self._checkpoint(st, done=False)
                 elif st.step % cfg.checkpoint_every == 0 and not at_end:
                     self._checkpoint(st, done=False)
@@ -346,6 +354,7 @@ class _Run:
             if bar is not None:
                 bar.refresh()
             self._validate(st.head, st.val_loss, st.number, st.index, epoch=st.epoch + 1, step=st.step)
+            self._snapshot(st, st.epoch + 1)
             st.epoch, st.position = st.epoch + 1, 0
             if not (st.step >= self.total_steps or st.epoch >= cfg.epochs):
                 self._checkpoint(st, done=False)
@@ -400,16 +409,30 @@ class _Run:
             }
         )
         if dist.main:
-            extra = st.head.config.extra
-            # a measurement of the --init head (specdec validate --write) does not describe this one
-            extra.pop("specdec_validation", None)
-            extra["specdec_training"] = self.metadata(stage, st.lr)
-            extra["specdec_training"]["result"] = self.summary["stages"][str(stage)]
-            save_head(st.head, folder)
+            self._save_head(st, folder, self.summary["stages"][str(stage)])
             self._write_summary()
         dist.barrier()
         self._checkpoint(st, done=True)
         return folder
+
+    def _save_head(self, st: _Stage, folder: str, result: dict, merge: bool = True) -> None:
+        """Save the stage's head into `folder` with its config.json record: the training metadata and
+        `result` (summary.json's record of the stage)."""
+        extra = st.head.config.extra
+        # a measurement of the --init head (specdec validate --write) does not describe this one
+        extra.pop("specdec_validation", None)
+        extra["specdec_training"] = self.metadata(st.number, st.lr)
+        extra["specdec_training"]["result"] = result
+        save_head(st.head, folder, merge=merge)
+
+    def _snapshot(self, st: _Stage, epoch: float) -> None:
+        """The head as it stands after a validation, in out/snapshot: a complete head folder (replaced whole)
+        whose record says where its stage stood, so a long run's head can be validated, evaluated or exported
+        while the run goes on (the stage's own folder is written only at its end)."""
+        if self.dist.main:
+            record = dict(self.summary["stages"].get(str(st.number), {}))
+            record["snapshot"] = {"step": st.step, "epoch": epoch, "tokens": int(st.stats["tokens"])}
+            self._save_head(st, os.path.join(self.out, SNAPSHOT), record, merge=False)
 
     def _batch(self, idx: list, dataset=None) -> dict:
         """The items `idx` of `dataset` (default: the training split) collated on the device, with the
