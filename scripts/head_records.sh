@@ -7,12 +7,14 @@
 # bf16 model.safetensors, README.md) and replaces bench/results/training/<kind>/ with its records: RECIPE (a
 # markdown file the caller wrote: the commands), RUN's summary.json, train_log.csv, val_log.csv and curves.png,
 # and the same logs of every EARLIER_RUN of its lineage (a folder beside RUN) as PREFIX_summary.json, ...; DATA's
-# manifest goes to bench/results/training/data_manifest.json. Text is written with this machine's folders made
+# manifest goes to bench/results/training/$MANIFEST_NAME (default data_manifest.json). Text is written with this machine's folders made
 # portable ($SPECDEC_HOME, ~). With DRY_RUN=1 it prints the export command only.
 
 # (HEADS and RECORDS may be set beforehand, e.g. to folders of a test.)
 HEADS="${HEADS:-$ROOT/python/specdec/heads/SmolLM2-135M-Instruct}"
 RECORDS="${RECORDS:-$ROOT/bench/results/training}"
+# The name of the data manifest's copy in RECORDS (each script's heads come from their own data).
+MANIFEST_NAME="${MANIFEST_NAME:-data_manifest.json}"
 
 # The held-out measurement of a shipped head (specdec_validation in its config.json), on the caller's DATA.
 validate_cmd() { echo "specdec validate --draft python/specdec/heads/SmolLM2-135M-Instruct/$1 --data $DATA --write --no-progress"; }
@@ -49,7 +51,7 @@ ship_head() {
   # the old ones).
   rm -rf "${RECORDS:?}/$kind"
   mkdir -p "$RECORDS/$kind"
-  local pairs=("$recipe_file" "$RECORDS/$kind/RECIPE.md" "$data/manifest.json" "$RECORDS/data_manifest.json")
+  local pairs=("$recipe_file" "$RECORDS/$kind/RECIPE.md" "$data/manifest.json" "$RECORDS/$MANIFEST_NAME")
   local f pair
   for f in summary.json train_log.csv val_log.csv curves.png; do pairs+=("$src/$f" "$RECORDS/$kind/$f"); done
   for pair in "$@"; do

@@ -100,10 +100,20 @@ recipe() {
     cmd=$(env $st DRY_RUN=1 WORK="$WORK" bash "$ROOT/scripts/scale_heads.sh" 2>&1 >/dev/null)
     echo "${cmd#+ }"
   done
-  echo "python -m specdec.training.export_head $RUNS/$r python/specdec/heads/SmolLM2-135M-Instruct/$kind"
+  local src="$RUNS/$r"
+  if [[ ! -f "$src/model.safetensors" && -f "$src/snapshot/model.safetensors" ]]; then
+    src="$src/snapshot"  # the run had not ended: its head of the newest validation (head_records.sh)
+  fi
+  echo "python -m specdec.training.export_head $src python/specdec/heads/SmolLM2-135M-Instruct/$kind"
   validate_cmd "$kind"
   echo '```'
   echo
+  if [[ "$src" == */snapshot ]]; then
+    echo "The head is the last run's snapshot (the head of its newest validation) while that run went on: its"
+    echo "config.json records the step and epoch reached (specdec_training.result.snapshot); the logs are as they"
+    echo "stood at the export."
+    echo
+  fi
   echo "config.json records the training settings and the last validation (per-step acceptance on 96 held-out"
   echo "sequences), and under specdec_validation the acceptance and top-k coverage \`specdec validate\` measured on"
   echo "the whole held-out split; summary.json, train_log.csv, val_log.csv and curves.png beside this file are the"

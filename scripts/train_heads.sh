@@ -28,6 +28,8 @@ RUNS="$WORK/runs"
 THREADS="${THREADS:-2}"
 STEP="${STEP:-all}"
 PY="${PY:-$ROOT/.venv/bin/python}"
+# the first 5,000 conversations' manifest (scale_heads.sh's heads, on all of ShareGPT, keep data_manifest.json)
+MANIFEST_NAME=data_manifest_first5000.json
 # shellcheck source=scripts/head_records.sh
 source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, validate_cmd, copy_portable, ship_head
 export OMP_NUM_THREADS="$THREADS"
@@ -137,7 +139,7 @@ recipe() {
     echo "held-out split), and under specdec_validation the acceptance and top-k coverage \`specdec validate\` measured;"
     echo "summary.json, train_log.csv, val_log.csv and curves.png beside this file are the last run's own records,"
     echo "the files with a prefix (round1_, stage1_, ...) those of the earlier runs of the lineage;"
-    echo "../data_manifest.json identifies the data (settings, target, checksums of every shard)."
+    echo "../$MANIFEST_NAME identifies the data (settings, target, checksums of every shard)."
   } > "$out"
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import glob
 import json
 import os
 import re
@@ -144,6 +145,12 @@ def test_export_failure_leaves_the_destination(tmp_path, missing):
     assert sorted(os.listdir(tmp_path)) == ["griffin", "run"]  # no temporary folder left
 
 
+def split_sizes(manifest: dict) -> tuple:
+    """(train, val) sequences of a data manifest (what a head's specdec_training.data records)."""
+    splits = manifest["splits"]
+    return tuple(sum(e["sequences"] for e in splits[s]["shards"]) for s in ("train", "val"))
+
+
 @pytest.mark.skipif(not SHIPPED, reason="no shipped heads in this checkout")
 @pytest.mark.parametrize("kind", sorted(SHIPPED))
 def test_shipped_head_is_complete(kind):
@@ -164,7 +171,12 @@ def test_shipped_head_is_complete(kind):
     rec = cfg["specdec_validation"]  # measured on the held-out split of the data the head was trained on
     assert rec["data"]["split"] == "val"
     if os.path.isfile(os.path.join(ROOT, "setup.py")):  # a repository checkout (an installed package has no bench/)
-        manifest = json.load(open(os.path.join(TRAINING_RECORDS, "data_manifest.json")))
+        # the records keep the manifest of each head's training data (data_manifest*.json; the one with the
+        # split sizes its config.json records: the copies' paths are made portable, so their hash differs)
+        data = cfg["specdec_training"]["data"]
+        sizes = (data["train_sequences"], data["val_sequences"])
+        manifests = [json.load(open(p)) for p in glob.glob(os.path.join(TRAINING_RECORDS, "data_manifest*.json"))]
+        (manifest,) = [m for m in manifests if split_sizes(m) == sizes]
         # the same data settings as the training data's, but possibly more prompts (and another compute
         # dtype): the held-out conversations are chosen by a hash of each, so the held-out split of all of
         # ShareGPT's first turns is held out from heads trained on the first 5,000 too
@@ -321,6 +333,9 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
     assert sorted(os.listdir(heads / "fspad")) == ["README.md", "config.json", "model.safetensors"]
     assert (records / "fspad" / "val_log.csv").read_text() == "so far\n"
     assert "fspad from the snapshot of an unfinished run" in done.stderr
+    recipe = (records / "fspad" / "RECIPE.md").read_text()
+    assert "export_head $SPECDEC_HOME/runs/scale-fspad/snapshot python/specdec/heads/" in recipe
+    assert "specdec_training.result.snapshot" in recipe
     assert not (heads / "eagle").exists() and "eagle is not trained yet" in done.stderr
 
 
