@@ -88,6 +88,34 @@ def test_generate_with_prompt_ids(saved, capsys):
     assert "draft griffin" in out
 
 
+def test_generate_baseline_tells_a_near_tie_from_a_failure(saved, capsys, monkeypatch):
+    """--baseline at T=0 when the outputs differ (the baseline's tokens altered from the third on): not a
+    near-tie of the target's logits -> a losslessness failure, exit 1; with a rounding tolerance wider than
+    every logit gap -> a near-tie, exit 0. Each names the prompt and the first differing token."""
+    import specdec.decoding as decoding
+    from specdec.evaluation import harness
+
+    root, _ = saved
+    real = decoding.generate_baseline
+
+    def altered(*a, **kw):
+        res = real(*a, **kw)
+        res.sequences[1] = res.sequences[1][:2] + [(t + 1) % 64 for t in res.sequences[1][2:]]
+        return res
+
+    monkeypatch.setattr(decoding, "generate_baseline", altered)
+    argv = ["generate", "--target", root / "target", "--draft", root / "draft", "--prompt-ids", "1 2 3",
+            "--prompt-ids", "9 8", "--max-new-tokens", 6, "--total-tokens", 8, "--depth", 2, "--baseline"]  # fmt: skip
+    rc, out = run(argv, capsys)
+    assert rc == 1, out
+    assert "greedy outputs identical to the baseline: NO" in out
+    assert "[1] differs from token 2: " in out and "a losslessness failure" in out and "[0] differs" not in out
+    monkeypatch.setattr(harness, "tie_tolerance", lambda *a, **kw: 1e9)
+    rc, out = run(argv, capsys)
+    assert rc == 0, out
+    assert "[1] differs from token 2: " in out and "a near-tie, not a failure" in out
+
+
 def test_generate_auto_says_when_it_decodes_plainly(saved, capsys, monkeypatch):
     from specdec.decoding import budget
 
