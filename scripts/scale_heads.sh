@@ -100,10 +100,9 @@ recipe() {
     cmd=$(env $st DRY_RUN=1 WORK="$WORK" bash "$ROOT/scripts/scale_heads.sh" 2>&1 >/dev/null)
     echo "${cmd#+ }"
   done
-  local src="$RUNS/$r"
-  if [[ ! -f "$src/model.safetensors" && -f "$src/snapshot/model.safetensors" ]]; then
-    src="$src/snapshot"  # the run had not ended: its head of the newest validation (head_records.sh)
-  fi
+  local src
+  src=$(head_of_run "$RUNS/$r")
+  src="${src:-$RUNS/$r}"
   echo "python -m specdec.training.export_head $src python/specdec/heads/SmolLM2-135M-Instruct/$kind"
   validate_cmd "$kind"
   echo '```'
