@@ -14,7 +14,7 @@
 #   STEP=curve bash scripts/scale_heads.sh              # the scaling table and plot (bench/scaling_curve.py)
 #   STEP=export bash scripts/scale_heads.sh             # ship the heads of SHIP (below) with their records
 #   STEP=validate bash scripts/scale_heads.sh           # their held-out acceptance and coverage -> config.json
-#   THREADS=2 STEP=eval TREE=paper|auto [OLD=REV] bash scripts/scale_heads.sh   # the README's specdec eval of
+#   THREADS=2 STEP=eval TREE=paper|auto|8 [OLD=REV] bash scripts/scale_heads.sh   # the README's specdec eval of
 #                                                       # the shipped heads (and those of git revision REV,
 #                                                       # named <kind>-REV, in the same run) -> bench/results/eval
 #   DRY_RUN=1 STEP=... bash scripts/scale_heads.sh      # print a step's command without running it
@@ -195,8 +195,9 @@ case "$STEP" in
     case "$TREE" in
       paper) tree=() ;;
       auto) tree=(--total-tokens auto) ;;
+      8) tree=(--total-tokens 8 --depth 2 --tree-top-k 4) ;;  # the 8-node tree, the one that pays on CPUs
       *)
-        echo "scale_heads.sh: TREE=paper or auto, not $TREE" >&2
+        echo "scale_heads.sh: TREE=paper, auto or 8, not $TREE" >&2
         exit 1
         ;;
     esac

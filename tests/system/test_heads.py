@@ -341,9 +341,9 @@ def test_scale_heads_export_ships_a_lineage_with_its_records(tmp_path):
 
 def test_scale_heads_eval_runs_the_readme_setting_and_names_old_heads_relative_to_the_checkout(tmp_path):
     """scripts/scale_heads.sh STEP=eval: `specdec eval` of the three shipped heads in the README's setting
-    (TREE=auto adds --total-tokens auto; PY stands in for the venv's Python and prints its arguments); with
-    OLD=REV the heads of that revision join under their own names from the ignored bench/out, so meta.json
-    records no path of this machine; an unknown TREE is refused."""
+    (TREE=auto adds --total-tokens auto, TREE=8 the issue's 8-node tree; PY stands in for the venv's Python
+    and prints its arguments); with OLD=REV the heads of that revision join under their own names from the
+    ignored bench/out, so meta.json records no path of this machine; an unknown TREE is refused."""
     import subprocess
 
     script = os.path.join(ROOT, "scripts", "scale_heads.sh")
@@ -366,5 +366,9 @@ def test_scale_heads_eval_runs_the_readme_setting_and_names_old_heads_relative_t
     old_griffin = "bench/out/heads-abc123/python/specdec/heads/SmolLM2-135M-Instruct/griffin"
     assert drafts == ["griffin", f"griffin-abc123={old_griffin}"]
     assert paper.stderr.split()[-1] == "bench/results/eval/smollm2-135m_threads2_paper-tree_scale_vs-abc123"
+    eight = run(TREE="8", DRY_RUN="1")
+    assert eight.returncode == 0, eight.stderr
+    assert " --total-tokens 8 --depth 2 --tree-top-k 4 " in eight.stderr
+    assert eight.stderr.split()[-1] == "bench/results/eval/smollm2-135m_threads2_8-tree_scale"
     bad = run(TREE="papers")
-    assert bad.returncode != 0 and "TREE=paper or auto, not papers" in bad.stderr
+    assert bad.returncode != 0 and "TREE=paper, auto or 8, not papers" in bad.stderr
