@@ -43,17 +43,22 @@ STEPS = 5
 
 
 def _train_tokens(run: str) -> dict:
-    """{(stage, global_step): (cumulative tokens, cumulative token passes)} of a run's train_log.csv."""
+    """{(stage, global_step): (cumulative tokens, cumulative token passes, cumulative epochs)} of a run's
+    train_log.csv; the epoch column restarts with each stage, so a stage's epochs are added to those of the
+    stages before it (the train log's epoch, not the validation record's: that one counts an epoch cut
+    short by max_steps as whole in records written before the trainer recorded the fraction)."""
     path = os.path.join(run, "train_log.csv")
     if not os.path.isfile(path):
         raise SystemExit(f"scaling_curve: {run} has no train_log.csv (not a `specdec train` output folder)")
-    out, tokens, passes = {}, 0, 0
+    out, tokens, passes, ends = {}, 0, 0, {}
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             stage, n = int(r["stage"]), int(float(r["tokens"]))
             tokens += n
             passes += n * stage  # stage j drafts j steps per token (stage 1: one)
-            out[(stage, int(r["global_step"]))] = (tokens, passes)
+            ends[stage] = float(r["epoch"])
+            before = sum(e for s, e in ends.items() if s < stage)
+            out[(stage, int(r["global_step"]))] = (tokens, passes, before + ends[stage])
     return out
 
 
@@ -77,14 +82,13 @@ def lineage_rows(head: str, runs: List[str]) -> list:
     from specdec.decoding.budget import acceptance_of, expected_tokens
 
     rows, base_tokens, base_passes, base_epochs = [], 0, 0, 0.0
-    for i, run in enumerate(runs):
+    for run in runs:
         seen = _train_tokens(run)
-        last_tokens, last_passes, last_epoch = 0, 0, 0.0
         for v in _validations(run):
             key = (int(v["stage"]), int(v["global_step"]))
-            if key[1] == 0 and i > 0:
-                continue  # the start of a continuation: the previous run's last point again
-            tokens, passes = seen.get(key, (0, 0)) if key[1] else (0, 0)
+            if int(v["step"]) == 0 and rows:
+                continue  # the start of a stage or a continuation: the same weights as the point before
+            tokens, passes, epochs = seen.get(key, (0, 0, 0.0)) if v["step"] else (0, 0, 0.0)
             acc = acceptance_of(v)
             row = {
                 "head": head,
@@ -93,7 +97,7 @@ def lineage_rows(head: str, runs: List[str]) -> list:
                 "step": int(v["step"]),
                 "tokens": base_tokens + tokens,
                 "token_passes": base_passes + passes,
-                "epochs": round(base_epochs + float(v["epoch"]), 4),
+                "epochs": round(base_epochs + epochs, 4),
             }
             for k in range(1, STEPS + 1):
                 a = v.get(f"acc_{k}")
@@ -104,22 +108,12 @@ def lineage_rows(head: str, runs: List[str]) -> list:
             row["coverage"] = "yes" if v.get("cov_1") else "no (top-1 rank model)"
             row["val_loss"] = round(v["val_loss"], 4)
             rows.append(row)
-            last_tokens, last_passes, last_epoch = tokens, passes, float(v["epoch"])
-        # a multi-stage run restarts its epochs per stage: its passes over the data add up over the stages
-        base_tokens += max([t for t, _ in seen.values()] or [last_tokens])
-        base_passes += max([p for _, p in seen.values()] or [last_passes])
-        base_epochs += _run_epochs(run, last_epoch)
+        # the next run of the lineage starts from this one's weights: its training adds to this one's
+        if seen:
+            last_tokens, last_passes, last_epochs = max(seen.values())
+            base_tokens, base_passes = base_tokens + last_tokens, base_passes + last_passes
+            base_epochs += last_epochs
     return rows
-
-
-def _run_epochs(run: str, last_epoch: float) -> float:
-    """Passes over the data a run made, summed over its stages (the epoch column restarts per stage)."""
-    path = os.path.join(run, "train_log.csv")
-    ends = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            ends[int(r["stage"])] = float(r["epoch"])
-    return sum(ends.values()) or last_epoch
 
 
 def markdown(rows: list, args) -> str:

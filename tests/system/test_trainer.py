@@ -307,6 +307,31 @@ def test_scaling_curve_follows_a_lineage(tmp_path, setup):
     assert "## fspad" in (out / "scaling.md").read_text()
 
 
+def test_scaling_curve_adds_up_the_stages_of_a_run(tmp_path, setup):
+    # a GRIFFIN run of stages 1-2 cut short by max_steps (half an epoch each): the end of each stage is
+    # recorded at the fraction of the epoch it reached, the curve's epochs, tokens and passes add up over
+    # the stages, and stage 2's start (stage 1's last weights again) is not a point of its own
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import scaling_curve
+
+    kw = dict(kind="griffin", stages=(1, 2), max_steps=4, val_every=2, val_steps=2, epochs=3)
+    out = run(tmp_path, setup, "staged", **kw)  # 32 sequences in batches of 4: 8 steps an epoch
+    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    ends = [summary["stages"][s]["validation"][-1] for s in ("1", "2")]
+    assert [(v["step"], v["epoch"]) for v in ends] == [(4, 0.5), (4, 0.5)]
+    scaling_curve.main(["--head", f"griffin={out}", "--out-dir", str(tmp_path / "curve")])
+    rows = read_csv(tmp_path / "curve" / "scaling.csv")
+    assert [(int(r["stage"]), int(r["step"])) for r in rows] == [(1, 0), (1, 2), (1, 4), (2, 2), (2, 4)]
+    assert [float(r["epochs"]) for r in rows] == [0, 0.25, 0.5, 0.75, 1.0]
+    log = read_csv(os.path.join(out, "train_log.csv"))
+    one = sum(int(r["tokens"]) for r in log if r["stage"] == "1")
+    two = sum(int(r["tokens"]) for r in log if r["stage"] == "2")
+    assert int(rows[2]["tokens"]) == int(rows[2]["token_passes"]) == one
+    assert int(rows[4]["tokens"]) == one + two and int(rows[4]["token_passes"]) == one + 2 * two
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, setup):
     with pytest.raises(SimulatedKill):
         run(tmp_path, setup, "r", max_steps=6, checkpoint_every=2, stop_after=3)

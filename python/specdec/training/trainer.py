@@ -353,8 +353,11 @@ class _Run:
             # end of an epoch (or of the stage's steps)
             if bar is not None:
                 bar.refresh()
-            self._validate(st.head, st.val_loss, st.number, st.index, epoch=st.epoch + 1, step=st.step)
-            self._snapshot(st, st.epoch + 1)
+            # a stage cut short by max_steps ends part-way through its epoch: record the fraction reached
+            full = st.position >= self.steps_per_epoch
+            epoch = st.epoch + 1 if full else round(st.epoch + st.position / self.steps_per_epoch, 4)
+            self._validate(st.head, st.val_loss, st.number, st.index, epoch=epoch, step=st.step)
+            self._snapshot(st, epoch)
             st.epoch, st.position = st.epoch + 1, 0
             if not (st.step >= self.total_steps or st.epoch >= cfg.epochs):
                 self._checkpoint(st, done=False)
