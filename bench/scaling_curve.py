@@ -88,7 +88,7 @@ def lineage_rows(head: str, runs: List[str]) -> list:
             key = (int(v["stage"]), int(v["global_step"]))
             if int(v["step"]) == 0 and rows:
                 continue  # the start of a stage or a continuation: the same weights as the point before
-            tokens, passes, epochs = seen.get(key, (0, 0, 0.0)) if v["step"] else (0, 0, 0.0)
+            tokens, passes, epochs = seen.get(key, (0, 0, 0.0))  # a start point has no train-log row
             acc = acceptance_of(v)
             row = {
                 "head": head,

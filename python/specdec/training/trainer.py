@@ -342,7 +342,7 @@ class _Run:
                 at_end = st.position >= self.steps_per_epoch or st.step >= self.total_steps
                 if cfg.val_every is not None and st.step % cfg.val_every == 0 and not at_end:
                     # checkpointed right after, so a resume does not validate (and log) this step twice
-                    epoch = round(st.epoch + st.position / self.steps_per_epoch, 4)
+                    epoch = self._epochs_reached(st)
                     self._validate(st.head, st.val_loss, st.number, st.index, epoch=epoch, step=st.step)
                     self._snapshot(st, epoch)
                     self._checkpoint(st, done=False)
@@ -353,14 +353,18 @@ class _Run:
             # end of an epoch (or of the stage's steps)
             if bar is not None:
                 bar.refresh()
-            # a stage cut short by max_steps ends part-way through its epoch: record the fraction reached
-            full = st.position >= self.steps_per_epoch
-            epoch = st.epoch + 1 if full else round(st.epoch + st.position / self.steps_per_epoch, 4)
+            epoch = self._epochs_reached(st)  # a stage cut short by max_steps ends part-way through an epoch
             self._validate(st.head, st.val_loss, st.number, st.index, epoch=epoch, step=st.step)
             self._snapshot(st, epoch)
             st.epoch, st.position = st.epoch + 1, 0
             if not (st.step >= self.total_steps or st.epoch >= cfg.epochs):
                 self._checkpoint(st, done=False)
+
+    def _epochs_reached(self, st: _Stage):
+        """The stage's passes over the data so far: whole at an epoch's end, else the fraction reached."""
+        if st.position >= self.steps_per_epoch:
+            return st.epoch + 1
+        return round(st.epoch + st.position / self.steps_per_epoch, 4)
 
     def _train_step(self, st: _Stage, global_batch: torch.Tensor) -> dict:
         """One optimizer step on `global_batch` (this process's share of it); returns its train_log row."""
