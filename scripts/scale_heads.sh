@@ -10,7 +10,7 @@
 #   THREADS=1 STEP=train KIND=fspad bash scripts/scale_heads.sh    # a head's curve run (KIND=eagle|fspad|griffin;
 #                                                       # two kinds side by side with THREADS=1 each)
 #   THREADS=1 STEP=stages bash scripts/scale_heads.sh   # GRIFFIN's stages 2-3 on its stage-1 curve run
-#   THREADS=1 STEP=control ARM=griffin|fspad bash scripts/scale_heads.sh   # the same compute, one-step passes
+#   THREADS=1 STEP=control ARM=griffin|fspad|eagle bash scripts/scale_heads.sh   # the same compute, one-step passes
 #   STEP=curve bash scripts/scale_heads.sh              # the scaling table and plot (bench/scaling_curve.py)
 #   STEP=export bash scripts/scale_heads.sh             # ship the heads of SHIP (below) with their records
 #   STEP=validate bash scripts/scale_heads.sh           # their held-out acceptance and coverage -> config.json
@@ -40,7 +40,8 @@
 #           costs about (2 + 3) S = 5 S one-step steps;
 #   control the same 5 S steps of one-step training from the same stage-1 head (ARM=griffin, the clean
 #           control: same architecture) or from FSPAD's curve run (ARM=fspad, the issue's comparison),
-#           same peak lr and schedule shape.
+#           same peak lr and schedule shape; ARM=eagle gives EAGLE's curve run the
+#           same compute, so that the three shipped heads had equal compute (4 epochs + 5 S steps).
 set -euo pipefail
 shopt -s inherit_errexit
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -63,7 +64,7 @@ DATA_CMD=(specdec data --target default --out "$DATA" --max-turns 1 --max-len 51
   --batch-size 32 --shard-size 250 --no-progress)
 # The heads STEP=export ships: KIND=RUN[,RUN...], a head's lineage in order (each run starts from the one
 # before), the last run exported; the earlier ones' records are kept beside it under their run names.
-SHIP="${SHIP:-eagle=scale-eagle fspad=scale-fspad griffin=scale-griffin-s1,scale-griffin-s23}"
+SHIP="${SHIP:-eagle=scale-eagle,scale-eagle-more fspad=scale-fspad,scale-fspad-more griffin=scale-griffin-s1,scale-griffin-s23}"
 # shellcheck source=scripts/head_records.sh
 source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, validate_cmd, copy_portable, ship_head
 
@@ -75,6 +76,7 @@ step_of() {
     scale-griffin-s23) echo "STEP=stages" ;;
     scale-griffin-more) echo "STEP=control ARM=griffin" ;;
     scale-fspad-more) echo "STEP=control ARM=fspad" ;;
+    scale-eagle-more) echo "STEP=control ARM=eagle" ;;
     *)
       echo "scale_heads.sh: no step makes run $1" >&2
       return 1
@@ -89,7 +91,8 @@ recipe() {
   echo "# How this $kind head was made"
   echo
   echo "By \`scripts/scale_heads.sh\` (commit $(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%Y-%m-%d)) on CPUs,"
-  echo "training with OMP_NUM_THREADS=1 (torch threads; two runs side by side). The runs, in order:"
+  echo "training with one or two torch threads (OMP_NUM_THREADS; one when two runs went side by side: the"
+  echo "results differ only by float rounding). The runs, in order:"
   echo
   echo '```bash'
   echo "specdec target fetch"
@@ -143,7 +146,7 @@ case "$STEP" in
       --max-steps "$quarter" --lr 1.8e-4 --val-every "$((quarter / 2))" "${RECIPE[@]}"
     ;;
   control)
-    ARM="${ARM:?STEP=control needs ARM=griffin or fspad}"
+    ARM="${ARM:?STEP=control needs ARM=griffin, fspad or eagle}"
     quarter=$(epoch_part 4)
     from="scale-$ARM"
     [[ "$ARM" == griffin ]] && from="scale-griffin-s1"
@@ -152,8 +155,8 @@ case "$STEP" in
     ;;
   curve)
     heads=()
-    for h in eagle:scale-eagle fspad:scale-fspad,scale-fspad-more griffin:scale-griffin-s1,scale-griffin-s23 \
-      griffin-one-step:scale-griffin-s1,scale-griffin-more; do
+    for h in eagle:scale-eagle,scale-eagle-more fspad:scale-fspad,scale-fspad-more \
+      griffin:scale-griffin-s1,scale-griffin-s23 griffin-one-step:scale-griffin-s1,scale-griffin-more; do
       runs=""
       IFS=, read -ra parts <<<"${h#*:}"
       for r in "${parts[@]}"; do
