@@ -426,11 +426,12 @@ def test_cli_end_to_end(folders, capsys):
 
 def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
     """A run that stops after some turns keeps them in its checkpoint and says so; the same command needs
-    --resume to reuse its --out; with other settings --resume refuses; with the same it measures only the
-    missing turns (the second turn of a prompt continuing from the checkpointed first answer) and writes
-    the whole report."""
+    --resume to reuse its --out; with other settings or on another processor --resume refuses; with the same
+    it measures only the missing turns (the second turn of a prompt continuing from the checkpointed first
+    answer) and writes the whole report."""
     from specdec.cli import CliExit
     from specdec.evaluation import harness as hmod
+    from specdec.evaluation import report
     from specdec.evaluation.report import Checkpoint
 
     real_row, calls = hmod.Harness.row, []
@@ -470,12 +471,29 @@ def test_cli_interrupted_run_resumes(folders, capsys, monkeypatch):
     assert e.value.code == 2 and "expected the interrupted run's max_new_tokens; max_new_tokens was 4, now 5" in str(
         e.value
     )
+    # --resume on another processor: refused (its speedups would mix two machines' timings); a checkpoint that
+    # does not record one (written before runs did) resumes as this machine's, and says so
+    assert settings["processor"] == report.cpu_label()
+    rest = (out / Checkpoint.NAME).read_text().split("\n", 1)[1]
+    moved = folders / "moved"
+    moved.mkdir()
+    (moved / Checkpoint.NAME).write_text(
+        json.dumps({"settings": dict(settings, processor="Other (AVX512)")}) + "\n" + rest
+    )
+    with pytest.raises(CliExit) as e:
+        run_cli([a if a != str(out) else str(moved) for a in argv] + ["--resume"])
+    assert e.value.code == 2 and "expected the interrupted run's processor; processor was 'Other (AVX512)'" in str(
+        e.value
+    )
+    unrecorded = {k: v for k, v in settings.items() if k != "processor"}
+    (out / Checkpoint.NAME).write_text(json.dumps({"settings": unrecorded}) + "\n" + rest)
     # --resume: only the missing turns are measured, the checkpointed ones are reported as they were
     seen = []
     monkeypatch.setattr(
         hmod.Harness, "row", lambda self, *a, **k: seen.append((a[3].id, a[4])) or real_row(self, *a, **k)
     )
     assert run_cli(argv + ["--resume"]) == 0
+    assert "the checkpoint does not say which processor measured it" in capsys.readouterr().err
     assert seen == [("2", 0), ("3", 0)]
     with open(out / "eval.csv") as f:
         rows = list(csv.DictReader(f))

@@ -20,7 +20,7 @@ import sys
 from ..arguments import Verbatim, check_device, tree_size_type
 from ..arguments import int_type as _int
 from ..dtypes import dtype_choices, resolve_dtype
-from ..evaluation.report import Checkpoint, check_same_run
+from ..evaluation.report import Checkpoint, check_same_run, cpu_label, gpu_label
 from ..loading import check_draft, check_target, has_tokenizer, load_head, load_target
 from .args import add_debug_argument
 from .errors import RUNTIME, CliError, arg_error, target_errors
@@ -287,6 +287,8 @@ def run_identity(args, plan, benches: dict, threads: int) -> dict:
     }
     if args.cuda_graph:  # absent when off: checkpoints written before the option existed still resume
         ident["cuda_graph"] = True
+    # the speedups compare times: a run resumed on another processor would mix two machines' timings
+    ident["processor"] = gpu_label(plan.device) or cpu_label()
     return json.loads(json.dumps(ident))
 
 
@@ -300,6 +302,13 @@ def _resume(args, plan, ident: dict) -> list:
         saved, done = Checkpoint.load(plan.out)
     except ValueError as exc:
         raise CliError(f"argument --resume: {exc}", 2) from exc
+    if "processor" not in saved:  # a checkpoint written before runs recorded it
+        print(
+            f"specdec eval: --resume: the checkpoint does not say which processor measured it; its timings are "
+            f"taken as this one's ({ident['processor']})",
+            file=sys.stderr,
+        )
+        saved = dict(saved, processor=ident["processor"])
     try:
         check_same_run(saved, ident)
     except ValueError as exc:

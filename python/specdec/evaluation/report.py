@@ -78,6 +78,23 @@ def git_commit(cwd=None) -> str:
         return "unknown"
 
 
+def cpu_label() -> str:
+    """The CPU model and the vector ISA torch dispatches to (AVX2, AVX512, ...): two "AMD EPYC" hosts can
+    differ in the ISA, and bf16 speed (and whether oneDNN's packed bf16 path runs at all) depends on it."""
+    import torch
+
+    return f"{cpu_model()} ({getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '?')()})"
+
+
+def gpu_label(device) -> Optional[str]:
+    """The GPU's name for a CUDA device, else None."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return None
+
+
 def stamp(device=None, dtype=None) -> dict:
     """Machine, commit and date of a run."""
     import torch
@@ -86,16 +103,15 @@ def stamp(device=None, dtype=None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "platform": platform.platform(),
-        # the vector ISA torch dispatches to (AVX2, AVX512, ...): two "AMD EPYC" hosts can differ in it, and
-        # bf16 speed (and whether oneDNN's packed bf16 path runs at all) depends on it
-        "cpu": f"{cpu_model()} ({getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '?')()})",
+        "cpu": cpu_label(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     if device is not None:
         info["device"] = str(device)
-        if str(device).startswith("cuda") and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        gpu = gpu_label(device)
+        if gpu is not None:
+            info["gpu"] = gpu
     if dtype is not None:
         info["dtype"] = str(dtype).replace("torch.", "")
     return info
