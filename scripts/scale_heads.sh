@@ -62,9 +62,11 @@ RECIPE=(--data "$DATA" --draft-vocab 8192 --dtype auto --batch-tokens "$BATCH_TO
 # The data: what STEP=data runs (with --threads) and the recipes of the exported heads name.
 DATA_CMD=(specdec data --target default --out "$DATA" --max-turns 1 --max-len 512 --max-new-tokens 192
   --batch-size 32 --shard-size 250 --no-progress)
-# The heads STEP=export ships: KIND=RUN[,RUN...], a head's lineage in order (each run starts from the one
-# before), the last run exported; the earlier ones' records are kept beside it under their run names.
-SHIP="${SHIP:-eagle=scale-eagle,scale-eagle-more fspad=scale-fspad,scale-fspad-more griffin=scale-griffin-s1,scale-griffin-s23}"
+# The shipped heads' lineages: KIND=RUN[,RUN...], in order (each run starts from the one before).
+LINEAGES="eagle=scale-eagle,scale-eagle-more fspad=scale-fspad,scale-fspad-more griffin=scale-griffin-s1,scale-griffin-s23"
+# The heads STEP=export ships, as LINEAGES: the last run of each is exported, the earlier ones' records are
+# kept beside it under their run names.
+SHIP="${SHIP:-$LINEAGES}"
 # shellcheck source=scripts/head_records.sh
 source "$ROOT/scripts/head_records.sh"  # HEADS, RECORDS, validate_cmd, copy_portable, ship_head
 
@@ -155,14 +157,14 @@ case "$STEP" in
     ;;
   curve)
     heads=()
-    for h in eagle:scale-eagle,scale-eagle-more fspad:scale-fspad,scale-fspad-more \
-      griffin:scale-griffin-s1,scale-griffin-s23 griffin-one-step:scale-griffin-s1,scale-griffin-more; do
+    # the shipped lineages and the clean control (GRIFFIN's stage 1 with one-step passes instead of stages 2-3)
+    for h in $LINEAGES griffin-one-step=scale-griffin-s1,scale-griffin-more; do
       runs=""
-      IFS=, read -ra parts <<<"${h#*:}"
+      IFS=, read -ra parts <<<"${h#*=}"
       for r in "${parts[@]}"; do
         if [[ -f "$RUNS/$r/summary.json" ]]; then runs="${runs:+$runs,}$RUNS/$r"; fi
       done
-      if [[ -n "$runs" ]]; then heads+=(--head "${h%%:*}=$runs"); fi
+      if [[ -n "$runs" ]]; then heads+=(--head "${h%%=*}=$runs"); fi
     done
     if [[ ${#heads[@]} -eq 0 ]]; then echo "scale_heads.sh: no runs under $RUNS yet" >&2; exit 1; fi
     "$PY" "$ROOT/bench/scaling_curve.py" "${heads[@]}" --tag "all ShareGPT first turns"
