@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import specdec.target.attention as _attn_mod
 from specdec.decoding import drafting, generate, generate_baseline
 from specdec.dtypes import DTYPE_NAMES, torch_dtype
+from specdec.files import portable_paths
 
 from common import RESULTS_DIR, default_device, env_info
 
@@ -368,7 +369,8 @@ def main(argv=None) -> int:
             f"{env['loadavg_1min']} (start -> end; above the thread count means other work shared the cores)\n"
             f"- commit {env['commit']}, {env['date']}; prepacked target + head linears per dtype: "
             f"{env['prepacked_linears']}; on the C++ linear kernel: {env['kernel_linears']}\n"
-            f"- target: {args.target} ({folder}); draft: {head_desc}; batch 1; context {len(prompt)} tokens; "
+            f"- target: {args.target} ({portable_paths(str(folder))}); draft: {portable_paths(head_desc)}; batch 1; "
+            f"context {len(prompt)} tokens; "
             f"tree_top_k {args.top_k}, depth {args.depth}; greedy; {passes} passes per run, best of {repeats} "
             f"runs{' (--quick)' if args.quick else ''}\n"
             "- ms per decoding pass. `pass` is the sum of the profiled phases (each mark synchronises on "
