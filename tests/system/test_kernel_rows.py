@@ -26,9 +26,12 @@ needs_kernel = pytest.mark.skipif(not linear_op.linear_isas(), reason="specdec_k
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch):
+def fresh(monkeypatch, tmp_path):
+    """No forced choice, an empty memo and a cache file of this test's own: the session's $SPECDEC_HOME holds
+    the rows other tests measured (their models' shapes), which the cache assertions here must not see."""
     monkeypatch.delenv("SPECDEC_LINEAR_CHOICE", raising=False)
     monkeypatch.setattr(kr, "_MEMO", {})
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
 
 
 @needs_both
