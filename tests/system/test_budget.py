@@ -547,10 +547,8 @@ def test_break_even_tau_from_the_cost_curves(monkeypatch):
         ([[1]] * 4, 1.9, True),  # four passes that accepted nothing: 1 + 2 * 0.5 / 2 = 1.5 is below 1.9 ...
         ([[1]] * 4, 1.45, False),  # ... not below 1.45 ...
         ([[1]] * 8, 1.45, True),  # ... until eight such passes (1 + 2 * 0.5 / 2.83 = 1.35)
-        ([[1], [2], [1], [3]], 1.9, False),  # mean 1.75: not clearly below (1.75 + 2 * 0.96 / 2 = 2.71) ...
-        ([[1], [2], [1], [3]] * 4, 1.9, False),  # ... nor at 16 passes (a mean alone is no reason: 1.75 + 0.43) ...
-        ([[1], [2], [1], [3]] * 16, 1.9, False),  # ... nor at 64 (1.75 + 2 * 0.84 / 8 = 1.96) ...
-        ([[1], [2], [1], [3]] * 16, 2.0, True),  # ... which is below a break-even of 2.0
+        ([[1], [2], [1], [3]], 1.9, False),  # mean 1.75: not clearly below before FALLBACK_MIN_PASSES ...
+        ([[1], [2], [1], [3]] * 4, 1.9, True),  # ... but below it at 16 passes
         ([[3], [2], [2], [3]] * 4, 1.9, False),  # a tree that pays
         ([[1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0]], 1.9, True),  # finished rows: not counted
         ([[1] * 32] * 4, 1.45, False),  # a batch: the samples are its 4 passes, not its 128 accept lengths ...
@@ -559,8 +557,9 @@ def test_break_even_tau_from_the_cost_curves(monkeypatch):
     ],
 )
 def test_tree_loses_rule(lengths, break_even, loses):
-    """The fallback's test (generate._tree_loses): only a clear loss switches, at every check: the mean plus two
-    standard errors (the spread at least FALLBACK_SD) below the break-even."""
+    """The fallback's test (generate._tree_loses): before FALLBACK_MIN_PASSES passes only a clear loss (the mean
+    plus two standard errors, the spread at least FALLBACK_SD, below the break-even) switches; from then on the
+    mean alone decides."""
     gen_mod = importlib.import_module("specdec.decoding.generate")
     assert gen_mod._tree_loses(torch.tensor(lengths, dtype=torch.int32), break_even) is loses
 
@@ -579,6 +578,7 @@ def test_generate_auto_falls_back_to_plain_decoding(monkeypatch, break_even, pag
     monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (8, 3, 4, 1.0))
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: break_even)
     gen_mod = importlib.import_module("specdec.decoding.generate")  # the module (the package exports the function)
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 2)
     monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 2)  # one check, at the second pass
     prompt = [[5, 17, 3, 99, 42, 8], [7, 7, 1]]
     res = generate(model, head, prompt, max_new_tokens=20, total_tokens="auto", eos_token_id=[], page_size=page_size)
@@ -606,6 +606,7 @@ def test_generate_auto_fallback_when_sampling(monkeypatch):
     monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (8, 3, 4, 1.0))
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
     gen_mod = importlib.import_module("specdec.decoding.generate")
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 3)
     monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 3)
     runs = []
     for _ in range(2):

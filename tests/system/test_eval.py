@@ -188,6 +188,7 @@ def test_auto_tree_falling_back_to_plain_is_recorded(tiny, monkeypatch):
     monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (4, 2, 2, 10.0))
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
     gen_mod = importlib.import_module("specdec.decoding.generate")
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 2)
     monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 2)
     h = Harness(model, tok, settings(total_tokens="auto", eos_token_id=[], max_new_tokens=12))
     (row,) = h.run({"oracle": TargetOracleHead(model)}, {"he": [Prompt("he", "0", ["w3 w4"])]}, progress=False)

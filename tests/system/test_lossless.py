@@ -343,6 +343,7 @@ def test_sampling_across_the_switch_to_plain_decoding(draft, monkeypatch):
     gen_mod = importlib.import_module("specdec.decoding.generate")
     monkeypatch.setattr(budget, "auto_tree", lambda *a, **kw: (6, 2, 3, 1.0))
     monkeypatch.setattr(budget, "break_even_tau", lambda *a, **kw: 100.0)
+    monkeypatch.setattr(gen_mod, "FALLBACK_MIN_PASSES", 1)
     monkeypatch.setattr(gen_mod, "FALLBACK_EVERY", 1)
     model = small_target()
     h = sampling_head(model, draft)

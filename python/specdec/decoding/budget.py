@@ -47,8 +47,8 @@ distribution; sampling from a chatty target, whose sampled contexts are further 
 heads were trained and validated on: on MT-bench at T = 1 the shipped GRIFFIN head accepted at least one
 token in 26% of the passes of a 2-wide tree where the validation's sampled coverage says 53%). So generate's
 "auto" also watches what the tree realises: every few passes it compares the tokens per pass realised so far
-(over the batch's running requests) with break_even_tau, and decodes the rest plainly when the tree clearly
-does not pay (GenerationResult.plain_after). The break-even comes from costs measured at batch 1, where a large batch
+(over the batch's running requests) with break_even_tau, and decodes the rest plainly when the tree does not
+pay (GenerationResult.plain_after). The break-even comes from costs measured at batch 1, where a large batch
 makes the tree's verification relatively dearer: for batches it errs towards keeping the tree.
 
 Example:

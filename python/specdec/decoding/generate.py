@@ -292,17 +292,14 @@ def _prefill(target, drafter, choose, out, ids, lengths, cache, chunk_size, stat
 
 
 # "auto"'s watch over the realised tokens per pass, checked every FALLBACK_EVERY tree passes (each check reads
-# the passes' accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes). Only a clear loss
-# switches, at every check: the mean plus FALLBACK_Z standard errors still below the break-even, the spread of
-# the passes' accept lengths taken as at least FALLBACK_SD (a few equal lengths would otherwise claim
-# certainty). The switch is for the rest of the request, and acceptance is not steady within an answer (a
-# stretch of names or numbers accepts nothing, the text around it a lot), so a bare mean below the break-even
-# is no reason: on an AVX-512 BF16 CPU it dropped the tree after 16 passes in 7 of 45 greedy turns where the
-# fixed 8-node tree realised 1.9-2.5 tokens per pass over the whole turn, against break-evens of 1.4-1.7; this
-# test kept the tree in such turns, 1.32x faster on them, and cost 1% where it kept a losing tree longer
-# (docs/results.md). A tree that accepts next to nothing (a prompt far from the head's training data) still goes
-# after 4 passes where the break-even is above 1.5 and after 8 where it is above 1.36 -- on a short answer most
-# of what it could lose.
+# the passes' accept lengths on the host: one more synchronisation per FALLBACK_EVERY passes). From
+# FALLBACK_MIN_PASSES passes on, a mean below the break-even switches. Before, the mean says little (one pass
+# accepts 1 to depth + 1 tokens), so only a clear loss switches: the mean plus FALLBACK_Z standard errors still
+# below the break-even, the spread of the passes' accept lengths taken as at least FALLBACK_SD (a few equal
+# lengths would otherwise claim certainty). A tree that accepts next to nothing (a prompt far from the head's
+# training data) then costs 4 passes instead of 16 where the break-even is above 1.5, 8 where it is above
+# 1.36 -- on a short answer most of the difference.
+FALLBACK_MIN_PASSES = 16
 FALLBACK_EVERY = 4
 FALLBACK_Z = 2.0
 FALLBACK_SD = 0.5
@@ -315,6 +312,8 @@ def _tree_loses(acc: torch.Tensor, break_even: float) -> bool:
     if int(active.sum()) == 0:
         return False
     mean = _tokens_per_pass(acc)
+    if acc.shape[0] >= FALLBACK_MIN_PASSES:
+        return mean < break_even
     # The samples are the passes (their mean over the running requests): a request's passes are not
     # independent of each other, so counting every request's would overstate the certainty of a batch.
     per_pass = (acc.sum(1).double() / active.clamp(min=1))[active > 0]
